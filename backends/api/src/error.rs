@@ -1,0 +1,99 @@
+//! The one error type of the device contract.
+//!
+//! Every message names the op, the device and (in `detail`) the shapes and dtypes involved.
+//! [`Error::is_device_fault`] separates the caller's mistakes from faults of the chip, which
+//! the fleet reacts to by evicting the device.
+
+/// A `Result` whose error is the contract's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Shapes that do not fit together (matmul inner dims, broadcast, reshape element count).
+    #[error("{op} on {device}: shape mismatch: {detail}")]
+    Shape { op: String, device: String, detail: String },
+
+    /// Dtypes that do not fit together (e.g. adding f32 to f16, a non-u32 index).
+    #[error("{op} on {device}: dtype mismatch: {detail}")]
+    DType { op: String, device: String, detail: String },
+
+    /// The device cannot compute this dtype (it is absent from its `DeviceInfo::dtypes`), or
+    /// the op is not defined for it (arithmetic on u8).
+    #[error("{op} on {device}: dtype {dtype} is not supported{detail}")]
+    UnsupportedDType { op: String, device: String, dtype: crate::DType, detail: String },
+
+    /// Tensors or buffers that live on different devices were combined.
+    #[error("{op}: device mismatch: {detail}")]
+    DeviceMismatch { op: String, detail: String },
+
+    /// An index (a dimension, or a value of an index tensor) outside its range.
+    #[error("{op} on {device}: index out of range: {detail}")]
+    IndexOutOfRange { op: String, device: String, detail: String },
+
+    /// Any other invalid argument (unknown buffer, view past the end of its buffer, ...).
+    #[error("{op} on {device}: invalid argument: {detail}")]
+    InvalidArgument { op: String, device: String, detail: String },
+
+    /// The device could not allocate memory.
+    #[error("{op} on {device}: out of memory: {detail}")]
+    OutOfMemory { op: String, device: String, detail: String },
+
+    /// The device is gone (driver reset, hardware fault, sticky context error).
+    #[error("{device}: device lost: {detail}")]
+    DeviceLost { device: String, detail: String },
+
+    /// The device missed a deadline (a hang or a gross slowdown).
+    #[error("{op} on {device}: timed out: {detail}")]
+    Timeout { op: String, device: String, detail: String },
+
+    /// Any other fault reported by the device or its driver.
+    #[error("{op} on {device}: device fault: {detail}")]
+    Fault { op: String, device: String, detail: String },
+
+    /// A backend that has no usable device here (no driver, no library), and why.
+    #[error("backend {backend} unavailable: {reason}")]
+    Unavailable { backend: String, reason: String },
+}
+
+/// The coarse class of an [`Error`], for code that reacts to errors (tests, the fleet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Shape,
+    DType,
+    UnsupportedDType,
+    DeviceMismatch,
+    IndexOutOfRange,
+    InvalidArgument,
+    OutOfMemory,
+    DeviceLost,
+    Timeout,
+    Fault,
+    Unavailable,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Shape { .. } => ErrorKind::Shape,
+            Error::DType { .. } => ErrorKind::DType,
+            Error::UnsupportedDType { .. } => ErrorKind::UnsupportedDType,
+            Error::DeviceMismatch { .. } => ErrorKind::DeviceMismatch,
+            Error::IndexOutOfRange { .. } => ErrorKind::IndexOutOfRange,
+            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            Error::DeviceLost { .. } => ErrorKind::DeviceLost,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Fault { .. } => ErrorKind::Fault,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    /// True for faults of the device itself (lost, out of memory, hung, driver error), which
+    /// the fleet answers by evicting the device and re-planning; false for caller mistakes.
+    pub fn is_device_fault(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::OutOfMemory | ErrorKind::DeviceLost | ErrorKind::Timeout | ErrorKind::Fault
+        )
+    }
+}

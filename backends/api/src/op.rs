@@ -1,0 +1,694 @@
+//! Ops as data: one closed enum whose values carry their operands (buffer views with shape,
+//! strides and dtype), so a planner can price an op and cut it into sub-ops without knowing
+//! any backend, and a backend can run it without knowing the Tensor API.
+
+use std::fmt;
+
+use crate::{BufferId, DType, Error, Layout, Result};
+
+/// A typed, strided window into one device buffer: the operand of an [`Op`].
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct View {
+    pub buffer: BufferId,
+    pub layout: Layout,
+    pub dtype: DType,
+}
+
+impl View {
+    pub fn new(buffer: BufferId, layout: Layout, dtype: DType) -> Self {
+        View { buffer, layout, dtype }
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.layout.dims()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.layout.numel()
+    }
+
+    /// Bytes from the buffer start to one past the last byte this view touches.
+    pub fn byte_end(&self) -> usize {
+        self.layout.end() * self.dtype.size_in_bytes()
+    }
+}
+
+impl fmt::Debug for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.dtype, self.layout)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CompareOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Relu,
+    /// GELU with the tanh approximation (GPT-2, BERT).
+    GeluTanh,
+    /// GELU with the exact erf form.
+    GeluErf,
+    /// x * sigmoid(x), a.k.a. swish.
+    Silu,
+    Sin,
+    Cos,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    /// Index (u32) of the first maximum.
+    ArgMax,
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Pow,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "maximum",
+            BinaryOp::Min => "minimum",
+            BinaryOp::Pow => "pow",
+        }
+    }
+}
+
+impl CompareOp {
+    pub const ALL: [CompareOp; 6] =
+        [CompareOp::Eq, CompareOp::Ne, CompareOp::Lt, CompareOp::Le, CompareOp::Gt, CompareOp::Ge];
+    pub fn name(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "eq",
+            CompareOp::Ne => "ne",
+            CompareOp::Lt => "lt",
+            CompareOp::Le => "le",
+            CompareOp::Gt => "gt",
+            CompareOp::Ge => "ge",
+        }
+    }
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 14] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Relu,
+        UnaryOp::GeluTanh,
+        UnaryOp::GeluErf,
+        UnaryOp::Silu,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::GeluErf => "gelu_erf",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+        }
+    }
+}
+
+impl ReduceOp {
+    pub const ALL: [ReduceOp; 5] =
+        [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min, ReduceOp::ArgMax];
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
+            ReduceOp::ArgMax => "argmax",
+        }
+    }
+}
+
+/// One operation on device buffers. Every op writes exactly one output view, `out`.
+///
+/// Broadcasting is expressed in the views (stride 0), not in the op: elementwise operands
+/// always have the output's shape. Transposes and slices are views too. `out` never shares a
+/// buffer with an input and never overlaps itself; [`Op::validate`] enforces the whole
+/// contract, so backends may rely on it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Batched matrix product: `out[.., i, j] = Σ_k lhs[.., i, k] · rhs[.., k, j]`.
+    /// All three have the same rank ≥ 2 and the same batch dims; a transposed operand is a
+    /// view with swapped strides, a broadcast batch a stride of 0. Floats only.
+    Matmul { lhs: View, rhs: View, out: View },
+    /// Elementwise `out = lhs ∘ rhs`, all of `out`'s shape and dtype. Floats only.
+    Binary { op: BinaryOp, lhs: View, rhs: View, out: View },
+    /// Elementwise comparison; `out` is `U8` (0/1) or the operands' dtype (0.0/1.0).
+    Compare { op: CompareOp, lhs: View, rhs: View, out: View },
+    /// Elementwise `out = f(input)`. Floats only.
+    Unary { op: UnaryOp, input: View, out: View },
+    /// Elementwise `out = input · mul + add` (computed in f32 or better). Floats only.
+    Affine { input: View, out: View, mul: f64, add: f64 },
+    /// Reduces `axis`; `out` has the input's shape with that dim set to 1. `ArgMax` writes
+    /// `U32`. Floats only.
+    Reduce { op: ReduceOp, input: View, out: View, axis: usize },
+    /// (Log-)softmax along `axis`. Floats only.
+    Softmax { input: View, out: View, axis: usize, log: bool },
+    /// Elementwise dtype conversion (round to nearest for floats, saturating truncation
+    /// towards zero for integers, NaN to 0).
+    Cast { input: View, out: View },
+    /// Strided copy between layouts of the same shape and dtype: makes a view contiguous,
+    /// materializes a transpose or a broadcast, writes into a slice.
+    Copy { input: View, out: View },
+    /// Concatenation of `inputs` along `axis`.
+    Concat { inputs: Vec<View>, out: View, axis: usize },
+    /// `out = input` with entries along `axis` picked by the 1-D `U32` `indices`.
+    IndexSelect { input: View, indices: View, out: View, axis: usize },
+    /// `out[.., i, ..] = input[.., indices[.., i, ..], ..]` along `axis` (torch.gather);
+    /// `indices` (`U32`) has `out`'s shape.
+    Gather { input: View, indices: View, out: View, axis: usize },
+    /// Accumulates: `out[.., indices[i], ..] += src[.., i, ..]` along `axis` (index_add_).
+    /// Floats only.
+    IndexAdd { src: View, indices: View, out: View, axis: usize },
+    /// Accumulates: `out[.., indices[.., i, ..], ..] += src[.., i, ..]` along `axis`
+    /// (scatter_add_; `indices` has `src`'s shape). Floats only.
+    ScatterAdd { src: View, indices: View, out: View, axis: usize },
+    /// `out = cond ? on_true : on_false`, `cond` is `U8`.
+    Where { cond: View, on_true: View, on_false: View, out: View },
+    /// Sets every element of `out` to `value` (converted like `Cast`).
+    Fill { out: View, value: f64 },
+}
+
+/// Broad classes of ops, for pricing and for per-class statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpClass {
+    Matmul,
+    Elementwise,
+    Reduction,
+    DataMovement,
+}
+
+impl Op {
+    /// A short, stable name such as `matmul`, `binary.add`, `reduce.sum`.
+    pub fn name(&self) -> String {
+        match self {
+            Op::Matmul { .. } => "matmul".into(),
+            Op::Binary { op, .. } => format!("binary.{}", op.name()),
+            Op::Compare { op, .. } => format!("compare.{}", op.name()),
+            Op::Unary { op, .. } => format!("unary.{}", op.name()),
+            Op::Affine { .. } => "affine".into(),
+            Op::Reduce { op, .. } => format!("reduce.{}", op.name()),
+            Op::Softmax { log: false, .. } => "softmax".into(),
+            Op::Softmax { log: true, .. } => "log_softmax".into(),
+            Op::Cast { .. } => "cast".into(),
+            Op::Copy { .. } => "copy".into(),
+            Op::Concat { .. } => "concat".into(),
+            Op::IndexSelect { .. } => "index_select".into(),
+            Op::Gather { .. } => "gather".into(),
+            Op::IndexAdd { .. } => "index_add".into(),
+            Op::ScatterAdd { .. } => "scatter_add".into(),
+            Op::Where { .. } => "where".into(),
+            Op::Fill { .. } => "fill".into(),
+        }
+    }
+
+    pub fn class(&self) -> OpClass {
+        match self {
+            Op::Matmul { .. } => OpClass::Matmul,
+            Op::Binary { .. }
+            | Op::Compare { .. }
+            | Op::Unary { .. }
+            | Op::Affine { .. }
+            | Op::Cast { .. }
+            | Op::Where { .. } => OpClass::Elementwise,
+            Op::Reduce { .. } | Op::Softmax { .. } => OpClass::Reduction,
+            Op::Copy { .. }
+            | Op::Concat { .. }
+            | Op::IndexSelect { .. }
+            | Op::Gather { .. }
+            | Op::IndexAdd { .. }
+            | Op::ScatterAdd { .. }
+            | Op::Fill { .. } => OpClass::DataMovement,
+        }
+    }
+
+    /// The views the op reads, in a fixed order. (`IndexAdd`/`ScatterAdd` also read `out`.)
+    pub fn inputs(&self) -> Vec<&View> {
+        match self {
+            Op::Matmul { lhs, rhs, .. }
+            | Op::Binary { lhs, rhs, .. }
+            | Op::Compare { lhs, rhs, .. } => vec![lhs, rhs],
+            Op::Unary { input, .. }
+            | Op::Affine { input, .. }
+            | Op::Reduce { input, .. }
+            | Op::Softmax { input, .. }
+            | Op::Cast { input, .. }
+            | Op::Copy { input, .. } => vec![input],
+            Op::Concat { inputs, .. } => inputs.iter().collect(),
+            Op::IndexSelect { input, indices, .. } | Op::Gather { input, indices, .. } => {
+                vec![input, indices]
+            }
+            Op::IndexAdd { src, indices, .. } | Op::ScatterAdd { src, indices, .. } => {
+                vec![src, indices]
+            }
+            Op::Where { cond, on_true, on_false, .. } => vec![cond, on_true, on_false],
+            Op::Fill { .. } => vec![],
+        }
+    }
+
+    /// The view the op writes.
+    pub fn output(&self) -> &View {
+        match self {
+            Op::Matmul { out, .. }
+            | Op::Binary { out, .. }
+            | Op::Compare { out, .. }
+            | Op::Unary { out, .. }
+            | Op::Affine { out, .. }
+            | Op::Reduce { out, .. }
+            | Op::Softmax { out, .. }
+            | Op::Cast { out, .. }
+            | Op::Copy { out, .. }
+            | Op::Concat { out, .. }
+            | Op::IndexSelect { out, .. }
+            | Op::Gather { out, .. }
+            | Op::IndexAdd { out, .. }
+            | Op::ScatterAdd { out, .. }
+            | Op::Where { out, .. }
+            | Op::Fill { out, .. } => out,
+        }
+    }
+
+    /// Floating-point operations the op performs (multiply-add counts 2), for pricing.
+    pub fn flops(&self) -> f64 {
+        match self {
+            Op::Matmul { lhs, out, .. } => {
+                let k = lhs.dims()[lhs.dims().len() - 1];
+                2.0 * out.numel() as f64 * k as f64
+            }
+            Op::Unary { out, .. } => 8.0 * out.numel() as f64,
+            Op::Softmax { out, .. } => 10.0 * out.numel() as f64,
+            Op::Reduce { input, .. } => input.numel() as f64,
+            Op::Binary { out, .. } | Op::Compare { out, .. } | Op::Affine { out, .. } => {
+                out.numel() as f64
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Bytes the op must read and write at least once, for pricing.
+    pub fn bytes(&self) -> f64 {
+        let io: usize = self.inputs().iter().map(|v| v.numel() * v.dtype.size_in_bytes()).sum();
+        let out = self.output();
+        (io + out.numel() * out.dtype.size_in_bytes()) as f64
+    }
+
+    /// One line naming the op and every operand's dtype and layout, for error messages.
+    pub fn describe(&self) -> String {
+        let ins: Vec<String> = self.inputs().iter().map(|v| format!("{v:?}")).collect();
+        format!("{}({}) -> {:?}", self.name(), ins.join(", "), self.output())
+    }
+
+    /// Checks the whole contract of this op on its own (arity, shapes, dtypes, axes,
+    /// aliasing). `device` names the device in the error. Backends call this first, and then
+    /// check that every view's buffer is theirs and large enough.
+    pub fn validate(&self, device: &str) -> Result<()> {
+        let v = Validator { op: self, device };
+        v.check()
+    }
+}
+
+struct Validator<'a> {
+    op: &'a Op,
+    device: &'a str,
+}
+
+impl Validator<'_> {
+    fn shape_err(&self, detail: impl fmt::Display) -> Error {
+        Error::Shape {
+            op: self.op.name(),
+            device: self.device.into(),
+            detail: format!("{detail}; {}", self.op.describe()),
+        }
+    }
+
+    fn dtype_err(&self, detail: impl fmt::Display) -> Error {
+        Error::DType {
+            op: self.op.name(),
+            device: self.device.into(),
+            detail: format!("{detail}; {}", self.op.describe()),
+        }
+    }
+
+    fn arg_err(&self, detail: impl fmt::Display) -> Error {
+        Error::InvalidArgument {
+            op: self.op.name(),
+            device: self.device.into(),
+            detail: format!("{detail}; {}", self.op.describe()),
+        }
+    }
+
+    fn index_err(&self, detail: impl fmt::Display) -> Error {
+        Error::IndexOutOfRange {
+            op: self.op.name(),
+            device: self.device.into(),
+            detail: format!("{detail}; {}", self.op.describe()),
+        }
+    }
+
+    fn require_float(&self, v: &View) -> Result<()> {
+        if v.dtype.is_float() {
+            return Ok(());
+        }
+        Err(Error::UnsupportedDType {
+            op: self.op.name(),
+            device: self.device.into(),
+            dtype: v.dtype,
+            detail: format!(" (arithmetic needs f32, f16 or bf16); {}", self.op.describe()),
+        })
+    }
+
+    fn same_dtype(&self, a: &View, b: &View) -> Result<()> {
+        if a.dtype == b.dtype {
+            Ok(())
+        } else {
+            Err(self.dtype_err(format!("expected equal dtypes, got {} and {}", a.dtype, b.dtype)))
+        }
+    }
+
+    fn same_shape(&self, a: &View, b: &View) -> Result<()> {
+        if a.dims() == b.dims() {
+            Ok(())
+        } else {
+            Err(self.shape_err(format!(
+                "expected equal shapes, got {} and {}",
+                a.layout.shape, b.layout.shape
+            )))
+        }
+    }
+
+    fn axis(&self, v: &View, axis: usize) -> Result<()> {
+        if axis < v.layout.rank() {
+            Ok(())
+        } else {
+            Err(self.index_err(format!(
+                "axis {axis} out of range for rank {} shape {}",
+                v.layout.rank(),
+                v.layout.shape
+            )))
+        }
+    }
+
+    fn index_dtype(&self, v: &View) -> Result<()> {
+        if v.dtype == DType::U32 {
+            Ok(())
+        } else {
+            Err(self.dtype_err(format!("indices must be u32, got {}", v.dtype)))
+        }
+    }
+
+    fn layouts(&self) -> Result<()> {
+        let out = self.op.output();
+        if out.layout.strides.len() != out.layout.rank() {
+            return Err(self.arg_err("output strides do not match its rank"));
+        }
+        for v in self.op.inputs() {
+            if v.layout.strides.len() != v.layout.rank() {
+                return Err(self.arg_err("input strides do not match its rank"));
+            }
+            if v.buffer == out.buffer && v.numel() > 0 && out.numel() > 0 {
+                return Err(self.arg_err("the output shares a buffer with an input"));
+            }
+        }
+        if !non_overlapping(&out.layout) {
+            return Err(self
+                .arg_err(format!("the output layout {} writes some elements twice", out.layout)));
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<()> {
+        self.layouts()?;
+        match self.op {
+            Op::Matmul { lhs, rhs, out } => {
+                for v in [lhs, rhs, out] {
+                    self.require_float(v)?;
+                }
+                self.same_dtype(lhs, rhs)?;
+                self.same_dtype(lhs, out)?;
+                let (l, r, o) = (lhs.dims(), rhs.dims(), out.dims());
+                let rank = o.len();
+                if rank < 2 || l.len() != rank || r.len() != rank {
+                    return Err(self.shape_err("operands must have the same rank, at least 2"));
+                }
+                let b = rank - 2;
+                if l[..b] != o[..b] || r[..b] != o[..b] {
+                    return Err(self.shape_err("batch dims differ"));
+                }
+                if l[b + 1] != r[b] || l[b] != o[b] || r[b + 1] != o[b + 1] {
+                    return Err(self.shape_err(format!(
+                        "[m, k] x [k, n] -> [m, n] does not fit {:?} x {:?} -> {:?}",
+                        &l[b..],
+                        &r[b..],
+                        &o[b..]
+                    )));
+                }
+            }
+            Op::Binary { lhs, rhs, out, .. } => {
+                self.require_float(out)?;
+                self.same_dtype(lhs, out)?;
+                self.same_dtype(rhs, out)?;
+                self.same_shape(lhs, out)?;
+                self.same_shape(rhs, out)?;
+            }
+            Op::Compare { lhs, rhs, out, .. } => {
+                self.same_dtype(lhs, rhs)?;
+                if out.dtype != DType::U8 && out.dtype != lhs.dtype {
+                    return Err(self.dtype_err("comparison output must be u8 or the input dtype"));
+                }
+                self.same_shape(lhs, out)?;
+                self.same_shape(rhs, out)?;
+            }
+            Op::Unary { input, out, .. } | Op::Affine { input, out, .. } => {
+                self.require_float(out)?;
+                self.same_dtype(input, out)?;
+                self.same_shape(input, out)?;
+            }
+            Op::Reduce { op, input, out, axis } => {
+                self.require_float(input)?;
+                self.axis(input, *axis)?;
+                let want = if *op == ReduceOp::ArgMax { DType::U32 } else { input.dtype };
+                if out.dtype != want {
+                    return Err(self.dtype_err(format!("output must be {want}")));
+                }
+                let mut dims = input.dims().to_vec();
+                dims[*axis] = 1;
+                if out.dims() != dims {
+                    return Err(self.shape_err(format!("output must have shape {dims:?}")));
+                }
+                let empty_axis = input.dims()[*axis] == 0 && out.numel() > 0;
+                if empty_axis && matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax) {
+                    return Err(self.arg_err(format!("{} over an empty axis", op.name())));
+                }
+            }
+            Op::Softmax { input, out, axis, .. } => {
+                self.require_float(out)?;
+                self.axis(input, *axis)?;
+                self.same_dtype(input, out)?;
+                self.same_shape(input, out)?;
+            }
+            Op::Cast { input, out } => self.same_shape(input, out)?,
+            Op::Copy { input, out } => {
+                self.same_dtype(input, out)?;
+                self.same_shape(input, out)?;
+            }
+            Op::Concat { inputs, out, axis } => {
+                self.axis(out, *axis)?;
+                let mut total = 0;
+                for v in inputs {
+                    self.same_dtype(v, out)?;
+                    let same_rank = v.dims().len() == out.dims().len();
+                    let fits = same_rank
+                        && v.dims()
+                            .iter()
+                            .zip(out.dims())
+                            .enumerate()
+                            .all(|(d, (a, b))| d == *axis || a == b);
+                    if !fits {
+                        return Err(self.shape_err(format!(
+                            "{} does not fit {} outside axis {axis}",
+                            v.layout.shape, out.layout.shape
+                        )));
+                    }
+                    total += v.dims()[*axis];
+                }
+                if total != out.dims()[*axis] {
+                    return Err(self.shape_err(format!(
+                        "inputs add up to {total} along axis {axis}, output has {}",
+                        out.dims()[*axis]
+                    )));
+                }
+            }
+            Op::IndexSelect { input, indices, out, axis } => {
+                self.axis(input, *axis)?;
+                self.index_dtype(indices)?;
+                self.same_dtype(input, out)?;
+                if indices.dims().len() != 1 {
+                    return Err(self.shape_err("indices must be 1-D"));
+                }
+                let mut dims = input.dims().to_vec();
+                dims[*axis] = indices.dims()[0];
+                if out.dims() != dims {
+                    return Err(self.shape_err(format!("output must have shape {dims:?}")));
+                }
+                self.indexable(input.dims()[*axis], indices)?;
+            }
+            Op::Gather { input, indices, out, axis } => {
+                self.axis(input, *axis)?;
+                self.index_dtype(indices)?;
+                self.same_dtype(input, out)?;
+                self.same_shape(indices, out)?;
+                self.fits_outside_axis(indices, input, *axis)?;
+                self.indexable(input.dims()[*axis], indices)?;
+            }
+            Op::IndexAdd { src, indices, out, axis } => {
+                self.require_float(out)?;
+                self.axis(out, *axis)?;
+                self.index_dtype(indices)?;
+                self.same_dtype(src, out)?;
+                if indices.dims().len() != 1 {
+                    return Err(self.shape_err("indices must be 1-D"));
+                }
+                let mut dims = out.dims().to_vec();
+                dims[*axis] = indices.dims()[0];
+                if src.dims() != dims {
+                    return Err(self.shape_err(format!("src must have shape {dims:?}")));
+                }
+                self.indexable(out.dims()[*axis], indices)?;
+            }
+            Op::ScatterAdd { src, indices, out, axis } => {
+                self.require_float(out)?;
+                self.axis(out, *axis)?;
+                self.index_dtype(indices)?;
+                self.same_dtype(src, out)?;
+                self.same_shape(indices, src)?;
+                self.fits_outside_axis(src, out, *axis)?;
+                self.indexable(out.dims()[*axis], indices)?;
+            }
+            Op::Where { cond, on_true, on_false, out } => {
+                if cond.dtype != DType::U8 {
+                    return Err(self.dtype_err(format!("condition must be u8, got {}", cond.dtype)));
+                }
+                self.same_dtype(on_true, out)?;
+                self.same_dtype(on_false, out)?;
+                for v in [cond, on_true, on_false] {
+                    self.same_shape(v, out)?;
+                }
+            }
+            Op::Fill { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// `small` fits inside `big` on every dim but `axis` (gather / scatter rules), same rank.
+    fn fits_outside_axis(&self, small: &View, big: &View, axis: usize) -> Result<()> {
+        let ok = small.dims().len() == big.dims().len()
+            && small
+                .dims()
+                .iter()
+                .zip(big.dims())
+                .enumerate()
+                .all(|(d, (s, b))| d == axis || s <= b);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.shape_err(format!(
+                "{} must have the rank of {} and fit inside it outside axis {axis}",
+                small.layout.shape, big.layout.shape
+            )))
+        }
+    }
+
+    /// Index values are data, only known on the device; here we only refuse indexing into an
+    /// empty axis, which no index value can satisfy.
+    fn indexable(&self, axis_len: usize, indices: &View) -> Result<()> {
+        if axis_len == 0 && indices.numel() > 0 {
+            return Err(self.index_err("indexing into an axis of length 0"));
+        }
+        Ok(())
+    }
+}
+
+/// True when no two in-bounds multi-indices of `layout` map to the same element: with the
+/// dims sorted by stride, each stride must step past everything the smaller ones span.
+pub fn non_overlapping(layout: &Layout) -> bool {
+    if layout.numel() <= 1 {
+        return true;
+    }
+    let mut dims: Vec<(usize, usize)> = layout
+        .dims()
+        .iter()
+        .zip(&layout.strides)
+        .filter(|(d, _)| **d > 1)
+        .map(|(&d, &s)| (s, d))
+        .collect();
+    dims.sort_unstable();
+    let mut span = 0;
+    for (stride, dim) in dims {
+        if stride <= span {
+            return false;
+        }
+        span += (dim - 1) * stride;
+    }
+    true
+}

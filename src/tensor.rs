@@ -1,0 +1,2 @@
+/// A tensor (being written).
+pub struct Tensor;
