@@ -76,7 +76,7 @@ impl Element for f16 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        f16::from_f32(f32_round_to_odd(v))
     }
 }
 
@@ -86,8 +86,24 @@ impl Element for bf16 {
         self.to_f64()
     }
     fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
+        bf16::from_f32(f32_round_to_odd(v))
     }
+}
+
+/// `v` as f32 rounded to odd: truncated towards zero, with the last bit set when inexact.
+/// Rounding that to nearest-even in a type with at least two fewer significand bits (f16,
+/// bf16) gives the correctly rounded result, which a plain f64 -> f32 -> f16 double rounding
+/// (and `half`'s `from_f64`, which drops low bits first) does not always do.
+pub fn f32_round_to_odd(v: f64) -> f32 {
+    let nearest = v as f32;
+    if !nearest.is_finite() || nearest as f64 == v {
+        return nearest;
+    }
+    let mut bits = nearest.to_bits();
+    if (nearest as f64).abs() > v.abs() {
+        bits -= 1; // rounded away from zero: step back towards zero
+    }
+    f32::from_bits(bits | 1)
 }
 
 impl Element for u32 {
@@ -107,5 +123,25 @@ impl Element for u8 {
     }
     fn from_f64(v: f64) -> Self {
         v as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_types_round_f64_correctly() {
+        // Just past a bf16 rounding tie, beyond f32's and half's low-bit truncation.
+        assert_eq!(bf16::from_f64(6701057.0).to_f64(), 6684672.0, "half's own rounding");
+        assert_eq!(<bf16 as Element>::from_f64(6701057.0).to_f64(), 6717440.0);
+        assert_eq!(<bf16 as Element>::from_f64(4210689.0).to_f64(), 4227072.0);
+        assert_eq!(<f16 as Element>::from_f64(2049.0 + 1e-9).to_f64(), 2050.0);
+        assert_eq!(<f16 as Element>::from_f64(2049.0).to_f64(), 2048.0, "ties to even");
+        assert_eq!(<f16 as Element>::from_f64(1e6).to_f64(), f64::INFINITY);
+        assert_eq!(<bf16 as Element>::from_f64(-1.5).to_f64(), -1.5);
+        assert!(<f16 as Element>::from_f64(f64::NAN).is_nan());
+        assert_eq!(<u8 as Element>::from_f64(300.0), 255);
+        assert_eq!(<u32 as Element>::from_f64(-3.0), 0);
     }
 }

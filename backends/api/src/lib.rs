@@ -12,7 +12,7 @@ mod op;
 mod shape;
 
 pub use device::{BufferId, Device, DeviceId, DeviceInfo, Identity, MemoryInfo};
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, f32_round_to_odd};
 pub use error::{Error, ErrorKind, Result};
 pub use half::{bf16, f16};
 pub use op::{BinaryOp, CompareOp, Op, OpClass, ReduceOp, UnaryOp, View, non_overlapping};
