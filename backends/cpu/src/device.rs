@@ -1,0 +1,353 @@
+//! [`CpuDevice`]: the caller-side handle. It validates every call at once (so misuse is an
+//! immediate `Err`), then enqueues a command for the worker thread (see `worker.rs`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, bounded, unbounded};
+use manychips_api::{
+    BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result,
+};
+
+use crate::kernels::checked_end;
+use crate::sysinfo;
+use crate::worker::{Command, Health, Worker};
+
+/// The CPU as a manychips device: buffers in host memory, ops on a private thread pool.
+///
+/// Calls return as soon as the work is queued (`run`, `write`, `copy`, `free`); `read` and
+/// `synchronize` wait. One worker thread executes the queue in order and runs each kernel on
+/// the device's own rayon pool, never the global one, so CPU work proceeds alongside other
+/// devices' work and alongside the caller.
+pub struct CpuDevice {
+    info: DeviceInfo,
+    label: String,
+    threads: usize,
+    table: Mutex<Table>,
+    health: Arc<Health>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// Caller-side bookkeeping: what exists, how big, and the queue. Commands are sent while the
+/// table is locked, so the queue order always agrees with the table.
+struct Table {
+    tx: Option<Sender<Command>>,
+    next: u64,
+    sizes: HashMap<u64, usize>,
+}
+
+impl CpuDevice {
+    /// A device using every core the OS gives this process.
+    pub fn new() -> Result<CpuDevice> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self::with_threads(threads)
+    }
+
+    /// A device whose kernels run on `threads` threads (at least 1).
+    pub fn with_threads(threads: usize) -> Result<CpuDevice> {
+        let label = "cpu:0".to_string();
+        let unavailable = |reason: String| Error::Unavailable { backend: "cpu".into(), reason };
+        if threads == 0 {
+            return Err(Error::InvalidArgument {
+                op: "new".into(),
+                device: label,
+                detail: "a CPU device needs at least one thread".into(),
+            });
+        }
+        let (name, vendor) = sysinfo::cpu_model();
+        let (memory_total, _) = sysinfo::memory();
+        let info = DeviceInfo {
+            id: DeviceId::fresh(),
+            backend: "cpu".into(),
+            ordinal: 0,
+            name: name.clone(),
+            vendor,
+            driver_version: format!(
+                "manychips-cpu {}, {threads} threads",
+                env!("CARGO_PKG_VERSION")
+            ),
+            identity: Identity { uuid: None, pci_bus_id: None, other: Some(format!("cpu:{name}")) },
+            memory_total,
+            dtypes: DType::ALL.to_vec(),
+            peer_copy: false,
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("manychips-cpu-{i}"))
+            .build()
+            .map_err(|e| unavailable(format!("cannot start {threads} threads: {e}")))?;
+        let health = Arc::new(Health::default());
+        let pool_cap = usize::try_from((memory_total / 4).min(4 << 30)).unwrap_or(usize::MAX);
+        let worker = Worker::new(label.clone(), pool_cap, health.clone());
+        let (tx, rx) = unbounded();
+        // The command loop itself runs inside the pool, on one of its threads: kernels then
+        // start their parallel work from within the pool, with no hand-off per op.
+        let handle = std::thread::Builder::new()
+            .name("manychips-cpu-queue".into())
+            .spawn(move || pool.install(move || worker.run(rx)))
+            .map_err(|e| unavailable(format!("cannot start the worker thread: {e}")))?;
+        tracing::debug!(device = %label, %name, threads, "cpu device up");
+        Ok(CpuDevice {
+            info,
+            label,
+            threads,
+            table: Mutex::new(Table { tx: Some(tx), next: 0, sizes: HashMap::new() }),
+            health,
+            worker: Some(handle),
+        })
+    }
+
+    /// Threads the kernels run on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Nothing panics while holding the lock; if something did, the table is still
+        // consistent (every update is a single insert or remove).
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lost(&self) -> Error {
+        let detail =
+            self.health.lost.get().cloned().unwrap_or_else(|| "worker thread is gone".into());
+        Error::DeviceLost { device: self.label.clone(), detail }
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.health.lost.get().is_some() { Err(self.lost()) } else { Ok(()) }
+    }
+
+    fn send(&self, table: &Table, cmd: Command) -> Result<()> {
+        match &table.tx {
+            Some(tx) => tx.send(cmd).map_err(|_| self.lost()),
+            None => Err(self.lost()),
+        }
+    }
+
+    /// The size of `buf`, or why it cannot be used here.
+    fn size_of(&self, table: &Table, op: &str, buf: BufferId) -> Result<usize> {
+        if buf.device != self.info.id {
+            return Err(Error::DeviceMismatch {
+                op: op.into(),
+                detail: format!(
+                    "buffer {} belongs to device #{}, not to {} (device #{})",
+                    buf.index,
+                    buf.device.as_u64(),
+                    self.label,
+                    self.info.id.as_u64()
+                ),
+            });
+        }
+        table.sizes.get(&buf.index).copied().ok_or_else(|| Error::InvalidArgument {
+            op: op.into(),
+            device: self.label.clone(),
+            detail: format!("buffer {} does not exist (never allocated here, or freed)", buf.index),
+        })
+    }
+
+    /// `offset + len` if that byte range lies inside a buffer of `size` bytes.
+    fn check_range(
+        &self,
+        op: &str,
+        buf: BufferId,
+        size: usize,
+        offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::InvalidArgument {
+                op: op.into(),
+                device: self.label.clone(),
+                detail: format!(
+                    "bytes {offset}..{offset}+{len} are outside buffer {} of {size} bytes",
+                    buf.index
+                ),
+            }),
+        }
+    }
+}
+
+impl Device for CpuDevice {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn memory(&self) -> Result<MemoryInfo> {
+        let (total, free) = sysinfo::memory();
+        let cached = self.health.cached.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        Ok(MemoryInfo { total, free: free.saturating_add(cached).min(total) })
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<BufferId> {
+        self.check_alive()?;
+        if bytes > isize::MAX as usize || bytes as u64 > self.info.memory_total {
+            return Err(Error::OutOfMemory {
+                op: "alloc".into(),
+                device: self.label.clone(),
+                detail: format!(
+                    "{bytes} bytes requested; the host has {} bytes in all",
+                    self.info.memory_total
+                ),
+            });
+        }
+        let mut table = self.lock();
+        let index = table.next;
+        self.send(&table, Command::Alloc { index, bytes })?;
+        table.next += 1;
+        table.sizes.insert(index, bytes);
+        Ok(BufferId { device: self.info.id, index })
+    }
+
+    fn free(&self, buffer: BufferId) -> Result<()> {
+        self.check_alive()?;
+        let mut table = self.lock();
+        self.size_of(&table, "free", buffer)?;
+        self.send(&table, Command::Free { index: buffer.index })?;
+        table.sizes.remove(&buffer.index);
+        Ok(())
+    }
+
+    fn write(&self, dst: BufferId, offset: usize, src: &[u8]) -> Result<()> {
+        self.check_alive()?;
+        {
+            let table = self.lock();
+            let size = self.size_of(&table, "write", dst)?;
+            self.check_range("write", dst, size, offset, src.len())?;
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        // The caller's slice does not outlive this call, so the queue gets its own copy
+        // (made outside the lock: it can be large).
+        let mut data = Vec::new();
+        data.try_reserve_exact(src.len()).map_err(|_| Error::OutOfMemory {
+            op: "write".into(),
+            device: self.label.clone(),
+            detail: format!("no memory to stage {} bytes", src.len()),
+        })?;
+        data.extend_from_slice(src);
+        let table = self.lock();
+        // Re-checked: another thread may have freed the buffer meanwhile.
+        self.size_of(&table, "write", dst)?;
+        self.send(&table, Command::Write { index: dst.index, offset, data })
+    }
+
+    fn read(&self, src: BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.check_alive()?;
+        let (reply, answer) = bounded(1);
+        {
+            let table = self.lock();
+            let size = self.size_of(&table, "read", src)?;
+            self.check_range("read", src, size, offset, dst.len())?;
+            self.send(&table, Command::Read { index: src.index, reply })?;
+        }
+        match answer.recv() {
+            Ok(Ok(lent)) => {
+                let copied = match lent.storage.as_bytes().get(offset..offset + dst.len()) {
+                    Some(bytes) => {
+                        dst.copy_from_slice(bytes);
+                        Ok(())
+                    }
+                    None => Err(Error::Fault {
+                        op: "read".into(),
+                        device: self.label.clone(),
+                        detail: format!("buffer {} is smaller than recorded", src.index),
+                    }),
+                };
+                lent.give_back();
+                copied
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.lost()),
+        }
+    }
+
+    fn copy(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        dst: BufferId,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        self.check_alive()?;
+        let table = self.lock();
+        let src_size = self.size_of(&table, "copy", src)?;
+        let dst_size = self.size_of(&table, "copy", dst)?;
+        self.check_range("copy", src, src_size, src_offset, bytes)?;
+        self.check_range("copy", dst, dst_size, dst_offset, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        let cmd = Command::Copy { src: src.index, src_offset, dst: dst.index, dst_offset, bytes };
+        self.send(&table, cmd)
+    }
+
+    fn run(&self, op: &Op) -> Result<()> {
+        self.check_alive()?;
+        op.validate(&self.label)?;
+        let output = op.output();
+        let views = op.inputs().into_iter().chain(std::iter::once(output));
+        let name = op.name();
+        let table = self.lock();
+        for v in views {
+            if !self.info.supports(v.dtype) {
+                return Err(Error::UnsupportedDType {
+                    op: name,
+                    device: self.label.clone(),
+                    dtype: v.dtype,
+                    detail: format!("; {}", op.describe()),
+                });
+            }
+            let size = self.size_of(&table, &name, v.buffer)?;
+            let end = checked_end(&v.layout).and_then(|e| e.checked_mul(v.dtype.size_in_bytes()));
+            match end {
+                Some(end) if end <= size => {}
+                _ => {
+                    return Err(Error::InvalidArgument {
+                        op: name,
+                        device: self.label.clone(),
+                        detail: format!(
+                            "view {v:?} reaches past the end of buffer {} ({size} bytes); {}",
+                            v.buffer.index,
+                            op.describe()
+                        ),
+                    });
+                }
+            }
+        }
+        self.send(&table, Command::Run(Box::new(op.clone())))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.check_alive()?;
+        let (reply, answer) = bounded(1);
+        self.send(&self.lock(), Command::Sync { reply })?;
+        answer.recv().unwrap_or_else(|_| Err(self.lost()))
+    }
+}
+
+impl fmt::Debug for CpuDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuDevice")
+            .field("label", &self.label)
+            .field("id", &self.info.id)
+            .field("name", &self.info.name)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Drop for CpuDevice {
+    fn drop(&mut self) {
+        // Closing the queue ends the worker loop once it has drained what is queued.
+        self.lock().tx = None;
+        if let Some(handle) = self.worker.take() {
+            let _ = handle.join();
+        }
+    }
+}

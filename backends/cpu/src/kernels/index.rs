@@ -1,0 +1,250 @@
+//! Indexed reads and writes: index_select / gather, index_add / scatter_add.
+//!
+//! Both pairs share one kernel each. An `IndexSelect` index vector is a `Gather` index tensor
+//! broadcast (stride 0) over the other dims, and likewise for `IndexAdd`/`ScatterAdd`. The
+//! indexed operand is addressed as `base + index · axis_stride`, where `base` is its layout
+//! with the axis stride zeroed, so the rest is ordinary strided iteration.
+//!
+//! An index past the axis is a data error: the element is skipped (gather writes 0), no
+//! memory outside the view is touched, and the bad value is reported after the op.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use manychips_api::Layout;
+use rayon::prelude::*;
+
+use super::elementwise::{BLOCK, Map, Stage, load, map};
+use super::plan::{MIN_CHUNK, Plan, split_point, task_count};
+use super::simd;
+use crate::element::Elem;
+use crate::storage::Scratch;
+
+/// The first out-of-range index value seen by any task.
+struct BadIndex(AtomicU64);
+
+impl BadIndex {
+    const NONE: u64 = u64::MAX;
+
+    fn new() -> Self {
+        BadIndex(AtomicU64::new(Self::NONE))
+    }
+
+    fn record(&self, value: u32) {
+        let _ =
+            self.0.compare_exchange(Self::NONE, value as u64, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<u32> {
+        let v = self.0.load(Ordering::Relaxed);
+        (v != Self::NONE).then_some(v as u32)
+    }
+}
+
+/// The result of an indexed op.
+pub(crate) type IndexResult = Result<(), IndexError>;
+
+/// Why an indexed op failed. Out-of-range indices are reported after the op has run (with
+/// those elements skipped), naming one offending value.
+#[derive(Debug)]
+pub(crate) enum IndexError {
+    OutOfRange { value: u32, len: usize },
+    Oom,
+}
+
+/// A 1-D index vector seen as an index tensor of shape `dims`: its stride on `axis`, 0 on
+/// every other dim.
+pub(crate) fn broadcast_indices(indices: &Layout, dims: &[usize], axis: usize) -> Layout {
+    let mut strides = vec![0; dims.len()];
+    strides[axis] = indices.strides.first().copied().unwrap_or(0);
+    Layout { shape: dims.into(), strides, offset: indices.offset }
+}
+
+/// `layout` restricted to `dims`, with the stride of `axis` zeroed.
+fn base_layout(layout: &Layout, dims: &[usize], axis: usize) -> Layout {
+    let mut strides = layout.strides.clone();
+    strides[axis] = 0;
+    Layout { shape: dims.into(), strides, offset: layout.offset }
+}
+
+/// `out[p] = input[p with p[axis] = indices[p]]` (`indices` already has `out`'s shape).
+pub(crate) fn gather<T: Elem>(
+    (input, il): (&[T], &Layout),
+    (idx, xl): (&[u32], &Layout),
+    (out, ol): (&mut [T], &Layout),
+    axis: usize,
+) -> IndexResult {
+    let len = il.dims()[axis];
+    let astride = il.strides[axis];
+    let base = base_layout(il, ol.dims(), axis);
+    let plan = Plan::new(ol.dims(), [ol, xl, &base]);
+    let [so, sx, sb] = plan.inner_strides();
+    let bad = BadIndex::new();
+    plan.run(
+        out,
+        MIN_CHUNK,
+        || (),
+        |_, out, [oo, ox, ob], n| {
+            if sx == 0 || n == 1 {
+                // One index for the whole segment (index_select rows, embedding lookups).
+                let i = idx[ox];
+                if i as usize >= len {
+                    bad.record(i);
+                    for k in 0..n {
+                        out[oo + k * so] = T::ZERO;
+                    }
+                    return;
+                }
+                let src = ob + i as usize * astride;
+                if (so, sb) == (1, 1) || n == 1 {
+                    out[oo..oo + n].copy_from_slice(&input[src..src + n]);
+                } else {
+                    for k in 0..n {
+                        out[oo + k * so] = input[src + k * sb];
+                    }
+                }
+                return;
+            }
+            for k in 0..n {
+                let i = idx[ox + k * sx];
+                out[oo + k * so] = if (i as usize) < len {
+                    input[ob + k * sb + i as usize * astride]
+                } else {
+                    bad.record(i);
+                    T::ZERO
+                };
+            }
+        },
+    );
+    match bad.get() {
+        Some(value) => Err(IndexError::OutOfRange { value, len }),
+        None => Ok(()),
+    }
+}
+
+/// `out[p with p[axis] = indices[p]] += src[p]` for every `p` of `src` (`indices` already has
+/// `src`'s shape). Sums are formed in f32: in `out` itself for f32, in scratch otherwise, so
+/// f16/bf16 round once at the end however many duplicates there are.
+pub(crate) fn scatter_add<T: Elem>(
+    src: (&[T], &Layout),
+    indices: (&[u32], &Layout),
+    (out, ol): (&mut [T], &Layout),
+    axis: usize,
+    scratch: &mut Scratch,
+) -> IndexResult {
+    if let Some(acc) = T::as_f32_mut(out) {
+        return scatter_add_f32(src, indices, (acc, ol), axis);
+    }
+    let contiguous = Layout::contiguous(ol.shape.clone());
+    let acc = scratch.f32s(ol.numel()).ok_or(IndexError::Oom)?;
+    map::<T, f32>(Map::Identity, (&*out, ol), (&mut *acc, &contiguous));
+    let result = scatter_add_f32(src, indices, (&mut *acc, &contiguous), axis);
+    map::<f32, T>(Map::Identity, (acc, &contiguous), (out, ol));
+    result
+}
+
+fn scatter_add_f32<T: Elem>(
+    (src, sl): (&[T], &Layout),
+    (idx, xl): (&[u32], &Layout),
+    (acc, al): (&mut [f32], &Layout),
+    axis: usize,
+) -> IndexResult {
+    let len = al.dims()[axis];
+    let base = base_layout(al, sl.dims(), axis);
+    let bad = BadIndex::new();
+    let job = Scatter { src, sl, idx, xl, base: &base, astride: al.strides[axis], len, bad: &bad };
+    // Duplicate indices make two elements of `src` land on one element of `out`, so tasks may
+    // only be cut along a dim other than `axis`. Cutting along the output's outermost dim
+    // (largest stride) gives each task its own contiguous stretch of `out`.
+    let outermost = (0..al.rank()).filter(|&d| al.dims()[d] > 1).max_by_key(|&d| al.strides[d]);
+    let tasks = task_count(sl.numel(), MIN_CHUNK);
+    match outermost {
+        Some(d) if d != axis && tasks > 1 && sl.dims()[d] > 1 => {
+            let extent = sl.dims()[d];
+            let stride = al.strides[d];
+            let tasks = tasks.min(extent);
+            // Cut `acc` at the start of each task's first index along `d`.
+            let mut pieces = Vec::with_capacity(tasks);
+            let (_, mut rest) = acc.split_at_mut(al.offset.min(acc.len()));
+            let mut at = al.offset;
+            for t in 0..tasks {
+                let (j0, j1) = (split_point(extent, tasks, t), split_point(extent, tasks, t + 1));
+                let end = if t + 1 == tasks { at + rest.len() } else { al.offset + j1 * stride };
+                let (head, tail) = rest.split_at_mut((end - at).min(rest.len()));
+                pieces.push((head, at, j0, j1));
+                rest = tail;
+                at = end;
+            }
+            pieces
+                .into_par_iter()
+                .for_each(|(chunk, start, j0, j1)| job.run(chunk, start, d, j0, j1));
+        }
+        _ => job.run(acc, 0, 0, 0, sl.dims().first().copied().unwrap_or(1)),
+    }
+    match bad.get() {
+        Some(value) => Err(IndexError::OutOfRange { value, len }),
+        None => Ok(()),
+    }
+}
+
+/// One scatter-add, runnable on a slab `[j0, j1)` of dim `dim`.
+struct Scatter<'a, T> {
+    src: &'a [T],
+    sl: &'a Layout,
+    idx: &'a [u32],
+    xl: &'a Layout,
+    /// `acc`'s layout over `src`'s shape with the axis stride zeroed.
+    base: &'a Layout,
+    /// `acc`'s stride along the axis.
+    astride: usize,
+    len: usize,
+    bad: &'a BadIndex,
+}
+
+impl<T: Elem> Scatter<'_, T> {
+    /// Adds the slab into `acc`, which starts at element `start` of the full accumulator.
+    /// (With `j0..j1` covering all of `dim` this is the whole op.)
+    fn run(&self, acc: &mut [f32], start: usize, dim: usize, j0: usize, j1: usize) {
+        let narrow = |l: &Layout| {
+            if l.rank() == 0 { l.clone() } else { l.narrowed(dim, j0, j1 - j0) }
+        };
+        let (sl, xl, mut bl) = (narrow(self.sl), narrow(self.xl), narrow(self.base));
+        bl.offset -= start;
+        let astride = self.astride;
+        let plan = Plan::new(sl.dims(), [&sl, &xl, &bl]);
+        let [ss, sx, sb] = plan.inner_strides();
+        let mut stage = Stage::<1>::new();
+        let [block] = stage.blocks();
+        plan.walk(0..plan.numel(), |[os, ox, ob], n| {
+            if sx == 0 || n == 1 {
+                let i = self.idx[ox];
+                if i as usize >= self.len {
+                    return self.bad.record(i);
+                }
+                let at = ob + i as usize * astride;
+                let mut k = 0;
+                while k < n {
+                    let m = BLOCK.min(n - k);
+                    load(self.src, os + k * ss, ss, &mut block[..m]);
+                    let first = at + k * sb;
+                    if sb == 1 {
+                        simd::add_assign(&mut acc[first..first + m], &block[..m]);
+                    } else {
+                        for (q, &v) in block[..m].iter().enumerate() {
+                            acc[first + q * sb] += v;
+                        }
+                    }
+                    k += m;
+                }
+                return;
+            }
+            for k in 0..n {
+                let i = self.idx[ox + k * sx];
+                if i as usize >= self.len {
+                    self.bad.record(i);
+                    continue;
+                }
+                acc[ob + k * sb + i as usize * astride] += self.src[os + k * ss].to_f32();
+            }
+        });
+    }
+}
