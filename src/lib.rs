@@ -5,8 +5,10 @@
 //! [`conformance`] kit checks a device against an f64 host reference.
 
 pub mod conformance;
+mod discover;
 mod tensor;
 
+pub use discover::devices;
 pub use manychips_api::*;
 pub use manychips_cpu::CpuDevice;
 pub use tensor::Tensor;

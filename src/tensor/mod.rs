@@ -1,0 +1,318 @@
+//! `Tensor`: a typed, strided view of a buffer that lives on one device.
+//!
+//! Tensors are immutable values: every op allocates its output on the operands' device and
+//! enqueues one [`Op`](crate::Op) there. Views (transpose, narrow, broadcast, reshape of a
+//! contiguous tensor) share the buffer and move no data. The buffer is freed when the last
+//! tensor using it drops.
+
+mod arith;
+mod ops;
+mod views;
+
+use std::fmt;
+use std::sync::Arc;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::{BufferId, DType, DeviceRef, Element, Error, Layout, Op, Result, Shape, View};
+
+/// A buffer owned by one device, freed when the last tensor using it drops.
+struct Storage {
+    device: DeviceRef,
+    buffer: BufferId,
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Err(err) = self.device.free(self.buffer) {
+            tracing::warn!(%err, "freeing a tensor buffer failed");
+        }
+    }
+}
+
+/// An n-dimensional array on one device. Cloning is cheap (it shares the buffer).
+#[derive(Clone)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    layout: Layout,
+    dtype: DType,
+}
+
+impl Tensor {
+    // ----- creation -------------------------------------------------------------------
+
+    /// Copies `data` (row-major) to `device` as a tensor of `shape`.
+    pub fn from_slice<T: Element>(
+        data: &[T],
+        shape: impl Into<Shape>,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::Shape {
+                op: "from_slice".into(),
+                device: label(device),
+                detail: format!(
+                    "{} elements of {} do not fill shape {shape} ({} elements)",
+                    data.len(),
+                    T::DTYPE,
+                    shape.numel()
+                ),
+            });
+        }
+        let out = Tensor::uninit("from_slice", shape, T::DTYPE, device)?;
+        if !data.is_empty() {
+            device.write(out.storage.buffer, 0, bytemuck::cast_slice(data))?;
+        }
+        Ok(out)
+    }
+
+    /// Copies `data` to `device`, rounding every value to `dtype` like `Cast`.
+    pub fn from_f64(
+        data: &[f64],
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        match dtype {
+            DType::F32 => Tensor::from_slice(&convert::<f32>(data), shape, device),
+            DType::F16 => Tensor::from_slice(&convert::<half::f16>(data), shape, device),
+            DType::BF16 => Tensor::from_slice(&convert::<half::bf16>(data), shape, device),
+            DType::U32 => Tensor::from_slice(&convert::<u32>(data), shape, device),
+            DType::U8 => Tensor::from_slice(&convert::<u8>(data), shape, device),
+        }
+    }
+
+    /// A tensor with every element set to `value` (converted to `dtype` like `Cast`).
+    pub fn full(
+        value: f64,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        let out = Tensor::uninit("full", shape.into(), dtype, device)?;
+        out.enqueue(Op::Fill { out: out.view(), value })?;
+        Ok(out)
+    }
+
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: &DeviceRef) -> Result<Tensor> {
+        Tensor::full(0.0, shape, dtype, device)
+    }
+
+    pub fn ones(shape: impl Into<Shape>, dtype: DType, device: &DeviceRef) -> Result<Tensor> {
+        Tensor::full(1.0, shape, dtype, device)
+    }
+
+    /// Uniform samples in `[low, high)`, reproducible from `seed` on every device.
+    pub fn rand(
+        low: f64,
+        high: f64,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        seed: u64,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let data: Vec<f64> =
+            (0..shape.numel()).map(|_| low + (high - low) * rng.random::<f64>()).collect();
+        Tensor::from_f64(&data, shape, dtype, device)
+    }
+
+    /// Normal samples with the given mean and standard deviation, reproducible from `seed`.
+    pub fn randn(
+        mean: f64,
+        std: f64,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        seed: u64,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let data: Vec<f64> = (0..shape.numel())
+            .map(|_| {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                mean + std * z
+            })
+            .collect();
+        Tensor::from_f64(&data, shape, dtype, device)
+    }
+
+    /// `[0, 1, .., n-1]` as a 1-D tensor.
+    pub fn arange(n: usize, dtype: DType, device: &DeviceRef) -> Result<Tensor> {
+        let data: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        Tensor::from_f64(&data, [n], dtype, device)
+    }
+
+    // ----- accessors ------------------------------------------------------------------
+
+    pub fn shape(&self) -> &Shape {
+        &self.layout.shape
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.layout.dims()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.layout.rank()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.layout.numel()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &DeviceRef {
+        &self.storage.device
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn is_contiguous(&self) -> bool {
+        self.layout.is_contiguous()
+    }
+
+    /// The operand an [`Op`] sees for this tensor.
+    pub fn view(&self) -> View {
+        View::new(self.storage.buffer, self.layout.clone(), self.dtype)
+    }
+
+    /// True when both tensors read the same device buffer.
+    pub fn shares_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
+    // ----- leaving the device ---------------------------------------------------------
+
+    /// Waits for the work that produces this tensor and copies it to the host, row-major.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DType {
+                op: "to_vec".into(),
+                device: label(self.device()),
+                detail: format!("asked for {} from a {} tensor", T::DTYPE, self.describe()),
+            });
+        }
+        let dense = self.contiguous()?;
+        let mut out = vec![T::zeroed(); dense.numel()];
+        if !out.is_empty() {
+            let offset = dense.layout.offset * self.dtype.size_in_bytes();
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
+            dense.device().read(dense.storage.buffer, offset, bytes)?;
+        }
+        Ok(out)
+    }
+
+    /// The values converted to f64, whatever the dtype.
+    pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
+        fn widen<T: Element>(t: &Tensor) -> Result<Vec<f64>> {
+            Ok(t.to_vec::<T>()?.into_iter().map(T::to_f64).collect())
+        }
+        match self.dtype {
+            DType::F32 => widen::<f32>(self),
+            DType::F16 => widen::<half::f16>(self),
+            DType::BF16 => widen::<half::bf16>(self),
+            DType::U32 => widen::<u32>(self),
+            DType::U8 => widen::<u8>(self),
+        }
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn to_scalar<T: Element>(&self) -> Result<T> {
+        let values = self.to_vec::<T>()?;
+        match values.as_slice() {
+            [v] => Ok(*v),
+            _ => Err(Error::Shape {
+                op: "to_scalar".into(),
+                device: label(self.device()),
+                detail: format!("{} has {} elements, not 1", self.describe(), self.numel()),
+            }),
+        }
+    }
+
+    /// This tensor on `device` (itself if it is already there). Goes through the host.
+    pub fn to_device(&self, device: &DeviceRef) -> Result<Tensor> {
+        if device.info().id == self.device().info().id {
+            return Ok(self.clone());
+        }
+        let dense = self.contiguous()?;
+        let out = Tensor::uninit("to_device", self.shape().clone(), self.dtype, device)?;
+        if self.numel() > 0 {
+            let mut bytes = vec![0u8; self.numel() * self.dtype.size_in_bytes()];
+            let offset = dense.layout.offset * self.dtype.size_in_bytes();
+            dense.device().read(dense.storage.buffer, offset, &mut bytes)?;
+            device.write(out.storage.buffer, 0, &bytes)?;
+        }
+        Ok(out)
+    }
+
+    // ----- plumbing shared by the op files --------------------------------------------
+
+    /// A fresh contiguous tensor whose contents the next op will write.
+    fn uninit(op: &str, shape: Shape, dtype: DType, device: &DeviceRef) -> Result<Tensor> {
+        if !device.info().supports(dtype) {
+            return Err(Error::UnsupportedDType {
+                op: op.into(),
+                device: label(device),
+                dtype,
+                detail: format!(
+                    " (the device offers {:?}); shape {shape}",
+                    device.info().dtypes.iter().map(|d| d.name()).collect::<Vec<_>>()
+                ),
+            });
+        }
+        let bytes = shape.numel() * dtype.size_in_bytes();
+        let buffer = device.alloc(bytes)?;
+        let storage = Arc::new(Storage { device: device.clone(), buffer });
+        Ok(Tensor { storage, layout: Layout::contiguous(shape), dtype })
+    }
+
+    /// A tensor of `shape` and `dtype` on this tensor's device, for an op's output.
+    fn output(&self, op: &str, shape: Shape, dtype: DType) -> Result<Tensor> {
+        Tensor::uninit(op, shape, dtype, self.device())
+    }
+
+    /// Same buffer, another layout.
+    fn with_layout(&self, layout: Layout) -> Tensor {
+        Tensor { storage: self.storage.clone(), layout, dtype: self.dtype }
+    }
+
+    /// Runs `op` on this tensor's device, unless its output is empty (nothing to compute, and
+    /// some devices cannot bind empty buffers).
+    fn enqueue(&self, op: Op) -> Result<()> {
+        if op.output().numel() == 0 {
+            return Ok(());
+        }
+        self.device().run(&op)
+    }
+
+    /// `f32[2, 3] on cpu:0`, for error messages.
+    pub(crate) fn describe(&self) -> String {
+        format!("{}{} on {}", self.dtype, self.layout.shape, label(self.device()))
+    }
+}
+
+fn convert<T: Element>(data: &[f64]) -> Vec<T> {
+    data.iter().map(|&v| T::from_f64(v)).collect()
+}
+
+/// `cpu:0`, for error messages.
+pub(crate) fn label(device: &DeviceRef) -> String {
+    device.info().label()
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({}{} on {})", self.dtype, self.layout, label(self.device()))
+    }
+}

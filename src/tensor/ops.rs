@@ -1,0 +1,405 @@
+//! Compute ops: elementwise, reductions, softmax, matmul, casts, selection.
+
+use super::{Tensor, label};
+use crate::{BinaryOp, CompareOp, DType, Error, Layout, Op, ReduceOp, Result, Shape, UnaryOp};
+
+impl Tensor {
+    // ----- checks shared by the ops ---------------------------------------------------
+
+    pub(crate) fn same_device(&self, other: &Tensor, op: &str) -> Result<()> {
+        if self.device().info().id == other.device().info().id {
+            return Ok(());
+        }
+        Err(Error::DeviceMismatch {
+            op: op.into(),
+            detail: format!(
+                "{} and {} live on different devices (ids {} and {}); move one with to_device",
+                self.describe(),
+                other.describe(),
+                self.device().info().id.as_u64(),
+                other.device().info().id.as_u64()
+            ),
+        })
+    }
+
+    pub(crate) fn same_dtype(&self, other: &Tensor, op: &str) -> Result<()> {
+        if self.dtype == other.dtype {
+            return Ok(());
+        }
+        Err(Error::DType {
+            op: op.into(),
+            device: label(self.device()),
+            detail: format!(
+                "{} and {} have different dtypes; cast one first",
+                self.describe(),
+                other.describe()
+            ),
+        })
+    }
+
+    fn require_float(&self, op: &str) -> Result<()> {
+        if self.dtype.is_float() {
+            return Ok(());
+        }
+        Err(Error::UnsupportedDType {
+            op: op.into(),
+            device: label(self.device()),
+            dtype: self.dtype,
+            detail: format!(" (arithmetic needs f32, f16 or bf16); operand {}", self.describe()),
+        })
+    }
+
+    pub(crate) fn check_axis(&self, axis: usize, op: &str) -> Result<()> {
+        if axis < self.rank() {
+            return Ok(());
+        }
+        Err(Error::IndexOutOfRange {
+            op: op.into(),
+            device: label(self.device()),
+            detail: format!("axis {axis} of {} (rank {})", self.describe(), self.rank()),
+        })
+    }
+
+    /// The numpy broadcast of two operands, as views of the common shape.
+    fn broadcast_with(&self, other: &Tensor, op: &str) -> Result<(Layout, Layout)> {
+        self.same_device(other, op)?;
+        let shape = self.shape().broadcast(other.shape()).ok_or_else(|| Error::Shape {
+            op: op.into(),
+            device: label(self.device()),
+            detail: format!("{} and {} do not broadcast", self.describe(), other.describe()),
+        })?;
+        // Both unwraps-free: broadcast() succeeded, so both layouts stretch to `shape`.
+        let lhs = self.layout.broadcast_to(&shape);
+        let rhs = other.layout.broadcast_to(&shape);
+        match (lhs, rhs) {
+            (Some(l), Some(r)) => Ok((l, r)),
+            _ => Err(Error::Shape {
+                op: op.into(),
+                device: label(self.device()),
+                detail: format!("{} and {} do not broadcast", self.describe(), other.describe()),
+            }),
+        }
+    }
+
+    // ----- elementwise ----------------------------------------------------------------
+
+    /// `self ∘ other` with numpy broadcasting.
+    pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        let name = op.name();
+        self.same_dtype(other, name)?;
+        self.require_float(name)?;
+        let (lhs, rhs) = self.broadcast_with(other, name)?;
+        let out = self.output(name, lhs.shape.clone(), self.dtype)?;
+        out.enqueue(Op::Binary {
+            op,
+            lhs: self.with_layout(lhs).view(),
+            rhs: other.with_layout(rhs).view(),
+            out: out.view(),
+        })?;
+        Ok(out)
+    }
+
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, other)
+    }
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, other)
+    }
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, other)
+    }
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, other)
+    }
+    pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Max, other)
+    }
+    pub fn minimum(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Min, other)
+    }
+    pub fn pow(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Pow, other)
+    }
+
+    /// Elementwise comparison with broadcasting; the result is a `u8` mask (0 or 1).
+    pub fn compare(&self, op: CompareOp, other: &Tensor) -> Result<Tensor> {
+        let name = op.name();
+        self.same_dtype(other, name)?;
+        let (lhs, rhs) = self.broadcast_with(other, name)?;
+        let out = self.output(name, lhs.shape.clone(), DType::U8)?;
+        out.enqueue(Op::Compare {
+            op,
+            lhs: self.with_layout(lhs).view(),
+            rhs: other.with_layout(rhs).view(),
+            out: out.view(),
+        })?;
+        Ok(out)
+    }
+
+    pub fn eq(&self, other: &Tensor) -> Result<Tensor> {
+        self.compare(CompareOp::Eq, other)
+    }
+    pub fn ne(&self, other: &Tensor) -> Result<Tensor> {
+        self.compare(CompareOp::Ne, other)
+    }
+    pub fn lt(&self, other: &Tensor) -> Result<Tensor> {
+        self.compare(CompareOp::Lt, other)
+    }
+    pub fn le(&self, other: &Tensor) -> Result<Tensor> {
+        self.compare(CompareOp::Le, other)
+    }
+    pub fn gt(&self, other: &Tensor) -> Result<Tensor> {
+        self.compare(CompareOp::Gt, other)
+    }
+    pub fn ge(&self, other: &Tensor) -> Result<Tensor> {
+        self.compare(CompareOp::Ge, other)
+    }
+
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        self.require_float(op.name())?;
+        let out = self.output(op.name(), self.shape().clone(), self.dtype)?;
+        out.enqueue(Op::Unary { op, input: self.view(), out: out.view() })?;
+        Ok(out)
+    }
+
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+    pub fn abs(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Abs)
+    }
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
+    }
+    pub fn rsqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Rsqrt)
+    }
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
+    }
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+    /// GELU, tanh approximation.
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluTanh)
+    }
+    /// GELU, exact erf form.
+    pub fn gelu_erf(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::GeluErf)
+    }
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+    pub fn sin(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sin)
+    }
+    pub fn cos(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Cos)
+    }
+
+    /// `self * mul + add`, one fused pass.
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Tensor> {
+        self.require_float("affine")?;
+        let out = self.output("affine", self.shape().clone(), self.dtype)?;
+        out.enqueue(Op::Affine { input: self.view(), out: out.view(), mul, add })?;
+        Ok(out)
+    }
+
+    /// Converts every element to `dtype` (round to nearest for floats, saturating
+    /// truncation for integers).
+    pub fn cast(&self, dtype: DType) -> Result<Tensor> {
+        if dtype == self.dtype {
+            return Ok(self.clone());
+        }
+        let out = self.output("cast", self.shape().clone(), dtype)?;
+        out.enqueue(Op::Cast { input: self.view(), out: out.view() })?;
+        Ok(out)
+    }
+
+    /// `cond ? on_true : on_false` elementwise with broadcasting; `self` is the `u8` mask.
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        let name = "where";
+        on_true.same_dtype(on_false, name)?;
+        if self.dtype != DType::U8 {
+            return Err(Error::DType {
+                op: name.into(),
+                device: label(self.device()),
+                detail: format!("the condition must be u8, got {}", self.describe()),
+            });
+        }
+        let (t, f) = on_true.broadcast_with(on_false, name)?;
+        let shape = self.shape().broadcast(&t.shape).ok_or_else(|| Error::Shape {
+            op: name.into(),
+            device: label(self.device()),
+            detail: format!(
+                "condition {} does not broadcast with {}",
+                self.describe(),
+                on_true.describe()
+            ),
+        })?;
+        self.same_device(on_true, name)?;
+        let stretch = |t: &Tensor, l: &Layout| {
+            l.broadcast_to(&shape).map(|l| t.with_layout(l).view()).ok_or_else(|| Error::Shape {
+                op: name.into(),
+                device: label(t.device()),
+                detail: format!("{} does not broadcast to {shape}", t.describe()),
+            })
+        };
+        let cond = stretch(self, &self.layout)?;
+        let on_true_view = stretch(on_true, &t)?;
+        let on_false_view = stretch(on_false, &f)?;
+        let out = self.output(name, shape.clone(), on_true.dtype)?;
+        out.enqueue(Op::Where {
+            cond,
+            on_true: on_true_view,
+            on_false: on_false_view,
+            out: out.view(),
+        })?;
+        Ok(out)
+    }
+
+    // ----- reductions -----------------------------------------------------------------
+
+    /// Reduces `axis`; keeps it as a dim of 1 when `keepdim`.
+    pub fn reduce(&self, op: ReduceOp, axis: usize, keepdim: bool) -> Result<Tensor> {
+        let name = op.name();
+        self.require_float(name)?;
+        self.check_axis(axis, name)?;
+        if self.dims()[axis] == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax)
+        {
+            return Err(Error::InvalidArgument {
+                op: name.into(),
+                device: label(self.device()),
+                detail: format!("{name} over axis {axis} of {}, which is empty", self.describe()),
+            });
+        }
+        let mut dims = self.dims().to_vec();
+        dims[axis] = 1;
+        let dtype = if op == ReduceOp::ArgMax { DType::U32 } else { self.dtype };
+        let out = self.output(name, Shape::new(dims.clone()), dtype)?;
+        out.enqueue(Op::Reduce { op, input: self.view(), out: out.view(), axis })?;
+        if keepdim {
+            return Ok(out);
+        }
+        dims.remove(axis);
+        Ok(out.with_layout(Layout::contiguous(dims)))
+    }
+
+    pub fn sum(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, axis, false)
+    }
+    pub fn sum_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Sum, axis, true)
+    }
+    pub fn mean(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, axis, false)
+    }
+    pub fn mean_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Mean, axis, true)
+    }
+    pub fn max(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, axis, false)
+    }
+    pub fn max_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Max, axis, true)
+    }
+    pub fn min(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Min, axis, false)
+    }
+    pub fn min_keepdim(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::Min, axis, true)
+    }
+    /// Index (u32) of the first maximum along `axis`.
+    pub fn argmax(&self, axis: usize) -> Result<Tensor> {
+        self.reduce(ReduceOp::ArgMax, axis, false)
+    }
+
+    /// Sum of all elements, as a scalar tensor.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.flatten()?.sum(0)
+    }
+
+    /// Mean of all elements, as a scalar tensor.
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.flatten()?.mean(0)
+    }
+
+    pub fn softmax(&self, axis: usize) -> Result<Tensor> {
+        self.softmax_impl(axis, false)
+    }
+
+    pub fn log_softmax(&self, axis: usize) -> Result<Tensor> {
+        self.softmax_impl(axis, true)
+    }
+
+    fn softmax_impl(&self, axis: usize, log: bool) -> Result<Tensor> {
+        let name = if log { "log_softmax" } else { "softmax" };
+        self.require_float(name)?;
+        self.check_axis(axis, name)?;
+        let out = self.output(name, self.shape().clone(), self.dtype)?;
+        out.enqueue(Op::Softmax { input: self.view(), out: out.view(), axis, log })?;
+        Ok(out)
+    }
+
+    // ----- matmul ---------------------------------------------------------------------
+
+    /// Matrix product over the last two dims, batch dims broadcast numpy-style:
+    /// `[.., m, k] x [.., k, n] -> [.., m, n]`. Transposed operands (`t()`) cost no copy.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        let name = "matmul";
+        self.same_device(rhs, name)?;
+        self.same_dtype(rhs, name)?;
+        self.require_float(name)?;
+        let shape_err = |why: &str| Error::Shape {
+            op: name.into(),
+            device: label(self.device()),
+            detail: format!("{} x {}: {why}", self.describe(), rhs.describe()),
+        };
+        if self.rank() < 2 || rhs.rank() < 2 {
+            return Err(shape_err("both operands need at least 2 dims"));
+        }
+        let (l, r) = (self.dims(), rhs.dims());
+        let (m, k) = (l[l.len() - 2], l[l.len() - 1]);
+        let (k2, n) = (r[r.len() - 2], r[r.len() - 1]);
+        if k != k2 {
+            return Err(shape_err(&format!("inner dims differ ({k} vs {k2})")));
+        }
+        let lhs_batch = Shape::from(&l[..l.len() - 2]);
+        let rhs_batch = Shape::from(&r[..r.len() - 2]);
+        let batch = lhs_batch
+            .broadcast(&rhs_batch)
+            .ok_or_else(|| shape_err("batch dims do not broadcast"))?;
+        let with_batch = |mat: [usize; 2]| {
+            let mut dims = batch.dims().to_vec();
+            dims.extend_from_slice(&mat);
+            Shape::new(dims)
+        };
+        let lhs = self.layout.broadcast_to(&with_batch([m, k]));
+        let rhs_layout = rhs.layout.broadcast_to(&with_batch([k, n]));
+        let (Some(lhs), Some(rhs_layout)) = (lhs, rhs_layout) else {
+            return Err(shape_err("batch dims do not broadcast"));
+        };
+        let out = self.output(name, with_batch([m, n]), self.dtype)?;
+        if k == 0 {
+            // An empty sum: the product is all zeros.
+            out.enqueue(Op::Fill { out: out.view(), value: 0.0 })?;
+            return Ok(out);
+        }
+        out.enqueue(Op::Matmul {
+            lhs: self.with_layout(lhs).view(),
+            rhs: rhs.with_layout(rhs_layout).view(),
+            out: out.view(),
+        })?;
+        Ok(out)
+    }
+}

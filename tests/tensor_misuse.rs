@@ -1,0 +1,219 @@
+//! Every user mistake the Tensor API can see is an `Err` of the right kind whose message
+//! names the op, the shapes, the dtypes and the device; none panics.
+
+use std::sync::Arc;
+
+use manychips::{
+    BufferId, CpuDevice, DType, Device, DeviceInfo, DeviceRef, ErrorKind, MemoryInfo, Op, Result,
+    Tensor, f16,
+};
+
+fn cpu() -> DeviceRef {
+    Arc::new(CpuDevice::new().expect("the CPU device always exists"))
+}
+
+/// Asserts the error kind and that the message mentions every fragment.
+fn expect_err<T: std::fmt::Debug>(result: Result<T>, kind: ErrorKind, fragments: &[&str]) {
+    let err = result.expect_err("misuse must be an Err");
+    let text = err.to_string();
+    assert_eq!(err.kind(), kind, "wrong kind for: {text}");
+    for fragment in fragments {
+        assert!(text.contains(fragment), "{text:?} should mention {fragment:?}");
+    }
+}
+
+fn f32s(shape: &[usize], device: &DeviceRef) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    Tensor::from_slice(&data, shape, device).unwrap()
+}
+
+#[test]
+fn matmul_inner_dims_must_agree() {
+    let dev = cpu();
+    let (a, b) = (f32s(&[2, 3], &dev), f32s(&[4, 5], &dev));
+    expect_err(
+        a.matmul(&b),
+        ErrorKind::Shape,
+        &["matmul", "f32[2, 3]", "f32[4, 5]", "cpu:0", "3 vs 4"],
+    );
+    expect_err(f32s(&[3], &dev).matmul(&b), ErrorKind::Shape, &["matmul", "at least 2 dims"]);
+    let batched = f32s(&[2, 3, 4], &dev);
+    expect_err(batched.matmul(&f32s(&[5, 4, 2], &dev)), ErrorKind::Shape, &["batch dims"]);
+}
+
+#[test]
+fn incompatible_broadcast_is_a_shape_error() {
+    let dev = cpu();
+    let (a, b) = (f32s(&[2, 3], &dev), f32s(&[4], &dev));
+    expect_err(
+        a.add(&b),
+        ErrorKind::Shape,
+        &["add", "f32[2, 3]", "f32[4]", "do not broadcast", "cpu:0"],
+    );
+    expect_err(&a * &b, ErrorKind::Shape, &["mul"]);
+    expect_err(a.lt(&b), ErrorKind::Shape, &["lt"]);
+    expect_err(a.broadcast_as([3, 3]), ErrorKind::Shape, &["broadcast_as", "[3, 3]"]);
+}
+
+#[test]
+fn mixed_dtypes_are_refused() {
+    let dev = cpu();
+    let a = f32s(&[2], &dev);
+    let b = a.cast(DType::F16).unwrap();
+    expect_err(a.add(&b), ErrorKind::DType, &["add", "f32[2]", "f16[2]", "cast one first"]);
+    expect_err(a.to_vec::<u32>(), ErrorKind::DType, &["to_vec", "u32", "f32[2]"]);
+    let mask = a.gt(&a).unwrap();
+    expect_err(a.where_cond(&a, &b), ErrorKind::DType, &["where"]);
+    expect_err(mask.where_cond(&a, &b), ErrorKind::DType, &["where", "f16"]);
+}
+
+#[test]
+fn arithmetic_on_integer_dtypes_is_unsupported() {
+    let dev = cpu();
+    let idx = Tensor::from_slice(&[1u32, 2, 3], [3], &dev).unwrap();
+    expect_err(idx.add(&idx), ErrorKind::UnsupportedDType, &["add", "u32", "cpu:0"]);
+    expect_err(idx.exp(), ErrorKind::UnsupportedDType, &["exp", "u32"]);
+    expect_err(idx.sum(0), ErrorKind::UnsupportedDType, &["sum", "u32"]);
+    // ...but integers are data: they compare, cast and move.
+    assert_eq!(idx.eq(&idx).unwrap().to_vec::<u8>().unwrap(), vec![1, 1, 1]);
+    assert_eq!(idx.cast(DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn tensors_on_different_devices_do_not_mix() {
+    let (dev_a, dev_b) = (cpu(), cpu());
+    let (a, b) = (f32s(&[2, 2], &dev_a), f32s(&[2, 2], &dev_b));
+    expect_err(a.add(&b), ErrorKind::DeviceMismatch, &["add", "different devices", "to_device"]);
+    expect_err(a.matmul(&b), ErrorKind::DeviceMismatch, &["matmul"]);
+    expect_err(Tensor::cat(&[&a, &b], 0), ErrorKind::DeviceMismatch, &["cat"]);
+    // A raw buffer of one device handed to the other is refused by the device itself.
+    let foreign = a.view();
+    let mut out = [0u8; 4];
+    expect_err(dev_b.read(foreign.buffer, 0, &mut out), ErrorKind::DeviceMismatch, &[]);
+    let op = Op::Unary { op: manychips::UnaryOp::Exp, input: foreign.clone(), out: b.view() };
+    expect_err(dev_b.run(&op), ErrorKind::DeviceMismatch, &[]);
+    // Moving one across makes it work.
+    let moved = b.to_device(&dev_a).unwrap();
+    assert_eq!(a.add(&moved).unwrap().to_vec::<f32>().unwrap(), vec![0.0, 2.0, 4.0, 6.0]);
+}
+
+#[test]
+fn out_of_range_indices_are_caught_not_undefined() {
+    let dev = cpu();
+    let table = f32s(&[3, 2], &dev);
+    let bad = Tensor::from_slice(&[0u32, 5, 1], [3], &dev).unwrap();
+    expect_err(
+        table.index_select(&bad, 0),
+        ErrorKind::IndexOutOfRange,
+        &["index_select", "index 5", "axis 0 of length 3", "f32[3, 2]"],
+    );
+    let bad2 = Tensor::from_slice(&[0u32, 2], [1, 2], &dev).unwrap();
+    expect_err(table.gather(&bad2, 1), ErrorKind::IndexOutOfRange, &["gather", "index 2"]);
+    let src = f32s(&[3, 2], &dev);
+    expect_err(table.index_add(0, &bad, &src), ErrorKind::IndexOutOfRange, &["index_add"]);
+    let floats = f32s(&[3], &dev);
+    expect_err(table.index_select(&floats, 0), ErrorKind::DType, &["indices must be u32"]);
+    expect_err(table.narrow(1, 1, 2), ErrorKind::IndexOutOfRange, &["narrow", "1..3", "length 2"]);
+    expect_err(table.sum(2), ErrorKind::IndexOutOfRange, &["sum", "axis 2", "rank 2"]);
+    expect_err(table.softmax(5), ErrorKind::IndexOutOfRange, &["softmax", "axis 5"]);
+    expect_err(table.transpose(0, 2), ErrorKind::IndexOutOfRange, &["transpose"]);
+    expect_err(table.permute(&[0, 0]), ErrorKind::InvalidArgument, &["permute"]);
+    // The device stays usable after each refusal.
+    let good = Tensor::from_slice(&[2u32, 0], [2], &dev).unwrap();
+    let picked = table.index_select(&good, 0).unwrap();
+    assert_eq!(picked.to_vec::<f32>().unwrap(), vec![4.0, 5.0, 0.0, 1.0]);
+}
+
+#[test]
+fn reshape_must_keep_the_element_count() {
+    let dev = cpu();
+    let a = f32s(&[2, 3], &dev);
+    expect_err(
+        a.reshape([4, 2]),
+        ErrorKind::Shape,
+        &["reshape", "f32[2, 3]", "6 elements", "[4, 2]"],
+    );
+    let data = [1.0f32, 2.0, 3.0];
+    expect_err(
+        Tensor::from_slice(&data, [2, 2], &dev),
+        ErrorKind::Shape,
+        &["from_slice", "3 elements"],
+    );
+    expect_err(a.to_scalar::<f32>(), ErrorKind::Shape, &["to_scalar"]);
+}
+
+#[test]
+fn zero_size_dims_are_values_not_panics() {
+    let dev = cpu();
+    let empty = Tensor::zeros([0, 3], DType::F32, &dev).unwrap();
+    assert_eq!(empty.to_vec::<f32>().unwrap(), Vec::<f32>::new());
+    let sum = (&empty + &Tensor::ones([3], DType::F32, &dev).unwrap()).unwrap();
+    assert_eq!(sum.dims(), &[0, 3]);
+    assert_eq!(empty.sum(0).unwrap().to_vec::<f32>().unwrap(), vec![0.0; 3]);
+    assert_eq!(empty.sum(1).unwrap().dims(), &[0]);
+    assert_eq!(empty.softmax(1).unwrap().numel(), 0);
+    let (a, b) = (f32s(&[2, 0], &dev), f32s(&[0, 3], &dev));
+    assert_eq!(a.matmul(&b).unwrap().to_vec::<f32>().unwrap(), vec![0.0; 6]);
+    assert_eq!(Tensor::cat(&[&empty, &f32s(&[1, 3], &dev)], 0).unwrap().dims(), &[1, 3]);
+    assert_eq!(empty.t().unwrap().contiguous().unwrap().dims(), &[3, 0]);
+    expect_err(empty.max(0), ErrorKind::InvalidArgument, &["max", "empty"]);
+    let none = Tensor::from_slice::<u32>(&[], [0], &dev).unwrap();
+    assert_eq!(f32s(&[0, 2], &dev).index_select(&none, 0).unwrap().dims(), &[0, 2]);
+}
+
+/// A CPU device that claims only f32, like a chip without half-precision units.
+#[derive(Debug)]
+struct F32Only {
+    inner: CpuDevice,
+    info: DeviceInfo,
+}
+
+impl Device for F32Only {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+    fn memory(&self) -> Result<MemoryInfo> {
+        self.inner.memory()
+    }
+    fn alloc(&self, bytes: usize) -> Result<BufferId> {
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, buffer: BufferId) -> Result<()> {
+        self.inner.free(buffer)
+    }
+    fn write(&self, dst: BufferId, offset: usize, src: &[u8]) -> Result<()> {
+        self.inner.write(dst, offset, src)
+    }
+    fn read(&self, src: BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.inner.read(src, offset, dst)
+    }
+    fn copy(&self, src: BufferId, so: usize, dst: BufferId, d: usize, n: usize) -> Result<()> {
+        self.inner.copy(src, so, dst, d, n)
+    }
+    fn run(&self, op: &Op) -> Result<()> {
+        self.inner.run(op)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+}
+
+#[test]
+fn a_dtype_the_device_lacks_is_refused() {
+    let inner = CpuDevice::new().unwrap();
+    let mut info = inner.info().clone();
+    info.dtypes = vec![DType::F32];
+    info.name = "f32-only".into();
+    let dev: DeviceRef = Arc::new(F32Only { inner, info });
+    let halves = [f16::from_f32(1.0)];
+    expect_err(
+        Tensor::from_slice(&halves, [1], &dev),
+        ErrorKind::UnsupportedDType,
+        &["from_slice", "dtype f16 is not supported", "cpu:0", "[\"f32\"]"],
+    );
+    let a = f32s(&[2, 2], &dev);
+    expect_err(a.cast(DType::BF16), ErrorKind::UnsupportedDType, &["cast", "bf16"]);
+    expect_err(Tensor::zeros([2], DType::F16, &dev), ErrorKind::UnsupportedDType, &["full"]);
+    assert_eq!(a.exp().unwrap().numel(), 4);
+}
