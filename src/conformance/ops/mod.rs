@@ -1,0 +1,51 @@
+//! Case generators, one file per op family. Each walks its ops and dtypes, asks the runner
+//! to `begin` the (op, dtype) pair (which filters and records skips), and describes its
+//! cases; the runner does the rest.
+
+mod contract;
+mod elementwise;
+mod index;
+mod matmul;
+mod movement;
+mod reduce;
+
+use rand_chacha::ChaCha8Rng;
+
+use crate::DType;
+
+use super::case::Place;
+use super::reference::{Host, numel};
+use super::runner::Runner;
+use super::values::{Dist, random};
+
+pub(crate) fn run_all(r: &mut Runner<'_>) {
+    contract::run(r);
+    elementwise::run(r);
+    matmul::run(r);
+    reduce::run(r);
+    movement::run(r);
+    index::run(r);
+}
+
+/// A random tensor of `dims`, values from `dist` rounded to `dtype`.
+fn host(rng: &mut ChaCha8Rng, dtype: DType, dist: Dist, dims: &[usize]) -> Host {
+    Host::new(dims, random(rng, dtype, dist, numel(dims)))
+}
+
+/// How one operand of a case is stored: its own shape (broadcast to the case's shape where
+/// smaller) and placement.
+#[derive(Clone, Debug)]
+struct Arg {
+    src: Vec<usize>,
+    place: Place,
+}
+
+fn arg(src: &[usize], place: Place) -> Arg {
+    Arg { src: src.to_vec(), place }
+}
+
+/// Random `u32` indices below `len` (duplicates included), as values.
+fn indices(rng: &mut ChaCha8Rng, len: usize, n: usize) -> Vec<f64> {
+    let hi = u32::try_from(len.saturating_sub(1)).unwrap_or(u32::MAX);
+    random(rng, DType::U32, Dist::Int(0, hi), n)
+}
