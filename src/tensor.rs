@@ -1,2 +1,0 @@
-/// A tensor (being written).
-pub struct Tensor;
