@@ -141,6 +141,13 @@ fn reshape_must_keep_the_element_count() {
         &["from_slice", "3 elements"],
     );
     expect_err(a.to_scalar::<f32>(), ErrorKind::Shape, &["to_scalar"]);
+    let huge = [usize::MAX / 2, 3];
+    expect_err(
+        Tensor::zeros(huge, DType::F32, &dev),
+        ErrorKind::InvalidArgument,
+        &["full", "address space"],
+    );
+    expect_err(a.reshape(huge), ErrorKind::Shape, &["reshape"]);
 }
 
 #[test]

@@ -271,7 +271,14 @@ impl Tensor {
                 ),
             });
         }
-        let bytes = shape.numel() * dtype.size_in_bytes();
+        let bytes = shape.checked_numel().and_then(|n| n.checked_mul(dtype.size_in_bytes()));
+        let Some(bytes) = bytes else {
+            return Err(Error::InvalidArgument {
+                op: op.into(),
+                device: label(device),
+                detail: format!("{dtype}{shape} has more bytes than the address space"),
+            });
+        };
         let buffer = device.alloc(bytes)?;
         let storage = Arc::new(Storage { device: device.clone(), buffer });
         Ok(Tensor { storage, layout: Layout::contiguous(shape), dtype })

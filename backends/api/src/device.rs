@@ -75,8 +75,9 @@ pub struct DeviceInfo {
     /// The dtypes this device computes; ops on any other dtype are refused with
     /// `UnsupportedDType`.
     pub dtypes: Vec<DType>,
-    /// True when [`Device::copy_to`] can move data to another device of the same backend
-    /// without a trip through the host (CUDA peer access).
+    /// True when this device can move data to another device of the same backend without a
+    /// trip through the host (CUDA peer access). Copies between devices go through the host
+    /// otherwise.
     pub peer_copy: bool,
 }
 

@@ -27,9 +27,10 @@ impl View {
         self.layout.numel()
     }
 
-    /// Bytes from the buffer start to one past the last byte this view touches.
-    pub fn byte_end(&self) -> usize {
-        self.layout.end() * self.dtype.size_in_bytes()
+    /// Bytes from the buffer start to one past the last byte this view touches, or `None`
+    /// if that overflows `usize`. A backend checks this against the buffer's size.
+    pub fn byte_end(&self) -> Option<usize> {
+        self.layout.end()?.checked_mul(self.dtype.size_in_bytes())
     }
 }
 

@@ -23,9 +23,18 @@ impl Shape {
         self.0.len()
     }
 
-    /// Number of elements; 1 for a scalar, 0 when any dimension is 0.
+    /// Number of elements; 1 for a scalar, 0 when any dimension is 0. Saturates at
+    /// `usize::MAX` for shapes too large to exist (which no device can allocate).
     pub fn numel(&self) -> usize {
-        self.0.iter().product()
+        self.checked_numel().unwrap_or(usize::MAX)
+    }
+
+    /// Number of elements, or `None` if it overflows `usize`.
+    pub fn checked_numel(&self) -> Option<usize> {
+        if self.0.contains(&0) {
+            return Some(0);
+        }
+        self.0.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
     /// Row-major (C order) strides, in elements.
@@ -143,14 +152,17 @@ impl Layout {
         true
     }
 
-    /// One past the highest element index this layout touches; 0 for an empty layout.
-    pub fn end(&self) -> usize {
-        if self.numel() == 0 {
-            return 0;
+    /// One past the highest element index this layout touches; 0 for an empty layout;
+    /// `None` if that overflows `usize` (no buffer is that large).
+    pub fn end(&self) -> Option<usize> {
+        if self.shape.dims().contains(&0) {
+            return Some(0);
         }
-        self.offset
-            + self.shape.dims().iter().zip(&self.strides).map(|(&d, &s)| (d - 1) * s).sum::<usize>()
-            + 1
+        let mut last = self.offset;
+        for (&d, &s) in self.shape.dims().iter().zip(&self.strides) {
+            last = last.checked_add((d - 1).checked_mul(s)?)?;
+        }
+        last.checked_add(1)
     }
 
     /// Element index (relative to the buffer start) of the multi-index `idx`.
@@ -243,14 +255,17 @@ mod tests {
         let l = Layout::contiguous([2, 3, 4]);
         assert!(l.is_contiguous());
         assert_eq!(l.strides, vec![12, 4, 1]);
-        assert_eq!(l.end(), 24);
+        assert_eq!(l.end(), Some(24));
         let t = l.transposed(1, 2);
         assert!(!t.is_contiguous());
         assert_eq!(t.index_of(&[1, 3, 2]), 12 + 2 * 4 + 3);
         let n = l.narrowed(2, 1, 2);
-        assert_eq!((n.offset, n.end()), (1, 1 + 12 + 8 + 1 + 1));
+        assert_eq!((n.offset, n.end()), (1, Some(1 + 12 + 8 + 1 + 1)));
         let b = Layout::contiguous([3, 1]).broadcast_to(&Shape::from([2, 3, 5])).unwrap();
         assert_eq!(b.strides, vec![0, 1, 0]);
-        assert_eq!(Layout::contiguous([0, 5]).end(), 0);
+        assert_eq!(Layout::contiguous([0, 5]).end(), Some(0));
+        assert_eq!(Layout::contiguous([usize::MAX, 3]).end(), None);
+        assert_eq!(Shape::from([usize::MAX, 3]).checked_numel(), None);
+        assert_eq!(Shape::from([usize::MAX, 0]).checked_numel(), Some(0));
     }
 }

@@ -11,7 +11,6 @@ use manychips_api::{
     BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result,
 };
 
-use crate::kernels::checked_end;
 use crate::sysinfo;
 use crate::worker::{Command, Health, Worker};
 
@@ -304,7 +303,7 @@ impl Device for CpuDevice {
                 });
             }
             let size = self.size_of(&table, &name, v.buffer)?;
-            let end = checked_end(&v.layout).and_then(|e| e.checked_mul(v.dtype.size_in_bytes()));
+            let end = v.byte_end();
             match end {
                 Some(end) if end <= size => {}
                 _ => {

@@ -46,7 +46,7 @@ impl Geometry {
         // gemm takes raw pointers: make sure every element any view names is in its buffer,
         // whatever the caller validated.
         for (l, len) in [(ll, lhs_len), (rl, rhs_len), (ol, out_len)] {
-            match super::checked_end(l) {
+            match l.end() {
                 Some(end) if end <= len => {}
                 _ => return Err("a view reaches past the end of its buffer"),
             }

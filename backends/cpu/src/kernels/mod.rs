@@ -23,22 +23,6 @@ use manychips_api::{DType, Element, Error, Layout, Op, ReduceOp, Result, View};
 use crate::storage::{Scratch, Storage};
 use index::IndexError;
 
-/// One past the highest element `layout` touches (0 when empty), or `None` on overflow.
-pub(crate) fn checked_end(layout: &Layout) -> Option<usize> {
-    let mut numel: usize = 1;
-    for &d in layout.dims() {
-        numel = numel.checked_mul(d)?;
-    }
-    if numel == 0 {
-        return Some(0);
-    }
-    let mut end = layout.offset;
-    for (&d, &s) in layout.dims().iter().zip(&layout.strides) {
-        end = end.checked_add((d - 1).checked_mul(s)?)?;
-    }
-    end.checked_add(1)
-}
-
 /// What a kernel may use besides its operands.
 pub(crate) struct Env<'a> {
     /// The device label, for error messages.
