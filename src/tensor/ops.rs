@@ -1,7 +1,9 @@
 //! Compute ops: elementwise, reductions, softmax, matmul, casts, selection.
 
 use super::{Tensor, label};
-use crate::{BinaryOp, CompareOp, DType, Error, Layout, Op, ReduceOp, Result, Shape, UnaryOp};
+use crate::{
+    BinaryOp, CompareOp, DType, Error, Layout, Op, ReduceOp, Result, Shape, UnaryOp, View,
+};
 
 impl Tensor {
     // ----- checks shared by the ops ---------------------------------------------------
@@ -83,20 +85,35 @@ impl Tensor {
 
     // ----- elementwise ----------------------------------------------------------------
 
+    /// Broadcasts `self` and `other` to one shape and enqueues the op `build` makes from
+    /// the two stretched views and a fresh output of `out_dtype`.
+    fn broadcast_op(
+        &self,
+        other: &Tensor,
+        name: &str,
+        out_dtype: DType,
+        build: impl FnOnce(View, View, View) -> Op,
+    ) -> Result<Tensor> {
+        self.same_dtype(other, name)?;
+        let (lhs, rhs) = self.broadcast_with(other, name)?;
+        let out = self.output(name, lhs.shape.clone(), out_dtype)?;
+        out.enqueue(build(
+            self.with_layout(lhs).view(),
+            other.with_layout(rhs).view(),
+            out.view(),
+        ))?;
+        Ok(out)
+    }
+
     /// `self ∘ other` with numpy broadcasting.
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
-        let name = op.name();
-        self.same_dtype(other, name)?;
-        self.require_float(name)?;
-        let (lhs, rhs) = self.broadcast_with(other, name)?;
-        let out = self.output(name, lhs.shape.clone(), self.dtype)?;
-        out.enqueue(Op::Binary {
+        self.require_float(op.name())?;
+        self.broadcast_op(other, op.name(), self.dtype, |lhs, rhs, out| Op::Binary {
             op,
-            lhs: self.with_layout(lhs).view(),
-            rhs: other.with_layout(rhs).view(),
-            out: out.view(),
-        })?;
-        Ok(out)
+            lhs,
+            rhs,
+            out,
+        })
     }
 
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
@@ -123,17 +140,12 @@ impl Tensor {
 
     /// Elementwise comparison with broadcasting; the result is a `u8` mask (0 or 1).
     pub fn compare(&self, op: CompareOp, other: &Tensor) -> Result<Tensor> {
-        let name = op.name();
-        self.same_dtype(other, name)?;
-        let (lhs, rhs) = self.broadcast_with(other, name)?;
-        let out = self.output(name, lhs.shape.clone(), DType::U8)?;
-        out.enqueue(Op::Compare {
+        self.broadcast_op(other, op.name(), DType::U8, |lhs, rhs, out| Op::Compare {
             op,
-            lhs: self.with_layout(lhs).view(),
-            rhs: other.with_layout(rhs).view(),
-            out: out.view(),
-        })?;
-        Ok(out)
+            lhs,
+            rhs,
+            out,
+        })
     }
 
     pub fn eq(&self, other: &Tensor) -> Result<Tensor> {
