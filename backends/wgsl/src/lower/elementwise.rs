@@ -1,0 +1,199 @@
+//! Binary, compare, unary, affine, cast and where: one invocation per output element, the
+//! op's expression substituted into kernels/wgsl/elementwise.wgsl.
+
+use manychips_api::{BinaryOp, CompareOp, DType, Layout, Op, Result, UnaryOp};
+
+use super::{one_bits, strided};
+use crate::kernel::{Kernel, Operand, WG, conversions, grid_1d};
+use crate::params::{Params, Strided, word};
+use crate::template::section;
+use crate::{Dispatch, Features};
+
+const SOURCE: &str = include_str!("../../../../kernels/wgsl/elementwise.wgsl");
+
+fn binary(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "x + y",
+        BinaryOp::Sub => "x - y",
+        BinaryOp::Mul => "x * y",
+        BinaryOp::Div => "x / y",
+        BinaryOp::Max => "max(x, y)",
+        BinaryOp::Min => "min(x, y)",
+        BinaryOp::Pow => "pow(x, y)",
+    }
+}
+
+fn compare(op: CompareOp) -> &'static str {
+    match op {
+        CompareOp::Eq => "==",
+        CompareOp::Ne => "!=",
+        CompareOp::Lt => "<",
+        CompareOp::Le => "<=",
+        CompareOp::Gt => ">",
+        CompareOp::Ge => ">=",
+    }
+}
+
+fn unary(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "-x",
+        UnaryOp::Abs => "abs(x)",
+        UnaryOp::Exp => "exp(x)",
+        UnaryOp::Log => "log(x)",
+        UnaryOp::Sqrt => "sqrt(x)",
+        UnaryOp::Rsqrt => "inverseSqrt(x)",
+        UnaryOp::Tanh => "tanh_acc(x)",
+        UnaryOp::Sigmoid => "sigmoid(x)",
+        UnaryOp::Relu => "max(x, 0.0)",
+        UnaryOp::GeluTanh => "gelu_tanh(x)",
+        UnaryOp::GeluErf => "gelu_erf(x)",
+        UnaryOp::Silu => "x * sigmoid(x)",
+        UnaryOp::Sin => "sin(x)",
+        UnaryOp::Cos => "cos(x)",
+    }
+}
+
+/// The WGSL expression converting the bits `v` of a `from` element to the bits of a `to`
+/// element, with `Cast` semantics (floats through f32, integers exact then rounded once,
+/// floats to integers saturating towards zero, NaN to 0).
+pub(crate) fn cast_expr(from: DType, to: DType) -> String {
+    let float = |d: DType| d.is_float();
+    let to_f32 = |d: DType| match d {
+        DType::F32 => "bitcast<f32>",
+        DType::F16 => "f16_to_f32",
+        _ => "bf16_to_f32",
+    };
+    let from_f32 = |d: DType| match d {
+        DType::F32 => "bitcast<u32>",
+        DType::F16 => "f32_to_f16",
+        DType::BF16 => "f32_to_bf16",
+        DType::U32 => "f32_to_u32_sat",
+        DType::U8 => "f32_to_u8_sat",
+    };
+    if from == to {
+        return "v".into();
+    }
+    match (float(from), float(to)) {
+        (true, _) => format!("{}({}(v))", from_f32(to), to_f32(from)),
+        (false, true) => match to {
+            DType::F32 => "bitcast<u32>(u32_to_f32(v))".into(),
+            DType::F16 => "u32_to_f16(v)".into(),
+            _ => "u32_to_bf16(v)".into(),
+        },
+        // u8 → u32 is exact; u32 → u8 saturates.
+        (false, false) => {
+            if to == DType::U8 {
+                "min(v, 255u)".into()
+            } else {
+                "v".into()
+            }
+        }
+    }
+}
+
+/// Output dtypes stored packed, several to a word: (elements per word).
+fn per_word(dtype: DType) -> usize {
+    match dtype {
+        DType::F16 | DType::BF16 => 2,
+        DType::U8 => 4,
+        DType::F32 | DType::U32 => 1,
+    }
+}
+
+/// One elementwise dispatch: `operands` (the output last) over the elements of `out` (the
+/// output's layout, whose dims are the iteration space), `value` the
+/// WGSL body returning the output element's bits. A contiguous packed output gets the
+/// `words` kernel (one whole word per invocation, no atomics).
+pub(super) fn dispatch(
+    op: &Op,
+    mut operands: Vec<Operand>,
+    layouts: &[Strided],
+    out: &Layout,
+    value: &str,
+    scalars: &[(usize, u32)],
+    f: &Features,
+) -> Result<Dispatch> {
+    let n = out.numel();
+    let mut params = Params::strided(op, n, out.dims(), layouts)?;
+    for &(i, v) in scalars {
+        params.set(i, v);
+    }
+    let k = operands.len() - 1;
+    let out_dtype = operands[k].dtype;
+    let per = per_word(out_dtype);
+    let words = per > 1 && out.is_contiguous();
+    let (items, section) = if words {
+        operands[k].words = true;
+        params.set(5, per as u32);
+        params.set(6, word(op, "offset", out.offset)?);
+        let first = out.offset / per;
+        ((out.offset + n).div_ceil(per) - first, "words")
+    } else {
+        (n, "elements")
+    };
+    let source = format!(
+        "{}{}{}",
+        SOURCE.split("//# elements").next().unwrap_or_default(),
+        section_text(section)?,
+        section_text("helpers")?
+    );
+    let out_index = k.to_string();
+    let component = ["x", "y", "z", "w"][k.min(3)];
+    let subs: Vec<(&str, &str)> = if words {
+        vec![("FROM_F32", conversions(out_dtype).1), ("VALUE", value), ("OUT", &out_index)]
+    } else {
+        vec![
+            ("FROM_F32", conversions(out_dtype).1),
+            ("VALUE", value),
+            ("OUT", &out_index),
+            ("OUT_C", component),
+        ]
+    };
+    let kernel = Kernel {
+        family: "elementwise",
+        source: &source,
+        entry: "main",
+        operands,
+        status: false,
+        subs: &subs,
+    };
+    kernel.dispatch(params, grid_1d(op, items, WG, f)?)
+}
+
+fn section_text(name: &str) -> Result<&'static str> {
+    section(SOURCE, name)
+}
+
+pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
+    let out = op.output();
+    let mut operands: Vec<Operand> = op.inputs().into_iter().map(Operand::input).collect();
+    operands.push(Operand::output(out));
+    let mut layouts: Vec<_> = op.inputs().into_iter().map(strided).collect();
+    layouts.push(strided(out));
+    let mut scalars = Vec::new();
+    let value = match op {
+        Op::Binary { op: b, .. } => {
+            format!("let x = ldf0(o.x); let y = ldf1(o.y); return out_bits({});", binary(*b))
+        }
+        Op::Compare { op: c, lhs, out, .. } => {
+            let cond = if lhs.dtype.is_float() {
+                format!("ldf0(o.x) {} ldf1(o.y)", compare(*c))
+            } else {
+                format!("ld0(o.x) {} ld1(o.y)", compare(*c))
+            };
+            format!("return select(0u, {}u, {cond});", one_bits(out.dtype))
+        }
+        Op::Unary { op: u, .. } => format!("let x = ldf0(o.x); return out_bits({});", unary(*u)),
+        Op::Affine { mul, add, .. } => {
+            scalars.push((3, (*mul as f32).to_bits()));
+            scalars.push((4, (*add as f32).to_bits()));
+            "return out_bits(ldf0(o.x) * pf(3u) + pf(4u));".into()
+        }
+        Op::Cast { input, out } => {
+            format!("let v = ld0(o.x); return {};", cast_expr(input.dtype, out.dtype))
+        }
+        Op::Where { .. } => "return select(ld2(o.z), ld1(o.y), ld0(o.x) != 0u);".into(),
+        _ => return Ok(Vec::new()),
+    };
+    Ok(vec![dispatch(op, operands, &layouts, &out.layout, &value, &scalars, f)?])
+}

@@ -1,0 +1,175 @@
+//! index_select / gather and index_add / scatter_add (kernels/wgsl/index.wgsl). A 1-D
+//! index vector is an index tensor broadcast (stride 0) over the other dims, so each pair
+//! shares one kernel; the indexed operand is addressed as `base + index · axis_stride`.
+
+use manychips_api::{DType, Layout, Op, Result, View};
+
+use super::elementwise::dispatch;
+use super::strided;
+use crate::kernel::{Kernel, Operand, WG, grid_1d};
+use crate::params::{Params, Strided, word};
+use crate::{Features, Lowered, Slot};
+
+const SOURCE: &str = include_str!("../../../../kernels/wgsl/index.wgsl");
+
+/// `v` with its stride on `axis` zeroed.
+fn base(v: &View, axis: usize) -> Strided {
+    let mut s = strided(v);
+    s.strides[axis] = 0;
+    s
+}
+
+/// A 1-D `indices` seen over `rank` dims: its stride on `axis`, 0 elsewhere.
+fn broadcast(indices: &View, rank: usize, axis: usize) -> Strided {
+    let mut strides = vec![0; rank];
+    strides[axis] = indices.layout.strides.first().copied().unwrap_or(0);
+    Strided::new(indices.layout.offset, strides)
+}
+
+/// `v`'s layout without `axis`.
+fn without(offset: usize, strides: &[usize], axis: usize) -> Strided {
+    let mut strides = strides.to_vec();
+    strides.remove(axis);
+    Strided::new(offset, strides)
+}
+
+pub(super) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
+    match op {
+        Op::IndexSelect { input, indices, out, axis }
+        | Op::Gather { input, indices, out, axis } => {
+            let rank = out.dims().len();
+            let idx = match op {
+                Op::IndexSelect { .. } => broadcast(indices, rank, *axis),
+                _ => strided(indices),
+            };
+            let ops = [base(input, *axis), idx, strided(out)];
+            let n = out.numel();
+            let mut p = Params::strided(op, n, out.dims(), &ops)?;
+            p.set(3, word(op, "axis length", input.dims()[*axis])?);
+            p.set(4, word(op, "stride", input.layout.strides[*axis])?);
+            let operands =
+                vec![Operand::input(input), Operand::input(indices), Operand::output(out)];
+            let k = Kernel {
+                family: "index",
+                source: SOURCE,
+                entry: "gather",
+                operands,
+                status: true,
+                subs: &[],
+            };
+            let dispatches = vec![k.dispatch(p, grid_1d(op, n, WG, f)?)?];
+            Ok(Lowered { temporaries: Vec::new(), dispatches })
+        }
+        Op::IndexAdd { src, indices, out, axis } | Op::ScatterAdd { src, indices, out, axis } => {
+            scatter(op, src, indices, out, *axis, f)
+        }
+        _ => Ok(Lowered::default()),
+    }
+}
+
+/// Source elements one scatter dispatch walks per column: llvmpipe ends loops after 65535
+/// iterations per invocation, so longer axes take several dispatches.
+const CHUNK: usize = 32768;
+
+fn scatter(
+    op: &Op,
+    src: &View,
+    indices: &View,
+    out: &View,
+    axis: usize,
+    f: &Features,
+) -> Result<Lowered> {
+    let rank = out.dims().len();
+    let (idx, idx_stride) = match op {
+        Op::IndexAdd { .. } => {
+            (Strided::new(indices.layout.offset, vec![0; rank - 1]), indices.layout.strides[0])
+        }
+        _ => (
+            without(indices.layout.offset, &indices.layout.strides, axis),
+            indices.layout.strides[axis],
+        ),
+    };
+    let mut dims = src.dims().to_vec();
+    dims.remove(axis);
+    let columns: usize = dims.iter().product();
+    if columns == 0 || src.dims()[axis] == 0 {
+        return Ok(Lowered::default());
+    }
+    // Half types add into an f32 copy of `out` (contiguous), rounded once at the end.
+    let direct = out.dtype == DType::F32;
+    let acc_layout = Layout::contiguous(out.dims());
+    let (acc, acc_strides) = if direct {
+        (Operand::output(out), (out.layout.offset, out.layout.strides.clone()))
+    } else {
+        let temp = Operand {
+            slot: Slot::Temporary(0),
+            dtype: DType::F32,
+            writable: true,
+            vector: false,
+            words: false,
+        };
+        (temp, (0, acc_layout.strides.clone()))
+    };
+    let ops = [
+        without(src.layout.offset, &src.layout.strides, axis),
+        idx,
+        without(acc_strides.0, &acc_strides.1, axis),
+    ];
+    let mut p = Params::strided(op, columns, &dims, &ops)?;
+    let n = src.dims()[axis];
+    p.set(3, word(op, "axis length", out.dims()[axis])?);
+    p.set(4, word(op, "stride", src.layout.strides[axis])?);
+    p.set(5, word(op, "stride", idx_stride)?);
+    p.set(6, word(op, "stride", acc_strides.1[axis])?);
+    let k = Kernel {
+        family: "index",
+        source: SOURCE,
+        entry: "scatter_add",
+        operands: vec![Operand::input(src), Operand::input(indices), acc],
+        status: true,
+        subs: &[],
+    };
+    let grid = grid_1d(op, columns, WG, f)?;
+    let mut adds = Vec::new();
+    for start in (0..n).step_by(CHUNK) {
+        let mut p = p.clone();
+        p.set(2, word(op, "source length", (start + CHUNK).min(n))?);
+        p.set(7, word(op, "source start", start)?);
+        adds.push(k.dispatch(p, grid)?);
+    }
+    if direct {
+        return Ok(Lowered { temporaries: Vec::new(), dispatches: adds });
+    }
+    let temp_ro = Operand {
+        slot: Slot::Temporary(0),
+        dtype: DType::F32,
+        writable: false,
+        vector: false,
+        words: false,
+    };
+    let temp_rw = Operand { writable: true, ..temp_ro };
+    let acc_strided = Strided::new(0, acc_layout.strides.clone());
+    let widen = dispatch(
+        op,
+        vec![Operand::input(out), temp_rw],
+        &[strided(out), acc_strided.clone()],
+        &acc_layout,
+        "return out_bits(ldf0(o.x));",
+        &[],
+        f,
+    )?;
+    let narrow = dispatch(
+        op,
+        vec![temp_ro, Operand::output(out)],
+        &[acc_strided, strided(out)],
+        &out.layout,
+        "return out_bits(ldf0(o.x));",
+        &[],
+        f,
+    )?;
+    let bytes = out.numel() as u64 * 4;
+    let mut dispatches = vec![widen];
+    dispatches.extend(adds);
+    dispatches.push(narrow);
+    Ok(Lowered { temporaries: vec![bytes], dispatches })
+}

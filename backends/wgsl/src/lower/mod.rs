@@ -1,0 +1,95 @@
+//! `lower`: one module per op family.
+
+mod elementwise;
+mod index;
+mod matmul;
+mod movement;
+mod reduce;
+
+use manychips_api::{Error, Op, Result, View};
+
+use crate::params::Strided;
+use crate::{Features, Lowered};
+
+pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
+    check_limits(op, f)?;
+    if op.output().numel() == 0 {
+        return Ok(Lowered::default());
+    }
+    let plain = |dispatches| Ok(Lowered { temporaries: Vec::new(), dispatches });
+    match op {
+        Op::Matmul { .. } => plain(matmul::lower(op, f)?),
+        Op::Binary { .. }
+        | Op::Compare { .. }
+        | Op::Unary { .. }
+        | Op::Affine { .. }
+        | Op::Cast { .. }
+        | Op::Where { .. } => plain(elementwise::lower(op, f)?),
+        Op::Copy { .. } | Op::Concat { .. } | Op::Fill { .. } => plain(movement::lower(op, f)?),
+        Op::Reduce { .. } | Op::Softmax { .. } => plain(reduce::lower(op, f)?),
+        Op::IndexSelect { .. }
+        | Op::Gather { .. }
+        | Op::IndexAdd { .. }
+        | Op::ScatterAdd { .. } => index::lower(op, f),
+    }
+}
+
+/// Every view must lie inside one storage binding (the kernels index in 32 bits, and a
+/// binding cannot exceed the device's limit).
+fn check_limits(op: &Op, f: &Features) -> Result<()> {
+    let limit = f.max_storage_binding.min(u32::MAX as u64 + 1);
+    for v in op.inputs().into_iter().chain(std::iter::once(op.output())) {
+        let end = v.byte_end().map(|e| e as u64);
+        match end {
+            Some(end) if end <= limit => {}
+            _ => {
+                return Err(Error::InvalidArgument {
+                    op: op.name(),
+                    device: "wgsl".into(),
+                    detail: format!(
+                        "view {v:?} spans {} bytes, more than the device binds at once \
+                         ({limit} bytes); split the op; {}",
+                        end.map_or("too many".to_string(), |e| e.to_string()),
+                        op.describe()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loop iterations one invocation may run in all: llvmpipe (lavapipe) silently ends every
+/// loop of an invocation once their iterations add up to 65535, so ops whose per-invocation
+/// loops would run longer are refused (a planner splits them) rather than answered wrong.
+pub(crate) const MAX_LOOP_ITERATIONS: usize = 60_000;
+
+pub(crate) fn too_long(op: &Op, what: &str, len: usize, limit: usize) -> Error {
+    Error::InvalidArgument {
+        op: op.name(),
+        device: "wgsl".into(),
+        detail: format!(
+            "{what} of {len} is longer than one dispatch handles ({limit}); split the op; {}",
+            op.describe()
+        ),
+    }
+}
+
+/// A view's place in an iteration space of its own dims.
+pub(crate) fn strided(v: &View) -> Strided {
+    Strided::new(v.layout.offset, v.layout.strides.clone())
+}
+
+/// Bits of the value 1 in `dtype` (what a float comparison stores for true).
+pub(crate) fn one_bits(dtype: manychips_api::DType) -> u32 {
+    use manychips_api::DType;
+    match dtype {
+        DType::F32 => 1.0f32.to_bits(),
+        DType::F16 => 0x3c00,
+        DType::BF16 => 0x3f80,
+        DType::U32 | DType::U8 => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests;

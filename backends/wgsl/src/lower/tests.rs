@@ -1,0 +1,211 @@
+//! Pure tests of the lowering: every op lowers, every placeholder is filled, keys follow
+//! the specialisation. (The kernels themselves run in the wgpu backend's conformance test.)
+
+use manychips_api::{
+    BinaryOp, BufferId, CompareOp, DType, DeviceId, Layout, Op, ReduceOp, UnaryOp, View,
+};
+
+use super::elementwise::cast_expr;
+use super::movement::bits_of;
+use crate::{Features, MatmulKernel, Slot, lower};
+
+fn features(matmul: MatmulKernel) -> Features {
+    Features {
+        shader_f16: false,
+        max_storage_binding: 128 << 20,
+        max_workgroups_per_dim: 65535,
+        matmul,
+    }
+}
+
+fn view(index: u64, dims: &[usize], dtype: DType) -> View {
+    let device = DeviceId::fresh();
+    View::new(BufferId { device, index }, Layout::contiguous(dims), dtype)
+}
+
+fn every_op(dtype: DType) -> Vec<Op> {
+    let a = view(0, &[3, 5], dtype);
+    let b = view(1, &[3, 5], dtype);
+    let o = view(2, &[3, 5], dtype);
+    let idx = view(3, &[4], DType::U32);
+    vec![
+        Op::Matmul { lhs: a.clone(), rhs: view(1, &[5, 4], dtype), out: view(2, &[3, 4], dtype) },
+        Op::Binary { op: BinaryOp::Add, lhs: a.clone(), rhs: b.clone(), out: o.clone() },
+        Op::Compare {
+            op: CompareOp::Lt,
+            lhs: a.clone(),
+            rhs: b.clone(),
+            out: view(2, &[3, 5], DType::U8),
+        },
+        Op::Unary { op: UnaryOp::GeluErf, input: a.clone(), out: o.clone() },
+        Op::Affine { input: a.clone(), out: o.clone(), mul: 2.0, add: 1.0 },
+        Op::Reduce {
+            op: ReduceOp::ArgMax,
+            input: a.clone(),
+            out: view(2, &[3, 1], DType::U32),
+            axis: 1,
+        },
+        Op::Reduce { op: ReduceOp::Mean, input: a.clone(), out: view(2, &[1, 5], dtype), axis: 0 },
+        Op::Softmax { input: a.clone(), out: o.clone(), axis: 1, log: true },
+        Op::Cast { input: a.clone(), out: view(2, &[3, 5], DType::U8) },
+        Op::Copy { input: a.clone(), out: o.clone() },
+        Op::Concat { inputs: vec![a.clone(), b.clone()], out: view(2, &[6, 5], dtype), axis: 0 },
+        Op::IndexSelect {
+            input: a.clone(),
+            indices: idx.clone(),
+            out: view(2, &[4, 5], dtype),
+            axis: 0,
+        },
+        Op::Gather {
+            input: a.clone(),
+            indices: view(3, &[3, 5], DType::U32),
+            out: o.clone(),
+            axis: 1,
+        },
+        Op::IndexAdd { src: view(0, &[4, 5], dtype), indices: idx, out: o.clone(), axis: 0 },
+        Op::ScatterAdd {
+            src: a.clone(),
+            indices: view(3, &[3, 5], DType::U32),
+            out: o.clone(),
+            axis: 1,
+        },
+        Op::Where { cond: view(0, &[3, 5], DType::U8), on_true: a, on_false: b, out: o.clone() },
+        Op::Fill { out: o, value: 1.5 },
+    ]
+}
+
+#[test]
+fn every_op_lowers_for_every_float_dtype_and_kernel() {
+    for dtype in DType::FLOATS {
+        for mm in [MatmulKernel::Naive, MatmulKernel::RegisterBlocked, MatmulKernel::SharedTiles] {
+            for op in every_op(dtype) {
+                assert!(op.validate("test").is_ok(), "{}", op.describe());
+                let lowered = lower(&op, &features(mm));
+                let lowered = match lowered {
+                    Ok(l) => l,
+                    Err(e) => panic!("{}: {e}", op.describe()),
+                };
+                assert!(!lowered.dispatches.is_empty(), "{}", op.describe());
+                let mut statuses = 0;
+                for d in &lowered.dispatches {
+                    assert!(!d.source.contains("{{"), "{}", op.describe());
+                    assert!(d.source.contains(&format!("fn {}(", d.entry)));
+                    assert_eq!(d.params.len(), crate::PARAM_WORDS);
+                    statuses += d.bindings.iter().filter(|b| b.slot == Slot::Status).count();
+                    for b in &d.bindings {
+                        if let Slot::Temporary(i) = b.slot {
+                            assert!(i < lowered.temporaries.len());
+                        }
+                    }
+                }
+                let indexed = matches!(
+                    op,
+                    Op::IndexSelect { .. }
+                        | Op::Gather { .. }
+                        | Op::IndexAdd { .. }
+                        | Op::ScatterAdd { .. }
+                );
+                assert_eq!(statuses, usize::from(indexed));
+            }
+        }
+    }
+}
+
+#[test]
+fn keys_follow_the_specialisation() {
+    let f = features(MatmulKernel::RegisterBlocked);
+    let key = |op: &Op| lower(op, &f).map(|l| l.dispatches[0].key.clone()).ok();
+    let add = |dtype, dims: &[usize]| Op::Binary {
+        op: BinaryOp::Add,
+        lhs: view(0, dims, dtype),
+        rhs: view(1, dims, dtype),
+        out: view(2, dims, dtype),
+    };
+    // Shapes travel in the params, dtypes in the source.
+    assert_eq!(key(&add(DType::F32, &[3])), key(&add(DType::F32, &[7, 9])));
+    assert_ne!(key(&add(DType::F32, &[3])), key(&add(DType::F16, &[3])));
+}
+
+#[test]
+fn empty_outputs_lower_to_nothing() {
+    let op = Op::Fill { out: view(0, &[0, 3], DType::F32), value: 1.0 };
+    let lowered = lower(&op, &features(MatmulKernel::Naive));
+    assert!(lowered.is_ok_and(|l| l.dispatches.is_empty()));
+}
+
+#[test]
+fn oversized_views_are_refused() {
+    let op = Op::Fill { out: view(0, &[64 << 20], DType::F32), value: 1.0 };
+    let err = lower(&op, &features(MatmulKernel::Naive));
+    assert!(err.is_err_and(|e| e.to_string().contains("fill")));
+}
+
+#[test]
+fn fill_bits_round_like_cast() {
+    assert_eq!(bits_of(1.5, DType::F32), 1.5f32.to_bits());
+    assert_eq!(bits_of(2049.0, DType::F16), 0x6800);
+    assert_eq!(bits_of(-1.0, DType::BF16), 0xbf80);
+    assert_eq!(bits_of(300.0, DType::U8), 255);
+    assert_eq!(bits_of(-3.0, DType::U32), 0);
+}
+
+#[test]
+fn cast_expressions_cover_every_pair() {
+    for from in DType::ALL {
+        for to in DType::ALL {
+            let e = cast_expr(from, to);
+            assert!(e.contains('v'), "{from}->{to}: {e}");
+        }
+    }
+    assert_eq!(cast_expr(DType::U32, DType::U8), "min(v, 255u)");
+    assert_eq!(cast_expr(DType::F16, DType::BF16), "f32_to_bf16(f16_to_f32(v))");
+}
+
+#[test]
+fn contiguous_packed_outputs_are_written_by_whole_words() {
+    let f = features(MatmulKernel::Naive);
+    let add = |out: View| Op::Binary {
+        op: BinaryOp::Add,
+        lhs: view(0, &[3, 5], DType::F16),
+        rhs: view(1, &[3, 5], DType::F16),
+        out,
+    };
+    let dense = lower(&add(view(2, &[3, 5], DType::F16)), &f).ok().map(|l| l.dispatches);
+    let dense = dense.unwrap_or_default();
+    assert!(dense[0].source.contains("var<storage, read_write> b2: array<u32>;"));
+    assert!(!dense[0].source.contains("array<atomic"));
+    // 15 halves from element 0: 8 words.
+    assert_eq!(dense[0].params[5], 2);
+    let mut strided = view(2, &[3, 5], DType::F16);
+    strided.layout = strided.layout.transposed(0, 1).transposed(0, 1);
+    strided.layout.strides = vec![10, 2];
+    let sparse = lower(&add(strided), &f).ok().map(|l| l.dispatches).unwrap_or_default();
+    assert!(sparse[0].source.contains("array<atomic<u32>>"));
+}
+
+#[test]
+fn loops_longer_than_llvmpipe_runs_are_refused() {
+    let f = features(MatmulKernel::RegisterBlocked);
+    let k = 300_000;
+    let op = Op::Matmul {
+        lhs: view(0, &[1, k], DType::F32),
+        rhs: view(1, &[k, 1], DType::F32),
+        out: view(2, &[1, 1], DType::F32),
+    };
+    assert!(lower(&op, &f).is_err_and(|e| e.to_string().contains("split the op")));
+    let ok = Op::Matmul {
+        lhs: view(0, &[1, 65537], DType::F32),
+        rhs: view(1, &[65537, 1], DType::F32),
+        out: view(2, &[1, 1], DType::F32),
+    };
+    assert!(lower(&ok, &f).is_ok());
+    // Scatter-add cuts a long axis into several dispatches instead.
+    let n = 100_000;
+    let op = Op::IndexAdd {
+        src: view(0, &[n], DType::F32),
+        indices: view(1, &[n], DType::U32),
+        out: view(2, &[3], DType::F32),
+        axis: 0,
+    };
+    assert_eq!(lower(&op, &f).map(|l| l.dispatches.len()).ok(), Some(4));
+}

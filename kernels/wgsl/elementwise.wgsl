@@ -1,0 +1,111 @@
+// Every elementwise op (binary, compare, unary, affine, cast, copy, where, fill): `value`
+// ({{VALUE}}) computes the bits of one output element from the operand offsets `o`.
+// Scalars: [3] and [4] op constants (affine mul/add, fill bits); [5] elements per output
+// word and [6] the output's element offset (section `words`).
+
+fn out_bits(v: f32) -> u32 {
+    return {{FROM_F32}}(v);
+}
+
+fn value(o: vec4<u32>) -> u32 {
+    {{VALUE}}
+}
+
+//# elements
+// One invocation per output element, stored through the output's access functions.
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = linear_id(gid, nwg, 256u);
+    if g >= pw(0u) {
+        return;
+    }
+    let o = offsets(g);
+    st{{OUT}}(o.{{OUT_C}}, value(o));
+}
+
+//# words
+// A contiguous packed output (16- or 8-bit): one invocation per u32 word of it, stored with a
+// plain write; the edge words keep the bytes outside the view. No atomics needed.
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = linear_id(gid, nwg, 256u);
+    let n = pw(0u);
+    let per = pw(5u);
+    let off = pw(6u);
+    let first = off / per;
+    if w >= (off + n + per - 1u) / per - first {
+        return;
+    }
+    let word = first + w;
+    let bits = 32u / per;
+    let mask = (1u << bits) - 1u;
+    var acc = 0u;
+    if word * per < off || (word + 1u) * per > off + n {
+        acc = b{{OUT}}[word];
+    }
+    for (var e = 0u; e < per; e = e + 1u) {
+        let idx = word * per + e;
+        if idx >= off && idx < off + n {
+            let s = e * bits;
+            acc = (acc & ~(mask << s)) | ((value(offsets(idx - off)) & mask) << s);
+        }
+    }
+    b{{OUT}}[word] = acc;
+}
+
+//# helpers
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// An odd polynomial near 0, where 1 - 2/(e^2x + 1) would cancel.
+fn tanh_acc(x: f32) -> f32 {
+    let a = abs(x);
+    if a < 0.625 {
+        let z = x * x;
+        var p = -5.7049887e-3;
+        p = p * z + 2.063909e-2;
+        p = p * z - 5.3739716e-2;
+        p = p * z + 1.3331442e-1;
+        p = p * z - 3.333328e-1;
+        return p * z * x + x;
+    }
+    if a > 20.0 {
+        return sign(x);
+    }
+    return sign(x) * (1.0 - 2.0 / (exp(2.0 * a) + 1.0));
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    let u = 0.7978846 * (x + 0.044715 * x * x * x);
+    return x * sigmoid(2.0 * u);
+}
+
+// 0.5·x·erfc(-x/√2) with the Numerical Recipes erfc fit and x² split exactly (see the CPU
+// backend's math.rs: the same function, so both agree in the tails).
+fn gelu_erf(x: f32) -> f32 {
+    let xc = clamp(x, -15.0, 15.0);
+    let a = abs(xc) * 0.70710677;
+    let t = 1.0 / (1.0 + 0.5 * a);
+    var p = 0.17087277;
+    p = p * t - 0.82215223;
+    p = p * t + 1.4885159;
+    p = p * t - 1.135204;
+    p = p * t + 0.27886807;
+    p = p * t - 0.18628806;
+    p = p * t + 0.09678418;
+    p = p * t + 0.37409196;
+    p = p * t + 1.0000237;
+    p = p * t - 1.2655122;
+    let c = 4097.0 * xc;
+    let xh = c - (c - xc);
+    let xl = xc - xh;
+    let hi = xc * xc;
+    let lo = ((xh * xh - hi) + 2.0 * xh * xl) + xl * xl;
+    let r = t * exp(-0.5 * hi) * exp(p - 0.5 * lo);
+    var erfc = 2.0 - r;
+    if x <= 0.0 {
+        erfc = r;
+    }
+    return 0.5 * x * erfc;
+}

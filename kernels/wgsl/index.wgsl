@@ -1,0 +1,48 @@
+// Indexed reads and accumulations. Operand 0 is the indexed or source tensor, 1 the
+// indices, 2 the output (their axis strides travel separately). Out-of-range index values
+// touch nothing and are flagged in the status buffer.
+
+// Gather / index_select: one invocation per output element. [3] axis length of the input,
+// [4] the input's axis stride.
+@compute @workgroup_size(256)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = linear_id(gid, nwg, 256u);
+    if g >= pw(0u) {
+        return;
+    }
+    let o = offsets(g);
+    let j = ld1(o.y);
+    if j >= pw(3u) {
+        flag_index(j);
+        st2(o.z, 0u);
+    } else {
+        st2(o.z, ld0(o.x + j * pw(4u)));
+    }
+}
+
+// Scatter-add / index_add: one invocation per position off the axis (of the source), which
+// walks the source along the axis in order and adds each element where its index points:
+// deterministic, race-free (no other invocation writes that column), and a sequential sum.
+// f16/bf16 outputs are accumulated in an f32 copy (a temporary) and rounded once afterwards.
+// [2] source length along the axis, [3] output axis length, [4] source axis stride,
+// [5] indices axis stride, [6] output axis stride, [7] the first source element of this
+// dispatch: long axes are cut into consecutive dispatches (in order, so the sum stays
+// sequential), because llvmpipe stops loops after 65535 iterations per invocation.
+@compute @workgroup_size(256)
+fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = linear_id(gid, nwg, 256u);
+    if g >= pw(0u) {
+        return;
+    }
+    let o = offsets(g);
+    let len = pw(3u);
+    for (var i = pw(7u); i < pw(2u); i = i + 1u) {
+        let t = ld1(o.y + i * pw(5u));
+        if t >= len {
+            flag_index(t);
+            continue;
+        }
+        let at = o.z + t * pw(6u);
+        stf2(at, ldf2(at) + ldf0(o.x + i * pw(4u)));
+    }
+}

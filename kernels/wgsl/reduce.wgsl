@@ -1,0 +1,141 @@
+// Reductions along one axis. A row is the `n` elements along the axis ([2]) at stride [3]
+// of operand 0; operand 1 is the output; the shared layout enumerates the rows.
+// `*_wide` entries give each row a workgroup and reduce it as a tree (long rows);
+// `*_short` entries give each row one invocation (many short rows).
+// {{COMBINE}}, {{INIT}} and {{FINISH}} specialise the value fold.
+
+var<workgroup> sv: array<f32, 256>;
+var<workgroup> si: array<u32, 256>;
+
+fn combine(a: f32, b: f32) -> f32 {
+    return {{COMBINE}};
+}
+
+fn finish(acc: f32, n: u32) -> f32 {
+    return {{FINISH}};
+}
+
+fn init() -> f32 {
+    return {{INIT}};
+}
+
+const NONE: u32 = 0xffffffffu;
+
+// Arg-max order: a larger value wins, then the lower index; NaN never wins.
+fn takes(av: f32, ai: u32, bv: f32, bi: u32) -> bool {
+    if bi == NONE {
+        return false;
+    }
+    if ai == NONE {
+        return true;
+    }
+    return bv > av || (bv == av && bi < ai);
+}
+
+fn row_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+@compute @workgroup_size(256)
+fn value_wide(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = row_id(wid, nwg);
+    if row >= pw(0u) {
+        return;
+    }
+    let o = offsets(row);
+    let n = pw(2u);
+    let st = pw(3u);
+    var acc = init();
+    for (var i = lid.x; i < n; i = i + 256u) {
+        acc = combine(acc, ldf0(o.x + i * st));
+    }
+    sv[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid.x < s {
+            sv[lid.x] = combine(sv[lid.x], sv[lid.x + s]);
+        }
+        workgroupBarrier();
+    }
+    if lid.x == 0u {
+        stf1(o.y, finish(sv[0], n));
+    }
+}
+
+@compute @workgroup_size(256)
+fn value_short(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = linear_id(gid, nwg, 256u);
+    if row >= pw(0u) {
+        return;
+    }
+    let o = offsets(row);
+    let n = pw(2u);
+    let st = pw(3u);
+    var acc = init();
+    for (var i = 0u; i < n; i = i + 1u) {
+        acc = combine(acc, ldf0(o.x + i * st));
+    }
+    stf1(o.y, finish(acc, n));
+}
+
+@compute @workgroup_size(256)
+fn argmax_wide(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = row_id(wid, nwg);
+    if row >= pw(0u) {
+        return;
+    }
+    let o = offsets(row);
+    let n = pw(2u);
+    let st = pw(3u);
+    var bv = 0.0;
+    var bi = NONE;
+    for (var i = lid.x; i < n; i = i + 256u) {
+        let v = ldf0(o.x + i * st);
+        if !is_nan(v) && takes(bv, bi, v, i) {
+            bv = v;
+            bi = i;
+        }
+    }
+    sv[lid.x] = bv;
+    si[lid.x] = bi;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if lid.x < s && takes(sv[lid.x], si[lid.x], sv[lid.x + s], si[lid.x + s]) {
+            sv[lid.x] = sv[lid.x + s];
+            si[lid.x] = si[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if lid.x == 0u {
+        st1(o.y, select(si[0], 0u, si[0] == NONE));
+    }
+}
+
+@compute @workgroup_size(256)
+fn argmax_short(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = linear_id(gid, nwg, 256u);
+    if row >= pw(0u) {
+        return;
+    }
+    let o = offsets(row);
+    let n = pw(2u);
+    let st = pw(3u);
+    var bv = 0.0;
+    var bi = NONE;
+    for (var i = 0u; i < n; i = i + 1u) {
+        let v = ldf0(o.x + i * st);
+        if !is_nan(v) && takes(bv, bi, v, i) {
+            bv = v;
+            bi = i;
+        }
+    }
+    st1(o.y, select(bi, 0u, bi == NONE));
+}
