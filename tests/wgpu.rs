@@ -1,0 +1,156 @@
+// The conformance kit on every wgpu adapter: the whole kit with the device's own matmul
+// kernel, then matmul alone with each of the three kernels. With `CI` set, finding no
+// adapter fails the test; elsewhere it prints what it skipped and why.
+//
+// `cargo test --release --test wgpu -- --nocapture` prints the tables.
+
+#![cfg(feature = "wgpu")]
+
+use std::time::Instant;
+
+use manychips::Device;
+use manychips::conformance::{self, Config};
+use manychips_wgpu::{MatmulKernel, WgpuDevice};
+
+fn devices() -> Vec<WgpuDevice> {
+    match manychips_wgpu::discover() {
+        Ok(devices) => devices,
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but no wgpu adapter: {e}");
+            println!("skipped: no wgpu device here ({e})");
+            Vec::new()
+        }
+    }
+}
+
+#[test]
+fn every_wgpu_device_conforms() {
+    for device in devices() {
+        let start = Instant::now();
+        let report = conformance::check(&device);
+        println!("{report}");
+        println!("{}: full kit in {:.2?}", device.info().label(), start.elapsed());
+        report.assert_ok();
+    }
+}
+
+#[test]
+fn every_matmul_kernel_conforms() {
+    for device in devices() {
+        for kernel in
+            [MatmulKernel::Naive, MatmulKernel::RegisterBlocked, MatmulKernel::SharedTiles]
+        {
+            device.set_matmul_kernel(kernel);
+            let report = conformance::check_with(&device, &Config::full().only("matmul"));
+            println!("{kernel:?}:\n{report}");
+            report.assert_ok();
+        }
+    }
+}
+
+/// Packed outputs (f16, u8) written at odd element offsets leave their neighbours alone.
+#[test]
+fn packed_outputs_keep_their_neighbours() {
+    use manychips::{DType, Layout, Op, View};
+    for device in devices() {
+        for (dtype, len, offset) in [(DType::F16, 5, 3), (DType::U8, 6, 1), (DType::U8, 3, 2)] {
+            let bytes = 16 * dtype.size_in_bytes();
+            let buf = device.alloc(bytes).expect("alloc");
+            device.write(buf, 0, &vec![0xAB; bytes]).expect("write");
+            let mut layout = Layout::contiguous([len]);
+            layout.offset = offset;
+            let out = View::new(buf, layout, dtype);
+            device.run(&Op::Fill { out, value: 1.0 }).expect("fill");
+            let mut got = vec![0; bytes];
+            device.read(buf, 0, &mut got).expect("read");
+            let size = dtype.size_in_bytes();
+            let one: &[u8] = if dtype == DType::F16 { &[0x00, 0x3c] } else { &[1] };
+            for i in 0..16 {
+                let elem = &got[i * size..(i + 1) * size];
+                if (offset..offset + len).contains(&i) {
+                    assert_eq!(elem, one, "{dtype} element {i}");
+                } else {
+                    assert!(elem.iter().all(|&b| b == 0xAB), "{dtype} element {i} was touched");
+                }
+            }
+            device.free(buf).expect("free");
+        }
+    }
+}
+
+/// A view past what the adapter binds at once is a clear error, not a wrong answer; views
+/// inside the bindable part of a big buffer still work.
+#[test]
+fn views_past_the_binding_limit_are_refused() {
+    use manychips::{DType, ErrorKind, Layout, Op, View};
+    for device in devices() {
+        let bytes = 160 << 20;
+        let Ok(buf) = device.alloc(bytes) else {
+            println!("{}: cannot allocate {bytes} bytes; skipped", device.info().label());
+            continue;
+        };
+        let mut low = Layout::contiguous([1024]);
+        low.offset = 1 << 20;
+        let op = Op::Fill { out: View::new(buf, low, DType::F32), value: 2.0 };
+        device.run(&op).expect("a view inside the binding limit runs");
+        let mut got = [0u8; 4];
+        device.read(buf, 4 << 20, &mut got).expect("read");
+        assert_eq!(f32::from_le_bytes(got), 2.0);
+        let mut high = Layout::contiguous([1024]);
+        high.offset = (150 << 20) / 4;
+        let op = Op::Fill { out: View::new(buf, high, DType::F32), value: 2.0 };
+        match device.run(&op) {
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+                println!("refused as expected: {e}");
+            }
+            Ok(()) => {
+                // An adapter that binds 160 MiB at once must then compute it right.
+                device.read(buf, 150 << 20, &mut got).expect("read");
+                assert_eq!(f32::from_le_bytes(got), 2.0);
+            }
+        }
+        device.free(buf).expect("free");
+    }
+}
+
+/// Loops longer than llvmpipe runs per invocation (65535 iterations in all) must still add
+/// up every term: long-k matmul with each kernel, and index_add along a long axis. The kit's
+/// random data would hide a few missing terms within tolerance; ones do not.
+#[test]
+fn long_loops_add_every_term() {
+    use manychips::{DType, Layout, Op, View};
+    let n = 70_000;
+    for device in devices() {
+        let ones = device.alloc(n * 4).expect("alloc");
+        let zeros = device.alloc(n * 4).expect("alloc");
+        let out = device.alloc(4).expect("alloc");
+        device.write(ones, 0, bytemuck::cast_slice(&vec![1.0f32; n])).expect("write");
+        device.write(zeros, 0, &vec![0; n * 4]).expect("write");
+        let read = || {
+            let mut got = [0u8; 4];
+            device.read(out, 0, &mut got).expect("read");
+            f32::from_le_bytes(got)
+        };
+        let row = View::new(ones, Layout::contiguous([1, n]), DType::F32);
+        let col = View::new(ones, Layout::contiguous([n, 1]), DType::F32);
+        let one = View::new(out, Layout::contiguous([1, 1]), DType::F32);
+        for kernel in
+            [MatmulKernel::Naive, MatmulKernel::RegisterBlocked, MatmulKernel::SharedTiles]
+        {
+            device.set_matmul_kernel(kernel);
+            let op = Op::Matmul { lhs: row.clone(), rhs: col.clone(), out: one.clone() };
+            device.run(&op).expect("matmul");
+            assert_eq!(read(), n as f32, "{kernel:?}");
+        }
+        device.write(out, 0, &[0; 4]).expect("write");
+        let op = Op::IndexAdd {
+            src: View::new(ones, Layout::contiguous([n]), DType::F32),
+            indices: View::new(zeros, Layout::contiguous([n]), DType::U32),
+            out: View::new(out, Layout::contiguous([1]), DType::F32),
+            axis: 0,
+        };
+        device.run(&op).expect("index_add");
+        assert_eq!(read(), n as f32, "index_add");
+    }
+}
