@@ -10,21 +10,12 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use manychips::{CpuDevice, DType, DeviceRef, Element, Tensor, f16};
 
-/// One measurement: the library against its baseline on the same work.
-struct Pair {
-    group: String,
-    label: String,
-    baseline: &'static str,
-    target: &'static str,
-    throughput: Throughput,
-    ours: Box<dyn FnMut()>,
-    base: Box<dyn FnMut()>,
-}
+mod common;
+use common::Pair;
 
 fn matmul_pair<T: Element + From<u8>>(
     n: usize,
@@ -40,6 +31,7 @@ fn matmul_pair<T: Element + From<u8>>(
     Pair {
         group: format!("matmul_{dtype}"),
         label: format!("{n}"),
+        ours_name: "manychips",
         baseline: "gemm",
         target: ">= 0.95",
         throughput: Throughput::Elements((2 * n * n * n) as u64),
@@ -97,6 +89,7 @@ fn add_pair(dev: &DeviceRef) -> Pair {
     Pair {
         group: "add_f32".into(),
         label: "4M".into(),
+        ours_name: "manychips",
         baseline: "plain_loop",
         target: ">= 0.8",
         throughput: Throughput::Bytes((3 * 4 * n) as u64),
@@ -122,6 +115,7 @@ fn exp_pair(dev: &DeviceRef) -> Pair {
     Pair {
         group: "exp_f32".into(),
         label: "4M".into(),
+        ours_name: "manychips",
         baseline: "scalar_loop",
         target: ">= 1.5",
         throughput: Throughput::Bytes((2 * 4 * n) as u64),
@@ -147,6 +141,7 @@ fn softmax_pair(dev: &DeviceRef) -> Pair {
     Pair {
         group: "softmax_f32".into(),
         label: "4096x1024".into(),
+        ours_name: "manychips",
         baseline: "scalar_loop",
         target: ">= 1.5",
         throughput: Throughput::Bytes((2 * 4 * rows * cols) as u64),
@@ -171,33 +166,6 @@ fn softmax_pair(dev: &DeviceRef) -> Pair {
     }
 }
 
-/// Median seconds of each side over alternating blocks of runs, taking about `budget` in
-/// all. Each block's first run is dropped: it pays for waking that side's thread pool, which
-/// went to sleep while the other side ran.
-fn interleaved(pair: &mut Pair, budget: Duration) -> (f64, f64) {
-    let time = |f: &mut dyn FnMut()| {
-        let start = Instant::now();
-        f();
-        start.elapsed().as_secs_f64()
-    };
-    let one_round = time(&mut *pair.ours) + time(&mut *pair.base);
-    let block = ((0.02 / one_round) as usize).clamp(2, 50);
-    let rounds = ((budget.as_secs_f64() / (one_round * block as f64)) as usize).clamp(5, 200);
-    let (mut ours, mut base) = (Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        for (f, times) in [(&mut pair.ours, &mut ours), (&mut pair.base, &mut base)] {
-            f();
-            times.extend((1..block).map(|_| time(&mut **f)));
-        }
-    }
-    (median(&mut ours), median(&mut base))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dev: DeviceRef = Arc::new(CpuDevice::with_threads(threads).expect("cpu device"));
@@ -209,39 +177,7 @@ fn main() {
     pairs.extend([add_pair(&dev), exp_pair(&dev), softmax_pair(&dev)]);
 
     let mut c = Criterion::default().configure_from_args();
-    for pair in &mut pairs {
-        let mut group = c.benchmark_group(pair.group.as_str());
-        group.sample_size(10).warm_up_time(Duration::from_millis(300));
-        group.measurement_time(Duration::from_secs(2)).throughput(pair.throughput.clone());
-        group
-            .bench_function(BenchmarkId::new("manychips", &pair.label), |b| b.iter(&mut pair.ours));
-        group.bench_function(BenchmarkId::new(pair.baseline, &pair.label), |b| {
-            b.iter(&mut pair.base)
-        });
-        group.finish();
-    }
+    common::measure(&mut c, &mut pairs);
     c.final_summary();
-
-    // Criterion's filter selects what it measures; the ratio pass follows the same filter.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    println!("\nratio = baseline / manychips, medians of an interleaved pass (higher is better)");
-    println!(
-        "{:<26} {:>12} {:>12} {:>7}  {:<12} target",
-        "bench", "manychips", "baseline", "ratio", "baseline is"
-    );
-    for pair in &mut pairs {
-        let name = format!("{}/{}", pair.group, pair.label);
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let (ours, base) = interleaved(pair, Duration::from_secs(3));
-        println!(
-            "{name:<26} {:>9.3} ms {:>9.3} ms {:>7.2}  {:<12} {}",
-            ours * 1e3,
-            base * 1e3,
-            base / ours,
-            pair.baseline,
-            pair.target
-        );
-    }
+    common::print_ratios(&mut pairs);
 }

@@ -23,8 +23,20 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool> {
-    let devices = manychips::devices()?;
+    let found = manychips::discover();
+    let devices = found.devices;
+    if devices.is_empty() {
+        return Err(found.unavailable.into_iter().next().unwrap_or(
+            manychips::Error::Unavailable {
+                backend: "any".into(),
+                reason: "no device found".into(),
+            },
+        ));
+    }
     print_inventory(&devices)?;
+    for why in &found.unavailable {
+        println!("(none from: {why})");
+    }
 
     let reference = &devices[0];
     let (n, rows, cols) = (512, 64, 1000);

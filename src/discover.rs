@@ -2,11 +2,51 @@
 
 use std::sync::Arc;
 
-use crate::{CpuDevice, DeviceRef, Result};
+use crate::{CpuDevice, Device, DeviceRef, Error, Result};
 
-/// Every device of every backend compiled in. The CPU device is always first; GPU backends
-/// add theirs as they are built in (each behind its cargo feature).
+/// What [`discover`] found: every device, and for each backend that found none, why.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    pub devices: Vec<DeviceRef>,
+    /// One `Error::Unavailable` (or the error that stopped the search) per backend that
+    /// contributed no device: no driver, no library, no adapter.
+    pub unavailable: Vec<Error>,
+}
+
+/// Every device of every backend compiled in: the CPU first, then Vulkan, then wgpu.
+///
+/// One physical card may appear through several backends (lavapipe is both `vulkan:0` and
+/// `wgpu:0`); [`DeviceInfo::identity`](crate::DeviceInfo) tells them apart. A backend without
+/// a driver contributes no device and an entry in [`Discovery::unavailable`]; nothing panics.
+pub fn discover() -> Discovery {
+    let mut found = Discovery::default();
+    found.collect(CpuDevice::new().map(|cpu| vec![cpu]));
+    #[cfg(feature = "vulkan")]
+    found.collect(manychips_vulkan::discover());
+    #[cfg(feature = "wgpu")]
+    found.collect(manychips_wgpu::discover());
+    found
+}
+
+/// The devices of [`discover`]; an `Err` only when not even the CPU device starts.
 pub fn devices() -> Result<Vec<DeviceRef>> {
-    let cpu: DeviceRef = Arc::new(CpuDevice::new()?);
-    Ok(vec![cpu])
+    let found = discover();
+    match found.unavailable.into_iter().next() {
+        Some(err) if found.devices.is_empty() => Err(err),
+        _ => Ok(found.devices),
+    }
+}
+
+impl Discovery {
+    fn collect<D: Device + 'static>(&mut self, result: Result<Vec<D>>) {
+        match result {
+            Ok(devices) => {
+                self.devices.extend(devices.into_iter().map(|d| Arc::new(d) as DeviceRef))
+            }
+            Err(err) => {
+                tracing::info!(%err, "a backend contributed no device");
+                self.unavailable.push(err);
+            }
+        }
+    }
 }

@@ -8,9 +8,12 @@ pub mod conformance;
 mod discover;
 mod tensor;
 
-pub use discover::devices;
+pub use discover::{Discovery, devices, discover};
 pub use manychips_api::*;
 pub use manychips_cpu::CpuDevice;
+/// Which WGSL matmul kernel a Vulkan or wgpu device runs.
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+pub use manychips_wgsl::MatmulKernel;
 pub use tensor::Tensor;
 
 use std::sync::Arc;
