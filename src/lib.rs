@@ -13,7 +13,7 @@ pub use manychips_api::*;
 pub use manychips_cpu::CpuDevice;
 /// Which WGSL matmul kernel a Vulkan or wgpu device runs.
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
-pub use manychips_wgsl::MatmulKernel;
+pub use manychips_wgsl::{MatmulKernel, pick_matmul_kernel};
 pub use tensor::Tensor;
 
 use std::sync::Arc;

@@ -154,3 +154,20 @@ fn long_loops_add_every_term() {
         assert_eq!(read(), n as f32, "index_add");
     }
 }
+
+#[test]
+fn calibration_picks_the_fastest_matmul_kernel() {
+    for device in devices() {
+        let (best, timings) =
+            manychips::pick_matmul_kernel(&device, &|k| device.set_matmul_kernel(k), 256)
+                .expect("calibration runs");
+        println!("{}: {timings:?} -> {best:?}", device.info().label());
+        assert_eq!(device.matmul_kernel(), best, "the winner stays selected");
+        let fastest = timings.iter().min_by_key(|(_, t)| *t).map(|(k, _)| *k);
+        assert_eq!(fastest, Some(best));
+        if device.info().name.contains("llvmpipe") {
+            // Measured 6x apart on lavapipe: noise cannot make the naive kernel win.
+            assert_ne!(best, MatmulKernel::Naive);
+        }
+    }
+}

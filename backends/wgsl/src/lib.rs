@@ -27,6 +27,7 @@
 //! - The WGSL uses no optional feature (16-bit and 8-bit types are converted with integer
 //!   bit operations), so every dtype lowers on every adapter.
 
+mod calibrate;
 mod kernel;
 mod lower;
 mod params;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 
 use manychips_api::{BufferId, Op, Result};
 
+pub use calibrate::pick_matmul_kernel;
 pub use params::{MAX_RANK, WORDS as PARAM_WORDS};
 
 /// Size in bytes of the status buffer ([`Slot::Status`]).
