@@ -53,6 +53,9 @@ struct State {
     status: wgpu::Buffer,
     /// Ops that may have flagged a bad index since the status was last checked.
     flagging: Vec<String>,
+    /// The read-back staging buffer, kept and grown: a fresh one per read costs wgpu's zero
+    /// fill and the page faults of a new allocation.
+    readback: Option<wgpu::Buffer>,
 }
 
 impl WgpuDevice {
@@ -144,6 +147,7 @@ impl WgpuDevice {
                 ring_used: 0,
                 status,
                 flagging: Vec::new(),
+                readback: None,
             }),
         })
     }
@@ -256,16 +260,41 @@ impl WgpuDevice {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("manychips read"),
-            size: len.max(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let mut bytes = vec![0; len as usize];
+        self.download_into(state, op, src, offset, 0, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Copies `dst.len()` bytes starting `skip` bytes past the 4-aligned `offset` of `src`
+    /// into `dst`, through the reused staging buffer: one copy out of the mapping.
+    fn download_into(
+        &self,
+        state: &mut State,
+        op: &str,
+        src: &wgpu::Buffer,
+        offset: u64,
+        skip: usize,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let len = (skip + dst.len()).next_multiple_of(4).max(4) as u64;
+        let staging = match &state.readback {
+            Some(buffer) if buffer.size() >= len => buffer.clone(),
+            _ => {
+                let size = len.next_power_of_two().min(self.max_buffer).max(len);
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("manychips read"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                state.readback = Some(buffer.clone());
+                buffer
+            }
+        };
         self.encoder(state).copy_buffer_to_buffer(src, offset, &staging, 0, len);
         self.flush(state);
         let (tx, rx) = mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        staging.slice(..len).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.wait(op)?;
@@ -279,18 +308,19 @@ impl WgpuDevice {
             device: self.label.clone(),
             detail: format!("mapping the read-back buffer: {e}"),
         })?;
-        let bytes = match staging.slice(..len).get_mapped_range() {
-            Ok(view) => view.to_vec(),
-            Err(e) => {
-                return Err(Error::Fault {
-                    op: op.into(),
-                    device: self.label.clone(),
-                    detail: format!("reading the mapped buffer: {e}"),
-                });
+        let copied = match staging.slice(..len).get_mapped_range() {
+            Ok(view) => {
+                dst.copy_from_slice(&view[skip..skip + dst.len()]);
+                Ok(())
             }
+            Err(e) => Err(Error::Fault {
+                op: op.into(),
+                device: self.label.clone(),
+                detail: format!("reading the mapped buffer: {e}"),
+            }),
         };
         staging.unmap();
-        Ok(bytes)
+        copied
     }
 
     /// Reports (once) an out-of-range index flagged by a kernel since the last check.
@@ -321,19 +351,17 @@ impl WgpuDevice {
     }
 
     /// `len` bytes at `offset` of buffer `id`, after all enqueued work.
-    fn read_bytes(
+    fn read_into(
         &self,
         state: &mut State,
         id: BufferId,
         offset: usize,
-        len: usize,
-    ) -> Result<Vec<u8>> {
+        dst: &mut [u8],
+    ) -> Result<()> {
         let buffer = self.buffer(state, "read", id)?.buffer.clone();
         let start = offset & !3;
-        let end = (offset + len).next_multiple_of(4);
-        let bytes = self.download(state, "read", &buffer, start as u64, (end - start) as u64)?;
-        self.check_status(state)?;
-        Ok(bytes[offset - start..offset - start + len].to_vec())
+        self.download_into(state, "read", &buffer, start as u64, offset - start, dst)?;
+        self.check_status(state)
     }
 
     fn write_bytes(
@@ -566,9 +594,7 @@ impl Device for WgpuDevice {
             self.wait("read")?;
             return self.check_status(&mut state);
         }
-        let bytes = self.read_bytes(&mut state, src, offset, dst.len())?;
-        dst.copy_from_slice(&bytes);
-        Ok(())
+        self.read_into(&mut state, src, offset, dst)
     }
 
     fn copy(
@@ -603,7 +629,8 @@ impl Device for WgpuDevice {
             return Ok(());
         }
         // Unaligned or within one buffer: through the host, which also handles overlap.
-        let data = self.read_bytes(&mut state, src, src_offset, bytes)?;
+        let mut data = vec![0; bytes];
+        self.read_into(&mut state, src, src_offset, &mut data)?;
         self.write_bytes(&mut state, dst, dst_offset, &data)
     }
 
