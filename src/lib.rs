@@ -5,12 +5,15 @@
 //! [`conformance`] kit checks a device against an f64 host reference.
 
 pub mod conformance;
-mod discover;
+pub mod fleet;
 mod tensor;
 
-pub use discover::{Discovery, devices, discover};
+pub use fleet::{Discovery, Fleet, devices, discover};
 pub use manychips_api::*;
 pub use manychips_cpu::CpuDevice;
+/// Simulated devices: a real device that behaves like a chip of a given speed, and fails on
+/// command.
+pub use manychips_sim as sim;
 /// Which WGSL matmul kernel a Vulkan or wgpu device runs.
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 pub use manychips_wgsl::{MatmulKernel, pick_matmul_kernel};

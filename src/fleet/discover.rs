@@ -16,8 +16,9 @@ pub struct Discovery {
 /// Every device of every backend compiled in: the CPU first, then Vulkan, then wgpu.
 ///
 /// One physical card may appear through several backends (lavapipe is both `vulkan:0` and
-/// `wgpu:0`); [`DeviceInfo::identity`](crate::DeviceInfo) tells them apart. A backend without
-/// a driver contributes no device and an entry in [`Discovery::unavailable`]; nothing panics.
+/// `wgpu:0`): this lists every view, and [`Fleet::discover`](super::Fleet::discover) keeps one
+/// per chip. A backend without a driver contributes no device and an entry in
+/// [`Discovery::unavailable`]; nothing panics.
 pub fn discover() -> Discovery {
     let mut found = Discovery::default();
     found.collect(CpuDevice::new().map(|cpu| vec![cpu]));

@@ -1,0 +1,33 @@
+//! Errors of the inner device, re-addressed to the simulated one.
+
+use manychips_api::Error;
+
+/// `err` as if the simulated device `label` had raised it: users and the fleet see the
+/// device they called, never the one computing behind it.
+pub(crate) fn relabel(err: Error, label: &str) -> Error {
+    let mut err = err;
+    match &mut err {
+        Error::Shape { device, .. }
+        | Error::DType { device, .. }
+        | Error::UnsupportedDType { device, .. }
+        | Error::IndexOutOfRange { device, .. }
+        | Error::InvalidArgument { device, .. }
+        | Error::OutOfMemory { device, .. }
+        | Error::DeviceLost { device, .. }
+        | Error::Timeout { device, .. }
+        | Error::Fault { device, .. } => *device = label.to_string(),
+        Error::DeviceMismatch { .. } | Error::Unavailable { .. } => {}
+    }
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_simulated_device() {
+        let err = Error::Fault { op: "run".into(), device: "cpu:0".into(), detail: "x".into() };
+        assert_eq!(relabel(err, "sim:2").to_string(), "run on sim:2: device fault: x");
+    }
+}

@@ -1,0 +1,193 @@
+//! The fleet: every chip this process can use, once each, as the user selected them.
+//!
+//! [`Fleet::discover`] asks every compiled-in backend for its devices ([`discover`]), applies
+//! the user's `MANYCHIPS_DEVICES` selection ([`Selector`]), then keeps one device per
+//! physical chip ([`dedup`]). Membership changes afterwards only through [`Fleet::evict`]
+//! and [`Fleet::join`], each of which bumps [`Fleet::epoch`], so that whatever was planned
+//! for one membership (a planner's shares, calibrated figures keyed by
+//! [`DeviceInfo::id`](crate::DeviceInfo) or label) can tell that it is stale.
+
+mod dedup;
+mod discover;
+mod select;
+mod table;
+
+use std::collections::HashSet;
+
+use crate::{DeviceInfo, DeviceRef, Error, Result};
+
+pub use dedup::{Dedup, Duplicate, SameChip, dedup};
+pub use discover::{Discovery, devices, discover};
+pub use select::{DEVICES_VAR, Selector, Term};
+
+/// The devices a program computes on, plus the host CPU device.
+///
+/// Labels (`cpu:0`, `vulkan:1`, ...) are unique within a fleet and name devices in every
+/// call. The host CPU device ([`Fleet::cpu`]) is always there, even when the selection leaves
+/// it out of the compute devices or it was evicted: results are assembled and checked on it.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    devices: Vec<DeviceRef>,
+    host: DeviceRef,
+    duplicates: Vec<(String, String, SameChip)>,
+    unavailable: Vec<Error>,
+    epoch: u64,
+}
+
+impl Fleet {
+    /// Every device of every backend compiled in, selected by `MANYCHIPS_DEVICES` (unset or
+    /// empty: all), one per physical chip.
+    ///
+    /// `Err` when not even the CPU device starts, when `MANYCHIPS_DEVICES` is malformed or not
+    /// Unicode, or when it selects no device.
+    pub fn discover() -> Result<Fleet> {
+        let selector = match std::env::var(DEVICES_VAR) {
+            Ok(value) => Some(value),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(raw)) => {
+                return Err(Error::InvalidArgument {
+                    op: "select devices".into(),
+                    device: "fleet".into(),
+                    detail: format!("{DEVICES_VAR}={raw:?} is not valid Unicode"),
+                });
+            }
+        };
+        // Checked before discovery, which opens every device: a typo should fail at once.
+        if let Some(value) = selector.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Selector::parse(value)?;
+        }
+        let found = discover();
+        if !found.devices.iter().any(|d| d.info().backend == "cpu") {
+            let cpu_err = found.unavailable.iter().find(|e| match e {
+                Error::Unavailable { backend, .. } => backend == "cpu",
+                _ => false,
+            });
+            return Err(cpu_err.or(found.unavailable.first()).cloned().unwrap_or_else(no_cpu));
+        }
+        let mut fleet = Fleet::from_devices(found.devices, selector.as_deref())?;
+        fleet.unavailable = found.unavailable;
+        Ok(fleet)
+    }
+
+    /// A fleet of the given devices: `selector` (the `MANYCHIPS_DEVICES` syntax; `None` or
+    /// blank for all) picks among them, then one device per physical chip is kept.
+    ///
+    /// `devices` must include a CPU device (the host) and have unique labels.
+    pub fn from_devices(devices: Vec<DeviceRef>, selector: Option<&str>) -> Result<Fleet> {
+        let mut seen = HashSet::new();
+        if let Some(dup) =
+            devices.iter().map(|d| d.info().label()).find(|l| !seen.insert(l.clone()))
+        {
+            return Err(invalid(format!("two devices are labelled {dup}; labels must be unique")));
+        }
+        let Some(host) = devices.iter().find(|d| d.info().backend == "cpu").cloned() else {
+            let given: Vec<String> = devices.iter().map(|d| d.info().label()).collect();
+            return Err(invalid(format!(
+                "a fleet needs a CPU device (its host); given: {}",
+                if given.is_empty() { "none".to_string() } else { given.join(", ") }
+            )));
+        };
+        let infos: Vec<&DeviceInfo> = devices.iter().map(|d| d.info()).collect();
+        let chosen = match selector.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(value) => Selector::parse(value)?.apply(&infos)?,
+            None => (0..devices.len()).collect(),
+        };
+        let chosen_infos: Vec<&DeviceInfo> = chosen.iter().map(|&i| infos[i]).collect();
+        let plan = dedup(&chosen_infos);
+        let duplicates: Vec<(String, String, SameChip)> = plan
+            .dropped
+            .iter()
+            .map(|d| (chosen_infos[d.dropped].label(), chosen_infos[d.kept].label(), d.by))
+            .collect();
+        for (dropped, kept, by) in &duplicates {
+            tracing::info!(%dropped, %kept, %by, "same chip seen twice; keeping one view");
+        }
+        let members: Vec<DeviceRef> =
+            plan.kept.iter().map(|&k| devices[chosen[k]].clone()).collect();
+        tracing::info!(
+            devices = %members.iter().map(|d| d.info().label()).collect::<Vec<_>>().join(","),
+            "fleet up"
+        );
+        Ok(Fleet { devices: members, host, duplicates, unavailable: Vec::new(), epoch: 0 })
+    }
+
+    /// The compute devices, in discovery order.
+    pub fn devices(&self) -> &[DeviceRef] {
+        &self.devices
+    }
+
+    /// The member labelled `label` (`vulkan:0`).
+    pub fn get(&self, label: &str) -> Option<&DeviceRef> {
+        self.devices.iter().find(|d| d.info().label() == label)
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    /// The host CPU device, whether or not it is a compute member.
+    pub fn cpu(&self) -> &DeviceRef {
+        &self.host
+    }
+
+    /// Devices left out as other views of a member's chip: (left out, kept, evidence).
+    pub fn duplicates(&self) -> &[(String, String, SameChip)] {
+        &self.duplicates
+    }
+
+    /// Why each backend that contributed no device did not (from [`Fleet::discover`]).
+    pub fn unavailable(&self) -> &[Error] {
+        &self.unavailable
+    }
+
+    /// Bumped by every membership change, so plans made for an older membership are known
+    /// to be stale.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Removes the member labelled `label` (a failed or hopelessly slow chip) and returns it;
+    /// `None` if there is no such member.
+    pub fn evict(&mut self, label: &str) -> Option<DeviceRef> {
+        let index = self.devices.iter().position(|d| d.info().label() == label)?;
+        let device = self.devices.remove(index);
+        self.epoch += 1;
+        tracing::warn!(device = %label, remaining = self.devices.len(), epoch = self.epoch, "device evicted");
+        Some(device)
+    }
+
+    /// Adds `device` as a member. Refused (`InvalidArgument`) when its label is taken or it is
+    /// another view of a member's chip.
+    pub fn join(&mut self, device: DeviceRef) -> Result<()> {
+        let label = device.info().label();
+        if self.get(&label).is_some() {
+            return Err(invalid(format!("{label} is already a member")));
+        }
+        let mut infos: Vec<&DeviceInfo> = self.devices.iter().map(|d| d.info()).collect();
+        infos.push(device.info());
+        let plan = dedup(&infos);
+        if let Some(dup) = plan.dropped.first() {
+            let (a, b) = (infos[dup.dropped].label(), infos[dup.kept].label());
+            return Err(invalid(format!(
+                "{label} would be a second view of one chip ({a} and {b}: {})",
+                dup.by
+            )));
+        }
+        self.devices.push(device);
+        self.epoch += 1;
+        tracing::info!(device = %label, members = self.devices.len(), epoch = self.epoch, "device joined");
+        Ok(())
+    }
+}
+
+fn invalid(detail: String) -> Error {
+    Error::InvalidArgument { op: "fleet".into(), device: "fleet".into(), detail }
+}
+
+fn no_cpu() -> Error {
+    Error::Unavailable { backend: "cpu".into(), reason: "a fleet needs a CPU device".into() }
+}
