@@ -1,4 +1,4 @@
-//! Finds every device, prints a table of them, and runs a matmul and a softmax on each,
+//! Finds every device (one per physical chip; `MANYCHIPS_DEVICES` selects), prints them, and runs a matmul and a softmax on each,
 //! checked against the CPU device.
 //!
 //!     cargo run --release --example quickstart
@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use manychips::{DType, DeviceRef, Result, Tensor};
+use manychips::{DType, Fleet, Result, Tensor};
 
 fn main() -> ExitCode {
     match run() {
@@ -23,22 +23,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool> {
-    let found = manychips::discover();
-    let devices = found.devices;
-    if devices.is_empty() {
-        return Err(found.unavailable.into_iter().next().unwrap_or(
-            manychips::Error::Unavailable {
-                backend: "any".into(),
-                reason: "no device found".into(),
-            },
-        ));
-    }
-    print_inventory(&devices)?;
-    for why in &found.unavailable {
-        println!("(none from: {why})");
-    }
-
-    let reference = &devices[0];
+    // One device per physical chip, as MANYCHIPS_DEVICES selects (unset: all).
+    let fleet = Fleet::discover()?;
+    println!("{fleet}");
+    let devices = fleet.devices().to_vec();
+    let reference = fleet.cpu();
     let (n, rows, cols) = (512, 64, 1000);
     let a = Tensor::randn(0.0, 1.0, [n, n], DType::F32, 1, reference)?;
     let b = Tensor::randn(0.0, 1.0, [n, n], DType::F32, 2, reference)?;
@@ -91,28 +80,6 @@ fn run() -> Result<bool> {
         }
     }
     Ok(all_ok)
-}
-
-fn print_inventory(devices: &[DeviceRef]) -> Result<()> {
-    println!(
-        "{:<8} {:<40} {:<14} {:>10} {:<22} identity",
-        "device", "name", "vendor", "memory", "dtypes"
-    );
-    for device in devices {
-        let info = device.info();
-        let memory = device.memory()?;
-        let dtypes: Vec<&str> = info.dtypes.iter().map(|d| d.name()).collect();
-        println!(
-            "{:<8} {:<40} {:<14} {:>6.1} GiB {:<22} {}",
-            info.label(),
-            info.name,
-            info.vendor,
-            memory.total as f64 / (1u64 << 30) as f64,
-            dtypes.join(","),
-            info.identity
-        );
-    }
-    Ok(())
 }
 
 /// Largest error relative to the largest reference magnitude (a matmul's natural scale).
