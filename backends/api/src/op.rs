@@ -330,6 +330,33 @@ impl Op {
         }
     }
 
+    /// Every view, inputs first (in the order of [`Op::inputs`]) and the output last: for
+    /// code that rewrites an op's buffers or layouts, such as a planner cutting it into
+    /// shares or a wrapper device mapping buffer ids.
+    pub fn views_mut(&mut self) -> Vec<&mut View> {
+        match self {
+            Op::Matmul { lhs, rhs, out }
+            | Op::Binary { lhs, rhs, out, .. }
+            | Op::Compare { lhs, rhs, out, .. } => vec![lhs, rhs, out],
+            Op::Unary { input, out, .. }
+            | Op::Affine { input, out, .. }
+            | Op::Reduce { input, out, .. }
+            | Op::Softmax { input, out, .. }
+            | Op::Cast { input, out }
+            | Op::Copy { input, out } => vec![input, out],
+            Op::Concat { inputs, out, .. } => inputs.iter_mut().chain([out]).collect(),
+            Op::IndexSelect { input, indices, out, .. }
+            | Op::Gather { input, indices, out, .. } => {
+                vec![input, indices, out]
+            }
+            Op::IndexAdd { src, indices, out, .. } | Op::ScatterAdd { src, indices, out, .. } => {
+                vec![src, indices, out]
+            }
+            Op::Where { cond, on_true, on_false, out } => vec![cond, on_true, on_false, out],
+            Op::Fill { out, .. } => vec![out],
+        }
+    }
+
     /// Floating-point operations the op performs (multiply-add counts 2), for pricing.
     pub fn flops(&self) -> f64 {
         match self {
@@ -692,4 +719,46 @@ pub fn non_overlapping(layout: &Layout) -> bool {
         span += (dim - 1) * stride;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DeviceId, Shape};
+
+    fn view(device: DeviceId, index: u64) -> View {
+        View::new(BufferId { device, index }, Layout::contiguous([2]), DType::F32)
+    }
+
+    #[test]
+    fn views_mut_lists_the_inputs_then_the_output() {
+        let dev = DeviceId::fresh();
+        let mut op =
+            Op::Concat { inputs: vec![view(dev, 1), view(dev, 2)], out: view(dev, 3), axis: 0 };
+        let order: Vec<u64> = op.views_mut().iter().map(|v| v.buffer.index).collect();
+        assert_eq!(order, vec![1, 2, 3]);
+        let inputs: Vec<u64> = op.inputs().iter().map(|v| v.buffer.index).collect();
+        assert_eq!(inputs, order[..2]);
+        for v in op.views_mut() {
+            v.buffer.index += 10;
+        }
+        assert_eq!(op.output().buffer.index, 13);
+    }
+
+    #[test]
+    fn overlapping_outputs_are_detected() {
+        assert!(non_overlapping(&Layout::contiguous([3, 4])));
+        assert!(non_overlapping(&Layout::contiguous([3, 4]).transposed(0, 1)));
+        let mut overlap = Layout::contiguous([3, 4]);
+        overlap.strides = vec![2, 1]; // rows of 4 starting every 2 elements
+        assert!(!non_overlapping(&overlap));
+        let dev = DeviceId::fresh();
+        let mut out = view(dev, 2);
+        out.layout = overlap;
+        out.layout.shape = Shape::from([3, 4]);
+        let op = Op::Fill { out, value: 0.0 };
+        let err = op.validate("test:0").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(err.to_string().contains("writes some elements twice"), "{err}");
+    }
 }

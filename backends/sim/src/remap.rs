@@ -1,6 +1,6 @@
 //! Rewriting an op's buffers from the simulated device's ids to the inner device's.
 
-use manychips_api::{Op, Result, View};
+use manychips_api::{Op, Result};
 
 /// `op` with every view's buffer replaced by `map(buffer)`; the first `Err` of `map` wins.
 pub(crate) fn remap(
@@ -8,69 +8,16 @@ pub(crate) fn remap(
     mut map: impl FnMut(manychips_api::BufferId) -> Result<manychips_api::BufferId>,
 ) -> Result<Op> {
     let mut op = op.clone();
-    let mut first_err = None;
-    for_each_view(&mut op, &mut |view: &mut View| {
-        if first_err.is_some() {
-            return;
-        }
-        match map(view.buffer) {
-            Ok(buffer) => view.buffer = buffer,
-            Err(err) => first_err = Some(err),
-        }
-    });
-    match first_err {
-        Some(err) => Err(err),
-        None => Ok(op),
+    for view in op.views_mut() {
+        view.buffer = map(view.buffer)?;
     }
-}
-
-/// Visits every view of `op`, inputs first, output last.
-fn for_each_view(op: &mut Op, f: &mut impl FnMut(&mut View)) {
-    match op {
-        Op::Matmul { lhs, rhs, out }
-        | Op::Binary { lhs, rhs, out, .. }
-        | Op::Compare { lhs, rhs, out, .. } => {
-            f(lhs);
-            f(rhs);
-            f(out);
-        }
-        Op::Unary { input, out, .. }
-        | Op::Affine { input, out, .. }
-        | Op::Reduce { input, out, .. }
-        | Op::Softmax { input, out, .. }
-        | Op::Cast { input, out }
-        | Op::Copy { input, out } => {
-            f(input);
-            f(out);
-        }
-        Op::Concat { inputs, out, .. } => {
-            inputs.iter_mut().for_each(&mut *f);
-            f(out);
-        }
-        Op::IndexSelect { input, indices, out, .. } | Op::Gather { input, indices, out, .. } => {
-            f(input);
-            f(indices);
-            f(out);
-        }
-        Op::IndexAdd { src, indices, out, .. } | Op::ScatterAdd { src, indices, out, .. } => {
-            f(src);
-            f(indices);
-            f(out);
-        }
-        Op::Where { cond, on_true, on_false, out } => {
-            f(cond);
-            f(on_true);
-            f(on_false);
-            f(out);
-        }
-        Op::Fill { out, .. } => f(out),
-    }
+    Ok(op)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use manychips_api::{BufferId, DType, DeviceId, Error, Layout};
+    use manychips_api::{BufferId, DType, DeviceId, Error, Layout, View};
 
     #[test]
     fn maps_every_view_and_stops_at_the_first_error() {
