@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 use manychips_api::{
-    BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result,
+    BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result, checks,
 };
 
 use crate::sysinfo;
@@ -128,23 +128,12 @@ impl CpuDevice {
 
     /// The size of `buf`, or why it cannot be used here.
     fn size_of(&self, table: &Table, op: &str, buf: BufferId) -> Result<usize> {
-        if buf.device != self.info.id {
-            return Err(Error::DeviceMismatch {
-                op: op.into(),
-                detail: format!(
-                    "buffer {} belongs to device #{}, not to {} (device #{})",
-                    buf.index,
-                    buf.device.as_u64(),
-                    self.label,
-                    self.info.id.as_u64()
-                ),
-            });
-        }
-        table.sizes.get(&buf.index).copied().ok_or_else(|| Error::InvalidArgument {
-            op: op.into(),
-            device: self.label.clone(),
-            detail: format!("buffer {} does not exist (never allocated here, or freed)", buf.index),
-        })
+        checks::check_owner(op, &self.label, self.info.id, buf)?;
+        table
+            .sizes
+            .get(&buf.index)
+            .copied()
+            .ok_or_else(|| checks::unknown_buffer(op, &self.label, buf))
     }
 
     /// `offset + len` if that byte range lies inside a buffer of `size` bytes.
@@ -156,17 +145,7 @@ impl CpuDevice {
         offset: usize,
         len: usize,
     ) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(Error::InvalidArgument {
-                op: op.into(),
-                device: self.label.clone(),
-                detail: format!(
-                    "bytes {offset}..{offset}+{len} are outside buffer {} of {size} bytes",
-                    buf.index
-                ),
-            }),
-        }
+        checks::check_byte_range(op, &self.label, buf, size, offset, len)
     }
 }
 
@@ -289,36 +268,11 @@ impl Device for CpuDevice {
     fn run(&self, op: &Op) -> Result<()> {
         self.check_alive()?;
         op.validate(&self.label)?;
-        let output = op.output();
-        let views = op.inputs().into_iter().chain(std::iter::once(output));
         let name = op.name();
         let table = self.lock();
-        for v in views {
-            if !self.info.supports(v.dtype) {
-                return Err(Error::UnsupportedDType {
-                    op: name,
-                    device: self.label.clone(),
-                    dtype: v.dtype,
-                    detail: format!("; {}", op.describe()),
-                });
-            }
-            let size = self.size_of(&table, &name, v.buffer)?;
-            let end = v.byte_end();
-            match end {
-                Some(end) if end <= size => {}
-                _ => {
-                    return Err(Error::InvalidArgument {
-                        op: name,
-                        device: self.label.clone(),
-                        detail: format!(
-                            "view {v:?} reaches past the end of buffer {} ({size} bytes); {}",
-                            v.buffer.index,
-                            op.describe()
-                        ),
-                    });
-                }
-            }
-        }
+        checks::check_op_views(op, &self.label, &self.info.dtypes, |b| {
+            self.size_of(&table, &name, b)
+        })?;
         self.send(&table, Command::Run(Box::new(op.clone())))
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use manychips_api::{
     BufferId, Device, DeviceId, DeviceInfo, Error, ErrorKind, Identity, MemoryInfo, Op, Result,
+    checks,
 };
 
 use crate::clock::Clock;
@@ -164,23 +165,12 @@ impl SimDevice {
 
     /// The inner buffer and size behind our `buf`, or why it cannot be used here.
     fn resolve(&self, table: &Table, op: &str, buf: BufferId) -> Result<(BufferId, usize)> {
-        if buf.device != self.info.id {
-            return Err(Error::DeviceMismatch {
-                op: op.into(),
-                detail: format!(
-                    "buffer {} belongs to device #{}, not to {} (device #{})",
-                    buf.index,
-                    buf.device.as_u64(),
-                    self.label,
-                    self.info.id.as_u64()
-                ),
-            });
-        }
-        table.buffers.get(&buf.index).copied().ok_or_else(|| Error::InvalidArgument {
-            op: op.into(),
-            device: self.label.clone(),
-            detail: format!("buffer {} does not exist (never allocated here, or freed)", buf.index),
-        })
+        checks::check_owner(op, &self.label, self.info.id, buf)?;
+        table
+            .buffers
+            .get(&buf.index)
+            .copied()
+            .ok_or_else(|| checks::unknown_buffer(op, &self.label, buf))
     }
 
     fn inner_buffer(&self, op: &str, buf: BufferId) -> Result<BufferId> {

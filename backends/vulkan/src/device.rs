@@ -8,6 +8,7 @@ use ash::vk;
 use gpu_allocator::vulkan::{Allocator, AllocatorCreateDesc};
 use manychips_api::{
     BufferId, Device, DeviceId, DeviceInfo, Error, ErrorKind, Identity, MemoryInfo, Op, Result,
+    checks,
 };
 use manychips_wgsl::{Features, MatmulKernel};
 
@@ -260,23 +261,8 @@ impl VulkanDevice {
         op: &str,
         id: BufferId,
     ) -> Result<&'s Buffer> {
-        if id.device != self.info.id {
-            return Err(Error::DeviceMismatch {
-                op: op.into(),
-                detail: format!(
-                    "buffer {} belongs to device #{}, not to {} (device #{})",
-                    id.index,
-                    id.device.as_u64(),
-                    self.label,
-                    self.info.id.as_u64()
-                ),
-            });
-        }
-        state.buffers.get(&id.index).ok_or_else(|| Error::InvalidArgument {
-            op: op.into(),
-            device: self.label.clone(),
-            detail: format!("buffer {} does not exist (never allocated here, or freed)", id.index),
-        })
+        checks::check_owner(op, &self.label, self.info.id, id)?;
+        state.buffers.get(&id.index).ok_or_else(|| checks::unknown_buffer(op, &self.label, id))
     }
 
     /// The user-visible size of a buffer is recorded separately from the padded Vulkan size.
@@ -290,17 +276,7 @@ impl VulkanDevice {
     ) -> Result<()> {
         self.buffer(state, op, id)?;
         let size = state.sizes_of(id.index);
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(Error::InvalidArgument {
-                op: op.into(),
-                device: self.label.clone(),
-                detail: format!(
-                    "bytes {offset}..{offset}+{len} are outside buffer {} of {size} bytes",
-                    id.index
-                ),
-            }),
-        }
+        checks::check_byte_range(op, &self.label, id, size, offset, len)
     }
 
     fn write_locked(
@@ -553,32 +529,10 @@ impl Device for VulkanDevice {
         let output = op.output();
         {
             let state = lock(&self.state);
-            for v in op.inputs().into_iter().chain(std::iter::once(output)) {
-                if !self.info.supports(v.dtype) {
-                    return Err(Error::UnsupportedDType {
-                        op: name,
-                        device: self.label.clone(),
-                        dtype: v.dtype,
-                        detail: format!("; {}", op.describe()),
-                    });
-                }
-                self.buffer(&state, &name, v.buffer)?;
-                let size = state.sizes_of(v.buffer.index);
-                match v.byte_end() {
-                    Some(end) if end <= size => {}
-                    _ => {
-                        return Err(Error::InvalidArgument {
-                            op: name,
-                            device: self.label.clone(),
-                            detail: format!(
-                                "view {v:?} reaches past the end of buffer {} ({size} bytes); {}",
-                                v.buffer.index,
-                                op.describe()
-                            ),
-                        });
-                    }
-                }
-            }
+            checks::check_op_views(op, &self.label, &self.info.dtypes, |b| {
+                self.buffer(&state, &name, b)?;
+                Ok(state.sizes_of(b.index))
+            })?;
         }
         if output.numel() == 0 {
             return Ok(());

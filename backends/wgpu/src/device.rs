@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use manychips_api::{
-    BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result,
+    BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result, checks,
 };
 use manychips_wgsl::{Features, MatmulKernel, Slot, lower};
 
@@ -181,23 +181,8 @@ impl WgpuDevice {
     }
 
     fn buffer<'a>(&self, state: &'a State, op: &str, id: BufferId) -> Result<&'a Buf> {
-        if id.device != self.info.id {
-            return Err(Error::DeviceMismatch {
-                op: op.into(),
-                detail: format!(
-                    "buffer {} belongs to device #{}, not to {} (device #{})",
-                    id.index,
-                    id.device.as_u64(),
-                    self.label,
-                    self.info.id.as_u64()
-                ),
-            });
-        }
-        state.buffers.get(&id.index).ok_or_else(|| Error::InvalidArgument {
-            op: op.into(),
-            device: self.label.clone(),
-            detail: format!("buffer {} does not exist (never allocated here, or freed)", id.index),
-        })
+        checks::check_owner(op, &self.label, self.info.id, id)?;
+        state.buffers.get(&id.index).ok_or_else(|| checks::unknown_buffer(op, &self.label, id))
     }
 
     fn check_range(
@@ -208,17 +193,7 @@ impl WgpuDevice {
         off: usize,
         len: usize,
     ) -> Result<()> {
-        match off.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(Error::InvalidArgument {
-                op: op.into(),
-                device: self.label.clone(),
-                detail: format!(
-                    "bytes {off}..{off}+{len} are outside buffer {} of {size} bytes",
-                    id.index
-                ),
-            }),
-        }
+        checks::check_byte_range(op, &self.label, id, size, off, len)
     }
 
     fn encoder<'a>(&self, state: &'a mut State) -> &'a mut wgpu::CommandEncoder {
@@ -639,32 +614,9 @@ impl Device for WgpuDevice {
         op.validate(&self.label)?;
         let name = op.name();
         let mut state = self.lock();
-        let views = op.inputs().into_iter().chain(std::iter::once(op.output()));
-        for v in views {
-            if !self.info.supports(v.dtype) {
-                return Err(Error::UnsupportedDType {
-                    op: name,
-                    device: self.label.clone(),
-                    dtype: v.dtype,
-                    detail: format!("; {}", op.describe()),
-                });
-            }
-            let size = self.buffer(&state, &name, v.buffer)?.size;
-            match v.byte_end() {
-                Some(end) if end <= size => {}
-                _ => {
-                    return Err(Error::InvalidArgument {
-                        op: name,
-                        device: self.label.clone(),
-                        detail: format!(
-                            "view {v:?} reaches past the end of buffer {} ({size} bytes); {}",
-                            v.buffer.index,
-                            op.describe()
-                        ),
-                    });
-                }
-            }
-        }
+        checks::check_op_views(op, &self.label, &self.info.dtypes, |b| {
+            Ok(self.buffer(&state, &name, b)?.size)
+        })?;
         let _span = tracing::trace_span!("wgpu.run", device = %self.label, op = %name).entered();
         self.enqueue(&mut state, op)
     }
