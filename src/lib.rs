@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod fleet;
+pub mod plan;
 mod tensor;
 
 pub use fleet::{Discovery, Fleet, devices, discover};

@@ -1,0 +1,180 @@
+//! What calibration measured about one device: the figures the pricing model reads.
+
+use manychips_api::{DType, DeviceInfo, OpClass};
+use serde::{Deserialize, Serialize};
+
+/// One measured matmul rate: an `n`×`n`×`n` product of `dtype`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MatmulPoint {
+    /// The dtype's name as [`DType`]'s `Display` writes it (`f32`, `f16`, `bf16`).
+    pub dtype: String,
+    pub n: usize,
+    /// Compute rate with the fixed per-op latency taken out, FLOP/s.
+    pub flops_per_s: f64,
+}
+
+impl MatmulPoint {
+    /// Flops of the measured product, the x coordinate rates are interpolated along.
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n as f64).powi(3)
+    }
+}
+
+/// The measured figures of one device, and the key fields that say which device and driver
+/// they belong to (a cached profile is only reused for the same chip and driver).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceProfile {
+    pub backend: String,
+    pub name: String,
+    /// The device's [`Identity`](manychips_api::Identity) as its `Display` writes it.
+    pub identity: String,
+    pub driver_version: String,
+    /// When the figures were measured, unix seconds.
+    pub measured_at: u64,
+    /// Matmul rates, measured alone, per dtype and size (ascending `n` within a dtype).
+    pub matmul: Vec<MatmulPoint>,
+    /// The f32 matmul rate this device kept up while every other calibrated device ran
+    /// matmuls at the same time; devices sharing hardware (the CPU backend and lavapipe)
+    /// each get only part of it. `None` where it was not measured.
+    pub matmul_rate_concurrent: Option<f64>,
+    /// Streaming bandwidth of device memory, bytes/s (input and output bytes of a large add).
+    pub bytes_per_s: f64,
+    /// Elementwise rate of the same add, FLOP/s: the rate of every non-matmul class.
+    pub elementwise_flops_per_s: f64,
+    /// Fixed cost of one op: run plus synchronize of a one-element op, seconds.
+    pub latency_s: f64,
+    /// Host→device bandwidth, bytes/s.
+    pub host_to_device_bytes_per_s: f64,
+    /// Device→host bandwidth, bytes/s.
+    pub device_to_host_bytes_per_s: f64,
+}
+
+impl DeviceProfile {
+    /// An empty profile carrying `info`'s key fields; calibration fills in the figures.
+    pub fn for_device(info: &DeviceInfo) -> DeviceProfile {
+        DeviceProfile {
+            backend: info.backend.clone(),
+            name: info.name.clone(),
+            identity: info.identity.to_string(),
+            driver_version: info.driver_version.clone(),
+            measured_at: 0,
+            matmul: Vec::new(),
+            matmul_rate_concurrent: None,
+            bytes_per_s: 0.0,
+            elementwise_flops_per_s: 0.0,
+            latency_s: 0.0,
+            host_to_device_bytes_per_s: 0.0,
+            device_to_host_bytes_per_s: 0.0,
+        }
+    }
+
+    /// True when this profile was measured on the chip and driver `info` describes.
+    pub fn matches(&self, info: &DeviceInfo) -> bool {
+        self.backend == info.backend
+            && self.name == info.name
+            && self.identity == info.identity.to_string()
+            && self.driver_version == info.driver_version
+    }
+
+    /// Matmul rate for a product of `flops` flops in `dtype`: interpolated linearly in
+    /// log(flops) between the measured sizes, and flat beyond them (small products are
+    /// slower per flop, but the latency term covers most of that). Falls back to the f32
+    /// figures for a dtype that was not measured.
+    pub fn matmul_rate(&self, dtype: DType, flops: f64) -> f64 {
+        let name = dtype.to_string();
+        let mut points: Vec<&MatmulPoint> =
+            self.matmul.iter().filter(|p| p.dtype == name).collect();
+        if points.is_empty() {
+            points = self.matmul.iter().filter(|p| p.dtype == "f32").collect();
+        }
+        points.sort_by_key(|p| p.n);
+        let (Some(first), Some(last)) = (points.first(), points.last()) else {
+            return 0.0;
+        };
+        if flops <= first.flops() {
+            return first.flops_per_s;
+        }
+        if flops >= last.flops() {
+            return last.flops_per_s;
+        }
+        for pair in points.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if flops <= b.flops() {
+                let t = (flops.ln() - a.flops().ln()) / (b.flops().ln() - a.flops().ln());
+                return a.flops_per_s + t * (b.flops_per_s - a.flops_per_s);
+            }
+        }
+        last.flops_per_s
+    }
+
+    /// The largest measured f32 matmul rate alone: the headline figure.
+    pub fn peak_matmul_rate(&self) -> f64 {
+        self.matmul.iter().filter(|p| p.dtype == "f32").map(|p| p.flops_per_s).fold(0.0, f64::max)
+    }
+
+    /// Compute rate for an op of `class` and `dtype` doing `flops` flops, FLOP/s.
+    pub fn rate(&self, class: OpClass, dtype: DType, flops: f64) -> f64 {
+        match class {
+            OpClass::Matmul => self.matmul_rate(dtype, flops),
+            OpClass::Elementwise | OpClass::Reduction | OpClass::DataMovement => {
+                self.elementwise_flops_per_s
+            }
+        }
+    }
+
+    /// The profile as the JSON the cache stores.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self)
+    }
+
+    pub fn from_json(text: &str) -> Result<DeviceProfile, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> DeviceProfile {
+        let point = |dtype: &str, n, r| MatmulPoint { dtype: dtype.into(), n, flops_per_s: r };
+        DeviceProfile {
+            matmul: vec![point("f32", 512, 4e9), point("f32", 128, 1e9), point("f16", 512, 8e9)],
+            elementwise_flops_per_s: 5e8,
+            ..DeviceProfile::for_device(&manychips_api::DeviceInfo {
+                id: manychips_api::DeviceId::fresh(),
+                backend: "test".into(),
+                ordinal: 0,
+                name: "t".into(),
+                vendor: "v".into(),
+                driver_version: "1".into(),
+                identity: Default::default(),
+                memory_total: 0,
+                dtypes: vec![DType::F32],
+                peer_copy: false,
+            })
+        }
+    }
+
+    #[test]
+    fn matmul_rate_is_flat_outside_and_log_interpolated_inside() {
+        let p = profile();
+        let f = |n: f64| 2.0 * n.powi(3);
+        assert_eq!(p.matmul_rate(DType::F32, f(16.0)), 1e9);
+        assert_eq!(p.matmul_rate(DType::F32, f(4096.0)), 4e9);
+        // 256 is half way between 128 and 512 in log size, so in log flops too.
+        assert!((p.matmul_rate(DType::F32, f(256.0)) - 2.5e9).abs() < 1.0);
+        assert_eq!(p.matmul_rate(DType::F16, f(64.0)), 8e9);
+        assert_eq!(p.matmul_rate(DType::BF16, f(512.0)), 4e9, "falls back to f32");
+        assert_eq!(p.rate(OpClass::Elementwise, DType::F32, 1.0), 5e8);
+        assert_eq!(p.peak_matmul_rate(), 4e9);
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let p = profile();
+        let text = p.to_json().unwrap();
+        assert_eq!(DeviceProfile::from_json(&text).unwrap(), p);
+        assert!(DeviceProfile::from_json("{\"backend\": 3").is_err());
+    }
+}
