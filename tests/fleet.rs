@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+mod common;
+
+use common::Posing;
 use manychips::fleet::DEVICES_VAR;
 use manychips::fleet::SameChip;
 use manychips::sim::{SimDevice, SimProfile};
 use manychips::{
-    BufferId, CpuDevice, DType, Device, DeviceId, DeviceInfo, DeviceRef, ErrorKind, Fleet,
-    Identity, MemoryInfo, Op, Result, Tensor,
+    CpuDevice, DType, DeviceId, DeviceInfo, DeviceRef, ErrorKind, Fleet, Identity, Tensor,
 };
 
 fn cpu() -> DeviceRef {
@@ -161,14 +163,7 @@ fn the_inventory_table_lists_every_member() {
     assert_eq!(table.lines().count(), 4, "{table}");
 }
 
-/// A CPU device that claims to be `backend:ordinal` of the chip with UUID `[uuid; 16]`: the
-/// same card as seen through several backends, for dedup without that hardware.
-#[derive(Debug)]
-struct Alias {
-    info: DeviceInfo,
-    inner: DeviceRef,
-}
-
+/// A CPU device that claims to be `backend:ordinal` with the given UUID byte.
 fn alias(backend: &str, ordinal: usize, uuid: u8) -> DeviceRef {
     let inner = cpu();
     let info = DeviceInfo {
@@ -179,37 +174,7 @@ fn alias(backend: &str, ordinal: usize, uuid: u8) -> DeviceRef {
         identity: Identity { uuid: Some([uuid; 16]), ..Identity::default() },
         ..inner.info().clone()
     };
-    Arc::new(Alias { info, inner })
-}
-
-impl Device for Alias {
-    fn info(&self) -> &DeviceInfo {
-        &self.info
-    }
-    fn memory(&self) -> Result<MemoryInfo> {
-        self.inner.memory()
-    }
-    fn alloc(&self, bytes: usize) -> Result<BufferId> {
-        self.inner.alloc(bytes)
-    }
-    fn free(&self, buffer: BufferId) -> Result<()> {
-        self.inner.free(buffer)
-    }
-    fn write(&self, dst: BufferId, offset: usize, src: &[u8]) -> Result<()> {
-        self.inner.write(dst, offset, src)
-    }
-    fn read(&self, src: BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.inner.read(src, offset, dst)
-    }
-    fn copy(&self, src: BufferId, so: usize, dst: BufferId, d: usize, bytes: usize) -> Result<()> {
-        self.inner.copy(src, so, dst, d, bytes)
-    }
-    fn run(&self, op: &Op) -> Result<()> {
-        self.inner.run(op)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
+    Arc::new(Posing { info, inner })
 }
 
 #[test]

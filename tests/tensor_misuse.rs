@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use manychips::{
-    BufferId, CpuDevice, DType, Device, DeviceInfo, DeviceRef, ErrorKind, MemoryInfo, Op, Result,
-    Tensor, f16,
-};
+mod common;
+
+use common::Posing;
+use manychips::{CpuDevice, DType, DeviceRef, ErrorKind, Op, Result, Tensor, f16};
 
 fn cpu() -> DeviceRef {
     Arc::new(CpuDevice::new().expect("the CPU device always exists"))
@@ -169,50 +169,14 @@ fn zero_size_dims_are_values_not_panics() {
     assert_eq!(f32s(&[0, 2], &dev).index_select(&none, 0).unwrap().dims(), &[0, 2]);
 }
 
-/// A CPU device that claims only f32, like a chip without half-precision units.
-#[derive(Debug)]
-struct F32Only {
-    inner: CpuDevice,
-    info: DeviceInfo,
-}
-
-impl Device for F32Only {
-    fn info(&self) -> &DeviceInfo {
-        &self.info
-    }
-    fn memory(&self) -> Result<MemoryInfo> {
-        self.inner.memory()
-    }
-    fn alloc(&self, bytes: usize) -> Result<BufferId> {
-        self.inner.alloc(bytes)
-    }
-    fn free(&self, buffer: BufferId) -> Result<()> {
-        self.inner.free(buffer)
-    }
-    fn write(&self, dst: BufferId, offset: usize, src: &[u8]) -> Result<()> {
-        self.inner.write(dst, offset, src)
-    }
-    fn read(&self, src: BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.inner.read(src, offset, dst)
-    }
-    fn copy(&self, src: BufferId, so: usize, dst: BufferId, d: usize, n: usize) -> Result<()> {
-        self.inner.copy(src, so, dst, d, n)
-    }
-    fn run(&self, op: &Op) -> Result<()> {
-        self.inner.run(op)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-}
-
 #[test]
 fn a_dtype_the_device_lacks_is_refused() {
-    let inner = CpuDevice::new().unwrap();
+    // Like a chip without half-precision units.
+    let inner = cpu();
     let mut info = inner.info().clone();
     info.dtypes = vec![DType::F32];
     info.name = "f32-only".into();
-    let dev: DeviceRef = Arc::new(F32Only { inner, info });
+    let dev: DeviceRef = Arc::new(Posing { info, inner });
     let halves = [f16::from_f32(1.0)];
     expect_err(
         Tensor::from_slice(&halves, [1], &dev),
