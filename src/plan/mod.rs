@@ -1,18 +1,42 @@
-//! The planner: calibrate each device, price ops on it, and (later) split ops across the
-//! fleet so all devices finish together.
+//! The planner: calibrate each device, price ops on it, and split ops across the fleet so
+//! all devices finish together.
 //!
-//! Steps here: [`calibrate()`] measures a device through the Device API alone, [`Calibration`]
-//! caches the result on disk per device and driver, and [`predict`] / [`transfer`] price an
-//! op or a host transfer from a [`DeviceProfile`].
+//! 1. Calibrate: [`calibrate()`] measures a device through the Device API alone;
+//!    [`Calibration`] caches the result on disk per device and driver.
+//! 2. Price: [`predict`] / [`transfer`] give an op's or a host transfer's time from a
+//!    [`DeviceProfile`].
+//! 3. Split: a [`Planner`] cuts an op along an output axis ([`cut_axes`]) into shares whose
+//!    predicted finish times (inputs in, kernel, result out) are equal, leaving out devices
+//!    whose fixed costs exceed their gain, and gives small ops whole to the best device. It
+//!    runs the shares concurrently, one thread per device, and assembles the result.
+//! 4. Learn: measured times update a correction per device × op class ([`Corrections`]).
+//! 5. Show: [`Plan::explain`] is a table of shares, predicted and measured; a [`Trace`]
+//!    opens in ui.perfetto.dev.
 
 mod cache;
 mod calibrate;
+mod cut;
+mod execute;
+mod learn;
+mod on_tensors;
+mod packed;
+mod planned;
+mod planner;
 mod price;
 mod profile;
+mod split;
+mod trace;
 
 pub use cache::{CACHE_DIR_ENV, Calibration, default_cache_dir};
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 pub use calibrate::calibrate_picking_kernel;
 pub use calibrate::{Settings, calibrate, calibrate_together, calibrate_with};
+pub use cut::{cut, cut_axes};
+pub use execute::Timing;
+pub use learn::{Corrections, LEARNING_RATE};
+pub use planned::{Phases, Plan, Share};
+pub use planner::{MIN_GAIN, Planner};
 pub use price::{Direction, predict, transfer};
 pub use profile::{DeviceProfile, MatmulPoint};
+pub use split::{Linear, equal_finish, fluid_makespan, makespan};
+pub use trace::{Event, Trace};

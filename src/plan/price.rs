@@ -36,7 +36,7 @@ pub fn transfer(bytes: usize, profile: &DeviceProfile, direction: Direction) -> 
 
 /// A duration from seconds that saturates instead of panicking: a zero rate (an
 /// uncalibrated figure) prices as "never", not as a crash.
-fn secs(s: f64) -> Duration {
+pub(crate) fn secs(s: f64) -> Duration {
     if s.is_nan() || s <= 0.0 {
         Duration::ZERO
     } else {

@@ -68,6 +68,28 @@ impl DeviceProfile {
         }
     }
 
+    /// The figures a simulated chip is built to deliver, as if calibration had measured them
+    /// exactly: lets the planner price fleets of [`SimDevice`](crate::sim::SimDevice)s
+    /// without spending wall-clock time on them.
+    pub fn simulated(info: &DeviceInfo, sim: &manychips_sim::SimProfile) -> DeviceProfile {
+        let rates = sim.flops_per_s;
+        let latency = sim.latency.as_secs_f64();
+        DeviceProfile {
+            matmul: [DType::F32, DType::F16, DType::BF16]
+                .iter()
+                .map(|d| MatmulPoint { dtype: d.to_string(), n: 1024, flops_per_s: rates.matmul })
+                .collect(),
+            matmul_rate_concurrent: Some(rates.matmul),
+            bytes_per_s: sim.bytes_per_s,
+            elementwise_flops_per_s: rates.elementwise,
+            latency_s: latency,
+            host_to_device_bytes_per_s: sim.link_bytes_per_s,
+            device_to_host_bytes_per_s: sim.link_bytes_per_s,
+            measured_at: 0,
+            ..DeviceProfile::for_device(info)
+        }
+    }
+
     /// True when this profile was measured on the chip and driver `info` describes.
     pub fn matches(&self, info: &DeviceInfo) -> bool {
         self.backend == info.backend

@@ -5,6 +5,15 @@ use crate::{
     BinaryOp, CompareOp, DType, Error, Layout, Op, ReduceOp, Result, Shape, UnaryOp, View,
 };
 
+/// Where a tensor op sends the `Op` it built for its fresh output: straight to the device
+/// ([`direct`]), or to a planner that spreads it over the fleet.
+pub(crate) type Run<'a> = &'a mut dyn FnMut(&Tensor, Op) -> Result<()>;
+
+/// Enqueues `op` on the output's device.
+pub(crate) fn direct(out: &Tensor, op: Op) -> Result<()> {
+    out.enqueue(op)
+}
+
 impl Tensor {
     // ----- checks shared by the ops ---------------------------------------------------
 
@@ -93,27 +102,24 @@ impl Tensor {
         name: &str,
         out_dtype: DType,
         build: impl FnOnce(View, View, View) -> Op,
+        run: Run,
     ) -> Result<Tensor> {
         self.same_dtype(other, name)?;
         let (lhs, rhs) = self.broadcast_with(other, name)?;
         let out = self.output(name, lhs.shape.clone(), out_dtype)?;
-        out.enqueue(build(
-            self.with_layout(lhs).view(),
-            other.with_layout(rhs).view(),
-            out.view(),
-        ))?;
+        run(&out, build(self.with_layout(lhs).view(), other.with_layout(rhs).view(), out.view()))?;
         Ok(out)
     }
 
     /// `self ∘ other` with numpy broadcasting.
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        self.binary_with(op, other, &mut direct)
+    }
+
+    pub(crate) fn binary_with(&self, op: BinaryOp, other: &Tensor, run: Run) -> Result<Tensor> {
         self.require_float(op.name())?;
-        self.broadcast_op(other, op.name(), self.dtype, |lhs, rhs, out| Op::Binary {
-            op,
-            lhs,
-            rhs,
-            out,
-        })
+        let build = |lhs, rhs, out| Op::Binary { op, lhs, rhs, out };
+        self.broadcast_op(other, op.name(), self.dtype, build, run)
     }
 
     pub fn add(&self, other: &Tensor) -> Result<Tensor> {
@@ -140,12 +146,8 @@ impl Tensor {
 
     /// Elementwise comparison with broadcasting; the result is a `u8` mask (0 or 1).
     pub fn compare(&self, op: CompareOp, other: &Tensor) -> Result<Tensor> {
-        self.broadcast_op(other, op.name(), DType::U8, |lhs, rhs, out| Op::Compare {
-            op,
-            lhs,
-            rhs,
-            out,
-        })
+        let build = |lhs, rhs, out| Op::Compare { op, lhs, rhs, out };
+        self.broadcast_op(other, op.name(), DType::U8, build, &mut direct)
     }
 
     pub fn eq(&self, other: &Tensor) -> Result<Tensor> {
@@ -168,9 +170,13 @@ impl Tensor {
     }
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        self.unary_with(op, &mut direct)
+    }
+
+    pub(crate) fn unary_with(&self, op: UnaryOp, run: Run) -> Result<Tensor> {
         self.require_float(op.name())?;
         let out = self.output(op.name(), self.shape().clone(), self.dtype)?;
-        out.enqueue(Op::Unary { op, input: self.view(), out: out.view() })?;
+        run(&out, Op::Unary { op, input: self.view(), out: out.view() })?;
         Ok(out)
     }
 
@@ -284,6 +290,16 @@ impl Tensor {
 
     /// Reduces `axis`; keeps it as a dim of 1 when `keepdim`.
     pub fn reduce(&self, op: ReduceOp, axis: usize, keepdim: bool) -> Result<Tensor> {
+        self.reduce_with(op, axis, keepdim, &mut direct)
+    }
+
+    pub(crate) fn reduce_with(
+        &self,
+        op: ReduceOp,
+        axis: usize,
+        keepdim: bool,
+        run: Run,
+    ) -> Result<Tensor> {
         let name = op.name();
         self.require_float(name)?;
         self.check_axis(axis, name)?;
@@ -299,7 +315,7 @@ impl Tensor {
         dims[axis] = 1;
         let dtype = if op == ReduceOp::ArgMax { DType::U32 } else { self.dtype };
         let out = self.output(name, Shape::new(dims.clone()), dtype)?;
-        out.enqueue(Op::Reduce { op, input: self.view(), out: out.view(), axis })?;
+        run(&out, Op::Reduce { op, input: self.view(), out: out.view(), axis })?;
         if keepdim {
             return Ok(out);
         }
@@ -347,19 +363,19 @@ impl Tensor {
     }
 
     pub fn softmax(&self, axis: usize) -> Result<Tensor> {
-        self.softmax_impl(axis, false)
+        self.softmax_with(axis, false, &mut direct)
     }
 
     pub fn log_softmax(&self, axis: usize) -> Result<Tensor> {
-        self.softmax_impl(axis, true)
+        self.softmax_with(axis, true, &mut direct)
     }
 
-    fn softmax_impl(&self, axis: usize, log: bool) -> Result<Tensor> {
+    pub(crate) fn softmax_with(&self, axis: usize, log: bool, run: Run) -> Result<Tensor> {
         let name = if log { "log_softmax" } else { "softmax" };
         self.require_float(name)?;
         self.check_axis(axis, name)?;
         let out = self.output(name, self.shape().clone(), self.dtype)?;
-        out.enqueue(Op::Softmax { input: self.view(), out: out.view(), axis, log })?;
+        run(&out, Op::Softmax { input: self.view(), out: out.view(), axis, log })?;
         Ok(out)
     }
 
@@ -368,6 +384,10 @@ impl Tensor {
     /// Matrix product over the last two dims, batch dims broadcast numpy-style:
     /// `[.., m, k] x [.., k, n] -> [.., m, n]`. Transposed operands (`t()`) cost no copy.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.matmul_with(rhs, &mut direct)
+    }
+
+    pub(crate) fn matmul_with(&self, rhs: &Tensor, run: Run) -> Result<Tensor> {
         let name = "matmul";
         self.same_device(rhs, name)?;
         self.same_dtype(rhs, name)?;
@@ -407,11 +427,14 @@ impl Tensor {
             out.enqueue(Op::Fill { out: out.view(), value: 0.0 })?;
             return Ok(out);
         }
-        out.enqueue(Op::Matmul {
-            lhs: self.with_layout(lhs).view(),
-            rhs: rhs.with_layout(rhs_layout).view(),
-            out: out.view(),
-        })?;
+        run(
+            &out,
+            Op::Matmul {
+                lhs: self.with_layout(lhs).view(),
+                rhs: rhs.with_layout(rhs_layout).view(),
+                out: out.view(),
+            },
+        )?;
         Ok(out)
     }
 }

@@ -1,0 +1,504 @@
+//! [`Planner`]: prices an op on every member, cuts it into equal-finish shares (or gives it
+//! whole to the best device), runs the shares concurrently, and learns from the run.
+
+use std::time::{Duration, Instant};
+
+use manychips_api::{DType, Device, Error, Op, OpClass, Result};
+
+use super::cut::{cut, cut_axes};
+use super::execute;
+use super::learn::Corrections;
+use super::packed;
+use super::planned::{Phases, Plan, Share};
+use super::price::secs;
+use super::profile::DeviceProfile;
+use super::split::{Linear, equal_finish, makespan};
+use super::trace::Trace;
+use crate::{DeviceRef, Fleet};
+
+/// A split must be predicted to beat the best single device by this fraction: below it,
+/// the model's own error could turn the gain into a loss.
+pub const MIN_GAIN: f64 = 0.10;
+
+/// Rounds of re-pricing with the rates of the shares just chosen: a matmul's rate depends
+/// on its size, and a share is smaller than the whole op.
+const REFINE_ROUNDS: usize = 3;
+
+/// One device the planner can give work to: its label, its figures, and (unless the
+/// planner only models a fleet) the device itself.
+#[derive(Clone, Debug)]
+struct Member {
+    label: String,
+    profile: DeviceProfile,
+    device: Option<DeviceRef>,
+}
+
+/// Plans and runs ops over a set of calibrated devices. See the [module docs](super).
+#[derive(Debug)]
+pub struct Planner {
+    members: Vec<Member>,
+    corrections: Corrections,
+    min_gain: f64,
+    learning: bool,
+    last: Option<Plan>,
+    trace: Option<Trace>,
+    origin: Instant,
+}
+
+/// The work of one op as a function of the units (entries of the cut axis) a device gets:
+/// every quantity is `fixed + per_unit · units`.
+#[derive(Clone, Copy, Debug)]
+struct Amounts {
+    flops: Linear,
+    memory: Linear,
+    input_bytes: Linear,
+    output_bytes: Linear,
+    /// Operands moved per share: each transfer pays a latency.
+    inputs: usize,
+}
+
+/// Shares of one op cut along `axis` (`units` entries), and their predicted makespan.
+struct Candidate {
+    axis: usize,
+    units: usize,
+    shares: Vec<usize>,
+    stages: Vec<Stages>,
+    span: f64,
+}
+
+/// The modelled stage times of one device, each linear in its units.
+#[derive(Clone, Copy, Debug)]
+struct Stages {
+    upload: Linear,
+    compute: Linear,
+    download: Linear,
+    factors: (f64, f64),
+}
+
+impl Stages {
+    fn total(&self) -> Linear {
+        Linear {
+            fixed: self.upload.fixed + self.compute.fixed + self.download.fixed,
+            per_unit: self.upload.per_unit + self.compute.per_unit + self.download.per_unit,
+        }
+    }
+
+    fn phases(&self, units: usize) -> Phases {
+        Phases::from_secs(self.upload.at(units), self.compute.at(units), self.download.at(units))
+    }
+}
+
+impl Planner {
+    /// A planner over `devices` with their calibrated profiles (see
+    /// [`Calibration`](super::Calibration)). Labels must be unique.
+    pub fn new(devices: Vec<(DeviceRef, DeviceProfile)>) -> Result<Planner> {
+        let members = devices
+            .into_iter()
+            .map(|(device, profile)| Member {
+                label: device.info().label(),
+                profile,
+                device: Some(device),
+            })
+            .collect();
+        Planner::with_members(members)
+    }
+
+    /// A planner over every member of `fleet`, calibrated through `calibration` (its cache,
+    /// or fresh measurements for devices missing from it).
+    pub fn for_fleet(fleet: &Fleet, calibration: &super::Calibration) -> Result<Planner> {
+        let devices: Vec<&dyn Device> = fleet.devices().iter().map(|d| &**d).collect();
+        let profiles = calibration.load_or_measure_all(&devices, false)?;
+        Planner::new(fleet.devices().iter().cloned().zip(profiles).collect())
+    }
+
+    /// A planner that only models devices (`label`, profile): it plans but cannot run. For
+    /// simulations of fleets no machine has.
+    pub fn modelled(profiles: Vec<(String, DeviceProfile)>) -> Result<Planner> {
+        let members = profiles
+            .into_iter()
+            .map(|(label, profile)| Member { label, profile, device: None })
+            .collect();
+        Planner::with_members(members)
+    }
+
+    fn with_members(members: Vec<Member>) -> Result<Planner> {
+        if members.is_empty() {
+            return Err(invalid("a planner needs at least one device".into()));
+        }
+        let mut labels: Vec<&str> = members.iter().map(|m| m.label.as_str()).collect();
+        labels.sort_unstable();
+        if let Some(pair) = labels.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid(format!("two members are labelled {}", pair[0])));
+        }
+        Ok(Planner {
+            members,
+            corrections: Corrections::default(),
+            min_gain: MIN_GAIN,
+            learning: true,
+            last: None,
+            trace: None,
+            origin: Instant::now(),
+        })
+    }
+
+    /// Sets the fraction by which a split must beat the best single device (default
+    /// [`MIN_GAIN`]); a negative value splits whenever more than one device takes part.
+    pub fn with_min_gain(mut self, min_gain: f64) -> Planner {
+        self.min_gain = min_gain;
+        self
+    }
+
+    /// Turns learning from measurements on (the default) or off.
+    pub fn set_learning(&mut self, on: bool) {
+        self.learning = on;
+    }
+
+    /// The members' labels, in planning order.
+    pub fn labels(&self) -> Vec<&str> {
+        self.members.iter().map(|m| m.label.as_str()).collect()
+    }
+
+    pub fn profile(&self, label: &str) -> Option<&DeviceProfile> {
+        self.members.iter().find(|m| m.label == label).map(|m| &m.profile)
+    }
+
+    /// What the planner has learned so far.
+    pub fn corrections(&self) -> &Corrections {
+        &self.corrections
+    }
+
+    pub fn corrections_mut(&mut self) -> &mut Corrections {
+        &mut self.corrections
+    }
+
+    /// The plan of the last op run, with its measurements.
+    pub fn last_plan(&self) -> Option<&Plan> {
+        self.last.as_ref()
+    }
+
+    /// Starts recording every run into a fresh [`Trace`].
+    pub fn start_trace(&mut self) {
+        self.trace = Some(Trace::default());
+    }
+
+    /// Stops recording and returns what was recorded.
+    pub fn take_trace(&mut self) -> Option<Trace> {
+        self.trace.take()
+    }
+
+    // ----- planning -------------------------------------------------------------------
+
+    /// The plan for `op` whose inputs live on the member labelled `src` and whose output goes
+    /// to the member labelled `dst` (`None`: host memory outside the fleet, reached over
+    /// every member's link). Pure: nothing runs.
+    pub fn plan(&self, op: &Op, src: Option<&str>, dst: Option<&str>) -> Result<Plan> {
+        op.validate("planner")?;
+        let find = |label: Option<&str>| -> Result<Option<usize>> {
+            match label {
+                None => Ok(None),
+                Some(l) => self
+                    .members
+                    .iter()
+                    .position(|m| m.label == l)
+                    .map(Some)
+                    .ok_or_else(|| invalid(format!("{l} is not a member of this planner"))),
+            }
+        };
+        Ok(self.plan_between(op, find(src)?, find(dst)?))
+    }
+
+    fn plan_between(&self, op: &Op, src: Option<usize>, dst: Option<usize>) -> Plan {
+        let started = Instant::now();
+        let name = format!("{} -> {}{}", op.name(), op.output().dtype, op.output().layout.shape);
+        let whole = amounts(op, None);
+        let single: Vec<Stages> = (0..self.members.len())
+            .map(|d| self.stages(d, op, &whole, 1.0, false, src, dst))
+            .collect();
+        let (best, best_time) = single
+            .iter()
+            .enumerate()
+            .map(|(d, s)| (d, s.total().at(1)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, f64::INFINITY));
+
+        let mut split: Option<Candidate> = None;
+        if self.members.len() > 1 {
+            for axis in cut_axes(op) {
+                let candidate = self.split_along(op, axis, src, dst);
+                let used = candidate.shares.iter().filter(|&&u| u > 0).count();
+                if used > 1 && split.as_ref().is_none_or(|best| candidate.span < best.span) {
+                    split = Some(candidate);
+                }
+            }
+        }
+
+        let best_single = (self.members[best].label.clone(), secs(best_time));
+        let pays = |span: f64| span < best_time * (1.0 - self.min_gain);
+        let mut plan = match split {
+            Some(Candidate { axis, units, shares, stages, span }) if pays(span) => {
+                let mut start = 0;
+                let mut parts = Vec::new();
+                for (d, (&len, stage)) in shares.iter().zip(&stages).enumerate() {
+                    if len > 0 {
+                        parts.push(self.share(d, start, len, stage.phases(len), stage.factors));
+                    }
+                    start += len;
+                }
+                Plan {
+                    op: name,
+                    class: op.class(),
+                    axis: Some(axis),
+                    units,
+                    shares: parts,
+                    predicted: secs(span),
+                    best_single,
+                    measured: None,
+                    planning: Duration::ZERO,
+                }
+            }
+            _ => Plan {
+                op: name,
+                class: op.class(),
+                axis: None,
+                units: 1,
+                shares: vec![self.share(best, 0, 1, single[best].phases(1), single[best].factors)],
+                predicted: secs(best_time),
+                best_single,
+                measured: None,
+                planning: Duration::ZERO,
+            },
+        };
+        plan.planning = started.elapsed();
+        plan
+    }
+
+    /// Equal-finish shares of `op` cut along `axis`, re-priced at the chosen share sizes.
+    fn split_along(
+        &self,
+        op: &Op,
+        axis: usize,
+        src: Option<usize>,
+        dst: Option<usize>,
+    ) -> Candidate {
+        let n = self.members.len();
+        let units = op.output().dims()[axis];
+        let work = amounts(op, Some(axis));
+        let mut guess = vec![units as f64 / n as f64; n];
+        let mut candidate =
+            Candidate { axis, units, shares: Vec::new(), stages: Vec::new(), span: f64::INFINITY };
+        for _ in 0..REFINE_ROUNDS {
+            let stages: Vec<Stages> =
+                (0..n).map(|d| self.stages(d, op, &work, guess[d], true, src, dst)).collect();
+            let totals: Vec<Linear> = stages.iter().map(Stages::total).collect();
+            let shares = equal_finish(&totals, units);
+            let span = makespan(&totals, &shares);
+            guess = shares.iter().map(|&u| (u as f64).max(1.0)).collect();
+            candidate = Candidate { axis, units, shares, stages, span };
+        }
+        candidate
+    }
+
+    fn share(
+        &self,
+        member: usize,
+        start: usize,
+        len: usize,
+        predicted: Phases,
+        factors: (f64, f64),
+    ) -> Share {
+        Share {
+            device: self.members[member].label.clone(),
+            member,
+            start,
+            len,
+            predicted,
+            measured: None,
+            factors,
+        }
+    }
+
+    /// The modelled stages of member `d` doing `work`, priced at `units` units (a matmul's
+    /// rate depends on its size). `together`: other devices run at the same time, so a
+    /// device that shares hardware with them gets its concurrent rate.
+    #[allow(clippy::too_many_arguments)]
+    fn stages(
+        &self,
+        d: usize,
+        op: &Op,
+        work: &Amounts,
+        units: f64,
+        together: bool,
+        src: Option<usize>,
+        dst: Option<usize>,
+    ) -> Stages {
+        let member = &self.members[d];
+        let p = &member.profile;
+        let class = op.class();
+        let dtype = op.output().dtype;
+        let flops_at = work.flops.fixed + work.flops.per_unit * units;
+        let mut rate = p.rate(class, dtype, flops_at);
+        if together && class == OpClass::Matmul {
+            rate *= concurrency(p);
+        }
+        let by_flops = scale(work.flops, 1.0 / rate);
+        let by_memory = scale(work.memory, 1.0 / p.bytes_per_s);
+        let bound =
+            if by_flops.at_f(units) >= by_memory.at_f(units) { by_flops } else { by_memory };
+        let compute_factor = self.corrections.compute(&member.label, class);
+        let compute = scale(
+            Linear { fixed: bound.fixed + p.latency_s, per_unit: bound.per_unit },
+            compute_factor,
+        );
+
+        let link_factor = self.corrections.link(&member.label);
+        let other = |i: Option<usize>| i.map(|i| &self.members[i].profile);
+        let upload = if src == Some(d) {
+            ZERO
+        } else {
+            let from = other(src);
+            let per_byte = 1.0 / p.host_to_device_bytes_per_s
+                + from.map_or(0.0, |f| 1.0 / f.device_to_host_bytes_per_s);
+            let latency = work.inputs as f64 * (p.latency_s + from.map_or(0.0, |f| f.latency_s));
+            scale(
+                Linear {
+                    fixed: latency + work.input_bytes.fixed * per_byte,
+                    per_unit: work.input_bytes.per_unit * per_byte,
+                },
+                link_factor,
+            )
+        };
+        let download = if dst == Some(d) {
+            ZERO
+        } else {
+            let to = other(dst);
+            let per_byte = 1.0 / p.device_to_host_bytes_per_s
+                + to.map_or(0.0, |t| 1.0 / t.host_to_device_bytes_per_s);
+            let latency = p.latency_s + to.map_or(0.0, |t| t.latency_s);
+            scale(
+                Linear {
+                    fixed: latency + work.output_bytes.fixed * per_byte,
+                    per_unit: work.output_bytes.per_unit * per_byte,
+                },
+                link_factor,
+            )
+        };
+        Stages { upload, compute, download, factors: (compute_factor, link_factor) }
+    }
+
+    // ----- running --------------------------------------------------------------------
+
+    /// Plans `op` (inputs on `src`, output on `dst`; both may be members or not), runs the
+    /// shares concurrently, learns from the measured times and returns the plan with them.
+    /// The output is complete when this returns.
+    pub fn run(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
+        op.validate(&src.info().label())?;
+        let position = |dev: &DeviceRef| {
+            self.members
+                .iter()
+                .position(|m| m.device.as_ref().is_some_and(|d| d.info().id == dev.info().id))
+        };
+        let mut plan = self.plan_between(op, position(src), position(dst));
+        let devices: Vec<DeviceRef> = plan
+            .shares
+            .iter()
+            .map(|s| {
+                self.members[s.member].device.clone().ok_or_else(|| {
+                    invalid(format!("{} is only modelled; it cannot run {}", s.device, plan.op))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let started = Instant::now();
+        let timings = execute::run(&plan, op, &devices, src, dst)?;
+        plan.measured = Some(started.elapsed());
+        let offset = started.duration_since(self.origin);
+        for (share, timing) in plan.shares.iter_mut().zip(&timings) {
+            share.measured = Some(timing.phases());
+            if let Some(trace) = &mut self.trace {
+                trace.record_share(&plan.op, share, timing, offset);
+            }
+        }
+        if self.learning {
+            self.learn(&plan);
+        }
+        tracing::debug!(op = %plan.op, shares = plan.shares.len(), measured_ms = plan.measured.map(|m| m.as_secs_f64() * 1e3), "planner: ran");
+        self.last = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// Feeds a run's measured times back into the corrections.
+    pub fn learn(&mut self, plan: &Plan) {
+        for share in &plan.shares {
+            let Some(measured) = share.measured else { continue };
+            let (compute_factor, link_factor) = share.factors;
+            self.corrections.observe_compute(
+                &share.device,
+                plan.class,
+                share.predicted.compute.as_secs_f64() / compute_factor,
+                measured.compute.as_secs_f64(),
+            );
+            let moved = |p: &Phases| p.upload.as_secs_f64() + p.download.as_secs_f64();
+            self.corrections.observe_link(
+                &share.device,
+                moved(&share.predicted) / link_factor,
+                moved(&measured),
+            );
+        }
+    }
+}
+
+const ZERO: Linear = Linear { fixed: 0.0, per_unit: 0.0 };
+
+fn scale(l: Linear, k: f64) -> Linear {
+    Linear { fixed: l.fixed * k, per_unit: l.per_unit * k }
+}
+
+trait AtF {
+    fn at_f(&self, units: f64) -> f64;
+}
+
+impl AtF for Linear {
+    fn at_f(&self, units: f64) -> f64 {
+        self.fixed + self.per_unit * units
+    }
+}
+
+/// The fraction of its solo matmul rate a device keeps while all others run too (1 where
+/// that was not measured).
+fn concurrency(p: &DeviceProfile) -> f64 {
+    let together = p.matmul_rate_concurrent.unwrap_or(0.0);
+    let alone = p.matmul_rate(DType::F32, 2.0 * 512f64.powi(3));
+    if together > 0.0 && alone > 0.0 { (together / alone).min(1.0) } else { 1.0 }
+}
+
+/// The work of `op` per unit of `axis` (or of the whole op as one unit), fitted exactly from
+/// a one-entry part and the whole: every quantity is affine in the entries a part covers.
+fn amounts(op: &Op, axis: Option<usize>) -> Amounts {
+    let measure = |op: &Op| {
+        let input: usize = op.inputs().iter().map(|v| packed::bytes(v)).sum();
+        let out = op.output();
+        [op.flops(), op.bytes(), input as f64, (out.numel() * out.dtype.size_in_bytes()) as f64]
+    };
+    let all = measure(op);
+    let fit: [Linear; 4] = match axis {
+        None => all.map(|q| Linear { fixed: 0.0, per_unit: q }),
+        Some(axis) => {
+            let units = op.output().dims()[axis] as f64;
+            let one = measure(&cut(op, axis, 0, 1));
+            std::array::from_fn(|i| {
+                let per_unit = (all[i] - one[i]) / (units - 1.0).max(1.0);
+                Linear { fixed: one[i] - per_unit, per_unit }
+            })
+        }
+    };
+    Amounts {
+        flops: fit[0],
+        memory: fit[1],
+        input_bytes: fit[2],
+        output_bytes: fit[3],
+        inputs: op.inputs().len(),
+    }
+}
+
+fn invalid(detail: String) -> Error {
+    Error::InvalidArgument { op: "plan".into(), device: "planner".into(), detail }
+}
