@@ -43,34 +43,44 @@ pub fn run(
     }
     let barrier = Barrier::new(plan.shares.len());
     let start = Instant::now();
-    let results: Vec<Result<(Timing, Vec<BufferId>)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = plan
-            .shares
-            .iter()
-            .zip(devices)
-            .map(|(share, device)| {
-                let part = match plan.axis {
-                    Some(axis) => cut(op, axis, share.start, share.len),
-                    None => op.clone(),
-                };
-                let barrier = &barrier;
-                scope.spawn(move || run_share(&part, device, src, dst, barrier, start))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(devices)
-            .map(|(h, device)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Fault {
-                        op: op.name(),
-                        device: device.info().label(),
-                        detail: "the thread running this device's share panicked".into(),
+    let results: Vec<Result<(Timing, Vec<BufferId>)>> =
+        if let ([share], [device]) = (&plan.shares[..], devices) {
+            // One device: no thread to start (a whole small op would pay for it).
+            let part = match plan.axis {
+                Some(axis) => cut(op, axis, share.start, share.len),
+                None => op.clone(),
+            };
+            vec![run_share(&part, device, src, dst, &barrier, start)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = plan
+                    .shares
+                    .iter()
+                    .zip(devices)
+                    .map(|(share, device)| {
+                        let part = match plan.axis {
+                            Some(axis) => cut(op, axis, share.start, share.len),
+                            None => op.clone(),
+                        };
+                        let barrier = &barrier;
+                        scope.spawn(move || run_share(&part, device, src, dst, barrier, start))
                     })
-                })
+                    .collect();
+                handles
+                    .into_iter()
+                    .zip(devices)
+                    .map(|(h, device)| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Fault {
+                                op: op.name(),
+                                device: device.info().label(),
+                                detail: "the thread running this device's share panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
             })
-            .collect()
-    });
+        };
     // Results placed on `dst` through a staging buffer are complete once it synchronizes.
     let finished = dst.synchronize();
     let mut timings = Vec::with_capacity(results.len());

@@ -20,25 +20,48 @@ const MAX_STEP: f64 = 8.0;
 /// Learned factors: measured / modelled time, 1 where nothing was measured yet.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Corrections {
-    compute: HashMap<(String, OpClass), f64>,
-    link: HashMap<String, f64>,
+    // Keyed by label alone so that looking one up (for every device, every candidate share,
+    // every op planned) borrows a `&str` instead of building a key.
+    devices: HashMap<String, Factors>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Factors {
+    compute: [f64; 4],
+    link: f64,
+}
+
+impl Default for Factors {
+    fn default() -> Factors {
+        Factors { compute: [1.0; 4], link: 1.0 }
+    }
+}
+
+fn slot(class: OpClass) -> usize {
+    match class {
+        OpClass::Matmul => 0,
+        OpClass::Elementwise => 1,
+        OpClass::Reduction => 2,
+        OpClass::DataMovement => 3,
+    }
 }
 
 impl Corrections {
     /// Factor on the modelled kernel time of `class` ops on `device`.
     pub fn compute(&self, device: &str, class: OpClass) -> f64 {
-        self.compute.get(&(device.to_string(), class)).copied().unwrap_or(1.0)
+        self.devices.get(device).map_or(1.0, |f| f.compute[slot(class)])
     }
 
     /// Factor on the modelled transfer time to and from `device`.
     pub fn link(&self, device: &str) -> f64 {
-        self.link.get(device).copied().unwrap_or(1.0)
+        self.devices.get(device).map_or(1.0, |f| f.link)
     }
 
     /// Feeds one kernel measurement: `measured` seconds where the raw model said `modelled`.
     pub fn observe_compute(&mut self, device: &str, class: OpClass, modelled: f64, measured: f64) {
         if let Some(sample) = sample(modelled, measured) {
-            let entry = self.compute.entry((device.to_string(), class)).or_insert(1.0);
+            let entry =
+                &mut self.devices.entry(device.to_string()).or_default().compute[slot(class)];
             *entry = update(*entry, sample);
         }
     }
@@ -46,15 +69,14 @@ impl Corrections {
     /// Feeds one transfer measurement (inputs in plus result out).
     pub fn observe_link(&mut self, device: &str, modelled: f64, measured: f64) {
         if let Some(sample) = sample(modelled, measured) {
-            let entry = self.link.entry(device.to_string()).or_insert(1.0);
+            let entry = &mut self.devices.entry(device.to_string()).or_default().link;
             *entry = update(*entry, sample);
         }
     }
 
     /// Forgets what was learned about `device` (it was replaced, or re-calibrated).
     pub fn forget(&mut self, device: &str) {
-        self.compute.retain(|(d, _), _| d != device);
-        self.link.remove(device);
+        self.devices.remove(device);
     }
 }
 

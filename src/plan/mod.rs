@@ -12,6 +12,9 @@
 //! 4. Learn: measured times update a correction per device × op class ([`Corrections`]).
 //! 5. Show: [`Plan::explain`] is a table of shares, predicted and measured; a [`Trace`]
 //!    opens in ui.perfetto.dev.
+//!
+//! [`simulate`] runs a plan on simulated chips as a discrete-event simulation, for fleets
+//! of up to thousands of chips that no machine here has.
 
 mod cache;
 mod calibrate;
@@ -24,6 +27,7 @@ mod planned;
 mod planner;
 mod price;
 mod profile;
+mod simulate;
 mod split;
 mod trace;
 
@@ -38,5 +42,6 @@ pub use planned::{Phases, Plan, Share};
 pub use planner::{MIN_GAIN, Planner};
 pub use price::{Direction, predict, transfer};
 pub use profile::{DeviceProfile, MatmulPoint};
+pub use simulate::{Chip, Simulated, simulate};
 pub use split::{Linear, equal_finish, fluid_makespan, makespan};
 pub use trace::{Event, Trace};

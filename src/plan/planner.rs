@@ -12,7 +12,7 @@ use super::packed;
 use super::planned::{Phases, Plan, Share};
 use super::price::secs;
 use super::profile::DeviceProfile;
-use super::split::{Linear, equal_finish, makespan};
+use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
 use crate::{DeviceRef, Fleet};
 
@@ -209,7 +209,7 @@ impl Planner {
 
     fn plan_between(&self, op: &Op, src: Option<usize>, dst: Option<usize>) -> Plan {
         let started = Instant::now();
-        let name = format!("{} -> {}{}", op.name(), op.output().dtype, op.output().layout.shape);
+        let name = plan_name(op);
         let whole = amounts(op, None);
         let single: Vec<Stages> = (0..self.members.len())
             .map(|d| self.stages(d, op, &whole, 1.0, false, src, dst))
@@ -272,6 +272,71 @@ impl Planner {
         plan
     }
 
+    /// A plan for `op` (inputs from and result to host memory) with the shares fixed by the
+    /// caller: member `i` gets `lens[i]` entries of `axis`, in member order. Predictions come
+    /// from the model as usual. For comparing the planner's choice with another (an even
+    /// split), and for forcing a split.
+    pub fn plan_fixed(&self, op: &Op, axis: usize, lens: &[usize]) -> Result<Plan> {
+        op.validate("planner")?;
+        if !cut_axes(op).contains(&axis) {
+            return Err(invalid(format!("{} cannot be cut along axis {axis}", op.describe())));
+        }
+        let units = op.output().dims()[axis];
+        if lens.len() != self.members.len() || lens.iter().sum::<usize>() != units {
+            return Err(invalid(format!(
+                "{} shares summing to {} for {} members and {units} entries of axis {axis}",
+                lens.len(),
+                lens.iter().sum::<usize>(),
+                self.members.len()
+            )));
+        }
+        let started = Instant::now();
+        let work = amounts(op, Some(axis));
+        let mut start = 0;
+        let mut shares = Vec::new();
+        let mut span = 0.0f64;
+        for (d, &len) in lens.iter().enumerate() {
+            if len > 0 {
+                let stage = self.stages(d, op, &work, len as f64, true, None, None);
+                span = span.max(stage.total().at(len));
+                shares.push(self.share(d, start, len, stage.phases(len), stage.factors));
+            }
+            start += len;
+        }
+        let best_single = self.plan_between(op, None, None).best_single;
+        Ok(Plan {
+            op: plan_name(op),
+            class: op.class(),
+            axis: Some(axis),
+            units,
+            shares,
+            predicted: secs(span),
+            best_single,
+            measured: None,
+            planning: started.elapsed(),
+        })
+    }
+
+    /// A lower bound on the makespan of any plan for `op` (inputs from and result to host
+    /// memory) under this planner's model: the continuous optimum (fractional shares, no
+    /// rounding) along the best axis, or the best single device. What simulations measure
+    /// achieved makespans against.
+    pub fn fluid_bound(&self, op: &Op) -> Result<Duration> {
+        op.validate("planner")?;
+        let whole = amounts(op, None);
+        let mut best = (0..self.members.len())
+            .map(|d| self.stages(d, op, &whole, 1.0, false, None, None).total().at(1))
+            .fold(f64::INFINITY, f64::min);
+        for axis in cut_axes(op) {
+            let candidate = self.split_along(op, axis, None, None);
+            let totals: Vec<Linear> = candidate.stages.iter().map(Stages::total).collect();
+            if let Some(t) = fluid_makespan(&totals, candidate.units) {
+                best = best.min(t);
+            }
+        }
+        Ok(secs(best))
+    }
+
     /// Equal-finish shares of `op` cut along `axis`, re-priced at the chosen share sizes.
     fn split_along(
         &self,
@@ -292,8 +357,13 @@ impl Planner {
             let totals: Vec<Linear> = stages.iter().map(Stages::total).collect();
             let shares = equal_finish(&totals, units);
             let span = makespan(&totals, &shares);
+            // Rates that do not depend on size (or shares that settled) end the refinement.
+            let settled = shares == candidate.shares;
             guess = shares.iter().map(|&u| (u as f64).max(1.0)).collect();
             candidate = Candidate { axis, units, shares, stages, span };
+            if settled {
+                break;
+            }
         }
         candidate
     }
@@ -497,6 +567,11 @@ fn amounts(op: &Op, axis: Option<usize>) -> Amounts {
         output_bytes: fit[3],
         inputs: op.inputs().len(),
     }
+}
+
+/// `matmul -> f32[1024, 1024]`.
+fn plan_name(op: &Op) -> String {
+    format!("{} -> {}{}", op.name(), op.output().dtype, op.output().layout.shape)
 }
 
 fn invalid(detail: String) -> Error {

@@ -103,30 +103,21 @@ impl DeviceProfile {
     /// slower per flop, but the latency term covers most of that). Falls back to the f32
     /// figures for a dtype that was not measured.
     pub fn matmul_rate(&self, dtype: DType, flops: f64) -> f64 {
-        let name = dtype.to_string();
-        let mut points: Vec<&MatmulPoint> =
-            self.matmul.iter().filter(|p| p.dtype == name).collect();
-        if points.is_empty() {
-            points = self.matmul.iter().filter(|p| p.dtype == "f32").collect();
-        }
-        points.sort_by_key(|p| p.n);
-        let (Some(first), Some(last)) = (points.first(), points.last()) else {
-            return 0.0;
-        };
-        if flops <= first.flops() {
-            return first.flops_per_s;
-        }
-        if flops >= last.flops() {
-            return last.flops_per_s;
-        }
-        for pair in points.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if flops <= b.flops() {
+        // Called for every device and candidate share while planning: no allocation here.
+        let wanted = dtype.name();
+        let name = if self.matmul.iter().any(|p| p.dtype == wanted) { wanted } else { "f32" };
+        let points = || self.matmul.iter().filter(move |p| p.dtype == name);
+        let below = points().filter(|p| p.flops() <= flops).max_by_key(|p| p.n);
+        let above = points().filter(|p| p.flops() >= flops).min_by_key(|p| p.n);
+        match (below, above) {
+            (None, None) => 0.0,
+            (Some(p), None) | (None, Some(p)) => p.flops_per_s,
+            (Some(a), Some(b)) if a.n == b.n => a.flops_per_s,
+            (Some(a), Some(b)) => {
                 let t = (flops.ln() - a.flops().ln()) / (b.flops().ln() - a.flops().ln());
-                return a.flops_per_s + t * (b.flops_per_s - a.flops_per_s);
+                a.flops_per_s + t * (b.flops_per_s - a.flops_per_s)
             }
         }
-        last.flops_per_s
     }
 
     /// The largest measured f32 matmul rate alone: the headline figure.
