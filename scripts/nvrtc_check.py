@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Compile-check kernels/cuda with NVRTC (no GPU needed).
+
+Every kernels/cuda/*.cu is compiled the way the CUDA backend compiles it at run time:
+common.cuh text, a #line directive, then the .cu text, as one NVRTC program. Each is built
+to PTX for compute_70, compute_80 and compute_90 with -std=c++17; any error or warning
+fails the check (except NVRTC's notice that compute_70 is deprecated, which no option
+silences). The `.entry` names in the PTX are then compared with the expected kernel table
+below: a missing or an unexpected entry point fails the check.
+
+libnvrtc comes from the PyPI wheel `nvidia-cuda-nvrtc-cu12` (pip install
+nvidia-cuda-nvrtc-cu12); set NVRTC_LIB to use another libnvrtc.so instead.
+
+    python3 scripts/nvrtc_check.py            # check everything
+    python3 scripts/nvrtc_check.py --list     # also print every entry point per file
+    python3 scripts/nvrtc_check.py --ptx DIR  # also write the PTX files into DIR
+"""
+
+import argparse
+import ctypes
+import glob
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNELS = os.path.join(ROOT, "kernels", "cuda")
+ARCHS = ["compute_70", "compute_80", "compute_90"]
+BASE_OPTIONS = ["-std=c++17", "--display-error-number"]
+# Elementwise, reduction and index kernels must round like the CPU backend (Rust never
+# contracts a*b+c into an FMA); matmul is free to fuse.
+FILE_OPTIONS = {
+    "elementwise.cu": ["--fmad=false"],
+    "reduce.cu": ["--fmad=false"],
+    "softmax.cu": ["--fmad=false"],
+    "index.cu": ["--fmad=false"],
+    "matmul.cu": ["--fmad=true"],
+}
+# NVRTC 12.x prints this for compute_70 whatever the options; it is not about our code.
+ALLOWED_WARNINGS = [
+    re.compile(r"^nvrtc: warning: Architectures prior to '<compute/sm>_75' are deprecated"),
+]
+
+# sizeof(McParams) in kernels/cuda/common.cuh, which the Rust backend mirrors.
+PARAMS_BYTES = 472
+
+# ---- The expected entry points -----------------------------------------------------------
+
+FLOATS = ["f32", "f16", "bf16"]
+DTYPES = FLOATS + ["u32", "u8"]
+UNARY = ["neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu_tanh",
+         "gelu_erf", "silu", "sin", "cos"]
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow"]
+COMPARE = ["eq", "ne", "lt", "le", "gt", "ge"]
+REDUCE = ["sum", "mean", "max", "min", "argmax"]
+
+
+def expected():
+    """file name -> set of kernel names: every op x every dtype the CPU backend runs."""
+    ew = set()
+    ew |= {f"unary_{op}_{t}" for op in UNARY for t in FLOATS}
+    ew |= {f"binary_{op}_{t}" for op in BINARY for t in FLOATS}
+    ew |= {f"affine_{t}" for t in FLOATS}
+    ew |= {f"compare_{op}_{t}_{o}" for op in COMPARE for t in DTYPES for o in {t, "u8"}}
+    ew |= {f"where_{t}" for t in DTYPES}
+    ew |= {f"fill_{t}" for t in DTYPES}
+    ew |= {f"copy_{t}" for t in DTYPES}
+    ew |= {f"cast_{s}_{d}" for s in DTYPES for d in DTYPES}
+    red = {f"reduce_{op}_{t}{team}" for op in REDUCE for t in FLOATS for team in ["", "_warp"]}
+    soft = {f"{name}_{t}{team}" for name in ["softmax", "log_softmax"] for t in FLOATS
+            for team in ["", "_warp"]}
+    idx = set()
+    idx |= {f"{name}_{t}" for name in ["gather", "index_select"] for t in DTYPES}
+    idx |= {f"{name}{atomic}_{t}" for name in ["scatter_add", "index_add"]
+            for atomic in ["", "_atomic"] for t in FLOATS}
+    mm = {f"matmul_tiled_{t}" for t in FLOATS}
+    return {"elementwise.cu": ew, "reduce.cu": red, "softmax.cu": soft, "index.cu": idx,
+            "matmul.cu": mm}
+
+
+# ---- NVRTC through ctypes --------------------------------------------------------------------
+
+def find_nvrtc():
+    env = os.environ.get("NVRTC_LIB")
+    if env:
+        return env
+    candidates = []
+    try:
+        import nvidia.cuda_nvrtc  # the nvidia-cuda-nvrtc-cu12 wheel (a namespace package)
+        for base in list(nvidia.cuda_nvrtc.__path__):
+            candidates += sorted(glob.glob(os.path.join(base, "lib", "libnvrtc.so.*")))
+    except ImportError:
+        pass
+    for p in candidates:
+        if ".alt." not in p:
+            return p
+    sys.exit("libnvrtc not found: pip install nvidia-cuda-nvrtc-cu12, or set NVRTC_LIB")
+
+
+class Nvrtc:
+    def __init__(self, path):
+        self.path = path
+        self.lib = ctypes.CDLL(path)
+        self.lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def version(self):
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        self.lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+        return major.value, minor.value
+
+    def compile(self, source, name, options):
+        """Returns (ok, log, ptx)."""
+        lib = self.lib
+        prog = ctypes.c_void_p()
+        rc = lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0,
+                                    None, None)
+        if rc != 0:
+            raise RuntimeError(f"nvrtcCreateProgram: {lib.nvrtcGetErrorString(rc).decode()}")
+        try:
+            opts = [o.encode() for o in options]
+            arr = (ctypes.c_char_p * len(opts))(*opts)
+            rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, buf)
+            log = buf.value.decode(errors="replace")
+            if rc != 0:
+                return False, log, ""
+            lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+            ptx = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetPTX(prog, ptx)
+            return True, log, ptx.value.decode()
+        finally:
+            lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def program_text(cu_path):
+    """common.cuh, then the .cu: what the Rust backend hands to NVRTC."""
+    with open(os.path.join(KERNELS, "common.cuh")) as f:
+        common = f.read()
+    with open(cu_path) as f:
+        body = f.read()
+    name = os.path.basename(cu_path)
+    return f'#line 1 "common.cuh"\n{common}\n#line 1 "{name}"\n{body}'
+
+
+def problems_in(log):
+    """Lines of the log that are errors or warnings we do not allow."""
+    bad = []
+    for line in log.splitlines():
+        if not re.search(r"\b(warning|error)\b", line, re.IGNORECASE):
+            continue
+        if any(p.search(line) for p in ALLOWED_WARNINGS):
+            continue
+        bad.append(line)
+    return bad
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--list", action="store_true", help="print every entry point per file")
+    ap.add_argument("--ptx", metavar="DIR", help="write <file>.<arch>.ptx into DIR")
+    args = ap.parse_args()
+
+    nvrtc = Nvrtc(find_nvrtc())
+    major, minor = nvrtc.version()
+    print(f"NVRTC {major}.{minor} from {nvrtc.path}")
+    want = expected()
+    files = sorted(glob.glob(os.path.join(KERNELS, "*.cu")))
+    failed = False
+    for name in sorted(set(want) - {os.path.basename(f) for f in files}):
+        print(f"MISSING FILE kernels/cuda/{name}")
+        failed = True
+    total = 0
+    for path in files:
+        name = os.path.basename(path)
+        source = program_text(path)
+        entries_per_arch = {}
+        for arch in ARCHS:
+            options = [f"--gpu-architecture={arch}"] + BASE_OPTIONS + FILE_OPTIONS.get(name, [])
+            ok, log, ptx = nvrtc.compile(source, name, options)
+            bad = problems_in(log)
+            if not ok or bad:
+                failed = True
+                print(f"FAIL {name} [{arch}] {' '.join(options)}")
+                print(log.rstrip())
+                continue
+            entries = re.findall(r"^\s*\.(?:visible\s+)?\.?entry\s+(\w+)\s*\(", ptx, re.M)
+            entries_per_arch[arch] = set(entries)
+            # The ABI the Rust side mirrors: parameter 0 is McParams by value.
+            params = dict(re.findall(
+                r"\.entry\s+(\w+)\s*\(\s*\.param\s+\.align\s+8\s+\.b8\s+\w+_param_0\[(\d+)\]",
+                ptx))
+            wrong = sorted(e for e in entries if params.get(e) != str(PARAMS_BYTES))
+            if wrong:
+                failed = True
+                print(f"FAIL {name} [{arch}]: parameter 0 is not a {PARAMS_BYTES}-byte, "
+                      f"8-aligned McParams in: {' '.join(wrong)}")
+            if args.ptx:
+                os.makedirs(args.ptx, exist_ok=True)
+                with open(os.path.join(args.ptx, f"{name}.{arch}.ptx"), "w") as f:
+                    f.write(ptx)
+        if len(entries_per_arch) != len(ARCHS):
+            continue
+        sets = list(entries_per_arch.values())
+        if any(s != sets[0] for s in sets):
+            failed = True
+            print(f"FAIL {name}: the architectures export different entry points")
+        got = sets[0]
+        total += len(got)
+        expect = want.get(name, set())
+        missing, extra = sorted(expect - got), sorted(got - expect)
+        status = "ok" if not missing and not extra else "FAIL"
+        print(f"{status} {name}: {len(got)} entry points, {', '.join(ARCHS)}")
+        if missing:
+            failed = True
+            print(f"  missing ({len(missing)}): {' '.join(missing)}")
+        if extra:
+            failed = True
+            print(f"  not in the expected table ({len(extra)}): {' '.join(extra)}")
+        if args.list:
+            for e in sorted(got):
+                print(f"    {e}")
+    print(f"{total} entry points in all")
+    if failed:
+        print("nvrtc_check: FAILED")
+        return 1
+    print("nvrtc_check: all files compile cleanly and export the expected kernels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
