@@ -1,11 +1,14 @@
-//! Finds every device (one per physical chip; `MANYCHIPS_DEVICES` selects), prints them, and runs a matmul and a softmax on each,
-//! checked against the CPU device.
+//! Finds every device (one per physical chip; `MANYCHIPS_DEVICES` selects), prints them, and
+//! runs a matmul and a softmax on each, checked against the CPU device. Then it hands a
+//! larger matmul to the planner, which spreads it over the fleet where that pays, and
+//! prints the plan.
 //!
 //!     cargo run --release --example quickstart
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use manychips::plan::{Calibration, Planner};
 use manychips::{DType, Fleet, Result, Tensor};
 
 fn main() -> ExitCode {
@@ -79,7 +82,21 @@ fn run() -> Result<bool> {
             );
         }
     }
-    Ok(all_ok)
+
+    // The planner calibrates every device (a few seconds, then cached), prices the matmul on
+    // each, and splits it where the shares finish sooner than the best device alone.
+    let mut planner = Planner::for_fleet(&fleet, &Calibration::new())?;
+    let n = 1024;
+    let a = Tensor::randn(0.0, 1.0, [n, n], DType::F32, 4, reference)?;
+    let b = Tensor::randn(0.0, 1.0, [n, n], DType::F32, 5, reference)?;
+    let want = a.matmul(&b)?.to_vec::<f32>()?;
+    let got = planner.matmul(&a, &b)?.to_f64_vec()?;
+    let err = max_rel_err(&got, &want);
+    if let Some(plan) = planner.last_plan() {
+        println!("\n{}", plan.explain());
+    }
+    println!("planned matmul max|err| {err:.2e}: {}", if err < 1e-4 { "ok" } else { "MISMATCH" });
+    Ok(all_ok && err < 1e-4)
 }
 
 /// Largest error relative to the largest reference magnitude (a matmul's natural scale).
