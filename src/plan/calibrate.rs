@@ -4,7 +4,7 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use manychips_api::{BinaryOp, BufferId, DType, Device, Error, Layout, Op, Result, View};
+use manychips_api::{BinaryOp, BufferId, DType, Device, Layout, Op, Result, View};
 
 use super::profile::{DeviceProfile, MatmulPoint};
 
@@ -169,15 +169,7 @@ pub fn calibrate_together(
         handles
             .into_iter()
             .zip(devices)
-            .map(|(h, device)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Fault {
-                        op: "calibrate_together".into(),
-                        device: device.info().label(),
-                        detail: "the benchmark thread panicked".into(),
-                    })
-                })
-            })
+            .map(|(h, &device)| super::joined(h, "calibrate_together", device))
             .collect()
     })
 }

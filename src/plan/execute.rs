@@ -8,7 +8,7 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use manychips_api::{BufferId, Device, Error, Layout, Op, Result, View};
+use manychips_api::{BufferId, Device, Layout, Op, Result, View};
 
 use super::cut::cut;
 use super::packed;
@@ -69,15 +69,7 @@ pub fn run(
                 handles
                     .into_iter()
                     .zip(devices)
-                    .map(|(h, device)| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::Fault {
-                                op: op.name(),
-                                device: device.info().label(),
-                                detail: "the thread running this device's share panicked".into(),
-                            })
-                        })
-                    })
+                    .map(|(h, device)| super::joined(h, &op.name(), &**device))
                     .collect()
             })
         };

@@ -45,3 +45,19 @@ pub use profile::{DeviceProfile, MatmulPoint};
 pub use simulate::{Chip, Simulated, simulate};
 pub use split::{Linear, equal_finish, fluid_makespan, makespan};
 pub use trace::{Event, Trace};
+
+/// The result of a scoped thread that ran one device's work; a panic there becomes a
+/// `Fault` naming `op` and the device, which the fleet can act on like any device fault.
+fn joined<T>(
+    handle: std::thread::ScopedJoinHandle<'_, manychips_api::Result<T>>,
+    op: &str,
+    device: &dyn manychips_api::Device,
+) -> manychips_api::Result<T> {
+    handle.join().unwrap_or_else(|_| {
+        Err(manychips_api::Error::Fault {
+            op: op.into(),
+            device: device.info().label(),
+            detail: "the thread running this device's work panicked".into(),
+        })
+    })
+}
