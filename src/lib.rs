@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod fleet;
 pub mod plan;
 mod tensor;
+pub mod train;
 
 pub use fleet::{Discovery, Fleet, devices, discover};
 pub use manychips_api::*;

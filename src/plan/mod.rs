@@ -48,7 +48,7 @@ pub use trace::{Event, Trace};
 
 /// The result of a scoped thread that ran one device's work; a panic there becomes a
 /// `Fault` naming `op` and the device, which the fleet can act on like any device fault.
-fn joined<T>(
+pub(crate) fn joined<T>(
     handle: std::thread::ScopedJoinHandle<'_, manychips_api::Result<T>>,
     op: &str,
     device: &dyn manychips_api::Device,

@@ -1,0 +1,262 @@
+//! One rule per differentiable op: given the gradient of an op's output, the gradients of
+//! its inputs. The rules are tensor ops themselves, so the backward pass runs on whatever
+//! device the forward pass ran on.
+
+use crate::{DType, Result, Shape, Tensor};
+
+/// The data an op keeps for its backward pass (its inputs and output are kept by the graph).
+#[derive(Clone, Debug)]
+pub(crate) enum Backward {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Neg,
+    /// `x * mul + add`.
+    Affine {
+        mul: f64,
+    },
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Relu,
+    /// The tanh approximation of GELU.
+    Gelu,
+    Silu,
+    Matmul,
+    Sum {
+        axis: usize,
+        keepdim: bool,
+    },
+    Mean {
+        axis: usize,
+        keepdim: bool,
+    },
+    Softmax {
+        axis: usize,
+    },
+    LogSoftmax {
+        axis: usize,
+    },
+    /// Reshape, squeeze, unsqueeze, flatten: the gradient takes the input's shape back.
+    Reshape,
+    Permute {
+        perm: Vec<usize>,
+    },
+    Narrow {
+        axis: usize,
+        start: usize,
+    },
+    BroadcastAs,
+    Cat {
+        axis: usize,
+    },
+    IndexSelect {
+        indices: Tensor,
+        axis: usize,
+    },
+    Gather {
+        indices: Tensor,
+        axis: usize,
+    },
+    Cast,
+    /// `contiguous()`: same values, new layout.
+    Identity,
+}
+
+impl Backward {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Backward::Add => "add",
+            Backward::Sub => "sub",
+            Backward::Mul => "mul",
+            Backward::Div => "div",
+            Backward::Neg => "neg",
+            Backward::Affine { .. } => "affine",
+            Backward::Exp => "exp",
+            Backward::Log => "log",
+            Backward::Sqrt => "sqrt",
+            Backward::Rsqrt => "rsqrt",
+            Backward::Tanh => "tanh",
+            Backward::Sigmoid => "sigmoid",
+            Backward::Relu => "relu",
+            Backward::Gelu => "gelu",
+            Backward::Silu => "silu",
+            Backward::Matmul => "matmul",
+            Backward::Sum { .. } => "sum",
+            Backward::Mean { .. } => "mean",
+            Backward::Softmax { .. } => "softmax",
+            Backward::LogSoftmax { .. } => "log_softmax",
+            Backward::Reshape => "reshape",
+            Backward::Permute { .. } => "permute",
+            Backward::Narrow { .. } => "narrow",
+            Backward::BroadcastAs => "broadcast_as",
+            Backward::Cat { .. } => "cat",
+            Backward::IndexSelect { .. } => "index_select",
+            Backward::Gather { .. } => "gather",
+            Backward::Cast => "cast",
+            Backward::Identity => "contiguous",
+        }
+    }
+
+    /// The gradients of `inputs` (in order; `None` where an input gets none) given `g`, the
+    /// gradient of the output `y`.
+    pub(crate) fn apply(
+        &self,
+        g: &Tensor,
+        y: &Tensor,
+        inputs: &[&Tensor],
+    ) -> Result<Vec<Option<Tensor>>> {
+        let x = inputs[0];
+        let one = |t: Tensor| Ok(vec![Some(t)]);
+        match self {
+            Backward::Add => Ok(vec![Some(sum_to(g, inputs[0])?), Some(sum_to(g, inputs[1])?)]),
+            Backward::Sub => {
+                Ok(vec![Some(sum_to(g, inputs[0])?), Some(sum_to(&g.neg()?, inputs[1])?)])
+            }
+            Backward::Mul => {
+                let (a, b) = (inputs[0], inputs[1]);
+                Ok(vec![Some(sum_to(&g.mul(b)?, a)?), Some(sum_to(&g.mul(a)?, b)?)])
+            }
+            Backward::Div => {
+                // d(a/b)/db = -a/b² = -y/b.
+                let (a, b) = (inputs[0], inputs[1]);
+                let ga = g.div(b)?;
+                let gb = ga.mul(y)?.neg()?;
+                Ok(vec![Some(sum_to(&ga, a)?), Some(sum_to(&gb, b)?)])
+            }
+            Backward::Neg => one(g.neg()?),
+            Backward::Affine { mul } => one(g.affine(*mul, 0.0)?),
+            Backward::Exp => one(g.mul(y)?),
+            Backward::Log => one(g.div(x)?),
+            Backward::Sqrt => one(g.div(y)?.affine(0.5, 0.0)?),
+            Backward::Rsqrt => {
+                // d x^-1/2 = -1/2 x^-3/2 = -1/2 y³.
+                one(g.mul(&y.mul(y)?.mul(y)?)?.affine(-0.5, 0.0)?)
+            }
+            Backward::Tanh => one(g.mul(&y.mul(y)?.affine(-1.0, 1.0)?)?),
+            Backward::Sigmoid => one(g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?),
+            Backward::Relu => {
+                let zero = Tensor::zeros([1], x.dtype(), x.device())?;
+                let positive = x.gt(&zero)?.cast(x.dtype())?;
+                one(g.mul(&positive)?)
+            }
+            Backward::Gelu => one(g.mul(&gelu_tanh_slope(x)?)?),
+            Backward::Silu => {
+                // silu = x·s; d = s·(1 + x·(1 − s)).
+                let s = x.sigmoid()?;
+                let slope = s.mul(&x.mul(&s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+                one(g.mul(&slope)?)
+            }
+            Backward::Matmul => {
+                let (a, b) = (inputs[0], inputs[1]);
+                let ga = g.matmul(&b.t()?)?;
+                let gb = a.t()?.matmul(g)?;
+                Ok(vec![Some(sum_to(&ga, a)?), Some(sum_to(&gb, b)?)])
+            }
+            Backward::Sum { axis, keepdim } => one(spread(g, x, *axis, *keepdim)?),
+            Backward::Mean { axis, keepdim } => {
+                let n = x.dims()[*axis].max(1) as f64;
+                one(spread(g, x, *axis, *keepdim)?.affine(1.0 / n, 0.0)?)
+            }
+            Backward::Softmax { axis } => {
+                let dot = g.mul(y)?.sum_keepdim(*axis)?;
+                one(y.mul(&g.sub(&dot)?)?)
+            }
+            Backward::LogSoftmax { axis } => {
+                let total = g.sum_keepdim(*axis)?;
+                one(g.sub(&y.exp()?.mul(&total)?)?)
+            }
+            Backward::Reshape => one(g.reshape(x.shape().clone())?),
+            Backward::Permute { perm } => {
+                let mut inverse = vec![0; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inverse[p] = i;
+                }
+                one(g.permute(&inverse)?)
+            }
+            Backward::Narrow { axis, start } => one(pad_to(g, x, *axis, *start)?),
+            Backward::BroadcastAs => one(sum_to(g, x)?),
+            Backward::Cat { axis } => {
+                let mut start = 0;
+                let mut out = Vec::with_capacity(inputs.len());
+                for input in inputs {
+                    let len = input.dims()[*axis];
+                    out.push(Some(g.narrow(*axis, start, len)?));
+                    start += len;
+                }
+                Ok(out)
+            }
+            Backward::IndexSelect { indices, axis } => {
+                let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
+                one(zeros.index_add(*axis, indices, &g.contiguous()?)?)
+            }
+            Backward::Gather { indices, axis } => {
+                let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
+                one(zeros.scatter_add(*axis, indices, &g.contiguous()?)?)
+            }
+            Backward::Cast => one(cast_to(g, x.dtype())?),
+            Backward::Identity => one(g.clone()),
+        }
+    }
+}
+
+fn cast_to(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype { Ok(t.clone()) } else { t.cast(dtype) }
+}
+
+/// The gradient of a broadcast operand: `g` summed over the axes `like` was stretched along.
+pub(crate) fn sum_to(g: &Tensor, like: &Tensor) -> Result<Tensor> {
+    if g.dims() == like.dims() {
+        return Ok(g.clone());
+    }
+    let mut g = g.clone();
+    while g.rank() > like.rank() {
+        g = g.sum(0)?;
+    }
+    for (axis, &want) in like.dims().iter().enumerate() {
+        if want == 1 && g.dims()[axis] != 1 {
+            g = g.sum_keepdim(axis)?;
+        }
+    }
+    Ok(g)
+}
+
+/// A reduction's gradient: `g` put back along the reduced axis, the same value for every
+/// element that was summed.
+fn spread(g: &Tensor, x: &Tensor, axis: usize, keepdim: bool) -> Result<Tensor> {
+    let g = if keepdim { g.clone() } else { g.unsqueeze(axis)? };
+    g.broadcast_as(x.shape().clone())
+}
+
+/// `g` placed at `start` along `axis` in zeros of `x`'s shape: the gradient of a narrow.
+fn pad_to(g: &Tensor, x: &Tensor, axis: usize, start: usize) -> Result<Tensor> {
+    let total = x.dims()[axis];
+    let len = g.dims()[axis];
+    let zeros = |n: usize| {
+        let mut dims = g.dims().to_vec();
+        dims[axis] = n;
+        Tensor::zeros(Shape::new(dims), g.dtype(), g.device())
+    };
+    let before = (start > 0).then(|| zeros(start)).transpose()?;
+    let after = (start + len < total).then(|| zeros(total - start - len)).transpose()?;
+    let parts: Vec<&Tensor> = before.iter().chain(std::iter::once(g)).chain(after.iter()).collect();
+    if parts.len() == 1 { Ok(g.clone()) } else { Tensor::cat(&parts, axis) }
+}
+
+/// d/dx of `0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`, c = √(2/π).
+fn gelu_tanh_slope(x: &Tensor) -> Result<Tensor> {
+    const C: f64 = 0.797_884_560_802_865_4;
+    const K: f64 = 0.044_715;
+    let x2 = x.mul(x)?;
+    let inner = x.mul(&x2.affine(K, 1.0)?)?.affine(C, 0.0)?;
+    let t = inner.tanh()?;
+    // 0.5·(1 + t) + 0.5·x·(1 − t²)·c·(1 + 3K·x²)
+    let left = t.affine(0.5, 0.5)?;
+    let sech2 = t.mul(&t)?.affine(-1.0, 1.0)?;
+    let right = x.mul(&sech2)?.mul(&x2.affine(3.0 * K, 1.0)?)?.affine(0.5 * C, 0.0)?;
+    left.add(&right)
+}

@@ -1,0 +1,69 @@
+use super::Linear;
+use crate::train::{ParamStore, Var};
+use crate::{Error, Result, Tensor};
+
+/// Causal multi-head self-attention: each position attends to itself and the ones before.
+#[derive(Clone, Debug)]
+pub struct CausalSelfAttention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub heads: usize,
+}
+
+impl CausalSelfAttention {
+    pub fn new(store: &ParamStore, dim: usize, heads: usize) -> Result<CausalSelfAttention> {
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            return Err(Error::InvalidArgument {
+                op: "CausalSelfAttention::new".into(),
+                device: store.device().info().label(),
+                detail: format!("dim {dim} does not split into {heads} heads"),
+            });
+        }
+        Ok(CausalSelfAttention {
+            qkv: Linear::new(&store.sub("qkv"), dim, 3 * dim, true)?,
+            proj: Linear::new(&store.sub("proj"), dim, dim, true)?,
+            heads,
+        })
+    }
+
+    /// `x` is `[batch, time, dim]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let [batch, time, dim] = match x.dims() {
+            &[b, t, d] => [b, t, d],
+            other => {
+                return Err(Error::Shape {
+                    op: "CausalSelfAttention::forward".into(),
+                    device: x.tensor().device().info().label(),
+                    detail: format!("input {other:?} is not [batch, time, dim]"),
+                });
+            }
+        };
+        let (heads, head_dim) = (self.heads, dim / self.heads);
+        let qkv = self.qkv.forward(x)?;
+        // [batch, time, dim] -> [batch, heads, time, head_dim]
+        let split = |i: usize| -> Result<Var> {
+            qkv.narrow(2, i * dim, dim)?
+                .reshape([batch, time, heads, head_dim])?
+                .permute(&[0, 2, 1, 3])
+        };
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?;
+        let mask = causal_mask(time, x.tensor())?;
+        let weights = scores.add(&Var::constant(mask))?.softmax(3)?;
+        let out = weights.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape([batch, time, dim])?;
+        self.proj.forward(&out)
+    }
+}
+
+/// `[time, time]`: 0 on and below the diagonal, a large negative number above it, so
+/// softmax gives the future no weight.
+fn causal_mask(time: usize, like: &Tensor) -> Result<Tensor> {
+    let mut mask = vec![0.0; time * time];
+    for row in 0..time {
+        for col in row + 1..time {
+            mask[row * time + col] = -1e9;
+        }
+    }
+    Tensor::from_f64(&mask, [time, time], like.dtype(), like.device())
+}

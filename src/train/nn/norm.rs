@@ -1,0 +1,49 @@
+use crate::Result;
+use crate::train::{Init, Param, ParamStore, Var};
+
+/// Layer normalisation over the last dim, with a learned scale and shift.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Param,
+    pub bias: Param,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(store: &ParamStore, dim: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: store.param("weight", [dim], Init::Ones)?,
+            bias: store.param("bias", [dim], Init::Zeros)?,
+            eps: 1e-5,
+        })
+    }
+
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let axis = x.rank().saturating_sub(1);
+        let dtype = x.tensor().dtype();
+        let centred = x.sub(&x.mean_keepdim(axis)?)?;
+        let variance = centred.square()?.mean_keepdim(axis)?;
+        let normed = centred.mul(&variance.affine(1.0, self.eps)?.rsqrt()?)?;
+        normed.mul(&self.weight.var().cast(dtype)?)?.add(&self.bias.var().cast(dtype)?)
+    }
+}
+
+/// Root-mean-square normalisation over the last dim (no centring, no shift).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Param,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(store: &ParamStore, dim: usize) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: store.param("weight", [dim], Init::Ones)?, eps: 1e-6 })
+    }
+
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let axis = x.rank().saturating_sub(1);
+        let dtype = x.tensor().dtype();
+        let scale = x.square()?.mean_keepdim(axis)?.affine(1.0, self.eps)?.rsqrt()?;
+        x.mul(&scale)?.mul(&self.weight.var().cast(dtype)?)
+    }
+}

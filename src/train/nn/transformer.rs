@@ -1,0 +1,33 @@
+use super::{Activation, CausalSelfAttention, LayerNorm, Linear};
+use crate::Result;
+use crate::train::{ParamStore, Var};
+
+/// A pre-norm transformer block (GPT-2's): `x + attn(ln1(x))`, then `x + mlp(ln2(x))` with
+/// a 4× wide GELU MLP.
+#[derive(Clone, Debug)]
+pub struct TransformerBlock {
+    pub ln1: LayerNorm,
+    pub attn: CausalSelfAttention,
+    pub ln2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl TransformerBlock {
+    pub fn new(store: &ParamStore, dim: usize, heads: usize) -> Result<TransformerBlock> {
+        Ok(TransformerBlock {
+            ln1: LayerNorm::new(&store.sub("ln1"), dim)?,
+            attn: CausalSelfAttention::new(&store.sub("attn"), dim, heads)?,
+            ln2: LayerNorm::new(&store.sub("ln2"), dim)?,
+            fc1: Linear::new(&store.sub("fc1"), dim, 4 * dim, true)?,
+            fc2: Linear::new(&store.sub("fc2"), 4 * dim, dim, true)?,
+        })
+    }
+
+    /// `x` is `[batch, time, dim]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let x = x.add(&self.attn.forward(&self.ln1.forward(x)?)?)?;
+        let hidden = Activation::Gelu.apply(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
+        x.add(&self.fc2.forward(&hidden)?)
+    }
+}

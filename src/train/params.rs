@@ -1,0 +1,162 @@
+//! Named parameters: what a model learns, found by name for checkpoints and by id for
+//! gradients.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use super::var::{Var, VarId};
+use crate::{DType, DeviceRef, Error, Result, Shape, Tensor};
+
+struct ParamInner {
+    name: String,
+    id: VarId,
+    value: RwLock<Tensor>,
+}
+
+/// A learnable tensor with a stable name and id. Cloning shares it: a model and its
+/// optimizer hold the same parameter, and `set` is seen by both.
+#[derive(Clone)]
+pub struct Param(Arc<ParamInner>);
+
+impl Param {
+    pub fn new(name: impl Into<String>, value: Tensor) -> Param {
+        Param(Arc::new(ParamInner {
+            name: name.into(),
+            id: VarId::fresh(),
+            value: RwLock::new(value),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn id(&self) -> VarId {
+        self.0.id
+    }
+
+    /// The current value.
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A tracked leaf of the current value; its gradient is under [`Param::id`].
+    pub fn var(&self) -> Var {
+        Var::leaf_with_id(self.value(), self.0.id)
+    }
+
+    /// Replaces the value by one of the same shape, dtype and device (an optimizer step, a
+    /// checkpoint load, a broadcast from the master copy).
+    pub fn set(&self, value: Tensor) -> Result<()> {
+        let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
+        let same_device = slot.device().info().id == value.device().info().id;
+        if slot.dims() != value.dims() || slot.dtype() != value.dtype() || !same_device {
+            return Err(Error::Shape {
+                op: "Param::set".into(),
+                device: value.device().info().label(),
+                detail: format!("{}: {:?} cannot replace {:?}", self.0.name, value, *slot),
+            });
+        }
+        *slot = value;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Param({}, {:?})", self.0.name, self.value())
+    }
+}
+
+/// How a parameter starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Uniform in `[-bound, bound]`.
+    Uniform {
+        bound: f64,
+    },
+    Normal {
+        std: f64,
+    },
+}
+
+/// Creates a model's parameters on one device, each named by its path (`blocks.0.attn.qkv.
+/// weight`). Initial values depend only on the seed and the name, so the same model built on
+/// two devices starts from the same numbers.
+#[derive(Clone)]
+pub struct ParamStore {
+    device: DeviceRef,
+    dtype: DType,
+    seed: u64,
+    prefix: String,
+    params: Arc<Mutex<Vec<Param>>>,
+}
+
+impl ParamStore {
+    /// f32 parameters on `device`.
+    pub fn new(device: &DeviceRef, seed: u64) -> ParamStore {
+        ParamStore {
+            device: device.clone(),
+            dtype: DType::F32,
+            seed,
+            prefix: String::new(),
+            params: Arc::default(),
+        }
+    }
+
+    /// The same store, naming what is created through it `prefix.<name>`.
+    pub fn sub(&self, name: impl fmt::Display) -> ParamStore {
+        let mut sub = self.clone();
+        sub.prefix = self.path(&name.to_string());
+        sub
+    }
+
+    pub fn device(&self) -> &DeviceRef {
+        &self.device
+    }
+
+    /// Creates the parameter `name` under this store's prefix.
+    pub fn param(&self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Param> {
+        let path = self.path(name);
+        let shape = shape.into();
+        let mut params = self.params.lock().unwrap_or_else(PoisonError::into_inner);
+        if params.iter().any(|p| p.name() == path) {
+            return Err(Error::InvalidArgument {
+                op: "ParamStore::param".into(),
+                device: self.device.info().label(),
+                detail: format!("a parameter named {path} already exists"),
+            });
+        }
+        let seed = self.seed ^ name_hash(&path);
+        let value = match init {
+            Init::Zeros => Tensor::zeros(shape, self.dtype, &self.device)?,
+            Init::Ones => Tensor::ones(shape, self.dtype, &self.device)?,
+            Init::Uniform { bound } => {
+                Tensor::rand(-bound, bound, shape, self.dtype, seed, &self.device)?
+            }
+            Init::Normal { std } => Tensor::randn(0.0, std, shape, self.dtype, seed, &self.device)?,
+        };
+        let param = Param::new(path, value);
+        params.push(param.clone());
+        Ok(param)
+    }
+
+    /// Every parameter created through this store or any of its `sub` stores, in creation
+    /// order.
+    pub fn params(&self) -> Vec<Param> {
+        self.params.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+}
+
+/// FNV-1a of the name: the same in every process, build and Rust version (std's hashers
+/// promise none of that), so a checkpoint's initial values are reproducible.
+fn name_hash(name: &str) -> u64 {
+    name.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}

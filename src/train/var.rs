@@ -1,0 +1,280 @@
+//! `Var`: a tensor that remembers how it was made, so that gradients can flow back to the
+//! leaves it came from.
+//!
+//! The graph lives in the values themselves (each `Var` holds its inputs), as in candle and
+//! micrograd: there is no tape object to pass around and no global graph to reset. A graph
+//! is freed when its last `Var` drops. [`Var::backward`] walks it once and returns the
+//! gradients of the tracked leaves as a [`Grads`] value; nothing is stored in the leaves, so
+//! two backward passes never interfere and accumulation is an explicit `Grads::accumulate`.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::backward::Backward;
+use crate::{Error, Result, Tensor};
+
+/// A process-wide unique id of a variable; a parameter keeps one id for its whole life, so
+/// its gradient can be found in [`Grads`] whichever `Var` of it the forward pass used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VarId(u64);
+
+impl VarId {
+    pub(crate) fn fresh() -> VarId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        VarId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+struct Node {
+    id: VarId,
+    value: Tensor,
+    /// A leaf whose gradient [`Var::backward`] reports.
+    leaf: bool,
+    /// How to send the output's gradient to `inputs`; `None` for leaves and constants.
+    backward: Option<Backward>,
+    inputs: Vec<Var>,
+}
+
+/// A tensor in a differentiable computation. Cloning is cheap.
+#[derive(Clone)]
+pub struct Var(Arc<Node>);
+
+thread_local! {
+    static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` without recording a graph on this thread (evaluation, optimizer updates).
+/// Scoped: recording resumes when `f` returns or unwinds, so no mode can leak.
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_GRAD_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+    NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+    let _restore = Restore;
+    f()
+}
+
+/// False inside [`no_grad`].
+pub fn is_grad_enabled() -> bool {
+    NO_GRAD_DEPTH.with(|d| d.get() == 0)
+}
+
+impl Var {
+    /// A value gradients do not flow into (data, masks, targets).
+    pub fn constant(value: Tensor) -> Var {
+        Var(Arc::new(Node {
+            id: VarId::fresh(),
+            value,
+            leaf: false,
+            backward: None,
+            inputs: Vec::new(),
+        }))
+    }
+
+    /// A fresh leaf whose gradient [`backward`](Var::backward) reports.
+    pub fn leaf(value: Tensor) -> Var {
+        Var::leaf_with_id(value, VarId::fresh())
+    }
+
+    /// A leaf with a given id: every use of one parameter shares its id.
+    pub(crate) fn leaf_with_id(value: Tensor, id: VarId) -> Var {
+        Var(Arc::new(Node { id, value, leaf: true, backward: None, inputs: Vec::new() }))
+    }
+
+    /// The result of an op: records `backward` when an input needs a gradient and recording
+    /// is on; a plain constant otherwise.
+    pub(crate) fn from_op(value: Tensor, backward: Backward, inputs: &[&Var]) -> Var {
+        if !is_grad_enabled() || !inputs.iter().any(|v| v.requires_grad()) {
+            return Var::constant(value);
+        }
+        Var(Arc::new(Node {
+            id: VarId::fresh(),
+            value,
+            leaf: false,
+            backward: Some(backward),
+            inputs: inputs.iter().map(|v| (*v).clone()).collect(),
+        }))
+    }
+
+    pub fn id(&self) -> VarId {
+        self.0.id
+    }
+
+    /// The value. Ops on it directly are not recorded.
+    pub fn tensor(&self) -> &Tensor {
+        &self.0.value
+    }
+
+    /// True for tracked leaves and for anything computed from one.
+    pub fn requires_grad(&self) -> bool {
+        self.0.leaf || self.0.backward.is_some()
+    }
+
+    /// The same value, cut off from the graph.
+    pub fn detach(&self) -> Var {
+        Var::constant(self.0.value.clone())
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        self.0.value.dims()
+    }
+
+    pub fn rank(&self) -> usize {
+        self.0.value.rank()
+    }
+
+    /// Gradients of every tracked leaf this value depends on, seeded with ones (for a
+    /// scalar loss: d loss / d leaf).
+    pub fn backward(&self) -> Result<Grads> {
+        let seed =
+            Tensor::ones(self.tensor().shape().clone(), self.tensor().dtype(), self.device())?;
+        self.backward_with(seed)
+    }
+
+    /// Gradients of every tracked leaf, given the gradient of this value.
+    pub fn backward_with(&self, seed: Tensor) -> Result<Grads> {
+        if seed.dims() != self.dims() || seed.dtype() != self.tensor().dtype() {
+            return Err(Error::Shape {
+                op: "backward".into(),
+                device: self.device().info().label(),
+                detail: format!("seed {:?} does not match the value {:?}", seed, self.tensor()),
+            });
+        }
+        let order = self.topological_order();
+        let mut pending: HashMap<VarId, Tensor> = HashMap::new();
+        pending.insert(self.id(), seed);
+        let mut grads = Grads::default();
+        for var in order.iter().rev() {
+            let Some(grad) = pending.remove(&var.id()) else { continue };
+            let Some(backward) = &var.0.backward else {
+                if var.0.leaf {
+                    grads.add(var.id(), grad)?;
+                }
+                continue;
+            };
+            let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
+            let input_grads = backward.apply(&grad, var.tensor(), &inputs)?;
+            for (input, input_grad) in var.0.inputs.iter().zip(input_grads) {
+                let Some(input_grad) = input_grad else { continue };
+                if !input.requires_grad() {
+                    continue;
+                }
+                let slot = pending.remove(&input.id());
+                let sum = match slot {
+                    Some(prev) => prev.add(&input_grad)?,
+                    None => input_grad,
+                };
+                pending.insert(input.id(), sum);
+            }
+        }
+        Ok(grads)
+    }
+
+    /// How many recorded ops and leaves the graph behind this value has.
+    pub fn graph_len(&self) -> usize {
+        self.topological_order().len()
+    }
+
+    /// Every var that needs a gradient, each after all of its inputs.
+    fn topological_order(&self) -> Vec<Var> {
+        // Iterative DFS: a deep graph (hundreds of layers) must not overflow the stack.
+        let mut order = Vec::new();
+        let mut seen: HashSet<VarId> = HashSet::new();
+        let mut stack: Vec<(Var, bool)> = vec![(self.clone(), false)];
+        while let Some((var, expanded)) = stack.pop() {
+            if expanded {
+                order.push(var);
+                continue;
+            }
+            if !var.requires_grad() || !seen.insert(var.id()) {
+                continue;
+            }
+            stack.push((var.clone(), true));
+            for input in &var.0.inputs {
+                if input.requires_grad() && !seen.contains(&input.id()) {
+                    stack.push((input.clone(), false));
+                }
+            }
+        }
+        order
+    }
+
+    pub(crate) fn device(&self) -> &crate::DeviceRef {
+        self.0.value.device()
+    }
+}
+
+impl fmt::Debug for Var {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match (&self.0.backward, self.0.leaf) {
+            (Some(b), _) => b.name(),
+            (None, true) => "leaf",
+            (None, false) => "constant",
+        };
+        write!(f, "Var({kind}, {:?})", self.0.value)
+    }
+}
+
+/// The gradients of one backward pass (or of several, accumulated), by leaf id.
+#[derive(Clone, Default)]
+pub struct Grads {
+    map: HashMap<VarId, Tensor>,
+}
+
+impl Grads {
+    /// The gradient of the leaf with this id, if the loss depended on it.
+    pub fn get(&self, id: VarId) -> Option<&Tensor> {
+        self.map.get(&id)
+    }
+
+    pub fn insert(&mut self, id: VarId, grad: Tensor) {
+        self.map.insert(id, grad);
+    }
+
+    pub fn remove(&mut self, id: VarId) -> Option<Tensor> {
+        self.map.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = VarId> + '_ {
+        self.map.keys().copied()
+    }
+
+    /// Adds `grad` to the gradient of `id` (gradient accumulation over micro-batches).
+    pub fn add(&mut self, id: VarId, grad: Tensor) -> Result<()> {
+        let grad = grad.contiguous()?;
+        let sum = match self.map.remove(&id) {
+            Some(prev) => prev.add(&grad)?,
+            None => grad,
+        };
+        self.map.insert(id, sum);
+        Ok(())
+    }
+
+    /// Adds every gradient of `other` into this set.
+    pub fn accumulate(&mut self, other: Grads) -> Result<()> {
+        for (id, grad) in other.map {
+            self.add(id, grad)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Grads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.map.iter()).finish()
+    }
+}

@@ -1,0 +1,257 @@
+//! The differentiable ops: each runs the tensor op and records its [`Backward`] rule.
+//! Names and argument orders follow [`Tensor`]'s, so moving code between the two is a
+//! change of type, not of vocabulary.
+
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use super::backward::Backward;
+use super::var::Var;
+use crate::{DType, Result, Shape, Tensor};
+
+macro_rules! unary {
+    ($($(#[$doc:meta])* $name:ident => $rule:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self) -> Result<Var> {
+                Ok(Var::from_op(self.tensor().$name()?, $rule, &[self]))
+            }
+        )*
+    };
+}
+
+impl Var {
+    // ----- elementwise ----------------------------------------------------------------
+
+    pub fn add(&self, other: &Var) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().add(other.tensor())?, Backward::Add, &[self, other]))
+    }
+
+    pub fn sub(&self, other: &Var) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().sub(other.tensor())?, Backward::Sub, &[self, other]))
+    }
+
+    pub fn mul(&self, other: &Var) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().mul(other.tensor())?, Backward::Mul, &[self, other]))
+    }
+
+    pub fn div(&self, other: &Var) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().div(other.tensor())?, Backward::Div, &[self, other]))
+    }
+
+    /// `self * mul + add` with scalars, one op.
+    pub fn affine(&self, mul: f64, add: f64) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().affine(mul, add)?, Backward::Affine { mul }, &[self]))
+    }
+
+    unary! {
+        neg => Backward::Neg;
+        exp => Backward::Exp;
+        log => Backward::Log;
+        sqrt => Backward::Sqrt;
+        /// `1/√x`, the normalisations' op.
+        rsqrt => Backward::Rsqrt;
+        tanh => Backward::Tanh;
+        sigmoid => Backward::Sigmoid;
+        relu => Backward::Relu;
+        /// GELU, tanh approximation (GPT-2's).
+        gelu => Backward::Gelu;
+        silu => Backward::Silu;
+    }
+
+    /// `self²`, elementwise.
+    pub fn square(&self) -> Result<Var> {
+        self.mul(self)
+    }
+
+    /// To another float dtype; the gradient comes back in this var's dtype (mixed
+    /// precision: f32 master weights, bf16/f16 compute).
+    pub fn cast(&self, dtype: DType) -> Result<Var> {
+        if self.tensor().dtype() == dtype {
+            return Ok(self.clone());
+        }
+        Ok(Var::from_op(self.tensor().cast(dtype)?, Backward::Cast, &[self]))
+    }
+
+    // ----- reductions -----------------------------------------------------------------
+
+    pub fn sum(&self, axis: usize) -> Result<Var> {
+        self.reduce_sum(axis, false)
+    }
+
+    pub fn sum_keepdim(&self, axis: usize) -> Result<Var> {
+        self.reduce_sum(axis, true)
+    }
+
+    pub fn mean(&self, axis: usize) -> Result<Var> {
+        self.reduce_mean(axis, false)
+    }
+
+    pub fn mean_keepdim(&self, axis: usize) -> Result<Var> {
+        self.reduce_mean(axis, true)
+    }
+
+    /// The sum of every element, as a one-element tensor.
+    pub fn sum_all(&self) -> Result<Var> {
+        self.flatten()?.sum_keepdim(0)
+    }
+
+    /// The mean of every element, as a one-element tensor.
+    pub fn mean_all(&self) -> Result<Var> {
+        self.flatten()?.mean_keepdim(0)
+    }
+
+    fn reduce_sum(&self, axis: usize, keepdim: bool) -> Result<Var> {
+        let value =
+            if keepdim { self.tensor().sum_keepdim(axis)? } else { self.tensor().sum(axis)? };
+        Ok(Var::from_op(value, Backward::Sum { axis, keepdim }, &[self]))
+    }
+
+    fn reduce_mean(&self, axis: usize, keepdim: bool) -> Result<Var> {
+        let value =
+            if keepdim { self.tensor().mean_keepdim(axis)? } else { self.tensor().mean(axis)? };
+        Ok(Var::from_op(value, Backward::Mean { axis, keepdim }, &[self]))
+    }
+
+    pub fn softmax(&self, axis: usize) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().softmax(axis)?, Backward::Softmax { axis }, &[self]))
+    }
+
+    pub fn log_softmax(&self, axis: usize) -> Result<Var> {
+        let value = self.tensor().log_softmax(axis)?;
+        Ok(Var::from_op(value, Backward::LogSoftmax { axis }, &[self]))
+    }
+
+    // ----- matmul ---------------------------------------------------------------------
+
+    /// Matrix product over the last two dims with broadcast batch dims, like
+    /// [`Tensor::matmul`].
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().matmul(rhs.tensor())?, Backward::Matmul, &[self, rhs]))
+    }
+
+    // ----- shapes ---------------------------------------------------------------------
+
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().reshape(shape)?, Backward::Reshape, &[self]))
+    }
+
+    pub fn flatten(&self) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().flatten()?, Backward::Reshape, &[self]))
+    }
+
+    pub fn unsqueeze(&self, axis: usize) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().unsqueeze(axis)?, Backward::Reshape, &[self]))
+    }
+
+    pub fn squeeze(&self, axis: usize) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().squeeze(axis)?, Backward::Reshape, &[self]))
+    }
+
+    pub fn permute(&self, perm: &[usize]) -> Result<Var> {
+        let value = self.tensor().permute(perm)?;
+        Ok(Var::from_op(value, Backward::Permute { perm: perm.to_vec() }, &[self]))
+    }
+
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Var> {
+        let mut perm: Vec<usize> = (0..self.rank()).collect();
+        self.tensor().check_axis(a, "transpose")?;
+        self.tensor().check_axis(b, "transpose")?;
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Swaps the last two dims.
+    pub fn t(&self) -> Result<Var> {
+        let rank = self.rank();
+        if rank < 2 {
+            // Let the tensor op word the error.
+            self.tensor().t()?;
+        }
+        self.transpose(rank - 2, rank - 1)
+    }
+
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
+        let value = self.tensor().narrow(axis, start, len)?;
+        Ok(Var::from_op(value, Backward::Narrow { axis, start }, &[self]))
+    }
+
+    pub fn broadcast_as(&self, shape: impl Into<Shape>) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().broadcast_as(shape)?, Backward::BroadcastAs, &[self]))
+    }
+
+    pub fn contiguous(&self) -> Result<Var> {
+        if self.tensor().is_contiguous() {
+            return Ok(self.clone());
+        }
+        Ok(Var::from_op(self.tensor().contiguous()?, Backward::Identity, &[self]))
+    }
+
+    /// Joins vars along `axis`.
+    pub fn cat(vars: &[&Var], axis: usize) -> Result<Var> {
+        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.tensor()).collect();
+        Ok(Var::from_op(Tensor::cat(&tensors, axis)?, Backward::Cat { axis }, vars))
+    }
+
+    /// Rows of `self` picked by the `u32` `indices` along `axis` (an embedding lookup);
+    /// the gradient adds back into the picked rows.
+    pub fn index_select(&self, indices: &Tensor, axis: usize) -> Result<Var> {
+        let value = self.tensor().index_select(indices, axis)?;
+        let rule = Backward::IndexSelect { indices: indices.clone(), axis };
+        Ok(Var::from_op(value, rule, &[self]))
+    }
+
+    /// `torch.gather` along `axis` (picking each row's target logit).
+    pub fn gather(&self, indices: &Tensor, axis: usize) -> Result<Var> {
+        let value = self.tensor().gather(indices, axis)?;
+        Ok(Var::from_op(value, Backward::Gather { indices: indices.clone(), axis }, &[self]))
+    }
+}
+
+macro_rules! var_binary_op {
+    ($trait:ident, $method:ident, $scalar:expr) => {
+        impl $trait<&Var> for &Var {
+            type Output = Result<Var>;
+            fn $method(self, rhs: &Var) -> Result<Var> {
+                Var::$method(self, rhs)
+            }
+        }
+        impl $trait<Var> for Var {
+            type Output = Result<Var>;
+            fn $method(self, rhs: Var) -> Result<Var> {
+                Var::$method(&self, &rhs)
+            }
+        }
+        impl $trait<&Var> for Var {
+            type Output = Result<Var>;
+            fn $method(self, rhs: &Var) -> Result<Var> {
+                Var::$method(&self, rhs)
+            }
+        }
+        impl $trait<f64> for &Var {
+            type Output = Result<Var>;
+            fn $method(self, rhs: f64) -> Result<Var> {
+                let (mul, add) = $scalar(rhs);
+                self.affine(mul, add)
+            }
+        }
+        impl $trait<f64> for Var {
+            type Output = Result<Var>;
+            fn $method(self, rhs: f64) -> Result<Var> {
+                let (mul, add) = $scalar(rhs);
+                self.affine(mul, add)
+            }
+        }
+    };
+}
+
+var_binary_op!(Add, add, |s: f64| (1.0, s));
+var_binary_op!(Sub, sub, |s: f64| (1.0, -s));
+var_binary_op!(Mul, mul, |s: f64| (s, 0.0));
+var_binary_op!(Div, div, |s: f64| (1.0 / s, 0.0));
+
+impl Neg for &Var {
+    type Output = Result<Var>;
+    fn neg(self) -> Result<Var> {
+        Var::neg(self)
+    }
+}

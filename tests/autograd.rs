@@ -1,0 +1,355 @@
+// Every differentiable op's gradient against central finite differences on random inputs,
+// including broadcast operands and non-contiguous (transposed) inputs.
+//
+// The loss is `sum(f(x) ⊙ R)` with a fixed random `R`, so every output element's gradient
+// matters and none is trivially uniform. Finite differences run in f32 on the CPU device
+// with step 1e-2; the tolerance (2e-3 absolute + 1e-2 relative) sits well above their
+// rounding and truncation error and well below any real mistake (a wrong factor or sign).
+
+use std::sync::{Arc, OnceLock};
+
+use manychips::train::nn::{self, CrossEntropy, Reduction};
+use manychips::train::{Grads, ParamStore, Var, no_grad};
+use manychips::{CpuDevice, DType, DeviceRef, Result, Tensor};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One CPU device for the whole file: tensors made by a test and by `check` must meet.
+fn cpu() -> DeviceRef {
+    static DEVICE: OnceLock<DeviceRef> = OnceLock::new();
+    DEVICE.get_or_init(|| Arc::new(CpuDevice::with_threads(1).expect("cpu device"))).clone()
+}
+
+/// One input: logical shape, values, and whether it is stored transposed (its last two dims
+/// swapped in memory, then viewed through `t()`).
+#[derive(Clone)]
+struct Input {
+    dims: Vec<usize>,
+    data: Vec<f64>,
+    transposed: bool,
+}
+
+fn input(dims: &[usize], seed: u64) -> Input {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let n = dims.iter().product();
+    Input {
+        dims: dims.to_vec(),
+        data: (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect(),
+        transposed: false,
+    }
+}
+
+/// Values kept at least `gap` from zero (for relu's kink, and for division).
+fn away_from_zero(mut i: Input, gap: f64) -> Input {
+    for v in &mut i.data {
+        *v = v.signum() * (v.abs() + gap);
+    }
+    i
+}
+
+fn positive(mut i: Input) -> Input {
+    for v in &mut i.data {
+        *v = v.abs() + 0.5;
+    }
+    i
+}
+
+fn transposed(mut i: Input) -> Input {
+    i.transposed = true;
+    i
+}
+
+impl Input {
+    fn tensor(&self, device: &DeviceRef) -> Tensor {
+        if !self.transposed {
+            return Tensor::from_f64(&self.data, self.dims.clone(), DType::F32, device)
+                .expect("upload");
+        }
+        let r = self.dims.len();
+        let (rows, cols) = (self.dims[r - 2], self.dims[r - 1]);
+        let batch: usize = self.dims[..r - 2].iter().product();
+        let mut stored = vec![0.0; self.data.len()];
+        for b in 0..batch {
+            for i in 0..rows {
+                for j in 0..cols {
+                    stored[b * rows * cols + j * rows + i] =
+                        self.data[b * rows * cols + i * cols + j];
+                }
+            }
+        }
+        let mut dims = self.dims.clone();
+        dims.swap(r - 2, r - 1);
+        let t =
+            Tensor::from_f64(&stored, dims, DType::F32, device).expect("upload").t().expect("t");
+        assert!(!t.is_contiguous());
+        t
+    }
+}
+
+/// `sum(f(xs) ⊙ R)` as f64.
+fn loss_value(
+    f: &dyn Fn(&[Var]) -> Result<Var>,
+    inputs: &[Input],
+    r: &Tensor,
+    device: &DeviceRef,
+) -> f64 {
+    let vars: Vec<Var> = inputs.iter().map(|i| Var::constant(i.tensor(device))).collect();
+    let out = f(&vars).expect("forward");
+    let out = out.tensor().cast(DType::F32).expect("cast");
+    out.mul(r).expect("mul").to_f64_vec().expect("read").iter().sum()
+}
+
+/// Checks the analytic gradient of every input against central differences.
+fn check(name: &str, inputs: Vec<Input>, f: impl Fn(&[Var]) -> Result<Var>) {
+    let device = cpu();
+    let leaves: Vec<Var> = inputs.iter().map(|i| Var::leaf(i.tensor(&device))).collect();
+    let out = f(&leaves).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
+    let r = Tensor::randn(0.0, 1.0, out.dims().to_vec(), DType::F32, 99, &device).expect("r");
+    let r_var = Var::constant(r.cast(out.tensor().dtype()).expect("cast"));
+    let grads: Grads =
+        out.mul(&r_var).expect("mul").sum_all().expect("sum").backward().expect("backward");
+    let h = 1e-2;
+    for (k, leaf) in leaves.iter().enumerate() {
+        let analytic = grads
+            .get(leaf.id())
+            .unwrap_or_else(|| panic!("{name}: input {k} got no gradient"))
+            .to_f64_vec()
+            .expect("read grad");
+        assert_eq!(analytic.len(), inputs[k].data.len(), "{name}: gradient {k} has the wrong size");
+        for (j, &analytic) in analytic.iter().enumerate() {
+            let mut plus = inputs.clone();
+            plus[k].data[j] += h;
+            let mut minus = inputs.clone();
+            minus[k].data[j] -= h;
+            let numeric = (loss_value(&f, &plus, &r, &device)
+                - loss_value(&f, &minus, &r, &device))
+                / (2.0 * h);
+            let tol = 2e-3 + 1e-2 * numeric.abs();
+            assert!(
+                (analytic - numeric).abs() <= tol,
+                "{name}: d/d input{k}[{j}] analytic {analytic} vs numeric {numeric}"
+            );
+        }
+    }
+}
+
+#[test]
+fn elementwise_binary_with_broadcasting() {
+    check("add", vec![input(&[3, 4], 1), input(&[4], 2)], |x| x[0].add(&x[1]));
+    check("add [2,1,4]+[3,1]", vec![input(&[2, 1, 4], 3), input(&[3, 1], 4)], |x| x[0].add(&x[1]));
+    check("sub", vec![input(&[3, 4], 5), input(&[3, 1], 6)], |x| x[0].sub(&x[1]));
+    check("mul", vec![input(&[2, 3], 7), input(&[1, 3], 8)], |x| x[0].mul(&x[1]));
+    check("div", vec![input(&[2, 3], 9), away_from_zero(input(&[3], 10), 0.5)], |x| {
+        x[0].div(&x[1])
+    });
+    check("mul transposed", vec![transposed(input(&[3, 4], 11)), input(&[3, 4], 12)], |x| {
+        x[0].mul(&x[1])
+    });
+    check("mul same var", vec![input(&[5], 13)], |x| x[0].mul(&x[0]));
+}
+
+#[test]
+fn elementwise_unary() {
+    check("neg", vec![input(&[2, 3], 20)], |x| x[0].neg());
+    check("affine", vec![input(&[2, 3], 21)], |x| x[0].affine(-1.5, 0.25));
+    check("exp", vec![input(&[2, 3], 22)], |x| x[0].exp());
+    check("log", vec![positive(input(&[2, 3], 23))], |x| x[0].log());
+    check("sqrt", vec![positive(input(&[2, 3], 24))], |x| x[0].sqrt());
+    check("rsqrt", vec![positive(input(&[2, 3], 25))], |x| x[0].rsqrt());
+    check("tanh", vec![input(&[2, 3], 26)], |x| x[0].tanh());
+    check("sigmoid", vec![input(&[2, 3], 27)], |x| x[0].sigmoid());
+    check("relu", vec![away_from_zero(input(&[2, 3], 28), 0.05)], |x| x[0].relu());
+    check("gelu", vec![input(&[3, 3], 29)], |x| x[0].affine(2.0, 0.0)?.gelu());
+    check("silu", vec![input(&[3, 3], 30)], |x| x[0].affine(2.0, 0.0)?.silu());
+    check("square transposed", vec![transposed(input(&[2, 3], 31))], |x| x[0].square());
+}
+
+#[test]
+fn matmul_plain_batched_and_transposed() {
+    check("matmul", vec![input(&[3, 4], 40), input(&[4, 2], 41)], |x| x[0].matmul(&x[1]));
+    check("matmul batch broadcast", vec![input(&[2, 3, 4], 42), input(&[4, 5], 43)], |x| {
+        x[0].matmul(&x[1])
+    });
+    check("matmul both batched", vec![input(&[2, 2, 3], 44), input(&[2, 3, 2], 45)], |x| {
+        x[0].matmul(&x[1])
+    });
+    check("matmul transposed lhs", vec![transposed(input(&[3, 4], 46)), input(&[4, 2], 47)], |x| {
+        x[0].matmul(&x[1])
+    });
+    check("matmul t()", vec![input(&[3, 4], 48), input(&[2, 4], 49)], |x| x[0].matmul(&x[1].t()?));
+}
+
+#[test]
+fn reductions_and_softmax() {
+    check("sum axis 0", vec![input(&[3, 4], 50)], |x| x[0].sum(0));
+    check("sum keepdim", vec![input(&[3, 4], 51)], |x| x[0].sum_keepdim(1));
+    check("mean", vec![input(&[2, 3, 4], 52)], |x| x[0].mean(1));
+    check("mean keepdim transposed", vec![transposed(input(&[3, 4], 53))], |x| {
+        x[0].mean_keepdim(0)
+    });
+    check("sum_all", vec![input(&[2, 3], 54)], |x| x[0].sum_all());
+    check("mean_all", vec![input(&[2, 3], 55)], |x| x[0].mean_all());
+    check("softmax", vec![input(&[3, 5], 56)], |x| x[0].softmax(1));
+    check("softmax axis 0", vec![transposed(input(&[4, 3], 57))], |x| x[0].softmax(0));
+    check("log_softmax", vec![input(&[3, 5], 58)], |x| x[0].log_softmax(1));
+    check("log_softmax 3-d", vec![input(&[2, 3, 4], 59)], |x| x[0].log_softmax(2));
+}
+
+#[test]
+fn shape_ops() {
+    check("reshape", vec![input(&[2, 6], 60)], |x| x[0].reshape([3, 4]));
+    check("reshape transposed", vec![transposed(input(&[3, 4], 61))], |x| x[0].reshape([6, 2]));
+    check("permute", vec![input(&[2, 3, 4], 62)], |x| x[0].permute(&[2, 0, 1]));
+    check("transpose", vec![input(&[2, 3, 4], 63)], |x| x[0].transpose(0, 2));
+    check("narrow", vec![input(&[3, 5], 64)], |x| x[0].narrow(1, 1, 3));
+    check("narrow at start", vec![input(&[4, 2], 65)], |x| x[0].narrow(0, 0, 2));
+    check("broadcast_as", vec![input(&[3, 1], 66)], |x| x[0].broadcast_as([2, 3, 4]));
+    check("unsqueeze/squeeze", vec![input(&[3, 4], 67)], |x| x[0].unsqueeze(1)?.squeeze(1));
+    check("flatten", vec![transposed(input(&[2, 3], 68))], |x| x[0].flatten());
+    check("contiguous", vec![transposed(input(&[2, 3], 69))], |x| x[0].contiguous());
+    check("cat", vec![input(&[2, 3], 70), input(&[1, 3], 71), input(&[2, 3], 72)], |x| {
+        Var::cat(&[&x[0], &x[1], &x[2]], 0)
+    });
+    check("cat axis 1", vec![input(&[2, 3], 73), transposed(input(&[2, 2], 74))], |x| {
+        Var::cat(&[&x[0], &x[1]], 1)
+    });
+}
+
+#[test]
+fn selection_ops() {
+    let device = cpu();
+    let ids = Tensor::from_slice(&[2u32, 0, 2, 3], [4], &device).expect("ids");
+    check("index_select (repeated rows)", vec![input(&[4, 3], 80)], move |x| {
+        x[0].index_select(&ids, 0)
+    });
+    let picks = Tensor::from_slice(&[1u32, 0, 3, 3, 2, 0], [3, 2], &device).expect("picks");
+    check("gather", vec![input(&[3, 4], 81)], move |x| x[0].gather(&picks, 1));
+}
+
+#[test]
+fn losses() {
+    check("cross_entropy", vec![input(&[4, 5], 90)], |x| nn::cross_entropy(&x[0], &[1, 0, 4, 2]));
+    let opts =
+        CrossEntropy { ignore_index: Some(7), label_smoothing: 0.1, reduction: Reduction::Sum };
+    check("cross_entropy smoothing + ignore", vec![input(&[4, 5], 91)], move |x| {
+        nn::cross_entropy_with(&x[0], &[1, 7, 4, 2], &opts)
+    });
+    check("mse", vec![input(&[3, 2], 92), input(&[3, 2], 93)], |x| {
+        nn::mse(&x[0], &x[1], Reduction::Mean)
+    });
+}
+
+#[test]
+fn layers() {
+    // Layers' parameters are leaves too: check the gradient with respect to the input, and
+    // the parameters' gradients through the same finite differences by making them inputs.
+    check("layer_norm", vec![input(&[3, 4], 100), input(&[4], 101), input(&[4], 102)], |x| {
+        let centred = x[0].sub(&x[0].mean_keepdim(1)?)?;
+        let var = centred.square()?.mean_keepdim(1)?;
+        centred.mul(&var.affine(1.0, 1e-5)?.rsqrt()?)?.mul(&x[1])?.add(&x[2])
+    });
+    let device = cpu();
+    let store = ParamStore::new(&device, 3);
+    let ln = nn::LayerNorm::new(&store.sub("ln"), 4).expect("ln");
+    let rms = nn::RmsNorm::new(&store.sub("rms"), 4).expect("rms");
+    let lin = nn::Linear::new(&store.sub("lin"), 4, 3, true).expect("lin");
+    let attn = nn::CausalSelfAttention::new(&store.sub("attn"), 4, 2).expect("attn");
+    check("LayerNorm layer", vec![input(&[3, 4], 103)], |x| ln.forward(&x[0]));
+    check("RmsNorm layer", vec![input(&[3, 4], 104)], |x| rms.forward(&x[0]));
+    check("Linear layer 3-d", vec![input(&[2, 3, 4], 105)], |x| lin.forward(&x[0]));
+    check("attention", vec![input(&[2, 3, 4], 106)], |x| attn.forward(&x[0]));
+
+    // And the parameters of a layer: the gradient `backward` reports under a param's id.
+    let x = Var::constant(Tensor::randn(0.0, 1.0, [5, 4], DType::F32, 7, &device).expect("x"));
+    let loss = lin.forward(&x).expect("fwd").square().expect("sq").sum_all().expect("sum");
+    let grads = loss.backward().expect("backward");
+    let gw = grads.get(lin.weight.id()).expect("weight grad").to_f64_vec().expect("read");
+    let w = lin.weight.value().to_f64_vec().expect("w");
+    let h = 1e-2;
+    for j in 0..w.len() {
+        let eval = |delta: f64| -> f64 {
+            let mut v = w.clone();
+            v[j] += delta;
+            let wt = Tensor::from_f64(&v, [3, 4], DType::F32, &device).expect("w");
+            let y = x.tensor().matmul(&wt.t().expect("t")).expect("mm");
+            let y = y.add(&lin.bias.as_ref().expect("bias").value()).expect("bias");
+            y.mul(&y).expect("sq").to_f64_vec().expect("read").iter().sum()
+        };
+        let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+        assert!(
+            (gw[j] - numeric).abs() < 2e-3 + 1e-2 * numeric.abs(),
+            "weight[{j}] {} vs {numeric}",
+            gw[j]
+        );
+    }
+}
+
+#[test]
+fn cast_passes_the_gradient_back_in_the_source_dtype() {
+    let device = cpu();
+    let x = Var::leaf(Tensor::randn(0.0, 1.0, [3, 4], DType::F32, 1, &device).expect("x"));
+    let r = Tensor::randn(0.0, 1.0, [3, 4], DType::F32, 2, &device).expect("r");
+    let y = x.cast(DType::BF16).expect("cast").cast(DType::F32).expect("cast back");
+    let grads = y
+        .mul(&Var::constant(r.clone()))
+        .expect("mul")
+        .sum_all()
+        .expect("sum")
+        .backward()
+        .expect("bwd");
+    let g = grads.get(x.id()).expect("grad");
+    assert_eq!(g.dtype(), DType::F32);
+    // d/dx sum(cast(cast(x)) ⊙ r) passes r through two casts: r rounded to bf16.
+    let want =
+        r.cast(DType::BF16).expect("c").cast(DType::F32).expect("c").to_vec::<f32>().expect("r");
+    assert_eq!(g.to_vec::<f32>().expect("g"), want);
+}
+
+#[test]
+fn gradients_accumulate_and_no_grad_records_nothing() {
+    let device = cpu();
+    let x = Var::leaf(Tensor::from_slice(&[1.0f32, 2.0, 3.0], [3], &device).expect("x"));
+    let mut total = x.square().expect("sq").sum_all().expect("sum").backward().expect("bwd");
+    let second = x.affine(3.0, 0.0).expect("a").sum_all().expect("sum").backward().expect("bwd");
+    total.accumulate(second).expect("accumulate");
+    assert_eq!(total.get(x.id()).expect("g").to_vec::<f32>().expect("read"), vec![5.0, 7.0, 9.0]);
+
+    let y = no_grad(|| x.square().expect("sq"));
+    assert!(!y.requires_grad(), "no_grad recorded an op");
+    assert!(x.square().expect("sq").requires_grad(), "recording did not resume after no_grad");
+    let constant_only = Var::constant(x.tensor().clone()).exp().expect("exp");
+    assert!(!constant_only.requires_grad());
+    assert!(constant_only.sum_all().expect("sum").backward().expect("bwd").is_empty());
+}
+
+#[test]
+fn a_deep_graph_does_not_overflow_the_stack() {
+    let device = cpu();
+    let x = Var::leaf(Tensor::ones([4], DType::F32, &device).expect("x"));
+    let mut y = x.clone();
+    for _ in 0..20_000 {
+        y = y.affine(1.0, 0.0).expect("affine");
+    }
+    let grads = y.sum_all().expect("sum").backward().expect("backward");
+    assert_eq!(grads.get(x.id()).expect("g").to_vec::<f32>().expect("read"), vec![1.0; 4]);
+}
+
+#[test]
+fn misuse_is_an_error() {
+    let device = cpu();
+    let x = Var::leaf(Tensor::ones([2, 3], DType::F32, &device).expect("x"));
+    let y = Var::leaf(Tensor::ones([4, 5], DType::F32, &device).expect("y"));
+    let e = x.matmul(&y).expect_err("bad matmul");
+    assert!(e.to_string().contains("matmul"), "{e}");
+    let e = nn::cross_entropy(&x, &[0]).expect_err("wrong target count");
+    assert!(e.to_string().contains("cross_entropy"), "{e}");
+    let e = nn::cross_entropy(&x, &[0, 3]).expect_err("class out of range");
+    assert!(e.to_string().contains("target class 3"), "{e}");
+    let seed = Tensor::ones([7], DType::F32, &device).expect("seed");
+    assert!(x.backward_with(seed).is_err());
+    let store = ParamStore::new(&device, 0);
+    store.param("w", [2], manychips::train::Init::Zeros).expect("first");
+    assert!(store.param("w", [2], manychips::train::Init::Zeros).is_err(), "duplicate name");
+    assert!(nn::CausalSelfAttention::new(&store, 6, 4).is_err(), "6 does not split into 4 heads");
+    assert!(nn::Dropout::new(1.0, 0).is_err());
+}
