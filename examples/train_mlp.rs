@@ -1,0 +1,252 @@
+//! An MLP on the UCI handwritten digits (8×8 images, 1797 of them, `data/digits.csv`),
+//! trained data-parallel on every device found: each step's batch is cut into shares so
+//! the devices finish together.
+//!
+//!     cargo run --release --example train_mlp
+//!     MANYCHIPS_DEVICES=cpu cargo run --release --example train_mlp -- --epochs 20
+//!
+//! Writes `metrics.csv` and `curves.png` to `--out` (default `target/train_mlp`).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Linear, Reduction};
+use manychips::train::optim::{AdamW, LrSchedule, Optimizer};
+use manychips::train::{DataParallel, ParamStore, Var, no_grad};
+use manychips::{DeviceRef, Error, Result, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Parser, Debug)]
+#[command(about = "Train a 64-128-10 MLP on the UCI digits over every device found")]
+struct Args {
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 40)]
+    epochs: usize,
+    /// Global batch (cut into shares across devices).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Peak learning rate (AdamW, linear warm-up then cosine decay).
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f64,
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Seed for the split, the shuffles and the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Devices to use, like MANYCHIPS_DEVICES (e.g. `cpu`, `cpu,vulkan:0`). Default: all.
+    #[arg(long)]
+    devices: Option<String>,
+    /// Stop after this many steps (quick checks).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Where metrics.csv and curves.png go.
+    #[arg(long, default_value = "target/train_mlp")]
+    out: PathBuf,
+    /// No progress bar; one line per epoch.
+    #[arg(long)]
+    quiet: bool,
+}
+
+struct Digits {
+    /// Pixels scaled to [0, 1], 64 per image.
+    pixels: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+impl Digits {
+    const PIXELS: usize = 64;
+
+    fn load(path: &str) -> std::result::Result<Digits, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let values: Vec<f32> = line
+                .split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| format!("{path}:{}: {e}", n + 1))?;
+            if values.len() != Self::PIXELS + 1 {
+                return Err(format!("{path}:{}: {} values, want 65", n + 1, values.len()));
+            }
+            pixels.extend(values[..Self::PIXELS].iter().map(|v| v / 16.0));
+            labels.push(values[Self::PIXELS] as u32);
+        }
+        Ok(Digits { pixels, labels })
+    }
+
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// The images at `indices`, as one host batch.
+    fn batch(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
+        let mut x = Vec::with_capacity(indices.len() * Self::PIXELS);
+        for &i in indices {
+            x.extend_from_slice(&self.pixels[i * Self::PIXELS..(i + 1) * Self::PIXELS]);
+        }
+        (x, indices.iter().map(|&i| self.labels[i]).collect())
+    }
+}
+
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(store: &ParamStore, hidden: usize) -> Result<Mlp> {
+        Ok(Mlp {
+            fc1: Linear::new(&store.sub("fc1"), Digits::PIXELS, hidden, true)?,
+            fc2: Linear::new(&store.sub("fc2"), hidden, 10, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Var) -> Result<Var> {
+        self.fc2.forward(&Activation::Relu.apply(&self.fc1.forward(x)?)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> std::result::Result<(), String> {
+    let data_path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
+    let data = Digits::load(data_path)?;
+    // Fixed 80/20 split from the seed.
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(args.seed));
+    let test_len = data.len() / 5;
+    let (test, train) = order.split_at(test_len);
+    let (test, mut train) = (test.to_vec(), train.to_vec());
+
+    let devices = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
+    println!(
+        "digits: {} train / {} test images; devices: {}",
+        train.len(),
+        test.len(),
+        devices.iter().map(|(d, _)| d.info().label()).collect::<Vec<_>>().join(", ")
+    );
+    let hidden = args.hidden;
+    let mut dp = DataParallel::new(devices, args.seed, |store| Mlp::new(store, hidden))
+        .map_err(|e| e.to_string())?;
+    let mut opt = AdamW::new(dp.params().to_vec(), args.lr).with_weight_decay(1e-4);
+    let steps_per_epoch = train.len().div_ceil(args.batch) as u64;
+    let total = args
+        .max_steps
+        .unwrap_or(steps_per_epoch * args.epochs as u64)
+        .min(steps_per_epoch * args.epochs as u64);
+    let schedule = LrSchedule::WarmupCosine { warmup: steps_per_epoch, total, min_ratio: 0.05 };
+    let bar = common::progress(total, args.quiet);
+    let mut rows: Vec<common::Row> = Vec::new();
+    let started = Instant::now();
+    let mut accuracy = 0.0;
+    'epochs: for epoch in 0..args.epochs {
+        train.shuffle(&mut ChaCha8Rng::seed_from_u64(args.seed ^ (epoch as u64 + 1)));
+        for chunk in train.chunks(args.batch) {
+            let step = dp.steps();
+            if step >= total {
+                break 'epochs;
+            }
+            opt.set_learning_rate(schedule.at(step, args.lr));
+            let (x, y) = data.batch(chunk);
+            let loss =
+                |model: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+                    let input = Tensor::from_slice(
+                        &x[rows.start * 64..rows.end * 64],
+                        [rows.len(), 64],
+                        device,
+                    )?;
+                    let logits = model.forward(&Var::constant(input))?;
+                    let opts =
+                        CrossEntropy { reduction: Reduction::Sum, ..CrossEntropy::default() };
+                    nn::cross_entropy_with(&logits, &y[rows], &opts)
+                };
+            let report = dp.step(chunk.len(), loss, &mut opt).map_err(|e| e.to_string())?;
+            rows.push(common::Row {
+                step,
+                samples: chunk.len(),
+                epoch,
+                loss: report.loss,
+                lr: opt.learning_rate(),
+                step_ms: report.secs * 1e3,
+                samples_per_s: chunk.len() as f64 / report.secs,
+                eval: None,
+                shares: report.shares_line(),
+            });
+            bar.set_message(format!(
+                "loss {:.3} | acc {:.1}% | {:.0} samples/s | {}",
+                report.loss,
+                accuracy * 100.0,
+                chunk.len() as f64 / report.secs,
+                report.shares_line()
+            ));
+            bar.inc(1);
+        }
+        accuracy =
+            evaluate(dp.model(), &dp.devices()[0], &data, &test).map_err(|e| e.to_string())?;
+        if let Some(last) = rows.last_mut() {
+            last.eval = Some(accuracy);
+        }
+        if args.quiet {
+            println!(
+                "epoch {epoch:>3}: loss {:.4}, test accuracy {:.2}%",
+                rows.last().map_or(f64::NAN, |r| r.loss),
+                accuracy * 100.0
+            );
+        }
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let samples = rows.iter().map(|r| r.samples).sum::<usize>();
+    println!(
+        "test accuracy {:.2}% after {} steps in {:.1} s ({:.0} samples/s); last step: {}",
+        accuracy * 100.0,
+        rows.len(),
+        secs,
+        samples as f64 / secs,
+        rows.last().map(|r| r.shares.as_str()).unwrap_or("-")
+    );
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let csv = args.out.join("metrics.csv");
+    common::write_csv(&csv, "test_accuracy", &rows)
+        .map_err(|e| format!("{}: {e}", csv.display()))?;
+    let png = args.out.join("curves.png");
+    common::plot(&png, "MLP on UCI digits", "test accuracy", &rows)?;
+    println!("wrote {} and {}", csv.display(), png.display());
+    Ok(())
+}
+
+/// Fraction of `indices` the model classifies right (one batch, no graph recorded).
+fn evaluate(model: &Mlp, device: &DeviceRef, data: &Digits, indices: &[usize]) -> Result<f64> {
+    let (x, y) = data.batch(indices);
+    let logits = no_grad(|| -> Result<Var> {
+        let input = Tensor::from_slice(&x, [indices.len(), Digits::PIXELS], device)?;
+        model.forward(&Var::constant(input))
+    })?;
+    let predicted = logits.tensor().argmax(1)?.to_vec::<u32>()?;
+    if predicted.len() != y.len() {
+        return Err(Error::Shape {
+            op: "evaluate".into(),
+            device: device.info().label(),
+            detail: format!("{} predictions for {} labels", predicted.len(), y.len()),
+        });
+    }
+    let right = predicted.iter().zip(&y).filter(|(p, t)| p == t).count();
+    Ok(right as f64 / y.len().max(1) as f64)
+}

@@ -1,0 +1,306 @@
+// Training end to end: data-parallel over unlike devices equals one device, shares follow
+// measured speed, optimizers and loss scaling behave, and the MLP example reaches its target.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use manychips::plan::DeviceProfile;
+use manychips::sim::{SimDevice, SimProfile};
+use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Dropout, Linear, Reduction};
+use manychips::train::optim::{AdamW, LossScaler, Optimizer, Sgd, clip_grad_norm, grad_norm};
+use manychips::train::{DataParallel, Grads, ParamStore, Var};
+use manychips::{CpuDevice, DType, Device, DeviceRef, Result, Tensor};
+
+fn cpu() -> DeviceRef {
+    Arc::new(CpuDevice::with_threads(1).expect("cpu"))
+}
+
+/// The fleet's Vulkan device (lavapipe in CI), or `None` after saying why. With `CI` set a
+/// missing device fails the test: the mixed-fleet equality must really run there.
+fn vulkan() -> Option<DeviceRef> {
+    let found = manychips::discover();
+    if let Some(d) = found.devices.iter().find(|d| d.info().backend == "vulkan") {
+        return Some(d.clone());
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI is set but no Vulkan device was found");
+    println!("skipped the Vulkan replica: no Vulkan device ({:?})", found.unavailable);
+    None
+}
+
+struct Mlp {
+    fc1: Linear,
+    drop: Dropout,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(store: &ParamStore, inputs: usize, hidden: usize, classes: usize) -> Result<Mlp> {
+        Ok(Mlp {
+            fc1: Linear::new(&store.sub("fc1"), inputs, hidden, true)?,
+            drop: Dropout::new(0.25, 7)?,
+            fc2: Linear::new(&store.sub("fc2"), hidden, classes, true)?,
+        })
+    }
+
+    fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let h = Activation::Gelu.apply(&self.fc1.forward(x)?)?;
+        self.fc2.forward(&self.drop.forward(&h, ctx)?)
+    }
+}
+
+/// A fixed synthetic classification set: `n` rows of `dim` features, labels from a hidden
+/// linear rule.
+fn dataset(n: usize, dim: usize, classes: usize) -> (Vec<f32>, Vec<u32>) {
+    let host = cpu();
+    let x = Tensor::randn(0.0, 1.0, [n, dim], DType::F32, 11, &host).unwrap();
+    let w = Tensor::randn(0.0, 1.0, [dim, classes], DType::F32, 12, &host).unwrap();
+    let labels = x.matmul(&w).unwrap().argmax(1).unwrap().to_vec::<u32>().unwrap();
+    (x.to_vec::<f32>().unwrap(), labels)
+}
+
+/// Trains `steps` steps on `devices` (weights fixed per device when given) and returns the
+/// master parameters' values and the losses.
+fn train(
+    devices: Vec<DeviceRef>,
+    weights: Option<Vec<f64>>,
+    steps: usize,
+) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let (dim, classes, batch) = (12, 5, 24);
+    let (x, y) = dataset(batch * steps, dim, classes);
+    let members = devices.into_iter().map(|d| {
+        let profile = DeviceProfile::for_device(d.info());
+        (d, profile)
+    });
+    let mut dp =
+        DataParallel::new(members.collect(), 3, |s| Mlp::new(s, dim, 16, classes)).unwrap();
+    dp.set_fixed_split(weights).unwrap();
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2);
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let rows0 = step * batch;
+        let loss = |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
+            let (a, b) = (rows0 + rows.start, rows0 + rows.end);
+            let input = Tensor::from_slice(&x[a * dim..b * dim], [b - a, dim], device)?;
+            let logits = m.forward(&Var::constant(input), ctx)?;
+            let opts = CrossEntropy {
+                reduction: Reduction::Sum,
+                label_smoothing: 0.05,
+                ..Default::default()
+            };
+            nn::cross_entropy_with(&logits, &y[a..b], &opts)
+        };
+        let report = dp.step(batch, loss, &mut opt).unwrap();
+        let used: usize = report.devices.iter().map(|d| d.rows.len()).sum();
+        assert_eq!(used, batch, "shares must cover the batch: {report:?}");
+        losses.push(report.loss);
+    }
+    let params = dp.params().iter().map(|p| p.value().to_f64_vec().unwrap()).collect();
+    (params, losses)
+}
+
+#[test]
+fn data_parallel_on_a_mixed_fleet_equals_one_device() {
+    let host = cpu();
+    let mut fleet: Vec<DeviceRef> = vec![cpu()];
+    fleet.extend(vulkan());
+    for i in 0..2 {
+        let profile = SimProfile::new(format!("sim{i}")).with_latency(Duration::ZERO);
+        fleet.push(Arc::new(SimDevice::new(host.clone(), profile, i).unwrap()));
+    }
+    let labels: Vec<String> = fleet.iter().map(|d| d.info().label()).collect();
+    // Unequal shares, every device used.
+    let weights: Vec<f64> = (0..fleet.len()).map(|i| 1.0 + i as f64).collect();
+    let (split, split_losses) = train(fleet, Some(weights), 6);
+    let (alone, alone_losses) = train(vec![cpu()], None, 6);
+    println!("fleet {labels:?}: losses {split_losses:?}\none device: {alone_losses:?}");
+    for (a, b) in split_losses.iter().zip(&alone_losses) {
+        assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "loss {a} vs {b}");
+    }
+    let mut worst: f64 = 0.0;
+    for (p, q) in split.iter().zip(&alone) {
+        for (a, b) in p.iter().zip(q) {
+            worst = worst.max((a - b).abs() / (1e-3 + b.abs()));
+        }
+    }
+    println!("largest relative parameter difference: {worst:.2e}");
+    assert!(worst < 1e-3, "parameters differ by {worst:e} (relative)");
+    assert!(split_losses.last() < split_losses.first(), "loss did not fall: {split_losses:?}");
+}
+
+#[test]
+fn shares_follow_measured_speed() {
+    // Three paced chips on one CPU, 1 : 2 : 4 in speed, all calibrated as equals: the
+    // measured step times must move the shares to about 1 : 2 : 4 of the batch.
+    let host = cpu();
+    let rates = [2e9, 4e9, 8e9];
+    let members: Vec<(DeviceRef, DeviceProfile)> = rates
+        .iter()
+        .enumerate()
+        .map(|(i, &rate)| {
+            let profile = SimProfile::new(format!("chip{i}"))
+                .with_flops(rate)
+                .with_bandwidth(rate)
+                .with_latency(Duration::from_micros(5));
+            let sim = SimDevice::new(host.clone(), profile.clone(), i).unwrap();
+            sim.set_pacing(true);
+            let believed = DeviceProfile::simulated(sim.info(), &profile.with_flops(4e9));
+            (Arc::new(sim) as DeviceRef, believed)
+        })
+        .collect();
+    let (dim, batch) = (256, 448);
+    let (x, y) = dataset(batch, dim, 8);
+    let mut dp = DataParallel::new(members, 1, |s| Mlp::new(s, dim, 256, 8)).unwrap();
+    let mut opt = Sgd::new(dp.params().to_vec(), 1e-2);
+    let mut last = Vec::new();
+    for _ in 0..6 {
+        let loss = |m: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+            let input = Tensor::from_slice(
+                &x[rows.start * dim..rows.end * dim],
+                [rows.len(), dim],
+                device,
+            )?;
+            let logits = m.forward(&Var::constant(input), &Ctx::eval())?;
+            let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+            nn::cross_entropy_with(&logits, &y[rows], &opts)
+        };
+        let report = dp.step(batch, loss, &mut opt).unwrap();
+        println!("{}", report.shares_line());
+        last = report.devices.iter().map(|d| d.rows.len() as f64 / batch as f64).collect();
+    }
+    let want = [1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0];
+    for (got, want) in last.iter().zip(want) {
+        assert!((got - want).abs() < 0.06, "shares {last:?}, want about {want:?}");
+    }
+}
+
+#[test]
+fn sgd_with_momentum_and_clipping_follow_their_formulas() {
+    let device = cpu();
+    let store = ParamStore::new(&device, 0);
+    let w = store.param("w", [2], manychips::train::Init::Ones).unwrap();
+    let mut opt = Sgd::new(vec![w.clone()], 0.5).with_momentum(0.9).with_weight_decay(0.1);
+    let grad = |g: [f32; 2]| {
+        let mut grads = Grads::default();
+        grads.insert(w.id(), Tensor::from_slice(&g, [2], &device).unwrap());
+        grads
+    };
+    // v1 = g + λw = [1.1, -0.9]; w1 = 1 - 0.5·v1.
+    opt.step(&grad([1.0, -1.0])).unwrap();
+    let w1 = w.value().to_vec::<f32>().unwrap();
+    assert!((w1[0] - 0.45).abs() < 1e-6 && (w1[1] - 1.45).abs() < 1e-6, "{w1:?}");
+    // v2 = 0.9·v1 + (g + λw1).
+    opt.step(&grad([0.0, 0.0])).unwrap();
+    let w2 = w.value().to_vec::<f32>().unwrap();
+    let v2 = [0.9 * 1.1 + 0.1 * 0.45, 0.9 * -0.9 + 0.1 * 1.45];
+    assert!((w2[0] - (0.45 - 0.5 * v2[0])).abs() < 1e-6, "{w2:?}");
+    assert!((w2[1] - (1.45 - 0.5 * v2[1])).abs() < 1e-6, "{w2:?}");
+
+    let mut grads = grad([3.0, 4.0]);
+    assert!((grad_norm(std::slice::from_ref(&w), &grads).unwrap() - 5.0).abs() < 1e-6);
+    let before = clip_grad_norm(std::slice::from_ref(&w), &mut grads, 1.0).unwrap();
+    assert!((before - 5.0).abs() < 1e-6);
+    let after = grad_norm(std::slice::from_ref(&w), &grads).unwrap();
+    assert!((after - 1.0).abs() < 1e-4, "clipped norm {after}");
+}
+
+#[test]
+fn adamw_first_step_moves_each_weight_by_the_learning_rate() {
+    // With bias correction, Adam's first update is lr·g/|g| (+ decoupled decay).
+    let device = cpu();
+    let store = ParamStore::new(&device, 0);
+    let w = store.param("w", [3], manychips::train::Init::Ones).unwrap();
+    let mut opt = AdamW::new(vec![w.clone()], 0.1).with_weight_decay(0.5);
+    let mut grads = Grads::default();
+    grads.insert(w.id(), Tensor::from_slice(&[2.0f32, -0.001, 0.0], [3], &device).unwrap());
+    opt.step(&grads).unwrap();
+    let got = w.value().to_vec::<f32>().unwrap();
+    let decayed = 1.0 - 0.1 * 0.5;
+    assert!((got[0] - (decayed - 0.1)).abs() < 1e-5, "{got:?}");
+    assert!((got[1] - (decayed + 0.1)).abs() < 1e-4, "{got:?}");
+    assert!((got[2] - decayed).abs() < 1e-6, "{got:?}");
+    let (steps, state) = opt.state();
+    assert_eq!(steps, 1);
+    assert_eq!(state.len(), 2, "exp_avg and exp_avg_sq of w");
+}
+
+#[test]
+fn loss_scaler_skips_overflowing_steps_and_lowers_the_scale() {
+    let device = cpu();
+    let store = ParamStore::new(&device, 0);
+    let w = store.param("w", [2], manychips::train::Init::Ones).unwrap();
+    let params = vec![w.clone()];
+    let mut scaler = LossScaler::new(1024.0, 2);
+    let mut grads = Grads::default();
+    grads.insert(w.id(), Tensor::from_slice(&[f32::INFINITY, 1.0], [2], &device).unwrap());
+    assert!(!scaler.unscale(&params, &mut grads).unwrap(), "an overflow must skip the step");
+    assert_eq!(scaler.scale, 512.0);
+    assert_eq!(scaler.skipped, 1);
+    for _ in 0..2 {
+        let mut grads = Grads::default();
+        grads.insert(w.id(), Tensor::from_slice(&[512.0f32, 1024.0], [2], &device).unwrap());
+        assert!(scaler.unscale(&params, &mut grads).unwrap());
+        assert_eq!(grads.get(w.id()).unwrap().to_vec::<f32>().unwrap()[0], 1.0);
+    }
+    assert_eq!(scaler.scale, 1024.0, "two good steps double the scale");
+}
+
+#[test]
+fn mixed_precision_training_with_f32_master_weights_learns() {
+    // bf16 compute, f32 master weights: the loss falls and the weights stay f32.
+    let device = cpu();
+    let (dim, classes, batch) = (12, 5, 64);
+    let (x, y) = dataset(batch, dim, classes);
+    let store = ParamStore::new(&device, 5);
+    let model = Mlp::new(&store, dim, 32, classes).unwrap();
+    let mut opt = AdamW::new(store.params(), 1e-2);
+    let input = Var::constant(
+        Tensor::from_slice(&x, [batch, dim], &device).unwrap().cast(DType::BF16).unwrap(),
+    );
+    let mut losses = Vec::new();
+    for step in 0..40 {
+        let logits = model.forward(&input, &Ctx::train(step)).unwrap();
+        assert_eq!(logits.tensor().dtype(), DType::BF16);
+        let loss = nn::cross_entropy(&logits, &y).unwrap();
+        losses.push(loss.tensor().to_scalar::<f32>().unwrap());
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    assert!(store.params().iter().all(|p| p.value().dtype() == DType::F32));
+    assert!(losses[39] < 0.5 * losses[0], "bf16 loss did not halve: {losses:?}");
+}
+
+/// The example binary next to this test binary (cargo builds examples for `cargo test`).
+fn example(name: &str) -> std::path::PathBuf {
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join("examples").join(name)
+}
+
+#[test]
+fn train_mlp_example_reaches_97_percent() {
+    let out = std::env::temp_dir().join(format!("manychips-mlp-{}", std::process::id()));
+    let output = std::process::Command::new(example("train_mlp"))
+        .args(["--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run train_mlp");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "train_mlp failed");
+    let line = stdout.lines().find(|l| l.starts_with("test accuracy")).expect("a result line");
+    let accuracy: f64 = line
+        .trim_start_matches("test accuracy ")
+        .split('%')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("an accuracy");
+    assert!(accuracy >= 97.0, "test accuracy {accuracy}% < 97%");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
+    assert!(csv.lines().count() > 100, "one CSV row per step");
+    let png = std::fs::read(out.join("curves.png")).expect("curves.png");
+    assert_eq!(&png[1..4], b"PNG");
+    std::fs::remove_dir_all(&out).ok();
+}
