@@ -16,9 +16,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Linear, Reduction};
+use manychips::train::models::Mlp;
+use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Reduction};
 use manychips::train::optim::{AdamW, LrSchedule, Optimizer};
-use manychips::train::{DataParallel, ParamStore, Var, no_grad};
+use manychips::train::{DataParallel, Var, no_grad};
 use manychips::{DeviceRef, Error, Result, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -96,24 +97,6 @@ impl Digits {
     }
 }
 
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Mlp {
-    fn new(store: &ParamStore, hidden: usize) -> Result<Mlp> {
-        Ok(Mlp {
-            fc1: Linear::new(&store.sub("fc1"), Digits::PIXELS, hidden, true)?,
-            fc2: Linear::new(&store.sub("fc2"), hidden, 10, true)?,
-        })
-    }
-
-    fn forward(&self, x: &Var) -> Result<Var> {
-        self.fc2.forward(&Activation::Relu.apply(&self.fc1.forward(x)?)?)
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
@@ -143,8 +126,10 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         devices.iter().map(|(d, _)| d.info().label()).collect::<Vec<_>>().join(", ")
     );
     let hidden = args.hidden;
-    let mut dp = DataParallel::new(devices, args.seed, |store| Mlp::new(store, hidden))
-        .map_err(|e| e.to_string())?;
+    let mut dp = DataParallel::new(devices, args.seed, |store| {
+        Mlp::new(store, &[Digits::PIXELS, hidden, 10], Activation::Relu)
+    })
+    .map_err(|e| e.to_string())?;
     let mut opt = AdamW::new(dp.params().to_vec(), args.lr).with_weight_decay(1e-4);
     let steps_per_epoch = train.len().div_ceil(args.batch) as u64;
     let total = args
@@ -166,13 +151,13 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             opt.set_learning_rate(schedule.at(step, args.lr));
             let (x, y) = data.batch(chunk);
             let loss =
-                |model: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+                |model: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
                     let input = Tensor::from_slice(
                         &x[rows.start * 64..rows.end * 64],
                         [rows.len(), 64],
                         device,
                     )?;
-                    let logits = model.forward(&Var::constant(input))?;
+                    let logits = model.forward(&Var::constant(input), ctx)?;
                     let opts =
                         CrossEntropy { reduction: Reduction::Sum, ..CrossEntropy::default() };
                     nn::cross_entropy_with(&logits, &y[rows], &opts)
@@ -237,7 +222,7 @@ fn evaluate(model: &Mlp, device: &DeviceRef, data: &Digits, indices: &[usize]) -
     let (x, y) = data.batch(indices);
     let logits = no_grad(|| -> Result<Var> {
         let input = Tensor::from_slice(&x, [indices.len(), Digits::PIXELS], device)?;
-        model.forward(&Var::constant(input))
+        model.forward(&Var::constant(input), &Ctx::eval())
     })?;
     let predicted = logits.tensor().argmax(1)?.to_vec::<u32>()?;
     if predicted.len() != y.len() {

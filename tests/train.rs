@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use manychips::plan::DeviceProfile;
 use manychips::sim::{SimDevice, SimProfile};
-use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Dropout, Linear, Reduction};
+use manychips::train::models::Mlp;
+use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Dropout, Reduction};
 use manychips::train::optim::{AdamW, LossScaler, Optimizer, Sgd, clip_grad_norm, grad_norm};
 use manychips::train::{DataParallel, Grads, ParamStore, Var};
 use manychips::{CpuDevice, DType, Device, DeviceRef, Result, Tensor};
@@ -28,25 +29,10 @@ fn vulkan() -> Option<DeviceRef> {
     None
 }
 
-struct Mlp {
-    fc1: Linear,
-    drop: Dropout,
-    fc2: Linear,
-}
-
-impl Mlp {
-    fn new(store: &ParamStore, inputs: usize, hidden: usize, classes: usize) -> Result<Mlp> {
-        Ok(Mlp {
-            fc1: Linear::new(&store.sub("fc1"), inputs, hidden, true)?,
-            drop: Dropout::new(0.25, 7)?,
-            fc2: Linear::new(&store.sub("fc2"), hidden, classes, true)?,
-        })
-    }
-
-    fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        let h = Activation::Gelu.apply(&self.fc1.forward(x)?)?;
-        self.fc2.forward(&self.drop.forward(&h, ctx)?)
-    }
+/// A GELU MLP with dropout 0.25: data-parallel must reproduce the masks too.
+fn mlp(store: &ParamStore, inputs: usize, hidden: usize, classes: usize) -> Result<Mlp> {
+    Ok(Mlp::new(store, &[inputs, hidden, classes], Activation::Gelu)?
+        .with_dropout(Dropout::new(0.25, 7)?))
 }
 
 /// A fixed synthetic classification set: `n` rows of `dim` features, labels from a hidden
@@ -72,8 +58,7 @@ fn train(
         let profile = DeviceProfile::for_device(d.info());
         (d, profile)
     });
-    let mut dp =
-        DataParallel::new(members.collect(), 3, |s| Mlp::new(s, dim, 16, classes)).unwrap();
+    let mut dp = DataParallel::new(members.collect(), 3, |s| mlp(s, dim, 16, classes)).unwrap();
     dp.set_fixed_split(weights).unwrap();
     let mut opt = AdamW::new(dp.params().to_vec(), 1e-2);
     let mut losses = Vec::new();
@@ -150,7 +135,7 @@ fn shares_follow_measured_speed() {
         .collect();
     let (dim, batch) = (256, 448);
     let (x, y) = dataset(batch, dim, 8);
-    let mut dp = DataParallel::new(members, 1, |s| Mlp::new(s, dim, 256, 8)).unwrap();
+    let mut dp = DataParallel::new(members, 1, |s| mlp(s, dim, 256, 8)).unwrap();
     let mut opt = Sgd::new(dp.params().to_vec(), 1e-2);
     let mut last = Vec::new();
     for _ in 0..6 {
@@ -252,7 +237,7 @@ fn mixed_precision_training_with_f32_master_weights_learns() {
     let (dim, classes, batch) = (12, 5, 64);
     let (x, y) = dataset(batch, dim, classes);
     let store = ParamStore::new(&device, 5);
-    let model = Mlp::new(&store, dim, 32, classes).unwrap();
+    let model = mlp(&store, dim, 32, classes).unwrap();
     let mut opt = AdamW::new(store.params(), 1e-2);
     let input = Var::constant(
         Tensor::from_slice(&x, [batch, dim], &device).unwrap().cast(DType::BF16).unwrap(),
@@ -303,4 +288,46 @@ fn train_mlp_example_reaches_97_percent() {
     let png = std::fs::read(out.join("curves.png")).expect("curves.png");
     assert_eq!(&png[1..4], b"PNG");
     std::fs::remove_dir_all(&out).ok();
+}
+
+#[test]
+fn train_charlm_example_learns_below_the_unigram_entropy() {
+    // A short run (CI time): the validation loss must already be well below what a
+    // context-free model can reach, and the f16 path with loss scaling must learn too.
+    for dtype in ["f32", "f16"] {
+        let out =
+            std::env::temp_dir().join(format!("manychips-charlm-{dtype}-{}", std::process::id()));
+        let output = std::process::Command::new(example("train_charlm"))
+            .args([
+                "--quiet",
+                "--steps",
+                "120",
+                "--eval-every",
+                "40",
+                "--sample",
+                "80",
+                "--devices",
+                "cpu",
+            ])
+            .args(["--dtype", dtype, "--out"])
+            .arg(&out)
+            .output()
+            .expect("run train_charlm");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "train_charlm --dtype {dtype} failed");
+        let line =
+            stdout.lines().find(|l| l.starts_with("validation loss")).expect("a result line");
+        let numbers: Vec<f64> = line
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (valid, unigram) = (numbers[0], numbers[1]);
+        assert!(
+            valid < unigram - 0.6,
+            "{dtype}: validation loss {valid} vs unigram entropy {unigram}"
+        );
+        assert!(stdout.contains("--- sample ---"), "no generated sample");
+        std::fs::remove_dir_all(&out).ok();
+    }
 }

@@ -16,6 +16,7 @@
 //! ```
 
 mod backward;
+pub mod models;
 pub mod nn;
 pub mod optim;
 mod parallel;

@@ -14,7 +14,8 @@ use std::ops::Range;
 use std::time::Instant;
 
 use super::nn::Ctx;
-use super::{Grads, Param, ParamStore, Var, VarId, optim::Optimizer};
+use super::optim::{LossScaler, Optimizer, clip_grad_norm};
+use super::{Grads, Param, ParamStore, Var, VarId};
 use crate::plan::{DeviceProfile, Linear, equal_finish};
 use crate::{DeviceRef, Error, Result};
 
@@ -63,6 +64,10 @@ pub struct StepReport {
     pub step: u64,
     /// The mean loss over the global batch.
     pub loss: f64,
+    /// True when the update was skipped (loss scaling found an overflow).
+    pub skipped: bool,
+    /// The gradients' global norm before clipping, when clipping is on.
+    pub grad_norm: Option<f64>,
     pub devices: Vec<DeviceStep>,
     /// The whole step: shares in parallel, gradient sum, update, broadcast.
     pub secs: f64,
@@ -85,6 +90,10 @@ pub struct DataParallel<M> {
     replicas: Vec<Replica<M>>,
     /// Fixed weights instead of the cost model (tests, or a user who knows better).
     fixed_split: Option<Vec<f64>>,
+    /// Dynamic loss scaling (f16 compute).
+    scaler: Option<LossScaler>,
+    /// Clip the summed gradients to this global norm before the update.
+    max_grad_norm: Option<f64>,
     step: u64,
 }
 
@@ -131,7 +140,13 @@ impl<M: Sync> DataParallel<M> {
                 });
             }
         }
-        let mut dp = DataParallel { replicas, fixed_split: None, step: 0 };
+        let mut dp = DataParallel {
+            replicas,
+            fixed_split: None,
+            scaler: None,
+            max_grad_norm: None,
+            step: 0,
+        };
         dp.broadcast()?;
         Ok(dp)
     }
@@ -169,6 +184,21 @@ impl<M: Sync> DataParallel<M> {
         }
         self.fixed_split = weights;
         Ok(())
+    }
+
+    /// Scales every loss by the scaler's factor before backward and skips the update of a
+    /// step whose gradients overflow (f16 training); `None` turns scaling off.
+    pub fn set_loss_scaler(&mut self, scaler: Option<LossScaler>) {
+        self.scaler = scaler;
+    }
+
+    /// Clips the combined gradients to this global L2 norm before each update.
+    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) {
+        self.max_grad_norm = max_norm;
+    }
+
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
     }
 
     /// The per-device cost model the next split will use: (label, fixed s, s per sample).
@@ -220,7 +250,8 @@ impl<M: Sync> DataParallel<M> {
         let ctx = Ctx::train(self.step);
         let rows = self.split(batch);
         let master = self.replicas[0].device.clone();
-        let scale = 1.0 / batch.max(1) as f64;
+        let loss_scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
+        let scale = loss_scale / batch.max(1) as f64;
         let loss = &loss;
         let master_ref = &master;
         let results: Vec<Result<Option<ShareDone>>> = std::thread::scope(|s| {
@@ -291,7 +322,7 @@ impl<M: Sync> DataParallel<M> {
                 predicted_s: predicted,
                 measured_s: secs,
             });
-            total_loss += value;
+            total_loss += value / loss_scale;
             // Replica order is fixed, so the sum is the same every run.
             for (&master_id, p) in master_ids.iter().zip(&replica.params) {
                 if let Some(g) = grads.get(p.id()) {
@@ -302,12 +333,29 @@ impl<M: Sync> DataParallel<M> {
         if let Some(e) = first_error {
             return Err(e);
         }
-        optimizer.step(&summed)?;
-        self.broadcast()?;
+        let finite = match &mut self.scaler {
+            Some(scaler) => scaler.unscale(&self.replicas[0].params, &mut summed)?,
+            None => true,
+        };
+        let mut grad_norm = None;
+        if finite {
+            if let Some(max) = self.max_grad_norm {
+                grad_norm = Some(clip_grad_norm(&self.replicas[0].params, &mut summed, max)?);
+            }
+            optimizer.step(&summed)?;
+            self.broadcast()?;
+        } else {
+            tracing::warn!(
+                step = self.step,
+                "gradients overflowed: update skipped, loss scale lowered"
+            );
+        }
         self.step += 1;
         Ok(StepReport {
             step: self.step - 1,
             loss: total_loss,
+            skipped: !finite,
+            grad_norm,
             devices,
             secs: start.elapsed().as_secs_f64(),
         })

@@ -1,0 +1,294 @@
+//! A small causal transformer that learns *The Tempest* (`data/tempest.txt`) one character
+//! at a time, trained data-parallel on every device found; prints a sample at the end.
+//!
+//!     cargo run --release --example train_charlm
+//!     cargo run --release --example train_charlm -- --steps 300 --dtype bf16
+//!
+//! Writes `metrics.csv` and `curves.png` to `--out` (default `target/train_charlm`).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use manychips::train::models::{Gpt, GptConfig};
+use manychips::train::nn::{self, CrossEntropy, Ctx, Reduction};
+use manychips::train::optim::{AdamW, LossScaler, LrSchedule, Optimizer};
+use manychips::train::{DataParallel, Var, no_grad};
+use manychips::{DType, DeviceRef, Result, Tensor};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Precision {
+    F32,
+    /// bf16 compute, f32 master weights.
+    Bf16,
+    /// f16 compute, f32 master weights, dynamic loss scaling.
+    F16,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Train a character-level transformer on The Tempest over every device found")]
+struct Args {
+    #[arg(long, default_value_t = 600)]
+    steps: u64,
+    /// Sequences per step (cut into shares across devices).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Characters of context.
+    #[arg(long, default_value_t = 64)]
+    context: usize,
+    #[arg(long, default_value_t = 96)]
+    dim: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Peak learning rate (AdamW, warm-up then cosine decay).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    dtype: Precision,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Devices to use, like MANYCHIPS_DEVICES (e.g. `cpu`). Default: all.
+    #[arg(long)]
+    devices: Option<String>,
+    /// Validation loss every this many steps.
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// Characters to generate at the end.
+    #[arg(long, default_value_t = 300)]
+    sample: usize,
+    #[arg(long, default_value = "target/train_charlm")]
+    out: PathBuf,
+    /// No progress bar; one line per evaluation.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The text as class ids, and the characters they stand for.
+struct Corpus {
+    chars: Vec<char>,
+    ids: Vec<u32>,
+}
+
+impl Corpus {
+    fn load(path: &str) -> std::result::Result<Corpus, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        let ids = text
+            .chars()
+            .map(|c| chars.binary_search(&c).map(|i| i as u32))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| "a character outside the vocabulary".to_string())?;
+        Ok(Corpus { chars, ids })
+    }
+
+    /// Entropy (nats) of the characters' frequencies: what a model that ignores context
+    /// achieves at best.
+    fn unigram_entropy(&self) -> f64 {
+        let mut counts = vec![0usize; self.chars.len()];
+        for &i in &self.ids {
+            counts[i as usize] += 1;
+        }
+        let n = self.ids.len() as f64;
+        counts.iter().filter(|&&c| c > 0).map(|&c| c as f64 / n).map(|p| -p * p.ln()).sum()
+    }
+}
+
+fn config(args: &Args, vocab: usize) -> GptConfig {
+    GptConfig {
+        vocab,
+        context: args.context,
+        dim: args.dim,
+        heads: args.heads,
+        layers: args.layers,
+        dtype: match args.dtype {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> std::result::Result<(), String> {
+    let corpus = Corpus::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tempest.txt"))?;
+    let split = corpus.ids.len() * 9 / 10;
+    let (train, valid) = corpus.ids.split_at(split);
+    if valid.len() <= args.context || args.context == 0 {
+        return Err(format!("context {} does not fit the validation text", args.context));
+    }
+    let unigram = corpus.unigram_entropy();
+    let devices = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
+    println!(
+        "The Tempest: {} characters, vocabulary {}, unigram entropy {unigram:.3} nats; devices: {}",
+        corpus.ids.len(),
+        corpus.chars.len(),
+        devices.iter().map(|(d, _)| d.info().label()).collect::<Vec<_>>().join(", ")
+    );
+    let vocab = corpus.chars.len();
+    let mut dp =
+        DataParallel::new(devices, args.seed, |store| Gpt::new(store, config(args, vocab)))
+            .map_err(|e| e.to_string())?;
+    if matches!(args.dtype, Precision::F16) {
+        dp.set_loss_scaler(Some(LossScaler::default()));
+    }
+    dp.set_max_grad_norm(Some(1.0));
+    let weights: usize = dp.params().iter().map(|p| p.value().numel()).sum();
+    println!(
+        "model: {} layers, dim {}, {} heads, {weights} weights, {:?}",
+        args.layers, args.dim, args.heads, args.dtype
+    );
+    let mut opt = AdamW::new(dp.params().to_vec(), args.lr).with_weight_decay(0.01);
+    let schedule =
+        LrSchedule::WarmupCosine { warmup: args.steps / 20, total: args.steps, min_ratio: 0.1 };
+    let bar = common::progress(args.steps, args.quiet);
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut rows: Vec<common::Row> = Vec::new();
+    let mut valid_loss = f64::NAN;
+    let started = Instant::now();
+    let t = args.context;
+    for step in 0..args.steps {
+        opt.set_learning_rate(schedule.at(step, args.lr));
+        // Random windows: input t characters, target the next t.
+        let starts: Vec<usize> =
+            (0..args.batch).map(|_| rng.random_range(0..train.len() - t - 1)).collect();
+        let loss = |model: &Gpt, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+            let (inputs, targets) = windows(train, &starts[rows.clone()], t);
+            let ids = Tensor::from_slice(&inputs, [rows.len(), t], device)?;
+            let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+            // Summed over tokens; the step divides by sequences, so divide by t here.
+            nn::cross_entropy_with(&model.forward(&ids)?, &targets, &opts)?
+                .affine(1.0 / t as f64, 0.0)
+        };
+        let report = dp.step(args.batch, loss, &mut opt).map_err(|e| e.to_string())?;
+        let eval = (step + 1) % args.eval_every == 0 || step + 1 == args.steps;
+        if eval {
+            valid_loss = validation_loss(dp.model(), &dp.devices()[0], valid, t)
+                .map_err(|e| e.to_string())?;
+            if args.quiet {
+                let scale = dp
+                    .loss_scaler()
+                    .map(|s| format!(" | loss scale {} ({} skipped)", s.scale, s.skipped))
+                    .unwrap_or_default();
+                println!(
+                    "step {:>5}: train loss {:.3}, validation loss {valid_loss:.3} nats | {}{scale}",
+                    step + 1,
+                    report.loss,
+                    report.shares_line()
+                );
+            }
+        }
+        rows.push(common::Row {
+            step,
+            epoch: 0,
+            samples: args.batch,
+            loss: report.loss,
+            lr: opt.learning_rate(),
+            step_ms: report.secs * 1e3,
+            samples_per_s: (args.batch * t) as f64 / report.secs,
+            eval: eval.then_some(valid_loss),
+            shares: report.shares_line(),
+        });
+        bar.set_message(format!(
+            "loss {:.3} | valid {valid_loss:.3} | {:.0} chars/s | {}",
+            report.loss,
+            (args.batch * t) as f64 / report.secs,
+            report.shares_line()
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "validation loss {valid_loss:.3} nats (unigram entropy {unigram:.3}) after {} steps in {secs:.1} s ({:.0} chars/s)",
+        args.steps,
+        (args.steps as usize * args.batch * t) as f64 / secs
+    );
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let csv = args.out.join("metrics.csv");
+    common::write_csv(&csv, "validation_loss", &rows)
+        .map_err(|e| format!("{}: {e}", csv.display()))?;
+    let png = args.out.join("curves.png");
+    common::plot(&png, "character transformer on The Tempest", "validation loss (nats)", &rows)?;
+    println!("wrote {} and {}", csv.display(), png.display());
+    if args.sample > 0 {
+        let text = generate(dp.model(), &dp.devices()[0], &corpus, t, args.sample, args.seed)
+            .map_err(|e| e.to_string())?;
+        println!("--- sample ---\n{text}\n--------------");
+    }
+    Ok(())
+}
+
+/// Inputs (`t` ids from each start) and targets (the next `t`), row after row.
+fn windows(text: &[u32], starts: &[usize], t: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut inputs = Vec::with_capacity(starts.len() * t);
+    let mut targets = Vec::with_capacity(starts.len() * t);
+    for &s in starts {
+        inputs.extend_from_slice(&text[s..s + t]);
+        targets.extend_from_slice(&text[s + 1..s + t + 1]);
+    }
+    (inputs, targets)
+}
+
+/// Mean loss per character over consecutive windows of the validation text.
+fn validation_loss(model: &Gpt, device: &DeviceRef, text: &[u32], t: usize) -> Result<f64> {
+    let starts: Vec<usize> = (0..(text.len() - 1) / t).map(|i| i * t).take(64).collect();
+    let (inputs, targets) = windows(text, &starts, t);
+    no_grad(|| {
+        let ids = Tensor::from_slice(&inputs, [starts.len(), t], device)?;
+        let loss = nn::cross_entropy(&model.forward(&ids)?, &targets)?;
+        Ok(loss.tensor().to_f64_vec()?[0])
+    })
+}
+
+/// Samples `n` characters after a newline, temperature 0.8.
+fn generate(
+    model: &Gpt,
+    device: &DeviceRef,
+    corpus: &Corpus,
+    t: usize,
+    n: usize,
+    seed: u64,
+) -> Result<String> {
+    let newline = corpus.chars.binary_search(&'\n').map_or(0, |i| i as u32);
+    let mut ids = vec![newline];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    for _ in 0..n {
+        let context = &ids[ids.len().saturating_sub(t)..];
+        let logits =
+            no_grad(|| model.forward(&Tensor::from_slice(context, [1, context.len()], device)?))?;
+        let last = logits.tensor().narrow(0, context.len() - 1, 1)?.cast(DType::F32)?;
+        let probs = last.affine(1.0 / 0.8, 0.0)?.softmax(1)?.to_vec::<f32>()?;
+        let mut u = rng.random::<f32>();
+        let mut next = probs.len() - 1;
+        for (i, p) in probs.iter().enumerate() {
+            if u < *p {
+                next = i;
+                break;
+            }
+            u -= p;
+        }
+        ids.push(next as u32);
+    }
+    Ok(ids[1..].iter().map(|&i| corpus.chars[i as usize]).collect())
+}
