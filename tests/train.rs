@@ -1,5 +1,7 @@
-// Training end to end: data-parallel over unlike devices equals one device, shares follow
-// measured speed, optimizers and loss scaling behave, and the MLP example reaches its target.
+// Training: data-parallel over unlike devices equals one device, shares follow measured
+// speed, optimizers and loss scaling follow their formulas, bf16 with f32 master weights
+// learns. The examples' end-to-end runs are in tests/examples.rs (a binary of their own, so
+// their two busy cores do not disturb the timing test here).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -118,7 +120,7 @@ fn shares_follow_measured_speed() {
     // Three paced chips on one CPU, 1 : 2 : 4 in speed, all calibrated as equals: the
     // measured step times must move the shares to about 1 : 2 : 4 of the batch.
     let host = cpu();
-    let rates = [2e9, 4e9, 8e9];
+    let rates = [1e9, 2e9, 4e9];
     let members: Vec<(DeviceRef, DeviceProfile)> = rates
         .iter()
         .enumerate()
@@ -129,7 +131,7 @@ fn shares_follow_measured_speed() {
                 .with_latency(Duration::from_micros(5));
             let sim = SimDevice::new(host.clone(), profile.clone(), i).unwrap();
             sim.set_pacing(true);
-            let believed = DeviceProfile::simulated(sim.info(), &profile.with_flops(4e9));
+            let believed = DeviceProfile::simulated(sim.info(), &profile.with_flops(2e9));
             (Arc::new(sim) as DeviceRef, believed)
         })
         .collect();
@@ -138,7 +140,7 @@ fn shares_follow_measured_speed() {
     let mut dp = DataParallel::new(members, 1, |s| mlp(s, dim, 256, 8)).unwrap();
     let mut opt = Sgd::new(dp.params().to_vec(), 1e-2);
     let mut last = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..10 {
         let loss = |m: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
             let input = Tensor::from_slice(
                 &x[rows.start * dim..rows.end * dim],
@@ -252,82 +254,4 @@ fn mixed_precision_training_with_f32_master_weights_learns() {
     }
     assert!(store.params().iter().all(|p| p.value().dtype() == DType::F32));
     assert!(losses[39] < 0.5 * losses[0], "bf16 loss did not halve: {losses:?}");
-}
-
-/// The example binary next to this test binary (cargo builds examples for `cargo test`).
-fn example(name: &str) -> std::path::PathBuf {
-    let mut path = std::env::current_exe().unwrap();
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples").join(name)
-}
-
-#[test]
-fn train_mlp_example_reaches_97_percent() {
-    let out = std::env::temp_dir().join(format!("manychips-mlp-{}", std::process::id()));
-    let output = std::process::Command::new(example("train_mlp"))
-        .args(["--quiet", "--out"])
-        .arg(&out)
-        .output()
-        .expect("run train_mlp");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "train_mlp failed");
-    let line = stdout.lines().find(|l| l.starts_with("test accuracy")).expect("a result line");
-    let accuracy: f64 = line
-        .trim_start_matches("test accuracy ")
-        .split('%')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("an accuracy");
-    assert!(accuracy >= 97.0, "test accuracy {accuracy}% < 97%");
-    let csv = std::fs::read_to_string(out.join("metrics.csv")).expect("metrics.csv");
-    assert!(csv.lines().count() > 100, "one CSV row per step");
-    let png = std::fs::read(out.join("curves.png")).expect("curves.png");
-    assert_eq!(&png[1..4], b"PNG");
-    std::fs::remove_dir_all(&out).ok();
-}
-
-#[test]
-fn train_charlm_example_learns_below_the_unigram_entropy() {
-    // A short run (CI time): the validation loss must already be well below what a
-    // context-free model can reach, and the f16 path with loss scaling must learn too.
-    for dtype in ["f32", "f16"] {
-        let out =
-            std::env::temp_dir().join(format!("manychips-charlm-{dtype}-{}", std::process::id()));
-        let output = std::process::Command::new(example("train_charlm"))
-            .args([
-                "--quiet",
-                "--steps",
-                "120",
-                "--eval-every",
-                "40",
-                "--sample",
-                "80",
-                "--devices",
-                "cpu",
-            ])
-            .args(["--dtype", dtype, "--out"])
-            .arg(&out)
-            .output()
-            .expect("run train_charlm");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-        assert!(output.status.success(), "train_charlm --dtype {dtype} failed");
-        let line =
-            stdout.lines().find(|l| l.starts_with("validation loss")).expect("a result line");
-        let numbers: Vec<f64> = line
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        let (valid, unigram) = (numbers[0], numbers[1]);
-        assert!(
-            valid < unigram - 0.6,
-            "{dtype}: validation loss {valid} vs unigram entropy {unigram}"
-        );
-        assert!(stdout.contains("--- sample ---"), "no generated sample");
-        std::fs::remove_dir_all(&out).ok();
-    }
 }

@@ -24,6 +24,6 @@ mod params;
 mod var;
 mod var_ops;
 
-pub use parallel::{DataParallel, DeviceStep, StepReport};
+pub use parallel::{DataParallel, DeviceStep, PROBE_EVERY, StepReport};
 pub use params::{Init, Param, ParamStore};
 pub use var::{Grads, Var, VarId, is_grad_enabled, no_grad};

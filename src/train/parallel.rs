@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::nn::Ctx;
 use super::optim::{LossScaler, Optimizer, clip_grad_norm};
 use super::{Grads, Param, ParamStore, Var, VarId};
-use crate::plan::{DeviceProfile, Linear, equal_finish};
+use crate::plan::{DeviceProfile, Linear, equal_finish, makespan};
 use crate::{DeviceRef, Error, Result};
 
 /// How strongly a new measurement moves a device's per-sample cost (as the planner learns).
@@ -25,6 +25,9 @@ const LEARNING_RATE: f64 = crate::plan::LEARNING_RATE;
 /// Kernel launches per graph node over a step: forward, backward (about two per node) and
 /// the share of the optimizer and transfers. Only the first step's prior uses it.
 const LAUNCHES_PER_NODE: f64 = 3.0;
+
+/// How often (in steps) the split-or-whole choice not taken is measured again.
+pub const PROBE_EVERY: u64 = 50;
 
 /// Graph nodes assumed before the first step has counted them.
 const FIRST_GUESS_NODES: usize = 20;
@@ -35,7 +38,13 @@ struct Replica<M> {
     params: Vec<Param>,
     /// Calibrated time of one kernel launch.
     latency: f64,
+    /// Step time while the other devices run too (they may share its cores or host link).
     cost: Linear,
+    /// Step time when it ran the whole batch by itself; `None` until it has.
+    alone: Option<Linear>,
+    /// Its parameters lag the master's: copied when it next gets rows, so a device the
+    /// split leaves out costs no transfers.
+    stale: bool,
 }
 
 /// A replica's finished share: its part of the loss, its gradients (already on the master
@@ -127,7 +136,15 @@ impl<M: Sync> DataParallel<M> {
             let latency = profile.latency_s;
             let cost =
                 Linear { fixed: latency * launches(FIRST_GUESS_NODES), per_unit: per_sample };
-            replicas.push(Replica { device, model, params, latency, cost });
+            replicas.push(Replica {
+                device,
+                model,
+                params,
+                latency,
+                cost,
+                alone: None,
+                stale: true,
+            });
         }
         let names: Vec<&str> = replicas[0].params.iter().map(|p| p.name()).collect();
         for r in &replicas[1..] {
@@ -147,7 +164,7 @@ impl<M: Sync> DataParallel<M> {
             max_grad_norm: None,
             step: 0,
         };
-        dp.broadcast()?;
+        dp.replicas[0].stale = false;
         Ok(dp)
     }
 
@@ -210,19 +227,17 @@ impl<M: Sync> DataParallel<M> {
     }
 
     /// The rows of a `batch` each device gets next step.
+    ///
+    /// The equal-finish split of the cost model, unless the best single device is predicted
+    /// to be within [`MIN_GAIN`](crate::plan::MIN_GAIN) of it: devices that share cores
+    /// (the CPU and lavapipe, simulated chips) slow each other down, so a split must prove
+    /// itself against the best device running alone. That device's alone time is measured
+    /// by giving it a whole batch (step 1, and every [`PROBE_EVERY`] steps the choice not
+    /// taken is tried again).
     pub fn split(&self, batch: usize) -> Vec<Range<usize>> {
         let shares = match &self.fixed_split {
             Some(weights) => by_weights(weights, batch),
-            None => {
-                let costs: Vec<Linear> = self.replicas.iter().map(|r| r.cost).collect();
-                let shares = equal_finish(&costs, batch);
-                if shares.iter().sum::<usize>() == batch {
-                    shares
-                } else {
-                    // No usable cost model (uncalibrated devices): even split.
-                    by_weights(&vec![1.0; costs.len()], batch)
-                }
-            }
+            None => self.planned_shares(batch),
         };
         let mut start = 0;
         shares
@@ -232,6 +247,46 @@ impl<M: Sync> DataParallel<M> {
                 start - n..start
             })
             .collect()
+    }
+
+    fn planned_shares(&self, batch: usize) -> Vec<usize> {
+        let costs: Vec<Linear> = self.replicas.iter().map(|r| r.cost).collect();
+        let split = equal_finish(&costs, batch);
+        if split.iter().sum::<usize>() != batch {
+            // No usable cost model (uncalibrated devices): even split.
+            return by_weights(&vec![1.0; costs.len()], batch);
+        }
+        let used = split.iter().filter(|&&n| n > 0).count();
+        if used < 2 {
+            return split;
+        }
+        // The best device alone, by what it measured alone where it has.
+        let alone_time = |r: &Replica<M>| r.alone.unwrap_or(r.cost).at(batch);
+        let Some((best, best_time)) = self
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, alone_time(r)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+        else {
+            return split;
+        };
+        let whole = {
+            let mut shares = vec![0; self.replicas.len()];
+            shares[best] = batch;
+            shares
+        };
+        let probe_due = self.step > 0 && self.step % PROBE_EVERY == 1;
+        let Some(_) = self.replicas[best].alone else {
+            // Never measured alone: find out (from step 1; step 0 measures the split).
+            return if self.step >= 1 { whole } else { split };
+        };
+        let split_time = makespan(&costs, &split);
+        let split_pays = split_time < best_time * (1.0 - crate::plan::MIN_GAIN);
+        match (split_pays, probe_due) {
+            (true, false) | (false, true) => split,
+            (true, true) | (false, false) => whole,
+        }
     }
 
     /// One training step over a global batch of `batch` rows. `loss` computes, on a
@@ -254,6 +309,7 @@ impl<M: Sync> DataParallel<M> {
         let scale = loss_scale / batch.max(1) as f64;
         let loss = &loss;
         let master_ref = &master;
+        let master_params = &self.replicas[0].params;
         let results: Vec<Result<Option<ShareDone>>> = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .replicas
@@ -266,6 +322,11 @@ impl<M: Sync> DataParallel<M> {
                             return Ok(None);
                         }
                         let t0 = Instant::now();
+                        if replica.stale {
+                            for (m, p) in master_params.iter().zip(&replica.params) {
+                                p.set(m.value().to_device(&replica.device)?)?;
+                            }
+                        }
                         let ctx = ctx.rows_from(rows.start);
                         let total = loss(&replica.model, &replica.device, rows, &ctx)?;
                         let scaled = total.affine(scale, 0.0)?;
@@ -306,8 +367,21 @@ impl<M: Sync> DataParallel<M> {
                     continue;
                 }
             };
-            let predicted = replica.cost.at(rows.len());
-            learn(&mut replica.cost, replica.latency, rows.len(), secs, nodes);
+            replica.stale = false;
+            let whole = rows.len() == batch;
+            let predicted =
+                if whole { replica.alone.unwrap_or(replica.cost) } else { replica.cost };
+            let predicted = predicted.at(rows.len());
+            match (whole, &mut replica.alone) {
+                (true, Some(alone)) => learn(alone, replica.latency, rows.len(), secs, nodes),
+                (true, slot @ None) => {
+                    let mut alone = replica.cost;
+                    alone.per_unit = f64::INFINITY;
+                    learn(&mut alone, replica.latency, rows.len(), secs, nodes);
+                    *slot = Some(alone);
+                }
+                (false, _) => learn(&mut replica.cost, replica.latency, rows.len(), secs, nodes),
+            }
             tracing::info!(
                 step = self.step,
                 device = %replica.device.info().label(),
@@ -343,7 +417,7 @@ impl<M: Sync> DataParallel<M> {
                 grad_norm = Some(clip_grad_norm(&self.replicas[0].params, &mut summed, max)?);
             }
             optimizer.step(&summed)?;
-            self.broadcast()?;
+            self.broadcast();
         } else {
             tracing::warn!(
                 step = self.step,
@@ -361,15 +435,11 @@ impl<M: Sync> DataParallel<M> {
         })
     }
 
-    /// Copies the master values to every other replica.
-    fn broadcast(&mut self) -> Result<()> {
-        let (master, others) = self.replicas.split_at(1);
-        for replica in others {
-            for (m, p) in master[0].params.iter().zip(&replica.params) {
-                p.set(m.value().to_device(&replica.device)?)?;
-            }
+    /// Marks every other replica as behind the master (it copies before its next share).
+    fn broadcast(&mut self) {
+        for replica in &mut self.replicas[1..] {
+            replica.stale = true;
         }
-        Ok(())
     }
 }
 
