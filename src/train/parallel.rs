@@ -168,6 +168,19 @@ impl<M: Sync> DataParallel<M> {
         Ok(dp)
     }
 
+    /// One replica per device of `fleet`, with profiles from `calibration` (loaded, or
+    /// measured and cached).
+    pub fn for_fleet(
+        fleet: &crate::Fleet,
+        calibration: &crate::plan::Calibration,
+        seed: u64,
+        build: impl Fn(&ParamStore) -> Result<M>,
+    ) -> Result<DataParallel<M>> {
+        let devices: Vec<&dyn crate::Device> = fleet.devices().iter().map(|d| &**d).collect();
+        let profiles = calibration.load_or_measure_all(&devices, false)?;
+        DataParallel::new(fleet.devices().iter().cloned().zip(profiles).collect(), seed, build)
+    }
+
     /// The master parameters (on the first device): hand these to the optimizer.
     pub fn params(&self) -> &[Param] {
         &self.replicas[0].params
