@@ -16,6 +16,7 @@
 //! ```
 
 mod backward;
+pub mod checkpoint;
 pub mod models;
 pub mod nn;
 pub mod optim;
@@ -24,6 +25,7 @@ mod params;
 mod var;
 mod var_ops;
 
+pub use checkpoint::{Checkpoints, Snapshot};
 pub use parallel::{DataParallel, DeviceStep, PROBE_EVERY, StepReport};
 pub use params::{Init, Param, ParamStore};
 pub use var::{Grads, Var, VarId, is_grad_enabled, no_grad};

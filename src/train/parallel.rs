@@ -200,6 +200,14 @@ impl<M: Sync> DataParallel<M> {
         self.step
     }
 
+    /// Continues counting from `step` (a resumed job): dropout masks and the probe schedule
+    /// follow the step number. Parameters come from the checkpoint (through
+    /// [`params`](Self::params)); every other replica copies them before its next share.
+    pub fn resume_at(&mut self, step: u64) {
+        self.step = step;
+        self.broadcast();
+    }
+
     /// Split every batch by these weights (one per device) instead of by predicted speed;
     /// `None` returns to the cost model.
     pub fn set_fixed_split(&mut self, weights: Option<Vec<f64>>) -> Result<()> {

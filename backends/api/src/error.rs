@@ -53,6 +53,10 @@ pub enum Error {
     /// A backend that has no usable device here (no driver, no library), and why.
     #[error("backend {backend} unavailable: {reason}")]
     Unavailable { backend: String, reason: String },
+
+    /// A checkpoint that could not be written, or read back whole and verified.
+    #[error("checkpoint {path}: {detail}")]
+    Checkpoint { path: String, detail: String },
 }
 
 /// The coarse class of an [`Error`], for code that reacts to errors (tests, the fleet).
@@ -69,6 +73,7 @@ pub enum ErrorKind {
     Timeout,
     Fault,
     Unavailable,
+    Checkpoint,
 }
 
 impl Error {
@@ -85,6 +90,7 @@ impl Error {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Fault { .. } => ErrorKind::Fault,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Checkpoint { .. } => ErrorKind::Checkpoint,
         }
     }
 

@@ -109,6 +109,7 @@ fn injected(kind: ErrorKind, op: &str, device: &str, detail: String) -> Error {
         ErrorKind::Timeout => Error::Timeout { op, device, detail },
         ErrorKind::Fault => Error::Fault { op, device, detail },
         ErrorKind::Unavailable => Error::Unavailable { backend: "sim".into(), reason: detail },
+        ErrorKind::Checkpoint => Error::Checkpoint { path: device, detail },
     }
 }
 

@@ -16,7 +16,7 @@ pub(crate) fn relabel(err: Error, label: &str) -> Error {
         | Error::DeviceLost { device, .. }
         | Error::Timeout { device, .. }
         | Error::Fault { device, .. } => *device = label.to_string(),
-        Error::DeviceMismatch { .. } | Error::Unavailable { .. } => {}
+        Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {}
     }
     err
 }

@@ -239,7 +239,8 @@ impl VulkanDevice {
             | Error::DeviceLost { device, .. }
             | Error::Timeout { device, .. }
             | Error::Fault { device, .. } => *device = self.label.clone(),
-            Error::DeviceMismatch { .. } | Error::Unavailable { .. } => {}
+            Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {
+            }
         }
         e
     }
