@@ -5,7 +5,7 @@ use crate::train::{Grads, Param, Var};
 /// Dynamic loss scaling for f16 training: the loss is multiplied by `scale` so small
 /// gradients survive f16; when a gradient overflows the step is skipped and the scale
 /// halves, and after `growth_interval` good steps it doubles.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScaler {
     pub scale: f64,
     pub growth_interval: u64,
