@@ -16,15 +16,16 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use manychips::plan::{Calibration, DeviceProfile};
 use manychips::sim::{SimDevice, SimProfile};
+use manychips::train::checkpoint::write_checkpoint;
 use manychips::train::models::{Gpt, GptConfig, Mlp};
 use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Reduction};
 use manychips::train::optim::{AdamW, Optimizer};
-use manychips::train::{DataParallel, ParamStore, Var};
+use manychips::train::{Checkpoints, DataParallel, ParamStore, Snapshot, Var};
 use manychips::{
     BufferId, CpuDevice, DType, Device, DeviceInfo, DeviceRef, MemoryInfo, Op, Result, Tensor,
 };
@@ -197,8 +198,93 @@ fn data_parallel(members: Vec<(DeviceRef, DeviceProfile)>, batch: usize) -> (Ste
     (Box::new(move || drop(black_box(step()))), last)
 }
 
+/// A GPT's training state (parameters and AdamW moments after one step) in host memory.
+fn gpt_snapshot(config: GptConfig) -> (Snapshot, Step, Arc<dyn Fn() -> Snapshot>) {
+    let device: DeviceRef = Arc::new(CpuDevice::new().expect("cpu"));
+    let store = ParamStore::new(&device, 0);
+    let model = Gpt::new(&store, config).expect("gpt");
+    let opt = Arc::new(Mutex::new(AdamW::new(store.params(), 1e-3)));
+    let (batch, time) = (32, config.context);
+    let ids: Vec<u32> = (0..batch * time).map(|i| (i * 7 % config.vocab) as u32).collect();
+    let targets: Vec<u32> = (0..batch * time).map(|i| (i * 11 % config.vocab) as u32).collect();
+    let ids = Tensor::from_slice(&ids, [batch, time], &device).expect("ids");
+    let step_opt = opt.clone();
+    let step = move || {
+        let loss = nn::cross_entropy(&model.forward(&ids).expect("fwd"), &targets).expect("loss");
+        let grads = loss.backward().expect("bwd");
+        step_opt.lock().unwrap_or_else(PoisonError::into_inner).step(&grads).expect("step");
+        black_box(loss.tensor().to_scalar::<f32>().expect("read"));
+    };
+    step();
+    let params = store.params();
+    let capture = Arc::new(move || {
+        let opt = opt.lock().unwrap_or_else(PoisonError::into_inner);
+        Snapshot::capture(1, &params, &*opt, serde_json::json!({})).expect("capture")
+    });
+    (capture(), Box::new(step), capture)
+}
+
+/// Checkpoint stall per step and write throughput against the disk's own.
+fn checkpoint_figures(pairs: &mut Vec<Pair>) {
+    let dir = std::env::temp_dir().join(format!("manychips-bench-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+
+    // Stall: the char transformer's step against capturing its state and queueing the write.
+    let small =
+        GptConfig { vocab: 70, context: 64, dim: 96, heads: 4, layers: 2, dtype: DType::F32 };
+    let (snapshot, mut step, capture) = gpt_snapshot(small);
+    let bytes: usize =
+        snapshot.params.iter().chain(&snapshot.optimizer).map(|t| t.bytes.len()).sum();
+    let mut checkpoints = Checkpoints::open(dir.join("stall"), 2).expect("checkpoints");
+    let (mut steps, mut stalls) = (Vec::new(), Vec::new());
+    for _ in 0..15 {
+        let t = Instant::now();
+        step();
+        steps.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        checkpoints.save(capture()).expect("save");
+        stalls.push(t.elapsed().as_secs_f64());
+        checkpoints.flush().expect("flush"); // not timed: the writer's own time
+    }
+    let (step_s, stall_s) = (common::median(&mut steps), common::median(&mut stalls));
+    println!(
+        "checkpoint stall: char transformer ({:.1} MB of state): step {:.2} ms, stall {:.2} ms = {:.1}% of a step",
+        bytes as f64 / 1e6,
+        step_s * 1e3,
+        stall_s * 1e3,
+        100.0 * stall_s / step_s
+    );
+
+    // Throughput: a larger model's checkpoint against writing as many bytes plainly.
+    let big =
+        GptConfig { vocab: 70, context: 64, dim: 256, heads: 8, layers: 4, dtype: DType::F32 };
+    let (snapshot, _, _) = gpt_snapshot(big);
+    let bytes: usize =
+        snapshot.params.iter().chain(&snapshot.optimizer).map(|t| t.bytes.len()).sum();
+    let plain_data = vec![7u8; bytes];
+    let (ckpt_dir, plain_path) = (dir.join("throughput"), dir.join("plain.bin"));
+    std::fs::create_dir_all(&ckpt_dir).expect("dir");
+    pairs.push(Pair {
+        group: "checkpoint_write".into(),
+        label: format!("{:.0} MB", bytes as f64 / 1e6),
+        ours_name: "write_checkpoint",
+        baseline: "fs::write + fsync",
+        target: ">= 0.8",
+        throughput: Throughput::Bytes(bytes as u64),
+        ours: Box::new(move || {
+            black_box(write_checkpoint(&ckpt_dir, &snapshot).expect("write"));
+        }),
+        base: Box::new(move || {
+            let mut f = std::fs::File::create(&plain_path).expect("create");
+            std::io::Write::write_all(&mut f, &plain_data).expect("write");
+            f.sync_all().expect("fsync");
+        }),
+    });
+}
+
 fn main() {
     let mut pairs = vec![overhead_pair("mlp 64-128-10, batch 64", mlp_step)];
+    checkpoint_figures(&mut pairs);
     pairs.push(overhead_pair("char transformer 2x96, 32x64 tokens", charlm_step));
 
     let batch = 1024;
