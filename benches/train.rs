@@ -182,8 +182,14 @@ fn data_parallel(members: Vec<(DeviceRef, DeviceProfile)>, batch: usize) -> (Ste
         .to_vec::<f32>()
         .expect("x");
     let y: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let (x, y) = (Arc::new(x), Arc::new(y));
     let mut step = move || {
-        let loss = |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
+        let (x, y) = (x.clone(), y.clone());
+        let loss = move |m: &Mlp,
+                         device: &DeviceRef,
+                         rows: Range<usize>,
+                         ctx: &Ctx|
+              -> Result<Var> {
             let input =
                 Tensor::from_slice(&x[rows.start * 64..rows.end * 64], [rows.len(), 64], device)?;
             let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };

@@ -12,6 +12,7 @@ mod common;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
@@ -145,6 +146,8 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let corpus = Corpus::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tempest.txt"))?;
     let split = corpus.ids.len() * 9 / 10;
     let (train, valid) = corpus.ids.split_at(split);
+    // Shared with the replicas' threads.
+    let train: Arc<[u32]> = Arc::from(train);
     if valid.len() <= args.context || args.context == 0 {
         return Err(format!("context {} does not fit the validation text", args.context));
     }
@@ -157,9 +160,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         devices.iter().map(|(d, _)| d.info().label()).collect::<Vec<_>>().join(", ")
     );
     let vocab = corpus.chars.len();
-    let mut dp =
-        DataParallel::new(devices, args.seed, |store| Gpt::new(store, config(args, vocab)))
-            .map_err(|e| e.to_string())?;
+    let model_config = config(args, vocab);
+    let mut dp = DataParallel::new(devices, args.seed, move |store| Gpt::new(store, model_config))
+        .map_err(|e| e.to_string())?;
     if matches!(args.dtype, Precision::F16) {
         dp.set_loss_scaler(Some(LossScaler::default()));
     }
@@ -195,14 +198,16 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         // Random windows: input t characters, target the next t.
         let starts: Vec<usize> =
             (0..args.batch).map(|_| rng.random_range(0..train.len() - t - 1)).collect();
-        let loss = |model: &Gpt, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
-            let (inputs, targets) = windows(train, &starts[rows.clone()], t);
-            let ids = Tensor::from_slice(&inputs, [rows.len(), t], device)?;
-            let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
-            // Summed over tokens; the step divides by sequences, so divide by t here.
-            nn::cross_entropy_with(&model.forward(&ids)?, &targets, &opts)?
-                .affine(1.0 / t as f64, 0.0)
-        };
+        let text = train.clone();
+        let loss =
+            move |model: &Gpt, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+                let (inputs, targets) = windows(&text, &starts[rows.clone()], t);
+                let ids = Tensor::from_slice(&inputs, [rows.len(), t], device)?;
+                let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+                // Summed over tokens; the step divides by sequences, so divide by t here.
+                nn::cross_entropy_with(&model.forward(&ids)?, &targets, &opts)?
+                    .affine(1.0 / t as f64, 0.0)
+            };
         let report = dp.step(args.batch, loss, &mut opt).map_err(|e| e.to_string())?;
         let eval = (step + 1) % args.eval_every == 0 || step + 1 == args.steps;
         if eval {

@@ -137,7 +137,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         devices.iter().map(|(d, _)| d.info().label()).collect::<Vec<_>>().join(", ")
     );
     let hidden = args.hidden;
-    let mut dp = DataParallel::new(devices, args.seed, |store| {
+    let mut dp = DataParallel::new(devices, args.seed, move |store| {
         Mlp::new(store, &[Digits::PIXELS, hidden, 10], Activation::Relu)
     })
     .map_err(|e| e.to_string())?;
@@ -181,18 +181,20 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             }
             opt.set_learning_rate(schedule.at(step, args.lr));
             let (x, y) = data.batch(chunk);
-            let loss =
-                |model: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
-                    let input = Tensor::from_slice(
-                        &x[rows.start * 64..rows.end * 64],
-                        [rows.len(), 64],
-                        device,
-                    )?;
-                    let logits = model.forward(&Var::constant(input), ctx)?;
-                    let opts =
-                        CrossEntropy { reduction: Reduction::Sum, ..CrossEntropy::default() };
-                    nn::cross_entropy_with(&logits, &y[rows], &opts)
-                };
+            let loss = move |model: &Mlp,
+                             device: &DeviceRef,
+                             rows: Range<usize>,
+                             ctx: &Ctx|
+                  -> Result<Var> {
+                let input = Tensor::from_slice(
+                    &x[rows.start * 64..rows.end * 64],
+                    [rows.len(), 64],
+                    device,
+                )?;
+                let logits = model.forward(&Var::constant(input), ctx)?;
+                let opts = CrossEntropy { reduction: Reduction::Sum, ..CrossEntropy::default() };
+                nn::cross_entropy_with(&logits, &y[rows], &opts)
+            };
             let report = dp.step(chunk.len(), loss, &mut opt).map_err(|e| e.to_string())?;
             rows.push(common::Row {
                 step,

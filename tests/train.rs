@@ -56,27 +56,31 @@ fn train(
 ) -> (Vec<Vec<f64>>, Vec<f64>) {
     let (dim, classes, batch) = (12, 5, 24);
     let (x, y) = dataset(batch * steps, dim, classes);
+    let (x, y) = (Arc::new(x), Arc::new(y));
     let members = devices.into_iter().map(|d| {
         let profile = DeviceProfile::for_device(d.info());
         (d, profile)
     });
-    let mut dp = DataParallel::new(members.collect(), 3, |s| mlp(s, dim, 16, classes)).unwrap();
+    let mut dp =
+        DataParallel::new(members.collect(), 3, move |s| mlp(s, dim, 16, classes)).unwrap();
     dp.set_fixed_split(weights).unwrap();
     let mut opt = AdamW::new(dp.params().to_vec(), 1e-2);
     let mut losses = Vec::new();
     for step in 0..steps {
         let rows0 = step * batch;
-        let loss = |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
-            let (a, b) = (rows0 + rows.start, rows0 + rows.end);
-            let input = Tensor::from_slice(&x[a * dim..b * dim], [b - a, dim], device)?;
-            let logits = m.forward(&Var::constant(input), ctx)?;
-            let opts = CrossEntropy {
-                reduction: Reduction::Sum,
-                label_smoothing: 0.05,
-                ..Default::default()
+        let (x, y) = (x.clone(), y.clone());
+        let loss =
+            move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
+                let (a, b) = (rows0 + rows.start, rows0 + rows.end);
+                let input = Tensor::from_slice(&x[a * dim..b * dim], [b - a, dim], device)?;
+                let logits = m.forward(&Var::constant(input), ctx)?;
+                let opts = CrossEntropy {
+                    reduction: Reduction::Sum,
+                    label_smoothing: 0.05,
+                    ..Default::default()
+                };
+                nn::cross_entropy_with(&logits, &y[a..b], &opts)
             };
-            nn::cross_entropy_with(&logits, &y[a..b], &opts)
-        };
         let report = dp.step(batch, loss, &mut opt).unwrap();
         let used: usize = report.devices.iter().map(|d| d.rows.len()).sum();
         assert_eq!(used, batch, "shares must cover the batch: {report:?}");
@@ -137,11 +141,13 @@ fn shares_follow_measured_speed() {
         .collect();
     let (dim, batch) = (256, 448);
     let (x, y) = dataset(batch, dim, 8);
-    let mut dp = DataParallel::new(members, 1, |s| mlp(s, dim, 256, 8)).unwrap();
+    let (x, y) = (Arc::new(x), Arc::new(y));
+    let mut dp = DataParallel::new(members, 1, move |s| mlp(s, dim, 256, 8)).unwrap();
     let mut opt = Sgd::new(dp.params().to_vec(), 1e-2);
     let mut last = Vec::new();
     for _ in 0..10 {
-        let loss = |m: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+        let (x, y) = (x.clone(), y.clone());
+        let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
             let input = Tensor::from_slice(
                 &x[rows.start * dim..rows.end * dim],
                 [rows.len(), dim],

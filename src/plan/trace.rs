@@ -14,7 +14,9 @@ use super::planned::Share;
 pub struct Event {
     /// The device's label: its track.
     pub device: String,
-    /// `upload`, `kernel` or `download`.
+    /// `upload`, `kernel` or `download` for a planned op; `share` for a data-parallel
+    /// share; `retried`, `evicted`, `readmitted` or `joined` for what the fleet did about a
+    /// device (instants: zero duration).
     pub stage: &'static str,
     /// The op and the share's entries, shown on the slice.
     pub name: String,
@@ -30,6 +32,18 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// A slice (or, with zero `duration`, an instant) on `device`'s track.
+    pub fn push(
+        &mut self,
+        device: &str,
+        stage: &'static str,
+        name: String,
+        start: Duration,
+        duration: Duration,
+    ) {
+        self.events.push(Event { device: device.to_string(), stage, name, start, duration });
+    }
+
     pub(crate) fn record_share(
         &mut self,
         op: &str,
@@ -75,6 +89,18 @@ impl Trace {
             }));
         }
         for e in &self.events {
+            if e.duration.is_zero() {
+                events.push(json!({
+                    "ph": "i",
+                    "s": "t",
+                    "pid": 1,
+                    "tid": tid(&e.device),
+                    "name": e.name,
+                    "cat": e.stage,
+                    "ts": e.start.as_secs_f64() * 1e6,
+                }));
+                continue;
+            }
             events.push(json!({
                 "ph": "X",
                 "pid": 1,

@@ -26,6 +26,6 @@ mod var;
 mod var_ops;
 
 pub use checkpoint::{Checkpoints, Snapshot};
-pub use parallel::{DataParallel, DeviceStep, PROBE_EVERY, StepReport};
+pub use parallel::{DataParallel, DeviceStep, FaultPolicy, FleetEvent, PROBE_EVERY, StepReport};
 pub use params::{Init, Param, ParamStore};
 pub use var::{Grads, Var, VarId, is_grad_enabled, no_grad};

@@ -136,7 +136,20 @@ impl SimDevice {
         self.faults.fail_now(kind);
     }
 
-    /// Clears pending failures and a lost state, as a driver reset would.
+    /// From now on each `run` fails with probability `p` with an error of `kind`, drawn
+    /// from a generator seeded with `seed` (reproducible).
+    pub fn fail_randomly(&self, p: f64, kind: ErrorKind, seed: u64) {
+        self.faults.fail_randomly(p, kind, seed);
+    }
+
+    /// From now on every call blocks (a chip that stopped answering) until [`heal`].
+    ///
+    /// [`heal`]: SimDevice::heal
+    pub fn hang(&self) {
+        self.faults.hang();
+    }
+
+    /// Clears pending failures, a lost state and a hang, as a driver reset would.
     pub fn heal(&self) {
         self.faults.heal();
     }

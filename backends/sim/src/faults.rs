@@ -1,6 +1,6 @@
 //! Failures on command: what the fault injector and the fleet's resilience tests drive.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use manychips_api::{Error, ErrorKind};
 
@@ -11,6 +11,8 @@ use manychips_api::{Error, ErrorKind};
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     state: Mutex<State>,
+    /// Wakes calls blocked by a hang when the device heals.
+    healed: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -21,6 +23,10 @@ struct State {
     after_runs: Option<(u64, ErrorKind)>,
     /// Set once a `DeviceLost` has fired.
     lost: Option<String>,
+    /// Each `run` fails with this probability (and kind), drawn from a seeded generator.
+    random: Option<(f64, ErrorKind, u64)>,
+    /// Every call blocks until `heal`: a chip that stopped answering.
+    hanging: bool,
     injected: u64,
 }
 
@@ -45,11 +51,21 @@ impl Faults {
         self.lock().after_runs = Some((runs, kind));
     }
 
-    /// Forgets pending failures and a lost state: the chip came back (a driver reset).
+    pub(crate) fn fail_randomly(&self, probability: f64, kind: ErrorKind, seed: u64) {
+        self.lock().random = Some((probability, kind, seed));
+    }
+
+    pub(crate) fn hang(&self) {
+        self.lock().hanging = true;
+    }
+
+    /// Forgets pending failures, a lost state and a hang: the chip came back (a driver
+    /// reset). Calls blocked by the hang return.
     pub(crate) fn heal(&self) {
         let mut state = self.lock();
         let injected = state.injected;
         *state = State { injected, ..State::default() };
+        self.healed.notify_all();
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -63,6 +79,12 @@ impl Faults {
     /// The failure this call must return, if any; consumes a pending one-shot failure.
     pub(crate) fn on_call(&self, call: Call, op: &str, device: &str) -> Option<Error> {
         let mut state = self.lock();
+        if state.hanging {
+            tracing::debug!(device, op, "sim: hanging until healed");
+            while state.hanging {
+                state = self.healed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
         if let Some(detail) = &state.lost {
             return Some(Error::DeviceLost { device: device.into(), detail: detail.clone() });
         }
@@ -78,6 +100,16 @@ impl Faults {
                 state.after_runs = Some((left - 1, kind));
             }
         }
+        if fire.is_none()
+            && call == Call::Run
+            && let Some((p, kind, seed)) = state.random
+        {
+            let (draw, next) = splitmix(seed);
+            state.random = Some((p, kind, next));
+            if draw < p {
+                fire = Some(kind);
+            }
+        }
         let kind = fire?;
         state.injected += 1;
         let detail = format!("injected by the simulator during {op}");
@@ -87,6 +119,16 @@ impl Faults {
         tracing::debug!(device, op, ?kind, "sim: injecting a failure");
         Some(injected(kind, op, device, detail))
     }
+}
+
+/// A uniform draw in [0, 1) and the generator's next state (SplitMix64).
+fn splitmix(state: u64) -> (f64, u64) {
+    let next = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = next;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    ((z >> 11) as f64 / (1u64 << 53) as f64, next)
 }
 
 /// An error of `kind` that names the op and the device like a real backend's would.
