@@ -336,7 +336,8 @@ impl CudaDevice {
         let (Some(from), Some(into)) = (mine.engine.as_driver(), theirs.engine.as_driver()) else {
             return Err(self.internal(op));
         };
-        into.copy_from_peer(dst_ptr, from, src_ptr, bytes).map_err(|e| e.to_error(op, &self.label))
+        let (dst_at, src_at) = (dst_ptr + dst_offset as u64, src_ptr + src_offset as u64);
+        into.copy_from_peer(dst_at, from, src_at, bytes).map_err(|e| e.to_error(op, &self.label))
     }
 
     fn alive(&self, state: &State) -> Result<()> {

@@ -345,10 +345,28 @@ impl CudaEngine {
                 let mut module: CUmodule = std::ptr::null_mut();
                 // SAFETY: the context is current; `image` is a CUBIN or NUL-terminated PTX
                 // that outlives the call; the module is unloaded in Drop.
-                check(
-                    unsafe { sys::cuModuleLoadData(&mut module, image.as_ptr().cast()) },
-                    "cuModuleLoadData",
-                )?;
+                let rc = unsafe { sys::cuModuleLoadData(&mut module, image.as_ptr().cast()) };
+                match rc {
+                    CUresult::CUDA_SUCCESS => {}
+                    CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+                    | CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU
+                    | CUresult::CUDA_ERROR_INVALID_IMAGE
+                    | CUresult::CUDA_ERROR_INVALID_PTX => {
+                        let nvrtc = crate::libs::nvrtc().unwrap_or_default();
+                        return Err(CuError::Missing {
+                            detail: format!(
+                                "cuModuleLoadData of {source} ({}) returned {}: the driver \
+                                 cannot load what NVRTC {}.{} built; update the driver, or use \
+                                 an NVRTC no newer than it",
+                                self.target.flag(),
+                                crate::error::code_name(rc),
+                                nvrtc.0,
+                                nvrtc.1
+                            ),
+                        });
+                    }
+                    code => return Err(CuError::driver(code, "cuModuleLoadData")),
+                }
                 self.modules.insert(source, module);
                 module
             }

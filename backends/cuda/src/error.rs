@@ -41,8 +41,15 @@ impl CuError {
     /// The error as the contract reports it for `op` on `device`.
     pub(crate) fn to_error(&self, op: &str, device: &str) -> Error {
         match self {
-            CuError::Driver { code, call } => driver_error(op, device, call, *code),
-            CuError::Emulated { code, detail } => driver_error(op, device, detail, *code),
+            CuError::Driver { code, call } => {
+                driver_error(op, device, format!("{call} returned {}", code_name(*code)), *code)
+            }
+            CuError::Emulated { code, detail } => driver_error(
+                op,
+                device,
+                format!("{detail} ({}, emulated)", code_name(*code)),
+                *code,
+            ),
             CuError::Blas { status, call } => blas_error(op, device, call, *status),
             CuError::Compile { detail } | CuError::Missing { detail } => {
                 Error::Fault { op: op.into(), device: device.into(), detail: detail.clone() }
@@ -95,25 +102,21 @@ pub(crate) fn code_name(code: CUresult) -> String {
     format!("{code:?}")
 }
 
-fn driver_error(op: &str, device: &str, call: &str, code: CUresult) -> Error {
-    let name = code_name(code);
+/// `what` says what failed and with which code.
+fn driver_error(op: &str, device: &str, what: String, code: CUresult) -> Error {
     if code == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-        return Error::OutOfMemory {
-            op: op.into(),
-            device: device.into(),
-            detail: format!("{call} returned {name}"),
-        };
+        return Error::OutOfMemory { op: op.into(), device: device.into(), detail: what };
     }
     if sticky(code) {
         return Error::DeviceLost {
             device: device.into(),
             detail: format!(
-                "{call} returned {name} during {op}; the CUDA context is unusable (a sticky \
-                 error), so the device stays failed"
+                "{what} during {op}; the CUDA context is unusable (a sticky error), so the \
+                 device stays failed"
             ),
         };
     }
-    Error::Fault { op: op.into(), device: device.into(), detail: format!("{call} returned {name}") }
+    Error::Fault { op: op.into(), device: device.into(), detail: what }
 }
 
 fn blas_error(op: &str, device: &str, call: &str, status: cublasStatus_t) -> Error {
