@@ -96,7 +96,7 @@ pub(crate) fn describe(ordinal: usize) -> Result<Described, CuError> {
     let name = String::from_utf8_lossy(&name[..end]).trim().to_string();
     let mut uuid = sys::CUuuid { bytes: [0; 16] };
     // SAFETY: valid out-pointer.
-    check(unsafe { sys::cuDeviceGetUuid(&mut uuid, dev) }, "cuDeviceGetUuid")?;
+    check(unsafe { sys::cuDeviceGetUuid_v2(&mut uuid, dev) }, "cuDeviceGetUuid_v2")?;
     let uuid = uuid.bytes.map(|b| b as u8);
     let mut total = 0usize;
     // SAFETY: valid out-pointer.

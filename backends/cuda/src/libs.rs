@@ -17,7 +17,7 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuDeviceGetCount",
     "cuDeviceGet",
     "cuDeviceGetName",
-    "cuDeviceGetUuid",
+    "cuDeviceGetUuid_v2",
     "cuDeviceTotalMem_v2",
     "cuDeviceGetAttribute",
     "cuDeviceCanAccessPeer",
@@ -77,7 +77,13 @@ const CUBLAS_SYMBOLS: &[&str] = &[
 
 /// The shared-library names cudarc tries for `name` (`libcuda.so`, `libcuda.so.12`, ...).
 fn candidates(name: &str) -> String {
-    cudarc::get_lib_name_candidates(name).join(", ")
+    let mut names: Vec<String> = Vec::new();
+    for n in cudarc::get_lib_name_candidates(name) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names.join(", ")
 }
 
 /// Ok when libcuda loads and has every symbol the backend calls; else why not.
@@ -106,7 +112,7 @@ pub(crate) fn driver() -> Result<(), String> {
                 Ok(())
             } else {
                 Err(format!(
-                    "the CUDA driver is too old: it lacks {} (a CUDA 12 driver is needed)",
+                    "the CUDA driver lacks {} (this backend calls the CUDA 12 driver API)",
                     missing.join(", ")
                 ))
             }
@@ -198,7 +204,7 @@ mod tests {
             }
         }
         if let Err(reason) = driver() {
-            assert!(reason.contains("libcuda.so") || reason.contains("too old"), "{reason}");
+            assert!(reason.contains("libcuda.so") || reason.contains("lacks"), "{reason}");
         }
         if let Err(reason) = nvrtc() {
             assert!(reason.contains("libnvrtc") || reason.contains("too old"), "{reason}");
