@@ -465,7 +465,7 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 flag(m, j);
                 m.store(2, o[2], t, 0);
             } else {
-                let v = m.load(0, o[0] + u64::from(j) * stride, t);
+                let v = m.load(0, at(o[0], u64::from(j), stride), t);
                 m.store(2, o[2], t, v);
             }
         }),
@@ -474,15 +474,15 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 let (len, astride, n, sstride, xstride) =
                     (p.ext[0], p.ext[1], p.ext[2], p.ext[3], p.ext[4]);
                 for i in 0..n {
-                    let t = m.load(1, o[1] + i * xstride, DType::U32);
+                    let t = m.load(1, at(o[1], i, xstride), DType::U32);
                     if u64::from(t) >= len {
                         flag(m, t);
                         continue;
                     }
-                    let at = o[2] + u64::from(t) * astride;
+                    let a = at(o[2], u64::from(t), astride);
                     let v =
-                        m.load_f32(2, at, DType::F32) + m.load_f32(0, o[0] + i * sstride, dtype);
-                    m.store_f32(2, at, DType::F32, v);
+                        m.load_f32(2, a, DType::F32) + m.load_f32(0, at(o[0], i, sstride), dtype);
+                    m.store_f32(2, a, DType::F32, v);
                 }
             })
         }
@@ -494,9 +494,9 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                     flag(m, t);
                     return;
                 }
-                let at = o[2] + u64::from(t) * astride;
-                let v = m.load_f32(2, at, DType::F32) + m.load_f32(0, o[0], dtype);
-                m.store_f32(2, at, DType::F32, v);
+                let a = at(o[2], u64::from(t), astride);
+                let v = m.load_f32(2, a, DType::F32) + m.load_f32(0, o[0], dtype);
+                m.store_f32(2, a, DType::F32, v);
             })
         }
         Kernel::MatmulTiled(t) => each(p, 3, |o| {
@@ -506,15 +506,21 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 for j in 0..cols {
                     let mut acc = 0.0f32;
                     for q in 0..k {
-                        let a = m.load_f32(0, o[0] + i * e[3] + q * e[4], t);
-                        let b = m.load_f32(1, o[1] + q * e[5] + j * e[6], t);
+                        let a = m.load_f32(0, at(at(o[0], i, e[3]), q, e[4]), t);
+                        let b = m.load_f32(1, at(at(o[1], q, e[5]), j, e[6]), t);
                         acc += a * b;
                     }
-                    m.store_f32(2, o[2] + i * e[7] + j * e[8], t, acc);
+                    m.store_f32(2, at(at(o[2], i, e[7]), j, e[8]), t, acc);
                 }
             }
         }),
     }
+}
+
+/// `base + i · stride` in elements, wrapping as the GPU's 64-bit arithmetic does (a wild
+/// value then lands outside the allocation and is reported, never a panic).
+fn at(base: u64, i: u64, stride: u64) -> u64 {
+    base.wrapping_add(i.wrapping_mul(stride))
 }
 
 /// The status words: `status` is the last pointer argument (3 for every indexed kernel).
@@ -534,12 +540,12 @@ fn each(p: &McParams, n: usize, mut f: impl FnMut([u64; 4])) {
 
 fn reduce_row(op: ReduceOp, t: DType, p: &McParams, m: &mut Memory, o: [u64; 4]) {
     let (n, st) = (p.ext[0], p.ext[1]);
-    let at = |i: u64| o[0] + i * st;
+    let elem = |i: u64| at(o[0], i, st);
     match op {
         ReduceOp::Sum | ReduceOp::Mean => {
             let mut acc = 0.0f64;
             for i in 0..n {
-                acc += f64::from(m.load_f32(0, at(i), t));
+                acc += f64::from(m.load_f32(0, elem(i), t));
             }
             let v = if op == ReduceOp::Mean { (acc / n as f64) as f32 } else { acc as f32 };
             m.store_f32(1, o[1], t, v);
@@ -547,7 +553,7 @@ fn reduce_row(op: ReduceOp, t: DType, p: &McParams, m: &mut Memory, o: [u64; 4])
         ReduceOp::Max | ReduceOp::Min => {
             let mut acc = if op == ReduceOp::Max { f32::NEG_INFINITY } else { f32::INFINITY };
             for i in 0..n {
-                let v = m.load_f32(0, at(i), t);
+                let v = m.load_f32(0, elem(i), t);
                 acc = if op == ReduceOp::Max { acc.max(v) } else { acc.min(v) };
             }
             m.store_f32(1, o[1], t, acc);
@@ -555,7 +561,7 @@ fn reduce_row(op: ReduceOp, t: DType, p: &McParams, m: &mut Memory, o: [u64; 4])
         ReduceOp::ArgMax => {
             let mut best: Option<(f32, u64)> = None;
             for i in 0..n {
-                let v = m.load_f32(0, at(i), t);
+                let v = m.load_f32(0, elem(i), t);
                 if !v.is_nan() && best.is_none_or(|(b, _)| v > b) {
                     best = Some((v, i));
                 }
@@ -569,16 +575,16 @@ fn softmax_row(log: bool, t: DType, p: &McParams, m: &mut Memory, o: [u64; 4]) {
     let (n, ist, ost) = (p.ext[0], p.ext[1], p.ext[2]);
     let mut mx = f32::NEG_INFINITY;
     for i in 0..n {
-        mx = mx.max(m.load_f32(0, o[0] + i * ist, t));
+        mx = mx.max(m.load_f32(0, at(o[0], i, ist), t));
     }
     let mut s = 0.0f64;
     for i in 0..n {
-        s += f64::from(mc_exp(m.load_f32(0, o[0] + i * ist, t) - mx));
+        s += f64::from(mc_exp(m.load_f32(0, at(o[0], i, ist), t) - mx));
     }
     for i in 0..n {
-        let x = m.load_f32(0, o[0] + i * ist, t);
+        let x = m.load_f32(0, at(o[0], i, ist), t);
         let v = if log { (x - mx) - s.ln() as f32 } else { mc_exp(x - mx) * (1.0 / s) as f32 };
-        m.store_f32(1, o[1] + i * ost, t, v);
+        m.store_f32(1, at(o[1], i, ost), t, v);
     }
 }
 

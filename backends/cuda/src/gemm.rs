@@ -165,7 +165,10 @@ pub(crate) fn plan(lhs: &View, rhs: &View, out: &View) -> Option<Vec<GemmCall>> 
 pub(crate) fn addresses(call: &GemmCall, batch: usize, i: usize, j: usize, p: usize) -> [usize; 3] {
     let at = |o: &GemmOperand, trans: bool, r: usize, c: usize| {
         let (r, c) = if trans { (c, r) } else { (r, c) };
-        o.offset + batch * o.stride + r + c * o.ld
+        o.offset
+            .wrapping_add(batch.wrapping_mul(o.stride))
+            .wrapping_add(r)
+            .wrapping_add(c.wrapping_mul(o.ld))
     };
     [at(&call.a, call.trans_a, i, p), at(&call.b, call.trans_b, p, j), at(&call.c, false, i, j)]
 }
