@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{CString, c_void};
+use std::time::{Duration, Instant};
 
 use cudarc::cublas::sys as blas;
 use cudarc::driver::sys::{
@@ -38,6 +39,10 @@ const SLOT_BYTES: usize = 8 << 20;
 /// Freed memory is released once this much is waiting (or this many allocations).
 const GARBAGE_BYTES: usize = 512 << 20;
 const GARBAGE_COUNT: usize = 4096;
+/// A wait for queued work longer than this is reported as a hang (`Timeout`).
+const WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Waits spin this long (what a blocking sync does by default), then sleep between polls.
+const SPIN: Duration = Duration::from_millis(10);
 
 /// One allocation: its size and the last operation of each stream that used it.
 #[derive(Clone, Copy, Debug)]
@@ -384,6 +389,34 @@ impl CudaEngine {
         Ok(f)
     }
 
+    /// Waits until `stream` has done everything queued on it, or reports a hang after
+    /// [`WAIT_TIMEOUT`] (cuStreamSynchronize would block for ever on a hung kernel).
+    fn wait(&self, stream: usize) -> Result<(), CuError> {
+        let start = Instant::now();
+        loop {
+            // SAFETY: a live stream of the current context.
+            match unsafe { sys::cuStreamQuery(self.streams[stream]) } {
+                CUresult::CUDA_SUCCESS => return Ok(()),
+                CUresult::CUDA_ERROR_NOT_READY => {}
+                code => return Err(CuError::driver(code, "cuStreamQuery")),
+            }
+            let waited = start.elapsed();
+            if waited > WAIT_TIMEOUT {
+                return Err(CuError::Timeout {
+                    detail: format!(
+                        "queued work did not finish within {} s",
+                        WAIT_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            if waited < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    }
+
     /// Releases the memory freed so far; the streams must be idle.
     fn release_garbage(&mut self) -> Result<(), CuError> {
         let mut first = Ok(());
@@ -717,8 +750,7 @@ impl Engine for CudaEngine {
     fn synchronize(&mut self) -> Result<(), CuError> {
         self.bind()?;
         for s in [COMPUTE, COPY] {
-            // SAFETY: a live stream.
-            check(unsafe { sys::cuStreamSynchronize(self.streams[s]) }, "cuStreamSynchronize")?;
+            self.wait(s)?;
         }
         for slot in &mut self.slots {
             slot.pending = false;

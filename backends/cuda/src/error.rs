@@ -22,6 +22,8 @@ pub(crate) enum CuError {
     Compile { detail: String },
     /// Something the device needs is not there (a library, a symbol, an image).
     Missing { detail: String },
+    /// Queued work did not finish in time (a hang, or a gross slowdown).
+    Timeout { detail: String },
 }
 
 impl CuError {
@@ -53,6 +55,9 @@ impl CuError {
             CuError::Blas { status, call } => blas_error(op, device, call, *status),
             CuError::Compile { detail } | CuError::Missing { detail } => {
                 Error::Fault { op: op.into(), device: device.into(), detail: detail.clone() }
+            }
+            CuError::Timeout { detail } => {
+                Error::Timeout { op: op.into(), device: device.into(), detail: detail.clone() }
             }
         }
     }
@@ -186,6 +191,9 @@ mod tests {
         .to_error("matmul", "cuda:0");
         assert_eq!(blas.kind(), ErrorKind::Fault);
         assert!(blas.to_string().contains("CUBLAS_STATUS_EXECUTION_FAILED"));
+        let late = CuError::Timeout { detail: "300 s".into() }.to_error("synchronize", "cuda:0");
+        assert_eq!(late.kind(), ErrorKind::Timeout);
+        assert!(late.is_device_fault());
         let compile = CuError::Compile { detail: "elementwise.cu: error".into() };
         assert_eq!(compile.to_error("unary.exp", "cuda:0").kind(), ErrorKind::Fault);
         assert!(check(CUresult::CUDA_SUCCESS, "x").is_ok());
