@@ -189,6 +189,46 @@ pub(crate) fn cublas() -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// Names called as `<prefix><Name>(` in `source`.
+    fn calls<'a>(source: &'a str, prefix: &str) -> Vec<&'a str> {
+        source
+            .match_indices(prefix)
+            .filter_map(|(at, _)| {
+                let rest = &source[at + prefix.len()..];
+                let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '_')?;
+                rest[end..].starts_with('(').then(|| &rest[..end])
+            })
+            .collect()
+    }
+
+    /// A symbol called without being probed would make cudarc panic on a library that
+    /// lacks it: every call in the sources must be in the probed lists.
+    #[test]
+    fn every_symbol_the_backend_calls_is_probed_first() {
+        let sources = [
+            include_str!("driver.rs"),
+            include_str!("discover.rs"),
+            include_str!("device.rs"),
+            include_str!("nvrtc.rs"),
+        ];
+        let mut seen = 0;
+        for source in sources {
+            for name in calls(source, "sys::cu") {
+                assert!(DRIVER_SYMBOLS.contains(&format!("cu{name}").as_str()), "cu{name}");
+                seen += 1;
+            }
+            for name in calls(source, "blas::cublas") {
+                assert!(CUBLAS_SYMBOLS.contains(&format!("cublas{name}").as_str()), "cublas{name}");
+                seen += 1;
+            }
+            for name in calls(source, "sys::nvrtc") {
+                assert!(NVRTC_SYMBOLS.contains(&format!("nvrtc{name}").as_str()), "nvrtc{name}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 40, "found only {seen} calls");
+    }
+
     /// Whatever this machine has, probing answers (it never panics), and an absent library
     /// comes with a reason that says what was looked for.
     #[test]
