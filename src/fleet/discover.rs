@@ -13,15 +13,18 @@ pub struct Discovery {
     pub unavailable: Vec<Error>,
 }
 
-/// Every device of every backend compiled in: the CPU first, then Vulkan, then wgpu.
+/// Every device of every backend compiled in: the CPU first, then CUDA, then Vulkan, then
+/// wgpu.
 ///
-/// One physical card may appear through several backends (lavapipe is both `vulkan:0` and
-/// `wgpu:0`): this lists every view, and [`Fleet::discover`](super::Fleet::discover) keeps one
-/// per chip. A backend without a driver contributes no device and an entry in
+/// One physical card may appear through several backends (an NVIDIA card is `cuda:0`,
+/// `vulkan:0` and `wgpu:0`; lavapipe is both `vulkan:0` and `wgpu:0`): this lists every view,
+/// and [`Fleet::discover`](super::Fleet::discover) keeps one per chip, preferring CUDA. A backend without a driver contributes no device and an entry in
 /// [`Discovery::unavailable`]; nothing panics.
 pub fn discover() -> Discovery {
     let mut found = Discovery::default();
     found.collect(CpuDevice::new().map(|cpu| vec![cpu]));
+    #[cfg(feature = "cuda")]
+    found.collect(manychips_cuda::discover());
     #[cfg(feature = "vulkan")]
     found.collect(manychips_vulkan::discover());
     #[cfg(feature = "wgpu")]

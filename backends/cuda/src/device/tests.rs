@@ -1,0 +1,455 @@
+//! The device over the emulator, against the CPU backend (the reference): the layouts cuBLAS
+//! and the tiled kernel are handed, the scatter kernels, the status words, and the error
+//! paths (sticky faults, out of memory, foreign buffers). The whole conformance kit runs on
+//! the emulator in the root crate's tests/cuda.rs.
+
+use cudarc::driver::sys::CUresult;
+use manychips_api::{
+    BinaryOp, BufferId, DType, Device, DeviceId, ErrorKind, Layout, Op, ReduceOp, Shape, View,
+    bf16, f16,
+};
+use manychips_cpu::CpuDevice;
+
+use super::*;
+
+/// xorshift64*: deterministic test data without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn float(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+    }
+}
+
+/// Buffers (their bytes) and an op over them; views name buffer `i` as index `i` of a
+/// placeholder device.
+struct Case {
+    data: Vec<Vec<u8>>,
+    op: Op,
+}
+
+fn placeholder() -> DeviceId {
+    static ID: std::sync::OnceLock<DeviceId> = std::sync::OnceLock::new();
+    *ID.get_or_init(DeviceId::fresh)
+}
+
+fn view(index: usize, dims: &[usize], strides: &[usize], offset: usize, dtype: DType) -> View {
+    let layout = Layout { shape: Shape::from(dims), strides: strides.to_vec(), offset };
+    View::new(BufferId { device: placeholder(), index: index as u64 }, layout, dtype)
+}
+
+fn contiguous(index: usize, dims: &[usize], dtype: DType) -> View {
+    let l = Layout::contiguous(dims);
+    view(index, dims, &l.strides, 0, dtype)
+}
+
+fn random_bytes(rng: &mut Rng, elements: usize, dtype: DType, index_limit: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(elements * dtype.size_in_bytes());
+    for _ in 0..elements {
+        let x = rng.float();
+        match dtype {
+            DType::F32 => out.extend_from_slice(&x.to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&f16::from_f32(x).to_le_bytes()),
+            DType::BF16 => out.extend_from_slice(&bf16::from_f32(x).to_le_bytes()),
+            DType::U32 => {
+                out.extend_from_slice(&(rng.below(index_limit as usize) as u32).to_le_bytes())
+            }
+            DType::U8 => out.push((rng.next() & 1) as u8),
+        }
+    }
+    out
+}
+
+/// Runs the case on `dev`; every buffer's bytes afterwards.
+fn run_on(dev: &dyn Device, case: &Case) -> manychips_api::Result<Vec<Vec<u8>>> {
+    let mut ids = Vec::new();
+    for d in &case.data {
+        let id = dev.alloc(d.len())?;
+        dev.write(id, 0, d)?;
+        ids.push(id);
+    }
+    let mut op = case.op.clone();
+    for v in op.views_mut() {
+        v.buffer = ids[v.buffer.index as usize];
+    }
+    let ran = dev.run(&op).and_then(|()| dev.synchronize());
+    let mut out = Vec::new();
+    for (id, d) in ids.iter().zip(&case.data) {
+        let mut back = vec![0u8; d.len()];
+        if ran.is_ok() {
+            dev.read(*id, 0, &mut back)?;
+        }
+        out.push(back);
+        dev.free(*id)?;
+    }
+    ran.map(|()| out)
+}
+
+fn as_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => {
+            bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        DType::F16 => bytes.chunks(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        DType::BF16 => {
+            bytes.chunks(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+        }
+        DType::U32 => {
+            bytes.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
+        }
+        DType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
+    }
+}
+
+/// The emulated CUDA device gives the CPU backend's bytes in every buffer, up to `rtol`
+/// (relative to the magnitude, for sums in another order).
+fn agrees(cuda: &CudaDevice, case: &Case, rtol: f32) {
+    let cpu = CpuDevice::with_threads(1).expect("cpu device");
+    let want = run_on(&cpu, case).unwrap_or_else(|e| panic!("cpu: {e}; {}", case.op.describe()));
+    let got = run_on(cuda, case).unwrap_or_else(|e| panic!("cuda: {e}; {}", case.op.describe()));
+    let out = case.op.output();
+    let out_index = out.buffer.index as usize;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        if i != out_index || rtol == 0.0 {
+            assert_eq!(w, g, "buffer {i} differs; {}", case.op.describe());
+            continue;
+        }
+        let (w, g) = (as_f32(w, out.dtype), as_f32(g, out.dtype));
+        for (j, (a, b)) in w.iter().zip(&g).enumerate() {
+            let ok = a.to_bits() == b.to_bits()
+                || (a.is_nan() && b.is_nan())
+                || (a - b).abs() <= rtol * a.abs().max(1.0);
+            assert!(ok, "element {j}: cpu {a}, cuda {b}; {}", case.op.describe());
+        }
+    }
+}
+
+fn emulated() -> CudaDevice {
+    CudaDevice::emulated().expect("emulator")
+}
+
+/// Tolerance of a matmul of `k` terms in `dtype` (a different summation order).
+fn matmul_tol(dtype: DType, k: usize) -> f32 {
+    let eps = match dtype {
+        DType::F32 => 1.2e-7,
+        DType::F16 => 1e-3,
+        _ => 8e-3,
+    };
+    eps * 4.0 * (k as f32).sqrt().max(1.0) * 4.0
+}
+
+#[test]
+fn matmul_layouts_through_cublas_and_the_tiled_kernel() {
+    let dev = emulated();
+    let mut rng = Rng(0x1234_5678);
+    let mut cublas_calls = 0;
+    for round in 0..60 {
+        let dtype = DType::FLOATS[round % 3];
+        let (m, k, n) =
+            ([1, 3, 17, 33][rng.below(4)], [1, 5, 16, 40][rng.below(4)], [1, 4, 19][rng.below(3)]);
+        let batch: Vec<usize> = match rng.below(3) {
+            0 => vec![],
+            1 => vec![3],
+            _ => vec![2, 3],
+        };
+        let dims = |a: usize, b: usize| {
+            let mut d = batch.clone();
+            d.extend([a, b]);
+            d
+        };
+        // An operand as a (maybe transposed, broadcast, offset) view into a bigger buffer.
+        let operand = |rng: &mut Rng, index: usize, rows: usize, cols: usize| -> (View, usize) {
+            let transposed = rng.below(2) == 1;
+            let broadcast = !batch.is_empty() && rng.below(3) == 0;
+            let offset = rng.below(3);
+            let pad = rng.below(2) * 3;
+            let (r_stride, c_stride) = if transposed { (1, rows + pad) } else { (cols + pad, 1) };
+            let matrix = if transposed {
+                (cols - 1) * (rows + pad) + rows
+            } else {
+                (rows - 1) * (cols + pad) + cols
+            };
+            let mut strides = vec![0; batch.len()];
+            let mut span = matrix;
+            for (d, s) in batch.iter().enumerate().rev() {
+                strides[d] = if broadcast && d == 0 { 0 } else { span };
+                if !(broadcast && d == 0) {
+                    span *= s;
+                }
+            }
+            strides.extend([r_stride, c_stride]);
+            (view(index, &dims(rows, cols), &strides, offset, dtype), offset + span)
+        };
+        let (lhs, lhs_len) = operand(&mut rng, 0, m, k);
+        let (rhs, rhs_len) = operand(&mut rng, 1, k, n);
+        // The output: contiguous, column-major matrices, or batch dims permuted.
+        let out = match rng.below(3) {
+            0 => contiguous(2, &dims(m, n), dtype),
+            1 => {
+                let mut strides = Layout::contiguous(dims(m, n)).strides;
+                let r = strides.len();
+                strides[r - 2] = 1;
+                strides[r - 1] = m;
+                view(2, &dims(m, n), &strides, 0, dtype)
+            }
+            _ if batch.len() == 2 => view(2, &dims(m, n), &[m * n, 2 * m * n, n, 1], 0, dtype),
+            _ => contiguous(2, &dims(m, n), dtype),
+        };
+        let out_len = out.layout.end().unwrap_or(0);
+        let case = Case {
+            data: vec![
+                random_bytes(&mut rng, lhs_len, dtype, 0),
+                random_bytes(&mut rng, rhs_len, dtype, 0),
+                random_bytes(&mut rng, out_len, dtype, 0),
+            ],
+            op: Op::Matmul { lhs: lhs.clone(), rhs: rhs.clone(), out: out.clone() },
+        };
+        if crate::gemm::plan(&lhs, &rhs, &out).is_some() {
+            cublas_calls += 1;
+        }
+        for path in [MatmulPath::Cublas, MatmulPath::Tiled] {
+            dev.set_matmul_path(path);
+            agrees(&dev, &case, matmul_tol(dtype, k));
+        }
+    }
+    assert!(cublas_calls > 30, "only {cublas_calls} layouts went to cuBLAS");
+}
+
+#[test]
+fn tf32_is_an_opt_in_that_rounds_f32_products() {
+    let dev = emulated();
+    assert!(!dev.tf32() || std::env::var_os(crate::TF32_ENV).is_some());
+    let a = dev.alloc(4).unwrap();
+    let b = dev.alloc(4).unwrap();
+    let c = dev.alloc(4).unwrap();
+    let x = 1.0f32 + f32::EPSILON * 3.0;
+    dev.write(a, 0, &x.to_le_bytes()).unwrap();
+    dev.write(b, 0, &1.0f32.to_le_bytes()).unwrap();
+    let v = |id| View::new(id, Layout::contiguous([1, 1]), DType::F32);
+    let op = Op::Matmul { lhs: v(a), rhs: v(b), out: v(c) };
+    let mut out = [0u8; 4];
+    for (tf32, want) in [(false, x), (true, 1.0)] {
+        dev.set_tf32(tf32);
+        dev.run(&op).unwrap();
+        dev.read(c, 0, &mut out).unwrap();
+        assert_eq!(f32::from_le_bytes(out), want, "tf32 {tf32}");
+    }
+}
+
+#[test]
+fn scatter_kernels_agree_with_the_cpu() {
+    let dev = emulated();
+    let mut rng = Rng(99);
+    for kernel in [ScatterKernel::Deterministic, ScatterKernel::Atomic, ScatterKernel::Auto] {
+        dev.set_scatter_kernel(kernel);
+        for dtype in DType::FLOATS {
+            for index_add in [false, true] {
+                let (rows, cols, len) = (7, 5, 11);
+                // out [rows, cols] += src along axis 0 (index_add: src [len, cols], 1-D idx).
+                let out = view(2, &[rows, cols], &[cols + 1, 1], 2, dtype);
+                let src = contiguous(0, &[len, cols], dtype);
+                let (indices, idx_len) = if index_add {
+                    (view(1, &[len], &[2], 1, DType::U32), 2 * len)
+                } else {
+                    (contiguous(1, &[len, cols], DType::U32), len * cols)
+                };
+                let op = if index_add {
+                    Op::IndexAdd { src: src.clone(), indices, out: out.clone(), axis: 0 }
+                } else {
+                    Op::ScatterAdd { src: src.clone(), indices, out: out.clone(), axis: 0 }
+                };
+                let case = Case {
+                    data: vec![
+                        random_bytes(&mut rng, len * cols, dtype, 0),
+                        random_bytes(&mut rng, idx_len, DType::U32, rows as u32),
+                        random_bytes(&mut rng, 2 + rows * (cols + 1), dtype, 0),
+                    ],
+                    op,
+                };
+                agrees(&dev, &case, if dtype == DType::F32 { 1e-5 } else { 1e-2 });
+            }
+        }
+    }
+}
+
+#[test]
+fn reductions_and_softmax_with_both_teams() {
+    let dev = emulated();
+    let mut rng = Rng(7);
+    // Short rows with many of them (warp teams), long rows (block teams), a strided view.
+    for (dims, axis) in [(vec![300, 7], 1), (vec![3, 2000], 1), (vec![5, 9, 4], 1), (vec![1, 1], 0)]
+    {
+        for dtype in DType::FLOATS {
+            let len: usize = dims.iter().product();
+            let input = contiguous(0, &dims, dtype);
+            let mut out_dims = dims.clone();
+            out_dims[axis] = 1;
+            for op in ReduceOp::ALL {
+                let out_dtype = if op == ReduceOp::ArgMax { DType::U32 } else { dtype };
+                let out = contiguous(1, &out_dims, out_dtype);
+                let case = Case {
+                    data: vec![
+                        random_bytes(&mut rng, len, dtype, 0),
+                        random_bytes(&mut rng, out.numel(), out_dtype, 1),
+                    ],
+                    op: Op::Reduce { op, input: input.clone(), out, axis },
+                };
+                // The CPU sums blocks of f32 into f64; the kernels sum in f64 throughout.
+                let n = dims[axis] as f32;
+                let tol = if op == ReduceOp::Sum { 2e-7 * n } else { 1e-6 };
+                agrees(&dev, &case, if dtype == DType::F32 { tol } else { 1e-2 });
+            }
+            for log in [false, true] {
+                let case = Case {
+                    data: vec![
+                        random_bytes(&mut rng, len, dtype, 0),
+                        random_bytes(&mut rng, len, dtype, 0),
+                    ],
+                    op: Op::Softmax {
+                        input: input.clone(),
+                        out: contiguous(1, &dims, dtype),
+                        axis,
+                        log,
+                    },
+                };
+                agrees(&dev, &case, if dtype == DType::F32 { 1e-5 } else { 1e-2 });
+            }
+        }
+    }
+}
+
+#[test]
+fn out_of_range_indices_are_reported_at_the_next_wait_and_then_cleared() {
+    let dev = emulated();
+    let input = dev.alloc(16).unwrap();
+    let indices = dev.alloc(8).unwrap();
+    let out = dev.alloc(8).unwrap();
+    dev.write(input, 0, bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 4.0])).unwrap();
+    dev.write(indices, 0, bytemuck::cast_slice(&[2u32, 9])).unwrap();
+    let f = |id, n| View::new(id, Layout::contiguous([n]), DType::F32);
+    let op = Op::Gather {
+        input: f(input, 4),
+        indices: View::new(indices, Layout::contiguous([2]), DType::U32),
+        out: f(out, 2),
+        axis: 0,
+    };
+    dev.run(&op).unwrap();
+    let err = dev.synchronize().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::IndexOutOfRange, "{err}");
+    assert!(err.to_string().contains("gather") && err.to_string().contains('9'), "{err}");
+    assert!(!err.is_device_fault());
+    // Reported once; the device carries on.
+    dev.synchronize().unwrap();
+    let mut back = [0u8; 8];
+    dev.read(out, 0, &mut back).unwrap();
+    assert_eq!(bytemuck::cast_slice::<u8, f32>(&back), &[3.0, 0.0]);
+    // A read reports it too.
+    dev.run(&op).unwrap();
+    assert_eq!(dev.read(out, 0, &mut back).unwrap_err().kind(), ErrorKind::IndexOutOfRange);
+}
+
+#[test]
+fn a_sticky_fault_fails_the_device_for_good() {
+    let config = EmulatorConfig {
+        fault_after: Some((1, CUresult::CUDA_ERROR_ILLEGAL_ADDRESS)),
+        ..EmulatorConfig::default()
+    };
+    let dev = CudaDevice::emulated_with(config).unwrap();
+    let a = dev.alloc(64).unwrap();
+    let v = View::new(a, Layout::contiguous([16]), DType::F32);
+    dev.run(&Op::Fill { out: v.clone(), value: 1.0 }).unwrap();
+    // The second launch faults; like a GPU, the error shows at the next call.
+    dev.run(&Op::Fill { out: v.clone(), value: 2.0 }).unwrap();
+    let err = dev.synchronize().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeviceLost, "{err}");
+    assert!(err.is_device_fault());
+    assert!(err.to_string().contains("CUDA_ERROR_ILLEGAL_ADDRESS"), "{err}");
+    // Every later call answers the same, without touching the context.
+    let mut back = [0u8; 4];
+    for e in [
+        dev.read(a, 0, &mut back).unwrap_err(),
+        dev.write(a, 0, &[0; 4]).unwrap_err(),
+        dev.alloc(4).unwrap_err(),
+        dev.run(&Op::Fill { out: v, value: 0.0 }).unwrap_err(),
+        dev.memory().unwrap_err(),
+        dev.free(a).unwrap_err(),
+        dev.synchronize().unwrap_err(),
+    ] {
+        assert_eq!(e, err);
+    }
+}
+
+#[test]
+fn memory_errors_and_misuse_are_clear_errs() {
+    let dev = CudaDevice::emulated_with(EmulatorConfig { memory: 1 << 20, ..Default::default() })
+        .unwrap();
+    assert_eq!(dev.alloc(2 << 20).unwrap_err().kind(), ErrorKind::OutOfMemory);
+    let a = dev.alloc(600 << 10).unwrap();
+    let oom = dev.alloc(600 << 10).unwrap_err();
+    assert_eq!(oom.kind(), ErrorKind::OutOfMemory, "{oom}");
+    // Not sticky: after a free there is room again.
+    dev.free(a).unwrap();
+    let b = dev.alloc(600 << 10).unwrap();
+    assert!(dev.memory().unwrap().free < 1 << 20);
+    // A buffer of another device, a freed buffer, a view past the end.
+    let other = emulated();
+    let foreign = other.alloc(16).unwrap();
+    let v = |id, n| View::new(id, Layout::contiguous([n]), DType::F32);
+    let e = dev.run(&Op::Copy { input: v(foreign, 4), out: v(b, 4) }).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeviceMismatch);
+    let c = dev.alloc(16).unwrap();
+    dev.free(c).unwrap();
+    assert_eq!(dev.write(c, 0, &[0; 4]).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let e = dev.run(&Op::Fill { out: v(b, 1 << 20), value: 0.0 }).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("cuda-emulator:0") && e.to_string().contains("fill"), "{e}");
+    // Shape mistakes name op, shapes and dtypes.
+    let d = dev.alloc(16).unwrap();
+    let e = dev.run(&Op::Binary { op: BinaryOp::Add, lhs: v(b, 4), rhs: v(b, 3), out: v(d, 4) });
+    let e = e.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Shape);
+    assert!(e.to_string().contains("binary.add") && e.to_string().contains("f32[3]"), "{e}");
+    assert_eq!(dev.read(b, 600 << 10, &mut [0; 1]).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn copies_within_a_buffer_may_overlap() {
+    let dev = emulated();
+    let a = dev.alloc(16).unwrap();
+    dev.write(a, 0, &(0u8..16).collect::<Vec<_>>()).unwrap();
+    dev.copy(a, 0, a, 4, 10).unwrap();
+    let mut back = [0u8; 16];
+    dev.read(a, 0, &mut back).unwrap();
+    assert_eq!(back, [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15]);
+    let b = dev.alloc(8).unwrap();
+    dev.copy(a, 8, b, 0, 8).unwrap();
+    dev.copy_to_peer(a, 0, &dev, b, 0, 0).unwrap();
+    let other = emulated();
+    let c = other.alloc(8).unwrap();
+    dev.copy_to_peer(b, 0, &other, c, 0, 8).unwrap();
+    let mut back = [0u8; 8];
+    other.read(c, 0, &mut back).unwrap();
+    assert_eq!(back, [4, 5, 6, 7, 8, 9, 14, 15]);
+    assert!(!dev.info().peer_copy);
+}
+
+#[test]
+fn a_dropped_device_with_live_buffers_and_queued_work_is_fine() {
+    let dev = emulated();
+    let a = dev.alloc(1024).unwrap();
+    dev.run(&Op::Fill { out: View::new(a, Layout::contiguous([256]), DType::F32), value: 3.0 })
+        .unwrap();
+    drop(dev);
+    assert!(emulated().memory().unwrap().free > 0);
+}

@@ -1,0 +1,366 @@
+//! The kernel library: the sources in kernels/cuda, how NVRTC compiles each, and every entry
+//! point the backend launches, named as kernels/cuda/README.md lays down.
+
+use std::fmt;
+
+use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, UnaryOp};
+
+const COMMON: &str = include_str!("../../../kernels/cuda/common.cuh");
+const ELEMENTWISE: &str = include_str!("../../../kernels/cuda/elementwise.cu");
+const REDUCE: &str = include_str!("../../../kernels/cuda/reduce.cu");
+const SOFTMAX: &str = include_str!("../../../kernels/cuda/softmax.cu");
+const INDEX: &str = include_str!("../../../kernels/cuda/index.cu");
+const MATMUL: &str = include_str!("../../../kernels/cuda/matmul.cu");
+
+/// One `.cu` file: one NVRTC program, compiled on the first op that needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Elementwise,
+    Reduce,
+    Softmax,
+    Index,
+    Matmul,
+}
+
+impl Source {
+    pub const ALL: [Source; 5] =
+        [Source::Elementwise, Source::Reduce, Source::Softmax, Source::Index, Source::Matmul];
+
+    /// The file name, which is also the NVRTC program name.
+    pub fn file(self) -> &'static str {
+        match self {
+            Source::Elementwise => "elementwise.cu",
+            Source::Reduce => "reduce.cu",
+            Source::Softmax => "softmax.cu",
+            Source::Index => "index.cu",
+            Source::Matmul => "matmul.cu",
+        }
+    }
+
+    fn body(self) -> &'static str {
+        match self {
+            Source::Elementwise => ELEMENTWISE,
+            Source::Reduce => REDUCE,
+            Source::Softmax => SOFTMAX,
+            Source::Index => INDEX,
+            Source::Matmul => MATMUL,
+        }
+    }
+
+    /// The program NVRTC compiles: common.cuh, then the file, with `#line` directives so that
+    /// diagnostics name the right file (kernels/cuda/README.md, "How a program is built").
+    pub fn program(self) -> String {
+        format!("#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}\"\n{}", self.file(), self.body())
+    }
+
+    /// Options besides the architecture: C++17, and no FMA contraction except in matmul.cu,
+    /// so that elementwise results match the CPU backend bit for bit. Never fast math.
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            Source::Matmul => &["-std=c++17", "--display-error-number", "--fmad=true"],
+            _ => &["-std=c++17", "--display-error-number", "--fmad=false"],
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file())
+    }
+}
+
+/// Rows per team: a block (long rows, few rows) or a warp (many short rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Team {
+    Block,
+    Warp,
+}
+
+/// One entry point, structured; [`Kernel::name`] is its `extern "C"` name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Unary(UnaryOp, DType),
+    Binary(BinaryOp, DType),
+    Affine(DType),
+    /// Input dtype, output dtype (u8 or the input's).
+    Compare(CompareOp, DType, DType),
+    Where(DType),
+    Fill(DType),
+    Copy(DType),
+    /// Source dtype, destination dtype.
+    Cast(DType, DType),
+    Reduce(ReduceOp, DType, Team),
+    Softmax {
+        log: bool,
+        dtype: DType,
+        team: Team,
+    },
+    Gather(DType),
+    IndexSelect(DType),
+    ScatterAdd {
+        dtype: DType,
+        atomic: bool,
+    },
+    IndexAdd {
+        dtype: DType,
+        atomic: bool,
+    },
+    MatmulTiled(DType),
+}
+
+impl Kernel {
+    pub fn name(&self) -> String {
+        let team = |t: &Team| if *t == Team::Warp { "_warp" } else { "" };
+        let atomic = |a: &bool| if *a { "_atomic" } else { "" };
+        match self {
+            Kernel::Unary(op, t) => format!("unary_{}_{t}", op.name()),
+            Kernel::Binary(op, t) => format!("binary_{}_{t}", op.name()),
+            Kernel::Affine(t) => format!("affine_{t}"),
+            Kernel::Compare(op, t, o) => format!("compare_{}_{t}_{o}", op.name()),
+            Kernel::Where(t) => format!("where_{t}"),
+            Kernel::Fill(t) => format!("fill_{t}"),
+            Kernel::Copy(t) => format!("copy_{t}"),
+            Kernel::Cast(s, d) => format!("cast_{s}_{d}"),
+            Kernel::Reduce(op, t, tm) => format!("reduce_{}_{t}{}", op.name(), team(tm)),
+            Kernel::Softmax { log, dtype, team: tm } => {
+                let name = if *log { "log_softmax" } else { "softmax" };
+                format!("{name}_{dtype}{}", team(tm))
+            }
+            Kernel::Gather(t) => format!("gather_{t}"),
+            Kernel::IndexSelect(t) => format!("index_select_{t}"),
+            Kernel::ScatterAdd { dtype, atomic: a } => format!("scatter_add{}_{dtype}", atomic(a)),
+            Kernel::IndexAdd { dtype, atomic: a } => format!("index_add{}_{dtype}", atomic(a)),
+            Kernel::MatmulTiled(t) => format!("matmul_tiled_{t}"),
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            Kernel::Unary(..)
+            | Kernel::Binary(..)
+            | Kernel::Affine(..)
+            | Kernel::Compare(..)
+            | Kernel::Where(..)
+            | Kernel::Fill(..)
+            | Kernel::Copy(..)
+            | Kernel::Cast(..) => Source::Elementwise,
+            Kernel::Reduce(..) => Source::Reduce,
+            Kernel::Softmax { .. } => Source::Softmax,
+            Kernel::Gather(..)
+            | Kernel::IndexSelect(..)
+            | Kernel::ScatterAdd { .. }
+            | Kernel::IndexAdd { .. } => Source::Index,
+            Kernel::MatmulTiled(..) => Source::Matmul,
+        }
+    }
+
+    /// Device pointers the kernel takes after `McParams` (operands, then the status words).
+    pub fn pointer_args(&self) -> usize {
+        match self {
+            Kernel::Fill(..) => 1,
+            Kernel::Unary(..)
+            | Kernel::Affine(..)
+            | Kernel::Copy(..)
+            | Kernel::Cast(..)
+            | Kernel::Reduce(..)
+            | Kernel::Softmax { .. } => 2,
+            Kernel::Binary(..) | Kernel::Compare(..) | Kernel::MatmulTiled(..) => 3,
+            Kernel::Where(..)
+            | Kernel::Gather(..)
+            | Kernel::IndexSelect(..)
+            | Kernel::ScatterAdd { .. }
+            | Kernel::IndexAdd { .. } => 4,
+        }
+    }
+
+    /// Whether the last pointer is the status words (indexed kernels).
+    #[cfg(test)]
+    pub fn uses_status(&self) -> bool {
+        matches!(
+            self,
+            Kernel::Gather(..)
+                | Kernel::IndexSelect(..)
+                | Kernel::ScatterAdd { .. }
+                | Kernel::IndexAdd { .. }
+        )
+    }
+
+    /// Whether the kernel reduces with a team (block size a multiple of 32, at most 1024).
+    pub fn team(&self) -> Option<Team> {
+        match self {
+            Kernel::Reduce(_, _, t) | Kernel::Softmax { team: t, .. } => Some(*t),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Every entry point the backend can launch: every op of `Op` for every dtype it allows.
+pub fn all_kernels() -> Vec<Kernel> {
+    let floats = DType::FLOATS;
+    let mut all = Vec::new();
+    for t in floats {
+        all.extend(UnaryOp::ALL.iter().map(|&op| Kernel::Unary(op, t)));
+        all.extend(BinaryOp::ALL.iter().map(|&op| Kernel::Binary(op, t)));
+        all.push(Kernel::Affine(t));
+        for op in ReduceOp::ALL {
+            all.push(Kernel::Reduce(op, t, Team::Block));
+            all.push(Kernel::Reduce(op, t, Team::Warp));
+        }
+        for log in [false, true] {
+            for team in [Team::Block, Team::Warp] {
+                all.push(Kernel::Softmax { log, dtype: t, team });
+            }
+        }
+        for atomic in [false, true] {
+            all.push(Kernel::ScatterAdd { dtype: t, atomic });
+            all.push(Kernel::IndexAdd { dtype: t, atomic });
+        }
+        all.push(Kernel::MatmulTiled(t));
+    }
+    for t in DType::ALL {
+        for op in CompareOp::ALL {
+            all.push(Kernel::Compare(op, t, t));
+            if t != DType::U8 {
+                all.push(Kernel::Compare(op, t, DType::U8));
+            }
+        }
+        all.push(Kernel::Where(t));
+        all.push(Kernel::Fill(t));
+        all.push(Kernel::Copy(t));
+        all.extend(DType::ALL.iter().map(|&d| Kernel::Cast(t, d)));
+        all.push(Kernel::Gather(t));
+        all.push(Kernel::IndexSelect(t));
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// The `extern "C"` names a source defines, found by expanding its instantiation macros
+    /// the way the preprocessor would for the names alone. Kept simple on purpose: the NVRTC
+    /// test checks the real PTX; this one runs everywhere.
+    fn names_in_readme_table() -> HashSet<String> {
+        let floats = ["f32", "f16", "bf16"];
+        let dtypes = ["f32", "f16", "bf16", "u32", "u8"];
+        let unary = [
+            "neg",
+            "abs",
+            "exp",
+            "log",
+            "sqrt",
+            "rsqrt",
+            "tanh",
+            "sigmoid",
+            "relu",
+            "gelu_tanh",
+            "gelu_erf",
+            "silu",
+            "sin",
+            "cos",
+        ];
+        let binary = ["add", "sub", "mul", "div", "maximum", "minimum", "pow"];
+        let compare = ["eq", "ne", "lt", "le", "gt", "ge"];
+        let reduce = ["sum", "mean", "max", "min", "argmax"];
+        let mut s = HashSet::new();
+        for t in floats {
+            for op in unary {
+                s.insert(format!("unary_{op}_{t}"));
+            }
+            for op in binary {
+                s.insert(format!("binary_{op}_{t}"));
+            }
+            s.insert(format!("affine_{t}"));
+            for op in reduce {
+                s.insert(format!("reduce_{op}_{t}"));
+                s.insert(format!("reduce_{op}_{t}_warp"));
+            }
+            for n in ["softmax", "log_softmax"] {
+                s.insert(format!("{n}_{t}"));
+                s.insert(format!("{n}_{t}_warp"));
+            }
+            for n in ["scatter_add", "index_add"] {
+                s.insert(format!("{n}_{t}"));
+                s.insert(format!("{n}_atomic_{t}"));
+            }
+            s.insert(format!("matmul_tiled_{t}"));
+        }
+        for t in dtypes {
+            for op in compare {
+                s.insert(format!("compare_{op}_{t}_{t}"));
+                s.insert(format!("compare_{op}_{t}_u8"));
+            }
+            for n in ["where", "fill", "copy", "gather", "index_select"] {
+                s.insert(format!("{n}_{t}"));
+            }
+            for d in dtypes {
+                s.insert(format!("cast_{t}_{d}"));
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn every_kernel_is_in_the_documented_table_of_227() {
+        let table = names_in_readme_table();
+        assert_eq!(table.len(), 227);
+        let ours: HashSet<String> = all_kernels().iter().map(Kernel::name).collect();
+        assert_eq!(ours.len(), all_kernels().len(), "two kernels share a name");
+        assert_eq!(ours, table);
+    }
+
+    /// Each name occurs in its source: as a macro-built name (`<op>_##tn`) the source
+    /// contains the op part and the instantiation of the dtype list.
+    #[test]
+    fn every_kernel_names_a_family_of_its_source() {
+        for k in all_kernels() {
+            let body = k.source().body();
+            let stem = match k {
+                Kernel::Unary(op, _) => format!("X({}, ", op.name()),
+                Kernel::Binary(op, _) => format!("X({}, ", op.name()),
+                Kernel::Compare(op, _, _) => format!("X({}, ", op.name()),
+                Kernel::Affine(_) => "affine_##tn".into(),
+                Kernel::Where(_) => "where_##tn".into(),
+                Kernel::Fill(_) => "fill_##tn".into(),
+                Kernel::Copy(_) => "copy_##tn".into(),
+                Kernel::Cast(..) => "cast_##sn##_##dn".into(),
+                Kernel::Reduce(ReduceOp::ArgMax, ..) => "reduce_argmax_##tn".into(),
+                Kernel::Reduce(..) => "reduce_##name##_##tn".into(),
+                Kernel::Softmax { log: false, .. } => "softmax_##tn".into(),
+                Kernel::Softmax { log: true, .. } => "log_softmax_##tn".into(),
+                Kernel::Gather(_) => "gather_##tn".into(),
+                Kernel::IndexSelect(_) => "index_select_##tn".into(),
+                Kernel::ScatterAdd { atomic: false, .. } => "scatter_add_##tn".into(),
+                Kernel::ScatterAdd { atomic: true, .. } => "scatter_add_atomic_##tn".into(),
+                Kernel::IndexAdd { atomic: false, .. } => "index_add_##tn".into(),
+                Kernel::IndexAdd { atomic: true, .. } => "index_add_atomic_##tn".into(),
+                Kernel::MatmulTiled(_) => "matmul_tiled_##tn".into(),
+            };
+            assert!(body.contains(&stem), "{k}: `{stem}` not in {}", k.source());
+        }
+    }
+
+    #[test]
+    fn programs_concatenate_common_first() {
+        for s in Source::ALL {
+            let p = s.program();
+            assert!(p.starts_with("#line 1 \"common.cuh\"\n"));
+            assert!(p.contains(&format!("#line 1 \"{}\"\n", s.file())));
+            assert!(
+                !p.lines().any(|l| l.trim_start().starts_with("#include")),
+                "{s} must include nothing"
+            );
+            assert!(s.options().contains(&"-std=c++17"));
+            assert!(!s.options().iter().any(|o| o.contains("fast_math")));
+        }
+    }
+}
