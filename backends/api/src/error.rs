@@ -94,6 +94,25 @@ impl Error {
         }
     }
 
+    /// The same error naming `device` as where it happened: a backend's helper (a kernel
+    /// library, an inner device) does not know the label its caller goes by.
+    pub fn on_device(mut self, device: &str) -> Error {
+        match &mut self {
+            Error::Shape { device: d, .. }
+            | Error::DType { device: d, .. }
+            | Error::UnsupportedDType { device: d, .. }
+            | Error::IndexOutOfRange { device: d, .. }
+            | Error::InvalidArgument { device: d, .. }
+            | Error::OutOfMemory { device: d, .. }
+            | Error::DeviceLost { device: d, .. }
+            | Error::Timeout { device: d, .. }
+            | Error::Fault { device: d, .. } => *d = device.to_string(),
+            Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {
+            }
+        }
+        self
+    }
+
     /// True for faults of the device itself (lost, out of memory, hung, driver error), which
     /// the fleet answers by evicting the device and re-planning; false for caller mistakes.
     pub fn is_device_fault(&self) -> bool {

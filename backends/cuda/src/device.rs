@@ -664,20 +664,8 @@ impl Device for CudaDevice {
 }
 
 /// Names this device in an error raised by the lowering (which does not know it).
-fn relabel(mut e: Error, label: &str) -> Error {
-    match &mut e {
-        Error::Shape { device, .. }
-        | Error::DType { device, .. }
-        | Error::UnsupportedDType { device, .. }
-        | Error::IndexOutOfRange { device, .. }
-        | Error::InvalidArgument { device, .. }
-        | Error::OutOfMemory { device, .. }
-        | Error::DeviceLost { device, .. }
-        | Error::Timeout { device, .. }
-        | Error::Fault { device, .. } => *device = label.into(),
-        Error::DeviceMismatch { .. } | Error::Unavailable { .. } => {}
-    }
-    e
+fn relabel(e: Error, label: &str) -> Error {
+    e.on_device(label)
 }
 
 /// Adds the op's operands to a fault's detail, so it names shapes and dtypes too.

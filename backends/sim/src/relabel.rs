@@ -5,20 +5,7 @@ use manychips_api::Error;
 /// `err` as if the simulated device `label` had raised it: users and the fleet see the
 /// device they called, never the one computing behind it.
 pub(crate) fn relabel(err: Error, label: &str) -> Error {
-    let mut err = err;
-    match &mut err {
-        Error::Shape { device, .. }
-        | Error::DType { device, .. }
-        | Error::UnsupportedDType { device, .. }
-        | Error::IndexOutOfRange { device, .. }
-        | Error::InvalidArgument { device, .. }
-        | Error::OutOfMemory { device, .. }
-        | Error::DeviceLost { device, .. }
-        | Error::Timeout { device, .. }
-        | Error::Fault { device, .. } => *device = label.to_string(),
-        Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {}
-    }
-    err
+    err.on_device(label)
 }
 
 #[cfg(test)]

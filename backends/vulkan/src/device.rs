@@ -228,21 +228,8 @@ impl VulkanDevice {
     }
 
     /// An error of the kernel library, naming this device.
-    fn relabel(&self, mut e: Error) -> Error {
-        match &mut e {
-            Error::Shape { device, .. }
-            | Error::DType { device, .. }
-            | Error::UnsupportedDType { device, .. }
-            | Error::IndexOutOfRange { device, .. }
-            | Error::InvalidArgument { device, .. }
-            | Error::OutOfMemory { device, .. }
-            | Error::DeviceLost { device, .. }
-            | Error::Timeout { device, .. }
-            | Error::Fault { device, .. } => *device = self.label.clone(),
-            Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {
-            }
-        }
-        e
+    fn relabel(&self, e: Error) -> Error {
+        e.on_device(&self.label)
     }
 
     /// A broken internal invariant (a buffer validated under the lock vanished, or the

@@ -456,13 +456,7 @@ impl WgpuDevice {
 
 /// Lowering errors name the device they happened on.
 fn relabel(e: Error, label: &str) -> Error {
-    match e {
-        Error::InvalidArgument { op, detail, .. } => {
-            Error::InvalidArgument { op, device: label.into(), detail }
-        }
-        Error::Fault { op, detail, .. } => Error::Fault { op, device: label.into(), detail },
-        other => other,
-    }
+    e.on_device(label)
 }
 
 /// Host memory in bytes (what a CPU adapter such as lavapipe allocates from), or 0 where
