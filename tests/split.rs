@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use manychips::plan::{DeviceProfile, Plan, Planner};
 use manychips::sim::{SimDevice, SimProfile};
-use manychips::{BinaryOp, CpuDevice, DType, Device, DeviceRef, ReduceOp, Tensor, UnaryOp};
+use manychips::{
+    BinaryOp, CpuDevice, DType, Device, DeviceRef, ErrorKind, ReduceOp, Tensor, UnaryOp,
+};
 
 fn cpu() -> DeviceRef {
     Arc::new(CpuDevice::new().unwrap())
@@ -352,4 +354,46 @@ fn simulated_fleet_of_64_finishes_near_the_ideal() {
     let learned_ratio = ideal / simulate(&learned, &op, &chips, None).makespan.as_secs_f64();
     assert!(first_ratio < 0.9, "the noise should hurt at first: {first_ratio:.3}");
     assert!(learned_ratio >= 0.95, "after 3 runs fed back: {learned_ratio:.3}");
+}
+
+#[test]
+fn a_device_that_fails_its_share_is_evicted_and_the_op_re_planned() {
+    let host = cpu();
+    let members = sims(&host, &[1e9, 1e9, 1e9]);
+    let mut planner = planner(&members);
+    // Plans from the exact profiles only: unpaced chips' wall times would move the shares.
+    planner.set_learning(false);
+    let (src, _) = &members[0];
+    let src: DeviceRef = src.clone();
+    let a = Tensor::randn(0.0, 1.0, [96, 64], DType::F32, 1, &src).unwrap();
+    let b = Tensor::randn(0.0, 1.0, [64, 48], DType::F32, 2, &src).unwrap();
+    let want = a.matmul(&b).unwrap();
+
+    // A transient fault is retried on the same device.
+    let (flaky, _) = &members[1];
+    flaky.fail_after(0, ErrorKind::Fault);
+    let got = planner.matmul(&a, &b).unwrap();
+    assert!(max_diff(&got, &want) < 1e-4);
+    assert_eq!(flaky.injected_failures(), 1, "the fault must have hit a share");
+    assert!(planner.evicted().is_empty(), "a single fault must not evict");
+    let plan = planner.last_plan().unwrap();
+    assert!(plan.shares.len() > 1, "the op should be split: {}", plan.explain());
+
+    // A lost device is evicted; the op completes on the others with the same result.
+    let (lost, _) = &members[2];
+    lost.fail_after(0, ErrorKind::DeviceLost);
+    let got = planner.matmul(&a, &b).unwrap();
+    assert!(max_diff(&got, &want) < 1e-4);
+    let evicted = planner.evicted();
+    assert_eq!(evicted.len(), 1, "{evicted:?} {}", planner.last_plan().unwrap().explain());
+    assert_eq!(evicted[0].0, "sim:2");
+    let plan = planner.last_plan().unwrap();
+    assert!(plan.shares.iter().all(|s| s.device != "sim:2"), "{}", plan.explain());
+
+    // The device holding the operands cannot be replaced: a clear error.
+    let (holder, _) = &members[0];
+    holder.fail_after(0, ErrorKind::DeviceLost);
+    let e = planner.matmul(&a, &b).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::DeviceLost);
+    assert!(e.to_string().contains("lost"), "{e}");
 }

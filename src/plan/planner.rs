@@ -33,10 +33,16 @@ struct Member {
     device: Option<DeviceRef>,
 }
 
+/// How many times a share that fails with a device fault other than `DeviceLost` is run
+/// again before its device is evicted.
+pub const RETRIES: u32 = 2;
+
 /// Plans and runs ops over a set of calibrated devices. See the [module docs](super).
 #[derive(Debug)]
 pub struct Planner {
     members: Vec<Member>,
+    /// Members that failed while running a plan, and why; they get no shares.
+    evicted: Vec<(Member, String)>,
     corrections: Corrections,
     min_gain: f64,
     learning: bool,
@@ -132,6 +138,7 @@ impl Planner {
         }
         Ok(Planner {
             members,
+            evicted: Vec::new(),
             corrections: Corrections::default(),
             min_gain: MIN_GAIN,
             learning: true,
@@ -460,7 +467,62 @@ impl Planner {
     /// Plans `op` (inputs on `src`, output on `dst`; both may be members or not), runs the
     /// shares concurrently, learns from the measured times and returns the plan with them.
     /// The output is complete when this returns.
+    ///
+    /// A device that faults while running its share is retried ([`RETRIES`] times for
+    /// faults other than `DeviceLost`), then evicted from the planner, and the op is planned
+    /// again over the others and re-run, so the result is the one a healthy fleet computes.
+    /// The op fails only when the device holding its inputs or taking its result fails
+    /// (the data there is lost: the error says so) or when no device is left.
     pub fn run(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
+        let mut failures: Vec<(String, u32)> = Vec::new();
+        loop {
+            let err = match self.run_once(op, src, dst) {
+                Err(e) if e.is_device_fault() => e,
+                other => return other,
+            };
+            let Some(label) = err.device().map(str::to_string) else { return Err(err) };
+            let Some(i) = self.members.iter().position(|m| m.label == label) else {
+                return Err(err);
+            };
+            let holds_data = [src, dst].iter().any(|d| d.info().label() == label);
+            if holds_data {
+                return Err(Error::DeviceLost {
+                    device: label,
+                    detail: format!(
+                        "{} failed on the device that holds its operands or its result, so                          they are lost: {err}",
+                        op.describe()
+                    ),
+                });
+            }
+            let count = match failures.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    failures.push((label.clone(), 1));
+                    1
+                }
+            };
+            if err.kind() != manychips_api::ErrorKind::DeviceLost && count <= RETRIES {
+                tracing::warn!(device = %label, attempt = count, %err, "planner: share failed; retrying");
+                continue;
+            }
+            tracing::warn!(device = %label, %err, "planner: evicting a failed device and re-planning");
+            let member = self.members.remove(i);
+            self.evicted.push((member, err.to_string()));
+            if self.members.is_empty() {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Devices evicted after failing a share, with the error that evicted each.
+    pub fn evicted(&self) -> Vec<(String, String)> {
+        self.evicted.iter().map(|(m, why)| (m.label.clone(), why.clone())).collect()
+    }
+
+    fn run_once(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
         op.validate(&src.info().label())?;
         let position = |dev: &DeviceRef| {
             self.members

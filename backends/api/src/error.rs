@@ -113,6 +113,24 @@ impl Error {
         self
     }
 
+    /// The device the error names, where it names one.
+    pub fn device(&self) -> Option<&str> {
+        match self {
+            Error::Shape { device, .. }
+            | Error::DType { device, .. }
+            | Error::UnsupportedDType { device, .. }
+            | Error::IndexOutOfRange { device, .. }
+            | Error::InvalidArgument { device, .. }
+            | Error::OutOfMemory { device, .. }
+            | Error::DeviceLost { device, .. }
+            | Error::Timeout { device, .. }
+            | Error::Fault { device, .. } => Some(device),
+            Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {
+                None
+            }
+        }
+    }
+
     /// True for faults of the device itself (lost, out of memory, hung, driver error), which
     /// the fleet answers by evicting the device and re-planning; false for caller mistakes.
     pub fn is_device_fault(&self) -> bool {
