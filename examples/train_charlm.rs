@@ -19,7 +19,7 @@ use clap::{Parser, ValueEnum};
 use manychips::train::models::{Gpt, GptConfig};
 use manychips::train::nn::{self, CrossEntropy, Ctx, Reduction};
 use manychips::train::optim::{AdamW, LossScaler, LrSchedule, Optimizer};
-use manychips::train::{Checkpoints, DataParallel, Snapshot, Var, no_grad};
+use manychips::train::{DataParallel, Var, no_grad};
 use manychips::{DType, DeviceRef, Result, Tensor};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -71,17 +71,8 @@ struct Args {
     /// No progress bar; one line per evaluation.
     #[arg(long)]
     quiet: bool,
-    /// Write a checkpoint here every `--checkpoint-every` steps (and at the end).
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: u64,
-    /// Checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
-    keep: usize,
-    /// Continue from the newest valid checkpoint in `--checkpoint-dir` (if there is one).
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    checkpoint: common::CheckpointArgs,
 }
 
 /// The text as class ids, and the characters they stand for.
@@ -175,15 +166,16 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let mut opt = AdamW::new(dp.params().to_vec(), args.lr).with_weight_decay(0.01);
     let schedule =
         LrSchedule::WarmupCosine { warmup: args.steps / 20, total: args.steps, min_ratio: 0.1 };
-    let mut checkpoints = match &args.checkpoint_dir {
-        Some(dir) => Some(Checkpoints::open(dir, args.keep).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let start = match (&checkpoints, args.resume) {
-        (Some(c), true) => resume(c, &mut dp, &mut opt, args.seed)?,
-        (None, true) => return Err("--resume needs --checkpoint-dir".into()),
-        _ => 0,
-    };
+    let (mut checkpoints, start) =
+        common::Checkpointing::open(&args.checkpoint, args.seed, &mut dp, &mut opt)?;
+    if let Some(saved) = start.state.as_ref().map(|s| s["loss_scaler"].clone())
+        && dp.loss_scaler().is_some()
+    {
+        let scaler: Option<LossScaler> = serde_json::from_value(saved)
+            .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?;
+        dp.set_loss_scaler(scaler);
+    }
+    let start = start.step;
     let bar = common::progress(args.steps, args.quiet);
     bar.set_position(start);
     let mut rows: Vec<common::Row> = Vec::new();
@@ -245,25 +237,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         ));
         bar.inc(1);
         let done = step + 1;
-        if let Some(c) = &mut checkpoints
-            && (done.is_multiple_of(args.checkpoint_every) || done == args.steps)
-        {
-            let state = serde_json::json!({
-                "seed": args.seed,
-                "loss_scaler": dp.loss_scaler(),
-            });
-            let snapshot =
-                Snapshot::capture(done, dp.params(), &opt, state).map_err(|e| e.to_string())?;
-            c.save(snapshot).map_err(|e| e.to_string())?;
-        }
+        let state = serde_json::json!({ "loss_scaler": dp.loss_scaler() });
+        checkpoints.after_step(done, done == args.steps, &dp, &opt, state)?;
     }
     bar.finish_and_clear();
-    if let Some(c) = &mut checkpoints {
-        let written = c.flush().map_err(|e| e.to_string())?;
-        if let Some(last) = written.last() {
-            println!("checkpoint: {}", last.display());
-        }
-    }
+    checkpoints.finish()?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "validation loss {valid_loss:.3} nats (unigram entropy {unigram:.3}) after {} steps in {secs:.1} s ({:.0} chars/s)",
@@ -283,36 +261,6 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         println!("--- sample ---\n{text}\n--------------");
     }
     Ok(())
-}
-
-/// Loads the newest valid checkpoint (parameters, AdamW state, loss scale); returns its
-/// step (0 when there is none yet).
-fn resume(
-    checkpoints: &Checkpoints,
-    dp: &mut DataParallel<Gpt>,
-    opt: &mut AdamW,
-    seed: u64,
-) -> std::result::Result<u64, String> {
-    let Some(loaded) = checkpoints.latest().map_err(|e| e.to_string())? else {
-        println!("no checkpoint in {} yet: starting at step 0", checkpoints.dir().display());
-        return Ok(0);
-    };
-    for skipped in &loaded.skipped {
-        println!("skipped: {skipped}");
-    }
-    let state = &loaded.snapshot.state;
-    if state.get("seed").and_then(|s| s.as_u64()) != Some(seed) {
-        return Err(format!("{} was written with another --seed", loaded.path.display()));
-    }
-    loaded.snapshot.restore(dp.params(), opt, &loaded.path).map_err(|e| e.to_string())?;
-    let scaler: Option<LossScaler> = serde_json::from_value(state["loss_scaler"].clone())
-        .map_err(|e| format!("{}: loss_scaler: {e}", loaded.path.display()))?;
-    if dp.loss_scaler().is_some() {
-        dp.set_loss_scaler(scaler);
-    }
-    dp.resume_at(loaded.snapshot.step);
-    println!("resumed from {} (step {})", loaded.path.display(), loaded.snapshot.step);
-    Ok(loaded.snapshot.step)
 }
 
 /// Inputs (`t` ids from each start) and targets (the next `t`), row after row.

@@ -19,7 +19,7 @@ use clap::Parser;
 use manychips::train::models::Mlp;
 use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Reduction};
 use manychips::train::optim::{AdamW, LrSchedule, Optimizer};
-use manychips::train::{Checkpoints, DataParallel, Snapshot, Var, no_grad};
+use manychips::train::{DataParallel, Var, no_grad};
 use manychips::{DeviceRef, Error, Result, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -54,17 +54,8 @@ struct Args {
     /// No progress bar; one line per epoch.
     #[arg(long)]
     quiet: bool,
-    /// Write a checkpoint here every `--checkpoint-every` steps (and at the end).
-    #[arg(long)]
-    checkpoint_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: u64,
-    /// Checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
-    keep: usize,
-    /// Continue from the newest valid checkpoint in `--checkpoint-dir` (if there is one).
-    #[arg(long)]
-    resume: bool,
+    #[command(flatten)]
+    checkpoint: common::CheckpointArgs,
 }
 
 struct Digits {
@@ -148,15 +139,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         .unwrap_or(steps_per_epoch * args.epochs as u64)
         .min(steps_per_epoch * args.epochs as u64);
     let schedule = LrSchedule::WarmupCosine { warmup: steps_per_epoch, total, min_ratio: 0.05 };
-    let mut checkpoints = match &args.checkpoint_dir {
-        Some(dir) => Some(Checkpoints::open(dir, args.keep).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let start = match (&checkpoints, args.resume) {
-        (Some(c), true) => resume(c, &mut dp, &mut opt, args.seed)?,
-        (None, true) => return Err("--resume needs --checkpoint-dir".into()),
-        _ => 0,
-    };
+    let (mut checkpoints, start) =
+        common::Checkpointing::open(&args.checkpoint, args.seed, &mut dp, &mut opt)?;
+    let start = start.step;
     let bar = common::progress(total, args.quiet);
     bar.set_position(start);
     let mut rows: Vec<common::Row> = Vec::new();
@@ -216,19 +201,12 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             ));
             bar.inc(1);
             step += 1;
-            if let Some(c) = &mut checkpoints
-                && (step.is_multiple_of(args.checkpoint_every) || step == total)
-            {
-                let state = serde_json::json!({
-                    "seed": args.seed,
-                    "epoch": epoch,
-                    "data_position": step % steps_per_epoch,
-                    "schedule": format!("{schedule:?}"),
-                });
-                let snapshot =
-                    Snapshot::capture(step, dp.params(), &opt, state).map_err(|e| e.to_string())?;
-                c.save(snapshot).map_err(|e| e.to_string())?;
-            }
+            let state = serde_json::json!({
+                "epoch": epoch,
+                "data_position": step % steps_per_epoch,
+                "schedule": format!("{schedule:?}"),
+            });
+            checkpoints.after_step(step, step == total, &dp, &opt, state)?;
         }
         accuracy =
             evaluate(dp.model(), &dp.devices()[0], &data, &test).map_err(|e| e.to_string())?;
@@ -244,12 +222,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         }
     }
     bar.finish_and_clear();
-    if let Some(c) = &mut checkpoints {
-        let written = c.flush().map_err(|e| e.to_string())?;
-        if let Some(last) = written.last() {
-            println!("checkpoint: {}", last.display());
-        }
-    }
+    checkpoints.finish()?;
     let secs = started.elapsed().as_secs_f64();
     let samples = rows.iter().map(|r| r.samples).sum::<usize>();
     println!(
@@ -268,34 +241,6 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     common::plot(&png, "MLP on UCI digits", "test accuracy", &rows)?;
     println!("wrote {} and {}", csv.display(), png.display());
     Ok(())
-}
-
-/// Loads the newest valid checkpoint into the model and optimizer; returns its step (0 when
-/// the directory has none yet).
-fn resume(
-    checkpoints: &Checkpoints,
-    dp: &mut DataParallel<Mlp>,
-    opt: &mut AdamW,
-    seed: u64,
-) -> std::result::Result<u64, String> {
-    let Some(loaded) = checkpoints.latest().map_err(|e| e.to_string())? else {
-        println!("no checkpoint in {} yet: starting at step 0", checkpoints.dir().display());
-        return Ok(0);
-    };
-    for skipped in &loaded.skipped {
-        println!("skipped: {skipped}");
-    }
-    let saved_seed = loaded.snapshot.state.get("seed").and_then(|s| s.as_u64());
-    if saved_seed != Some(seed) {
-        return Err(format!(
-            "{} was written with seed {saved_seed:?}, this run has --seed {seed}",
-            loaded.path.display()
-        ));
-    }
-    loaded.snapshot.restore(dp.params(), opt, &loaded.path).map_err(|e| e.to_string())?;
-    dp.resume_at(loaded.snapshot.step);
-    println!("resumed from {} (step {})", loaded.path.display(), loaded.snapshot.step);
-    Ok(loaded.snapshot.step)
 }
 
 /// Fraction of `indices` the model classifies right (one batch, no graph recorded).

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each example uses its own subset
 
+mod checkpointing;
+pub use checkpointing::{CheckpointArgs, Checkpointing};
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
