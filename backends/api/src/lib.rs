@@ -11,6 +11,7 @@ mod dtype;
 mod error;
 mod op;
 mod shape;
+mod strided;
 
 pub use device::{BufferId, Device, DeviceId, DeviceInfo, Identity, MemoryInfo};
 pub use dtype::{DType, Element, f32_round_to_odd};
@@ -18,3 +19,4 @@ pub use error::{Error, ErrorKind, Result};
 pub use half::{bf16, f16};
 pub use op::{BinaryOp, CompareOp, Op, OpClass, ReduceOp, UnaryOp, View, non_overlapping};
 pub use shape::{Layout, Shape};
+pub use strided::{Strided, coalesce};

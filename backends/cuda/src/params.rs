@@ -2,6 +2,7 @@
 //! the strided iteration spaces it describes.
 
 use manychips_api::{Error, Op, Result};
+pub(crate) use manychips_api::{Strided, coalesce};
 
 /// Dims of an iteration space after [`coalesce`].
 pub(crate) const MAX_RANK: usize = 8;
@@ -69,52 +70,6 @@ impl McParams {
         }
         o
     }
-}
-
-/// One operand's place in an iteration space of any rank (before coalescing).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Strided {
-    pub offset: usize,
-    pub strides: Vec<usize>,
-}
-
-impl Strided {
-    pub fn new(offset: usize, strides: Vec<usize>) -> Self {
-        Strided { offset, strides }
-    }
-}
-
-/// Merges neighbouring dims that every operand walks as one and drops extent-1 dims (as
-/// `backends/wgsl/src/params.rs` does), so any op fits in [`MAX_RANK`] dims in practice.
-pub(crate) fn coalesce(dims: &[usize], ops: &[Strided]) -> (Vec<usize>, Vec<Strided>) {
-    let mut out_dims: Vec<usize> = Vec::new();
-    let mut out_ops: Vec<Strided> =
-        ops.iter().map(|s| Strided::new(s.offset, Vec::new())).collect();
-    for (d, &n) in dims.iter().enumerate() {
-        if n == 1 {
-            continue;
-        }
-        let merge = !out_dims.is_empty()
-            && ops.iter().zip(&out_ops).all(|(s, o)| {
-                s.strides[d].checked_mul(n).is_some_and(|span| o.strides.last() == Some(&span))
-            });
-        if merge {
-            if let Some(last) = out_dims.last_mut() {
-                *last *= n;
-            }
-            for (s, o) in ops.iter().zip(out_ops.iter_mut()) {
-                if let Some(last) = o.strides.last_mut() {
-                    *last = s.strides[d];
-                }
-            }
-        } else {
-            out_dims.push(n);
-            for (s, o) in ops.iter().zip(out_ops.iter_mut()) {
-                o.strides.push(s.strides[d]);
-            }
-        }
-    }
-    (out_dims, out_ops)
 }
 
 /// Builds the block for an iteration over `dims` (count = their product) of `ops`.

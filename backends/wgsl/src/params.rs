@@ -2,6 +2,7 @@
 //! a strided iteration space of at most [`MAX_RANK`] dims over up to four operands.
 
 use manychips_api::{Error, Op, Result};
+pub(crate) use manychips_api::{Strided, coalesce};
 
 /// Dims a kernel iterates over after [`coalesce`] merged what it could.
 pub const MAX_RANK: usize = 8;
@@ -10,50 +11,6 @@ pub const WORDS: usize = 64;
 const DIMS: usize = 8;
 const OPERANDS: usize = 16;
 const OPERAND_WORDS: usize = 9;
-
-/// One operand's place in the iteration space: element offset and one stride per dim.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Strided {
-    pub offset: usize,
-    pub strides: Vec<usize>,
-}
-
-impl Strided {
-    pub fn new(offset: usize, strides: Vec<usize>) -> Self {
-        Strided { offset, strides }
-    }
-}
-
-/// Merges neighbouring dims that every operand walks as one (and drops dims of extent 1), so
-/// that fewer divisions run per element and any rank reduces to at most the dims that matter.
-pub(crate) fn coalesce(dims: &[usize], ops: &[Strided]) -> (Vec<usize>, Vec<Strided>) {
-    let mut out_dims: Vec<usize> = Vec::new();
-    let mut out_ops: Vec<Strided> =
-        ops.iter().map(|s| Strided::new(s.offset, Vec::new())).collect();
-    for (d, &n) in dims.iter().enumerate() {
-        if n == 1 {
-            continue;
-        }
-        let merge = !out_dims.is_empty()
-            && ops.iter().zip(&out_ops).all(|(s, o)| o.strides.last() == Some(&(s.strides[d] * n)));
-        if merge {
-            if let Some(last) = out_dims.last_mut() {
-                *last *= n;
-            }
-            for (s, o) in ops.iter().zip(out_ops.iter_mut()) {
-                if let Some(last) = o.strides.last_mut() {
-                    *last = s.strides[d];
-                }
-            }
-        } else {
-            out_dims.push(n);
-            for (s, o) in ops.iter().zip(out_ops.iter_mut()) {
-                o.strides.push(s.strides[d]);
-            }
-        }
-    }
-    (out_dims, out_ops)
-}
 
 /// The parameter block under construction.
 #[derive(Clone, Debug, PartialEq, Eq)]
