@@ -17,6 +17,8 @@
 
 mod backward;
 pub mod checkpoint;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod models;
 pub mod nn;
 pub mod optim;
@@ -26,6 +28,8 @@ mod var;
 mod var_ops;
 
 pub use checkpoint::{Checkpoints, Snapshot};
-pub use parallel::{DataParallel, DeviceStep, FaultPolicy, FleetEvent, PROBE_EVERY, StepReport};
+pub use parallel::{
+    DataParallel, DeviceStep, FaultPolicy, FleetEvent, Gradients, PROBE_EVERY, StepReport,
+};
 pub use params::{Init, Param, ParamStore};
 pub use var::{Grads, Var, VarId, is_grad_enabled, no_grad};

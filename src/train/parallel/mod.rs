@@ -86,6 +86,17 @@ pub struct DeviceStep {
     pub measured_s: f64,
 }
 
+/// The first half of a step ([`DataParallel::gradients`]): the summed gradients, by master
+/// parameter id, on the master device.
+pub struct Gradients {
+    pub grads: Grads,
+    /// This part's loss: summed over its rows, divided by the global batch.
+    pub loss: f64,
+    pub devices: Vec<DeviceStep>,
+    pub events: Vec<FleetEvent>,
+    started: Instant,
+}
+
 /// One step, as [`DataParallel::step`] ran it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepReport {
@@ -407,6 +418,26 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     where
         F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
     {
+        let gradients = self.gradients(0..batch, batch, loss)?;
+        self.update(gradients, optimizer)
+    }
+
+    /// The first half of a step: the gradients of rows `rows` of a global batch of
+    /// `global_batch` rows (each share's summed loss divided by `global_batch`), summed on
+    /// the master device, with retries and evictions as in [`step`](Self::step). A caller
+    /// that combines several processes' gradients (MPI ranks) adds them up, then calls
+    /// [`update`](Self::update).
+    pub fn gradients<F>(
+        &mut self,
+        rows: Range<usize>,
+        global_batch: usize,
+        loss: F,
+    ) -> Result<Gradients>
+    where
+        F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
+    {
+        let batch = global_batch;
+        let local = rows.clone();
         let started = Instant::now();
         let loss = Arc::new(loss);
         let mut events = Vec::new();
@@ -414,7 +445,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         let mut attempts: HashMap<String, u32> = HashMap::new();
         // Work still to do: rows for any device, or rows pinned to one (a retry).
         let mut open: Vec<Range<usize>> = Vec::new();
-        open.push(0..batch);
+        open.push(local.clone());
         let mut pinned: Vec<(String, Range<usize>)> = Vec::new();
         while !open.is_empty() || !pinned.is_empty() {
             let mut assigned: Vec<(usize, Range<usize>)> = Vec::new();
@@ -488,7 +519,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                 events.push(self.evict(i, reason)?);
             }
         }
-        self.finish(batch, parts, events, started, optimizer)
+        self.sum_shares(local.len(), parts, events, started)
     }
 
     fn traced(&mut self, events: &[FleetEvent]) {
@@ -541,14 +572,13 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     }
 
     /// Sums the shares' gradients in row order, learns from their times, updates.
-    fn finish(
+    fn sum_shares(
         &mut self,
         batch: usize,
         mut parts: Vec<(String, Range<usize>, f64, ShareDone)>,
-        mut events: Vec<FleetEvent>,
+        events: Vec<FleetEvent>,
         started: Instant,
-        optimizer: &mut dyn Optimizer,
-    ) -> Result<StepReport> {
+    ) -> Result<Gradients> {
         parts.sort_by_key(|p| p.1.start);
         let master_ids: Vec<_> = self.replicas[0].params.iter().map(|p| p.id()).collect();
         let mut summed = Grads::default();
@@ -603,6 +633,18 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                 None => {}
             }
         }
+        Ok(Gradients { grads: summed, loss: total_loss, devices, events, started })
+    }
+
+    /// The second half of a step: loss scaling, clipping and the optimizer's update of the
+    /// master copy (from these gradients, or from several processes' sum of them).
+    pub fn update(
+        &mut self,
+        gradients: Gradients,
+        optimizer: &mut dyn Optimizer,
+    ) -> Result<StepReport> {
+        let Gradients { grads: mut summed, loss: total_loss, devices, mut events, started } =
+            gradients;
         let finite = match &mut self.scaler {
             Some(scaler) => scaler.unscale(&self.replicas[0].params, &mut summed)?,
             None => true,

@@ -1,0 +1,92 @@
+// MPI ranks trained as one (feature `mpi`), under a real `mpirun`: the all-reduce weighting
+// with unequal rank shares, 2-rank training equal to 1-process training, and resuming a
+// 2-rank checkpoint on 1 rank. With `CI` set, a missing `mpirun` fails the test.
+
+#![cfg(feature = "mpi")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use manychips::train::checkpoint::latest;
+
+/// The example binary cargo built next to this test.
+fn mpi_check() -> PathBuf {
+    let mut path = std::env::current_exe().expect("test binary");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join("examples").join("mpi_check")
+}
+
+fn mpirun_available() -> bool {
+    let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(std::env::var_os("CI").is_none(), "CI is set but mpirun was not found");
+        println!("skipped: no mpirun (install openmpi-bin libopenmpi-dev)");
+    }
+    found
+}
+
+fn run(ranks: usize, args: &[&str]) -> String {
+    let out = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", &ranks.to_string()])
+        .arg(mpi_check())
+        .args(args)
+        // Open MPI refuses root without both of these (CI containers run as root).
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("mpirun");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("$ mpirun -np {ranks} mpi_check {}\n{text}", args.join(" "));
+    assert!(out.status.success(), "mpirun -np {ranks} failed");
+    text
+}
+
+fn params(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let loaded = latest(dir).expect("readable").expect("a checkpoint");
+    loaded
+        .snapshot
+        .params
+        .iter()
+        .map(|t| (t.name.clone(), bytemuck::pod_collect_to_vec::<u8, f32>(&t.bytes)))
+        .collect()
+}
+
+fn assert_close(a: &Path, b: &Path, what: &str) {
+    let (a, b) = (params(a), params(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst: f64 = 0.0;
+    for ((name, x), (name2, y)) in a.iter().zip(&b) {
+        assert_eq!(name, name2);
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max(f64::from((p - q).abs()) / (1e-3 + f64::from(q.abs())));
+        }
+    }
+    println!("{what}: largest relative parameter difference {worst:.2e}");
+    assert!(worst < 1e-4, "{what}: parameters differ by {worst:e}");
+}
+
+#[test]
+fn ranks_train_as_one_process_and_resume_at_another_world_size() {
+    if !mpirun_available() {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("manychips-mpi-{}", std::process::id()));
+    std::fs::remove_dir_all(&base).ok();
+    let dir = |name: &str| base.join(name).display().to_string();
+
+    run(1, &["--steps", "8", "--save", &dir("one")]);
+    // Unequal shares (1 : 3): the gradient sum must still weight every row alike.
+    let two = run(2, &["--steps", "8", "--weights", "1,3", "--save", &dir("two")]);
+    assert!(two.contains("rows 12..48"), "rank 1 should take rows 12..48 of 48");
+    assert_close(&base.join("two"), &base.join("one"), "2 ranks (1:3) vs 1 process");
+
+    // 2 ranks for 4 steps, then 1 rank from their checkpoint for the other 4.
+    run(2, &["--steps", "4", "--save", &dir("half")]);
+    run(1, &["--steps", "8", "--resume", &dir("half"), "--save", &dir("resumed")]);
+    assert_close(&base.join("resumed"), &base.join("one"), "2 ranks then 1 rank vs 1 process");
+    std::fs::remove_dir_all(&base).ok();
+}
