@@ -73,6 +73,10 @@ struct Args {
     quiet: bool,
     #[command(flatten)]
     checkpoint: common::CheckpointArgs,
+    /// Join the MPI job this process was started in (`mpirun -np 4 …`, `srun -n 4 …`).
+    /// Needs `--features mpi`.
+    #[arg(long)]
+    distributed: bool,
 }
 
 /// The text as class ids, and the characters they stand for.
@@ -163,20 +167,22 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         "model: {} layers, dim {}, {} heads, {weights} weights, {:?}",
         args.layers, args.dim, args.heads, args.dtype
     );
-    let mut opt = AdamW::new(dp.params().to_vec(), args.lr).with_weight_decay(0.01);
+    let mut job = common::Job::new(dp, args.distributed)?;
+    let leads = job.leads();
+    let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr).with_weight_decay(0.01);
     let schedule =
         LrSchedule::WarmupCosine { warmup: args.steps / 20, total: args.steps, min_ratio: 0.1 };
     let (mut checkpoints, start) =
-        common::Checkpointing::open(&args.checkpoint, args.seed, &mut dp, &mut opt)?;
+        common::Checkpointing::open(&args.checkpoint, args.seed, job.dp_mut(), &mut opt)?;
     if let Some(saved) = start.state.as_ref().map(|s| s["loss_scaler"].clone())
-        && dp.loss_scaler().is_some()
+        && job.dp().loss_scaler().is_some()
     {
         let scaler: Option<LossScaler> = serde_json::from_value(saved)
             .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?;
-        dp.set_loss_scaler(scaler);
+        job.dp_mut().set_loss_scaler(scaler);
     }
     let start = start.step;
-    let bar = common::progress(args.steps, args.quiet);
+    let bar = common::progress(args.steps, args.quiet || !leads);
     bar.set_position(start);
     let mut rows: Vec<common::Row> = Vec::new();
     let mut valid_loss = f64::NAN;
@@ -200,13 +206,14 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 nn::cross_entropy_with(&model.forward(&ids)?, &targets, &opts)?
                     .affine(1.0 / t as f64, 0.0)
             };
-        let report = dp.step(args.batch, loss, &mut opt).map_err(|e| e.to_string())?;
+        let report = job.step(args.batch, loss, &mut opt).map_err(|e| e.to_string())?;
         let eval = (step + 1) % args.eval_every == 0 || step + 1 == args.steps;
         if eval {
-            valid_loss = validation_loss(dp.model(), &dp.devices()[0], valid, t)
+            valid_loss = validation_loss(job.dp().model(), &job.dp().devices()[0], valid, t)
                 .map_err(|e| e.to_string())?;
-            if args.quiet {
-                let scale = dp
+            if args.quiet && leads {
+                let scale = job
+                    .dp()
                     .loss_scaler()
                     .map(|s| format!(" | loss scale {} ({} skipped)", s.scale, s.skipped))
                     .unwrap_or_default();
@@ -237,8 +244,10 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         ));
         bar.inc(1);
         let done = step + 1;
-        let state = serde_json::json!({ "loss_scaler": dp.loss_scaler() });
-        checkpoints.after_step(done, done == args.steps, &dp, &opt, state)?;
+        if leads {
+            let state = serde_json::json!({ "loss_scaler": job.dp().loss_scaler() });
+            checkpoints.after_step(done, done == args.steps, job.dp(), &opt, state)?;
+        }
     }
     bar.finish_and_clear();
     checkpoints.finish()?;
@@ -248,6 +257,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         args.steps,
         (args.steps as usize * args.batch * t) as f64 / secs
     );
+    if !leads {
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let csv = args.out.join("metrics.csv");
     common::write_csv(&csv, "validation_loss", &rows)
@@ -256,8 +268,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     common::plot(&png, "character transformer on The Tempest", "validation loss (nats)", &rows)?;
     println!("wrote {} and {}", csv.display(), png.display());
     if args.sample > 0 {
-        let text = generate(dp.model(), &dp.devices()[0], &corpus, t, args.sample, args.seed)
-            .map_err(|e| e.to_string())?;
+        let text =
+            generate(job.dp().model(), &job.dp().devices()[0], &corpus, t, args.sample, args.seed)
+                .map_err(|e| e.to_string())?;
         println!("--- sample ---\n{text}\n--------------");
     }
     Ok(())

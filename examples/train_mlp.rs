@@ -56,6 +56,10 @@ struct Args {
     quiet: bool,
     #[command(flatten)]
     checkpoint: common::CheckpointArgs,
+    /// Join the MPI job this process was started in (`mpirun -np 4 …`, `srun -n 4 …`): the
+    /// global batch is cut across ranks by their speed. Needs `--features mpi`.
+    #[arg(long)]
+    distributed: bool,
 }
 
 struct Digits {
@@ -128,11 +132,13 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         devices.iter().map(|(d, _)| d.info().label()).collect::<Vec<_>>().join(", ")
     );
     let hidden = args.hidden;
-    let mut dp = DataParallel::new(devices, args.seed, move |store| {
+    let dp = DataParallel::new(devices, args.seed, move |store| {
         Mlp::new(store, &[Digits::PIXELS, hidden, 10], Activation::Relu)
     })
     .map_err(|e| e.to_string())?;
-    let mut opt = AdamW::new(dp.params().to_vec(), args.lr).with_weight_decay(1e-4);
+    let mut job = common::Job::new(dp, args.distributed)?;
+    let leads = job.leads();
+    let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr).with_weight_decay(1e-4);
     let steps_per_epoch = train.len().div_ceil(args.batch) as u64;
     let total = args
         .max_steps
@@ -140,9 +146,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         .min(steps_per_epoch * args.epochs as u64);
     let schedule = LrSchedule::WarmupCosine { warmup: steps_per_epoch, total, min_ratio: 0.05 };
     let (mut checkpoints, start) =
-        common::Checkpointing::open(&args.checkpoint, args.seed, &mut dp, &mut opt)?;
+        common::Checkpointing::open(&args.checkpoint, args.seed, job.dp_mut(), &mut opt)?;
     let start = start.step;
-    let bar = common::progress(total, args.quiet);
+    let bar = common::progress(total, args.quiet || !leads);
     bar.set_position(start);
     let mut rows: Vec<common::Row> = Vec::new();
     let started = Instant::now();
@@ -180,7 +186,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 let opts = CrossEntropy { reduction: Reduction::Sum, ..CrossEntropy::default() };
                 nn::cross_entropy_with(&logits, &y[rows], &opts)
             };
-            let report = dp.step(chunk.len(), loss, &mut opt).map_err(|e| e.to_string())?;
+            let report = job.step(chunk.len(), loss, &mut opt).map_err(|e| e.to_string())?;
             rows.push(common::Row {
                 step,
                 samples: chunk.len(),
@@ -206,14 +212,16 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 "data_position": step % steps_per_epoch,
                 "schedule": format!("{schedule:?}"),
             });
-            checkpoints.after_step(step, step == total, &dp, &opt, state)?;
+            if leads {
+                checkpoints.after_step(step, step == total, job.dp(), &opt, state)?;
+            }
         }
-        accuracy =
-            evaluate(dp.model(), &dp.devices()[0], &data, &test).map_err(|e| e.to_string())?;
+        accuracy = evaluate(job.dp().model(), &job.dp().devices()[0], &data, &test)
+            .map_err(|e| e.to_string())?;
         if let Some(last) = rows.last_mut() {
             last.eval = Some(accuracy);
         }
-        if args.quiet {
+        if args.quiet && leads {
             println!(
                 "epoch {epoch:>3}: loss {:.4}, test accuracy {:.2}%",
                 rows.last().map_or(f64::NAN, |r| r.loss),
@@ -226,13 +234,17 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let secs = started.elapsed().as_secs_f64();
     let samples = rows.iter().map(|r| r.samples).sum::<usize>();
     println!(
-        "test accuracy {:.2}% after {} steps in {:.1} s ({:.0} samples/s); last step: {}",
+        "test accuracy {:.2}% after {} steps in {:.1} s ({:.0} samples/s){}; last step: {}",
         accuracy * 100.0,
         rows.len(),
         secs,
         samples as f64 / secs,
+        job.place(),
         rows.last().map(|r| r.shares.as_str()).unwrap_or("-")
     );
+    if !leads {
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let csv = args.out.join("metrics.csv");
     common::write_csv(&csv, "test_accuracy", &rows)

@@ -9,14 +9,14 @@ use std::process::Command;
 
 use manychips::train::checkpoint::latest;
 
-/// The example binary cargo built next to this test.
-fn mpi_check() -> PathBuf {
+/// An example binary next to this test's (built by `cargo build --features mpi --example`).
+fn example(name: &str) -> PathBuf {
     let mut path = std::env::current_exe().expect("test binary");
     path.pop();
     if path.ends_with("deps") {
         path.pop();
     }
-    path.join("examples").join("mpi_check")
+    path.join("examples").join(name)
 }
 
 fn mpirun_available() -> bool {
@@ -29,9 +29,19 @@ fn mpirun_available() -> bool {
 }
 
 fn run(ranks: usize, args: &[&str]) -> String {
+    run_example(ranks, "mpi_check", args)
+}
+
+fn run_example(ranks: usize, name: &str, args: &[&str]) -> String {
+    let binary = example(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo build --release --features mpi --example {name}` first",
+        binary.display()
+    );
     let out = Command::new("mpirun")
         .args(["--oversubscribe", "-np", &ranks.to_string()])
-        .arg(mpi_check())
+        .arg(binary)
         .args(args)
         // Open MPI refuses root without both of these (CI containers run as root).
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -40,7 +50,7 @@ fn run(ranks: usize, args: &[&str]) -> String {
         .expect("mpirun");
     let text =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    println!("$ mpirun -np {ranks} mpi_check {}\n{text}", args.join(" "));
+    println!("$ mpirun -np {ranks} {name} {}\n{text}", args.join(" "));
     assert!(out.status.success(), "mpirun -np {ranks} failed");
     text
 }
@@ -89,4 +99,29 @@ fn ranks_train_as_one_process_and_resume_at_another_world_size() {
     run(1, &["--steps", "8", "--resume", &dir("half"), "--save", &dir("resumed")]);
     assert_close(&base.join("resumed"), &base.join("one"), "2 ranks then 1 rank vs 1 process");
     std::fs::remove_dir_all(&base).ok();
+}
+
+#[test]
+fn train_mlp_runs_distributed() {
+    if !mpirun_available() {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("manychips-mpi-mlp-{}", std::process::id()));
+    let out_arg = out.display().to_string();
+    let text = run_example(
+        2,
+        "train_mlp",
+        &["--distributed", "--quiet", "--devices", "cpu", "--out", &out_arg],
+    );
+    for rank in ["(rank 0 of 2)", "(rank 1 of 2)"] {
+        let line = text.lines().find(|l| l.contains(rank)).expect("each rank reports");
+        let accuracy: f64 = line
+            .trim_start_matches("test accuracy ")
+            .split('%')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("an accuracy");
+        assert!(accuracy >= 97.0, "{rank}: {accuracy}% < 97%");
+    }
+    std::fs::remove_dir_all(&out).ok();
 }

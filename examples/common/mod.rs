@@ -5,7 +5,9 @@
 #![allow(dead_code)] // each example uses its own subset
 
 mod checkpointing;
+mod job;
 pub use checkpointing::{CheckpointArgs, Checkpointing};
+pub use job::Job;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
