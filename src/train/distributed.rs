@@ -23,7 +23,7 @@ use mpi::traits::*;
 
 use super::nn::Ctx;
 use super::optim::Optimizer;
-use super::{DataParallel, Gradients, StepReport, Var};
+use super::{DataParallel, Gradients, Grads, StepReport, Var};
 use crate::{DType, DeviceRef, Error, Result, Tensor};
 
 /// Gradient bytes per all-reduce (PyTorch DDP's default bucket is 25 MiB).
@@ -146,6 +146,11 @@ impl<M: Send + Sync + 'static> Distributed<M> {
         &self.ranks
     }
 
+    /// The communicator back, for another job in the same process (MPI initialises once).
+    pub fn into_ranks(self) -> Ranks {
+        self.ranks
+    }
+
     /// Cut every batch across ranks by these weights (one per rank) instead of by measured
     /// rates; `None` returns to the rates.
     pub fn set_fixed_split(&mut self, weights: Option<Vec<f64>>) -> Result<()> {
@@ -201,9 +206,14 @@ impl<M: Send + Sync + 'static> Distributed<M> {
         Ok(DistributedReport { local, rank_rows: rows, all_reduce_s, all_reduce_bytes: bytes })
     }
 
-    /// Adds every rank's gradients, bucket by bucket, in parameter order; a parameter this
-    /// rank has no gradient for contributes zeros. Returns the bytes reduced.
     fn all_reduce(&self, gradients: &mut Gradients) -> Result<usize> {
+        self.all_reduce_grads(&mut gradients.grads)
+    }
+
+    /// Adds every rank's gradients of the master parameters, bucket by bucket, in parameter
+    /// order; a parameter this rank has no gradient for contributes zeros. Returns the bytes
+    /// reduced. (What [`step`](Self::step) does between the two halves of a local step.)
+    pub fn all_reduce_grads(&self, grads: &mut Grads) -> Result<usize> {
         let params = self.local.params().to_vec();
         let device = self.local.devices()[0].clone();
         let mut total = 0;
@@ -219,7 +229,8 @@ impl<M: Send + Sync + 'static> Distributed<M> {
             let mut flat: Vec<f32> = Vec::with_capacity(bytes / 4);
             for p in &params[start..end] {
                 let n = p.value().numel();
-                match gradients.grads.get(p.id()) {
+                match grads.get(p.id()) {
+                    Some(g) if g.dtype() == DType::F32 => flat.extend(g.to_vec::<f32>()?),
                     Some(g) => flat.extend(g.cast(DType::F32)?.to_vec::<f32>()?),
                     None => flat.extend(std::iter::repeat_n(0.0, n)),
                 }
@@ -235,7 +246,7 @@ impl<M: Send + Sync + 'static> Distributed<M> {
                 } else {
                     summed.cast(value.dtype())?
                 };
-                gradients.grads.insert(p.id(), summed);
+                grads.insert(p.id(), summed);
                 at += n;
             }
             total += bytes;

@@ -17,6 +17,7 @@
 
 mod backward;
 pub mod checkpoint;
+pub mod cluster;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 pub mod models;
