@@ -98,6 +98,16 @@ fn run(args: &Args) -> Result<()> {
         );
     }
     if rank == 0
+        && let Some(net) = job.network()
+    {
+        println!(
+            "measured all-reduce: {:.1} µs + {:.2} GB/s; buckets of {:.1} MiB",
+            net.latency_s * 1e6,
+            net.bytes_per_s / 1e9,
+            job.bucket_bytes() as f64 / 1048576.0
+        );
+    }
+    if rank == 0
         && let Some(dir) = &args.save
     {
         std::fs::create_dir_all(dir).map_err(|e| manychips::Error::Checkpoint {
