@@ -245,13 +245,41 @@ impl Tensor {
         if device.info().id == self.device().info().id {
             return Ok(self.clone());
         }
+        Tensor::from_bytes(&self.to_bytes()?, self.shape().clone(), self.dtype, device)
+    }
+
+    /// The elements' bytes, row-major, as the device stores them (waits for the work that
+    /// produces them). With [`Tensor::from_bytes`], how tensors leave and enter files.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let dense = self.contiguous()?;
-        let out = Tensor::uninit("to_device", self.shape().clone(), self.dtype, device)?;
-        if self.numel() > 0 {
-            let mut bytes = vec![0u8; self.numel() * self.dtype.size_in_bytes()];
-            let offset = dense.layout.offset * self.dtype.size_in_bytes();
-            dense.device().read(dense.storage.buffer, offset, &mut bytes)?;
-            device.write(out.storage.buffer, 0, &bytes)?;
+        let size = self.dtype.size_in_bytes();
+        let mut bytes = vec![0u8; self.numel() * size];
+        if !bytes.is_empty() {
+            dense.device().read(dense.storage.buffer, dense.layout.offset * size, &mut bytes)?;
+        }
+        Ok(bytes)
+    }
+
+    /// A tensor of `shape` and `dtype` on `device` from its elements' bytes, row-major.
+    pub fn from_bytes(
+        bytes: &[u8],
+        shape: impl Into<Shape>,
+        dtype: DType,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.checked_numel().and_then(|n| n.checked_mul(dtype.size_in_bytes()))
+            != Some(bytes.len())
+        {
+            return Err(Error::Shape {
+                op: "from_bytes".into(),
+                device: label(device),
+                detail: format!("{} bytes do not fill {dtype}{shape}", bytes.len()),
+            });
+        }
+        let out = Tensor::uninit("from_bytes", shape, dtype, device)?;
+        if !bytes.is_empty() {
+            device.write(out.storage.buffer, 0, bytes)?;
         }
         Ok(out)
     }

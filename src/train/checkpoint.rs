@@ -43,19 +43,11 @@ pub struct HostTensor {
 impl HostTensor {
     /// Waits for `tensor` and copies it to the host.
     pub fn read(name: &str, tensor: &Tensor) -> Result<HostTensor> {
-        let dense = tensor.contiguous()?;
-        let bytes = match tensor.dtype() {
-            DType::F32 => bytemuck::cast_slice(&dense.to_vec::<f32>()?).to_vec(),
-            DType::F16 => bytemuck::cast_slice(&dense.to_vec::<half::f16>()?).to_vec(),
-            DType::BF16 => bytemuck::cast_slice(&dense.to_vec::<half::bf16>()?).to_vec(),
-            DType::U32 => bytemuck::cast_slice(&dense.to_vec::<u32>()?).to_vec(),
-            DType::U8 => dense.to_vec::<u8>()?,
-        };
         Ok(HostTensor {
             name: name.to_string(),
             dtype: tensor.dtype(),
             dims: tensor.dims().to_vec(),
-            bytes,
+            bytes: tensor.to_bytes()?,
         })
     }
 
@@ -70,29 +62,8 @@ impl HostTensor {
                 ),
             });
         }
-        let device = like.device();
-        match self.dtype {
-            DType::F32 => Tensor::from_slice(&pod::<f32>(&self.bytes), self.dims.clone(), device),
-            DType::F16 => {
-                Tensor::from_slice(&pod::<half::f16>(&self.bytes), self.dims.clone(), device)
-            }
-            DType::BF16 => {
-                Tensor::from_slice(&pod::<half::bf16>(&self.bytes), self.dims.clone(), device)
-            }
-            DType::U32 => Tensor::from_slice(&pod::<u32>(&self.bytes), self.dims.clone(), device),
-            DType::U8 => Tensor::from_slice(&self.bytes, self.dims.clone(), device),
-        }
+        Tensor::from_bytes(&self.bytes, self.dims.clone(), self.dtype, like.device())
     }
-}
-
-/// Bytes as a vector of `T` (copied: the bytes need not be aligned for `T`).
-fn pod<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
-    let n = bytes.len() / std::mem::size_of::<T>();
-    let mut out = vec![T::zeroed(); n];
-    let dst: &mut [u8] = bytemuck::cast_slice_mut(&mut out);
-    let len = dst.len();
-    dst.copy_from_slice(&bytes[..len]);
-    out
 }
 
 /// Everything a checkpoint holds, in host memory.
