@@ -43,7 +43,7 @@ pub use planner::{MIN_GAIN, Planner, RETRIES};
 pub use price::{Direction, predict, transfer};
 pub use profile::{DeviceProfile, MatmulPoint};
 pub use simulate::{Chip, Simulated, simulate};
-pub use split::{Linear, equal_finish, fluid_makespan, makespan};
+pub use split::{Linear, equal_finish, fluid_makespan, makespan, proportional};
 pub use trace::{Event, Trace};
 
 /// The result of a scoped thread that ran one device's work; a panic there becomes a

@@ -28,6 +28,25 @@ impl Linear {
     }
 }
 
+/// Whole-unit shares in proportion to `weights` (largest remainders), summing to `units`;
+/// `None` when no weight is positive and finite.
+pub fn proportional(weights: &[f64], units: usize) -> Option<Vec<usize>> {
+    let usable = |w: f64| if w.is_finite() && w > 0.0 { w } else { 0.0 };
+    let total: f64 = weights.iter().map(|&w| usable(w)).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let exact: Vec<f64> = weights.iter().map(|&w| usable(w) / total * units as f64).collect();
+    let mut shares: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
+    let left = units.saturating_sub(shares.iter().sum::<usize>());
+    for &i in order.iter().cycle().take(left) {
+        shares[i] += 1;
+    }
+    Some(shares)
+}
+
 /// The finish time `T` of the continuous optimum: `Σ max(0, (T − fixed) / per_unit) = units`.
 /// `None` when no device is usable.
 pub fn fluid_makespan(costs: &[Linear], units: usize) -> Option<f64> {

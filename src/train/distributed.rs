@@ -24,7 +24,9 @@ use mpi::traits::*;
 use super::cluster::Network;
 use super::nn::Ctx;
 use super::optim::Optimizer;
+use super::parallel::ranges;
 use super::{DataParallel, Gradients, Grads, StepReport, Var};
+use crate::plan::proportional;
 use crate::{DType, DeviceRef, Error, Result, Tensor};
 
 /// Gradient bytes per all-reduce (PyTorch DDP's default bucket is 25 MiB).
@@ -88,31 +90,11 @@ impl Ranks {
 /// The rows of a `batch` each rank gets, in proportion to `rates` (largest remainders;
 /// every rank computes the same cut from the same all-gathered rates).
 pub fn rank_rows(rates: &[f64], batch: usize) -> Vec<Range<usize>> {
-    let usable: Vec<f64> =
-        rates.iter().map(|&r| if r.is_finite() && r > 0.0 { r } else { 0.0 }).collect();
-    let total: f64 = usable.iter().sum();
-    let weights: Vec<f64> = if total > 0.0 { usable } else { vec![1.0; rates.len().max(1)] };
-    let total: f64 = weights.iter().sum();
-    let exact: Vec<f64> = weights.iter().map(|w| w / total * batch as f64).collect();
-    let mut shares: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
-    let mut left = batch.saturating_sub(shares.iter().sum::<usize>());
-    for i in order.into_iter().cycle() {
-        if left == 0 {
-            break;
-        }
-        shares[i] += 1;
-        left -= 1;
-    }
-    let mut start = 0;
-    shares
-        .into_iter()
-        .map(|n| {
-            start += n;
-            start - n..start
-        })
-        .collect()
+    // No usable rate anywhere (nothing measured yet): an even cut.
+    let shares = proportional(rates, batch)
+        .or_else(|| proportional(&vec![1.0; rates.len()], batch))
+        .unwrap_or_default();
+    ranges(&shares, 0)
 }
 
 /// What one distributed step did on this rank.

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use events::{FaultPolicy, FleetEvent};
-use shares::{by_weights, learn, prior, ranges};
+pub(crate) use shares::ranges;
+use shares::{by_weights, learn, prior};
 use worker::{Outcome, Worker};
 
 use super::nn::Ctx;

@@ -1,7 +1,7 @@
 //! How a step's batch is cut: each device's time is `fixed + per_sample · rows`, learned
 //! from its measured shares.
 
-use crate::plan::{DeviceProfile, Linear};
+use crate::plan::{DeviceProfile, Linear, proportional};
 
 /// How strongly a new measurement moves a device's per-sample cost (as the planner learns).
 const LEARNING_RATE: f64 = crate::plan::LEARNING_RATE;
@@ -43,33 +43,20 @@ fn launches(nodes: usize) -> f64 {
     (nodes as f64 * LAUNCHES_PER_NODE).max(1.0)
 }
 
-/// Whole-row shares in proportion to `weights`, summing to `batch` (largest remainders).
+/// Whole-row shares in proportion to `weights`, summing to `batch`; all to the first when
+/// no weight is positive.
 pub(super) fn by_weights(weights: &[f64], batch: usize) -> Vec<usize> {
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 || !total.is_finite() {
+    proportional(weights, batch).unwrap_or_else(|| {
         let mut shares = vec![0; weights.len()];
         if let Some(first) = shares.first_mut() {
             *first = batch;
         }
-        return shares;
-    }
-    let exact: Vec<f64> = weights.iter().map(|w| w / total * batch as f64).collect();
-    let mut shares: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_by(|&a, &b| (exact[b] - exact[b].floor()).total_cmp(&(exact[a] - exact[a].floor())));
-    let mut left = batch.saturating_sub(shares.iter().sum::<usize>());
-    for i in order.into_iter().cycle() {
-        if left == 0 {
-            break;
-        }
-        shares[i] += 1;
-        left -= 1;
-    }
-    shares
+        shares
+    })
 }
 
 /// `shares` as consecutive row ranges from `start`.
-pub(super) fn ranges(shares: &[usize], start: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn ranges(shares: &[usize], start: usize) -> Vec<std::ops::Range<usize>> {
     let mut at = start;
     shares
         .iter()
