@@ -1,15 +1,9 @@
 // The training examples end to end, as their users run them: the binaries cargo built next
 // to this test. A binary of its own: these runs keep both cores busy for seconds.
 
-/// The example binary next to this test binary (cargo builds examples for `cargo test`).
-fn example(name: &str) -> std::path::PathBuf {
-    let mut path = std::env::current_exe().unwrap();
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples").join(name)
-}
+#[path = "common/examples.rs"]
+mod runs;
+use runs::{accuracy_of, example};
 
 #[test]
 fn train_mlp_example_reaches_97_percent() {
@@ -71,16 +65,6 @@ fn train_charlm_example_learns_below_the_unigram_entropy() {
         assert!(stdout.contains("--- sample ---"), "no generated sample");
         std::fs::remove_dir_all(&out).ok();
     }
-}
-
-/// The final test accuracy (%) a `train_mlp` run printed.
-fn accuracy_of(stdout: &str) -> f64 {
-    let line = stdout.lines().find(|l| l.starts_with("test accuracy")).expect("a result line");
-    line.trim_start_matches("test accuracy ")
-        .split('%')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .expect("an accuracy")
 }
 
 /// The CRC-32 of `model.safetensors` that the newest checkpoint's manifest records.

@@ -4,20 +4,14 @@
 
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use manychips::train::checkpoint::latest;
 
-/// An example binary next to this test's (built by `cargo build --features mpi --example`).
-fn example(name: &str) -> PathBuf {
-    let mut path = std::env::current_exe().expect("test binary");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join("examples").join(name)
-}
+#[path = "common/examples.rs"]
+mod runs;
+use runs::{accuracy_in, example};
 
 fn mpirun_available() -> bool {
     let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
@@ -115,12 +109,7 @@ fn train_mlp_runs_distributed() {
     );
     for rank in ["(rank 0 of 2)", "(rank 1 of 2)"] {
         let line = text.lines().find(|l| l.contains(rank)).expect("each rank reports");
-        let accuracy: f64 = line
-            .trim_start_matches("test accuracy ")
-            .split('%')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .expect("an accuracy");
+        let accuracy = accuracy_in(line);
         assert!(accuracy >= 97.0, "{rank}: {accuracy}% < 97%");
     }
     std::fs::remove_dir_all(&out).ok();
