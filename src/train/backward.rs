@@ -154,8 +154,14 @@ impl Backward {
             }
             Backward::Matmul => {
                 let (a, b) = (inputs[0], inputs[1]);
-                let ga = g.matmul(&b.t()?)?;
-                let gb = a.t()?.matmul(g)?;
+                // Each gradient in its operand's layout: for an operand stored transposed
+                // (a Linear's weight, `x · wᵀ`) the product is taken the other way round and
+                // viewed transposed, so the transpose's own backward hands the leaf a
+                // contiguous gradient instead of one that must be copied into place.
+                let ga =
+                    if stored_transposed(a) { b.matmul(&g.t()?)?.t()? } else { g.matmul(&b.t()?)? };
+                let gb =
+                    if stored_transposed(b) { g.t()?.matmul(a)?.t()? } else { a.t()?.matmul(g)? };
                 Ok(vec![Some(sum_to(&ga, a)?), Some(sum_to(&gb, b)?)])
             }
             Backward::Sum { axis, keepdim } => one(spread(g, x, *axis, *keepdim)?),
@@ -260,4 +266,9 @@ fn gelu_tanh_slope(x: &Tensor) -> Result<Tensor> {
     let sech2 = t.mul(&t)?.affine(-1.0, 1.0)?;
     let right = x.mul(&sech2)?.mul(&x2.affine(3.0 * K, 1.0)?)?.affine(0.5 * C, 0.0)?;
     left.add(&right)
+}
+
+/// True for a transposed view of a contiguous tensor (its last two axes swapped).
+fn stored_transposed(t: &Tensor) -> bool {
+    t.rank() >= 2 && !t.is_contiguous() && t.t().is_ok_and(|t| t.is_contiguous())
 }
