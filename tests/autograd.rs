@@ -353,3 +353,53 @@ fn misuse_is_an_error() {
     assert!(nn::CausalSelfAttention::new(&store, 6, 4).is_err(), "6 does not split into 4 heads");
     assert!(nn::Dropout::new(1.0, 0).is_err());
 }
+
+#[test]
+fn streaming_backward_reports_each_leaf_once_as_soon_as_it_is_final() {
+    use manychips::train::models::Mlp;
+    use manychips::train::nn::{Activation, Ctx};
+    let device = cpu();
+    let store = ParamStore::new(&device, 5);
+    let mlp = Mlp::new(&store, &[6, 8, 8, 3], Activation::Gelu).expect("mlp");
+    let x = Var::constant(Tensor::randn(0.0, 1.0, [4, 6], DType::F32, 1, &device).expect("x"));
+    let loss = nn::cross_entropy(&mlp.forward(&x, &Ctx::eval()).expect("fwd"), &[0, 1, 2, 0])
+        .expect("loss");
+    let whole = loss.backward().expect("backward");
+    let params = store.params();
+    let name = |id| params.iter().find(|p| p.id() == id).map(|p| p.name().to_string());
+    let mut order = Vec::new();
+    let seed = Tensor::ones([1], DType::F32, &device).expect("seed");
+    loss.backward_streaming(seed, |id, grad| {
+        let want = whole.get(id).expect("a leaf backward() also reports");
+        assert_eq!(grad.to_vec::<f32>()?, want.to_vec::<f32>()?, "{:?}", name(id));
+        order.push(name(id).expect("a parameter"));
+        Ok(())
+    })
+    .expect("streaming backward");
+    assert_eq!(order.len(), params.len(), "each parameter once: {order:?}");
+    // The layer used last in the forward pass is final first.
+    let layer = |n: &String| n.split('.').next().map(str::to_string).expect("name");
+    let layers: Vec<String> = order.iter().map(layer).collect();
+    assert_eq!(layers, ["fc3", "fc3", "fc2", "fc2", "fc1", "fc1"], "{order:?}");
+
+    // A leaf used by several ops is reported once, with every use summed; a leaf the value
+    // does not depend on is not reported; the value itself as a leaf reports its seed.
+    let a = Var::leaf(Tensor::from_slice(&[2.0f32], [1], &device).expect("a"));
+    let unused = Var::leaf(Tensor::from_slice(&[1.0f32], [1], &device).expect("u"));
+    let y = a.mul(&a).expect("mul").add(&a).expect("add").sum_all().expect("sum");
+    let mut got = Vec::new();
+    y.backward_streaming(Tensor::ones([1], DType::F32, &device).expect("seed"), |id, g| {
+        got.push((id, g.to_vec::<f32>()?));
+        Ok(())
+    })
+    .expect("bwd");
+    assert_eq!(got, vec![(a.id(), vec![5.0])]);
+    assert!(!got.iter().any(|(id, _)| *id == unused.id()));
+    let mut own = Vec::new();
+    a.backward_streaming(Tensor::from_slice(&[3.0f32], [1], &device).expect("s"), |id, g| {
+        own.push((id, g.to_vec::<f32>()?));
+        Ok(())
+    })
+    .expect("bwd");
+    assert_eq!(own, vec![(a.id(), vec![3.0])]);
+}

@@ -8,7 +8,8 @@
 //! two backward passes never interfere and accumulation is an explicit `Grads::accumulate`.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,6 +140,22 @@ impl Var {
 
     /// Gradients of every tracked leaf, given the gradient of this value.
     pub fn backward_with(&self, seed: Tensor) -> Result<Grads> {
+        let mut grads = Grads::default();
+        self.backward_streaming(seed, |id, grad| grads.add(id, grad))?;
+        Ok(grads)
+    }
+
+    /// The backward pass, handing each leaf's gradient to `report` as soon as it is final:
+    /// when the last op that used the leaf has sent its part back, not when the whole pass
+    /// is over. The leaves used last in the forward pass (a network's last layers) come
+    /// first, so their gradients can travel (an all-reduce, a copy to another device) while
+    /// the rest of the pass runs. Each leaf is reported once; a leaf the value does not
+    /// depend on is not reported.
+    pub fn backward_streaming(
+        &self,
+        seed: Tensor,
+        mut report: impl FnMut(VarId, Tensor) -> Result<()>,
+    ) -> Result<()> {
         if seed.dims() != self.dims() || seed.dtype() != self.tensor().dtype() {
             return Err(Error::Shape {
                 op: "backward".into(),
@@ -147,33 +164,62 @@ impl Var {
             });
         }
         let order = self.topological_order();
-        let mut pending: HashMap<VarId, Tensor> = HashMap::new();
-        pending.insert(self.id(), seed);
-        let mut grads = Grads::default();
-        for var in order.iter().rev() {
-            let Some(grad) = pending.remove(&var.id()) else { continue };
+        let at: HashMap<VarId, usize> =
+            order.iter().enumerate().map(|(i, v)| (v.id(), i)).collect();
+        // Per node: its uses not yet done with the backward pass, and its height (the
+        // longest path down to a leaf; leaves are 0).
+        let mut uses = vec![0usize; order.len()];
+        let mut height = vec![0usize; order.len()];
+        for (i, var) in order.iter().enumerate() {
+            for input in var.0.inputs.iter().filter(|v| v.requires_grad()) {
+                let j = at[&input.id()];
+                uses[j] += 1;
+                height[i] = height[i].max(height[j] + 1);
+            }
+        }
+        // A node is ready once every use of it has sent its gradient back. Of the ready
+        // ones, the lowest goes first: a short branch down to a parameter (a transpose of a
+        // weight) finishes, and reports, before the pass descends the long chain below.
+        // A value no leaf flows into has no gradients to report.
+        let Some(&root) = at.get(&self.id()) else { return Ok(()) };
+        let mut ready = BinaryHeap::from([(Reverse(height[root]), root)]);
+        let mut pending: HashMap<usize, Tensor> = HashMap::from([(root, seed)]);
+        while let Some((_, i)) = ready.pop() {
+            let var = &order[i];
+            let grad = pending.remove(&i);
             let Some(backward) = &var.0.backward else {
-                if var.0.leaf {
-                    grads.add(var.id(), grad)?;
+                if let Some(grad) = grad.filter(|_| var.0.leaf) {
+                    report(var.id(), grad)?;
                 }
                 continue;
             };
-            let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
-            let input_grads = backward.apply(&grad, var.tensor(), &inputs)?;
+            let input_grads = match &grad {
+                Some(grad) => {
+                    let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
+                    backward.apply(grad, var.tensor(), &inputs)?
+                }
+                // Nothing flows through this op, but its uses of its inputs are over.
+                None => vec![None; var.0.inputs.len()],
+            };
             for (input, input_grad) in var.0.inputs.iter().zip(input_grads) {
-                let Some(input_grad) = input_grad else { continue };
                 if !input.requires_grad() {
                     continue;
                 }
-                let slot = pending.remove(&input.id());
-                let sum = match slot {
-                    Some(prev) => prev.add(&input_grad)?,
-                    None => input_grad,
-                };
-                pending.insert(input.id(), sum);
+                let j = at[&input.id()];
+                if let Some(input_grad) = input_grad {
+                    let sum = match pending.remove(&j) {
+                        Some(prev) => prev.add(&input_grad)?,
+                        None => input_grad,
+                    };
+                    pending.insert(j, sum);
+                }
+                uses[j] -= 1;
+                if uses[j] == 0 {
+                    ready.push((Reverse(height[j]), j));
+                }
             }
         }
-        Ok(grads)
+        Ok(())
     }
 
     /// How many recorded ops and leaves the graph behind this value has.
