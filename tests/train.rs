@@ -168,6 +168,60 @@ fn shares_follow_measured_speed() {
 }
 
 #[test]
+fn buckets_are_handed_over_while_the_backward_pass_still_runs() {
+    // One paced chip (every op takes its modelled time) and a 4-layer MLP, one bucket per
+    // layer, last layer first: the last layer's bucket must come well before the share
+    // ends, and the sums must equal the unbucketed ones bit for bit.
+    let host = cpu();
+    let profile = SimProfile::new("paced").with_flops(1e9).with_latency(Duration::ZERO);
+    let chip = SimDevice::new(host, profile.clone(), 0).unwrap();
+    chip.set_pacing(true);
+    let believed = DeviceProfile::simulated(chip.info(), &profile);
+    let chip: DeviceRef = Arc::new(chip);
+    let (dim, batch) = (192, 64);
+    let (x, y) = dataset(batch, dim, 8);
+    let (x, y) = (Arc::new(x), Arc::new(y));
+    let build = move |s: &ParamStore| Mlp::new(s, &[dim, dim, dim, dim, 8], Activation::Gelu);
+    let mut dp = DataParallel::new(vec![(chip, believed)], 1, build).unwrap();
+    let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
+        let input =
+            Tensor::from_slice(&x[rows.start * dim..rows.end * dim], [rows.len(), dim], device)?;
+        let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+        nn::cross_entropy_with(&m.forward(&Var::constant(input), &Ctx::eval())?, &y[rows], &opts)
+    };
+    let plain = dp.gradients(0..batch, batch, loss.clone()).unwrap();
+    // Parameters are fc1.weight, fc1.bias, fc2.weight, ...: a bucket per layer, fc4 first.
+    let buckets: Vec<Range<usize>> = (0..4).rev().map(|l| 2 * l..2 * l + 2).collect();
+    let started = std::time::Instant::now();
+    let mut handed = Vec::new();
+    let bucketed = dp
+        .gradients_bucketed(0..batch, batch, loss, &buckets, &mut |params, _| {
+            handed.push((params[0].name().to_string(), started.elapsed().as_secs_f64()));
+            Ok(())
+        })
+        .unwrap();
+    let names: Vec<&str> = handed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["fc4.weight", "fc3.weight", "fc2.weight", "fc1.weight"]);
+    let (first, end) = (handed[0].1, bucketed.computed_s);
+    println!("buckets at {handed:?}; the share ended at {end:.4} s");
+    assert!(first < 0.75 * end, "the first bucket came at {first:.4} s of {end:.4} s");
+    for p in dp.params() {
+        let (a, b) = (plain.grads.get(p.id()).unwrap(), bucketed.grads.get(p.id()).unwrap());
+        assert_eq!(a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap(), "{}", p.name());
+    }
+    // Malformed buckets are refused before any work.
+    let beyond: Vec<Range<usize>> = vec![0..2, 0..99];
+    let err = dp.gradients_bucketed(
+        0..batch,
+        batch,
+        |_, _, _, _| unreachable!(),
+        &beyond,
+        &mut |_, _| Ok(()),
+    );
+    assert!(err.is_err_and(|e| e.to_string().contains("0..99")));
+}
+
+#[test]
 fn sgd_with_momentum_and_clipping_follow_their_formulas() {
     let device = cpu();
     let store = ParamStore::new(&device, 0);

@@ -18,6 +18,7 @@
 //! predicted several steps in a row is evicted too. The step's result is the same as
 //! without the fault. Evicted devices can be probed and re-admitted, and new ones can join.
 
+mod collect;
 mod events;
 mod shares;
 mod worker;
@@ -25,16 +26,19 @@ mod worker;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
+
+use collect::Collector;
 
 pub use events::{FaultPolicy, FleetEvent};
 pub(crate) use shares::ranges;
 use shares::{by_weights, learn, prior};
-use worker::{Outcome, Worker};
+use worker::{Message, ShareDone, Work, Worker, wait_done};
 
 use super::nn::Ctx;
 use super::optim::{LossScaler, Optimizer, clip_grad_norm};
-use super::{Grads, Param, ParamStore, Var};
+use super::{Grads, Param, ParamStore, Var, VarId};
 use crate::plan::{DeviceProfile, Linear, Trace, equal_finish, makespan};
 use crate::{DeviceRef, Error, ErrorKind, Result, Tensor};
 
@@ -47,13 +51,23 @@ fn watchdog_secs(secs: f64) -> f64 {
 /// How often (in steps) the split-or-whole choice not taken is measured again.
 pub const PROBE_EVERY: u64 = 50;
 
-/// A replica's finished share: its part of the loss, its gradients in parameter order
-/// (already on the master device), how long it took and how many graph nodes it had.
-struct ShareDone {
-    loss: f64,
-    grads: Vec<Option<Tensor>>,
-    secs: f64,
-    nodes: usize,
+/// A share on its way: where it runs, and which parameters' gradients it has sent.
+struct Running {
+    replica: usize,
+    rows: Range<usize>,
+    predicted: f64,
+    sent: Instant,
+    deadline: Instant,
+    /// Parameters an earlier, failed attempt at these rows already sent.
+    skip: Arc<Vec<bool>>,
+    delivered: Vec<bool>,
+}
+
+impl Running {
+    /// What a re-run of these rows must not send again.
+    fn skip_next(&self) -> Arc<Vec<bool>> {
+        Arc::new(self.skip.iter().zip(&self.delivered).map(|(a, b)| *a || *b).collect())
+    }
 }
 
 struct Replica<M> {
@@ -72,7 +86,7 @@ struct Replica<M> {
     stale: bool,
     /// Steps in a row it was grossly slower than predicted.
     strikes: u32,
-    worker: Worker<ShareDone>,
+    worker: Worker,
 }
 
 /// What one device did in a step (one entry per share; a re-planned step can give a device
@@ -95,6 +109,9 @@ pub struct Gradients {
     pub loss: f64,
     pub devices: Vec<DeviceStep>,
     pub events: Vec<FleetEvent>,
+    /// Seconds until the last share answered (the local fleet's forward and backward;
+    /// buckets handed over after this were not overlapped).
+    pub computed_s: f64,
     started: Instant,
 }
 
@@ -146,6 +163,8 @@ pub struct DataParallel<M> {
     /// Shares and fleet events since `start_trace`, timed from its origin.
     trace: Option<(Instant, Trace)>,
     step: u64,
+    /// Tags shares, so a late message from an abandoned one is recognised.
+    next_tag: u64,
 }
 
 fn invalid(op: &str, device: &str, detail: String) -> Error {
@@ -177,6 +196,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             max_grad_norm: None,
             trace: None,
             step: 0,
+            next_tag: 0,
         };
         for (device, profile) in devices {
             let replica = dp.replica(device, &profile)?;
@@ -437,82 +457,168 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     where
         F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
     {
+        self.gradients_bucketed(rows, global_batch, loss, &[], &mut |_, _| Ok(()))
+    }
+
+    /// [`gradients`](Self::gradients), handing the summed gradients over in `buckets`
+    /// (ranges of master parameter indices, in the order given) while the backward passes
+    /// still run: `on_bucket` gets a bucket's parameters and their gradients as soon as
+    /// every share has sent its part of them, and may replace them (an all-reduce across
+    /// processes). List the last layers' parameters first: backward finishes them first.
+    /// `on_bucket` runs on the calling thread, once per bucket, in order.
+    pub fn gradients_bucketed<F>(
+        &mut self,
+        rows: Range<usize>,
+        global_batch: usize,
+        loss: F,
+        buckets: &[Range<usize>],
+        on_bucket: &mut dyn FnMut(&[Param], &mut Grads) -> Result<()>,
+    ) -> Result<Gradients>
+    where
+        F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
+    {
+        let n_params = self.replicas[0].params.len();
+        if let Some(bad) = buckets.iter().find(|b| b.start > b.end || b.end > n_params) {
+            return Err(invalid(
+                "DataParallel::gradients_bucketed",
+                &self.replicas[0].label,
+                format!("bucket {bad:?} is not a range of the {n_params} parameters"),
+            ));
+        }
         let batch = global_batch;
         let local = rows.clone();
         let started = Instant::now();
         let loss = Arc::new(loss);
+        let (reply, replies) = channel::<Message>();
+        let master_params = self.replicas[0].params.clone();
+        let mut collector = Collector::new(&master_params, local.len(), buckets);
         let mut events = Vec::new();
         let mut parts: Vec<(String, Range<usize>, f64, ShareDone)> = Vec::new();
         let mut attempts: HashMap<String, u32> = HashMap::new();
-        // Work still to do: rows for any device, or rows pinned to one (a retry).
-        let mut open: Vec<Range<usize>> = Vec::new();
-        open.push(local.clone());
-        let mut pinned: Vec<(String, Range<usize>)> = Vec::new();
+        // Work still to do: rows for any device, or rows pinned to one (a retry), each with
+        // the parameters an earlier attempt already sent.
+        let nothing_sent = Arc::new(vec![false; n_params]);
+        let mut open: Vec<(Range<usize>, Arc<Vec<bool>>)> = Vec::new();
+        if !local.is_empty() {
+            open.push((local.clone(), nothing_sent));
+        }
+        let mut pinned: Vec<(String, Range<usize>, Arc<Vec<bool>>)> = Vec::new();
         while !open.is_empty() || !pinned.is_empty() {
-            let mut assigned: Vec<(usize, Range<usize>)> = Vec::new();
-            for rows in open.drain(..) {
+            let mut assigned: Vec<(usize, Range<usize>, Arc<Vec<bool>>)> = Vec::new();
+            for (rows, skip) in open.drain(..) {
                 let shares = self.shares(rows.len());
                 for (i, r) in ranges(&shares, rows.start).into_iter().enumerate() {
                     if !r.is_empty() {
-                        assigned.push((i, r));
+                        assigned.push((i, r, skip.clone()));
                     }
                 }
             }
-            for (label, rows) in pinned.drain(..) {
+            for (label, rows, skip) in pinned.drain(..) {
                 match self.replicas.iter().position(|r| r.label == label) {
-                    Some(i) => assigned.push((i, rows)),
-                    None => open.push(rows),
+                    Some(i) => assigned.push((i, rows, skip)),
+                    None => open.push((rows, skip)),
                 }
             }
-            let mut waiting = Vec::with_capacity(assigned.len());
-            for (i, rows) in assigned {
+            let mut running: HashMap<u64, Running> = HashMap::new();
+            for (i, rows, skip) in assigned {
                 let predicted = self.replicas[i].cost.at(rows.len());
-                let job = self.job(i, rows.clone(), batch, &loss);
-                let tag = self.replicas[i].worker.submit(job)?;
+                self.next_tag += 1;
+                let tag = self.next_tag;
+                let job = self.job(i, tag, rows.clone(), batch, &loss, &skip, &reply);
+                self.replicas[i].worker.submit(tag, job, reply.clone())?;
                 let limit = self.policy.watchdog_min.max(Duration::from_secs_f64(watchdog_secs(
                     predicted * self.policy.watchdog_factor,
                 )));
-                waiting.push((i, rows, tag, predicted, Instant::now(), limit));
+                let sent = Instant::now();
+                running.insert(
+                    tag,
+                    Running {
+                        replica: i,
+                        rows,
+                        predicted,
+                        sent,
+                        deadline: sent + limit,
+                        skip,
+                        delivered: vec![false; n_params],
+                    },
+                );
             }
             let mut evict: Vec<(usize, String)> = Vec::new();
-            for (i, rows, tag, predicted, sent, limit) in waiting {
-                let replica = &mut self.replicas[i];
-                match replica.worker.wait(tag, sent + limit, sent) {
-                    Outcome::Done(Ok(done)) => {
-                        replica.stale = false;
-                        if let Some((origin, trace)) = &mut self.trace {
-                            let name =
-                                format!("step {} rows {}..{}", self.step, rows.start, rows.end);
-                            let start = sent.saturating_duration_since(*origin);
-                            let took =
-                                Duration::from_secs_f64(done.secs).max(Duration::from_nanos(1));
-                            trace.push(&replica.label, "share", name, start, took);
-                        }
-                        parts.push((replica.label.clone(), rows, predicted, done));
-                    }
-                    Outcome::Done(Err(e)) if e.is_device_fault() => {
-                        let attempt = attempts.entry(replica.label.clone()).or_insert(0);
-                        *attempt += 1;
-                        if e.kind() != ErrorKind::DeviceLost && *attempt <= self.policy.max_retries
+            while let Some(deadline) = running.values().map(|r| r.deadline).min() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match replies.recv_timeout(left) {
+                    Ok(Message::Grad { tag, param, grad }) => {
+                        if let Some(run) = running.get_mut(&tag)
+                            && !run.skip[param]
+                            && !run.delivered[param]
                         {
-                            tracing::warn!(device = %replica.label, attempt, %e, "share failed; retrying");
-                            events.push(FleetEvent::Retried {
-                                device: replica.label.clone(),
-                                attempt: *attempt,
-                                error: e.to_string(),
-                            });
-                            pinned.push((replica.label.clone(), rows));
-                        } else {
-                            evict.push((i, e.to_string()));
-                            open.push(rows);
+                            run.delivered[param] = true;
+                            collector.deliver(param, &run.rows, grad);
                         }
                     }
-                    Outcome::Done(Err(e)) => return Err(e),
-                    Outcome::TimedOut(waited) => {
-                        evict.push((i, format!("no answer within {waited:.2?} (watchdog)")));
-                        open.push(rows);
+                    Ok(Message::Done { tag, result }) => {
+                        let Some(run) = running.remove(&tag) else { continue };
+                        let replica = &mut self.replicas[run.replica];
+                        match result {
+                            Ok(done) => {
+                                replica.stale = false;
+                                let ended = run.skip_next();
+                                collector.share_ended(&run.rows, &ended);
+                                if let Some((origin, trace)) = &mut self.trace {
+                                    let name = format!(
+                                        "step {} rows {}..{}",
+                                        self.step, run.rows.start, run.rows.end
+                                    );
+                                    let start = run.sent.saturating_duration_since(*origin);
+                                    let took = Duration::from_secs_f64(done.secs)
+                                        .max(Duration::from_nanos(1));
+                                    trace.push(&replica.label, "share", name, start, took);
+                                }
+                                parts.push((replica.label.clone(), run.rows, run.predicted, done));
+                            }
+                            Err(e) if e.is_device_fault() => {
+                                let attempt = attempts.entry(replica.label.clone()).or_insert(0);
+                                *attempt += 1;
+                                let skip = run.skip_next();
+                                if e.kind() != ErrorKind::DeviceLost
+                                    && *attempt <= self.policy.max_retries
+                                {
+                                    tracing::warn!(device = %replica.label, attempt, %e, "share failed; retrying");
+                                    events.push(FleetEvent::Retried {
+                                        device: replica.label.clone(),
+                                        attempt: *attempt,
+                                        error: e.to_string(),
+                                    });
+                                    pinned.push((replica.label.clone(), run.rows, skip));
+                                } else {
+                                    evict.push((run.replica, e.to_string()));
+                                    open.push((run.rows, skip));
+                                }
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
+                    Err(RecvTimeoutError::Timeout) => {
+                        let now = Instant::now();
+                        let late: Vec<u64> = running
+                            .iter()
+                            .filter(|(_, r)| r.deadline <= now)
+                            .map(|(t, _)| *t)
+                            .collect();
+                        for tag in late {
+                            let Some(run) = running.remove(&tag) else { continue };
+                            let waited = now.saturating_duration_since(run.sent);
+                            evict.push((
+                                run.replica,
+                                format!("no answer within {waited:.2?} (watchdog)"),
+                            ));
+                            open.push((run.rows.clone(), run.skip_next()));
+                        }
+                    }
+                    // Unreachable while `reply` lives; a stopped thread ends by its deadline.
+                    Err(RecvTimeoutError::Disconnected) => {}
                 }
+                collector.flush(on_bucket)?;
             }
             evict.sort_by_key(|e| std::cmp::Reverse(e.0));
             evict.dedup_by_key(|e| e.0);
@@ -520,7 +626,14 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                 events.push(self.evict(i, reason)?);
             }
         }
-        self.sum_shares(local.len(), parts, events, started)
+        // When the last share really ended: its answer may have waited while `on_bucket`
+        // blocked (an all-reduce waiting for a slower process).
+        let computed_s = parts
+            .iter()
+            .map(|(_, _, _, done)| done.ended.saturating_duration_since(started).as_secs_f64())
+            .fold(0.0, f64::max);
+        let grads = collector.finish(on_bucket)?;
+        self.learn_from(local.len(), parts, grads, events, computed_s, started)
     }
 
     fn traced(&mut self, events: &[FleetEvent]) {
@@ -529,14 +642,20 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         }
     }
 
-    /// The work of one share on replica `i`, as a job for its thread.
+    /// The work of one share on replica `i`, as a job for its thread: forward, then a
+    /// backward pass that sends each parameter's gradient to the master as soon as it is
+    /// final (except those in `skip`, which an earlier attempt already sent).
+    #[allow(clippy::too_many_arguments)]
     fn job<F>(
         &self,
         i: usize,
+        tag: u64,
         rows: Range<usize>,
         batch: usize,
         loss: &Arc<F>,
-    ) -> Box<dyn FnOnce() -> Result<ShareDone> + Send>
+        skip: &Arc<Vec<bool>>,
+        reply: &std::sync::mpsc::Sender<Message>,
+    ) -> Work
     where
         F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
     {
@@ -547,6 +666,8 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         let master = self.replicas[0].device.clone();
         let stale = replica.stale;
         let loss = loss.clone();
+        let skip = skip.clone();
+        let reply = reply.clone();
         let ctx = Ctx::train(self.step).rows_from(rows.start);
         let loss_scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
         let scale = loss_scale / batch.max(1) as f64;
@@ -560,39 +681,45 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             let total = loss(&model, &device, rows, &ctx)?;
             let scaled = total.affine(scale, 0.0)?;
             let nodes = scaled.graph_len();
-            let grads = scaled.backward()?;
-            let value = scaled.tensor().to_f64_vec()?.iter().sum::<f64>() / loss_scale;
+            let index: HashMap<VarId, usize> =
+                params.iter().enumerate().map(|(k, p)| (p.id(), k)).collect();
+            let seed =
+                Tensor::ones(scaled.tensor().shape().clone(), scaled.tensor().dtype(), &device)?;
             // Gradients travel to the master inside the timed part: they are part of what
             // this device's share costs.
-            let grads = params
-                .iter()
-                .map(|p| grads.get(p.id()).map(|g| g.to_device(&master)).transpose())
-                .collect::<Result<Vec<_>>>()?;
-            Ok(ShareDone { loss: value, grads, secs: t0.elapsed().as_secs_f64(), nodes })
+            scaled.backward_streaming(seed, |id, grad| {
+                let Some(&param) = index.get(&id).filter(|&&k| !skip[k]) else { return Ok(()) };
+                let grad = grad.to_device(&master)?;
+                // The step may have given up on this share: then nobody listens.
+                let _ = reply.send(Message::Grad { tag, param, grad });
+                Ok(())
+            })?;
+            let value = scaled.tensor().to_f64_vec()?.iter().sum::<f64>() / loss_scale;
+            Ok(ShareDone {
+                loss: value,
+                secs: t0.elapsed().as_secs_f64(),
+                nodes,
+                ended: Instant::now(),
+            })
         })
     }
 
-    /// Sums the shares' gradients in row order, learns from their times, updates.
-    fn sum_shares(
+    /// Learns from the shares' times and reports them with the summed gradients.
+    fn learn_from(
         &mut self,
         batch: usize,
         mut parts: Vec<(String, Range<usize>, f64, ShareDone)>,
+        summed: Grads,
         events: Vec<FleetEvent>,
+        computed_s: f64,
         started: Instant,
     ) -> Result<Gradients> {
         parts.sort_by_key(|p| p.1.start);
-        let master_ids: Vec<_> = self.replicas[0].params.iter().map(|p| p.id()).collect();
-        let mut summed = Grads::default();
         let mut total_loss = 0.0;
         let mut devices = Vec::with_capacity(parts.len());
         let mut slow: HashMap<String, bool> = HashMap::new();
         for (label, rows, predicted, done) in parts {
             total_loss += done.loss;
-            for (id, g) in master_ids.iter().zip(done.grads) {
-                if let Some(g) = g {
-                    summed.add(*id, g)?;
-                }
-            }
             if let Some(r) = self.replicas.iter_mut().find(|r| r.label == label) {
                 let whole = rows.len() == batch;
                 match (whole, &mut r.alone) {
@@ -634,7 +761,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                 None => {}
             }
         }
-        Ok(Gradients { grads: summed, loss: total_loss, devices, events, started })
+        Ok(Gradients { grads: summed, loss: total_loss, devices, events, computed_s, started })
     }
 
     /// The second half of a step: loss scaling, clipping and the optimizer's update of the
@@ -644,7 +771,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         gradients: Gradients,
         optimizer: &mut dyn Optimizer,
     ) -> Result<StepReport> {
-        let Gradients { grads: mut summed, loss: total_loss, devices, mut events, started } =
+        let Gradients { grads: mut summed, loss: total_loss, devices, mut events, started, .. } =
             gradients;
         let finite = match &mut self.scaler {
             Some(scaler) => scaler.unscale(&self.replicas[0].params, &mut summed)?,
@@ -714,7 +841,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         let mut events = Vec::new();
         let mut still = Vec::new();
         for mut replica in std::mem::take(&mut self.evicted) {
-            let Ok(mut worker) = Worker::start(&replica.label) else {
+            let Ok(worker) = Worker::start(&replica.label) else {
                 still.push(replica);
                 continue;
             };
@@ -729,13 +856,14 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                         detail: "wrong answer".into(),
                     });
                 }
-                Ok(ShareDone { loss: 0.0, grads: Vec::new(), secs: 0.0, nodes: 0 })
+                Ok(ShareDone { loss: 0.0, secs: 0.0, nodes: 0, ended: Instant::now() })
             });
             let sent = Instant::now();
+            let (reply, replies) = channel();
             let answered = worker
-                .submit(probe)
-                .map(|tag| worker.wait(tag, sent + self.policy.watchdog_min, sent));
-            if let Ok(Outcome::Done(Ok(_))) = answered {
+                .submit(0, probe, reply)
+                .map(|()| wait_done(&replies, 0, sent + self.policy.watchdog_min));
+            if let Ok(Some(Ok(_))) = answered {
                 tracing::info!(device = %replica.label, "re-admitting a device");
                 events.push(FleetEvent::Readmitted { device: replica.label.clone() });
                 replica.worker = worker;

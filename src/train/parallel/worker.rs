@@ -2,35 +2,51 @@
 //! answering can be left behind: the step waits for a share only until its deadline.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::{Error, Result};
+use crate::{Error, Result, Tensor};
 
-/// A share to run, tagged so that a late answer to an earlier share is never mistaken for
-/// the current one.
-struct Job<T> {
-    tag: u64,
-    work: Box<dyn FnOnce() -> Result<T> + Send>,
+/// A finished share: its part of the loss, how long it took, how many graph nodes it had and
+/// when it ended (its gradients went ahead as [`Message::Grad`]s).
+pub(super) struct ShareDone {
+    pub loss: f64,
+    pub secs: f64,
+    pub nodes: usize,
+    pub ended: Instant,
 }
 
-pub(super) struct Worker<T> {
-    jobs: Sender<Job<T>>,
-    results: Receiver<(u64, Result<T>)>,
-    next_tag: u64,
+/// What a share sends to the step that waits for it, tagged so that a late message from an
+/// earlier share is never mistaken for the current one.
+pub(super) enum Message {
+    /// The gradient of master parameter `param` over the share's rows, final and already
+    /// on the master device, sent while the rest of the backward pass still runs.
+    Grad {
+        tag: u64,
+        param: usize,
+        grad: Tensor,
+    },
+    Done {
+        tag: u64,
+        result: Result<ShareDone>,
+    },
+}
+
+pub(super) type Work = Box<dyn FnOnce() -> Result<ShareDone> + Send>;
+
+struct Job {
+    tag: u64,
+    work: Work,
+    reply: Sender<Message>,
+}
+
+pub(super) struct Worker {
+    jobs: Sender<Job>,
     label: String,
 }
 
-/// What waiting for a share gave.
-pub(super) enum Outcome<T> {
-    Done(Result<T>),
-    /// No answer by the deadline: the device is presumed hung.
-    TimedOut(Duration),
-}
-
-impl<T: Send + 'static> Worker<T> {
-    pub(super) fn start(label: &str) -> Result<Worker<T>> {
-        let (jobs, inbox) = channel::<Job<T>>();
-        let (report, results) = channel();
+impl Worker {
+    pub(super) fn start(label: &str) -> Result<Worker> {
+        let (jobs, inbox) = channel::<Job>();
         std::thread::Builder::new()
             .name(format!("replica {label}"))
             .spawn(move || {
@@ -44,9 +60,8 @@ impl<T: Send + 'static> Worker<T> {
                                 detail: "the share's work panicked".into(),
                             })
                         });
-                    if report.send((job.tag, result)).is_err() {
-                        break;
-                    }
+                    // The step may have given up on this share and gone: nothing to tell.
+                    let _ = job.reply.send(Message::Done { tag: job.tag, result });
                 }
             })
             .map_err(|e| Error::Fault {
@@ -54,36 +69,38 @@ impl<T: Send + 'static> Worker<T> {
                 device: label.into(),
                 detail: format!("cannot start the replica's thread: {e}"),
             })?;
-        Ok(Worker { jobs, results, next_tag: 0, label: label.into() })
+        Ok(Worker { jobs, label: label.into() })
     }
 
-    /// Hands `work` to the thread; returns its tag.
-    pub(super) fn submit(&mut self, work: Box<dyn FnOnce() -> Result<T> + Send>) -> Result<u64> {
-        self.next_tag += 1;
-        let tag = self.next_tag;
-        self.jobs.send(Job { tag, work }).map_err(|_| Error::Fault {
+    /// Hands `work` to the thread; its end (and anything it sends itself) arrives on `reply`.
+    pub(super) fn submit(&self, tag: u64, work: Work, reply: Sender<Message>) -> Result<()> {
+        self.jobs.send(Job { tag, work, reply }).map_err(|_| Error::Fault {
             op: "data-parallel share".into(),
             device: self.label.clone(),
             detail: "the replica's thread has stopped".into(),
-        })?;
-        Ok(tag)
+        })
     }
+}
 
-    /// The answer to share `tag`, or `TimedOut` at `deadline`.
-    pub(super) fn wait(&self, tag: u64, deadline: Instant, started: Instant) -> Outcome<T> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.results.recv_timeout(left) {
-                Ok((t, result)) if t == tag => return Outcome::Done(result),
-                Ok(_) => continue, // a late answer to a share already given up on
-                Err(RecvTimeoutError::Timeout) => return Outcome::TimedOut(started.elapsed()),
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Outcome::Done(Err(Error::Fault {
-                        op: "data-parallel share".into(),
-                        device: self.label.clone(),
-                        detail: "the replica's thread has stopped".into(),
-                    }));
-                }
+/// The end of share `tag` on `replies`; `None` if it has not ended by `deadline` (the
+/// device is presumed hung).
+pub(super) fn wait_done(
+    replies: &Receiver<Message>,
+    tag: u64,
+    deadline: Instant,
+) -> Option<Result<ShareDone>> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match replies.recv_timeout(left) {
+            Ok(Message::Done { tag: t, result }) if t == tag => return Some(result),
+            Ok(_) => continue,
+            Err(RecvTimeoutError::Timeout) => return None,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Some(Err(Error::Fault {
+                    op: "data-parallel share".into(),
+                    device: "-".into(),
+                    detail: "the replica's thread has stopped".into(),
+                }));
             }
         }
     }
