@@ -36,6 +36,12 @@ struct Args {
     /// Rank 0 writes the final checkpoint here.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Gradient bytes per all-reduce bucket (default: sized from the measured network).
+    #[arg(long)]
+    bucket_bytes: Option<usize>,
+    /// All-reduce after the backward pass instead of during it.
+    #[arg(long)]
+    no_overlap: bool,
 }
 
 const DIM: usize = 16;
@@ -61,6 +67,10 @@ fn run(args: &Args) -> Result<()> {
     })?;
     let mut job = Distributed::new(ranks, local);
     job.set_fixed_split(args.weights.clone())?;
+    job.set_overlap(!args.no_overlap);
+    if let Some(bytes) = args.bucket_bytes {
+        job.set_bucket_bytes(bytes);
+    }
     let mut opt = AdamW::new(job.local.params().to_vec(), 1e-2);
     let mut start = 0;
     if let Some(dir) = &args.resume {
@@ -89,12 +99,13 @@ fn run(args: &Args) -> Result<()> {
         };
         let report = job.step(batch, loss, &mut opt)?;
         println!(
-            "rank {rank} of {size}: step {step} rows {:?} of {:?}, loss {:.5}, all-reduce {} B in {:.3} ms",
+            "rank {rank} of {size}: step {step} rows {:?} of {:?}, loss {:.5}, all-reduce {} B in {:.3} ms ({:.3} ms exposed)",
             report.rank_rows[rank],
             report.rank_rows,
             report.local.loss,
             report.all_reduce_bytes,
-            report.all_reduce_s * 1e3
+            report.all_reduce_s * 1e3,
+            report.exposed_s * 1e3
         );
     }
     if rank == 0

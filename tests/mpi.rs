@@ -1,6 +1,8 @@
 // MPI ranks trained as one (feature `mpi`), under a real `mpirun`: the all-reduce weighting
-// with unequal rank shares, 2-rank training equal to 1-process training, and resuming a
-// 2-rank checkpoint on 1 rank. With `CI` set, a missing `mpirun` fails the test.
+// with unequal rank shares (one rank with no rows at all), 2-rank training equal to
+// 1-process training, the all-reduce overlapping the backward pass giving the same bits as
+// after it, and resuming a 2-rank checkpoint on 1 rank. With `CI` set, a missing `mpirun`
+// fails the test.
 
 #![cfg(feature = "mpi")]
 
@@ -87,6 +89,19 @@ fn ranks_train_as_one_process_and_resume_at_another_world_size() {
     let two = run(2, &["--steps", "8", "--weights", "1,3", "--save", &dir("two")]);
     assert!(two.contains("rows 12..48"), "rank 1 should take rows 12..48 of 48");
     assert_close(&base.join("two"), &base.join("one"), "2 ranks (1:3) vs 1 process");
+
+    // One bucket per parameter, reduced while the backward pass runs or after it: the
+    // same sums, bit for bit. A rank with no rows still takes part in every bucket.
+    let small = ["--steps", "8", "--weights", "1,3", "--bucket-bytes", "4"];
+    run(2, &[&small[..], &["--save", &dir("overlap")]].concat());
+    run(2, &[&small[..], &["--no-overlap", "--save", &dir("serial")]].concat());
+    assert_eq!(params(&base.join("overlap")), params(&base.join("serial")));
+    let idle = run(
+        2,
+        &["--steps", "8", "--weights", "0,1", "--bucket-bytes", "4", "--save", &dir("idle")],
+    );
+    assert!(idle.contains("rows 0..0"), "rank 0 should have no rows");
+    assert_close(&base.join("idle"), &base.join("one"), "2 ranks (0:1) vs 1 process");
 
     // 2 ranks for 4 steps, then 1 rank from their checkpoint for the other 4.
     run(2, &["--steps", "4", "--save", &dir("half")]);

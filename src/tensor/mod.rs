@@ -251,13 +251,27 @@ impl Tensor {
     /// The elements' bytes, row-major, as the device stores them (waits for the work that
     /// produces them). With [`Tensor::from_bytes`], how tensors leave and enter files.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let dense = self.contiguous()?;
-        let size = self.dtype.size_in_bytes();
-        let mut bytes = vec![0u8; self.numel() * size];
-        if !bytes.is_empty() {
-            dense.device().read(dense.storage.buffer, dense.layout.offset * size, &mut bytes)?;
-        }
+        let mut bytes = vec![0u8; self.numel() * self.dtype.size_in_bytes()];
+        self.read_bytes_into(&mut bytes)?;
         Ok(bytes)
+    }
+
+    /// [`to_bytes`](Self::to_bytes) into a buffer of the caller's (a reused staging area),
+    /// which must hold exactly the elements' bytes.
+    pub fn read_bytes_into(&self, dst: &mut [u8]) -> Result<()> {
+        let size = self.dtype.size_in_bytes();
+        if dst.len() != self.numel() * size {
+            return Err(Error::Shape {
+                op: "read_bytes_into".into(),
+                device: label(self.device()),
+                detail: format!("{} bytes cannot hold {}", dst.len(), self.describe()),
+            });
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let dense = self.contiguous()?;
+        dense.device().read(dense.storage.buffer, dense.layout.offset * size, dst)
     }
 
     /// A tensor of `shape` and `dtype` on `device` from its elements' bytes, row-major.

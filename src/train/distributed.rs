@@ -6,9 +6,13 @@
 //! computes the same cut); every rank plans its rows over its own devices as before; the
 //! gradients (each share's summed loss divided by the *global* batch) are added across ranks
 //! with an all-reduce in buckets, so the update every rank applies is the one a single
-//! process computes from the whole batch. The buckets are reduced one after another once
-//! the backward pass is done; overlapping them with the backward pass (a bucket reduced
-//! while later layers' gradients are still being computed) is not done yet.
+//! process computes from the whole batch.
+//!
+//! The all-reduce overlaps the backward pass: the buckets hold the parameters in reverse
+//! order (the last layers, whose gradients the backward pass finishes first, go first), and
+//! a bucket is reduced on this thread as soon as every local share has sent its part, while
+//! the replicas' threads go on with the earlier layers. Every rank reduces the same buckets
+//! in the same order, whichever finishes first.
 //!
 //! Launch with the cluster's own launcher: `mpirun -np 4 target/release/examples/train_mlp
 //! --distributed`, or `srun -n 4 …` under Slurm.
@@ -25,7 +29,7 @@ use super::cluster::Network;
 use super::nn::Ctx;
 use super::optim::Optimizer;
 use super::parallel::ranges;
-use super::{DataParallel, Gradients, Grads, StepReport, Var};
+use super::{DataParallel, Grads, Param, StepReport, Var};
 use crate::plan::proportional;
 use crate::{DType, DeviceRef, Error, Result, Tensor};
 
@@ -75,10 +79,17 @@ impl Ranks {
         total
     }
 
-    /// Element-wise sum over ranks, in place.
-    pub fn sum_in_place(&self, data: &mut [f32]) {
-        let send = data.to_vec();
-        self.world.all_reduce_into(&send[..], data, SystemOperation::sum());
+    /// Element-wise sum over ranks of `send` into `recv` (of the same length).
+    pub fn sum_into(&self, send: &[f32], recv: &mut [f32]) -> Result<()> {
+        if send.len() != recv.len() {
+            return Err(Error::InvalidArgument {
+                op: "Ranks::sum_into".into(),
+                device: format!("rank {}", self.rank()),
+                detail: format!("{} values into {}", send.len(), recv.len()),
+            });
+        }
+        self.world.all_reduce_into(send, recv, SystemOperation::sum());
+        Ok(())
     }
 
     /// Waits until every rank has arrived.
@@ -97,6 +108,25 @@ pub fn rank_rows(rates: &[f64], batch: usize) -> Vec<Range<usize>> {
     ranges(&shares, 0)
 }
 
+/// Consecutive ranges of `params` of at least `bytes` of f32 gradients each (but one
+/// parameter per range at least), the last parameters first: the order in which a backward
+/// pass finishes them, when the model registers its layers in forward order.
+pub fn buckets(params: &[Param], bytes: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut end = params.len();
+    while end > 0 {
+        let mut start = end;
+        let mut size = 0;
+        while start > 0 && (start == end || size < bytes) {
+            start -= 1;
+            size += params[start].value().numel() * 4;
+        }
+        out.push(start..end);
+        end = start;
+    }
+    out
+}
+
 /// What one distributed step did on this rank.
 #[derive(Clone, Debug)]
 pub struct DistributedReport {
@@ -104,9 +134,62 @@ pub struct DistributedReport {
     pub local: StepReport,
     /// Rows of the global batch each rank computed.
     pub rank_rows: Vec<Range<usize>>,
-    /// Time in the gradient all-reduce (host copies included).
+    /// Time inside the gradient all-reduces (host copies included, and the wait for ranks
+    /// that reach a bucket later).
     pub all_reduce_s: f64,
+    /// The part of the all-reduce the step waited for after this rank's backward passes
+    /// had ended (all of it without overlap).
+    pub exposed_s: f64,
     pub all_reduce_bytes: usize,
+}
+
+/// Host buffers for one bucket's all-reduce, kept from step to step.
+#[derive(Default)]
+struct Staging {
+    send: Vec<f32>,
+    recv: Vec<f32>,
+}
+
+impl Staging {
+    /// Sums the gradients of `params` over the ranks, in place in `grads`; a parameter
+    /// this rank has no gradient for contributes zeros. Two host copies: device to `send`,
+    /// and `recv` to the device.
+    fn all_reduce(
+        &mut self,
+        ranks: &Ranks,
+        device: &DeviceRef,
+        params: &[Param],
+        grads: &mut Grads,
+    ) -> Result<usize> {
+        let n: usize = params.iter().map(|p| p.value().numel()).sum();
+        self.send.resize(n, 0.0);
+        self.recv.resize(n, 0.0);
+        let mut at = 0;
+        for p in params {
+            let part = &mut self.send[at..at + p.value().numel()];
+            match grads.get(p.id()) {
+                Some(g) if g.dtype() == DType::F32 => {
+                    g.read_bytes_into(bytemuck::cast_slice_mut(part))?
+                }
+                Some(g) => g.cast(DType::F32)?.read_bytes_into(bytemuck::cast_slice_mut(part))?,
+                None => part.fill(0.0),
+            }
+            at += part.len();
+        }
+        ranks.sum_into(&self.send, &mut self.recv)?;
+        let mut at = 0;
+        for p in params {
+            let value = p.value();
+            let len = value.numel();
+            let summed =
+                Tensor::from_slice(&self.recv[at..at + len], value.shape().clone(), device)?;
+            let summed =
+                if value.dtype() == DType::F32 { summed } else { summed.cast(value.dtype())? };
+            grads.insert(p.id(), summed);
+            at += len;
+        }
+        Ok(4 * n)
+    }
 }
 
 /// A [`DataParallel`] fleet on every rank, trained as one.
@@ -120,6 +203,9 @@ pub struct Distributed<M> {
     bucket_bytes: usize,
     /// The all-reduce cost measured at the first step (latency + bytes/bandwidth).
     network: Option<Network>,
+    /// Reduce buckets during the backward pass (otherwise after it).
+    overlap: bool,
+    staging: Staging,
 }
 
 impl<M: Send + Sync + 'static> Distributed<M> {
@@ -131,6 +217,8 @@ impl<M: Send + Sync + 'static> Distributed<M> {
             fixed: None,
             bucket_bytes: BUCKET_BYTES,
             network: None,
+            overlap: true,
+            staging: Staging::default(),
         }
     }
 
@@ -169,6 +257,12 @@ impl<M: Send + Sync + 'static> Distributed<M> {
         self.bucket_bytes
     }
 
+    /// Reduce each bucket as soon as the backward passes have finished it (the default), or
+    /// all of them after the backward passes (same result; for comparison).
+    pub fn set_overlap(&mut self, overlap: bool) {
+        self.overlap = overlap;
+    }
+
     /// The all-reduce cost measured so far (`None` before the first step).
     pub fn network(&self) -> Option<Network> {
         self.network
@@ -177,22 +271,21 @@ impl<M: Send + Sync + 'static> Distributed<M> {
     /// Measures the all-reduce between the ranks (4 KiB and 16 MiB, median of 3 each; a
     /// collective call) and sizes the buckets so their latencies cost at most 10% of their
     /// transfer time.
-    pub fn calibrate_network(&mut self) -> Network {
-        let time = |n: usize| {
-            let mut buf = vec![0f32; n];
-            let mut runs: Vec<f64> = (0..3)
-                .map(|_| {
-                    self.ranks.barrier();
-                    let t = Instant::now();
-                    self.ranks.sum_in_place(&mut buf);
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
+    pub fn calibrate_network(&mut self) -> Result<Network> {
+        let time = |n: usize| -> Result<(f64, f64)> {
+            let (send, mut recv) = (vec![0f32; n], vec![0f32; n]);
+            let mut runs = Vec::new();
+            for _ in 0..3 {
+                self.ranks.barrier();
+                let t = Instant::now();
+                self.ranks.sum_into(&send, &mut recv)?;
+                runs.push(t.elapsed().as_secs_f64());
+            }
             runs.sort_by(f64::total_cmp);
-            ((4 * n) as f64, runs[1])
+            Ok(((4 * n) as f64, runs[1]))
         };
-        let small = time(1 << 10);
-        let large = time(1 << 22);
+        let small = time(1 << 10)?;
+        let large = time(1 << 22)?;
         let network = Network::fit(small, large);
         // Every rank must pick the same buckets: use the slowest rank's figures.
         let latency = self.ranks.all_gather(network.latency_s).into_iter().fold(0.0, f64::max);
@@ -207,7 +300,7 @@ impl<M: Send + Sync + 'static> Distributed<M> {
             bucket_mib = self.bucket_bytes as f64 / 1048576.0,
             "distributed: measured the all-reduce"
         );
-        network
+        Ok(network)
     }
 
     /// One step over a global batch of `batch` rows, the same call on every rank. `loss`
@@ -222,7 +315,7 @@ impl<M: Send + Sync + 'static> Distributed<M> {
         F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
     {
         if self.network.is_none() {
-            self.calibrate_network();
+            self.calibrate_network()?;
         }
         // Before any measurement every rank claims the same rate: an even cut.
         let rates = match &self.fixed {
@@ -231,12 +324,29 @@ impl<M: Send + Sync + 'static> Distributed<M> {
         };
         let rows = rank_rows(&rates, batch);
         let mine = rows[self.ranks.rank()].clone();
+        let buckets = buckets(self.local.params(), self.bucket_bytes);
+        let device = self.local.devices()[0].clone();
+        let (ranks, staging) = (&self.ranks, &mut self.staging);
+        let (mut bytes, mut all_reduce_s) = (0, 0.0);
+        let mut reduce = |params: &[Param], grads: &mut Grads| -> Result<()> {
+            let t = Instant::now();
+            bytes += staging.all_reduce(ranks, &device, params, grads)?;
+            all_reduce_s += t.elapsed().as_secs_f64();
+            Ok(())
+        };
         let started = Instant::now();
-        let mut gradients = self.local.gradients(mine.clone(), batch, loss)?;
-        let compute_s = started.elapsed().as_secs_f64();
-        let reduce_started = Instant::now();
-        let bytes = self.all_reduce(&mut gradients)?;
-        let all_reduce_s = reduce_started.elapsed().as_secs_f64();
+        let mut gradients = if self.overlap {
+            self.local.gradients_bucketed(mine.clone(), batch, loss, &buckets, &mut reduce)?
+        } else {
+            let mut gradients = self.local.gradients(mine.clone(), batch, loss)?;
+            let params = self.local.params();
+            for bucket in &buckets {
+                reduce(&params[bucket.clone()], &mut gradients.grads)?;
+            }
+            gradients
+        };
+        let exposed_s = (started.elapsed().as_secs_f64() - gradients.computed_s).max(0.0);
+        let compute_s = gradients.computed_s;
         gradients.loss = self.ranks.sum(gradients.loss);
         let local = self.local.update(gradients, optimizer)?;
         if !mine.is_empty() && compute_s > 0.0 {
@@ -245,54 +355,24 @@ impl<M: Send + Sync + 'static> Distributed<M> {
                 self.rate.map_or(observed, |r| r + crate::plan::LEARNING_RATE * (observed - r));
             self.rate = Some(rate);
         }
-        Ok(DistributedReport { local, rank_rows: rows, all_reduce_s, all_reduce_bytes: bytes })
+        Ok(DistributedReport {
+            local,
+            rank_rows: rows,
+            all_reduce_s,
+            exposed_s,
+            all_reduce_bytes: bytes,
+        })
     }
 
-    fn all_reduce(&self, gradients: &mut Gradients) -> Result<usize> {
-        self.all_reduce_grads(&mut gradients.grads)
-    }
-
-    /// Adds every rank's gradients of the master parameters, bucket by bucket, in parameter
-    /// order; a parameter this rank has no gradient for contributes zeros. Returns the bytes
-    /// reduced. (What [`step`](Self::step) does between the two halves of a local step.)
-    pub fn all_reduce_grads(&self, grads: &mut Grads) -> Result<usize> {
-        let params = self.local.params().to_vec();
+    /// Adds every rank's gradients of the master parameters, bucket by bucket (the same
+    /// buckets as [`step`](Self::step)); a parameter this rank has no gradient for
+    /// contributes zeros. Returns the bytes reduced.
+    pub fn all_reduce_grads(&mut self, grads: &mut Grads) -> Result<usize> {
         let device = self.local.devices()[0].clone();
+        let params = self.local.params();
         let mut total = 0;
-        let mut start = 0;
-        while start < params.len() {
-            // One bucket: parameters in order until it holds `bucket_bytes`.
-            let mut end = start;
-            let mut bytes = 0;
-            while end < params.len() && (end == start || bytes < self.bucket_bytes) {
-                bytes += params[end].value().numel() * 4;
-                end += 1;
-            }
-            let mut flat: Vec<f32> = Vec::with_capacity(bytes / 4);
-            for p in &params[start..end] {
-                let n = p.value().numel();
-                match grads.get(p.id()) {
-                    Some(g) if g.dtype() == DType::F32 => flat.extend(g.to_vec::<f32>()?),
-                    Some(g) => flat.extend(g.cast(DType::F32)?.to_vec::<f32>()?),
-                    None => flat.extend(std::iter::repeat_n(0.0, n)),
-                }
-            }
-            self.ranks.sum_in_place(&mut flat);
-            let mut at = 0;
-            for p in &params[start..end] {
-                let value = p.value();
-                let n = value.numel();
-                let summed = Tensor::from_slice(&flat[at..at + n], value.shape().clone(), &device)?;
-                let summed = if value.dtype() == DType::F32 {
-                    summed
-                } else {
-                    summed.cast(value.dtype())?
-                };
-                grads.insert(p.id(), summed);
-                at += n;
-            }
-            total += bytes;
-            start = end;
+        for bucket in buckets(params, self.bucket_bytes) {
+            total += self.staging.all_reduce(&self.ranks, &device, &params[bucket], grads)?;
         }
         Ok(total)
     }
