@@ -1,7 +1,8 @@
 //! A model of data-parallel steps on N ranks × M devices: how long a step takes when each
-//! rank plans its rows over its own devices and the ranks then all-reduce the gradients
-//! over a network of a given bandwidth. Pure arithmetic, for fleets no machine here has;
-//! the rank-level cut and the all-reduce cost are the ones [`distributed`] uses.
+//! rank plans its rows over its own devices and the ranks all-reduce the gradients over a
+//! network of a given bandwidth, bucket by bucket as the backward pass finishes them. Pure
+//! arithmetic, for fleets no machine here has; the rank-level cut, the buckets and the
+//! all-reduce cost are the ones [`distributed`] uses.
 //!
 //! [`distributed`]: super::distributed (feature `mpi`)
 
@@ -72,6 +73,10 @@ impl RankModel {
     }
 }
 
+/// The part of a step's compute that is the backward pass (of the 6 flops per weight and
+/// token, 2 are the forward pass).
+pub const BACKWARD_SHARE: f64 = 2.0 / 3.0;
+
 /// A simulated step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClusterStep {
@@ -80,10 +85,14 @@ pub struct ClusterStep {
     /// The slowest rank's forward + backward.
     pub compute_s: f64,
     pub all_reduce_s: f64,
-    /// Compute, then the all-reduce (no overlap, as implemented today).
+    /// Compute, then the whole all-reduce.
+    pub serial_s: f64,
+    /// As implemented: each bucket is reduced once the backward pass has finished it (the
+    /// gradients come out evenly over the backward pass) and the link is free, so only what
+    /// the backward pass cannot hide, at least the last bucket, adds to the compute.
     pub step_s: f64,
-    /// The lower bound if the all-reduce overlapped the backward pass completely.
-    pub overlapped_s: f64,
+    /// No step is shorter than its compute or its all-reduce.
+    pub bound_s: f64,
 }
 
 /// One step of `batch` rows over `ranks`, gradients of `gradient_bytes`.
@@ -115,9 +124,23 @@ pub fn simulate_step(
         rows,
         compute_s,
         all_reduce_s,
-        step_s: compute_s + all_reduce_s,
-        overlapped_s: compute_s.max(all_reduce_s),
+        serial_s: compute_s + all_reduce_s,
+        step_s: pipelined(compute_s, all_reduce_s, gradient_bytes, bucket),
+        bound_s: compute_s.max(all_reduce_s),
     }
+}
+
+/// The end of the last bucket's all-reduce when bucket `i` of `n` is ready at
+/// `forward + (i+1)/n · backward` and each takes `all_reduce_s / n` on a link that reduces
+/// one bucket at a time: the latest of `ready_i + (n − i) · per_bucket`.
+fn pipelined(compute_s: f64, all_reduce_s: f64, bytes: f64, bucket: f64) -> f64 {
+    let n = (bytes / bucket.max(1.0)).ceil().max(1.0) as usize;
+    let backward = compute_s * BACKWARD_SHARE;
+    let forward = compute_s - backward;
+    let per_bucket = all_reduce_s / n as f64;
+    (0..n)
+        .map(|i| forward + (i + 1) as f64 / n as f64 * backward + (n - i) as f64 * per_bucket)
+        .fold(compute_s, f64::max)
 }
 
 #[cfg(test)]
@@ -139,7 +162,14 @@ mod tests {
         assert!((step.compute_s - 1.0).abs() < 1e-9);
         // 2 ranks: every byte crosses the link once.
         assert!((step.all_reduce_s - 1.0).abs() < 1e-9);
-        assert!((step.step_s - 2.0).abs() < 1e-9 && (step.overlapped_s - 1.0).abs() < 1e-9);
+        assert!((step.serial_s - 2.0).abs() < 1e-9 && (step.bound_s - 1.0).abs() < 1e-9);
+        // 10 buckets of 0.1 s, the backward pass from 1/3 s to 1 s: the link is the
+        // bottleneck from the first bucket on, which is ready at 1/3 + 2/30 s.
+        assert!((step.step_s - (1.0 / 3.0 + 2.0 / 30.0 + 1.0)).abs() < 1e-9, "{step:?}");
+        // A fast link: only the last bucket shows.
+        let fast =
+            simulate_step(&ranks, 800, 1e9, 1e8, &Network { latency_s: 0.0, bytes_per_s: 1e11 });
+        assert!((fast.step_s - (1.0 + 0.01 / 10.0)).abs() < 1e-9, "{fast:?}");
     }
 
     #[test]
