@@ -140,7 +140,7 @@ fn overhead_pair(name: &str, make: impl FnOnce(DeviceRef) -> Step) -> Pair {
 fn mlp_step(device: DeviceRef) -> Step {
     let store = ParamStore::new(&device, 0);
     let model = Mlp::new(&store, &[64, 128, 10], Activation::Relu).expect("mlp");
-    let mut opt = AdamW::new(store.params(), 1e-3);
+    let mut opt = AdamW::new(store.params(), 1e-3).expect("lr");
     let x = Tensor::rand(0.0, 1.0, [64, 64], DType::F32, 1, &device).expect("x");
     let y: Vec<u32> = (0..64).map(|i| i % 10).collect();
     Box::new(move || {
@@ -157,7 +157,7 @@ fn charlm_step(device: DeviceRef) -> Step {
         GptConfig { vocab: 70, context: 64, dim: 96, heads: 4, layers: 2, dtype: DType::F32 };
     let store = ParamStore::new(&device, 0);
     let model = Gpt::new(&store, config).expect("gpt");
-    let mut opt = AdamW::new(store.params(), 1e-3);
+    let mut opt = AdamW::new(store.params(), 1e-3).expect("lr");
     let (batch, time) = (32, 64);
     let ids: Vec<u32> = (0..batch * time).map(|i| (i * 7 % 70) as u32).collect();
     let targets: Vec<u32> = (0..batch * time).map(|i| (i * 11 % 70) as u32).collect();
@@ -175,7 +175,7 @@ fn data_parallel(members: Vec<(DeviceRef, DeviceProfile)>, batch: usize) -> (Ste
     let mut dp =
         DataParallel::new(members, 0, |s| Mlp::new(s, &[64, 512, 512, 10], Activation::Relu))
             .expect("replicas");
-    let mut opt = AdamW::new(dp.params().to_vec(), 1e-3);
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-3).expect("lr");
     let host = Arc::new(CpuDevice::with_threads(1).expect("cpu")) as DeviceRef;
     let x = Tensor::rand(0.0, 1.0, [batch, 64], DType::F32, 1, &host)
         .expect("x")
@@ -192,7 +192,7 @@ fn data_parallel(members: Vec<(DeviceRef, DeviceProfile)>, batch: usize) -> (Ste
               -> Result<Var> {
             let input =
                 Tensor::from_slice(&x[rows.start * 64..rows.end * 64], [rows.len(), 64], device)?;
-            let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+            let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
             nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[rows], &opts)
         };
         dp.step(batch, loss, &mut opt).expect("step")
@@ -209,7 +209,7 @@ fn gpt_snapshot(config: GptConfig) -> (Snapshot, Step, Arc<dyn Fn() -> Snapshot>
     let device: DeviceRef = Arc::new(CpuDevice::new().expect("cpu"));
     let store = ParamStore::new(&device, 0);
     let model = Gpt::new(&store, config).expect("gpt");
-    let opt = Arc::new(Mutex::new(AdamW::new(store.params(), 1e-3)));
+    let opt = Arc::new(Mutex::new(AdamW::new(store.params(), 1e-3).expect("lr")));
     let (batch, time) = (32, config.context);
     let ids: Vec<u32> = (0..batch * time).map(|i| (i * 7 % config.vocab) as u32).collect();
     let targets: Vec<u32> = (0..batch * time).map(|i| (i * 11 % config.vocab) as u32).collect();

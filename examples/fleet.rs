@@ -78,7 +78,19 @@ fn print_calibration(devices: &[&dyn Device], profiles: &[DeviceProfile]) {
             p.latency_s * 1e6,
             p.host_to_device_bytes_per_s / 1e9,
             p.device_to_host_bytes_per_s / 1e9,
-            p.measured_at,
+            age(p),
         );
+    }
+}
+
+/// `4 min ago`, or `-` for figures that were not measured.
+fn age(p: &DeviceProfile) -> String {
+    let Some(age) = p.age() else { return "-".into() };
+    let secs = age.as_secs();
+    match secs {
+        0..120 => format!("{secs} s ago"),
+        120..7200 => format!("{} min ago", secs / 60),
+        7200..172_800 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86_400),
     }
 }

@@ -155,14 +155,14 @@ fn step_table(ranks: Ranks, device: &DeviceRef, what: &str) -> Result<Ranks> {
     let weights: usize = local.params().iter().map(|p| p.value().numel()).sum();
     let mut job = Distributed::new(ranks, local);
     job.set_fixed_split(Some(vec![1.0; size]))?;
-    let mut opt = Sgd::new(job.local.params().to_vec(), 1e-3);
+    let mut opt = Sgd::new(job.local.params().to_vec(), 1e-3)?;
     let x =
         Arc::new(Tensor::randn(0.0, 1.0, [BATCH, DIM], DType::F32, 1, device)?.to_vec::<f32>()?);
     let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
         let input =
             Tensor::from_slice(&x[rows.start * DIM..rows.end * DIM], [rows.len(), DIM], device)?;
         let labels: Vec<u32> = rows.clone().map(|r| (r % CLASSES) as u32).collect();
-        let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+        let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
         nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &labels, &opts)
     };
     let mine = BATCH / size;

@@ -71,7 +71,7 @@ fn run(args: &Args) -> Result<()> {
     if let Some(bytes) = args.bucket_bytes {
         job.set_bucket_bytes(bytes);
     }
-    let mut opt = AdamW::new(job.local.params().to_vec(), 1e-2);
+    let mut opt = AdamW::new(job.local.params().to_vec(), 1e-2)?;
     let mut start = 0;
     if let Some(dir) = &args.resume {
         let loaded = latest(dir)?.ok_or_else(|| manychips::Error::Checkpoint {
@@ -94,7 +94,7 @@ fn run(args: &Args) -> Result<()> {
         let loss = move |m: &Mlp, d: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
             let (a, b) = (base + rows.start, base + rows.end);
             let input = Tensor::from_slice(&x[a * DIM..b * DIM], [b - a, DIM], d)?;
-            let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+            let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
             nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[a..b], &opts)
         };
         let report = job.step(batch, loss, &mut opt)?;

@@ -36,22 +36,23 @@ enum Precision {
 #[derive(Parser, Debug)]
 #[command(about = "Train a character-level transformer on The Tempest over every device found")]
 struct Args {
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     steps: u64,
     /// Sequences per step (cut into shares across devices).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = count(1..=4096))]
     batch: usize,
     /// Characters of context.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count(1..=4096))]
     context: usize,
-    #[arg(long, default_value_t = 96)]
+    /// Width of the model; a multiple of `--heads`.
+    #[arg(long, default_value_t = 96, value_parser = count(1..=8192))]
     dim: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = count(1..=256))]
     heads: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = count(1..=256))]
     layers: usize,
     /// Peak learning rate (AdamW, warm-up then cosine decay).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = common::learning_rate)]
     lr: f64,
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     dtype: Precision,
@@ -61,10 +62,10 @@ struct Args {
     #[arg(long)]
     devices: Option<String>,
     /// Validation loss every this many steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     eval_every: u64,
     /// Characters to generate at the end.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = count(0..=1_000_000))]
     sample: usize,
     #[arg(long, default_value = "target/train_charlm")]
     out: PathBuf,
@@ -77,6 +78,11 @@ struct Args {
     /// Needs `--features mpi`.
     #[arg(long)]
     distributed: bool,
+}
+
+/// A count argument within `range` (clap says which value and why when it is not).
+fn count(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(range)
 }
 
 /// The text as class ids, and the characters they stand for.
@@ -143,8 +149,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let (train, valid) = corpus.ids.split_at(split);
     // Shared with the replicas' threads.
     let train: Arc<[u32]> = Arc::from(train);
-    if valid.len() <= args.context || args.context == 0 {
-        return Err(format!("context {} does not fit the validation text", args.context));
+    if valid.len() <= args.context || train.len() <= args.context + 1 {
+        return Err(format!("context {} does not fit the text", args.context));
+    }
+    if !args.dim.is_multiple_of(args.heads) {
+        return Err(format!("--dim {} is not a multiple of --heads {}", args.dim, args.heads));
     }
     let unigram = corpus.unigram_entropy();
     let devices = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
@@ -159,9 +168,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let mut dp = DataParallel::new(devices, args.seed, move |store| Gpt::new(store, model_config))
         .map_err(|e| e.to_string())?;
     if matches!(args.dtype, Precision::F16) {
-        dp.set_loss_scaler(Some(LossScaler::default()));
+        dp.set_loss_scaler(Some(LossScaler::default())).map_err(|e| e.to_string())?;
     }
-    dp.set_max_grad_norm(Some(1.0));
+    dp.set_max_grad_norm(Some(1.0)).map_err(|e| e.to_string())?;
     let weights: usize = dp.params().iter().map(|p| p.value().numel()).sum();
     println!(
         "model: {} layers, dim {}, {} heads, {weights} weights, {:?}",
@@ -169,22 +178,42 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     );
     let mut job = common::Job::new(dp, args.distributed)?;
     let leads = job.leads();
-    let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr).with_weight_decay(0.01);
+    let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr)
+        .and_then(|o| o.with_weight_decay(0.01))
+        .map_err(|e| e.to_string())?;
     let schedule =
         LrSchedule::WarmupCosine { warmup: args.steps / 20, total: args.steps, min_ratio: 0.1 };
-    let (mut checkpoints, start) =
-        common::Checkpointing::open(&args.checkpoint, args.seed, job.dp_mut(), &mut opt)?;
+    let (mut checkpoints, start) = common::Checkpointing::open(
+        &args.checkpoint,
+        args.seed,
+        args.steps,
+        job.dp_mut(),
+        &mut opt,
+    )?;
+    if start.finished {
+        return Ok(());
+    }
     if let Some(saved) = start.state.as_ref().map(|s| s["loss_scaler"].clone())
         && job.dp().loss_scaler().is_some()
     {
         let scaler: Option<LossScaler> = serde_json::from_value(saved)
             .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?;
-        job.dp_mut().set_loss_scaler(scaler);
+        job.dp_mut()
+            .set_loss_scaler(scaler)
+            .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?;
     }
     let start = start.step;
+    let mut metrics = match leads {
+        true => {
+            std::fs::create_dir_all(&args.out)
+                .map_err(|e| format!("{}: {e}", args.out.display()))?;
+            Some(common::Metrics::open(&args.out.join("metrics.csv"), "validation_loss", start)?)
+        }
+        false => None,
+    };
     let bar = common::progress(args.steps, args.quiet || !leads);
     bar.set_position(start);
-    let mut rows: Vec<common::Row> = Vec::new();
+    let mut steps_run = 0;
     let mut valid_loss = f64::NAN;
     let started = Instant::now();
     let t = args.context;
@@ -192,7 +221,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         // The batch of a step depends on (seed, step) only, so a resumed run draws the same.
         let mut rng =
             ChaCha8Rng::seed_from_u64(args.seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        opt.set_learning_rate(schedule.at(step, args.lr));
+        opt.set_learning_rate(schedule.at(step, args.lr)).map_err(|e| e.to_string())?;
         // Random windows: input t characters, target the next t.
         let starts: Vec<usize> =
             (0..args.batch).map(|_| rng.random_range(0..train.len() - t - 1)).collect();
@@ -201,10 +230,12 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             move |model: &Gpt, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
                 let (inputs, targets) = windows(&text, &starts[rows.clone()], t);
                 let ids = Tensor::from_slice(&inputs, [rows.len(), t], device)?;
-                let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
-                // Summed over tokens; the step divides by sequences, so divide by t here.
+                let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
+                // One loss per sequence (the mean over its characters): the step sums the
+                // sequences and divides by the batch.
                 nn::cross_entropy_with(&model.forward(&ids)?, &targets, &opts)?
-                    .affine(1.0 / t as f64, 0.0)
+                    .reshape([rows.len(), t])?
+                    .mean(1)
             };
         let report = job.step(args.batch, loss, &mut opt).map_err(|e| e.to_string())?;
         let eval = (step + 1) % args.eval_every == 0 || step + 1 == args.steps;
@@ -225,7 +256,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 );
             }
         }
-        rows.push(common::Row {
+        let row = common::Row {
             step,
             epoch: 0,
             samples: args.batch,
@@ -235,7 +266,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             samples_per_s: (args.batch * t) as f64 / report.secs,
             eval: eval.then_some(valid_loss),
             shares: report.shares_line(),
-        });
+        };
+        if let Some(m) = &mut metrics {
+            m.push(row)?;
+        }
+        steps_run += 1;
         bar.set_message(format!(
             "loss {:.3} | valid {valid_loss:.3} | {:.0} chars/s | {}",
             report.loss,
@@ -254,19 +289,15 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "validation loss {valid_loss:.3} nats (unigram entropy {unigram:.3}) after {} steps in {secs:.1} s ({:.0} chars/s)",
-        args.steps,
-        (args.steps as usize * args.batch * t) as f64 / secs
+        steps_run,
+        (steps_run * args.batch * t) as f64 / secs
     );
-    if !leads {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let csv = args.out.join("metrics.csv");
-    common::write_csv(&csv, "validation_loss", &rows)
-        .map_err(|e| format!("{}: {e}", csv.display()))?;
+    let Some(mut metrics) = metrics else { return Ok(()) };
+    metrics.finish()?;
     let png = args.out.join("curves.png");
-    common::plot(&png, "character transformer on The Tempest", "validation loss (nats)", &rows)?;
-    println!("wrote {} and {}", csv.display(), png.display());
+    let title = "character transformer on The Tempest";
+    common::plot(&png, title, "validation loss (nats)", &metrics.all_rows())?;
+    println!("wrote {} and {}", metrics.path().display(), png.display());
     if args.sample > 0 {
         let text =
             generate(job.dp().model(), &job.dp().devices()[0], &corpus, t, args.sample, args.seed)

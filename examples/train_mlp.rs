@@ -29,15 +29,16 @@ use rand_chacha::ChaCha8Rng;
 #[command(about = "Train a 64-128-10 MLP on the UCI digits over every device found")]
 struct Args {
     /// Passes over the training set.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, value_parser = count(1..=100_000))]
     epochs: usize,
     /// Global batch (cut into shares across devices).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = count(1..=65_536))]
     batch: usize,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-2, value_parser = common::learning_rate)]
     lr: f64,
-    #[arg(long, default_value_t = 128)]
+    /// Width of the hidden layer.
+    #[arg(long, default_value_t = 128, value_parser = count(1..=65_536))]
     hidden: usize,
     /// Seed for the split, the shuffles and the initial weights.
     #[arg(long, default_value_t = 0)]
@@ -46,7 +47,7 @@ struct Args {
     #[arg(long)]
     devices: Option<String>,
     /// Stop after this many steps (quick checks).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_steps: Option<u64>,
     /// Where metrics.csv and curves.png go.
     #[arg(long, default_value = "target/train_mlp")]
@@ -60,6 +61,11 @@ struct Args {
     /// global batch is cut across ranks by their speed. Needs `--features mpi`.
     #[arg(long)]
     distributed: bool,
+}
+
+/// A count argument within `range` (clap says which value and why when it is not).
+fn count(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(range)
 }
 
 struct Digits {
@@ -138,7 +144,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut job = common::Job::new(dp, args.distributed)?;
     let leads = job.leads();
-    let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr).with_weight_decay(1e-4);
+    let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr)
+        .and_then(|o| o.with_weight_decay(1e-4))
+        .map_err(|e| e.to_string())?;
     let steps_per_epoch = train.len().div_ceil(args.batch) as u64;
     let total = args
         .max_steps
@@ -146,8 +154,19 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         .min(steps_per_epoch * args.epochs as u64);
     let schedule = LrSchedule::WarmupCosine { warmup: steps_per_epoch, total, min_ratio: 0.05 };
     let (mut checkpoints, start) =
-        common::Checkpointing::open(&args.checkpoint, args.seed, job.dp_mut(), &mut opt)?;
+        common::Checkpointing::open(&args.checkpoint, args.seed, total, job.dp_mut(), &mut opt)?;
+    if start.finished {
+        return Ok(());
+    }
     let start = start.step;
+    let mut metrics = match leads {
+        true => {
+            std::fs::create_dir_all(&args.out)
+                .map_err(|e| format!("{}: {e}", args.out.display()))?;
+            Some(common::Metrics::open(&args.out.join("metrics.csv"), "test_accuracy", start)?)
+        }
+        false => None,
+    };
     let bar = common::progress(total, args.quiet || !leads);
     bar.set_position(start);
     let mut rows: Vec<common::Row> = Vec::new();
@@ -170,7 +189,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             if step >= total {
                 break 'epochs;
             }
-            opt.set_learning_rate(schedule.at(step, args.lr));
+            opt.set_learning_rate(schedule.at(step, args.lr)).map_err(|e| e.to_string())?;
             let (x, y) = data.batch(chunk);
             let loss = move |model: &Mlp,
                              device: &DeviceRef,
@@ -183,11 +202,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                     device,
                 )?;
                 let logits = model.forward(&Var::constant(input), ctx)?;
-                let opts = CrossEntropy { reduction: Reduction::Sum, ..CrossEntropy::default() };
+                let opts = CrossEntropy { reduction: Reduction::None, ..CrossEntropy::default() };
                 nn::cross_entropy_with(&logits, &y[rows], &opts)
             };
             let report = job.step(chunk.len(), loss, &mut opt).map_err(|e| e.to_string())?;
-            rows.push(common::Row {
+            let row = common::Row {
                 step,
                 samples: chunk.len(),
                 epoch,
@@ -197,7 +216,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 samples_per_s: chunk.len() as f64 / report.secs,
                 eval: None,
                 shares: report.shares_line(),
-            });
+            };
+            if let Some(m) = &mut metrics {
+                m.push(row.clone())?;
+            }
+            rows.push(row);
             bar.set_message(format!(
                 "loss {:.3} | acc {:.1}% | {:.0} samples/s | {}",
                 report.loss,
@@ -221,6 +244,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         if let Some(last) = rows.last_mut() {
             last.eval = Some(accuracy);
         }
+        if let Some(m) = &mut metrics {
+            m.set_eval(accuracy);
+        }
         if args.quiet && leads {
             println!(
                 "epoch {epoch:>3}: loss {:.4}, test accuracy {:.2}%",
@@ -242,16 +268,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         job.place(),
         rows.last().map(|r| r.shares.as_str()).unwrap_or("-")
     );
-    if !leads {
-        return Ok(());
-    }
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let csv = args.out.join("metrics.csv");
-    common::write_csv(&csv, "test_accuracy", &rows)
-        .map_err(|e| format!("{}: {e}", csv.display()))?;
+    let Some(mut metrics) = metrics else { return Ok(()) };
+    metrics.finish()?;
     let png = args.out.join("curves.png");
-    common::plot(&png, "MLP on UCI digits", "test accuracy", &rows)?;
-    println!("wrote {} and {}", csv.display(), png.display());
+    common::plot(&png, "MLP on UCI digits", "test accuracy", &metrics.all_rows())?;
+    println!("wrote {} and {}", metrics.path().display(), png.display());
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! [`conformance`] kit checks a device against an f64 host reference.
 
 pub mod conformance;
+mod files;
 pub mod fleet;
 pub mod plan;
 mod tensor;

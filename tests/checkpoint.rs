@@ -37,7 +37,7 @@ impl Job {
         let model = Mlp::new(&store, &[10, 32, 4], Activation::Gelu)
             .unwrap()
             .with_dropout(Dropout::new(0.2, 3).unwrap());
-        let opt = AdamW::new(store.params(), 1e-2);
+        let opt = AdamW::new(store.params(), 1e-2).unwrap();
         let x = Tensor::randn(0.0, 1.0, [48, 10], DType::F32, 4, &device).unwrap();
         let y = (0..48).map(|i| (i * 7 % 4) as u32).collect();
         Job { device, model, store, opt, x, y }
@@ -163,7 +163,7 @@ fn interrupted_writes_are_never_picked_and_old_ones_are_pruned() {
     // A snapshot that does not fit the model is refused by name.
     let other = ParamStore::new(&cpu(), 1);
     let small = Mlp::new(&other, &[10, 8, 4], Activation::Relu).unwrap();
-    let mut opt = AdamW::new(other.params(), 1e-3);
+    let mut opt = AdamW::new(other.params(), 1e-3).unwrap();
     let loaded = checkpoints.latest().unwrap().unwrap();
     let e = loaded.snapshot.restore(&other.params(), &mut opt, &loaded.path).unwrap_err();
     assert!(e.to_string().contains("fc1.weight"), "{e}");

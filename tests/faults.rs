@@ -59,7 +59,7 @@ fn train(
     mut before: impl FnMut(usize, &mut DataParallel<Mlp>),
 ) -> (Vec<Vec<f64>>, Vec<FleetEvent>) {
     let (x, y) = data();
-    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2);
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
     let mut events = Vec::new();
     for step in 0..STEPS {
         before(step, dp);
@@ -68,7 +68,7 @@ fn train(
             move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
                 let (a, b) = (step * BATCH + rows.start, step * BATCH + rows.end);
                 let input = Tensor::from_slice(&x[a * DIM..b * DIM], [b - a, DIM], device)?;
-                let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+                let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
                 nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[a..b], &opts)
             };
         let report = dp.step(BATCH, loss, &mut opt).expect("the step survives");
@@ -224,11 +224,11 @@ fn losing_the_master_device_is_a_clear_error() {
     dp.set_fixed_split(Some(vec![1.0, 1.0])).unwrap();
     master.fail_after(2, ErrorKind::DeviceLost);
     let (x, y) = data();
-    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2);
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
     let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
         let input =
             Tensor::from_slice(&x[rows.start * DIM..rows.end * DIM], [rows.len(), DIM], device)?;
-        let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+        let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
         nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[rows], &opts)
     };
     let e = match dp.step(BATCH, loss, &mut opt) {
@@ -258,7 +258,7 @@ fn bucketed_step(
     let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
         let input =
             Tensor::from_slice(&x[rows.start * DIM..rows.end * DIM], [rows.len(), DIM], device)?;
-        let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+        let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
         nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[rows], &opts)
     };
     let n = dp.params().len();

@@ -64,7 +64,7 @@ fn train(
     let mut dp =
         DataParallel::new(members.collect(), 3, move |s| mlp(s, dim, 16, classes)).unwrap();
     dp.set_fixed_split(weights).unwrap();
-    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2);
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
     let mut losses = Vec::new();
     for step in 0..steps {
         let rows0 = step * batch;
@@ -75,7 +75,7 @@ fn train(
                 let input = Tensor::from_slice(&x[a * dim..b * dim], [b - a, dim], device)?;
                 let logits = m.forward(&Var::constant(input), ctx)?;
                 let opts = CrossEntropy {
-                    reduction: Reduction::Sum,
+                    reduction: Reduction::None,
                     label_smoothing: 0.05,
                     ..Default::default()
                 };
@@ -143,7 +143,7 @@ fn shares_follow_measured_speed() {
     let (x, y) = dataset(batch, dim, 8);
     let (x, y) = (Arc::new(x), Arc::new(y));
     let mut dp = DataParallel::new(members, 1, move |s| mlp(s, dim, 256, 8)).unwrap();
-    let mut opt = Sgd::new(dp.params().to_vec(), 1e-2);
+    let mut opt = Sgd::new(dp.params().to_vec(), 1e-2).unwrap();
     let mut last = Vec::new();
     for _ in 0..10 {
         let (x, y) = (x.clone(), y.clone());
@@ -154,7 +154,7 @@ fn shares_follow_measured_speed() {
                 device,
             )?;
             let logits = m.forward(&Var::constant(input), &Ctx::eval())?;
-            let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+            let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
             nn::cross_entropy_with(&logits, &y[rows], &opts)
         };
         let report = dp.step(batch, loss, &mut opt).unwrap();
@@ -186,7 +186,7 @@ fn buckets_are_handed_over_while_the_backward_pass_still_runs() {
     let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
         let input =
             Tensor::from_slice(&x[rows.start * dim..rows.end * dim], [rows.len(), dim], device)?;
-        let opts = CrossEntropy { reduction: Reduction::Sum, ..Default::default() };
+        let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
         nn::cross_entropy_with(&m.forward(&Var::constant(input), &Ctx::eval())?, &y[rows], &opts)
     };
     let plain = dp.gradients(0..batch, batch, loss.clone()).unwrap();
@@ -226,7 +226,10 @@ fn sgd_with_momentum_and_clipping_follow_their_formulas() {
     let device = cpu();
     let store = ParamStore::new(&device, 0);
     let w = store.param("w", [2], manychips::train::Init::Ones).unwrap();
-    let mut opt = Sgd::new(vec![w.clone()], 0.5).with_momentum(0.9).with_weight_decay(0.1);
+    let mut opt = Sgd::new(vec![w.clone()], 0.5)
+        .and_then(|o| o.with_momentum(0.9))
+        .and_then(|o| o.with_weight_decay(0.1))
+        .unwrap();
     let grad = |g: [f32; 2]| {
         let mut grads = Grads::default();
         grads.insert(w.id(), Tensor::from_slice(&g, [2], &device).unwrap());
@@ -257,7 +260,7 @@ fn adamw_first_step_moves_each_weight_by_the_learning_rate() {
     let device = cpu();
     let store = ParamStore::new(&device, 0);
     let w = store.param("w", [3], manychips::train::Init::Ones).unwrap();
-    let mut opt = AdamW::new(vec![w.clone()], 0.1).with_weight_decay(0.5);
+    let mut opt = AdamW::new(vec![w.clone()], 0.1).and_then(|o| o.with_weight_decay(0.5)).unwrap();
     let mut grads = Grads::default();
     grads.insert(w.id(), Tensor::from_slice(&[2.0f32, -0.001, 0.0], [3], &device).unwrap());
     opt.step(&grads).unwrap();
@@ -277,7 +280,7 @@ fn loss_scaler_skips_overflowing_steps_and_lowers_the_scale() {
     let store = ParamStore::new(&device, 0);
     let w = store.param("w", [2], manychips::train::Init::Ones).unwrap();
     let params = vec![w.clone()];
-    let mut scaler = LossScaler::new(1024.0, 2);
+    let mut scaler = LossScaler::new(1024.0, 2).unwrap();
     let mut grads = Grads::default();
     grads.insert(w.id(), Tensor::from_slice(&[f32::INFINITY, 1.0], [2], &device).unwrap());
     assert!(!scaler.unscale(&params, &mut grads).unwrap(), "an overflow must skip the step");
@@ -300,7 +303,7 @@ fn mixed_precision_training_with_f32_master_weights_learns() {
     let (x, y) = dataset(batch, dim, classes);
     let store = ParamStore::new(&device, 5);
     let model = mlp(&store, dim, 32, classes).unwrap();
-    let mut opt = AdamW::new(store.params(), 1e-2);
+    let mut opt = AdamW::new(store.params(), 1e-2).unwrap();
     let input = Var::constant(
         Tensor::from_slice(&x, [batch, dim], &device).unwrap().cast(DType::BF16).unwrap(),
     );

@@ -11,10 +11,10 @@ pub struct CheckpointArgs {
     /// Write a checkpoint here every `--checkpoint-every` steps (and at the end).
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
     /// Checkpoints to keep.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub keep: usize,
     /// Continue from the newest valid checkpoint in `--checkpoint-dir` (if there is one).
     #[arg(long)]
@@ -31,14 +31,19 @@ pub struct Checkpointing {
 pub struct Start {
     pub step: u64,
     pub state: Option<serde_json::Value>,
+    /// The newest checkpoint is at (or past) the run's last step: there is nothing to do,
+    /// and nothing was restored.
+    pub finished: bool,
 }
 
 impl Checkpointing {
     /// Opens the directory and, with `--resume`, loads its newest valid checkpoint into the
-    /// model and the optimizer. A checkpoint of another seed is refused.
+    /// model and the optimizer. A checkpoint of another seed is refused; one at or past
+    /// `last_step` (a finished job) is reported as [`Start::finished`] and not restored.
     pub fn open<M: Send + Sync + 'static>(
         args: &CheckpointArgs,
         seed: u64,
+        last_step: u64,
         dp: &mut DataParallel<M>,
         opt: &mut dyn Optimizer,
     ) -> Result<(Checkpointing, Start), String> {
@@ -48,7 +53,7 @@ impl Checkpointing {
             None => None,
         };
         let me = Checkpointing { checkpoints, every: args.checkpoint_every, seed };
-        let fresh = Start { step: 0, state: None };
+        let fresh = Start { step: 0, state: None, finished: false };
         let Some(c) = me.checkpoints.as_ref().filter(|_| args.resume) else {
             return Ok((me, fresh));
         };
@@ -66,11 +71,19 @@ impl Checkpointing {
                 loaded.path.display()
             ));
         }
+        let step = loaded.snapshot.step;
+        if step >= last_step {
+            println!(
+                "{} is at step {step}, and this run ends at step {last_step}: the job is \
+                 finished, nothing to do (its files are left as they are)",
+                loaded.path.display()
+            );
+            return Ok((me, Start { step, state: None, finished: true }));
+        }
         loaded.snapshot.restore(dp.params(), opt, &loaded.path).map_err(|e| e.to_string())?;
-        dp.resume_at(loaded.snapshot.step);
-        println!("resumed from {} (step {})", loaded.path.display(), loaded.snapshot.step);
-        let start = Start { step: loaded.snapshot.step, state: Some(loaded.snapshot.state) };
-        Ok((me, start))
+        dp.resume_at(step);
+        println!("resumed from {} (step {step})", loaded.path.display());
+        Ok((me, Start { step, state: Some(loaded.snapshot.state), finished: false }))
     }
 
     /// After `done` steps: saves a checkpoint when one is due (every N steps, and at

@@ -6,11 +6,11 @@
 
 mod checkpointing;
 mod job;
+mod metrics;
 pub use checkpointing::{CheckpointArgs, Checkpointing};
 pub use job::Job;
+pub use metrics::{Metrics, Row};
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,35 +44,6 @@ pub fn progress(steps: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// One row of the metrics CSV.
-#[derive(Clone, Debug, Default)]
-pub struct Row {
-    pub step: u64,
-    pub epoch: usize,
-    pub samples: usize,
-    pub loss: f64,
-    pub lr: f64,
-    pub step_ms: f64,
-    pub samples_per_s: f64,
-    /// Test metric (accuracy or loss) when one was measured after this step.
-    pub eval: Option<f64>,
-    pub shares: String,
-}
-
-pub fn write_csv(path: &Path, eval_name: &str, rows: &[Row]) -> std::io::Result<()> {
-    let mut out = BufWriter::new(File::create(path)?);
-    writeln!(out, "step,epoch,loss,lr,step_ms,samples_per_s,{eval_name},shares")?;
-    for r in rows {
-        let eval = r.eval.map(|v| format!("{v:.5}")).unwrap_or_default();
-        writeln!(
-            out,
-            "{},{},{:.6},{:.3e},{:.3},{:.1},{eval},\"{}\"",
-            r.step, r.epoch, r.loss, r.lr, r.step_ms, r.samples_per_s, r.shares
-        )?;
-    }
-    out.flush()
-}
-
 static FONT: &[u8] = include_bytes!("../../data/fonts/DejaVuSansMono.ttf");
 
 /// Training loss per step (left) and the evaluation metric where measured (right).
@@ -90,21 +61,30 @@ pub fn plot(
     let root = root.titled(title, ("sans-serif", 22)).map_err(|e| err(&e))?;
     let (left, right) = root.split_horizontally(600);
 
-    let steps = rows.len().max(1) as f64;
-    let max_loss = rows.iter().map(|r| r.loss).filter(|l| l.is_finite()).fold(0.0, f64::max);
+    // Non-finite points (a diverged run) are left out: plotters cannot place them, and a
+    // range built from them never ends.
+    let steps = rows.iter().map(|r| r.step + 1).max().unwrap_or(1) as f64;
+    let losses: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.loss.is_finite())
+        .map(|r| (r.step as f64, r.loss.clamp(0.0, 1e30)))
+        .collect();
+    let max_loss = losses.iter().map(|p| p.1).fold(0.0, f64::max);
     let mut chart = ChartBuilder::on(&left)
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(55)
-        .build_cartesian_2d(0.0..steps, 0.0..max_loss.max(1e-3) * 1.05)
+        .build_cartesian_2d(0.0..steps, 0.0..max_loss.clamp(1e-3, 1e30) * 1.05)
         .map_err(|e| err(&e))?;
     chart.configure_mesh().x_desc("step").y_desc("training loss").draw().map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(rows.iter().map(|r| (r.step as f64, r.loss)), &BLUE))
-        .map_err(|e| err(&e))?;
+    chart.draw_series(LineSeries::new(losses, &BLUE)).map_err(|e| err(&e))?;
 
-    let evals: Vec<(f64, f64)> =
-        rows.iter().filter_map(|r| r.eval.map(|v| (r.step as f64, v))).collect();
+    let evals: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| {
+            r.eval.filter(|v| v.is_finite()).map(|v| (r.step as f64, v.clamp(-1e30, 1e30)))
+        })
+        .collect();
     let (lo, hi) =
         evals.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &(_, v)| (lo.min(v), hi.max(v)));
     let (lo, hi) = if evals.is_empty() {
@@ -125,4 +105,15 @@ pub fn plot(
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// `--lr`: a finite rate in (0, 10]: NaN, infinities, 0, negative or absurd rates would
+/// train to garbage and still exit 0.
+pub fn learning_rate(text: &str) -> Result<f64, String> {
+    let lr: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if lr.is_finite() && lr > 0.0 && lr <= 10.0 {
+        Ok(lr)
+    } else {
+        Err(format!("{lr} is not a learning rate in (0, 10]"))
+    }
 }

@@ -9,6 +9,7 @@
 
 mod dedup;
 mod discover;
+mod policy;
 mod select;
 mod table;
 
@@ -18,6 +19,7 @@ use crate::{DeviceInfo, DeviceRef, Error, Result};
 
 pub use dedup::{Dedup, Duplicate, SameChip, dedup};
 pub use discover::{Discovery, devices, discover};
+pub use policy::FaultPolicy;
 pub use select::{DEVICES_VAR, Selector, Term};
 
 /// The devices a program computes on, plus the host CPU device.

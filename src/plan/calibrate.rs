@@ -25,6 +25,10 @@ pub struct Settings {
     pub stream_elements: usize,
     /// Bytes of the host↔device transfers.
     pub transfer_bytes: usize,
+    /// A profile whose measurements varied more than this (median ÷ fastest run) was taken
+    /// while other work competed for the device: it is measured again, and not cached if it
+    /// stays that noisy.
+    pub max_noise: f64,
 }
 
 impl Default for Settings {
@@ -36,6 +40,7 @@ impl Default for Settings {
             half_matmul_size: 512,
             stream_elements: 4 << 20,
             transfer_bytes: 16 << 20,
+            max_noise: 1.5,
         }
     }
 }
@@ -50,6 +55,7 @@ impl Settings {
             half_matmul_size: 64,
             stream_elements: 1 << 16,
             transfer_bytes: 1 << 18,
+            max_noise: f64::INFINITY,
         }
     }
 }
@@ -69,8 +75,10 @@ pub fn calibrate_with(device: &dyn Device, settings: &Settings) -> Result<Device
     let latency = measure_latency(device, settings)?;
     profile.latency_s = latency;
 
+    let mut noise: f64 = 1.0;
     for &n in &settings.matmul_sizes {
-        let t = measure_matmul(device, DType::F32, n, settings)?;
+        let Timed { median: t, spread } = measure_matmul(device, DType::F32, n, settings)?;
+        noise = noise.max(spread);
         let flops = 2.0 * (n as f64).powi(3);
         profile.matmul.push(MatmulPoint {
             dtype: DType::F32.to_string(),
@@ -85,7 +93,8 @@ pub fn calibrate_with(device: &dyn Device, settings: &Settings) -> Result<Device
     for dtype in [DType::F16, DType::BF16] {
         if info.supports(dtype) {
             let n = settings.half_matmul_size;
-            let t = measure_matmul(device, dtype, n, settings)?;
+            let Timed { median: t, spread } = measure_matmul(device, dtype, n, settings)?;
+            noise = noise.max(spread);
             profile.matmul.push(MatmulPoint {
                 dtype: dtype.to_string(),
                 n,
@@ -94,7 +103,8 @@ pub fn calibrate_with(device: &dyn Device, settings: &Settings) -> Result<Device
         }
     }
 
-    let (op_bytes, op_flops, t) = measure_stream(device, settings)?;
+    let (op_bytes, op_flops, Timed { median: t, spread }) = measure_stream(device, settings)?;
+    profile.noise = noise.max(spread);
     profile.bytes_per_s = op_bytes / without_latency(t, latency);
     profile.elementwise_flops_per_s = op_flops / without_latency(t, latency);
 
@@ -180,14 +190,25 @@ fn without_latency(t: f64, latency: f64) -> f64 {
     (t - latency).max(t / 2.0).max(f64::MIN_POSITIVE)
 }
 
+/// A measured time: the median over repeats, and how far it is above the fastest repeat.
+struct Timed {
+    median: f64,
+    /// Median ÷ fastest: 1 on a quiet machine, large when other work got in the way.
+    spread: f64,
+}
+
 /// Median of `f`'s time over repeats, after one untimed warm-up (first-use pipeline builds
 /// and page faults are not the steady state).
-fn median_time(settings: &Settings, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn median_time(settings: &Settings, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    timed(settings, f).map(|t| t.median)
+}
+
+fn timed(settings: &Settings, mut f: impl FnMut() -> Result<()>) -> Result<Timed> {
     let warm = Instant::now();
     f()?;
     let first = warm.elapsed();
     if first > settings.per_measurement {
-        return Ok(first.as_secs_f64());
+        return Ok(Timed { median: first.as_secs_f64(), spread: 1.0 });
     }
     let mut times = Vec::new();
     let start = Instant::now();
@@ -199,7 +220,8 @@ fn median_time(settings: &Settings, mut f: impl FnMut() -> Result<()>) -> Result
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    let median = times[times.len() / 2];
+    Ok(Timed { median, spread: median / times[0].max(f64::MIN_POSITIVE) })
 }
 
 fn contiguous(buffer: BufferId, dims: &[usize], dtype: DType) -> View {
@@ -293,9 +315,14 @@ impl MatmulFixture {
     }
 }
 
-fn measure_matmul(device: &dyn Device, dtype: DType, n: usize, settings: &Settings) -> Result<f64> {
+fn measure_matmul(
+    device: &dyn Device,
+    dtype: DType,
+    n: usize,
+    settings: &Settings,
+) -> Result<Timed> {
     let fixture = MatmulFixture::new(device, dtype, n)?;
-    let t = median_time(settings, || {
+    let t = timed(settings, || {
         device.run(&fixture.op)?;
         device.synchronize()
     });
@@ -304,7 +331,7 @@ fn measure_matmul(device: &dyn Device, dtype: DType, n: usize, settings: &Settin
 }
 
 /// Returns the add's bytes and flops as the pricing model counts them, and its time.
-fn measure_stream(device: &dyn Device, settings: &Settings) -> Result<(f64, f64, f64)> {
+fn measure_stream(device: &dyn Device, settings: &Settings) -> Result<(f64, f64, Timed)> {
     let n = settings.stream_elements.max(1);
     let bytes = n * DType::F32.size_in_bytes();
     with_buffers(device, &[bytes, bytes, bytes], |b| {
@@ -313,7 +340,7 @@ fn measure_stream(device: &dyn Device, settings: &Settings) -> Result<(f64, f64,
             device.run(&Op::Fill { out: view(i), value: 1.0 })?;
         }
         let op = Op::Binary { op: BinaryOp::Add, lhs: view(0), rhs: view(1), out: view(2) };
-        let t = median_time(settings, || {
+        let t = timed(settings, || {
             device.run(&op)?;
             device.synchronize()
         })?;

@@ -39,7 +39,7 @@ pub use cut::{cut, cut_axes};
 pub use execute::Timing;
 pub use learn::{Corrections, LEARNING_RATE};
 pub use planned::{Phases, Plan, Share};
-pub use planner::{MIN_GAIN, Planner, RETRIES};
+pub use planner::{MIN_GAIN, Planner};
 pub use price::{Direction, predict, transfer};
 pub use profile::{DeviceProfile, MatmulPoint};
 pub use simulate::{Chip, Simulated, simulate};

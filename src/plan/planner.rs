@@ -14,6 +14,7 @@ use super::price::secs;
 use super::profile::DeviceProfile;
 use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
+use crate::fleet::FaultPolicy;
 use crate::{DeviceRef, Fleet};
 
 /// A split must be predicted to beat the best single device by this fraction: below it,
@@ -33,16 +34,14 @@ struct Member {
     device: Option<DeviceRef>,
 }
 
-/// How many times a share that fails with a device fault other than `DeviceLost` is run
-/// again before its device is evicted.
-pub const RETRIES: u32 = 2;
-
 /// Plans and runs ops over a set of calibrated devices. See the [module docs](super).
 #[derive(Debug)]
 pub struct Planner {
     members: Vec<Member>,
     /// Members that failed while running a plan, and why; they get no shares.
     evicted: Vec<(Member, String)>,
+    /// Retries, the watchdog's deadline: the same rules as a data-parallel step's.
+    policy: FaultPolicy,
     corrections: Corrections,
     min_gain: f64,
     learning: bool,
@@ -139,6 +138,7 @@ impl Planner {
         Ok(Planner {
             members,
             evicted: Vec::new(),
+            policy: FaultPolicy::default(),
             corrections: Corrections::default(),
             min_gain: MIN_GAIN,
             learning: true,
@@ -468,9 +468,12 @@ impl Planner {
     /// shares concurrently, learns from the measured times and returns the plan with them.
     /// The output is complete when this returns.
     ///
-    /// A device that faults while running its share is retried ([`RETRIES`] times for
-    /// faults other than `DeviceLost`), then evicted from the planner, and the op is planned
-    /// again over the others and re-run, so the result is the one a healthy fleet computes.
+    /// A device that faults while running its share is retried (the [`FaultPolicy`]'s
+    /// `max_retries` times for faults other than `DeviceLost`), then evicted from the
+    /// planner, and the op is planned again over the others and re-run, so the result is the
+    /// one a healthy fleet computes. A share that does not end within the policy's deadline
+    /// (`watchdog_factor` × the plan's predicted time, at least `watchdog_min`) evicts its
+    /// device at once: a hung chip cannot hang the op.
     /// The op fails only when the device holding its inputs or taking its result fails
     /// (the data there is lost: the error says so) or when no device is left.
     pub fn run(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
@@ -504,7 +507,11 @@ impl Planner {
                     1
                 }
             };
-            if err.kind() != manychips_api::ErrorKind::DeviceLost && count <= RETRIES {
+            let fatal = matches!(
+                err.kind(),
+                manychips_api::ErrorKind::DeviceLost | manychips_api::ErrorKind::Timeout
+            );
+            if !fatal && count <= self.policy.max_retries {
                 tracing::warn!(device = %label, attempt = count, %err, "planner: share failed; retrying");
                 continue;
             }
@@ -515,6 +522,15 @@ impl Planner {
                 return Err(err);
             }
         }
+    }
+
+    pub fn fault_policy(&self) -> &FaultPolicy {
+        &self.policy
+    }
+
+    /// The rules for failing devices (retries, the watchdog's deadline) from now on.
+    pub fn set_fault_policy(&mut self, policy: FaultPolicy) {
+        self.policy = policy;
     }
 
     /// Devices evicted after failing a share, with the error that evicted each.
@@ -540,7 +556,8 @@ impl Planner {
             })
             .collect::<Result<_>>()?;
         let started = Instant::now();
-        let timings = execute::run(&plan, op, &devices, src, dst)?;
+        let limit = self.policy.deadline(plan.predicted.as_secs_f64());
+        let timings = execute::run(&plan, op, &devices, src, dst, limit)?;
         plan.measured = Some(started.elapsed());
         let offset = started.duration_since(self.origin);
         for (share, timing) in plan.shares.iter_mut().zip(&timings) {

@@ -47,6 +47,16 @@ pub struct DeviceProfile {
     pub host_to_device_bytes_per_s: f64,
     /// Device→host bandwidth, bytes/s.
     pub device_to_host_bytes_per_s: f64,
+    /// How unsteady the device was while it was measured: the largest median ÷ fastest
+    /// time among the matmul and bandwidth measurements (1 is perfectly steady). Other work
+    /// on the machine makes it large; such a profile is not cached (see
+    /// [`Settings::max_noise`](super::Settings::max_noise)).
+    #[serde(default = "steady")]
+    pub noise: f64,
+}
+
+fn steady() -> f64 {
+    1.0
 }
 
 impl DeviceProfile {
@@ -65,6 +75,7 @@ impl DeviceProfile {
             latency_s: 0.0,
             host_to_device_bytes_per_s: 0.0,
             device_to_host_bytes_per_s: 0.0,
+            noise: 1.0,
         }
     }
 
@@ -135,6 +146,44 @@ impl DeviceProfile {
         }
     }
 
+    /// Why these figures should not be taken as the device's (a figure that is not a
+    /// positive number, or measurements noisier than `max_noise`), or `None`.
+    pub fn doubt(&self, max_noise: f64) -> Option<String> {
+        let figures = [
+            ("memory bandwidth", self.bytes_per_s),
+            ("elementwise rate", self.elementwise_flops_per_s),
+            ("latency", self.latency_s),
+            ("host-to-device bandwidth", self.host_to_device_bytes_per_s),
+            ("device-to-host bandwidth", self.device_to_host_bytes_per_s),
+        ];
+        let matmul = self.matmul.iter().map(|p| ("matmul rate", p.flops_per_s));
+        if self.matmul.is_empty() {
+            return Some("no matmul rate".into());
+        }
+        if let Some((what, v)) =
+            figures.into_iter().chain(matmul).find(|(_, v)| !(v.is_finite() && *v > 0.0))
+        {
+            return Some(format!("{what} {v} is not a positive figure"));
+        }
+        if let Some(v) = self.matmul_rate_concurrent.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Some(format!("concurrent matmul rate {v} is not a figure"));
+        }
+        if self.noise.is_nan() || self.noise > max_noise {
+            return Some(format!(
+                "measured on a busy machine: runs varied ×{:.2} (more than ×{max_noise})",
+                self.noise
+            ));
+        }
+        None
+    }
+
+    /// How long ago it was measured; `None` for figures that were never measured (a
+    /// simulated chip's) or a clock that went back.
+    pub fn age(&self) -> Option<std::time::Duration> {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.measured_at);
+        (self.measured_at > 0).then(|| at.elapsed().ok()).flatten()
+    }
+
     /// The profile as the JSON the cache stores.
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
@@ -184,10 +233,34 @@ mod tests {
     }
 
     #[test]
+    fn doubtful_figures_are_named() {
+        let good = DeviceProfile {
+            bytes_per_s: 1e10,
+            latency_s: 1e-5,
+            host_to_device_bytes_per_s: 1e9,
+            device_to_host_bytes_per_s: 1e9,
+            ..profile()
+        };
+        assert_eq!(good.doubt(1.5), None);
+        let zero = DeviceProfile { bytes_per_s: 0.0, ..good.clone() };
+        assert!(zero.doubt(1.5).unwrap().contains("memory bandwidth"));
+        let nan = DeviceProfile { latency_s: f64::NAN, ..good.clone() };
+        assert!(nan.doubt(1.5).unwrap().contains("latency"));
+        let busy = DeviceProfile { noise: 3.0, ..good.clone() };
+        assert!(busy.doubt(1.5).unwrap().contains("busy"));
+        assert_eq!(busy.doubt(f64::INFINITY), None);
+        assert_eq!(good.age(), None, "never measured");
+    }
+
+    #[test]
     fn json_round_trips() {
         let p = profile();
         let text = p.to_json().unwrap();
         assert_eq!(DeviceProfile::from_json(&text).unwrap(), p);
         assert!(DeviceProfile::from_json("{\"backend\": 3").is_err());
+        // A cache written before `noise` existed reads as steady.
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("noise");
+        assert_eq!(DeviceProfile::from_json(&old.to_string()).unwrap().noise, 1.0);
     }
 }

@@ -77,13 +77,18 @@ impl Tensor {
         device: &DeviceRef,
     ) -> Result<Tensor> {
         let shape = shape.into();
-        match dtype {
-            DType::F32 => Tensor::from_slice(&convert::<f32>(data), shape, device),
-            DType::F16 => Tensor::from_slice(&convert::<half::f16>(data), shape, device),
-            DType::BF16 => Tensor::from_slice(&convert::<half::bf16>(data), shape, device),
-            DType::U32 => Tensor::from_slice(&convert::<u32>(data), shape, device),
-            DType::U8 => Tensor::from_slice(&convert::<u8>(data), shape, device),
+        if data.len() != shape.numel() {
+            return Err(Error::Shape {
+                op: "from_f64".into(),
+                device: label(device),
+                detail: format!(
+                    "{} values do not fill shape {shape} ({} elements)",
+                    data.len(),
+                    shape.numel()
+                ),
+            });
         }
+        Tensor::from_bytes(&encode(data, dtype), shape, dtype, device)
     }
 
     /// A tensor with every element set to `value` (converted to `dtype` like `Cast`).
@@ -115,11 +120,18 @@ impl Tensor {
         seed: u64,
         device: &DeviceRef,
     ) -> Result<Tensor> {
-        let shape = shape.into();
+        if !(low.is_finite() && high.is_finite() && low <= high) {
+            let detail = format!("range [{low}, {high}) is not a finite interval");
+            return Err(Error::InvalidArgument {
+                op: "rand".into(),
+                device: label(device),
+                detail,
+            });
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let data: Vec<f64> =
-            (0..shape.numel()).map(|_| low + (high - low) * rng.random::<f64>()).collect();
-        Tensor::from_f64(&data, shape, dtype, device)
+        Tensor::generated("rand", shape.into(), dtype, device, || {
+            low + (high - low) * rng.random::<f64>()
+        })
     }
 
     /// Normal samples with the given mean and standard deviation, reproducible from `seed`.
@@ -131,21 +143,53 @@ impl Tensor {
         seed: u64,
         device: &DeviceRef,
     ) -> Result<Tensor> {
-        let shape = shape.into();
+        if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
+            let detail = format!("mean {mean} and std {std}: need finite values, std ≥ 0");
+            return Err(Error::InvalidArgument {
+                op: "randn".into(),
+                device: label(device),
+                detail,
+            });
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let data: Vec<f64> = (0..shape.numel())
-            .map(|_| {
-                let z: f64 = StandardNormal.sample(&mut rng);
-                mean + std * z
-            })
-            .collect();
-        Tensor::from_f64(&data, shape, dtype, device)
+        Tensor::generated("randn", shape.into(), dtype, device, || {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            mean + std * z
+        })
     }
 
     /// `[0, 1, .., n-1]` as a 1-D tensor.
     pub fn arange(n: usize, dtype: DType, device: &DeviceRef) -> Result<Tensor> {
-        let data: Vec<f64> = (0..n).map(|i| i as f64).collect();
-        Tensor::from_f64(&data, [n], dtype, device)
+        let mut next = 0.0;
+        Tensor::generated("arange", Shape::from([n]), dtype, device, || {
+            next += 1.0;
+            next - 1.0
+        })
+    }
+
+    /// A tensor whose elements, row-major, are the successive values of `next` (rounded to
+    /// `dtype` like `Cast`). The device allocates first, so a size the device cannot hold is
+    /// an `Err` before any host memory is used, and the host holds one chunk at a time.
+    fn generated(
+        op: &str,
+        shape: Shape,
+        dtype: DType,
+        device: &DeviceRef,
+        mut next: impl FnMut() -> f64,
+    ) -> Result<Tensor> {
+        const CHUNK: usize = 1 << 16;
+        let out = Tensor::uninit(op, shape, dtype, device)?;
+        let (n, size) = (out.numel(), dtype.size_in_bytes());
+        let mut values = Vec::with_capacity(CHUNK.min(n));
+        let mut done = 0;
+        while done < n {
+            let len = CHUNK.min(n - done);
+            values.clear();
+            values.extend((0..len).map(|_| next()));
+            device.write(out.storage.buffer, done * size, &encode(&values, dtype))?;
+            done += len;
+        }
+        Ok(out)
     }
 
     // ----- accessors ------------------------------------------------------------------
@@ -351,8 +395,19 @@ impl Tensor {
     }
 }
 
-fn convert<T: Element>(data: &[f64]) -> Vec<T> {
-    data.iter().map(|&v| T::from_f64(v)).collect()
+/// `data` rounded to `dtype` like `Cast`, as the device stores it.
+fn encode(data: &[f64], dtype: DType) -> Vec<u8> {
+    fn bytes<T: Element>(data: &[f64]) -> Vec<u8> {
+        let values: Vec<T> = data.iter().map(|&v| T::from_f64(v)).collect();
+        bytemuck::cast_slice(&values).to_vec()
+    }
+    match dtype {
+        DType::F32 => bytes::<f32>(data),
+        DType::F16 => bytes::<half::f16>(data),
+        DType::BF16 => bytes::<half::bf16>(data),
+        DType::U32 => bytes::<u32>(data),
+        DType::U8 => bytes::<u8>(data),
+    }
 }
 
 /// `cpu:0`, for error messages.

@@ -7,7 +7,7 @@
 //! let cpu: manychips::DeviceRef = std::sync::Arc::new(manychips::CpuDevice::new()?);
 //! let store = ParamStore::new(&cpu, 0);
 //! let layer = nn::Linear::new(&store.sub("fc"), 4, 3, true)?;
-//! let mut opt = AdamW::new(store.params(), 1e-2);
+//! let mut opt = AdamW::new(store.params(), 1e-2)?;
 //! let x = Var::constant(manychips::Tensor::randn(0.0, 1.0, [8, 4], manychips::DType::F32, 1, &cpu)?);
 //! let loss = nn::cross_entropy(&layer.forward(&x)?, &[0, 1, 2, 0, 1, 2, 0, 1])?;
 //! let grads = loss.backward()?;

@@ -57,6 +57,11 @@ pub enum Error {
     /// A checkpoint that could not be written, or read back whole and verified.
     #[error("checkpoint {path}: {detail}")]
     Checkpoint { path: String, detail: String },
+
+    /// The caller's own code (a loss closure run on a device's thread) panicked: a bug to
+    /// report as it is, not a fault of the device it happened to run on.
+    #[error("{op}: the caller's code panicked: {detail}")]
+    Panicked { op: String, detail: String },
 }
 
 /// The coarse class of an [`Error`], for code that reacts to errors (tests, the fleet).
@@ -74,6 +79,7 @@ pub enum ErrorKind {
     Fault,
     Unavailable,
     Checkpoint,
+    Panicked,
 }
 
 impl Error {
@@ -91,6 +97,7 @@ impl Error {
             Error::Fault { .. } => ErrorKind::Fault,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Checkpoint { .. } => ErrorKind::Checkpoint,
+            Error::Panicked { .. } => ErrorKind::Panicked,
         }
     }
 
@@ -107,8 +114,10 @@ impl Error {
             | Error::DeviceLost { device: d, .. }
             | Error::Timeout { device: d, .. }
             | Error::Fault { device: d, .. } => *d = device.to_string(),
-            Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {
-            }
+            Error::DeviceMismatch { .. }
+            | Error::Unavailable { .. }
+            | Error::Checkpoint { .. }
+            | Error::Panicked { .. } => {}
         }
         self
     }
@@ -125,9 +134,10 @@ impl Error {
             | Error::DeviceLost { device, .. }
             | Error::Timeout { device, .. }
             | Error::Fault { device, .. } => Some(device),
-            Error::DeviceMismatch { .. } | Error::Unavailable { .. } | Error::Checkpoint { .. } => {
-                None
-            }
+            Error::DeviceMismatch { .. }
+            | Error::Unavailable { .. }
+            | Error::Checkpoint { .. }
+            | Error::Panicked { .. } => None,
         }
     }
 

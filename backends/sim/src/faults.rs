@@ -152,6 +152,7 @@ fn injected(kind: ErrorKind, op: &str, device: &str, detail: String) -> Error {
         ErrorKind::Fault => Error::Fault { op, device, detail },
         ErrorKind::Unavailable => Error::Unavailable { backend: "sim".into(), reason: detail },
         ErrorKind::Checkpoint => Error::Checkpoint { path: device, detail },
+        ErrorKind::Panicked => Error::Panicked { op, detail },
     }
 }
 

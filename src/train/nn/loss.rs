@@ -1,14 +1,17 @@
 use crate::train::Var;
 use crate::{DType, Error, Result, Tensor};
 
-/// How per-sample losses become one number.
+/// How per-sample losses become one number, or stay one per sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Reduction {
     /// Divided by the number of samples that count (the usual training loss).
     #[default]
     Mean,
-    /// Summed: a share of a data-parallel batch, divided once by the global batch later.
+    /// Summed over the samples.
     Sum,
+    /// One loss per sample: what a [`DataParallel`](crate::train::DataParallel) loss
+    /// function returns (the step sums the rows and divides by the global batch).
+    None,
 }
 
 /// Cross-entropy options: targets equal to `ignore_index` count for nothing, and
@@ -74,14 +77,15 @@ pub fn cross_entropy_with(logits: &Var, targets: &[u32], opts: &CrossEntropy) ->
         per_row = per_row.affine(1.0 - eps, 0.0)?.add(&uniform.affine(eps, 0.0)?)?;
     }
     let weights = Var::constant(Tensor::from_slice(&weights, [rows, 1], &device)?);
-    let total = per_row.mul(&weights)?.sum_all()?;
+    let per_row = per_row.mul(&weights)?;
     match opts.reduction {
-        Reduction::Sum => Ok(total),
-        Reduction::Mean => total.affine(1.0 / counted.max(1) as f64, 0.0),
+        Reduction::None => per_row.reshape([rows]),
+        Reduction::Sum => per_row.sum_all(),
+        Reduction::Mean => per_row.sum_all()?.affine(1.0 / counted.max(1) as f64, 0.0),
     }
 }
 
-/// Mean (or summed) squared error, elementwise over same-shaped tensors.
+/// Mean (or summed, or elementwise) squared error of same-shaped tensors.
 pub fn mse(prediction: &Var, target: &Var, reduction: Reduction) -> Result<Var> {
     if prediction.dims() != target.dims() {
         return Err(Error::Shape {
@@ -94,9 +98,13 @@ pub fn mse(prediction: &Var, target: &Var, reduction: Reduction) -> Result<Var> 
             ),
         });
     }
-    let total = prediction.sub(target)?.square()?.sum_all()?;
+    let squared = prediction.sub(target)?.square()?;
+    if reduction == Reduction::None {
+        return Ok(squared);
+    }
+    let total = squared.sum_all()?;
     match reduction {
-        Reduction::Sum => Ok(total),
+        Reduction::None | Reduction::Sum => Ok(total),
         Reduction::Mean => {
             let n = prediction.tensor().numel().max(1) as f64;
             total.affine(1.0 / n, 0.0)

@@ -16,6 +16,7 @@ pub fn grad_norm(params: &[Param], grads: &Grads) -> Result<f64> {
 /// Scales the gradients so their global norm is at most `max_norm`; returns the norm before
 /// clipping (non-finite when a gradient overflowed: nothing is scaled then).
 pub fn clip_grad_norm(params: &[Param], grads: &mut Grads, max_norm: f64) -> Result<f64> {
+    super::hyper("clip_grad_norm", "max_norm", max_norm, 0.0..=f64::MAX)?;
     let norm = grad_norm(params, grads)?;
     if norm.is_finite() && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

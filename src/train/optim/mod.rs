@@ -21,13 +21,48 @@ pub trait Optimizer: Send {
     /// One update of every parameter that has a gradient in `grads`.
     fn step(&mut self, grads: &Grads) -> Result<()>;
     fn learning_rate(&self) -> f64;
-    fn set_learning_rate(&mut self, lr: f64);
+    /// A schedule's rate for the next steps: finite and ≥ 0, else an `Err` and no change.
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()>;
     /// The parameters it updates.
     fn params(&self) -> &[Param];
     /// Its state as named tensors (`<param>.<slot>`) plus the step count, for checkpoints.
     fn state(&self) -> (u64, Vec<(String, Tensor)>);
+    /// The slots of its per-parameter state (`exp_avg`, ...): a parameter that has state has
+    /// all of them. Empty for an optimizer that keeps none (SGD without momentum).
+    fn state_slots(&self) -> &'static [&'static str];
     /// Restores what [`Optimizer::state`] returned.
     fn load_state(&mut self, step: u64, tensors: &[(String, Tensor)]) -> Result<()>;
+}
+
+/// `Err` unless `value` is finite and within `range` (a hyper-parameter of `op`).
+fn hyper(op: &str, name: &str, value: f64, range: std::ops::RangeInclusive<f64>) -> Result<()> {
+    if value.is_finite() && range.contains(&value) {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidArgument {
+        op: op.into(),
+        device: "-".into(),
+        detail: format!(
+            "{name} {value}: need a finite value in [{}, {}]",
+            range.start(),
+            range.end()
+        ),
+    })
+}
+
+/// The learning rate's range: any finite rate ≥ 0.
+fn check_lr(op: &str, lr: f64) -> Result<()> {
+    hyper(op, "learning rate", lr, 0.0..=f64::MAX)
+}
+
+/// One more optimizer step, or an `Err` where the counter would wrap (a hostile checkpoint's
+/// step count must not silently restart the bias correction).
+fn next_step(op: &str, steps: u64) -> Result<u64> {
+    steps.checked_add(1).ok_or_else(|| crate::Error::InvalidArgument {
+        op: op.into(),
+        device: "-".into(),
+        detail: format!("the step counter {steps} would overflow"),
+    })
 }
 
 /// `grad` in the parameter's dtype (a half-precision gradient of an f32 master weight).

@@ -21,8 +21,25 @@ impl Default for LossScaler {
 }
 
 impl LossScaler {
-    pub fn new(scale: f64, growth_interval: u64) -> LossScaler {
-        LossScaler { scale, growth_interval, ..LossScaler::default() }
+    /// `scale` finite and ≥ 1, `growth_interval` ≥ 1, else an `Err`.
+    pub fn new(scale: f64, growth_interval: u64) -> Result<LossScaler> {
+        let scaler = LossScaler { scale, growth_interval, ..LossScaler::default() };
+        scaler.check()?;
+        Ok(scaler)
+    }
+
+    /// `Err` unless its fields make sense (one read back from a checkpoint may not): a
+    /// finite scale ≥ 1 and a growth interval ≥ 1.
+    pub fn check(&self) -> Result<()> {
+        super::hyper("LossScaler", "scale", self.scale, 1.0..=f64::MAX)?;
+        if self.growth_interval == 0 {
+            return Err(crate::Error::InvalidArgument {
+                op: "LossScaler".into(),
+                device: "-".into(),
+                detail: "growth_interval 0: need at least 1 step".into(),
+            });
+        }
+        Ok(())
     }
 
     pub fn scale_loss(&self, loss: &Var) -> Result<Var> {

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use super::{Optimizer, find_state, grad_for};
+use super::{Optimizer, check_lr, find_state, grad_for, hyper, next_step};
 use crate::train::{Grads, Param, VarId};
 use crate::{Result, Tensor};
 
@@ -8,31 +8,46 @@ use crate::{Result, Tensor};
 /// `v = μv + (g + λw)`, `w -= lr·v`.
 pub struct Sgd {
     params: Vec<Param>,
-    pub lr: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
     velocity: HashMap<VarId, Tensor>,
     steps: u64,
 }
 
 impl Sgd {
-    pub fn new(params: Vec<Param>, lr: f64) -> Sgd {
-        Sgd { params, lr, momentum: 0.0, weight_decay: 0.0, velocity: HashMap::new(), steps: 0 }
+    /// A learning rate that is not finite or is negative is an `Err`.
+    pub fn new(params: Vec<Param>, lr: f64) -> Result<Sgd> {
+        check_lr("Sgd::new", lr)?;
+        Ok(Sgd { params, lr, momentum: 0.0, weight_decay: 0.0, velocity: HashMap::new(), steps: 0 })
     }
 
-    pub fn with_momentum(mut self, momentum: f64) -> Sgd {
+    /// Momentum μ in [0, 1].
+    pub fn with_momentum(mut self, momentum: f64) -> Result<Sgd> {
+        hyper("Sgd::with_momentum", "momentum", momentum, 0.0..=1.0)?;
         self.momentum = momentum;
-        self
+        Ok(self)
     }
 
-    pub fn with_weight_decay(mut self, weight_decay: f64) -> Sgd {
+    /// L2 weight decay λ: finite and ≥ 0.
+    pub fn with_weight_decay(mut self, weight_decay: f64) -> Result<Sgd> {
+        hyper("Sgd::with_weight_decay", "weight decay", weight_decay, 0.0..=f64::MAX)?;
         self.weight_decay = weight_decay;
-        self
+        Ok(self)
+    }
+
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    pub fn weight_decay(&self) -> f64 {
+        self.weight_decay
     }
 }
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &Grads) -> Result<()> {
+        let steps = next_step("Sgd::step", self.steps)?;
         for param in &self.params {
             let Some(grad) = grads.get(param.id()) else { continue };
             let w = param.value();
@@ -49,7 +64,7 @@ impl Optimizer for Sgd {
             }
             param.set(w.sub(&g.affine(self.lr, 0.0)?)?)?;
         }
-        self.steps += 1;
+        self.steps = steps;
         Ok(())
     }
 
@@ -57,8 +72,14 @@ impl Optimizer for Sgd {
         self.lr
     }
 
-    fn set_learning_rate(&mut self, lr: f64) {
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+        check_lr("Sgd::set_learning_rate", lr)?;
         self.lr = lr;
+        Ok(())
+    }
+
+    fn state_slots(&self) -> &'static [&'static str] {
+        if self.momentum != 0.0 { &["velocity"] } else { &[] }
     }
 
     fn params(&self) -> &[Param] {

@@ -1,35 +1,6 @@
 //! What the fleet did about failures during a step, and the rules it followed.
 
 use std::fmt;
-use std::time::Duration;
-
-/// When a device is retried, given up on, or evicted.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FaultPolicy {
-    /// A share that fails with a device fault other than `DeviceLost` is run again on the
-    /// same device this many times before the device is evicted.
-    pub max_retries: u32,
-    /// A share gets `watchdog_factor` × its predicted time, but at least `watchdog_min`,
-    /// before its device is presumed hung and evicted.
-    pub watchdog_factor: f64,
-    pub watchdog_min: Duration,
-    /// A device whose shares take more than `slow_factor` × their prediction
-    /// `slow_strikes` steps in a row is evicted as grossly slow.
-    pub slow_factor: f64,
-    pub slow_strikes: u32,
-}
-
-impl Default for FaultPolicy {
-    fn default() -> Self {
-        FaultPolicy {
-            max_retries: 2,
-            watchdog_factor: 20.0,
-            watchdog_min: Duration::from_secs(5),
-            slow_factor: 4.0,
-            slow_strikes: 3,
-        }
-    }
-}
 
 /// One thing the fleet did about a failing device. Each is also a `tracing` event.
 #[derive(Clone, Debug, PartialEq)]

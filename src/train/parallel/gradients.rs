@@ -17,12 +17,6 @@ use crate::train::nn::Ctx;
 use crate::train::{Grads, Param, Var, VarId};
 use crate::{DeviceRef, ErrorKind, Result, Tensor};
 
-/// Seconds a share may take, as a finite value `Duration` accepts (an unpriced device
-/// predicts infinity; the policy's minimum applies then).
-fn watchdog_secs(secs: f64) -> f64 {
-    if secs.is_finite() { secs.clamp(0.0, 3600.0) } else { 0.0 }
-}
-
 /// A share on its way: where it runs, and which parameters' gradients it has sent.
 struct Running {
     replica: usize,
@@ -111,8 +105,8 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         while !todo.open.is_empty() || !todo.pinned.is_empty() {
             let running = self.submit_round(&mut todo, global_batch, &loss, &reply)?;
             let evict = self.wait_round(running, &replies, &mut todo, &mut collector, on_bucket)?;
-            for (i, reason) in evict {
-                let event = self.evict(i, reason)?;
+            for (i, reason, cause) in evict {
+                let event = self.evict(i, reason, cause)?;
                 todo.events.push(event);
             }
         }
@@ -161,9 +155,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             let tag = self.next_tag;
             let job = self.job(i, tag, rows.clone(), batch, loss, &skip, reply);
             self.replicas[i].worker.submit(tag, job, reply.clone())?;
-            let limit = self.policy.watchdog_min.max(Duration::from_secs_f64(watchdog_secs(
-                predicted * self.policy.watchdog_factor,
-            )));
+            let limit = self.policy.deadline(predicted);
             let sent = Instant::now();
             let delivered = vec![false; n_params];
             let deadline = sent + limit;
@@ -178,7 +170,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     /// Takes the running shares' messages until each has ended or missed its deadline:
     /// gradients go to `collector` (which hands full buckets to `on_bucket`), finished
     /// shares to `todo.done`, failed ones back to `todo` as retries or open rows. Returns
-    /// the replicas to evict, with the reason.
+    /// the replicas to evict, with the reason (and the error, where one was the reason).
     fn wait_round(
         &mut self,
         mut running: HashMap<u64, Running>,
@@ -186,8 +178,8 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         todo: &mut Todo,
         collector: &mut Collector,
         on_bucket: &mut dyn FnMut(&[Param], &mut Grads) -> Result<()>,
-    ) -> Result<Vec<(usize, String)>> {
-        let mut evict: Vec<(usize, String)> = Vec::new();
+    ) -> Result<Vec<(usize, String, Option<crate::Error>)>> {
+        let mut evict: Vec<(usize, String, Option<crate::Error>)> = Vec::new();
         while let Some(deadline) = running.values().map(|r| r.deadline).min() {
             let left = deadline.saturating_duration_since(Instant::now());
             match replies.recv_timeout(left) {
@@ -224,7 +216,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                                 });
                                 todo.pinned.push((label, run.rows, skip));
                             } else {
-                                evict.push((run.replica, e.to_string()));
+                                evict.push((run.replica, e.to_string(), Some(e)));
                                 todo.open.push((run.rows, skip));
                             }
                         }
@@ -244,6 +236,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                         evict.push((
                             run.replica,
                             format!("no answer within {waited:.2?} (watchdog)"),
+                            None,
                         ));
                         todo.open.push((run.rows.clone(), run.skip_next()));
                     }
@@ -308,7 +301,8 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                     p.set(m.value().to_device(&device)?)?;
                 }
             }
-            let total = loss(&model, &device, rows, &ctx)?;
+            let n = rows.len();
+            let total = summed_rows(&loss(&model, &device, rows, &ctx)?, n)?;
             let scaled = total.affine(scale, 0.0)?;
             let nodes = scaled.graph_len();
             let index: HashMap<VarId, usize> =
@@ -393,4 +387,26 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         }
         Ok(Gradients { grads: summed, loss: total_loss, devices, events, computed_s, started })
     }
+}
+
+/// The sum of a share's per-row losses, which must be one per row. A loss the caller
+/// already reduced over its rows (a mean) would weight each row by 1/(its share's size), so
+/// the model would depend on how the batch happened to be split: that is an `Err`.
+fn summed_rows(losses: &Var, rows: usize) -> Result<Var> {
+    if losses.dims() != [rows] {
+        return Err(crate::Error::Shape {
+            op: "DataParallel loss function".into(),
+            device: losses.tensor().device().info().label(),
+            detail: format!(
+                "returned {:?} for {rows} rows: return one loss per row, shape [{rows}] \
+                 (nn::Reduction::None); the step sums them and divides by the global batch",
+                losses.tensor()
+            ),
+        });
+    }
+    let losses = match losses.tensor().dtype() {
+        crate::DType::F32 => losses.clone(),
+        _ => losses.cast(crate::DType::F32)?,
+    };
+    losses.sum_all()
 }

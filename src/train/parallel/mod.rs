@@ -5,7 +5,7 @@
 //! Each device's step time is modelled as `fixed + per_sample · n` (see
 //! [`plan::Linear`](crate::plan::Linear)), first from its calibrated profile, then from what
 //! its shares really take; the shares are the planner's equal-finish split of the batch.
-//! Every replica returns the gradient of its *summed* loss divided by the global batch, so
+//! Every replica returns the gradient of its rows' summed losses divided by the global batch, so
 //! adding the shares' gradients (in row order, on the first device) gives the gradient of
 //! the whole batch's mean loss. A replica sends each parameter's gradient to the first
 //! device as soon as its backward pass has finished it (see `collect`), so a caller can
@@ -33,7 +33,8 @@ use std::sync::Arc;
 use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
-pub use events::{FaultPolicy, FleetEvent};
+pub use crate::fleet::FaultPolicy;
+pub use events::FleetEvent;
 pub(crate) use shares::ranges;
 use shares::{by_weights, prior};
 use worker::{ShareDone, Worker, wait_done};
@@ -321,8 +322,13 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
 
     /// Scales every loss by the scaler's factor before backward and skips the update of a
     /// step whose gradients overflow (f16 training); `None` turns scaling off.
-    pub fn set_loss_scaler(&mut self, scaler: Option<LossScaler>) {
+    /// A scaler whose fields make no sense (see [`LossScaler::check`]) is an `Err`.
+    pub fn set_loss_scaler(&mut self, scaler: Option<LossScaler>) -> Result<()> {
+        if let Some(s) = &scaler {
+            s.check()?;
+        }
         self.scaler = scaler;
+        Ok(())
     }
 
     pub fn loss_scaler(&self) -> Option<&LossScaler> {
@@ -330,8 +336,19 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     }
 
     /// Clips the combined gradients to this global L2 norm before each update.
-    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) {
+    /// A bound that is not finite or is negative is an `Err`.
+    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) -> Result<()> {
+        if let Some(max) = max_norm
+            && !(max.is_finite() && max >= 0.0)
+        {
+            return Err(invalid(
+                "DataParallel::set_max_grad_norm",
+                &self.replicas[0].label,
+                format!("max norm {max}: need a finite value ≥ 0"),
+            ));
+        }
         self.max_grad_norm = max_norm;
+        Ok(())
     }
 
     /// The per-device cost model the next split will use: (label, fixed s, s per sample).
@@ -400,13 +417,17 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     }
 
     /// One training step over a global batch of `batch` rows. `loss` computes, on a
-    /// replica's device, the *summed* loss of rows `rows` of the batch (use
-    /// [`Reduction::Sum`](super::nn::Reduction::Sum)); the step divides by `batch`.
+    /// replica's device, the loss of each of rows `rows` of the batch: a `[rows.len()]`
+    /// tensor (use [`Reduction::None`](super::nn::Reduction::None)). The step sums them and
+    /// divides by `batch`, so the update is that of the whole batch's mean loss however
+    /// the batch was cut; a loss of any other shape (one already reduced over its rows) is
+    /// an `Err`.
     ///
     /// `loss` runs on the replicas' own threads, so it owns (or shares through `Arc`) the
     /// data it reads. An error that is not a device fault (a shape mistake in `loss`) is
-    /// returned as is; device faults are handled as the module documentation says, and
-    /// the step fails only when the master device fails or no device is left.
+    /// returned as is, and so is a panic in `loss` (as [`Error::Panicked`], with nothing
+    /// evicted); device faults are handled as the module documentation says, and the step
+    /// fails only when the master device fails or no device is left.
     pub fn step<F>(
         &mut self,
         batch: usize,
@@ -457,7 +478,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         while let Some(i) = self.replicas.iter().skip(1).position(|r| r.strikes >= strikes) {
             let reason =
                 format!("slower than predicted ×{} for {strikes} steps", self.policy.slow_factor);
-            events.push(self.evict(i + 1, reason)?);
+            events.push(self.evict(i + 1, reason, None)?);
         }
         self.traced(&events);
         self.step += 1;
@@ -473,9 +494,16 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     }
 
     /// Moves replica `i` out of the fleet. The master cannot go: its parameters and the
-    /// optimizer state are the only up-to-date copy.
-    fn evict(&mut self, i: usize, reason: String) -> Result<FleetEvent> {
+    /// optimizer state are the only up-to-date copy. When the master ran out of memory,
+    /// that error (with its device and bytes) is the step's: the chip is fine, the work
+    /// was too big for it.
+    fn evict(&mut self, i: usize, reason: String, cause: Option<Error>) -> Result<FleetEvent> {
         let label = self.replicas[i].label.clone();
+        if i == 0
+            && let Some(e) = cause.filter(|e| e.kind() == crate::ErrorKind::OutOfMemory)
+        {
+            return Err(e);
+        }
         if i == 0 {
             return Err(Error::DeviceLost {
                 device: label,

@@ -51,13 +51,13 @@ impl Worker {
             .name(format!("replica {label}"))
             .spawn(move || {
                 for job in inbox {
-                    // A panic in the user's loss function becomes this share's error.
+                    // A panic in the caller's loss function is the caller's bug: it comes
+                    // back as such, never as a fault of this device.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work))
-                        .unwrap_or_else(|_| {
-                            Err(Error::Fault {
-                                op: "data-parallel share".into(),
-                                device: "-".into(),
-                                detail: "the share's work panicked".into(),
+                        .unwrap_or_else(|payload| {
+                            Err(Error::Panicked {
+                                op: "the data-parallel loss function".into(),
+                                detail: panic_message(payload.as_ref()),
                             })
                         });
                     // The step may have given up on this share and gone: nothing to tell.
@@ -80,6 +80,15 @@ impl Worker {
             detail: "the replica's thread has stopped".into(),
         })
     }
+}
+
+/// What a panic said, where it said it as text.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".into())
 }
 
 /// The end of share `tag` on `replies`; `None` if it has not ended by `deadline` (the

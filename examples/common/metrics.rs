@@ -1,0 +1,142 @@
+//! `metrics.csv`, written as the run goes (a killed run keeps its rows), and continued by a
+//! resumed run: the rows before the step it resumes at are kept, later ones replaced.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// One row of the metrics CSV.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Row {
+    pub step: u64,
+    pub epoch: usize,
+    pub samples: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub step_ms: f64,
+    pub samples_per_s: f64,
+    /// Test metric (accuracy or loss) when one was measured after this step.
+    pub eval: Option<f64>,
+    pub shares: String,
+}
+
+impl Row {
+    fn to_csv(&self) -> String {
+        let eval = self.eval.map(|v| format!("{v:.5}")).unwrap_or_default();
+        format!(
+            "{},{},{:.6},{:.3e},{:.3},{:.1},{eval},\"{}\"",
+            self.step,
+            self.epoch,
+            self.loss,
+            self.lr,
+            self.step_ms,
+            self.samples_per_s,
+            self.shares
+        )
+    }
+
+    /// A line [`Row::to_csv`] wrote; `None` for anything else.
+    fn from_csv(line: &str) -> Option<Row> {
+        let mut f = line.splitn(8, ',');
+        let mut next = || f.next();
+        let step = next()?.parse().ok()?;
+        let epoch = next()?.parse().ok()?;
+        let loss = next()?.parse().ok()?;
+        let lr = next()?.parse().ok()?;
+        let step_ms = next()?.parse().ok()?;
+        let samples_per_s = next()?.parse().ok()?;
+        let eval = match next()? {
+            "" => None,
+            v => Some(v.parse().ok()?),
+        };
+        let shares = next()?.trim_matches('"').to_string();
+        Some(Row { step, epoch, samples: 0, loss, lr, step_ms, samples_per_s, eval, shares })
+    }
+}
+
+pub struct Metrics {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Rows of the run this one resumed, before its first step.
+    earlier: Vec<Row>,
+    /// This run's rows; the last one is written when the next arrives (an evaluation may
+    /// still be added to it) or at [`Metrics::finish`].
+    rows: Vec<Row>,
+    written: usize,
+}
+
+impl Metrics {
+    /// Starts `path` afresh, or, resuming at step `start`, keeps the rows it has before it.
+    pub fn open(path: &Path, eval_name: &str, start: u64) -> Result<Metrics, String> {
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let earlier = if start > 0 { earlier_rows(path, start) } else { Vec::new() };
+        let mut file = BufWriter::new(File::create(path).map_err(err)?);
+        writeln!(file, "step,epoch,loss,lr,step_ms,samples_per_s,{eval_name},shares")
+            .map_err(err)?;
+        for row in &earlier {
+            writeln!(file, "{}", row.to_csv()).map_err(err)?;
+        }
+        file.flush().map_err(err)?;
+        Ok(Metrics { path: path.to_path_buf(), file, earlier, rows: Vec::new(), written: 0 })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds a row (and writes the one before it).
+    pub fn push(&mut self, row: Row) -> Result<(), String> {
+        self.write_settled(self.rows.len())?;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Records an evaluation after the last step.
+    pub fn set_eval(&mut self, value: f64) {
+        if let Some(last) = self.rows.last_mut() {
+            last.eval = Some(value);
+        }
+    }
+
+    /// This run's rows.
+    pub fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
+    /// The resumed run's rows and this run's, in order: what the plot shows.
+    pub fn all_rows(&self) -> Vec<Row> {
+        self.earlier.iter().chain(&self.rows).cloned().collect()
+    }
+
+    /// Writes what is left and flushes.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.write_settled(self.rows.len() + 1)
+    }
+
+    /// Writes the rows before index `upto`.
+    fn write_settled(&mut self, upto: usize) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let upto = upto.min(self.rows.len());
+        while self.written < upto {
+            writeln!(self.file, "{}", self.rows[self.written].to_csv()).map_err(err)?;
+            self.written += 1;
+        }
+        self.file.flush().map_err(err)
+    }
+}
+
+/// The rows of an earlier `metrics.csv` before step `start`, up to the first line that is
+/// not one of ours (a file that was edited or cut short keeps what reads back).
+fn earlier_rows(path: &Path, start: u64) -> Vec<Row> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let rows: Vec<Row> = text.lines().skip(1).map_while(Row::from_csv).collect();
+    let kept: Vec<Row> = rows.into_iter().filter(|r| r.step < start).collect();
+    if kept.len() as u64 != start {
+        println!(
+            "{}: {} of the {start} earlier steps' rows found; the curves show those",
+            path.display(),
+            kept.len()
+        );
+    }
+    kept
+}

@@ -1,0 +1,103 @@
+//! Writing a checkpoint: a temporary directory, every file fsynced, renamed into place.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+
+use super::manifest::{
+    FORMAT, FileEntry, MANIFEST, MODEL_FILE, Manifest, OPTIMIZER_FILE, TensorEntry,
+};
+use super::{HostTensor, Snapshot, dir_name, fail, io};
+use crate::{DType, Result};
+
+pub(super) fn st_dtype(dtype: DType) -> StDtype {
+    match dtype {
+        DType::F32 => StDtype::F32,
+        DType::F16 => StDtype::F16,
+        DType::BF16 => StDtype::BF16,
+        DType::U32 => StDtype::U32,
+        DType::U8 => StDtype::U8,
+    }
+}
+
+fn safetensors_bytes(tensors: &[HostTensor], path: &Path) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            TensorView::new(st_dtype(t.dtype), t.dims.clone(), &t.bytes)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| fail(path, format!("{}: {e}", t.name)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(|e| fail(path, format!("serialize: {e}")))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create_new(path).map_err(|e| io(path, "create", e))?;
+    file.write_all(bytes).map_err(|e| io(path, "write", e))?;
+    file.sync_all().map_err(|e| io(path, "fsync", e))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(|e| io(path, "fsync directory", e))
+}
+
+/// The name of the temporary directory this process writes checkpoint `step` in.
+pub(super) fn temp_name(step: u64) -> String {
+    format!(".tmp-{}-{}", dir_name(step), std::process::id())
+}
+
+/// Writes `snapshot` under `dir` atomically; returns the checkpoint's path.
+pub fn write_checkpoint(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
+    let name = dir_name(snapshot.step);
+    let tmp = dir.join(temp_name(snapshot.step));
+    let target = dir.join(&name);
+    // A leftover of this process id (never a symlink's target: removal does not follow).
+    if tmp.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&tmp)
+            .or_else(|_| fs::remove_file(&tmp))
+            .map_err(|e| io(&tmp, "remove stale temporary", e))?;
+    }
+    fs::create_dir(&tmp).map_err(|e| io(&tmp, "create", e))?;
+    let mut files = Vec::new();
+    let mut tensors = Vec::new();
+    for (file, list) in [(MODEL_FILE, &snapshot.params), (OPTIMIZER_FILE, &snapshot.optimizer)] {
+        let bytes = safetensors_bytes(list, &tmp.join(file))?;
+        write_synced(&tmp.join(file), &bytes)?;
+        files.push(FileEntry {
+            name: file.into(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+        });
+        tensors.extend(list.iter().map(|t| TensorEntry {
+            file: file.into(),
+            name: t.name.clone(),
+            dtype: t.dtype.name().into(),
+            shape: t.dims.clone(),
+        }));
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        step: snapshot.step,
+        optimizer_step: snapshot.optimizer_step,
+        files,
+        tensors,
+        state: snapshot.state.clone(),
+        manifest_crc32: None,
+    };
+    let json = manifest.to_bytes().map_err(|e| fail(&tmp, format!("manifest: {e}")))?;
+    write_synced(&tmp.join(MANIFEST), &json)?;
+    sync_dir(&tmp)?;
+    if let Ok(meta) = target.symlink_metadata() {
+        // The same step saved again (a resumed job): the new one replaces it whole. Whatever
+        // sits there (a damaged checkpoint, a symlink) is removed, never followed.
+        let removed =
+            if meta.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
+        removed.map_err(|e| io(&target, "replace", e))?;
+    }
+    fs::rename(&tmp, &target).map_err(|e| io(&target, "rename into place", e))?;
+    sync_dir(dir)?;
+    Ok(target)
+}
