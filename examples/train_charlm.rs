@@ -52,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = 2, value_parser = count(1..=256))]
     layers: usize,
     /// Peak learning rate (AdamW, warm-up then cosine decay).
-    #[arg(long, default_value_t = 3e-3, value_parser = common::learning_rate)]
+    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, value_parser = common::learning_rate)]
     lr: f64,
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     dtype: Precision,
@@ -292,8 +292,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         steps_run,
         (steps_run * args.batch * t) as f64 / secs
     );
-    let Some(mut metrics) = metrics else { return Ok(()) };
-    metrics.finish()?;
+    let Some(metrics) = metrics else { return Ok(()) };
     let png = args.out.join("curves.png");
     let title = "character transformer on The Tempest";
     common::plot(&png, title, "validation loss (nats)", &metrics.all_rows())?;

@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, default_value_t = 64, value_parser = count(1..=65_536))]
     batch: usize,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
-    #[arg(long, default_value_t = 1e-2, value_parser = common::learning_rate)]
+    #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true, value_parser = common::learning_rate)]
     lr: f64,
     /// Width of the hidden layer.
     #[arg(long, default_value_t = 128, value_parser = count(1..=65_536))]
@@ -169,7 +169,8 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     };
     let bar = common::progress(total, args.quiet || !leads);
     bar.set_position(start);
-    let mut rows: Vec<common::Row> = Vec::new();
+    // This run's steps, samples and last step's shares, for the summary line.
+    let (mut steps_run, mut samples, mut last_shares) = (0usize, 0usize, String::from("-"));
     let started = Instant::now();
     let mut accuracy = 0.0;
     let mut step = 0u64;
@@ -181,7 +182,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
             step += steps_per_epoch;
             continue;
         }
-        for chunk in train.chunks(args.batch) {
+        for (k, chunk) in train.chunks(args.batch).enumerate() {
             if step < start {
                 step += 1;
                 continue;
@@ -206,6 +207,19 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 nn::cross_entropy_with(&logits, &y[rows], &opts)
             };
             let report = job.step(chunk.len(), loss, &mut opt).map_err(|e| e.to_string())?;
+            // Test accuracy at the end of each epoch and of the run, in this step's row.
+            let evaluated = k as u64 + 1 == steps_per_epoch || step + 1 == total;
+            if evaluated {
+                accuracy = evaluate(job.dp().model(), &job.dp().devices()[0], &data, &test)
+                    .map_err(|e| e.to_string())?;
+                if args.quiet && leads {
+                    println!(
+                        "epoch {epoch:>3}: loss {:.4}, test accuracy {:.2}%",
+                        report.loss,
+                        accuracy * 100.0
+                    );
+                }
+            }
             let row = common::Row {
                 step,
                 samples: chunk.len(),
@@ -214,13 +228,14 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 lr: opt.learning_rate(),
                 step_ms: report.secs * 1e3,
                 samples_per_s: chunk.len() as f64 / report.secs,
-                eval: None,
+                eval: evaluated.then_some(accuracy),
                 shares: report.shares_line(),
             };
+            (steps_run, samples) = (steps_run + 1, samples + chunk.len());
+            last_shares = report.shares_line();
             if let Some(m) = &mut metrics {
-                m.push(row.clone())?;
+                m.push(row)?;
             }
-            rows.push(row);
             bar.set_message(format!(
                 "loss {:.3} | acc {:.1}% | {:.0} samples/s | {}",
                 report.loss,
@@ -239,37 +254,20 @@ fn run(args: &Args) -> std::result::Result<(), String> {
                 checkpoints.after_step(step, step == total, job.dp(), &opt, state)?;
             }
         }
-        accuracy = evaluate(job.dp().model(), &job.dp().devices()[0], &data, &test)
-            .map_err(|e| e.to_string())?;
-        if let Some(last) = rows.last_mut() {
-            last.eval = Some(accuracy);
-        }
-        if let Some(m) = &mut metrics {
-            m.set_eval(accuracy);
-        }
-        if args.quiet && leads {
-            println!(
-                "epoch {epoch:>3}: loss {:.4}, test accuracy {:.2}%",
-                rows.last().map_or(f64::NAN, |r| r.loss),
-                accuracy * 100.0
-            );
-        }
     }
     bar.finish_and_clear();
     checkpoints.finish()?;
     let secs = started.elapsed().as_secs_f64();
-    let samples = rows.iter().map(|r| r.samples).sum::<usize>();
     println!(
         "test accuracy {:.2}% after {} steps in {:.1} s ({:.0} samples/s){}; last step: {}",
         accuracy * 100.0,
-        rows.len(),
+        steps_run,
         secs,
         samples as f64 / secs,
         job.place(),
-        rows.last().map(|r| r.shares.as_str()).unwrap_or("-")
+        last_shares
     );
-    let Some(mut metrics) = metrics else { return Ok(()) };
-    metrics.finish()?;
+    let Some(metrics) = metrics else { return Ok(()) };
     let png = args.out.join("curves.png");
     common::plot(&png, "MLP on UCI digits", "test accuracy", &metrics.all_rows())?;
     println!("wrote {} and {}", metrics.path().display(), png.display());

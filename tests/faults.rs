@@ -311,3 +311,81 @@ fn a_share_failing_anywhere_in_its_backward_pass_keeps_the_gradients_it_sent() {
         println!("faults after 0..{n} ops all gave the fault-free gradients");
     }
 }
+
+/// A one-step loss over `x`/`y` with `reduction`, panicking on the replica whose label is
+/// `panic_on` (a bug in the caller's code).
+fn loss_with(
+    reduction: Reduction,
+    panic_on: Option<&'static str>,
+) -> impl Fn(&Mlp, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static {
+    let (x, y) = data();
+    move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
+        if panic_on == Some(device.info().label().as_str()) {
+            panic!("a bug in the loss function");
+        }
+        let input =
+            Tensor::from_slice(&x[rows.start * DIM..rows.end * DIM], [rows.len(), DIM], device)?;
+        let opts = CrossEntropy { reduction, ..Default::default() };
+        nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[rows], &opts)
+    }
+}
+
+#[test]
+fn a_loss_already_reduced_over_its_rows_is_an_error() {
+    // A mean over each share would weight rows by 1/(share size): the model would depend
+    // on how the batch was cut. Refused, whichever reduction hides the rows.
+    let host = cpu();
+    let mut dp = fleet(vec![cpu(), sim(&host, 0)]);
+    dp.set_fixed_split(Some(vec![2.0, 1.0])).unwrap();
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
+    for reduction in [Reduction::Mean, Reduction::Sum] {
+        let e = dp.step(BATCH, loss_with(reduction, None), &mut opt).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Shape, "{e}");
+        assert!(e.to_string().contains("one loss per row"), "{e}");
+    }
+    assert!(dp.evicted().is_empty(), "a caller's mistake evicts nothing");
+    let report = dp.step(BATCH, loss_with(Reduction::None, None), &mut opt).unwrap();
+    assert!(report.loss.is_finite());
+}
+
+#[test]
+fn a_panic_in_the_loss_function_is_the_callers_error_and_evicts_nothing() {
+    let host = cpu();
+    let chip = sim(&host, 0);
+    let mut dp = fleet(vec![cpu(), chip as DeviceRef]);
+    dp.set_fixed_split(Some(vec![1.0, 1.0])).unwrap();
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
+    for label in ["sim:0", "cpu:0"] {
+        let started = std::time::Instant::now();
+        let e = dp.step(BATCH, loss_with(Reduction::None, Some(label)), &mut opt).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Panicked, "{e}");
+        assert!(e.to_string().contains("a bug in the loss function"), "{e}");
+        assert!(!e.is_device_fault());
+        assert!(started.elapsed() < Duration::from_secs(4), "no retries, no watchdog wait");
+    }
+    assert!(dp.evicted().is_empty(), "{:?}", dp.evicted());
+    assert_eq!(dp.devices().len(), 2);
+    dp.step(BATCH, loss_with(Reduction::None, None), &mut opt).unwrap();
+}
+
+#[test]
+fn the_master_running_out_of_memory_is_reported_as_out_of_memory() {
+    // The master chip has 64 KiB: the parameters fit, one share's activations do not.
+    let host = cpu();
+    let small = SimProfile::new("small").with_latency(Duration::ZERO).with_memory(64 << 10);
+    let master: DeviceRef = Arc::new(SimDevice::new(host, small, 0).unwrap());
+    let mut dp = fleet(vec![master]);
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
+    let (x, y) = (Arc::new(vec![0.5f32; 4096 * DIM]), Arc::new(vec![1u32; 4096]));
+    let loss = move |m: &Mlp, device: &DeviceRef, rows: Range<usize>, ctx: &Ctx| -> Result<Var> {
+        let input =
+            Tensor::from_slice(&x[rows.start * DIM..rows.end * DIM], [rows.len(), DIM], device)?;
+        let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
+        nn::cross_entropy_with(&m.forward(&Var::constant(input), ctx)?, &y[rows], &opts)
+    };
+    let e = dp.step(4096, loss, &mut opt).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutOfMemory, "{e}");
+    let text = e.to_string();
+    assert!(text.contains("sim:0") && text.contains("bytes"), "{text}");
+    assert!(!text.contains("device lost"), "{text}");
+}

@@ -75,22 +75,24 @@ fn predicted_cpu_matmul_time_is_within_3x_of_measured() {
 #[test]
 fn calibration_finds_a_paced_simulated_chips_figures() {
     let _cores = exclusive();
+    // Every measured op takes tens of milliseconds of paced time, so a late wake-up on a busy
+    // machine (a few ms) stays small beside it: the figures hold under load. (The matmul's
+    // 1.8 MB at 20 MB/s take less than its 113 MFLOP at 1 GFLOP/s: it is compute-bound.)
     let chip = SimProfile::new("slow chip")
         .with_flops(1e9)
-        .with_bandwidth(2e9)
-        .with_latency(Duration::from_micros(200))
-        .with_link(1e9);
+        .with_bandwidth(2e7)
+        .with_latency(Duration::from_millis(40))
+        .with_link(5e6);
     let sim = sim(chip);
     sim.set_pacing(true);
-    let settings = Settings { matmul_sizes: vec![128], ..Settings::quick() };
+    let settings = Settings { matmul_sizes: vec![384], max_repeats: 3, ..Settings::quick() };
     let p = plan::calibrate_with(&sim, &settings).unwrap();
-    // Loose: sleeps overshoot, and the real CPU work adds a little.
-    let rate = p.matmul_rate(DType::F32, 2.0 * 128f64.powi(3));
-    assert!(ratio(rate, 1e9) < 2.0, "matmul {rate}");
-    assert!(ratio(p.bytes_per_s, 2e9) < 2.0, "bandwidth {}", p.bytes_per_s);
-    assert!(ratio(p.latency_s, 200e-6) < 2.0, "latency {}", p.latency_s);
+    let rate = p.matmul_rate(DType::F32, 2.0 * 384f64.powi(3));
+    assert!(ratio(rate, 1e9) < 1.5, "matmul {rate}");
+    assert!(ratio(p.bytes_per_s, 2e7) < 1.5, "bandwidth {}", p.bytes_per_s);
+    assert!(ratio(p.latency_s, 40e-3) < 1.5, "latency {}", p.latency_s);
     assert!(
-        ratio(p.host_to_device_bytes_per_s, 1e9) < 2.0,
+        ratio(p.host_to_device_bytes_per_s, 5e6) < 1.5,
         "link {}",
         p.host_to_device_bytes_per_s
     );

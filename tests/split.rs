@@ -397,3 +397,33 @@ fn a_device_that_fails_its_share_is_evicted_and_the_op_re_planned() {
     assert_eq!(e.kind(), ErrorKind::DeviceLost);
     assert!(e.to_string().contains("lost"), "{e}");
 }
+
+#[test]
+fn a_hung_device_is_evicted_at_the_watchdogs_deadline_and_the_op_completes() {
+    let host = cpu();
+    let members = sims(&host, &[1e9, 1e9, 1e9]);
+    let mut planner = planner(&members);
+    planner.set_learning(false);
+    planner.set_fault_policy(manychips::fleet::FaultPolicy {
+        watchdog_min: Duration::from_millis(300),
+        ..Default::default()
+    });
+    let (src, _) = &members[0];
+    let src: DeviceRef = src.clone();
+    let a = Tensor::randn(0.0, 1.0, [96, 64], DType::F32, 1, &src).unwrap();
+    let b = Tensor::randn(0.0, 1.0, [64, 48], DType::F32, 2, &src).unwrap();
+    let want = a.matmul(&b).unwrap();
+    let (hung, _) = &members[1];
+    hung.hang();
+    let started = std::time::Instant::now();
+    let got = planner.matmul(&a, &b).unwrap();
+    let waited = started.elapsed();
+    hung.heal();
+    assert!(max_diff(&got, &want) < 1e-4);
+    let evicted = planner.evicted();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert_eq!(evicted[0].0, "sim:1");
+    assert!(evicted[0].1.contains("watchdog"), "{}", evicted[0].1);
+    // One deadline, not one per retry: a hang is not retried.
+    assert!(waited < Duration::from_secs(30), "took {waited:?}");
+}

@@ -188,3 +188,86 @@ fn a_dtype_the_device_lacks_is_refused() {
     expect_err(Tensor::zeros([2], DType::F16, &dev), ErrorKind::UnsupportedDType, &["full"]);
     assert_eq!(a.exp().unwrap().numel(), 4);
 }
+
+#[test]
+fn huge_random_tensors_are_an_error_not_an_abort() {
+    // Each used to fill a host Vec of the whole size first: 8 TB, or a capacity overflow.
+    let device: DeviceRef = Arc::new(CpuDevice::with_threads(1).unwrap());
+    let checks = [
+        Tensor::randn(0.0, 1.0, [1_000_000, 1_000_000], DType::F32, 1, &device),
+        Tensor::rand(0.0, 1.0, [usize::MAX, 2], DType::F32, 1, &device),
+        Tensor::arange(usize::MAX / 2, DType::F32, &device),
+    ];
+    for result in checks {
+        let e = result.unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::OutOfMemory | ErrorKind::InvalidArgument), "{e}");
+    }
+    for bad in [
+        Tensor::randn(0.0, f64::NAN, [4], DType::F32, 1, &device),
+        Tensor::randn(0.0, -1.0, [4], DType::F32, 1, &device),
+        Tensor::rand(1.0, 0.0, [4], DType::F32, 1, &device),
+        Tensor::rand(0.0, f64::INFINITY, [4], DType::F32, 1, &device),
+    ] {
+        assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+    // The same numbers for a seed as one host pass over the generator (chunk boundaries
+    // included), so seeded initial weights did not change.
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let want: Vec<f32> = (0..70_000).map(|_| (-1.0 + 2.0 * rng.random::<f64>()) as f32).collect();
+    let big = Tensor::rand(-1.0, 1.0, [70_000], DType::F32, 5, &device).unwrap();
+    assert_eq!(big.to_vec::<f32>().unwrap(), want);
+    let a = Tensor::arange(70_000, DType::F32, &device).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(a[69_999], 69_999.0);
+}
+
+#[test]
+fn hostile_views_are_refused_on_every_device_without_overflow() {
+    // Strides, offsets and dims a caller of `Device::run` controls: each must be an `Err`
+    // (now, or at the next synchronize), never an arithmetic overflow (CI runs this test
+    // in the debug profile too, where overflow panics).
+    use manychips::{Layout, UnaryOp, View};
+    let mut devices: Vec<DeviceRef> = vec![cpu()];
+    devices.extend(manychips::devices().unwrap_or_default().into_iter().skip(1));
+    let labels: Vec<String> = devices.iter().map(|d| d.info().label()).collect();
+    println!("devices: {labels:?}");
+    let huge = usize::MAX / 2;
+    let layouts = [
+        (vec![3, 2], vec![huge, 1], 0),
+        (vec![2, 2], vec![1, 1], usize::MAX - 1),
+        (vec![huge, 4], vec![4, 1], 0),
+        (vec![usize::MAX, usize::MAX], vec![usize::MAX, 1], 0),
+        (vec![4, 4], vec![usize::MAX, usize::MAX], usize::MAX),
+    ];
+    for device in &devices {
+        let a = device.alloc(64).unwrap();
+        let b = device.alloc(64).unwrap();
+        let good = View::new(a, Layout::contiguous([4, 4]), DType::F32);
+        for (dims, strides, offset) in &layouts {
+            let mut layout = Layout::contiguous(dims.clone());
+            layout.strides = strides.clone();
+            layout.offset = *offset;
+            let bad = View::new(b, layout, DType::F32);
+            let ops = [
+                Op::Fill { out: bad.clone(), value: 1.0 },
+                Op::Copy { input: bad.clone(), out: good.clone() },
+                Op::Copy { input: good.clone(), out: bad.clone() },
+                Op::Unary { op: UnaryOp::Exp, input: bad.clone(), out: good.clone() },
+                Op::Matmul { lhs: bad.clone(), rhs: good.clone(), out: good.clone() },
+                Op::Reduce {
+                    op: manychips::ReduceOp::Sum,
+                    input: bad.clone(),
+                    out: good.clone(),
+                    axis: 1,
+                },
+            ];
+            for op in ops {
+                let ran = device.run(&op).and_then(|()| device.synchronize());
+                assert!(ran.is_err(), "{}: {op:?} was accepted", device.info().label());
+            }
+        }
+        device.synchronize().ok();
+        device.free(a).unwrap();
+        device.free(b).unwrap();
+    }
+}

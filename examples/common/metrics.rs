@@ -1,5 +1,6 @@
-//! `metrics.csv`, written as the run goes (a killed run keeps its rows), and continued by a
-//! resumed run: the rows before the step it resumes at are kept, later ones replaced.
+//! `metrics.csv`, written row by row as the run goes (a killed run keeps its rows), and
+//! continued by a resumed run: the rows before the step it resumes at are kept, later ones
+//! replaced.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -59,10 +60,9 @@ pub struct Metrics {
     file: BufWriter<File>,
     /// Rows of the run this one resumed, before its first step.
     earlier: Vec<Row>,
-    /// This run's rows; the last one is written when the next arrives (an evaluation may
-    /// still be added to it) or at [`Metrics::finish`].
+    /// This run's rows, each written (and flushed) as it comes: a row is on disk before
+    /// the checkpoint after its step is saved.
     rows: Vec<Row>,
-    written: usize,
 }
 
 impl Metrics {
@@ -77,51 +77,25 @@ impl Metrics {
             writeln!(file, "{}", row.to_csv()).map_err(err)?;
         }
         file.flush().map_err(err)?;
-        Ok(Metrics { path: path.to_path_buf(), file, earlier, rows: Vec::new(), written: 0 })
+        Ok(Metrics { path: path.to_path_buf(), file, earlier, rows: Vec::new() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Adds a row (and writes the one before it).
+    /// Adds a row and writes it.
     pub fn push(&mut self, row: Row) -> Result<(), String> {
-        self.write_settled(self.rows.len())?;
+        let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        writeln!(self.file, "{}", row.to_csv()).map_err(err)?;
+        self.file.flush().map_err(err)?;
         self.rows.push(row);
         Ok(())
-    }
-
-    /// Records an evaluation after the last step.
-    pub fn set_eval(&mut self, value: f64) {
-        if let Some(last) = self.rows.last_mut() {
-            last.eval = Some(value);
-        }
-    }
-
-    /// This run's rows.
-    pub fn rows(&self) -> &[Row] {
-        &self.rows
     }
 
     /// The resumed run's rows and this run's, in order: what the plot shows.
     pub fn all_rows(&self) -> Vec<Row> {
         self.earlier.iter().chain(&self.rows).cloned().collect()
-    }
-
-    /// Writes what is left and flushes.
-    pub fn finish(&mut self) -> Result<(), String> {
-        self.write_settled(self.rows.len() + 1)
-    }
-
-    /// Writes the rows before index `upto`.
-    fn write_settled(&mut self, upto: usize) -> Result<(), String> {
-        let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
-        let upto = upto.min(self.rows.len());
-        while self.written < upto {
-            writeln!(self.file, "{}", self.rows[self.written].to_csv()).map_err(err)?;
-            self.written += 1;
-        }
-        self.file.flush().map_err(err)
     }
 }
 

@@ -716,7 +716,8 @@ pub fn non_overlapping(layout: &Layout) -> bool {
         if stride <= span {
             return false;
         }
-        span += (dim - 1) * stride;
+        // Saturating: a span past `usize` fits no buffer; the views' bounds checks refuse it.
+        span = span.saturating_add((dim - 1).saturating_mul(stride));
     }
     true
 }
@@ -760,5 +761,24 @@ mod tests {
         let err = op.validate("test:0").unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
         assert!(err.to_string().contains("writes some elements twice"), "{err}");
+    }
+
+    #[test]
+    fn huge_strides_never_overflow() {
+        // Each of these panicked with overflow checks on (a debug build).
+        let mut huge = Layout::contiguous([3, 2]);
+        huge.strides = vec![usize::MAX / 2, 1];
+        assert!(!non_overlapping(&huge) || huge.end().is_none());
+        assert_eq!(huge.end(), None);
+        let mut wide = Layout::contiguous([usize::MAX / 2, 4]);
+        wide.strides = vec![4, 1];
+        assert!(!wide.is_contiguous() || wide.end().is_none());
+        let narrowed = huge.narrowed(0, 2, 1);
+        assert_eq!(narrowed.end(), None, "{narrowed:?}");
+        let dev = DeviceId::fresh();
+        let mut out = view(dev, 1);
+        out.layout = huge;
+        // Validation does not panic (the device refuses the view: it fits no buffer).
+        let _ = Op::Fill { out, value: 0.0 }.validate("test:0");
     }
 }

@@ -37,13 +37,15 @@ impl Shape {
         self.0.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
-    /// Row-major (C order) strides, in elements.
+    /// Row-major (C order) strides, in elements. Saturating for a shape too large to exist,
+    /// so its layout's bounds checks refuse it instead of the arithmetic wrapping or
+    /// panicking.
     pub fn contiguous_strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.0.len()];
-        let mut acc = 1;
+        let mut acc: usize = 1;
         for (s, &d) in strides.iter_mut().zip(&self.0).rev() {
             *s = acc;
-            acc *= d.max(1);
+            acc = acc.saturating_mul(d.max(1));
         }
         strides
     }
@@ -147,7 +149,8 @@ impl Layout {
             if d != 1 && s != expected {
                 return false;
             }
-            expected *= d;
+            // Saturating: a shape whose size overflows has no stride that equals it.
+            expected = expected.saturating_mul(d);
         }
         true
     }
@@ -191,7 +194,8 @@ impl Layout {
     pub fn narrowed(&self, axis: usize, start: usize, len: usize) -> Layout {
         let mut out = self.clone();
         if len > 0 {
-            out.offset += start * self.strides[axis];
+            // Saturating: an offset past `usize` fails every bounds check instead of wrapping.
+            out.offset = out.offset.saturating_add(start.saturating_mul(self.strides[axis]));
         }
         out.shape.0[axis] = len;
         out

@@ -620,7 +620,15 @@ mod tests {
 
     #[test]
     fn repeated_work_leaks_no_memory() {
-        let Ok(devices) = crate::discover() else { return };
+        let devices = match crate::discover() {
+            Ok(devices) if !devices.is_empty() => devices,
+            found => {
+                let why = found.err().map_or_else(|| "none found".into(), |e| e.to_string());
+                assert!(std::env::var_os("CI").is_none(), "CI is set but no Vulkan device: {why}");
+                println!("skipped: no Vulkan device ({why})");
+                return;
+            }
+        };
         for dev in &devices {
             workload(dev);
             let after_one = live_allocations(dev);

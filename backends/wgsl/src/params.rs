@@ -34,7 +34,7 @@ impl Params {
     /// `ops` (coalesced here).
     pub fn strided(op: &Op, count: usize, dims: &[usize], ops: &[Strided]) -> Result<Params> {
         let mut p = Params { words: vec![0; WORDS] };
-        p.set(0, word(op, "element count", count)?);
+        p.set(0, word(op, "element count", count)?)?;
         let (dims, ops) = coalesce(dims, ops);
         if dims.len() > MAX_RANK || ops.len() > 4 {
             return Err(Error::InvalidArgument {
@@ -47,24 +47,32 @@ impl Params {
                 ),
             });
         }
-        p.set(1, dims.len() as u32);
+        p.set(1, dims.len() as u32)?;
         for (d, &n) in dims.iter().enumerate() {
-            p.set(DIMS + d, word(op, "dim", n)?);
+            p.set(DIMS + d, word(op, "dim", n)?)?;
         }
         for (k, s) in ops.iter().enumerate() {
             let at = OPERANDS + k * OPERAND_WORDS;
-            p.set(at, word(op, "offset", s.offset)?);
+            p.set(at, word(op, "offset", s.offset)?)?;
             for (d, &st) in s.strides.iter().enumerate() {
-                p.set(at + 1 + d, word(op, "stride", st)?);
+                p.set(at + 1 + d, word(op, "stride", st)?)?;
             }
         }
         Ok(p)
     }
 
-    pub fn set(&mut self, i: usize, v: u32) {
-        if let Some(w) = self.words.get_mut(i) {
-            *w = v;
-        }
+    /// Sets word `i`. A slot past the block is a bug in a lowering (its kernel would read
+    /// a parameter that was never written): an `Err`, never a silently dropped value.
+    pub fn set(&mut self, i: usize, v: u32) -> Result<()> {
+        let Some(w) = self.words.get_mut(i) else {
+            return Err(Error::InvalidArgument {
+                op: "wgsl parameters".into(),
+                device: "wgsl".into(),
+                detail: format!("slot {i} is past the {WORDS}-word parameter block"),
+            });
+        };
+        *w = v;
+        Ok(())
     }
 
     pub fn into_words(self) -> Vec<u32> {
@@ -90,5 +98,14 @@ mod tests {
         assert_eq!((dims, ops[0].strides.clone()), (vec![5, 7], vec![1, 0]));
         let (dims, _) = coalesce(&[1, 1], &[Strided::new(0, vec![1, 1])]);
         assert!(dims.is_empty());
+    }
+
+    #[test]
+    fn a_slot_past_the_block_is_an_error() {
+        let mut p = Params { words: vec![0; WORDS] };
+        p.set(WORDS - 1, 7).unwrap();
+        assert_eq!(p.clone().into_words()[WORDS - 1], 7);
+        let e = p.set(WORDS, 1).unwrap_err();
+        assert!(e.to_string().contains("past the 64-word"), "{e}");
     }
 }

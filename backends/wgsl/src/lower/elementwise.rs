@@ -116,7 +116,7 @@ pub(super) fn dispatch(
     let n = out.numel();
     let mut params = Params::strided(op, n, out.dims(), layouts)?;
     for &(i, v) in scalars {
-        params.set(i, v);
+        params.set(i, v)?;
     }
     let k = operands.len() - 1;
     let out_dtype = operands[k].dtype;
@@ -124,8 +124,8 @@ pub(super) fn dispatch(
     let words = per > 1 && out.is_contiguous();
     let (items, section) = if words {
         operands[k].words = true;
-        params.set(5, per as u32);
-        params.set(6, word(op, "offset", out.offset)?);
+        params.set(5, per as u32)?;
+        params.set(6, word(op, "offset", out.offset)?)?;
         let first = out.offset / per;
         ((out.offset + n).div_ceil(per) - first, "words")
     } else {

@@ -45,8 +45,8 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
             let ops = [base(input, *axis), idx, strided(out)];
             let n = out.numel();
             let mut p = Params::strided(op, n, out.dims(), &ops)?;
-            p.set(3, word(op, "axis length", input.dims()[*axis])?);
-            p.set(4, word(op, "stride", input.layout.strides[*axis])?);
+            p.set(3, word(op, "axis length", input.dims()[*axis])?)?;
+            p.set(4, word(op, "stride", input.layout.strides[*axis])?)?;
             let operands =
                 vec![Operand::input(input), Operand::input(indices), Operand::output(out)];
             let k = Kernel {
@@ -117,10 +117,10 @@ fn scatter(
     ];
     let mut p = Params::strided(op, columns, &dims, &ops)?;
     let n = src.dims()[axis];
-    p.set(3, word(op, "axis length", out.dims()[axis])?);
-    p.set(4, word(op, "stride", src.layout.strides[axis])?);
-    p.set(5, word(op, "stride", idx_stride)?);
-    p.set(6, word(op, "stride", acc_strides.1[axis])?);
+    p.set(3, word(op, "axis length", out.dims()[axis])?)?;
+    p.set(4, word(op, "stride", src.layout.strides[axis])?)?;
+    p.set(5, word(op, "stride", idx_stride)?)?;
+    p.set(6, word(op, "stride", acc_strides.1[axis])?)?;
     let k = Kernel {
         family: "index",
         source: SOURCE,
@@ -133,8 +133,8 @@ fn scatter(
     let mut adds = Vec::new();
     for start in (0..n).step_by(CHUNK) {
         let mut p = p.clone();
-        p.set(2, word(op, "source length", (start + CHUNK).min(n))?);
-        p.set(7, word(op, "source start", start)?);
+        p.set(2, word(op, "source length", (start + CHUNK).min(n))?)?;
+        p.set(7, word(op, "source start", start)?)?;
         adds.push(k.dispatch(p, grid)?);
     }
     if direct {

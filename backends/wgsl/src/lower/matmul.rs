@@ -23,11 +23,11 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
         .collect();
     let mut params = Params::strided(op, batch, &out.dims()[..b], &ops)?;
     for (i, (what, v)) in [("m", m), ("n", n), ("k", k)].into_iter().enumerate() {
-        params.set(2 + i, word(op, what, v)?);
+        params.set(2 + i, word(op, what, v)?)?;
     }
     for (i, v) in [lhs, rhs, out].into_iter().enumerate() {
-        params.set(EXTRA + 2 * i, word(op, "stride", v.layout.strides[b])?);
-        params.set(EXTRA + 2 * i + 1, word(op, "stride", v.layout.strides[b + 1])?);
+        params.set(EXTRA + 2 * i, word(op, "stride", v.layout.strides[b])?)?;
+        params.set(EXTRA + 2 * i + 1, word(op, "stride", v.layout.strides[b + 1])?)?;
     }
     let (entry, tile) = match f.matmul {
         MatmulKernel::Naive => ("naive", 16),

@@ -35,9 +35,9 @@ fn rows(
     let count: usize = dims.iter().product();
     let mut params =
         Params::strided(op, count, &dims, &[without(input, axis), without(out, axis)])?;
-    params.set(2, word(op, "row length", n)?);
-    params.set(3, word(op, "stride", input.layout.strides[axis])?);
-    params.set(5, word(op, "stride", out.layout.strides[axis])?);
+    params.set(2, word(op, "row length", n)?)?;
+    params.set(3, word(op, "stride", input.layout.strides[axis])?)?;
+    params.set(5, word(op, "stride", out.layout.strides[axis])?)?;
     let wide = n >= WIDE_ROW || count <= FEW_ROWS;
     // Softmax walks a row three times.
     let limit = WG * MAX_LOOP_ITERATIONS / 3;
@@ -76,7 +76,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
         }
         Op::Softmax { input, out, axis, log } => {
             let (mut params, grid, wide) = rows(op, input, out, *axis, f)?;
-            params.set(4, u32::from(*log));
+            params.set(4, u32::from(*log))?;
             let k = Kernel {
                 family: "softmax",
                 source: SOFTMAX,
