@@ -23,7 +23,7 @@ use plotters::prelude::*;
 /// `None` uses the variable, unset means all) with their calibrated profiles.
 pub fn devices(selector: Option<&str>) -> Result<Vec<(DeviceRef, DeviceProfile)>> {
     let fleet = match selector {
-        Some(s) => Fleet::from_devices(manychips::devices()?, Some(s))?,
+        Some(s) => Fleet::discover_selected(Some(s))?,
         None => Fleet::discover()?,
     };
     let devices = fleet.devices().to_vec();

@@ -21,14 +21,27 @@ pub struct Discovery {
 /// and [`Fleet::discover`](super::Fleet::discover) keeps one per chip, preferring CUDA. A backend without a driver contributes no device and an entry in
 /// [`Discovery::unavailable`]; nothing panics.
 pub fn discover() -> Discovery {
+    discover_where(|_| true)
+}
+
+/// [`discover`] over the backends `open` accepts (by name); the others are not touched.
+pub(crate) fn discover_where(open: impl Fn(&str) -> bool) -> Discovery {
     let mut found = Discovery::default();
-    found.collect(CpuDevice::new().map(|cpu| vec![cpu]));
+    if open("cpu") {
+        found.collect(CpuDevice::new().map(|cpu| vec![cpu]));
+    }
     #[cfg(feature = "cuda")]
-    found.collect(manychips_cuda::discover());
+    if open("cuda") {
+        found.collect(manychips_cuda::discover());
+    }
     #[cfg(feature = "vulkan")]
-    found.collect(manychips_vulkan::discover());
+    if open("vulkan") {
+        found.collect(manychips_vulkan::discover());
+    }
     #[cfg(feature = "wgpu")]
-    found.collect(manychips_wgpu::discover());
+    if open("wgpu") {
+        found.collect(manychips_wgpu::discover());
+    }
     found
 }
 

@@ -54,11 +54,21 @@ impl Fleet {
                 });
             }
         };
-        // Checked before discovery, which opens every device: a typo should fail at once.
-        if let Some(value) = selector.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            Selector::parse(value)?;
-        }
-        let found = discover();
+        Fleet::discover_selected(selector.as_deref())
+    }
+
+    /// [`discover`](Self::discover) with `selector` (the `MANYCHIPS_DEVICES` syntax; `None`
+    /// or blank for all) instead of the variable. Backends the selector cannot pick are not
+    /// even opened: `cpu` alone never loads a GPU driver.
+    pub fn discover_selected(selector: Option<&str>) -> Result<Fleet> {
+        // Parsed before discovery, which opens devices: a typo should fail at once.
+        let parsed = match selector.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(value) => Some(Selector::parse(value)?),
+            None => None,
+        };
+        let found = discover::discover_where(|backend| {
+            parsed.as_ref().is_none_or(|s| backend == "cpu" || s.may_select(backend))
+        });
         if !found.devices.iter().any(|d| d.info().backend == "cpu") {
             let cpu_err = found.unavailable.iter().find(|e| match e {
                 Error::Unavailable { backend, .. } => backend == "cpu",
@@ -66,7 +76,7 @@ impl Fleet {
             });
             return Err(cpu_err.or(found.unavailable.first()).cloned().unwrap_or_else(no_cpu));
         }
-        let mut fleet = Fleet::from_devices(found.devices, selector.as_deref())?;
+        let mut fleet = Fleet::from_devices(found.devices, selector)?;
         fleet.unavailable = found.unavailable;
         Ok(fleet)
     }

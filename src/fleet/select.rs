@@ -80,6 +80,22 @@ impl Selector {
         })
     }
 
+    /// Whether some device of `backend` could be selected (without knowing its devices):
+    /// false only when no term can leave one of its devices in, so discovery may skip the
+    /// backend altogether.
+    pub fn may_select(&self, backend: &str) -> bool {
+        let mut some = self.terms.first().is_some_and(|t| t.exclude);
+        for term in self.terms.iter().filter(|t| t.backend.eq_ignore_ascii_case(backend)) {
+            match (term.exclude, term.ordinal) {
+                (false, _) => some = true,
+                (true, None) => some = false,
+                // One ordinal out: others may remain.
+                (true, Some(_)) => {}
+            }
+        }
+        some
+    }
+
     /// Indices of the selected devices among `infos`, in their order. Selecting none is an
     /// `Err(InvalidArgument)` that lists what there was to select from.
     pub fn apply(&self, infos: &[&DeviceInfo]) -> Result<Vec<usize>> {
@@ -204,6 +220,35 @@ mod tests {
             ["cpu:0", "vulkan:1", "wgpu:0", "cuda:0", "cuda:1"]
         );
         assert_eq!(pick("cuda:0,-cuda,cuda:1").unwrap(), ["cuda:1"]);
+    }
+
+    #[test]
+    fn backends_no_term_can_select_are_skipped_and_never_one_that_can() {
+        let values = [
+            "cpu",
+            "-wgpu",
+            "cuda:0,-cuda",
+            "vulkan,-vulkan:0",
+            "-vulkan,vulkan:1",
+            "cpu,vulkan:0",
+            "-vulkan:1,-cuda",
+            "cuda:0,-cuda,cuda:1",
+            "CPU,WGPU",
+        ];
+        for value in values {
+            let selector = Selector::parse(value).unwrap();
+            let picked = pick(value).unwrap_or_default();
+            for backend in ["cpu", "vulkan", "wgpu", "cuda"] {
+                let any = picked.iter().any(|l| l.starts_with(backend));
+                assert!(!any || selector.may_select(backend), "{value}: {backend} skipped");
+            }
+        }
+        let skips =
+            |value: &str, backend: &str| !Selector::parse(value).unwrap().may_select(backend);
+        assert!(skips("cpu", "vulkan") && skips("cpu", "wgpu") && skips("cpu", "cuda"));
+        assert!(skips("-wgpu", "wgpu") && !skips("-wgpu", "vulkan"));
+        assert!(skips("cuda:0,-cuda", "cuda"));
+        assert!(!skips("-vulkan:1", "vulkan"));
     }
 
     #[test]
