@@ -198,9 +198,14 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     {
         let scaler: Option<LossScaler> = serde_json::from_value(saved)
             .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?;
-        job.dp_mut()
-            .set_loss_scaler(scaler)
-            .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?;
+        match scaler {
+            Some(scaler) => job
+                .dp_mut()
+                .set_loss_scaler(Some(scaler))
+                .map_err(|e| format!("the checkpoint's loss_scaler: {e}"))?,
+            // Written by a run without loss scaling: this f16 run keeps its fresh scaler.
+            None => println!("the checkpoint has no loss scale: starting from the default"),
+        }
     }
     let start = start.step;
     let mut metrics = match leads {

@@ -115,9 +115,25 @@ impl Dir {
         }
         #[cfg(unix)]
         let file = {
-            use rustix::fs::{Mode, OFlags, openat};
+            use rustix::fs::{AtFlags, FileType, Mode, OFlags, openat, statat};
+            // Looked at first (not followed), so a device node is not even opened: opening
+            // some has side effects. The opened handle is checked again below, in case the
+            // entry was swapped in between.
+            let stat = statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| self.explain(name, io::Error::from(e)))?;
+            let kind = FileType::from_raw_mode(stat.st_mode);
+            if kind != FileType::RegularFile {
+                return Err(refuse(
+                    name,
+                    format!("is not a regular file ({})", describe_raw(kind)),
+                ));
+            }
             // Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let flags = OFlags::RDONLY
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC;
             let fd = openat(&self.fd, name, flags, Mode::empty())
                 .map_err(|e| self.explain(name, io::Error::from(e)))?;
             File::from(fd)
@@ -148,6 +164,19 @@ impl Dir {
         } else {
             e
         }
+    }
+}
+
+#[cfg(unix)]
+fn describe_raw(kind: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType;
+    match kind {
+        FileType::Fifo => "a FIFO",
+        FileType::CharacterDevice | FileType::BlockDevice => "a device",
+        FileType::Socket => "a socket",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symlink (not followed)",
+        _ => "not a plain file",
     }
 }
 

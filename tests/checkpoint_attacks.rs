@@ -142,6 +142,7 @@ fn manifest_file_names_cannot_leave_the_directory() {
     }
     let loaded = latest_within(&root).unwrap().unwrap();
     assert_eq!(loaded.snapshot, good[&20], "falls back to the newest checkpoint that verifies");
+    remove(&root);
 }
 
 // 2. Symlinks: a file, and a whole step directory.
@@ -165,6 +166,8 @@ fn symlinks_are_never_followed() {
     symlink(&copy, ckpt.join("model.safetensors")).unwrap();
     expect_refused(&ckpt, &["symlink"]);
     assert_eq!(latest_within(&root).unwrap().unwrap().snapshot, good[&20]);
+    remove(&root);
+    remove(&outside);
 }
 
 // 3. Reads without end: /dev/zero behind a name, an oversized manifest.
@@ -183,17 +186,19 @@ fn reads_are_bounded() {
     // A regular (sparse) manifest far above the cap is refused after the cap, not read whole.
     let ckpt = root.join(step_dir(10));
     let f = std::fs::OpenOptions::new().write(true).open(ckpt.join("manifest.json")).unwrap();
-    f.set_len(1 << 40).unwrap();
+    f.set_len(1 << 34).unwrap();
     expect_refused(&ckpt, &["longer than"]);
     // A model file larger than its manifest says is refused before it is read.
     let root2 = scratch("unbounded2");
     let good2 = write_all(&root2, &Job::new());
     let ckpt = root2.join(step_dir(30));
     let f = std::fs::OpenOptions::new().write(true).open(ckpt.join("model.safetensors")).unwrap();
-    f.set_len(1 << 40).unwrap();
+    f.set_len(1 << 34).unwrap();
     expect_refused(&ckpt, &["the manifest says"]);
     assert_eq!(latest_within(&root2).unwrap().unwrap().snapshot, good2[&20]);
     assert!(latest_within(&root).is_err(), "no checkpoint of {good:?} verifies");
+    remove(&root);
+    remove(&root2);
 }
 
 // 4. FIFOs where files should be.
@@ -208,6 +213,7 @@ fn fifos_never_block() {
         expect_refused(&ckpt, &["FIFO"]);
     }
     assert_eq!(latest_within(&root).unwrap().unwrap().snapshot, good[&10]);
+    remove(&root);
 }
 
 // 5. A manifest whose step is not its directory's, or that was edited.
@@ -226,6 +232,7 @@ fn the_manifest_is_checksummed_and_its_step_is_the_directorys() {
     put_manifest(&ckpt, m, true);
     expect_refused(&ckpt, &["step 18446744073709551615"]);
     assert_eq!(latest_within(&root).unwrap().unwrap().snapshot, good[&20]);
+    remove(&root);
 }
 
 // 6. An optimizer step count that would wrap AdamW's counter, or truncate through i32.
@@ -287,6 +294,7 @@ fn missing_optimizer_state_is_refused_unless_asked_for() {
     assert!(e.to_string().contains("no optimizer state"), "{e}");
     // Said on purpose, the parameters alone come back.
     loaded.snapshot.restore_model(&job.store.params(), &loaded.path).unwrap();
+    remove(&root);
 }
 
 // 8. Pruning: strays never count, the newest verified checkpoint always stays.
@@ -316,6 +324,31 @@ fn pruning_keeps_verified_checkpoints_and_leaves_strays_alone() {
     let loaded = latest_within(&root).unwrap().unwrap();
     assert_eq!(loaded.snapshot.step, 50);
     assert_eq!(loaded.skipped.len(), 1, "the empty step-999999999 is listed as skipped");
+    remove(&root);
+}
+
+#[test]
+fn a_checkpoint_damaged_after_it_was_written_does_not_count_towards_keep() {
+    // keep 2: steps 10 and 20 are written; 20 is then damaged. Saving 30 must keep 10 (the
+    // newest verified besides 30), not count the damaged 20 and delete 10.
+    let root = scratch("prune-damaged");
+    let job = Job::new();
+    let mut checkpoints = Checkpoints::open(&root, 2).unwrap();
+    for step in [10, 20] {
+        checkpoints.save(job.snapshot(step)).unwrap();
+    }
+    checkpoints.flush().unwrap();
+    let model = root.join(step_dir(20)).join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&model, bytes).unwrap();
+    checkpoints.save(job.snapshot(30)).unwrap();
+    assert_eq!(checkpoints.flush().unwrap().len(), 1);
+    for step in [10, 20, 30] {
+        assert!(root.join(step_dir(step)).exists(), "step {step} was removed");
+    }
+    remove(&root);
 }
 
 // ----- the mutation property test ----------------------------------------------------
@@ -423,7 +456,7 @@ fn mutate(root: &Path, fx: &Fixture, rng: &mut ChaCha8Rng) -> Option<u64> {
         7 => remove(&file),
         8 if exists => {
             let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-            f.set_len(rng.random_range(1u64..=1 << 40)).unwrap();
+            f.set_len(rng.random_range(1u64..=1 << 34)).unwrap();
         }
         9 => {
             // A stray entry beside the checkpoints.
@@ -616,6 +649,16 @@ fn run_case(seed: u64, mutations: usize) -> std::result::Result<(), TestCaseErro
     };
     prop_assert!(saved.is_ok(), "seed {seed}: saving failed: {saved:?}");
     prop_assert!(read_checkpoint(&root.join(step_dir(60))).is_ok(), "seed {seed}");
+    // keep 1: no other checkpoint that verifies is left.
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let path = entry.path();
+        let other = path.file_name().is_some_and(|n| n != step_dir(60).as_str());
+        prop_assert!(
+            !(other && read_checkpoint(&path).is_ok()),
+            "seed {seed}: {} kept",
+            path.display()
+        );
+    }
     for stray in &strays {
         prop_assert!(stray.symlink_metadata().is_ok(), "seed {seed}: {} removed", stray.display());
     }

@@ -405,7 +405,7 @@ fn a_hung_device_is_evicted_at_the_watchdogs_deadline_and_the_op_completes() {
     let mut planner = planner(&members);
     planner.set_learning(false);
     planner.set_fault_policy(manychips::fleet::FaultPolicy {
-        watchdog_min: Duration::from_millis(300),
+        watchdog_min: Duration::from_secs(2),
         ..Default::default()
     });
     let (src, _) = &members[0];
@@ -426,4 +426,62 @@ fn a_hung_device_is_evicted_at_the_watchdogs_deadline_and_the_op_completes() {
     assert!(evicted[0].1.contains("watchdog"), "{}", evicted[0].1);
     // One deadline, not one per retry: a hang is not retried.
     assert!(waited < Duration::from_secs(30), "took {waited:?}");
+}
+
+/// A device whose reads panic (a backend bug), for the planner's gathering of operands.
+#[derive(Debug)]
+struct PanicsOnRead(DeviceRef);
+
+impl Device for PanicsOnRead {
+    fn info(&self) -> &manychips::DeviceInfo {
+        self.0.info()
+    }
+    fn memory(&self) -> manychips::Result<manychips::MemoryInfo> {
+        self.0.memory()
+    }
+    fn alloc(&self, bytes: usize) -> manychips::Result<manychips::BufferId> {
+        self.0.alloc(bytes)
+    }
+    fn free(&self, buffer: manychips::BufferId) -> manychips::Result<()> {
+        self.0.free(buffer)
+    }
+    fn write(&self, dst: manychips::BufferId, offset: usize, src: &[u8]) -> manychips::Result<()> {
+        self.0.write(dst, offset, src)
+    }
+    fn read(&self, _: manychips::BufferId, _: usize, _: &mut [u8]) -> manychips::Result<()> {
+        panic!("a backend bug in read");
+    }
+    fn copy(
+        &self,
+        src: manychips::BufferId,
+        so: usize,
+        dst: manychips::BufferId,
+        d: usize,
+        bytes: usize,
+    ) -> manychips::Result<()> {
+        self.0.copy(src, so, dst, d, bytes)
+    }
+    fn run(&self, op: &manychips::Op) -> manychips::Result<()> {
+        self.0.run(op)
+    }
+    fn synchronize(&self) -> manychips::Result<()> {
+        self.0.synchronize()
+    }
+}
+
+#[test]
+fn a_panic_while_reading_the_operands_fails_the_op_instead_of_hanging_it() {
+    // Each share reads its operands from the source before any starts computing; one that
+    // panicked there used to leave the others waiting for it for ever.
+    let host = cpu();
+    let members = sims(&host, &[1e9, 1e9]);
+    let mut planner = planner(&members);
+    planner.set_learning(false);
+    let src: DeviceRef = Arc::new(PanicsOnRead(host.clone()));
+    let a = Tensor::randn(0.0, 1.0, [96, 64], DType::F32, 1, &src).unwrap();
+    let b = Tensor::randn(0.0, 1.0, [64, 48], DType::F32, 2, &src).unwrap();
+    let started = std::time::Instant::now();
+    let e = planner.matmul(&a, &b).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(e.to_string().contains("panicked") || e.kind() == ErrorKind::DeviceLost, "{e}");
 }

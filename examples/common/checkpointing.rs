@@ -1,7 +1,7 @@
 //! The examples' `--checkpoint-dir` / `--resume`: open the directory, resume from its newest
 //! valid checkpoint, save every N steps in the background, flush at the end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use manychips::train::optim::Optimizer;
 use manychips::train::{Checkpoints, DataParallel, Snapshot};
@@ -55,6 +55,14 @@ impl Checkpointing {
         let me = Checkpointing { checkpoints, every: args.checkpoint_every, seed };
         let fresh = Start { step: 0, state: None, finished: false };
         let Some(c) = me.checkpoints.as_ref().filter(|_| args.resume) else {
+            if let Some(newest) = me.checkpoints.as_ref().and_then(|c| c.list().ok()?.pop()) {
+                println!(
+                    "warning: {} already holds checkpoints up to {}; without --resume this run \
+                     starts at step 0, and pruning keeps the highest steps",
+                    args.checkpoint_dir.as_deref().unwrap_or(Path::new("-")).display(),
+                    newest.display()
+                );
+            }
             return Ok((me, fresh));
         };
         let Some(loaded) = c.latest().map_err(|e| e.to_string())? else {

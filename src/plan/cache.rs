@@ -116,9 +116,19 @@ impl Calibration {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let text = profile.to_json().map_err(io::Error::other)?;
-        // Per-process temp name: two processes calibrating at once must not interleave.
+        // Per-process temp name: two processes calibrating at once must not interleave. Created
+        // new (O_EXCL), so a symlink planted at that name is never written through: it is
+        // removed (the link, not its target) and the file created again.
         let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-        std::fs::write(&tmp, text)?;
+        let mut file = match std::fs::File::create_new(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp)?;
+                std::fs::File::create_new(&tmp)?
+            }
+            other => other?,
+        };
+        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        drop(file);
         std::fs::rename(&tmp, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;
@@ -307,6 +317,14 @@ mod tests {
             std::os::unix::fs::symlink(target, &path).unwrap();
             assert!(cal.load(cpu.info()).is_none(), "followed a link to {}", target.display());
         }
+        // Writing goes through a fresh file, never through a link planted at its name.
+        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        cal.store(cpu.info(), &good).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(cal.load(cpu.info()), Some(good.clone()));
         std::fs::remove_file(&path).unwrap();
         let made = std::process::Command::new("mkfifo").arg(&path).status();
         if made.is_ok_and(|s| s.success()) {

@@ -5,9 +5,9 @@
 //! shares do that before any kernel starts, so no read waits behind a kernel), uploads them,
 //! runs its part, and writes its result into the output's place on the destination device.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Barrier};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use manychips_api::{BufferId, Device, Error, Layout, Op, Result, View};
@@ -15,6 +15,7 @@ use manychips_api::{BufferId, Device, Error, Layout, Op, Result, View};
 use super::cut::cut;
 use super::packed;
 use super::planned::{Phases, Plan};
+use super::watchdog::{Gate, Progress, Watch, given_up};
 use crate::DeviceRef;
 
 /// When each stage of one share started (relative to the run's start) and how long it took.
@@ -34,23 +35,10 @@ impl Timing {
 /// A share's timing and the staging buffers it left on the destination, or its error.
 type ShareResult = Result<(Timing, Vec<BufferId>)>;
 
-/// Where a share is, so that a watchdog knows which device to blame for a hang: reading the
-/// operands on the source, working on its own device, or placing its result on the
-/// destination.
-#[derive(Default)]
-struct Progress {
-    stage: AtomicU8,
-    /// Set when the run gave up on this share: a late result must not be written.
-    abandoned: AtomicBool,
-}
-
-const GATHERING: u8 = 0;
-const WORKING: u8 = 1;
-const PLACING: u8 = 2;
-
 /// Runs `plan`'s shares of `op` on `devices` (one per share, in order); `op`'s inputs live on
 /// `src` and its output on `dst`. Returns when the output is complete, or with a `Timeout`
-/// naming the device that hangs when a share has not ended within `limit`.
+/// naming the device that hangs when a share has not ended within `limit` (see
+/// [`Watch::collect`]).
 ///
 /// A share that runs on the operands' own device with nothing to move runs on the calling
 /// thread, like any tensor op (its backend's own deadlines apply). Every other share runs on
@@ -71,43 +59,35 @@ pub fn run(
         None => op.clone(),
     };
     let start = Instant::now();
-    let results: Vec<ShareResult> = if let ([share], [device]) = (&plan.shares[..], devices)
+    let (results, timeout) = if let ([share], [device]) = (&plan.shares[..], devices)
         && same(device, src)
         && same(device, dst)
     {
         // Its own data, no thread to start (a whole small op would pay for it).
-        let progress = Progress::default();
-        vec![run_share(&part_of(share), device, src, dst, &Barrier::new(1), start, &progress)]
+        let progress = Progress::new(true);
+        let share = run_share(&part_of(share), device, src, dst, &Gate::new(1), start, &progress);
+        (vec![Some(share)], None)
     } else {
-        let barrier = Arc::new(Barrier::new(plan.shares.len()));
+        let gate = Arc::new(Gate::new(plan.shares.len()));
         let (tx, rx) = channel();
         let mut progress = Vec::with_capacity(devices.len());
         for (k, (share, device)) in plan.shares.iter().zip(devices).enumerate() {
-            let state = Arc::new(Progress::default());
+            let state = Arc::new(Progress::new(same(device, dst)));
             progress.push(state.clone());
             let (part, device, src, dst) =
                 (part_of(share), device.clone(), src.clone(), dst.clone());
-            let (barrier, tx) = (barrier.clone(), tx.clone());
+            let (share_gate, tx) = (gate.clone(), tx.clone());
             let name = format!("share {}", device.info().label());
             let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                let work = || run_share(&part, &device, &src, &dst, &barrier, start, &state);
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
-                    .unwrap_or_else(|_| {
-                        Err(Error::Fault {
-                            op: part.name(),
-                            device: device.info().label(),
-                            detail: "the thread running this device's work panicked".into(),
-                        })
-                    });
+                let work = || run_share(&part, &device, &src, &dst, &share_gate, start, &state);
+                let result = catch_unwind(AssertUnwindSafe(work))
+                    .unwrap_or_else(|_| Err(panicked(&part, &device)));
                 // The run may have stopped waiting: then nobody listens.
                 let _ = tx.send((k, result));
             });
             if let Err(e) = spawned {
-                // The process is out of threads. The shares already started stay parked
-                // at the barrier; marked abandoned, none of them can write a result.
-                for p in &progress {
-                    p.abandoned.store(true, Ordering::SeqCst);
-                }
+                // The process is out of threads: release the shares already started.
+                gate.abort();
                 return Err(Error::Fault {
                     op: op.name(),
                     device: devices[k].info().label(),
@@ -116,17 +96,23 @@ pub fn run(
             }
         }
         drop(tx);
-        collect(rx, &progress, devices, src, dst, op, start + limit, limit)?
+        let watch = Watch { progress: &progress, gate: &gate, devices, src, dst, op, limit };
+        let collected = watch.collect(&rx, start);
+        (collected.results, collected.timeout)
     };
+    // A hung destination is not waited for again.
+    let dst_hangs = timeout.as_ref().and_then(|e| e.device()) == Some(&dst.info().label());
     // Results placed on `dst` through a staging buffer are complete once it synchronizes.
-    let finished = dst.synchronize();
+    let mut first_error = timeout;
+    if !dst_hangs && let Err(e) = dst.synchronize() {
+        first_error.get_or_insert(e);
+    }
     let mut timings = Vec::with_capacity(results.len());
-    let mut first_error = finished.err();
-    for result in results {
+    for result in results.into_iter().flatten() {
         match result {
             Ok((timing, staging)) => {
                 timings.push(timing);
-                for buffer in staging {
+                for buffer in staging.into_iter().filter(|_| !dst_hangs) {
                     if let Err(e) = dst.free(buffer) {
                         tracing::warn!(error = %e, "planner: freeing a staging buffer failed");
                     }
@@ -143,53 +129,12 @@ pub fn run(
     }
 }
 
-/// Every share's result, in share order, or a `Timeout` for the device that holds up the
-/// first share still running at `deadline`.
-#[allow(clippy::too_many_arguments)]
-fn collect(
-    rx: Receiver<(usize, ShareResult)>,
-    progress: &[Arc<Progress>],
-    devices: &[DeviceRef],
-    src: &DeviceRef,
-    dst: &DeviceRef,
-    op: &Op,
-    deadline: Instant,
-    limit: Duration,
-) -> Result<Vec<ShareResult>> {
-    let mut results: Vec<Option<ShareResult>> = (0..progress.len()).map(|_| None).collect();
-    let mut left = progress.len();
-    while left > 0 {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok((k, result)) => {
-                results[k] = Some(result);
-                left -= 1;
-            }
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-        }
+fn panicked(part: &Op, device: &DeviceRef) -> Error {
+    Error::Fault {
+        op: part.name(),
+        device: device.info().label(),
+        detail: "the thread running this device's work panicked".into(),
     }
-    if left == 0 {
-        return Ok(results.into_iter().flatten().collect());
-    }
-    for p in progress {
-        p.abandoned.store(true, Ordering::SeqCst);
-    }
-    let waiting: Vec<usize> = (0..progress.len()).filter(|&k| results[k].is_none()).collect();
-    // A share still reading its operands means the source hangs (the others then wait for
-    // it at the barrier); one placing its result, the destination; else its own device.
-    let stages: Vec<u8> =
-        waiting.iter().map(|&k| progress[k].stage.load(Ordering::SeqCst)).collect();
-    let culprit = if stages.contains(&GATHERING) {
-        src
-    } else if let Some(i) = stages.iter().position(|&s| s == WORKING) {
-        &devices[waiting[i]]
-    } else {
-        dst
-    };
-    Err(Error::Timeout {
-        op: op.name(),
-        device: culprit.info().label(),
-        detail: format!("no answer within {limit:.2?} (the planner's watchdog)"),
-    })
 }
 
 /// Buffers allocated on one device for one share, freed when the share is done or failed.
@@ -227,7 +172,7 @@ fn run_share(
     device: &DeviceRef,
     src: &DeviceRef,
     dst: &DeviceRef,
-    barrier: &Barrier,
+    gate: &Gate,
     start: Instant,
     progress: &Progress,
 ) -> ShareResult {
@@ -235,11 +180,14 @@ fn run_share(
     let gathered: Result<Vec<Vec<u8>>> = if on_src {
         Ok(Vec::new())
     } else {
-        part.inputs().into_iter().map(|v| gather(&**src, v)).collect()
+        // Caught here, not only around the share: a panic must not keep it from the gate.
+        let read = || part.inputs().into_iter().map(|v| gather(&**src, v)).collect();
+        catch_unwind(AssertUnwindSafe(read)).unwrap_or_else(|_| Err(panicked(part, src)))
     };
-    // Every share waits here, even a failed one, or the others would wait for ever.
-    progress.stage.store(WORKING, Ordering::SeqCst);
-    barrier.wait();
+    // Every share passes the gate, even a failed one, or the others would wait for ever.
+    if !progress.working() || !gate.arrive() {
+        return Err(given_up(part, device));
+    }
     let gathered = gathered?;
     let since = |t: Instant| t.duration_since(start);
     let mut timing = Timing::default();
@@ -271,6 +219,9 @@ fn run_share(
         }
         Some(buffer)
     };
+    if progress.abandoned() {
+        return Err(given_up(part, device));
+    }
     let t = Instant::now();
     device.run(&local)?;
     device.synchronize()?;
@@ -281,14 +232,9 @@ fn run_share(
     if let Some(buffer) = staged {
         let mut bytes = vec![0u8; out_bytes];
         device.read(buffer, 0, &mut bytes)?;
-        progress.stage.store(PLACING, Ordering::SeqCst);
         // A share the run gave up on (and re-planned) must not overwrite the result later.
-        if progress.abandoned.load(Ordering::SeqCst) {
-            return Err(Error::Timeout {
-                op: part.name(),
-                device: device.info().label(),
-                detail: "finished after the planner's watchdog gave up on it".into(),
-            });
+        if !progress.placing() {
+            return Err(given_up(part, device));
         }
         place(&**dst, &out, &bytes, &mut left_on_dst)?;
     }

@@ -30,6 +30,7 @@ mod profile;
 mod simulate;
 mod split;
 mod trace;
+mod watchdog;
 
 pub use cache::{CACHE_DIR_ENV, Calibration, default_cache_dir};
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]

@@ -157,8 +157,8 @@ impl DeviceProfile {
             ("device-to-host bandwidth", self.device_to_host_bytes_per_s),
         ];
         let matmul = self.matmul.iter().map(|p| ("matmul rate", p.flops_per_s));
-        if self.matmul.is_empty() {
-            return Some("no matmul rate".into());
+        if !self.matmul.iter().any(|p| p.dtype == "f32" && p.n > 0) {
+            return Some("no f32 matmul rate".into());
         }
         if let Some((what, v)) =
             figures.into_iter().chain(matmul).find(|(_, v)| !(v.is_finite() && *v > 0.0))
@@ -180,8 +180,11 @@ impl DeviceProfile {
     /// How long ago it was measured; `None` for figures that were never measured (a
     /// simulated chip's) or a clock that went back.
     pub fn age(&self) -> Option<std::time::Duration> {
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.measured_at);
-        (self.measured_at > 0).then(|| at.elapsed().ok()).flatten()
+        // Checked: the figure comes from a cache file anyone may have edited.
+        let at = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(self.measured_at))
+            .filter(|_| self.measured_at > 0)?;
+        at.elapsed().ok()
     }
 
     /// The profile as the JSON the cache stores.
@@ -250,6 +253,10 @@ mod tests {
         assert!(busy.doubt(1.5).unwrap().contains("busy"));
         assert_eq!(busy.doubt(f64::INFINITY), None);
         assert_eq!(good.age(), None, "never measured");
+        let future = DeviceProfile { measured_at: u64::MAX, ..good.clone() };
+        assert_eq!(future.age(), None, "an absurd time is no age, not a panic");
+        let no_f32 = DeviceProfile { matmul: vec![], ..good };
+        assert!(no_f32.doubt(1.5).unwrap().contains("f32 matmul"));
     }
 
     #[test]

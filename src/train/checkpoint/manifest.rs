@@ -1,7 +1,7 @@
 //! `manifest.json`: what a checkpoint holds, checksummed, and the rules a manifest must
 //! follow before anything it names is opened.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,8 @@ pub(super) const FILES: [&str; 2] = [MODEL_FILE, OPTIMIZER_FILE];
 /// A manifest is a list of names and shapes: far below this even for large models. Bounds
 /// the read of a hostile one (a link to `/dev/zero`, a huge file).
 pub(super) const MANIFEST_MAX_BYTES: u64 = 64 << 20;
+/// The largest header a safetensors file may have (the `safetensors` crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +128,7 @@ impl Manifest {
             return Err(format!("the manifest lists files {names:?}, a checkpoint has {FILES:?}"));
         }
         let mut seen = HashSet::new();
+        let mut payload: HashMap<&str, u64> = HashMap::new();
         for t in &self.tensors {
             if !FILES.contains(&t.file.as_str()) {
                 return Err(format!("tensor {:?} is in unknown file {:?}", t.name, t.file));
@@ -134,11 +137,19 @@ impl Manifest {
                 return Err(format!("tensor {:?} is listed twice in {}", t.name, t.file));
             }
             let (_, bytes) = t.dtype_and_bytes()?;
-            let file = self.files.iter().find(|f| f.name == t.file).map_or(0, |f| f.bytes);
-            if bytes > file {
+            let sum = payload.entry(t.file.as_str()).or_insert(0);
+            *sum = sum.checked_add(bytes).ok_or_else(|| format!("{} overflows", t.file))?;
+        }
+        // A file is its tensors plus a header: a larger one is never read (its length is
+        // what bounds the read).
+        for f in &self.files {
+            let tensors = payload.get(f.name.as_str()).copied().unwrap_or(0);
+            let most = tensors.saturating_add(8 + MAX_HEADER_BYTES);
+            if f.bytes > most {
                 return Err(format!(
-                    "tensor {:?} ({bytes} bytes) is larger than its file {} ({file} bytes)",
-                    t.name, t.file
+                    "{} is said to hold {} bytes, more than its tensors ({tensors} bytes) and \
+                     a header can take",
+                    f.name, f.bytes
                 ));
             }
         }
@@ -236,5 +247,9 @@ mod tests {
         m.tensors[0].shape = vec![usize::MAX, 4];
         let e = Manifest::parse(&m.to_bytes().unwrap(), 30).unwrap_err();
         assert!(e.contains("overflows"), "{e}");
+        let mut m = sample();
+        m.files[0].bytes = 1 << 40;
+        let e = Manifest::parse(&m.to_bytes().unwrap(), 30).unwrap_err();
+        assert!(e.contains("more than its tensors"), "{e}");
     }
 }

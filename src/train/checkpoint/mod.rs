@@ -242,6 +242,8 @@ pub struct Checkpoints {
     done: Receiver<Result<PathBuf>>,
     writer: Option<JoinHandle<()>>,
     pending: usize,
+    /// Written since the last flush (a `save` collects what finished before it).
+    written: Vec<PathBuf>,
 }
 
 impl Checkpoints {
@@ -264,7 +266,7 @@ impl Checkpoints {
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let mut pruner = Pruner { keep, verified: HashMap::new() };
+                let mut pruner = Pruner { keep };
                 for snapshot in inbox {
                     let result = write_checkpoint(&writer_dir, &snapshot).and_then(|path| {
                         pruner.prune(&writer_dir, &dir_name(snapshot.step)).map(|()| path)
@@ -275,7 +277,15 @@ impl Checkpoints {
                 }
             })
             .map_err(|e| io(&dir, "start the writer thread", e))?;
-        Ok(Checkpoints { dir, keep, jobs: Some(jobs), done, writer: Some(writer), pending: 0 })
+        Ok(Checkpoints {
+            dir,
+            keep,
+            jobs: Some(jobs),
+            done,
+            writer: Some(writer),
+            pending: 0,
+            written: Vec::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -296,13 +306,14 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Waits until every queued checkpoint is on disk; returns their paths.
+    /// Waits until every queued checkpoint is on disk; returns the paths written since the
+    /// last flush.
     pub fn flush(&mut self) -> Result<Vec<PathBuf>> {
-        self.collect(true)
+        self.collect(true)?;
+        Ok(std::mem::take(&mut self.written))
     }
 
-    fn collect(&mut self, wait: bool) -> Result<Vec<PathBuf>> {
-        let mut written = Vec::new();
+    fn collect(&mut self, wait: bool) -> Result<()> {
         while self.pending > 0 {
             let next = if wait {
                 self.done.recv().map_err(|_| fail(&self.dir, "the writer thread died"))
@@ -314,9 +325,9 @@ impl Checkpoints {
                 }
             };
             self.pending -= 1;
-            written.push(next??);
+            self.written.push(next??);
         }
-        Ok(written)
+        Ok(())
     }
 
     /// Checkpoint directories (real directories named `step-…`, not yet verified), oldest
@@ -400,25 +411,19 @@ pub fn latest(dir: &Path) -> Result<Option<Loaded>> {
 
 /// Keeps the newest `keep` checkpoints that verify (and the one just written), removes
 /// older ones that verify, and leaves everything else alone: a damaged checkpoint, a
-/// stray file or a symlink is not this library's to delete, and never counts.
+/// stray file or a symlink is not this library's to delete, and never counts. Every
+/// checkpoint is verified afresh each time (none is trusted for having verified before:
+/// one damaged since must not count towards `keep`).
 struct Pruner {
     keep: usize,
-    /// Whether each checkpoint verified when first looked at (its files do not change:
-    /// the writer replaces a checkpoint whole, and records the new one).
-    verified: HashMap<String, bool>,
 }
 
 impl Pruner {
     fn prune(&mut self, dir: &Path, written: &str) -> Result<()> {
-        self.verified.insert(written.to_string(), true);
         let root = Dir::open(dir).map_err(|e| io(dir, "open", e))?;
         let mut kept = 0;
         for (_, name) in candidates(dir)?.into_iter().rev() {
-            let good = *self
-                .verified
-                .entry(name.clone())
-                .or_insert_with(|| read::read_in(&root, &name).is_ok());
-            if !good {
+            if read::read_in(&root, &name).is_err() {
                 continue;
             }
             if kept < self.keep || name == written {
@@ -427,7 +432,6 @@ impl Pruner {
             }
             let old = dir.join(&name);
             fs::remove_dir_all(&old).map_err(|e| io(&old, "remove old checkpoint", e))?;
-            self.verified.remove(&name);
         }
         Ok(())
     }

@@ -90,14 +90,34 @@ pub fn write_checkpoint(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     let json = manifest.to_bytes().map_err(|e| fail(&tmp, format!("manifest: {e}")))?;
     write_synced(&tmp.join(MANIFEST), &json)?;
     sync_dir(&tmp)?;
-    if let Ok(meta) = target.symlink_metadata() {
-        // The same step saved again (a resumed job): the new one replaces it whole. Whatever
-        // sits there (a damaged checkpoint, a symlink) is removed, never followed.
-        let removed =
-            if meta.is_dir() { fs::remove_dir_all(&target) } else { fs::remove_file(&target) };
-        removed.map_err(|e| io(&target, "replace", e))?;
+    if target.symlink_metadata().is_ok() {
+        // The same step saved again (a resumed job): the new one takes its place in one
+        // atomic swap where the system can, so there is never a moment with neither.
+        replace(&tmp, &target)?;
+    } else {
+        fs::rename(&tmp, &target).map_err(|e| io(&target, "rename into place", e))?;
     }
-    fs::rename(&tmp, &target).map_err(|e| io(&target, "rename into place", e))?;
     sync_dir(dir)?;
     Ok(target)
+}
+
+/// Puts the finished `tmp` where `target` is, then removes what was there (a damaged
+/// checkpoint of the same step, or whatever took its name: removed, never followed).
+fn replace(tmp: &Path, target: &Path) -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        if renameat_with(CWD, tmp, CWD, target, RenameFlags::EXCHANGE).is_ok() {
+            // `tmp` now holds the old entry.
+            return remove_entry(tmp);
+        }
+    }
+    remove_entry(target)?;
+    fs::rename(tmp, target).map_err(|e| io(target, "rename into place", e))
+}
+
+fn remove_entry(path: &Path) -> Result<()> {
+    let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+    let removed = if is_dir { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    removed.map_err(|e| io(path, "remove the replaced entry", e))
 }

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::collect::Collector;
 use super::shares::{learn, ranges};
-use super::worker::{Message, ShareDone, Work};
+use super::worker::{Message, ShareDone, Work, panic_message};
 use super::{DataParallel, DeviceStep, FleetEvent, Gradients, invalid};
 use crate::plan::Linear;
 use crate::train::nn::Ctx;
@@ -302,7 +303,15 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                 }
             }
             let n = rows.len();
-            let total = summed_rows(&loss(&model, &device, rows, &ctx)?, n)?;
+            // The caller's code: a panic in it is the caller's bug, not the device's fault.
+            let losses = catch_unwind(AssertUnwindSafe(|| loss(&model, &device, rows, &ctx)))
+                .unwrap_or_else(|payload| {
+                    Err(crate::Error::Panicked {
+                        op: "the data-parallel loss function".into(),
+                        detail: panic_message(payload.as_ref()),
+                    })
+                })?;
+            let total = summed_rows(&losses, n)?;
             let scaled = total.affine(scale, 0.0)?;
             let nodes = scaled.graph_len();
             let index: HashMap<VarId, usize> =
@@ -389,17 +398,19 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     }
 }
 
-/// The sum of a share's per-row losses, which must be one per row. A loss the caller
-/// already reduced over its rows (a mean) would weight each row by 1/(its share's size), so
-/// the model would depend on how the batch happened to be split: that is an `Err`.
+/// The sum of a share's losses, which come one per row (`[rows]`, or `[rows, ...]`: per row
+/// and token, say). A loss the caller already reduced over its rows (a mean) would weight
+/// each row by 1/(its share's size), so the model would depend on how the batch happened
+/// to be split: that is an `Err`.
 fn summed_rows(losses: &Var, rows: usize) -> Result<Var> {
-    if losses.dims() != [rows] {
+    if losses.dims().first() != Some(&rows) {
         return Err(crate::Error::Shape {
             op: "DataParallel loss function".into(),
             device: losses.tensor().device().info().label(),
             detail: format!(
-                "returned {:?} for {rows} rows: return one loss per row, shape [{rows}] \
-                 (nn::Reduction::None); the step sums them and divides by the global batch",
+                "returned {:?} for {rows} rows: return one loss per row, shape [{rows}] or \
+                 [{rows}, ...] (nn::Reduction::None); the step sums them and divides by the \
+                 global batch",
                 losses.tensor()
             ),
         });

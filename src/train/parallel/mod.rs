@@ -418,10 +418,10 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
 
     /// One training step over a global batch of `batch` rows. `loss` computes, on a
     /// replica's device, the loss of each of rows `rows` of the batch: a `[rows.len()]`
-    /// tensor (use [`Reduction::None`](super::nn::Reduction::None)). The step sums them and
-    /// divides by `batch`, so the update is that of the whole batch's mean loss however
-    /// the batch was cut; a loss of any other shape (one already reduced over its rows) is
-    /// an `Err`.
+    /// tensor, or `[rows.len(), ...]` (per row and token, say; use
+    /// [`Reduction::None`](super::nn::Reduction::None)). The step sums it and divides by
+    /// `batch`, so the update is the same however the batch was cut; a loss whose first dim
+    /// is not the rows (one already reduced over them) is an `Err`.
     ///
     /// `loss` runs on the replicas' own threads, so it owns (or shares through `Arc`) the
     /// data it reads. An error that is not a device fault (a shape mistake in `loss`) is

@@ -51,13 +51,14 @@ impl Worker {
             .name(format!("replica {label}"))
             .spawn(move || {
                 for job in inbox {
-                    // A panic in the caller's loss function is the caller's bug: it comes
-                    // back as such, never as a fault of this device.
+                    // A panic in the caller's loss function comes back from the share itself
+                    // as `Error::Panicked`; one anywhere else (a backend) is the device's.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work))
                         .unwrap_or_else(|payload| {
-                            Err(Error::Panicked {
-                                op: "the data-parallel loss function".into(),
-                                detail: panic_message(payload.as_ref()),
+                            Err(Error::Fault {
+                                op: "data-parallel share".into(),
+                                device: "-".into(),
+                                detail: format!("panicked: {}", panic_message(payload.as_ref())),
                             })
                         });
                     // The step may have given up on this share and gone: nothing to tell.
@@ -83,7 +84,7 @@ impl Worker {
 }
 
 /// What a panic said, where it said it as text.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
