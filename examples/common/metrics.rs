@@ -114,3 +114,42 @@ fn earlier_rows(path: &Path, start: u64) -> Vec<Row> {
     }
     kept
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_back_and_a_resumed_log_keeps_the_earlier_ones() {
+        let row = |step| Row {
+            step,
+            epoch: 1,
+            samples: 0,
+            loss: 0.25,
+            lr: 1e-3,
+            step_ms: 1.5,
+            samples_per_s: 1000.0,
+            eval: (step % 2 == 0).then_some(0.5),
+            shares: "cpu:0 64 (1.2 ms) | vulkan:0 16 (1.3 ms)".into(),
+        };
+        assert_eq!(Row::from_csv(&row(7).to_csv()), Some(row(7)));
+        assert_eq!(Row::from_csv(&row(8).to_csv()), Some(row(8)));
+        assert_eq!(Row::from_csv("step,epoch"), None);
+        let dir = std::env::temp_dir().join(format!("manychips-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.csv");
+        let mut first = Metrics::open(&path, "acc", 0).unwrap();
+        for step in 0..6 {
+            first.push(row(step)).unwrap();
+        }
+        drop(first);
+        // Resumed at step 4: rows 0..4 stay, 4 and 5 are the new run's.
+        let mut resumed = Metrics::open(&path, "acc", 4).unwrap();
+        resumed.push(row(4)).unwrap();
+        let steps: Vec<u64> = resumed.all_rows().iter().map(|r| r.step).collect();
+        assert_eq!(steps, [0, 1, 2, 3, 4]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 6, "a header and five rows:\n{text}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

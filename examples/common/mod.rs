@@ -117,3 +117,35 @@ pub fn learning_rate(text: &str) -> Result<f64, String> {
         Err(format!("{lr} is not a learning rate in (0, 10]"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plot_of_non_finite_or_huge_values_ends() {
+        // A diverged run's NaN losses once made the plot loop for ever.
+        let dir = std::env::temp_dir().join(format!("manychips-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases: [(f64, f64, f64); 3] =
+            [(f64::NAN, f64::NAN, f64::NAN), (f64::INFINITY, 1e308, -1e308), (1e308, 0.5, 0.5)];
+        for (k, (loss, even, odd)) in cases.into_iter().enumerate() {
+            let rows: Vec<Row> = (0..4)
+                .map(|i| Row {
+                    step: i,
+                    loss,
+                    eval: Some(if i % 2 == 0 { even } else { odd }),
+                    ..Row::default()
+                })
+                .collect();
+            let path = dir.join(format!("curves-{k}.png"));
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(plot(&path, "t", "e", &rows));
+            });
+            let done = rx.recv_timeout(Duration::from_secs(60)).expect("the plot never ended");
+            done.unwrap();
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

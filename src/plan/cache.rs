@@ -116,19 +116,26 @@ impl Calibration {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
         let text = profile.to_json().map_err(io::Error::other)?;
-        // Per-process temp name: two processes calibrating at once must not interleave. Created
-        // new (O_EXCL), so a symlink planted at that name is never written through: it is
-        // removed (the link, not its target) and the file created again.
-        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-        let mut file = match std::fs::File::create_new(&tmp) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                std::fs::remove_file(&tmp)?;
-                std::fs::File::create_new(&tmp)?
+        // A temporary name of this process and call, so two processes or threads storing
+        // at once never share one; created new (O_EXCL), so a symlink planted at that name
+        // is never written through, only skipped.
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let (tmp, mut file) = loop {
+            let n = STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = path.with_extension(format!("json.tmp{}-{n}", std::process::id()));
+            match std::fs::File::create_new(&tmp) {
+                Ok(file) => break (tmp, file),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n % 1000 != 999 => {}
+                Err(e) => return Err(e),
             }
-            other => other?,
         };
-        std::io::Write::write_all(&mut file, text.as_bytes())?;
+        let written =
+            std::io::Write::write_all(&mut file, text.as_bytes()).and_then(|()| file.sync_all());
         drop(file);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, &path).inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
         })?;
@@ -318,10 +325,12 @@ mod tests {
             assert!(cal.load(cpu.info()).is_none(), "followed a link to {}", target.display());
         }
         // Writing goes through a fresh file, never through a link planted at its name.
-        let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
         let victim = dir.join("victim");
         std::fs::write(&victim, b"precious").unwrap();
-        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        for n in 0..512 {
+            let tmp = path.with_extension(format!("json.tmp{}-{n}", std::process::id()));
+            std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        }
         cal.store(cpu.info(), &good).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert_eq!(cal.load(cpu.info()), Some(good.clone()));

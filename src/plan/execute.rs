@@ -15,7 +15,7 @@ use manychips_api::{BufferId, Device, Error, Layout, Op, Result, View};
 use super::cut::cut;
 use super::packed;
 use super::planned::{Phases, Plan};
-use super::watchdog::{Gate, Progress, Watch, given_up};
+use super::watchdog::{AbortOnDrop, Gate, Progress, Watch, given_up};
 use crate::DeviceRef;
 
 /// When each stage of one share started (relative to the run's start) and how long it took.
@@ -69,6 +69,7 @@ pub fn run(
         (vec![Some(share)], None)
     } else {
         let gate = Arc::new(Gate::new(plan.shares.len()));
+        let _release = AbortOnDrop(&gate);
         let (tx, rx) = channel();
         let mut progress = Vec::with_capacity(devices.len());
         for (k, (share, device)) in plan.shares.iter().zip(devices).enumerate() {
@@ -86,8 +87,11 @@ pub fn run(
                 let _ = tx.send((k, result));
             });
             if let Err(e) = spawned {
-                // The process is out of threads: release the shares already started.
-                gate.abort();
+                // The process is out of threads: give up on the shares already started
+                // (the gate is opened for them as `_release` drops).
+                for p in &progress {
+                    p.abandon();
+                }
                 return Err(Error::Fault {
                     op: op.name(),
                     device: devices[k].info().label(),
@@ -176,6 +180,9 @@ fn run_share(
     start: Instant,
     progress: &Progress,
 ) -> ShareResult {
+    if !progress.started() {
+        return Err(given_up(part, device));
+    }
     let (on_src, on_dst) = (same(device, src), same(device, dst));
     let gathered: Result<Vec<Vec<u8>>> = if on_src {
         Ok(Vec::new())

@@ -29,6 +29,7 @@ mod price;
 mod profile;
 mod simulate;
 mod split;
+mod stopwatch;
 mod trace;
 mod watchdog;
 
@@ -45,6 +46,7 @@ pub use price::{Direction, predict, transfer};
 pub use profile::{DeviceProfile, MatmulPoint};
 pub use simulate::{Chip, Simulated, simulate};
 pub use split::{Linear, equal_finish, fluid_makespan, makespan, proportional};
+pub(crate) use stopwatch::Stopwatch;
 pub use trace::{Event, Trace};
 
 /// The result of a scoped thread that ran one device's work; a panic there becomes a

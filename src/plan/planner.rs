@@ -484,18 +484,10 @@ impl Planner {
                 other => return other,
             };
             let Some(label) = err.device().map(str::to_string) else { return Err(err) };
-            let Some(i) = self.members.iter().position(|m| m.label == label) else {
-                return Err(err);
-            };
+            let member = self.members.iter().position(|m| m.label == label);
             let holds_data = [src, dst].iter().any(|d| d.info().label() == label);
-            if holds_data {
-                return Err(Error::DeviceLost {
-                    device: label,
-                    detail: format!(
-                        "{} failed on the device that holds its operands or its result, so                          they are lost: {err}",
-                        op.describe()
-                    ),
-                });
+            if member.is_none() && !holds_data {
+                return Err(err);
             }
             let count = match failures.iter_mut().find(|(l, _)| *l == label) {
                 Some((_, n)) => {
@@ -511,10 +503,22 @@ impl Planner {
                 err.kind(),
                 manychips_api::ErrorKind::DeviceLost | manychips_api::ErrorKind::Timeout
             );
+            // A transient fault is retried, on the devices holding the data too.
             if !fatal && count <= self.policy.max_retries {
                 tracing::warn!(device = %label, attempt = count, %err, "planner: share failed; retrying");
                 continue;
             }
+            if holds_data {
+                return Err(Error::DeviceLost {
+                    device: label,
+                    detail: format!(
+                        "{} failed on the device that holds its operands or its result, so \
+                         they are lost: {err}",
+                        op.describe()
+                    ),
+                });
+            }
+            let Some(i) = member else { return Err(err) };
             tracing::warn!(device = %label, %err, "planner: evicting a failed device and re-planning");
             let member = self.members.remove(i);
             self.evicted.push((member, err.to_string()));

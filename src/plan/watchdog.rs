@@ -12,6 +12,8 @@ use manychips_api::{Error, Op, Result};
 
 use crate::DeviceRef;
 
+/// Its thread has not started yet (an overloaded host).
+const NOT_STARTED: u8 = 4;
 /// Reading the operands on the source device.
 const GATHERING: u8 = 0;
 /// Uploading and computing on its own device (or waiting for the others to gather).
@@ -30,12 +32,17 @@ pub(super) struct Progress {
 
 impl Progress {
     pub fn new(on_dst: bool) -> Progress {
-        Progress { stage: AtomicU8::new(GATHERING), on_dst }
+        Progress { stage: AtomicU8::new(NOT_STARTED), on_dst }
     }
 
     /// Moves from `from` to `to`; false when the share was given up on.
     fn advance(&self, from: u8, to: u8) -> bool {
         self.stage.compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    /// Its thread runs; false when the share was given up on before it could start.
+    pub fn started(&self) -> bool {
+        self.advance(NOT_STARTED, GATHERING)
     }
 
     /// Operands gathered; false when the share was given up on.
@@ -54,7 +61,7 @@ impl Progress {
 
     /// Gives up on the share unless it is already placing its result (then it is let
     /// finish). Returns the stage it was in.
-    fn abandon(&self) -> u8 {
+    pub fn abandon(&self) -> u8 {
         let mut stage = self.stage.load(Ordering::SeqCst);
         while stage != PLACING && stage != ABANDONED {
             match self.stage.compare_exchange(stage, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
@@ -100,6 +107,16 @@ impl Gate {
     }
 }
 
+/// Aborts the gate when the run ends in any way (a panic or an early return included), so
+/// no share is left waiting at it; after a normal end nobody is waiting any more.
+pub(super) struct AbortOnDrop<'a>(pub &'a Gate);
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the shares of one run came back with: each one's result where it ended, and the
 /// `Timeout` that names the device holding the run up, if one did.
 pub(super) struct Collected<T> {
@@ -135,20 +152,36 @@ impl Watch<'_> {
         let stages: Vec<(usize, u8)> =
             waiting.iter().map(|&k| (k, self.progress[k].abandon())).collect();
         self.gate.abort();
+        let stage_of = |k: usize| stages.iter().find(|s| s.0 == k).map_or(ABANDONED, |s| s.1);
+        if let Some(&(k, _)) = stages.iter().find(|s| s.1 == NOT_STARTED) {
+            // Not any device's fault: the host did not run the share's thread in time. A
+            // fault (not a timeout) is retried, and names the share's own device, so that
+            // no data-holding device is written off for it.
+            return Collected {
+                results,
+                timeout: Some(Error::Fault {
+                    op: self.op.name(),
+                    device: self.devices[k].info().label(),
+                    detail: format!(
+                        "the share's thread had not started after {:.2?} (an overloaded host)",
+                        self.limit
+                    ),
+                }),
+            };
+        }
         let culprit = if stages.iter().any(|&(_, s)| s == GATHERING) {
             // The source holds the operands: the op fails, nothing is re-run, no wait.
             self.src
         } else {
-            let must_end = |k: usize| {
-                let stage = stages.iter().find(|s| s.0 == k).map_or(ABANDONED, |s| s.1);
-                stage == PLACING || self.progress[k].on_dst
-            };
+            let must_end = |k: usize| stage_of(k) == PLACING || self.progress[k].on_dst;
             receive(rx, &mut results, Instant::now() + self.limit, must_end);
             let still = |k: &usize| results[*k].is_none() && must_end(*k);
             if waiting.iter().any(still) {
                 self.dst
             } else {
-                match stages.iter().find(|&&(k, s)| s == WORKING && results[k].is_none()) {
+                // Blame by where each share was at the deadline, not by what it answered
+                // after it (a share given up on answers with an error of its own).
+                match stages.iter().find(|s| s.1 == WORKING) {
                     Some(&(k, _)) => &self.devices[k],
                     None => return Collected { results, timeout: None },
                 }
@@ -194,13 +227,16 @@ mod tests {
     #[test]
     fn a_share_given_up_on_cannot_claim_the_output() {
         let p = Progress::new(false);
-        assert!(p.working());
+        assert!(p.started() && p.working());
         assert_eq!(p.abandon(), WORKING);
         assert!(!p.placing(), "abandoned before placing: it must not write");
         let q = Progress::new(false);
-        assert!(q.working() && q.placing());
+        assert!(q.started() && q.working() && q.placing());
         assert_eq!(q.abandon(), PLACING, "one already placing is let finish");
         assert!(!q.abandoned());
+        let r = Progress::new(false);
+        assert_eq!(r.abandon(), NOT_STARTED);
+        assert!(!r.started(), "a thread that starts after the give-up does nothing");
     }
 
     #[test]

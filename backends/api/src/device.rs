@@ -140,4 +140,12 @@ pub trait Device: Send + Sync + fmt::Debug {
 
     /// Waits until all enqueued work is done; returns the first error it raised.
     fn synchronize(&self) -> Result<()>;
+
+    /// Time on the device's own clock, where it keeps one: a simulated chip's virtual clock.
+    /// Schedulers that learn from how long work took read it instead of the wall clock, so
+    /// what they learn about a simulated chip does not depend on how busy the machine
+    /// simulating it is. `None` (the default, and every real chip): time it by the wall clock.
+    fn virtual_time(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -291,6 +291,10 @@ impl Device for SimDevice {
         self.injected(Call::Other, "synchronize")?;
         self.inner.synchronize().map_err(|e| relabel(e, &self.label))
     }
+
+    fn virtual_time(&self) -> Option<Duration> {
+        Some(self.clock.now())
+    }
 }
 
 impl Drop for SimDevice {

@@ -29,6 +29,7 @@ use super::Param;
 use super::optim::Optimizer;
 use crate::files::Dir;
 use crate::{DType, Error, Result, Tensor};
+use manifest::{MANIFEST, MODEL_FILE, OPTIMIZER_FILE};
 
 /// One tensor's bytes in host memory.
 #[derive(Clone, Debug, PartialEq)]
@@ -254,10 +255,13 @@ impl Checkpoints {
         fs::create_dir_all(&dir).map_err(|e| io(&dir, "create", e))?;
         for entry in fs::read_dir(&dir).map_err(|e| io(&dir, "list", e))?.flatten() {
             let name = entry.file_name();
-            let ours = name.to_str().is_some_and(is_temp_name);
-            if ours && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // Only names this library writes; removal never follows a symlink.
+            if name.to_str().is_some_and(is_temp_name) {
                 let path = entry.path();
-                fs::remove_dir_all(&path).map_err(|e| io(&path, "remove interrupted write", e))?;
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                let removed =
+                    if is_dir { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+                removed.map_err(|e| io(&path, "remove interrupted write", e))?;
             }
         }
         let (jobs, inbox) = channel::<Snapshot>();
@@ -266,7 +270,7 @@ impl Checkpoints {
         let writer = std::thread::Builder::new()
             .name("checkpoint-writer".into())
             .spawn(move || {
-                let mut pruner = Pruner { keep };
+                let mut pruner = Pruner { keep, verified: HashMap::new() };
                 for snapshot in inbox {
                     let result = write_checkpoint(&writer_dir, &snapshot).and_then(|path| {
                         pruner.prune(&writer_dir, &dir_name(snapshot.step)).map(|()| path)
@@ -411,11 +415,71 @@ pub fn latest(dir: &Path) -> Result<Option<Loaded>> {
 
 /// Keeps the newest `keep` checkpoints that verify (and the one just written), removes
 /// older ones that verify, and leaves everything else alone: a damaged checkpoint, a
-/// stray file or a symlink is not this library's to delete, and never counts. Every
-/// checkpoint is verified afresh each time (none is trusted for having verified before:
-/// one damaged since must not count towards `keep`).
+/// stray file or a symlink is not this library's to delete, and never counts.
+///
+/// A verdict is reused only while the checkpoint's directory and files are exactly as they
+/// were when it was verified (same inode, length, modification and change times), so one
+/// damaged since is verified again, and fails, instead of counting towards `keep`.
 struct Pruner {
     keep: usize,
+    verified: HashMap<String, Vec<Stamp>>,
+}
+
+/// What identifies one file's current contents without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    /// Device, inode, modification and change times (seconds, nanoseconds).
+    #[cfg(unix)]
+    ids: [i64; 6],
+    #[cfg(not(unix))]
+    modified: Option<std::time::SystemTime>,
+}
+
+/// How long before a verification a file must have last changed for the verdict to be
+/// remembered (well above the file system's timestamp granularity).
+const RECENT: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Stamp {
+    fn changed_before(&self, t: std::time::SystemTime, margin: std::time::Duration) -> bool {
+        #[cfg(unix)]
+        let changed = std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+            u64::try_from(self.ids[4]).unwrap_or(u64::MAX),
+            u32::try_from(self.ids[5]).unwrap_or(0),
+        ));
+        #[cfg(not(unix))]
+        let changed = self.modified;
+        changed.and_then(|c| c.checked_add(margin)).is_some_and(|c| c < t)
+    }
+}
+
+/// The stamps of a checkpoint's directory and its files (not followed), or `None` when one
+/// cannot be read.
+fn stamps(dir: &Path, name: &str) -> Option<Vec<Stamp>> {
+    let base = dir.join(name);
+    let paths =
+        [base.clone(), base.join(MANIFEST), base.join(MODEL_FILE), base.join(OPTIMIZER_FILE)];
+    paths
+        .iter()
+        .map(|p| {
+            let m = p.symlink_metadata().ok()?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let ids = [
+                    m.dev() as i64,
+                    m.ino() as i64,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ];
+                Some(Stamp { len: m.len(), ids })
+            }
+            #[cfg(not(unix))]
+            Some(Stamp { len: m.len(), modified: m.modified().ok() })
+        })
+        .collect()
 }
 
 impl Pruner {
@@ -423,7 +487,7 @@ impl Pruner {
         let root = Dir::open(dir).map_err(|e| io(dir, "open", e))?;
         let mut kept = 0;
         for (_, name) in candidates(dir)?.into_iter().rev() {
-            if read::read_in(&root, &name).is_err() {
+            if !self.verifies(&root, dir, &name) {
                 continue;
             }
             if kept < self.keep || name == written {
@@ -432,8 +496,31 @@ impl Pruner {
             }
             let old = dir.join(&name);
             fs::remove_dir_all(&old).map_err(|e| io(&old, "remove old checkpoint", e))?;
+            self.verified.remove(&name);
         }
         Ok(())
+    }
+
+    fn verifies(&mut self, root: &Dir, dir: &Path, name: &str) -> bool {
+        let before = stamps(dir, name);
+        if before.is_some() && self.verified.get(name) == before.as_ref() {
+            return true;
+        }
+        let started = std::time::SystemTime::now();
+        let good = read::verify_in(root, name).is_ok();
+        // File times tick coarsely (a few ms): a file changed in the same tick as its last
+        // change keeps its stamp, so only a checkpoint left alone for a while is remembered.
+        let settled = |b: &Vec<Stamp>| b.iter().all(|s| s.changed_before(started, RECENT));
+        let same = |b: &Vec<Stamp>| stamps(dir, name).as_ref() == Some(b);
+        match before.filter(|b| good && settled(b) && same(b)) {
+            Some(stamp) => {
+                self.verified.insert(name.to_string(), stamp);
+            }
+            None => {
+                self.verified.remove(name);
+            }
+        }
+        good
     }
 }
 

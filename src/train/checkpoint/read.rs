@@ -27,6 +27,18 @@ pub fn read_checkpoint(path: &Path) -> Result<Snapshot> {
 
 /// Reads and verifies checkpoint `name` of the directory `root`.
 pub(super) fn read_in(root: &Dir, name: &str) -> Result<Snapshot> {
+    load(root, name, true)
+}
+
+/// Verifies checkpoint `name` of `root` the way [`read_in`] does, without keeping a copy
+/// of its tensors (pruning only needs the verdict).
+pub(super) fn verify_in(root: &Dir, name: &str) -> Result<()> {
+    load(root, name, false).map(|_| ())
+}
+
+/// Reads checkpoint `name` and checks everything; the tensors' bytes are copied out only
+/// when `keep`.
+fn load(root: &Dir, name: &str, keep: bool) -> Result<Snapshot> {
     let path = root.path().join(name);
     let Some(step) = parse_step(name) else {
         return Err(fail(&path, "not a checkpoint's name (step- and nine or more digits)"));
@@ -49,7 +61,7 @@ pub(super) fn read_in(root: &Dir, name: &str) -> Result<Snapshot> {
             ));
         }
         let wanted: Vec<_> = manifest.tensors.iter().filter(|t| t.file == entry.name).collect();
-        groups.insert(entry.name.as_str(), tensors_of(&bytes, &wanted, &file)?);
+        groups.insert(entry.name.as_str(), tensors_of(&bytes, &wanted, &file, keep)?);
     }
     let mut take = |name: &str| groups.remove(name).unwrap_or_default();
     Ok(Snapshot {
@@ -67,6 +79,7 @@ fn tensors_of(
     bytes: &[u8],
     wanted: &[&super::manifest::TensorEntry],
     file: &Path,
+    keep: bool,
 ) -> Result<Vec<HostTensor>> {
     let st =
         SafeTensors::deserialize(bytes).map_err(|e| fail(file, format!("safetensors: {e}")))?;
@@ -99,7 +112,7 @@ fn tensors_of(
             name: want.name.clone(),
             dtype,
             dims: want.shape.clone(),
-            bytes: view.data().to_vec(),
+            bytes: if keep { view.data().to_vec() } else { Vec::new() },
         });
     }
     Ok(list)

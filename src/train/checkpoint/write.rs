@@ -93,7 +93,7 @@ pub fn write_checkpoint(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
     if target.symlink_metadata().is_ok() {
         // The same step saved again (a resumed job): the new one takes its place in one
         // atomic swap where the system can, so there is never a moment with neither.
-        replace(&tmp, &target)?;
+        replace(&tmp, &target, dir)?;
     } else {
         fs::rename(&tmp, &target).map_err(|e| io(&target, "rename into place", e))?;
     }
@@ -103,21 +103,42 @@ pub fn write_checkpoint(dir: &Path, snapshot: &Snapshot) -> Result<PathBuf> {
 
 /// Puts the finished `tmp` where `target` is, then removes what was there (a damaged
 /// checkpoint of the same step, or whatever took its name: removed, never followed).
-fn replace(tmp: &Path, target: &Path) -> Result<()> {
+fn replace(tmp: &Path, target: &Path, dir: &Path) -> Result<()> {
     #[cfg(target_os = "linux")]
     {
         use rustix::fs::{CWD, RenameFlags, renameat_with};
-        if renameat_with(CWD, tmp, CWD, target, RenameFlags::EXCHANGE).is_ok() {
-            // `tmp` now holds the old entry.
-            return remove_entry(tmp);
+        match renameat_with(CWD, tmp, CWD, target, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                // The new checkpoint is in place, and `tmp` holds the old entry. Removing
+                // it is tidying up: a failure is logged, not the save's (the next open
+                // removes a leftover temporary).
+                sync_dir(dir)?;
+                if let Err(e) = remove_entry(tmp) {
+                    tracing::warn!(%e, "a replaced checkpoint could not be removed");
+                }
+                return Ok(());
+            }
+            // Gone in the meantime: a plain rename below.
+            Err(rustix::io::Errno::NOENT) => {}
+            // A file system without the exchange: replaced in two steps.
+            Err(_) => remove_entry(target)?,
         }
     }
+    #[cfg(not(target_os = "linux"))]
     remove_entry(target)?;
     fs::rename(tmp, target).map_err(|e| io(target, "rename into place", e))
 }
 
 fn remove_entry(path: &Path) -> Result<()> {
-    let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
-    let removed = if is_dir { fs::remove_dir_all(path) } else { fs::remove_file(path) };
-    removed.map_err(|e| io(path, "remove the replaced entry", e))
+    let removed = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(path, "remove the replaced entry", e))
+        }
+        _ => Ok(()),
+    }
 }
