@@ -46,9 +46,11 @@ fn calibrating_together_gives_every_device_a_positive_rate() {
 
 #[test]
 fn predicted_cpu_matmul_time_is_within_3x_of_measured() {
+    // Both figures are wall-clock times on a CPU other work may share: a burst of load
+    // during the calibration but not the measurement (or the other way) can put them 3x
+    // apart once. A model that is wrong is wrong every time, so a few attempts are allowed.
     let _cores = exclusive();
     let cpu = cpu();
-    let profile = plan::calibrate(cpu.as_ref()).unwrap();
     let n = 512;
     let bytes = n * n * 4;
     let [a, b, c] = [(); 3].map(|()| cpu.alloc(bytes).unwrap());
@@ -57,19 +59,27 @@ fn predicted_cpu_matmul_time_is_within_3x_of_measured() {
         cpu.run(&Op::Fill { out: view(buf), value: 0.5 }).unwrap();
     }
     let op = Op::Matmul { lhs: view(a), rhs: view(b), out: view(c) };
-    let mut times: Vec<f64> = (0..9)
-        .map(|_| {
-            let t = Instant::now();
-            cpu.run(&op).unwrap();
-            cpu.synchronize().unwrap();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let measured = times[times.len() / 2];
-    let predicted = plan::predict(&op, &profile).as_secs_f64();
-    println!("512 matmul on the cpu: predicted {predicted:.6}s, measured {measured:.6}s");
-    assert!(ratio(predicted, measured) < 3.0, "predicted {predicted}s, measured {measured}s");
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let profile = plan::calibrate(cpu.as_ref()).unwrap();
+        let mut times: Vec<f64> = (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                cpu.run(&op).unwrap();
+                cpu.synchronize().unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let measured = times[times.len() / 2];
+        let predicted = plan::predict(&op, &profile).as_secs_f64();
+        println!("512 matmul on the cpu: predicted {predicted:.6}s, measured {measured:.6}s");
+        attempts.push((predicted, measured));
+        if ratio(predicted, measured) < 3.0 {
+            return;
+        }
+    }
+    panic!("predicted vs measured (s) never within 3x: {attempts:?}");
 }
 
 #[test]

@@ -553,10 +553,19 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             let answered = worker
                 .submit(0, probe, reply)
                 .map(|()| wait_done(&replies, 0, sent + self.policy.watchdog_min));
-            if let Ok(Some(Ok(_))) = answered {
+            // A fresh copy of the model: the share the device was evicted in may still be
+            // running on its old thread (a hang that ended), and must not write into the
+            // parameters the next shares read.
+            let rebuilt = match answered {
+                Ok(Some(Ok(_))) => self.rebuild(&replica.device),
+                _ => None,
+            };
+            if let Some((model, params)) = rebuilt {
                 tracing::info!(device = %replica.label, "re-admitting a device");
                 events.push(FleetEvent::Readmitted { device: replica.label.clone() });
                 replica.worker = worker;
+                replica.model = model;
+                replica.params = params;
                 replica.stale = true;
                 self.replicas.push(replica);
             } else {
@@ -566,6 +575,16 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         self.evicted = still;
         self.traced(&events);
         events
+    }
+
+    /// A new model and parameters on `device` (same seed and names as the master's), or
+    /// `None` when building fails or makes other parameters.
+    fn rebuild(&self, device: &DeviceRef) -> Option<(Arc<M>, Vec<Param>)> {
+        let store = ParamStore::new(device, self.seed);
+        let model = (self.build)(&store).ok()?;
+        let params = store.params();
+        let names = |ps: &[Param]| ps.iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
+        (names(&params) == names(&self.replicas[0].params)).then(|| (Arc::new(model), params))
     }
 
     /// Adds a device to the running job: a replica is built for it (same seed and names)
