@@ -3,6 +3,11 @@
 
 #[path = "common/examples.rs"]
 mod runs;
+// The examples' shared code, compiled here too so its unit tests (the metrics CSV, the
+// plot) run with the others.
+#[path = "../examples/common/mod.rs"]
+#[allow(unused_imports)]
+mod example_common;
 use runs::{accuracy_of, example};
 
 #[test]
