@@ -39,17 +39,17 @@ struct Args {
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     steps: u64,
     /// Sequences per step (cut into shares across devices).
-    #[arg(long, default_value_t = 32, value_parser = count(1..=4096))]
+    #[arg(long, default_value_t = 32, value_parser = common::count(1..=4096))]
     batch: usize,
     /// Characters of context.
-    #[arg(long, default_value_t = 64, value_parser = count(1..=4096))]
+    #[arg(long, default_value_t = 64, value_parser = common::count(1..=4096))]
     context: usize,
     /// Width of the model; a multiple of `--heads`.
-    #[arg(long, default_value_t = 96, value_parser = count(1..=8192))]
+    #[arg(long, default_value_t = 96, value_parser = common::count(1..=8192))]
     dim: usize,
-    #[arg(long, default_value_t = 4, value_parser = count(1..=256))]
+    #[arg(long, default_value_t = 4, value_parser = common::count(1..=256))]
     heads: usize,
-    #[arg(long, default_value_t = 2, value_parser = count(1..=256))]
+    #[arg(long, default_value_t = 2, value_parser = common::count(1..=256))]
     layers: usize,
     /// Peak learning rate (AdamW, warm-up then cosine decay).
     #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, value_parser = common::learning_rate)]
@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     eval_every: u64,
     /// Characters to generate at the end.
-    #[arg(long, default_value_t = 300, value_parser = count(0..=1_000_000))]
+    #[arg(long, default_value_t = 300, value_parser = common::count(0..=1_000_000))]
     sample: usize,
     #[arg(long, default_value = "target/train_charlm")]
     out: PathBuf,
@@ -78,11 +78,6 @@ struct Args {
     /// Needs `--features mpi`.
     #[arg(long)]
     distributed: bool,
-}
-
-/// A count argument within `range` (clap says which value and why when it is not).
-fn count(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(range)
 }
 
 /// The text as class ids, and the characters they stand for.
@@ -208,14 +203,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         }
     }
     let start = start.step;
-    let mut metrics = match leads {
-        true => {
-            std::fs::create_dir_all(&args.out)
-                .map_err(|e| format!("{}: {e}", args.out.display()))?;
-            Some(common::Metrics::open(&args.out.join("metrics.csv"), "validation_loss", start)?)
-        }
-        false => None,
-    };
+    let mut metrics = common::Metrics::for_run(leads, &args.out, "validation_loss", start)?;
     let bar = common::progress(args.steps, args.quiet || !leads);
     bar.set_position(start);
     let mut steps_run = 0;

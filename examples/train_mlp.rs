@@ -29,16 +29,16 @@ use rand_chacha::ChaCha8Rng;
 #[command(about = "Train a 64-128-10 MLP on the UCI digits over every device found")]
 struct Args {
     /// Passes over the training set.
-    #[arg(long, default_value_t = 40, value_parser = count(1..=100_000))]
+    #[arg(long, default_value_t = 40, value_parser = common::count(1..=100_000))]
     epochs: usize,
     /// Global batch (cut into shares across devices).
-    #[arg(long, default_value_t = 64, value_parser = count(1..=65_536))]
+    #[arg(long, default_value_t = 64, value_parser = common::count(1..=65_536))]
     batch: usize,
     /// Peak learning rate (AdamW, linear warm-up then cosine decay).
     #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true, value_parser = common::learning_rate)]
     lr: f64,
     /// Width of the hidden layer.
-    #[arg(long, default_value_t = 128, value_parser = count(1..=65_536))]
+    #[arg(long, default_value_t = 128, value_parser = common::count(1..=65_536))]
     hidden: usize,
     /// Seed for the split, the shuffles and the initial weights.
     #[arg(long, default_value_t = 0)]
@@ -61,11 +61,6 @@ struct Args {
     /// global batch is cut across ranks by their speed. Needs `--features mpi`.
     #[arg(long)]
     distributed: bool,
-}
-
-/// A count argument within `range` (clap says which value and why when it is not).
-fn count(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::<usize>::new().range(range)
 }
 
 struct Digits {
@@ -159,14 +154,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         return Ok(());
     }
     let start = start.step;
-    let mut metrics = match leads {
-        true => {
-            std::fs::create_dir_all(&args.out)
-                .map_err(|e| format!("{}: {e}", args.out.display()))?;
-            Some(common::Metrics::open(&args.out.join("metrics.csv"), "test_accuracy", start)?)
-        }
-        false => None,
-    };
+    let mut metrics = common::Metrics::for_run(leads, &args.out, "test_accuracy", start)?;
     let bar = common::progress(total, args.quiet || !leads);
     bar.set_position(start);
     // This run's steps, samples and last step's shares, for the summary line.

@@ -80,6 +80,21 @@ impl Metrics {
         Ok(Metrics { path: path.to_path_buf(), file, earlier, rows: Vec::new() })
     }
 
+    /// `out/metrics.csv` for the process that writes files (`leads`), `out` created;
+    /// `None` for the others (MPI ranks but the first).
+    pub fn for_run(
+        leads: bool,
+        out: &Path,
+        eval_name: &str,
+        start: u64,
+    ) -> Result<Option<Metrics>, String> {
+        if !leads {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+        Metrics::open(&out.join("metrics.csv"), eval_name, start).map(Some)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -107,6 +107,11 @@ pub fn plot(
     Ok(())
 }
 
+/// A count argument within `range` (clap says which value and why when it is not).
+pub fn count(range: std::ops::RangeInclusive<u64>) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(range)
+}
+
 /// `--lr`: a finite rate in (0, 10]: NaN, infinities, 0, negative or absurd rates would
 /// train to garbage and still exit 0.
 pub fn learning_rate(text: &str) -> Result<f64, String> {
