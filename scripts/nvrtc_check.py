@@ -3,15 +3,17 @@
 
 Every kernels/cuda/*.cu is compiled the way the CUDA backend compiles it at run time:
 common.cuh text, a #line directive, then the .cu text, as one NVRTC program. Each is built
-to PTX for compute_70, compute_80 and compute_90 with -std=c++17; any error or warning
-fails the check (except NVRTC's notice that compute_70 is deprecated, which no option
-silences). The `.entry` names in the PTX are then compared with the expected kernel table
+to PTX for the oldest architecture the NVRTC supports (compute_50 for NVRTC 12.9, compute_75
+for 13.0), compute_80 and compute_90 with -std=c++17; any error or warning fails the check
+(except NVRTC 12's notice that compute_70 is deprecated, which no option silences). The `.entry` names in the PTX are then compared with the expected kernel table
 below: a missing or an unexpected entry point fails the check.
 
-libnvrtc comes from the PyPI wheel `nvidia-cuda-nvrtc-cu12` (pip install
-nvidia-cuda-nvrtc-cu12); set NVRTC_LIB to use another libnvrtc.so instead.
+Every NVRTC found is checked in turn: the PyPI wheels `nvidia-cuda-nvrtc-cu12` (CUDA 12,
+nvidia/cuda_nvrtc/lib) and `nvidia-cuda-nvrtc` (CUDA 13, nvidia/cu13/lib); set NVRTC_LIB
+to check one other libnvrtc.so instead, or pass --major to check one version only.
 
-    python3 scripts/nvrtc_check.py            # check everything
+    python3 scripts/nvrtc_check.py            # check everything, with every NVRTC found
+    python3 scripts/nvrtc_check.py --major 13 # with NVRTC 13 only (an error if absent)
     python3 scripts/nvrtc_check.py --list     # also print every entry point per file
     python3 scripts/nvrtc_check.py --ptx DIR  # also write the PTX files into DIR
 """
@@ -25,7 +27,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNELS = os.path.join(ROOT, "kernels", "cuda")
-ARCHS = ["compute_70", "compute_80", "compute_90"]
+# The oldest architecture the NVRTC supports is added in front (50 for 12.9, 75 for 13.0).
+ARCHS = ["compute_80", "compute_90"]
 BASE_OPTIONS = ["-std=c++17", "--display-error-number"]
 # Elementwise, reduction and index kernels must round like the CPU backend (Rust never
 # contracts a*b+c into an FMA); matmul is free to fuse.
@@ -80,28 +83,46 @@ def expected():
 
 # ---- NVRTC through ctypes --------------------------------------------------------------------
 
-def find_nvrtc():
+def find_nvrtcs():
+    """Every libnvrtc to check: NVRTC_LIB alone, else each wheel's (CUDA 13, then 12)."""
     env = os.environ.get("NVRTC_LIB")
     if env:
-        return env
-    candidates = []
+        return [env]
+    found = []
     try:
-        import nvidia.cuda_nvrtc  # the nvidia-cuda-nvrtc-cu12 wheel (a namespace package)
-        for base in list(nvidia.cuda_nvrtc.__path__):
-            candidates += sorted(glob.glob(os.path.join(base, "lib", "libnvrtc.so.*")))
+        import nvidia  # the wheels' namespace package
+        for base in list(nvidia.__path__):
+            for wheel, name in (("cu13", "libnvrtc.so.13"), ("cuda_nvrtc", "libnvrtc.so.12")):
+                path = os.path.join(base, wheel, "lib", name)
+                if os.path.exists(path):
+                    found.append(path)
     except ImportError:
         pass
-    for p in candidates:
-        if ".alt." not in p:
-            return p
-    sys.exit("libnvrtc not found: pip install nvidia-cuda-nvrtc-cu12, or set NVRTC_LIB")
+    if not found:
+        sys.exit("libnvrtc not found: pip install nvidia-cuda-nvrtc (CUDA 13) or "
+                 "nvidia-cuda-nvrtc-cu12, or set NVRTC_LIB")
+    return found
 
 
 class Nvrtc:
     def __init__(self, path):
         self.path = path
+        # NVRTC 13 opens its builtins by soname and does not look beside itself (12 does):
+        # loading them first, from the same directory, is what the Rust backend does too.
+        for builtins in sorted(glob.glob(os.path.join(os.path.dirname(path),
+                                                      "libnvrtc-builtins.so.*"))):
+            if ".alt." not in builtins:
+                ctypes.CDLL(builtins)
         self.lib = ctypes.CDLL(path)
         self.lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+    def oldest_arch(self):
+        """The oldest architecture this NVRTC compiles for, as compute_XY."""
+        count = ctypes.c_int()
+        self.lib.nvrtcGetNumSupportedArchs(ctypes.byref(count))
+        archs = (ctypes.c_int * count.value)()
+        self.lib.nvrtcGetSupportedArchs(archs)
+        return f"compute_{min(archs)}"
 
     def version(self):
         major, minor = ctypes.c_int(), ctypes.c_int()
@@ -161,11 +182,36 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", action="store_true", help="print every entry point per file")
     ap.add_argument("--ptx", metavar="DIR", help="write <file>.<arch>.ptx into DIR")
+    ap.add_argument("--major", type=int, help="check only the NVRTC of this major version")
     args = ap.parse_args()
 
-    nvrtc = Nvrtc(find_nvrtc())
+    failed = False
+    checked = 0
+    for path in find_nvrtcs():
+        nvrtc = Nvrtc(path)
+        major, minor = nvrtc.version()
+        if args.major is not None and major != args.major:
+            print(f"(NVRTC {major}.{minor} from {path}: not checked, --major {args.major})")
+            continue
+        checked += 1
+        failed |= check(nvrtc, args)
+    if checked == 0:
+        print(f"nvrtc_check: no NVRTC {args.major} found")
+        return 1
+    if failed:
+        print("nvrtc_check: FAILED")
+        return 1
+    print(f"nvrtc_check: all files compile cleanly and export the expected kernels "
+          f"(with {checked} NVRTC version{'s' if checked > 1 else ''})")
+    return 0
+
+
+def check(nvrtc, args):
+    """Compiles every file with one NVRTC; True when anything failed."""
     major, minor = nvrtc.version()
-    print(f"NVRTC {major}.{minor} from {nvrtc.path}")
+    archs = [nvrtc.oldest_arch()] + ARCHS
+    print(f"NVRTC {major}.{minor} from {nvrtc.path}: {', '.join(archs)}")
+    ptx_dir = os.path.join(args.ptx, f"nvrtc{major}") if args.ptx else None
     want = expected()
     files = sorted(glob.glob(os.path.join(KERNELS, "*.cu")))
     failed = False
@@ -177,7 +223,7 @@ def main():
         name = os.path.basename(path)
         source = program_text(path)
         entries_per_arch = {}
-        for arch in ARCHS:
+        for arch in archs:
             options = [f"--gpu-architecture={arch}"] + BASE_OPTIONS + FILE_OPTIONS.get(name, [])
             ok, log, ptx = nvrtc.compile(source, name, options)
             bad = problems_in(log)
@@ -197,11 +243,11 @@ def main():
                 failed = True
                 print(f"FAIL {name} [{arch}]: parameter 0 is not a {PARAMS_BYTES}-byte, "
                       f"8-aligned McParams in: {' '.join(wrong)}")
-            if args.ptx:
-                os.makedirs(args.ptx, exist_ok=True)
-                with open(os.path.join(args.ptx, f"{name}.{arch}.ptx"), "w") as f:
+            if ptx_dir:
+                os.makedirs(ptx_dir, exist_ok=True)
+                with open(os.path.join(ptx_dir, f"{name}.{arch}.ptx"), "w") as f:
                     f.write(ptx)
-        if len(entries_per_arch) != len(ARCHS):
+        if len(entries_per_arch) != len(archs):
             continue
         sets = list(entries_per_arch.values())
         if any(s != sets[0] for s in sets):
@@ -212,7 +258,7 @@ def main():
         expect = want.get(name, set())
         missing, extra = sorted(expect - got), sorted(got - expect)
         status = "ok" if not missing and not extra else "FAIL"
-        print(f"{status} {name}: {len(got)} entry points, {', '.join(ARCHS)}")
+        print(f"{status} {name}: {len(got)} entry points, {', '.join(archs)}")
         if missing:
             failed = True
             print(f"  missing ({len(missing)}): {' '.join(missing)}")
@@ -222,12 +268,8 @@ def main():
         if args.list:
             for e in sorted(got):
                 print(f"    {e}")
-    print(f"{total} entry points in all")
-    if failed:
-        print("nvrtc_check: FAILED")
-        return 1
-    print("nvrtc_check: all files compile cleanly and export the expected kernels")
-    return 0
+    print(f"{total} entry points in all (NVRTC {major}.{minor})")
+    return failed
 
 
 if __name__ == "__main__":

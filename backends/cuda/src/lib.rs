@@ -19,12 +19,15 @@ mod error;
 mod gemm;
 mod kernels;
 mod libs;
+mod locate;
 mod lower;
 mod nvrtc;
 mod params;
 
 pub use device::{CudaDevice, Staging};
 pub use discover::discover;
+pub use libs::libraries;
+pub use locate::LIB_PATH_ENV;
 pub use lower::{MatmulPath, ScatterKernel};
 
 use manychips_api::DType;

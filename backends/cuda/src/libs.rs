@@ -4,7 +4,8 @@
 //! library, or one symbol, is missing. So before any call the backend checks here that the
 //! library loads ([`is_culib_present`](cudarc::driver::sys::is_culib_present)) and that
 //! every symbol it will call resolves (an older driver lacks newer entry points). The answers
-//! are computed once per process.
+//! are computed once per process. NVRTC and cuBLAS are first looked for where the loader
+//! does not look (pip wheels, `/usr/local/cuda`: [`crate::locate`]).
 
 use std::sync::OnceLock;
 
@@ -121,18 +122,33 @@ pub(crate) fn driver() -> Result<(), String> {
         .clone()
 }
 
+/// The CUDA major version the driver supports (13 for driver 580), when a driver loads.
+fn driver_major() -> Option<u32> {
+    driver().ok()?;
+    let mut version = 0;
+    // SAFETY: the driver has every symbol the backend calls (`driver`); cuDriverGetVersion
+    // needs no cuInit; a valid out-pointer.
+    let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    (rc == cudarc::driver::sys::CUresult::CUDA_SUCCESS && version > 0)
+        .then_some(version as u32 / 1000)
+}
+
 /// NVRTC's version when libnvrtc loads and has every symbol the backend calls; else why not.
 pub(crate) fn nvrtc() -> Result<(i32, i32), String> {
     static NVRTC: OnceLock<Result<(i32, i32), String>> = OnceLock::new();
     NVRTC
         .get_or_init(|| {
+            let searched = crate::locate::prepare(crate::locate::NVRTC, driver_major());
             // SAFETY: as for the driver: NVRTC is an ordinary shared library.
             if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
                 return Err(format!(
-                    "NVRTC (the CUDA runtime compiler, which builds the kernels) is not on the \
-                     library path (looked for {}); install the CUDA toolkit or `pip install \
-                     nvidia-cuda-nvrtc-cu12` and add its lib directory to LD_LIBRARY_PATH",
-                    candidates("nvrtc")
+                    "NVRTC (the CUDA runtime compiler, which builds the kernels) is not found \
+                     (looked for {}; {}); install the CUDA toolkit or `pip install \
+                     nvidia-cuda-nvrtc` (CUDA 13) or `nvidia-cuda-nvrtc-cu12`, or name its lib \
+                     directory in {}",
+                    candidates("nvrtc"),
+                    searched.err().unwrap_or_else(|| "it did not load".into()),
+                    crate::locate::LIB_PATH_ENV,
                 ));
             }
             // SAFETY: present, so `culib` does not panic; `get` only looks a symbol up.
@@ -162,11 +178,13 @@ pub(crate) fn cublas() -> Result<(), String> {
     static CUBLAS: OnceLock<Result<(), String>> = OnceLock::new();
     CUBLAS
         .get_or_init(|| {
+            let searched = crate::locate::prepare(crate::locate::CUBLAS, driver_major());
             // SAFETY: as for the driver.
             if !unsafe { cudarc::cublas::sys::is_culib_present() } {
                 return Err(format!(
-                    "cuBLAS is not on the library path (looked for {})",
-                    candidates("cublas")
+                    "cuBLAS is not found (looked for {}; {})",
+                    candidates("cublas"),
+                    searched.err().unwrap_or_else(|| "it did not load".into()),
                 ));
             }
             // SAFETY: present, so `culib` does not panic; `get` only looks a symbol up.
@@ -183,6 +201,22 @@ pub(crate) fn cublas() -> Result<(), String> {
             }
         })
         .clone()
+}
+
+/// Each CUDA library the backend uses, with the file it runs from and its version, or why it
+/// is not there: for reports (`manychips_cuda::libraries()`).
+pub fn libraries() -> Vec<(&'static str, Result<String, String>)> {
+    let from = |stem: &str| {
+        crate::locate::loaded_from(stem)
+            .map_or_else(|| "loaded".to_string(), |p| p.display().to_string())
+    };
+    let driver = driver().map(|()| match driver_major() {
+        Some(major) => format!("{} (CUDA {major})", from("libcuda")),
+        None => from("libcuda"),
+    });
+    let nvrtc = nvrtc().map(|(a, b)| format!("{} (NVRTC {a}.{b})", from("libnvrtc")));
+    let cublas = cublas().map(|()| from("libcublas"));
+    vec![("libcuda", driver), ("libnvrtc", nvrtc), ("libcublas", cublas)]
 }
 
 #[cfg(test)]
