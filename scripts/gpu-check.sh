@@ -8,10 +8,13 @@
 #   scripts/gpu-check.sh --allow-no-gpu  # go on without nvidia-smi (to try the script itself)
 #
 # Needs: this repository, a Rust toolchain (rust-version in Cargo.toml), the NVIDIA driver
-# (libcuda.so.1, nvidia-smi), and NVRTC 12.x: a CUDA toolkit, or the PyPI wheel
-# `nvidia-cuda-nvrtc-cu12` (a directory holding libnvrtc.so.12 and libnvrtc-builtins.so.*
-# copied over is enough). cuBLAS 12 (toolkit, or the `nvidia-cublas-cu12` wheel) is optional:
-# without it matmul runs on the backend's tiled kernel. For the Vulkan and wgpu runs, the
+# (libcuda.so.1, nvidia-smi), and NVRTC 13 or 12: a CUDA toolkit, or the PyPI wheel
+# `nvidia-cuda-nvrtc` / `nvidia-cuda-nvrtc-cu12` (a directory holding libnvrtc.so.1x and
+# libnvrtc-builtins.so.* copied over is enough). cuBLAS (toolkit, or the `nvidia-cublas` /
+# `nvidia-cublas-cu12` wheel) is optional: without it matmul runs on the backend's tiled
+# kernel. The backend finds these itself in the usual places (backends/cuda/README.md); this
+# script puts the directory it finds on LD_LIBRARY_PATH as well, and says which. Without a
+# Rust toolchain on the GPU machine, use scripts/gpu-bundle.sh instead. For the Vulkan and wgpu runs, the
 # Vulkan loader (libvulkan.so.1) and the NVIDIA ICD; without them those tests say what they
 # skipped. Nothing is downloaded if cargo can build offline: fetch the dependencies first
 # (`cargo fetch`, or `cargo vendor` plus the config it prints) on a machine with network, or
@@ -33,7 +36,7 @@ for arg in "$@"; do
         --offline) cargo_flags+=(--offline) ;;
         --allow-no-gpu) allow_no_gpu=1 ;;
         -h | --help)
-            sed -n '2,24p' "$0"
+            sed -n "2,26p" "$0"
             exit 0
             ;;
         *)
@@ -87,23 +90,26 @@ candidates() {
     echo "$cuda_home/lib64"
     echo "$cuda_home/targets/x86_64-linux/lib"
     echo "/usr/lib/x86_64-linux-gnu"
-    for s in "${site_dirs[@]}"; do echo "$s/nvidia/$wheel/lib"; done
+    for s in "${site_dirs[@]}"; do
+        echo "$s/nvidia/cu13/lib"
+        echo "$s/nvidia/$wheel/lib"
+    done
 }
 
 mapfile -t nvrtc_dirs < <(echo "${MANYCHIPS_NVRTC_LIB_DIR:-}"; candidates cuda_nvrtc)
 mapfile -t cublas_dirs < <(echo "${MANYCHIPS_CUBLAS_LIB_DIR:-}"; candidates cublas)
-if nvrtc_dir="$(find_lib libnvrtc.so.12 "${nvrtc_dirs[@]}")"; then
+if nvrtc_dir="$(find_lib libnvrtc.so.13 "${nvrtc_dirs[@]}" || find_lib libnvrtc.so.12 "${nvrtc_dirs[@]}")"; then
     echo "== NVRTC: $nvrtc_dir"
     export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 else
-    echo "== NVRTC (libnvrtc.so.12) not found: the CUDA backend will report itself unavailable"
-    echo "   (set MANYCHIPS_NVRTC_LIB_DIR, or install nvidia-cuda-nvrtc-cu12)"
+    echo "== NVRTC (libnvrtc.so.13 or .so.12) not found here: the CUDA backend looks for itself"
+    echo "   (set MANYCHIPS_NVRTC_LIB_DIR, or install nvidia-cuda-nvrtc or nvidia-cuda-nvrtc-cu12)"
 fi
-if cublas_dir="$(find_lib libcublas.so.12 "${cublas_dirs[@]}")"; then
+if cublas_dir="$(find_lib libcublas.so.13 "${cublas_dirs[@]}" || find_lib libcublas.so.12 "${cublas_dirs[@]}")"; then
     echo "== cuBLAS: $cublas_dir"
     export LD_LIBRARY_PATH="$cublas_dir:$LD_LIBRARY_PATH"
 else
-    echo "== cuBLAS (libcublas.so.12) not found: matmul will run on the tiled kernel"
+    echo "== cuBLAS (libcublas.so.13 or .so.12) not found here: the CUDA backend looks for itself"
 fi
 
 status=0
