@@ -21,6 +21,7 @@ pub use manychips_sim as sim;
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 pub use manychips_wgsl::{MatmulKernel, pick_matmul_kernel};
 pub use tensor::Tensor;
+pub(crate) use tensor::programs;
 
 use std::sync::Arc;
 

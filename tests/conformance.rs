@@ -181,7 +181,8 @@ fn a_wrong_unary_op_fails_exactly_that_op() {
     };
     let device = Wrapped::new("exp runs as sigmoid", Flaw::Rewrite(exp_as_sigmoid));
     let report = quick(&device);
-    assert_eq!(added_failures(&report), set(&["unary.exp"]));
+    // Fused programs that use exp disagree with their decomposition, which runs it.
+    assert_eq!(added_failures(&report), set(&["fused", "unary.exp"]));
     for dtype in ["f32", "f16", "bf16"] {
         let entry = report.op("unary.exp", dtype).expect("unary.exp ran");
         // Every case with at least one element fails.
@@ -208,7 +209,8 @@ fn swapped_operands_fail_exactly_that_op() {
         other => Some(other.clone()),
     };
     let device = Wrapped::new("sub swaps its operands", Flaw::Rewrite(sub_swapped));
-    assert_eq!(added_failures(&quick(&device)), set(&["binary.sub"]));
+    // Fused programs that subtract disagree with their decomposition, which runs sub.
+    assert_eq!(added_failures(&quick(&device)), set(&["binary.sub", "fused"]));
 }
 
 #[test]
@@ -245,7 +247,9 @@ fn ignored_input_strides_are_caught() {
     let failed = added_failures(&report);
     assert!(failed.contains("matmul"), "{failed:?}");
     assert!(failed.iter().filter(|op| op.starts_with("unary.")).count() == UnaryOp::ALL.len());
-    assert!(failed.iter().all(|op| op == "matmul" || op.starts_with("unary.")), "{failed:?}");
+    // And fused programs, whose decomposition hands strided inputs to unary ops.
+    let expected = |op: &String| op == "matmul" || op == "fused" || op.starts_with("unary.");
+    assert!(failed.iter().all(expected), "{failed:?}");
     // Contiguous cases still pass: the kit separates layouts from arithmetic.
     let matmul = report.op("matmul", "f32").expect("matmul ran");
     assert!(matmul.failed < matmul.cases, "{} of {}", matmul.failed, matmul.cases);

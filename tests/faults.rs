@@ -307,7 +307,8 @@ fn a_share_failing_anywhere_in_its_backward_pass_keeps_the_gradients_it_sent() {
             assert_eq!(order, want_order, "a fault after {n} ops changed the buckets");
             n += 1;
         }
-        assert!(n > 40, "the share ran only {n} ops: the sweep did not reach the backward pass");
+        // The forward pass is about a dozen ops (GELU's backward is one fused op).
+        assert!(n > 25, "the share ran only {n} ops: the sweep did not reach the backward pass");
         println!("faults after 0..{n} ops all gave the fault-free gradients");
     }
 }

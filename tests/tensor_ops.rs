@@ -115,3 +115,45 @@ fn seeded_random_tensors_repeat_and_casts_round() {
     assert_eq!(x.cast(DType::U8).unwrap().to_vec::<u8>().unwrap(), vec![1, 0, 255]);
     assert_eq!(x.cast(DType::BF16).unwrap().to_f64_vec().unwrap(), vec![1.5, -2.703125, 300.0]);
 }
+
+#[test]
+fn fused_programs_broadcast_like_numpy_and_refuse_misuse() {
+    use manychips::{BinaryOp, ErrorKind, Instr, UnaryOp};
+    let dev = cpu();
+    let a = Tensor::from_slice(&[1.0f32, 2.0, 3.0], [3, 1], &dev).unwrap();
+    let b =
+        Tensor::from_slice(&[0.5f32, -1.0, 2.0, 4.0], [4], &dev).unwrap().cast(DType::F16).unwrap();
+    // exp(a · b) + 1, with a [3, 1] and b [4] broadcast to [3, 4], b in f16, the result bf16.
+    let program = [
+        Instr::Input(0),
+        Instr::Input(1),
+        Instr::Binary(BinaryOp::Mul, 0, 1),
+        Instr::Unary(UnaryOp::Exp, 2),
+        Instr::Affine(3, 1.0, 1.0),
+    ];
+    let y = Tensor::fused(&[&a, &b], &program, DType::BF16).unwrap();
+    assert_eq!(y.dims(), &[3, 4]);
+    assert_eq!(y.dtype(), DType::BF16);
+    let got = y.to_f64_vec().unwrap();
+    for (i, &g) in got.iter().enumerate() {
+        let want = ((i / 4 + 1) as f64 * [0.5, -1.0, 2.0, 4.0][i % 4]).exp() + 1.0;
+        assert!((g - want).abs() <= want * 8e-3, "{i}: {g} vs {want}");
+    }
+    // The same as the unfused ops, exactly, in f32.
+    let bf = b.cast(DType::F32).unwrap();
+    let unfused = a.mul(&bf).unwrap().exp().unwrap().affine(1.0, 1.0).unwrap();
+    let fused = Tensor::fused(&[&a, &bf], &program, DType::F32).unwrap();
+    assert_eq!(fused.to_vec::<f32>().unwrap(), unfused.to_vec::<f32>().unwrap());
+
+    let c = Tensor::zeros([2, 1], DType::F32, &dev).unwrap();
+    let err = Tensor::fused(&[&a, &c], &program, DType::F32).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Shape, "{err}");
+    let err = Tensor::fused(&[], &program, DType::F32).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let err = Tensor::fused(&[&a], &program, DType::F32).unwrap_err();
+    assert!(err.to_string().contains("reads input 1 of 1"), "{err}");
+    let other = cpu();
+    let d = Tensor::zeros([3, 1], DType::F32, &other).unwrap();
+    let err = Tensor::fused(&[&a, &d], &program, DType::F32).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeviceMismatch, "{err}");
+}

@@ -230,7 +230,7 @@ fn fnv1a(s: &str) -> u64 {
 pub(crate) struct OutBuf {
     pub view: View,
     dims: Vec<usize>,
-    image: Vec<u8>,
+    pub image: Vec<u8>,
 }
 
 /// The device calls of one case, each turning an `Err` into a [`Problem`]; remembers every

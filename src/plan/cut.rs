@@ -18,7 +18,8 @@ pub fn cut_axes(op: &Op) -> Vec<usize> {
         | Op::Unary { .. }
         | Op::Affine { .. }
         | Op::Cast { .. }
-        | Op::Where { .. } => None,
+        | Op::Where { .. }
+        | Op::Fused { .. } => None,
         Op::Copy { .. }
         | Op::Concat { .. }
         | Op::IndexSelect { .. }

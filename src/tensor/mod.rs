@@ -6,6 +6,8 @@
 //! tensor using it drops.
 
 mod arith;
+mod fused;
+pub(crate) use fused::programs;
 mod ops;
 mod views;
 

@@ -145,7 +145,9 @@ impl Backward {
                 let positive = x.gt(&zero)?.cast(x.dtype())?;
                 one(g.mul(&positive)?)
             }
-            Backward::Gelu => one(g.mul(&gelu_tanh_slope(x)?)?),
+            Backward::Gelu => {
+                one(Tensor::fused(&[x, g], &crate::programs::gelu_tanh_backward(), x.dtype())?)
+            }
             Backward::Silu => {
                 // silu = x·s; d = s·(1 + x·(1 − s)).
                 let s = x.sigmoid()?;
@@ -252,20 +254,6 @@ fn pad_to(g: &Tensor, x: &Tensor, axis: usize, start: usize) -> Result<Tensor> {
     let after = (start + len < total).then(|| zeros(total - start - len)).transpose()?;
     let parts: Vec<&Tensor> = before.iter().chain(std::iter::once(g)).chain(after.iter()).collect();
     if parts.len() == 1 { Ok(g.clone()) } else { Tensor::cat(&parts, axis) }
-}
-
-/// d/dx of `0.5·x·(1 + tanh(c·(x + 0.044715·x³)))`, c = √(2/π).
-fn gelu_tanh_slope(x: &Tensor) -> Result<Tensor> {
-    const C: f64 = 0.797_884_560_802_865_4;
-    const K: f64 = 0.044_715;
-    let x2 = x.mul(x)?;
-    let inner = x.mul(&x2.affine(K, 1.0)?)?.affine(C, 0.0)?;
-    let t = inner.tanh()?;
-    // 0.5·(1 + t) + 0.5·x·(1 − t²)·c·(1 + 3K·x²)
-    let left = t.affine(0.5, 0.5)?;
-    let sech2 = t.mul(&t)?.affine(-1.0, 1.0)?;
-    let right = x.mul(&sech2)?.mul(&x2.affine(3.0 * K, 1.0)?)?.affine(0.5 * C, 0.0)?;
-    left.add(&right)
 }
 
 /// True for a transposed view of a contiguous tensor (its last two axes swapped).

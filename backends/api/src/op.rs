@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::fused::Instr;
 use crate::{BufferId, DType, Error, Layout, Result};
 
 /// A typed, strided window into one device buffer: the operand of an [`Op`].
@@ -229,6 +230,10 @@ pub enum Op {
     Where { cond: View, on_true: View, on_false: View, out: View },
     /// Sets every element of `out` to `value` (converted like `Cast`).
     Fill { out: View, value: f64 },
+    /// A fused elementwise program (see [`crate::fused`]): every input has `out`'s shape
+    /// (broadcasts as strides of 0), floats of any dtype; computed in f32, rounded to `out`'s
+    /// dtype once. Equal to its decomposition, [`crate::fused::decompose`].
+    Fused { inputs: Vec<View>, program: Vec<Instr>, out: View },
 }
 
 /// Broad classes of ops, for pricing and for per-class statistics.
@@ -261,6 +266,7 @@ impl Op {
             Op::ScatterAdd { .. } => "scatter_add".into(),
             Op::Where { .. } => "where".into(),
             Op::Fill { .. } => "fill".into(),
+            Op::Fused { .. } => "fused".into(),
         }
     }
 
@@ -272,7 +278,8 @@ impl Op {
             | Op::Unary { .. }
             | Op::Affine { .. }
             | Op::Cast { .. }
-            | Op::Where { .. } => OpClass::Elementwise,
+            | Op::Where { .. }
+            | Op::Fused { .. } => OpClass::Elementwise,
             Op::Reduce { .. } | Op::Softmax { .. } => OpClass::Reduction,
             Op::Copy { .. }
             | Op::Concat { .. }
@@ -296,7 +303,7 @@ impl Op {
             | Op::Softmax { input, .. }
             | Op::Cast { input, .. }
             | Op::Copy { input, .. } => vec![input],
-            Op::Concat { inputs, .. } => inputs.iter().collect(),
+            Op::Concat { inputs, .. } | Op::Fused { inputs, .. } => inputs.iter().collect(),
             Op::IndexSelect { input, indices, .. } | Op::Gather { input, indices, .. } => {
                 vec![input, indices]
             }
@@ -326,7 +333,8 @@ impl Op {
             | Op::IndexAdd { out, .. }
             | Op::ScatterAdd { out, .. }
             | Op::Where { out, .. }
-            | Op::Fill { out, .. } => out,
+            | Op::Fill { out, .. }
+            | Op::Fused { out, .. } => out,
         }
     }
 
@@ -344,7 +352,9 @@ impl Op {
             | Op::Softmax { input, out, .. }
             | Op::Cast { input, out }
             | Op::Copy { input, out } => vec![input, out],
-            Op::Concat { inputs, out, .. } => inputs.iter_mut().chain([out]).collect(),
+            Op::Concat { inputs, out, .. } | Op::Fused { inputs, out, .. } => {
+                inputs.iter_mut().chain([out]).collect()
+            }
             Op::IndexSelect { input, indices, out, .. }
             | Op::Gather { input, indices, out, .. } => {
                 vec![input, indices, out]
@@ -370,6 +380,7 @@ impl Op {
             Op::Binary { out, .. } | Op::Compare { out, .. } | Op::Affine { out, .. } => {
                 out.numel() as f64
             }
+            Op::Fused { program, out, .. } => program.len() as f64 * out.numel() as f64,
             _ => 0.0,
         }
     }
@@ -664,6 +675,16 @@ impl Validator<'_> {
                 }
             }
             Op::Fill { .. } => {}
+            Op::Fused { inputs, program, out } => {
+                self.require_float(out)?;
+                for v in inputs {
+                    self.require_float(v)?;
+                    self.same_shape(v, out)?;
+                }
+                if let Some(why) = crate::fused::program_error(program, inputs.len()) {
+                    return Err(self.arg_err(why));
+                }
+            }
         }
         Ok(())
     }

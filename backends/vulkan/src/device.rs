@@ -508,6 +508,10 @@ impl Device for VulkanDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
+        // No native kernel for fused programs yet: their decomposition into primitive ops.
+        if let Op::Fused { .. } = op {
+            return manychips_api::fused::decompose(self, op);
+        }
         {
             let state = lock(&self.state);
             self.check_alive(&state)?;

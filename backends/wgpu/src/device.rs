@@ -604,6 +604,10 @@ impl Device for WgpuDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
+        // No native kernel for fused programs yet: their decomposition into primitive ops.
+        if let Op::Fused { .. } = op {
+            return manychips_api::fused::decompose(self, op);
+        }
         self.check_alive()?;
         op.validate(&self.label)?;
         let name = op.name();

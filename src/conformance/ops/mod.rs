@@ -4,6 +4,7 @@
 
 mod contract;
 mod elementwise;
+mod fused;
 mod index;
 mod matmul;
 mod movement;
@@ -25,6 +26,7 @@ pub(crate) fn run_all(r: &mut Runner<'_>) {
     reduce::run(r);
     movement::run(r);
     index::run(r);
+    fused::run(r);
 }
 
 /// A random tensor of `dims`, values from `dist` rounded to `dtype`.

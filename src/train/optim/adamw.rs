@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use super::{Optimizer, check_lr, find_state, grad_for, hyper, next_step};
 use crate::train::{Grads, Param, VarId};
-use crate::{Result, Tensor};
+use crate::{Result, Tensor, programs};
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter): `w ← w(1 − lr·λ)`, then the Adam
 /// step with bias-corrected moments.
@@ -85,22 +85,21 @@ impl Optimizer for AdamW {
             let Some(grad) = grads.get(param.id()) else { continue };
             let g = grad_for(param, grad)?;
             let w = param.value();
+            // Three passes over memory (the two moments, then the parameter), each a fused
+            // program computing what the unfused ops did, in their order.
             let (m, v) = match self.moments.remove(&param.id()) {
                 Some((m, v)) => (
-                    m.affine(b1, 0.0)?.add(&g.affine(1.0 - b1, 0.0)?)?,
-                    v.affine(b2, 0.0)?.add(&g.mul(&g)?.affine(1.0 - b2, 0.0)?)?,
+                    Tensor::fused(&[&m, &g], &programs::moment(b1, false, false), m.dtype())?,
+                    Tensor::fused(&[&v, &g], &programs::moment(b2, true, false), v.dtype())?,
                 ),
-                None => (g.affine(1.0 - b1, 0.0)?, g.mul(&g)?.affine(1.0 - b2, 0.0)?),
+                None => (
+                    Tensor::fused(&[&g], &programs::moment(b1, false, true), g.dtype())?,
+                    Tensor::fused(&[&g], &programs::moment(b2, true, true), g.dtype())?,
+                ),
             };
-            // lr·m̂/(√v̂ + ε) with m̂ = m/c1, v̂ = v/c2.
-            let denom = v.affine(1.0 / correct2, 0.0)?.sqrt()?.affine(1.0, self.eps)?;
-            let update = m.div(&denom)?.affine(self.lr / correct1, 0.0)?;
-            let decayed = if self.weight_decay != 0.0 {
-                w.affine(1.0 - self.lr * self.weight_decay, 0.0)?
-            } else {
-                w
-            };
-            param.set(decayed.sub(&update)?)?;
+            let wd = self.weight_decay;
+            let update = programs::adamw_update(self.lr, wd, self.eps, correct1, correct2);
+            param.set(Tensor::fused(&[&w, &m, &v], &update, w.dtype())?)?;
             self.moments.insert(param.id(), (m, v));
         }
         self.steps = steps;

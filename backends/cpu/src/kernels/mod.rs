@@ -7,6 +7,7 @@
 
 pub(crate) mod copy;
 pub(crate) mod elementwise;
+pub(crate) mod fused;
 pub(crate) mod index;
 pub(crate) mod math;
 pub(crate) mod matmul;
@@ -207,6 +208,20 @@ pub(crate) fn execute(
                     (typed(b), &rhs.layout),
                     (typed_mut(out), ol),
                 );
+                Ok(())
+            }, Err(not_float(ov.dtype)))
+        }
+        Op::Fused { inputs, program, out: _ } => {
+            let srcs = inputs
+                .iter()
+                .map(|v| {
+                    let src =
+                        fused::Src::new(get(v)?, v.dtype).ok_or_else(|| not_float(v.dtype))?;
+                    Ok((src, &v.layout))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            with_float!(ov.dtype, T => {
+                fused::run::<T>(program, &srcs, (typed_mut(out), ol));
                 Ok(())
             }, Err(not_float(ov.dtype)))
         }

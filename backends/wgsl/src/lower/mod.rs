@@ -31,6 +31,13 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         | Op::Gather { .. }
         | Op::IndexAdd { .. }
         | Op::ScatterAdd { .. } => index::lower(op, f),
+        // No WGSL kernel yet: the devices run it as its decomposition
+        // (`manychips_api::fused::decompose`) before it gets here.
+        Op::Fused { .. } => Err(Error::InvalidArgument {
+            op: op.name(),
+            device: "wgsl".into(),
+            detail: format!("no WGSL kernel for fused programs; {}", op.describe()),
+        }),
     }
 }
 

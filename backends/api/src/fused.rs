@@ -1,0 +1,226 @@
+//! Fused elementwise programs: a chain of elementwise steps over one shape as one op
+//! ([`Op::Fused`]), so that GELU's backward or an optimizer update reads and writes memory
+//! once instead of once per step.
+//!
+//! A program is a list of [`Instr`]s; instruction `i` defines register `i` and may use only
+//! registers before it; the last one is the result. Every step computes in f32 exactly as
+//! the primitive op of the same name computes on f32 tensors, and the result is rounded to
+//! the output's dtype once. That makes a program's meaning its [`decompose`]: the same steps
+//! run as primitive ops on f32 temporaries, then one cast. A backend with a native kernel
+//! must match it (the conformance kit compares the two); a backend without one calls
+//! [`decompose`] from its `run` and is correct with no kernel of its own.
+
+use crate::{BinaryOp, BufferId, DType, Device, Layout, Op, Result, UnaryOp, View};
+
+/// Inputs one program may read.
+pub const MAX_INPUTS: usize = 8;
+/// Instructions one program may hold.
+pub const MAX_INSTRS: usize = 48;
+
+/// One step of a fused program; its value is the register numbered by its position.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Instr {
+    /// Input `n` of the op, converted to f32.
+    Input(usize),
+    /// A constant (rounded to f32).
+    Const(f64),
+    /// `op(register)`, as `Op::Unary` computes it.
+    Unary(UnaryOp, usize),
+    /// `register ∘ register`, as `Op::Binary` computes it.
+    Binary(BinaryOp, usize, usize),
+    /// `register · mul + add`, as `Op::Affine` computes it.
+    Affine(usize, f64, f64),
+}
+
+impl Instr {
+    /// The registers this instruction reads.
+    pub fn operands(&self) -> impl Iterator<Item = usize> {
+        let (a, b) = match *self {
+            Instr::Input(_) | Instr::Const(_) => (None, None),
+            Instr::Unary(_, a) | Instr::Affine(a, _, _) => (Some(a), None),
+            Instr::Binary(_, a, b) => (Some(a), Some(b)),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+/// Why `program` over `inputs` inputs is not well formed, if it is not.
+pub(crate) fn program_error(program: &[Instr], inputs: usize) -> Option<String> {
+    if program.is_empty() || program.len() > MAX_INSTRS {
+        return Some(format!(
+            "a program has 1 to {MAX_INSTRS} instructions, not {}",
+            program.len()
+        ));
+    }
+    if inputs == 0 || inputs > MAX_INPUTS {
+        return Some(format!("a program reads 1 to {MAX_INPUTS} inputs, not {inputs}"));
+    }
+    for (i, instr) in program.iter().enumerate() {
+        if let Some(r) = instr.operands().find(|&r| r >= i) {
+            return Some(format!(
+                "instruction {i} ({instr:?}) reads register {r}, not defined before it"
+            ));
+        }
+        match *instr {
+            Instr::Input(n) if n >= inputs => {
+                return Some(format!("instruction {i} reads input {n} of {inputs}"));
+            }
+            Instr::Const(c) if !c.is_finite() => {
+                return Some(format!("instruction {i}: the constant {c} is not finite"));
+            }
+            Instr::Affine(_, mul, add) if !(mul.is_finite() && add.is_finite()) => {
+                return Some(format!(
+                    "instruction {i}: affine factors {mul}, {add} are not finite"
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Runs a validated `Op::Fused` as primitive ops on `device`: each register an f32
+/// temporary of the output's shape (an f32 input is used in place), then one cast into the
+/// output. Temporaries are freed before returning (after the work they feed, in queue order).
+pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
+    let Op::Fused { inputs, program, out } = op else {
+        return Err(crate::Error::InvalidArgument {
+            op: op.name(),
+            device: device.info().label(),
+            detail: "fused::decompose takes an Op::Fused".into(),
+        });
+    };
+    op.validate(&device.info().label())?;
+    let dims = out.dims().to_vec();
+    let numel = out.numel();
+    let mut temps: Vec<BufferId> = Vec::new();
+    let result = (|| -> Result<()> {
+        let mut registers: Vec<View> = Vec::with_capacity(program.len());
+        for instr in program {
+            let mut temp = || -> Result<View> {
+                let buffer = device.alloc(numel.max(1) * DType::F32.size_in_bytes())?;
+                temps.push(buffer);
+                Ok(View::new(buffer, Layout::contiguous(dims.as_slice()), DType::F32))
+            };
+            let value = match *instr {
+                Instr::Input(n) if inputs[n].dtype == DType::F32 => inputs[n].clone(),
+                Instr::Input(n) => {
+                    let t = temp()?;
+                    device.run(&Op::Cast { input: inputs[n].clone(), out: t.clone() })?;
+                    t
+                }
+                Instr::Const(value) => {
+                    let t = temp()?;
+                    device.run(&Op::Fill { out: t.clone(), value: value as f32 as f64 })?;
+                    t
+                }
+                Instr::Unary(unary, a) => {
+                    let t = temp()?;
+                    let input = registers[a].clone();
+                    device.run(&Op::Unary { op: unary, input, out: t.clone() })?;
+                    t
+                }
+                Instr::Binary(binary, a, b) => {
+                    let t = temp()?;
+                    let (lhs, rhs) = (registers[a].clone(), registers[b].clone());
+                    device.run(&Op::Binary { op: binary, lhs, rhs, out: t.clone() })?;
+                    t
+                }
+                Instr::Affine(a, mul, add) => {
+                    let t = temp()?;
+                    let input = registers[a].clone();
+                    device.run(&Op::Affine { input, out: t.clone(), mul, add })?;
+                    t
+                }
+            };
+            registers.push(value);
+        }
+        let last = registers.pop().expect("a validated program is not empty");
+        if last.dtype == out.dtype {
+            device.run(&Op::Copy { input: last, out: out.clone() })
+        } else {
+            device.run(&Op::Cast { input: last, out: out.clone() })
+        }
+    })();
+    for buffer in temps {
+        let freed = device.free(buffer);
+        if result.is_ok() {
+            freed?;
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DeviceId, ErrorKind};
+
+    fn view(index: u64, dims: &[usize], dtype: DType) -> View {
+        let buffer = BufferId { device: DeviceId::fresh(), index };
+        View::new(buffer, Layout::contiguous(dims.to_vec()), dtype)
+    }
+
+    fn fused(program: Vec<Instr>, inputs: usize) -> Op {
+        Op::Fused {
+            inputs: (0..inputs as u64).map(|i| view(i, &[4], DType::F32)).collect(),
+            program,
+            out: view(99, &[4], DType::F16),
+        }
+    }
+
+    #[test]
+    fn well_formed_programs_pass() {
+        let program = vec![
+            Instr::Input(0),
+            Instr::Input(1),
+            Instr::Binary(BinaryOp::Mul, 0, 1),
+            Instr::Unary(UnaryOp::Tanh, 2),
+            Instr::Affine(3, 2.0, 1.0),
+            Instr::Const(0.5),
+            Instr::Binary(BinaryOp::Add, 4, 5),
+        ];
+        fused(program, 2).validate("test:0").unwrap();
+        assert_eq!(fused(vec![Instr::Input(0)], 1).name(), "fused");
+    }
+
+    #[test]
+    fn malformed_programs_are_invalid_arguments_naming_the_problem() {
+        let cases: Vec<(Vec<Instr>, usize, &str)> = vec![
+            (vec![], 1, "1 to 48 instructions"),
+            (vec![Instr::Input(0); MAX_INSTRS + 1], 1, "1 to 48 instructions"),
+            (vec![Instr::Input(0)], 0, "1 to 8 inputs"),
+            (vec![Instr::Input(0); 2], MAX_INPUTS + 1, "1 to 8 inputs"),
+            (vec![Instr::Input(2)], 2, "reads input 2 of 2"),
+            (vec![Instr::Input(0), Instr::Unary(UnaryOp::Exp, 1)], 1, "reads register 1"),
+            (vec![Instr::Binary(BinaryOp::Add, 0, 0)], 1, "reads register 0"),
+            (vec![Instr::Const(f64::NAN)], 1, "not finite"),
+            (vec![Instr::Input(0), Instr::Affine(0, f64::INFINITY, 0.0)], 1, "not finite"),
+        ];
+        for (program, inputs, says) in cases {
+            let err = fused(program.clone(), inputs).validate("test:0").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{program:?}: {err}");
+            assert!(err.to_string().contains(says), "{program:?}: {err}");
+            assert!(err.to_string().contains("fused"), "{err}");
+        }
+    }
+
+    #[test]
+    fn inputs_must_be_floats_of_the_outputs_shape() {
+        let mut op = fused(vec![Instr::Input(0)], 1);
+        if let Op::Fused { inputs, .. } = &mut op {
+            inputs[0] = view(0, &[5], DType::F32);
+        }
+        assert_eq!(op.validate("test:0").unwrap_err().kind(), ErrorKind::Shape);
+        if let Op::Fused { inputs, .. } = &mut op {
+            inputs[0] = view(0, &[4], DType::U32);
+        }
+        assert_eq!(op.validate("test:0").unwrap_err().kind(), ErrorKind::UnsupportedDType);
+        // The output may not share a buffer with an input.
+        if let Op::Fused { inputs, out, .. } = &mut op {
+            inputs[0] = view(0, &[4], DType::F32);
+            inputs[0].buffer = out.buffer;
+        }
+        assert_eq!(op.validate("test:0").unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+}

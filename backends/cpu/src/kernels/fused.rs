@@ -1,0 +1,101 @@
+//! Fused elementwise programs (`Op::Fused`): every register is one block of f32 that stays
+//! in L1, so a chain of steps reads each input and writes the output once.
+//!
+//! Each step calls the same SIMD loop as the primitive op of its name (`simd::unary`,
+//! `simd::binary_vv`, `simd::affine`), so a program computes what its decomposition into
+//! primitive ops computes.
+
+use half::{bf16, f16};
+use manychips_api::{DType, Instr, Layout};
+
+use super::elementwise::{BLOCK, load, store};
+use super::plan::{MIN_CHUNK_HEAVY, Plan};
+use super::simd;
+use crate::element::Elem;
+
+/// One input as its stored type.
+#[derive(Clone, Copy)]
+pub(crate) enum Src<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    BF16(&'a [bf16]),
+}
+
+impl Src<'_> {
+    pub fn new(words: &[u64], dtype: DType) -> Option<Src<'_>> {
+        match dtype {
+            DType::F32 => Some(Src::F32(bytemuck::cast_slice(words))),
+            DType::F16 => Some(Src::F16(bytemuck::cast_slice(words))),
+            DType::BF16 => Some(Src::BF16(bytemuck::cast_slice(words))),
+            DType::U32 | DType::U8 => None,
+        }
+    }
+
+    fn load(&self, off: usize, stride: usize, dst: &mut [f32]) {
+        match self {
+            Src::F32(s) => load(s, off, stride, dst),
+            Src::F16(s) => load(s, off, stride, dst),
+            Src::BF16(s) => load(s, off, stride, dst),
+        }
+    }
+}
+
+/// `out = program(inputs)`; the inputs have `out`'s shape (validated).
+pub(crate) fn run<D: Elem>(
+    program: &[Instr],
+    inputs: &[(Src<'_>, &Layout)],
+    (out, ol): (&mut [D], &Layout),
+) {
+    macro_rules! with_arity {
+        ($($n:literal),*) => {
+            match inputs.len() {
+                $($n => run_n::<D, { $n + 1 }>(program, inputs, out, ol),)*
+                _ => unreachable!("validated: 1 to {} inputs", manychips_api::fused::MAX_INPUTS),
+            }
+        };
+    }
+    with_arity!(1, 2, 3, 4, 5, 6, 7, 8)
+}
+
+fn run_n<D: Elem, const N: usize>(
+    program: &[Instr],
+    inputs: &[(Src<'_>, &Layout)],
+    out: &mut [D],
+    ol: &Layout,
+) {
+    let layouts: [&Layout; N] = std::array::from_fn(|k| if k == 0 { ol } else { inputs[k - 1].1 });
+    let plan = Plan::new(ol.dims(), layouts);
+    let strides = plan.inner_strides();
+    let registers = program.len();
+    plan.run(
+        out,
+        MIN_CHUNK_HEAVY,
+        || vec![0.0f32; registers * BLOCK],
+        |regs, out, offsets, len| {
+            let mut i = 0;
+            while i < len {
+                let n = BLOCK.min(len - i);
+                for (k, instr) in program.iter().enumerate() {
+                    let (before, rest) = regs.split_at_mut(k * BLOCK);
+                    let dst = &mut rest[..n];
+                    let reg = |r: usize| &before[r * BLOCK..r * BLOCK + n];
+                    match *instr {
+                        Instr::Input(m) => {
+                            let stride = strides[m + 1];
+                            inputs[m].0.load(offsets[m + 1] + i * stride, stride, dst);
+                        }
+                        Instr::Const(c) => dst.fill(c as f32),
+                        Instr::Unary(op, a) => simd::unary(op, reg(a), dst),
+                        Instr::Binary(op, a, b) => simd::binary_vv(op, reg(a), reg(b), dst),
+                        Instr::Affine(a, mul, add) => {
+                            simd::affine(reg(a), dst, mul as f32, add as f32)
+                        }
+                    }
+                }
+                let last = (registers - 1) * BLOCK;
+                store(&regs[last..last + n], out, offsets[0] + i * strides[0], strides[0]);
+                i += n;
+            }
+        },
+    );
+}

@@ -1,0 +1,203 @@
+//! Fused elementwise programs (`Op::Fused`): the library's own programs (GELU's backward,
+//! AdamW's moments and update) and one that uses every kind of step, over broadcast,
+//! strided and mixed-dtype inputs. Each case is checked twice: against the program
+//! evaluated in f64 on the host, and against its decomposition into primitive ops
+//! (`fused::decompose`) on the same device, which a native kernel must match to a few ulps.
+
+use crate::fused::decompose;
+use crate::{BinaryOp, DType, Instr, Op, UnaryOp};
+
+use super::super::case::{Case, Operand, Output, Place, Place::*};
+use super::super::reference::{self, Host};
+use super::super::runner::{Ctx, Runner, device};
+use super::super::tolerance::Expected;
+use super::super::values::{Dist, decode, min_normal};
+use super::{Arg, arg, host};
+use crate::conformance::report::Problem;
+
+pub(super) fn run(r: &mut Runner<'_>) {
+    for dtype in DType::FLOATS {
+        let name = dtype.name();
+        let Some(mut rng) = r.begin("fused", name, &[(dtype, "")]) else { continue };
+        for (what, program, dists) in programs() {
+            for form in forms(dists.len()) {
+                let inputs: Vec<Operand> = form
+                    .args
+                    .iter()
+                    .zip(&dists)
+                    .enumerate()
+                    .map(|(k, (a, &dist))| {
+                        // One input in f32 when the case is in a half type: mixed dtypes.
+                        let dt = if k == 1 && dtype != DType::F32 { DType::F32 } else { dtype };
+                        Operand::new(dt, host(&mut rng, dt, dist, &a.src))
+                            .at(a.place)
+                            .broadcast(&form.dims)
+                    })
+                    .collect();
+                let expected = evaluate(&program, &inputs);
+                let out = Output::new(dtype, &form.dims).at(form.out);
+                let p = program.clone();
+                let build = move |v: &[crate::View], out| Op::Fused {
+                    inputs: v.to_vec(),
+                    program: p.clone(),
+                    out,
+                };
+                let case = Case::new(inputs.clone(), out, expected, build);
+                r.run_case("fused", name, case);
+                let dims = form.dims.clone();
+                let program = program.clone();
+                r.check(
+                    "fused",
+                    name,
+                    format!("{what} over {dims:?}: native against decomposition"),
+                    |ctx| against_decomposition(ctx, &program, &inputs, dtype, &dims),
+                );
+            }
+        }
+    }
+}
+
+/// (name, program, the distribution of each input).
+fn programs() -> Vec<(&'static str, Vec<Instr>, Vec<Dist>)> {
+    use Instr::*;
+    let any = Dist::Uniform(-4.0, 4.0);
+    let positive = Dist::Uniform(0.0, 2.0);
+    let everything = vec![
+        Input(0),
+        Input(1),
+        Const(0.75),
+        Unary(UnaryOp::Abs, 0),
+        Affine(3, 1.0, 0.5),
+        Unary(UnaryOp::Sqrt, 4),
+        Unary(UnaryOp::Log, 4),
+        Unary(UnaryOp::Exp, 1),
+        Binary(BinaryOp::Mul, 5, 2),
+        Binary(BinaryOp::Div, 6, 7),
+        Binary(BinaryOp::Max, 8, 9),
+        Binary(BinaryOp::Min, 10, 1),
+        Unary(UnaryOp::Sigmoid, 11),
+        Binary(BinaryOp::Sub, 12, 5),
+    ];
+    vec![
+        ("gelu_tanh_backward", crate::programs::gelu_tanh_backward(), vec![any, any]),
+        ("moment", crate::programs::moment(0.9, false, false), vec![any, any]),
+        ("squared moment, first step", crate::programs::moment(0.999, true, true), vec![any]),
+        (
+            "adamw_update",
+            crate::programs::adamw_update(1e-3, 0.01, 1e-8, 0.19, 0.002),
+            vec![any, any, positive],
+        ),
+        ("every kind of step", everything, vec![any, any]),
+    ]
+}
+
+struct Form {
+    dims: Vec<usize>,
+    args: Vec<Arg>,
+    out: Place,
+}
+
+/// Layouts for `n` inputs: contiguous, strided, reversed, a broadcast row, a scalar.
+fn forms(n: usize) -> Vec<Form> {
+    let form = |dims: &[usize], srcs: [(&[usize], Place); 3], out| Form {
+        dims: dims.to_vec(),
+        args: srcs.iter().take(n).map(|&(s, p)| arg(s, p)).collect(),
+        out,
+    };
+    vec![
+        form(&[1], [(&[1], Contiguous), (&[1], Contiguous), (&[1], Contiguous)], Contiguous),
+        form(&[37], [(&[37], Offset), (&[37], Contiguous), (&[1], Contiguous)], Contiguous),
+        form(&[5, 9], [(&[5, 9], Padded), (&[1, 9], Contiguous), (&[5, 9], Reversed)], Padded),
+        form(&[7, 13], [(&[7, 13], SwapLast), (&[7, 13], Padded), (&[], Contiguous)], Reversed),
+        form(
+            &[3, 0],
+            [(&[3, 0], Contiguous), (&[3, 0], Contiguous), (&[3, 0], Contiguous)],
+            Contiguous,
+        ),
+        form(
+            &[3, 2100],
+            [(&[3, 2100], Contiguous), (&[3, 2100], Offset), (&[3, 1], Contiguous)],
+            Contiguous,
+        ),
+    ]
+}
+
+/// The program in f64 on the host. The allowance grows with every register's magnitude:
+/// each step rounds to f32 on the device, and later steps carry that error along.
+fn evaluate(program: &[Instr], inputs: &[Operand]) -> Expected {
+    let logical: Vec<Host> = inputs.iter().map(Operand::logical).collect();
+    let n = logical.first().map_or(0, Host::numel);
+    let mut values = vec![0.0; n];
+    let mut scale = vec![0.0; n];
+    let mut regs = vec![0.0f64; program.len()];
+    for e in 0..n {
+        let mut magnitude = 0.0;
+        for (k, instr) in program.iter().enumerate() {
+            let v = match *instr {
+                Instr::Input(m) => logical[m].data[e],
+                Instr::Const(c) => c as f32 as f64,
+                Instr::Unary(op, a) => {
+                    reference::unary(op, &Host::new(vec![1], vec![regs[a]])).values[0]
+                }
+                Instr::Binary(op, a, b) => {
+                    let (x, y) =
+                        (Host::new(vec![1], vec![regs[a]]), Host::new(vec![1], vec![regs[b]]));
+                    reference::binary(op, &x, &y).values[0]
+                }
+                Instr::Affine(a, mul, add) => regs[a] * mul + add,
+            };
+            regs[k] = v;
+            magnitude += v.abs();
+        }
+        values[e] = regs[program.len() - 1];
+        scale[e] = 16.0 * magnitude;
+    }
+    Expected::approx(values, scale)
+}
+
+/// The device's `Op::Fused` against `decompose` on the same device: equal to a few ulps of
+/// the output dtype.
+fn against_decomposition(
+    ctx: &mut Ctx<'_>,
+    program: &[Instr],
+    inputs: &[Operand],
+    dtype: DType,
+    dims: &[usize],
+) -> Result<(), Problem> {
+    let mut views = Vec::new();
+    for operand in inputs {
+        views.push(ctx.upload(operand)?);
+    }
+    let native = ctx.output(&Output::new(dtype, dims))?;
+    let decomposed = ctx.output(&Output::new(dtype, dims))?;
+    let fused = |out: &crate::View| Op::Fused {
+        inputs: views.clone(),
+        program: program.to_vec(),
+        out: out.clone(),
+    };
+    ctx.run(&fused(&native.view))?;
+    decompose(ctx.dev, &fused(&decomposed.view)).map_err(|e| device("fused::decompose", e))?;
+    let len = native.image.len();
+    let a = decode(dtype, &ctx.read(native.view.buffer, 0, len)?);
+    let b = decode(dtype, &ctx.read(decomposed.view.buffer, 0, len)?);
+    let ulp = match dtype {
+        DType::F32 => f32::EPSILON as f64,
+        DType::F16 => 2f64.powi(-10),
+        _ => 2f64.powi(-7),
+    };
+    let n = crate::conformance::reference::numel(dims);
+    for (i, (&x, &y)) in a.iter().zip(&b).take(n).enumerate() {
+        let bound = 4.0 * ulp * x.abs().max(y.abs()) + min_normal(dtype);
+        if !(x == y || (x - y).abs() <= bound || (x.is_nan() && y.is_nan())) {
+            return Err(Problem::Mismatch {
+                index: crate::conformance::reference::unravel(i, dims),
+                expected: y,
+                got: x,
+                ratio: (x - y).abs() / bound,
+                wrong: 1,
+                total: n,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! [`Tensor::fused`]: one pass of a fused elementwise program over tensors broadcast to one
+//! shape, and the programs the library itself uses ([`programs`]).
+
+use manychips_api::Instr;
+
+use super::{Tensor, label};
+use crate::{DType, Error, Op, Result, Shape};
+
+impl Tensor {
+    /// `program(inputs…)` elementwise in one pass (see [`manychips_api::fused`]): the inputs
+    /// broadcast to one shape as numpy does, any float dtypes, computed in f32; the result in
+    /// `dtype`. All inputs on one device.
+    pub fn fused(inputs: &[&Tensor], program: &[Instr], dtype: DType) -> Result<Tensor> {
+        let Some(first) = inputs.first() else {
+            return Err(Error::InvalidArgument {
+                op: "fused".into(),
+                device: "-".into(),
+                detail: "a fused program needs at least one input".into(),
+            });
+        };
+        let mut shape: Shape = first.shape().clone();
+        for t in &inputs[1..] {
+            first.same_device(t, "fused")?;
+            shape = shape.broadcast(t.shape()).ok_or_else(|| Error::Shape {
+                op: "fused".into(),
+                device: label(first.device()),
+                detail: format!(
+                    "{} do not broadcast",
+                    inputs.iter().map(|t| t.describe()).collect::<Vec<_>>().join(", ")
+                ),
+            })?;
+        }
+        let views = inputs
+            .iter()
+            .map(|t| {
+                let layout = t.layout.broadcast_to(&shape).ok_or_else(|| Error::Shape {
+                    op: "fused".into(),
+                    device: label(t.device()),
+                    detail: format!("{} does not broadcast to {shape}", t.describe()),
+                })?;
+                Ok(t.with_layout(layout).view())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = first.output("fused", shape, dtype)?;
+        out.enqueue(Op::Fused { inputs: views, program: program.to_vec(), out: out.view() })?;
+        Ok(out)
+    }
+}
+
+/// The fused programs of the library's own layers (autograd, optimizers).
+pub(crate) mod programs {
+    use manychips_api::{BinaryOp, Instr, UnaryOp};
+
+    use Instr::*;
+
+    /// `√(2/π)`, GELU's tanh-approximation factor.
+    const GELU_K: f64 = 0.797_884_560_802_865_4;
+    const GELU_C: f64 = 0.044_715;
+
+    /// `grad · gelu_tanh'(x)` from inputs `[x, grad]`:
+    /// `½(1 + t) + ½·x·(1 − t²)·k·(1 + 3c·x²)` with `t = tanh(k·x·(1 + c·x²))`, in the
+    /// order of the unfused backward.
+    pub fn gelu_tanh_backward() -> Vec<Instr> {
+        vec![
+            Input(0),                      // 0: x
+            Input(1),                      // 1: grad
+            Binary(BinaryOp::Mul, 0, 0),   // 2: x²
+            Affine(2, GELU_C, 1.0),        // 3: 1 + c·x²
+            Binary(BinaryOp::Mul, 0, 3),   // 4
+            Affine(4, GELU_K, 0.0),        // 5: k·x·(1 + c·x²)
+            Unary(UnaryOp::Tanh, 5),       // 6: t
+            Affine(6, 0.5, 0.5),           // 7: ½(1 + t)
+            Binary(BinaryOp::Mul, 6, 6),   // 8: t²
+            Affine(8, -1.0, 1.0),          // 9: 1 − t²
+            Binary(BinaryOp::Mul, 0, 9),   // 10
+            Affine(2, 3.0 * GELU_C, 1.0),  // 11: 1 + 3c·x²
+            Binary(BinaryOp::Mul, 10, 11), // 12
+            Affine(12, 0.5 * GELU_K, 0.0), // 13
+            Binary(BinaryOp::Add, 7, 13),  // 14: gelu'(x)
+            Binary(BinaryOp::Mul, 1, 14),  // 15: grad · gelu'(x)
+        ]
+    }
+
+    /// An exponential moving average `β·avg + (1 − β)·x` from inputs `[avg, x]`, of `x`
+    /// itself or (`squared`) of `x²`: AdamW's two moments. Without a previous average
+    /// (`first`), from inputs `[x]`: `(1 − β)·x`.
+    pub fn moment(beta: f64, squared: bool, first: bool) -> Vec<Instr> {
+        let mut p = if first { vec![Input(0)] } else { vec![Input(0), Input(1)] };
+        let mut x = p.len() - 1;
+        if squared {
+            p.push(Binary(BinaryOp::Mul, x, x));
+            x = p.len() - 1;
+        }
+        p.push(Affine(x, 1.0 - beta, 0.0));
+        if !first {
+            let scaled = p.len() - 1;
+            p.push(Affine(0, beta, 0.0));
+            p.push(Binary(BinaryOp::Add, p.len() - 1, scaled));
+        }
+        p
+    }
+
+    /// AdamW's step from inputs `[param, m, v]`, in the order of the unfused update:
+    /// `param·(1 − lr·wd) − (m / (√(v / bc2) + eps))·(lr / bc1)`.
+    pub fn adamw_update(lr: f64, weight_decay: f64, eps: f64, bc1: f64, bc2: f64) -> Vec<Instr> {
+        vec![
+            Input(0),                                // 0: param
+            Input(1),                                // 1: m
+            Input(2),                                // 2: v
+            Affine(0, 1.0 - lr * weight_decay, 0.0), // 3: decayed param
+            Affine(2, 1.0 / bc2, 0.0),               // 4: v̂
+            Unary(UnaryOp::Sqrt, 4),                 // 5
+            Affine(5, 1.0, eps),                     // 6: √v̂ + eps
+            Binary(BinaryOp::Div, 1, 6),             // 7
+            Affine(7, lr / bc1, 0.0),                // 8: the step
+            Binary(BinaryOp::Sub, 3, 8),             // 9
+        ]
+    }
+}
