@@ -12,7 +12,7 @@ use manychips_api::{
 };
 
 use crate::sysinfo;
-use crate::worker::{Command, Health, Worker, recv_soon};
+use crate::worker::{Command, Health, Worker};
 
 /// The CPU as a manychips device: buffers in host memory, ops on a private thread pool.
 ///
@@ -223,7 +223,7 @@ impl Device for CpuDevice {
             self.check_range("read", src, size, offset, dst.len())?;
             self.send(&table, Command::Read { index: src.index, reply })?;
         }
-        match recv_soon(&answer) {
+        match answer.recv() {
             Ok(Ok(lent)) => {
                 let copied = match lent.storage.as_bytes().get(offset..offset + dst.len()) {
                     Some(bytes) => {
@@ -280,7 +280,7 @@ impl Device for CpuDevice {
         self.check_alive()?;
         let (reply, answer) = bounded(1);
         self.send(&self.lock(), Command::Sync { reply })?;
-        recv_soon(&answer).unwrap_or_else(|_| Err(self.lost()))
+        answer.recv().unwrap_or_else(|_| Err(self.lost()))
     }
 }
 

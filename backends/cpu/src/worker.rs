@@ -10,9 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvError, Sender, TryRecvError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use manychips_api::{Error, Op, Result};
 
 use crate::kernels::{self, Env};
@@ -65,36 +64,6 @@ impl Command {
     }
 }
 
-/// How long a thread that waits on this device polls before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
-
-/// The next message, polled for up to [`SPIN`] before sleeping in the channel.
-///
-/// A training step hands the worker an op every few microseconds, and a caller waits for
-/// the worker's answer about as often: sleeping on a futex and being woken costs each side a
-/// context switch (several microseconds, the larger part of a small op's cost). Polling
-/// briefly first keeps both threads running while the ops keep coming; an idle device still
-/// sleeps after 50 µs.
-pub(crate) fn recv_soon<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
-    let mut started: Option<Instant> = None;
-    let mut polls = 0u32;
-    loop {
-        match rx.try_recv() {
-            Ok(message) => return Ok(message),
-            Err(TryRecvError::Disconnected) => return Err(RecvError),
-            Err(TryRecvError::Empty) => {}
-        }
-        polls += 1;
-        if polls.is_multiple_of(64) {
-            let since = *started.get_or_insert_with(Instant::now);
-            if since.elapsed() >= SPIN {
-                return rx.recv();
-            }
-        }
-        std::hint::spin_loop();
-    }
-}
-
 pub(crate) struct Worker {
     label: String,
     buffers: HashMap<u64, Storage>,
@@ -123,7 +92,7 @@ impl Worker {
 
     /// Executes commands until every sender is gone (the device was dropped).
     pub fn run(mut self, rx: Receiver<Command>) {
-        while let Ok(cmd) = recv_soon(&rx) {
+        while let Ok(cmd) = rx.recv() {
             if let Some(reason) = self.health.lost.get() {
                 let lost = Error::DeviceLost { device: self.label.clone(), detail: reason.clone() };
                 match cmd {
@@ -203,7 +172,7 @@ impl Worker {
                 let (back, returned) = bounded(1);
                 match reply.send(Ok(Lent { storage, back })) {
                     // The reader copies and sends the storage straight back.
-                    Ok(()) => match recv_soon(&returned) {
+                    Ok(()) => match returned.recv() {
                         Ok(storage) => {
                             self.buffers.insert(index, storage);
                         }
