@@ -403,3 +403,46 @@ fn streaming_backward_reports_each_leaf_once_as_soon_as_it_is_final() {
     .expect("bwd");
     assert_eq!(own, vec![(a.id(), vec![3.0])]);
 }
+
+/// The LayerNorm layer is one autograd node with fused passes: its output and all three
+/// gradients (input, weight, bias) equal those of the same formula written with primitive
+/// ops, on 2-d and 3-d inputs.
+#[test]
+fn layer_norm_node_matches_its_decomposition() {
+    let device = cpu();
+    let store = ParamStore::new(&device, 11);
+    let ln = nn::LayerNorm::new(&store.sub("ln"), 6).expect("ln");
+    ln.weight.set(Tensor::randn(1.0, 0.5, [6], DType::F32, 12, &device).expect("w")).expect("w");
+    ln.bias.set(Tensor::randn(0.0, 0.5, [6], DType::F32, 13, &device).expect("b")).expect("b");
+    for dims in [vec![5, 6], vec![2, 3, 6]] {
+        let x = Var::leaf(
+            Tensor::randn(0.5, 2.0, dims.as_slice(), DType::F32, 14, &device).expect("x"),
+        );
+        let r = Tensor::randn(0.0, 1.0, dims.as_slice(), DType::F32, 15, &device).expect("r");
+        let axis = dims.len() - 1;
+        let (w, b) = (Var::leaf(ln.weight.value()), Var::leaf(ln.bias.value()));
+        let composite = {
+            let centred = x.sub(&x.mean_keepdim(axis).expect("mean")).expect("sub");
+            let var = centred.square().expect("sq").mean_keepdim(axis).expect("var");
+            let normed = centred.mul(&var.affine(1.0, 1e-5).expect("eps").rsqrt().expect("rsqrt"));
+            normed.expect("normed").mul(&w).expect("w").add(&b).expect("b")
+        };
+        let fused = ln.forward(&x).expect("layer norm");
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let (a, b) = (a.to_f64_vec().expect("a"), b.to_f64_vec().expect("b"));
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "{what}[{i}] {dims:?}: {x} vs {y}"
+                );
+            }
+        };
+        close(fused.tensor(), composite.tensor(), "output");
+        let loss = |y: &Var| y.mul(&Var::constant(r.clone())).expect("mul").sum_all().expect("sum");
+        let want = loss(&composite).backward().expect("composite backward");
+        let got = loss(&fused).backward().expect("fused backward");
+        close(got.get(x.id()).expect("dx"), want.get(x.id()).expect("dx"), "dx");
+        close(got.get(ln.weight.id()).expect("dw"), want.get(w.id()).expect("dw"), "dw");
+        close(got.get(ln.bias.id()).expect("db"), want.get(b.id()).expect("db"), "db");
+    }
+}

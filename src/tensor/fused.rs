@@ -116,4 +116,66 @@ pub(crate) mod programs {
             Binary(BinaryOp::Sub, 3, 8),             // 9
         ]
     }
+
+    /// `(x − mean)²` from inputs `[x, mean]`: the terms of a variance.
+    pub fn centred_square() -> Vec<Instr> {
+        vec![Input(0), Input(1), Binary(BinaryOp::Sub, 0, 1), Binary(BinaryOp::Mul, 2, 2)]
+    }
+
+    /// `1 / √(var + eps)` from inputs `[var]`.
+    pub fn rstd(eps: f64) -> Vec<Instr> {
+        vec![Input(0), Affine(0, 1.0, eps), Unary(UnaryOp::Rsqrt, 1)]
+    }
+
+    /// Layer norm's output `(x − mean)·rstd·w + b` from inputs `[x, mean, rstd, w, b]`.
+    pub fn layer_norm() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Input(3),
+            Input(4),
+            Binary(BinaryOp::Sub, 0, 1), // 5: x − mean
+            Binary(BinaryOp::Mul, 5, 2), // 6: x̂
+            Binary(BinaryOp::Mul, 6, 3), // 7
+            Binary(BinaryOp::Add, 7, 4), // 8
+        ]
+    }
+
+    /// `a · b` from inputs `[a, b]`.
+    pub fn product() -> Vec<Instr> {
+        vec![Input(0), Input(1), Binary(BinaryOp::Mul, 0, 1)]
+    }
+
+    /// `g · x̂` with `x̂ = (x − mean)·rstd`, from inputs `[g, x, mean, rstd]`.
+    pub fn times_normalized() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Input(3),
+            Binary(BinaryOp::Sub, 1, 2), // 4: x − mean
+            Binary(BinaryOp::Mul, 4, 3), // 5: x̂
+            Binary(BinaryOp::Mul, 0, 5), // 6
+        ]
+    }
+
+    /// Layer norm's input gradient `rstd·(h − mean(h) − x̂·mean(h·x̂))` with `h = g·w`, from
+    /// inputs `[h, x, mean, rstd, mean(h), mean(h·x̂)]`.
+    pub fn layer_norm_input_grad() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Input(3),
+            Input(4),
+            Input(5),
+            Binary(BinaryOp::Sub, 1, 2),  // 6: x − mean
+            Binary(BinaryOp::Mul, 6, 3),  // 7: x̂
+            Binary(BinaryOp::Mul, 7, 5),  // 8: x̂·mean(h·x̂)
+            Binary(BinaryOp::Sub, 0, 4),  // 9: h − mean(h)
+            Binary(BinaryOp::Sub, 9, 8),  // 10
+            Binary(BinaryOp::Mul, 10, 3), // 11
+        ]
+    }
 }

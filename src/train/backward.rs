@@ -65,6 +65,13 @@ pub(crate) enum Backward {
     Cast,
     /// `contiguous()`: same values, new layout.
     Identity,
+    /// Layer norm over `axis` (the last) of inputs `[x, weight, bias]`, with the statistics
+    /// of the forward pass (f32, keepdim).
+    LayerNorm {
+        axis: usize,
+        mean: Tensor,
+        rstd: Tensor,
+    },
 }
 
 impl Backward {
@@ -99,6 +106,7 @@ impl Backward {
             Backward::Gather { .. } => "gather",
             Backward::Cast => "cast",
             Backward::Identity => "contiguous",
+            Backward::LayerNorm { .. } => "layer_norm",
         }
     }
 
@@ -209,6 +217,26 @@ impl Backward {
             }
             Backward::Cast => one(cast_to(g, x.dtype())?),
             Backward::Identity => one(g.clone()),
+            Backward::LayerNorm { axis, mean, rstd } => {
+                let (w, b) = (inputs[1], inputs[2]);
+                let xf = x.cast(DType::F32)?;
+                // h = g·w; dx = rstd·(h − mean(h) − x̂·mean(h·x̂)); dw = Σ g·x̂; db = Σ g.
+                let h = Tensor::fused(&[g, w], &crate::programs::product(), DType::F32)?;
+                let times = crate::programs::times_normalized();
+                let h_mean = h.mean_keepdim(*axis)?;
+                let hx_mean = Tensor::fused(&[&h, &xf, mean, rstd], &times, DType::F32)?
+                    .mean_keepdim(*axis)?;
+                let input_grad = crate::programs::layer_norm_input_grad();
+                let dx = Tensor::fused(
+                    &[&h, &xf, mean, rstd, &h_mean, &hx_mean],
+                    &input_grad,
+                    x.dtype(),
+                )?;
+                let gx = Tensor::fused(&[g, &xf, mean, rstd], &times, DType::F32)?;
+                let dw = sum_to(&gx, w)?;
+                let db = sum_to(&cast_to(g, b.dtype())?, b)?;
+                Ok(vec![Some(dx), Some(dw), Some(db)])
+            }
         }
     }
 }

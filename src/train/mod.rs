@@ -15,7 +15,7 @@
 //! # Ok(()) }
 //! ```
 
-mod backward;
+pub(crate) mod backward;
 pub mod checkpoint;
 pub mod cluster;
 #[cfg(feature = "mpi")]

@@ -1,5 +1,6 @@
+use crate::train::backward::Backward;
 use crate::train::{Init, Param, ParamStore, Var};
-use crate::{DType, Result};
+use crate::{DType, Result, Tensor, programs};
 
 /// Layer normalisation over the last dim, with a learned scale and shift.
 #[derive(Clone, Debug)]
@@ -19,15 +20,21 @@ impl LayerNorm {
     }
 
     /// Statistics in f32 whatever `x`'s dtype (as PyTorch's autocast does): a half-precision
-    /// variance loses the small values and its gradient overflows.
+    /// variance loses the small values and its gradient overflows. One autograd node: the
+    /// statistics, then one fused pass for the output (four passes over `x` in all); its
+    /// backward is six passes and two sums over rows (see `Backward::LayerNorm`).
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let axis = x.rank().saturating_sub(1);
         let dtype = x.tensor().dtype();
-        let x = x.cast(DType::F32)?;
-        let centred = x.sub(&x.mean_keepdim(axis)?)?;
-        let variance = centred.square()?.mean_keepdim(axis)?;
-        let normed = centred.mul(&variance.affine(1.0, self.eps)?.rsqrt()?)?;
-        normed.mul(&self.weight.var())?.add(&self.bias.var())?.cast(dtype)
+        let xf = x.tensor().cast(DType::F32)?;
+        let mean = xf.mean_keepdim(axis)?;
+        let variance = Tensor::fused(&[&xf, &mean], &programs::centred_square(), DType::F32)?
+            .mean_keepdim(axis)?;
+        let rstd = Tensor::fused(&[&variance], &programs::rstd(self.eps), DType::F32)?;
+        let (w, b) = (self.weight.value(), self.bias.value());
+        let y = Tensor::fused(&[&xf, &mean, &rstd, &w, &b], &programs::layer_norm(), dtype)?;
+        let backward = Backward::LayerNorm { axis, mean, rstd };
+        Ok(Var::from_op(y, backward, &[x, &self.weight.var(), &self.bias.var()]))
     }
 }
 

@@ -66,19 +66,45 @@ fn run_n<D: Elem, const N: usize>(
     let layouts: [&Layout; N] = std::array::from_fn(|k| if k == 0 { ol } else { inputs[k - 1].1 });
     let plan = Plan::new(ol.dims(), layouts);
     let strides = plan.inner_strides();
-    let registers = program.len();
+    let last = program.len() - 1;
+    // An f32 input read with unit stride is used where it lies: no copy into a register.
+    let in_place = |m: usize| match inputs[m].0 {
+        Src::F32(s) if strides[m + 1] == 1 => Some(s),
+        _ => None,
+    };
+    let aliased: Vec<Option<(&[f32], usize)>> = program
+        .iter()
+        .map(|instr| match *instr {
+            Instr::Input(m) => in_place(m).map(|s| (s, m)),
+            _ => None,
+        })
+        .collect();
+    // The last step writes straight into an f32 output read with unit stride.
+    let computes_last = !matches!(program[last], Instr::Input(_) | Instr::Const(_));
     plan.run(
         out,
         MIN_CHUNK_HEAVY,
-        || vec![0.0f32; registers * BLOCK],
+        || vec![0.0f32; program.len() * BLOCK],
         |regs, out, offsets, len| {
+            let direct = computes_last && strides[0] == 1;
             let mut i = 0;
             while i < len {
                 let n = BLOCK.min(len - i);
+                let o = offsets[0] + i;
+                let mut out_f32 = if direct { D::as_f32_mut(out) } else { None };
                 for (k, instr) in program.iter().enumerate() {
+                    if aliased[k].is_some() {
+                        continue;
+                    }
                     let (before, rest) = regs.split_at_mut(k * BLOCK);
-                    let dst = &mut rest[..n];
-                    let reg = |r: usize| &before[r * BLOCK..r * BLOCK + n];
+                    let reg = |r: usize| match aliased[r] {
+                        Some((s, m)) => &s[offsets[m + 1] + i..offsets[m + 1] + i + n],
+                        None => &before[r * BLOCK..r * BLOCK + n],
+                    };
+                    let dst = match out_f32.as_deref_mut() {
+                        Some(o32) if k == last => &mut o32[o..o + n],
+                        _ => &mut rest[..n],
+                    };
                     match *instr {
                         Instr::Input(m) => {
                             let stride = strides[m + 1];
@@ -92,8 +118,13 @@ fn run_n<D: Elem, const N: usize>(
                         }
                     }
                 }
-                let last = (registers - 1) * BLOCK;
-                store(&regs[last..last + n], out, offsets[0] + i * strides[0], strides[0]);
+                if out_f32.is_none() {
+                    let value: &[f32] = match aliased[last] {
+                        Some((s, m)) => &s[offsets[m + 1] + i..offsets[m + 1] + i + n],
+                        None => &regs[last * BLOCK..last * BLOCK + n],
+                    };
+                    store(value, out, offsets[0] + i * strides[0], strides[0]);
+                }
                 i += n;
             }
         },
