@@ -167,60 +167,6 @@ fn softmax_pair(dev: &DeviceRef) -> Pair {
     }
 }
 
-/// GELU's backward (`grad · gelu'(x)`) as one fused program against the same arithmetic as
-/// sixteen separate tensor ops (what the autograd ran before fusion).
-fn fused_pair(dev: &DeviceRef) -> Pair {
-    use manychips::{BinaryOp::*, Instr::*, UnaryOp::Tanh};
-    let n = 1 << 22;
-    let x = Tensor::randn(0.0, 2.0, [n], DType::F32, 4, dev).unwrap();
-    let g = Tensor::randn(0.0, 1.0, [n], DType::F32, 5, dev).unwrap();
-    let (c, k) = (0.044_715, 0.797_884_560_802_865_4);
-    let program = vec![
-        Input(0),
-        Input(1),
-        Binary(Mul, 0, 0),
-        Affine(2, c, 1.0),
-        Binary(Mul, 0, 3),
-        Affine(4, k, 0.0),
-        Unary(Tanh, 5),
-        Affine(6, 0.5, 0.5),
-        Binary(Mul, 6, 6),
-        Affine(8, -1.0, 1.0),
-        Binary(Mul, 0, 9),
-        Affine(2, 3.0 * c, 1.0),
-        Binary(Mul, 10, 11),
-        Affine(12, 0.5 * k, 0.0),
-        Binary(Add, 7, 13),
-        Binary(Mul, 1, 14),
-    ];
-    let (x2, g2, d1, d2) = (x.clone(), g.clone(), dev.clone(), dev.clone());
-    Pair {
-        group: "gelu_backward_f32".into(),
-        label: "4M".into(),
-        ours_name: "fused",
-        baseline: "unfused_ops",
-        target: ">= 2",
-        // What the fused pass must move: two inputs read, one output written.
-        throughput: Throughput::Bytes((3 * 4 * n) as u64),
-        ours: Box::new(move || {
-            black_box(Tensor::fused(&[&x, &g], &program, DType::F32).unwrap());
-            d1.synchronize().unwrap();
-        }),
-        base: Box::new(move || {
-            let (x, g) = (&x2, &g2);
-            let x2 = x.mul(x).unwrap();
-            let t =
-                x.mul(&x2.affine(c, 1.0).unwrap()).unwrap().affine(k, 0.0).unwrap().tanh().unwrap();
-            let left = t.affine(0.5, 0.5).unwrap();
-            let sech2 = t.mul(&t).unwrap().affine(-1.0, 1.0).unwrap();
-            let right = x.mul(&sech2).unwrap().mul(&x2.affine(3.0 * c, 1.0).unwrap()).unwrap();
-            let slope = left.add(&right.affine(0.5 * k, 0.0).unwrap()).unwrap();
-            black_box(g.mul(&slope).unwrap());
-            d2.synchronize().unwrap();
-        }),
-    }
-}
-
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dev: DeviceRef = Arc::new(CpuDevice::with_threads(threads).expect("cpu device"));
@@ -229,7 +175,8 @@ fn main() {
         .map(|n| matmul_pair::<f32>(n, DType::F32, &dev, threads))
         .collect();
     pairs.push(matmul_pair::<f16>(1024, DType::F16, &dev, threads));
-    pairs.extend([add_pair(&dev), exp_pair(&dev), softmax_pair(&dev), fused_pair(&dev)]);
+    pairs.extend([add_pair(&dev), exp_pair(&dev), softmax_pair(&dev)]);
+    pairs.push(common::gelu_backward_pair(&dev, "gelu_backward_f32", 1 << 22));
 
     let mut c = Criterion::default().configure_from_args();
     common::measure(&mut c, &mut pairs);

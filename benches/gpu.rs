@@ -147,6 +147,7 @@ fn pairs_for(gpu: &Gpu, cpu: &DeviceRef) -> Vec<Pair> {
         }),
     });
 
+    pairs.push(common::gelu_backward_pair(dev, &format!("{name}_gelu_backward_f32"), 1 << 20));
     let tiny = |dev: &DeviceRef| {
         let t = Tensor::zeros([4], DType::F32, dev).unwrap();
         let dev = dev.clone();

@@ -508,8 +508,8 @@ impl Device for VulkanDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
-        // No native kernel for fused programs yet: their decomposition into primitive ops.
-        if let Op::Fused { .. } = op {
+        // A fused program with more inputs than one kernel takes: its decomposition.
+        if matches!(op, Op::Fused { .. }) && !manychips_wgsl::fuses(op) {
             return manychips_api::fused::decompose(self, op);
         }
         {

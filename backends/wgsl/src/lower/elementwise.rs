@@ -1,7 +1,7 @@
 //! Binary, compare, unary, affine, cast and where: one invocation per output element, the
 //! op's expression substituted into kernels/wgsl/elementwise.wgsl.
 
-use manychips_api::{BinaryOp, CompareOp, DType, Layout, Op, Result, UnaryOp};
+use manychips_api::{BinaryOp, CompareOp, DType, Instr, Layout, Op, Result, UnaryOp};
 
 use super::{one_bits, strided};
 use crate::kernel::{Kernel, Operand, WG, conversions, grid_1d};
@@ -193,7 +193,37 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
             format!("let v = ld0(o.x); return {};", cast_expr(input.dtype, out.dtype))
         }
         Op::Where { .. } => "return select(ld2(o.z), ld1(o.y), ld0(o.x) != 0u);".into(),
+        Op::Fused { program, .. } => fused_value(program),
         _ => return Ok(Vec::new()),
     };
     Ok(vec![dispatch(op, operands, &layouts, &out.layout, &value, &scalars, f)?])
+}
+
+/// Inputs a fused program may have for a kernel of its own: the elementwise kernel's
+/// operand offsets come four at a time, the output's included.
+pub(crate) const FUSED_INPUTS: usize = 3;
+
+/// The body of a fused program's `value`: one f32 register per step, each computed by the
+/// same expression as the primitive op's kernel (above), in a block of its own so that
+/// every step can name its operands `x` and `y`. One line: the template's header comment
+/// quotes `{{VALUE}}` too.
+fn fused_value(program: &[Instr]) -> String {
+    let lit = |v: f64| format!("bitcast<f32>({}u)", (v as f32).to_bits());
+    let mut body = String::new();
+    for (k, instr) in program.iter().enumerate() {
+        let step = match *instr {
+            Instr::Input(m) => format!("r{k} = ldf{m}(o.{});", ["x", "y", "z"][m]),
+            Instr::Const(c) => format!("r{k} = {};", lit(c)),
+            Instr::Unary(op, a) => format!("{{ let x = r{a}; r{k} = {}; }}", unary(op)),
+            Instr::Binary(op, a, b) => {
+                format!("{{ let x = r{a}; let y = r{b}; r{k} = {}; }}", binary(op))
+            }
+            Instr::Affine(a, mul, add) => {
+                format!("r{k} = r{a} * {} + {};", lit(mul), lit(add))
+            }
+        };
+        body.push_str(&format!("var r{k}: f32; {step} "));
+    }
+    body.push_str(&format!("return out_bits(r{});", program.len() - 1));
+    body
 }

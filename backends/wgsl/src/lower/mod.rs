@@ -31,14 +31,25 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         | Op::Gather { .. }
         | Op::IndexAdd { .. }
         | Op::ScatterAdd { .. } => index::lower(op, f),
-        // No WGSL kernel yet: the devices run it as its decomposition
+        Op::Fused { .. } if fuses(op) => plain(elementwise::lower(op, f)?),
+        // More inputs than one kernel takes: the devices run its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
         Op::Fused { .. } => Err(Error::InvalidArgument {
             op: op.name(),
             device: "wgsl".into(),
-            detail: format!("no WGSL kernel for fused programs; {}", op.describe()),
+            detail: format!(
+                "a fused program of more than {} inputs has no WGSL kernel; {}",
+                elementwise::FUSED_INPUTS,
+                op.describe()
+            ),
         }),
     }
+}
+
+/// Whether `op` (an `Op::Fused`) gets a kernel of its own; else the device runs its
+/// decomposition into primitive ops.
+pub fn fuses(op: &Op) -> bool {
+    matches!(op, Op::Fused { inputs, .. } if inputs.len() <= elementwise::FUSED_INPUTS)
 }
 
 /// Every view must lie inside one storage binding (the kernels index in 32 bits, and a

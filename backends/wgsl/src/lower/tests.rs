@@ -209,3 +209,31 @@ fn loops_longer_than_llvmpipe_runs_are_refused() {
     };
     assert_eq!(lower(&op, &f).map(|l| l.dispatches.len()).ok(), Some(4));
 }
+
+#[test]
+fn fused_programs_of_up_to_three_inputs_get_one_kernel() {
+    use manychips_api::{BinaryOp, Instr, UnaryOp};
+    let f = features(MatmulKernel::RegisterBlocked);
+    let program = vec![
+        Instr::Input(0),
+        Instr::Input(1),
+        Instr::Binary(BinaryOp::Mul, 0, 1),
+        Instr::Unary(UnaryOp::Tanh, 2),
+        Instr::Affine(3, 0.5, 0.5),
+        Instr::Const(2.0),
+        Instr::Binary(BinaryOp::Pow, 4, 5),
+    ];
+    let op = |inputs: usize| Op::Fused {
+        inputs: (0..inputs as u64).map(|i| view(i, &[5, 7], DType::F32)).collect(),
+        program: program.clone(),
+        out: view(9, &[5, 7], DType::BF16),
+    };
+    let lowered = lower(&op(3), &f).expect("three inputs lower");
+    assert_eq!(lowered.dispatches.len(), 1);
+    let source = &lowered.dispatches[0].source;
+    println!("{source}");
+    assert!(source.contains("r6 = pow(x, y)"), "{source}");
+    assert!(crate::fuses(&op(3)));
+    assert!(!crate::fuses(&op(4)));
+    assert!(lower(&op(4), &f).is_err());
+}
