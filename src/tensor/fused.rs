@@ -49,7 +49,7 @@ impl Tensor {
 
 /// The fused programs of the library's own layers (autograd, optimizers).
 pub(crate) mod programs {
-    use manychips_api::{BinaryOp, Instr, UnaryOp};
+    use manychips_api::{BinaryOp, CompareOp, Instr, UnaryOp};
 
     use Instr::*;
 
@@ -176,6 +176,54 @@ pub(crate) mod programs {
             Binary(BinaryOp::Sub, 0, 4),  // 9: h − mean(h)
             Binary(BinaryOp::Sub, 9, 8),  // 10
             Binary(BinaryOp::Mul, 10, 3), // 11
+        ]
+    }
+
+    /// `grad · (x > 0)` from inputs `[x, grad]`: ReLU's backward.
+    pub fn relu_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Const(0.0),
+            Compare(CompareOp::Gt, 0, 2),
+            Binary(BinaryOp::Mul, 1, 3),
+        ]
+    }
+
+    /// `grad · (1 − y²)` from inputs `[y, grad]`, `y = tanh(x)`.
+    pub fn tanh_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Binary(BinaryOp::Mul, 0, 0),
+            Affine(2, -1.0, 1.0),
+            Binary(BinaryOp::Mul, 1, 3),
+        ]
+    }
+
+    /// `grad · y·(1 − y)` from inputs `[y, grad]`, `y = sigmoid(x)`.
+    pub fn sigmoid_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Affine(0, -1.0, 1.0),
+            Binary(BinaryOp::Mul, 0, 2),
+            Binary(BinaryOp::Mul, 1, 3),
+        ]
+    }
+
+    /// `grad · s·(1 + x·(1 − s))` with `s = sigmoid(x)`, from inputs `[x, grad]`: SiLU's
+    /// backward.
+    pub fn silu_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Unary(UnaryOp::Sigmoid, 0),
+            Affine(2, -1.0, 1.0),
+            Binary(BinaryOp::Mul, 0, 3),
+            Affine(4, 1.0, 1.0),
+            Binary(BinaryOp::Mul, 2, 5),
+            Binary(BinaryOp::Mul, 1, 6),
         ]
     }
 }

@@ -146,22 +146,12 @@ impl Backward {
                 // alone overflows f16 where y is only 41.
                 one(g.mul(y)?.mul(y)?.mul(y)?.affine(-0.5, 0.0)?)
             }
-            Backward::Tanh => one(g.mul(&y.mul(y)?.affine(-1.0, 1.0)?)?),
-            Backward::Sigmoid => one(g.mul(&y.mul(&y.affine(-1.0, 1.0)?)?)?),
-            Backward::Relu => {
-                let zero = Tensor::zeros([1], x.dtype(), x.device())?;
-                let positive = x.gt(&zero)?.cast(x.dtype())?;
-                one(g.mul(&positive)?)
-            }
-            Backward::Gelu => {
-                one(Tensor::fused(&[x, g], &crate::programs::gelu_tanh_backward(), x.dtype())?)
-            }
-            Backward::Silu => {
-                // silu = x·s; d = s·(1 + x·(1 − s)).
-                let s = x.sigmoid()?;
-                let slope = s.mul(&x.mul(&s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
-                one(g.mul(&slope)?)
-            }
+            // One fused pass each, computing what the unfused ops did, in their order.
+            Backward::Tanh => one(slope(crate::programs::tanh_backward(), y, g)?),
+            Backward::Sigmoid => one(slope(crate::programs::sigmoid_backward(), y, g)?),
+            Backward::Relu => one(slope(crate::programs::relu_backward(), x, g)?),
+            Backward::Gelu => one(slope(crate::programs::gelu_tanh_backward(), x, g)?),
+            Backward::Silu => one(slope(crate::programs::silu_backward(), x, g)?),
             Backward::Matmul => {
                 let (a, b) = (inputs[0], inputs[1]);
                 // Each gradient in its operand's layout: for an operand stored transposed
@@ -282,6 +272,12 @@ fn pad_to(g: &Tensor, x: &Tensor, axis: usize, start: usize) -> Result<Tensor> {
     let after = (start + len < total).then(|| zeros(total - start - len)).transpose()?;
     let parts: Vec<&Tensor> = before.iter().chain(std::iter::once(g)).chain(after.iter()).collect();
     if parts.len() == 1 { Ok(g.clone()) } else { Tensor::cat(&parts, axis) }
+}
+
+/// `program(t, g)` in `t`'s dtype: an activation's backward from its input or output `t`
+/// and the output's gradient `g`.
+fn slope(program: Vec<manychips_api::Instr>, t: &Tensor, g: &Tensor) -> Result<Tensor> {
+    Tensor::fused(&[t, g], &program, t.dtype())
 }
 
 /// True for a transposed view of a contiguous tensor (its last two axes swapped).

@@ -10,7 +10,7 @@
 //! must match it (the conformance kit compares the two); a backend without one calls
 //! [`decompose`] from its `run` and is correct with no kernel of its own.
 
-use crate::{BinaryOp, BufferId, DType, Device, Layout, Op, Result, UnaryOp, View};
+use crate::{BinaryOp, BufferId, CompareOp, DType, Device, Layout, Op, Result, UnaryOp, View};
 
 /// Inputs one program may read.
 pub const MAX_INPUTS: usize = 8;
@@ -30,6 +30,9 @@ pub enum Instr {
     Binary(BinaryOp, usize, usize),
     /// `register · mul + add`, as `Op::Affine` computes it.
     Affine(usize, f64, f64),
+    /// `1.0` where `register ∘ register` holds, else `0.0`, as `Op::Compare` with an f32
+    /// output computes it: ReLU's slope is `Compare(Gt, x, zero)`.
+    Compare(CompareOp, usize, usize),
 }
 
 impl Instr {
@@ -38,7 +41,7 @@ impl Instr {
         let (a, b) = match *self {
             Instr::Input(_) | Instr::Const(_) => (None, None),
             Instr::Unary(_, a) | Instr::Affine(a, _, _) => (Some(a), None),
-            Instr::Binary(_, a, b) => (Some(a), Some(b)),
+            Instr::Binary(_, a, b) | Instr::Compare(_, a, b) => (Some(a), Some(b)),
         };
         a.into_iter().chain(b)
     }
@@ -130,6 +133,12 @@ pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
                     let t = temp()?;
                     let input = registers[a].clone();
                     device.run(&Op::Affine { input, out: t.clone(), mul, add })?;
+                    t
+                }
+                Instr::Compare(compare, a, b) => {
+                    let t = temp()?;
+                    let (lhs, rhs) = (registers[a].clone(), registers[b].clone());
+                    device.run(&Op::Compare { op: compare, lhs, rhs, out: t.clone() })?;
                     t
                 }
             };

@@ -5,7 +5,7 @@
 //! (`fused::decompose`) on the same device, which a native kernel must match to a few ulps.
 
 use crate::fused::decompose;
-use crate::{BinaryOp, DType, Instr, Op, UnaryOp};
+use crate::{BinaryOp, CompareOp, DType, Instr, Op, UnaryOp};
 
 use super::super::case::{Case, Operand, Output, Place, Place::*};
 use super::super::reference::{self, Host};
@@ -81,9 +81,15 @@ fn programs() -> Vec<(&'static str, Vec<Instr>, Vec<Dist>)> {
         Binary(BinaryOp::Min, 10, 1),
         Unary(UnaryOp::Sigmoid, 11),
         Binary(BinaryOp::Sub, 12, 5),
+        Compare(CompareOp::Gt, 0, 1),
+        Compare(CompareOp::Le, 13, 2),
+        Binary(BinaryOp::Add, 14, 15),
+        Binary(BinaryOp::Mul, 13, 16),
     ];
     vec![
         ("gelu_tanh_backward", crate::programs::gelu_tanh_backward(), vec![any, any]),
+        ("relu_backward", crate::programs::relu_backward(), vec![any, any]),
+        ("silu_backward", crate::programs::silu_backward(), vec![any, any]),
         ("moment", crate::programs::moment(0.9, false, false), vec![any, any]),
         ("squared moment, first step", crate::programs::moment(0.999, true, true), vec![any]),
         (
@@ -149,6 +155,11 @@ fn evaluate(program: &[Instr], inputs: &[Operand]) -> Expected {
                     reference::binary(op, &x, &y).values[0]
                 }
                 Instr::Affine(a, mul, add) => regs[a] * mul + add,
+                Instr::Compare(op, a, b) => {
+                    let (x, y) =
+                        (Host::new(vec![1], vec![regs[a]]), Host::new(vec![1], vec![regs[b]]));
+                    reference::compare(op, &x, &y).values[0]
+                }
             };
             regs[k] = v;
             magnitude += v.abs();

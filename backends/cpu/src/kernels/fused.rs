@@ -6,7 +6,7 @@
 //! primitive ops computes.
 
 use half::{bf16, f16};
-use manychips_api::{DType, Instr, Layout};
+use manychips_api::{CompareOp, DType, Instr, Layout};
 
 use super::elementwise::{BLOCK, load, store};
 use super::plan::{MIN_CHUNK_HEAVY, Plan};
@@ -116,6 +116,11 @@ fn run_n<D: Elem, const N: usize>(
                         Instr::Affine(a, mul, add) => {
                             simd::affine(reg(a), dst, mul as f32, add as f32)
                         }
+                        Instr::Compare(op, a, b) => {
+                            for ((d, &x), &y) in dst.iter_mut().zip(reg(a)).zip(reg(b)) {
+                                *d = if compare(op, x, y) { 1.0 } else { 0.0 };
+                            }
+                        }
                     }
                 }
                 if out_f32.is_none() {
@@ -129,4 +134,16 @@ fn run_n<D: Elem, const N: usize>(
             }
         },
     );
+}
+
+/// `x ∘ y` as `Op::Compare` decides it (IEEE: any comparison with NaN is false but `Ne`).
+fn compare(op: CompareOp, x: f32, y: f32) -> bool {
+    match op {
+        CompareOp::Eq => x == y,
+        CompareOp::Ne => x != y,
+        CompareOp::Lt => x < y,
+        CompareOp::Le => x <= y,
+        CompareOp::Gt => x > y,
+        CompareOp::Ge => x >= y,
+    }
 }

@@ -221,6 +221,9 @@ fn fused_value(program: &[Instr]) -> String {
             Instr::Affine(a, mul, add) => {
                 format!("r{k} = r{a} * {} + {};", lit(mul), lit(add))
             }
+            Instr::Compare(op, a, b) => {
+                format!("r{k} = select(0.0, 1.0, r{a} {} r{b});", compare(op))
+            }
         };
         body.push_str(&format!("var r{k}: f32; {step} "));
     }
