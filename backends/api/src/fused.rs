@@ -144,7 +144,12 @@ pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
             };
             registers.push(value);
         }
-        let last = registers.pop().expect("a validated program is not empty");
+        // `validate` above refuses an empty program: this error cannot happen.
+        let last = registers.pop().ok_or_else(|| crate::Error::InvalidArgument {
+            op: op.name(),
+            device: device.info().label(),
+            detail: "an empty fused program".into(),
+        })?;
         if last.dtype == out.dtype {
             device.run(&Op::Copy { input: last, out: out.clone() })
         } else {
