@@ -248,25 +248,66 @@ pub enum OpClass {
 impl Op {
     /// A short, stable name such as `matmul`, `binary.add`, `reduce.sum`.
     pub fn name(&self) -> String {
+        self.static_name().into()
+    }
+
+    /// [`Op::name`] without allocating, for hot paths (the op's kind as a static string).
+    pub fn static_name(&self) -> &'static str {
         match self {
-            Op::Matmul { .. } => "matmul".into(),
-            Op::Binary { op, .. } => format!("binary.{}", op.name()),
-            Op::Compare { op, .. } => format!("compare.{}", op.name()),
-            Op::Unary { op, .. } => format!("unary.{}", op.name()),
-            Op::Affine { .. } => "affine".into(),
-            Op::Reduce { op, .. } => format!("reduce.{}", op.name()),
-            Op::Softmax { log: false, .. } => "softmax".into(),
-            Op::Softmax { log: true, .. } => "log_softmax".into(),
-            Op::Cast { .. } => "cast".into(),
-            Op::Copy { .. } => "copy".into(),
-            Op::Concat { .. } => "concat".into(),
-            Op::IndexSelect { .. } => "index_select".into(),
-            Op::Gather { .. } => "gather".into(),
-            Op::IndexAdd { .. } => "index_add".into(),
-            Op::ScatterAdd { .. } => "scatter_add".into(),
-            Op::Where { .. } => "where".into(),
-            Op::Fill { .. } => "fill".into(),
-            Op::Fused { .. } => "fused".into(),
+            Op::Matmul { .. } => "matmul",
+            Op::Binary { op, .. } => match op {
+                BinaryOp::Add => "binary.add",
+                BinaryOp::Sub => "binary.sub",
+                BinaryOp::Mul => "binary.mul",
+                BinaryOp::Div => "binary.div",
+                BinaryOp::Max => "binary.maximum",
+                BinaryOp::Min => "binary.minimum",
+                BinaryOp::Pow => "binary.pow",
+            },
+            Op::Compare { op, .. } => match op {
+                CompareOp::Eq => "compare.eq",
+                CompareOp::Ne => "compare.ne",
+                CompareOp::Lt => "compare.lt",
+                CompareOp::Le => "compare.le",
+                CompareOp::Gt => "compare.gt",
+                CompareOp::Ge => "compare.ge",
+            },
+            Op::Unary { op, .. } => match op {
+                UnaryOp::Neg => "unary.neg",
+                UnaryOp::Abs => "unary.abs",
+                UnaryOp::Exp => "unary.exp",
+                UnaryOp::Log => "unary.log",
+                UnaryOp::Sqrt => "unary.sqrt",
+                UnaryOp::Rsqrt => "unary.rsqrt",
+                UnaryOp::Tanh => "unary.tanh",
+                UnaryOp::Sigmoid => "unary.sigmoid",
+                UnaryOp::Relu => "unary.relu",
+                UnaryOp::GeluTanh => "unary.gelu_tanh",
+                UnaryOp::GeluErf => "unary.gelu_erf",
+                UnaryOp::Silu => "unary.silu",
+                UnaryOp::Sin => "unary.sin",
+                UnaryOp::Cos => "unary.cos",
+            },
+            Op::Reduce { op, .. } => match op {
+                ReduceOp::Sum => "reduce.sum",
+                ReduceOp::Mean => "reduce.mean",
+                ReduceOp::Max => "reduce.max",
+                ReduceOp::Min => "reduce.min",
+                ReduceOp::ArgMax => "reduce.argmax",
+            },
+            Op::Affine { .. } => "affine",
+            Op::Softmax { log: false, .. } => "softmax",
+            Op::Softmax { log: true, .. } => "log_softmax",
+            Op::Cast { .. } => "cast",
+            Op::Copy { .. } => "copy",
+            Op::Concat { .. } => "concat",
+            Op::IndexSelect { .. } => "index_select",
+            Op::Gather { .. } => "gather",
+            Op::IndexAdd { .. } => "index_add",
+            Op::ScatterAdd { .. } => "scatter_add",
+            Op::Where { .. } => "where",
+            Op::Fill { .. } => "fill",
+            Op::Fused { .. } => "fused",
         }
     }
 
@@ -750,6 +791,30 @@ mod tests {
 
     fn view(device: DeviceId, index: u64) -> View {
         View::new(BufferId { device, index }, Layout::contiguous([2]), DType::F32)
+    }
+
+    /// The static names are the family and the op's own name, as error messages always said.
+    #[test]
+    fn static_names_are_family_dot_op() {
+        let dev = DeviceId::fresh();
+        let v = || view(dev, 1);
+        for op in BinaryOp::ALL {
+            let o = Op::Binary { op, lhs: v(), rhs: v(), out: v() };
+            assert_eq!(o.static_name(), format!("binary.{}", op.name()));
+        }
+        for op in CompareOp::ALL {
+            let o = Op::Compare { op, lhs: v(), rhs: v(), out: v() };
+            assert_eq!(o.static_name(), format!("compare.{}", op.name()));
+        }
+        for op in UnaryOp::ALL {
+            let o = Op::Unary { op, input: v(), out: v() };
+            assert_eq!(o.static_name(), format!("unary.{}", op.name()));
+        }
+        for op in ReduceOp::ALL {
+            let o = Op::Reduce { op, input: v(), out: v(), axis: 0 };
+            assert_eq!(o.static_name(), format!("reduce.{}", op.name()));
+        }
+        assert_eq!(Op::Fill { out: v(), value: 0.0 }.name(), "fill");
     }
 
     #[test]

@@ -268,10 +268,9 @@ impl Device for CpuDevice {
     fn run(&self, op: &Op) -> Result<()> {
         self.check_alive()?;
         op.validate(&self.label)?;
-        let name = op.name();
         let table = self.lock();
         checks::check_op_views(op, &self.label, &self.info.dtypes, |b| {
-            self.size_of(&table, &name, b)
+            self.size_of(&table, op.static_name(), b)
         })?;
         self.send(&table, Command::Run(Box::new(op.clone())))
     }

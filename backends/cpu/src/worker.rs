@@ -51,15 +51,16 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    fn name(&self) -> String {
+    /// What the command is, for the message if it panics: no allocation per command.
+    fn name(&self) -> &'static str {
         match self {
-            Command::Alloc { .. } => "alloc".into(),
-            Command::Free { .. } => "free".into(),
-            Command::Write { .. } => "write".into(),
-            Command::Read { .. } => "read".into(),
-            Command::Copy { .. } => "copy".into(),
-            Command::Run(op) => op.name(),
-            Command::Sync { .. } => "synchronize".into(),
+            Command::Alloc { .. } => "alloc",
+            Command::Free { .. } => "free",
+            Command::Write { .. } => "write",
+            Command::Read { .. } => "read",
+            Command::Copy { .. } => "copy",
+            Command::Run(op) => op.static_name(),
+            Command::Sync { .. } => "synchronize",
         }
     }
 }
