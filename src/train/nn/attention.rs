@@ -1,6 +1,7 @@
 use super::Linear;
+use crate::train::backward::Backward;
 use crate::train::{ParamStore, Var};
-use crate::{Error, Result, Tensor};
+use crate::{BinaryOp, Error, Instr, Result, Tensor};
 
 /// Causal multi-head self-attention: each position attends to itself and the ones before.
 #[derive(Clone, Debug)]
@@ -48,9 +49,19 @@ impl CausalSelfAttention {
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?;
+        // Scaled and masked in one pass; the mask is a constant, so the gradient is the
+        // scale's alone.
+        let scores = q.matmul(&k.t()?)?;
         let mask = causal_mask(time, x.tensor())?;
-        let weights = scores.add(&Var::constant(mask))?.softmax(3)?;
+        let program = [
+            Instr::Input(0),
+            Instr::Input(1),
+            Instr::Affine(0, scale, 0.0),
+            Instr::Binary(BinaryOp::Add, 2, 1),
+        ];
+        let masked = Tensor::fused(&[scores.tensor(), &mask], &program, scores.tensor().dtype())?;
+        let weights =
+            Var::from_op(masked, Backward::Affine { mul: scale }, &[&scores]).softmax(3)?;
         let out = weights.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape([batch, time, dim])?;
         self.proj.forward(&out)
     }
