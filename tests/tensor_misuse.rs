@@ -271,3 +271,81 @@ fn hostile_views_are_refused_on_every_device_without_overflow() {
         device.free(b).unwrap();
     }
 }
+
+/// Forwards to `inner`, counting reads: each one waits for everything queued on the device.
+#[derive(Debug)]
+struct CountingReads {
+    inner: DeviceRef,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl manychips::Device for CountingReads {
+    fn info(&self) -> &manychips::DeviceInfo {
+        self.inner.info()
+    }
+    fn memory(&self) -> Result<manychips::MemoryInfo> {
+        self.inner.memory()
+    }
+    fn alloc(&self, bytes: usize) -> Result<manychips::BufferId> {
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, buffer: manychips::BufferId) -> Result<()> {
+        self.inner.free(buffer)
+    }
+    fn write(&self, dst: manychips::BufferId, offset: usize, src: &[u8]) -> Result<()> {
+        self.inner.write(dst, offset, src)
+    }
+    fn read(&self, src: manychips::BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read(src, offset, dst)
+    }
+    fn copy(
+        &self,
+        src: manychips::BufferId,
+        so: usize,
+        dst: manychips::BufferId,
+        d: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        self.inner.copy(src, so, dst, d, bytes)
+    }
+    fn run(&self, op: &Op) -> Result<()> {
+        self.inner.run(op)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+}
+
+#[test]
+fn indices_from_the_host_are_checked_without_waiting_for_the_device() {
+    let counting = Arc::new(CountingReads { inner: cpu(), reads: Default::default() });
+    let dev: DeviceRef = counting.clone();
+    let reads = || counting.reads.load(std::sync::atomic::Ordering::SeqCst);
+    let table = f32s(&[3, 2], &dev);
+    let rows = Tensor::from_slice(&[2u32, 0, 2], [3], &dev).unwrap();
+    let cols = Tensor::from_slice(&[1u32, 0, 1], [3, 1], &dev).unwrap();
+    let picked = table.index_select(&rows, 0).unwrap();
+    let gathered = table.gather(&cols, 1).unwrap();
+    let added = table.index_add(0, &rows, &picked).unwrap();
+    let scattered =
+        Tensor::zeros([3, 2], DType::F32, &dev).unwrap().scatter_add(1, &cols, &gathered).unwrap();
+    // A view of host indices keeps what the host knew about them.
+    let view = rows.narrow(0, 1, 2).unwrap();
+    let narrowed = table.index_select(&view, 0).unwrap();
+    assert_eq!(reads(), 0, "host-made indices were read back");
+    assert_eq!(picked.to_vec::<f32>().unwrap(), vec![4.0, 5.0, 0.0, 1.0, 4.0, 5.0]);
+    assert_eq!(gathered.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 5.0]);
+    assert_eq!(added.to_vec::<f32>().unwrap(), vec![0.0, 2.0, 2.0, 3.0, 12.0, 15.0]);
+    assert_eq!(scattered.to_vec::<f32>().unwrap(), vec![0.0, 1.0, 2.0, 0.0, 0.0, 5.0]);
+    assert_eq!(narrowed.to_vec::<f32>().unwrap(), vec![0.0, 1.0, 4.0, 5.0]);
+
+    // Indices computed on the device are still read back and checked at the call.
+    let before = reads();
+    let computed = table.argmax(1).unwrap(); // [1, 1, 1]
+    assert_eq!(table.index_select(&computed, 0).unwrap().dims(), &[3, 2]);
+    assert_eq!(reads(), before + 1, "device-made indices must be checked");
+    let too_big = computed.cast(DType::F32).unwrap().affine(1.0, 5.0).unwrap();
+    let too_big = too_big.cast(DType::U32).unwrap();
+    expect_err(table.index_select(&too_big, 0), ErrorKind::IndexOutOfRange, &["index 6"]);
+}

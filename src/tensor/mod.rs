@@ -24,6 +24,10 @@ use crate::{BufferId, DType, DeviceRef, Element, Error, Layout, Op, Result, Shap
 struct Storage {
     device: DeviceRef,
     buffer: BufferId,
+    /// The largest value of a `u32` buffer whose contents came from the host (`from_slice`),
+    /// so index ops can check their indices without reading them back: a read waits for
+    /// everything queued on the device, which would stall the step at every gather.
+    host_max_u32: Option<u32>,
 }
 
 impl Drop for Storage {
@@ -64,9 +68,15 @@ impl Tensor {
                 ),
             });
         }
-        let out = Tensor::uninit("from_slice", shape, T::DTYPE, device)?;
+        let mut out = Tensor::uninit("from_slice", shape, T::DTYPE, device)?;
         if !data.is_empty() {
             device.write(out.storage.buffer, 0, bytemuck::cast_slice(data))?;
+        }
+        if T::DTYPE == DType::U32
+            && let Some(storage) = Arc::get_mut(&mut out.storage)
+        {
+            let values: &[u32] = bytemuck::cast_slice(data);
+            storage.host_max_u32 = values.iter().copied().max();
         }
         Ok(out)
     }
@@ -368,7 +378,7 @@ impl Tensor {
             });
         };
         let buffer = device.alloc(bytes)?;
-        let storage = Arc::new(Storage { device: device.clone(), buffer });
+        let storage = Arc::new(Storage { device: device.clone(), buffer, host_max_u32: None });
         Ok(Tensor { storage, layout: Layout::contiguous(shape), dtype })
     }
 
