@@ -398,7 +398,7 @@ impl Tensor {
         if op.output().numel() == 0 {
             return Ok(());
         }
-        self.device().run(&op)
+        self.device().submit(op)
     }
 
     /// `f32[2, 3] on cpu:0`, for error messages.

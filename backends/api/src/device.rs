@@ -138,6 +138,13 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// Enqueues one op. Validation errors (see [`Op::validate`]) are returned at once.
     fn run(&self, op: &Op) -> Result<()>;
 
+    /// [`run`](Self::run) for a caller that is done with `op`: a backend that keeps the op
+    /// until it executes (a queue) takes it as it is instead of copying it. Tensors enqueue
+    /// through this; the default runs `run(&op)`.
+    fn submit(&self, op: Op) -> Result<()> {
+        self.run(&op)
+    }
+
     /// Waits until all enqueued work is done; returns the first error it raised.
     fn synchronize(&self) -> Result<()>;
 

@@ -1,7 +1,6 @@
 //! [`CpuDevice`]: the caller-side handle. It validates every call at once (so misuse is an
 //! immediate `Err`), then enqueues a command for the worker thread (see `worker.rs`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -10,6 +9,7 @@ use crossbeam_channel::{Sender, bounded, unbounded};
 use manychips_api::{
     BufferId, DType, Device, DeviceId, DeviceInfo, Error, Identity, MemoryInfo, Op, Result, checks,
 };
+use rustc_hash::FxHashMap;
 
 use crate::sysinfo;
 use crate::worker::{Command, Health, Worker};
@@ -34,7 +34,7 @@ pub struct CpuDevice {
 struct Table {
     tx: Option<Sender<Command>>,
     next: u64,
-    sizes: HashMap<u64, usize>,
+    sizes: FxHashMap<u64, usize>,
 }
 
 impl CpuDevice {
@@ -92,7 +92,7 @@ impl CpuDevice {
             info,
             label,
             threads,
-            table: Mutex::new(Table { tx: Some(tx), next: 0, sizes: HashMap::new() }),
+            table: Mutex::new(Table { tx: Some(tx), next: 0, sizes: FxHashMap::default() }),
             health,
             worker: Some(handle),
         })
@@ -266,13 +266,17 @@ impl Device for CpuDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
+        self.submit(op.clone())
+    }
+
+    fn submit(&self, op: Op) -> Result<()> {
         self.check_alive()?;
         op.validate(&self.label)?;
         let table = self.lock();
-        checks::check_op_views(op, &self.label, &self.info.dtypes, |b| {
+        checks::check_op_views(&op, &self.label, &self.info.dtypes, |b| {
             self.size_of(&table, op.static_name(), b)
         })?;
-        self.send(&table, Command::Run(Box::new(op.clone())))
+        self.send(&table, Command::Run(Box::new(op)))
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -5,7 +5,9 @@
 //! a fresh allocation is zero pages that fault in on first touch, which costs several times
 //! the op itself on a streaming kernel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 /// The memory of one buffer.
 #[derive(Debug)]
@@ -50,7 +52,7 @@ type SizeClass = VecDeque<(u64, Box<[u64]>)>;
 /// total passes `cap` bytes.
 #[derive(Debug)]
 pub(crate) struct BufferPool {
-    lists: HashMap<usize, SizeClass>,
+    lists: FxHashMap<usize, SizeClass>,
     cached_bytes: usize,
     cap: usize,
     clock: u64,
@@ -58,7 +60,7 @@ pub(crate) struct BufferPool {
 
 impl BufferPool {
     pub fn new(cap: usize) -> Self {
-        BufferPool { lists: HashMap::new(), cached_bytes: 0, cap, clock: 0 }
+        BufferPool { lists: FxHashMap::default(), cached_bytes: 0, cap, clock: 0 }
     }
 
     /// A cached storage of exactly `words` words (most recently freed, so likely warm).

@@ -6,13 +6,13 @@
 //! it is never also an input), the inputs are borrowed from the table, and the output goes
 //! back afterwards. No locks or cells guard buffer memory.
 
-use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use manychips_api::{Error, Op, Result};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::kernels::{self, Env};
 use crate::storage::{BufferPool, Scratch, Storage, try_alloc_words};
@@ -67,10 +67,10 @@ impl Command {
 
 pub(crate) struct Worker {
     label: String,
-    buffers: HashMap<u64, Storage>,
+    buffers: FxHashMap<u64, Storage>,
     /// Buffers whose allocation failed (reported once as out of memory), so later use of
     /// them gets a clear error rather than "unknown buffer".
-    failed: HashSet<u64>,
+    failed: FxHashSet<u64>,
     pool: BufferPool,
     scratch: Scratch,
     /// The first error raised since the last `read`/`synchronize`.
@@ -82,8 +82,8 @@ impl Worker {
     pub fn new(label: String, pool_cap: usize, health: Arc<Health>) -> Self {
         Worker {
             label,
-            buffers: HashMap::new(),
-            failed: HashSet::new(),
+            buffers: FxHashMap::default(),
+            failed: FxHashSet::default(),
             pool: BufferPool::new(pool_cap),
             scratch: Scratch::default(),
             pending: None,

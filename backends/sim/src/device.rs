@@ -282,7 +282,7 @@ impl Device for SimDevice {
             let table = self.lock();
             remap(op, |buf| self.resolve(&table, "run", buf).map(|(inner, _)| inner))?
         };
-        self.inner.run(&inner_op).map_err(|e| relabel(e, &self.label))?;
+        self.inner.submit(inner_op).map_err(|e| relabel(e, &self.label))?;
         self.clock.advance(self.profile.op_time(op));
         Ok(())
     }

@@ -16,7 +16,7 @@ pub(crate) mod reduce;
 pub(crate) mod simd;
 pub(crate) mod softmax;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use half::{bf16, f16};
 use manychips_api::{DType, Element, Error, Layout, Op, ReduceOp, Result, View};
@@ -144,7 +144,7 @@ macro_rules! with_word {
 /// taken out of the table by the caller, since it is never also an input).
 pub(crate) fn execute(
     op: &Op,
-    buffers: &HashMap<u64, Storage>,
+    buffers: &FxHashMap<u64, Storage>,
     out: &mut [u64],
     env: &mut Env<'_>,
 ) -> Result<()> {
