@@ -3,6 +3,8 @@
 //! - register-blocked WGSL matmul against the naive kernel (f32, n = 512 and 1024);
 //! - the GPU's blocked matmul against the CPU backend's (GFLOP/s side by side);
 //! - upload and download against a host memcpy of the same bytes;
+//! - an add of dense f32 operands (the `flat` kernel: no index arithmetic, 4 elements per
+//!   invocation) against the same add over transposed views (the strided kernel);
 //! - the fixed cost of one tiny op (run + synchronize) against the CPU backend's.
 //!
 //! `cargo bench --bench gpu`; devices that cannot be found are reported and skipped.
@@ -147,6 +149,27 @@ fn pairs_for(gpu: &Gpu, cpu: &DeviceRef) -> Vec<Pair> {
         }),
     });
 
+    // 4M f32 each way: the dense add and the same add with both inputs transposed.
+    let side = 2048;
+    let x = Tensor::randn(0.0, 1.0, [side, side], DType::F32, 3, dev).unwrap();
+    let y = Tensor::randn(0.0, 1.0, [side, side], DType::F32, 4, dev).unwrap();
+    let (xt, yt) = (x.transpose(0, 1).unwrap(), y.transpose(0, 1).unwrap());
+    let add = |a: Tensor, b: Tensor| {
+        move || {
+            black_box(a.add(&b).unwrap());
+            a.device().synchronize().unwrap();
+        }
+    };
+    pairs.push(Pair {
+        group: format!("{name}_add_f32"),
+        label: "4M".into(),
+        ours_name: "dense",
+        baseline: "transposed",
+        target: ">= 2",
+        throughput: Throughput::Bytes((3 * 4 * side * side) as u64),
+        ours: Box::new(add(x, y)),
+        base: Box::new(add(xt, yt)),
+    });
     pairs.push(common::gelu_backward_pair(dev, &format!("{name}_gelu_backward_f32"), 1 << 20));
     let tiny = |dev: &DeviceRef| {
         let t = Tensor::zeros([4], DType::F32, dev).unwrap();

@@ -1,7 +1,8 @@
 // Every elementwise op (binary, compare, unary, affine, cast, copy, where, fill): `value`
 // ({{VALUE}}) computes the bits of one output element from the operand offsets `o`.
-// Scalars: [3] and [4] op constants (affine mul/add, fill bits); [5] elements per output
-// word and [6] the output's element offset (section `words`).
+// Scalars: [2] invocations (section `flat`); [3] and [4] op constants (affine mul/add, fill
+// bits); [5] elements per output word and [6] the output's element offset (section
+// `words`); [7] which operands advance with the element (section `flat`, bit k: operand k).
 
 fn out_bits(v: f32) -> u32 {
     return {{FROM_F32}}(v);
@@ -21,6 +22,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let o = offsets(g);
     st{{OUT}}(o.{{OUT_C}}, value(o));
+}
+
+//# flat
+// Every operand contiguous in the output's order or one broadcast element, the output 32-bit:
+// an operand's offset is its first element's plus the element index (or plus nothing), with
+// no division per element. Each invocation takes 4 elements, [2] (the invocation count)
+// apart, so neighbouring invocations still touch neighbouring words.
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let first = linear_id(gid, nwg, 256u);
+    let n = pw(0u);
+    let apart = pw(2u);
+    if first >= apart {
+        return;
+    }
+    let m = pw(7u);
+    let step = vec4<u32>(m & 1u, (m >> 1u) & 1u, (m >> 2u) & 1u, (m >> 3u) & 1u);
+    let base = vec4<u32>(pw(16u), pw(25u), pw(34u), pw(43u));
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let g = first + j * apart;
+        if g >= n {
+            return;
+        }
+        let o = base + step * g;
+        st{{OUT}}(o.{{OUT_C}}, value(o));
+    }
 }
 
 //# words

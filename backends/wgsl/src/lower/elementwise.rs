@@ -122,12 +122,18 @@ pub(super) fn dispatch(
     let out_dtype = operands[k].dtype;
     let per = per_word(out_dtype);
     let words = per > 1 && out.is_contiguous();
+    let flat = if per == 1 { flat_steps(out, layouts) } else { None };
     let (items, section) = if words {
         operands[k].words = true;
         params.set(5, per as u32)?;
         params.set(6, word(op, "offset", out.offset)?)?;
         let first = out.offset / per;
         ((out.offset + n).div_ceil(per) - first, "words")
+    } else if let Some(steps) = flat {
+        let apart = n.div_ceil(FLAT_PER_INVOCATION);
+        params.set(2, word(op, "invocations", apart)?)?;
+        params.set(7, steps)?;
+        (apart, "flat")
     } else {
         (n, "elements")
     };
@@ -158,6 +164,32 @@ pub(super) fn dispatch(
         subs: &subs,
     };
     kernel.dispatch(params, grid_1d(op, items, WG, f)?)
+}
+
+/// Elements each invocation of the `flat` kernel computes.
+const FLAT_PER_INVOCATION: usize = 4;
+
+/// The `flat` kernel's step mask when every operand (the output, contiguous, last) either
+/// runs through memory in the output's element order or is one element broadcast: bit k
+/// set when operand k advances with the element.
+fn flat_steps(out: &Layout, layouts: &[Strided]) -> Option<u32> {
+    if !out.is_contiguous() || layouts.len() > 4 {
+        return None;
+    }
+    let dense = out.strides.as_slice();
+    let mut mask = 0;
+    for (k, s) in layouts.iter().enumerate() {
+        let live = out.dims().iter().zip(&s.strides).filter(|(d, _)| **d > 1);
+        let own = out.dims().iter().zip(dense).filter(|(d, _)| **d > 1);
+        if live.clone().all(|(_, st)| *st == 0) {
+            continue;
+        }
+        if !live.map(|(_, st)| *st).eq(own.map(|(_, st)| *st)) {
+            return None;
+        }
+        mask |= 1 << k;
+    }
+    Some(mask)
 }
 
 fn section_text(name: &str) -> Result<&'static str> {

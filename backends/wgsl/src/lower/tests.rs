@@ -184,6 +184,38 @@ fn contiguous_packed_outputs_are_written_by_whole_words() {
 }
 
 #[test]
+fn dense_and_scalar_operands_take_the_flat_kernel() {
+    let f = features(MatmulKernel::Naive);
+    let add = |lhs: View, rhs: View| Op::Binary {
+        op: BinaryOp::Add,
+        lhs,
+        rhs,
+        out: view(2, &[3, 5], DType::F32),
+    };
+    let first = |op: &Op| lower(op, &f).ok().and_then(|l| l.dispatches.into_iter().next());
+    let dense = view(0, &[3, 5], DType::F32);
+    // A narrowed operand (offset 5) is still dense; the step mask has both inputs and the
+    // output; 15 elements at 4 per invocation: 4 invocations.
+    let mut shifted = view(1, &[3, 5], DType::F32);
+    shifted.layout.offset = 5;
+    let d = first(&add(dense.clone(), shifted)).expect("lowers");
+    assert!(d.source.contains("let apart = pw(2u);"));
+    assert_eq!((d.params[7], d.params[2], d.workgroups), (0b111, 4, [1, 1, 1]));
+    // One element broadcast over the whole output: it does not advance.
+    let mut scalar = view(1, &[3, 5], DType::F32);
+    scalar.layout.strides = vec![0, 0];
+    let d = first(&add(dense.clone(), scalar)).expect("lowers");
+    assert_eq!(d.params[7], 0b101);
+    // A row broadcast down the columns, or a transposed operand: the strided kernel.
+    for strides in [vec![0, 1], vec![1, 3]] {
+        let mut other = view(1, &[3, 5], DType::F32);
+        other.layout.strides = strides;
+        let d = first(&add(dense.clone(), other)).expect("lowers");
+        assert!(!d.source.contains("let apart = pw(2u);"), "{:?}", d.params);
+    }
+}
+
+#[test]
 fn loops_longer_than_llvmpipe_runs_are_refused() {
     let f = features(MatmulKernel::RegisterBlocked);
     let k = 300_000;
