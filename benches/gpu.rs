@@ -5,6 +5,7 @@
 //! - upload and download against a host memcpy of the same bytes;
 //! - an add of dense f32 operands (the `flat` kernel: no index arithmetic, 4 elements per
 //!   invocation) against the same add over transposed views (the strided kernel);
+//! - row softmax over 4096×1024 f32 against the CPU backend's;
 //! - the fixed cost of one tiny op (run + synchronize) against the CPU backend's.
 //!
 //! `cargo bench --bench gpu`; devices that cannot be found are reported and skipped.
@@ -169,6 +170,24 @@ fn pairs_for(gpu: &Gpu, cpu: &DeviceRef) -> Vec<Pair> {
         throughput: Throughput::Bytes((3 * 4 * side * side) as u64),
         ours: Box::new(add(x, y)),
         base: Box::new(add(xt, yt)),
+    });
+    let rows = Tensor::randn(0.0, 1.0, [4096, 1024], DType::F32, 5, dev).unwrap();
+    let cpu_rows = rows.to_device(cpu).unwrap();
+    let softmax = |t: Tensor| {
+        move || {
+            black_box(t.softmax(1).unwrap());
+            t.device().synchronize().unwrap();
+        }
+    };
+    pairs.push(Pair {
+        group: format!("{name}_softmax_f32"),
+        label: "4096x1024".into(),
+        ours_name: name.clone().leak(),
+        baseline: "cpu:0",
+        target: "report",
+        throughput: Throughput::Bytes((2 * 4 * 4096 * 1024) as u64),
+        ours: Box::new(softmax(rows)),
+        base: Box::new(softmax(cpu_rows)),
     });
     pairs.push(common::gelu_backward_pair(dev, &format!("{name}_gelu_backward_f32"), 1 << 20));
     let tiny = |dev: &DeviceRef| {

@@ -2,6 +2,28 @@
 // Three passes over the row: max, Σ exp(x - max), then the outputs.
 
 var<workgroup> sv: array<f32, 256>;
+var<workgroup> sw: array<f32, 16>;
+
+// The 256 invocations' partial maxima (`is_max`) or sums folded in two rounds of 16, so the
+// whole fold waits at two barriers where a halving tree waits at eight (a barrier is what
+// costs most on CPU-backed Vulkan). Every invocation gets the total.
+fn fold(v: f32, lid: u32, is_max: bool) -> f32 {
+    sv[lid] = v;
+    workgroupBarrier();
+    if lid < 16u {
+        var a = sv[lid * 16u];
+        for (var k = 1u; k < 16u; k = k + 1u) {
+            a = select(a + sv[lid * 16u + k], max(a, sv[lid * 16u + k]), is_max);
+        }
+        sw[lid] = a;
+    }
+    workgroupBarrier();
+    var t = sw[0];
+    for (var k = 1u; k < 16u; k = k + 1u) {
+        t = select(t + sw[k], max(t, sw[k]), is_max);
+    }
+    return t;
+}
 
 const NEG_INF: u32 = 0xff800000u;
 
@@ -30,29 +52,12 @@ fn wide(
     for (var i = lid.x; i < n; i = i + 256u) {
         m = max(m, ldf0(o.x + i * st));
     }
-    sv[lid.x] = m;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if lid.x < s {
-            sv[lid.x] = max(sv[lid.x], sv[lid.x + s]);
-        }
-        workgroupBarrier();
-    }
-    let mx = sv[0];
-    workgroupBarrier();
+    let mx = fold(m, lid.x, true);
     var total = 0.0;
     for (var i = lid.x; i < n; i = i + 256u) {
         total = total + exp(ldf0(o.x + i * st) - mx);
     }
-    sv[lid.x] = total;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if lid.x < s {
-            sv[lid.x] = sv[lid.x] + sv[lid.x + s];
-        }
-        workgroupBarrier();
-    }
-    let sum = sv[0];
+    let sum = fold(total, lid.x, false);
     for (var i = lid.x; i < n; i = i + 256u) {
         stf1(o.y + i * ost, soft_out(ldf0(o.x + i * st), mx, sum));
     }

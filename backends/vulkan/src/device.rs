@@ -129,6 +129,7 @@ impl VulkanDevice {
             } else {
                 MatmulKernel::SharedTiles
             },
+            cpu_backed: adapter.is_cpu,
         };
         let info = DeviceInfo {
             id: DeviceId::fresh(),

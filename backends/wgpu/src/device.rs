@@ -95,6 +95,7 @@ impl WgpuDevice {
             max_storage_binding: max_binding,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             matmul,
+            cpu_backed: ai.device_type == wgpu::DeviceType::Cpu,
         };
         let ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("manychips params"),

@@ -192,6 +192,7 @@ mod tests {
             max_storage_binding: 1 << 27,
             max_workgroups_per_dim: 65535,
             matmul: MatmulKernel::RegisterBlocked,
+            cpu_backed: false,
         }
     }
 

@@ -55,6 +55,11 @@ pub struct Features {
     pub max_workgroups_per_dim: u32,
     /// Which matmul kernel to use (picked per device, e.g. by calibration).
     pub matmul: MatmulKernel,
+    /// The driver runs invocations on CPU cores (lavapipe). A workgroup barrier costs far
+    /// more there than on a GPU, so reductions and softmax give rows of moderate length one
+    /// invocation each instead of a workgroup (softmax over 4096×1024 on lavapipe: 16 ms
+    /// against 194 ms).
+    pub cpu_backed: bool,
 }
 
 /// The matmul kernel variants; all pass the conformance kit.

@@ -14,6 +14,11 @@ const SOFTMAX: &str = include_str!("../../../../kernels/wgsl/softmax.wgsl");
 /// Rows at least this long (or this few rows) get a workgroup each.
 const WIDE_ROW: usize = 256;
 const FEW_ROWS: usize = 64;
+/// On a CPU-backed driver, rows up to this long get one invocation each however long they
+/// are (within the loop budget: softmax walks a row three times), as long as there are
+/// enough of them to keep the cores busy.
+const CPU_SHORT_ROW: usize = MAX_LOOP_ITERATIONS / 3;
+const CPU_MANY_ROWS: usize = 2 * WG;
 
 /// `v`'s layout without `axis`.
 fn without(v: &View, axis: usize) -> Strided {
@@ -38,7 +43,11 @@ fn rows(
     params.set(2, word(op, "row length", n)?)?;
     params.set(3, word(op, "stride", input.layout.strides[axis])?)?;
     params.set(5, word(op, "stride", out.layout.strides[axis])?)?;
-    let wide = n >= WIDE_ROW || count <= FEW_ROWS;
+    let wide = if f.cpu_backed && count >= CPU_MANY_ROWS {
+        n > CPU_SHORT_ROW
+    } else {
+        n >= WIDE_ROW || count <= FEW_ROWS
+    };
     // Softmax walks a row three times.
     let limit = WG * MAX_LOOP_ITERATIONS / 3;
     if n > limit {

@@ -15,6 +15,7 @@ fn features(matmul: MatmulKernel) -> Features {
         max_storage_binding: 128 << 20,
         max_workgroups_per_dim: 65535,
         matmul,
+        cpu_backed: false,
     }
 }
 
@@ -213,6 +214,26 @@ fn dense_and_scalar_operands_take_the_flat_kernel() {
         let d = first(&add(dense.clone(), other)).expect("lowers");
         assert!(!d.source.contains("let apart = pw(2u);"), "{:?}", d.params);
     }
+}
+
+#[test]
+fn cpu_backed_drivers_give_many_moderate_rows_one_invocation_each() {
+    let softmax = |rows: usize, len: usize| Op::Softmax {
+        input: view(0, &[rows, len], DType::F32),
+        out: view(1, &[rows, len], DType::F32),
+        axis: 1,
+        log: false,
+    };
+    let entry = |op: &Op, cpu_backed: bool| {
+        let f = Features { cpu_backed, ..features(MatmulKernel::Naive) };
+        lower(op, &f).ok().and_then(|l| l.dispatches.first().map(|d| d.entry)).unwrap_or("-")
+    };
+    let many = softmax(4096, 1024);
+    assert_eq!((entry(&many, false), entry(&many, true)), ("wide", "short"));
+    // Few rows keep their workgroups (the cores would idle), and so do rows longer than one
+    // invocation's loop budget.
+    assert_eq!(entry(&softmax(8, 1024), true), "wide");
+    assert_eq!(entry(&softmax(1024, 30_000), true), "wide");
 }
 
 #[test]
