@@ -4,6 +4,36 @@
 //! arithmetic and selects, so a loop over them compiles to SIMD (see `simd.rs` for the
 //! AVX2 build). Every function is `#[inline(always)]` so it is compiled inside the
 //! feature-enabled loop that calls it.
+//!
+//! Each is generic over how a polynomial step `a·b + c` is formed ([`MulAdd`]): one FMA
+//! instruction in the AVX2+FMA build, which halves the instructions of every Horner step and
+//! rounds once instead of twice; a multiply and an add in the baseline build, where
+//! `f32::mul_add` would be a slow libm call. Rust never fuses `a * b + c` by itself.
+
+/// How `a·b + c` is formed: see the module notes.
+pub(crate) trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One fused multiply-add (for code compiled with the `fma` target feature).
+pub(crate) struct Fused;
+
+/// A multiply, then an add.
+pub(crate) struct Separate;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// ln 2 split so that `n * LN2_HI` is exact for every `n` we use (Cody–Waite reduction).
@@ -18,21 +48,22 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// e^x with a relative error of about 1 ulp on [-87.3, 88.7]; 0 below, +inf above, NaN kept.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub fn exp<M: MulAdd>(x: f32) -> f32 {
     let xc = x.clamp(EXP_LO, EXP_HI);
     // n = round(x / ln 2) without a libm round (which would not vectorise on baseline x86).
     let t = xc * LOG2_E + ROUND_MAGIC;
     let n = t - ROUND_MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND_MAGIC.to_bits() as i32);
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    // Cody–Waite: n·LN2_HI is exact, so fused or not the reduction loses nothing there.
+    let r = M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, xc));
     // Cephes expf minimax polynomial on [-ln2/2, ln2/2].
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = M::mul_add(p, r, 1.398_199_9e-3);
+    p = M::mul_add(p, r, 8.333_452e-3);
+    p = M::mul_add(p, r, 4.166_579_6e-2);
+    p = M::mul_add(p, r, 1.666_666_5e-1);
+    p = M::mul_add(p, r, 0.5);
+    let y = M::mul_add(p * r, r, r) + 1.0;
     // 2^n as two normal factors: n spans [-126, 128], and neither end is one normal float.
     // (Wrapping ops: a NaN input makes `ni` garbage; its result is replaced below.)
     let n1 = ni >> 1;
@@ -48,37 +79,37 @@ pub fn exp(x: f32) -> f32 {
 /// tanh with a few ulp of error: an odd polynomial near 0 (where `1 - 2/(e^2x + 1)` would
 /// cancel), the exp form elsewhere.
 #[inline(always)]
-pub fn tanh(x: f32) -> f32 {
+pub fn tanh<M: MulAdd>(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
     // Cephes tanhf polynomial, |x| < 0.625.
     let mut p = -5.704_988_7e-3f32;
-    p = p * z + 2.063_909e-2;
-    p = p * z - 5.373_971_6e-2;
-    p = p * z + 1.333_144_2e-1;
-    p = p * z - 3.333_328e-1;
-    let small = p * z * x + x;
-    let big = (1.0 - 2.0 / (exp(2.0 * a) + 1.0)).copysign(x);
+    p = M::mul_add(p, z, 2.063_909e-2);
+    p = M::mul_add(p, z, -5.373_971_6e-2);
+    p = M::mul_add(p, z, 1.333_144_2e-1);
+    p = M::mul_add(p, z, -3.333_328e-1);
+    let small = M::mul_add(p * z, x, x);
+    let big = (1.0 - 2.0 / (exp::<M>(2.0 * a) + 1.0)).copysign(x);
     if a < 0.625 { small } else { big }
 }
 
 #[inline(always)]
-pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+pub fn sigmoid<M: MulAdd>(x: f32) -> f32 {
+    1.0 / (1.0 + exp::<M>(-x))
 }
 
 #[inline(always)]
-pub fn silu(x: f32) -> f32 {
-    x * sigmoid(x)
+pub fn silu<M: MulAdd>(x: f32) -> f32 {
+    x * sigmoid::<M>(x)
 }
 
 /// 0.5·x·(1 + tanh(u)) rewritten as x·sigmoid(2u), which is the same function without the
 /// cancellation of `1 + tanh(u)` for negative x.
 #[inline(always)]
-pub fn gelu_tanh(x: f32) -> f32 {
+pub fn gelu_tanh<M: MulAdd>(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
-    x * sigmoid(2.0 * u)
+    let u = SQRT_2_OVER_PI * M::mul_add(0.044_715 * x * x, x, x);
+    x * sigmoid::<M>(2.0 * u)
 }
 
 /// 0.5·x·(1 + erf(x/√2)) = 0.5·x·erfc(-x/√2): the erfc form keeps full relative accuracy
@@ -89,28 +120,29 @@ pub fn gelu_tanh(x: f32) -> f32 {
 /// formed exactly (Dekker's split, no FMA needed) and e^(-z²) taken from the exact high part
 /// times a correction, rather than rounding an argument of size ~80 to f32 first.
 #[inline(always)]
-pub fn gelu_erf(x: f32) -> f32 {
+pub fn gelu_erf<M: MulAdd>(x: f32) -> f32 {
     // Beyond ±15 erfc is 0 or 2 in f32; clamping keeps the split below finite.
     let xc = x.clamp(-15.0, 15.0);
     let a = xc.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * a);
     let mut p = 0.170_872_77f32;
-    p = p * t - 0.822_152_23;
-    p = p * t + 1.488_515_9;
-    p = p * t - 1.135_204;
-    p = p * t + 0.278_868_07;
-    p = p * t - 0.186_288_06;
-    p = p * t + 0.096_784_18;
-    p = p * t + 0.374_091_96;
-    p = p * t + 1.000_023_7;
-    p = p * t - 1.265_512_2;
+    p = M::mul_add(p, t, -0.822_152_23);
+    p = M::mul_add(p, t, 1.488_515_9);
+    p = M::mul_add(p, t, -1.135_204);
+    p = M::mul_add(p, t, 0.278_868_07);
+    p = M::mul_add(p, t, -0.186_288_06);
+    p = M::mul_add(p, t, 0.096_784_18);
+    p = M::mul_add(p, t, 0.374_091_96);
+    p = M::mul_add(p, t, 1.000_023_7);
+    p = M::mul_add(p, t, -1.265_512_2);
     // xc² = hi + lo exactly.
     let c = 4097.0 * xc;
     let xh = c - (c - xc);
     let xl = xc - xh;
     let hi = xc * xc;
     let lo = ((xh * xh - hi) + 2.0 * xh * xl) + xl * xl;
-    let r = t * exp(-0.5 * hi) * exp(p - 0.5 * lo);
+    // The split above stays plain multiplies and adds: its exactness is the point of it.
+    let r = t * exp::<M>(-0.5 * hi) * exp::<M>(p - 0.5 * lo);
     // erfc(-x/√2): r is erfc(|x|/√2), the tail, when x ≤ 0.
     let erfc = if x <= 0.0 { r } else { 2.0 - r };
     0.5 * x * erfc
@@ -150,6 +182,12 @@ mod tests {
 
     #[test]
     fn exp_is_accurate_everywhere() {
+        exp_is_accurate_with::<Separate>();
+        exp_is_accurate_with::<Fused>();
+    }
+
+    fn exp_is_accurate_with<M: MulAdd>() {
+        let exp = exp::<M>;
         let mut worst: f64 = 0.0;
         let n = 2_000_000;
         for i in 0..=n {
@@ -168,6 +206,13 @@ mod tests {
 
     #[test]
     fn tanh_sigmoid_gelu_are_accurate() {
+        tanh_sigmoid_gelu_are_accurate_with::<Separate>();
+        tanh_sigmoid_gelu_are_accurate_with::<Fused>();
+    }
+
+    fn tanh_sigmoid_gelu_are_accurate_with<M: MulAdd>() {
+        let (tanh, sigmoid) = (tanh::<M>, sigmoid::<M>);
+        let (gelu_tanh, gelu_erf) = (gelu_tanh::<M>, gelu_erf::<M>);
         let n = 200_000;
         let (mut t, mut s, mut g, mut e) = (0f64, 0f64, 0f64, 0f64);
         for i in 0..=n {

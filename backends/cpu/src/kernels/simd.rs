@@ -19,27 +19,29 @@ pub(crate) fn has_avx2_fma() -> bool {
 
 /// Defines `fn $name` whose body is compiled for the baseline target and for AVX2+FMA, and
 /// calls the best one the CPU runs. Everything the body calls must be `#[inline(always)]`
-/// (or small generic std code) to be compiled with the wider features.
+/// (or small generic std code) to be compiled with the wider features. Inside the body, `M`
+/// is how `math` forms `a·b + c` in that build (`math::Fused` with FMA, `math::Separate`
+/// without).
 macro_rules! multiversion {
     ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
         $body:block) => {
         $(#[$attr])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            fn imp<M: math::MulAdd>($($arg: $ty),*) $(-> $ret)? $body
 
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    imp($($arg),*)
+                    imp::<math::Fused>($($arg),*)
                 }
                 if has_avx2_fma() {
                     // SAFETY: the CPU has AVX2 and FMA, checked at run time just above.
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            imp($($arg),*)
+            imp::<math::Separate>($($arg),*)
         }
     };
 }
@@ -122,16 +124,16 @@ multiversion! {
         match op {
             UnaryOp::Neg => zip1(src, dst, |x| -x),
             UnaryOp::Abs => zip1(src, dst, f32::abs),
-            UnaryOp::Exp => zip1(src, dst, math::exp),
+            UnaryOp::Exp => zip1(src, dst, math::exp::<M>),
             UnaryOp::Log => zip1(src, dst, f32::ln),
             UnaryOp::Sqrt => zip1(src, dst, f32::sqrt),
             UnaryOp::Rsqrt => zip1(src, dst, |x| 1.0 / x.sqrt()),
-            UnaryOp::Tanh => zip1(src, dst, math::tanh),
-            UnaryOp::Sigmoid => zip1(src, dst, math::sigmoid),
+            UnaryOp::Tanh => zip1(src, dst, math::tanh::<M>),
+            UnaryOp::Sigmoid => zip1(src, dst, math::sigmoid::<M>),
             UnaryOp::Relu => zip1(src, dst, |x| x.max(0.0)),
-            UnaryOp::GeluTanh => zip1(src, dst, math::gelu_tanh),
-            UnaryOp::GeluErf => zip1(src, dst, math::gelu_erf),
-            UnaryOp::Silu => zip1(src, dst, math::silu),
+            UnaryOp::GeluTanh => zip1(src, dst, math::gelu_tanh::<M>),
+            UnaryOp::GeluErf => zip1(src, dst, math::gelu_erf::<M>),
+            UnaryOp::Silu => zip1(src, dst, math::silu::<M>),
             UnaryOp::Sin => zip1(src, dst, f32::sin),
             UnaryOp::Cos => zip1(src, dst, f32::cos),
         }
@@ -253,14 +255,14 @@ multiversion! {
         let mut dc = dst.chunks_exact_mut(L);
         for (s, d) in (&mut sc).zip(&mut dc) {
             for i in 0..L {
-                let e = math::exp(s[i] - m);
+                let e = math::exp::<M>(s[i] - m);
                 d[i] = e;
                 acc[i] += e;
             }
         }
         let mut total: f32 = acc.iter().sum();
         for (&s, d) in sc.remainder().iter().zip(dc.into_remainder()) {
-            *d = math::exp(s - m);
+            *d = math::exp::<M>(s - m);
             total += *d;
         }
         total
@@ -275,14 +277,14 @@ multiversion! {
         let mut xc = x.chunks_exact_mut(L);
         for c in &mut xc {
             for i in 0..L {
-                let e = math::exp(c[i] - m);
+                let e = math::exp::<M>(c[i] - m);
                 c[i] = e;
                 acc[i] += e;
             }
         }
         let mut total: f32 = acc.iter().sum();
         for v in xc.into_remainder() {
-            *v = math::exp(*v - m);
+            *v = math::exp::<M>(*v - m);
             total += *v;
         }
         total
@@ -298,10 +300,10 @@ multiversion! {
         let tail = chunks.remainder();
         for c in chunks {
             for i in 0..L {
-                acc[i] += math::exp(c[i] - m);
+                acc[i] += math::exp::<M>(c[i] - m);
             }
         }
-        acc.iter().sum::<f32>() + tail.iter().map(|&v| math::exp(v - m)).sum::<f32>()
+        acc.iter().sum::<f32>() + tail.iter().map(|&v| math::exp::<M>(v - m)).sum::<f32>()
     }
 }
 
