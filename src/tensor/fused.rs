@@ -179,6 +179,24 @@ pub(crate) mod programs {
         ]
     }
 
+    /// Softmax's input gradient `y · (g − Σ g·y)` from inputs `[y, g, Σ g·y]` (the sum over
+    /// the softmax axis, broadcast back along it).
+    pub fn softmax_backward() -> Vec<Instr> {
+        vec![Input(0), Input(1), Input(2), Binary(BinaryOp::Sub, 1, 2), Binary(BinaryOp::Mul, 0, 3)]
+    }
+
+    /// Log-softmax's input gradient `g − e^y · Σ g` from inputs `[y, g, Σ g]`.
+    pub fn log_softmax_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Unary(UnaryOp::Exp, 0),
+            Binary(BinaryOp::Mul, 3, 2),
+            Binary(BinaryOp::Sub, 1, 4),
+        ]
+    }
+
     /// `grad · (x > 0)` from inputs `[x, grad]`: ReLU's backward.
     pub fn relu_backward() -> Vec<Instr> {
         vec![

@@ -171,11 +171,13 @@ impl Backward {
             }
             Backward::Softmax { axis } => {
                 let dot = g.mul(y)?.sum_keepdim(*axis)?;
-                one(y.mul(&g.sub(&dot)?)?)
+                let program = crate::programs::softmax_backward();
+                one(Tensor::fused(&[y, g, &dot], &program, y.dtype())?)
             }
             Backward::LogSoftmax { axis } => {
                 let total = g.sum_keepdim(*axis)?;
-                one(g.sub(&y.exp()?.mul(&total)?)?)
+                let program = crate::programs::log_softmax_backward();
+                one(Tensor::fused(&[y, g, &total], &program, y.dtype())?)
             }
             Backward::Reshape => one(g.reshape(x.shape().clone())?),
             Backward::Permute { perm } => {

@@ -90,6 +90,8 @@ fn programs() -> Vec<(&'static str, Vec<Instr>, Vec<Dist>)> {
         ("gelu_tanh_backward", crate::programs::gelu_tanh_backward(), vec![any, any]),
         ("relu_backward", crate::programs::relu_backward(), vec![any, any]),
         ("silu_backward", crate::programs::silu_backward(), vec![any, any]),
+        ("softmax_backward", crate::programs::softmax_backward(), vec![any, any, any]),
+        ("log_softmax_backward", crate::programs::log_softmax_backward(), vec![any, any, any]),
         ("moment", crate::programs::moment(0.9, false, false), vec![any, any]),
         ("squared moment, first step", crate::programs::moment(0.999, true, true), vec![any]),
         (
