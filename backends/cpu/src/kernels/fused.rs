@@ -79,21 +79,52 @@ fn run_n<D: Elem, const N: usize>(
             _ => None,
         })
         .collect();
+    // Registers that hold one value along a segment (a broadcast input such as a row's mean,
+    // a constant, and whatever only they feed): computed once per segment, and combined
+    // with full registers by the vector-scalar loops instead of being filled out first.
+    let mut scalar = vec![false; program.len()];
+    for (k, instr) in program.iter().enumerate() {
+        scalar[k] = match *instr {
+            Instr::Input(m) => strides[m + 1] == 0,
+            Instr::Const(_) => true,
+            Instr::Unary(_, a) | Instr::Affine(a, _, _) => scalar[a],
+            Instr::Binary(_, a, b) | Instr::Compare(_, a, b) => scalar[a] && scalar[b],
+        };
+    }
     // The last step writes straight into an f32 output read with unit stride.
     let computes_last = !matches!(program[last], Instr::Input(_) | Instr::Const(_));
     plan.run(
         out,
         MIN_CHUNK_HEAVY,
-        || vec![0.0f32; program.len() * BLOCK],
-        |regs, out, offsets, len| {
-            let direct = computes_last && strides[0] == 1;
+        || (vec![0.0f32; program.len() * BLOCK], vec![0.0f32; program.len()]),
+        |(regs, values), out, offsets, len| {
+            let direct = computes_last && !scalar[last] && strides[0] == 1;
+            // The segment's scalar registers, each computed by the same loop as a full one.
+            for (k, instr) in program.iter().enumerate().filter(|(k, _)| scalar[*k]) {
+                let (before, rest) = values.split_at_mut(k);
+                let dst = &mut rest[..1];
+                match *instr {
+                    Instr::Input(m) => inputs[m].0.load(offsets[m + 1], 0, dst),
+                    Instr::Const(c) => dst[0] = c as f32,
+                    Instr::Unary(op, a) => simd::unary(op, &before[a..=a], dst),
+                    Instr::Binary(op, a, b) => {
+                        simd::binary_vv(op, &before[a..=a], &before[b..=b], dst)
+                    }
+                    Instr::Affine(a, mul, add) => {
+                        simd::affine(&before[a..=a], dst, mul as f32, add as f32)
+                    }
+                    Instr::Compare(op, a, b) => {
+                        dst[0] = if compare(op, before[a], before[b]) { 1.0 } else { 0.0 }
+                    }
+                }
+            }
             let mut i = 0;
             while i < len {
                 let n = BLOCK.min(len - i);
                 let o = offsets[0] + i;
                 let mut out_f32 = if direct { D::as_f32_mut(out) } else { None };
                 for (k, instr) in program.iter().enumerate() {
-                    if aliased[k].is_some() {
+                    if aliased[k].is_some() || scalar[k] {
                         continue;
                     }
                     let (before, rest) = regs.split_at_mut(k * BLOCK);
@@ -110,15 +141,23 @@ fn run_n<D: Elem, const N: usize>(
                             let stride = strides[m + 1];
                             inputs[m].0.load(offsets[m + 1] + i * stride, stride, dst);
                         }
+                        // Constants are scalar registers: never here.
                         Instr::Const(c) => dst.fill(c as f32),
                         Instr::Unary(op, a) => simd::unary(op, reg(a), dst),
-                        Instr::Binary(op, a, b) => simd::binary_vv(op, reg(a), reg(b), dst),
+                        Instr::Binary(op, a, b) => match (scalar[a], scalar[b]) {
+                            (false, false) => simd::binary_vv(op, reg(a), reg(b), dst),
+                            (false, true) => simd::binary_vs(op, reg(a), values[b], dst),
+                            (true, _) => simd::binary_sv(op, values[a], reg(b), dst),
+                        },
                         Instr::Affine(a, mul, add) => {
                             simd::affine(reg(a), dst, mul as f32, add as f32)
                         }
                         Instr::Compare(op, a, b) => {
-                            for ((d, &x), &y) in dst.iter_mut().zip(reg(a)).zip(reg(b)) {
-                                *d = if compare(op, x, y) { 1.0 } else { 0.0 };
+                            let value = |r: usize, j: usize| {
+                                if scalar[r] { values[r] } else { reg(r)[j] }
+                            };
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                *d = if compare(op, value(a, j), value(b, j)) { 1.0 } else { 0.0 };
                             }
                         }
                     }
@@ -126,6 +165,10 @@ fn run_n<D: Elem, const N: usize>(
                 if out_f32.is_none() {
                     let value: &[f32] = match aliased[last] {
                         Some((s, m)) => &s[offsets[m + 1] + i..offsets[m + 1] + i + n],
+                        None if scalar[last] => {
+                            regs[..n].fill(values[last]);
+                            &regs[..n]
+                        }
                         None => &regs[last * BLOCK..last * BLOCK + n],
                     };
                     store(value, out, offsets[0] + i * strides[0], strides[0]);
