@@ -11,7 +11,9 @@ use manychips_api::{Op, View};
 pub fn cut_axes(op: &Op) -> Vec<usize> {
     let dims = op.output().dims();
     let reduced = match op {
-        Op::Reduce { axis, .. } | Op::Softmax { axis, .. } => Some(*axis),
+        Op::Reduce { axis, .. } | Op::Softmax { axis, .. } | Op::FusedReduce { axis, .. } => {
+            Some(*axis)
+        }
         Op::Matmul { .. }
         | Op::Binary { .. }
         | Op::Compare { .. }

@@ -4,47 +4,80 @@
 use manychips_api::Instr;
 
 use super::{Tensor, label};
-use crate::{DType, Error, Op, Result, Shape};
+use crate::{DType, Error, Op, ReduceOp, Result, Shape, View};
 
 impl Tensor {
     /// `program(inputs…)` elementwise in one pass (see [`manychips_api::fused`]): the inputs
     /// broadcast to one shape as numpy does, any float dtypes, computed in f32; the result in
     /// `dtype`. All inputs on one device.
     pub fn fused(inputs: &[&Tensor], program: &[Instr], dtype: DType) -> Result<Tensor> {
-        let Some(first) = inputs.first() else {
-            return Err(Error::InvalidArgument {
-                op: "fused".into(),
-                device: "-".into(),
-                detail: "a fused program needs at least one input".into(),
-            });
-        };
-        let mut shape: Shape = first.shape().clone();
-        for t in &inputs[1..] {
-            first.same_device(t, "fused")?;
-            shape = shape.broadcast(t.shape()).ok_or_else(|| Error::Shape {
-                op: "fused".into(),
-                device: label(first.device()),
-                detail: format!(
-                    "{} do not broadcast",
-                    inputs.iter().map(|t| t.describe()).collect::<Vec<_>>().join(", ")
-                ),
-            })?;
-        }
-        let views = inputs
-            .iter()
-            .map(|t| {
-                let layout = t.layout.broadcast_to(&shape).ok_or_else(|| Error::Shape {
-                    op: "fused".into(),
-                    device: label(t.device()),
-                    detail: format!("{} does not broadcast to {shape}", t.describe()),
-                })?;
-                Ok(t.with_layout(layout).view())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let (first, shape, views) = broadcast_views(inputs, "fused")?;
         let out = first.output("fused", shape, dtype)?;
         out.enqueue(Op::Fused { inputs: views, program: program.to_vec(), out: out.view() })?;
         Ok(out)
     }
+
+    /// `program(inputs…)` (as [`Tensor::fused`] computes it) reduced along `axis` by `op`
+    /// (sum, mean, max or min) in the same pass: the values are never stored. The result
+    /// keeps `axis` with length 1, in `dtype`.
+    pub fn fused_reduce(
+        inputs: &[&Tensor],
+        program: &[Instr],
+        op: ReduceOp,
+        axis: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let name = "fused_reduce";
+        let (first, shape, views) = broadcast_views(inputs, name)?;
+        if axis >= shape.rank() {
+            return Err(Error::IndexOutOfRange {
+                op: name.into(),
+                device: label(first.device()),
+                detail: format!("axis {axis} of the {}-d iteration shape {shape}", shape.rank()),
+            });
+        }
+        let mut dims = shape.dims().to_vec();
+        dims[axis] = 1;
+        let out = first.output(name, Shape::new(dims), dtype)?;
+        let program = program.to_vec();
+        out.enqueue(Op::FusedReduce { inputs: views, program, op, axis, out: out.view() })?;
+        Ok(out)
+    }
+}
+
+/// The first input, the shape `inputs` broadcast to, and each input's view at that shape.
+fn broadcast_views<'t>(inputs: &[&'t Tensor], op: &str) -> Result<(&'t Tensor, Shape, Vec<View>)> {
+    let Some(&first) = inputs.first() else {
+        return Err(Error::InvalidArgument {
+            op: op.into(),
+            device: "-".into(),
+            detail: "a fused program needs at least one input".into(),
+        });
+    };
+    let mut shape: Shape = first.shape().clone();
+    for t in &inputs[1..] {
+        first.same_device(t, op)?;
+        shape = shape.broadcast(t.shape()).ok_or_else(|| Error::Shape {
+            op: op.into(),
+            device: label(first.device()),
+            detail: format!(
+                "{} do not broadcast",
+                inputs.iter().map(|t| t.describe()).collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+    }
+    let views = inputs
+        .iter()
+        .map(|t| {
+            let layout = t.layout.broadcast_to(&shape).ok_or_else(|| Error::Shape {
+                op: op.into(),
+                device: label(t.device()),
+                detail: format!("{} does not broadcast to {shape}", t.describe()),
+            })?;
+            Ok(t.with_layout(layout).view())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((first, shape, views))
 }
 
 /// The fused programs of the library's own layers (autograd, optimizers).

@@ -2,7 +2,7 @@
 //! its inputs. The rules are tensor ops themselves, so the backward pass runs on whatever
 //! device the forward pass ran on.
 
-use crate::{DType, Result, Shape, Tensor};
+use crate::{DType, ReduceOp, Result, Shape, Tensor};
 
 /// The data an op keeps for its backward pass (its inputs and output are kept by the graph).
 #[derive(Clone, Debug)]
@@ -170,7 +170,9 @@ impl Backward {
                 one(spread(g, x, *axis, *keepdim)?.affine(1.0 / n, 0.0)?)
             }
             Backward::Softmax { axis } => {
-                let dot = g.mul(y)?.sum_keepdim(*axis)?;
+                let product = crate::programs::product();
+                let dot =
+                    Tensor::fused_reduce(&[g, y], &product, ReduceOp::Sum, *axis, DType::F32)?;
                 let program = crate::programs::softmax_backward();
                 one(Tensor::fused(&[y, g, &dot], &program, y.dtype())?)
             }
@@ -216,8 +218,9 @@ impl Backward {
                 let h = Tensor::fused(&[g, w], &crate::programs::product(), DType::F32)?;
                 let times = crate::programs::times_normalized();
                 let h_mean = h.mean_keepdim(*axis)?;
-                let hx_mean = Tensor::fused(&[&h, &xf, mean, rstd], &times, DType::F32)?
-                    .mean_keepdim(*axis)?;
+                let (mean_of, f32) = (ReduceOp::Mean, DType::F32);
+                let hx_mean =
+                    Tensor::fused_reduce(&[&h, &xf, mean, rstd], &times, mean_of, *axis, f32)?;
                 let input_grad = crate::programs::layer_norm_input_grad();
                 let dx = Tensor::fused(
                     &[&h, &xf, mean, rstd, &h_mean, &hx_mean],

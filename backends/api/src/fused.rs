@@ -84,13 +84,20 @@ pub(crate) fn program_error(program: &[Instr], inputs: usize) -> Option<String> 
 
 /// Runs a validated `Op::Fused` as primitive ops on `device`: each register an f32
 /// temporary of the output's shape (an f32 input is used in place), then one cast into the
-/// output. Temporaries are freed before returning (after the work they feed, in queue order).
+/// output. An `Op::FusedReduce` runs as its program (`Op::Fused`, through `device.run`, so a
+/// native fused kernel is used where there is one) into an f32 temporary, then `Op::Reduce`
+/// (and a cast for a 16-bit output). Temporaries are freed before returning (after the work
+/// they feed, in queue order).
 pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
+    if let Op::FusedReduce { inputs, program, op: reduce, axis, out } = op {
+        op.validate(&device.info().label())?;
+        return decompose_reduce(device, inputs, program, *reduce, *axis, out);
+    }
     let Op::Fused { inputs, program, out } = op else {
         return Err(crate::Error::InvalidArgument {
             op: op.name(),
             device: device.info().label(),
-            detail: "fused::decompose takes an Op::Fused".into(),
+            detail: "fused::decompose takes an Op::Fused or an Op::FusedReduce".into(),
         });
     };
     op.validate(&device.info().label())?;
@@ -155,6 +162,45 @@ pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
         } else {
             device.run(&Op::Cast { input: last, out: out.clone() })
         }
+    })();
+    for buffer in temps {
+        let freed = device.free(buffer);
+        if result.is_ok() {
+            freed?;
+        }
+    }
+    result
+}
+
+fn decompose_reduce(
+    device: &dyn Device,
+    inputs: &[View],
+    program: &[Instr],
+    op: crate::ReduceOp,
+    axis: usize,
+    out: &View,
+) -> Result<()> {
+    let dims = inputs[0].dims().to_vec();
+    let f32_view = |buffer, dims: &[usize]| View::new(buffer, Layout::contiguous(dims), DType::F32);
+    let mut temps: Vec<BufferId> = Vec::new();
+    let result = (|| -> Result<()> {
+        let values = device.alloc(inputs[0].numel().max(1) * DType::F32.size_in_bytes())?;
+        temps.push(values);
+        let values = f32_view(values, &dims);
+        let out_values = values.clone();
+        device.run(&Op::Fused {
+            inputs: inputs.to_vec(),
+            program: program.to_vec(),
+            out: out_values,
+        })?;
+        if out.dtype == DType::F32 {
+            return device.run(&Op::Reduce { op, input: values, out: out.clone(), axis });
+        }
+        let reduced = device.alloc(out.numel().max(1) * DType::F32.size_in_bytes())?;
+        temps.push(reduced);
+        let reduced = f32_view(reduced, out.dims());
+        device.run(&Op::Reduce { op, input: values, out: reduced.clone(), axis })?;
+        device.run(&Op::Cast { input: reduced, out: out.clone() })
     })();
     for buffer in temps {
         let freed = device.free(buffer);

@@ -234,6 +234,12 @@ pub enum Op {
     /// (broadcasts as strides of 0), floats of any dtype; computed in f32, rounded to `out`'s
     /// dtype once. Equal to its decomposition, [`crate::fused::decompose`].
     Fused { inputs: Vec<View>, program: Vec<Instr>, out: View },
+    /// A fused program reduced along `axis` (sum, mean, max or min): every input has the
+    /// program's iteration shape, `out` has it with `axis` set to 1. Equal to its
+    /// decomposition (the program into an f32 temporary, then `Reduce`), but a backend can
+    /// reduce each piece while it is in cache: a variance or a dot product along a row reads
+    /// its inputs once and writes nothing of their size.
+    FusedReduce { inputs: Vec<View>, program: Vec<Instr>, op: ReduceOp, axis: usize, out: View },
 }
 
 /// Broad classes of ops, for pricing and for per-class statistics.
@@ -308,6 +314,13 @@ impl Op {
             Op::Where { .. } => "where",
             Op::Fill { .. } => "fill",
             Op::Fused { .. } => "fused",
+            Op::FusedReduce { op, .. } => match op {
+                ReduceOp::Sum => "fused_reduce.sum",
+                ReduceOp::Mean => "fused_reduce.mean",
+                ReduceOp::Max => "fused_reduce.max",
+                ReduceOp::Min => "fused_reduce.min",
+                ReduceOp::ArgMax => "fused_reduce.argmax",
+            },
         }
     }
 
@@ -321,7 +334,7 @@ impl Op {
             | Op::Cast { .. }
             | Op::Where { .. }
             | Op::Fused { .. } => OpClass::Elementwise,
-            Op::Reduce { .. } | Op::Softmax { .. } => OpClass::Reduction,
+            Op::Reduce { .. } | Op::Softmax { .. } | Op::FusedReduce { .. } => OpClass::Reduction,
             Op::Copy { .. }
             | Op::Concat { .. }
             | Op::IndexSelect { .. }
@@ -344,7 +357,9 @@ impl Op {
             | Op::Softmax { input, .. }
             | Op::Cast { input, .. }
             | Op::Copy { input, .. } => vec![input],
-            Op::Concat { inputs, .. } | Op::Fused { inputs, .. } => inputs.iter().collect(),
+            Op::Concat { inputs, .. }
+            | Op::Fused { inputs, .. }
+            | Op::FusedReduce { inputs, .. } => inputs.iter().collect(),
             Op::IndexSelect { input, indices, .. } | Op::Gather { input, indices, .. } => {
                 vec![input, indices]
             }
@@ -375,7 +390,8 @@ impl Op {
             | Op::ScatterAdd { out, .. }
             | Op::Where { out, .. }
             | Op::Fill { out, .. }
-            | Op::Fused { out, .. } => out,
+            | Op::Fused { out, .. }
+            | Op::FusedReduce { out, .. } => out,
         }
     }
 
@@ -393,9 +409,9 @@ impl Op {
             | Op::Softmax { input, out, .. }
             | Op::Cast { input, out }
             | Op::Copy { input, out } => vec![input, out],
-            Op::Concat { inputs, out, .. } | Op::Fused { inputs, out, .. } => {
-                inputs.iter_mut().chain([out]).collect()
-            }
+            Op::Concat { inputs, out, .. }
+            | Op::Fused { inputs, out, .. }
+            | Op::FusedReduce { inputs, out, .. } => inputs.iter_mut().chain([out]).collect(),
             Op::IndexSelect { input, indices, out, .. }
             | Op::Gather { input, indices, out, .. } => {
                 vec![input, indices, out]
@@ -422,6 +438,10 @@ impl Op {
                 out.numel() as f64
             }
             Op::Fused { program, out, .. } => program.len() as f64 * out.numel() as f64,
+            Op::FusedReduce { inputs, program, .. } => {
+                let n = inputs.first().map_or(0, |v| v.numel());
+                (program.len() + 1) as f64 * n as f64
+            }
             _ => 0.0,
         }
     }
@@ -724,6 +744,32 @@ impl Validator<'_> {
                 }
                 if let Some(why) = crate::fused::program_error(program, inputs.len()) {
                     return Err(self.arg_err(why));
+                }
+            }
+            Op::FusedReduce { inputs, program, op, axis, out } => {
+                self.require_float(out)?;
+                if *op == ReduceOp::ArgMax {
+                    return Err(
+                        self.arg_err("a fused reduction sums, averages, or takes a max or min")
+                    );
+                }
+                if let Some(why) = crate::fused::program_error(program, inputs.len()) {
+                    return Err(self.arg_err(why));
+                }
+                let first = &inputs[0];
+                self.axis(first, *axis)?;
+                for v in inputs {
+                    self.require_float(v)?;
+                    self.same_shape(v, first)?;
+                }
+                let mut dims = first.dims().to_vec();
+                dims[*axis] = 1;
+                if out.dims() != dims {
+                    return Err(self.shape_err(format!("output must have shape {dims:?}")));
+                }
+                let empty_axis = first.dims()[*axis] == 0 && out.numel() > 0;
+                if empty_axis && matches!(op, ReduceOp::Max | ReduceOp::Min) {
+                    return Err(self.arg_err(format!("{} over an empty axis", op.name())));
                 }
             }
         }

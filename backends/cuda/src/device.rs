@@ -612,7 +612,7 @@ impl Device for CudaDevice {
 
     fn run(&self, op: &Op) -> Result<()> {
         // No native kernel for fused programs yet: their decomposition into primitive ops.
-        if let Op::Fused { .. } = op {
+        if let Op::Fused { .. } | Op::FusedReduce { .. } = op {
             return manychips_api::fused::decompose(self, op);
         }
         {

@@ -120,7 +120,7 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         | Op::Fill { .. } => elementwise(op, cfg).map(Plan::single),
         // No CUDA kernel yet: the device runs it as its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
-        Op::Fused { .. } => Err(manychips_api::Error::InvalidArgument {
+        Op::Fused { .. } | Op::FusedReduce { .. } => Err(manychips_api::Error::InvalidArgument {
             op: op.name(),
             device: "cuda".into(),
             detail: format!("no CUDA kernel for fused programs; {}", op.describe()),

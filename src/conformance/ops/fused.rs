@@ -136,7 +136,7 @@ fn forms(n: usize) -> Vec<Form> {
 
 /// The program in f64 on the host. The allowance grows with every register's magnitude:
 /// each step rounds to f32 on the device, and later steps carry that error along.
-fn evaluate(program: &[Instr], inputs: &[Operand]) -> Expected {
+pub(super) fn evaluate(program: &[Instr], inputs: &[Operand]) -> Expected {
     let logical: Vec<Host> = inputs.iter().map(Operand::logical).collect();
     let n = logical.first().map_or(0, Host::numel);
     let mut values = vec![0.0; n];

@@ -5,6 +5,7 @@
 mod contract;
 mod elementwise;
 mod fused;
+mod fused_reduce;
 mod index;
 mod matmul;
 mod movement;
@@ -27,6 +28,7 @@ pub(crate) fn run_all(r: &mut Runner<'_>) {
     movement::run(r);
     index::run(r);
     fused::run(r);
+    fused_reduce::run(r);
 }
 
 /// A random tensor of `dims`, values from `dist` rounded to `dtype`.

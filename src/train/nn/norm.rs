@@ -1,6 +1,6 @@
 use crate::train::backward::Backward;
 use crate::train::{Init, Param, ParamStore, Var};
-use crate::{DType, Result, Tensor, programs};
+use crate::{DType, ReduceOp, Result, Tensor, programs};
 
 /// Layer normalisation over the last dim, with a learned scale and shift.
 #[derive(Clone, Debug)]
@@ -28,8 +28,9 @@ impl LayerNorm {
         let dtype = x.tensor().dtype();
         let xf = x.tensor().cast(DType::F32)?;
         let mean = xf.mean_keepdim(axis)?;
-        let variance = Tensor::fused(&[&xf, &mean], &programs::centred_square(), DType::F32)?
-            .mean_keepdim(axis)?;
+        let squares = programs::centred_square();
+        let variance =
+            Tensor::fused_reduce(&[&xf, &mean], &squares, ReduceOp::Mean, axis, DType::F32)?;
         let rstd = Tensor::fused(&[&variance], &programs::rstd(self.eps), DType::F32)?;
         let (w, b) = (self.weight.value(), self.bias.value());
         let y = Tensor::fused(&[&xf, &mean, &rstd, &w, &b], &programs::layer_norm(), dtype)?;

@@ -8,6 +8,7 @@
 pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod fused;
+pub(crate) mod fused_reduce;
 pub(crate) mod index;
 pub(crate) mod math;
 pub(crate) mod matmul;
@@ -211,15 +212,15 @@ pub(crate) fn execute(
                 Ok(())
             }, Err(not_float(ov.dtype)))
         }
+        Op::FusedReduce { inputs, program, op: rop, axis, out: _ } => {
+            let srcs = fused_sources(inputs, &get, &not_float)?;
+            with_float!(ov.dtype, T => {
+                fused_reduce::run::<T>(program, *rop, *axis, &srcs, (typed_mut(out), ol));
+                Ok(())
+            }, Err(not_float(ov.dtype)))
+        }
         Op::Fused { inputs, program, out: _ } => {
-            let srcs = inputs
-                .iter()
-                .map(|v| {
-                    let src =
-                        fused::Src::new(get(v)?, v.dtype).ok_or_else(|| not_float(v.dtype))?;
-                    Ok((src, &v.layout))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let srcs = fused_sources(inputs, &get, &not_float)?;
             with_float!(ov.dtype, T => {
                 fused::run::<T>(program, &srcs, (typed_mut(out), ol));
                 Ok(())
@@ -383,6 +384,21 @@ pub(crate) fn execute(
             .map_err(|e| env.index_error(op, e)), Err(not_float(ov.dtype)))
         }
     }
+}
+
+/// A fused program's inputs as their stored float types.
+fn fused_sources<'v, 'b>(
+    inputs: &'v [View],
+    get: &impl Fn(&View) -> Result<&'b [u64]>,
+    not_float: &impl Fn(DType) -> Error,
+) -> Result<Vec<(fused::Src<'b>, &'v Layout)>> {
+    inputs
+        .iter()
+        .map(|v| {
+            let src = fused::Src::new(get(v)?, v.dtype).ok_or_else(|| not_float(v.dtype))?;
+            Ok((src, &v.layout))
+        })
+        .collect()
 }
 
 fn env_missing(label: &str, op: &Op, v: &View) -> Error {

@@ -34,6 +34,11 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         Op::Fused { .. } if fuses(op) => plain(elementwise::lower(op, f)?),
         // More inputs than one kernel takes: the devices run its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
+        Op::FusedReduce { .. } => Err(Error::InvalidArgument {
+            op: op.name(),
+            device: "wgsl".into(),
+            detail: format!("a fused reduction has no WGSL kernel yet; {}", op.describe()),
+        }),
         Op::Fused { .. } => Err(Error::InvalidArgument {
             op: op.name(),
             device: "wgsl".into(),
