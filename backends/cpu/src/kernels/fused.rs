@@ -153,11 +153,25 @@ fn run_n<D: Elem, const N: usize>(
                             simd::affine(reg(a), dst, mul as f32, add as f32)
                         }
                         Instr::Compare(op, a, b) => {
-                            let value = |r: usize, j: usize| {
-                                if scalar[r] { values[r] } else { reg(r)[j] }
-                            };
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                *d = if compare(op, value(a, j), value(b, j)) { 1.0 } else { 0.0 };
+                            let one = |x, y| if compare(op, x, y) { 1.0 } else { 0.0 };
+                            match (scalar[a], scalar[b]) {
+                                (false, false) => {
+                                    for ((d, &x), &y) in dst.iter_mut().zip(reg(a)).zip(reg(b)) {
+                                        *d = one(x, y);
+                                    }
+                                }
+                                (false, true) => {
+                                    let y = values[b];
+                                    for (d, &x) in dst.iter_mut().zip(reg(a)) {
+                                        *d = one(x, y);
+                                    }
+                                }
+                                (true, _) => {
+                                    let x = values[a];
+                                    for (d, &y) in dst.iter_mut().zip(reg(b)) {
+                                        *d = one(x, y);
+                                    }
+                                }
                             }
                         }
                     }
