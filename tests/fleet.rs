@@ -174,7 +174,7 @@ fn alias(backend: &str, ordinal: usize, uuid: u8) -> DeviceRef {
         identity: Identity { uuid: Some([uuid; 16]), ..Identity::default() },
         ..inner.info().clone()
     };
-    Arc::new(Posing { info, inner })
+    Arc::new(Posing::new(info, inner))
 }
 
 #[test]

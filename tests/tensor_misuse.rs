@@ -176,7 +176,7 @@ fn a_dtype_the_device_lacks_is_refused() {
     let mut info = inner.info().clone();
     info.dtypes = vec![DType::F32];
     info.name = "f32-only".into();
-    let dev: DeviceRef = Arc::new(Posing { info, inner });
+    let dev: DeviceRef = Arc::new(Posing::new(info, inner));
     let halves = [f16::from_f32(1.0)];
     expect_err(
         Tensor::from_slice(&halves, [1], &dev),
@@ -272,54 +272,10 @@ fn hostile_views_are_refused_on_every_device_without_overflow() {
     }
 }
 
-/// Forwards to `inner`, counting reads: each one waits for everything queued on the device.
-#[derive(Debug)]
-struct CountingReads {
-    inner: DeviceRef,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl manychips::Device for CountingReads {
-    fn info(&self) -> &manychips::DeviceInfo {
-        self.inner.info()
-    }
-    fn memory(&self) -> Result<manychips::MemoryInfo> {
-        self.inner.memory()
-    }
-    fn alloc(&self, bytes: usize) -> Result<manychips::BufferId> {
-        self.inner.alloc(bytes)
-    }
-    fn free(&self, buffer: manychips::BufferId) -> Result<()> {
-        self.inner.free(buffer)
-    }
-    fn write(&self, dst: manychips::BufferId, offset: usize, src: &[u8]) -> Result<()> {
-        self.inner.write(dst, offset, src)
-    }
-    fn read(&self, src: manychips::BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.read(src, offset, dst)
-    }
-    fn copy(
-        &self,
-        src: manychips::BufferId,
-        so: usize,
-        dst: manychips::BufferId,
-        d: usize,
-        bytes: usize,
-    ) -> Result<()> {
-        self.inner.copy(src, so, dst, d, bytes)
-    }
-    fn run(&self, op: &Op) -> Result<()> {
-        self.inner.run(op)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-}
-
 #[test]
 fn indices_from_the_host_are_checked_without_waiting_for_the_device() {
-    let counting = Arc::new(CountingReads { inner: cpu(), reads: Default::default() });
+    let inner = cpu();
+    let counting = Arc::new(Posing::new(inner.info().clone(), inner));
     let dev: DeviceRef = counting.clone();
     let reads = || counting.reads.load(std::sync::atomic::Ordering::SeqCst);
     let table = f32s(&[3, 2], &dev);

@@ -21,19 +21,7 @@ pub(super) fn run(r: &mut Runner<'_>) {
         let Some(mut rng) = r.begin("fused", name, &[(dtype, "")]) else { continue };
         for (what, program, dists) in programs() {
             for form in forms(dists.len()) {
-                let inputs: Vec<Operand> = form
-                    .args
-                    .iter()
-                    .zip(&dists)
-                    .enumerate()
-                    .map(|(k, (a, &dist))| {
-                        // One input in f32 when the case is in a half type: mixed dtypes.
-                        let dt = if k == 1 && dtype != DType::F32 { DType::F32 } else { dtype };
-                        Operand::new(dt, host(&mut rng, dt, dist, &a.src))
-                            .at(a.place)
-                            .broadcast(&form.dims)
-                    })
-                    .collect();
+                let inputs = program_inputs(&mut rng, dtype, &form.args, &dists, &form.dims);
                 let expected = evaluate(&program, &inputs);
                 let magnitude = match &expected.model {
                     ErrorModel::Approx { scale, .. } => scale.iter().map(|s| s / 16.0).collect(),
@@ -59,6 +47,25 @@ pub(super) fn run(r: &mut Runner<'_>) {
             }
         }
     }
+}
+
+/// A program's inputs: random values from `dists` placed as `args` say, broadcast to
+/// `dims`; the second in f32 when the case is in a half type (mixed dtypes).
+pub(super) fn program_inputs(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    dtype: DType,
+    args: &[Arg],
+    dists: &[Dist],
+    dims: &[usize],
+) -> Vec<Operand> {
+    args.iter()
+        .zip(dists)
+        .enumerate()
+        .map(|(k, (a, &dist))| {
+            let dt = if k == 1 && dtype != DType::F32 { DType::F32 } else { dtype };
+            Operand::new(dt, host(rng, dt, dist, &a.src)).at(a.place).broadcast(dims)
+        })
+        .collect()
 }
 
 /// (name, program, the distribution of each input).

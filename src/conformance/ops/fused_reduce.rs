@@ -13,8 +13,8 @@ use super::super::reference::{self, Host, lanes};
 use super::super::runner::{Ctx, Runner, device};
 use super::super::tolerance::{ErrorModel, Expected};
 use super::super::values::Dist;
-use super::fused::evaluate;
-use super::{Arg, arg, host};
+use super::fused::{evaluate, program_inputs};
+use super::{Arg, arg};
 use crate::conformance::report::Problem;
 
 pub(super) fn run(r: &mut Runner<'_>) {
@@ -28,19 +28,7 @@ pub(super) fn run(r: &mut Runner<'_>) {
                     if selects && form.dims[form.axis] == 0 {
                         continue;
                     }
-                    let inputs: Vec<Operand> = form
-                        .args
-                        .iter()
-                        .zip(&dists)
-                        .enumerate()
-                        .map(|(k, (a, &dist))| {
-                            // One input in f32 when the case is in a half type: mixed dtypes.
-                            let dt = if k == 1 && dtype != DType::F32 { DType::F32 } else { dtype };
-                            Operand::new(dt, host(&mut rng, dt, dist, &a.src))
-                                .at(a.place)
-                                .broadcast(&form.dims)
-                        })
-                        .collect();
+                    let inputs = program_inputs(&mut rng, dtype, &form.args, &dists, &form.dims);
                     let expected = reduced(op, &evaluate(&program, &inputs), &form.dims, form.axis);
                     let mut od = form.dims.clone();
                     od[form.axis] = 1;
