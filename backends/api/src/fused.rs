@@ -102,16 +102,11 @@ pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
     };
     op.validate(&device.info().label())?;
     let dims = out.dims().to_vec();
-    let numel = out.numel();
-    let mut temps: Vec<BufferId> = Vec::new();
+    let mut temps = Temps { device, buffers: Vec::new() };
     let result = (|| -> Result<()> {
         let mut registers: Vec<View> = Vec::with_capacity(program.len());
         for instr in program {
-            let mut temp = || -> Result<View> {
-                let buffer = device.alloc(numel.max(1) * DType::F32.size_in_bytes())?;
-                temps.push(buffer);
-                Ok(View::new(buffer, Layout::contiguous(dims.as_slice()), DType::F32))
-            };
+            let mut temp = || temps.f32(&dims);
             let value = match *instr {
                 Instr::Input(n) if inputs[n].dtype == DType::F32 => inputs[n].clone(),
                 Instr::Input(n) => {
@@ -163,13 +158,35 @@ pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
             device.run(&Op::Cast { input: last, out: out.clone() })
         }
     })();
-    for buffer in temps {
-        let freed = device.free(buffer);
-        if result.is_ok() {
-            freed?;
-        }
+    temps.free(result)
+}
+
+/// The f32 temporaries of one decomposition.
+struct Temps<'d> {
+    device: &'d dyn Device,
+    buffers: Vec<BufferId>,
+}
+
+impl Temps<'_> {
+    /// A fresh contiguous f32 temporary of `dims`.
+    fn f32(&mut self, dims: &[usize]) -> Result<View> {
+        let numel = crate::Shape::new(dims.to_vec()).numel();
+        let buffer = self.device.alloc(numel.max(1).saturating_mul(DType::F32.size_in_bytes()))?;
+        self.buffers.push(buffer);
+        Ok(View::new(buffer, Layout::contiguous(dims), DType::F32))
     }
-    result
+
+    /// Frees every temporary (after the work they feed, in queue order); `result` is the
+    /// decomposition's, and a failed free is the error only where it succeeded.
+    fn free(self, result: Result<()>) -> Result<()> {
+        for buffer in self.buffers {
+            let freed = self.device.free(buffer);
+            if result.is_ok() {
+                freed?;
+            }
+        }
+        result
+    }
 }
 
 fn decompose_reduce(
@@ -180,13 +197,9 @@ fn decompose_reduce(
     axis: usize,
     out: &View,
 ) -> Result<()> {
-    let dims = inputs[0].dims().to_vec();
-    let f32_view = |buffer, dims: &[usize]| View::new(buffer, Layout::contiguous(dims), DType::F32);
-    let mut temps: Vec<BufferId> = Vec::new();
+    let mut temps = Temps { device, buffers: Vec::new() };
     let result = (|| -> Result<()> {
-        let values = device.alloc(inputs[0].numel().max(1) * DType::F32.size_in_bytes())?;
-        temps.push(values);
-        let values = f32_view(values, &dims);
+        let values = temps.f32(inputs[0].dims())?;
         let out_values = values.clone();
         device.run(&Op::Fused {
             inputs: inputs.to_vec(),
@@ -196,19 +209,11 @@ fn decompose_reduce(
         if out.dtype == DType::F32 {
             return device.run(&Op::Reduce { op, input: values, out: out.clone(), axis });
         }
-        let reduced = device.alloc(out.numel().max(1) * DType::F32.size_in_bytes())?;
-        temps.push(reduced);
-        let reduced = f32_view(reduced, out.dims());
+        let reduced = temps.f32(out.dims())?;
         device.run(&Op::Reduce { op, input: values, out: reduced.clone(), axis })?;
         device.run(&Op::Cast { input: reduced, out: out.clone() })
     })();
-    for buffer in temps {
-        let freed = device.free(buffer);
-        if result.is_ok() {
-            freed?;
-        }
-    }
-    result
+    temps.free(result)
 }
 
 #[cfg(test)]
@@ -263,6 +268,29 @@ mod tests {
             assert!(err.to_string().contains(says), "{program:?}: {err}");
             assert!(err.to_string().contains("fused"), "{err}");
         }
+    }
+
+    #[test]
+    fn fused_reductions_check_their_shapes_and_reduction() {
+        let reduce = |op, out: &[usize]| Op::FusedReduce {
+            inputs: vec![view(0, &[3, 4], DType::F32), view(1, &[3, 4], DType::F16)],
+            program: vec![Instr::Input(0), Instr::Input(1), Instr::Binary(BinaryOp::Mul, 0, 1)],
+            op,
+            axis: 1,
+            out: view(9, out, DType::BF16),
+        };
+        reduce(crate::ReduceOp::Sum, &[3, 1]).validate("test:0").unwrap();
+        assert_eq!(reduce(crate::ReduceOp::Max, &[3, 1]).name(), "fused_reduce.max");
+        let wrong_shape = reduce(crate::ReduceOp::Mean, &[1, 4]).validate("test:0").unwrap_err();
+        assert_eq!(wrong_shape.kind(), ErrorKind::Shape, "{wrong_shape}");
+        assert!(wrong_shape.to_string().contains("[3, 1]"), "{wrong_shape}");
+        let argmax = reduce(crate::ReduceOp::ArgMax, &[3, 1]).validate("test:0").unwrap_err();
+        assert_eq!(argmax.kind(), ErrorKind::InvalidArgument, "{argmax}");
+        let mut mismatched = reduce(crate::ReduceOp::Sum, &[3, 1]);
+        if let Op::FusedReduce { inputs, .. } = &mut mismatched {
+            inputs[1] = view(1, &[3, 5], DType::F32);
+        }
+        assert_eq!(mismatched.validate("test:0").unwrap_err().kind(), ErrorKind::Shape);
     }
 
     #[test]
