@@ -2,7 +2,8 @@
 // ({{VALUE}}) computes the bits of one output element from the operand offsets `o`.
 // Scalars: [2] invocations (section `flat`); [3] and [4] op constants (affine mul/add, fill
 // bits); [5] elements per output word and [6] the output's element offset (section
-// `words`); [7] which operands advance with the element (section `flat`, bit k: operand k).
+// `words`); [7] which operands advance with the element (section `flat`, bit k: operand k);
+// [52..55] per input, the period of one that repeats a dense block (section `flat`, 0: none).
 
 fn out_bits(v: f32) -> u32 {
     return {{FROM_F32}}(v);
@@ -25,10 +26,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 
 //# flat
-// Every operand contiguous in the output's order or one broadcast element, the output 32-bit:
-// an operand's offset is its first element's plus the element index (or plus nothing), with
-// no division per element. Each invocation takes 4 elements, [2] (the invocation count)
-// apart, so neighbouring invocations still touch neighbouring words.
+// Every operand contiguous in the output's order, one broadcast element, or a dense block
+// repeated along the leading dims (a bias row), the output 32-bit: an operand's offset is its
+// first element's plus the element index, plus nothing, or plus the index modulo the block's
+// size, with no more than that one division per element. Each invocation takes 4 elements,
+// [2] (the invocation count) apart, so neighbouring invocations still touch neighbouring words.
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let first = linear_id(gid, nwg, 256u);
@@ -45,7 +47,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if g >= n {
             return;
         }
-        let o = base + step * g;
+        // {{AT}}: each operand's element index; the modulo only in kernels with a period.
+        {{AT}}
+        let o = base + step * at;
         st{{OUT}}(o.{{OUT_C}}, value(o));
     }
 }

@@ -129,10 +129,13 @@ pub(super) fn dispatch(
         params.set(6, word(op, "offset", out.offset)?)?;
         let first = out.offset / per;
         ((out.offset + n).div_ceil(per) - first, "words")
-    } else if let Some(steps) = flat {
+    } else if let Some((steps, periods)) = flat {
         let apart = n.div_ceil(FLAT_PER_INVOCATION);
         params.set(2, word(op, "invocations", apart)?)?;
         params.set(7, steps)?;
+        for (k, &p) in periods.iter().enumerate() {
+            params.set(FLAT_PERIODS + k, word(op, "period", p)?)?;
+        }
         (apart, "flat")
     } else {
         (n, "elements")
@@ -145,7 +148,7 @@ pub(super) fn dispatch(
     );
     let out_index = k.to_string();
     let component = ["x", "y", "z", "w"][k.min(3)];
-    let subs: Vec<(&str, &str)> = if words {
+    let mut subs: Vec<(&str, &str)> = if words {
         vec![("FROM_F32", conversions(out_dtype).1), ("VALUE", value), ("OUT", &out_index)]
     } else {
         vec![
@@ -155,6 +158,10 @@ pub(super) fn dispatch(
             ("OUT_C", component),
         ]
     };
+    let at = flat.map(|(_, periods)| flat_index(&periods));
+    if let Some(at) = &at {
+        subs.push(("AT", at));
+    }
     let kernel = Kernel {
         family: "elementwise",
         source: &source,
@@ -169,27 +176,60 @@ pub(super) fn dispatch(
 /// Elements each invocation of the `flat` kernel computes.
 const FLAT_PER_INVOCATION: usize = 4;
 
-/// The `flat` kernel's step mask when every operand (the output, contiguous, last) either
-/// runs through memory in the output's element order or is one element broadcast: bit k
-/// set when operand k advances with the element.
-fn flat_steps(out: &Layout, layouts: &[Strided]) -> Option<u32> {
+/// Parameter words of the `flat` kernel's periods, one per input (three at most).
+const FLAT_PERIODS: usize = 52;
+
+/// The `flat` kernel's element index per operand: the element itself, and for an input
+/// with a period that index modulo it (specialised, so a dense op computes no modulo).
+fn flat_index(periods: &[usize; 3]) -> String {
+    if periods.iter().all(|&p| p == 0) {
+        return "let at = vec4<u32>(g);".into();
+    }
+    let mut at = String::from("var at = vec4<u32>(g);");
+    for (k, _) in periods.iter().enumerate().filter(|(_, p)| **p > 0) {
+        let c = ["x", "y", "z"][k];
+        at.push_str(&format!(" at.{c} = g % pw({}u);", FLAT_PERIODS + k));
+    }
+    at
+}
+
+/// The `flat` kernel's step mask and input periods, when every operand (the output,
+/// contiguous, last) either runs through memory in the output's element order, or is one
+/// element broadcast, or repeats a dense block of the trailing dims along the leading ones
+/// (a bias row: its period is the block's size). Bit k of the mask is set when operand k
+/// advances with the element.
+fn flat_steps(out: &Layout, layouts: &[Strided]) -> Option<(u32, [usize; 3])> {
     if !out.is_contiguous() || layouts.len() > 4 {
         return None;
     }
-    let dense = out.strides.as_slice();
+    let (dims, dense) = (out.dims(), out.strides.as_slice());
     let mut mask = 0;
+    let mut periods = [0; 3];
     for (k, s) in layouts.iter().enumerate() {
-        let live = out.dims().iter().zip(&s.strides).filter(|(d, _)| **d > 1);
-        let own = out.dims().iter().zip(dense).filter(|(d, _)| **d > 1);
-        if live.clone().all(|(_, st)| *st == 0) {
-            continue;
-        }
-        if !live.map(|(_, st)| *st).eq(own.map(|(_, st)| *st)) {
+        // The first dim (of extent > 1) from which the operand follows the output densely.
+        let live = |d: usize| dims[d] > 1;
+        let from = (0..=dims.len())
+            .rev()
+            .take_while(|&d| d == dims.len() || !live(d) || s.strides[d] == dense[d])
+            .last()
+            .unwrap_or(dims.len());
+        if (0..from).any(|d| live(d) && s.strides[d] != 0) {
             return None;
         }
+        let block: usize = dims[from..].iter().product();
+        if block <= 1 && (0..dims.len()).all(|d| !live(d) || s.strides[d] == 0) {
+            continue; // one element broadcast
+        }
         mask |= 1 << k;
+        if (0..from).any(live) {
+            // Repeats along the leading dims: the output never does.
+            match periods.get_mut(k) {
+                Some(p) => *p = block,
+                None => return None,
+            }
+        }
     }
-    Some(mask)
+    Some((mask, periods))
 }
 
 fn section_text(name: &str) -> Result<&'static str> {

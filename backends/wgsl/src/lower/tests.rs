@@ -207,8 +207,14 @@ fn dense_and_scalar_operands_take_the_flat_kernel() {
     scalar.layout.strides = vec![0, 0];
     let d = first(&add(dense.clone(), scalar)).expect("lowers");
     assert_eq!(d.params[7], 0b101);
-    // A row broadcast down the columns, or a transposed operand: the strided kernel.
-    for strides in [vec![0, 1], vec![1, 3]] {
+    // A row repeated down the rows (a bias): dense with a period of one row.
+    let mut row = view(1, &[3, 5], DType::F32);
+    row.layout.strides = vec![0, 1];
+    let d = first(&add(dense.clone(), row)).expect("lowers");
+    assert!(d.source.contains("let apart = pw(2u);"));
+    assert_eq!((d.params[7], d.params[52], d.params[53]), (0b111, 0, 5));
+    // A column repeated along the rows, or a transposed operand: the strided kernel.
+    for strides in [vec![1, 0], vec![1, 3]] {
         let mut other = view(1, &[3, 5], DType::F32);
         other.layout.strides = strides;
         let d = first(&add(dense.clone(), other)).expect("lowers");
