@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 use manychips_api::{
@@ -12,7 +13,7 @@ use manychips_api::{
 use rustc_hash::FxHashMap;
 
 use crate::sysinfo;
-use crate::worker::{Command, Health, Worker};
+use crate::worker::{Command, Health, Reading, Worker, poll_then_wait, spin_window};
 
 /// The CPU as a manychips device: buffers in host memory, ops on a private thread pool.
 ///
@@ -27,6 +28,8 @@ pub struct CpuDevice {
     table: Mutex<Table>,
     health: Arc<Health>,
     worker: Option<JoinHandle<()>>,
+    /// How long a caller waiting on the worker polls before it sleeps.
+    spin: Duration,
 }
 
 /// Caller-side bookkeeping: what exists, how big, and the queue. Commands are sent while the
@@ -95,6 +98,7 @@ impl CpuDevice {
             table: Mutex::new(Table { tx: Some(tx), next: 0, sizes: FxHashMap::default() }),
             health,
             worker: Some(handle),
+            spin: spin_window(),
         })
     }
 
@@ -221,10 +225,15 @@ impl Device for CpuDevice {
             let table = self.lock();
             let size = self.size_of(&table, "read", src)?;
             self.check_range("read", src, size, offset, dst.len())?;
-            self.send(&table, Command::Read { index: src.index, reply })?;
+            let len = dst.len();
+            self.send(&table, Command::Read { index: src.index, offset, len, reply })?;
         }
-        match answer.recv() {
-            Ok(Ok(lent)) => {
+        match poll_then_wait(&answer, self.spin) {
+            Some(Ok(Reading::Copied(bytes))) => {
+                dst.copy_from_slice(&bytes);
+                Ok(())
+            }
+            Some(Ok(Reading::Lent(lent))) => {
                 let copied = match lent.storage.as_bytes().get(offset..offset + dst.len()) {
                     Some(bytes) => {
                         dst.copy_from_slice(bytes);
@@ -239,8 +248,8 @@ impl Device for CpuDevice {
                 lent.give_back();
                 copied
             }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(self.lost()),
+            Some(Err(e)) => Err(e),
+            None => Err(self.lost()),
         }
     }
 
@@ -283,7 +292,7 @@ impl Device for CpuDevice {
         self.check_alive()?;
         let (reply, answer) = bounded(1);
         self.send(&self.lock(), Command::Sync { reply })?;
-        answer.recv().unwrap_or_else(|_| Err(self.lost()))
+        poll_then_wait(&answer, self.spin).unwrap_or_else(|| Err(self.lost()))
     }
 }
 

@@ -10,7 +10,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crossbeam_channel::{Receiver, Sender, bounded};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded};
 use manychips_api::{Error, Op, Result};
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -26,8 +28,14 @@ pub(crate) struct Health {
     pub cached: AtomicUsize,
 }
 
-/// A buffer lent to a reader: the reader copies out of it and sends it back, so a read costs
-/// one copy and no allocation.
+/// What a read gets back: a copy of a small range, or the whole buffer lent for a large one.
+pub(crate) enum Reading {
+    Copied(Vec<u8>),
+    Lent(Lent),
+}
+
+/// A buffer lent to a reader: the reader copies out of it and sends it back, so reading a
+/// large range costs one copy and no allocation.
 pub(crate) struct Lent {
     pub storage: Storage,
     back: Sender<Storage>,
@@ -40,11 +48,15 @@ impl Lent {
     }
 }
 
+/// Ranges up to this many bytes are copied by the worker and sent, so that a read of a loss
+/// or a norm costs one hand-off, not the two of a lent buffer sent back.
+const COPIED_READ_BYTES: usize = 64 << 10;
+
 pub(crate) enum Command {
     Alloc { index: u64, bytes: usize },
     Free { index: u64 },
     Write { index: u64, offset: usize, data: Vec<u8> },
-    Read { index: u64, reply: Sender<Result<Lent>> },
+    Read { index: u64, offset: usize, len: usize, reply: Sender<Result<Reading>> },
     Copy { src: u64, src_offset: usize, dst: u64, dst_offset: usize, bytes: usize },
     Run(Box<Op>),
     Sync { reply: Sender<Result<()>> },
@@ -93,7 +105,8 @@ impl Worker {
 
     /// Executes commands until every sender is gone (the device was dropped).
     pub fn run(mut self, rx: Receiver<Command>) {
-        while let Ok(cmd) = rx.recv() {
+        let spin = spin_window();
+        while let Some(cmd) = poll_then_wait(&rx, spin) {
             if let Some(reason) = self.health.lost.get() {
                 let lost = Error::DeviceLost { device: self.label.clone(), detail: reason.clone() };
                 match cmd {
@@ -161,9 +174,20 @@ impl Worker {
                     self.raise(e);
                 }
             }
-            Command::Read { index, reply } => {
+            Command::Read { index, offset, len, reply } => {
                 if let Some(e) = self.pending.take() {
                     let _ = reply.send(Err(e));
+                    return;
+                }
+                if len <= COPIED_READ_BYTES {
+                    let copied = match self.buffers.get(&index) {
+                        Some(s) => match s.as_bytes().get(offset..offset + len) {
+                            Some(bytes) => Ok(Reading::Copied(bytes.to_vec())),
+                            None => Err(range_fault(&self.label, "read", index)),
+                        },
+                        None => Err(self.missing("read", index)),
+                    };
+                    let _ = reply.send(copied);
                     return;
                 }
                 let Some(storage) = self.buffers.remove(&index) else {
@@ -171,7 +195,7 @@ impl Worker {
                     return;
                 };
                 let (back, returned) = bounded(1);
-                match reply.send(Ok(Lent { storage, back })) {
+                match reply.send(Ok(Reading::Lent(Lent { storage, back }))) {
                     // The reader copies and sends the storage straight back.
                     Ok(()) => match returned.recv() {
                         Ok(storage) => {
@@ -183,7 +207,7 @@ impl Worker {
                     },
                     // The reader is gone (it cannot be, it waits); keep the buffer.
                     Err(e) => {
-                        if let Ok(lent) = e.into_inner() {
+                        if let Ok(Reading::Lent(lent)) = e.into_inner() {
                             self.buffers.insert(index, lent.storage);
                         }
                     }
@@ -266,6 +290,49 @@ impl Worker {
         let result = kernels::execute(op, &self.buffers, &mut out.words, &mut env);
         self.buffers.insert(index, out);
         result
+    }
+}
+
+/// How long a thread waiting on the other side of the queue polls before it sleeps.
+///
+/// A caller building a step sends a small op every few microseconds; waking a sleeping
+/// worker cost the caller a futex call each time (a third of a small model's step went to
+/// waking and sleeping), and a caller waiting on a small read paid the same the other way.
+/// Polling costs only the waiting thread's own core for the gap, and after the first stretch
+/// it yields between polls, so a busy machine's other threads get the core. On a single core
+/// the poll would take the core the other side needs, so there it is zero.
+pub(crate) fn spin_window() -> Duration {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores > 1 { SPIN_WINDOW } else { Duration::ZERO }
+}
+
+const SPIN_WINDOW: Duration = Duration::from_micros(200);
+
+/// The part of the window spent in busy polls before polls start yielding the core.
+const BUSY_POLL: Duration = Duration::from_micros(20);
+
+/// The next message on `rx`, polling for up to `spin` before sleeping on it; `None` once
+/// every sender is gone.
+pub(crate) fn poll_then_wait<T>(rx: &Receiver<T>, spin: Duration) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(message) => return Some(message),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {
+                let waited = start.elapsed();
+                if waited >= spin {
+                    return rx.recv().ok();
+                }
+                if waited < BUSY_POLL {
+                    for _ in 0..32 {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
     }
 }
 
