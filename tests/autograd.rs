@@ -234,6 +234,27 @@ fn losses() {
     check("cross_entropy smoothing + ignore", vec![input(&[4, 5], 91)], move |x| {
         nn::cross_entropy_with(&x[0], &[1, 7, 4, 2], &opts)
     });
+    // Per-row losses (what a data-parallel share returns), weighted into one number so that
+    // each row's gradient differs: the ignored row, the smoothing and the repeated target
+    // each change a different term of the fused backward.
+    let per_row = |ignore, smoothing| CrossEntropy {
+        ignore_index: ignore,
+        label_smoothing: smoothing,
+        reduction: Reduction::None,
+    };
+    for (name, opts, seed) in [
+        ("cross_entropy rows", per_row(None, 0.0), 94),
+        ("cross_entropy rows + ignore", per_row(Some(7), 0.0), 95),
+        ("cross_entropy rows + smoothing", per_row(None, 0.25), 96),
+    ] {
+        check(name, vec![input(&[4, 5], seed)], move |x| {
+            let targets = if opts.ignore_index.is_some() { [2, 7, 2, 0] } else { [2, 3, 2, 0] };
+            let rows = nn::cross_entropy_with(&x[0], &targets, &opts)?;
+            let device = x[0].tensor().device().clone();
+            let scale = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0], [4], &device)?;
+            rows.mul(&Var::constant(scale))?.sum_all()
+        });
+    }
     check("mse", vec![input(&[3, 2], 92), input(&[3, 2], 93)], |x| {
         nn::mse(&x[0], &x[1], Reduction::Mean)
     });

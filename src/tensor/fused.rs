@@ -230,6 +230,53 @@ pub(crate) mod programs {
         ]
     }
 
+    /// Cross-entropy per row from inputs `[picked, mean?, weight?]`: `−w·((1 − ε)·picked +
+    /// ε·mean)`, with `picked` the target's log-probability and `mean` the row's mean
+    /// log-probability (an input only when `smoothing` ε > 0), `w` only when `weighted`.
+    pub fn cross_entropy_rows(smoothing: f64, weighted: bool) -> Vec<Instr> {
+        let mut p = vec![Input(0)];
+        let mut inputs = 1;
+        let mut last = if smoothing > 0.0 {
+            p.push(Input(1)); // 1: mean
+            inputs += 1;
+            p.push(Affine(0, -(1.0 - smoothing), 0.0)); // 2
+            p.push(Affine(1, -smoothing, 0.0)); // 3
+            p.push(Binary(BinaryOp::Add, 2, 3)); // 4
+            4
+        } else {
+            p.push(Affine(0, -1.0, 0.0)); // 1
+            1
+        };
+        if weighted {
+            p.push(Input(inputs));
+            p.push(Binary(BinaryOp::Mul, last, p.len() - 1));
+            last = p.len() - 1;
+        }
+        debug_assert_eq!(last, p.len() - 1);
+        p
+    }
+
+    /// Cross-entropy's gradient before the target's term, `(e^lp − shift)·g·w`, from inputs
+    /// `[lp, g, w?]` (`w` only when `weighted`): `shift` is the smoothing spread over the
+    /// classes, ε/C.
+    pub fn cross_entropy_backward(shift: f64, weighted: bool) -> Vec<Instr> {
+        let mut p = vec![Input(0), Input(1)];
+        p.push(Unary(UnaryOp::Exp, 0)); // 2
+        p.push(Affine(2, 1.0, -shift)); // 3
+        p.push(Binary(BinaryOp::Mul, 3, 1)); // 4
+        if weighted {
+            p.push(Input(2)); // 5
+            p.push(Binary(BinaryOp::Mul, 4, 5)); // 6
+        }
+        p
+    }
+
+    /// `g · w · scale` from inputs `[g, w]`: what cross-entropy's gradient adds at each
+    /// row's target, for weighted rows.
+    pub fn scaled_product(scale: f64) -> Vec<Instr> {
+        vec![Input(0), Input(1), Binary(BinaryOp::Mul, 0, 1), Affine(2, scale, 0.0)]
+    }
+
     /// `grad · (x > 0)` from inputs `[x, grad]`: ReLU's backward.
     pub fn relu_backward() -> Vec<Instr> {
         vec![

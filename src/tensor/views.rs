@@ -2,6 +2,8 @@
 //! tensor) and the data-movement ops (contiguous, cat, index_select, gather, index_add,
 //! scatter_add).
 
+use std::sync::Arc;
+
 use super::{Tensor, label};
 use crate::{DType, Error, Layout, Op, Result, Shape};
 
@@ -30,6 +32,10 @@ impl Tensor {
                     shape.numel()
                 ),
             });
+        }
+        if let Some(strides) = view_strides(self.dims(), &self.layout.strides, shape.dims()) {
+            let layout = Layout { shape, strides, offset: self.layout.offset };
+            return Ok(self.with_layout(layout));
         }
         let dense = self.contiguous()?;
         let offset = dense.layout.offset;
@@ -222,6 +228,17 @@ impl Tensor {
 
     /// A copy of `self` with `src` rows added at `indices` along `axis` (index_add).
     pub fn index_add(&self, axis: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.clone().index_add_owned(axis, indices, src)
+    }
+
+    /// [`index_add`](Self::index_add) into this tensor's own buffer when nothing else holds
+    /// it (a fresh gradient): no copy first.
+    pub(crate) fn index_add_owned(
+        self,
+        axis: usize,
+        indices: &Tensor,
+        src: &Tensor,
+    ) -> Result<Tensor> {
         let name = "index_add";
         self.check_axis(axis, name)?;
         self.same_device(src, name)?;
@@ -241,7 +258,7 @@ impl Tensor {
                 ),
             });
         }
-        let out = self.copy_for_update(name)?;
+        let out = self.into_update(name)?;
         out.enqueue(Op::IndexAdd {
             src: src.view(),
             indices: indices.view(),
@@ -254,6 +271,17 @@ impl Tensor {
     /// A copy of `self` with `src[.., i, ..]` added at `indices[.., i, ..]` along `axis`
     /// (scatter_add; the gradient of `gather`).
     pub fn scatter_add(&self, axis: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.clone().scatter_add_owned(axis, indices, src)
+    }
+
+    /// [`scatter_add`](Self::scatter_add) into this tensor's own buffer when nothing else
+    /// holds it (a fresh gradient): no copy first.
+    pub(crate) fn scatter_add_owned(
+        self,
+        axis: usize,
+        indices: &Tensor,
+        src: &Tensor,
+    ) -> Result<Tensor> {
         let name = "scatter_add";
         self.check_axis(axis, name)?;
         self.same_device(src, name)?;
@@ -271,7 +299,7 @@ impl Tensor {
         }
         self.check_fits_outside(indices, axis, name)?;
         self.check_indices(indices, axis, self.dims()[axis], name, false)?;
-        let out = self.copy_for_update(name)?;
+        let out = self.into_update(name)?;
         out.enqueue(Op::ScatterAdd {
             src: src.view(),
             indices: indices.view(),
@@ -281,8 +309,14 @@ impl Tensor {
         Ok(out)
     }
 
-    /// A fresh contiguous copy, for ops that accumulate into their output.
-    fn copy_for_update(&self, op: &str) -> Result<Tensor> {
+    /// The tensor an accumulating op may write: this one, when it is contiguous and the only
+    /// holder of its buffer, else a fresh contiguous copy. (Never one whose host-made values
+    /// are on record for index checks: the record would go stale.)
+    fn into_update(self, op: &str) -> Result<Tensor> {
+        let owned = Arc::strong_count(&self.storage) == 1 && self.storage.host_max_u32.is_none();
+        if owned && self.is_contiguous() {
+            return Ok(self);
+        }
         let out = self.output(op, self.shape().clone(), self.dtype)?;
         out.enqueue(Op::Copy { input: self.view(), out: out.view() })?;
         Ok(out)
@@ -354,5 +388,68 @@ impl Tensor {
             });
         }
         Ok(())
+    }
+}
+
+/// Strides that show the elements of `dims`/`strides` as `new_dims` in the same order, when
+/// there are some (as `torch.view` finds them): each run of old dims that is contiguous
+/// with itself must split or merge into whole new dims. A broadcast dim (stride 0) stays
+/// one. `None` where a copy is needed.
+fn view_strides(dims: &[usize], strides: &[usize], new_dims: &[usize]) -> Option<Vec<usize>> {
+    let numel: usize = dims.iter().product();
+    if numel == 0 || dims.is_empty() {
+        // Nothing to read, or one element: any strides address it.
+        return Some(Shape::new(new_dims.to_vec()).contiguous_strides());
+    }
+    let mut new_strides = vec![0; new_dims.len()];
+    let mut view_d = new_dims.len();
+    let mut chunk_base = strides[dims.len() - 1];
+    let (mut tensor_numel, mut view_numel) = (1, 1);
+    for d in (0..dims.len()).rev() {
+        tensor_numel *= dims[d];
+        let chunk_ends =
+            d == 0 || (dims[d - 1] != 1 && strides[d - 1] != tensor_numel * chunk_base);
+        if !chunk_ends {
+            continue;
+        }
+        while view_d > 0 && (view_numel < tensor_numel || new_dims[view_d - 1] == 1) {
+            new_strides[view_d - 1] = view_numel * chunk_base;
+            view_numel *= new_dims[view_d - 1];
+            view_d -= 1;
+        }
+        if view_numel != tensor_numel {
+            return None;
+        }
+        if d > 0 {
+            chunk_base = strides[d - 1];
+            tensor_numel = 1;
+            view_numel = 1;
+        }
+    }
+    (view_d == 0).then_some(new_strides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::view_strides;
+
+    #[test]
+    fn reshapes_that_need_no_copy_are_views() {
+        // Contiguous: any reshape.
+        assert_eq!(view_strides(&[2, 3, 4], &[12, 4, 1], &[6, 4]), Some(vec![4, 1]));
+        assert_eq!(view_strides(&[6, 4], &[4, 1], &[2, 3, 2, 2]), Some(vec![12, 4, 2, 1]));
+        // A broadcast row gains a dim of 1 and stays a broadcast.
+        assert_eq!(view_strides(&[64], &[0], &[64, 1]), Some(vec![0, 0]));
+        // A transposed matrix splits its outer dim, but cannot be flattened.
+        assert_eq!(view_strides(&[4, 6], &[1, 4], &[2, 2, 6]), Some(vec![2, 1, 4]));
+        assert_eq!(view_strides(&[4, 6], &[1, 4], &[24]), None);
+        // Every other column of 10: the columns split, but rows and columns do not merge;
+        // of 8 they do (one stride of 2 walks them all).
+        assert_eq!(view_strides(&[3, 4], &[10, 2], &[3, 2, 2]), Some(vec![10, 4, 2]));
+        assert_eq!(view_strides(&[3, 4], &[10, 2], &[12]), None);
+        assert_eq!(view_strides(&[3, 4], &[8, 2], &[12]), Some(vec![2]));
+        // Dims of 1 anywhere.
+        assert_eq!(view_strides(&[1, 5, 1], &[5, 1, 1], &[5]), Some(vec![1]));
+        assert_eq!(view_strides(&[5], &[1], &[1, 5, 1]), Some(vec![5, 1, 1]));
     }
 }

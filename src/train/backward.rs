@@ -72,6 +72,15 @@ pub(crate) enum Backward {
         mean: Tensor,
         rstd: Tensor,
     },
+    /// Softmax cross-entropy per row of f32 logits `[rows, classes]`, from the forward
+    /// pass's log-probabilities, the target of each row (`[rows, 1]`), the rows' weights
+    /// (`[rows, 1]`; `None` when all are 1) and the label smoothing ε.
+    CrossEntropy {
+        log_probs: Tensor,
+        targets: Tensor,
+        weights: Option<Tensor>,
+        smoothing: f64,
+    },
 }
 
 impl Backward {
@@ -107,34 +116,44 @@ impl Backward {
             Backward::Cast => "cast",
             Backward::Identity => "contiguous",
             Backward::LayerNorm { .. } => "layer_norm",
+            Backward::CrossEntropy { .. } => "cross_entropy",
         }
     }
 
     /// The gradients of `inputs` (in order; `None` where an input gets none) given `g`, the
-    /// gradient of the output `y`.
+    /// gradient of the output `y`. `needs[i]` says whether input `i` wants its gradient: a
+    /// constant operand (a batch of inputs, a mask) gets none computed.
     pub(crate) fn apply(
         &self,
         g: &Tensor,
         y: &Tensor,
         inputs: &[&Tensor],
+        needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
         let x = inputs[0];
         let one = |t: Tensor| Ok(vec![Some(t)]);
+        // Input `i`'s gradient, computed only if it is wanted.
+        let want = |i: usize, grad: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
+            if needs.get(i).copied().unwrap_or(true) { grad().map(Some) } else { Ok(None) }
+        };
         match self {
-            Backward::Add => Ok(vec![Some(sum_to(g, inputs[0])?), Some(sum_to(g, inputs[1])?)]),
-            Backward::Sub => {
-                Ok(vec![Some(sum_to(g, inputs[0])?), Some(sum_to(&g.neg()?, inputs[1])?)])
+            Backward::Add => {
+                Ok(vec![want(0, &|| sum_to(g, inputs[0]))?, want(1, &|| sum_to(g, inputs[1]))?])
             }
+            Backward::Sub => Ok(vec![
+                want(0, &|| sum_to(g, inputs[0]))?,
+                want(1, &|| sum_to(&g.neg()?, inputs[1]))?,
+            ]),
             Backward::Mul => {
                 let (a, b) = (inputs[0], inputs[1]);
-                Ok(vec![Some(sum_to(&g.mul(b)?, a)?), Some(sum_to(&g.mul(a)?, b)?)])
+                Ok(vec![want(0, &|| sum_to(&g.mul(b)?, a))?, want(1, &|| sum_to(&g.mul(a)?, b))?])
             }
             Backward::Div => {
                 // d(a/b)/db = -a/b² = -y/b.
                 let (a, b) = (inputs[0], inputs[1]);
                 let ga = g.div(b)?;
-                let gb = ga.mul(y)?.neg()?;
-                Ok(vec![Some(sum_to(&ga, a)?), Some(sum_to(&gb, b)?)])
+                let gb = want(1, &|| sum_to(&ga.mul(y)?.neg()?, b))?;
+                Ok(vec![want(0, &|| sum_to(&ga, a))?, gb])
             }
             Backward::Neg => one(g.neg()?),
             Backward::Affine { mul } => one(g.affine(*mul, 0.0)?),
@@ -158,11 +177,23 @@ impl Backward {
                 // (a Linear's weight, `x · wᵀ`) the product is taken the other way round and
                 // viewed transposed, so the transpose's own backward hands the leaf a
                 // contiguous gradient instead of one that must be copied into place.
-                let ga =
-                    if stored_transposed(a) { b.matmul(&g.t()?)?.t()? } else { g.matmul(&b.t()?)? };
-                let gb =
-                    if stored_transposed(b) { g.t()?.matmul(a)?.t()? } else { a.t()?.matmul(g)? };
-                Ok(vec![Some(sum_to(&ga, a)?), Some(sum_to(&gb, b)?)])
+                let ga = want(0, &|| {
+                    let ga = if stored_transposed(a) {
+                        b.matmul(&g.t()?)?.t()?
+                    } else {
+                        g.matmul(&b.t()?)?
+                    };
+                    sum_to(&ga, a)
+                })?;
+                let gb = want(1, &|| {
+                    let gb = if stored_transposed(b) {
+                        g.t()?.matmul(a)?.t()?
+                    } else {
+                        a.t()?.matmul(g)?
+                    };
+                    sum_to(&gb, b)
+                })?;
+                Ok(vec![ga, gb])
             }
             Backward::Sum { axis, keepdim } => one(spread(g, x, *axis, *keepdim)?),
             Backward::Mean { axis, keepdim } => {
@@ -203,11 +234,11 @@ impl Backward {
             }
             Backward::IndexSelect { indices, axis } => {
                 let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
-                one(zeros.index_add(*axis, indices, &g.contiguous()?)?)
+                one(zeros.index_add_owned(*axis, indices, &g.contiguous()?)?)
             }
             Backward::Gather { indices, axis } => {
                 let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
-                one(zeros.scatter_add(*axis, indices, &g.contiguous()?)?)
+                one(zeros.scatter_add_owned(*axis, indices, &g.contiguous()?)?)
             }
             Backward::Cast => one(cast_to(g, x.dtype())?),
             Backward::Identity => one(g.clone()),
@@ -227,10 +258,42 @@ impl Backward {
                     &input_grad,
                     x.dtype(),
                 )?;
-                let gx = Tensor::fused(&[g, &xf, mean, rstd], &times, DType::F32)?;
-                let dw = sum_to(&gx, w)?;
-                let db = sum_to(&cast_to(g, b.dtype())?, b)?;
-                Ok(vec![Some(dx), Some(dw), Some(db)])
+                let dw = want(1, &|| {
+                    let gx = Tensor::fused(&[g, &xf, mean, rstd], &times, DType::F32)?;
+                    sum_to(&gx, w)
+                })?;
+                let db = want(2, &|| sum_to(&cast_to(g, b.dtype())?, b))?;
+                Ok(vec![Some(dx), dw, db])
+            }
+            Backward::CrossEntropy { log_probs, targets, weights, smoothing } => {
+                // d/dlogits = w·g·(softmax − ε/C) − w·g·(1 − ε) at the target: one pass over
+                // the logits, then one add per row.
+                let g = g.reshape(targets.shape().clone())?;
+                let shift = smoothing / x.dims()[1].max(1) as f64;
+                let at_target = -(1.0 - smoothing);
+                let (spread, target) = match weights {
+                    Some(w) => (
+                        Tensor::fused(
+                            &[log_probs, &g, w],
+                            &crate::programs::cross_entropy_backward(shift, true),
+                            DType::F32,
+                        )?,
+                        Tensor::fused(
+                            &[&g, w],
+                            &crate::programs::scaled_product(at_target),
+                            DType::F32,
+                        )?,
+                    ),
+                    None => (
+                        Tensor::fused(
+                            &[log_probs, &g],
+                            &crate::programs::cross_entropy_backward(shift, false),
+                            DType::F32,
+                        )?,
+                        g.affine(at_target, 0.0)?,
+                    ),
+                };
+                one(spread.scatter_add_owned(1, targets, &target)?)
             }
         }
     }

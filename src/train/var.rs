@@ -196,7 +196,8 @@ impl Var {
             let input_grads = match &grad {
                 Some(grad) => {
                     let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
-                    backward.apply(grad, var.tensor(), &inputs)?
+                    let needs: Vec<bool> = var.0.inputs.iter().map(|v| v.requires_grad()).collect();
+                    backward.apply(grad, var.tensor(), &inputs, &needs)?
                 }
                 // Nothing flows through this op, but its uses of its inputs are over.
                 None => vec![None; var.0.inputs.len()],

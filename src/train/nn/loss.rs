@@ -1,4 +1,5 @@
 use crate::train::Var;
+use crate::train::backward::Backward;
 use crate::{DType, Error, Result, Tensor};
 
 /// How per-sample losses become one number, or stay one per sample.
@@ -65,21 +66,32 @@ pub fn cross_entropy_with(logits: &Var, targets: &[u32], opts: &CrossEntropy) ->
     }
     // Ignored rows gather class 0 and are then weighted by 0.
     let picked: Vec<u32> = targets.iter().map(|&t| if ignored(t) { 0 } else { t }).collect();
-    let weights: Vec<f32> = targets.iter().map(|&t| if ignored(t) { 0.0 } else { 1.0 }).collect();
-    let counted = weights.iter().filter(|&&w| w > 0.0).count();
+    let counted = targets.iter().filter(|&&t| !ignored(t)).count();
+    let weights = if counted < rows {
+        let w: Vec<f32> = targets.iter().map(|&t| if ignored(t) { 0.0 } else { 1.0 }).collect();
+        Some(Tensor::from_slice(&w, [rows, 1], &device)?)
+    } else {
+        None
+    };
 
-    let log_probs = logits.cast(DType::F32)?.log_softmax(1)?;
+    // One autograd node (see `Backward::CrossEntropy`): log-softmax, the targets' values
+    // and one fused pass forward; one fused pass and one add per row backward.
+    let logits = logits.cast(DType::F32)?;
+    let log_probs = logits.tensor().log_softmax(1)?;
     let index = Tensor::from_slice(&picked, [rows, 1], &device)?;
-    let mut per_row = log_probs.gather(&index, 1)?.neg()?;
-    if opts.label_smoothing > 0.0 {
-        let eps = opts.label_smoothing;
-        let uniform = log_probs.mean_keepdim(1)?.neg()?;
-        per_row = per_row.affine(1.0 - eps, 0.0)?.add(&uniform.affine(eps, 0.0)?)?;
+    let eps = opts.label_smoothing;
+    let mut inputs = vec![log_probs.gather(&index, 1)?];
+    if eps > 0.0 {
+        inputs.push(log_probs.mean_keepdim(1)?);
     }
-    let weights = Var::constant(Tensor::from_slice(&weights, [rows, 1], &device)?);
-    let per_row = per_row.mul(&weights)?;
+    inputs.extend(weights.clone());
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let program = crate::programs::cross_entropy_rows(eps, weights.is_some());
+    let per_row = Tensor::fused(&refs, &program, DType::F32)?.reshape([rows])?;
+    let backward = Backward::CrossEntropy { log_probs, targets: index, weights, smoothing: eps };
+    let per_row = Var::from_op(per_row, backward, &[&logits]);
     match opts.reduction {
-        Reduction::None => per_row.reshape([rows]),
+        Reduction::None => Ok(per_row),
         Reduction::Sum => per_row.sum_all(),
         Reduction::Mean => per_row.sum_all()?.affine(1.0 / counted.max(1) as f64, 0.0),
     }

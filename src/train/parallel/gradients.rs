@@ -313,22 +313,27 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                     })
                 })?;
             let total = summed_rows(&losses, n)?;
-            let scaled = total.affine(scale, 0.0)?;
-            let nodes = scaled.graph_len();
+            let nodes = total.graph_len();
             let index: HashMap<VarId, usize> =
                 params.iter().enumerate().map(|(k, p)| (p.id(), k)).collect();
-            let seed =
-                Tensor::ones(scaled.tensor().shape().clone(), scaled.tensor().dtype(), &device)?;
+            // The backward pass starts from `scale` rather than from 1 through a scaling
+            // node: the same gradients, two ops fewer.
+            let seed = Tensor::full(
+                scale,
+                total.tensor().shape().clone(),
+                total.tensor().dtype(),
+                &device,
+            )?;
             // Gradients travel to the master inside the timed part: they are part of what
             // this device's share costs.
-            scaled.backward_streaming(seed, |id, grad| {
+            total.backward_streaming(seed, |id, grad| {
                 let Some(&param) = index.get(&id).filter(|&&k| !skip[k]) else { return Ok(()) };
                 let grad = grad.to_device(&master)?;
                 // The step may have given up on this share: then nobody listens.
                 let _ = reply.send(Message::Grad { tag, param, grad });
                 Ok(())
             })?;
-            let value = scaled.tensor().to_f64_vec()?.iter().sum::<f64>() / loss_scale;
+            let value = total.tensor().to_f64_vec()?.iter().sum::<f64>() * scale / loss_scale;
             Ok(ShareDone { loss: value, secs: clock.secs(&*device), nodes, ended: Instant::now() })
         })
     }
