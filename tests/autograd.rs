@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use manychips::train::nn::{self, CrossEntropy, Reduction};
+use manychips::train::nn::{self, Activation, CrossEntropy, Reduction};
 use manychips::train::{Grads, ParamStore, Var, no_grad};
 use manychips::{CpuDevice, DType, DeviceRef, Result, Tensor};
 use rand::{RngExt, SeedableRng};
@@ -278,6 +278,11 @@ fn layers() {
     check("LayerNorm layer", vec![input(&[3, 4], 103)], |x| ln.forward(&x[0]));
     check("RmsNorm layer", vec![input(&[3, 4], 104)], |x| rms.forward(&x[0]));
     check("Linear layer 3-d", vec![input(&[2, 3, 4], 105)], |x| lin.forward(&x[0]));
+    for act in [Activation::Relu, Activation::Gelu, Activation::Silu, Activation::Tanh] {
+        check(&format!("Linear + {act:?}"), vec![input(&[2, 3, 4], 107)], |x| {
+            lin.forward_activated(&x[0], Some(act))
+        });
+    }
     check("attention", vec![input(&[2, 3, 4], 106)], |x| attn.forward(&x[0]));
 
     // And the parameters of a layer: the gradient `backward` reports under a param's id.
@@ -423,6 +428,46 @@ fn streaming_backward_reports_each_leaf_once_as_soon_as_it_is_final() {
     })
     .expect("bwd");
     assert_eq!(own, vec![(a.id(), vec![3.0])]);
+}
+
+/// A layer's bias and activation are one autograd node with one pass each way: its output
+/// and the input, weight and bias gradients equal those of the bias add and the activation
+/// as separate ops.
+#[test]
+fn bias_activation_node_matches_its_decomposition() {
+    let device = cpu();
+    let store = ParamStore::new(&device, 21);
+    let lin = nn::Linear::new(&store.sub("lin"), 5, 7, true).expect("lin");
+    let x = Var::leaf(Tensor::randn(0.0, 1.5, [2, 3, 5], DType::F32, 22, &device).expect("x"));
+    let r = Tensor::randn(0.0, 1.0, [2, 3, 7], DType::F32, 23, &device).expect("r");
+    let loss = |y: &Var| y.mul(&Var::constant(r.clone())).expect("mul").sum_all().expect("sum");
+    for act in [Activation::Relu, Activation::Gelu, Activation::Silu, Activation::Tanh] {
+        let separate = act.apply(&lin.forward(&x).expect("linear")).expect("act");
+        let fused = lin.forward_activated(&x, Some(act)).expect("fused");
+        let want = loss(&separate).backward().expect("separate backward");
+        let got = loss(&fused).backward().expect("fused backward");
+        let pairs = [
+            (fused.tensor().clone(), separate.tensor().clone(), "output"),
+            (got.get(x.id()).expect("dx").clone(), want.get(x.id()).expect("dx").clone(), "dx"),
+            (
+                got.get(lin.weight.id()).expect("dw").clone(),
+                want.get(lin.weight.id()).expect("dw").clone(),
+                "dw",
+            ),
+            (
+                got.get(lin.bias.as_ref().expect("b").id()).expect("db").clone(),
+                want.get(lin.bias.as_ref().expect("b").id()).expect("db").clone(),
+                "db",
+            ),
+        ];
+        for (a, b, what) in pairs {
+            let (a, b) = (a.to_f64_vec().expect("a"), b.to_f64_vec().expect("b"));
+            assert_eq!(a.len(), b.len(), "{act:?} {what}");
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{act:?} {what}[{i}]: {x} vs {y}");
+            }
+        }
+    }
 }
 
 /// The LayerNorm layer is one autograd node with fused passes: its output and all three

@@ -277,6 +277,11 @@ pub(crate) mod programs {
         vec![Input(0), Input(1), Binary(BinaryOp::Mul, 0, 1), Affine(2, scale, 0.0)]
     }
 
+    /// `act(h + b)` from inputs `[h, b]`: a layer's bias and activation in one pass.
+    pub fn bias_activation(act: UnaryOp) -> Vec<Instr> {
+        vec![Input(0), Input(1), Binary(BinaryOp::Add, 0, 1), Unary(act, 2)]
+    }
+
     /// `grad · (x > 0)` from inputs `[x, grad]`: ReLU's backward.
     pub fn relu_backward() -> Vec<Instr> {
         vec![

@@ -72,6 +72,12 @@ pub(crate) enum Backward {
         mean: Tensor,
         rstd: Tensor,
     },
+    /// `act(h + b)` for a layer's output `h` and bias `b` (inputs `[h, b]`), in one pass,
+    /// for an activation whose slope reads its output `y`: `slope` is its backward program
+    /// over `[y, grad]`.
+    BiasActivation {
+        slope: Vec<manychips_api::Instr>,
+    },
     /// Softmax cross-entropy per row of f32 logits `[rows, classes]`, from the forward
     /// pass's log-probabilities, the target of each row (`[rows, 1]`), the rows' weights
     /// (`[rows, 1]`; `None` when all are 1) and the label smoothing ε.
@@ -116,6 +122,7 @@ impl Backward {
             Backward::Cast => "cast",
             Backward::Identity => "contiguous",
             Backward::LayerNorm { .. } => "layer_norm",
+            Backward::BiasActivation { .. } => "bias_activation",
             Backward::CrossEntropy { .. } => "cross_entropy",
         }
     }
@@ -264,6 +271,10 @@ impl Backward {
                 })?;
                 let db = want(2, &|| sum_to(&cast_to(g, b.dtype())?, b))?;
                 Ok(vec![Some(dx), dw, db])
+            }
+            Backward::BiasActivation { slope: program } => {
+                let d = slope(program.clone(), y, g)?;
+                Ok(vec![want(0, &|| Ok(d.clone()))?, want(1, &|| sum_to(&d, inputs[1]))?])
             }
             Backward::CrossEntropy { log_probs, targets, weights, smoothing } => {
                 // d/dlogits = w·g·(softmax − ε/C) − w·g·(1 − ε) at the target: one pass over

@@ -42,12 +42,10 @@ impl Mlp {
     pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i + 1 < self.layers.len() {
-                h = self.activation.apply(&h)?;
-                if let Some(dropout) = &self.dropout {
-                    h = dropout.forward(&h, ctx)?;
-                }
+            let hidden = i + 1 < self.layers.len();
+            h = layer.forward_activated(&h, hidden.then_some(self.activation))?;
+            if hidden && let Some(dropout) = &self.dropout {
+                h = dropout.forward(&h, ctx)?;
             }
         }
         Ok(h)

@@ -1,5 +1,7 @@
+use super::Activation;
+use crate::train::backward::Backward;
 use crate::train::{Init, Param, ParamStore, Var};
-use crate::{Result, Shape};
+use crate::{Result, Shape, Tensor};
 
 /// `y = x Wᵀ + b`, with `W` stored `[out, in]` as in PyTorch (the transpose is a free view).
 #[derive(Clone, Debug)]
@@ -24,15 +26,40 @@ impl Linear {
     /// `x` is `[.., in]`; leading dims are folded into one so the matmul is one GEMM.
     /// Parameters are cast to `x`'s dtype (f32 master weights under bf16/f16 compute).
     pub fn forward(&self, x: &Var) -> Result<Var> {
+        self.forward_activated(x, None)
+    }
+
+    /// `act(forward(x))`; for ReLU and tanh the bias and the activation are one pass (and
+    /// one pass back).
+    pub fn forward_activated(&self, x: &Var, act: Option<Activation>) -> Result<Var> {
         let dtype = x.tensor().dtype();
         let dims = x.dims().to_vec();
         let inputs = dims.last().copied().unwrap_or(0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let flat = if dims.len() == 2 { x.clone() } else { x.reshape([rows, inputs])? };
         let mut y = flat.matmul(&self.weight.var().cast(dtype)?.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.add(&bias.var().cast(dtype)?)?;
-        }
+        let bias = self.bias.as_ref().map(|b| b.var().cast(dtype)).transpose()?;
+        // The bias and the activation in one pass where the activation's slope reads its
+        // output. GELU's and SiLU's read `h + b`: re-adding the bias row inside their
+        // backward pass cost the CPU more (a call per instruction per row) than the stored
+        // sum saves, so they stay two ops.
+        y = match (bias, act.and_then(Activation::with_output_slope)) {
+            (Some(bias), Some((op, slope))) => {
+                let program = crate::programs::bias_activation(op);
+                let value = Tensor::fused(&[y.tensor(), bias.tensor()], &program, dtype)?;
+                Var::from_op(value, Backward::BiasActivation { slope }, &[&y, &bias])
+            }
+            (bias, _) => {
+                let y = match bias {
+                    Some(bias) => y.add(&bias)?,
+                    None => y,
+                };
+                match act {
+                    Some(act) => act.apply(&y)?,
+                    None => y,
+                }
+            }
+        };
         if dims.len() == 2 {
             return Ok(y);
         }

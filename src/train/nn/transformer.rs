@@ -27,7 +27,7 @@ impl TransformerBlock {
     /// `x` is `[batch, time, dim]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let x = x.add(&self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let hidden = Activation::Gelu.apply(&self.fc1.forward(&self.ln2.forward(&x)?)?)?;
+        let hidden = self.fc1.forward_activated(&self.ln2.forward(&x)?, Some(Activation::Gelu))?;
         x.add(&self.fc2.forward(&hidden)?)
     }
 }
