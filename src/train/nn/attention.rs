@@ -40,10 +40,11 @@ impl CausalSelfAttention {
             }
         };
         let (heads, head_dim) = (self.heads, dim / self.heads);
-        let qkv = self.qkv.forward(x)?;
-        // [batch, time, dim] -> [batch, heads, time, head_dim]
+        // Query, key and value each from their rows of the `qkv` layer, as
+        // [batch, time, dim] -> [batch, heads, time, head_dim].
         let split = |i: usize| -> Result<Var> {
-            qkv.narrow(2, i * dim, dim)?
+            self.qkv
+                .forward_outputs(x, i * dim..(i + 1) * dim)?
                 .reshape([batch, time, heads, head_dim])?
                 .permute(&[0, 2, 1, 3])
         };

@@ -1,3 +1,5 @@
+use std::ops::Range;
+
 use super::Activation;
 use crate::train::backward::Backward;
 use crate::train::{Init, Param, ParamStore, Var};
@@ -32,13 +34,34 @@ impl Linear {
     /// `act(forward(x))`; for ReLU and tanh the bias and the activation are one pass (and
     /// one pass back).
     pub fn forward_activated(&self, x: &Var, act: Option<Activation>) -> Result<Var> {
+        self.forward_with(x, act, None)
+    }
+
+    /// `forward(x)`'s output features `outputs` alone, computed from those rows of the
+    /// weight and bias: attention's query, key and value from one `qkv` layer, without
+    /// computing the three together and splitting them (whose gradient is three
+    /// zero-padded copies summed).
+    pub fn forward_outputs(&self, x: &Var, outputs: Range<usize>) -> Result<Var> {
+        self.forward_with(x, None, Some(outputs))
+    }
+
+    fn forward_with(
+        &self,
+        x: &Var,
+        act: Option<Activation>,
+        outputs: Option<Range<usize>>,
+    ) -> Result<Var> {
+        let rows_of = |p: &Param| match &outputs {
+            Some(r) => p.var().narrow(0, r.start, r.len()),
+            None => Ok(p.var()),
+        };
         let dtype = x.tensor().dtype();
         let dims = x.dims().to_vec();
         let inputs = dims.last().copied().unwrap_or(0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let flat = if dims.len() == 2 { x.clone() } else { x.reshape([rows, inputs])? };
-        let mut y = flat.matmul(&self.weight.var().cast(dtype)?.t()?)?;
-        let bias = self.bias.as_ref().map(|b| b.var().cast(dtype)).transpose()?;
+        let mut y = flat.matmul(&rows_of(&self.weight)?.cast(dtype)?.t()?)?;
+        let bias = self.bias.as_ref().map(|b| rows_of(b)?.cast(dtype)).transpose()?;
         // The bias and the activation in one pass where the activation's slope reads its
         // output. GELU's and SiLU's read `h + b`: re-adding the bias row inside their
         // backward pass cost the CPU more (a call per instruction per row) than the stored
