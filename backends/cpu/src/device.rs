@@ -4,7 +4,6 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::{Sender, bounded, unbounded};
 use manychips_api::{
@@ -13,7 +12,7 @@ use manychips_api::{
 use rustc_hash::FxHashMap;
 
 use crate::sysinfo;
-use crate::worker::{Command, Health, Reading, Worker, poll_then_wait, spin_window};
+use crate::worker::{Command, Health, Reading, Worker};
 
 /// The CPU as a manychips device: buffers in host memory, ops on a private thread pool.
 ///
@@ -28,8 +27,6 @@ pub struct CpuDevice {
     table: Mutex<Table>,
     health: Arc<Health>,
     worker: Option<JoinHandle<()>>,
-    /// How long a caller waiting on the worker polls before it sleeps.
-    spin: Duration,
 }
 
 /// Caller-side bookkeeping: what exists, how big, and the queue. Commands are sent while the
@@ -98,7 +95,6 @@ impl CpuDevice {
             table: Mutex::new(Table { tx: Some(tx), next: 0, sizes: FxHashMap::default() }),
             health,
             worker: Some(handle),
-            spin: spin_window(),
         })
     }
 
@@ -228,7 +224,7 @@ impl Device for CpuDevice {
             let len = dst.len();
             self.send(&table, Command::Read { index: src.index, offset, len, reply })?;
         }
-        match poll_then_wait(&answer, self.spin) {
+        match answer.recv().ok() {
             Some(Ok(Reading::Copied(bytes))) => {
                 dst.copy_from_slice(&bytes);
                 Ok(())
@@ -292,7 +288,7 @@ impl Device for CpuDevice {
         self.check_alive()?;
         let (reply, answer) = bounded(1);
         self.send(&self.lock(), Command::Sync { reply })?;
-        poll_then_wait(&answer, self.spin).unwrap_or_else(|| Err(self.lost()))
+        answer.recv().unwrap_or_else(|_| Err(self.lost()))
     }
 }
 
