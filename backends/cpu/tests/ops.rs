@@ -665,3 +665,52 @@ fn scalars_and_degenerate_matrices() {
         }
     }
 }
+
+/// Fused programs over many short rows run a group of rows per step: every group (the last
+/// one partial), every parallel task, an operand per row (a mean), one per element of the row
+/// (a bias), a half-precision operand read through a copy and a padded output written
+/// row by row all give what the program computes element by element.
+#[test]
+fn fused_programs_over_short_rows() {
+    use manychips_api::Instr::*;
+    let dev = device();
+    let (rows, len) = (517, 96);
+    let (x, xv) = upload_as(&dev, &random(rows * len, 21), DType::F32);
+    let (b, bv) = upload_as(&dev, &random(len, 22), DType::F32);
+    let (m, mv) = upload_as(&dev, &random(rows, 23), DType::F32);
+    let (h, hv) = upload_as(&dev, &random(rows * len, 24), DType::F16);
+    // ((x − m) · 2 + b) · h, then its ReLU: every kind of operand in one program.
+    let program = vec![
+        Input(0),
+        Input(1),
+        Input(2),
+        Input(3),
+        Binary(BinaryOp::Sub, 0, 2),
+        Affine(4, 2.0, 0.0),
+        Binary(BinaryOp::Add, 5, 1),
+        Binary(BinaryOp::Mul, 6, 3),
+        Unary(UnaryOp::Relu, 7),
+    ];
+    let inputs = vec![
+        contiguous(x, &[rows, len], DType::F32),
+        strided(b, &[rows, len], &[0, 1], 0, DType::F32),
+        strided(m, &[rows, len], &[1, 0], 0, DType::F32),
+        contiguous(h, &[rows, len], DType::F16),
+    ];
+    let want: Vec<f64> = (0..rows * len)
+        .map(|i| {
+            let (r, c) = (i / len, i % len);
+            (((xv[i] - mv[r]) * 2.0 + bv[c]) * hv[i]).max(0.0)
+        })
+        .collect();
+    let pitch = len + 5;
+    for (out_strides, pitch) in [([len, 1], len), ([pitch, 1], pitch)] {
+        let out = dev.alloc(rows * pitch * 4).unwrap();
+        let view = strided(out, &[rows, len], &out_strides, 0, DType::F32);
+        dev.run(&Op::Fused { inputs: inputs.clone(), program: program.clone(), out: view })
+            .unwrap();
+        let all = download_as(&dev, out, rows * pitch, DType::F32);
+        let got: Vec<f64> = (0..rows * len).map(|i| all[(i / len) * pitch + i % len]).collect();
+        assert_close(&got, &want, 1e-5, &format!("rows of {len}, output pitch {pitch}"));
+    }
+}

@@ -65,6 +65,12 @@ fn run_n<D: Elem, const N: usize>(
 ) {
     let layouts: [&Layout; N] = std::array::from_fn(|k| if k == 0 { ol } else { inputs[k - 1].1 });
     let plan = Plan::new(ol.dims(), layouts);
+    if let Some((rows, len, inner)) = plan.rows()
+        && len <= BLOCK / 2
+        && rows.numel() > 1
+    {
+        return run_rows(program, inputs, out, &rows, len, inner);
+    }
     let strides = plan.inner_strides();
     let last = program.len() - 1;
     // An f32 input read with unit stride is used where it lies: no copy into a register.
@@ -141,39 +147,7 @@ fn run_n<D: Elem, const N: usize>(
                             let stride = strides[m + 1];
                             inputs[m].0.load(offsets[m + 1] + i * stride, stride, dst);
                         }
-                        // Constants are scalar registers: never here.
-                        Instr::Const(c) => dst.fill(c as f32),
-                        Instr::Unary(op, a) => simd::unary(op, reg(a), dst),
-                        Instr::Binary(op, a, b) => match (scalar[a], scalar[b]) {
-                            (false, false) => simd::binary_vv(op, reg(a), reg(b), dst),
-                            (false, true) => simd::binary_vs(op, reg(a), values[b], dst),
-                            (true, _) => simd::binary_sv(op, values[a], reg(b), dst),
-                        },
-                        Instr::Affine(a, mul, add) => {
-                            simd::affine(reg(a), dst, mul as f32, add as f32)
-                        }
-                        Instr::Compare(op, a, b) => {
-                            let one = |x, y| if compare(op, x, y) { 1.0 } else { 0.0 };
-                            match (scalar[a], scalar[b]) {
-                                (false, false) => {
-                                    for ((d, &x), &y) in dst.iter_mut().zip(reg(a)).zip(reg(b)) {
-                                        *d = one(x, y);
-                                    }
-                                }
-                                (false, true) => {
-                                    let y = values[b];
-                                    for (d, &x) in dst.iter_mut().zip(reg(a)) {
-                                        *d = one(x, y);
-                                    }
-                                }
-                                (true, _) => {
-                                    let x = values[a];
-                                    for (d, &y) in dst.iter_mut().zip(reg(b)) {
-                                        *d = one(x, y);
-                                    }
-                                }
-                            }
-                        }
+                        _ => compute(instr, reg, values, &scalar, dst),
                     }
                 }
                 if out_f32.is_none() {
@@ -191,6 +165,155 @@ fn run_n<D: Elem, const N: usize>(
             }
         },
     );
+}
+
+/// [`run_n`] over short rows (a layer norm's 96 features, a bias row of 384): each step
+/// covers a group of whole rows at once, so the per-step cost of a call is paid per group
+/// rather than per row. `rows` walks the rows; each is `len` long, its elements `inner`
+/// apart in each operand.
+fn run_rows<D: Elem, const N: usize>(
+    program: &[Instr],
+    inputs: &[(Src<'_>, &Layout)],
+    out: &mut [D],
+    rows: &Plan<N>,
+    len: usize,
+    inner: [usize; N],
+) {
+    let outer = rows.inner_strides();
+    let per_group = BLOCK / len;
+    let last = program.len() - 1;
+    // One value for the whole group: constants, inputs broadcast along rows and elements
+    // alike, and what only they feed. (A row's own value, as a mean, is a full register here.)
+    let mut scalar = vec![false; program.len()];
+    for (k, instr) in program.iter().enumerate() {
+        scalar[k] = match *instr {
+            Instr::Input(m) => inner[m + 1] == 0 && outer[m + 1] == 0,
+            Instr::Const(_) => true,
+            Instr::Unary(_, a) | Instr::Affine(a, _, _) => scalar[a],
+            Instr::Binary(_, a, b) | Instr::Compare(_, a, b) => scalar[a] && scalar[b],
+        };
+    }
+    // Operands whose rows lie back to back: an f32 input is read where it lies, and the
+    // last step writes such an f32 output directly.
+    let dense = |k: usize| inner[k] == 1 && outer[k] == len;
+    let aliased: Vec<Option<(&[f32], usize)>> = program
+        .iter()
+        .map(|instr| match *instr {
+            Instr::Input(m) => match inputs[m].0 {
+                Src::F32(s) if dense(m + 1) => Some((s, m)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let computes_last = !matches!(program[last], Instr::Input(_) | Instr::Const(_));
+    let direct = computes_last && !scalar[last] && dense(0);
+    rows.run(
+        out,
+        MIN_CHUNK_HEAVY.div_ceil(len),
+        || (vec![0.0f32; program.len() * BLOCK], vec![0.0f32; program.len()]),
+        |(regs, values), out, offsets, count| {
+            for (k, instr) in program.iter().enumerate().filter(|(k, _)| scalar[*k]) {
+                let (before, rest) = values.split_at_mut(k);
+                let dst = &mut rest[..1];
+                match *instr {
+                    Instr::Input(m) => inputs[m].0.load(offsets[m + 1], 0, dst),
+                    _ => compute(instr, |r| &before[r..=r], before, &scalar, dst),
+                }
+            }
+            let mut row = 0;
+            while row < count {
+                let group = per_group.min(count - row);
+                let n = group * len;
+                // Where operand `k`'s group starts.
+                let at = |k: usize| offsets[k] + row * outer[k];
+                let mut out_f32 = if direct { D::as_f32_mut(out) } else { None };
+                for (k, instr) in program.iter().enumerate() {
+                    if aliased[k].is_some() || scalar[k] {
+                        continue;
+                    }
+                    let (before, rest) = regs.split_at_mut(k * BLOCK);
+                    let reg = |r: usize| match aliased[r] {
+                        Some((s, m)) => &s[at(m + 1)..at(m + 1) + n],
+                        None => &before[r * BLOCK..r * BLOCK + n],
+                    };
+                    let dst = match out_f32.as_deref_mut() {
+                        Some(o32) if k == last => &mut o32[at(0)..at(0) + n],
+                        _ => &mut rest[..n],
+                    };
+                    match *instr {
+                        Instr::Input(m) => {
+                            let src = &inputs[m].0;
+                            for (r, d) in dst.chunks_exact_mut(len).enumerate() {
+                                src.load(at(m + 1) + r * outer[m + 1], inner[m + 1], d);
+                            }
+                        }
+                        _ => compute(instr, reg, values, &scalar, dst),
+                    }
+                }
+                if out_f32.is_none() {
+                    let value: &[f32] = match aliased[last] {
+                        Some((s, m)) => &s[at(m + 1)..at(m + 1) + n],
+                        None if scalar[last] => {
+                            regs[..n].fill(values[last]);
+                            &regs[..n]
+                        }
+                        None => &regs[last * BLOCK..last * BLOCK + n],
+                    };
+                    for (r, v) in value.chunks_exact(len).enumerate() {
+                        store(v, out, at(0) + r * outer[0], inner[0]);
+                    }
+                }
+                row += group;
+            }
+        },
+    );
+}
+
+/// Computes `instr` (any but an input) into `dst`: its full operands read through `reg`,
+/// its scalar ones (`scalar[r]`) from `values`.
+fn compute<'a>(
+    instr: &Instr,
+    reg: impl Fn(usize) -> &'a [f32],
+    values: &[f32],
+    scalar: &[bool],
+    dst: &mut [f32],
+) {
+    match *instr {
+        // Inputs are loaded by the caller, which knows their layout.
+        Instr::Input(_) => {}
+        // Constants are scalar registers: never here.
+        Instr::Const(c) => dst.fill(c as f32),
+        Instr::Unary(op, a) => simd::unary(op, reg(a), dst),
+        Instr::Binary(op, a, b) => match (scalar[a], scalar[b]) {
+            (false, false) => simd::binary_vv(op, reg(a), reg(b), dst),
+            (false, true) => simd::binary_vs(op, reg(a), values[b], dst),
+            (true, _) => simd::binary_sv(op, values[a], reg(b), dst),
+        },
+        Instr::Affine(a, mul, add) => simd::affine(reg(a), dst, mul as f32, add as f32),
+        Instr::Compare(op, a, b) => {
+            let one = |x, y| if compare(op, x, y) { 1.0 } else { 0.0 };
+            match (scalar[a], scalar[b]) {
+                (false, false) => {
+                    for ((d, &x), &y) in dst.iter_mut().zip(reg(a)).zip(reg(b)) {
+                        *d = one(x, y);
+                    }
+                }
+                (false, true) => {
+                    let y = values[b];
+                    for (d, &x) in dst.iter_mut().zip(reg(a)) {
+                        *d = one(x, y);
+                    }
+                }
+                (true, _) => {
+                    let x = values[a];
+                    for (d, &y) in dst.iter_mut().zip(reg(b)) {
+                        *d = one(x, y);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `x ∘ y` as `Op::Compare` decides it (IEEE: any comparison with NaN is false but `Ne`).
