@@ -44,12 +44,32 @@ impl Src<'_> {
 pub(crate) fn run<D: Elem>(
     program: &[Instr],
     inputs: &[(Src<'_>, &Layout)],
+    out: (&mut [D], &Layout),
+) {
+    run_with(program, inputs, out, MIN_CHUNK_HEAVY)
+}
+
+/// [`run`] on this thread alone, for a caller that is itself one of several parallel
+/// tasks (a fused reduction's block of rows): splitting again only adds hand-offs.
+pub(crate) fn run_here<D: Elem>(
+    program: &[Instr],
+    inputs: &[(Src<'_>, &Layout)],
+    out: (&mut [D], &Layout),
+) {
+    run_with(program, inputs, out, usize::MAX)
+}
+
+/// [`run`] with parallel tasks of at least `min_chunk` elements.
+fn run_with<D: Elem>(
+    program: &[Instr],
+    inputs: &[(Src<'_>, &Layout)],
     (out, ol): (&mut [D], &Layout),
+    min_chunk: usize,
 ) {
     macro_rules! with_arity {
         ($($n:literal),*) => {
             match inputs.len() {
-                $($n => run_n::<D, { $n + 1 }>(program, inputs, out, ol),)*
+                $($n => run_n::<D, { $n + 1 }>(program, inputs, out, ol, min_chunk),)*
                 _ => unreachable!("validated: 1 to {} inputs", manychips_api::fused::MAX_INPUTS),
             }
         };
@@ -62,6 +82,7 @@ fn run_n<D: Elem, const N: usize>(
     inputs: &[(Src<'_>, &Layout)],
     out: &mut [D],
     ol: &Layout,
+    min_chunk: usize,
 ) {
     let layouts: [&Layout; N] = std::array::from_fn(|k| if k == 0 { ol } else { inputs[k - 1].1 });
     let plan = Plan::new(ol.dims(), layouts);
@@ -69,7 +90,7 @@ fn run_n<D: Elem, const N: usize>(
         && len <= BLOCK / 2
         && rows.numel() > 1
     {
-        return run_rows(program, inputs, out, &rows, len, inner);
+        return run_rows(program, inputs, out, (&rows, len, inner), min_chunk);
     }
     let strides = plan.inner_strides();
     let last = program.len() - 1;
@@ -101,7 +122,7 @@ fn run_n<D: Elem, const N: usize>(
     let computes_last = !matches!(program[last], Instr::Input(_) | Instr::Const(_));
     plan.run(
         out,
-        MIN_CHUNK_HEAVY,
+        min_chunk,
         || (vec![0.0f32; program.len() * BLOCK], vec![0.0f32; program.len()]),
         |(regs, values), out, offsets, len| {
             let direct = computes_last && !scalar[last] && strides[0] == 1;
@@ -175,9 +196,8 @@ fn run_rows<D: Elem, const N: usize>(
     program: &[Instr],
     inputs: &[(Src<'_>, &Layout)],
     out: &mut [D],
-    rows: &Plan<N>,
-    len: usize,
-    inner: [usize; N],
+    (rows, len, inner): (&Plan<N>, usize, [usize; N]),
+    min_chunk: usize,
 ) {
     let outer = rows.inner_strides();
     let per_group = BLOCK / len;
@@ -210,7 +230,7 @@ fn run_rows<D: Elem, const N: usize>(
     let direct = computes_last && !scalar[last] && dense(0);
     rows.run(
         out,
-        MIN_CHUNK_HEAVY.div_ceil(len),
+        min_chunk.div_ceil(len),
         || (vec![0.0f32; program.len() * BLOCK], vec![0.0f32; program.len()]),
         |(regs, values), out, offsets, count| {
             for (k, instr) in program.iter().enumerate().filter(|(k, _)| scalar[*k]) {

@@ -52,7 +52,10 @@ pub(crate) fn run<D: Elem>(
         // Blocks are cut along the outermost row dim: `per_outer` rows for each index of it.
         let outer = if rank >= 2 { dims[0] } else { 1 };
         let per_outer = rows / outer;
-        let per_block = (BLOCK_VALUES / (per_outer * len)).max(1);
+        // Up to BLOCK_VALUES each, and about four per thread so that none waits long on the
+        // last one (two blocks of 21 and 11 left one thread a third of the work).
+        let tasks = 4 * rayon::current_num_threads();
+        let per_block = (BLOCK_VALUES / (per_outer * len)).clamp(1, outer.div_ceil(tasks).max(1));
         results.par_chunks_mut(per_block * per_outer).enumerate().for_each(|(b, res)| {
             let count = res.len() / per_outer;
             let mut block_dims = dims.clone();
@@ -71,7 +74,7 @@ pub(crate) fn run<D: Elem>(
                     scratch.resize(n, 0.0);
                 }
                 let values = &mut scratch[..n];
-                fused::run::<f32>(program, &refs, (values, &Layout::contiguous(block_dims)));
+                fused::run_here::<f32>(program, &refs, (values, &Layout::contiguous(block_dims)));
                 for (r, row) in res.iter_mut().zip(values.chunks_exact(len)) {
                     *r = fold(op, row);
                 }
