@@ -1,6 +1,7 @@
 //! GPU backends on whatever adapters this machine has (lavapipe in CI), each figure as a
 //! ratio against a baseline run in the same process:
-//! - register-blocked WGSL matmul against the naive kernel (f32, n = 512 and 1024);
+//! - register-blocked WGSL matmul against the naive kernel (f32, n = 512 and 1024), and the
+//!   shared-tile kernel (the default on real GPUs) against it at n = 1024;
 //! - the GPU's blocked matmul against the CPU backend's (GFLOP/s side by side);
 //! - upload and download against a host memcpy of the same bytes;
 //! - an add of dense f32 operands (the `flat` kernel: no index arithmetic, 4 elements per
@@ -67,7 +68,7 @@ fn matmul_run(a: &Tensor, b: &Tensor) -> impl FnMut() + use<> {
 }
 
 fn pairs_for(gpu: &Gpu, cpu: &DeviceRef) -> Vec<Pair> {
-    use MatmulKernel::{Naive, RegisterBlocked};
+    use MatmulKernel::{Naive, RegisterBlocked, SharedTiles};
     let dev = &gpu.device;
     let name = dev.info().label();
     let mut pairs = Vec::new();
@@ -96,6 +97,24 @@ fn pairs_for(gpu: &Gpu, cpu: &DeviceRef) -> Vec<Pair> {
     let n = 1024;
     let a = Tensor::randn(0.0, 1.0, [n, n], DType::F32, 1, dev).unwrap();
     let b = Tensor::randn(0.0, 1.0, [n, n], DType::F32, 2, dev).unwrap();
+    let (set_tiled, set_naive) = (gpu.set_kernel.clone(), gpu.set_kernel.clone());
+    let (mut tiled, mut naive) = (matmul_run(&a, &b), matmul_run(&a, &b));
+    pairs.push(Pair {
+        group: format!("{name}_matmul_f32"),
+        label: format!("{n}_tiled"),
+        ours_name: "shared_tiles",
+        baseline: "naive",
+        target: ">= 4",
+        throughput: Throughput::Elements((2 * n * n * n) as u64),
+        ours: Box::new(move || {
+            set_tiled(SharedTiles);
+            tiled()
+        }),
+        base: Box::new(move || {
+            set_naive(Naive);
+            naive()
+        }),
+    });
     let (ca, cb) = (a.to_device(cpu).unwrap(), b.to_device(cpu).unwrap());
     let set_blocked = gpu.set_kernel.clone();
     let mut ours = matmul_run(&a, &b);

@@ -157,45 +157,106 @@ fn blocked(
     }
 }
 
-var<workgroup> tile_a: array<f32, 1024>;
-var<workgroup> tile_b: array<f32, 1024>;
+// The staged tiles, four lanes to an entry so that one workgroup load feeds four products:
+// `tile_a[q * 16 + r]` holds rows 4r..4r+3 of the A tile at its step q of k, and
+// `tile_b[q * 16 + c]` columns 4c..4c+3 of the B tile's row q.
+var<workgroup> tile_a: array<vec4<f32>, 256>;
+var<workgroup> tile_b: array<vec4<f32>, 256>;
 
-// Element `e` of the A tile (64 rows × 16 k) and of the B tile (16 k × 64 columns).
-fn tile_load(e: u32, i0: u32, j0: u32, k0: u32, base: vec4<u32>) {
-    let m = mm_m();
-    let n = mm_n();
+// Four consecutive k of lhs row `i` from `k0` (a multiple of 4), zero past m and k.
+fn mm_tile_a4(base: u32, i: u32, k0: u32) -> vec4<f32> {
     let kk = mm_k();
-    let ai = i0 + e / 16u;
-    let ak = k0 + e % 16u;
-    var av = 0.0;
-    if ai < m && ak < kk {
-        av = ldf0(base.x + ai * pw(52u) + ak * pw(53u));
+    if i >= mm_m() || k0 >= kk {
+        return vec4<f32>(0.0);
     }
-    tile_a[e] = av;
-    let bk = k0 + e / 64u;
-    let bj = j0 + e % 64u;
-    var bv = 0.0;
-    if bk < kk && bj < n {
-        bv = ldf1(base.y + bk * pw(54u) + bj * pw(55u));
+    let at = base + i * pw(52u) + k0 * pw(53u);
+    if k0 + 4u <= kk {
+        return {{TILE_A4}}(at);
     }
-    tile_b[e] = bv;
+    let cs = pw(53u);
+    var v = vec4<f32>(ldf0(at), 0.0, 0.0, 0.0);
+    if k0 + 1u < kk {
+        v.y = ldf0(at + cs);
+    }
+    if k0 + 2u < kk {
+        v.z = ldf0(at + 2u * cs);
+    }
+    return v;
 }
 
-// Step `q` of k inside the staged tiles for the 4×4 outputs of invocation `l`.
-fn tile_step(q: u32, l: vec2<u32>, acc: ptr<function, array<vec4<f32>, 4>>) {
-    let c = q * 64u + l.x * 4u;
-    let bv = vec4<f32>(tile_b[c], tile_b[c + 1u], tile_b[c + 2u], tile_b[c + 3u]);
-    let r = l.y * 64u + q;
-    (*acc)[0] = (*acc)[0] + tile_a[r] * bv;
-    (*acc)[1] = (*acc)[1] + tile_a[r + 16u] * bv;
-    (*acc)[2] = (*acc)[2] + tile_a[r + 32u] * bv;
-    (*acc)[3] = (*acc)[3] + tile_a[r + 48u] * bv;
+// Columns j..j+3 (j a multiple of 4) of rhs row `k`, zero past k and n.
+fn mm_tile_b4(base: u32, k: u32, j: u32) -> vec4<f32> {
+    let n = mm_n();
+    if k >= mm_k() || j >= n {
+        return vec4<f32>(0.0);
+    }
+    let cols = vec4<u32>(j, j + 1u, j + 2u, j + 3u);
+    let bk = k * pw(54u);
+    if j + 4u <= n {
+        return {{TILE_B4}}(vec4<u32>(base) + cols * pw(55u), bk);
+    }
+    let v = mm_b4_scalar(vec4<u32>(base) + min(cols, vec4<u32>(n - 1u)) * pw(55u), bk);
+    return select(vec4<f32>(0.0), v, cols < vec4<u32>(n));
 }
 
-// 64×64 outputs per workgroup, 4×4 per invocation, both operands staged in workgroup memory
+// Part `p` of 4 of staging the 64×16 A tile and the 16×64 B tile at (i0, j0, k0):
+// invocation `t` (of 64) loads four k of A row `t / 4 + 16p` and columns of one B row, each
+// a vector load where the layout allows.
+fn tile_fill(t: u32, p: u32, i0: u32, j0: u32, k0: u32, base: vec4<u32>) {
+    let kq = (t & 3u) * 4u;
+    let r = (t >> 2u) + p * 16u;
+    let a = mm_tile_a4(base.x, i0 + r, k0 + kq);
+    let at = kq * 16u + (r >> 2u);
+    let lane = r & 3u;
+    tile_a[at][lane] = a.x;
+    tile_a[at + 16u][lane] = a.y;
+    tile_a[at + 32u][lane] = a.z;
+    tile_a[at + 48u][lane] = a.w;
+    let e = t + p * 64u;
+    tile_b[e] = mm_tile_b4(base.y, k0 + (e >> 4u), j0 + (e & 15u) * 4u);
+}
+
+// Step `q` of k inside the staged tiles for the 8×8 outputs of invocation `l`: four
+// workgroup loads for 64 products.
+fn tile_step(q: u32, l: vec2<u32>, acc: ptr<function, array<vec4<f32>, 16>>) {
+    let a0 = tile_a[q * 16u + l.y * 2u];
+    let a1 = tile_a[q * 16u + l.y * 2u + 1u];
+    let b0 = tile_b[q * 16u + l.x * 2u];
+    let b1 = tile_b[q * 16u + l.x * 2u + 1u];
+    (*acc)[0] = (*acc)[0] + a0.x * b0;
+    (*acc)[1] = (*acc)[1] + a0.x * b1;
+    (*acc)[2] = (*acc)[2] + a0.y * b0;
+    (*acc)[3] = (*acc)[3] + a0.y * b1;
+    (*acc)[4] = (*acc)[4] + a0.z * b0;
+    (*acc)[5] = (*acc)[5] + a0.z * b1;
+    (*acc)[6] = (*acc)[6] + a0.w * b0;
+    (*acc)[7] = (*acc)[7] + a0.w * b1;
+    (*acc)[8] = (*acc)[8] + a1.x * b0;
+    (*acc)[9] = (*acc)[9] + a1.x * b1;
+    (*acc)[10] = (*acc)[10] + a1.y * b0;
+    (*acc)[11] = (*acc)[11] + a1.y * b1;
+    (*acc)[12] = (*acc)[12] + a1.z * b0;
+    (*acc)[13] = (*acc)[13] + a1.z * b1;
+    (*acc)[14] = (*acc)[14] + a1.w * b0;
+    (*acc)[15] = (*acc)[15] + a1.w * b1;
+}
+
+// Row `r` of the 8×8 outputs at (i, j), as far as they lie inside the output.
+fn tile_store(i: u32, j: u32, base: u32, acc: ptr<function, array<vec4<f32>, 16>>, r: u32) {
+    if i + r < mm_m() {
+        if j < mm_n() {
+            mm_store4(i + r, j, base, (*acc)[2u * r]);
+        }
+        if j + 4u < mm_n() {
+            mm_store4(i + r, j + 4u, base, (*acc)[2u * r + 1u]);
+        }
+    }
+}
+
+// 64×64 outputs per workgroup, 8×8 per invocation, both operands staged in workgroup memory
 // 16 steps of k at a time between barriers: each element is read from memory once per
 // workgroup instead of 64 times. For real GPUs (barriers are dear on CPU drivers).
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn tiled(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -204,26 +265,22 @@ fn tiled(
     let m = mm_m();
     let n = mm_n();
     let kk = mm_k();
-    let t = lid.y * 16u + lid.x;
+    let t = lid.y * 8u + lid.x;
     for (var b = wid.z; b < pw(0u); b = b + nwg.z) {
         let base = offsets(b);
         for (var ty = wid.y; ty * 64u < m; ty = ty + nwg.y) {
             for (var tx = wid.x; tx * 64u < n; tx = tx + nwg.x) {
                 let i0 = ty * 64u;
                 let j0 = tx * 64u;
-                var acc0 = vec4<f32>(0.0);
-                var acc1 = vec4<f32>(0.0);
-                var acc2 = vec4<f32>(0.0);
-                var acc3 = vec4<f32>(0.0);
+                var acc = array<vec4<f32>, 16>();
                 for (var k0 = 0u; k0 < kk; k0 = k0 + 16u) {
+                    tile_fill(t, 0u, i0, j0, k0, base);
+                    tile_fill(t, 1u, i0, j0, k0, base);
+                    tile_fill(t, 2u, i0, j0, k0, base);
+                    tile_fill(t, 3u, i0, j0, k0, base);
+                    workgroupBarrier();
                     // Straight-line code, no inner loops: llvmpipe caps the iterations a
                     // shader runs in nested loops, which a long k would exceed.
-                    tile_load(t, i0, j0, k0, base);
-                    tile_load(t + 256u, i0, j0, k0, base);
-                    tile_load(t + 512u, i0, j0, k0, base);
-                    tile_load(t + 768u, i0, j0, k0, base);
-                    workgroupBarrier();
-                    var acc = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
                     tile_step(0u, lid.xy, &acc);
                     tile_step(1u, lid.xy, &acc);
                     tile_step(2u, lid.xy, &acc);
@@ -240,26 +297,18 @@ fn tiled(
                     tile_step(13u, lid.xy, &acc);
                     tile_step(14u, lid.xy, &acc);
                     tile_step(15u, lid.xy, &acc);
-                    acc0 = acc[0];
-                    acc1 = acc[1];
-                    acc2 = acc[2];
-                    acc3 = acc[3];
                     workgroupBarrier();
                 }
-                let i = i0 + lid.y * 4u;
-                let j = j0 + lid.x * 4u;
-                if i < m && j < n {
-                    mm_store4(i, j, base.z, acc0);
-                }
-                if i + 1u < m && j < n {
-                    mm_store4(i + 1u, j, base.z, acc1);
-                }
-                if i + 2u < m && j < n {
-                    mm_store4(i + 2u, j, base.z, acc2);
-                }
-                if i + 3u < m && j < n {
-                    mm_store4(i + 3u, j, base.z, acc3);
-                }
+                let i = i0 + lid.y * 8u;
+                let j = j0 + lid.x * 8u;
+                tile_store(i, j, base.z, &acc, 0u);
+                tile_store(i, j, base.z, &acc, 1u);
+                tile_store(i, j, base.z, &acc, 2u);
+                tile_store(i, j, base.z, &acc, 3u);
+                tile_store(i, j, base.z, &acc, 4u);
+                tile_store(i, j, base.z, &acc, 5u);
+                tile_store(i, j, base.z, &acc, 6u);
+                tile_store(i, j, base.z, &acc, 7u);
             }
         }
     }

@@ -57,6 +57,8 @@ fn forms(full: bool) -> Vec<Mm> {
         mm(&[], 5, 3, 1),
         mm(&[], 64, 64, 64),
         mm(&[], 127, 33, 65),
+        // Rows of four (vector loads) with a part tile of k, m and n.
+        mm(&[], 36, 20, 44),
         // Transposed lhs, rhs, both.
         mm(&[], 33, 17, 9).places(SwapLast, Contiguous, Contiguous),
         mm(&[], 17, 33, 9).places(Contiguous, SwapLast, Contiguous),

@@ -43,9 +43,10 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     let max = f.max_workgroups_per_dim.max(1) as usize;
     let groups = |items: usize| n_groups(items, tile, max);
     let workgroups = [groups(n), groups(m), batch.clamp(1, max) as u32];
-    let blocked = entry == "blocked";
-    let vec_a = blocked && vector_k(lhs);
-    let vec_b = blocked && vector_rows(rhs);
+    // The naive kernel loads one element at a time; the others four where the layout lets.
+    let vectors = entry != "naive";
+    let vec_a = vectors && vector_k(lhs);
+    let vec_b = vectors && vector_rows(rhs);
     let mut lhs_operand = Operand::input(lhs);
     lhs_operand.vector = vec_a;
     let mut rhs_operand = Operand::input(rhs);
@@ -53,6 +54,8 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     let subs = [
         ("LOAD_A4", if vec_a { "mm_a4_vector" } else { "mm_a4_scalar" }),
         ("LOAD_B4", if vec_b { "mm_b4_vector" } else { "mm_b4_scalar" }),
+        ("TILE_A4", if vec_a { "mm_a4_vector" } else { "mm_a4_scalar" }),
+        ("TILE_B4", if vec_b { "mm_b4_vector" } else { "mm_b4_scalar" }),
         ("A4_VECTOR", if vec_a { "bitcast<vec4<f32>>(b0[at >> 2u])" } else { "mm_a4_scalar(at)" }),
         (
             "B4_VECTOR",
