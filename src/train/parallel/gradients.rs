@@ -103,8 +103,12 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         if !local.is_empty() {
             todo.open.push((local.clone(), Arc::new(vec![false; n_params])));
         }
+        // Gradients stream to the master one by one only where someone takes them early (a
+        // bucket's all-reduce); otherwise they come with the share's end, one hand-off
+        // instead of one per parameter.
+        let stream = !buckets.is_empty();
         while !todo.open.is_empty() || !todo.pinned.is_empty() {
-            let running = self.submit_round(&mut todo, global_batch, &loss, &reply)?;
+            let running = self.submit_round(&mut todo, global_batch, &loss, &reply, stream)?;
             let evict = self.wait_round(running, &replies, &mut todo, &mut collector, on_bucket)?;
             for (i, reason, cause) in evict {
                 let event = self.evict(i, reason, cause)?;
@@ -129,6 +133,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         batch: usize,
         loss: &Arc<F>,
         reply: &Sender<Message>,
+        stream: bool,
     ) -> Result<HashMap<u64, Running>>
     where
         F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
@@ -154,7 +159,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             let predicted = self.replicas[i].cost.at(rows.len());
             self.next_tag += 1;
             let tag = self.next_tag;
-            let job = self.job(i, tag, rows.clone(), batch, loss, &skip, reply);
+            let job = self.job(i, tag, rows.clone(), batch, loss, &skip, (reply, stream));
             self.replicas[i].worker.submit(tag, job, reply.clone())?;
             let limit = self.policy.deadline(predicted);
             let sent = Instant::now();
@@ -194,9 +199,15 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                     }
                 }
                 Ok(Message::Done { tag, result }) => {
-                    let Some(run) = running.remove(&tag) else { continue };
+                    let Some(mut run) = running.remove(&tag) else { continue };
                     match result {
-                        Ok(done) => {
+                        Ok(mut done) => {
+                            for (param, grad) in std::mem::take(&mut done.grads) {
+                                if !run.skip[param] && !run.delivered[param] {
+                                    run.delivered[param] = true;
+                                    collector.deliver(param, &run.rows, grad);
+                                }
+                            }
                             collector.share_ended(&run.rows, &run.skip_next());
                             self.share_done(run, done, todo);
                         }
@@ -267,8 +278,9 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     }
 
     /// The work of one share on replica `i`, as a job for its thread: forward, then a
-    /// backward pass that sends each parameter's gradient to the master as soon as it is
-    /// final (except those in `skip`, which an earlier attempt already sent).
+    /// backward pass that moves each parameter's gradient to the master as soon as it is
+    /// final (except those in `skip`, which an earlier attempt already sent), and sends it
+    /// there at once if `stream`, else with the share's end.
     #[allow(clippy::too_many_arguments)]
     fn job<F>(
         &self,
@@ -278,7 +290,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         batch: usize,
         loss: &Arc<F>,
         skip: &Arc<Vec<bool>>,
-        reply: &Sender<Message>,
+        (reply, stream): (&Sender<Message>, bool),
     ) -> Work
     where
         F: Fn(&M, &DeviceRef, Range<usize>, &Ctx) -> Result<Var> + Send + Sync + 'static,
@@ -326,15 +338,21 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             )?;
             // Gradients travel to the master inside the timed part: they are part of what
             // this device's share costs.
+            let mut grads = Vec::new();
             total.backward_streaming(seed, |id, grad| {
                 let Some(&param) = index.get(&id).filter(|&&k| !skip[k]) else { return Ok(()) };
                 let grad = grad.to_device(&master)?;
-                // The step may have given up on this share: then nobody listens.
-                let _ = reply.send(Message::Grad { tag, param, grad });
+                if stream {
+                    // The step may have given up on this share: then nobody listens.
+                    let _ = reply.send(Message::Grad { tag, param, grad });
+                } else {
+                    grads.push((param, grad));
+                }
                 Ok(())
             })?;
             let value = total.tensor().to_f64_vec()?.iter().sum::<f64>() * scale / loss_scale;
-            Ok(ShareDone { loss: value, secs: clock.secs(&*device), nodes, ended: Instant::now() })
+            let (secs, ended) = (clock.secs(&*device), Instant::now());
+            Ok(ShareDone { loss: value, secs, nodes, ended, grads })
         })
     }
 

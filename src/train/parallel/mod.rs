@@ -546,7 +546,13 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                         detail: "wrong answer".into(),
                     });
                 }
-                Ok(ShareDone { loss: 0.0, secs: 0.0, nodes: 0, ended: Instant::now() })
+                Ok(ShareDone {
+                    loss: 0.0,
+                    secs: 0.0,
+                    nodes: 0,
+                    ended: Instant::now(),
+                    grads: Vec::new(),
+                })
             });
             let sent = Instant::now();
             let (reply, replies) = channel();

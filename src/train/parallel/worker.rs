@@ -7,12 +7,14 @@ use std::time::Instant;
 use crate::{Error, Result, Tensor};
 
 /// A finished share: its part of the loss, how long it took, how many graph nodes it had and
-/// when it ended (its gradients went ahead as [`Message::Grad`]s).
+/// when it ended. Its gradients went ahead as [`Message::Grad`]s when the step streams them,
+/// and come here otherwise (master parameter index, gradient on the master device).
 pub(super) struct ShareDone {
     pub loss: f64,
     pub secs: f64,
     pub nodes: usize,
     pub ended: Instant,
+    pub grads: Vec<(usize, Tensor)>,
 }
 
 /// What a share sends to the step that waits for it, tagged so that a late message from an
