@@ -296,3 +296,39 @@ fn fused_programs_of_up_to_three_inputs_get_one_kernel() {
     assert!(!crate::fuses(&op(4)));
     assert!(lower(&op(4), &f).is_err());
 }
+
+/// An optimizer's update changes its constants every step (learning rate, bias
+/// corrections): they travel as parameters, so every step reuses one compiled kernel.
+#[test]
+fn fused_constants_are_parameters_not_part_of_the_kernel() {
+    use manychips_api::{BinaryOp, Instr};
+    let f = features(MatmulKernel::RegisterBlocked);
+    let op = |lr: f64| Op::Fused {
+        inputs: vec![view(0, &[4, 6], DType::F32), view(1, &[4, 6], DType::F32)],
+        program: vec![
+            Instr::Input(0),
+            Instr::Input(1),
+            Instr::Affine(1, lr, 0.0),
+            Instr::Const(1.0 - lr),
+            Instr::Binary(BinaryOp::Mul, 0, 3),
+            Instr::Binary(BinaryOp::Sub, 4, 2),
+        ],
+        out: view(2, &[4, 6], DType::F32),
+    };
+    let (a, b) = (lower(&op(0.01), &f).unwrap(), lower(&op(0.02), &f).unwrap());
+    let (a, b) = (&a.dispatches[0], &b.dispatches[0]);
+    assert_eq!(a.key, b.key);
+    assert_eq!(a.source, b.source);
+    assert_ne!(a.params, b.params);
+    assert!(a.params.contains(&0.01f32.to_bits()) && a.params.contains(&0.99f32.to_bits()));
+    // More constants than free parameter words: the rest are literals, still one kernel.
+    let many = Op::Fused {
+        inputs: vec![view(0, &[3], DType::F32)],
+        program: std::iter::once(Instr::Input(0))
+            .chain((0..20).map(|k| Instr::Affine(k, 1.0 + k as f64, 0.5)))
+            .collect(),
+        out: view(1, &[3], DType::F32),
+    };
+    let lowered = lower(&many, &f).unwrap();
+    assert!(lowered.dispatches[0].source.contains("bitcast<f32>"));
+}
