@@ -1,8 +1,11 @@
-// Reductions along one axis. A row is the `n` elements along the axis ([2]) at stride [3]
-// of operand 0; operand 1 is the output; the shared layout enumerates the rows.
+// Reductions along one axis. A row is the `n` elements along the axis ([2]); the shared
+// layout enumerates the rows. A plain reduction reads operand 0 at stride [3] and writes
+// operand 1; a fused one computes each element from up to three inputs (operands 0..2, at
+// strides [3], [4], [6] along the axis) and writes the operand after them.
 // `*_wide` entries give each row a workgroup and reduce it as a tree (long rows);
 // `*_short` entries give each row one invocation (many short rows).
-// {{COMBINE}}, {{INIT}} and {{FINISH}} specialise the value fold.
+// {{COMBINE}}, {{INIT}} and {{FINISH}} specialise the value fold; `element` reads or
+// computes each element.
 
 var<workgroup> sv: array<f32, 256>;
 var<workgroup> si: array<u32, 256>;
@@ -17,6 +20,11 @@ fn finish(acc: f32, n: u32) -> f32 {
 
 fn init() -> f32 {
     return {{INIT}};
+}
+
+// Element `i` of the row whose operands start at `row_o`.
+fn element(row_o: vec4<u32>, i: u32) -> f32 {
+    {{ELEMENT}}
 }
 
 const NONE: u32 = 0xffffffffu;
@@ -48,10 +56,9 @@ fn value_wide(
     }
     let o = offsets(row);
     let n = pw(2u);
-    let st = pw(3u);
     var acc = init();
     for (var i = lid.x; i < n; i = i + 256u) {
-        acc = combine(acc, ldf0(o.x + i * st));
+        acc = combine(acc, element(o, i));
     }
     sv[lid.x] = acc;
     workgroupBarrier();
@@ -62,7 +69,7 @@ fn value_wide(
         workgroupBarrier();
     }
     if lid.x == 0u {
-        stf1(o.y, finish(sv[0], n));
+        stf{{OUT}}(o.{{OUT_C}}, finish(sv[0], n));
     }
 }
 
@@ -74,12 +81,11 @@ fn value_short(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     let o = offsets(row);
     let n = pw(2u);
-    let st = pw(3u);
     var acc = init();
     for (var i = 0u; i < n; i = i + 1u) {
-        acc = combine(acc, ldf0(o.x + i * st));
+        acc = combine(acc, element(o, i));
     }
-    stf1(o.y, finish(acc, n));
+    stf{{OUT}}(o.{{OUT_C}}, finish(acc, n));
 }
 
 @compute @workgroup_size(256)
@@ -94,11 +100,10 @@ fn argmax_wide(
     }
     let o = offsets(row);
     let n = pw(2u);
-    let st = pw(3u);
     var bv = 0.0;
     var bi = NONE;
     for (var i = lid.x; i < n; i = i + 256u) {
-        let v = ldf0(o.x + i * st);
+        let v = element(o, i);
         if !is_nan(v) && takes(bv, bi, v, i) {
             bv = v;
             bi = i;
@@ -115,7 +120,7 @@ fn argmax_wide(
         workgroupBarrier();
     }
     if lid.x == 0u {
-        st1(o.y, select(si[0], 0u, si[0] == NONE));
+        st{{OUT}}(o.{{OUT_C}}, select(si[0], 0u, si[0] == NONE));
     }
 }
 
@@ -127,15 +132,14 @@ fn argmax_short(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     let o = offsets(row);
     let n = pw(2u);
-    let st = pw(3u);
     var bv = 0.0;
     var bi = NONE;
     for (var i = 0u; i < n; i = i + 1u) {
-        let v = ldf0(o.x + i * st);
+        let v = element(o, i);
         if !is_nan(v) && takes(bv, bi, v, i) {
             bv = v;
             bi = i;
         }
     }
-    st1(o.y, select(bi, 0u, bi == NONE));
+    st{{OUT}}(o.{{OUT_C}}, select(bi, 0u, bi == NONE));
 }

@@ -509,8 +509,8 @@ impl Device for VulkanDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
-        // A fused program with more inputs than one kernel takes, or a fused reduction (no
-        // WGSL kernel yet): its decomposition.
+        // A fused program or fused reduction with more inputs than one kernel takes: its
+        // decomposition.
         if matches!(op, Op::Fused { .. } | Op::FusedReduce { .. }) && !manychips_wgsl::fuses(op) {
             return manychips_api::fused::decompose(self, op);
         }

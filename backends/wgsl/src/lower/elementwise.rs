@@ -236,6 +236,12 @@ fn section_text(name: &str) -> Result<&'static str> {
     section(SOURCE, name)
 }
 
+/// The functions the steps of [`fused_steps`] call (GELU's, tanh's), for a kernel of
+/// another family that evaluates a program.
+pub(super) fn step_helpers() -> Result<&'static str> {
+    section_text("helpers")
+}
+
 pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     let out = op.output();
     let mut operands: Vec<Operand> = op.inputs().into_iter().map(Operand::input).collect();
@@ -265,7 +271,10 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
             format!("let v = ld0(o.x); return {};", cast_expr(input.dtype, out.dtype))
         }
         Op::Where { .. } => "return select(ld2(o.z), ld1(o.y), ld0(o.x) != 0u);".into(),
-        Op::Fused { program, .. } => fused_value(program, &mut scalars),
+        Op::Fused { program, .. } => {
+            let steps = fused_steps(program, &CONSTANT_SLOTS, &mut scalars);
+            format!("{steps}return out_bits(r{});", program.len() - 1)
+        }
         _ => return Ok(Vec::new()),
     };
     Ok(vec![dispatch(op, operands, &layouts, &out.layout, &value, &scalars, f)?])
@@ -276,19 +285,24 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
 pub(crate) const FUSED_INPUTS: usize = 3;
 
 /// Parameter words no elementwise kernel uses: a fused program's constants go there.
-const CONSTANT_SLOTS: [usize; 11] = [3, 4, 55, 56, 57, 58, 59, 60, 61, 62, 63];
+pub(super) const CONSTANT_SLOTS: [usize; 11] = [3, 4, 55, 56, 57, 58, 59, 60, 61, 62, 63];
 
-/// The body of a fused program's `value`: one f32 register per step, each computed by the
-/// same expression as the primitive op's kernel (above), in a block of its own so that
-/// every step can name its operands `x` and `y`. One line: the template's header comment
-/// quotes `{{VALUE}}` too.
+/// A fused program's steps, for the body of a kernel's value function: one f32 register
+/// `r<k>` per step, each computed by the same expression as the primitive op's kernel
+/// (above), in a block of its own so that every step can name its operands `x` and `y`.
+/// Input `m` is read at `o.x`, `o.y` or `o.z`, which the caller has in scope. One line: the
+/// template's header comment quotes `{{VALUE}}` too.
 ///
-/// The program's constants, in order, are parameters (`scalars` gets their slots and
-/// bits) as far as [`CONSTANT_SLOTS`] go, and literals after that: an optimizer step whose
+/// The program's constants, in order, are parameters in `slots` (`scalars` gets each slot
+/// and its bits) as far as they go, and literals after that: an optimizer step whose
 /// learning rate and bias corrections change every step then reuses one compiled kernel
 /// instead of compiling a new one each step (3.6 ms of a 12 ms MLP step on lavapipe).
-fn fused_value(program: &[Instr], scalars: &mut Vec<(usize, u32)>) -> String {
-    let mut slots = CONSTANT_SLOTS.iter();
+pub(super) fn fused_steps(
+    program: &[Instr],
+    slots: &[usize],
+    scalars: &mut Vec<(usize, u32)>,
+) -> String {
+    let mut slots = slots.iter();
     let mut constant = |v: f64| {
         let bits = (v as f32).to_bits();
         match slots.next() {
@@ -318,6 +332,5 @@ fn fused_value(program: &[Instr], scalars: &mut Vec<(usize, u32)>) -> String {
         };
         body.push_str(&format!("var r{k}: f32; {step} "));
     }
-    body.push_str(&format!("return out_bits(r{});", program.len() - 1));
     body
 }

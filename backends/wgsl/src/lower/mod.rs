@@ -27,6 +27,7 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         | Op::Where { .. } => plain(elementwise::lower(op, f)?),
         Op::Copy { .. } | Op::Concat { .. } | Op::Fill { .. } => plain(movement::lower(op, f)?),
         Op::Reduce { .. } | Op::Softmax { .. } => plain(reduce::lower(op, f)?),
+        Op::FusedReduce { .. } if fuses(op) => plain(reduce::lower(op, f)?),
         Op::IndexSelect { .. }
         | Op::Gather { .. }
         | Op::IndexAdd { .. }
@@ -34,12 +35,7 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         Op::Fused { .. } if fuses(op) => plain(elementwise::lower(op, f)?),
         // More inputs than one kernel takes: the devices run its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
-        Op::FusedReduce { .. } => Err(Error::InvalidArgument {
-            op: op.name(),
-            device: "wgsl".into(),
-            detail: format!("a fused reduction has no WGSL kernel yet; {}", op.describe()),
-        }),
-        Op::Fused { .. } => Err(Error::InvalidArgument {
+        Op::Fused { .. } | Op::FusedReduce { .. } => Err(Error::InvalidArgument {
             op: op.name(),
             device: "wgsl".into(),
             detail: format!(
@@ -51,10 +47,11 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
     }
 }
 
-/// Whether `op` (an `Op::Fused`) gets a kernel of its own; else the device runs its
-/// decomposition into primitive ops.
+/// Whether `op` (an `Op::Fused` or `Op::FusedReduce`) gets a kernel of its own; else the
+/// device runs its decomposition into primitive ops.
 pub fn fuses(op: &Op) -> bool {
-    matches!(op, Op::Fused { inputs, .. } if inputs.len() <= elementwise::FUSED_INPUTS)
+    matches!(op, Op::Fused { inputs, .. } | Op::FusedReduce { inputs, .. }
+        if inputs.len() <= elementwise::FUSED_INPUTS)
 }
 
 /// Every view must lie inside one storage binding (the kernels index in 32 bits, and a

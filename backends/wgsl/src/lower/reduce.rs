@@ -3,6 +3,7 @@
 
 use manychips_api::{Op, ReduceOp, Result, View};
 
+use super::elementwise::{fused_steps, step_helpers};
 use super::{MAX_LOOP_ITERATIONS, too_long};
 use crate::kernel::{Kernel, Operand, WG, grid_1d};
 use crate::params::{Params, Strided, word};
@@ -27,21 +28,24 @@ fn without(v: &View, axis: usize) -> Strided {
     Strided::new(v.layout.offset, strides)
 }
 
-/// Parameters and grid for the rows of `input` along `axis`, written to `out`.
+/// Parameters and grid for the rows of `inputs` (one shape) along `axis`, written to `out`;
+/// each input's stride along the axis goes to its word of [`AXIS_STRIDES`].
 fn rows(
     op: &Op,
-    input: &View,
+    inputs: &[&View],
     out: &View,
     axis: usize,
     f: &Features,
 ) -> Result<(Params, [u32; 3], bool)> {
-    let mut dims = input.dims().to_vec();
+    let mut dims = inputs[0].dims().to_vec();
     let n = dims.remove(axis);
     let count: usize = dims.iter().product();
-    let mut params =
-        Params::strided(op, count, &dims, &[without(input, axis), without(out, axis)])?;
+    let layouts: Vec<Strided> = inputs.iter().chain([&out]).map(|v| without(v, axis)).collect();
+    let mut params = Params::strided(op, count, &dims, &layouts)?;
     params.set(2, word(op, "row length", n)?)?;
-    params.set(3, word(op, "stride", input.layout.strides[axis])?)?;
+    for (input, slot) in inputs.iter().zip(AXIS_STRIDES) {
+        params.set(slot, word(op, "stride", input.layout.strides[axis])?)?;
+    }
     params.set(5, word(op, "stride", out.layout.strides[axis])?)?;
     let wide = if f.cpu_backed && count >= CPU_MANY_ROWS {
         n > CPU_SHORT_ROW
@@ -57,34 +61,88 @@ fn rows(
     Ok((params, grid, wide))
 }
 
+/// The words holding each input's stride along the reduced axis (reduce.wgsl).
+const AXIS_STRIDES: [usize; 3] = [3, 4, 6];
+
+/// Parameter words a reduction leaves free: a fused reduction's constants.
+const CONSTANT_SLOTS: [usize; 12] = [52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63];
+
+/// The reduce kernel's specialisation for `op` over `inputs`: (init, combine, finish,
+/// entry).
+fn fold(r: ReduceOp, wide: bool) -> [&'static str; 4] {
+    let (init, combine, finish) = match r {
+        ReduceOp::Sum | ReduceOp::ArgMax => ("0.0", "a + b", "acc"),
+        ReduceOp::Mean => ("0.0", "a + b", "acc / f32(n)"),
+        ReduceOp::Max => ("bitcast<f32>(0xff800000u)", "max(a, b)", "acc"),
+        ReduceOp::Min => ("bitcast<f32>(0x7f800000u)", "min(a, b)", "acc"),
+    };
+    let entry = match (r, wide) {
+        (ReduceOp::ArgMax, true) => "argmax_wide",
+        (ReduceOp::ArgMax, false) => "argmax_short",
+        (_, true) => "value_wide",
+        (_, false) => "value_short",
+    };
+    [init, combine, finish, entry]
+}
+
+/// A reduction of `operands` (the inputs, then the output) by a kernel of `source` (reduce.wgsl,
+/// and for a fused program the functions its steps call) whose elements `element` (the body
+/// of its `element` function) reads or computes.
+fn reduce_kernel(
+    r: ReduceOp,
+    (source, element): (&str, &str),
+    operands: Vec<Operand>,
+    (params, grid, wide): (Params, [u32; 3], bool),
+) -> Result<Dispatch> {
+    let [init, combine, finish, entry] = fold(r, wide);
+    let out = (operands.len() - 1).to_string();
+    let out_c = ["x", "y", "z", "w"][operands.len() - 1];
+    let k = Kernel {
+        family: "reduce",
+        source,
+        entry,
+        operands,
+        status: false,
+        subs: &[
+            ("COMBINE", combine),
+            ("FINISH", finish),
+            ("INIT", init),
+            ("ELEMENT", element),
+            ("OUT", &out),
+            ("OUT_C", out_c),
+        ],
+    };
+    k.dispatch(params, grid)
+}
+
 pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     match op {
         Op::Reduce { op: r, input, out, axis } => {
-            let (params, grid, wide) = rows(op, input, out, *axis, f)?;
-            let (init, combine, finish) = match r {
-                ReduceOp::Sum | ReduceOp::ArgMax => ("0.0", "a + b", "acc"),
-                ReduceOp::Mean => ("0.0", "a + b", "acc / f32(n)"),
-                ReduceOp::Max => ("bitcast<f32>(0xff800000u)", "max(a, b)", "acc"),
-                ReduceOp::Min => ("bitcast<f32>(0x7f800000u)", "min(a, b)", "acc"),
-            };
-            let entry = match (r, wide) {
-                (ReduceOp::ArgMax, true) => "argmax_wide",
-                (ReduceOp::ArgMax, false) => "argmax_short",
-                (_, true) => "value_wide",
-                (_, false) => "value_short",
-            };
-            let k = Kernel {
-                family: "reduce",
-                source: REDUCE,
-                entry,
-                operands: vec![Operand::input(input), Operand::output(out)],
-                status: false,
-                subs: &[("COMBINE", combine), ("FINISH", finish), ("INIT", init)],
-            };
-            Ok(vec![k.dispatch(params, grid)?])
+            let rows = rows(op, &[input], out, *axis, f)?;
+            let operands = vec![Operand::input(input), Operand::output(out)];
+            let element = "return ldf0(row_o.x + i * pw(3u));";
+            Ok(vec![reduce_kernel(*r, (REDUCE, element), operands, rows)?])
+        }
+        Op::FusedReduce { inputs, program, op: r, axis, out } => {
+            let views: Vec<&View> = inputs.iter().collect();
+            let (mut params, grid, wide) = rows(op, &views, out, *axis, f)?;
+            let mut scalars = Vec::new();
+            let steps = fused_steps(program, &CONSTANT_SLOTS, &mut scalars);
+            for (slot, bits) in scalars {
+                params.set(slot, bits)?;
+            }
+            // Each input's element `i` of the row, where the program's loads expect it.
+            let element = format!(
+                "let o = row_o + i * vec4<u32>(pw(3u), pw(4u), pw(6u), 0u); {steps}return r{};",
+                program.len() - 1
+            );
+            let mut operands: Vec<Operand> = inputs.iter().map(Operand::input).collect();
+            operands.push(Operand::output(out));
+            let source = format!("{REDUCE}{}", step_helpers()?);
+            Ok(vec![reduce_kernel(*r, (&source, &element), operands, (params, grid, wide))?])
         }
         Op::Softmax { input, out, axis, log } => {
-            let (mut params, grid, wide) = rows(op, input, out, *axis, f)?;
+            let (mut params, grid, wide) = rows(op, &[input], out, *axis, f)?;
             params.set(4, u32::from(*log))?;
             let k = Kernel {
                 family: "softmax",

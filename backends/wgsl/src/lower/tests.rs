@@ -332,3 +332,32 @@ fn fused_constants_are_parameters_not_part_of_the_kernel() {
     let lowered = lower(&many, &f).unwrap();
     assert!(lowered.dispatches[0].source.contains("bitcast<f32>"));
 }
+
+/// A fused reduction of up to three inputs is one reduce kernel that computes each element
+/// from the program (constants as parameters); more inputs go to the decomposition.
+#[test]
+fn fused_reductions_of_up_to_three_inputs_get_one_kernel() {
+    use manychips_api::{BinaryOp, Instr, ReduceOp};
+    let f = features(MatmulKernel::RegisterBlocked);
+    let op = |inputs: usize| Op::FusedReduce {
+        inputs: (0..inputs as u64).map(|i| view(i, &[6, 300], DType::F32)).collect(),
+        program: vec![
+            Instr::Input(0),
+            Instr::Input(1),
+            Instr::Binary(BinaryOp::Sub, 0, 1),
+            Instr::Affine(2, 0.25, 0.0),
+        ],
+        op: ReduceOp::Mean,
+        axis: 1,
+        out: view(9, &[6, 1], DType::F32),
+    };
+    let lowered = lower(&op(3), &f).expect("three inputs lower");
+    assert_eq!(lowered.dispatches.len(), 1);
+    let d = &lowered.dispatches[0];
+    assert!(d.source.contains("r2 = x - y") || d.source.contains("let y = r1"), "{}", d.source);
+    assert!(d.params.contains(&0.25f32.to_bits()));
+    assert_eq!(d.bindings.len(), 4, "three inputs and the output");
+    assert!(crate::fuses(&op(3)));
+    assert!(!crate::fuses(&op(4)));
+    assert!(lower(&op(4), &f).is_err());
+}
