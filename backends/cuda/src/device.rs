@@ -611,8 +611,9 @@ impl Device for CudaDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
-        // No native kernel for fused programs yet: their decomposition into primitive ops.
-        if let Op::Fused { .. } | Op::FusedReduce { .. } = op {
+        // Fused reductions, and programs of more inputs than a generated kernel takes: their
+        // decomposition into primitive ops.
+        if !crate::lower::runs_natively(op) {
             return manychips_api::fused::decompose(self, op);
         }
         {

@@ -24,6 +24,7 @@ use manychips_api::{
 
 use crate::engine::{Engine, GemmArgs, LaunchCall, Ptr};
 use crate::error::CuError;
+use crate::fused::{self, Constant, FusedKernel, Step};
 use crate::gemm;
 use crate::kernels::Kernel;
 use crate::params::{MAX_RANK, McParams};
@@ -499,6 +500,7 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 m.store_f32(2, a, DType::F32, v);
             })
         }
+        Kernel::Fused(id) => fused_program(&fused::kernel(id), p, m),
         Kernel::MatmulTiled(t) => each(p, 3, |o| {
             let e = &p.ext;
             let (rows, cols, k) = (e[0], e[1], e[2]);
@@ -515,6 +517,29 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
             }
         }),
     }
+}
+
+/// A generated fused kernel: its steps per element, in f32, as the generated source does.
+fn fused_program(k: &FusedKernel, p: &McParams, m: &mut Memory) {
+    let n = k.inputs.len();
+    let constant = |c: Constant| match c {
+        Constant::Slot(i) => f32::from_bits(p.ext[i] as u32),
+        Constant::Literal(v) => v,
+    };
+    let mut r = vec![0.0f32; k.steps.len()];
+    each(p, n + 1, |o| {
+        for (at, step) in k.steps.iter().enumerate() {
+            r[at] = match *step {
+                Step::Input(i) => m.load_f32(i, o[i], k.inputs[i]),
+                Step::Const(c) => constant(c),
+                Step::Unary(op, a) => unary(op, r[a]),
+                Step::Binary(op, a, b) => binary(op, r[a], r[b]),
+                Step::Affine(a, mul, add) => r[a] * constant(mul) + constant(add),
+                Step::Compare(op, a, b) => f32::from(u8::from(compare(op, r[a], r[b]))),
+            };
+        }
+        m.store_f32(n, o[n], k.out, r[k.steps.len() - 1]);
+    });
 }
 
 /// `base + i · stride` in elements, wrapping as the GPU's 64-bit arithmetic does (a wild

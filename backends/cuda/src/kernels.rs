@@ -5,6 +5,8 @@ use std::fmt;
 
 use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, UnaryOp};
 
+use crate::fused::{self, FusedId};
+
 const COMMON: &str = include_str!("../../../kernels/cuda/common.cuh");
 const ELEMENTWISE: &str = include_str!("../../../kernels/cuda/elementwise.cu");
 const REDUCE: &str = include_str!("../../../kernels/cuda/reduce.cu");
@@ -12,7 +14,8 @@ const SOFTMAX: &str = include_str!("../../../kernels/cuda/softmax.cu");
 const INDEX: &str = include_str!("../../../kernels/cuda/index.cu");
 const MATMUL: &str = include_str!("../../../kernels/cuda/matmul.cu");
 
-/// One `.cu` file: one NVRTC program, compiled on the first op that needs it.
+/// One `.cu` file, or one generated fused program: one NVRTC program, compiled on the first
+/// op that needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
     Elementwise,
@@ -20,6 +23,8 @@ pub enum Source {
     Softmax,
     Index,
     Matmul,
+    /// A kernel of `crate::fused`, generated for one program shape.
+    Fused(FusedId),
 }
 
 impl Source {
@@ -34,16 +39,18 @@ impl Source {
             Source::Softmax => "softmax.cu",
             Source::Index => "index.cu",
             Source::Matmul => "matmul.cu",
+            Source::Fused(_) => "fused.cu",
         }
     }
 
-    fn body(self) -> &'static str {
+    fn body(self) -> String {
         match self {
-            Source::Elementwise => ELEMENTWISE,
-            Source::Reduce => REDUCE,
-            Source::Softmax => SOFTMAX,
-            Source::Index => INDEX,
-            Source::Matmul => MATMUL,
+            Source::Elementwise => ELEMENTWISE.into(),
+            Source::Reduce => REDUCE.into(),
+            Source::Softmax => SOFTMAX.into(),
+            Source::Index => INDEX.into(),
+            Source::Matmul => MATMUL.into(),
+            Source::Fused(id) => fused::kernel(id).source.clone(),
         }
     }
 
@@ -106,6 +113,8 @@ pub enum Kernel {
         atomic: bool,
     },
     MatmulTiled(DType),
+    /// A generated fused program (`crate::fused`): `fused(p, in0.., out)`.
+    Fused(FusedId),
 }
 
 impl Kernel {
@@ -131,6 +140,7 @@ impl Kernel {
             Kernel::ScatterAdd { dtype, atomic: a } => format!("scatter_add{}_{dtype}", atomic(a)),
             Kernel::IndexAdd { dtype, atomic: a } => format!("index_add{}_{dtype}", atomic(a)),
             Kernel::MatmulTiled(t) => format!("matmul_tiled_{t}"),
+            Kernel::Fused(_) => "fused".into(),
         }
     }
 
@@ -151,6 +161,7 @@ impl Kernel {
             | Kernel::ScatterAdd { .. }
             | Kernel::IndexAdd { .. } => Source::Index,
             Kernel::MatmulTiled(..) => Source::Matmul,
+            Kernel::Fused(id) => Source::Fused(*id),
         }
     }
 
@@ -170,6 +181,7 @@ impl Kernel {
             | Kernel::IndexSelect(..)
             | Kernel::ScatterAdd { .. }
             | Kernel::IndexAdd { .. } => 4,
+            Kernel::Fused(id) => fused::kernel(*id).inputs.len() + 1,
         }
     }
 
@@ -344,6 +356,7 @@ mod tests {
                 Kernel::IndexAdd { atomic: false, .. } => "index_add_##tn".into(),
                 Kernel::IndexAdd { atomic: true, .. } => "index_add_atomic_##tn".into(),
                 Kernel::MatmulTiled(_) => "matmul_tiled_##tn".into(),
+                Kernel::Fused(_) => "fused".into(),
             };
             assert!(body.contains(&stem), "{k}: `{stem}` not in {}", k.source());
         }

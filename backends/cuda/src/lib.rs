@@ -16,6 +16,7 @@ mod driver;
 mod emulator;
 mod engine;
 mod error;
+mod fused;
 mod gemm;
 mod kernels;
 mod libs;

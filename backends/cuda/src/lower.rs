@@ -5,6 +5,7 @@
 
 use manychips_api::{BufferId, DType, Element, Layout, Op, Result, View, bf16, f16};
 
+use crate::fused;
 use crate::gemm::{self, GemmCall};
 use crate::kernels::{Kernel, Team};
 use crate::params::{self, McParams, Strided};
@@ -118,12 +119,17 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         | Op::Where { .. }
         | Op::Copy { .. }
         | Op::Fill { .. } => elementwise(op, cfg).map(Plan::single),
-        // No CUDA kernel yet: the device runs it as its decomposition
+        Op::Fused { .. } if runs_natively(op) => elementwise(op, cfg).map(Plan::single),
+        // No CUDA kernel: the device runs it as its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
         Op::Fused { .. } | Op::FusedReduce { .. } => Err(manychips_api::Error::InvalidArgument {
             op: op.name(),
             device: "cuda".into(),
-            detail: format!("no CUDA kernel for fused programs; {}", op.describe()),
+            detail: format!(
+                "no CUDA kernel for fused reductions or programs of more than {} inputs; {}",
+                fused::MAX_INPUTS,
+                op.describe()
+            ),
         }),
         Op::Concat { inputs, out, axis } => {
             let mut at = 0;
@@ -148,6 +154,16 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         Op::IndexAdd { src, indices, out, axis } | Op::ScatterAdd { src, indices, out, axis } => {
             scatter(op, src, indices, out, *axis, cfg)
         }
+    }
+}
+
+/// Whether `op` has a kernel here; else the device runs its decomposition (fused reductions,
+/// fused programs of more than [`fused::MAX_INPUTS`] inputs).
+pub(crate) fn runs_natively(op: &Op) -> bool {
+    match op {
+        Op::Fused { inputs, .. } => inputs.len() <= fused::MAX_INPUTS,
+        Op::FusedReduce { .. } => false,
+        _ => true,
     }
 }
 
@@ -186,8 +202,8 @@ pub(crate) fn bits_of(value: f64, dtype: DType) -> u32 {
     }
 }
 
-/// Unary, binary, compare, affine, cast, where, copy and fill: one work item per output
-/// element, operands in `views_mut` order.
+/// Unary, binary, compare, affine, cast, where, copy, fill and fused programs: one work item
+/// per output element, operands in `views_mut` order.
 fn elementwise(op: &Op, cfg: &Config) -> Result<Launch> {
     let out = op.output();
     let mut layouts: Vec<Strided> = op.inputs().into_iter().map(strided).collect();
@@ -210,6 +226,14 @@ fn elementwise(op: &Op, cfg: &Config) -> Result<Launch> {
         Op::Fill { out, value } => {
             p.bits = bits_of(*value, out.dtype);
             Kernel::Fill(out.dtype)
+        }
+        Op::Fused { inputs, program, out } => {
+            let dtypes: Vec<DType> = inputs.iter().map(|v| v.dtype).collect();
+            let (id, constants) = fused::register(program, &dtypes, out.dtype);
+            for (word, c) in p.ext.iter_mut().zip(constants) {
+                *word = u64::from(c.to_bits());
+            }
+            Kernel::Fused(id)
         }
         _ => unreachable_op(op)?,
     };

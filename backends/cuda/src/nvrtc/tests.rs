@@ -205,6 +205,54 @@ fn every_kernel_source_compiles_to_ptx_for_the_oldest_arch_sm80_and_sm90() {
     assert_eq!(total, all_kernels().len());
 }
 
+/// Generated fused kernels (`crate::fused`) compile without an error or warning for the
+/// oldest architecture, compute_80 and compute_90, with one entry point `fused` of the
+/// documented ABI: a program with every unary, binary and comparison step, constants as
+/// parameters and as literals, over f32, f16 and bf16 inputs with a bf16 output.
+#[test]
+fn generated_fused_kernels_compile_to_ptx() {
+    use manychips_api::{BinaryOp, CompareOp, DType, Instr, UnaryOp};
+    let Some(_) = nvrtc_or_skip("the NVRTC fused-kernel check") else { return };
+    let mut program = vec![Instr::Input(0), Instr::Input(1), Instr::Input(2)];
+    let push = |program: &mut Vec<Instr>, instr: Instr| {
+        program.push(instr);
+        program.len() - 1
+    };
+    let mut last = 2;
+    for op in UnaryOp::ALL {
+        let x = push(&mut program, Instr::Affine(last, 0.5, 0.25));
+        last = push(&mut program, Instr::Unary(op, x));
+    }
+    for op in BinaryOp::ALL {
+        last = push(&mut program, Instr::Binary(op, last, 1));
+    }
+    for op in CompareOp::ALL {
+        let c = push(&mut program, Instr::Compare(op, last, 0));
+        last = push(&mut program, Instr::Binary(BinaryOp::Add, c, 2));
+    }
+    push(&mut program, Instr::Const(3.0));
+    let inputs = [DType::F32, DType::F16, DType::BF16];
+    let (id, constants) = crate::fused::register(&program, &inputs, DType::BF16);
+    assert_eq!(constants.len(), 12, "the rest of the constants are literals");
+    let kernel = Kernel::Fused(id);
+    let supported = supported_archs().expect("nvrtcGetSupportedArchs");
+    let oldest = supported.iter().copied().min().expect("NVRTC supports no architecture");
+    for arch in [format!("compute_{oldest}"), "compute_80".into(), "compute_90".into()] {
+        let compiled = compile(kernel.source(), &format!("--gpu-architecture={arch}"), false)
+            .unwrap_or_else(|e| panic!("fused [{arch}]: {e:?}"));
+        let bad = problems(&compiled.log);
+        assert!(bad.is_empty(), "fused [{arch}]: {}", bad.join("\n"));
+        let ptx = String::from_utf8_lossy(&compiled.image);
+        let found = entries(&ptx);
+        let names: Vec<&String> = found.keys().collect();
+        assert_eq!(names, ["fused"], "[{arch}]");
+        let entry = &found["fused"];
+        let first = format!(".param .align 8 .b8 fused_param_0[{PARAMS_BYTES}]");
+        assert_eq!(entry.params.first(), Some(&first), "[{arch}]");
+        assert_eq!(entry.params.len() - 1, kernel.pointer_args(), "[{arch}]");
+    }
+}
+
 /// The run-time path on an H100 (and an A100): CUBINs for the real architecture, which the
 /// driver loads without a JIT step. NVRTC builds them without a GPU.
 #[test]

@@ -1,0 +1,291 @@
+//! Fused elementwise programs (`Op::Fused`) as kernels generated per program: one CUDA
+//! function that evaluates the program's steps in f32 registers for each output element, so
+//! a chain of steps reads each input and writes the output once instead of launching one
+//! kernel (and one pass over memory) per step.
+//!
+//! Each step is the expression of the primitive op's kernel in kernels/cuda/elementwise.cu
+//! (a test checks the tables against that file), so a program computes what its
+//! decomposition computes. The program's constants are kernel parameters (`McParams::ext`)
+//! as far as they go: an optimizer step whose learning rate and bias corrections change
+//! every step compiles once. A generated kernel is registered under its source text, so two
+//! ops with the same program shape share one NVRTC compile and one module.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use manychips_api::{BinaryOp, CompareOp, DType, Instr, UnaryOp};
+
+/// Inputs a generated kernel takes: `McParams` carries four operands, the output included.
+pub(crate) const MAX_INPUTS: usize = 3;
+
+/// Constants that travel as parameters (the words of `McParams::ext`); the rest are literals.
+const CONSTANT_SLOTS: usize = 12;
+
+/// A registered program: an index into the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FusedId(u32);
+
+/// A constant of a registered program: parameter `ext[i]` (f32 bits) or a literal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Constant {
+    Slot(usize),
+    Literal(f32),
+}
+
+/// A program step with its constants resolved to [`Constant`]s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Step {
+    Input(usize),
+    Const(Constant),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+    Affine(usize, Constant, Constant),
+    Compare(CompareOp, usize, usize),
+}
+
+/// A generated kernel: its steps (the emulator interprets them), operand dtypes and the
+/// CUDA source of its one function, `fused`.
+#[derive(Debug)]
+pub(crate) struct FusedKernel {
+    pub steps: Vec<Step>,
+    pub inputs: Vec<DType>,
+    pub out: DType,
+    pub source: String,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_source: HashMap<String, FusedId>,
+    kernels: Vec<Arc<FusedKernel>>,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Mutex::default)
+}
+
+/// The kernel for `program` over inputs of `inputs` dtypes writing `out`, and the values of
+/// its parameter constants in slot order.
+pub(crate) fn register(program: &[Instr], inputs: &[DType], out: DType) -> (FusedId, Vec<f32>) {
+    let mut values = Vec::new();
+    let mut constant = |v: f64| {
+        let v = v as f32;
+        if values.len() < CONSTANT_SLOTS {
+            values.push(v);
+            Constant::Slot(values.len() - 1)
+        } else {
+            Constant::Literal(v)
+        }
+    };
+    let steps: Vec<Step> = program
+        .iter()
+        .map(|instr| match *instr {
+            Instr::Input(m) => Step::Input(m),
+            Instr::Const(c) => Step::Const(constant(c)),
+            Instr::Unary(op, a) => Step::Unary(op, a),
+            Instr::Binary(op, a, b) => Step::Binary(op, a, b),
+            Instr::Affine(a, mul, add) => {
+                let mul = constant(mul);
+                Step::Affine(a, mul, constant(add))
+            }
+            Instr::Compare(op, a, b) => Step::Compare(op, a, b),
+        })
+        .collect();
+    let source = source(&steps, inputs, out);
+    let mut reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&id) = reg.by_source.get(&source) {
+        return (id, values);
+    }
+    let id = FusedId(reg.kernels.len() as u32);
+    let kernel = FusedKernel { steps, inputs: inputs.to_vec(), out, source: source.clone() };
+    reg.kernels.push(Arc::new(kernel));
+    reg.by_source.insert(source, id);
+    (id, values)
+}
+
+/// The registered kernel `id`.
+pub(crate) fn kernel(id: FusedId) -> Arc<FusedKernel> {
+    let reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    // Ids are only made by `register`, and the registry never forgets one.
+    reg.kernels[id.0 as usize].clone()
+}
+
+/// The element type of `dtype` in kernels/cuda/common.cuh.
+fn c_type(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float",
+        DType::F16 => "mc_f16",
+        DType::BF16 => "mc_bf16",
+        DType::U32 => "u32",
+        DType::U8 => "u8",
+    }
+}
+
+/// `MC_UNARY_OPS` of elementwise.cu: the expression of `x`.
+pub(crate) fn unary_expr(op: UnaryOp) -> &'static str {
+    match op {
+        UnaryOp::Neg => "-x",
+        UnaryOp::Abs => "fabsf(x)",
+        UnaryOp::Exp => "mc_exp(x)",
+        UnaryOp::Log => "logf(x)",
+        UnaryOp::Sqrt => "sqrtf(x)",
+        UnaryOp::Rsqrt => "1.0f / sqrtf(x)",
+        UnaryOp::Tanh => "mc_tanh(x)",
+        UnaryOp::Sigmoid => "mc_sigmoid(x)",
+        UnaryOp::Relu => "fmaxf(x, 0.0f)",
+        UnaryOp::GeluTanh => "mc_gelu_tanh(x)",
+        UnaryOp::GeluErf => "mc_gelu_erf(x)",
+        UnaryOp::Silu => "mc_silu(x)",
+        UnaryOp::Sin => "sinf(x)",
+        UnaryOp::Cos => "cosf(x)",
+    }
+}
+
+/// `MC_BINARY_OPS` of elementwise.cu: the expression of `x` and `y`.
+pub(crate) fn binary_expr(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "x + y",
+        BinaryOp::Sub => "x - y",
+        BinaryOp::Mul => "x * y",
+        BinaryOp::Div => "x / y",
+        BinaryOp::Max => "fmaxf(x, y)",
+        BinaryOp::Min => "fminf(x, y)",
+        BinaryOp::Pow => "powf(x, y)",
+    }
+}
+
+/// `MC_COMPARE_OPS` of elementwise.cu: the relation.
+pub(crate) fn relation(op: CompareOp) -> &'static str {
+    match op {
+        CompareOp::Eq => "==",
+        CompareOp::Ne => "!=",
+        CompareOp::Lt => "<",
+        CompareOp::Le => "<=",
+        CompareOp::Gt => ">",
+        CompareOp::Ge => ">=",
+    }
+}
+
+fn constant_expr(c: Constant) -> String {
+    match c {
+        Constant::Slot(i) => format!("__uint_as_float((u32)p.ext[{i}])"),
+        Constant::Literal(v) => format!("__uint_as_float({}u)", v.to_bits()),
+    }
+}
+
+/// The CUDA source of the kernel `fused(p, in0.., out)` (common.cuh goes before it).
+fn source(steps: &[Step], inputs: &[DType], out: DType) -> String {
+    let n = inputs.len() + 1;
+    let mut args = String::new();
+    for (m, &t) in inputs.iter().enumerate() {
+        args.push_str(&format!("const {}* __restrict__ in{m}, ", c_type(t)));
+    }
+    // Steps nothing reads (the output is the last) are left out: NVRTC warns of a variable
+    // set but never used.
+    let mut live = vec![false; steps.len()];
+    if let Some(last) = live.last_mut() {
+        *last = true;
+    }
+    for k in (0..steps.len()).rev() {
+        if !live[k] {
+            continue;
+        }
+        match steps[k] {
+            Step::Unary(_, a) | Step::Affine(a, ..) => live[a] = true,
+            Step::Binary(_, a, b) | Step::Compare(_, a, b) => {
+                live[a] = true;
+                live[b] = true;
+            }
+            Step::Input(_) | Step::Const(_) => {}
+        }
+    }
+    let mut body = String::new();
+    for (k, step) in steps.iter().enumerate().filter(|(k, _)| live[*k]) {
+        let line = match *step {
+            Step::Input(m) => format!("float r{k} = mc_ld(in{m}, o.o[{m}]);"),
+            Step::Const(c) => format!("float r{k} = {};", constant_expr(c)),
+            Step::Unary(op, a) => {
+                format!("float r{k}; {{ float x = r{a}; r{k} = {}; }}", unary_expr(op))
+            }
+            Step::Binary(op, a, b) => format!(
+                "float r{k}; {{ float x = r{a}; float y = r{b}; r{k} = {}; }}",
+                binary_expr(op)
+            ),
+            Step::Affine(a, mul, add) => {
+                format!("float r{k} = r{a} * {} + {};", constant_expr(mul), constant_expr(add))
+            }
+            Step::Compare(op, a, b) => {
+                format!("float r{k} = (r{a} {} r{b}) ? 1.0f : 0.0f;", relation(op))
+            }
+        };
+        body.push_str("        ");
+        body.push_str(&line);
+        body.push('\n');
+    }
+    format!(
+        "// A fused program, generated by backends/cuda/src/fused.rs.\n\
+         extern \"C\" __global__ void fused(const McParams p, {args}{out_t}* __restrict__ out) {{\n\
+         \x20   MC_FOR_EACH(g, p) {{\n\
+         \x20       McOffsets<{n}> o = mc_offsets<{n}>(p, g);\n\
+         {body}\
+         \x20       mc_st(out, o.o[{last_op}], r{last});\n\
+         \x20   }}\n\
+         }}\n",
+        out_t = c_type(out),
+        last_op = n - 1,
+        last = steps.len() - 1,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The step expressions are elementwise.cu's, so a fused program computes what the
+    /// primitive kernels compute.
+    #[test]
+    fn step_expressions_are_the_primitive_kernels() {
+        let elementwise = include_str!("../../../kernels/cuda/elementwise.cu");
+        for op in UnaryOp::ALL {
+            let entry = format!("X({}, {})", op.name(), unary_expr(op));
+            assert!(elementwise.contains(&entry), "{entry} not in elementwise.cu");
+        }
+        for op in BinaryOp::ALL {
+            let entry = format!("X({}, {})", op.name(), binary_expr(op));
+            assert!(elementwise.contains(&entry), "{entry} not in elementwise.cu");
+        }
+        for op in CompareOp::ALL {
+            let entry = format!("X({}, {})", op.name(), relation(op));
+            assert!(elementwise.contains(&entry), "{entry} not in elementwise.cu");
+        }
+    }
+
+    #[test]
+    fn programs_differing_in_constants_share_a_kernel() {
+        let program = |lr: f64| {
+            vec![
+                Instr::Input(0),
+                Instr::Input(1),
+                Instr::Affine(1, lr, 0.0),
+                Instr::Binary(BinaryOp::Sub, 0, 2),
+            ]
+        };
+        let dtypes = [DType::F32, DType::BF16];
+        let (a, va) = register(&program(0.1), &dtypes, DType::F32);
+        let (b, vb) = register(&program(0.2), &dtypes, DType::F32);
+        assert_eq!(a, b);
+        assert_eq!((va, vb), (vec![0.1, 0.0], vec![0.2, 0.0]));
+        let (c, _) = register(&program(0.1), &dtypes, DType::F16);
+        assert_ne!(a, c, "another output dtype is another kernel");
+        let k = kernel(a);
+        assert!(k.source.contains("const mc_bf16* __restrict__ in1"), "{}", k.source);
+        assert!(k.source.contains("p.ext[0]"), "{}", k.source);
+        // Past the parameter words, constants are literals.
+        let long: Vec<Instr> = std::iter::once(Instr::Input(0))
+            .chain((0..10).map(|k| Instr::Affine(k, 2.0, 1.0)))
+            .collect();
+        let (id, values) = register(&long, &[DType::F32], DType::F32);
+        assert_eq!(values.len(), CONSTANT_SLOTS);
+        assert!(kernel(id).source.contains(&format!("{}u", 1.0f32.to_bits())));
+    }
+}
