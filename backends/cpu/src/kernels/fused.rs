@@ -381,28 +381,11 @@ fn compute<'a>(
             (true, _) => simd::binary_sv(op, values[a], reg(b), dst),
         },
         Instr::Affine(a, mul, add) => simd::affine(reg(a), dst, mul as f32, add as f32),
-        Instr::Compare(op, a, b) => {
-            let one = |x, y| if compare(op, x, y) { 1.0 } else { 0.0 };
-            match (scalar[a], scalar[b]) {
-                (false, false) => {
-                    for ((d, &x), &y) in dst.iter_mut().zip(reg(a)).zip(reg(b)) {
-                        *d = one(x, y);
-                    }
-                }
-                (false, true) => {
-                    let y = values[b];
-                    for (d, &x) in dst.iter_mut().zip(reg(a)) {
-                        *d = one(x, y);
-                    }
-                }
-                (true, _) => {
-                    let x = values[a];
-                    for (d, &y) in dst.iter_mut().zip(reg(b)) {
-                        *d = one(x, y);
-                    }
-                }
-            }
-        }
+        Instr::Compare(op, a, b) => match (scalar[a], scalar[b]) {
+            (false, false) => simd::compare_vv(op, reg(a), reg(b), dst),
+            (false, true) => simd::compare_vs(op, reg(a), values[b], dst),
+            (true, _) => simd::compare_sv(op, values[a], reg(b), dst),
+        },
     }
 }
 

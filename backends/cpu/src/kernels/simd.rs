@@ -6,7 +6,7 @@
 //! Loops are plain iterator code over equal-length slices; the reductions keep 8 or 16
 //! independent accumulators, which is what lets LLVM vectorise them without fast-math.
 
-use manychips_api::{BinaryOp, UnaryOp};
+use manychips_api::{BinaryOp, CompareOp, UnaryOp};
 
 use super::math;
 
@@ -132,6 +132,61 @@ multiversion! {
     /// `dst[i] = a ∘ b[i]` (left operand broadcast).
     pub(crate) fn binary_sv(op: BinaryOp, a: f32, b: &[f32], dst: &mut [f32]) {
         per_binary_op!(op, |f| zip1(b, dst, |y| f(a, y)))
+    }
+}
+
+/// Expands `$body` once per comparison with `$f` bound to a closure giving 1.0 where it holds
+/// and 0.0 elsewhere (IEEE: a comparison with NaN holds only for `Ne`), one vectorisable
+/// loop per op.
+macro_rules! per_compare_op {
+    ($op:expr, |$f:ident| $body:expr) => {
+        match $op {
+            CompareOp::Eq => {
+                let $f = |x: f32, y: f32| if x == y { 1.0 } else { 0.0 };
+                $body
+            }
+            CompareOp::Ne => {
+                let $f = |x: f32, y: f32| if x != y { 1.0 } else { 0.0 };
+                $body
+            }
+            CompareOp::Lt => {
+                let $f = |x: f32, y: f32| if x < y { 1.0 } else { 0.0 };
+                $body
+            }
+            CompareOp::Le => {
+                let $f = |x: f32, y: f32| if x <= y { 1.0 } else { 0.0 };
+                $body
+            }
+            CompareOp::Gt => {
+                let $f = |x: f32, y: f32| if x > y { 1.0 } else { 0.0 };
+                $body
+            }
+            CompareOp::Ge => {
+                let $f = |x: f32, y: f32| if x >= y { 1.0 } else { 0.0 };
+                $body
+            }
+        }
+    };
+}
+
+multiversion! {
+    /// `dst[i] = (a[i] ∘ b[i]) as 1.0 / 0.0`.
+    pub(crate) fn compare_vv(op: CompareOp, a: &[f32], b: &[f32], dst: &mut [f32]) {
+        per_compare_op!(op, |f| zip2(a, b, dst, f))
+    }
+}
+
+multiversion! {
+    /// `dst[i] = (a[i] ∘ b) as 1.0 / 0.0` (right operand broadcast).
+    pub(crate) fn compare_vs(op: CompareOp, a: &[f32], b: f32, dst: &mut [f32]) {
+        per_compare_op!(op, |f| zip1(a, dst, |x| f(x, b)))
+    }
+}
+
+multiversion! {
+    /// `dst[i] = (a ∘ b[i]) as 1.0 / 0.0` (left operand broadcast).
+    pub(crate) fn compare_sv(op: CompareOp, a: f32, b: &[f32], dst: &mut [f32]) {
+        per_compare_op!(op, |f| zip1(b, dst, |y| f(a, y)))
     }
 }
 
@@ -356,6 +411,68 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comparisons_follow_ieee_in_every_form() {
+        let a = [
+            1.0,
+            f32::NAN,
+            -0.0,
+            3.0,
+            2.0,
+            f32::INFINITY,
+            0.5,
+            -1.0,
+            7.0,
+            1.0,
+            2.0,
+            3.0,
+            4.0,
+            5.0,
+            6.0,
+            7.0,
+            8.0,
+            f32::NAN,
+        ];
+        let b = [
+            1.0,
+            1.0,
+            0.0,
+            2.0,
+            3.0,
+            f32::INFINITY,
+            f32::NAN,
+            -2.0,
+            7.0,
+            0.0,
+            2.0,
+            4.0,
+            4.0,
+            6.0,
+            6.0,
+            8.0,
+            8.0,
+            f32::NAN,
+        ];
+        for op in CompareOp::ALL {
+            let holds = |x: f32, y: f32| match op {
+                CompareOp::Eq => x == y,
+                CompareOp::Ne => x != y,
+                CompareOp::Lt => x < y,
+                CompareOp::Le => x <= y,
+                CompareOp::Gt => x > y,
+                CompareOp::Ge => x >= y,
+            };
+            let want = |x, y| if holds(x, y) { 1.0 } else { 0.0 };
+            let mut d = [9.0f32; 18];
+            compare_vv(op, &a, &b, &mut d);
+            assert!(d.iter().zip(a.iter().zip(&b)).all(|(d, (&x, &y))| *d == want(x, y)), "{op:?}");
+            compare_vs(op, &a, 2.0, &mut d);
+            assert!(d.iter().zip(&a).all(|(d, &x)| *d == want(x, 2.0)), "{op:?} vs");
+            compare_sv(op, f32::NAN, &b, &mut d);
+            assert!(d.iter().zip(&b).all(|(d, &y)| *d == want(f32::NAN, y)), "{op:?} sv");
+        }
+    }
 
     #[test]
     fn lanes_and_tails_are_all_counted() {
