@@ -161,6 +161,164 @@ pub fn decompose(device: &dyn Device, op: &Op) -> Result<()> {
     temps.free(result)
 }
 
+/// Runs a validated `Op::Fused` of more inputs than `max_inputs` (at least 2) as several
+/// `Op::Fused` of at most `max_inputs` inputs each, for a device whose fused kernels take
+/// fewer inputs than a program may read (a layer norm's output reads five). Each part
+/// computes one register of the program from the op's inputs and earlier parts' values
+/// (f32 temporaries of the output's shape), the last part the result into the output:
+/// every step is computed as the whole program computes it and a register's f32 value is
+/// stored exactly, so the result is the program's. A program within `max_inputs` runs as
+/// one op.
+pub fn decompose_in_parts(device: &dyn Device, op: &Op, max_inputs: usize) -> Result<()> {
+    let Op::Fused { inputs, program, out } = op else {
+        return Err(crate::Error::InvalidArgument {
+            op: op.name(),
+            device: device.info().label(),
+            detail: "fused::decompose_in_parts takes an Op::Fused".into(),
+        });
+    };
+    op.validate(&device.info().label())?;
+    let parts = split(program, max_inputs.max(2));
+    let dims = out.dims().to_vec();
+    let mut temps = Temps { device, buffers: Vec::new() };
+    let result = (|| -> Result<()> {
+        let mut values: Vec<Option<View>> = vec![None; program.len()];
+        let last = program.len() - 1;
+        for part in parts {
+            let mut views = Vec::with_capacity(part.sources.len());
+            for source in &part.sources {
+                views.push(match *source {
+                    Source::Input(m) => inputs[m].clone(),
+                    Source::Register(r) => {
+                        values[r].clone().ok_or_else(|| crate::Error::Fault {
+                            op: op.name(),
+                            device: device.info().label(),
+                            detail: format!("internal: register {r} used before its part"),
+                        })?
+                    }
+                });
+            }
+            let target = if part.register == last {
+                out.clone()
+            } else {
+                let t = temps.f32(&dims)?;
+                values[part.register] = Some(t.clone());
+                t
+            };
+            device.run(&Op::Fused { inputs: views, program: part.program, out: target })?;
+        }
+        Ok(())
+    })();
+    temps.free(result)
+}
+
+/// Where a part of a split program reads a value: an input of the op, or a register an
+/// earlier part computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Input(usize),
+    Register(usize),
+}
+
+/// One part of a split program: `program` over `sources` computes `register` of the whole.
+#[derive(Debug)]
+struct Part {
+    register: usize,
+    sources: Vec<Source>,
+    program: Vec<Instr>,
+}
+
+/// Cuts `program` into parts of at most `max_inputs` (≥ 2) sources each, in dependency
+/// order, the last computing the result. Going through the registers in order, each gets
+/// the sources its value depends on; where that set grows past `max_inputs`, its operands
+/// are computed by parts of their own (largest set first) and it reads them from there.
+/// An operand read at no cost (an input, or a value of constants alone) is never a part.
+/// A register's part reads only the parts decided up to that register, so its sources are
+/// the set it was given here.
+fn split(program: &[Instr], max_inputs: usize) -> Vec<Part> {
+    let n = program.len();
+    // The register whose sources made `r` a part of its own, if any.
+    let mut part_for: Vec<Option<usize>> = vec![None; n];
+    for r in 0..n {
+        let set =
+            |part_for: &[Option<usize>], x: usize| cone(program, x, &|o| part_for[o].is_some()).1;
+        if set(&part_for, r).len() <= max_inputs {
+            continue;
+        }
+        let mut operands: Vec<usize> = program[r].operands().collect();
+        operands.sort_by_key(|&o| std::cmp::Reverse(set(&part_for, o).len()));
+        for o in operands {
+            let free = matches!(program[o], Instr::Input(_)) || set(&part_for, o).is_empty();
+            if !free && part_for[o].is_none() {
+                part_for[o] = Some(r);
+                if set(&part_for, r).len() <= max_inputs {
+                    break;
+                }
+            }
+        }
+    }
+    part_for[n - 1] = Some(n - 1);
+    (0..n).filter(|&r| part_for[r].is_some()).map(|r| part(program, r, &part_for)).collect()
+}
+
+/// The registers `root`'s value is computed from (`root` included) down to inputs and to
+/// registers that `is_part` (their values read, not recomputed), and the sources that walk
+/// reaches, each once, in program order.
+fn cone(
+    program: &[Instr],
+    root: usize,
+    is_part: &dyn Fn(usize) -> bool,
+) -> (Vec<bool>, Vec<Source>) {
+    let mut needed = vec![false; program.len()];
+    needed[root] = true;
+    let mut sources = Vec::new();
+    for r in (0..=root).rev() {
+        if !needed[r] {
+            continue;
+        }
+        if r != root && is_part(r) {
+            sources.push(Source::Register(r));
+        } else if let Instr::Input(m) = program[r] {
+            sources.push(Source::Input(m));
+        } else {
+            for o in program[r].operands() {
+                needed[o] = true;
+            }
+        }
+    }
+    sources.sort();
+    sources.dedup();
+    (needed, sources)
+}
+
+/// The part computing register `root`: its cone, renumbered, each source read as an input.
+fn part(program: &[Instr], root: usize, part_for: &[Option<usize>]) -> Part {
+    let reads_part = |o: usize| o != root && part_for[o].is_some_and(|by| by <= root);
+    let (needed, mut sources) = cone(program, root, &reads_part);
+    if sources.is_empty() {
+        // A result of constants alone still names an input (an op reads at least one).
+        sources.push(Source::Input(0));
+    }
+    let input = |s: Source| sources.iter().position(|&x| x == s).unwrap_or(usize::MAX);
+    let mut renumbered = vec![usize::MAX; program.len()];
+    let mut out = Vec::new();
+    for r in (0..=root).filter(|&r| needed[r]) {
+        let at = |o: usize| renumbered[o];
+        let instr = match program[r] {
+            _ if reads_part(r) => Instr::Input(input(Source::Register(r))),
+            Instr::Input(m) => Instr::Input(input(Source::Input(m))),
+            Instr::Const(c) => Instr::Const(c),
+            Instr::Unary(op, a) => Instr::Unary(op, at(a)),
+            Instr::Binary(op, a, b) => Instr::Binary(op, at(a), at(b)),
+            Instr::Affine(a, mul, add) => Instr::Affine(at(a), mul, add),
+            Instr::Compare(op, a, b) => Instr::Compare(op, at(a), at(b)),
+        };
+        renumbered[r] = out.len();
+        out.push(instr);
+    }
+    Part { register: root, sources, program: out }
+}
+
 /// The f32 temporaries of one decomposition.
 struct Temps<'d> {
     device: &'d dyn Device,
@@ -310,5 +468,97 @@ mod tests {
             inputs[0].buffer = out.buffer;
         }
         assert_eq!(op.validate("test:0").unwrap_err().kind(), ErrorKind::InvalidArgument);
+    }
+
+    /// The program on one element, in f32 (the steps the split tests use).
+    fn eval(program: &[Instr], inputs: &[f32]) -> f32 {
+        let mut r: Vec<f32> = Vec::new();
+        for instr in program {
+            let v = match *instr {
+                Instr::Input(m) => inputs[m],
+                Instr::Const(c) => c as f32,
+                Instr::Unary(UnaryOp::Exp, a) => r[a].exp(),
+                Instr::Unary(_, a) => -r[a],
+                Instr::Binary(BinaryOp::Add, a, b) => r[a] + r[b],
+                Instr::Binary(BinaryOp::Sub, a, b) => r[a] - r[b],
+                Instr::Binary(BinaryOp::Div, a, b) => r[a] / r[b],
+                Instr::Binary(_, a, b) => r[a] * r[b],
+                Instr::Affine(a, mul, add) => r[a] * mul as f32 + add as f32,
+                Instr::Compare(_, a, b) => f32::from(u8::from(r[a] > r[b])),
+            };
+            r.push(v);
+        }
+        r[program.len() - 1]
+    }
+
+    /// Parts of at most `max` sources compute what the whole program computes, bit for bit.
+    #[test]
+    fn split_programs_compute_the_whole_in_parts_of_few_inputs() {
+        use Instr::*;
+        let layer_norm = vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Input(3),
+            Input(4),
+            Binary(BinaryOp::Sub, 0, 1),
+            Binary(BinaryOp::Mul, 5, 2),
+            Binary(BinaryOp::Mul, 6, 3),
+            Binary(BinaryOp::Add, 7, 4),
+        ];
+        // Every input feeds everything after it, and a value of constants alone.
+        let mut chain = vec![Input(0), Const(2.0), Const(3.0), Binary(BinaryOp::Mul, 1, 2)];
+        for m in 1..8 {
+            chain.push(Input(m));
+            let last = chain.len() - 1;
+            chain.push(Binary(BinaryOp::Add, last - 1, last));
+            chain.push(Compare(CompareOp::Gt, last + 1, 3));
+            chain.push(Binary(BinaryOp::Sub, last + 1, last + 2));
+        }
+        let shared = vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Input(3),
+            Binary(BinaryOp::Mul, 0, 1),
+            Unary(UnaryOp::Exp, 4),
+            Binary(BinaryOp::Add, 5, 2),
+            Binary(BinaryOp::Div, 6, 3),
+            Binary(BinaryOp::Sub, 7, 5),
+            Affine(8, 0.5, 0.25),
+            Binary(BinaryOp::Mul, 9, 4),
+        ];
+        let values: Vec<f32> = (0..8).map(|k| 0.37 * k as f32 - 0.9).collect();
+        for (name, program, want_parts) in
+            [("layer norm", &layer_norm, 2), ("chain", &chain, 0), ("shared", &shared, 0)]
+        {
+            let whole = eval(program, &values);
+            for max in [2, 3, 4, 8] {
+                let parts = split(program, max);
+                if max == 3 && want_parts > 0 {
+                    assert_eq!(parts.len(), want_parts, "{name}: {parts:?}");
+                }
+                let mut regs = vec![f32::NAN; program.len()];
+                for part in &parts {
+                    assert!(part.sources.len() <= max, "{name}, max {max}: {part:?}");
+                    assert!(program_error(&part.program, part.sources.len()).is_none());
+                    let ins: Vec<f32> = part
+                        .sources
+                        .iter()
+                        .map(|s| match *s {
+                            Source::Input(m) => values[m],
+                            Source::Register(r) => {
+                                assert!(!regs[r].is_nan(), "{name}: {r} read before its part");
+                                regs[r]
+                            }
+                        })
+                        .collect();
+                    regs[part.register] = eval(&part.program, &ins);
+                }
+                assert_eq!(parts.last().map(|p| p.register), Some(program.len() - 1));
+                let got = regs[program.len() - 1];
+                assert_eq!(got.to_bits(), whole.to_bits(), "{name}, max {max}");
+            }
+        }
     }
 }

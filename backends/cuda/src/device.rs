@@ -611,10 +611,15 @@ impl Device for CudaDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
-        // Fused reductions, and programs of more inputs than a generated kernel takes: their
-        // decomposition into primitive ops.
+        // A fused program of more inputs than a generated kernel takes runs in parts that
+        // fit; a fused reduction as its program into a temporary, then the reduction.
         if !crate::lower::runs_natively(op) {
-            return manychips_api::fused::decompose(self, op);
+            return match op {
+                Op::Fused { .. } => {
+                    manychips_api::fused::decompose_in_parts(self, op, crate::fused::MAX_INPUTS)
+                }
+                _ => manychips_api::fused::decompose(self, op),
+            };
         }
         {
             let state = lock(&self.state);

@@ -605,10 +605,15 @@ impl Device for WgpuDevice {
     }
 
     fn run(&self, op: &Op) -> Result<()> {
-        // A fused program or fused reduction with more inputs than one kernel takes: its
-        // decomposition.
+        // A fused program with more inputs than one kernel takes runs in parts that fit; a
+        // fused reduction of that many, as its program into a temporary, then the reduction.
         if matches!(op, Op::Fused { .. } | Op::FusedReduce { .. }) && !manychips_wgsl::fuses(op) {
-            return manychips_api::fused::decompose(self, op);
+            return match op {
+                Op::Fused { .. } => {
+                    manychips_api::fused::decompose_in_parts(self, op, manychips_wgsl::FUSED_INPUTS)
+                }
+                _ => manychips_api::fused::decompose(self, op),
+            };
         }
         self.check_alive()?;
         op.validate(&self.label)?;

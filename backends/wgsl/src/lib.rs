@@ -38,7 +38,7 @@ use std::sync::Arc;
 use manychips_api::{BufferId, Op, Result};
 
 pub use calibrate::pick_matmul_kernel;
-pub use lower::fuses;
+pub use lower::{FUSED_INPUTS, fuses};
 pub use params::{MAX_RANK, WORDS as PARAM_WORDS};
 
 /// Size in bytes of the status buffer ([`Slot::Status`]).

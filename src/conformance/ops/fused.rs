@@ -1,6 +1,6 @@
 //! Fused elementwise programs (`Op::Fused`): the library's own programs (GELU's backward,
-//! AdamW's moments and update) and one that uses every kind of step, over broadcast,
-//! strided and mixed-dtype inputs. Each case is checked twice: against the program
+//! AdamW's moments and update, LayerNorm's pieces of four to six inputs) and one that uses
+//! every kind of step, over broadcast, strided and mixed-dtype inputs. Each case is checked twice: against the program
 //! evaluated in f64 on the host, and against its decomposition into primitive ops
 //! (`fused::decompose`) on the same device, which a native kernel must match to a few ulps.
 
@@ -107,6 +107,10 @@ fn programs() -> Vec<(&'static str, Vec<Instr>, Vec<Dist>)> {
             vec![any, any, positive],
         ),
         ("every kind of step", everything, vec![any, any]),
+        // More inputs than the GPU kernels take: those backends run them in parts.
+        ("times_normalized", crate::programs::times_normalized(), vec![any; 4]),
+        ("layer_norm", crate::programs::layer_norm(), vec![any; 5]),
+        ("layer_norm_input_grad", crate::programs::layer_norm_input_grad(), vec![any; 6]),
     ]
 }
 
@@ -118,6 +122,9 @@ struct Form {
 
 /// Layouts for `n` inputs: contiguous, strided, reversed, a broadcast row, a scalar.
 fn forms(n: usize) -> Vec<Form> {
+    if n > 3 {
+        return wide_forms(n);
+    }
     let form = |dims: &[usize], srcs: [(&[usize], Place); 3], out| Form {
         dims: dims.to_vec(),
         args: srcs.iter().take(n).map(|&(s, p)| arg(s, p)).collect(),
@@ -136,6 +143,54 @@ fn forms(n: usize) -> Vec<Form> {
         form(
             &[3, 2100],
             [(&[3, 2100], Contiguous), (&[3, 2100], Offset), (&[3, 1], Contiguous)],
+            Contiguous,
+        ),
+    ]
+}
+
+/// Layouts for four to six inputs (a layer norm's): rows, per-row statistics broadcast along
+/// them, per-column weights broadcast across them, strided and offset.
+fn wide_forms(n: usize) -> Vec<Form> {
+    let form = |dims: &[usize], srcs: [(&[usize], Place); 6], out| Form {
+        dims: dims.to_vec(),
+        args: srcs.iter().take(n).map(|&(s, p)| arg(s, p)).collect(),
+        out,
+    };
+    vec![
+        form(
+            &[37],
+            [
+                (&[37], Offset),
+                (&[37], Contiguous),
+                (&[1], Contiguous),
+                (&[37], Reversed),
+                (&[1], Contiguous),
+                (&[37], Contiguous),
+            ],
+            Contiguous,
+        ),
+        form(
+            &[5, 9],
+            [
+                (&[5, 9], Padded),
+                (&[5, 9], SwapLast),
+                (&[5, 1], Contiguous),
+                (&[5, 1], Contiguous),
+                (&[1, 9], Contiguous),
+                (&[5, 1], Offset),
+            ],
+            Padded,
+        ),
+        form(
+            &[3, 2100],
+            [
+                (&[3, 2100], Contiguous),
+                (&[3, 2100], Offset),
+                (&[3, 1], Contiguous),
+                (&[3, 1], Contiguous),
+                (&[1, 2100], Contiguous),
+                (&[3, 1], Contiguous),
+            ],
             Contiguous,
         ),
     ]

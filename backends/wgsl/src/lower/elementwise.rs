@@ -282,7 +282,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
 
 /// Inputs a fused program may have for a kernel of its own: the elementwise kernel's
 /// operand offsets come four at a time, the output's included.
-pub(crate) const FUSED_INPUTS: usize = 3;
+pub const FUSED_INPUTS: usize = 3;
 
 /// Parameter words no elementwise kernel uses: a fused program's constants go there.
 pub(super) const CONSTANT_SLOTS: [usize; 11] = [3, 4, 55, 56, 57, 58, 59, 60, 61, 62, 63];

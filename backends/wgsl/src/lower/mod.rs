@@ -8,6 +8,8 @@ mod reduce;
 
 use manychips_api::{Error, Op, Result, View};
 
+pub use elementwise::FUSED_INPUTS;
+
 use crate::params::Strided;
 use crate::{Features, Lowered};
 
