@@ -12,7 +12,7 @@ use manychips_api::{
 use rustc_hash::FxHashMap;
 
 use crate::sysinfo;
-use crate::worker::{Command, Health, Reading, Worker};
+use crate::worker::{Command, Health, Pending, Reading, Worker};
 
 /// The CPU as a manychips device: buffers in host memory, ops on a private thread pool.
 ///
@@ -35,7 +35,13 @@ struct Table {
     tx: Option<Sender<Command>>,
     next: u64,
     sizes: FxHashMap<u64, usize>,
+    /// Allocations and frees not yet sent: they go with the next command.
+    pending: Pending,
 }
+
+/// Queued allocations or frees past this many are sent on their own, so that a caller that
+/// frees much and runs nothing does not keep the memory from the pool.
+const MAX_PENDING: usize = 64;
 
 impl CpuDevice {
     /// A device using every core the OS gives this process.
@@ -92,7 +98,12 @@ impl CpuDevice {
             info,
             label,
             threads,
-            table: Mutex::new(Table { tx: Some(tx), next: 0, sizes: FxHashMap::default() }),
+            table: Mutex::new(Table {
+                tx: Some(tx),
+                next: 0,
+                sizes: FxHashMap::default(),
+                pending: Pending::default(),
+            }),
             health,
             worker: Some(handle),
         })
@@ -119,11 +130,32 @@ impl CpuDevice {
         if self.health.lost.get().is_some() { Err(self.lost()) } else { Ok(()) }
     }
 
-    fn send(&self, table: &Table, cmd: Command) -> Result<()> {
-        match &table.tx {
-            Some(tx) => tx.send(cmd).map_err(|_| self.lost()),
-            None => Err(self.lost()),
+    /// Sends `cmd` with the allocations and frees queued before it: inside it for an op,
+    /// just ahead of it otherwise.
+    fn send(&self, table: &mut Table, cmd: Command) -> Result<()> {
+        let Some(tx) = &table.tx else { return Err(self.lost()) };
+        let cmd = match cmd {
+            Command::Run(op, _) => Command::Run(op, std::mem::take(&mut table.pending)),
+            other => {
+                if !table.pending.is_empty() {
+                    let pending = std::mem::take(&mut table.pending);
+                    tx.send(Command::Pending(pending)).map_err(|_| self.lost())?;
+                }
+                other
+            }
+        };
+        tx.send(cmd).map_err(|_| self.lost())
+    }
+
+    /// Sends the queued allocations and frees once there are many of them.
+    fn bound_pending(&self, table: &mut Table) -> Result<()> {
+        let p = &table.pending;
+        if p.allocs.len() + p.frees.len() < MAX_PENDING {
+            return Ok(());
         }
+        let Some(tx) = &table.tx else { return Err(self.lost()) };
+        let pending = std::mem::take(&mut table.pending);
+        tx.send(Command::Pending(pending)).map_err(|_| self.lost())
     }
 
     /// The size of `buf`, or why it cannot be used here.
@@ -174,9 +206,10 @@ impl Device for CpuDevice {
         }
         let mut table = self.lock();
         let index = table.next;
-        self.send(&table, Command::Alloc { index, bytes })?;
         table.next += 1;
         table.sizes.insert(index, bytes);
+        table.pending.allocs.push((index, bytes));
+        self.bound_pending(&mut table)?;
         Ok(BufferId { device: self.info.id, index })
     }
 
@@ -184,9 +217,14 @@ impl Device for CpuDevice {
         self.check_alive()?;
         let mut table = self.lock();
         self.size_of(&table, "free", buffer)?;
-        self.send(&table, Command::Free { index: buffer.index })?;
         table.sizes.remove(&buffer.index);
-        Ok(())
+        // A buffer the worker has not allocated yet is simply never allocated.
+        let allocs = &mut table.pending.allocs;
+        match allocs.iter().position(|&(index, _)| index == buffer.index) {
+            Some(at) => drop(allocs.remove(at)),
+            None => table.pending.frees.push(buffer.index),
+        }
+        self.bound_pending(&mut table)
     }
 
     fn write(&self, dst: BufferId, offset: usize, src: &[u8]) -> Result<()> {
@@ -208,21 +246,21 @@ impl Device for CpuDevice {
             detail: format!("no memory to stage {} bytes", src.len()),
         })?;
         data.extend_from_slice(src);
-        let table = self.lock();
+        let mut table = self.lock();
         // Re-checked: another thread may have freed the buffer meanwhile.
         self.size_of(&table, "write", dst)?;
-        self.send(&table, Command::Write { index: dst.index, offset, data })
+        self.send(&mut table, Command::Write { index: dst.index, offset, data })
     }
 
     fn read(&self, src: BufferId, offset: usize, dst: &mut [u8]) -> Result<()> {
         self.check_alive()?;
         let (reply, answer) = bounded(1);
         {
-            let table = self.lock();
+            let mut table = self.lock();
             let size = self.size_of(&table, "read", src)?;
             self.check_range("read", src, size, offset, dst.len())?;
             let len = dst.len();
-            self.send(&table, Command::Read { index: src.index, offset, len, reply })?;
+            self.send(&mut table, Command::Read { index: src.index, offset, len, reply })?;
         }
         match answer.recv().ok() {
             Some(Ok(Reading::Copied(bytes))) => {
@@ -258,7 +296,7 @@ impl Device for CpuDevice {
         bytes: usize,
     ) -> Result<()> {
         self.check_alive()?;
-        let table = self.lock();
+        let mut table = self.lock();
         let src_size = self.size_of(&table, "copy", src)?;
         let dst_size = self.size_of(&table, "copy", dst)?;
         self.check_range("copy", src, src_size, src_offset, bytes)?;
@@ -267,7 +305,7 @@ impl Device for CpuDevice {
             return Ok(());
         }
         let cmd = Command::Copy { src: src.index, src_offset, dst: dst.index, dst_offset, bytes };
-        self.send(&table, cmd)
+        self.send(&mut table, cmd)
     }
 
     fn run(&self, op: &Op) -> Result<()> {
@@ -277,17 +315,17 @@ impl Device for CpuDevice {
     fn submit(&self, op: Op) -> Result<()> {
         self.check_alive()?;
         op.validate(&self.label)?;
-        let table = self.lock();
+        let mut table = self.lock();
         checks::check_op_views(&op, &self.label, &self.info.dtypes, |b| {
             self.size_of(&table, op.static_name(), b)
         })?;
-        self.send(&table, Command::Run(Box::new(op)))
+        self.send(&mut table, Command::Run(Box::new(op), Pending::default()))
     }
 
     fn synchronize(&self) -> Result<()> {
         self.check_alive()?;
         let (reply, answer) = bounded(1);
-        self.send(&self.lock(), Command::Sync { reply })?;
+        self.send(&mut self.lock(), Command::Sync { reply })?;
         answer.recv().unwrap_or_else(|_| Err(self.lost()))
     }
 }

@@ -52,26 +52,58 @@ impl Lent {
 /// or a norm costs one hand-off, not the two of a lent buffer sent back.
 const COPIED_READ_BYTES: usize = 64 << 10;
 
+/// Allocations and frees the caller has not sent yet: they travel with its next command,
+/// so that an op and its output's allocation (and the frees before it) are one hand-off,
+/// not three. Frees are settled first, so the pool can hand a freed buffer to a new one.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub frees: Vec<u64>,
+    pub allocs: Vec<(u64, usize)>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.frees.is_empty() && self.allocs.is_empty()
+    }
+}
+
 pub(crate) enum Command {
-    Alloc { index: u64, bytes: usize },
-    Free { index: u64 },
-    Write { index: u64, offset: usize, data: Vec<u8> },
-    Read { index: u64, offset: usize, len: usize, reply: Sender<Result<Reading>> },
-    Copy { src: u64, src_offset: usize, dst: u64, dst_offset: usize, bytes: usize },
-    Run(Box<Op>),
-    Sync { reply: Sender<Result<()>> },
+    /// Allocations and frees with no command to ride on.
+    Pending(Pending),
+    Write {
+        index: u64,
+        offset: usize,
+        data: Vec<u8>,
+    },
+    Read {
+        index: u64,
+        offset: usize,
+        len: usize,
+        reply: Sender<Result<Reading>>,
+    },
+    Copy {
+        src: u64,
+        src_offset: usize,
+        dst: u64,
+        dst_offset: usize,
+        bytes: usize,
+    },
+    /// An op, after the allocations and frees queued before it.
+    Run(Box<Op>, Pending),
+    Sync {
+        reply: Sender<Result<()>>,
+    },
 }
 
 impl Command {
     /// What the command is, for the message if it panics: no allocation per command.
     fn name(&self) -> &'static str {
         match self {
-            Command::Alloc { .. } => "alloc",
-            Command::Free { .. } => "free",
+            Command::Pending(_) => "alloc or free",
             Command::Write { .. } => "write",
             Command::Read { .. } => "read",
             Command::Copy { .. } => "copy",
-            Command::Run(op) => op.static_name(),
+            Command::Run(op, _) => op.static_name(),
             Command::Sync { .. } => "synchronize",
         }
     }
@@ -151,17 +183,7 @@ impl Worker {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Alloc { index, bytes } => {
-                self.alloc(index, bytes);
-                self.health.cached.store(self.pool.cached_bytes(), Ordering::Relaxed);
-            }
-            Command::Free { index } => {
-                self.failed.remove(&index);
-                if let Some(s) = self.buffers.remove(&index) {
-                    self.pool.give(s.words);
-                }
-                self.health.cached.store(self.pool.cached_bytes(), Ordering::Relaxed);
-            }
+            Command::Pending(pending) => self.settle(pending),
             Command::Write { index, offset, data } => match self.buffers.get_mut(&index) {
                 Some(s) => match s.as_bytes_mut().get_mut(offset..offset + data.len()) {
                     Some(dst) => dst.copy_from_slice(&data),
@@ -213,7 +235,8 @@ impl Worker {
                     }
                 }
             }
-            Command::Run(op) => {
+            Command::Run(op, pending) => {
+                self.settle(pending);
                 if let Err(e) = self.run_op(&op) {
                     self.raise(e);
                 }
@@ -222,6 +245,23 @@ impl Worker {
                 let _ = reply.send(self.pending.take().map_or(Ok(()), Err));
             }
         }
+    }
+
+    /// Frees, then allocates, what the caller queued.
+    fn settle(&mut self, pending: Pending) {
+        if pending.is_empty() {
+            return;
+        }
+        for index in pending.frees {
+            self.failed.remove(&index);
+            if let Some(s) = self.buffers.remove(&index) {
+                self.pool.give(s.words);
+            }
+        }
+        for (index, bytes) in pending.allocs {
+            self.alloc(index, bytes);
+        }
+        self.health.cached.store(self.pool.cached_bytes(), Ordering::Relaxed);
     }
 
     fn alloc(&mut self, index: u64, bytes: usize) {
@@ -364,10 +404,10 @@ mod tests {
         let view = |index, n| {
             View::new(BufferId { device: id, index }, Layout::contiguous([n]), DType::F32)
         };
-        tx.send(Command::Alloc { index: 0, bytes: 8 }).unwrap();
-        tx.send(Command::Alloc { index: 1, bytes: 400 }).unwrap();
-        tx.send(Command::Run(Box::new(Op::Copy { input: view(0, 100), out: view(1, 100) })))
-            .unwrap();
+        let allocs = vec![(0, 8), (1, 400)];
+        tx.send(Command::Pending(Pending { frees: Vec::new(), allocs })).unwrap();
+        let op = Op::Copy { input: view(0, 100), out: view(1, 100) };
+        tx.send(Command::Run(Box::new(op), Pending::default())).unwrap();
         let (reply, answer) = bounded(1);
         tx.send(Command::Sync { reply }).unwrap();
         let err = answer.recv().unwrap().unwrap_err();
