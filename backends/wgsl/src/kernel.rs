@@ -95,7 +95,9 @@ type Specialised = (Arc<str>, Arc<str>);
 pub(crate) struct Kernel<'a> {
     /// Family name, for keys and messages.
     pub family: &'static str,
-    pub source: &'a str,
+    /// The template, in static parts joined in order (sections of a kernel file): a key
+    /// names them by address, so a dispatch never copies or hashes their text.
+    pub source: &'a [&'static str],
     pub entry: &'static str,
     pub operands: Vec<Operand>,
     /// Whether the kernel may flag out-of-range indices in the status buffer.
@@ -115,16 +117,20 @@ impl Kernel<'_> {
             let k = self.operands.len().to_string();
             text.push_str(&fill(section(ACCESS, "status")?, &[("K", &k)])?);
         }
-        text.push_str(&fill(self.source, self.subs)?);
+        text.push_str(&fill(&self.source.concat(), self.subs)?);
         Ok(text)
     }
 
     /// The key and module of this specialisation, assembled once per process: every later
-    /// op of the same kind costs a hash of its description, not a templating pass.
+    /// op of the same kind costs a hash of its description (the template's parts by
+    /// address, the substitutions and operands), not a templating pass.
     fn specialised(&self) -> Result<Specialised> {
         static MODULES: OnceLock<Mutex<HashMap<u64, Specialised>>> = OnceLock::new();
         let mut h = DefaultHasher::new();
-        (self.family, self.entry, self.source, self.status, self.subs).hash(&mut h);
+        (self.family, self.entry, self.status, self.subs).hash(&mut h);
+        for part in self.source {
+            (part.as_ptr() as usize, part.len()).hash(&mut h);
+        }
         for o in &self.operands {
             (o.dtype, o.writable, o.vector, o.words).hash(&mut h);
         }

@@ -1,6 +1,9 @@
 //! Binary, compare, unary, affine, cast and where: one invocation per output element, the
 //! op's expression substituted into kernels/wgsl/elementwise.wgsl.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
 use manychips_api::{BinaryOp, CompareOp, DType, Instr, Layout, Op, Result, UnaryOp};
 
 use super::{one_bits, strided};
@@ -140,12 +143,11 @@ pub(super) fn dispatch(
     } else {
         (n, "elements")
     };
-    let source = format!(
-        "{}{}{}",
+    let source = [
         SOURCE.split("//# elements").next().unwrap_or_default(),
         section_text(section)?,
-        section_text("helpers")?
-    );
+        section_text("helpers")?,
+    ];
     let out_index = k.to_string();
     let component = ["x", "y", "z", "w"][k.min(3)];
     let mut subs: Vec<(&str, &str)> = if words {
@@ -232,8 +234,17 @@ fn flat_steps(out: &Layout, layouts: &[Strided]) -> Option<(u32, [usize; 3])> {
     Some((mask, periods))
 }
 
+/// Section `name` of elementwise.wgsl, found once per process (lowering asks for two on
+/// every dispatch).
 fn section_text(name: &str) -> Result<&'static str> {
-    section(SOURCE, name)
+    static FOUND: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let found = FOUND.get_or_init(Default::default);
+    if let Some(&text) = found.lock().unwrap_or_else(PoisonError::into_inner).get(name) {
+        return Ok(text);
+    }
+    let text = section(SOURCE, name)?;
+    found.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), text);
+    Ok(text)
 }
 
 /// The functions the steps of [`fused_steps`] call (GELU's, tanh's), for a kernel of

@@ -51,7 +51,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
                 vec![Operand::input(input), Operand::input(indices), Operand::output(out)];
             let k = Kernel {
                 family: "index",
-                source: SOURCE,
+                source: &[SOURCE],
                 entry: "gather",
                 operands,
                 status: true,
@@ -123,7 +123,7 @@ fn scatter(
     p.set(6, word(op, "stride", acc_strides.1[axis])?)?;
     let k = Kernel {
         family: "index",
-        source: SOURCE,
+        source: &[SOURCE],
         entry: "scatter_add",
         operands: vec![Operand::input(src), Operand::input(indices), acc],
         status: true,

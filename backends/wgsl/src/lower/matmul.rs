@@ -68,7 +68,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     ];
     let kernel = Kernel {
         family: "matmul",
-        source: SOURCE,
+        source: &[SOURCE],
         entry,
         operands: vec![lhs_operand, rhs_operand, Operand::output(out)],
         status: false,

@@ -90,7 +90,7 @@ fn fold(r: ReduceOp, wide: bool) -> [&'static str; 4] {
 /// of its `element` function) reads or computes.
 fn reduce_kernel(
     r: ReduceOp,
-    (source, element): (&str, &str),
+    (source, element): (&[&'static str], &str),
     operands: Vec<Operand>,
     (params, grid, wide): (Params, [u32; 3], bool),
 ) -> Result<Dispatch> {
@@ -121,7 +121,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
             let rows = rows(op, &[input], out, *axis, f)?;
             let operands = vec![Operand::input(input), Operand::output(out)];
             let element = "return ldf0(row_o.x + i * pw(3u));";
-            Ok(vec![reduce_kernel(*r, (REDUCE, element), operands, rows)?])
+            Ok(vec![reduce_kernel(*r, (&[REDUCE], element), operands, rows)?])
         }
         Op::FusedReduce { inputs, program, op: r, axis, out } => {
             let views: Vec<&View> = inputs.iter().collect();
@@ -138,7 +138,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
             );
             let mut operands: Vec<Operand> = inputs.iter().map(Operand::input).collect();
             operands.push(Operand::output(out));
-            let source = format!("{REDUCE}{}", step_helpers()?);
+            let source = [REDUCE, step_helpers()?];
             Ok(vec![reduce_kernel(*r, (&source, &element), operands, (params, grid, wide))?])
         }
         Op::Softmax { input, out, axis, log } => {
@@ -146,7 +146,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
             params.set(4, u32::from(*log))?;
             let k = Kernel {
                 family: "softmax",
-                source: SOFTMAX,
+                source: &[SOFTMAX],
                 entry: if wide { "wide" } else { "short" },
                 operands: vec![Operand::input(input), Operand::output(out)],
                 status: false,
