@@ -524,7 +524,7 @@ fn fused_program(k: &FusedKernel, p: &McParams, m: &mut Memory) {
     let n = k.inputs.len();
     let constant = |c: Constant| match c {
         Constant::Slot(i) => f32::from_bits(p.ext[i] as u32),
-        Constant::Literal(v) => v,
+        Constant::Literal(bits) => f32::from_bits(bits),
     };
     let mut r = vec![0.0f32; k.steps.len()];
     each(p, n + 1, |o| {

@@ -7,8 +7,9 @@
 //! (a test checks the tables against that file), so a program computes what its
 //! decomposition computes. The program's constants are kernel parameters (`McParams::ext`)
 //! as far as they go: an optimizer step whose learning rate and bias corrections change
-//! every step compiles once. A generated kernel is registered under its source text, so two
-//! ops with the same program shape share one NVRTC compile and one module.
+//! every step compiles once. A generated kernel is registered under its shape (steps and
+//! dtypes), so two ops with the same program shape share one NVRTC compile and one module,
+//! and a launch of a known shape formats no source text.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -25,15 +26,16 @@ const CONSTANT_SLOTS: usize = 12;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FusedId(u32);
 
-/// A constant of a registered program: parameter `ext[i]` (f32 bits) or a literal.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// A constant of a registered program: parameter `ext[i]` (f32 bits) or a literal (its
+/// bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Constant {
     Slot(usize),
-    Literal(f32),
+    Literal(u32),
 }
 
 /// A program step with its constants resolved to [`Constant`]s.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Step {
     Input(usize),
     Const(Constant),
@@ -53,8 +55,14 @@ pub(crate) struct FusedKernel {
     pub source: String,
 }
 
+/// What makes two programs one kernel: their steps (constants as slots) and dtypes.
+type Shape = (Vec<Step>, Vec<DType>, DType);
+
 #[derive(Default)]
 struct Registry {
+    /// Looked up on every launch: by shape, so that a hit costs no source text.
+    by_shape: HashMap<Shape, FusedId>,
+    /// Shapes whose text came out equal (a step nothing reads differs) share a kernel.
     by_source: HashMap<String, FusedId>,
     kernels: Vec<Arc<FusedKernel>>,
 }
@@ -74,7 +82,7 @@ pub(crate) fn register(program: &[Instr], inputs: &[DType], out: DType) -> (Fuse
             values.push(v);
             Constant::Slot(values.len() - 1)
         } else {
-            Constant::Literal(v)
+            Constant::Literal(v.to_bits())
         }
     };
     let steps: Vec<Step> = program
@@ -91,15 +99,25 @@ pub(crate) fn register(program: &[Instr], inputs: &[DType], out: DType) -> (Fuse
             Instr::Compare(op, a, b) => Step::Compare(op, a, b),
         })
         .collect();
-    let source = source(&steps, inputs, out);
+    let shape: Shape = (steps, inputs.to_vec(), out);
     let mut reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(&id) = reg.by_source.get(&source) {
+    if let Some(&id) = reg.by_shape.get(&shape) {
         return (id, values);
     }
-    let id = FusedId(reg.kernels.len() as u32);
-    let kernel = FusedKernel { steps, inputs: inputs.to_vec(), out, source: source.clone() };
-    reg.kernels.push(Arc::new(kernel));
-    reg.by_source.insert(source, id);
+    let source = source(&shape.0, inputs, out);
+    let id = match reg.by_source.get(&source) {
+        Some(&id) => id,
+        None => {
+            let id = FusedId(reg.kernels.len() as u32);
+            let steps = shape.0.clone();
+            let kernel =
+                FusedKernel { steps, inputs: inputs.to_vec(), out, source: source.clone() };
+            reg.kernels.push(Arc::new(kernel));
+            reg.by_source.insert(source, id);
+            id
+        }
+    };
+    reg.by_shape.insert(shape, id);
     (id, values)
 }
 
@@ -169,7 +187,7 @@ pub(crate) fn relation(op: CompareOp) -> &'static str {
 fn constant_expr(c: Constant) -> String {
     match c {
         Constant::Slot(i) => format!("__uint_as_float((u32)p.ext[{i}])"),
-        Constant::Literal(v) => format!("__uint_as_float({}u)", v.to_bits()),
+        Constant::Literal(bits) => format!("__uint_as_float({bits}u)"),
     }
 }
 
