@@ -501,6 +501,7 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
             })
         }
         Kernel::Fused(id) => fused_program(&fused::kernel(id), p, m),
+        Kernel::FusedReduce(id, _) => fused_reduction(&fused::kernel(id), p, m),
         Kernel::MatmulTiled(t) => each(p, 3, |o| {
             let e = &p.ext;
             let (rows, cols, k) = (e[0], e[1], e[2]);
@@ -539,6 +540,44 @@ fn fused_program(k: &FusedKernel, p: &McParams, m: &mut Memory) {
             };
         }
         m.store_f32(n, o[n], k.out, r[k.steps.len() - 1]);
+    });
+}
+
+/// A generated fused reduction: each row's elements computed by the steps, folded as
+/// `reduce_row` folds an input's (f64 sums rounded once, NaN-ignoring max and min).
+fn fused_reduction(k: &FusedKernel, p: &McParams, m: &mut Memory) {
+    let inputs = k.inputs.len();
+    let constant = |c: Constant| match c {
+        Constant::Slot(i) => f32::from_bits(p.ext[i] as u32),
+        Constant::Literal(bits) => f32::from_bits(bits),
+    };
+    let mut r = vec![0.0f32; k.steps.len()];
+    let n = p.ext[0];
+    each(p, inputs + 1, |o| {
+        let (mut sum, mut max, mut min) = (0.0f64, f32::NEG_INFINITY, f32::INFINITY);
+        for i in 0..n {
+            for (at_step, step) in k.steps.iter().enumerate() {
+                r[at_step] = match *step {
+                    Step::Input(q) => m.load_f32(q, at(o[q], i, p.ext[1 + q]), k.inputs[q]),
+                    Step::Const(c) => constant(c),
+                    Step::Unary(op, a) => unary(op, r[a]),
+                    Step::Binary(op, a, b) => binary(op, r[a], r[b]),
+                    Step::Affine(a, mul, add) => r[a] * constant(mul) + constant(add),
+                    Step::Compare(op, a, b) => f32::from(u8::from(compare(op, r[a], r[b]))),
+                };
+            }
+            let v = r[k.steps.len() - 1];
+            sum += f64::from(v);
+            max = max.max(v);
+            min = min.min(v);
+        }
+        let value = match k.reduce {
+            Some(ReduceOp::Sum) => sum as f32,
+            Some(ReduceOp::Mean) => (sum / n as f64) as f32,
+            Some(ReduceOp::Min) => min,
+            _ => max,
+        };
+        m.store_f32(inputs, o[inputs], k.out, value);
     });
 }
 

@@ -14,13 +14,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use manychips_api::{BinaryOp, CompareOp, DType, Instr, UnaryOp};
+use manychips_api::{BinaryOp, CompareOp, DType, Instr, ReduceOp, UnaryOp};
 
 /// Inputs a generated kernel takes: `McParams` carries four operands, the output included.
 pub(crate) const MAX_INPUTS: usize = 3;
 
-/// Constants that travel as parameters (the words of `McParams::ext`); the rest are literals.
-const CONSTANT_SLOTS: usize = 12;
+/// Words of `McParams::ext`: an elementwise program's constants take all of them; a fused
+/// reduction's row length and inputs' axis strides take the first four.
+const EXT_WORDS: usize = 12;
+const REDUCE_WORDS: usize = 4;
 
 /// A registered program: an index into the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,18 +47,20 @@ pub(crate) enum Step {
     Compare(CompareOp, usize, usize),
 }
 
-/// A generated kernel: its steps (the emulator interprets them), operand dtypes and the
-/// CUDA source of its one function, `fused`.
+/// A generated kernel: its steps (the emulator interprets them), operand dtypes, the
+/// reduction it folds the steps' values with (`None`: elementwise), and its CUDA source:
+/// `fused`, or `fused_reduce` and `fused_reduce_warp`.
 #[derive(Debug)]
 pub(crate) struct FusedKernel {
     pub steps: Vec<Step>,
     pub inputs: Vec<DType>,
     pub out: DType,
+    pub reduce: Option<ReduceOp>,
     pub source: String,
 }
 
-/// What makes two programs one kernel: their steps (constants as slots) and dtypes.
-type Shape = (Vec<Step>, Vec<DType>, DType);
+/// What makes two programs one kernel: their steps (constants as slots), dtypes and fold.
+type Shape = (Vec<Step>, Vec<DType>, DType, Option<ReduceOp>);
 
 #[derive(Default)]
 struct Registry {
@@ -72,15 +76,23 @@ fn registry() -> &'static Mutex<Registry> {
     REGISTRY.get_or_init(Mutex::default)
 }
 
-/// The kernel for `program` over inputs of `inputs` dtypes writing `out`, and the values of
-/// its parameter constants in slot order.
-pub(crate) fn register(program: &[Instr], inputs: &[DType], out: DType) -> (FusedId, Vec<f32>) {
+/// The kernel for `program` over inputs of `inputs` dtypes writing `out` (each element, or
+/// each row's fold by `reduce`), and the values of its parameter constants: `(ext word,
+/// value)`.
+pub(crate) fn register(
+    program: &[Instr],
+    inputs: &[DType],
+    out: DType,
+    reduce: Option<ReduceOp>,
+) -> (FusedId, Vec<(usize, f32)>) {
+    let first = if reduce.is_some() { REDUCE_WORDS } else { 0 };
     let mut values = Vec::new();
     let mut constant = |v: f64| {
         let v = v as f32;
-        if values.len() < CONSTANT_SLOTS {
-            values.push(v);
-            Constant::Slot(values.len() - 1)
+        let slot = first + values.len();
+        if slot < EXT_WORDS {
+            values.push((slot, v));
+            Constant::Slot(slot)
         } else {
             Constant::Literal(v.to_bits())
         }
@@ -99,19 +111,19 @@ pub(crate) fn register(program: &[Instr], inputs: &[DType], out: DType) -> (Fuse
             Instr::Compare(op, a, b) => Step::Compare(op, a, b),
         })
         .collect();
-    let shape: Shape = (steps, inputs.to_vec(), out);
+    let shape: Shape = (steps, inputs.to_vec(), out, reduce);
     let mut reg = registry().lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(&id) = reg.by_shape.get(&shape) {
         return (id, values);
     }
-    let source = source(&shape.0, inputs, out);
+    let source = source(&shape.0, inputs, out, reduce);
     let id = match reg.by_source.get(&source) {
         Some(&id) => id,
         None => {
             let id = FusedId(reg.kernels.len() as u32);
             let steps = shape.0.clone();
-            let kernel =
-                FusedKernel { steps, inputs: inputs.to_vec(), out, source: source.clone() };
+            let inputs = inputs.to_vec();
+            let kernel = FusedKernel { steps, inputs, out, reduce, source: source.clone() };
             reg.kernels.push(Arc::new(kernel));
             reg.by_source.insert(source, id);
             id
@@ -191,15 +203,10 @@ fn constant_expr(c: Constant) -> String {
     }
 }
 
-/// The CUDA source of the kernel `fused(p, in0.., out)` (common.cuh goes before it).
-fn source(steps: &[Step], inputs: &[DType], out: DType) -> String {
-    let n = inputs.len() + 1;
-    let mut args = String::new();
-    for (m, &t) in inputs.iter().enumerate() {
-        args.push_str(&format!("const {}* __restrict__ in{m}, ", c_type(t)));
-    }
-    // Steps nothing reads (the output is the last) are left out: NVRTC warns of a variable
-    // set but never used.
+/// The steps of a program as CUDA statements, the value of input `m` read at `at(m)`:
+/// `float r<k>` per step, steps nothing reads left out (NVRTC warns of a variable set but
+/// never used).
+fn statements(steps: &[Step], indent: &str, at: impl Fn(usize) -> String) -> String {
     let mut live = vec![false; steps.len()];
     if let Some(last) = live.last_mut() {
         *last = true;
@@ -220,7 +227,7 @@ fn source(steps: &[Step], inputs: &[DType], out: DType) -> String {
     let mut body = String::new();
     for (k, step) in steps.iter().enumerate().filter(|(k, _)| live[*k]) {
         let line = match *step {
-            Step::Input(m) => format!("float r{k} = mc_ld(in{m}, o.o[{m}]);"),
+            Step::Input(m) => format!("float r{k} = mc_ld(in{m}, {});", at(m)),
             Step::Const(c) => format!("float r{k} = {};", constant_expr(c)),
             Step::Unary(op, a) => {
                 format!("float r{k}; {{ float x = r{a}; r{k} = {}; }}", unary_expr(op))
@@ -236,22 +243,75 @@ fn source(steps: &[Step], inputs: &[DType], out: DType) -> String {
                 format!("float r{k} = (r{a} {} r{b}) ? 1.0f : 0.0f;", relation(op))
             }
         };
-        body.push_str("        ");
+        body.push_str(indent);
         body.push_str(&line);
         body.push('\n');
     }
+    body
+}
+
+/// The CUDA source of the kernel `fused(p, in0.., out)`, or for a reduction of the kernels
+/// `fused_reduce` (a block per row) and `fused_reduce_warp` (a warp per row), which fold
+/// the program's value at each element of a row as reduce.cu's kernels fold the input's
+/// (common.cuh goes before it).
+fn source(steps: &[Step], inputs: &[DType], out: DType, reduce: Option<ReduceOp>) -> String {
+    let n = inputs.len() + 1;
+    let mut args = String::new();
+    for (m, &t) in inputs.iter().enumerate() {
+        args.push_str(&format!("const {}* __restrict__ in{m}, ", c_type(t)));
+    }
+    let (out_t, last, out_op) = (c_type(out), steps.len() - 1, n - 1);
+    let params = format!("const McParams p, {args}{out_t}* __restrict__ out");
+    let Some(reduce) = reduce else {
+        let body = statements(steps, "        ", |m| format!("o.o[{m}]"));
+        return format!(
+            "// A fused program, generated by backends/cuda/src/fused.rs.\n\
+             extern \"C\" __global__ void fused({params}) {{\n\
+             \x20   MC_FOR_EACH(g, p) {{\n\
+             \x20       McOffsets<{n}> o = mc_offsets<{n}>(p, g);\n\
+             {body}\
+             \x20       mc_st(out, o.o[{out_op}], r{last});\n\
+             \x20   }}\n\
+             }}\n"
+        );
+    };
+    // reduce.cu's folds: sums in f64, rounded once; max and min ignore NaN. (ArgMax is no
+    // fused reduction: `Op::validate` refuses it.)
+    let (combiner, lift, finish) = match reduce {
+        ReduceOp::Sum => ("McSumF64", "(double)", "(float)acc"),
+        ReduceOp::Mean => ("McSumF64", "(double)", "(float)(acc / (double)n)"),
+        ReduceOp::Max | ReduceOp::ArgMax => ("McMaxF32", "", "acc"),
+        ReduceOp::Min => ("McMinF32", "", "acc"),
+    };
+    let body = statements(steps, "            ", |m| format!("o.o[{m}] + i * p.ext[{}]", 1 + m));
+    let pass: String = (0..inputs.len()).map(|m| format!("in{m}, ")).collect();
     format!(
-        "// A fused program, generated by backends/cuda/src/fused.rs.\n\
-         extern \"C\" __global__ void fused(const McParams p, {args}{out_t}* __restrict__ out) {{\n\
-         \x20   MC_FOR_EACH(g, p) {{\n\
-         \x20       McOffsets<{n}> o = mc_offsets<{n}>(p, g);\n\
+        "// A fused reduction, generated by backends/cuda/src/fused.rs: ext[0] = row length,\n\
+         // ext[1 + m] = input m's stride along the axis.\n\
+         template <typename Team>\n\
+         __device__ __forceinline__ void mc_fused_rows({params}) {{\n\
+         \x20   const u64 n = p.ext[0];\n\
+         \x20   // The loop condition is uniform across the team, so every thread of a team\n\
+         \x20   // reaches the team's shuffles and barriers.\n\
+         \x20   for (u64 row = Team::first(); row < p.count; row += Team::step()) {{\n\
+         \x20       McOffsets<{n}> o = mc_offsets<{n}>(p, row);\n\
+         \x20       auto acc = {combiner}::identity();\n\
+         \x20       for (u64 i = Team::lane(); i < n; i += Team::size()) {{\n\
          {body}\
-         \x20       mc_st(out, o.o[{last_op}], r{last});\n\
+         \x20           acc = {combiner}::combine(acc, {lift}r{last});\n\
+         \x20       }}\n\
+         \x20       acc = Team::template reduce<{combiner}>(acc);\n\
+         \x20       if (Team::lane() == 0) {{\n\
+         \x20           mc_st(out, o.o[{out_op}], {finish});\n\
+         \x20       }}\n\
          \x20   }}\n\
-         }}\n",
-        out_t = c_type(out),
-        last_op = n - 1,
-        last = steps.len() - 1,
+         }}\n\
+         extern \"C\" __global__ void fused_reduce({params}) {{\n\
+         \x20   mc_fused_rows<McBlockTeam>(p, {pass}out);\n\
+         }}\n\
+         extern \"C\" __global__ void fused_reduce_warp({params}) {{\n\
+         \x20   mc_fused_rows<McWarpTeam>(p, {pass}out);\n\
+         }}\n"
     )
 }
 
@@ -289,11 +349,11 @@ mod tests {
             ]
         };
         let dtypes = [DType::F32, DType::BF16];
-        let (a, va) = register(&program(0.1), &dtypes, DType::F32);
-        let (b, vb) = register(&program(0.2), &dtypes, DType::F32);
+        let (a, va) = register(&program(0.1), &dtypes, DType::F32, None);
+        let (b, vb) = register(&program(0.2), &dtypes, DType::F32, None);
         assert_eq!(a, b);
-        assert_eq!((va, vb), (vec![0.1, 0.0], vec![0.2, 0.0]));
-        let (c, _) = register(&program(0.1), &dtypes, DType::F16);
+        assert_eq!((va, vb), (vec![(0, 0.1), (1, 0.0)], vec![(0, 0.2), (1, 0.0)]));
+        let (c, _) = register(&program(0.1), &dtypes, DType::F16, None);
         assert_ne!(a, c, "another output dtype is another kernel");
         let k = kernel(a);
         assert!(k.source.contains("const mc_bf16* __restrict__ in1"), "{}", k.source);
@@ -302,8 +362,11 @@ mod tests {
         let long: Vec<Instr> = std::iter::once(Instr::Input(0))
             .chain((0..10).map(|k| Instr::Affine(k, 2.0, 1.0)))
             .collect();
-        let (id, values) = register(&long, &[DType::F32], DType::F32);
-        assert_eq!(values.len(), CONSTANT_SLOTS);
+        let (id, values) = register(&long, &[DType::F32], DType::F32, None);
+        assert_eq!(values.len(), EXT_WORDS);
+        let (_, reduced) = register(&long, &[DType::F32], DType::F32, Some(ReduceOp::Sum));
+        assert_eq!(reduced.first(), Some(&(REDUCE_WORDS, 2.0)), "after the reduction's words");
+        assert_eq!(reduced.len(), EXT_WORDS - REDUCE_WORDS);
         assert!(kernel(id).source.contains(&format!("{}u", 1.0f32.to_bits())));
     }
 }

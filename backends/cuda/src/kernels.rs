@@ -115,6 +115,8 @@ pub enum Kernel {
     MatmulTiled(DType),
     /// A generated fused program (`crate::fused`): `fused(p, in0.., out)`.
     Fused(FusedId),
+    /// A generated fused reduction: `fused_reduce[_warp](p, in0.., out)`.
+    FusedReduce(FusedId, Team),
 }
 
 impl Kernel {
@@ -141,6 +143,7 @@ impl Kernel {
             Kernel::IndexAdd { dtype, atomic: a } => format!("index_add{}_{dtype}", atomic(a)),
             Kernel::MatmulTiled(t) => format!("matmul_tiled_{t}"),
             Kernel::Fused(_) => "fused".into(),
+            Kernel::FusedReduce(_, tm) => format!("fused_reduce{}", team(tm)),
         }
     }
 
@@ -161,7 +164,7 @@ impl Kernel {
             | Kernel::ScatterAdd { .. }
             | Kernel::IndexAdd { .. } => Source::Index,
             Kernel::MatmulTiled(..) => Source::Matmul,
-            Kernel::Fused(id) => Source::Fused(*id),
+            Kernel::Fused(id) | Kernel::FusedReduce(id, _) => Source::Fused(*id),
         }
     }
 
@@ -181,7 +184,7 @@ impl Kernel {
             | Kernel::IndexSelect(..)
             | Kernel::ScatterAdd { .. }
             | Kernel::IndexAdd { .. } => 4,
-            Kernel::Fused(id) => fused::kernel(*id).inputs.len() + 1,
+            Kernel::Fused(id) | Kernel::FusedReduce(id, _) => fused::kernel(*id).inputs.len() + 1,
         }
     }
 
@@ -200,7 +203,9 @@ impl Kernel {
     /// Whether the kernel reduces with a team (block size a multiple of 32, at most 1024).
     pub fn team(&self) -> Option<Team> {
         match self {
-            Kernel::Reduce(_, _, t) | Kernel::Softmax { team: t, .. } => Some(*t),
+            Kernel::Reduce(_, _, t)
+            | Kernel::Softmax { team: t, .. }
+            | Kernel::FusedReduce(_, t) => Some(*t),
             _ => None,
         }
     }
@@ -356,7 +361,7 @@ mod tests {
                 Kernel::IndexAdd { atomic: false, .. } => "index_add_##tn".into(),
                 Kernel::IndexAdd { atomic: true, .. } => "index_add_atomic_##tn".into(),
                 Kernel::MatmulTiled(_) => "matmul_tiled_##tn".into(),
-                Kernel::Fused(_) => "fused".into(),
+                Kernel::Fused(_) | Kernel::FusedReduce(..) => "fused".into(),
             };
             assert!(body.contains(&stem), "{k}: `{stem}` not in {}", k.source());
         }

@@ -120,13 +120,16 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         | Op::Copy { .. }
         | Op::Fill { .. } => elementwise(op, cfg).map(Plan::single),
         Op::Fused { .. } if runs_natively(op) => elementwise(op, cfg).map(Plan::single),
+        Op::FusedReduce { inputs, program, op: r, axis, out } if runs_natively(op) => {
+            fused_rows(op, (inputs, program, *r), out, *axis, cfg).map(Plan::single)
+        }
         // No CUDA kernel: the device runs it as its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
         Op::Fused { .. } | Op::FusedReduce { .. } => Err(manychips_api::Error::InvalidArgument {
             op: op.name(),
             device: "cuda".into(),
             detail: format!(
-                "no CUDA kernel for fused reductions or programs of more than {} inputs; {}",
+                "no CUDA kernel for fused programs of more than {} inputs; {}",
                 fused::MAX_INPUTS,
                 op.describe()
             ),
@@ -157,12 +160,13 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
     }
 }
 
-/// Whether `op` has a kernel here; else the device runs its decomposition (fused reductions,
-/// fused programs of more than [`fused::MAX_INPUTS`] inputs).
+/// Whether `op` has a kernel here; else the device runs its decomposition (fused programs
+/// and reductions of more than [`fused::MAX_INPUTS`] inputs).
 pub(crate) fn runs_natively(op: &Op) -> bool {
     match op {
-        Op::Fused { inputs, .. } => inputs.len() <= fused::MAX_INPUTS,
-        Op::FusedReduce { .. } => false,
+        Op::Fused { inputs, .. } | Op::FusedReduce { inputs, .. } => {
+            inputs.len() <= fused::MAX_INPUTS
+        }
         _ => true,
     }
 }
@@ -229,9 +233,9 @@ fn elementwise(op: &Op, cfg: &Config) -> Result<Launch> {
         }
         Op::Fused { inputs, program, out } => {
             let dtypes: Vec<DType> = inputs.iter().map(|v| v.dtype).collect();
-            let (id, constants) = fused::register(program, &dtypes, out.dtype);
-            for (word, c) in p.ext.iter_mut().zip(constants) {
-                *word = u64::from(c.to_bits());
+            let (id, constants) = fused::register(program, &dtypes, out.dtype, None);
+            for (word, c) in constants {
+                p.ext[word] = u64::from(c.to_bits());
             }
             Kernel::Fused(id)
         }
@@ -285,6 +289,46 @@ fn rows(op: &Op, input: &View, out: &View, axis: usize, cfg: &Config) -> Result<
     };
     let grid = blocks(count, rows_per_block, cfg);
     let args = vec![Arg::Buffer(input.buffer), Arg::Buffer(out.buffer)];
+    Ok(Launch { kernel, params: p, args, grid: [grid, 1, 1], block: [BLOCK, 1, 1] })
+}
+
+/// A fused reduction: [`rows`]' launch, each row's elements computed by the program from
+/// its inputs (`ext[1 + m]` input `m`'s stride along the axis, constants after them).
+fn fused_rows(
+    op: &Op,
+    (inputs, program, r): (&[View], &[manychips_api::Instr], manychips_api::ReduceOp),
+    out: &View,
+    axis: usize,
+    cfg: &Config,
+) -> Result<Launch> {
+    let mut dims = inputs[0].dims().to_vec();
+    let n = dims.remove(axis);
+    let ops: Vec<Strided> = inputs
+        .iter()
+        .chain([out])
+        .map(|v| without(v.layout.offset, &v.layout.strides, axis))
+        .collect();
+    let mut p = params::strided(op, &dims, &ops)?;
+    p.ext[0] = n as u64;
+    for (m, v) in inputs.iter().enumerate() {
+        p.ext[1 + m] = v.layout.strides[axis] as u64;
+    }
+    let dtypes: Vec<DType> = inputs.iter().map(|v| v.dtype).collect();
+    let (id, constants) = fused::register(program, &dtypes, out.dtype, Some(r));
+    for (word, c) in constants {
+        p.ext[word] = u64::from(c.to_bits());
+    }
+    let count = p.count as usize;
+    let few_rows = count <= 2 * cfg.sm_count.max(1) as usize;
+    let team = if n >= WIDE_ROW || few_rows { Team::Block } else { Team::Warp };
+    let rows_per_block = match team {
+        Team::Block => 1,
+        Team::Warp => (BLOCK / 32) as usize,
+    };
+    let grid = blocks(count, rows_per_block, cfg);
+    let mut args: Vec<Arg> = inputs.iter().map(|v| Arg::Buffer(v.buffer)).collect();
+    args.push(Arg::Buffer(out.buffer));
+    let kernel = Kernel::FusedReduce(id, team);
     Ok(Launch { kernel, params: p, args, grid: [grid, 1, 1], block: [BLOCK, 1, 1] })
 }
 

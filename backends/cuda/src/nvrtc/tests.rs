@@ -206,12 +206,14 @@ fn every_kernel_source_compiles_to_ptx_for_the_oldest_arch_sm80_and_sm90() {
 }
 
 /// Generated fused kernels (`crate::fused`) compile without an error or warning for the
-/// oldest architecture, compute_80 and compute_90, with one entry point `fused` of the
-/// documented ABI: a program with every unary, binary and comparison step, constants as
-/// parameters and as literals, over f32, f16 and bf16 inputs with a bf16 output.
+/// oldest architecture, compute_80 and compute_90, with the entry points of the documented
+/// ABI (`fused`; `fused_reduce` and `fused_reduce_warp` for each fold): a program with every
+/// unary, binary and comparison step, constants as parameters and as literals, over f32,
+/// f16 and bf16 inputs with a bf16 (f16 for the folds) output.
 #[test]
 fn generated_fused_kernels_compile_to_ptx() {
-    use manychips_api::{BinaryOp, CompareOp, DType, Instr, UnaryOp};
+    use crate::kernels::Team;
+    use manychips_api::{BinaryOp, CompareOp, DType, Instr, ReduceOp, UnaryOp};
     let Some(_) = nvrtc_or_skip("the NVRTC fused-kernel check") else { return };
     let mut program = vec![Instr::Input(0), Instr::Input(1), Instr::Input(2)];
     let push = |program: &mut Vec<Instr>, instr: Instr| {
@@ -232,24 +234,37 @@ fn generated_fused_kernels_compile_to_ptx() {
     }
     push(&mut program, Instr::Const(3.0));
     let inputs = [DType::F32, DType::F16, DType::BF16];
-    let (id, constants) = crate::fused::register(&program, &inputs, DType::BF16);
+    let (id, constants) = crate::fused::register(&program, &inputs, DType::BF16, None);
     assert_eq!(constants.len(), 12, "the rest of the constants are literals");
-    let kernel = Kernel::Fused(id);
+    let mut kernels = vec![vec![Kernel::Fused(id)]];
+    // The same program folded along an axis, by every fold a fused reduction takes.
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
+        let (id, _) = crate::fused::register(&program, &inputs, DType::F16, Some(op));
+        kernels
+            .push(vec![Kernel::FusedReduce(id, Team::Block), Kernel::FusedReduce(id, Team::Warp)]);
+    }
     let supported = supported_archs().expect("nvrtcGetSupportedArchs");
     let oldest = supported.iter().copied().min().expect("NVRTC supports no architecture");
     for arch in [format!("compute_{oldest}"), "compute_80".into(), "compute_90".into()] {
-        let compiled = compile(kernel.source(), &format!("--gpu-architecture={arch}"), false)
-            .unwrap_or_else(|e| panic!("fused [{arch}]: {e:?}"));
-        let bad = problems(&compiled.log);
-        assert!(bad.is_empty(), "fused [{arch}]: {}", bad.join("\n"));
-        let ptx = String::from_utf8_lossy(&compiled.image);
-        let found = entries(&ptx);
-        let names: Vec<&String> = found.keys().collect();
-        assert_eq!(names, ["fused"], "[{arch}]");
-        let entry = &found["fused"];
-        let first = format!(".param .align 8 .b8 fused_param_0[{PARAMS_BYTES}]");
-        assert_eq!(entry.params.first(), Some(&first), "[{arch}]");
-        assert_eq!(entry.params.len() - 1, kernel.pointer_args(), "[{arch}]");
+        for program in &kernels {
+            let source = program[0].source();
+            let compiled = compile(source, &format!("--gpu-architecture={arch}"), false)
+                .unwrap_or_else(|e| panic!("{} [{arch}]: {e:?}", program[0]));
+            let bad = problems(&compiled.log);
+            assert!(bad.is_empty(), "{} [{arch}]: {}", program[0], bad.join("\n"));
+            let ptx = String::from_utf8_lossy(&compiled.image);
+            let found = entries(&ptx);
+            let names: Vec<&String> = found.keys().collect();
+            let want: Vec<String> = program.iter().map(Kernel::name).collect();
+            assert_eq!(names, want.iter().collect::<Vec<_>>(), "[{arch}]");
+            for k in program {
+                let name = k.name();
+                let entry = &found[&name];
+                let first = format!(".param .align 8 .b8 {name}_param_0[{PARAMS_BYTES}]");
+                assert_eq!(entry.params.first(), Some(&first), "{name} [{arch}]");
+                assert_eq!(entry.params.len() - 1, k.pointer_args(), "{name} [{arch}]");
+            }
+        }
     }
 }
 
