@@ -321,7 +321,7 @@ multiversion! {
 /// Running sums of the softmax loops: one 512-bit vector of them, so the AVX-512 build
 /// computes the exponentials at its full width in the same loop (two 256-bit vectors per
 /// step in the AVX2 build).
-const SOFTMAX_LANES: usize = 16;
+pub(crate) const SOFTMAX_LANES: usize = 16;
 
 multiversion! {
     /// `dst[i] = e^(src[i] - m)`; returns Σ dst (f32, 16 lanes; callers keep blocks short).
@@ -385,6 +385,35 @@ multiversion! {
 }
 
 multiversion! {
+    /// Softmax (or log-softmax when `log`) of each `len`-long row of `src` into `dst`, for
+    /// rows shorter than [`SOFTMAX_LANES`] (a classifier's ten classes): the arithmetic of
+    /// `max`, `exp_sub_sum` / `exp_sub_store`, `sub2` and `scale` on such a row, step for
+    /// step, in one call for all the rows instead of four per row.
+    pub(crate) fn softmax_short_rows(src: &[f32], dst: &mut [f32], len: usize, log: bool) {
+        for (s, d) in src.chunks_exact(len).zip(dst.chunks_exact_mut(len)) {
+            let m = s.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            if log {
+                let sum: f32 = s.iter().map(|&v| math::exp::<M>(v - m)).sum();
+                let c = f64::from(sum).ln() as f32;
+                for (d, &v) in d.iter_mut().zip(s) {
+                    *d = (v - m) - c;
+                }
+            } else {
+                let mut sum = 0f32;
+                for (d, &v) in d.iter_mut().zip(s) {
+                    *d = math::exp::<M>(v - m);
+                    sum += *d;
+                }
+                let k = (1.0 / f64::from(sum)) as f32;
+                for d in d.iter_mut() {
+                    *d *= k;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
     pub(crate) fn scale(x: &mut [f32], k: f32) {
         for v in x.iter_mut() {
             *v *= k;
@@ -411,6 +440,30 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Short rows in one call compute what the per-row steps compute, bit for bit.
+    #[test]
+    fn short_softmax_rows_match_the_row_steps() {
+        let len = 10;
+        let src: Vec<f32> = (0..7 * len).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
+        for log in [false, true] {
+            let mut fast = vec![0f32; src.len()];
+            softmax_short_rows(&src, &mut fast, len, log);
+            for (s, got) in src.chunks(len).zip(fast.chunks(len)) {
+                let m = max(s);
+                let mut want = vec![0f32; len];
+                if log {
+                    let c = (exp_sub_sum(s, m) as f64).ln() as f32;
+                    sub2(s, &mut want, m, c);
+                } else {
+                    let sum = exp_sub_store(s, &mut want, m) as f64;
+                    scale(&mut want, (1.0 / sum) as f32);
+                }
+                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "log {log}: {got:?} against {want:?}");
+            }
+        }
+    }
 
     #[test]
     fn comparisons_follow_ieee_in_every_form() {

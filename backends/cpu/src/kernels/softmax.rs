@@ -39,6 +39,10 @@ pub(crate) fn softmax<T: Elem>(
         let dst = &mut dst[ol.offset..ol.offset + numel];
         let rows = (MIN_CHUNK_HEAVY / len).max(1) * len;
         dst.par_chunks_mut(rows).zip(src.par_chunks(rows)).for_each(|(d, s)| {
+            if len < simd::SOFTMAX_LANES {
+                simd::softmax_short_rows(s, d, len, log);
+                return;
+            }
             for (d, s) in d.chunks_exact_mut(len).zip(s.chunks_exact(len)) {
                 row(s, d, log);
             }
