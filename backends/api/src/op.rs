@@ -129,6 +129,18 @@ impl CompareOp {
             CompareOp::Ge => "ge",
         }
     }
+
+    /// The relation as C, CUDA and WGSL write it (`==`, `<`, ...), for generated kernels.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CompareOp::Eq => "==",
+            CompareOp::Ne => "!=",
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
+        }
+    }
 }
 
 impl UnaryOp {

@@ -184,18 +184,6 @@ pub(crate) fn binary_expr(op: BinaryOp) -> &'static str {
     }
 }
 
-/// `MC_COMPARE_OPS` of elementwise.cu: the relation.
-pub(crate) fn relation(op: CompareOp) -> &'static str {
-    match op {
-        CompareOp::Eq => "==",
-        CompareOp::Ne => "!=",
-        CompareOp::Lt => "<",
-        CompareOp::Le => "<=",
-        CompareOp::Gt => ">",
-        CompareOp::Ge => ">=",
-    }
-}
-
 fn constant_expr(c: Constant) -> String {
     match c {
         Constant::Slot(i) => format!("__uint_as_float((u32)p.ext[{i}])"),
@@ -240,7 +228,7 @@ fn statements(steps: &[Step], indent: &str, at: impl Fn(usize) -> String) -> Str
                 format!("float r{k} = r{a} * {} + {};", constant_expr(mul), constant_expr(add))
             }
             Step::Compare(op, a, b) => {
-                format!("float r{k} = (r{a} {} r{b}) ? 1.0f : 0.0f;", relation(op))
+                format!("float r{k} = (r{a} {} r{b}) ? 1.0f : 0.0f;", op.symbol())
             }
         };
         body.push_str(indent);
@@ -333,7 +321,7 @@ mod tests {
             assert!(elementwise.contains(&entry), "{entry} not in elementwise.cu");
         }
         for op in CompareOp::ALL {
-            let entry = format!("X({}, {})", op.name(), relation(op));
+            let entry = format!("X({}, {})", op.name(), op.symbol());
             assert!(elementwise.contains(&entry), "{entry} not in elementwise.cu");
         }
     }

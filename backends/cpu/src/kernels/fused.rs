@@ -390,7 +390,7 @@ fn compute<'a>(
 }
 
 /// `x ∘ y` as `Op::Compare` decides it (IEEE: any comparison with NaN is false but `Ne`).
-fn compare(op: CompareOp, x: f32, y: f32) -> bool {
+pub(crate) fn compare(op: CompareOp, x: f32, y: f32) -> bool {
     match op {
         CompareOp::Eq => x == y,
         CompareOp::Ne => x != y,

@@ -508,15 +508,7 @@ mod tests {
             f32::NAN,
         ];
         for op in CompareOp::ALL {
-            let holds = |x: f32, y: f32| match op {
-                CompareOp::Eq => x == y,
-                CompareOp::Ne => x != y,
-                CompareOp::Lt => x < y,
-                CompareOp::Le => x <= y,
-                CompareOp::Gt => x > y,
-                CompareOp::Ge => x >= y,
-            };
-            let want = |x, y| if holds(x, y) { 1.0 } else { 0.0 };
+            let want = |x, y| if super::super::fused::compare(op, x, y) { 1.0 } else { 0.0 };
             let mut d = [9.0f32; 18];
             compare_vv(op, &a, &b, &mut d);
             assert!(d.iter().zip(a.iter().zip(&b)).all(|(d, (&x, &y))| *d == want(x, y)), "{op:?}");

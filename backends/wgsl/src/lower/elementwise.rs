@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use manychips_api::{BinaryOp, CompareOp, DType, Instr, Layout, Op, Result, UnaryOp};
+use manychips_api::{BinaryOp, DType, Instr, Layout, Op, Result, UnaryOp};
 
 use super::{one_bits, strided};
 use crate::kernel::{Kernel, Operand, WG, conversions, grid_1d};
@@ -23,17 +23,6 @@ fn binary(op: BinaryOp) -> &'static str {
         BinaryOp::Max => "max(x, y)",
         BinaryOp::Min => "min(x, y)",
         BinaryOp::Pow => "pow(x, y)",
-    }
-}
-
-fn compare(op: CompareOp) -> &'static str {
-    match op {
-        CompareOp::Eq => "==",
-        CompareOp::Ne => "!=",
-        CompareOp::Lt => "<",
-        CompareOp::Le => "<=",
-        CompareOp::Gt => ">",
-        CompareOp::Ge => ">=",
     }
 }
 
@@ -266,9 +255,9 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
         }
         Op::Compare { op: c, lhs, out, .. } => {
             let cond = if lhs.dtype.is_float() {
-                format!("ldf0(o.x) {} ldf1(o.y)", compare(*c))
+                format!("ldf0(o.x) {} ldf1(o.y)", c.symbol())
             } else {
-                format!("ld0(o.x) {} ld1(o.y)", compare(*c))
+                format!("ld0(o.x) {} ld1(o.y)", c.symbol())
             };
             format!("return select(0u, {}u, {cond});", one_bits(out.dtype))
         }
@@ -338,7 +327,7 @@ pub(super) fn fused_steps(
                 format!("r{k} = r{a} * {mul} + {};", constant(add))
             }
             Instr::Compare(op, a, b) => {
-                format!("r{k} = select(0.0, 1.0, r{a} {} r{b});", compare(op))
+                format!("r{k} = select(0.0, 1.0, r{a} {} r{b});", op.symbol())
             }
         };
         body.push_str(&format!("var r{k}: f32; {step} "));
