@@ -263,7 +263,7 @@ fn split(program: &[Instr], max_inputs: usize) -> Vec<Part> {
 
 /// The registers `root`'s value is computed from (`root` included) down to inputs and to
 /// registers that `is_part` (their values read, not recomputed), and the sources that walk
-/// reaches, each once, in program order.
+/// reaches, each once, sorted.
 fn cone(
     program: &[Instr],
     root: usize,
