@@ -523,50 +523,48 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
 /// A generated fused kernel: its steps per element, in f32, as the generated source does.
 fn fused_program(k: &FusedKernel, p: &McParams, m: &mut Memory) {
     let n = k.inputs.len();
+    let mut r = vec![0.0f32; k.steps.len()];
+    each(p, n + 1, |o| {
+        let v = fused_value(k, p, m, &mut r, |q| o[q]);
+        m.store_f32(n, o[n], k.out, v);
+    });
+}
+
+/// The value of `k`'s steps with input `q` read at element `at(q)`, `r` its registers.
+fn fused_value(
+    k: &FusedKernel,
+    p: &McParams,
+    m: &mut Memory,
+    r: &mut [f32],
+    at: impl Fn(usize) -> u64,
+) -> f32 {
     let constant = |c: Constant| match c {
         Constant::Slot(i) => f32::from_bits(p.ext[i] as u32),
         Constant::Literal(bits) => f32::from_bits(bits),
     };
-    let mut r = vec![0.0f32; k.steps.len()];
-    each(p, n + 1, |o| {
-        for (at, step) in k.steps.iter().enumerate() {
-            r[at] = match *step {
-                Step::Input(i) => m.load_f32(i, o[i], k.inputs[i]),
-                Step::Const(c) => constant(c),
-                Step::Unary(op, a) => unary(op, r[a]),
-                Step::Binary(op, a, b) => binary(op, r[a], r[b]),
-                Step::Affine(a, mul, add) => r[a] * constant(mul) + constant(add),
-                Step::Compare(op, a, b) => f32::from(u8::from(compare(op, r[a], r[b]))),
-            };
-        }
-        m.store_f32(n, o[n], k.out, r[k.steps.len() - 1]);
-    });
+    for (k_at, step) in k.steps.iter().enumerate() {
+        r[k_at] = match *step {
+            Step::Input(q) => m.load_f32(q, at(q), k.inputs[q]),
+            Step::Const(c) => constant(c),
+            Step::Unary(op, a) => unary(op, r[a]),
+            Step::Binary(op, a, b) => binary(op, r[a], r[b]),
+            Step::Affine(a, mul, add) => r[a] * constant(mul) + constant(add),
+            Step::Compare(op, a, b) => f32::from(u8::from(compare(op, r[a], r[b]))),
+        };
+    }
+    r[k.steps.len() - 1]
 }
 
 /// A generated fused reduction: each row's elements computed by the steps, folded as
 /// `reduce_row` folds an input's (f64 sums rounded once, NaN-ignoring max and min).
 fn fused_reduction(k: &FusedKernel, p: &McParams, m: &mut Memory) {
     let inputs = k.inputs.len();
-    let constant = |c: Constant| match c {
-        Constant::Slot(i) => f32::from_bits(p.ext[i] as u32),
-        Constant::Literal(bits) => f32::from_bits(bits),
-    };
     let mut r = vec![0.0f32; k.steps.len()];
     let n = p.ext[0];
     each(p, inputs + 1, |o| {
         let (mut sum, mut max, mut min) = (0.0f64, f32::NEG_INFINITY, f32::INFINITY);
         for i in 0..n {
-            for (at_step, step) in k.steps.iter().enumerate() {
-                r[at_step] = match *step {
-                    Step::Input(q) => m.load_f32(q, at(o[q], i, p.ext[1 + q]), k.inputs[q]),
-                    Step::Const(c) => constant(c),
-                    Step::Unary(op, a) => unary(op, r[a]),
-                    Step::Binary(op, a, b) => binary(op, r[a], r[b]),
-                    Step::Affine(a, mul, add) => r[a] * constant(mul) + constant(add),
-                    Step::Compare(op, a, b) => f32::from(u8::from(compare(op, r[a], r[b]))),
-                };
-            }
-            let v = r[k.steps.len() - 1];
+            let v = fused_value(k, p, m, &mut r, |q| at(o[q], i, p.ext[1 + q]));
             sum += f64::from(v);
             max = max.max(v);
             min = min.min(v);
