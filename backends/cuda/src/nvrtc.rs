@@ -247,10 +247,47 @@ pub(crate) fn cache_file(
     dir.join(format!("{stem}-{}-nvrtc{}.{}-{key:016x}.{ext}", target.tag(), version.0, version.1))
 }
 
-/// Reads a cached image; `None` when absent, unreadable or damaged (the file ends with the
-/// FNV-1a hash of the image, so a truncated or corrupt file is recompiled, not loaded).
+/// The largest cached image read back (elementwise.cu's PTX is about 2 MB).
+const MAX_CACHED_BYTES: u64 = 64 << 20;
+
+/// The bytes of `path` if it is a plain file (not a symlink: the cache directory is the
+/// user's, but what it holds is loaded into the driver) of at most `max` bytes. The handle
+/// is checked to be the very file the path named when it was looked at, so a file swapped
+/// for a link in between is refused too.
+fn read_plain_file(path: &Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let named = std::fs::symlink_metadata(path).ok()?;
+    if !named.file_type().is_file() || named.len() > max {
+        return None;
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let opened = file.metadata().ok()?;
+    if !same_file(&named, &opened) || opened.len() > max {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= max).then_some(bytes)
+}
+
+/// Whether two metadata describe one file (device and inode; elsewhere than Unix only the
+/// symlink check above applies).
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    true
+}
+
+/// Reads a cached image; `None` when absent, unreadable, damaged (the file ends with the
+/// FNV-1a hash of the image, so a truncated or corrupt file is recompiled, not loaded), a
+/// symlink, or larger than [`MAX_CACHED_BYTES`].
 pub(crate) fn read_cached(path: &Path) -> Option<Vec<u8>> {
-    let mut bytes = std::fs::read(path).ok()?;
+    let mut bytes = read_plain_file(path, MAX_CACHED_BYTES)?;
     if bytes.len() < 9 {
         return None;
     }

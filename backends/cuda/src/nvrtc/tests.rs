@@ -51,6 +51,16 @@ fn disk_cache_round_trips_and_rejects_damaged_files() {
     assert_eq!(read_cached(&path), None);
     std::fs::write(&path, &damaged[..damaged.len() - 3]).unwrap();
     assert_eq!(read_cached(&path), None);
+    // A symlink in the cache is not followed, even to a valid image.
+    write_cached(&path, &image);
+    assert_eq!(read_cached(&path), Some(image.clone()));
+    #[cfg(unix)]
+    {
+        let link = dir.join("link.cubin");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert_eq!(read_cached(&link), None);
+    }
+    assert_eq!(read_cached(&dir), None, "a directory is no image");
     let _ = std::fs::remove_dir_all(&dir);
     assert_ne!(fnv1a(&[b"ab", b"c"]), fnv1a(&[b"a", b"bc"]));
 }
