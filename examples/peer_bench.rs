@@ -27,6 +27,10 @@ use manychips::train::optim::AdamW;
 use manychips::train::{DataParallel, ParamStore, Var, no_grad};
 use manychips::{DType, Device, DeviceRef, Fleet, Result, Tensor};
 
+/// As in the training examples (`examples/common`): mimalloc, not the system's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "manychips' side of scripts/peer-bench.sh: milliseconds per item, as JSON")]
 struct Args {

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use manychips::{DType, DeviceRef, Tensor};
 
+/// The benches allocate as the examples do (see `examples/common`): with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One measurement: the library against its baseline on the same work.
 pub struct Pair {
     pub group: String,

@@ -30,6 +30,10 @@ use serde_json::{Value, json};
 
 use out::Out;
 
+/// As in the training examples (`examples/common`): mimalloc, not the system's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum KitOnSoftware {
     /// Software rasterizers (lavapipe) are listed but not checked: CI's tests check them.
