@@ -32,6 +32,24 @@ pub(crate) fn memory() -> (u64, u64) {
     (total, free)
 }
 
+/// The size of the largest cache (Linux sysfs), e.g. 32 MiB for an L3; `None` elsewhere.
+pub(crate) fn last_level_cache() -> Option<usize> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    let size = |path: std::path::PathBuf| -> Option<usize> {
+        let text = std::fs::read_to_string(path.join("size")).ok()?;
+        let text = text.trim();
+        let (digits, unit) = match text.strip_suffix('K') {
+            Some(d) => (d, 1 << 10),
+            None => match text.strip_suffix('M') {
+                Some(d) => (d, 1 << 20),
+                None => (text, 1),
+            },
+        };
+        digits.parse::<usize>().ok()?.checked_mul(unit)
+    };
+    dir.filter_map(|entry| size(entry.ok()?.path())).max().filter(|&b| b > 0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -40,5 +58,8 @@ mod tests {
         assert!(total > 0 && free <= total);
         let (name, vendor) = super::cpu_model();
         assert!(!name.is_empty() && !vendor.is_empty());
+        if let Some(bytes) = super::last_level_cache() {
+            assert!(bytes >= 4096, "{bytes}");
+        }
     }
 }

@@ -159,6 +159,42 @@ fn broadcast_binary_ops() {
     assert!(got.iter().zip(&av).all(|(g, x)| *g == x * sv[0]));
 }
 
+/// Outputs past half the last-level cache are written with non-temporal stores: the
+/// results equal the cached loops' bit for bit, whatever the operands' offsets.
+#[test]
+fn large_outputs_stream_the_same_values() {
+    let dev = device();
+    let n = (16 << 20) + 5; // 64 MiB of f32 out: past half of any last-level cache
+    let a: Vec<f32> = (0..n + 1).map(|i| (i % 1013) as f32 * 0.37 - 100.0).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i % 977) as f32 * 0.11 + 0.5).collect();
+    let (ab, bb) = (upload(&dev, &a), upload(&dev, &b));
+    let scalar = upload(&dev, &[1.75f32]);
+    let out = dev.alloc((n + 1) * 4).unwrap();
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        let f = |x: f32, y: f32| match op {
+            BinaryOp::Add => x + y,
+            BinaryOp::Sub => x - y,
+            BinaryOp::Mul => x * y,
+            _ => x / y,
+        };
+        // lhs one element in (unaligned), out one element in, then a broadcast scalar.
+        let cases = [
+            (strided(ab, &[n], &[1], 1, DType::F32), contiguous(bb, &[n], DType::F32)),
+            (contiguous(ab, &[n], DType::F32), strided(scalar, &[n], &[0], 0, DType::F32)),
+        ];
+        for (k, (lhs, rhs)) in cases.into_iter().enumerate() {
+            let out_view = strided(out, &[n], &[1], 1, DType::F32);
+            dev.run(&Op::Binary { op, lhs, rhs, out: out_view }).unwrap();
+            let got = download::<f32>(&dev, out, n + 1);
+            let bad = (0..n).find(|&i| {
+                let want = if k == 0 { f(a[i + 1], b[i]) } else { f(a[i], 1.75) };
+                got[i + 1].to_bits() != want.to_bits()
+            });
+            assert_eq!(bad, None, "{op:?}, case {k}");
+        }
+    }
+}
+
 #[test]
 fn unary_and_affine() {
     let dev = device();

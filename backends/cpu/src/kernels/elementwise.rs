@@ -10,6 +10,7 @@ use manychips_api::{BinaryOp, CompareOp, Layout, UnaryOp};
 
 use super::plan::{MIN_CHUNK, MIN_CHUNK_HEAVY, Plan};
 use super::simd;
+use super::stream::{self, Operand};
 use crate::element::Elem;
 
 /// Elements per staging block: three blocks of f32 stay well inside L1.
@@ -77,11 +78,19 @@ pub(crate) fn binary<T: Elem>(
     let plan = Plan::new(ol.dims(), [ol, al, bl]);
     let [so, sa, sb] = plan.inner_strides();
     let chunk = if op == BinaryOp::Pow { MIN_CHUNK_HEAVY } else { MIN_CHUNK };
+    let streamed = stream::worth_it(plan.numel() * size_of::<f32>());
     plan.run(out, chunk, Stage::<3>::new, |stage, out, [oo, oa, ob], len| {
         if let (Some(a), Some(b), Some(o)) = (T::as_f32(a), T::as_f32(b), T::as_f32_mut(out))
             && (so == 1 || len == 1)
         {
             let o = &mut o[oo..oo + len];
+            if streamed
+                && let (Some(x), Some(y)) =
+                    (Operand::strided(a, oa, sa, len), Operand::strided(b, ob, sb, len))
+                && stream::binary(op, x, y, o)
+            {
+                return;
+            }
             match (sa, sb) {
                 (1, 1) => return simd::binary_vv(op, &a[oa..oa + len], &b[ob..ob + len], o),
                 (1, 0) => return simd::binary_vs(op, &a[oa..oa + len], b[ob], o),

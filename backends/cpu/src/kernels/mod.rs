@@ -16,6 +16,7 @@ pub(crate) mod plan;
 pub(crate) mod reduce;
 pub(crate) mod simd;
 pub(crate) mod softmax;
+pub(crate) mod stream;
 
 use rustc_hash::FxHashMap;
 
