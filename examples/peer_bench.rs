@@ -10,6 +10,11 @@
 //! 64-128-10 ReLU MLP, AdamW, batch 64, one pass over 1438 rows), `charlm_step`
 //! (`train_charlm`'s defaults: the step of `examples/gpu_report`). On `MANYCHIPS_DEVICES`
 //! (default: the CPU alone).
+//!
+//! `--work gpu` times the WGSL kernels on every wgpu and Vulkan device found instead, items
+//! named `op@device`: `add_4M`, `softmax_4096x1024`, and `matmul_1024` with the kernel the
+//! device picked for itself, then forced to `_blocked` (register-blocked) and `_tiled`
+//! (shared tiles); burn-wgpu runs the same work in `scripts/peers/burn`.
 
 #[path = "gpu_report/train.rs"]
 mod train;
@@ -17,6 +22,7 @@ mod train;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -25,7 +31,7 @@ use manychips::train::models::Mlp;
 use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, LayerNorm, Reduction};
 use manychips::train::optim::AdamW;
 use manychips::train::{DataParallel, ParamStore, Var, no_grad};
-use manychips::{DType, Device, DeviceRef, Fleet, Result, Tensor};
+use manychips::{DType, Device, DeviceRef, Fleet, MatmulKernel, Result, Tensor};
 
 /// As in the training examples (`examples/common`): mimalloc, not the system's malloc.
 #[global_allocator]
@@ -34,7 +40,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser, Debug)]
 #[command(about = "manychips' side of scripts/peer-bench.sh: milliseconds per item, as JSON")]
 struct Args {
-    /// Comma list of ops, mlp, charlm.
+    /// Comma list of ops, mlp, charlm, gpu.
     #[arg(long, default_value = "ops,mlp,charlm")]
     work: String,
     /// Runs per item (the median is printed).
@@ -85,7 +91,10 @@ fn run(args: &Args) -> std::result::Result<BTreeMap<String, f64>, String> {
             "charlm" => {
                 times.insert("charlm_step".into(), charlm(&fleet).map_err(failed)?);
             }
-            other => return Err(format!("unknown --work item {other:?} (ops, mlp, charlm)")),
+            "gpu" => gpu(args.reps, &mut times).map_err(failed)?,
+            other => {
+                return Err(format!("unknown --work item {other:?} (ops, mlp, charlm, gpu)"));
+            }
         }
     }
     Ok(times)
@@ -114,6 +123,49 @@ fn ops(dev: &DeviceRef, reps: u64, times: &mut BTreeMap<String, f64>) -> Result<
         "layernorm_4096x1024".into(),
         median_ms(reps, || no_grad(|| sync(norm.forward(&input)?.tensor().clone())))?,
     );
+    Ok(())
+}
+
+/// A GPU device with a way to force its matmul kernel.
+type Gpu = (DeviceRef, Box<dyn Fn(MatmulKernel)>);
+
+/// The GPU items on every wgpu and Vulkan device found.
+fn gpu(reps: u64, times: &mut BTreeMap<String, f64>) -> Result<()> {
+    let mut found: Vec<Gpu> = Vec::new();
+    for dev in manychips_wgpu::discover()? {
+        let dev = Arc::new(dev);
+        let handle = dev.clone();
+        found.push((dev, Box::new(move |k| handle.set_matmul_kernel(k))));
+    }
+    for dev in manychips_vulkan::discover()? {
+        let dev = Arc::new(dev);
+        let handle = dev.clone();
+        found.push((dev, Box::new(move |k| handle.set_matmul_kernel(k))));
+    }
+    for (dev, set_kernel) in found {
+        let at = dev.info().label();
+        let sync = |t: Tensor| -> Result<()> {
+            drop(t);
+            dev.synchronize()
+        };
+        let n = 4 << 20;
+        let x = Tensor::randn(0.0, 1.0, [n], DType::F32, 3, &dev)?;
+        let y = Tensor::randn(0.0, 1.0, [n], DType::F32, 4, &dev)?;
+        times.insert(format!("add_4M@{at}"), median_ms(reps, || sync(x.add(&y)?))?);
+        let rows = Tensor::randn(0.0, 1.0, [4096, 1024], DType::F32, 5, &dev)?;
+        times
+            .insert(format!("softmax_4096x1024@{at}"), median_ms(reps, || sync(rows.softmax(1)?))?);
+        let a = Tensor::randn(0.0, 1.0, [1024, 1024], DType::F32, 1, &dev)?;
+        let b = Tensor::randn(0.0, 1.0, [1024, 1024], DType::F32, 2, &dev)?;
+        times.insert(format!("matmul_1024@{at}"), median_ms(reps, || sync(a.matmul(&b)?))?);
+        for (kernel, name) in
+            [(MatmulKernel::RegisterBlocked, "blocked"), (MatmulKernel::SharedTiles, "tiled")]
+        {
+            set_kernel(kernel);
+            let ms = median_ms(reps, || sync(a.matmul(&b)?))?;
+            times.insert(format!("matmul_1024_{name}@{at}"), ms);
+        }
+    }
     Ok(())
 }
 
