@@ -129,6 +129,23 @@ fn transient_errors_are_retried_and_a_lost_device_is_evicted() {
     assert_eq!(dp.evicted(), vec!["sim:1".to_string()]);
 }
 
+/// A device that reports a missed deadline itself is treated as the watchdog treats one:
+/// evicted at once, never retried ([`FaultPolicy::verdict`], the planner's rule too).
+#[test]
+fn a_device_reporting_a_timeout_is_evicted_without_a_retry() {
+    let want = fault_free();
+    let (mut dp, a, _) = three();
+    let (got, events) = train(&mut dp, |step, _| {
+        if step == 2 {
+            a.fail_after(3, ErrorKind::Timeout);
+        }
+    });
+    assert_same(&got, &want, "a reported timeout");
+    assert_eq!(count(&events, |e| matches!(e, FleetEvent::Retried { .. })), 0, "{events:?}");
+    assert_eq!(count(&events, evicted), 1, "{events:?}");
+    assert_eq!(dp.evicted(), vec!["sim:0".to_string()]);
+}
+
 #[test]
 fn random_failures_are_survived() {
     let want = fault_free();

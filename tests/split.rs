@@ -388,8 +388,13 @@ fn a_device_that_fails_its_share_is_evicted_and_the_op_re_planned() {
     let plan = planner.last_plan().unwrap();
     assert!(plan.shares.iter().all(|s| s.device != "sim:2"), "{}", plan.explain());
 
-    // The device holding the operands cannot be replaced: a clear error.
+    // The device holding the operands cannot be replaced: out of memory there is reported
+    // as such (after the retries: the chip is fine, the work too big), a loss as a loss.
     let (holder, _) = &members[0];
+    holder.fail_randomly(1.0, ErrorKind::OutOfMemory, 0);
+    let e = planner.matmul(&a, &b).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutOfMemory, "{e}");
+    holder.heal();
     holder.fail_after(0, ErrorKind::DeviceLost);
     let e = planner.matmul(&a, &b).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::DeviceLost);

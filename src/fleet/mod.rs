@@ -9,6 +9,7 @@
 
 mod dedup;
 mod discover;
+mod events;
 mod policy;
 mod select;
 mod table;
@@ -19,7 +20,8 @@ use crate::{DeviceInfo, DeviceRef, Error, Result};
 
 pub use dedup::{Dedup, Duplicate, SameChip, dedup};
 pub use discover::{Discovery, devices, discover};
-pub use policy::FaultPolicy;
+pub use events::FleetEvent;
+pub use policy::{FaultPolicy, Verdict};
 pub use select::{DEVICES_VAR, Selector, Term};
 
 /// The devices a program computes on, plus the host CPU device.

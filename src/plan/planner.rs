@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use manychips_api::{DType, Device, Error, Op, OpClass, Result};
+use manychips_api::{DType, Device, Error, ErrorKind, Op, OpClass, Result};
 
 use super::cut::{cut, cut_axes};
 use super::execute;
@@ -14,7 +14,7 @@ use super::price::secs;
 use super::profile::DeviceProfile;
 use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
-use crate::fleet::FaultPolicy;
+use crate::fleet::{FaultPolicy, Verdict};
 use crate::{DeviceRef, Fleet};
 
 /// A split must be predicted to beat the best single device by this fraction: below it,
@@ -475,7 +475,9 @@ impl Planner {
     /// (`watchdog_factor` × the plan's predicted time, at least `watchdog_min`) evicts its
     /// device at once: a hung chip cannot hang the op.
     /// The op fails only when the device holding its inputs or taking its result fails
-    /// (the data there is lost: the error says so) or when no device is left.
+    /// (the data there is lost: the error says so; running out of memory there is returned
+    /// as it is) or when no device is left. [`FaultPolicy::verdict`] decides each case, as
+    /// it does for every scheduler.
     pub fn run(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
         let mut failures: Vec<(String, u32)> = Vec::new();
         loop {
@@ -499,24 +501,25 @@ impl Planner {
                     1
                 }
             };
-            let fatal = matches!(
-                err.kind(),
-                manychips_api::ErrorKind::DeviceLost | manychips_api::ErrorKind::Timeout
-            );
-            // A transient fault is retried, on the devices holding the data too.
-            if !fatal && count <= self.policy.max_retries {
-                tracing::warn!(device = %label, attempt = count, %err, "planner: share failed; retrying");
-                continue;
-            }
-            if holds_data {
-                return Err(Error::DeviceLost {
-                    device: label,
-                    detail: format!(
-                        "{} failed on the device that holds its operands or its result, so \
-                         they are lost: {err}",
-                        op.describe()
-                    ),
-                });
+            match self.policy.verdict(&err, count, holds_data) {
+                // A transient fault is retried, on the devices holding the data too.
+                Verdict::Retry => {
+                    tracing::warn!(device = %label, attempt = count, %err, "planner: share failed; retrying");
+                    continue;
+                }
+                Verdict::Fail if err.kind() == ErrorKind::OutOfMemory => return Err(err),
+                Verdict::Fail => {
+                    return Err(Error::DeviceLost {
+                        device: label,
+                        detail: format!(
+                            "{} failed on the device that holds its operands or its result, \
+                             so they are lost: {err}",
+                            op.describe()
+                        ),
+                    });
+                }
+                Verdict::NotAFault => return Err(err),
+                Verdict::Evict => {}
             }
             let Some(i) = member else { return Err(err) };
             tracing::warn!(device = %label, %err, "planner: evicting a failed device and re-planning");

@@ -13,10 +13,11 @@ use super::collect::Collector;
 use super::shares::{learn, ranges};
 use super::worker::{Message, ShareDone, Work, panic_message};
 use super::{DataParallel, DeviceStep, FleetEvent, Gradients, invalid};
+use crate::fleet::Verdict;
 use crate::plan::{Linear, Stopwatch};
 use crate::train::nn::Ctx;
 use crate::train::{Grads, Param, Var, VarId};
-use crate::{DeviceRef, ErrorKind, Result, Tensor};
+use crate::{DeviceRef, Result, Tensor};
 
 /// A share on its way: where it runs, and which parameters' gradients it has sent.
 struct Running {
@@ -211,28 +212,31 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                             collector.share_ended(&run.rows, &run.skip_next());
                             self.share_done(run, done, todo);
                         }
-                        Err(e) if e.is_device_fault() => {
+                        Err(e) => {
                             let label = self.replicas[run.replica].label.clone();
                             let attempt = todo.attempts.entry(label.clone()).or_insert(0);
                             *attempt += 1;
                             let skip = run.skip_next();
-                            if e.kind() != ErrorKind::DeviceLost
-                                && *attempt <= self.policy.max_retries
-                            {
-                                tracing::warn!(device = %label, attempt, %e, "share failed; retrying");
-                                let attempt = *attempt;
-                                todo.events.push(FleetEvent::Retried {
-                                    device: label.clone(),
-                                    attempt,
-                                    error: e.to_string(),
-                                });
-                                todo.pinned.push((label, run.rows, skip));
-                            } else {
-                                evict.push((run.replica, e.to_string(), Some(e)));
-                                todo.open.push((run.rows, skip));
+                            // The master holds the only up-to-date parameters: its `Fail`
+                            // ends the step in `evict`, as its loss or its OOM.
+                            match self.policy.verdict(&e, *attempt, run.replica == 0) {
+                                Verdict::NotAFault => return Err(e),
+                                Verdict::Retry => {
+                                    tracing::warn!(device = %label, attempt, %e, "share failed; retrying");
+                                    let attempt = *attempt;
+                                    todo.events.push(FleetEvent::Retried {
+                                        device: label.clone(),
+                                        attempt,
+                                        error: e.to_string(),
+                                    });
+                                    todo.pinned.push((label, run.rows, skip));
+                                }
+                                Verdict::Evict | Verdict::Fail => {
+                                    evict.push((run.replica, e.to_string(), Some(e)));
+                                    todo.open.push((run.rows, skip));
+                                }
                             }
                         }
-                        Err(e) => return Err(e),
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {

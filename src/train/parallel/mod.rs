@@ -22,7 +22,6 @@
 //! without the fault. Evicted devices can be probed and re-admitted, and new ones can join.
 
 mod collect;
-mod events;
 mod gradients;
 mod shares;
 mod worker;
@@ -34,7 +33,7 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 pub use crate::fleet::FaultPolicy;
-pub use events::FleetEvent;
+pub use crate::fleet::FleetEvent;
 pub(crate) use shares::ranges;
 use shares::{by_weights, prior};
 use worker::{ShareDone, Worker, wait_done};

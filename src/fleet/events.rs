@@ -1,17 +1,17 @@
-//! What the fleet did about failures during a step, and the rules it followed.
+//! What the fleet did about a failing device, as every scheduler on it reports it.
 
 use std::fmt;
 
 /// One thing the fleet did about a failing device. Each is also a `tracing` event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FleetEvent {
-    /// A share failed and runs again on the same device.
+    /// A share of work failed and runs again on the same device.
     Retried { device: String, attempt: u32, error: String },
-    /// The device left the fleet; its rows of this step were re-planned over the others.
+    /// The device left the fleet; its share of the work was re-planned over the others.
     Evicted { device: String, reason: String },
     /// An evicted device answered a probe and takes shares again.
     Readmitted { device: String },
-    /// A device joined the running job.
+    /// A device joined the fleet.
     Joined { device: String },
 }
 
