@@ -10,6 +10,7 @@
 mod dedup;
 mod discover;
 mod events;
+mod learned;
 mod policy;
 mod select;
 mod table;
@@ -21,6 +22,7 @@ use crate::{DeviceInfo, DeviceRef, Error, Result};
 pub use dedup::{Dedup, Duplicate, SameChip, dedup};
 pub use discover::{Discovery, devices, discover};
 pub use events::FleetEvent;
+pub use learned::{LEARNING_RATE, MAX_STEP, follow};
 pub use policy::{FaultPolicy, Verdict};
 pub use select::{DEVICES_VAR, Selector, Term};
 

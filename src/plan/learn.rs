@@ -6,16 +6,11 @@ use std::collections::HashMap;
 
 use manychips_api::OpClass;
 
-/// Weight of the newest measurement. High, because what the planner must follow are steps
-/// (a chip throttles, a neighbour starts a job), and 0.7 closes 97% of a step in 3 calls.
-pub const LEARNING_RATE: f64 = 0.7;
+pub use crate::fleet::LEARNING_RATE;
+use crate::fleet::follow;
 
 /// Measurements shorter than this are mostly launch noise and teach nothing.
 const MIN_SIGNAL_S: f64 = 20e-6;
-
-/// A single measurement moves a factor by at most this ratio either way, so one hiccup (a
-/// page fault storm, a descheduled thread) cannot make a device look 100× slower.
-const MAX_STEP: f64 = 8.0;
 
 /// Learned factors: measured / modelled time, 1 where nothing was measured yet.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -62,7 +57,7 @@ impl Corrections {
         if let Some(sample) = sample(modelled, measured) {
             let entry =
                 &mut self.devices.entry(device.to_string()).or_default().compute[slot(class)];
-            *entry = update(*entry, sample);
+            *entry = follow(Some(*entry), sample);
         }
     }
 
@@ -70,7 +65,7 @@ impl Corrections {
     pub fn observe_link(&mut self, device: &str, modelled: f64, measured: f64) {
         if let Some(sample) = sample(modelled, measured) {
             let entry = &mut self.devices.entry(device.to_string()).or_default().link;
-            *entry = update(*entry, sample);
+            *entry = follow(Some(*entry), sample);
         }
     }
 
@@ -83,11 +78,6 @@ impl Corrections {
 fn sample(modelled: f64, measured: f64) -> Option<f64> {
     let usable = modelled.is_finite() && measured.is_finite() && modelled > 0.0;
     (usable && measured.max(modelled) >= MIN_SIGNAL_S).then(|| measured / modelled)
-}
-
-fn update(current: f64, sample: f64) -> f64 {
-    let sample = sample.clamp(current / MAX_STEP, current * MAX_STEP);
-    current + LEARNING_RATE * (sample - current)
 }
 
 #[cfg(test)]

@@ -351,9 +351,7 @@ impl<M: Send + Sync + 'static> Distributed<M> {
         let local = self.local.update(gradients, optimizer)?;
         if !mine.is_empty() && compute_s > 0.0 {
             let observed = mine.len() as f64 / compute_s;
-            let rate =
-                self.rate.map_or(observed, |r| r + crate::plan::LEARNING_RATE * (observed - r));
-            self.rate = Some(rate);
+            self.rate = Some(crate::fleet::follow(self.rate, observed));
         }
         Ok(DistributedReport {
             local,

@@ -1,10 +1,8 @@
 //! How a step's batch is cut: each device's time is `fixed + per_sample · rows`, learned
 //! from its measured shares.
 
+use crate::fleet::follow;
 use crate::plan::{DeviceProfile, Linear, proportional};
-
-/// How strongly a new measurement moves a device's per-sample cost (as the planner learns).
-const LEARNING_RATE: f64 = crate::plan::LEARNING_RATE;
 
 /// Kernel launches per graph node over a step: forward, backward (about two per node) and
 /// the share of the optimizer and transfers. Only the first step's prior uses it.
@@ -21,8 +19,10 @@ pub(super) fn prior(profile: &DeviceProfile, weights: usize) -> Linear {
     Linear { fixed: profile.latency_s * launches(FIRST_GUESS_NODES), per_unit }
 }
 
-/// Moves a device's per-sample cost towards what its last share took. The fixed part is
-/// launches × latency, with launches counted from the step's graph.
+/// Moves a device's per-sample cost towards what its last share took, by the fleet's one
+/// rule ([`follow`]: a measurement is bounded to 8× the belief, then weighed; an unpriced
+/// device's first share replaces its infinite prior). The fixed part is launches ×
+/// latency, with launches counted from the step's graph.
 pub(super) fn learn(cost: &mut Linear, latency: f64, rows: usize, secs: f64, nodes: usize) {
     if rows == 0 || !secs.is_finite() {
         return;
@@ -31,12 +31,7 @@ pub(super) fn learn(cost: &mut Linear, latency: f64, rows: usize, secs: f64, nod
     // A share never costs less than a thousandth of what was measured per row, even when
     // the launch estimate overshoots.
     let observed = ((secs - fixed) / rows as f64).max(secs * 1e-3 / rows as f64);
-    let per_unit = if cost.per_unit.is_finite() {
-        cost.per_unit + LEARNING_RATE * (observed - cost.per_unit)
-    } else {
-        observed
-    };
-    *cost = Linear { fixed, per_unit };
+    *cost = Linear { fixed, per_unit: follow(Some(cost.per_unit), observed) };
 }
 
 fn launches(nodes: usize) -> f64 {
@@ -87,5 +82,9 @@ mod tests {
         assert!((c.per_unit - 0.1).abs() < 1e-12);
         learn(&mut c, 0.0, 10, 2.0, 5);
         assert!((c.per_unit - (0.1 + 0.7 * 0.1)).abs() < 1e-12);
+        // One share 1000× slower (a descheduled thread) moves the belief at most 8×.
+        let before = c.per_unit;
+        learn(&mut c, 0.0, 10, 1700.0, 5);
+        assert!((c.per_unit - (before + 0.7 * 7.0 * before)).abs() < 1e-9, "{}", c.per_unit);
     }
 }
