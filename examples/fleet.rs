@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     print!("{fleet}");
 
     let calibration = Calibration::new();
-    let devices: Vec<&dyn Device> = fleet.devices().iter().map(|d| d.as_ref()).collect();
+    let members = fleet.devices();
+    let devices: Vec<&dyn Device> = members.iter().map(|d| d.as_ref()).collect();
     let profiles = match calibration.load_or_measure_all(&devices, recalibrate) {
         Ok(profiles) => profiles,
         Err(err) => {

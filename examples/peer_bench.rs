@@ -197,9 +197,10 @@ fn mlp_epoch(fleet: &Fleet) -> Result<f64> {
 
 /// `train_charlm`'s step at its defaults: the median of 20 steps after 3.
 fn charlm(fleet: &Fleet) -> Result<f64> {
-    let devices: Vec<&dyn Device> = fleet.devices().iter().map(|d| &**d).collect();
+    let members = fleet.devices();
+    let devices: Vec<&dyn Device> = members.iter().map(|d| &**d).collect();
     let profiles = Calibration::new().load_or_measure_all(&devices, false)?;
-    let pairs = fleet.devices().iter().cloned().zip(profiles).collect();
+    let pairs = members.iter().cloned().zip(profiles).collect();
     let row = train::steps(pairs, train::SHAPES[0], 3, 20)?;
     Ok(row["ms_per_step"].as_f64().unwrap_or(f64::NAN))
 }

@@ -200,3 +200,101 @@ fn one_chip_through_several_backends_is_kept_once_after_selection() {
     assert!(err.to_string().contains("second view of one chip"), "{err}");
     assert_eq!(fleet.epoch(), 0);
 }
+
+/// A planner and a data-parallel job built for one fleet share its membership: a device the
+/// planner evicts (lost during a split matmul) gets no rows in the job's next step, whose
+/// report says why; the fleet lists it out. The job's own eviction reaches the planner.
+#[test]
+fn schedulers_on_one_fleet_see_each_others_evictions() {
+    use manychips::plan::{DeviceProfile, Planner};
+    use manychips::train::models::Mlp;
+    use manychips::train::nn::{self, Activation, CrossEntropy, Reduction};
+    use manychips::train::optim::AdamW;
+    use manychips::train::{DataParallel, FleetEvent, Var};
+
+    let host = cpu();
+    let chip = |i: usize| {
+        SimProfile::new(format!("chip{i}"))
+            .with_flops(1e9)
+            .with_bandwidth(1e9)
+            .with_latency(std::time::Duration::from_micros(20))
+            .with_link(4e9)
+    };
+    let sims: Vec<Arc<SimDevice>> =
+        (1..=3).map(|i| Arc::new(SimDevice::new(cpu(), chip(i), i).unwrap())).collect();
+    let mut all = vec![host.clone()];
+    all.extend(sims.iter().map(|s| s.clone() as DeviceRef));
+    let fleet = Fleet::from_devices(all, None).unwrap();
+    let profiled = |devices: Vec<DeviceRef>| -> Vec<(DeviceRef, DeviceProfile)> {
+        devices
+            .into_iter()
+            .map(|d| {
+                let profile = match d.info().ordinal {
+                    i if d.info().backend == "sim" => DeviceProfile::simulated(d.info(), &chip(i)),
+                    _ => DeviceProfile::for_device(d.info()),
+                };
+                (d, profile)
+            })
+            .collect()
+    };
+    let sim_refs: Vec<DeviceRef> = sims.iter().map(|s| s.clone() as DeviceRef).collect();
+    let mut planner = Planner::new(profiled(sim_refs))
+        .unwrap()
+        .with_min_gain(-1.0)
+        .with_membership(fleet.membership().clone());
+    let mut dp = DataParallel::new(profiled(fleet.devices()), 3, |s| {
+        Mlp::new(s, &[4, 8, 3], Activation::Relu)
+    })
+    .unwrap()
+    .with_membership(fleet.membership().clone());
+    dp.set_fixed_split(Some(vec![1.0; 4])).unwrap();
+    let mut opt = AdamW::new(dp.params().to_vec(), 1e-2).unwrap();
+    let step = |dp: &mut DataParallel<Mlp>, opt: &mut AdamW| {
+        dp.step(
+            8,
+            |model, device, rows, ctx| {
+                let x = Tensor::full(0.5, [rows.len(), 4], DType::F32, device)?;
+                let labels: Vec<u32> = rows.clone().map(|r| (r % 3) as u32).collect();
+                let opts = CrossEntropy { reduction: Reduction::None, ..CrossEntropy::default() };
+                nn::cross_entropy_with(&model.forward(&Var::constant(x), ctx)?, &labels, &opts)
+            },
+            opt,
+        )
+        .unwrap()
+    };
+    let first = step(&mut dp, &mut opt);
+    assert!(first.devices.iter().any(|d| d.device == "sim:2"), "{}", first.shares_line());
+
+    // The planner loses sim:2 in a split matmul, evicts it and completes the op.
+    sims[1].fail_after(0, ErrorKind::DeviceLost);
+    let a = Tensor::ones([256, 256], DType::F32, &host).unwrap();
+    let product = planner.matmul(&a, &a).unwrap();
+    assert_eq!(product.to_vec::<f32>().unwrap(), vec![256.0; 256 * 256]);
+    let evicted = planner.evicted();
+    assert_eq!(evicted.len(), 1, "{evicted:?}: {}", planner.last_plan().unwrap().explain());
+    assert_eq!(evicted[0].0, "sim:2");
+    assert!(fleet.get("sim:2").is_none());
+    assert_eq!(fleet.membership().evicted()[0].0, "sim:2");
+
+    // The job's next step leaves it out, and says so.
+    let next = step(&mut dp, &mut opt);
+    assert!(next.devices.iter().all(|d| d.device != "sim:2"), "{}", next.shares_line());
+    let evicted =
+        |e: &FleetEvent| matches!(e, FleetEvent::Evicted { device, .. } if device == "sim:2");
+    assert!(next.events.iter().any(evicted), "{:?}", next.events);
+    assert_eq!(dp.evicted(), vec!["sim:2".to_string()]);
+
+    // The other way: the job loses sim:3; the planner's next op gives it nothing.
+    sims[2].fail_after(0, ErrorKind::DeviceLost);
+    let after = step(&mut dp, &mut opt);
+    assert!(
+        after
+            .events
+            .iter()
+            .any(|e| matches!(e, FleetEvent::Evicted { device, .. } if device == "sim:3"))
+    );
+    planner.matmul(&a, &a).unwrap();
+    let plan = planner.last_plan().unwrap();
+    assert!(plan.shares.iter().all(|s| s.device == "sim:1"), "{}", plan.explain());
+    assert_eq!(labels(&fleet), ["cpu:0", "sim:1"]);
+}

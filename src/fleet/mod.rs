@@ -2,15 +2,18 @@
 //!
 //! [`Fleet::discover`] asks every compiled-in backend for its devices ([`discover`]), applies
 //! the user's `MANYCHIPS_DEVICES` selection ([`Selector`]), then keeps one device per
-//! physical chip ([`dedup`]). Membership changes afterwards only through [`Fleet::evict`]
-//! and [`Fleet::join`], each of which bumps [`Fleet::epoch`], so that whatever was planned
-//! for one membership (a planner's shares, calibrated figures keyed by
+//! physical chip ([`dedup`]). Membership changes afterwards through [`Fleet::evict`] and
+//! [`Fleet::join`], or through a scheduler built for the fleet (a planner, data-parallel
+//! training) that evicts a failing device or re-admits a healed one: all of them share one
+//! [`Membership`], so what one sees, all see. Each change bumps [`Fleet::epoch`], so that
+//! whatever was planned for one membership (a planner's shares, calibrated figures keyed by
 //! [`DeviceInfo::id`](crate::DeviceInfo) or label) can tell that it is stale.
 
 mod dedup;
 mod discover;
 mod events;
 mod learned;
+mod membership;
 mod policy;
 mod select;
 mod table;
@@ -23,21 +26,21 @@ pub use dedup::{Dedup, Duplicate, SameChip, dedup};
 pub use discover::{Discovery, devices, discover};
 pub use events::FleetEvent;
 pub use learned::{LEARNING_RATE, MAX_STEP, follow};
+pub use membership::Membership;
 pub use policy::{FaultPolicy, Verdict};
 pub use select::{DEVICES_VAR, Selector, Term};
 
 /// The devices a program computes on, plus the host CPU device.
 ///
 /// Labels (`cpu:0`, `vulkan:1`, ...) are unique within a fleet and name devices in every
-/// call. The host CPU device ([`Fleet::cpu`]) is always there, even when the selection leaves
+/// call. Clones share one [`Membership`]: evicting through one is seen by all. The host CPU device ([`Fleet::cpu`]) is always there, even when the selection leaves
 /// it out of the compute devices or it was evicted: results are assembled and checked on it.
 #[derive(Clone, Debug)]
 pub struct Fleet {
-    devices: Vec<DeviceRef>,
+    members: Membership,
     host: DeviceRef,
     duplicates: Vec<(String, String, SameChip)>,
     unavailable: Vec<Error>,
-    epoch: u64,
 }
 
 impl Fleet {
@@ -124,25 +127,32 @@ impl Fleet {
             devices = %members.iter().map(|d| d.info().label()).collect::<Vec<_>>().join(","),
             "fleet up"
         );
-        Ok(Fleet { devices: members, host, duplicates, unavailable: Vec::new(), epoch: 0 })
+        Ok(Fleet { members: Membership::new(members), host, duplicates, unavailable: Vec::new() })
     }
 
-    /// The compute devices, in discovery order.
-    pub fn devices(&self) -> &[DeviceRef] {
-        &self.devices
+    /// The compute devices in, in admission order (discovery order, then joins).
+    pub fn devices(&self) -> Vec<DeviceRef> {
+        self.members.devices()
     }
 
-    /// The member labelled `label` (`vulkan:0`).
-    pub fn get(&self, label: &str) -> Option<&DeviceRef> {
-        self.devices.iter().find(|d| d.info().label() == label)
+    /// The member labelled `label` (`vulkan:0`), while it is in.
+    pub fn get(&self, label: &str) -> Option<DeviceRef> {
+        self.members.get(label)
     }
 
     pub fn len(&self) -> usize {
-        self.devices.len()
+        self.devices().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty()
+        self.devices().is_empty()
+    }
+
+    /// The record of who is in, shared with every scheduler built for this fleet
+    /// ([`Planner::for_fleet`](crate::plan::Planner::for_fleet),
+    /// [`DataParallel::for_fleet`](crate::train::DataParallel::for_fleet)).
+    pub fn membership(&self) -> &Membership {
+        &self.members
     }
 
     /// The host CPU device, whether or not it is a compute member.
@@ -163,40 +173,35 @@ impl Fleet {
     /// Bumped by every membership change, so plans made for an older membership are known
     /// to be stale.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.members.epoch()
     }
 
-    /// Removes the member labelled `label` (a failed or hopelessly slow chip) and returns it;
-    /// `None` if there is no such member.
+    /// Takes the member labelled `label` out (a failed or hopelessly slow chip) and returns
+    /// it; `None` if no member in has that label.
     pub fn evict(&mut self, label: &str) -> Option<DeviceRef> {
-        let index = self.devices.iter().position(|d| d.info().label() == label)?;
-        let device = self.devices.remove(index);
-        self.epoch += 1;
-        tracing::warn!(device = %label, remaining = self.devices.len(), epoch = self.epoch, "device evicted");
-        Some(device)
+        self.members.evict(label, "evicted by the program")
     }
 
-    /// Adds `device` as a member. Refused (`InvalidArgument`) when its label is taken or it is
-    /// another view of a member's chip.
+    /// Adds `device` as a member (or brings back an evicted one of its label). Refused
+    /// (`InvalidArgument`) when its label is taken or it is another view of a member's chip.
     pub fn join(&mut self, device: DeviceRef) -> Result<()> {
         let label = device.info().label();
-        if self.get(&label).is_some() {
-            return Err(invalid(format!("{label} is already a member")));
-        }
-        let mut infos: Vec<&DeviceInfo> = self.devices.iter().map(|d| d.info()).collect();
-        infos.push(device.info());
-        let plan = dedup(&infos);
-        if let Some(dup) = plan.dropped.first() {
-            let (a, b) = (infos[dup.dropped].label(), infos[dup.kept].label());
-            return Err(invalid(format!(
-                "{label} would be a second view of one chip ({a} and {b}: {})",
-                dup.by
-            )));
-        }
-        self.devices.push(device);
-        self.epoch += 1;
-        tracing::info!(device = %label, members = self.devices.len(), epoch = self.epoch, "device joined");
-        Ok(())
+        self.members.admit(device.clone(), |members| {
+            if members.iter().any(|d| d.info().label() == label) {
+                return Err(invalid(format!("{label} is already a member")));
+            }
+            let mut infos: Vec<&DeviceInfo> = members.iter().map(|d| d.info()).collect();
+            infos.push(device.info());
+            let plan = dedup(&infos);
+            if let Some(dup) = plan.dropped.first() {
+                let (a, b) = (infos[dup.dropped].label(), infos[dup.kept].label());
+                return Err(invalid(format!(
+                    "{label} would be a second view of one chip ({a} and {b}: {})",
+                    dup.by
+                )));
+            }
+            Ok(())
+        })
     }
 }
 

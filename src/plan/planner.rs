@@ -14,7 +14,7 @@ use super::price::secs;
 use super::profile::DeviceProfile;
 use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
-use crate::fleet::{FaultPolicy, Verdict};
+use crate::fleet::{FaultPolicy, Membership, Verdict};
 use crate::{DeviceRef, Fleet};
 
 /// A split must be predicted to beat the best single device by this fraction: below it,
@@ -42,6 +42,9 @@ pub struct Planner {
     evicted: Vec<(Member, String)>,
     /// Retries, the watchdog's deadline: the same rules as a data-parallel step's.
     policy: FaultPolicy,
+    /// The fleet's record of who is in, when the planner was built for a fleet: evictions
+    /// go there, and members another scheduler evicted get no shares.
+    membership: Option<(Membership, u64)>,
     corrections: Corrections,
     min_gain: f64,
     learning: bool,
@@ -111,9 +114,41 @@ impl Planner {
     /// A planner over every member of `fleet`, calibrated through `calibration` (its cache,
     /// or fresh measurements for devices missing from it).
     pub fn for_fleet(fleet: &Fleet, calibration: &super::Calibration) -> Result<Planner> {
-        let devices: Vec<&dyn Device> = fleet.devices().iter().map(|d| &**d).collect();
+        let fleet_devices = fleet.devices();
+        let devices: Vec<&dyn Device> = fleet_devices.iter().map(|d| &**d).collect();
         let profiles = calibration.load_or_measure_all(&devices, false)?;
-        Planner::new(fleet.devices().iter().cloned().zip(profiles).collect())
+        let members = fleet.devices().into_iter().zip(profiles).collect();
+        Ok(Planner::new(members)?.with_membership(fleet.membership().clone()))
+    }
+
+    /// Shares `membership` (a fleet's, [`Fleet::membership`]): the planner's evictions are
+    /// recorded there, and before each run it drops the members that are out (another
+    /// scheduler evicted them) and takes back those that are in again.
+    pub fn with_membership(mut self, membership: Membership) -> Planner {
+        self.membership = Some((membership, u64::MAX));
+        self
+    }
+
+    /// Follows the shared membership, if any, when it changed since the last look.
+    fn follow_membership(&mut self) {
+        let Some((membership, seen)) = &mut self.membership else { return };
+        let epoch = membership.epoch();
+        if epoch == *seen {
+            return;
+        }
+        *seen = epoch;
+        let (membership, members) = (membership.clone(), std::mem::take(&mut self.members));
+        for member in members {
+            match membership.why_out(&member.label) {
+                Some(why) => self.evicted.push((member, why)),
+                None => self.members.push(member),
+            }
+        }
+        let (back, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.evicted)
+            .into_iter()
+            .partition(|(m, _)| membership.get(&m.label).is_some());
+        self.evicted = still;
+        self.members.extend(back.into_iter().map(|(m, _)| m));
     }
 
     /// A planner that only models devices (`label`, profile): it plans but cannot run. For
@@ -139,6 +174,7 @@ impl Planner {
             members,
             evicted: Vec::new(),
             policy: FaultPolicy::default(),
+            membership: None,
             corrections: Corrections::default(),
             min_gain: MIN_GAIN,
             learning: true,
@@ -480,6 +516,13 @@ impl Planner {
     /// it does for every scheduler.
     pub fn run(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
         let mut failures: Vec<(String, u32)> = Vec::new();
+        self.follow_membership();
+        if self.members.is_empty() {
+            return Err(Error::DeviceLost {
+                device: src.info().label(),
+                detail: format!("every member is out of the fleet; none can run {}", op.describe()),
+            });
+        }
         loop {
             let err = match self.run_once(op, src, dst) {
                 Err(e) if e.is_device_fault() => e,
@@ -524,6 +567,10 @@ impl Planner {
             let Some(i) = member else { return Err(err) };
             tracing::warn!(device = %label, %err, "planner: evicting a failed device and re-planning");
             let member = self.members.remove(i);
+            if let Some((membership, seen)) = &mut self.membership {
+                membership.evict(&member.label, &err.to_string());
+                *seen = membership.epoch();
+            }
             self.evicted.push((member, err.to_string()));
             if self.members.is_empty() {
                 return Err(err);

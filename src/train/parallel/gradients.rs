@@ -100,7 +100,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         let (reply, replies) = channel::<Message>();
         let master_params = self.replicas[0].params.clone();
         let mut collector = Collector::new(&master_params, local.len(), buckets);
-        let mut todo = Todo::default();
+        let mut todo = Todo { events: self.follow_membership()?, ..Todo::default() };
         if !local.is_empty() {
             todo.open.push((local.clone(), Arc::new(vec![false; n_params])));
         }

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::fleet::FaultPolicy;
 pub use crate::fleet::FleetEvent;
+use crate::fleet::Membership;
 pub(crate) use shares::ranges;
 use shares::{by_weights, prior};
 use worker::{ShareDone, Worker, wait_done};
@@ -131,6 +132,8 @@ pub struct DataParallel<M> {
     build: Build<M>,
     seed: u64,
     policy: FaultPolicy,
+    /// The fleet's record of who is in, when built for a fleet, and the epoch last followed.
+    membership: Option<(Membership, u64)>,
     /// Fixed weights by device label instead of the cost model.
     fixed_split: Option<Vec<(String, f64)>>,
     /// Dynamic loss scaling (f16 compute).
@@ -168,6 +171,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             build: Arc::new(build),
             seed,
             policy: FaultPolicy::default(),
+            membership: None,
             fixed_split: None,
             scaler: None,
             max_grad_norm: None,
@@ -191,9 +195,41 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         seed: u64,
         build: impl Fn(&ParamStore) -> Result<M> + Send + Sync + 'static,
     ) -> Result<DataParallel<M>> {
-        let devices: Vec<&dyn crate::Device> = fleet.devices().iter().map(|d| &**d).collect();
+        let fleet_devices = fleet.devices();
+        let devices: Vec<&dyn crate::Device> = fleet_devices.iter().map(|d| &**d).collect();
         let profiles = calibration.load_or_measure_all(&devices, false)?;
-        DataParallel::new(fleet.devices().iter().cloned().zip(profiles).collect(), seed, build)
+        let dp = DataParallel::new(fleet_devices.into_iter().zip(profiles).collect(), seed, build)?;
+        Ok(dp.with_membership(fleet.membership().clone()))
+    }
+
+    /// Shares `membership` (a fleet's, [`Fleet::membership`](crate::Fleet::membership)):
+    /// this job's evictions and re-admissions are recorded there, and before each step a
+    /// replica whose device is out (another scheduler evicted it) is evicted here too.
+    pub fn with_membership(mut self, membership: Membership) -> DataParallel<M> {
+        self.membership = Some((membership, u64::MAX));
+        self
+    }
+
+    /// Evicts the replicas whose devices the shared membership has out, when it changed
+    /// since the last look; the events say so.
+    fn follow_membership(&mut self) -> Result<Vec<FleetEvent>> {
+        let Some((membership, seen)) = &mut self.membership else { return Ok(Vec::new()) };
+        let epoch = membership.epoch();
+        if epoch == *seen {
+            return Ok(Vec::new());
+        }
+        *seen = epoch;
+        let membership = membership.clone();
+        let mut events = Vec::new();
+        while let Some((i, why)) = self
+            .replicas
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| membership.why_out(&r.label).map(|why| (i, why)))
+        {
+            events.push(self.evict(i, format!("out of the fleet: {why}"), None)?);
+        }
+        Ok(events)
     }
 
     fn replica(&self, device: DeviceRef, profile: &DeviceProfile) -> Result<Replica<M>> {
@@ -504,6 +540,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             return Err(e);
         }
         if i == 0 {
+            self.record_out(&label, &reason);
             return Err(Error::DeviceLost {
                 device: label,
                 detail: format!(
@@ -513,6 +550,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             });
         }
         tracing::warn!(device = %label, %reason, "evicting a device from data-parallel training");
+        self.record_out(&label, &reason);
         let mut replica = self.replicas.remove(i);
         replica.stale = true;
         replica.strikes = 0;
@@ -521,6 +559,14 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             return Err(Error::DeviceLost { device: label, detail: "no device is left".into() });
         }
         Ok(FleetEvent::Evicted { device: label, reason })
+    }
+
+    /// Tells the shared membership, if any, that `label` is out (a no-op when it already is).
+    fn record_out(&mut self, label: &str, reason: &str) {
+        if let Some((membership, seen)) = &mut self.membership {
+            membership.evict(label, reason);
+            *seen = membership.epoch();
+        }
     }
 
     /// Probes every evicted device with a small op on a fresh thread (the old one may be
@@ -567,6 +613,10 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
             };
             if let Some((model, params)) = rebuilt {
                 tracing::info!(device = %replica.label, "re-admitting a device");
+                if let Some((membership, seen)) = &mut self.membership {
+                    membership.readmit(&replica.label);
+                    *seen = membership.epoch();
+                }
                 events.push(FleetEvent::Readmitted { device: replica.label.clone() });
                 replica.worker = worker;
                 replica.model = model;
