@@ -78,6 +78,97 @@ fn packed_outputs_keep_their_neighbours() {
     }
 }
 
+/// The vec4 elementwise kernel (every advancing operand 32-bit and on the vec4 grid): an
+/// add, a multiply by a broadcast element, a u32 → f32 cast and an exp over an output view
+/// 4 elements into its buffer give the scalar answers, and the elements around the view
+/// keep their bytes.
+#[test]
+fn aligned_vec4_elementwise_ops_match_and_touch_only_their_view() {
+    use manychips::{BinaryOp, DType, Layout, Op, UnaryOp, View};
+    let n = 4096 + 64;
+    for device in devices() {
+        let a: Vec<f32> = (0..n + 4).map(|i| (i % 97) as f32 * 0.25 - 7.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i % 89) as f32 * 0.5 + 1.0).collect();
+        let u: Vec<u32> = (0..n).map(|i| (i * 7919 % 100_003) as u32).collect();
+        let upload = |bytes: &[u8]| {
+            let buf = device.alloc(bytes.len()).expect("alloc");
+            device.write(buf, 0, bytes).expect("write");
+            buf
+        };
+        let (ab, bb, ub) = (
+            upload(bytemuck::cast_slice(&a)),
+            upload(bytemuck::cast_slice(&b)),
+            upload(bytemuck::cast_slice(&u)),
+        );
+        let two = upload(bytemuck::cast_slice(&[2.5f32]));
+        let out = upload(&vec![0xAB; (n + 8) * 4]);
+        let at = |buf, offset: usize, dtype| {
+            let mut layout = Layout::contiguous([n / 64, 64]);
+            layout.offset = offset;
+            View::new(buf, layout, dtype)
+        };
+        let mut scalar = at(two, 0, DType::F32);
+        scalar.layout.strides = vec![0, 0];
+        type Want<'a> = Box<dyn Fn(usize) -> f32 + 'a>;
+        let cases: Vec<(Op, Want)> = vec![
+            (
+                Op::Binary {
+                    op: BinaryOp::Add,
+                    lhs: at(ab, 4, DType::F32),
+                    rhs: at(bb, 0, DType::F32),
+                    out: at(out, 4, DType::F32),
+                },
+                Box::new(|i| a[i + 4] + b[i]),
+            ),
+            (
+                Op::Binary {
+                    op: BinaryOp::Mul,
+                    lhs: at(bb, 0, DType::F32),
+                    rhs: scalar,
+                    out: at(out, 4, DType::F32),
+                },
+                Box::new(|i| b[i] * 2.5),
+            ),
+            (
+                Op::Cast { input: at(ub, 0, DType::U32), out: at(out, 4, DType::F32) },
+                Box::new(|i| u[i] as f32),
+            ),
+            (
+                Op::Unary {
+                    op: UnaryOp::Exp,
+                    input: at(ab, 0, DType::F32),
+                    out: at(out, 4, DType::F32),
+                },
+                Box::new(|i| a[i].exp()),
+            ),
+        ];
+        for (op, want) in cases {
+            device.run(&op).expect("run");
+            let mut bytes = vec![0u8; (n + 8) * 4];
+            device.read(out, 0, &mut bytes).expect("read");
+            let got: &[f32] = bytemuck::cast_slice(&bytes);
+            for i in 0..n {
+                let w = want(i);
+                assert!(
+                    (got[i + 4] - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{}: element {i}: {} vs {w}",
+                    op.describe(),
+                    got[i + 4]
+                );
+            }
+            let words: &[u32] = bytemuck::cast_slice(&bytes);
+            for i in (0..4).chain(n + 4..n + 8) {
+                assert_eq!(
+                    words[i],
+                    0xABAB_ABAB,
+                    "{}: word {i} outside the view was written",
+                    op.describe()
+                );
+            }
+        }
+    }
+}
+
 /// A view past what the adapter binds at once is a clear error, not a wrong answer; views
 /// inside the bindable part of a big buffer still work.
 #[test]

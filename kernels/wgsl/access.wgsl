@@ -15,6 +15,24 @@ fn ld{{K}}(i: u32) -> u32 {
     return b{{K}}[i >> 2u][i & 3u];
 }
 
+//# w32_v4c_ro
+// One aligned `vec4` per invocation (the `flat4` kernel): its `main` loads the invocation's
+// four words into `c{{K}}` once; `ld{{K}}` picks an element's word from them.
+@group(0) @binding({{K}}) var<storage, read> b{{K}}: array<vec4<u32>>;
+var<private> c{{K}}: vec4<u32>;
+fn ld{{K}}(i: u32) -> u32 {
+    return c{{K}}[i & 3u];
+}
+
+//# w32_v4_rw
+@group(0) @binding({{K}}) var<storage, read_write> b{{K}}: array<vec4<u32>>;
+fn ld{{K}}(i: u32) -> u32 {
+    return b{{K}}[i >> 2u][i & 3u];
+}
+fn st{{K}}(i: u32, v: u32) {
+    b{{K}}[i >> 2u][i & 3u] = v;
+}
+
 //# w32_rw
 @group(0) @binding({{K}}) var<storage, read_write> b{{K}}: array<u32>;
 fn ld{{K}}(i: u32) -> u32 {

@@ -54,6 +54,28 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
+//# flat4
+// The `flat` kernel's case where every operand that advances is 32-bit, starts on a multiple
+// of 4 elements and has no period, and the element count is a multiple of 4: each
+// invocation takes one aligned `vec4` of every such operand ({{LOAD4}} loads them once) and
+// stores one `vec4` of output. [2] is the invocation count (elements / 4).
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let q = linear_id(gid, nwg, 256u);
+    if q >= pw(2u) {
+        return;
+    }
+    let m = pw(7u);
+    let step = vec4<u32>(m & 1u, (m >> 1u) & 1u, (m >> 2u) & 1u, (m >> 3u) & 1u);
+    let base = vec4<u32>(pw(16u), pw(25u), pw(34u), pw(43u));
+    {{LOAD4}}
+    var v: vec4<u32>;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        v[j] = value(base + step * vec4<u32>(q * 4u + j));
+    }
+    b{{OUT}}[(base.{{OUT_C}} >> 2u) + q] = v;
+}
+
 //# words
 // A contiguous packed output (16- or 8-bit): one invocation per u32 word of it, stored with a
 // plain write; the edge words keep the bytes outside the view. No atomics needed.

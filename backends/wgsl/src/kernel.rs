@@ -29,6 +29,9 @@ pub(crate) struct Operand {
     pub vector: bool,
     /// A writable packed output bound as plain words (each written whole by one invocation).
     pub words: bool,
+    /// A 32-bit operand bound as `array<vec4<u32>>`, one aligned `vec4` per invocation (the
+    /// elementwise `flat4` kernel): an input's words are loaded once into a private `vec4`.
+    pub quad: bool,
 }
 
 impl Operand {
@@ -39,6 +42,7 @@ impl Operand {
             writable: false,
             vector: false,
             words: false,
+            quad: false,
         }
     }
     pub fn output(view: &manychips_api::View) -> Self {
@@ -48,6 +52,7 @@ impl Operand {
             writable: true,
             vector: false,
             words: false,
+            quad: false,
         }
     }
 }
@@ -70,7 +75,10 @@ fn access(k: usize, op: &Operand) -> Result<String> {
         DType::F16 | DType::BF16 => "h16",
         DType::U8 => "b8",
     };
+    let quad = op.quad && store == "w32";
     let mode = match (op.writable, op.vector && op.dtype == DType::F32) {
+        (true, _) if quad => "v4_rw",
+        (false, _) if quad => "v4c_ro",
         (true, _) => "rw",
         (false, true) => "v4_ro",
         (false, false) => "ro",
@@ -224,14 +232,28 @@ mod tests {
         let slot = Slot::Temporary(0);
         let rw = access(
             2,
-            &Operand { slot, dtype: DType::F16, writable: true, vector: false, words: false },
+            &Operand {
+                slot,
+                dtype: DType::F16,
+                writable: true,
+                vector: false,
+                words: false,
+                quad: false,
+            },
         );
         let rw = rw.unwrap_or_default();
         assert!(rw.contains("var<storage, read_write> b2: array<atomic<u32>>"));
         assert!(rw.contains("fn stf2(i: u32, v: f32)") && rw.contains("f32_to_f16(v)"));
         let ro = access(
             0,
-            &Operand { slot, dtype: DType::F32, writable: false, vector: false, words: false },
+            &Operand {
+                slot,
+                dtype: DType::F32,
+                writable: false,
+                vector: false,
+                words: false,
+                quad: false,
+            },
         );
         let ro = ro.unwrap_or_default();
         assert!(ro.contains("var<storage, read> b0: array<u32>") && !ro.contains("fn st0"));

@@ -115,12 +115,21 @@ pub(super) fn dispatch(
     let per = per_word(out_dtype);
     let words = per > 1 && out.is_contiguous();
     let flat = if per == 1 { flat_steps(out, layouts) } else { None };
+    let quad =
+        flat.and_then(|(steps, periods)| quad_operands(n, steps, &periods, layouts, &operands));
     let (items, section) = if words {
         operands[k].words = true;
         params.set(5, per as u32)?;
         params.set(6, word(op, "offset", out.offset)?)?;
         let first = out.offset / per;
         ((out.offset + n).div_ceil(per) - first, "words")
+    } else if let (Some((steps, _)), Some(advancing)) = (flat, &quad) {
+        params.set(2, word(op, "invocations", n / 4)?)?;
+        params.set(7, steps)?;
+        for &k in advancing {
+            operands[k].quad = true;
+        }
+        (n / 4, "flat4")
     } else if let Some((steps, periods)) = flat {
         let apart = n.div_ceil(FLAT_PER_INVOCATION);
         params.set(2, word(op, "invocations", apart)?)?;
@@ -149,9 +158,13 @@ pub(super) fn dispatch(
             ("OUT_C", component),
         ]
     };
-    let at = flat.map(|(_, periods)| flat_index(&periods));
+    let at = flat.filter(|_| quad.is_none()).map(|(_, periods)| flat_index(&periods));
     if let Some(at) = &at {
         subs.push(("AT", at));
+    }
+    let loads = quad.as_ref().map(|advancing| quad_loads(advancing, k));
+    if let Some(loads) = &loads {
+        subs.push(("LOAD4", loads));
     }
     let kernel = Kernel {
         family: "elementwise",
@@ -162,6 +175,37 @@ pub(super) fn dispatch(
         subs: &subs,
     };
     kernel.dispatch(params, grid_1d(op, items, WG, f)?)
+}
+
+/// The operands (by index, the output among them) that the `flat4` kernel reads or writes
+/// a `vec4` at a time, when it applies: every operand that advances with the element is
+/// 32-bit, starts on a multiple of 4 elements and repeats no block, and the count is a
+/// multiple of 4. Broadcast single elements are read as they are.
+fn quad_operands(
+    n: usize,
+    steps: u32,
+    periods: &[usize; 3],
+    layouts: &[Strided],
+    operands: &[Operand],
+) -> Option<Vec<usize>> {
+    if !n.is_multiple_of(4) || periods.iter().any(|&p| p > 0) {
+        return None;
+    }
+    let advancing: Vec<usize> = (0..layouts.len()).filter(|k| steps & (1 << k) != 0).collect();
+    let fits = |&k: &usize| {
+        matches!(operands[k].dtype, DType::F32 | DType::U32) && layouts[k].offset.is_multiple_of(4)
+    };
+    advancing.iter().all(fits).then_some(advancing)
+}
+
+/// The `flat4` kernel's loads: each advancing input's `vec4` into its private copy.
+fn quad_loads(advancing: &[usize], out: usize) -> String {
+    let mut loads = String::new();
+    for &k in advancing.iter().filter(|&&k| k != out) {
+        let c = ["x", "y", "z", "w"][k];
+        loads.push_str(&format!("c{k} = b{k}[(base.{c} >> 2u) + q]; "));
+    }
+    loads
 }
 
 /// Elements each invocation of the `flat` kernel computes.

@@ -107,6 +107,7 @@ fn scatter(
             writable: true,
             vector: false,
             words: false,
+            quad: false,
         };
         (temp, (0, acc_layout.strides.clone()))
     };
@@ -146,6 +147,7 @@ fn scatter(
         writable: false,
         vector: false,
         words: false,
+        quad: false,
     };
     let temp_rw = Operand { writable: true, ..temp_ro };
     let acc_strided = Strided::new(0, acc_layout.strides.clone());

@@ -223,6 +223,47 @@ fn dense_and_scalar_operands_take_the_flat_kernel() {
 }
 
 #[test]
+fn aligned_32_bit_operands_take_a_vec4_at_a_time() {
+    let f = features(MatmulKernel::Naive);
+    let first = |op: &Op| lower(op, &f).ok().and_then(|l| l.dispatches.into_iter().next());
+    let add = |lhs: View, rhs: View, dims: &[usize]| Op::Binary {
+        op: BinaryOp::Add,
+        lhs,
+        rhs,
+        out: view(2, dims, DType::F32),
+    };
+    let quad = |d: &crate::Dispatch| d.source.contains("var<private> c0: vec4<u32>;");
+    // 4×8 dense f32, one input 8 elements in: one vec4 per invocation, 8 invocations; the
+    // advancing inputs are loaded once, the output stored whole.
+    let mut shifted = view(1, &[4, 8], DType::F32);
+    shifted.layout.offset = 8;
+    let d = first(&add(view(0, &[4, 8], DType::F32), shifted, &[4, 8])).expect("lowers");
+    assert!(quad(&d) && d.source.contains("c1 = b1[(base.y >> 2u) + q];"), "{}", d.source);
+    assert_eq!((d.params[7], d.params[2]), (0b111, 8));
+    // A broadcast element is read as it is; only the dense input is a vec4.
+    let mut scalar = view(1, &[4, 8], DType::F32);
+    scalar.layout.strides = vec![0, 0];
+    let d = first(&add(view(0, &[4, 8], DType::F32), scalar, &[4, 8])).expect("lowers");
+    assert!(quad(&d) && !d.source.contains("c1 ="), "{}", d.source);
+    // Not a multiple of 4 elements, an offset off the vec4 grid, a period (a bias row) or a
+    // 16-bit operand: the scalar `flat` kernel.
+    let mut odd = view(1, &[4, 8], DType::F32);
+    odd.layout.offset = 2;
+    let mut row = view(1, &[4, 8], DType::F32);
+    row.layout.strides = vec![0, 1];
+    let cases = [
+        add(view(0, &[3, 5], DType::F32), view(1, &[3, 5], DType::F32), &[3, 5]),
+        add(view(0, &[4, 8], DType::F32), odd, &[4, 8]),
+        add(view(0, &[4, 8], DType::F32), row, &[4, 8]),
+        Op::Cast { input: view(0, &[4, 8], DType::F16), out: view(2, &[4, 8], DType::F32) },
+    ];
+    for op in cases {
+        let d = first(&op).expect("lowers");
+        assert!(!quad(&d) && d.source.contains("let apart = pw(2u);"), "{op:?}");
+    }
+}
+
+#[test]
 fn cpu_backed_drivers_give_many_moderate_rows_one_invocation_each() {
     let softmax = |rows: usize, len: usize| Op::Softmax {
         input: view(0, &[rows, len], DType::F32),
