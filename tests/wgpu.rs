@@ -79,9 +79,9 @@ fn packed_outputs_keep_their_neighbours() {
 }
 
 /// The vec4 elementwise kernel (every advancing operand 32-bit and on the vec4 grid): an
-/// add, a multiply by a broadcast element, a u32 → f32 cast and an exp over an output view
-/// 4 elements into its buffer give the scalar answers, and the elements around the view
-/// keep their bytes.
+/// add, a multiply by a broadcast element, a bias row subtracted, a u32 → f32 cast and an
+/// exp over an output view 4 elements into its buffer give the scalar answers, and the
+/// elements around the view keep their bytes.
 #[test]
 fn aligned_vec4_elementwise_ops_match_and_touch_only_their_view() {
     use manychips::{BinaryOp, DType, Layout, Op, UnaryOp, View};
@@ -109,6 +109,9 @@ fn aligned_vec4_elementwise_ops_match_and_touch_only_their_view() {
         };
         let mut scalar = at(two, 0, DType::F32);
         scalar.layout.strides = vec![0, 0];
+        // A bias row: the first 64 of `b`, repeated down the rows.
+        let mut bias = at(bb, 0, DType::F32);
+        bias.layout.strides = vec![0, 1];
         type Want<'a> = Box<dyn Fn(usize) -> f32 + 'a>;
         let cases: Vec<(Op, Want)> = vec![
             (
@@ -128,6 +131,15 @@ fn aligned_vec4_elementwise_ops_match_and_touch_only_their_view() {
                     out: at(out, 4, DType::F32),
                 },
                 Box::new(|i| b[i] * 2.5),
+            ),
+            (
+                Op::Binary {
+                    op: BinaryOp::Sub,
+                    lhs: at(ab, 0, DType::F32),
+                    rhs: bias,
+                    out: at(out, 4, DType::F32),
+                },
+                Box::new(|i| a[i] - b[i % 64]),
             ),
             (
                 Op::Cast { input: at(ub, 0, DType::U32), out: at(out, 4, DType::F32) },

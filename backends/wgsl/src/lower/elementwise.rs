@@ -123,9 +123,12 @@ pub(super) fn dispatch(
         params.set(6, word(op, "offset", out.offset)?)?;
         let first = out.offset / per;
         ((out.offset + n).div_ceil(per) - first, "words")
-    } else if let (Some((steps, _)), Some(advancing)) = (flat, &quad) {
+    } else if let (Some((steps, periods)), Some(advancing)) = (flat, &quad) {
         params.set(2, word(op, "invocations", n / 4)?)?;
         params.set(7, steps)?;
+        for (k, &p) in periods.iter().enumerate() {
+            params.set(FLAT_PERIODS + k, word(op, "period", p)?)?;
+        }
         for &k in advancing {
             operands[k].quad = true;
         }
@@ -162,7 +165,10 @@ pub(super) fn dispatch(
     if let Some(at) = &at {
         subs.push(("AT", at));
     }
-    let loads = quad.as_ref().map(|advancing| quad_loads(advancing, k));
+    let loads = match (&quad, flat) {
+        (Some(advancing), Some((_, periods))) => Some(quad_loads(advancing, k, &periods)),
+        _ => None,
+    };
     if let Some(loads) = &loads {
         subs.push(("LOAD4", loads));
     }
@@ -179,8 +185,9 @@ pub(super) fn dispatch(
 
 /// The operands (by index, the output among them) that the `flat4` kernel reads or writes
 /// a `vec4` at a time, when it applies: every operand that advances with the element is
-/// 32-bit, starts on a multiple of 4 elements and repeats no block, and the count is a
-/// multiple of 4. Broadcast single elements are read as they are.
+/// 32-bit and starts on a multiple of 4 elements, a repeated block (a bias row) is a
+/// multiple of 4 long, and the count is a multiple of 4. Broadcast single elements are read
+/// as they are.
 fn quad_operands(
     n: usize,
     steps: u32,
@@ -188,7 +195,7 @@ fn quad_operands(
     layouts: &[Strided],
     operands: &[Operand],
 ) -> Option<Vec<usize>> {
-    if !n.is_multiple_of(4) || periods.iter().any(|&p| p > 0) {
+    if !n.is_multiple_of(4) || periods.iter().any(|&p| !p.is_multiple_of(4)) {
         return None;
     }
     let advancing: Vec<usize> = (0..layouts.len()).filter(|k| steps & (1 << k) != 0).collect();
@@ -198,12 +205,17 @@ fn quad_operands(
     advancing.iter().all(fits).then_some(advancing)
 }
 
-/// The `flat4` kernel's loads: each advancing input's `vec4` into its private copy.
-fn quad_loads(advancing: &[usize], out: usize) -> String {
+/// The `flat4` kernel's loads: each advancing input's `vec4` into its private copy (for a
+/// repeated block, the invocation's `vec4` of it: `q` modulo the block's `vec4` count).
+fn quad_loads(advancing: &[usize], out: usize, periods: &[usize; 3]) -> String {
     let mut loads = String::new();
     for &k in advancing.iter().filter(|&&k| k != out) {
         let c = ["x", "y", "z", "w"][k];
-        loads.push_str(&format!("c{k} = b{k}[(base.{c} >> 2u) + q]; "));
+        let at = match periods.get(k) {
+            Some(&p) if p > 0 => format!("q % (pw({}u) >> 2u)", FLAT_PERIODS + k),
+            _ => "q".to_string(),
+        };
+        loads.push_str(&format!("c{k} = b{k}[(base.{c} >> 2u) + {at}]; "));
     }
     loads
 }

@@ -245,16 +245,22 @@ fn aligned_32_bit_operands_take_a_vec4_at_a_time() {
     scalar.layout.strides = vec![0, 0];
     let d = first(&add(view(0, &[4, 8], DType::F32), scalar, &[4, 8])).expect("lowers");
     assert!(quad(&d) && !d.source.contains("c1 ="), "{}", d.source);
-    // Not a multiple of 4 elements, an offset off the vec4 grid, a period (a bias row) or a
-    // 16-bit operand: the scalar `flat` kernel.
-    let mut odd = view(1, &[4, 8], DType::F32);
-    odd.layout.offset = 2;
+    // A bias row of 8 repeated down the rows: its vec4 is `q` modulo the row's 2 vec4s.
     let mut row = view(1, &[4, 8], DType::F32);
     row.layout.strides = vec![0, 1];
+    let d = first(&add(view(0, &[4, 8], DType::F32), row, &[4, 8])).expect("lowers");
+    assert!(d.source.contains("c1 = b1[(base.y >> 2u) + q % (pw(53u) >> 2u)];"), "{}", d.source);
+    assert_eq!((d.params[7], d.params[53]), (0b111, 8));
+    // Not a multiple of 4 elements, an offset off the vec4 grid, a row of 5 or a 16-bit
+    // operand: the scalar `flat` kernel.
+    let mut odd = view(1, &[4, 8], DType::F32);
+    odd.layout.offset = 2;
+    let mut row5 = view(1, &[4, 5], DType::F32);
+    row5.layout.strides = vec![0, 1];
     let cases = [
         add(view(0, &[3, 5], DType::F32), view(1, &[3, 5], DType::F32), &[3, 5]),
         add(view(0, &[4, 8], DType::F32), odd, &[4, 8]),
-        add(view(0, &[4, 8], DType::F32), row, &[4, 8]),
+        add(view(0, &[4, 5], DType::F32), row5, &[4, 5]),
         Op::Cast { input: view(0, &[4, 8], DType::F16), out: view(2, &[4, 8], DType::F32) },
     ];
     for op in cases {
