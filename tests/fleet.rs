@@ -293,8 +293,14 @@ fn schedulers_on_one_fleet_see_each_others_evictions() {
             .iter()
             .any(|e| matches!(e, FleetEvent::Evicted { device, .. } if device == "sim:3"))
     );
+    planner.start_trace();
     planner.matmul(&a, &a).unwrap();
     let plan = planner.last_plan().unwrap();
     assert!(plan.shares.iter().all(|s| s.device == "sim:1"), "{}", plan.explain());
+    let left =
+        |e: &FleetEvent| matches!(e, FleetEvent::Evicted { device, .. } if device == "sim:3");
+    assert!(plan.events.iter().any(left), "{:?}", plan.events);
+    let trace = planner.take_trace().unwrap().to_json();
+    assert!(trace.contains("sim:3: evicted: out of the fleet"), "{trace}");
     assert_eq!(labels(&fleet), ["cpu:0", "sim:1"]);
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use manychips::fleet::FleetEvent;
 use manychips::plan::{DeviceProfile, Plan, Planner};
 use manychips::sim::{SimDevice, SimProfile};
 use manychips::{
@@ -375,6 +376,8 @@ fn a_device_that_fails_its_share_is_evicted_and_the_op_re_planned() {
     assert_eq!(flaky.injected_failures(), 1, "the fault must have hit a share");
     assert!(planner.evicted().is_empty(), "a single fault must not evict");
     let plan = planner.last_plan().unwrap();
+    let retried = |e: &FleetEvent| matches!(e, FleetEvent::Retried { device, attempt: 1, .. } if device == "sim:1");
+    assert!(plan.events.len() == 1 && retried(&plan.events[0]), "{:?}", plan.events);
     assert!(plan.shares.len() > 1, "the op should be split: {}", plan.explain());
 
     // A lost device is evicted; the op completes on the others with the same result.
@@ -386,6 +389,9 @@ fn a_device_that_fails_its_share_is_evicted_and_the_op_re_planned() {
     assert_eq!(evicted.len(), 1, "{evicted:?} {}", planner.last_plan().unwrap().explain());
     assert_eq!(evicted[0].0, "sim:2");
     let plan = planner.last_plan().unwrap();
+    let gone =
+        |e: &FleetEvent| matches!(e, FleetEvent::Evicted { device, .. } if device == "sim:2");
+    assert!(plan.events.iter().any(gone), "{:?}", plan.events);
     assert!(plan.shares.iter().all(|s| s.device != "sim:2"), "{}", plan.explain());
 
     // The device holding the operands cannot be replaced: out of memory there is reported

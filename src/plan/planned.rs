@@ -7,6 +7,7 @@ use std::time::Duration;
 use manychips_api::OpClass;
 
 use super::price::secs;
+use crate::fleet::FleetEvent;
 
 /// Time of each stage of one device's share: inputs in, the kernel, the result out.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -63,6 +64,9 @@ pub struct Plan {
     pub measured: Option<Duration>,
     /// Time spent choosing the shares.
     pub planning: Duration,
+    /// What the fleet did while the op ran: retries and evictions, in order (each also an
+    /// instant on the device's track of the planner's trace).
+    pub events: Vec<FleetEvent>,
 }
 
 impl Plan {

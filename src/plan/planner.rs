@@ -14,7 +14,7 @@ use super::price::secs;
 use super::profile::DeviceProfile;
 use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
-use crate::fleet::{FaultPolicy, Membership, Verdict};
+use crate::fleet::{FaultPolicy, FleetEvent, Membership, Verdict};
 use crate::{DeviceRef, Fleet};
 
 /// A split must be predicted to beat the best single device by this fraction: below it,
@@ -129,18 +129,24 @@ impl Planner {
         self
     }
 
-    /// Follows the shared membership, if any, when it changed since the last look.
-    fn follow_membership(&mut self) {
-        let Some((membership, seen)) = &mut self.membership else { return };
+    /// Follows the shared membership, if any, when it changed since the last look; the
+    /// events say which members left.
+    fn follow_membership(&mut self) -> Vec<FleetEvent> {
+        let Some((membership, seen)) = &mut self.membership else { return Vec::new() };
         let epoch = membership.epoch();
         if epoch == *seen {
-            return;
+            return Vec::new();
         }
         *seen = epoch;
         let (membership, members) = (membership.clone(), std::mem::take(&mut self.members));
+        let mut events = Vec::new();
         for member in members {
             match membership.why_out(&member.label) {
-                Some(why) => self.evicted.push((member, why)),
+                Some(why) => {
+                    let reason = format!("out of the fleet: {why}");
+                    events.push(FleetEvent::Evicted { device: member.label.clone(), reason });
+                    self.evicted.push((member, why));
+                }
                 None => self.members.push(member),
             }
         }
@@ -148,7 +154,24 @@ impl Planner {
             .into_iter()
             .partition(|(m, _)| membership.get(&m.label).is_some());
         self.evicted = still;
-        self.members.extend(back.into_iter().map(|(m, _)| m));
+        for (member, _) in back {
+            events.push(FleetEvent::Readmitted { device: member.label.clone() });
+            self.members.push(member);
+        }
+        events
+    }
+
+    /// Records `event` as an instant on its device's track of the trace, if one is on.
+    fn trace_event(&mut self, event: &FleetEvent) {
+        if let Some(trace) = &mut self.trace {
+            let (device, stage) = match event {
+                FleetEvent::Retried { device, .. } => (device, "retried"),
+                FleetEvent::Evicted { device, .. } => (device, "evicted"),
+                FleetEvent::Readmitted { device } => (device, "readmitted"),
+                FleetEvent::Joined { device } => (device, "joined"),
+            };
+            trace.push(device, stage, event.to_string(), self.origin.elapsed(), Duration::ZERO);
+        }
     }
 
     /// A planner that only models devices (`label`, profile): it plans but cannot run. For
@@ -297,6 +320,7 @@ impl Planner {
                     best_single,
                     measured: None,
                     planning: Duration::ZERO,
+                    events: Vec::new(),
                 }
             }
             _ => Plan {
@@ -309,6 +333,7 @@ impl Planner {
                 best_single,
                 measured: None,
                 planning: Duration::ZERO,
+                events: Vec::new(),
             },
         };
         plan.planning = started.elapsed();
@@ -357,6 +382,7 @@ impl Planner {
             best_single,
             measured: None,
             planning: started.elapsed(),
+            events: Vec::new(),
         })
     }
 
@@ -516,7 +542,10 @@ impl Planner {
     /// it does for every scheduler.
     pub fn run(&mut self, op: &Op, src: &DeviceRef, dst: &DeviceRef) -> Result<Plan> {
         let mut failures: Vec<(String, u32)> = Vec::new();
-        self.follow_membership();
+        let mut events = self.follow_membership();
+        for event in &events {
+            self.trace_event(event);
+        }
         if self.members.is_empty() {
             return Err(Error::DeviceLost {
                 device: src.info().label(),
@@ -525,8 +554,15 @@ impl Planner {
         }
         loop {
             let err = match self.run_once(op, src, dst) {
+                Ok(mut plan) => {
+                    if let Some(last) = &mut self.last {
+                        last.events = events.clone();
+                    }
+                    plan.events = events;
+                    return Ok(plan);
+                }
                 Err(e) if e.is_device_fault() => e,
-                other => return other,
+                Err(e) => return Err(e),
             };
             let Some(label) = err.device().map(str::to_string) else { return Err(err) };
             let member = self.members.iter().position(|m| m.label == label);
@@ -548,6 +584,10 @@ impl Planner {
                 // A transient fault is retried, on the devices holding the data too.
                 Verdict::Retry => {
                     tracing::warn!(device = %label, attempt = count, %err, "planner: share failed; retrying");
+                    let error = err.to_string();
+                    let event = FleetEvent::Retried { device: label, attempt: count, error };
+                    self.trace_event(&event);
+                    events.push(event);
                     continue;
                 }
                 Verdict::Fail if err.kind() == ErrorKind::OutOfMemory => return Err(err),
@@ -571,6 +611,10 @@ impl Planner {
                 membership.evict(&member.label, &err.to_string());
                 *seen = membership.epoch();
             }
+            let event =
+                FleetEvent::Evicted { device: member.label.clone(), reason: err.to_string() };
+            self.trace_event(&event);
+            events.push(event);
             self.evicted.push((member, err.to_string()));
             if self.members.is_empty() {
                 return Err(err);

@@ -270,6 +270,7 @@ mod tests {
             best_single: ("sim:0".into(), Duration::ZERO),
             measured: None,
             planning: Duration::ZERO,
+            events: Vec::new(),
         }
     }
 
