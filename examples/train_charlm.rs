@@ -151,7 +151,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         return Err(format!("--dim {} is not a multiple of --heads {}", args.dim, args.heads));
     }
     let unigram = corpus.unigram_entropy();
-    let devices = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
+    let (fleet, devices) = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
     println!(
         "The Tempest: {} characters, vocabulary {}, unigram entropy {unigram:.3} nats; devices: {}",
         corpus.ids.len(),
@@ -161,7 +161,8 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let vocab = corpus.chars.len();
     let model_config = config(args, vocab);
     let mut dp = DataParallel::new(devices, args.seed, move |store| Gpt::new(store, model_config))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_membership(fleet.membership().clone());
     if matches!(args.dtype, Precision::F16) {
         dp.set_loss_scaler(Some(LossScaler::default())).map_err(|e| e.to_string())?;
     }

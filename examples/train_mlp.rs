@@ -125,7 +125,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let (test, train) = order.split_at(test_len);
     let (test, mut train) = (test.to_vec(), train.to_vec());
 
-    let devices = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
+    let (fleet, devices) = common::devices(args.devices.as_deref()).map_err(|e| e.to_string())?;
     println!(
         "digits: {} train / {} test images; devices: {}",
         train.len(),
@@ -136,7 +136,8 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     let dp = DataParallel::new(devices, args.seed, move |store| {
         Mlp::new(store, &[Digits::PIXELS, hidden, 10], Activation::Relu)
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_membership(fleet.membership().clone());
     let mut job = common::Job::new(dp, args.distributed)?;
     let leads = job.leads();
     let mut opt = AdamW::new(job.dp().params().to_vec(), args.lr)

@@ -26,17 +26,19 @@ use manychips::plan::{Calibration, DeviceProfile};
 use manychips::{DeviceRef, Fleet, Result};
 use plotters::prelude::*;
 
-/// The fleet's devices (`selector` like `MANYCHIPS_DEVICES`, e.g. `cpu` or `cpu,vulkan:0`;
-/// `None` uses the variable, unset means all) with their calibrated profiles.
-pub fn devices(selector: Option<&str>) -> Result<Vec<(DeviceRef, DeviceProfile)>> {
+/// The fleet (`selector` like `MANYCHIPS_DEVICES`, e.g. `cpu` or `cpu,vulkan:0`; `None`
+/// uses the variable, unset means all) and its devices with their calibrated profiles. A
+/// job built from them shares the fleet's membership (`with_membership`), as anything else
+/// scheduling on the fleet does.
+pub fn devices(selector: Option<&str>) -> Result<(Fleet, Vec<(DeviceRef, DeviceProfile)>)> {
     let fleet = match selector {
         Some(s) => Fleet::discover_selected(Some(s))?,
         None => Fleet::discover()?,
     };
-    let devices = fleet.devices().to_vec();
+    let devices = fleet.devices();
     let refs: Vec<&dyn manychips::Device> = devices.iter().map(|d| &**d).collect();
     let profiles = Calibration::new().load_or_measure_all(&refs, false)?;
-    Ok(devices.into_iter().zip(profiles).collect())
+    Ok((fleet, devices.into_iter().zip(profiles).collect()))
 }
 
 pub fn progress(steps: u64, quiet: bool) -> ProgressBar {
