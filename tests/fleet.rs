@@ -134,6 +134,22 @@ fn evict_and_join_change_membership() {
     assert_eq!(fleet.len(), 4);
 }
 
+/// `Fleet::readmit` probes the evicted members: one that works comes back, a lost one
+/// stays out.
+#[test]
+fn readmit_takes_back_the_evicted_devices_that_answer() {
+    let lost = Arc::new(SimDevice::new(cpu(), SimProfile::new("lost"), 2).unwrap());
+    let mut fleet = Fleet::from_devices(vec![cpu(), sim(1), lost.clone()], None).unwrap();
+    fleet.evict("sim:1").unwrap();
+    fleet.evict("sim:2").unwrap();
+    lost.fail_now(ErrorKind::DeviceLost);
+    let events = fleet.readmit(std::time::Duration::from_secs(5));
+    assert_eq!(events, [manychips::fleet::FleetEvent::Readmitted { device: "sim:1".into() }]);
+    assert_eq!(labels(&fleet), ["cpu:0", "sim:1"]);
+    assert_eq!(fleet.membership().evicted()[0].0, "sim:2");
+    assert_eq!(fleet.epoch(), 3);
+}
+
 #[test]
 fn a_failing_sim_device_is_evicted_on_its_device_fault() {
     let flaky = Arc::new(SimDevice::new(cpu(), SimProfile::new("flaky"), 7).unwrap());

@@ -393,6 +393,17 @@ fn a_device_that_fails_its_share_is_evicted_and_the_op_re_planned() {
         |e: &FleetEvent| matches!(e, FleetEvent::Evicted { device, .. } if device == "sim:2");
     assert!(plan.events.iter().any(gone), "{:?}", plan.events);
     assert!(plan.shares.iter().all(|s| s.device != "sim:2"), "{}", plan.explain());
+    assert!(planner.readmit().is_empty(), "a lost device does not answer the probe");
+
+    // Healed, it answers the probe and takes shares again.
+    lost.heal();
+    let back = planner.readmit();
+    assert_eq!(back, [FleetEvent::Readmitted { device: "sim:2".into() }]);
+    assert!(planner.evicted().is_empty());
+    let got = planner.matmul(&a, &b).unwrap();
+    assert!(max_diff(&got, &want) < 1e-4);
+    let plan = planner.last_plan().unwrap();
+    assert!(plan.share_of("sim:2").is_some(), "{}", plan.explain());
 
     // The device holding the operands cannot be replaced: out of memory there is reported
     // as such (after the retries: the chip is fine, the work too big), a loss as a loss.

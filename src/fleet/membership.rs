@@ -67,6 +67,13 @@ impl Membership {
         self.lock().out.clone()
     }
 
+    /// The devices out of the fleet, in eviction order.
+    pub fn evicted_devices(&self) -> Vec<DeviceRef> {
+        let roster = self.lock();
+        let device = |label: &String| roster.devices.iter().find(|d| d.info().label() == *label);
+        roster.out.iter().filter_map(|(label, _)| device(label).cloned()).collect()
+    }
+
     /// Takes member `label` out for `reason` and returns it; `None` when no member in has
     /// that label.
     pub fn evict(&self, label: &str, reason: &str) -> Option<DeviceRef> {

@@ -15,10 +15,12 @@ mod events;
 mod learned;
 mod membership;
 mod policy;
+mod probe;
 mod select;
 mod table;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::{DeviceInfo, DeviceRef, Error, Result};
 
@@ -28,6 +30,7 @@ pub use events::FleetEvent;
 pub use learned::{LEARNING_RATE, MAX_STEP, follow};
 pub use membership::Membership;
 pub use policy::{FaultPolicy, Verdict};
+pub use probe::answers;
 pub use select::{DEVICES_VAR, Selector, Term};
 
 /// The devices a program computes on, plus the host CPU device.
@@ -180,6 +183,21 @@ impl Fleet {
     /// it; `None` if no member in has that label.
     pub fn evict(&mut self, label: &str) -> Option<DeviceRef> {
         self.members.evict(label, "evicted by the program")
+    }
+
+    /// Probes every evicted member with a small op (each on a thread of its own) and brings
+    /// back those that answer right within `within`: for every scheduler sharing the
+    /// membership (the planner takes a device back at its next op; a data-parallel job
+    /// rebuilds its replica in [`DataParallel::readmit`](crate::train::DataParallel::readmit)).
+    pub fn readmit(&self, within: Duration) -> Vec<FleetEvent> {
+        let mut events = Vec::new();
+        for device in self.members.evicted_devices() {
+            let label = device.info().label();
+            if answers(&device, within) && self.members.readmit(&label) {
+                events.push(FleetEvent::Readmitted { device: label });
+            }
+        }
+        events
     }
 
     /// Adds `device` as a member (or brings back an evicted one of its label). Refused

@@ -14,7 +14,7 @@ use super::price::secs;
 use super::profile::DeviceProfile;
 use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
-use crate::fleet::{FaultPolicy, FleetEvent, Membership, Verdict};
+use crate::fleet::{FaultPolicy, FleetEvent, Membership, Verdict, answers};
 use crate::{DeviceRef, Fleet};
 
 /// A split must be predicted to beat the best single device by this fraction: below it,
@@ -620,6 +620,30 @@ impl Planner {
                 return Err(err);
             }
         }
+    }
+
+    /// Probes every member the planner evicted with a small op (each on a thread of its
+    /// own, so a device that hangs again is left behind) and takes back those that answer
+    /// right within the policy's `watchdog_min`; a shared membership takes them back too.
+    pub fn readmit(&mut self) -> Vec<FleetEvent> {
+        let within = self.policy.watchdog_min;
+        let (back, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.evicted)
+            .into_iter()
+            .partition(|(m, _)| m.device.as_ref().is_some_and(|d| answers(d, within)));
+        self.evicted = still;
+        let mut events = Vec::new();
+        for (member, _) in back {
+            if let Some((membership, seen)) = &mut self.membership {
+                membership.readmit(&member.label);
+                *seen = membership.epoch();
+            }
+            tracing::info!(device = %member.label, "planner: re-admitting a device");
+            let event = FleetEvent::Readmitted { device: member.label.clone() };
+            self.trace_event(&event);
+            events.push(event);
+            self.members.push(member);
+        }
+        events
     }
 
     pub fn fault_policy(&self) -> &FaultPolicy {

@@ -29,7 +29,6 @@ mod worker;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 pub use crate::fleet::FaultPolicy;
@@ -37,13 +36,13 @@ pub use crate::fleet::FleetEvent;
 use crate::fleet::Membership;
 pub(crate) use shares::ranges;
 use shares::{by_weights, prior};
-use worker::{ShareDone, Worker, wait_done};
+use worker::Worker;
 
 use super::nn::Ctx;
 use super::optim::{LossScaler, Optimizer, clip_grad_norm};
 use super::{Grads, Param, ParamStore, Var};
 use crate::plan::{DeviceProfile, Linear, Trace, equal_finish, makespan};
-use crate::{DeviceRef, Error, Result, Tensor};
+use crate::{DeviceRef, Error, Result};
 
 /// How often (in steps) the split-or-whole choice not taken is measured again.
 pub const PROBE_EVERY: u64 = 50;
@@ -576,42 +575,15 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
         let mut events = Vec::new();
         let mut still = Vec::new();
         for mut replica in std::mem::take(&mut self.evicted) {
-            let Ok(worker) = Worker::start(&replica.label) else {
-                still.push(replica);
-                continue;
-            };
-            let device = replica.device.clone();
-            let probe = Box::new(move || -> Result<ShareDone> {
-                let t = Tensor::full(2.0, [16], crate::DType::F32, &device)?;
-                let ok = t.affine(0.5, 0.0)?.to_vec::<f32>()?.iter().all(|&v| v == 1.0);
-                if !ok {
-                    return Err(Error::Fault {
-                        op: "probe".into(),
-                        device: device.info().label(),
-                        detail: "wrong answer".into(),
-                    });
-                }
-                Ok(ShareDone {
-                    loss: 0.0,
-                    secs: 0.0,
-                    nodes: 0,
-                    ended: Instant::now(),
-                    grads: Vec::new(),
-                })
-            });
-            let sent = Instant::now();
-            let (reply, replies) = channel();
-            let answered = worker
-                .submit(0, probe, reply)
-                .map(|()| wait_done(&replies, 0, sent + self.policy.watchdog_min));
-            // A fresh copy of the model: the share the device was evicted in may still be
-            // running on its old thread (a hang that ended), and must not write into the
-            // parameters the next shares read.
-            let rebuilt = match answered {
-                Ok(Some(Ok(_))) => self.rebuild(&replica.device),
-                _ => None,
-            };
-            if let Some((model, params)) = rebuilt {
+            // A fresh thread and a fresh copy of the model: the share the device was evicted
+            // in may still be running on its old thread (a hang that ended), and must not
+            // write into the parameters the next shares read.
+            let answered = crate::fleet::answers(&replica.device, self.policy.watchdog_min);
+            let rebuilt = answered
+                .then(|| Worker::start(&replica.label).ok())
+                .flatten()
+                .and_then(|worker| Some((worker, self.rebuild(&replica.device)?)));
+            if let Some((worker, (model, params))) = rebuilt {
                 tracing::info!(device = %replica.label, "re-admitting a device");
                 if let Some((membership, seen)) = &mut self.membership {
                     membership.readmit(&replica.label);

@@ -1,7 +1,7 @@
 //! One long-lived thread per replica that runs its shares, so that a device that stops
 //! answering can be left behind: the step waits for a share only until its deadline.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Sender, channel};
 use std::time::Instant;
 
 use crate::{Error, Result, Tensor};
@@ -92,28 +92,4 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic with no message".into())
-}
-
-/// The end of share `tag` on `replies`; `None` if it has not ended by `deadline` (the
-/// device is presumed hung).
-pub(super) fn wait_done(
-    replies: &Receiver<Message>,
-    tag: u64,
-    deadline: Instant,
-) -> Option<Result<ShareDone>> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match replies.recv_timeout(left) {
-            Ok(Message::Done { tag: t, result }) if t == tag => return Some(result),
-            Ok(_) => continue,
-            Err(RecvTimeoutError::Timeout) => return None,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Some(Err(Error::Fault {
-                    op: "data-parallel share".into(),
-                    device: "-".into(),
-                    detail: "the replica's thread has stopped".into(),
-                }));
-            }
-        }
-    }
 }
