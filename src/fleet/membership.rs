@@ -122,6 +122,54 @@ impl Membership {
     }
 }
 
+/// A scheduler's hold on a shared [`Membership`]: what the scheduler does goes there, and
+/// [`changed`](Follower::changed) tells it when someone else changed the roster since it
+/// last looked.
+#[derive(Clone, Debug)]
+pub(crate) struct Follower {
+    membership: Membership,
+    /// The epoch last looked at; none yet at first.
+    seen: Option<u64>,
+}
+
+impl Follower {
+    pub fn new(membership: Membership) -> Follower {
+        Follower { membership, seen: None }
+    }
+
+    /// The roster, when it changed since the last look (each change is seen once).
+    pub fn changed(&mut self) -> Option<Membership> {
+        let epoch = self.membership.epoch();
+        (self.seen != Some(epoch)).then(|| {
+            self.seen = Some(epoch);
+            self.membership.clone()
+        })
+    }
+
+    /// Records the scheduler's own eviction of `label`; a change it has seen already.
+    pub fn evict(&mut self, label: &str, reason: &str) {
+        self.own(|m| {
+            m.evict(label, reason);
+        });
+    }
+
+    /// Records the scheduler's own re-admission of `label`; a change it has seen already.
+    pub fn readmit(&mut self, label: &str) {
+        self.own(|m| {
+            m.readmit(label);
+        });
+    }
+
+    /// Applies `change`; when the scheduler was up to date before, it is after.
+    fn own(&mut self, change: impl FnOnce(&Membership)) {
+        let before = self.membership.epoch();
+        change(&self.membership);
+        if self.seen == Some(before) {
+            self.seen = Some(self.membership.epoch());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -144,5 +192,19 @@ mod tests {
         assert_eq!((other.epoch(), other.devices().len()), (2, 1));
         assert!(other.evict("vulkan:0", "never a member").is_none());
         assert_eq!(other.epoch(), 2);
+    }
+
+    #[test]
+    fn a_follower_sees_each_change_of_others_once_and_not_its_own() {
+        let cpu: DeviceRef = Arc::new(CpuDevice::with_threads(1).unwrap());
+        let roster = Membership::new(vec![cpu]);
+        let mut follower = Follower::new(roster.clone());
+        assert!(follower.changed().is_some(), "the first look sees the roster");
+        assert!(follower.changed().is_none());
+        follower.evict("cpu:0", "its own");
+        assert!(follower.changed().is_none(), "its own eviction is no news");
+        roster.readmit("cpu:0");
+        assert!(follower.changed().is_some_and(|m| m.why_out("cpu:0").is_none()));
+        assert!(follower.changed().is_none());
     }
 }

@@ -28,6 +28,7 @@ pub use dedup::{Dedup, Duplicate, SameChip, dedup};
 pub use discover::{Discovery, devices, discover};
 pub use events::FleetEvent;
 pub use learned::{LEARNING_RATE, MAX_STEP, follow};
+pub(crate) use membership::Follower;
 pub use membership::Membership;
 pub use policy::{FaultPolicy, Verdict};
 pub use probe::answers;

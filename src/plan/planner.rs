@@ -14,7 +14,7 @@ use super::price::secs;
 use super::profile::DeviceProfile;
 use super::split::{Linear, equal_finish, fluid_makespan, makespan};
 use super::trace::Trace;
-use crate::fleet::{FaultPolicy, FleetEvent, Membership, Verdict, answers};
+use crate::fleet::{FaultPolicy, FleetEvent, Follower, Membership, Verdict, answers};
 use crate::{DeviceRef, Fleet};
 
 /// A split must be predicted to beat the best single device by this fraction: below it,
@@ -44,7 +44,7 @@ pub struct Planner {
     policy: FaultPolicy,
     /// The fleet's record of who is in, when the planner was built for a fleet: evictions
     /// go there, and members another scheduler evicted get no shares.
-    membership: Option<(Membership, u64)>,
+    membership: Option<Follower>,
     corrections: Corrections,
     min_gain: f64,
     learning: bool,
@@ -125,20 +125,17 @@ impl Planner {
     /// recorded there, and before each run it drops the members that are out (another
     /// scheduler evicted them) and takes back those that are in again.
     pub fn with_membership(mut self, membership: Membership) -> Planner {
-        self.membership = Some((membership, u64::MAX));
+        self.membership = Some(Follower::new(membership));
         self
     }
 
     /// Follows the shared membership, if any, when it changed since the last look; the
     /// events say which members left.
     fn follow_membership(&mut self) -> Vec<FleetEvent> {
-        let Some((membership, seen)) = &mut self.membership else { return Vec::new() };
-        let epoch = membership.epoch();
-        if epoch == *seen {
+        let Some(membership) = self.membership.as_mut().and_then(Follower::changed) else {
             return Vec::new();
-        }
-        *seen = epoch;
-        let (membership, members) = (membership.clone(), std::mem::take(&mut self.members));
+        };
+        let members = std::mem::take(&mut self.members);
         let mut events = Vec::new();
         for member in members {
             match membership.why_out(&member.label) {
@@ -607,9 +604,8 @@ impl Planner {
             let Some(i) = member else { return Err(err) };
             tracing::warn!(device = %label, %err, "planner: evicting a failed device and re-planning");
             let member = self.members.remove(i);
-            if let Some((membership, seen)) = &mut self.membership {
+            if let Some(membership) = &mut self.membership {
                 membership.evict(&member.label, &err.to_string());
-                *seen = membership.epoch();
             }
             let event =
                 FleetEvent::Evicted { device: member.label.clone(), reason: err.to_string() };
@@ -633,9 +629,8 @@ impl Planner {
         self.evicted = still;
         let mut events = Vec::new();
         for (member, _) in back {
-            if let Some((membership, seen)) = &mut self.membership {
+            if let Some(membership) = &mut self.membership {
                 membership.readmit(&member.label);
-                *seen = membership.epoch();
             }
             tracing::info!(device = %member.label, "planner: re-admitting a device");
             let event = FleetEvent::Readmitted { device: member.label.clone() };

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::fleet::FaultPolicy;
 pub use crate::fleet::FleetEvent;
-use crate::fleet::Membership;
+use crate::fleet::{Follower, Membership};
 pub(crate) use shares::ranges;
 use shares::{by_weights, prior};
 use worker::Worker;
@@ -131,8 +131,8 @@ pub struct DataParallel<M> {
     build: Build<M>,
     seed: u64,
     policy: FaultPolicy,
-    /// The fleet's record of who is in, when built for a fleet, and the epoch last followed.
-    membership: Option<(Membership, u64)>,
+    /// The fleet's record of who is in, when built for a fleet.
+    membership: Option<Follower>,
     /// Fixed weights by device label instead of the cost model.
     fixed_split: Option<Vec<(String, f64)>>,
     /// Dynamic loss scaling (f16 compute).
@@ -205,20 +205,16 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
     /// this job's evictions and re-admissions are recorded there, and before each step a
     /// replica whose device is out (another scheduler evicted it) is evicted here too.
     pub fn with_membership(mut self, membership: Membership) -> DataParallel<M> {
-        self.membership = Some((membership, u64::MAX));
+        self.membership = Some(Follower::new(membership));
         self
     }
 
     /// Evicts the replicas whose devices the shared membership has out, when it changed
     /// since the last look; the events say so.
     fn follow_membership(&mut self) -> Result<Vec<FleetEvent>> {
-        let Some((membership, seen)) = &mut self.membership else { return Ok(Vec::new()) };
-        let epoch = membership.epoch();
-        if epoch == *seen {
+        let Some(membership) = self.membership.as_mut().and_then(Follower::changed) else {
             return Ok(Vec::new());
-        }
-        *seen = epoch;
-        let membership = membership.clone();
+        };
         let mut events = Vec::new();
         while let Some((i, why)) = self
             .replicas
@@ -562,9 +558,8 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
 
     /// Tells the shared membership, if any, that `label` is out (a no-op when it already is).
     fn record_out(&mut self, label: &str, reason: &str) {
-        if let Some((membership, seen)) = &mut self.membership {
+        if let Some(membership) = &mut self.membership {
             membership.evict(label, reason);
-            *seen = membership.epoch();
         }
     }
 
@@ -585,9 +580,8 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
                 .and_then(|worker| Some((worker, self.rebuild(&replica.device)?)));
             if let Some((worker, (model, params))) = rebuilt {
                 tracing::info!(device = %replica.label, "re-admitting a device");
-                if let Some((membership, seen)) = &mut self.membership {
+                if let Some(membership) = &mut self.membership {
                     membership.readmit(&replica.label);
-                    *seen = membership.epoch();
                 }
                 events.push(FleetEvent::Readmitted { device: replica.label.clone() });
                 replica.worker = worker;
