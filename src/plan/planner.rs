@@ -161,13 +161,7 @@ impl Planner {
     /// Records `event` as an instant on its device's track of the trace, if one is on.
     fn trace_event(&mut self, event: &FleetEvent) {
         if let Some(trace) = &mut self.trace {
-            let (device, stage) = match event {
-                FleetEvent::Retried { device, .. } => (device, "retried"),
-                FleetEvent::Evicted { device, .. } => (device, "evicted"),
-                FleetEvent::Readmitted { device } => (device, "readmitted"),
-                FleetEvent::Joined { device } => (device, "joined"),
-            };
-            trace.push(device, stage, event.to_string(), self.origin.elapsed(), Duration::ZERO);
+            trace.push_fleet_event(event, self.origin.elapsed());
         }
     }
 

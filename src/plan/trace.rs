@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::execute::Timing;
 use super::planned::Share;
+use crate::fleet::FleetEvent;
 
 /// One slice on a device's track.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +43,18 @@ impl Trace {
         duration: Duration,
     ) {
         self.events.push(Event { device: device.to_string(), stage, name, start, duration });
+    }
+
+    /// What the fleet did (a retry, an eviction, ...) as an instant at `at` on the device's
+    /// track, named by the kind of event: what every scheduler draws for its events.
+    pub fn push_fleet_event(&mut self, event: &FleetEvent, at: Duration) {
+        let (device, stage) = match event {
+            FleetEvent::Retried { device, .. } => (device, "retried"),
+            FleetEvent::Evicted { device, .. } => (device, "evicted"),
+            FleetEvent::Readmitted { device } => (device, "readmitted"),
+            FleetEvent::Joined { device } => (device, "joined"),
+        };
+        self.push(device, stage, event.to_string(), at, Duration::ZERO);
     }
 
     pub(crate) fn record_share(

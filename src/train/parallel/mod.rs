@@ -29,7 +29,7 @@ mod worker;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use crate::fleet::FaultPolicy;
 pub use crate::fleet::FleetEvent;
@@ -312,13 +312,7 @@ impl<M: Send + Sync + 'static> DataParallel<M> {
 
     fn trace_event(&mut self, event: &FleetEvent) {
         if let Some((origin, trace)) = &mut self.trace {
-            let (device, stage) = match event {
-                FleetEvent::Retried { device, .. } => (device, "retried"),
-                FleetEvent::Evicted { device, .. } => (device, "evicted"),
-                FleetEvent::Readmitted { device } => (device, "readmitted"),
-                FleetEvent::Joined { device } => (device, "joined"),
-            };
-            trace.push(device, stage, event.to_string(), origin.elapsed(), Duration::ZERO);
+            trace.push_fleet_event(event, origin.elapsed());
         }
     }
 
