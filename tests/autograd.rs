@@ -512,3 +512,23 @@ fn layer_norm_node_matches_its_decomposition() {
         close(got.get(ln.bias.id()).expect("db"), want.get(b.id()).expect("db"), "db");
     }
 }
+
+/// `to_device` is differentiable: the graph crosses to another device and back, and the
+/// leaf's gradient arrives on the leaf's own device, equal to the one computed without the
+/// crossing.
+#[test]
+fn to_device_sends_the_gradient_back_to_the_source_device() -> Result<()> {
+    let other: DeviceRef = Arc::new(CpuDevice::with_threads(1)?);
+    let x = Var::leaf(Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5], [2, 2], &cpu())?);
+    let w = Tensor::from_slice(&[0.5f32, 1.5, -1.0, 2.0], [2, 2], &other)?;
+    let crossed = x.to_device(&other)?.square()?.mul(&Var::constant(w.clone()))?.sum_all()?;
+    assert_eq!(crossed.tensor().device().info().id, other.info().id);
+    let grads = crossed.backward()?;
+    let g = grads.get(x.id()).expect("a gradient for x");
+    assert_eq!(g.device().info().id, cpu().info().id, "the gradient is on x's device");
+    // d/dx Σ w·x² = 2·w·x.
+    assert_eq!(g.to_vec::<f32>()?, vec![1.0, -6.0, -6.0, 2.0]);
+    // Onto its own device it is the same var: nothing recorded.
+    assert_eq!(x.to_device(&cpu())?.id(), x.id());
+    Ok(())
+}

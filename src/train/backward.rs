@@ -63,6 +63,8 @@ pub(crate) enum Backward {
         axis: usize,
     },
     Cast,
+    /// A copy to another device: the gradient travels back to the input's device.
+    ToDevice,
     /// `contiguous()`: same values, new layout.
     Identity,
     /// Layer norm over `axis` (the last) of inputs `[x, weight, bias]`, with the statistics
@@ -120,10 +122,25 @@ impl Backward {
             Backward::IndexSelect { .. } => "index_select",
             Backward::Gather { .. } => "gather",
             Backward::Cast => "cast",
+            Backward::ToDevice => "to_device",
             Backward::Identity => "contiguous",
             Backward::LayerNorm { .. } => "layer_norm",
             Backward::BiasActivation { .. } => "bias_activation",
             Backward::CrossEntropy { .. } => "cross_entropy",
+        }
+    }
+
+    /// The tensors this rule keeps besides the graph's inputs and output.
+    pub(crate) fn saved(&self) -> Vec<&Tensor> {
+        match self {
+            Backward::IndexSelect { indices, .. } | Backward::Gather { indices, .. } => {
+                vec![indices]
+            }
+            Backward::LayerNorm { mean, rstd, .. } => vec![mean, rstd],
+            Backward::CrossEntropy { log_probs, targets, weights, .. } => {
+                [Some(log_probs), Some(targets), weights.as_ref()].into_iter().flatten().collect()
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -248,6 +265,7 @@ impl Backward {
                 one(zeros.scatter_add_owned(*axis, indices, &g.contiguous()?)?)
             }
             Backward::Cast => one(cast_to(g, x.dtype())?),
+            Backward::ToDevice => one(g.to_device(x.device())?),
             Backward::Identity => one(g.clone()),
             Backward::LayerNorm { axis, mean, rstd } => {
                 let (w, b) = (inputs[1], inputs[2]);

@@ -25,6 +25,7 @@ pub mod nn;
 pub mod optim;
 mod parallel;
 mod params;
+pub mod pipeline;
 mod var;
 mod var_ops;
 
@@ -33,4 +34,5 @@ pub use parallel::{
     DataParallel, DeviceStep, FaultPolicy, FleetEvent, Gradients, PROBE_EVERY, StepReport,
 };
 pub use params::{Init, Param, ParamStore};
+pub use pipeline::{Layered, Pipeline, PipelinePlan};
 pub use var::{Grads, Var, VarId, is_grad_enabled, no_grad};

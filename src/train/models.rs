@@ -3,7 +3,7 @@
 //! from [`nn`](super::nn) layers.
 
 use super::nn::{Activation, Ctx, Dropout, Embedding, LayerNorm, Linear, TransformerBlock};
-use super::{ParamStore, Var};
+use super::{Layered, Param, ParamStore, Var};
 use crate::{DType, Error, Result, Tensor};
 
 /// `Linear → activation (→ dropout)` repeated, then a last `Linear`.
@@ -40,15 +40,34 @@ impl Mlp {
 
     /// `x` `[batch, inputs]` to `[batch, outputs]`.
     pub fn forward(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        let mut h = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            let hidden = i + 1 < self.layers.len();
-            h = layer.forward_activated(&h, hidden.then_some(self.activation))?;
-            if hidden && let Some(dropout) = &self.dropout {
-                h = dropout.forward(&h, ctx)?;
-            }
+        self.forward_layers(0..self.layers.len(), x, ctx)
+    }
+}
+
+/// Layer `i` is `fc{i+1}` with its activation and dropout.
+impl Layered for Mlp {
+    fn depth(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn forward_layer(&self, layer: usize, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let Some(linear) = self.layers.get(layer) else {
+            return Err(Error::InvalidArgument {
+                op: "Mlp::forward_layer".into(),
+                device: x.tensor().device().info().label(),
+                detail: format!("layer {layer} of {}", self.layers.len()),
+            });
+        };
+        let hidden = layer + 1 < self.layers.len();
+        let h = linear.forward_activated(x, hidden.then_some(self.activation))?;
+        match &self.dropout {
+            Some(dropout) if hidden => dropout.forward(&h, ctx),
+            _ => Ok(h),
         }
-        Ok(h)
+    }
+
+    fn layer_params(&self, layer: usize) -> Vec<Param> {
+        self.layers.get(layer).map_or_else(Vec::new, Linear::params)
     }
 }
 
@@ -96,23 +115,25 @@ impl Gpt {
 
     /// `ids` `[batch, time]` (`u32`, time ≤ context) to logits `[batch·time, vocab]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Var> {
-        let &[batch, time] = ids.dims() else {
+        self.forward_layers(0..self.depth(), &Var::constant(ids.clone()), &Ctx::eval())
+    }
+
+    /// Token plus position embeddings of `ids` `[batch, time]`.
+    fn embed(&self, ids: &Tensor) -> Result<Var> {
+        let &[_, time] = ids.dims() else {
             return Err(self.shape_error(ids, "ids are not [batch, time]"));
         };
         if time > self.config.context {
             return Err(self.shape_error(ids, "longer than the context"));
         }
         let positions = Tensor::arange(time, DType::U32, ids.device())?;
-        let mut x = self
-            .tokens
-            .forward(ids)?
-            .add(&self.positions.forward(&positions)?)?
-            .cast(self.config.dtype)?;
-        for block in &self.blocks {
-            x = block.forward(&x)?;
-        }
-        let logits = self.head.forward(&self.ln.forward(&x)?)?;
-        logits.reshape([batch * time, self.config.vocab])
+        self.tokens.forward(ids)?.add(&self.positions.forward(&positions)?)?.cast(self.config.dtype)
+    }
+
+    /// The final norm and the head, logits flattened to `[batch·time, vocab]`.
+    fn logits(&self, x: &Var) -> Result<Var> {
+        let rows = x.dims().iter().rev().skip(1).product::<usize>();
+        self.head.forward(&self.ln.forward(x)?)?.reshape([rows, self.config.vocab])
     }
 
     fn shape_error(&self, ids: &Tensor, why: &str) -> Error {
@@ -120,6 +141,30 @@ impl Gpt {
             op: "Gpt::forward".into(),
             device: ids.device().info().label(),
             detail: format!("{ids:?}: {why} (context {})", self.config.context),
+        }
+    }
+}
+
+/// Layer 0 embeds the ids (`[batch, time]` `u32`), layers `1..=layers` are the blocks, and
+/// the last is the final norm with the head.
+impl Layered for Gpt {
+    fn depth(&self) -> usize {
+        self.blocks.len() + 2
+    }
+
+    fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
+        match layer {
+            0 => self.embed(x.tensor()),
+            l if l <= self.blocks.len() => self.blocks[l - 1].forward(x),
+            _ => self.logits(x),
+        }
+    }
+
+    fn layer_params(&self, layer: usize) -> Vec<Param> {
+        match layer {
+            0 => [self.tokens.params(), self.positions.params()].concat(),
+            l if l <= self.blocks.len() => self.blocks[l - 1].params(),
+            _ => [self.ln.params(), self.head.params()].concat(),
         }
     }
 }

@@ -60,6 +60,21 @@ impl Param {
         *slot = value;
         Ok(())
     }
+    /// Moves the value to `device` (a pipeline stage's): every holder of this parameter
+    /// (the model, an optimizer) sees it there from now on. An optimizer's state made
+    /// before the move stays where it was, so move parameters before their optimizer
+    /// is built.
+    pub fn move_to(&self, device: &DeviceRef) -> Result<()> {
+        let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
+        *slot = slot.to_device(device)?;
+        Ok(())
+    }
+
+    /// The value's size in bytes.
+    pub fn bytes(&self) -> usize {
+        let value = self.value();
+        value.numel() * value.dtype().size_in_bytes()
+    }
 }
 
 impl fmt::Debug for Param {

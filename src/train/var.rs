@@ -228,6 +228,36 @@ impl Var {
         self.topological_order().len()
     }
 
+    /// What the graph behind this value costs, counted from its recorded ops: see
+    /// [`GraphCensus`]. Leaves (parameters, a stage's input) are not counted: they are
+    /// accounted for by whoever owns them.
+    pub(crate) fn census(&self) -> GraphCensus {
+        let mut census = GraphCensus::default();
+        let mut buffers: HashMap<usize, usize> = HashMap::new();
+        let mut keep = |t: &Tensor| {
+            let bytes = t.numel() * t.dtype().size_in_bytes();
+            let entry = buffers.entry(t.storage_key()).or_default();
+            *entry = (*entry).max(bytes);
+        };
+        for var in self.topological_order() {
+            let Some(backward) = &var.0.backward else { continue };
+            census.ops += 1;
+            let value = &var.0.value;
+            census.written_bytes += value.numel() * value.dtype().size_in_bytes();
+            keep(value);
+            for input in var.0.inputs.iter().filter(|v| !v.requires_grad()) {
+                keep(&input.0.value);
+            }
+            backward.saved().into_iter().for_each(&mut keep);
+            if let (Backward::Matmul, [a, _]) = (backward, var.0.inputs.as_slice()) {
+                let inner = a.dims().last().copied().unwrap_or(0);
+                census.matmul_flops += 2.0 * value.numel() as f64 * inner as f64;
+            }
+        }
+        census.retained_bytes = buffers.values().sum();
+        census
+    }
+
     /// Every var that needs a gradient, each after all of its inputs.
     fn topological_order(&self) -> Vec<Var> {
         // Iterative DFS: a deep graph (hundreds of layers) must not overflow the stack.
@@ -266,6 +296,21 @@ impl fmt::Debug for Var {
         };
         write!(f, "Var({kind}, {:?})", self.0.value)
     }
+}
+
+/// The cost of a recorded graph (one layer's forward pass, say), for planning: how many
+/// ops, how many flops its matmuls do, and how much memory it keeps for the backward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct GraphCensus {
+    /// Recorded ops.
+    pub ops: usize,
+    /// Flops of the forward matmuls (2·m·n·k each).
+    pub matmul_flops: f64,
+    /// Bytes the ops' outputs write.
+    pub written_bytes: usize,
+    /// Bytes of the distinct buffers the graph holds for the backward pass: op outputs,
+    /// constant operands and what the backward rules saved.
+    pub retained_bytes: usize,
 }
 
 /// The gradients of one backward pass (or of several, accumulated), by leaf id.

@@ -72,6 +72,16 @@ impl Var {
         Ok(Var::from_op(self.tensor().cast(dtype)?, Backward::Cast, &[self]))
     }
 
+    /// The same values on `device` (through the host; itself when already there). The
+    /// gradient flows back to this var's device: a pipeline's activations cross stages
+    /// this way, and its backward pass crosses them again in the other direction.
+    pub fn to_device(&self, device: &crate::DeviceRef) -> Result<Var> {
+        if self.device().info().id == device.info().id {
+            return Ok(self.clone());
+        }
+        Ok(Var::from_op(self.tensor().to_device(device)?, Backward::ToDevice, &[self]))
+    }
+
     // ----- reductions -----------------------------------------------------------------
 
     pub fn sum(&self, axis: usize) -> Result<Var> {

@@ -39,6 +39,8 @@ struct Table {
     /// Our buffer index → the inner device's buffer and its size.
     buffers: HashMap<u64, (BufferId, usize)>,
     used: u64,
+    /// The most `used` has been since the last reset.
+    peak: u64,
 }
 
 impl SimDevice {
@@ -97,6 +99,19 @@ impl SimDevice {
 
     pub fn reset_clock(&self) {
         self.clock.reset();
+    }
+
+    /// The most memory its buffers have held at once since it was made or
+    /// [`reset_peak_memory`](Self::reset_peak_memory) was called: what a memory plan is
+    /// checked against.
+    pub fn peak_memory(&self) -> u64 {
+        self.lock().peak
+    }
+
+    /// Starts the peak over from the memory in use now.
+    pub fn reset_peak_memory(&self) {
+        let mut table = self.lock();
+        table.peak = table.used;
     }
 
     /// From now on every call costs `k` times as much on the virtual clock (a throttled or
@@ -224,6 +239,7 @@ impl Device for SimDevice {
         table.next += 1;
         table.buffers.insert(index, (inner, bytes));
         table.used += bytes as u64;
+        table.peak = table.peak.max(table.used);
         Ok(BufferId { device: self.info.id, index })
     }
 

@@ -1,6 +1,6 @@
 use super::Linear;
 use crate::train::backward::Backward;
-use crate::train::{ParamStore, Var};
+use crate::train::{Param, ParamStore, Var};
 use crate::{BinaryOp, Error, Instr, Result, Tensor};
 
 /// Causal multi-head self-attention: each position attends to itself and the ones before.
@@ -25,6 +25,11 @@ impl CausalSelfAttention {
             proj: Linear::new(&store.sub("proj"), dim, dim, true)?,
             heads,
         })
+    }
+
+    /// Its parameters: the `qkv` layer's, then the projection's.
+    pub fn params(&self) -> Vec<Param> {
+        [self.qkv.params(), self.proj.params()].concat()
     }
 
     /// `x` is `[batch, time, dim]`.

@@ -12,6 +12,10 @@ impl Embedding {
         Ok(Embedding { weight: store.param("weight", [vocab, dim], Init::Normal { std: 0.02 })? })
     }
 
+    pub fn params(&self) -> Vec<Param> {
+        vec![self.weight.clone()]
+    }
+
     /// `ids` of shape `[..]` gives `[.., dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Var> {
         let rows = self.weight.var().index_select(&ids.flatten()?, 0)?;

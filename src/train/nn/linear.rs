@@ -25,6 +25,11 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// Its parameters: the weight, then the bias if it has one.
+    pub fn params(&self) -> Vec<Param> {
+        std::iter::once(self.weight.clone()).chain(self.bias.clone()).collect()
+    }
+
     /// `x` is `[.., in]`; leading dims are folded into one so the matmul is one GEMM.
     /// Parameters are cast to `x`'s dtype (f32 master weights under bf16/f16 compute).
     pub fn forward(&self, x: &Var) -> Result<Var> {

@@ -19,6 +19,10 @@ impl LayerNorm {
         })
     }
 
+    pub fn params(&self) -> Vec<Param> {
+        vec![self.weight.clone(), self.bias.clone()]
+    }
+
     /// Statistics in f32 whatever `x`'s dtype (as PyTorch's autocast does): a half-precision
     /// variance loses the small values and its gradient overflows. One autograd node: the
     /// statistics, then one fused pass for the output (four passes over `x` in all); its
@@ -49,6 +53,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn new(store: &ParamStore, dim: usize) -> Result<RmsNorm> {
         Ok(RmsNorm { weight: store.param("weight", [dim], Init::Ones)?, eps: 1e-6 })
+    }
+
+    pub fn params(&self) -> Vec<Param> {
+        vec![self.weight.clone()]
     }
 
     /// Statistics in f32 whatever `x`'s dtype, like [`LayerNorm`].

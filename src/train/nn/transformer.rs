@@ -1,6 +1,6 @@
 use super::{Activation, CausalSelfAttention, LayerNorm, Linear};
 use crate::Result;
-use crate::train::{ParamStore, Var};
+use crate::train::{Param, ParamStore, Var};
 
 /// A pre-norm transformer block (GPT-2's): `x + attn(ln1(x))`, then `x + mlp(ln2(x))` with
 /// a 4× wide GELU MLP.
@@ -22,6 +22,18 @@ impl TransformerBlock {
             fc1: Linear::new(&store.sub("fc1"), dim, 4 * dim, true)?,
             fc2: Linear::new(&store.sub("fc2"), 4 * dim, dim, true)?,
         })
+    }
+
+    /// Its parameters, in creation order.
+    pub fn params(&self) -> Vec<Param> {
+        [
+            self.ln1.params(),
+            self.attn.params(),
+            self.ln2.params(),
+            self.fc1.params(),
+            self.fc2.params(),
+        ]
+        .concat()
     }
 
     /// `x` is `[batch, time, dim]`.

@@ -37,6 +37,7 @@ use crate::fleet::{Follower, Membership};
 pub(crate) use shares::ranges;
 use shares::{by_weights, prior};
 use worker::Worker;
+pub(crate) use worker::panic_message;
 
 use super::nn::Ctx;
 use super::optim::{LossScaler, Optimizer, clip_grad_norm};

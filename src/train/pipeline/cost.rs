@@ -1,0 +1,76 @@
+//! What each layer of a model costs per micro-batch, measured by running one micro-batch
+//! through it: the numbers the stage planner prices and packs.
+
+use super::Layered;
+use crate::plan::DeviceProfile;
+use crate::train::nn::Ctx;
+use crate::train::{Var, no_grad};
+use crate::{DType, Result};
+
+/// One layer's cost for one micro-batch, counted from the graph its forward pass recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerCost {
+    /// Bytes of the layer's parameters.
+    pub param_bytes: usize,
+    /// Bytes its forward pass keeps for the backward pass (outputs of its ops, constant
+    /// operands, saved statistics), per micro-batch.
+    pub activation_bytes: usize,
+    /// Bytes of its output: what crosses to the next stage, and its gradient back.
+    pub output_bytes: usize,
+    /// Flops of its matmuls, forward.
+    pub matmul_flops: f64,
+    /// Bytes its ops write, forward (the memory-bound part).
+    pub written_bytes: usize,
+    /// Ops it records, forward (each one kernel launch or more).
+    pub ops: usize,
+    /// The dtype its matmuls run in (the activation's).
+    pub dtype: DType,
+}
+
+impl LayerCost {
+    /// Predicted seconds of its forward pass on a device of `profile`: launches, then the
+    /// larger of its matmul time and its memory time, as the planner prices one op.
+    pub fn forward_secs(&self, profile: &DeviceProfile) -> f64 {
+        let rate = profile.matmul_rate(self.dtype, self.matmul_flops);
+        let compute = match (self.matmul_flops, rate) {
+            (flops, _) if flops <= 0.0 => 0.0,
+            (flops, rate) if rate > 0.0 => flops / rate,
+            // A device with no measured matmul rate cannot be priced.
+            _ => f64::INFINITY,
+        };
+        // Each written byte was read about once too.
+        let memory = 2.0 * self.written_bytes as f64 / profile.bytes_per_s;
+        self.ops as f64 * profile.latency_s + compute.max(memory)
+    }
+
+    /// Predicted seconds of its backward pass: twice the forward's matmul flops (a gradient
+    /// for each operand) and about twice its ops and bytes.
+    pub fn backward_secs(&self, profile: &DeviceProfile) -> f64 {
+        2.0 * self.forward_secs(profile)
+    }
+}
+
+/// Runs `input` (one micro-batch) through every layer of `model` where its parameters are,
+/// each layer's graph on its own, and counts what each layer cost. The forward passes are
+/// recorded (that is what is measured) and then dropped.
+pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec<LayerCost>> {
+    let mut x = input.clone();
+    let mut costs = Vec::with_capacity(model.depth());
+    for layer in 0..model.depth() {
+        let y = model.forward_layer(layer, &x, ctx)?;
+        let census = y.census();
+        let out = y.tensor();
+        costs.push(LayerCost {
+            param_bytes: model.layer_params(layer).iter().map(|p| p.bytes()).sum(),
+            activation_bytes: census.retained_bytes,
+            output_bytes: out.numel() * out.dtype().size_in_bytes(),
+            matmul_flops: census.matmul_flops,
+            written_bytes: census.written_bytes,
+            ops: census.ops,
+            dtype: if out.dtype().is_float() { out.dtype() } else { DType::F32 },
+        });
+        // The next layer sees this output as its own input leaf, as a stage would.
+        x = Var::leaf(no_grad(|| out.clone()));
+    }
+    Ok(costs)
+}

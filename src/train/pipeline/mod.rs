@@ -1,0 +1,58 @@
+//! Pipeline parallelism: a layered model cut into stages of contiguous layers, each stage
+//! on its own device with its own parameters, gradients and optimizer state, so that a
+//! model no single chip holds trains on several.
+//!
+//! Three steps, each a value that can be looked at before the next:
+//! 1. [`profile_layers`] runs one micro-batch through the model and counts, per layer,
+//!    its parameters, what it keeps for the backward pass, its output and its flops;
+//! 2. [`PipelinePlan::search`] cuts the layers into stages sized by each device's
+//!    calibrated speed and free memory (or [`PipelinePlan::manual`] prices a cut the
+//!    caller chose); a plan that does not fit is refused before anything moves;
+//! 3. [`Pipeline`] moves each stage's parameters to its device and trains: every step runs
+//!    the micro-batches through the stages under the 1F1B schedule, one thread per stage,
+//!    activations and their gradients copied between stages, gradients accumulated over
+//!    the micro-batches, and each stage's optimizer updating its own parameters where they
+//!    live.
+//!
+//! The result is the same as running the same micro-batches one after another on one
+//! device: the stages run the same ops in the same order on each micro-batch, and each
+//! stage adds its micro-batches' gradients in micro-batch order.
+
+mod cost;
+mod plan;
+mod run;
+mod schedule;
+
+use std::ops::Range;
+
+pub use cost::{LayerCost, profile_layers};
+pub use plan::{Candidate, PipelinePlan, StageMemory, StagePlan};
+pub use run::{Pipeline, PipelineReport};
+pub use schedule::{Work, in_flight, one_f_one_b};
+
+use super::nn::Ctx;
+use super::{Param, Var};
+use crate::Result;
+
+/// A model as a chain of layers, the unit a pipeline cuts into stages. Layer 0 takes the
+/// micro-batch's input (token ids, say); each later layer takes the one before's output;
+/// the last one's output goes to the loss.
+pub trait Layered: Send + Sync {
+    /// How many layers.
+    fn depth(&self) -> usize;
+
+    /// Layer `layer` applied to `x`.
+    fn forward_layer(&self, layer: usize, x: &Var, ctx: &Ctx) -> Result<Var>;
+
+    /// The parameters layer `layer` owns: a parameter belongs to one layer only.
+    fn layer_params(&self, layer: usize) -> Vec<Param>;
+
+    /// Layers `layers` applied in turn to `x`.
+    fn forward_layers(&self, layers: Range<usize>, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let mut h = x.clone();
+        for layer in layers {
+            h = self.forward_layer(layer, &h, ctx)?;
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,537 @@
+//! Where each layer runs: contiguous stages, one device each, sized so that the slowest
+//! stage is as fast as it can be while every stage fits its device's memory.
+//!
+//! A stage's time per micro-batch is its layers' forward and backward passes plus the
+//! copies it receives (the activation from the stage before, the gradient from the one
+//! after); under 1F1B a step takes `Σ tₛ + (M − 1)·max tₛ`. For a device order and a stage
+//! count, the smallest feasible bottleneck is found by bisection, each candidate checked by
+//! a greedy fill (each stage takes layers while it stays under the bottleneck and within
+//! its device's memory: for a fixed order that is optimal). A few orders are tried (as
+//! given, fastest first, most memory first: the first stage holds the most micro-batches
+//! in flight) and every stage count; the best predicted step wins.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+
+use super::cost::LayerCost;
+use super::schedule::in_flight;
+use crate::plan::DeviceProfile;
+use crate::{DeviceRef, Error, Result};
+
+/// A device that may take a stage: the device, its calibrated profile, and the bytes it
+/// has free for this job.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub device: DeviceRef,
+    pub profile: DeviceProfile,
+    pub memory: u64,
+}
+
+impl Candidate {
+    /// `device` with `profile`, offering the memory the device reports free now.
+    pub fn new(device: DeviceRef, profile: DeviceProfile) -> Result<Candidate> {
+        let memory = device.memory()?.free;
+        Ok(Candidate { device, profile, memory })
+    }
+}
+
+/// The memory a stage needs, by what it is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageMemory {
+    pub params: u64,
+    /// Gradients accumulated over the step's micro-batches.
+    pub grads: u64,
+    pub optimizer: u64,
+    /// What the micro-batches in flight keep for their backward passes, and their inputs.
+    pub activations: u64,
+    /// Temporaries of one layer's backward pass and the gradient that arrives for it.
+    pub workspace: u64,
+}
+
+impl StageMemory {
+    pub fn total(&self) -> u64 {
+        self.params + self.grads + self.optimizer + self.activations + self.workspace
+    }
+}
+
+/// One stage of a plan.
+#[derive(Clone, Debug)]
+pub struct StagePlan {
+    pub layers: Range<usize>,
+    pub device: DeviceRef,
+    pub label: String,
+    /// Predicted seconds per micro-batch: forward, backward, and receiving its input and
+    /// its output's gradient.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub transfer_s: f64,
+    pub memory: StageMemory,
+    /// The device's memory offered to the job.
+    pub available: u64,
+}
+
+impl StagePlan {
+    /// Predicted seconds of one micro-batch through this stage, both ways.
+    pub fn time(&self) -> f64 {
+        self.forward_s + self.backward_s + self.transfer_s
+    }
+}
+
+/// Stages, micro-batches and what the plan predicts.
+#[derive(Clone, Debug)]
+pub struct PipelinePlan {
+    pub stages: Vec<StagePlan>,
+    pub micro_batches: usize,
+}
+
+impl PipelinePlan {
+    /// The plan of `stages` as the caller chose them (a layer range and a device each),
+    /// priced and checked: a stage whose memory does not fit its device is an `Err`
+    /// naming the device, the stage and the bytes, before anything is moved or run.
+    pub fn manual(
+        costs: &[LayerCost],
+        stages: Vec<(Range<usize>, Candidate)>,
+        micro_batches: usize,
+        optimizer_slots: usize,
+    ) -> Result<PipelinePlan> {
+        check_micro_batches(micro_batches)?;
+        let mut next = 0;
+        for (i, (layers, c)) in stages.iter().enumerate() {
+            if layers.start != next || layers.is_empty() || layers.end > costs.len() {
+                return Err(Error::InvalidArgument {
+                    op: "PipelinePlan::manual".into(),
+                    device: c.device.info().label(),
+                    detail: format!(
+                        "stage {i} has layers {layers:?}: stages must cover layers 0..{} in \
+                         order, each at least one",
+                        costs.len()
+                    ),
+                });
+            }
+            next = layers.end;
+        }
+        if next != costs.len() {
+            return Err(Error::InvalidArgument {
+                op: "PipelinePlan::manual".into(),
+                device: "-".into(),
+                detail: format!("the stages end at layer {next} of {}", costs.len()),
+            });
+        }
+        let count = stages.len();
+        let planned: Vec<StagePlan> = stages
+            .iter()
+            .enumerate()
+            .map(|(s, (layers, c))| {
+                let before = (s > 0).then(|| &stages[s - 1].1);
+                let after = stages.get(s + 1).map(|(_, c)| c);
+                price(
+                    costs,
+                    layers.clone(),
+                    c,
+                    before,
+                    after,
+                    s,
+                    count,
+                    micro_batches,
+                    optimizer_slots,
+                )
+            })
+            .collect();
+        let plan = PipelinePlan { stages: planned, micro_batches };
+        plan.check_memory()?;
+        Ok(plan)
+    }
+
+    /// The best plan of `costs` (from [`profile_layers`](super::profile_layers)) over
+    /// `candidates`, or an `Err` when no split of the layers fits their memory.
+    pub fn search(
+        costs: &[LayerCost],
+        candidates: &[Candidate],
+        micro_batches: usize,
+        optimizer_slots: usize,
+    ) -> Result<PipelinePlan> {
+        check_micro_batches(micro_batches)?;
+        let usable: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| costs.iter().all(|l| l.forward_secs(&c.profile).is_finite()))
+            .collect();
+        let whole = |c: &Candidate| costs.iter().map(|l| l.forward_secs(&c.profile)).sum::<f64>();
+        let mut fastest = usable.clone();
+        fastest.sort_by(|a, b| whole(a).total_cmp(&whole(b)));
+        let mut roomiest = usable.clone();
+        roomiest.sort_by_key(|c| std::cmp::Reverse(c.memory));
+        let search = Search { costs, micro_batches, slots: optimizer_slots };
+        let mut best: Option<PipelinePlan> = None;
+        for order in [&usable, &fastest, &roomiest] {
+            for count in 1..=order.len().min(costs.len()) {
+                let Some(plan) = search.best_for(&order[..count]) else { continue };
+                if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.predicted_step_s()) {
+                    best = Some(plan);
+                }
+            }
+        }
+        best.ok_or_else(|| {
+            let offered: u64 = usable.iter().map(|c| c.memory).sum();
+            let needed: u64 = costs.iter().map(|l| l.param_bytes as u64).sum::<u64>()
+                * (2 + optimizer_slots as u64);
+            Error::OutOfMemory {
+                op: "PipelinePlan::search".into(),
+                device: usable
+                    .iter()
+                    .map(|c| c.device.info().label())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                detail: format!(
+                    "no split of {} layers fits: parameters, gradients and optimizer state \
+                     alone take {needed} bytes, {offered} are offered in all{}",
+                    costs.len(),
+                    if usable.len() < candidates.len() {
+                        " (devices with no matmul rate left out)"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+        })
+    }
+
+    /// Predicted seconds of one step under 1F1B: the micro-batches' way through every
+    /// stage, and `M − 1` more of the slowest stage.
+    pub fn predicted_step_s(&self) -> f64 {
+        let sum: f64 = self.stages.iter().map(StagePlan::time).sum();
+        let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
+        sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest
+    }
+
+    /// The share of the stages' time a step leaves idle (the pipeline's bubble).
+    pub fn bubble(&self) -> f64 {
+        let busy: f64 =
+            self.stages.iter().map(StagePlan::time).sum::<f64>() * self.micro_batches as f64;
+        let span = self.predicted_step_s() * self.stages.len() as f64;
+        if span > 0.0 { (1.0 - busy / span).max(0.0) } else { 0.0 }
+    }
+
+    /// A table per stage: layers, device, memory used and offered, predicted times; then
+    /// the step and its bubble. `measured` adds each stage's measured seconds per
+    /// micro-batch where known.
+    pub fn explain_with(&self, measured: Option<&[f64]>) -> String {
+        let mut out = format!(
+            "pipeline: {} stages, {} micro-batches, 1F1B\n{:<7} {:<9} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            self.stages.len(),
+            self.micro_batches,
+            "stage",
+            "layers",
+            "device",
+            "mem MiB",
+            "free MiB",
+            "fwd ms",
+            "bwd ms",
+            "meas ms",
+        );
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        for (s, stage) in self.stages.iter().enumerate() {
+            let measured = measured
+                .and_then(|m| m.get(s))
+                .map_or("-".to_string(), |t| format!("{:.3}", t * 1e3));
+            let _ = writeln!(
+                out,
+                "{:<7} {:<9} {:<16} {:>10.1} {:>10.1} {:>10.3} {:>10.3} {:>10}",
+                s,
+                format!("{}..{}", stage.layers.start, stage.layers.end),
+                stage.label,
+                mib(stage.memory.total()),
+                mib(stage.available.saturating_sub(stage.memory.total())),
+                stage.forward_s * 1e3,
+                stage.backward_s * 1e3,
+                measured,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "predicted step {:.3} ms, bubble {:.1}%",
+            self.predicted_step_s() * 1e3,
+            self.bubble() * 100.0
+        );
+        out
+    }
+
+    /// [`explain_with`](Self::explain_with) the predictions alone.
+    pub fn explain(&self) -> String {
+        self.explain_with(None)
+    }
+
+    fn check_memory(&self) -> Result<()> {
+        for (s, stage) in self.stages.iter().enumerate() {
+            let m = stage.memory;
+            if m.total() > stage.available {
+                return Err(Error::OutOfMemory {
+                    op: "PipelinePlan".into(),
+                    device: stage.label.clone(),
+                    detail: format!(
+                        "stage {s} (layers {}..{}) needs {} bytes (parameters {}, gradients \
+                         {}, optimizer state {}, activations {}, workspace {}) and the device \
+                         offers {}",
+                        stage.layers.start,
+                        stage.layers.end,
+                        m.total(),
+                        m.params,
+                        m.grads,
+                        m.optimizer,
+                        m.activations,
+                        m.workspace,
+                        stage.available
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_micro_batches(micro_batches: usize) -> Result<()> {
+    if micro_batches == 0 {
+        return Err(Error::InvalidArgument {
+            op: "PipelinePlan".into(),
+            device: "-".into(),
+            detail: "a step needs at least one micro-batch".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Prices `layers` as stage `s` of `count` on `c`, between the stages on `before` and
+/// `after`.
+#[allow(clippy::too_many_arguments)]
+fn price(
+    costs: &[LayerCost],
+    layers: Range<usize>,
+    c: &Candidate,
+    before: Option<&Candidate>,
+    after: Option<&Candidate>,
+    s: usize,
+    count: usize,
+    micro_batches: usize,
+    slots: usize,
+) -> StagePlan {
+    let own = &costs[layers.clone()];
+    let forward_s: f64 = own.iter().map(|l| l.forward_secs(&c.profile)).sum();
+    let backward_s: f64 = own.iter().map(|l| l.backward_secs(&c.profile)).sum();
+    // Copies go through the host: the sender's download, then the receiver's upload.
+    let link = |from: &Candidate, to: &Candidate, bytes: usize| {
+        bytes as f64 / from.profile.device_to_host_bytes_per_s
+            + bytes as f64 / to.profile.host_to_device_bytes_per_s
+    };
+    let input_bytes = layers.start.checked_sub(1).map_or(0, |i| costs[i].output_bytes);
+    let output_bytes = own.last().map_or(0, |l| l.output_bytes);
+    let transfer_s = before.map_or(0.0, |b| link(b, c, input_bytes))
+        + after.map_or(0.0, |a| link(a, c, output_bytes));
+    let params: u64 = own.iter().map(|l| l.param_bytes as u64).sum();
+    let held: u64 = own.iter().map(|l| l.activation_bytes as u64).sum::<u64>() + input_bytes as u64;
+    let largest = own.iter().map(|l| l.activation_bytes as u64).max().unwrap_or(0);
+    StagePlan {
+        layers,
+        device: c.device.clone(),
+        label: c.device.info().label(),
+        forward_s,
+        backward_s,
+        transfer_s,
+        memory: StageMemory {
+            params,
+            grads: params,
+            optimizer: params * slots as u64,
+            activations: in_flight(s, count, micro_batches) as u64 * held,
+            workspace: largest + output_bytes as u64,
+        },
+        available: c.memory,
+    }
+}
+
+struct Search<'a> {
+    costs: &'a [LayerCost],
+    micro_batches: usize,
+    slots: usize,
+}
+
+impl Search<'_> {
+    /// The plan over exactly these devices in this order with the smallest bottleneck, if
+    /// any fits.
+    fn best_for(&self, order: &[&Candidate]) -> Option<PipelinePlan> {
+        // Any bottleneck above the whole model's time on the slowest device, copies
+        // included, fits unless memory does not: double up to it.
+        let mut hi = order.iter().map(|c| self.whole(c)).fold(0.0, f64::max).max(1e-9);
+        let mut found = None;
+        for _ in 0..64 {
+            if let Some(plan) = self.fill(order, hi) {
+                found = Some(plan);
+                break;
+            }
+            hi *= 2.0;
+        }
+        let mut found = found?;
+        let mut lo = 0.0;
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            match self.fill(order, mid) {
+                Some(plan) => {
+                    hi = mid;
+                    found = plan;
+                }
+                None => lo = mid,
+            }
+            if hi - lo <= 1e-6 * hi {
+                break;
+            }
+        }
+        Some(found)
+    }
+
+    fn whole(&self, c: &Candidate) -> f64 {
+        self.costs.iter().map(|l| l.forward_secs(&c.profile) + l.backward_secs(&c.profile)).sum()
+    }
+
+    /// Stage `s` of `order` taking `layers`, priced with its neighbours in `order`.
+    fn stage(&self, order: &[&Candidate], layers: Range<usize>, s: usize) -> Option<StagePlan> {
+        let before = s.checked_sub(1).map(|i| order[i]);
+        let after = order.get(s + 1).copied();
+        let plan = price(
+            self.costs,
+            layers,
+            order[s],
+            before,
+            after,
+            s,
+            order.len(),
+            self.micro_batches,
+            self.slots,
+        );
+        (plan.memory.total() <= plan.available).then_some(plan)
+    }
+
+    /// Each stage in turn takes as many layers as keep it within `bottleneck` and its
+    /// memory; the plan, if every layer found a stage and every stage a layer.
+    fn fill(&self, order: &[&Candidate], bottleneck: f64) -> Option<PipelinePlan> {
+        let mut stages = Vec::with_capacity(order.len());
+        let mut start = 0;
+        for s in 0..order.len() {
+            let last = s + 1 == order.len();
+            let mut taken = None;
+            let ends: Box<dyn Iterator<Item = usize>> = if last {
+                Box::new(std::iter::once(self.costs.len()))
+            } else {
+                // Leave at least one layer for each later stage.
+                Box::new(start + 1..=self.costs.len() - (order.len() - s - 1))
+            };
+            for end in ends {
+                match self.stage(order, start..end, s) {
+                    Some(plan) if plan.time() <= bottleneck => taken = Some(plan),
+                    _ => break,
+                }
+            }
+            let plan = taken?;
+            start = plan.layers.end;
+            stages.push(plan);
+        }
+        Some(PipelinePlan { stages, micro_batches: self.micro_batches })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sim::{SimDevice, SimProfile};
+    use crate::{CpuDevice, DType};
+
+    /// A layer of `gflop` forward matmul gigaflops, `mib` MiB of parameters, and
+    /// activations and output of `act_mib` MiB per micro-batch.
+    fn layer(gflop: f64, mib: usize, act_mib: usize) -> LayerCost {
+        LayerCost {
+            param_bytes: mib << 20,
+            activation_bytes: act_mib << 20,
+            output_bytes: 1 << 20,
+            matmul_flops: gflop * 1e9,
+            written_bytes: 0,
+            ops: 1,
+            dtype: DType::F32,
+        }
+    }
+
+    fn chips(specs: &[(f64, u64)]) -> Vec<Candidate> {
+        let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).unwrap());
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(tflops, gib))| {
+                let profile = SimProfile::new("chip")
+                    .with_flops(tflops * 1e12)
+                    .with_latency(std::time::Duration::ZERO)
+                    .with_link(1e12)
+                    .with_memory(gib << 30);
+                let sim = SimDevice::new(host.clone(), profile.clone(), i).unwrap();
+                let device: DeviceRef = Arc::new(sim);
+                let profile = DeviceProfile::simulated(device.info(), &profile);
+                Candidate::new(device, profile).unwrap()
+            })
+            .collect()
+    }
+
+    fn layers_per_stage(plan: &PipelinePlan) -> Vec<(usize, String)> {
+        plan.stages.iter().map(|s| (s.layers.len(), s.label.clone())).collect()
+    }
+
+    #[test]
+    fn stages_take_layers_in_proportion_to_speed() {
+        let costs = vec![layer(100.0, 1, 1); 8];
+        let fleet = chips(&[(1.0, 64), (3.0, 64)]);
+        let plan = PipelinePlan::search(&costs, &fleet, 32, 2).unwrap();
+        let mut cut = layers_per_stage(&plan);
+        cut.sort();
+        assert_eq!(
+            cut,
+            vec![(2, "sim:0".to_string()), (6, "sim:1".to_string())],
+            "{}",
+            plan.explain()
+        );
+        // Equal layers per stage (Megatron's cut) would leave the fast chip idle half the
+        // time: the searched plan beats it by the predicted step.
+        let uniform = PipelinePlan::manual(
+            &costs,
+            vec![(0..4, fleet[1].clone()), (4..8, fleet[0].clone())],
+            32,
+            2,
+        )
+        .unwrap();
+        let gain = uniform.predicted_step_s() / plan.predicted_step_s();
+        assert!(gain > 1.4, "searched {} vs uniform {}", plan.explain(), uniform.explain());
+    }
+
+    #[test]
+    fn memory_caps_the_layers_a_fast_chip_takes() {
+        // 8 layers of 1 GiB of parameters (4 GiB with gradients and AdamW's state): the
+        // fast chip's 10 GiB hold two of them at most, whatever its speed.
+        let costs = vec![layer(100.0, 1024, 1); 8];
+        let fleet = chips(&[(10.0, 10), (1.0, 40)]);
+        let plan = PipelinePlan::search(&costs, &fleet, 8, 2).unwrap();
+        for stage in &plan.stages {
+            assert!(stage.memory.total() <= stage.available, "{}", plan.explain());
+        }
+        let fast = plan.stages.iter().find(|s| s.label == "sim:0").expect("the fast chip is used");
+        assert_eq!(fast.layers.len(), 2, "{}", plan.explain());
+        // And a model that fits nowhere is refused with the bytes it needs.
+        let err = PipelinePlan::search(&vec![layer(1.0, 8192, 1); 8], &fleet, 8, 2).unwrap_err();
+        assert!(err.to_string().contains("bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_first_stage_holds_the_most_micro_batches_in_flight() {
+        let costs = vec![layer(1.0, 1, 100); 4];
+        let fleet = chips(&[(1.0, 64), (1.0, 64), (1.0, 64), (1.0, 64)]);
+        let stages = (0..4).map(|i| (i..i + 1, fleet[i].clone())).collect();
+        let plan = PipelinePlan::manual(&costs, stages, 8, 2).unwrap();
+        let held: Vec<u64> = plan.stages.iter().map(|s| s.memory.activations >> 20).collect();
+        // Stage s holds 4 − s micro-batches: its layer's 100 MiB and the 1 MiB input each.
+        assert_eq!(held, vec![400, 303, 202, 101]);
+        assert!(plan.bubble() > 0.0 && plan.bubble() < 0.5, "{}", plan.explain());
+    }
+}

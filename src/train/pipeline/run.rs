@@ -1,0 +1,476 @@
+//! The pipeline's runtime: one thread per stage playing its 1F1B list, channels carrying
+//! activations forward and their gradients back.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use super::plan::PipelinePlan;
+use super::schedule::{Work, one_f_one_b};
+use super::{Layered, Var};
+use crate::fleet::follow;
+use crate::plan::{Stopwatch, Trace};
+use crate::train::nn::Ctx;
+use crate::train::optim::{Optimizer, clip_grad_norm};
+use crate::train::parallel::{panic_message, ranges};
+use crate::train::{Grads, Param};
+use crate::{DeviceRef, Error, Result, Tensor};
+
+/// What one step did.
+#[derive(Clone, Debug)]
+pub struct PipelineReport {
+    /// The batch's mean loss (the micro-batches' summed losses over the batch).
+    pub loss: f64,
+    /// Each stage's measured seconds per micro-batch: its forward and backward passes and
+    /// the copies it received, waiting excluded.
+    pub stage_s: Vec<f64>,
+    /// The gradients' global norm before clipping, when clipping is on.
+    pub grad_norm: Option<f64>,
+    pub wall: Duration,
+}
+
+struct Stage {
+    device: DeviceRef,
+    label: String,
+    layers: Range<usize>,
+    params: Vec<Param>,
+    optimizer: Box<dyn Optimizer>,
+    /// Learned seconds per micro-batch, `None` before the first step.
+    measured: Option<f64>,
+}
+
+/// A layered model trained over the stages of a [`PipelinePlan`].
+pub struct Pipeline<M> {
+    model: M,
+    plan: PipelinePlan,
+    stages: Vec<Stage>,
+    max_grad_norm: Option<f64>,
+    step: u64,
+    trace: Option<(Instant, Trace)>,
+}
+
+fn invalid(op: &str, device: &str, detail: String) -> Error {
+    Error::InvalidArgument { op: op.into(), device: device.into(), detail }
+}
+
+impl<M: Layered> Pipeline<M> {
+    /// Moves each stage's parameters to its device and builds its optimizer there with
+    /// `optimizer` (given the stage's parameters, after the move, so that its state is
+    /// made where they live). The model must have the plan's layers, and a parameter
+    /// may belong to one stage only.
+    pub fn new(
+        model: M,
+        plan: PipelinePlan,
+        optimizer: impl Fn(Vec<Param>) -> Result<Box<dyn Optimizer>>,
+    ) -> Result<Pipeline<M>> {
+        let covered = plan.stages.last().map_or(0, |s| s.layers.end);
+        if covered != model.depth() {
+            return Err(invalid(
+                "Pipeline::new",
+                "-",
+                format!("the plan covers {covered} layers, the model has {}", model.depth()),
+            ));
+        }
+        let mut owner: HashMap<crate::train::VarId, usize> = HashMap::new();
+        for (s, stage) in plan.stages.iter().enumerate() {
+            for param in stage.layers.clone().flat_map(|l| model.layer_params(l)) {
+                if let Some(other) = owner.insert(param.id(), s).filter(|&o| o != s) {
+                    return Err(invalid(
+                        "Pipeline::new",
+                        &stage.label,
+                        format!(
+                            "parameter {} is used by stages {other} and {s}: tie it within \
+                             one stage",
+                            param.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut stages = Vec::with_capacity(plan.stages.len());
+        for stage in &plan.stages {
+            let mut params: Vec<Param> =
+                stage.layers.clone().flat_map(|l| model.layer_params(l)).collect();
+            params.dedup_by_key(|p| p.id());
+            for param in &params {
+                param.move_to(&stage.device)?;
+            }
+            stages.push(Stage {
+                device: stage.device.clone(),
+                label: stage.label.clone(),
+                layers: stage.layers.clone(),
+                optimizer: optimizer(params.clone())?,
+                params,
+                measured: None,
+            });
+        }
+        Ok(Pipeline { model, plan, stages, max_grad_norm: None, step: 0, trace: None })
+    }
+
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    pub fn plan(&self) -> &PipelinePlan {
+        &self.plan
+    }
+
+    /// Every stage's parameters, stage by stage.
+    pub fn params(&self) -> Vec<Param> {
+        self.stages.iter().flat_map(|s| s.params.iter().cloned()).collect()
+    }
+
+    /// The stages' optimizers, stage by stage (a schedule sets their learning rate).
+    pub fn optimizers_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn Optimizer>> {
+        self.stages.iter_mut().map(|s| &mut s.optimizer)
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Clips the gradients of all stages together to this global norm before the update.
+    pub fn set_max_grad_norm(&mut self, max_norm: Option<f64>) {
+        self.max_grad_norm = max_norm;
+    }
+
+    /// The plan with each stage's measured time per micro-batch beside its prediction.
+    pub fn explain(&self) -> String {
+        let measured: Vec<f64> =
+            self.stages.iter().map(|s| s.measured.unwrap_or(f64::NAN)).collect();
+        let measured = self.stages.iter().all(|s| s.measured.is_some()).then_some(&measured[..]);
+        self.plan.explain_with(measured)
+    }
+
+    /// Records every stage's forwards, backwards and received copies from now on.
+    pub fn start_trace(&mut self) {
+        self.trace = Some((Instant::now(), Trace::default()));
+    }
+
+    pub fn take_trace(&mut self) -> Option<Trace> {
+        self.trace.take().map(|(_, t)| t)
+    }
+
+    /// One training step over a batch of `batch` rows, cut into the plan's micro-batches.
+    /// `input` makes rows `rows`' input on the first stage's device; `loss` turns the last
+    /// layer's output for rows `rows` into one loss per row (`[rows.len(), ..]`), on the
+    /// last stage's device. The step sums the losses over the batch, divides by `batch`,
+    /// and updates every stage's parameters.
+    pub fn step<I, L>(&mut self, batch: usize, input: I, loss: L) -> Result<PipelineReport>
+    where
+        I: Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync,
+        L: Fn(&Var, Range<usize>, &DeviceRef) -> Result<Var> + Sync,
+    {
+        let micro_batches = self.plan.micro_batches;
+        if batch < micro_batches {
+            return Err(invalid(
+                "Pipeline::step",
+                &self.stages[0].label,
+                format!("a batch of {batch} rows cannot make {micro_batches} micro-batches"),
+            ));
+        }
+        let rows = ranges(&even_shares(batch, micro_batches), 0);
+        let started = Instant::now();
+        let count = self.stages.len();
+        // Channel s carries activations from stage s to s + 1 and gradients back.
+        let (act_tx, mut act_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
+        let (grad_tx, mut grad_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
+        let mut act_tx: Vec<Option<Sender<Message>>> = act_tx.into_iter().map(Some).collect();
+        let mut grad_tx: Vec<Option<Sender<Message>>> = grad_tx.into_iter().map(Some).collect();
+        let jobs: Vec<StageJob> = (0..count)
+            .map(|s| StageJob {
+                index: s,
+                count,
+                device: self.stages[s].device.clone(),
+                layers: self.stages[s].layers.clone(),
+                send_forward: if s + 1 < count { act_tx[s].take() } else { None },
+                receive_forward: if s > 0 {
+                    Some(std::mem::replace(&mut act_rx[s - 1], channel().1))
+                } else {
+                    None
+                },
+                send_back: if s > 0 { grad_tx[s - 1].take() } else { None },
+                receive_back: if s + 1 < count {
+                    Some(std::mem::replace(&mut grad_rx[s], channel().1))
+                } else {
+                    None
+                },
+            })
+            .collect();
+        drop((act_tx, grad_tx));
+        let (model, step) = (&self.model, self.step);
+        let shared = Shared { model, input: &input, loss: &loss, rows: &rows, batch, step };
+        let outcomes: Vec<std::thread::Result<std::result::Result<StageOutcome, Stop>>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs
+                    .into_iter()
+                    .map(|job| {
+                        let shared = &shared;
+                        scope.spawn(move || job.run(shared))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join()).collect()
+            });
+        let mut done = Vec::with_capacity(count);
+        let mut first_error = None;
+        for (s, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Ok(Ok(d)) => done.push(d),
+                Ok(Err(Stop::Failed(e))) => {
+                    first_error.get_or_insert(e);
+                }
+                Ok(Err(Stop::Neighbour)) => {}
+                Err(panic) => {
+                    first_error.get_or_insert(Error::Panicked {
+                        op: format!("Pipeline::step, stage {s}"),
+                        detail: panic_message(panic.as_ref()),
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if done.len() != count {
+            return Err(invalid("Pipeline::step", "-", "a stage stopped without a cause".into()));
+        }
+        let mut grads = Grads::default();
+        let mut losses = Vec::new();
+        for (s, d) in done.into_iter().enumerate() {
+            grads.accumulate(d.grads)?;
+            losses.extend(d.losses);
+            let per_micro_batch = d.busy.iter().map(|w| w.secs).sum::<f64>() / micro_batches as f64;
+            self.stages[s].measured = Some(follow(self.stages[s].measured, per_micro_batch));
+            if let Some((origin, trace)) = &mut self.trace {
+                for w in d.busy {
+                    let start = w.start.saturating_duration_since(*origin);
+                    trace.push(&self.stages[s].label, w.kind, w.name, start, w.duration);
+                }
+            }
+        }
+        // Added on the host in f64, in micro-batch order: the micro-batches' losses are
+        // computed by then, and the sum does not round away their last bits.
+        let loss = losses.iter().map(|l| Ok(l.to_scalar::<f32>()? as f64)).sum::<Result<f64>>()?;
+        let grad_norm = match self.max_grad_norm {
+            Some(max) => Some(clip_grad_norm(&self.params(), &mut grads, max)?),
+            None => None,
+        };
+        for stage in &mut self.stages {
+            stage.optimizer.step(&grads)?;
+        }
+        self.step += 1;
+        Ok(PipelineReport {
+            loss,
+            stage_s: self.stages.iter().map(|s| s.measured.unwrap_or(0.0)).collect(),
+            grad_norm,
+            wall: started.elapsed(),
+        })
+    }
+}
+
+/// `total` rows in `parts` shares differing by at most one, the larger ones first.
+fn even_shares(total: usize, parts: usize) -> Vec<usize> {
+    (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
+}
+
+/// A micro-batch's activation (forward) or its gradient (back), on the sender's device.
+type Message = (usize, Tensor);
+
+/// Makes rows' input on the first stage's device.
+type InputFn<'a> = &'a (dyn Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync);
+
+/// Makes rows' per-row losses from the last layer's output, on the last stage's device.
+type LossFn<'a> = &'a (dyn Fn(&Var, Range<usize>, &DeviceRef) -> Result<Var> + Sync);
+
+/// What every stage thread reads.
+struct Shared<'a, M> {
+    model: &'a M,
+    input: InputFn<'a>,
+    loss: LossFn<'a>,
+    rows: &'a [Range<usize>],
+    batch: usize,
+    step: u64,
+}
+
+struct StageJob {
+    index: usize,
+    count: usize,
+    device: DeviceRef,
+    layers: Range<usize>,
+    send_forward: Option<Sender<Message>>,
+    receive_forward: Option<Receiver<Message>>,
+    send_back: Option<Sender<Message>>,
+    receive_back: Option<Receiver<Message>>,
+}
+
+/// Why a stage stopped early: its own error, or a neighbour's (whose channel closed).
+enum Stop {
+    Failed(Error),
+    Neighbour,
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+/// A stretch of a stage's work: wall-clock for the trace, and on the device's own clock
+/// (a simulated chip's virtual one) for learning the stage's speed.
+struct Busy {
+    kind: &'static str,
+    name: String,
+    start: Instant,
+    duration: Duration,
+    secs: f64,
+}
+
+impl Busy {
+    fn since(
+        kind: &'static str,
+        name: String,
+        start: Instant,
+        watch: &Stopwatch,
+        device: &DeviceRef,
+    ) -> Busy {
+        Busy { kind, name, start, duration: start.elapsed(), secs: watch.secs(&**device) }
+    }
+}
+
+struct StageOutcome {
+    grads: Grads,
+    /// The last stage's micro-batch losses (scalars on its device).
+    losses: Vec<Tensor>,
+    busy: Vec<Busy>,
+}
+
+impl StageJob {
+    fn run<M: Layered>(self, shared: &Shared<'_, M>) -> std::result::Result<StageOutcome, Stop> {
+        let last = self.index + 1 == self.count;
+        let micro_batches = shared.rows.len();
+        let mut grads = Grads::default();
+        let mut losses = Vec::new();
+        let mut busy = Vec::with_capacity(3 * micro_batches);
+        // Per micro-batch in flight: the stage's input (a leaf, except on the first stage)
+        // and its output (the loss, on the last).
+        let mut held: HashMap<usize, (Var, Var)> = HashMap::new();
+        for work in one_f_one_b(self.index, self.count, micro_batches) {
+            match work {
+                Work::Forward(m) => {
+                    let rows = shared.rows[m].clone();
+                    let x = match &self.receive_forward {
+                        None => (shared.input)(rows.clone(), &self.device)?,
+                        Some(rx) => Var::leaf(self.receive(rx, m, "activation", &mut busy)?),
+                    };
+                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
+                    let ctx = Ctx::train(shared.step).rows_from(rows.start);
+                    let y = shared.model.forward_layers(self.layers.clone(), &x, &ctx)?;
+                    let y = if last { self.batch_loss(shared, &y, rows)? } else { y };
+                    if let Some(tx) = &self.send_forward {
+                        tx.send((m, y.tensor().clone())).map_err(|_| Stop::Neighbour)?;
+                    }
+                    held.insert(m, (x, y));
+                    self.device.synchronize()?;
+                    busy.push(Busy::since(
+                        "forward",
+                        format!("forward {m}"),
+                        start,
+                        &watch,
+                        &self.device,
+                    ));
+                }
+                Work::Backward(m) => {
+                    let (x, y) = held.remove(&m).ok_or_else(|| self.out_of_order(m))?;
+                    let seed = match &self.receive_back {
+                        None => Tensor::ones(
+                            y.tensor().shape().clone(),
+                            y.tensor().dtype(),
+                            &self.device,
+                        )?,
+                        Some(rx) => self.receive(rx, m, "gradient", &mut busy)?,
+                    };
+                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
+                    let mut input_grad = None;
+                    y.backward_streaming(seed, |id, g| {
+                        if id == x.id() {
+                            input_grad = Some(g);
+                            Ok(())
+                        } else {
+                            grads.add(id, g)
+                        }
+                    })?;
+                    if let Some(tx) = &self.send_back {
+                        let g = match input_grad {
+                            Some(g) => g,
+                            // The loss does not depend on this stage's input.
+                            None => Tensor::zeros(
+                                x.tensor().shape().clone(),
+                                x.tensor().dtype(),
+                                &self.device,
+                            )?,
+                        };
+                        tx.send((m, g)).map_err(|_| Stop::Neighbour)?;
+                    }
+                    if last {
+                        losses.push(y.tensor().clone());
+                    }
+                    self.device.synchronize()?;
+                    busy.push(Busy::since(
+                        "backward",
+                        format!("backward {m}"),
+                        start,
+                        &watch,
+                        &self.device,
+                    ));
+                }
+            }
+        }
+        Ok(StageOutcome { grads, losses, busy })
+    }
+
+    /// The next message from a neighbour, which must be micro-batch `m`'s, copied to this
+    /// stage's device.
+    fn receive(
+        &self,
+        rx: &Receiver<Message>,
+        m: usize,
+        what: &str,
+        busy: &mut Vec<Busy>,
+    ) -> std::result::Result<Tensor, Stop> {
+        let (got, tensor) = rx.recv().map_err(|_| Stop::Neighbour)?;
+        if got != m {
+            return Err(self.out_of_order(m).into());
+        }
+        let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
+        let moved = tensor.to_device(&self.device)?;
+        busy.push(Busy::since("transfer", format!("{what} {m} in"), start, &watch, &self.device));
+        Ok(moved)
+    }
+
+    /// The summed per-row losses of `rows` over the batch: this micro-batch's part of the
+    /// batch's mean loss.
+    fn batch_loss<M>(&self, shared: &Shared<'_, M>, y: &Var, rows: Range<usize>) -> Result<Var> {
+        let per_row = (shared.loss)(y, rows.clone(), &self.device)?;
+        if per_row.dims().first() != Some(&rows.len()) {
+            return Err(Error::Shape {
+                op: "Pipeline::step".into(),
+                device: self.device.info().label(),
+                detail: format!(
+                    "the loss of rows {rows:?} is {:?}: its first dim must be the {} rows",
+                    per_row.tensor(),
+                    rows.len()
+                ),
+            });
+        }
+        per_row.sum_all()?.affine(1.0 / shared.batch as f64, 0.0)
+    }
+
+    fn out_of_order(&self, m: usize) -> Error {
+        invalid(
+            "Pipeline::step",
+            &self.device.info().label(),
+            format!("stage {} got micro-batch work out of order at {m}", self.index),
+        )
+    }
+}

@@ -1,0 +1,314 @@
+// Pipeline parallelism: a GPT cut into stages over unlike devices, none of which holds the
+// whole model, trains to the same numbers as the same micro-batches on one device; its
+// memory plan bounds what the stages really allocate; a plan that does not fit is refused
+// before anything moves.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use manychips::plan::DeviceProfile;
+use manychips::sim::{SimDevice, SimProfile};
+use manychips::train::models::{Gpt, GptConfig};
+use manychips::train::nn::{self, CrossEntropy, Ctx, Reduction};
+use manychips::train::optim::{AdamW, Optimizer, Sgd};
+use manychips::train::pipeline::{Candidate, LayerCost, Layered, profile_layers};
+use manychips::train::{Grads, Param, ParamStore, Pipeline, PipelinePlan, Var};
+use manychips::{CpuDevice, DType, Device, DeviceRef, ErrorKind, Result, Tensor};
+
+const SEED: u64 = 11;
+const BATCH: usize = 8;
+const MICRO_BATCHES: usize = 4;
+const STEPS: usize = 3;
+const LR: f64 = 1e-2;
+
+fn config() -> GptConfig {
+    GptConfig { vocab: 13, context: 6, dim: 16, heads: 2, layers: 3, dtype: DType::F32 }
+}
+
+fn cpu() -> DeviceRef {
+    Arc::new(CpuDevice::with_threads(1).expect("cpu"))
+}
+
+/// Token `t` of row `r`: a fixed pattern the model can learn something of.
+fn token(r: usize, t: usize) -> u32 {
+    ((r * 5 + t * 3 + r * t) % config().vocab) as u32
+}
+
+fn ids(rows: Range<usize>, device: &DeviceRef) -> Result<Tensor> {
+    let time = config().context;
+    let data: Vec<u32> = rows.clone().flat_map(|r| (0..time).map(move |t| token(r, t))).collect();
+    Tensor::from_slice(&data, [rows.len(), time], device)
+}
+
+fn input(rows: Range<usize>, device: &DeviceRef) -> Result<Var> {
+    Ok(Var::constant(ids(rows, device)?))
+}
+
+/// Next-token loss per row: `[rows, time]`.
+fn loss(logits: &Var, rows: Range<usize>) -> Result<Var> {
+    let time = config().context;
+    let targets: Vec<u32> =
+        rows.clone().flat_map(|r| (0..time).map(move |t| token(r, t + 1))).collect();
+    let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
+    nn::cross_entropy_with(logits, &targets, &opts)?.reshape([rows.len(), time])
+}
+
+fn micro_batches() -> Vec<Range<usize>> {
+    let per = BATCH / MICRO_BATCHES;
+    (0..MICRO_BATCHES).map(|m| m * per..(m + 1) * per).collect()
+}
+
+type MakeOptimizer = fn(Vec<Param>) -> Result<Box<dyn Optimizer>>;
+
+/// The same micro-batches one after another on one device, gradients accumulated: the
+/// losses of each step and the final parameters by name.
+fn one_device(optimizer: MakeOptimizer) -> Result<Trained> {
+    let device = cpu();
+    let store = ParamStore::new(&device, SEED);
+    let model = Gpt::new(&store, config())?;
+    let mut opt = optimizer(store.params())?;
+    let mut losses = Vec::new();
+    for step in 0..STEPS {
+        let mut grads = Grads::default();
+        let mut sum = 0.0;
+        for rows in micro_batches() {
+            let ctx = Ctx::train(step as u64).rows_from(rows.start);
+            let logits =
+                model.forward_layers(0..model.depth(), &input(rows.clone(), &device)?, &ctx)?;
+            let total = loss(&logits, rows)?.sum_all()?.affine(1.0 / BATCH as f64, 0.0)?;
+            sum += total.tensor().to_scalar::<f32>()? as f64;
+            grads.accumulate(total.backward()?)?;
+        }
+        opt.step(&grads)?;
+        losses.push(sum);
+    }
+    Ok((losses, named_values(&store.params())?))
+}
+
+fn named_values(params: &[Param]) -> Result<Vec<(String, Vec<f32>)>> {
+    let mut named: Vec<(String, Vec<f32>)> = params
+        .iter()
+        .map(|p| Ok((p.name().to_string(), p.value().to_vec::<f32>()?)))
+        .collect::<Result<_>>()?;
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named)
+}
+
+/// The model built on the host, and what each of its layers costs per micro-batch.
+fn model_and_costs(host: &DeviceRef) -> Result<(Gpt, Vec<LayerCost>)> {
+    let model = Gpt::new(&ParamStore::new(host, SEED), config())?;
+    let rows = micro_batches()[0].clone();
+    let costs = profile_layers(&model, &input(rows, host)?, &Ctx::train(0))?;
+    Ok((model, costs))
+}
+
+/// A memory size that holds the largest stage of `layout` with 10% to spare, and that
+/// (checked) does not hold the whole model: `layout`'s stages priced on unlimited chips.
+fn cap_for(host: &DeviceRef, costs: &[LayerCost], layout: &[Range<usize>]) -> Result<u64> {
+    let unlimited = sim(host, "unlimited", 1e9, u64::MAX / 4, 99);
+    let priced = |layout: &[Range<usize>]| {
+        let stages = layout.iter().map(|l| (l.clone(), candidate(&unlimited))).collect();
+        PipelinePlan::manual(costs, stages, MICRO_BATCHES, 2)
+    };
+    let largest = priced(layout)?.stages.iter().map(|s| s.memory.total()).max().unwrap_or(0);
+    let cap = largest + largest / 10;
+    let whole_model = 0..costs.len();
+    let whole = priced(std::slice::from_ref(&whole_model))?.stages[0].memory.total();
+    assert!(whole > cap, "the whole model ({whole} bytes) would fit a chip of {cap}");
+    Ok(cap)
+}
+
+fn sim(host: &DeviceRef, name: &str, flops: f64, memory: u64, ordinal: usize) -> Arc<SimDevice> {
+    let profile = SimProfile::new(name).with_flops(flops).with_memory(memory);
+    Arc::new(SimDevice::new(host.clone(), profile, ordinal).expect("sim"))
+}
+
+fn candidate(device: &Arc<SimDevice>) -> Candidate {
+    let d: DeviceRef = device.clone();
+    let profile = DeviceProfile::simulated(d.info(), device.profile());
+    Candidate::new(d, profile).expect("candidate")
+}
+
+fn adamw(params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
+    Ok(Box::new(AdamW::new(params, LR)?))
+}
+
+fn sgd(params: Vec<Param>) -> Result<Box<dyn Optimizer>> {
+    Ok(Box::new(Sgd::new(params, LR)?.with_momentum(0.9)?))
+}
+
+/// Each step's loss, and the parameters by name at the end.
+type Trained = (Vec<f64>, Vec<(String, Vec<f32>)>);
+
+fn train(pipeline: &mut Pipeline<Gpt>) -> Result<Trained> {
+    let losses = (0..STEPS)
+        .map(|_| {
+            let report = pipeline.step(BATCH, input, |logits, rows, _device| loss(logits, rows))?;
+            Ok(report.loss)
+        })
+        .collect::<Result<_>>()?;
+    Ok((losses, named_values(&pipeline.params())?))
+}
+
+fn assert_close((want_losses, want_params): &Trained, (losses, params): &Trained, what: &str) {
+    for (step, (a, b)) in want_losses.iter().zip(losses).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{what}: step {step} loss {b} vs {a}");
+    }
+    assert_eq!(want_params.len(), params.len(), "{what}: parameter count");
+    for ((name, want), (got_name, got)) in want_params.iter().zip(params) {
+        assert_eq!(name, got_name);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        let worst = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale, "{what}: {name} differs by {worst} (scale {scale})");
+    }
+}
+
+/// The same losses and the same parameters, bit for bit.
+fn assert_identical((want_losses, want_params): &Trained, (losses, params): &Trained) {
+    assert_eq!(want_losses, losses, "losses");
+    for ((name, want), (got_name, got)) in want_params.iter().zip(params) {
+        assert_eq!(name, got_name);
+        let first = want.iter().zip(got).position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(
+            first.is_none(),
+            "{name}[{first:?}] differs: {:?}",
+            first.map(|i| (want[i], got[i]))
+        );
+    }
+    assert_eq!(want_params.len(), params.len());
+}
+
+/// The Vulkan device (lavapipe in CI), or `None` after saying why; with `CI` set a missing
+/// device fails the test.
+fn vulkan() -> Option<DeviceRef> {
+    let found = manychips::discover();
+    if let Some(d) = found.devices.iter().find(|d| d.info().backend == "vulkan") {
+        return Some(d.clone());
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI is set but no Vulkan device was found");
+    println!("skipped the Vulkan stage: no Vulkan device ({:?})", found.unavailable);
+    None
+}
+
+/// Stages on capped chips of one kind of arithmetic (simulated chips over the CPU) give the
+/// one-device numbers bit for bit, under AdamW, whose normalised step would turn any
+/// difference in a near-zero gradient (the attention's key bias has none in exact
+/// arithmetic) into a visible one.
+#[test]
+fn stages_over_chips_that_each_hold_part_of_the_model_train_bit_exactly_like_one_device()
+-> Result<()> {
+    let want = one_device(adamw)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let layout = [0..2, 2..3, 3..4, 4..5];
+    // Each simulated chip holds its stage with a little to spare, and not the whole model.
+    let cap = cap_for(&host, &costs, &layout)?;
+    let chips: Vec<Arc<SimDevice>> =
+        (1..=4).map(|i| sim(&host, "capped", 1e11 * i as f64, cap, i)).collect();
+    for chip in &chips {
+        let alone =
+            PipelinePlan::manual(&costs, vec![(0..costs.len(), candidate(chip))], MICRO_BATCHES, 2);
+        assert_eq!(alone.unwrap_err().kind(), ErrorKind::OutOfMemory, "the model fits one chip");
+    }
+    let stages = layout.iter().cloned().zip(chips.iter().map(candidate)).collect();
+    let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    let mut pipeline = Pipeline::new(model, plan, adamw)?;
+    let got = train(&mut pipeline)?;
+    println!("{}", pipeline.explain());
+    println!("losses one device {:?}, pipeline {:?}", want.0, got.0);
+    assert_identical(&want, &got);
+    assert!(got.0[STEPS - 1] < got.0[0], "it learns: {:?}", got.0);
+    Ok(())
+}
+
+/// A stage on the Vulkan device (lavapipe in CI), whose arithmetic differs from the CPU's
+/// in the last bits: losses within 1e-4 and parameters within 1e-5 of their scale, under
+/// SGD with momentum (linear in the gradients, so a rounding difference stays that size).
+#[test]
+fn a_stage_on_the_vulkan_device_trains_like_one_device() -> Result<()> {
+    let Some(gpu) = vulkan() else { return Ok(()) };
+    let want = one_device(sgd)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let layout = [0..2, 2..3, 3..5];
+    let cap = cap_for(&host, &costs, &layout)?;
+    let chips: Vec<Arc<SimDevice>> = (1..=2).map(|i| sim(&host, "capped", 1e11, cap, i)).collect();
+    let profile = DeviceProfile::simulated(gpu.info(), &SimProfile::new("lavapipe"));
+    let stages = vec![
+        (layout[0].clone(), candidate(&chips[0])),
+        (layout[1].clone(), Candidate::new(gpu, profile)?),
+        (layout[2].clone(), candidate(&chips[1])),
+    ];
+    let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 1)?;
+    let mut pipeline = Pipeline::new(model, plan, sgd)?;
+    let got = train(&mut pipeline)?;
+    println!("{}", pipeline.explain());
+    assert_close(&want, &got, "pipeline with a Vulkan stage");
+    assert!(got.0[STEPS - 1] < got.0[0], "it learns: {:?}", got.0);
+    Ok(())
+}
+
+#[test]
+fn the_searched_plan_sizes_stages_by_speed_and_bounds_the_memory_each_chip_uses() -> Result<()> {
+    let want = one_device(adamw)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let cap = cap_for(&host, &costs, &[0..2, 2..4, 4..5])?;
+    // One chip four times faster than the others, all with the same memory.
+    let chips = [
+        sim(&host, "slow", 1e9, cap, 1),
+        sim(&host, "fast", 4e9, cap, 2),
+        sim(&host, "slow", 1e9, cap, 3),
+    ];
+    let candidates: Vec<Candidate> = chips.iter().map(candidate).collect();
+    let plan = PipelinePlan::search(&costs, &candidates, MICRO_BATCHES, 2)?;
+    println!("{}", plan.explain());
+    assert!(plan.stages.len() >= 2, "the model fits no chip alone");
+    for stage in &plan.stages {
+        assert!(stage.memory.total() <= stage.available, "{stage:?}");
+    }
+    for chip in &chips {
+        chip.reset_peak_memory();
+    }
+    let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
+    assert_identical(&want, &train(&mut pipeline)?);
+    for stage in &plan.stages {
+        let chip = chips.iter().find(|c| c.info().label() == stage.label).expect("a chip");
+        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
+        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
+        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
+        assert!(peak * 2 >= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_plan_that_does_not_fit_is_refused_naming_device_stage_and_bytes() -> Result<()> {
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let small =
+        sim(&host, "small", 1e9, cap_for(&host, &costs, &[0..1, 1..2, 2..3, 3..4, 4..5])? / 2, 5);
+    let big = sim(&host, "big", 1e9, 1 << 30, 6);
+    let err = PipelinePlan::manual(
+        &costs,
+        vec![(0..1, candidate(&big)), (1..5, candidate(&small))],
+        MICRO_BATCHES,
+        2,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfMemory);
+    let text = err.to_string();
+    for part in ["sim:5", "stage 1", "layers 1..5", "bytes"] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    let err = PipelinePlan::search(&costs, &[candidate(&small)], MICRO_BATCHES, 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfMemory, "{err}");
+    // Nothing moved: the model's parameters are still all on the host.
+    let host_id = host.info().id;
+    for layer in 0..model.depth() {
+        for p in model.layer_params(layer) {
+            assert_eq!(p.value().device().info().id, host_id, "{} moved", p.name());
+        }
+    }
+    Ok(())
+}
