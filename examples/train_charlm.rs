@@ -80,38 +80,6 @@ struct Args {
     distributed: bool,
 }
 
-/// The text as class ids, and the characters they stand for.
-struct Corpus {
-    chars: Vec<char>,
-    ids: Vec<u32>,
-}
-
-impl Corpus {
-    fn load(path: &str) -> std::result::Result<Corpus, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-        let mut chars: Vec<char> = text.chars().collect();
-        chars.sort_unstable();
-        chars.dedup();
-        let ids = text
-            .chars()
-            .map(|c| chars.binary_search(&c).map(|i| i as u32))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| "a character outside the vocabulary".to_string())?;
-        Ok(Corpus { chars, ids })
-    }
-
-    /// Entropy (nats) of the characters' frequencies: what a model that ignores context
-    /// achieves at best.
-    fn unigram_entropy(&self) -> f64 {
-        let mut counts = vec![0usize; self.chars.len()];
-        for &i in &self.ids {
-            counts[i as usize] += 1;
-        }
-        let n = self.ids.len() as f64;
-        counts.iter().filter(|&&c| c > 0).map(|&c| c as f64 / n).map(|p| -p * p.ln()).sum()
-    }
-}
-
 fn config(args: &Args, vocab: usize) -> GptConfig {
     GptConfig {
         vocab,
@@ -139,7 +107,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> std::result::Result<(), String> {
-    let corpus = Corpus::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/tempest.txt"))?;
+    let corpus = common::Corpus::tempest()?;
     let split = corpus.ids.len() * 9 / 10;
     let (train, valid) = corpus.ids.split_at(split);
     // Shared with the replicas' threads.
@@ -222,7 +190,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         let text = train.clone();
         let loss =
             move |model: &Gpt, device: &DeviceRef, rows: Range<usize>, _: &Ctx| -> Result<Var> {
-                let (inputs, targets) = windows(&text, &starts[rows.clone()], t);
+                let (inputs, targets) = common::windows(&text, &starts[rows.clone()], t);
                 let ids = Tensor::from_slice(&inputs, [rows.len(), t], device)?;
                 let opts = CrossEntropy { reduction: Reduction::None, ..Default::default() };
                 // One loss per sequence (the mean over its characters): the step sums the
@@ -300,21 +268,10 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Inputs (`t` ids from each start) and targets (the next `t`), row after row.
-fn windows(text: &[u32], starts: &[usize], t: usize) -> (Vec<u32>, Vec<u32>) {
-    let mut inputs = Vec::with_capacity(starts.len() * t);
-    let mut targets = Vec::with_capacity(starts.len() * t);
-    for &s in starts {
-        inputs.extend_from_slice(&text[s..s + t]);
-        targets.extend_from_slice(&text[s + 1..s + t + 1]);
-    }
-    (inputs, targets)
-}
-
 /// Mean loss per character over consecutive windows of the validation text.
 fn validation_loss(model: &Gpt, device: &DeviceRef, text: &[u32], t: usize) -> Result<f64> {
     let starts: Vec<usize> = (0..(text.len() - 1) / t).map(|i| i * t).take(64).collect();
-    let (inputs, targets) = windows(text, &starts, t);
+    let (inputs, targets) = common::windows(text, &starts, t);
     no_grad(|| {
         let ids = Tensor::from_slice(&inputs, [starts.len(), t], device)?;
         let loss = nn::cross_entropy(&model.forward(&ids)?, &targets)?;
@@ -326,7 +283,7 @@ fn validation_loss(model: &Gpt, device: &DeviceRef, text: &[u32], t: usize) -> R
 fn generate(
     model: &Gpt,
     device: &DeviceRef,
-    corpus: &Corpus,
+    corpus: &common::Corpus,
     t: usize,
     n: usize,
     seed: u64,

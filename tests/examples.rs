@@ -6,7 +6,6 @@ mod runs;
 // The examples' shared code, compiled here too so its unit tests (the metrics CSV, the
 // plot) run with the others.
 #[path = "../examples/common/mod.rs"]
-#[allow(unused_imports)]
 mod example_common;
 use runs::{accuracy_of, example};
 
@@ -70,6 +69,32 @@ fn train_charlm_example_learns_below_the_unigram_entropy() {
         assert!(stdout.contains("--- sample ---"), "no generated sample");
         std::fs::remove_dir_all(&out).ok();
     }
+}
+
+#[test]
+fn train_pipeline_example_cuts_the_model_into_stages_and_learns() {
+    // The CPU and two simulated chips, each offered less memory than the model needs.
+    let output = std::process::Command::new(example("train_pipeline"))
+        .args(["--quiet", "--steps", "120", "--eval-every", "40", "--sample", "40"])
+        .args(["--devices", "cpu"])
+        .output()
+        .expect("run train_pipeline");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "train_pipeline failed");
+    let stages: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pipeline: ")?.split(' ').next()?.parse().ok())
+        .expect("a plan line");
+    assert!(stages >= 2, "the model fits one device: {stages} stage");
+    let line = stdout.lines().find(|l| l.starts_with("validation loss")).expect("a result line");
+    let numbers: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (valid, unigram) = (numbers[0], numbers[1]);
+    assert!(valid < unigram - 0.6, "validation loss {valid} vs unigram entropy {unigram}");
+    assert!(stdout.contains("--- sample ---"), "no generated sample");
 }
 
 /// The CRC-32 of `model.safetensors` that the newest checkpoint's manifest records.
@@ -158,7 +183,7 @@ fn run_example(name: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn nonsense_arguments_exit_2_naming_the_argument() {
-    let cases: [(&str, &[&str], &str); 12] = [
+    let cases: [(&str, &[&str], &str); 15] = [
         ("train_mlp", &["--batch", "0"], "--batch"),
         ("train_mlp", &["--lr", "nan"], "--lr"),
         ("train_mlp", &["--lr", "inf"], "--lr"),
@@ -171,6 +196,9 @@ fn nonsense_arguments_exit_2_naming_the_argument() {
         ("train_charlm", &["--dim", "0"], "--dim"),
         ("train_charlm", &["--eval-every", "0"], "--eval-every"),
         ("train_charlm", &["--lr", "nan"], "--lr"),
+        ("train_pipeline", &["--micro-batches", "0"], "--micro-batches"),
+        ("train_pipeline", &["--chips", "65"], "--chips"),
+        ("train_pipeline", &["--device-kib", "0"], "--device-kib"),
     ];
     for (name, args, named) in cases {
         let out = run_example(name, args);

@@ -249,7 +249,7 @@ fn a_stage_on_the_vulkan_device_trains_like_one_device() -> Result<()> {
 }
 
 #[test]
-fn the_searched_plan_sizes_stages_by_speed_and_bounds_the_memory_each_chip_uses() -> Result<()> {
+fn the_searched_plan_fits_every_chip_and_bounds_the_memory_each_chip_uses() -> Result<()> {
     let want = one_device(adamw)?;
     let host = cpu();
     let (model, costs) = model_and_costs(&host)?;
@@ -309,6 +309,50 @@ fn a_plan_that_does_not_fit_is_refused_naming_device_stage_and_bytes() -> Result
         for p in model.layer_params(layer) {
             assert_eq!(p.value().device().info().id, host_id, "{} moved", p.name());
         }
+    }
+    Ok(())
+}
+
+/// A stage too small for its micro-batches' activations recomputes them in the backward
+/// pass: the plan says so, the numbers stay bit for bit the one device's, and the trace
+/// shows every device's forwards, backwards and received copies on its own track.
+#[test]
+fn a_stage_that_recomputes_its_activations_still_trains_bit_exactly() -> Result<()> {
+    let want = one_device(adamw)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let unlimited = sim(&host, "unlimited", 1e9, u64::MAX / 4, 98);
+    let layout = [0..3, 3..5];
+    let priced = |layout: &[Range<usize>]| {
+        let stages = layout.iter().map(|l| (l.clone(), candidate(&unlimited))).collect();
+        PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)
+    };
+    let keeping = priced(&layout)?.stages[0].memory.total();
+    // Room for stage 0's parameters, state and one micro-batch's activations, not two.
+    let first = &priced(&layout)?.stages[0];
+    let cap = first.memory.total() - first.memory.activations / 2 + first.memory.activations / 8;
+    assert!(cap < keeping);
+    let chips = [sim(&host, "small", 1e9, cap, 1), sim(&host, "big", 1e9, 1 << 30, 2)];
+    let stages = layout.iter().cloned().zip(chips.iter().map(candidate)).collect();
+    let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    println!("{}", plan.explain());
+    assert!(plan.stages[0].recompute && !plan.stages[1].recompute, "{}", plan.explain());
+    assert!(plan.stages[0].memory.total() <= cap);
+    chips[0].reset_peak_memory();
+    let mut pipeline = Pipeline::new(model, plan, adamw)?;
+    pipeline.start_trace();
+    assert_identical(&want, &train(&mut pipeline)?);
+    assert!(chips[0].peak_memory() <= cap, "peak {} over {cap}", chips[0].peak_memory());
+    let trace = pipeline.take_trace().expect("a trace");
+    for (device, kind, count) in [
+        ("sim:1", "forward", STEPS * MICRO_BATCHES),
+        ("sim:1", "backward", STEPS * MICRO_BATCHES),
+        ("sim:1", "transfer", STEPS * MICRO_BATCHES),
+        ("sim:2", "forward", STEPS * MICRO_BATCHES),
+        ("sim:2", "transfer", STEPS * MICRO_BATCHES),
+    ] {
+        let n = trace.events.iter().filter(|e| e.device == device && e.stage == kind).count();
+        assert_eq!(n, count, "{kind} slices on {device}'s track");
     }
     Ok(())
 }

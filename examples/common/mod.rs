@@ -2,14 +2,16 @@
 //! and the loss/accuracy plot. Not part of the library: a user's own loop would do these
 //! its own way.
 
-#![allow(dead_code)] // each example uses its own subset
+#![allow(dead_code, unused_imports)] // each example uses its own subset
 
 mod checkpointing;
 mod job;
 mod metrics;
+mod tempest;
 pub use checkpointing::{CheckpointArgs, Checkpointing};
 pub use job::Job;
 pub use metrics::{Metrics, Row};
+pub use tempest::{Corpus, windows};
 
 /// The examples allocate with mimalloc rather than the system's malloc. A training step
 /// makes and drops many small objects (ops, views, autograd nodes) on the caller's thread

@@ -68,6 +68,10 @@ pub struct StagePlan {
     pub memory: StageMemory,
     /// The device's memory offered to the job.
     pub available: u64,
+    /// Whether the stage keeps only its micro-batches' inputs and runs each forward pass
+    /// again just before its backward pass: chosen where the activations of the
+    /// micro-batches in flight would not fit, at the price of one more forward pass.
+    pub recompute: bool,
 }
 
 impl StagePlan {
@@ -216,7 +220,7 @@ impl PipelinePlan {
     /// micro-batch where known.
     pub fn explain_with(&self, measured: Option<&[f64]>) -> String {
         let mut out = format!(
-            "pipeline: {} stages, {} micro-batches, 1F1B\n{:<7} {:<9} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "pipeline: {} stages, {} micro-batches, 1F1B\n{:<7} {:<11} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
             self.stages.len(),
             self.micro_batches,
             "stage",
@@ -235,9 +239,14 @@ impl PipelinePlan {
                 .map_or("-".to_string(), |t| format!("{:.3}", t * 1e3));
             let _ = writeln!(
                 out,
-                "{:<7} {:<9} {:<16} {:>10.1} {:>10.1} {:>10.3} {:>10.3} {:>10}",
+                "{:<7} {:<11} {:<16} {:>10.1} {:>10.1} {:>10.3} {:>10.3} {:>10}",
                 s,
-                format!("{}..{}", stage.layers.start, stage.layers.end),
+                format!(
+                    "{}..{}{}",
+                    stage.layers.start,
+                    stage.layers.end,
+                    if stage.recompute { " rc" } else { "" }
+                ),
                 stage.label,
                 mib(stage.memory.total()),
                 mib(stage.available.saturating_sub(stage.memory.total())),
@@ -248,9 +257,14 @@ impl PipelinePlan {
         }
         let _ = writeln!(
             out,
-            "predicted step {:.3} ms, bubble {:.1}%",
+            "predicted step {:.3} ms, bubble {:.1}%{}",
             self.predicted_step_s() * 1e3,
-            self.bubble() * 100.0
+            self.bubble() * 100.0,
+            if self.stages.iter().any(|s| s.recompute) {
+                " (rc: activations recomputed in the backward pass)"
+            } else {
+                ""
+            }
         );
         out
     }
@@ -326,24 +340,34 @@ fn price(
     let transfer_s = before.map_or(0.0, |b| link(b, c, input_bytes))
         + after.map_or(0.0, |a| link(a, c, output_bytes));
     let params: u64 = own.iter().map(|l| l.param_bytes as u64).sum();
-    let held: u64 = own.iter().map(|l| l.activation_bytes as u64).sum::<u64>() + input_bytes as u64;
+    let kept: u64 = own.iter().map(|l| l.activation_bytes as u64).sum();
     let largest = own.iter().map(|l| l.activation_bytes as u64).max().unwrap_or(0);
-    StagePlan {
-        layers,
+    let in_flight = in_flight(s, count, micro_batches) as u64;
+    let plan = |recompute: bool| StagePlan {
+        layers: layers.clone(),
         device: c.device.clone(),
         label: c.device.info().label(),
         forward_s,
-        backward_s,
+        backward_s: if recompute { backward_s + forward_s } else { backward_s },
         transfer_s,
         memory: StageMemory {
             params,
             grads: params,
             optimizer: params * slots as u64,
-            activations: in_flight(s, count, micro_batches) as u64 * held,
+            // Recomputing, a stage keeps each micro-batch's input and, during a backward
+            // pass, one micro-batch's activations.
+            activations: if recompute {
+                in_flight * input_bytes as u64 + kept
+            } else {
+                in_flight * (kept + input_bytes as u64)
+            },
             workspace: largest + output_bytes as u64,
         },
         available: c.memory,
-    }
+        recompute,
+    };
+    let kept_all = plan(false);
+    if kept_all.memory.total() <= c.memory || in_flight <= 1 { kept_all } else { plan(true) }
 }
 
 struct Search<'a> {

@@ -14,7 +14,7 @@ use crate::plan::{Stopwatch, Trace};
 use crate::train::nn::Ctx;
 use crate::train::optim::{Optimizer, clip_grad_norm};
 use crate::train::parallel::{panic_message, ranges};
-use crate::train::{Grads, Param};
+use crate::train::{Grads, Param, no_grad};
 use crate::{DeviceRef, Error, Result, Tensor};
 
 /// What one step did.
@@ -116,6 +116,27 @@ impl<M: Layered> Pipeline<M> {
         &self.plan
     }
 
+    /// The device the first stage's input goes to.
+    pub fn input_device(&self) -> &DeviceRef {
+        &self.stages[0].device
+    }
+
+    /// The model's output for `x` without recording a graph (evaluation, sampling): the
+    /// stages one after another on this thread, `x` moved to each in turn.
+    pub fn infer(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        no_grad(|| {
+            let mut h = x.clone();
+            for stage in &self.stages {
+                h = self.model.forward_layers(
+                    stage.layers.clone(),
+                    &h.to_device(&stage.device)?,
+                    ctx,
+                )?;
+            }
+            Ok(h)
+        })
+    }
+
     /// Every stage's parameters, stage by stage.
     pub fn params(&self) -> Vec<Param> {
         self.stages.iter().flat_map(|s| s.params.iter().cloned()).collect()
@@ -184,6 +205,7 @@ impl<M: Layered> Pipeline<M> {
                 count,
                 device: self.stages[s].device.clone(),
                 layers: self.stages[s].layers.clone(),
+                recompute: self.plan.stages[s].recompute,
                 send_forward: if s + 1 < count { act_tx[s].take() } else { None },
                 receive_forward: if s > 0 {
                     Some(std::mem::replace(&mut act_rx[s - 1], channel().1))
@@ -298,6 +320,7 @@ struct StageJob {
     count: usize,
     device: DeviceRef,
     layers: Range<usize>,
+    recompute: bool,
     send_forward: Option<Sender<Message>>,
     receive_forward: Option<Receiver<Message>>,
     send_back: Option<Sender<Message>>,
@@ -353,8 +376,8 @@ impl StageJob {
         let mut losses = Vec::new();
         let mut busy = Vec::with_capacity(3 * micro_batches);
         // Per micro-batch in flight: the stage's input (a leaf, except on the first stage)
-        // and its output (the loss, on the last).
-        let mut held: HashMap<usize, (Var, Var)> = HashMap::new();
+        // and its output (the loss, on the last), unless it is to be recomputed.
+        let mut held: HashMap<usize, (Var, Option<Var>)> = HashMap::new();
         for work in one_f_one_b(self.index, self.count, micro_batches) {
             match work {
                 Work::Forward(m) => {
@@ -364,13 +387,15 @@ impl StageJob {
                         Some(rx) => Var::leaf(self.receive(rx, m, "activation", &mut busy)?),
                     };
                     let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
-                    let ctx = Ctx::train(shared.step).rows_from(rows.start);
-                    let y = shared.model.forward_layers(self.layers.clone(), &x, &ctx)?;
-                    let y = if last { self.batch_loss(shared, &y, rows)? } else { y };
+                    let y = if self.recompute {
+                        no_grad(|| self.forward(shared, &x, m))?
+                    } else {
+                        self.forward(shared, &x, m)?
+                    };
                     if let Some(tx) = &self.send_forward {
                         tx.send((m, y.tensor().clone())).map_err(|_| Stop::Neighbour)?;
                     }
-                    held.insert(m, (x, y));
+                    held.insert(m, (x, (!self.recompute).then_some(y)));
                     self.device.synchronize()?;
                     busy.push(Busy::since(
                         "forward",
@@ -383,14 +408,22 @@ impl StageJob {
                 Work::Backward(m) => {
                     let (x, y) = held.remove(&m).ok_or_else(|| self.out_of_order(m))?;
                     let seed = match &self.receive_back {
+                        None => None,
+                        Some(rx) => Some(self.receive(rx, m, "gradient", &mut busy)?),
+                    };
+                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
+                    let y = match y {
+                        Some(y) => y,
+                        None => self.forward(shared, &x, m)?,
+                    };
+                    let seed = match seed {
+                        Some(seed) => seed,
                         None => Tensor::ones(
                             y.tensor().shape().clone(),
                             y.tensor().dtype(),
                             &self.device,
                         )?,
-                        Some(rx) => self.receive(rx, m, "gradient", &mut busy)?,
                     };
-                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
                     let mut input_grad = None;
                     y.backward_streaming(seed, |id, g| {
                         if id == x.id() {
@@ -427,6 +460,15 @@ impl StageJob {
             }
         }
         Ok(StageOutcome { grads, losses, busy })
+    }
+
+    /// The stage's layers on micro-batch `m`'s input; on the last stage, its share of the
+    /// batch's loss.
+    fn forward<M: Layered>(&self, shared: &Shared<'_, M>, x: &Var, m: usize) -> Result<Var> {
+        let rows = shared.rows[m].clone();
+        let ctx = Ctx::train(shared.step).rows_from(rows.start);
+        let y = shared.model.forward_layers(self.layers.clone(), x, &ctx)?;
+        if self.index + 1 == self.count { self.batch_loss(shared, &y, rows) } else { Ok(y) }
     }
 
     /// The next message from a neighbour, which must be micro-batch `m`'s, copied to this
