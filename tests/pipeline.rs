@@ -11,7 +11,7 @@ use manychips::sim::{SimDevice, SimProfile};
 use manychips::train::models::{Gpt, GptConfig};
 use manychips::train::nn::{self, CrossEntropy, Ctx, Reduction};
 use manychips::train::optim::{AdamW, Optimizer, Sgd};
-use manychips::train::pipeline::{Candidate, LayerCost, Layered, profile_layers};
+use manychips::train::pipeline::{Candidate, LayerCost, Layered, TransformerShape, profile_layers};
 use manychips::train::{Grads, Param, ParamStore, Pipeline, PipelinePlan, Var};
 use manychips::{CpuDevice, DType, Device, DeviceRef, ErrorKind, Result, Tensor};
 
@@ -354,5 +354,132 @@ fn a_stage_that_recomputes_its_activations_still_trains_bit_exactly() -> Result<
         let n = trace.events.iter().filter(|e| e.device == device && e.stage == kind).count();
         assert_eq!(n, count, "{kind} slices on {device}'s track");
     }
+    Ok(())
+}
+
+/// The costs computed from a GPT's shape (how a 70B model is planned without building it)
+/// against the costs measured by running one micro-batch through the same model: exact
+/// parameters and flops, activations within 15%.
+#[test]
+fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
+    let host = cpu();
+    for (dim, heads, context, blocks, rows) in
+        [(16, 2, 6, 3, 2), (64, 4, 32, 2, 2), (96, 4, 64, 1, 3)]
+    {
+        let vocab = 13;
+        let config = GptConfig { vocab, context, dim, heads, layers: blocks, dtype: DType::F32 };
+        let model = Gpt::new(&ParamStore::new(&host, SEED), config)?;
+        let data: Vec<u32> = (0..rows * context).map(|i| (i % vocab) as u32).collect();
+        let ids = Tensor::from_slice(&data, [rows, context], &host)?;
+        let measured = profile_layers(&model, &Var::constant(ids), &Ctx::train(0))?;
+        let shape = TransformerShape {
+            vocab,
+            context,
+            dim,
+            heads,
+            blocks,
+            rows,
+            param_bytes: 4,
+            activation_bytes: 4,
+        };
+        let computed = shape.layers();
+        assert_eq!(computed.len(), measured.len());
+        let weights: usize = measured.iter().map(|c| c.param_bytes / 4).sum();
+        assert_eq!(shape.weights(), weights);
+        for (i, (c, m)) in computed.iter().zip(&measured).enumerate() {
+            let at = format!("d{dim} s{context} layer {i}");
+            assert_eq!(c.param_bytes, m.param_bytes, "{at}: parameters");
+            assert_eq!(c.matmul_flops, m.matmul_flops, "{at}: flops");
+            assert_eq!(c.output_bytes, m.output_bytes, "{at}: output");
+            assert_eq!(c.ops, m.ops, "{at}: ops");
+            let ratio = c.activation_bytes as f64 / m.activation_bytes as f64;
+            assert!((0.85..=1.15).contains(&ratio), "{at}: activations {c:?} vs {m:?}");
+        }
+    }
+    Ok(())
+}
+
+/// A layer of `gflop` forward gigaflops and `mib` MiB of parameters, for planning alone.
+fn synthetic_layer(gflop: f64, mib: usize) -> LayerCost {
+    LayerCost {
+        param_bytes: mib << 20,
+        activation_bytes: 1 << 20,
+        output_bytes: 1 << 20,
+        matmul_flops: gflop * 1e9,
+        written_bytes: 0,
+        ops: 1,
+        dtype: DType::F32,
+    }
+}
+
+/// Simulated chips at these TFLOP/s and GiB, no launch latency, 100 GB/s links.
+fn fleet(host: &DeviceRef, specs: &[(f64, u64)]) -> Vec<Candidate> {
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, &(tflops, gib))| {
+            let profile = SimProfile::new("chip")
+                .with_flops(tflops * 1e12)
+                .with_latency(std::time::Duration::ZERO)
+                .with_link(100e9)
+                .with_memory(gib << 30);
+            let device: DeviceRef =
+                Arc::new(SimDevice::new(host.clone(), profile.clone(), i).unwrap());
+            let profile = DeviceProfile::simulated(device.info(), &profile);
+            Candidate::new(device, profile).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_simulator_plays_1f1b_as_its_formula_says() -> Result<()> {
+    let host = cpu();
+    let costs = vec![synthetic_layer(10.0, 1); 8];
+    let chips = fleet(&host, &[(1.0, 64); 4]);
+    let stages: Vec<_> = (0..4).map(|s| (2 * s..2 * s + 2, chips[s].clone())).collect();
+    for micro_batches in [1, 3, 8, 32] {
+        let plan = PipelinePlan::manual(&costs, stages.clone(), micro_batches, 2)?;
+        let played = manychips::train::pipeline::play(&plan);
+        // Equal stages (the end stages copy one way only, so a little shorter): the
+        // formula Σ t + (M − 1)·max t, an upper bound, within 1%.
+        let t = plan.stages.iter().map(|s| s.time()).fold(0.0, f64::max);
+        let want = plan.predicted_step_s();
+        assert!(played.makespan <= want * (1.0 + 1e-9), "{played:?} vs {want}");
+        assert!(played.makespan >= want * 0.99, "{played:?} vs {want}");
+        assert!(played.makespan >= (micro_batches + 3) as f64 * t * 0.9);
+        let busy: f64 = played.busy.iter().sum();
+        assert!((played.bubble() - (1.0 - busy / (4.0 * played.makespan))).abs() < 1e-12);
+    }
+    Ok(())
+}
+
+/// Twelve chips of four speeds: dealt into replicas whose pipelines each balance a mix,
+/// every micro-batch given to one, every stage within its chip's memory, and a step no
+/// slower than one pipeline over all twelve.
+#[test]
+fn replicas_of_pipelines_share_a_fleet_and_its_micro_batches() -> Result<()> {
+    let host = cpu();
+    let costs = vec![synthetic_layer(50.0, 256); 24];
+    let specs: Vec<(f64, u64)> =
+        (0..12).map(|i| ([1.0, 2.0, 3.0, 4.0][i % 4], [8, 16][i % 2])).collect();
+    let chips = fleet(&host, &specs);
+    let plan = manychips::train::pipeline::ReplicaPlan::search(&costs, &chips, 48, 2)?;
+    println!("{}", plan.explain());
+    assert_eq!(plan.replicas.iter().map(|r| r.micro_batches).sum::<usize>(), 48);
+    let mut used = std::collections::HashSet::new();
+    for replica in &plan.replicas {
+        assert_eq!(replica.stages.last().unwrap().layers.end, costs.len());
+        for stage in &replica.stages {
+            assert!(stage.memory.total() <= stage.available, "{}", replica.explain());
+            assert!(used.insert(stage.label.clone()), "{} in two replicas", stage.label);
+        }
+    }
+    let one = manychips::train::pipeline::ReplicaPlan::with_replicas(&costs, &chips, 1, 48, 2)?;
+    assert!(
+        plan.step_s() <= one.step_s() * (1.0 + 1e-9),
+        "{} vs {}",
+        plan.explain(),
+        one.explain()
+    );
     Ok(())
 }

@@ -255,6 +255,7 @@ impl Var {
             }
         }
         census.retained_bytes = buffers.values().sum();
+
         census
     }
 

@@ -27,6 +27,77 @@ pub struct LayerCost {
     pub dtype: DType,
 }
 
+/// The shape of a GPT-style model ([`Gpt`](crate::train::models::Gpt)) and of its
+/// micro-batches, to price its layers without building it: a 70B model on a thousand
+/// chips is planned this way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransformerShape {
+    pub vocab: usize,
+    /// Tokens per sequence.
+    pub context: usize,
+    pub dim: usize,
+    pub heads: usize,
+    pub blocks: usize,
+    /// Sequences per micro-batch.
+    pub rows: usize,
+    /// Bytes per parameter as stored (4 for f32 master weights).
+    pub param_bytes: usize,
+    /// Bytes per activation element (4 for f32 compute, 2 for bf16).
+    pub activation_bytes: usize,
+}
+
+impl TransformerShape {
+    /// Parameters of the whole model.
+    pub fn weights(&self) -> usize {
+        let (d, v) = (self.dim, self.vocab);
+        (v + self.context) * d + self.blocks * (12 * d * d + 13 * d) + 2 * d + d * v
+    }
+
+    /// The model's layers as [`Layered for Gpt`](crate::train::models::Gpt) cuts them:
+    /// the embeddings, each block, the final norm with the head. Flops and parameters are
+    /// exact; the activations follow what this library's layers keep (counted from their
+    /// graphs: 38 `[tokens, dim]` buffers per block, three `[rows, heads, context,
+    /// context]` for attention, and per-token statistics), checked against a measurement
+    /// in the tests.
+    pub fn layers(&self) -> Vec<LayerCost> {
+        let (d, v, s) = (self.dim as f64, self.vocab as f64, self.context as f64);
+        let tokens = (self.rows * self.context) as f64;
+        let a = self.activation_bytes as f64;
+        let p = self.param_bytes as f64;
+        let scores = (self.rows * self.heads) as f64 * s * s;
+        let dtype = if self.activation_bytes == 2 { DType::BF16 } else { DType::F32 };
+        let layer = |params: f64, kept: f64, flops: f64, ops: usize| LayerCost {
+            param_bytes: (params * p) as usize,
+            activation_bytes: (kept * a) as usize,
+            output_bytes: (tokens * d * a) as usize,
+            matmul_flops: flops,
+            written_bytes: (1.7 * kept * a) as usize,
+            ops,
+            dtype,
+        };
+        let embed = layer((v + s) * d, 2.5 * tokens * d, 0.0, 5);
+        let block = layer(
+            12.0 * d * d + 13.0 * d,
+            38.0 * tokens * d + 3.0 * scores + 5.0 * tokens,
+            2.0 * tokens * 12.0 * d * d + 4.0 * self.rows as f64 * s * s * d,
+            54,
+        );
+        let head = LayerCost {
+            output_bytes: (tokens * v * a) as usize,
+            ..layer(
+                2.0 * d + d * v,
+                tokens * d + 2.0 * tokens * v + 2.0 * tokens,
+                2.0 * tokens * d * v,
+                6,
+            )
+        };
+        std::iter::once(embed)
+            .chain(std::iter::repeat_n(block, self.blocks))
+            .chain(std::iter::once(head))
+            .collect()
+    }
+}
+
 impl LayerCost {
     /// Predicted seconds of its forward pass on a device of `profile`: launches, then the
     /// larger of its matmul time and its memory time, as the planner prices one op.

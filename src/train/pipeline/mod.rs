@@ -20,15 +20,19 @@
 
 mod cost;
 mod plan;
+mod replicas;
 mod run;
 mod schedule;
+mod simulate;
 
 use std::ops::Range;
 
-pub use cost::{LayerCost, profile_layers};
+pub use cost::{LayerCost, TransformerShape, profile_layers};
 pub use plan::{Candidate, PipelinePlan, StageMemory, StagePlan};
+pub use replicas::ReplicaPlan;
 pub use run::{Pipeline, PipelineReport};
 pub use schedule::{Work, in_flight, one_f_one_b};
+pub use simulate::{Played, play};
 
 use super::nn::Ctx;
 use super::{Param, Var};

@@ -60,14 +60,18 @@ pub struct StagePlan {
     pub layers: Range<usize>,
     pub device: DeviceRef,
     pub label: String,
-    /// Predicted seconds per micro-batch: forward, backward, and receiving its input and
-    /// its output's gradient.
+    /// Predicted seconds per micro-batch: forward, backward, and receiving its input (from
+    /// the stage before) and its output's gradient (from the stage after).
     pub forward_s: f64,
     pub backward_s: f64,
-    pub transfer_s: f64,
+    pub receive_forward_s: f64,
+    pub receive_backward_s: f64,
     pub memory: StageMemory,
     /// The device's memory offered to the job.
     pub available: u64,
+    /// The slower direction of the device's link, bytes per second: what its gradients
+    /// cross in an all-reduce.
+    pub link_bytes_per_s: f64,
     /// Whether the stage keeps only its micro-batches' inputs and runs each forward pass
     /// again just before its backward pass: chosen where the activations of the
     /// micro-batches in flight would not fit, at the price of one more forward pass.
@@ -77,7 +81,7 @@ pub struct StagePlan {
 impl StagePlan {
     /// Predicted seconds of one micro-batch through this stage, both ways.
     pub fn time(&self) -> f64 {
-        self.forward_s + self.backward_s + self.transfer_s
+        self.forward_s + self.backward_s + self.receive_forward_s + self.receive_backward_s
     }
 }
 
@@ -126,19 +130,14 @@ impl PipelinePlan {
             .iter()
             .enumerate()
             .map(|(s, (layers, c))| {
-                let before = (s > 0).then(|| &stages[s - 1].1);
-                let after = stages.get(s + 1).map(|(_, c)| c);
-                price(
-                    costs,
-                    layers.clone(),
+                let spot = Spot {
                     c,
-                    before,
-                    after,
+                    before: s.checked_sub(1).map(|i| &stages[i].1),
+                    after: stages.get(s + 1).map(|(_, c)| c),
                     s,
                     count,
-                    micro_batches,
-                    optimizer_slots,
-                )
+                };
+                price(costs, layers.clone(), &spot, micro_batches, optimizer_slots)
             })
             .collect();
         let plan = PipelinePlan { stages: planned, micro_batches };
@@ -159,14 +158,14 @@ impl PipelinePlan {
             .iter()
             .filter(|c| costs.iter().all(|l| l.forward_secs(&c.profile).is_finite()))
             .collect();
-        let whole = |c: &Candidate| costs.iter().map(|l| l.forward_secs(&c.profile)).sum::<f64>();
-        let mut fastest = usable.clone();
-        fastest.sort_by(|a, b| whole(a).total_cmp(&whole(b)));
-        let mut roomiest = usable.clone();
-        roomiest.sort_by_key(|c| std::cmp::Reverse(c.memory));
-        let search = Search { costs, micro_batches, slots: optimizer_slots };
+        let search = Search::new(costs, usable.clone(), micro_batches, optimizer_slots);
+        let as_given: Vec<usize> = (0..usable.len()).collect();
+        let mut fastest = as_given.clone();
+        fastest.sort_by(|&a, &b| search.whole(a).total_cmp(&search.whole(b)));
+        let mut roomiest = as_given.clone();
+        roomiest.sort_by_key(|&i| std::cmp::Reverse(usable[i].memory));
         let mut best: Option<PipelinePlan> = None;
-        for order in [&usable, &fastest, &roomiest] {
+        for order in [&as_given, &fastest, &roomiest] {
             for count in 1..=order.len().min(costs.len()) {
                 let Some(plan) = search.best_for(&order[..count]) else { continue };
                 if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.predicted_step_s()) {
@@ -313,80 +312,182 @@ fn check_micro_batches(micro_batches: usize) -> Result<()> {
     Ok(())
 }
 
-/// Prices `layers` as stage `s` of `count` on `c`, between the stages on `before` and
-/// `after`.
-#[allow(clippy::too_many_arguments)]
-fn price(
-    costs: &[LayerCost],
-    layers: Range<usize>,
-    c: &Candidate,
-    before: Option<&Candidate>,
-    after: Option<&Candidate>,
+/// Where a stage sits: its device, its neighbours' devices, and its place in the pipeline.
+struct Spot<'a> {
+    c: &'a Candidate,
+    before: Option<&'a Candidate>,
+    after: Option<&'a Candidate>,
     s: usize,
     count: usize,
+}
+
+/// Running sums over a stage's layers on its device.
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    forward_s: f64,
+    backward_s: f64,
+    params: u64,
+    kept: u64,
+    largest: u64,
+}
+
+impl Sums {
+    fn add(&mut self, layer: &LayerCost, (forward_s, backward_s): (f64, f64)) {
+        self.forward_s += forward_s;
+        self.backward_s += backward_s;
+        self.params += layer.param_bytes as u64;
+        self.kept += layer.activation_bytes as u64;
+        self.largest = self.largest.max(layer.activation_bytes as u64);
+    }
+}
+
+/// A stage's predicted times and memory.
+#[derive(Clone, Copy)]
+struct StageCost {
+    forward_s: f64,
+    backward_s: f64,
+    receive_forward_s: f64,
+    receive_backward_s: f64,
+    memory: StageMemory,
+    recompute: bool,
+}
+
+impl StageCost {
+    fn time(&self) -> f64 {
+        self.forward_s + self.backward_s + self.receive_forward_s + self.receive_backward_s
+    }
+}
+
+/// The cost of `layers` (summed in `sums`) at `spot`: keeping every micro-batch's
+/// activations where they fit, recomputing them otherwise.
+fn stage_cost(
+    costs: &[LayerCost],
+    layers: &Range<usize>,
+    sums: &Sums,
+    spot: &Spot<'_>,
     micro_batches: usize,
     slots: usize,
-) -> StagePlan {
-    let own = &costs[layers.clone()];
-    let forward_s: f64 = own.iter().map(|l| l.forward_secs(&c.profile)).sum();
-    let backward_s: f64 = own.iter().map(|l| l.backward_secs(&c.profile)).sum();
+) -> StageCost {
     // Copies go through the host: the sender's download, then the receiver's upload.
     let link = |from: &Candidate, to: &Candidate, bytes: usize| {
         bytes as f64 / from.profile.device_to_host_bytes_per_s
             + bytes as f64 / to.profile.host_to_device_bytes_per_s
     };
     let input_bytes = layers.start.checked_sub(1).map_or(0, |i| costs[i].output_bytes);
-    let output_bytes = own.last().map_or(0, |l| l.output_bytes);
-    let transfer_s = before.map_or(0.0, |b| link(b, c, input_bytes))
-        + after.map_or(0.0, |a| link(a, c, output_bytes));
-    let params: u64 = own.iter().map(|l| l.param_bytes as u64).sum();
-    let kept: u64 = own.iter().map(|l| l.activation_bytes as u64).sum();
-    let largest = own.iter().map(|l| l.activation_bytes as u64).max().unwrap_or(0);
-    let in_flight = in_flight(s, count, micro_batches) as u64;
-    let plan = |recompute: bool| StagePlan {
-        layers: layers.clone(),
-        device: c.device.clone(),
-        label: c.device.info().label(),
-        forward_s,
-        backward_s: if recompute { backward_s + forward_s } else { backward_s },
-        transfer_s,
+    let output_bytes = costs[layers.end - 1].output_bytes;
+    let receive_forward_s = spot.before.map_or(0.0, |b| link(b, spot.c, input_bytes));
+    let receive_backward_s = spot.after.map_or(0.0, |a| link(a, spot.c, output_bytes));
+    let in_flight = in_flight(spot.s, spot.count, micro_batches) as u64;
+    let cost = |recompute: bool| StageCost {
+        forward_s: sums.forward_s,
+        backward_s: if recompute { sums.backward_s + sums.forward_s } else { sums.backward_s },
+        receive_forward_s,
+        receive_backward_s,
         memory: StageMemory {
-            params,
-            grads: params,
-            optimizer: params * slots as u64,
+            params: sums.params,
+            grads: sums.params,
+            optimizer: sums.params * slots as u64,
             // Recomputing, a stage keeps each micro-batch's input and, during a backward
             // pass, one micro-batch's activations.
             activations: if recompute {
-                in_flight * input_bytes as u64 + kept
+                in_flight * input_bytes as u64 + sums.kept
             } else {
-                in_flight * (kept + input_bytes as u64)
+                in_flight * (sums.kept + input_bytes as u64)
             },
-            workspace: largest + output_bytes as u64,
+            workspace: sums.largest + output_bytes as u64,
         },
-        available: c.memory,
         recompute,
     };
-    let kept_all = plan(false);
-    if kept_all.memory.total() <= c.memory || in_flight <= 1 { kept_all } else { plan(true) }
+    let keeping = cost(false);
+    if keeping.memory.total() <= spot.c.memory || in_flight <= 1 { keeping } else { cost(true) }
+}
+
+/// `layers` as the stage at `spot`, priced.
+fn price(
+    costs: &[LayerCost],
+    layers: Range<usize>,
+    spot: &Spot<'_>,
+    micro_batches: usize,
+    slots: usize,
+) -> StagePlan {
+    let mut sums = Sums::default();
+    for layer in &costs[layers.clone()] {
+        let times = (layer.forward_secs(&spot.c.profile), layer.backward_secs(&spot.c.profile));
+        sums.add(layer, times);
+    }
+    let cost = stage_cost(costs, &layers, &sums, spot, micro_batches, slots);
+    StagePlan {
+        layers,
+        device: spot.c.device.clone(),
+        label: spot.c.device.info().label(),
+        forward_s: cost.forward_s,
+        backward_s: cost.backward_s,
+        receive_forward_s: cost.receive_forward_s,
+        receive_backward_s: cost.receive_backward_s,
+        memory: cost.memory,
+        available: spot.c.memory,
+        link_bytes_per_s: spot
+            .c
+            .profile
+            .host_to_device_bytes_per_s
+            .min(spot.c.profile.device_to_host_bytes_per_s),
+        recompute: cost.recompute,
+    }
 }
 
 struct Search<'a> {
     costs: &'a [LayerCost],
+    candidates: Vec<&'a Candidate>,
+    /// Per candidate, each layer's forward and backward seconds on it.
+    times: Vec<Vec<(f64, f64)>>,
     micro_batches: usize,
     slots: usize,
 }
 
-impl Search<'_> {
-    /// The plan over exactly these devices in this order with the smallest bottleneck, if
-    /// any fits.
-    fn best_for(&self, order: &[&Candidate]) -> Option<PipelinePlan> {
+impl<'a> Search<'a> {
+    fn new(
+        costs: &'a [LayerCost],
+        candidates: Vec<&'a Candidate>,
+        micro_batches: usize,
+        slots: usize,
+    ) -> Search<'a> {
+        let times = candidates
+            .iter()
+            .map(|c| {
+                costs
+                    .iter()
+                    .map(|l| (l.forward_secs(&c.profile), l.backward_secs(&c.profile)))
+                    .collect()
+            })
+            .collect();
+        Search { costs, candidates, times, micro_batches, slots }
+    }
+
+    /// Forward and backward seconds of the whole model on candidate `i`.
+    fn whole(&self, i: usize) -> f64 {
+        self.times[i].iter().map(|(f, b)| f + b).sum()
+    }
+
+    fn spot(&self, order: &[usize], s: usize) -> Spot<'a> {
+        Spot {
+            c: self.candidates[order[s]],
+            before: s.checked_sub(1).map(|i| self.candidates[order[i]]),
+            after: order.get(s + 1).map(|&i| self.candidates[i]),
+            s,
+            count: order.len(),
+        }
+    }
+
+    /// The plan over exactly these candidates in this order with the smallest bottleneck,
+    /// if any fits.
+    fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
         // Any bottleneck above the whole model's time on the slowest device, copies
         // included, fits unless memory does not: double up to it.
-        let mut hi = order.iter().map(|c| self.whole(c)).fold(0.0, f64::max).max(1e-9);
+        let mut hi = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
         let mut found = None;
         for _ in 0..64 {
-            if let Some(plan) = self.fill(order, hi) {
-                found = Some(plan);
+            if let Some(cut) = self.fill(order, hi) {
+                found = Some(cut);
                 break;
             }
             hi *= 2.0;
@@ -396,9 +497,9 @@ impl Search<'_> {
         for _ in 0..60 {
             let mid = 0.5 * (lo + hi);
             match self.fill(order, mid) {
-                Some(plan) => {
+                Some(cut) => {
                     hi = mid;
-                    found = plan;
+                    found = cut;
                 }
                 None => lo = mid,
             }
@@ -406,56 +507,48 @@ impl Search<'_> {
                 break;
             }
         }
-        Some(found)
-    }
-
-    fn whole(&self, c: &Candidate) -> f64 {
-        self.costs.iter().map(|l| l.forward_secs(&c.profile) + l.backward_secs(&c.profile)).sum()
-    }
-
-    /// Stage `s` of `order` taking `layers`, priced with its neighbours in `order`.
-    fn stage(&self, order: &[&Candidate], layers: Range<usize>, s: usize) -> Option<StagePlan> {
-        let before = s.checked_sub(1).map(|i| order[i]);
-        let after = order.get(s + 1).copied();
-        let plan = price(
-            self.costs,
-            layers,
-            order[s],
-            before,
-            after,
-            s,
-            order.len(),
-            self.micro_batches,
-            self.slots,
-        );
-        (plan.memory.total() <= plan.available).then_some(plan)
+        let stages = found
+            .into_iter()
+            .enumerate()
+            .map(|(s, layers)| {
+                price(self.costs, layers, &self.spot(order, s), self.micro_batches, self.slots)
+            })
+            .collect();
+        Some(PipelinePlan { stages, micro_batches: self.micro_batches })
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` and its
-    /// memory; the plan, if every layer found a stage and every stage a layer.
-    fn fill(&self, order: &[&Candidate], bottleneck: f64) -> Option<PipelinePlan> {
-        let mut stages = Vec::with_capacity(order.len());
+    /// memory; the cut, if every layer found a stage and every stage a layer.
+    fn fill(&self, order: &[usize], bottleneck: f64) -> Option<Vec<Range<usize>>> {
+        let layers = self.costs.len();
+        let mut cut = Vec::with_capacity(order.len());
         let mut start = 0;
         for s in 0..order.len() {
+            let spot = self.spot(order, s);
             let last = s + 1 == order.len();
+            // Leave at least one layer for each later stage; the last takes the rest.
+            let max_end = layers - (order.len() - s - 1);
+            let mut sums = Sums::default();
             let mut taken = None;
-            let ends: Box<dyn Iterator<Item = usize>> = if last {
-                Box::new(std::iter::once(self.costs.len()))
-            } else {
-                // Leave at least one layer for each later stage.
-                Box::new(start + 1..=self.costs.len() - (order.len() - s - 1))
-            };
-            for end in ends {
-                match self.stage(order, start..end, s) {
-                    Some(plan) if plan.time() <= bottleneck => taken = Some(plan),
-                    _ => break,
+            for end in start + 1..=max_end {
+                sums.add(&self.costs[end - 1], self.times[order[s]][end - 1]);
+                if last && end < layers {
+                    continue;
+                }
+                let range = start..end;
+                let cost =
+                    stage_cost(self.costs, &range, &sums, &spot, self.micro_batches, self.slots);
+                if cost.memory.total() <= spot.c.memory && cost.time() <= bottleneck {
+                    taken = Some(end);
+                } else {
+                    break;
                 }
             }
-            let plan = taken?;
-            start = plan.layers.end;
-            stages.push(plan);
+            let end = taken?;
+            cut.push(start..end);
+            start = end;
         }
-        Some(PipelinePlan { stages, micro_batches: self.micro_batches })
+        Some(cut)
     }
 }
 

@@ -1,0 +1,181 @@
+//! Pipeline planning at fleet scale, by simulation: GPT-shaped models of 7B and 70B
+//! parameters on fleets of 8, 64 and 1000 simulated chips (matmul speeds spread 10×, 40 to
+//! 400 TFLOP/s; memory 16 to 80 GB; links of 200 or 3200 Gbit/s), planned as data-parallel
+//! replicas of pipelines (`ReplicaPlan::search`) and played step by step
+//! (`pipeline::play`). For each, a table row:
+//! - the step's throughput against the fluid bound (the step's flops over the fleet's
+//!   total rate: no bubble, no copies, no memory limit);
+//! - against uniform stages on the same replicas and chips (equal layers per stage and
+//!   equal micro-batches per replica, Megatron's cut; given unlimited memory, which only
+//!   favours it);
+//! - planning time (wall clock, one plan).
+//!
+//! Then criterion times the planner itself. `cargo bench --bench pipeline`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use manychips::plan::DeviceProfile;
+use manychips::sim::{SimDevice, SimProfile};
+use manychips::train::PipelinePlan;
+use manychips::train::pipeline::{
+    Candidate, LayerCost, ReplicaPlan, StagePlan, TransformerShape, play,
+};
+use manychips::{CpuDevice, DeviceRef};
+
+const FLEETS: [usize; 3] = [8, 64, 1000];
+/// AdamW's two moments per parameter.
+const SLOTS: usize = 2;
+
+fn model(name: &str) -> TransformerShape {
+    let (dim, heads, blocks) = match name {
+        "7B" => (4096, 32, 32),
+        _ => (8192, 64, 80),
+    };
+    // f32 master weights (with f32 gradients and moments: 16 bytes a parameter), bf16
+    // activations, one 2048-token sequence per micro-batch.
+    TransformerShape {
+        vocab: 32000,
+        context: 2048,
+        dim,
+        heads,
+        blocks,
+        rows: 1,
+        param_bytes: 4,
+        activation_bytes: 2,
+    }
+}
+
+/// Chip `i` of `n`: matmul rate log-spaced 40 to 400 TFLOP/s, memory cycling through 16,
+/// 24, 40, 48 and 80 GB, 2 TB/s of memory bandwidth, 5 µs a launch.
+fn chips(host: &DeviceRef, n: usize, link_gbit: f64) -> Vec<Candidate> {
+    (0..n)
+        .map(|i| {
+            let speed = 10f64.powf(i as f64 / (n - 1).max(1) as f64);
+            let gb = [16u64, 24, 40, 48, 80][i % 5];
+            let profile = SimProfile::new(format!("chip{i}"))
+                .with_flops(40e12 * speed)
+                .with_bandwidth(2e12)
+                .with_latency(Duration::from_micros(5))
+                .with_link(link_gbit * 1e9 / 8.0)
+                .with_memory(gb * 1_000_000_000);
+            let device: DeviceRef =
+                Arc::new(SimDevice::new(host.clone(), profile.clone(), i).expect("sim chip"));
+            let profile = DeviceProfile::simulated(device.info(), &profile);
+            Candidate::new(device, profile).expect("candidate")
+        })
+        .collect()
+}
+
+/// Seconds of a step at the fleet's total matmul rate, nothing else counted.
+fn fluid_bound(costs: &[LayerCost], chips: &[Candidate], micro_batches: usize) -> f64 {
+    let flops: f64 = costs.iter().map(|c| 3.0 * c.matmul_flops).sum::<f64>() * micro_batches as f64;
+    let rate: f64 = chips.iter().map(|c| c.profile.peak_matmul_rate()).sum();
+    flops / rate
+}
+
+/// The same replicas, chips and stage counts with equal layers per stage (Megatron's cut),
+/// recomputing where a stage's activations do not fit, the micro-batches shared by the
+/// replicas' speed as ours are: what cutting stages by speed and memory gains, alone.
+/// `None` where an equal cut does not fit the chips' memory at all.
+fn uniform(
+    costs: &[LayerCost],
+    plan: &ReplicaPlan,
+    fleet: &[Candidate],
+    micro_batches: usize,
+) -> Option<f64> {
+    let chip = |stage: &StagePlan| {
+        let id = stage.device.info().id;
+        fleet.iter().find(|c| c.device.info().id == id).expect("a chip of the fleet").clone()
+    };
+    let mut even: Vec<PipelinePlan> = plan
+        .replicas
+        .iter()
+        .map(|replica| {
+            let stages = replica.stages.len();
+            let mut start = 0;
+            let cut = replica
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(s, stage)| {
+                    let len = costs.len() / stages + usize::from(s < costs.len() % stages);
+                    start += len;
+                    (start - len..start, chip(stage))
+                })
+                .collect();
+            PipelinePlan::manual(costs, cut, micro_batches, SLOTS).ok()
+        })
+        .collect::<Option<_>>()?;
+    let rates: Vec<f64> =
+        even.iter().map(|r| 1.0 / r.stages.iter().map(|s| s.time()).fold(0.0, f64::max)).collect();
+    let shares = manychips::plan::proportional(&rates, micro_batches).expect("positive rates");
+    let mut slowest: f64 = 0.0;
+    for (replica, share) in even.iter_mut().zip(shares) {
+        replica.micro_batches = share;
+        if share > 0 {
+            slowest = slowest.max(play(replica).makespan);
+        }
+    }
+    Some(slowest + plan.all_reduce_s)
+}
+
+fn main() {
+    let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).expect("cpu"));
+    println!(
+        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | planning |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for name in ["7B", "70B"] {
+        let costs = model(name).layers();
+        for n in FLEETS {
+            for link in [200.0, 3200.0] {
+                let fleet = chips(&host, n, link);
+                let micro_batches = (8 * n).max(64);
+                let started = Instant::now();
+                let planned = ReplicaPlan::search(&costs, &fleet, micro_batches, SLOTS);
+                let planning = started.elapsed().as_secs_f64();
+                let plan = match planned {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        let why = e.to_string();
+                        let short = why.split(": ").last().unwrap_or(&why);
+                        println!(
+                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | {planning:.2} s |"
+                        );
+                        continue;
+                    }
+                };
+                let step = plan.step_s();
+                let bound = fluid_bound(&costs, &fleet, micro_batches);
+                let even = uniform(&costs, &plan, &fleet, micro_batches);
+                let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
+                let recomputing =
+                    plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
+                println!(
+                    "| {name} | {n} | {link} Gbit/s | {} × {}–{} | {:.0}% | {:.2} | {} | {planning:.2} s |",
+                    plan.replicas.len(),
+                    stages.iter().min().unwrap_or(&0),
+                    stages.iter().max().unwrap_or(&0),
+                    100.0 * recomputing as f64 / stages.iter().sum::<usize>() as f64,
+                    bound / step,
+                    even.map_or("does not fit".into(), |even| format!("{:.2}×", even / step)),
+                );
+            }
+        }
+    }
+
+    let mut c = Criterion::default().configure_from_args().sample_size(10);
+    let mut group = c.benchmark_group("pipeline/plan 7B");
+    for n in FLEETS {
+        let fleet = chips(&host, n, 3200.0);
+        let costs = model("7B").layers();
+        let micro_batches = (8 * n).max(64);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| ReplicaPlan::search(&costs, &fleet, micro_batches, SLOTS).expect("plan"))
+        });
+    }
+    group.finish();
+    c.final_summary();
+}
