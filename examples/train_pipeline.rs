@@ -152,8 +152,9 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     );
     let plan = PipelinePlan::search(&costs, &candidates, args.micro_batches, 2)
         .map_err(|e| e.to_string())?;
-    let mut pipeline = Pipeline::new(model, plan, |params| {
-        Ok(Box::new(AdamW::new(params, args.lr)?.with_weight_decay(0.01)?) as Box<dyn Optimizer>)
+    let lr = args.lr;
+    let mut pipeline = Pipeline::new(model, plan, move |params| {
+        Ok(Box::new(AdamW::new(params, lr)?.with_weight_decay(0.01)?) as Box<dyn Optimizer>)
     })
     .map_err(|e| e.to_string())?;
     pipeline.set_max_grad_norm(Some(1.0));

@@ -483,3 +483,63 @@ fn replicas_of_pipelines_share_a_fleet_and_its_micro_batches() -> Result<()> {
     );
     Ok(())
 }
+
+/// A stage's chip is lost in the middle of a step: the step fails with its fault, the
+/// pipeline drops the chip, plans again over the others and restores the last checkpoint
+/// (from disk); the run goes on and ends with the numbers of a run that never failed, bit
+/// for bit. A fresh process resuming the same checkpoint on yet another plan gets them too.
+#[test]
+fn a_lost_stage_chip_is_evicted_and_training_resumes_from_the_checkpoint_bit_exactly() -> Result<()>
+{
+    let want = one_device(adamw)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let cap = cap_for(&host, &costs, &[0..2, 2..4, 4..5])?;
+    let chips: Vec<Arc<SimDevice>> = (1..=4).map(|i| sim(&host, "capped", 1e11, cap, i)).collect();
+    let candidates: Vec<Candidate> = chips.iter().map(candidate).collect();
+    let plan = PipelinePlan::search(&costs, &candidates, MICRO_BATCHES, 2)?;
+    println!("{}", plan.explain());
+    let mut pipeline = Pipeline::new(model, plan, adamw)?;
+    let dir = std::env::temp_dir().join(format!("manychips-pipeline-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut checkpoints = manychips::train::Checkpoints::open(&dir, 2)?;
+    let step = |p: &mut Pipeline<Gpt>| {
+        p.step(BATCH, input, |logits, rows, _device| loss(logits, rows)).map(|r| r.loss)
+    };
+    let mut losses = vec![step(&mut pipeline)?];
+    checkpoints.save(pipeline.snapshot(serde_json::json!({ "note": "after one step" }))?)?;
+    checkpoints.flush()?;
+
+    // The second stage's chip dies; the step that was running fails with its fault.
+    let victim_label = pipeline.plan().stages[1].label.clone();
+    let victim = chips.iter().find(|c| c.info().label() == victim_label).expect("the chip");
+    victim.fail_now(ErrorKind::DeviceLost);
+    let err = step(&mut pipeline).expect_err("a step on a lost chip");
+    assert_eq!(err.device(), Some(victim_label.as_str()), "{err}");
+    let loaded = checkpoints.latest()?.expect("the checkpoint");
+    let event = pipeline.recover(err, &candidates, &loaded.snapshot, &loaded.path)?;
+    println!("{event}\n{}", pipeline.explain());
+    assert!(pipeline.plan().stages.iter().all(|s| s.label != victim_label));
+    assert_eq!(pipeline.evicted(), std::slice::from_ref(&victim_label));
+    assert_eq!(pipeline.steps(), 1);
+    for _ in 1..STEPS {
+        losses.push(step(&mut pipeline)?);
+    }
+    assert_identical(&want, &(losses, named_values(&pipeline.params())?));
+
+    // A fresh model (another seed: every value comes from the checkpoint) on a plan of two
+    // other chips resumes the same checkpoint to the same numbers.
+    let fresh = Gpt::new(&ParamStore::new(&host, SEED + 1), config())?;
+    let big: Vec<Arc<SimDevice>> = (5..=6).map(|i| sim(&host, "big", 1e11, 1 << 30, i)).collect();
+    let stages = vec![(0..3, candidate(&big[0])), (3..5, candidate(&big[1]))];
+    let mut resumed =
+        Pipeline::new(fresh, PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?, adamw)?;
+    resumed.restore(&loaded.snapshot, &loaded.path)?;
+    let mut again = want.0[..1].to_vec();
+    for _ in 1..STEPS {
+        again.push(step(&mut resumed)?);
+    }
+    assert_identical(&want, &(again, named_values(&resumed.params())?));
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}

@@ -70,6 +70,21 @@ impl Param {
         Ok(())
     }
 
+    /// Replaces the value by one of the same shape and dtype on any device: a restore onto
+    /// a new plan's device, where the old value may sit on a device that is gone.
+    pub(crate) fn put(&self, value: Tensor) -> Result<()> {
+        let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
+        if slot.dims() != value.dims() || slot.dtype() != value.dtype() {
+            return Err(Error::Shape {
+                op: "Param::put".into(),
+                device: value.device().info().label(),
+                detail: format!("{}: {:?} cannot replace {:?}", self.0.name, value, *slot),
+            });
+        }
+        *slot = value;
+        Ok(())
+    }
+
     /// The value's size in bytes.
     pub fn bytes(&self) -> usize {
         let value = self.value();

@@ -121,6 +121,27 @@ impl Snapshot {
         set_all(params, values)
     }
 
+    /// The part of this snapshot that belongs to the parameters named `names`: their
+    /// values and their optimizer state (`<name>.<slot>`). A pipeline stage restores its
+    /// own part, whatever plan wrote the checkpoint.
+    pub fn part(&self, names: &HashSet<&str>) -> Snapshot {
+        let owned = |tensor: &&HostTensor| {
+            tensor.name.rsplit_once('.').is_some_and(|(param, _)| names.contains(param))
+        };
+        Snapshot {
+            step: self.step,
+            params: self
+                .params
+                .iter()
+                .filter(|t| names.contains(t.name.as_str()))
+                .cloned()
+                .collect(),
+            optimizer_step: self.optimizer_step,
+            optimizer: self.optimizer.iter().filter(owned).cloned().collect(),
+            state: self.state.clone(),
+        }
+    }
+
     fn param_values(&self, params: &[Param], path: &Path) -> Result<Vec<Tensor>> {
         let label = path.display().to_string();
         let saved: HashMap<&str, &HostTensor> =

@@ -90,6 +90,8 @@ impl StagePlan {
 pub struct PipelinePlan {
     pub stages: Vec<StagePlan>,
     pub micro_batches: usize,
+    /// What the plan was made from, to plan again (over other devices, after a failure).
+    costs: Vec<LayerCost>,
 }
 
 impl PipelinePlan {
@@ -140,7 +142,7 @@ impl PipelinePlan {
                 price(costs, layers.clone(), &spot, micro_batches, optimizer_slots)
             })
             .collect();
-        let plan = PipelinePlan { stages: planned, micro_batches };
+        let plan = PipelinePlan { stages: planned, micro_batches, costs: costs.to_vec() };
         plan.check_memory()?;
         Ok(plan)
     }
@@ -196,6 +198,11 @@ impl PipelinePlan {
                 ),
             }
         })
+    }
+
+    /// The layers' costs the plan was made from.
+    pub fn costs(&self) -> &[LayerCost] {
+        &self.costs
     }
 
     /// Predicted seconds of one step under 1F1B: the micro-batches' way through every
@@ -514,7 +521,7 @@ impl<'a> Search<'a> {
                 price(self.costs, layers, &self.spot(order, s), self.micro_batches, self.slots)
             })
             .collect();
-        Some(PipelinePlan { stages, micro_batches: self.micro_batches })
+        Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.costs.to_vec() })
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` and its

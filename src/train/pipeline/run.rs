@@ -1,20 +1,22 @@
 //! The pipeline's runtime: one thread per stage playing its 1F1B list, channels carrying
 //! activations forward and their gradients back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
-use super::plan::PipelinePlan;
+use super::plan::{Candidate, PipelinePlan};
 use super::schedule::{Work, one_f_one_b};
 use super::{Layered, Var};
-use crate::fleet::follow;
+use crate::fleet::{FleetEvent, follow};
 use crate::plan::{Stopwatch, Trace};
+use crate::train::checkpoint::{HostTensor, Snapshot};
 use crate::train::nn::Ctx;
 use crate::train::optim::{Optimizer, clip_grad_norm};
 use crate::train::parallel::{panic_message, ranges};
-use crate::train::{Grads, Param, no_grad};
+use crate::train::{Grads, Param, VarId, no_grad};
 use crate::{DeviceRef, Error, Result, Tensor};
 
 /// What one step did.
@@ -40,11 +42,17 @@ struct Stage {
     measured: Option<f64>,
 }
 
+/// Builds a stage's optimizer over its parameters (on the stage's device).
+type MakeOptimizer = Box<dyn Fn(Vec<Param>) -> Result<Box<dyn Optimizer>> + Send + Sync>;
+
 /// A layered model trained over the stages of a [`PipelinePlan`].
 pub struct Pipeline<M> {
     model: M,
     plan: PipelinePlan,
     stages: Vec<Stage>,
+    make_optimizer: MakeOptimizer,
+    /// Devices dropped after a fault, by label.
+    evicted: Vec<String>,
     max_grad_norm: Option<f64>,
     step: u64,
     trace: Option<(Instant, Trace)>,
@@ -57,55 +65,141 @@ fn invalid(op: &str, device: &str, detail: String) -> Error {
 impl<M: Layered> Pipeline<M> {
     /// Moves each stage's parameters to its device and builds its optimizer there with
     /// `optimizer` (given the stage's parameters, after the move, so that its state is
-    /// made where they live). The model must have the plan's layers, and a parameter
-    /// may belong to one stage only.
+    /// made where they live; called again for a new plan after a failure). The model must
+    /// have the plan's layers, and a parameter may belong to one stage only.
     pub fn new(
         model: M,
         plan: PipelinePlan,
-        optimizer: impl Fn(Vec<Param>) -> Result<Box<dyn Optimizer>>,
+        optimizer: impl Fn(Vec<Param>) -> Result<Box<dyn Optimizer>> + Send + Sync + 'static,
     ) -> Result<Pipeline<M>> {
-        let covered = plan.stages.last().map_or(0, |s| s.layers.end);
-        if covered != model.depth() {
-            return Err(invalid(
-                "Pipeline::new",
-                "-",
-                format!("the plan covers {covered} layers, the model has {}", model.depth()),
-            ));
-        }
-        let mut owner: HashMap<crate::train::VarId, usize> = HashMap::new();
-        for (s, stage) in plan.stages.iter().enumerate() {
-            for param in stage.layers.clone().flat_map(|l| model.layer_params(l)) {
-                if let Some(other) = owner.insert(param.id(), s).filter(|&o| o != s) {
-                    return Err(invalid(
-                        "Pipeline::new",
-                        &stage.label,
-                        format!(
-                            "parameter {} is used by stages {other} and {s}: tie it within \
-                             one stage",
-                            param.name()
-                        ),
-                    ));
-                }
+        let make_optimizer: MakeOptimizer = Box::new(optimizer);
+        let stages = stages(&model, &plan, &make_optimizer, Placement::Move)?;
+        Ok(Pipeline {
+            model,
+            plan,
+            stages,
+            make_optimizer,
+            evicted: Vec::new(),
+            max_grad_norm: None,
+            step: 0,
+            trace: None,
+        })
+    }
+
+    /// Every parameter and all optimizer state, by name, copied to the host: what a
+    /// checkpoint holds. `step` is the steps done; `state` the caller's own (data
+    /// position, schedule).
+    pub fn snapshot(&self, state: serde_json::Value) -> Result<Snapshot> {
+        let mut optimizer = Vec::new();
+        let mut optimizer_step = None;
+        for stage in &self.stages {
+            let (step, tensors) = stage.optimizer.state();
+            if optimizer_step.is_some_and(|s| s != step) {
+                return Err(invalid(
+                    "Pipeline::snapshot",
+                    &stage.label,
+                    format!("its optimizer is at step {step}, the others at {optimizer_step:?}"),
+                ));
+            }
+            optimizer_step = Some(step);
+            for (name, t) in tensors {
+                optimizer.push(HostTensor::read(&name, &t)?);
             }
         }
-        let mut stages = Vec::with_capacity(plan.stages.len());
-        for stage in &plan.stages {
-            let mut params: Vec<Param> =
-                stage.layers.clone().flat_map(|l| model.layer_params(l)).collect();
-            params.dedup_by_key(|p| p.id());
-            for param in &params {
-                param.move_to(&stage.device)?;
+        let params = self
+            .params()
+            .iter()
+            .map(|p| HostTensor::read(p.name(), &p.value()))
+            .collect::<Result<_>>()?;
+        Ok(Snapshot {
+            step: self.step,
+            params,
+            optimizer_step: optimizer_step.unwrap_or(0),
+            optimizer,
+            state,
+        })
+    }
+
+    /// Puts back `snapshot`'s parameters and optimizer state, matched by name, each
+    /// stage's part on its own device, whatever plan wrote it; training continues from
+    /// its step. Nothing is half-restored: a snapshot that does not fit the model is an
+    /// `Err` before any stage changes.
+    pub fn restore(&mut self, snapshot: &Snapshot, path: &Path) -> Result<()> {
+        let stages = self.restored(&self.plan, snapshot, path)?;
+        self.stages = stages;
+        self.step = snapshot.step;
+        Ok(())
+    }
+
+    /// After a step failed with `error`, a fault of one stage's device: plans the layers
+    /// again over `candidates` without that device (nor any dropped before), and restores
+    /// every stage from `snapshot` (the last checkpoint) on the new plan. Training goes on
+    /// from `snapshot.step`, and gives what a fresh resume from it would, bit for bit.
+    /// An error that is no device fault, or names no stage's device, is returned as is.
+    pub fn recover(
+        &mut self,
+        error: Error,
+        candidates: &[Candidate],
+        snapshot: &Snapshot,
+        path: &Path,
+    ) -> Result<FleetEvent> {
+        let failed = match error.device() {
+            Some(d) if error.is_device_fault() && self.stages.iter().any(|s| s.label == d) => {
+                d.to_string()
             }
-            stages.push(Stage {
-                device: stage.device.clone(),
-                label: stage.label.clone(),
-                layers: stage.layers.clone(),
-                optimizer: optimizer(params.clone())?,
-                params,
-                measured: None,
+            _ => return Err(error),
+        };
+        self.evicted.push(failed.clone());
+        let survivors: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| !self.evicted.contains(&c.device.info().label()))
+            .cloned()
+            .collect();
+        let slots = self.stages[0].optimizer.state_slots().len();
+        let plan =
+            PipelinePlan::search(self.plan.costs(), &survivors, self.plan.micro_batches, slots)?;
+        let stages = self.restored(&plan, snapshot, path)?;
+        self.plan = plan;
+        self.stages = stages;
+        self.step = snapshot.step;
+        let event = FleetEvent::Evicted { device: failed, reason: error.to_string() };
+        if let Some((origin, trace)) = &mut self.trace {
+            trace.push_fleet_event(&event, origin.elapsed());
+        }
+        Ok(event)
+    }
+
+    /// Devices dropped after their faults, by label.
+    pub fn evicted(&self) -> &[String] {
+        &self.evicted
+    }
+
+    /// `plan`'s stages with `snapshot`'s values on their devices and fresh optimizers
+    /// holding its state.
+    fn restored(
+        &self,
+        plan: &PipelinePlan,
+        snapshot: &Snapshot,
+        path: &Path,
+    ) -> Result<Vec<Stage>> {
+        let all: Vec<Param> = plan
+            .stages
+            .iter()
+            .flat_map(|s| s.layers.clone())
+            .flat_map(|l| self.model.layer_params(l))
+            .collect();
+        let names: HashSet<&str> = all.iter().map(|p| p.name()).collect();
+        // The whole snapshot must belong to the model: what no stage takes is a mistake.
+        let whole = snapshot.part(&names);
+        if whole.params.len() != snapshot.params.len()
+            || whole.optimizer.len() != snapshot.optimizer.len()
+        {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                detail: "holds parameters or optimizer state the model lacks".into(),
             });
         }
-        Ok(Pipeline { model, plan, stages, max_grad_norm: None, step: 0, trace: None })
+        stages(&self.model, plan, &self.make_optimizer, Placement::Restore(snapshot, path))
     }
 
     pub fn model(&self) -> &M {
@@ -289,6 +383,94 @@ impl<M: Layered> Pipeline<M> {
             wall: started.elapsed(),
         })
     }
+}
+
+/// Where a new stage's parameter values come from.
+enum Placement<'a> {
+    /// Moved from wherever they are to the stage's device.
+    Move,
+    /// Uploaded from a checkpoint (the devices they were on may be gone).
+    Restore(&'a Snapshot, &'a Path),
+}
+
+/// The stages of `plan` over `model`: each parameter on its stage's device and each
+/// stage's optimizer built there (restored from the snapshot, when restoring).
+fn stages<M: Layered>(
+    model: &M,
+    plan: &PipelinePlan,
+    make_optimizer: &MakeOptimizer,
+    placement: Placement<'_>,
+) -> Result<Vec<Stage>> {
+    let covered = plan.stages.last().map_or(0, |s| s.layers.end);
+    if covered != model.depth() {
+        return Err(invalid(
+            "Pipeline",
+            "-",
+            format!("the plan covers {covered} layers, the model has {}", model.depth()),
+        ));
+    }
+    let mut owner: HashMap<VarId, usize> = HashMap::new();
+    for (s, stage) in plan.stages.iter().enumerate() {
+        for param in stage.layers.clone().flat_map(|l| model.layer_params(l)) {
+            if let Some(other) = owner.insert(param.id(), s).filter(|&o| o != s) {
+                return Err(invalid(
+                    "Pipeline",
+                    &stage.label,
+                    format!(
+                        "parameter {} is used by stages {other} and {s}: tie it within one stage",
+                        param.name()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut stages = Vec::with_capacity(plan.stages.len());
+    for stage in &plan.stages {
+        let mut params: Vec<Param> =
+            stage.layers.clone().flat_map(|l| model.layer_params(l)).collect();
+        params.dedup_by_key(|p| p.id());
+        let optimizer = match placement {
+            Placement::Move => {
+                for param in &params {
+                    param.move_to(&stage.device)?;
+                }
+                make_optimizer(params.clone())?
+            }
+            Placement::Restore(snapshot, path) => {
+                let names: HashSet<&str> = params.iter().map(|p| p.name()).collect();
+                let part = snapshot.part(&names);
+                // First the values onto this device (the old ones may be unreadable),
+                // then the checked restore of values and optimizer state together.
+                for param in &params {
+                    let saved =
+                        part.params.iter().find(|t| t.name == param.name()).ok_or_else(|| {
+                            Error::Checkpoint {
+                                path: path.display().to_string(),
+                                detail: format!("has no parameter {}", param.name()),
+                            }
+                        })?;
+                    param.put(Tensor::from_bytes(
+                        &saved.bytes,
+                        saved.dims.clone(),
+                        saved.dtype,
+                        &stage.device,
+                    )?)?;
+                }
+                let mut optimizer = make_optimizer(params.clone())?;
+                part.restore(&params, &mut *optimizer, path)?;
+                optimizer
+            }
+        };
+        stages.push(Stage {
+            device: stage.device.clone(),
+            label: stage.label.clone(),
+            layers: stage.layers.clone(),
+            optimizer,
+            params,
+            measured: None,
+        });
+    }
+    Ok(stages)
 }
 
 /// `total` rows in `parts` shares differing by at most one, the larger ones first.
