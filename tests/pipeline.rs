@@ -363,9 +363,13 @@ fn a_stage_that_recomputes_its_activations_still_trains_bit_exactly() -> Result<
 #[test]
 fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
     let host = cpu();
-    for (dim, heads, context, blocks, rows) in
-        [(16, 2, 6, 3, 2), (64, 4, 32, 2, 2), (96, 4, 64, 1, 3)]
-    {
+    for (dim, heads, context, blocks, rows) in [
+        (16, 2, 6, 3, 2),
+        (64, 4, 32, 2, 2),
+        (96, 4, 64, 1, 3),
+        (96, 4, 16, 1, 2),
+        (128, 8, 32, 1, 2),
+    ] {
         let vocab = 13;
         let config = GptConfig { vocab, context, dim, heads, layers: blocks, dtype: DType::F32 };
         let model = Gpt::new(&ParamStore::new(&host, SEED), config)?;
@@ -390,6 +394,8 @@ fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
             let at = format!("d{dim} s{context} layer {i}");
             assert_eq!(c.param_bytes, m.param_bytes, "{at}: parameters");
             assert_eq!(c.matmul_flops, m.matmul_flops, "{at}: flops");
+            assert_eq!(c.recomputed_flops, m.recomputed_flops, "{at}: recomputed flops");
+            assert_eq!(c.transient_bytes, m.transient_bytes, "{at}: transient bytes");
             assert_eq!(c.output_bytes, m.output_bytes, "{at}: output");
             assert_eq!(c.ops, m.ops, "{at}: ops");
             let ratio = c.activation_bytes as f64 / m.activation_bytes as f64;
@@ -404,8 +410,10 @@ fn synthetic_layer(gflop: f64, mib: usize) -> LayerCost {
     LayerCost {
         param_bytes: mib << 20,
         activation_bytes: 1 << 20,
+        transient_bytes: 0,
         output_bytes: 1 << 20,
         matmul_flops: gflop * 1e9,
+        recomputed_flops: 0.0,
         written_bytes: 0,
         ops: 1,
         dtype: DType::F32,

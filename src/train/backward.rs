@@ -65,6 +65,11 @@ pub(crate) enum Backward {
     Cast,
     /// A copy to another device: the gradient travels back to the input's device.
     ToDevice,
+    /// Causal attention's heads `softmax(mask(q·kᵀ·scale))·v` from inputs `[q, k, v]`; the
+    /// weights are computed again from `q` and `k` rather than kept.
+    Attention {
+        scale: f64,
+    },
     /// `contiguous()`: same values, new layout.
     Identity,
     /// Layer norm over `axis` (the last) of inputs `[x, weight, bias]`, with the statistics
@@ -123,6 +128,7 @@ impl Backward {
             Backward::Gather { .. } => "gather",
             Backward::Cast => "cast",
             Backward::ToDevice => "to_device",
+            Backward::Attention { .. } => "attention",
             Backward::Identity => "contiguous",
             Backward::LayerNorm { .. } => "layer_norm",
             Backward::BiasActivation { .. } => "bias_activation",
@@ -266,6 +272,21 @@ impl Backward {
             }
             Backward::Cast => one(cast_to(g, x.dtype())?),
             Backward::ToDevice => one(g.to_device(x.device())?),
+            Backward::Attention { scale } => {
+                let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+                let weights = crate::train::nn::attention_weights(q, k, *scale)?;
+                let gv = want(2, &|| weights.t()?.matmul(g))?;
+                // Through the softmax as `Backward::Softmax` does, then the scale (the mask
+                // is a constant).
+                let gw = g.matmul(&v.t()?)?;
+                let product = crate::programs::product();
+                let dot =
+                    Tensor::fused_reduce(&[&gw, &weights], &product, ReduceOp::Sum, 3, DType::F32)?;
+                let program = crate::programs::softmax_backward();
+                let gs = Tensor::fused(&[&weights, &gw, &dot], &program, weights.dtype())?
+                    .affine(*scale, 0.0)?;
+                Ok(vec![want(0, &|| gs.matmul(k))?, want(1, &|| gs.t()?.matmul(q))?, gv])
+            }
             Backward::Identity => one(g.clone()),
             Backward::LayerNorm { axis, mean, rstd } => {
                 let (w, b) = (inputs[1], inputs[2]);

@@ -233,13 +233,21 @@ impl Var {
     /// accounted for by whoever owns them.
     pub(crate) fn census(&self) -> GraphCensus {
         let mut census = GraphCensus::default();
+        let order = self.topological_order();
+        // Views of a leaf (a weight's transpose, its rows for one output) share the leaf's
+        // buffer, which its owner accounts for.
+        let owned: HashSet<usize> =
+            order.iter().filter(|v| v.0.leaf).map(|v| v.0.value.storage_key()).collect();
         let mut buffers: HashMap<usize, usize> = HashMap::new();
         let mut keep = |t: &Tensor| {
+            if owned.contains(&t.storage_key()) {
+                return;
+            }
             let bytes = t.numel() * t.dtype().size_in_bytes();
             let entry = buffers.entry(t.storage_key()).or_default();
             *entry = (*entry).max(bytes);
         };
-        for var in self.topological_order() {
+        for var in order {
             let Some(backward) = &var.0.backward else { continue };
             census.ops += 1;
             let value = &var.0.value;
@@ -249,9 +257,27 @@ impl Var {
                 keep(&input.0.value);
             }
             backward.saved().into_iter().for_each(&mut keep);
-            if let (Backward::Matmul, [a, _]) = (backward, var.0.inputs.as_slice()) {
-                let inner = a.dims().last().copied().unwrap_or(0);
-                census.matmul_flops += 2.0 * value.numel() as f64 * inner as f64;
+            match (backward, var.0.inputs.as_slice()) {
+                (Backward::Matmul, [a, _]) => {
+                    let inner = a.dims().last().copied().unwrap_or(0);
+                    census.matmul_flops += 2.0 * value.numel() as f64 * inner as f64;
+                }
+                // `q · kᵀ` and `weights · v`, each 2·numel(q)·time flops; the backward pass
+                // computes `q · kᵀ` again.
+                // The scores, masked scores and weights are written (and dropped) too.
+                (Backward::Attention { .. }, [q, ..]) => {
+                    let (time, head_dim) = (q.dims()[2], q.dims()[3].max(1));
+                    let product = 2.0 * q.tensor().numel() as f64 * time as f64;
+                    census.matmul_flops += 2.0 * product;
+                    census.recomputed_flops += product;
+                    let weights = q.tensor().numel() / head_dim * time;
+                    census.written_bytes += 3 * weights * value.dtype().size_in_bytes();
+                    // Its backward pass holds the weights, their gradient, the scores'
+                    // gradient and a row statistic's worth at once.
+                    let held = 4 * weights * value.dtype().size_in_bytes();
+                    census.transient_bytes = census.transient_bytes.max(held);
+                }
+                _ => {}
             }
         }
         census.retained_bytes = buffers.values().sum();
@@ -307,11 +333,16 @@ pub(crate) struct GraphCensus {
     pub ops: usize,
     /// Flops of the forward matmuls (2·m·n·k each).
     pub matmul_flops: f64,
+    /// Matmul flops the backward pass spends computing forward results again.
+    pub recomputed_flops: f64,
     /// Bytes the ops' outputs write.
     pub written_bytes: usize,
     /// Bytes of the distinct buffers the graph holds for the backward pass: op outputs,
     /// constant operands and what the backward rules saved.
     pub retained_bytes: usize,
+    /// The most bytes one op needs briefly beyond them (attention's weights, made again
+    /// in its backward pass).
+    pub transient_bytes: usize,
 }
 
 /// The gradients of one backward pass (or of several, accumulated), by leaf id.

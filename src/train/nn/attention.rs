@@ -55,22 +55,35 @@ impl CausalSelfAttention {
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        // Scaled and masked in one pass; the mask is a constant, so the gradient is the
-        // scale's alone.
-        let scores = q.matmul(&k.t()?)?;
-        let mask = causal_mask(time, x.tensor())?;
-        let program = [
-            Instr::Input(0),
-            Instr::Input(1),
-            Instr::Affine(0, scale, 0.0),
-            Instr::Binary(BinaryOp::Add, 2, 1),
-        ];
-        let masked = Tensor::fused(&[scores.tensor(), &mask], &program, scores.tensor().dtype())?;
-        let weights =
-            Var::from_op(masked, Backward::Affine { mul: scale }, &[&scores]).softmax(3)?;
-        let out = weights.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape([batch, time, dim])?;
+        // One node from q, k and v to the heads' outputs: it keeps nothing of its own, and
+        // its backward pass computes the attention weights again, so the `[heads, time,
+        // time]` scores and weights (most of a block's activations at long contexts) live
+        // only while they are used, as in FlashAttention and Megatron's selective
+        // recomputation.
+        let weights = attention_weights(q.tensor(), k.tensor(), scale)?;
+        let heads_out = weights.matmul(v.tensor())?;
+        let out = Var::from_op(heads_out, Backward::Attention { scale }, &[&q, &k, &v])
+            .permute(&[0, 2, 1, 3])?
+            .reshape([batch, time, dim])?;
         self.proj.forward(&out)
     }
+}
+
+/// Softmax over keys of the scaled, causally masked scores `q · kᵀ` (`[batch, heads,
+/// time, head_dim]` each), in `q`'s dtype: the forward pass's, and the backward pass's
+/// again.
+pub(crate) fn attention_weights(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    let time = q.dims()[2];
+    let scores = q.matmul(&k.t()?)?;
+    let mask = causal_mask(time, &scores)?;
+    // Scaled and masked in one pass.
+    let program = [
+        Instr::Input(0),
+        Instr::Input(1),
+        Instr::Affine(0, scale, 0.0),
+        Instr::Binary(BinaryOp::Add, 2, 1),
+    ];
+    Tensor::fused(&[&scores, &mask], &program, scores.dtype())?.softmax(3)
 }
 
 /// `[time, time]`: 0 on and below the diagonal, a large negative number above it, so

@@ -15,10 +15,16 @@ pub struct LayerCost {
     /// Bytes its forward pass keeps for the backward pass (outputs of its ops, constant
     /// operands, saved statistics), per micro-batch.
     pub activation_bytes: usize,
+    /// Bytes it needs only for a while, beyond what it keeps: attention's `[heads, time,
+    /// time]` tensors, made in the forward pass and again in the backward pass.
+    pub transient_bytes: usize,
     /// Bytes of its output: what crosses to the next stage, and its gradient back.
     pub output_bytes: usize,
     /// Flops of its matmuls, forward.
     pub matmul_flops: f64,
+    /// Matmul flops its backward pass spends computing forward results again (attention's
+    /// weights, which are not kept).
+    pub recomputed_flops: f64,
     /// Bytes its ops write, forward (the memory-bound part).
     pub written_bytes: usize,
     /// Ops it records, forward (each one kernel launch or more).
@@ -56,9 +62,9 @@ impl TransformerShape {
     /// The model's layers as [`Layered for Gpt`](crate::train::models::Gpt) cuts them:
     /// the embeddings, each block, the final norm with the head. Flops and parameters are
     /// exact; the activations follow what this library's layers keep (counted from their
-    /// graphs: 38 `[tokens, dim]` buffers per block, three `[rows, heads, context,
-    /// context]` for attention, and per-token statistics), checked against a measurement
-    /// in the tests.
+    /// graphs: 28 `[tokens, dim]` buffers per block and per-token statistics; attention's
+    /// `[rows, heads, context, context]` tensors are computed again, not kept), checked
+    /// against a measurement in the tests.
     pub fn layers(&self) -> Vec<LayerCost> {
         let (d, v, s) = (self.dim as f64, self.vocab as f64, self.context as f64);
         let tokens = (self.rows * self.context) as f64;
@@ -69,24 +75,33 @@ impl TransformerShape {
         let layer = |params: f64, kept: f64, flops: f64, ops: usize| LayerCost {
             param_bytes: (params * p) as usize,
             activation_bytes: (kept * a) as usize,
+            transient_bytes: 0,
             output_bytes: (tokens * d * a) as usize,
             matmul_flops: flops,
+            recomputed_flops: 0.0,
             written_bytes: (1.7 * kept * a) as usize,
             ops,
             dtype,
         };
-        let embed = layer((v + s) * d, 2.5 * tokens * d, 0.0, 5);
-        let block = layer(
-            12.0 * d * d + 13.0 * d,
-            38.0 * tokens * d + 3.0 * scores + 5.0 * tokens,
-            2.0 * tokens * 12.0 * d * d + 4.0 * self.rows as f64 * s * s * d,
-            54,
-        );
+        let embed = layer((v + s) * d, 2.0 * tokens * d + s * d + tokens + s, 0.0, 5);
+        // The attention's `[rows, heads, s, s]` scores, masked scores and weights are
+        // written and read but not kept (its backward pass computes them again).
+        let block = LayerCost {
+            written_bytes: (1.7 * (38.0 * tokens * d + 3.0 * scores + 5.0 * tokens) * a) as usize,
+            recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
+            transient_bytes: (4.0 * scores * a) as usize,
+            ..layer(
+                12.0 * d * d + 13.0 * d,
+                28.0 * tokens * d + 4.0 * tokens,
+                2.0 * tokens * 12.0 * d * d + 4.0 * self.rows as f64 * s * s * d,
+                50,
+            )
+        };
         let head = LayerCost {
             output_bytes: (tokens * v * a) as usize,
             ..layer(
                 2.0 * d + d * v,
-                tokens * d + 2.0 * tokens * v + 2.0 * tokens,
+                tokens * d + tokens * v + 2.0 * tokens,
                 2.0 * tokens * d * v,
                 6,
             )
@@ -115,9 +130,13 @@ impl LayerCost {
     }
 
     /// Predicted seconds of its backward pass: twice the forward's matmul flops (a gradient
-    /// for each operand) and about twice its ops and bytes.
+    /// for each operand) and about twice its ops and bytes, plus what it recomputes.
     pub fn backward_secs(&self, profile: &DeviceProfile) -> f64 {
-        2.0 * self.forward_secs(profile)
+        let again = match self.recomputed_flops {
+            0.0 => 0.0,
+            flops => flops / profile.matmul_rate(self.dtype, flops),
+        };
+        2.0 * self.forward_secs(profile) + again
     }
 }
 
@@ -134,8 +153,10 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
         costs.push(LayerCost {
             param_bytes: model.layer_params(layer).iter().map(|p| p.bytes()).sum(),
             activation_bytes: census.retained_bytes,
+            transient_bytes: census.transient_bytes,
             output_bytes: out.numel() * out.dtype().size_in_bytes(),
             matmul_flops: census.matmul_flops,
+            recomputed_flops: census.recomputed_flops,
             written_bytes: census.written_bytes,
             ops: census.ops,
             dtype: if out.dtype().is_float() { out.dtype() } else { DType::F32 },

@@ -44,7 +44,8 @@ pub struct StageMemory {
     pub optimizer: u64,
     /// What the micro-batches in flight keep for their backward passes, and their inputs.
     pub activations: u64,
-    /// Temporaries of one layer's backward pass and the gradient that arrives for it.
+    /// Temporaries of one layer's backward pass (about its activations again, plus what it
+    /// makes anew, such as attention's weights) and the gradient that arrives for it.
     pub workspace: u64,
 }
 
@@ -344,7 +345,7 @@ impl Sums {
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
         self.kept += layer.activation_bytes as u64;
-        self.largest = self.largest.max(layer.activation_bytes as u64);
+        self.largest = self.largest.max((layer.activation_bytes + layer.transient_bytes) as u64);
     }
 }
 
@@ -573,8 +574,10 @@ mod tests {
         LayerCost {
             param_bytes: mib << 20,
             activation_bytes: act_mib << 20,
+            transient_bytes: 0,
             output_bytes: 1 << 20,
             matmul_flops: gflop * 1e9,
+            recomputed_flops: 0.0,
             written_bytes: 0,
             ops: 1,
             dtype: DType::F32,
