@@ -129,3 +129,40 @@ fn train_mlp_runs_distributed() {
     }
     std::fs::remove_dir_all(&out).ok();
 }
+
+/// The pipeline with one stage per rank (2 ranks, then 3) equals the whole model in one
+/// process (1 rank), bit for bit: the same losses every step, the same parameters after.
+#[test]
+fn a_pipeline_over_ranks_equals_one_process() {
+    if !mpirun_available() {
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("manychips-mpi-pipe-{}", std::process::id()));
+    std::fs::remove_dir_all(&base).ok();
+    let losses = |text: &str| -> Vec<String> {
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("rank 0 of") && l.contains("pipeline step"))
+            .map(|l| l.split("pipeline").nth(1).unwrap_or_default().to_string())
+            .collect();
+        lines.sort();
+        lines
+    };
+    let merged = |dir: &Path, ranks: usize| -> Vec<(String, Vec<f32>)> {
+        let mut all: Vec<(String, Vec<f32>)> =
+            (0..ranks).flat_map(|r| params(&dir.join(format!("rank-{r}")))).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    };
+    let one_dir = base.join("one");
+    let one = run(1, &["--pipeline", "--steps", "4", "--save", &one_dir.display().to_string()]);
+    let want = merged(&one_dir, 1);
+    assert_eq!(losses(&one).len(), 4);
+    for ranks in [2, 3] {
+        let dir = base.join(format!("ranks-{ranks}"));
+        let out = run(ranks, &["--pipeline", "--steps", "4", "--save", &dir.display().to_string()]);
+        assert_eq!(losses(&out), losses(&one), "{ranks} ranks: the losses");
+        assert_eq!(merged(&dir, ranks), want, "{ranks} ranks: the parameters, bit for bit");
+    }
+    std::fs::remove_dir_all(&base).ok();
+}

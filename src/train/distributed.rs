@@ -20,6 +20,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use mpi::Threading;
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
@@ -41,6 +42,9 @@ pub struct Ranks {
     // Keeps MPI initialised while the communicator is in use.
     _universe: Universe,
     world: SimpleCommunicator,
+    /// Whether MPI may be called from several threads at once (a pipeline's stage sends
+    /// on one thread while it receives on another).
+    multiple: bool,
 }
 
 fn mpi_error(detail: impl Into<String>) -> Error {
@@ -48,13 +52,23 @@ fn mpi_error(detail: impl Into<String>) -> Error {
 }
 
 impl Ranks {
-    /// Initialises MPI. A second call in one process is an `Err` (MPI initialises once).
+    /// Initialises MPI, asking for calls from several threads at once (which a pipeline
+    /// over ranks needs; data-parallel steps call it from one thread). A second call in one
+    /// process is an `Err` (MPI initialises once).
     pub fn init() -> Result<Ranks> {
-        let universe = mpi::initialize().ok_or_else(|| {
-            mpi_error("MPI is already initialised in this process (Ranks::init was called twice)")
-        })?;
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
+            .ok_or_else(|| {
+                mpi_error(
+                    "MPI is already initialised in this process (Ranks::init was called twice)",
+                )
+            })?;
         let world = universe.world();
-        Ok(Ranks { _universe: universe, world })
+        Ok(Ranks { _universe: universe, world, multiple: threading == Threading::Multiple })
+    }
+
+    /// True when MPI accepted calls from several threads at once.
+    pub fn threads_multiple(&self) -> bool {
+        self.multiple
     }
 
     pub fn rank(&self) -> usize {

@@ -20,15 +20,20 @@
 
 mod cost;
 mod plan;
+#[cfg(feature = "mpi")]
+mod ranks;
 mod replicas;
 mod run;
 mod schedule;
 mod simulate;
+mod stage;
 
 use std::ops::Range;
 
 pub use cost::{LayerCost, TransformerShape, profile_layers};
 pub use plan::{Candidate, PipelinePlan, StageMemory, StagePlan};
+#[cfg(feature = "mpi")]
+pub use ranks::RankPipeline;
 pub use replicas::ReplicaPlan;
 pub use run::{Pipeline, PipelineReport};
 pub use schedule::{Work, in_flight, one_f_one_b};

@@ -8,10 +8,10 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::plan::{Candidate, PipelinePlan};
-use super::schedule::{Work, one_f_one_b};
+use super::stage::{Inbox, Message, Outbox, Shared, StageJob, StageOutcome, Stop, even_shares};
 use super::{Layered, Var};
 use crate::fleet::{FleetEvent, follow};
-use crate::plan::{Stopwatch, Trace};
+use crate::plan::Trace;
 use crate::train::checkpoint::{HostTensor, Snapshot};
 use crate::train::nn::Ctx;
 use crate::train::optim::{Optimizer, clip_grad_norm};
@@ -300,18 +300,14 @@ impl<M: Layered> Pipeline<M> {
                 device: self.stages[s].device.clone(),
                 layers: self.stages[s].layers.clone(),
                 recompute: self.plan.stages[s].recompute,
-                send_forward: if s + 1 < count { act_tx[s].take() } else { None },
-                receive_forward: if s > 0 {
-                    Some(std::mem::replace(&mut act_rx[s - 1], channel().1))
-                } else {
-                    None
-                },
-                send_back: if s > 0 { grad_tx[s - 1].take() } else { None },
-                receive_back: if s + 1 < count {
-                    Some(std::mem::replace(&mut grad_rx[s], channel().1))
-                } else {
-                    None
-                },
+                send_forward: boxed_out(if s + 1 < count { act_tx[s].take() } else { None }),
+                receive_forward: boxed_in(
+                    (s > 0).then(|| std::mem::replace(&mut act_rx[s - 1], channel().1)),
+                ),
+                send_back: boxed_out(if s > 0 { grad_tx[s - 1].take() } else { None }),
+                receive_back: boxed_in(
+                    (s + 1 < count).then(|| std::mem::replace(&mut grad_rx[s], channel().1)),
+                ),
             })
             .collect();
         drop((act_tx, grad_tx));
@@ -473,228 +469,10 @@ fn stages<M: Layered>(
     Ok(stages)
 }
 
-/// `total` rows in `parts` shares differing by at most one, the larger ones first.
-fn even_shares(total: usize, parts: usize) -> Vec<usize> {
-    (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
+fn boxed_out<'a>(tx: Option<Sender<Message>>) -> Option<Box<dyn Outbox + Send + 'a>> {
+    tx.map(|tx| Box::new(tx) as Box<dyn Outbox + Send>)
 }
 
-/// A micro-batch's activation (forward) or its gradient (back), on the sender's device.
-type Message = (usize, Tensor);
-
-/// Makes rows' input on the first stage's device.
-type InputFn<'a> = &'a (dyn Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync);
-
-/// Makes rows' per-row losses from the last layer's output, on the last stage's device.
-type LossFn<'a> = &'a (dyn Fn(&Var, Range<usize>, &DeviceRef) -> Result<Var> + Sync);
-
-/// What every stage thread reads.
-struct Shared<'a, M> {
-    model: &'a M,
-    input: InputFn<'a>,
-    loss: LossFn<'a>,
-    rows: &'a [Range<usize>],
-    batch: usize,
-    step: u64,
-}
-
-struct StageJob {
-    index: usize,
-    count: usize,
-    device: DeviceRef,
-    layers: Range<usize>,
-    recompute: bool,
-    send_forward: Option<Sender<Message>>,
-    receive_forward: Option<Receiver<Message>>,
-    send_back: Option<Sender<Message>>,
-    receive_back: Option<Receiver<Message>>,
-}
-
-/// Why a stage stopped early: its own error, or a neighbour's (whose channel closed).
-enum Stop {
-    Failed(Error),
-    Neighbour,
-}
-
-impl From<Error> for Stop {
-    fn from(e: Error) -> Stop {
-        Stop::Failed(e)
-    }
-}
-
-/// A stretch of a stage's work: wall-clock for the trace, and on the device's own clock
-/// (a simulated chip's virtual one) for learning the stage's speed.
-struct Busy {
-    kind: &'static str,
-    name: String,
-    start: Instant,
-    duration: Duration,
-    secs: f64,
-}
-
-impl Busy {
-    fn since(
-        kind: &'static str,
-        name: String,
-        start: Instant,
-        watch: &Stopwatch,
-        device: &DeviceRef,
-    ) -> Busy {
-        Busy { kind, name, start, duration: start.elapsed(), secs: watch.secs(&**device) }
-    }
-}
-
-struct StageOutcome {
-    grads: Grads,
-    /// The last stage's micro-batch losses (scalars on its device).
-    losses: Vec<Tensor>,
-    busy: Vec<Busy>,
-}
-
-impl StageJob {
-    fn run<M: Layered>(self, shared: &Shared<'_, M>) -> std::result::Result<StageOutcome, Stop> {
-        let last = self.index + 1 == self.count;
-        let micro_batches = shared.rows.len();
-        let mut grads = Grads::default();
-        let mut losses = Vec::new();
-        let mut busy = Vec::with_capacity(3 * micro_batches);
-        // Per micro-batch in flight: the stage's input (a leaf, except on the first stage)
-        // and its output (the loss, on the last), unless it is to be recomputed.
-        let mut held: HashMap<usize, (Var, Option<Var>)> = HashMap::new();
-        for work in one_f_one_b(self.index, self.count, micro_batches) {
-            match work {
-                Work::Forward(m) => {
-                    let rows = shared.rows[m].clone();
-                    let x = match &self.receive_forward {
-                        None => (shared.input)(rows.clone(), &self.device)?,
-                        Some(rx) => Var::leaf(self.receive(rx, m, "activation", &mut busy)?),
-                    };
-                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
-                    let y = if self.recompute {
-                        no_grad(|| self.forward(shared, &x, m))?
-                    } else {
-                        self.forward(shared, &x, m)?
-                    };
-                    if let Some(tx) = &self.send_forward {
-                        tx.send((m, y.tensor().clone())).map_err(|_| Stop::Neighbour)?;
-                    }
-                    held.insert(m, (x, (!self.recompute).then_some(y)));
-                    self.device.synchronize()?;
-                    busy.push(Busy::since(
-                        "forward",
-                        format!("forward {m}"),
-                        start,
-                        &watch,
-                        &self.device,
-                    ));
-                }
-                Work::Backward(m) => {
-                    let (x, y) = held.remove(&m).ok_or_else(|| self.out_of_order(m))?;
-                    let seed = match &self.receive_back {
-                        None => None,
-                        Some(rx) => Some(self.receive(rx, m, "gradient", &mut busy)?),
-                    };
-                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
-                    let y = match y {
-                        Some(y) => y,
-                        None => self.forward(shared, &x, m)?,
-                    };
-                    let seed = match seed {
-                        Some(seed) => seed,
-                        None => Tensor::ones(
-                            y.tensor().shape().clone(),
-                            y.tensor().dtype(),
-                            &self.device,
-                        )?,
-                    };
-                    let mut input_grad = None;
-                    y.backward_streaming(seed, |id, g| {
-                        if id == x.id() {
-                            input_grad = Some(g);
-                            Ok(())
-                        } else {
-                            grads.add(id, g)
-                        }
-                    })?;
-                    if let Some(tx) = &self.send_back {
-                        let g = match input_grad {
-                            Some(g) => g,
-                            // The loss does not depend on this stage's input.
-                            None => Tensor::zeros(
-                                x.tensor().shape().clone(),
-                                x.tensor().dtype(),
-                                &self.device,
-                            )?,
-                        };
-                        tx.send((m, g)).map_err(|_| Stop::Neighbour)?;
-                    }
-                    if last {
-                        losses.push(y.tensor().clone());
-                    }
-                    self.device.synchronize()?;
-                    busy.push(Busy::since(
-                        "backward",
-                        format!("backward {m}"),
-                        start,
-                        &watch,
-                        &self.device,
-                    ));
-                }
-            }
-        }
-        Ok(StageOutcome { grads, losses, busy })
-    }
-
-    /// The stage's layers on micro-batch `m`'s input; on the last stage, its share of the
-    /// batch's loss.
-    fn forward<M: Layered>(&self, shared: &Shared<'_, M>, x: &Var, m: usize) -> Result<Var> {
-        let rows = shared.rows[m].clone();
-        let ctx = Ctx::train(shared.step).rows_from(rows.start);
-        let y = shared.model.forward_layers(self.layers.clone(), x, &ctx)?;
-        if self.index + 1 == self.count { self.batch_loss(shared, &y, rows) } else { Ok(y) }
-    }
-
-    /// The next message from a neighbour, which must be micro-batch `m`'s, copied to this
-    /// stage's device.
-    fn receive(
-        &self,
-        rx: &Receiver<Message>,
-        m: usize,
-        what: &str,
-        busy: &mut Vec<Busy>,
-    ) -> std::result::Result<Tensor, Stop> {
-        let (got, tensor) = rx.recv().map_err(|_| Stop::Neighbour)?;
-        if got != m {
-            return Err(self.out_of_order(m).into());
-        }
-        let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
-        let moved = tensor.to_device(&self.device)?;
-        busy.push(Busy::since("transfer", format!("{what} {m} in"), start, &watch, &self.device));
-        Ok(moved)
-    }
-
-    /// The summed per-row losses of `rows` over the batch: this micro-batch's part of the
-    /// batch's mean loss.
-    fn batch_loss<M>(&self, shared: &Shared<'_, M>, y: &Var, rows: Range<usize>) -> Result<Var> {
-        let per_row = (shared.loss)(y, rows.clone(), &self.device)?;
-        if per_row.dims().first() != Some(&rows.len()) {
-            return Err(Error::Shape {
-                op: "Pipeline::step".into(),
-                device: self.device.info().label(),
-                detail: format!(
-                    "the loss of rows {rows:?} is {:?}: its first dim must be the {} rows",
-                    per_row.tensor(),
-                    rows.len()
-                ),
-            });
-        }
-        per_row.sum_all()?.affine(1.0 / shared.batch as f64, 0.0)
-    }
-
-    fn out_of_order(&self, m: usize) -> Error {
-        invalid(
-            "Pipeline::step",
-            &self.device.info().label(),
-            format!("stage {} got micro-batch work out of order at {m}", self.index),
-        )
-    }
+fn boxed_in<'a>(rx: Option<Receiver<Message>>) -> Option<Box<dyn Inbox + Send + 'a>> {
+    rx.map(|rx| Box::new(rx) as Box<dyn Inbox + Send>)
 }
