@@ -5,9 +5,9 @@
 //! (`pipeline::play`). For each, a table row:
 //! - the step's throughput against the fluid bound (the step's flops over the fleet's
 //!   total rate: no bubble, no copies, no memory limit);
-//! - against uniform stages on the same replicas and chips (equal layers per stage and
-//!   equal micro-batches per replica, Megatron's cut; given unlimited memory, which only
-//!   favours it);
+//! - against uniform stages on the same replicas and chips (equal layers per stage,
+//!   Megatron's cut, recomputing where memory is short; the micro-batches shared by
+//!   replica speed as ours are), or "does not fit";
 //! - planning time (wall clock, one plan).
 //!
 //! Then criterion times the planner itself. `cargo bench --bench pipeline`.
@@ -142,7 +142,7 @@ fn main() {
                         let why = e.to_string();
                         let short = why.split(": ").last().unwrap_or(&why);
                         println!(
-                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | {planning:.2} s |"
+                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | {planning:.2} s |"
                         );
                         continue;
                     }

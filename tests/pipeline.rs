@@ -105,9 +105,12 @@ fn model_and_costs(host: &DeviceRef) -> Result<(Gpt, Vec<LayerCost>)> {
 /// A memory size that holds the largest stage of `layout` with 10% to spare, and that
 /// (checked) does not hold the whole model: `layout`'s stages priced on unlimited chips.
 fn cap_for(host: &DeviceRef, costs: &[LayerCost], layout: &[Range<usize>]) -> Result<u64> {
-    let unlimited = sim(host, "unlimited", 1e9, u64::MAX / 4, 99);
+    // A chip per stage (a device holds one stage), each with all the memory there is.
+    let unlimited: Vec<Arc<SimDevice>> =
+        (0..layout.len()).map(|i| sim(host, "unlimited", 1e9, u64::MAX / 4, 90 + i)).collect();
     let priced = |layout: &[Range<usize>]| {
-        let stages = layout.iter().map(|l| (l.clone(), candidate(&unlimited))).collect();
+        let stages =
+            layout.iter().zip(&unlimited).map(|(l, chip)| (l.clone(), candidate(chip))).collect();
         PipelinePlan::manual(costs, stages, MICRO_BATCHES, 2)
     };
     let largest = priced(layout)?.stages.iter().map(|s| s.memory.total()).max().unwrap_or(0);
@@ -321,10 +324,12 @@ fn a_stage_that_recomputes_its_activations_still_trains_bit_exactly() -> Result<
     let want = one_device(adamw)?;
     let host = cpu();
     let (model, costs) = model_and_costs(&host)?;
-    let unlimited = sim(&host, "unlimited", 1e9, u64::MAX / 4, 98);
     let layout = [0..3, 3..5];
+    let unlimited: Vec<Arc<SimDevice>> =
+        (0..2).map(|i| sim(&host, "unlimited", 1e9, u64::MAX / 4, 80 + i)).collect();
     let priced = |layout: &[Range<usize>]| {
-        let stages = layout.iter().map(|l| (l.clone(), candidate(&unlimited))).collect();
+        let stages =
+            layout.iter().zip(&unlimited).map(|(l, chip)| (l.clone(), candidate(chip))).collect();
         PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)
     };
     let keeping = priced(&layout)?.stages[0].memory.total();
@@ -549,5 +554,93 @@ fn a_lost_stage_chip_is_evicted_and_training_resumes_from_the_checkpoint_bit_exa
     }
     assert_identical(&want, &(again, named_values(&resumed.params())?));
     std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
+/// `y = relu(x·w)·wᵀ`: one weight used by the first layer and the last.
+struct Tied {
+    w: Param,
+}
+
+impl Layered for Tied {
+    fn depth(&self) -> usize {
+        3
+    }
+
+    fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
+        match layer {
+            0 => x.matmul(&self.w.var()),
+            1 => x.relu(),
+            _ => x.matmul(&self.w.var().t()?),
+        }
+    }
+
+    fn layer_params(&self, layer: usize) -> Vec<Param> {
+        if layer == 1 { Vec::new() } else { vec![self.w.clone()] }
+    }
+}
+
+/// Mistakes are errors that say what is wrong, before anything moves: a plan with no
+/// stages, a device given two stages, a weight tied across two stages, a layer the model
+/// does not have, a replica count of zero. A tied weight within one stage is one parameter,
+/// updated once a step.
+#[test]
+fn misuse_is_an_error_and_a_tied_weight_is_one_parameter() -> Result<()> {
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let chips: Vec<Arc<SimDevice>> = (1..=2).map(|i| sim(&host, "big", 1e11, 1 << 30, i)).collect();
+    let err = PipelinePlan::manual(&costs, vec![], MICRO_BATCHES, 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let twice = vec![(0..2, candidate(&chips[0])), (2..5, candidate(&chips[0]))];
+    let err = PipelinePlan::manual(&costs, twice, MICRO_BATCHES, 2).unwrap_err();
+    assert!(err.to_string().contains("takes stages 0 and 1"), "{err}");
+    let err = PipelinePlan::search(&costs, &[], MICRO_BATCHES, 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let err = manychips::train::pipeline::ReplicaPlan::with_replicas(
+        &costs,
+        &[candidate(&chips[0])],
+        0,
+        4,
+        2,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    let x = Var::constant(Tensor::zeros([2, 16], DType::F32, &host)?);
+    assert_eq!(
+        model.forward_layer(5, &x, &Ctx::eval()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert!(model.layer_params(5).is_empty());
+
+    let store = ParamStore::new(&host, SEED);
+    let tied = Tied { w: store.param("w", [4, 4], manychips::train::Init::Normal { std: 0.5 })? };
+    let input = |rows: Range<usize>, device: &DeviceRef| -> Result<Var> {
+        let data: Vec<f32> =
+            rows.clone().flat_map(|r| (0..4).map(move |c| (r * 4 + c) as f32 / 10.0)).collect();
+        Ok(Var::constant(Tensor::from_slice(&data, [rows.len(), 4], device)?))
+    };
+    let x = input(0..4, &host)?;
+    let costs = profile_layers(&tied, &x, &Ctx::train(0))?;
+    assert_eq!(costs.iter().map(|c| c.param_bytes).sum::<usize>(), 64, "the weight counts once");
+    let split = vec![(0..1, candidate(&chips[0])), (1..3, candidate(&chips[1]))];
+    let across = PipelinePlan::manual(&costs, split, 2, 1)?;
+    let err = Pipeline::new(tied, across, sgd).err().expect("a weight tied across stages");
+    assert!(err.to_string().contains("used by stages 0 and 1"), "{err}");
+    let tied = Tied { w: store.params()[0].clone() };
+    let before = tied.w.value().to_vec::<f32>()?;
+    let plan = PipelinePlan::manual(&costs, vec![(0..3, candidate(&chips[0]))], 2, 1)?;
+    let mut pipeline =
+        Pipeline::new(tied, plan, |p| Ok(Box::new(Sgd::new(p, 0.1)?) as Box<dyn Optimizer>))?;
+    assert_eq!(pipeline.params().len(), 1);
+    pipeline.step(4, input, |y, rows, _| y.sum_keepdim(1)?.reshape([rows.len()]))?;
+    // One SGD step: w − 0.1·g, with g the gradient of the sum over the batch's mean.
+    let w = Var::leaf(Tensor::from_slice(&before, [4, 4], &host)?);
+    let y = x.matmul(&w)?.relu()?.matmul(&w.t()?)?.sum_all()?.affine(0.25, 0.0)?;
+    let g = y.backward()?.get(w.id()).expect("a gradient").to_vec::<f32>()?;
+    let want: Vec<f32> = before.iter().zip(&g).map(|(w, g)| w - 0.1 * g).collect();
+    let got = pipeline.params()[0].value().to_vec::<f32>()?;
+    for (a, b) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{want:?} vs {got:?}");
+    }
     Ok(())
 }

@@ -401,13 +401,13 @@ impl Tensor {
         self.device().submit(op)
     }
 
-    /// `f32[2, 3] on cpu:0`, for error messages.
     /// Which buffer this tensor views: equal for two views of one buffer (a reshape, a
     /// transpose), so memory accounting counts a buffer once.
     pub(crate) fn storage_key(&self) -> usize {
         Arc::as_ptr(&self.storage) as usize
     }
 
+    /// `f32[2, 3] on cpu:0`, for error messages.
     pub(crate) fn describe(&self) -> String {
         format!("{}{} on {}", self.dtype, self.layout.shape, label(self.device()))
     }

@@ -153,18 +153,26 @@ impl Layered for Gpt {
     }
 
     fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
+        let blocks = self.blocks.len();
         match layer {
             0 => self.embed(x.tensor()),
-            l if l <= self.blocks.len() => self.blocks[l - 1].forward(x),
-            _ => self.logits(x),
+            l if l <= blocks => self.blocks[l - 1].forward(x),
+            l if l == blocks + 1 => self.logits(x),
+            l => Err(Error::InvalidArgument {
+                op: "Gpt::forward_layer".into(),
+                device: x.tensor().device().info().label(),
+                detail: format!("layer {l} of {}", blocks + 2),
+            }),
         }
     }
 
     fn layer_params(&self, layer: usize) -> Vec<Param> {
+        let blocks = self.blocks.len();
         match layer {
             0 => [self.tokens.params(), self.positions.params()].concat(),
-            l if l <= self.blocks.len() => self.blocks[l - 1].params(),
-            _ => [self.ln.params(), self.head.params()].concat(),
+            l if l <= blocks => self.blocks[l - 1].params(),
+            l if l == blocks + 1 => [self.ln.params(), self.head.params()].concat(),
+            _ => Vec::new(),
         }
     }
 }

@@ -53,8 +53,15 @@ pub trait Layered: Send + Sync {
     /// Layer `layer` applied to `x`.
     fn forward_layer(&self, layer: usize, x: &Var, ctx: &Ctx) -> Result<Var>;
 
-    /// The parameters layer `layer` owns: a parameter belongs to one layer only.
+    /// The parameters layer `layer` uses. A parameter two layers share (tied embeddings)
+    /// must have both in one stage; a stage holds, updates and saves it once.
     fn layer_params(&self, layer: usize) -> Vec<Param>;
+
+    /// The parameters layers `layers` use, each once, in first-use order.
+    fn params_of(&self, layers: Range<usize>) -> Vec<Param> {
+        let mut seen = std::collections::HashSet::new();
+        layers.flat_map(|l| self.layer_params(l)).filter(|p| seen.insert(p.id())).collect()
+    }
 
     /// Layers `layers` applied in turn to `x`.
     fn forward_layers(&self, layers: Range<usize>, x: &Var, ctx: &Ctx) -> Result<Var> {

@@ -6,7 +6,8 @@
 //! after); under 1F1B a step takes `Σ tₛ + (M − 1)·max tₛ`. For a device order and a stage
 //! count, the smallest feasible bottleneck is found by bisection, each candidate checked by
 //! a greedy fill (each stage takes layers while it stays under the bottleneck and within
-//! its device's memory: for a fixed order that is optimal). A few orders are tried (as
+//! its device's memory; optimal for a fixed order where adding a layer never makes a stage
+//! cheaper, which a smaller output can, rarely). A few orders are tried (as
 //! given, fastest first, most memory first: the first stage holds the most micro-batches
 //! in flight) and every stage count; the best predicted step wins.
 
@@ -82,8 +83,13 @@ pub struct StagePlan {
 impl StagePlan {
     /// Predicted seconds of one micro-batch through this stage, both ways.
     pub fn time(&self) -> f64 {
-        self.forward_s + self.backward_s + self.receive_forward_s + self.receive_backward_s
+        stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)
     }
+}
+
+/// A micro-batch's way through a stage: its two passes and the two copies it receives.
+fn stage_time(forward: f64, backward: f64, receive_forward: f64, receive_backward: f64) -> f64 {
+    forward + backward + receive_forward + receive_backward
 }
 
 /// Stages, micro-batches and what the plan predicts.
@@ -106,6 +112,23 @@ impl PipelinePlan {
         optimizer_slots: usize,
     ) -> Result<PipelinePlan> {
         check_micro_batches(micro_batches)?;
+        if stages.is_empty() || costs.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "PipelinePlan::manual".into(),
+                device: "-".into(),
+                detail: format!("{} stages over {} layers", stages.len(), costs.len()),
+            });
+        }
+        for (i, (_, c)) in stages.iter().enumerate() {
+            let id = c.device.info().id;
+            if let Some(j) = stages[..i].iter().position(|(_, d)| d.device.info().id == id) {
+                return Err(Error::InvalidArgument {
+                    op: "PipelinePlan::manual".into(),
+                    device: c.device.info().label(),
+                    detail: format!("takes stages {j} and {i}: a device holds one stage"),
+                });
+            }
+        }
         let mut next = 0;
         for (i, (layers, c)) in stages.iter().enumerate() {
             if layers.start != next || layers.is_empty() || layers.end > costs.len() {
@@ -157,8 +180,18 @@ impl PipelinePlan {
         optimizer_slots: usize,
     ) -> Result<PipelinePlan> {
         check_micro_batches(micro_batches)?;
+        if candidates.is_empty() || costs.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "PipelinePlan::search".into(),
+                device: "-".into(),
+                detail: format!("{} candidates for {} layers", candidates.len(), costs.len()),
+            });
+        }
+        // A device listed twice would be counted twice: the first listing stands.
+        let mut seen = std::collections::HashSet::new();
         let usable: Vec<&Candidate> = candidates
             .iter()
+            .filter(|c| seen.insert(c.device.info().id))
             .filter(|c| costs.iter().all(|l| l.forward_secs(&c.profile).is_finite()))
             .collect();
         let search = Search::new(costs, usable.clone(), micro_batches, optimizer_slots);
@@ -192,7 +225,7 @@ impl PipelinePlan {
                      alone take {needed} bytes, {offered} are offered in all{}",
                     costs.len(),
                     if usable.len() < candidates.len() {
-                        " (devices with no matmul rate left out)"
+                        " (devices listed twice, or that cannot be priced, left out)"
                     } else {
                         ""
                     }
@@ -362,7 +395,7 @@ struct StageCost {
 
 impl StageCost {
     fn time(&self) -> f64 {
-        self.forward_s + self.backward_s + self.receive_forward_s + self.receive_backward_s
+        stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)
     }
 }
 
@@ -489,8 +522,9 @@ impl<'a> Search<'a> {
     /// The plan over exactly these candidates in this order with the smallest bottleneck,
     /// if any fits.
     fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
-        // Any bottleneck above the whole model's time on the slowest device, copies
-        // included, fits unless memory does not: double up to it.
+        // Start from the whole model's compute on the slowest device and double until a
+        // fill succeeds (copies and recomputation can make a stage dearer): past some
+        // bottleneck only memory can refuse.
         let mut hi = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
         let mut found = None;
         for _ in 0..64 {

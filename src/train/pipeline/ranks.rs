@@ -92,9 +92,7 @@ impl<M: Layered> RankPipeline<M> {
                 ),
             ));
         }
-        let mut params: Vec<Param> =
-            layers[ranks.rank()].clone().flat_map(|l| model.layer_params(l)).collect();
-        params.dedup_by_key(|p| p.id());
+        let params = model.params_of(layers[ranks.rank()].clone());
         for param in &params {
             param.move_to(&device)?;
         }
@@ -170,8 +168,7 @@ impl<M: Layered> RankPipeline<M> {
         })?;
         self.optimizer.step(&done.grads)?;
         self.step += 1;
-        let local: f64 =
-            done.losses.iter().map(|l| Ok(l.to_scalar::<f32>()? as f64)).sum::<Result<f64>>()?;
+        let local: f64 = done.losses.iter().map(|l| Ok(l.to_f64_vec()?[0])).sum::<Result<f64>>()?;
         Ok(self.ranks.sum(local))
     }
 

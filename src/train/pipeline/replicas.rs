@@ -70,6 +70,13 @@ impl ReplicaPlan {
         micro_batches: usize,
         optimizer_slots: usize,
     ) -> Result<ReplicaPlan> {
+        if count == 0 || chips.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "ReplicaPlan::with_replicas".into(),
+                device: "-".into(),
+                detail: format!("{count} replicas of {} chips", chips.len()),
+            });
+        }
         ReplicaPlan::over(
             costs,
             &deal(chips, count, Dealing::Mixed),
@@ -86,9 +93,16 @@ impl ReplicaPlan {
         optimizer_slots: usize,
     ) -> Result<ReplicaPlan> {
         let count = groups.len();
+        if count == 0 {
+            return Err(Error::InvalidArgument {
+                op: "ReplicaPlan".into(),
+                device: "-".into(),
+                detail: "no chips".into(),
+            });
+        }
         // Planned for the whole step's micro-batches: the most any replica could hold in
         // flight, so each plan's memory holds whatever share it gets.
-        let mut replicas = groups
+        let replicas = groups
             .iter()
             .map(|group| PipelinePlan::search(costs, group, micro_batches, optimizer_slots))
             .collect::<Result<Vec<_>>>()?;
@@ -100,10 +114,32 @@ impl ReplicaPlan {
             even[0] += micro_batches % count;
             even
         });
-        for (replica, share) in replicas.iter_mut().zip(shares) {
-            replica.micro_batches = share;
+        // Each replica priced again for its own share: fewer micro-batches in flight may
+        // fit without recomputing. A replica with no share has no part in the step.
+        let mut shared = Vec::with_capacity(count);
+        for ((replica, share), group) in replicas.into_iter().zip(shares).zip(groups) {
+            if share == 0 {
+                continue;
+            }
+            let stages = replica
+                .stages
+                .iter()
+                .map(|s| {
+                    let id = s.device.info().id;
+                    let chip = group.iter().find(|c| c.device.info().id == id)?;
+                    Some((s.layers.clone(), chip.clone()))
+                })
+                .collect::<Option<Vec<_>>>();
+            let repriced = stages.and_then(|stages| {
+                PipelinePlan::manual(costs, stages, share, optimizer_slots).ok()
+            });
+            shared.push(repriced.unwrap_or_else(|| {
+                let mut replica = replica;
+                replica.micro_batches = share;
+                replica
+            }));
         }
-        replicas.retain(|r| r.micro_batches > 0);
+        let replicas = shared;
         let all_reduce_s = all_reduce_s(&replicas);
         Ok(ReplicaPlan { replicas, all_reduce_s })
     }

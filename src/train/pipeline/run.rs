@@ -24,7 +24,8 @@ use crate::{DeviceRef, Error, Result, Tensor};
 pub struct PipelineReport {
     /// The batch's mean loss (the micro-batches' summed losses over the batch).
     pub loss: f64,
-    /// Each stage's measured seconds per micro-batch: its forward and backward passes and
+    /// Each stage's seconds per micro-batch as learned so far (each step's measurement
+    /// followed by the fleet's rule, `fleet::follow`): its forward and backward passes and
     /// the copies it received, waiting excluded.
     pub stage_s: Vec<f64>,
     /// The gradients' global norm before clipping, when clipping is on.
@@ -66,7 +67,9 @@ impl<M: Layered> Pipeline<M> {
     /// Moves each stage's parameters to its device and builds its optimizer there with
     /// `optimizer` (given the stage's parameters, after the move, so that its state is
     /// made where they live; called again for a new plan after a failure). The model must
-    /// have the plan's layers, and a parameter may belong to one stage only.
+    /// have the plan's layers, and a parameter may belong to one stage only. Should moving
+    /// a parameter fail (a device fault), some are moved and some not: build the model
+    /// again.
     pub fn new(
         model: M,
         plan: PipelinePlan,
@@ -135,6 +138,7 @@ impl<M: Layered> Pipeline<M> {
     /// again over `candidates` without that device (nor any dropped before), and restores
     /// every stage from `snapshot` (the last checkpoint) on the new plan. Training goes on
     /// from `snapshot.step`, and gives what a fresh resume from it would, bit for bit.
+    /// `candidates` offer the memory they have free now (`Candidate::new` reads it).
     /// An error that is no device fault, or names no stage's device, is returned as is.
     pub fn recover(
         &mut self,
@@ -149,16 +153,26 @@ impl<M: Layered> Pipeline<M> {
             }
             _ => return Err(error),
         };
-        self.evicted.push(failed.clone());
-        let survivors: Vec<Candidate> = candidates
-            .iter()
-            .filter(|c| !self.evicted.contains(&c.device.info().label()))
-            .cloned()
-            .collect();
+        let out = |c: &Candidate| {
+            let label = c.device.info().label();
+            label == failed || self.evicted.contains(&label)
+        };
+        let survivors: Vec<Candidate> = candidates.iter().filter(|c| !out(c)).cloned().collect();
         let slots = self.stages[0].optimizer.state_slots().len();
         let plan =
             PipelinePlan::search(self.plan.costs(), &survivors, self.plan.micro_batches, slots)?;
-        let stages = self.restored(&plan, snapshot, path)?;
+        // The old stages' optimizer state goes before the new is made, so a survivor never
+        // holds both; they come back if the restore fails.
+        let old = std::mem::take(&mut self.stages);
+        let stages = match self.restored(&plan, snapshot, path) {
+            Ok(stages) => stages,
+            Err(e) => {
+                self.stages = old;
+                return Err(e);
+            }
+        };
+        drop(old);
+        self.evicted.push(failed.clone());
         self.plan = plan;
         self.stages = stages;
         self.step = snapshot.step;
@@ -363,7 +377,7 @@ impl<M: Layered> Pipeline<M> {
         }
         // Added on the host in f64, in micro-batch order: the micro-batches' losses are
         // computed by then, and the sum does not round away their last bits.
-        let loss = losses.iter().map(|l| Ok(l.to_scalar::<f32>()? as f64)).sum::<Result<f64>>()?;
+        let loss = losses.iter().map(|l| Ok(l.to_f64_vec()?[0])).sum::<Result<f64>>()?;
         let grad_norm = match self.max_grad_norm {
             Some(max) => Some(clip_grad_norm(&self.params(), &mut grads, max)?),
             None => None,
@@ -397,12 +411,30 @@ fn stages<M: Layered>(
     make_optimizer: &MakeOptimizer,
     placement: Placement<'_>,
 ) -> Result<Vec<Stage>> {
-    let covered = plan.stages.last().map_or(0, |s| s.layers.end);
-    if covered != model.depth() {
+    // The plan's fields are public: check what a hand-edited plan could break.
+    let mut next = 0;
+    for (s, stage) in plan.stages.iter().enumerate() {
+        if stage.layers.start != next || stage.layers.is_empty() {
+            return Err(invalid(
+                "Pipeline",
+                &stage.label,
+                format!(
+                    "stage {s} has layers {:?}: stages cover the layers in order",
+                    stage.layers
+                ),
+            ));
+        }
+        next = stage.layers.end;
+    }
+    if next != model.depth() || next == 0 || plan.micro_batches == 0 {
         return Err(invalid(
             "Pipeline",
             "-",
-            format!("the plan covers {covered} layers, the model has {}", model.depth()),
+            format!(
+                "the plan covers {next} layers of the model's {} in {} micro-batches",
+                model.depth(),
+                plan.micro_batches
+            ),
         ));
     }
     let mut owner: HashMap<VarId, usize> = HashMap::new();
@@ -422,9 +454,7 @@ fn stages<M: Layered>(
     }
     let mut stages = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
-        let mut params: Vec<Param> =
-            stage.layers.clone().flat_map(|l| model.layer_params(l)).collect();
-        params.dedup_by_key(|p| p.id());
+        let params = model.params_of(stage.layers.clone());
         let optimizer = match placement {
             Placement::Move => {
                 for param in &params {

@@ -15,8 +15,12 @@ pub enum Work {
     Backward(usize),
 }
 
-/// The order of work for stage `stage` of `stages`, over `micro_batches`.
+/// The order of work for stage `stage` of `stages`, over `micro_batches` (none for a
+/// stage past the last).
 pub fn one_f_one_b(stage: usize, stages: usize, micro_batches: usize) -> Vec<Work> {
+    if stage >= stages {
+        return Vec::new();
+    }
     let warm_up = (stages - stage - 1).min(micro_batches);
     let mut work: Vec<Work> = (0..warm_up).map(Work::Forward).collect();
     let (mut forward, mut backward) = (warm_up, 0);
@@ -33,7 +37,7 @@ pub fn one_f_one_b(stage: usize, stages: usize, micro_batches: usize) -> Vec<Wor
 
 /// The most micro-batches whose activations stage `stage` holds at once under 1F1B.
 pub fn in_flight(stage: usize, stages: usize, micro_batches: usize) -> usize {
-    (stages - stage).min(micro_batches)
+    stages.saturating_sub(stage).min(micro_batches)
 }
 
 #[cfg(test)]
