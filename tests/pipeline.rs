@@ -644,3 +644,54 @@ fn misuse_is_an_error_and_a_tied_weight_is_one_parameter() -> Result<()> {
     }
     Ok(())
 }
+
+/// A pipeline sharing the fleet's membership: a stage chip another scheduler evicted stops
+/// the next step before it runs, naming the chip; recovery plans around it (and around
+/// what the fleet has out), and the pipeline's own evictions reach the membership.
+#[test]
+fn an_eviction_by_another_scheduler_stops_the_step_and_recovery_plans_around_it() -> Result<()> {
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let cap = cap_for(&host, &costs, &[0..2, 2..4, 4..5])?;
+    // Five chips, three of which hold the model: two can be lost.
+    let chips: Vec<Arc<SimDevice>> = (1..=5).map(|i| sim(&host, "capped", 1e11, cap, i)).collect();
+    let devices: Vec<DeviceRef> = chips.iter().map(|c| c.clone() as DeviceRef).collect();
+    let membership = manychips::fleet::Membership::new(devices);
+    let candidates: Vec<Candidate> = chips.iter().map(candidate).collect();
+    let plan = PipelinePlan::search(&costs, &candidates, MICRO_BATCHES, 2)?;
+    let mut pipeline = Pipeline::new(model, plan, adamw)?.with_membership(membership.clone());
+    let step =
+        |p: &mut Pipeline<Gpt>| p.step(BATCH, input, |y, rows, _| loss(y, rows)).map(|r| r.loss);
+    step(&mut pipeline)?;
+    let snapshot = pipeline.snapshot(serde_json::Value::Null)?;
+    let first = pipeline.plan().stages[0].label.clone();
+    membership.evict(&first, "a data-parallel job saw it fail");
+    let err = step(&mut pipeline).expect_err("a stage chip is out of the fleet");
+    assert_eq!((err.kind(), err.device()), (ErrorKind::DeviceLost, Some(first.as_str())), "{err}");
+    assert!(err.to_string().contains("a data-parallel job saw it fail"), "{err}");
+    pipeline.recover(err, &candidates, &snapshot, std::path::Path::new("memory"))?;
+    assert!(pipeline.plan().stages.iter().all(|s| s.label != first));
+    step(&mut pipeline)?;
+    // Its own fault: recorded in the membership for every other scheduler.
+    let second = pipeline.plan().stages[0].label.clone();
+    let chip = chips.iter().find(|c| c.info().label() == second).expect("the chip");
+    chip.fail_now(ErrorKind::DeviceLost);
+    let err = step(&mut pipeline).expect_err("a lost chip");
+    let snapshot = pipeline.snapshot(serde_json::Value::Null);
+    assert!(snapshot.is_err(), "the lost chip's parameters cannot be read");
+    let loaded = manychips::train::Snapshot { step: 0, ..pipeline_snapshot_of_one_device()? };
+    pipeline.recover(err, &candidates, &loaded, std::path::Path::new("memory"))?;
+    assert!(membership.why_out(&second).is_some(), "the pipeline's eviction is the fleet's");
+    assert!(pipeline.plan().stages.iter().all(|s| s.label != first && s.label != second));
+    step(&mut pipeline)?;
+    Ok(())
+}
+
+/// A fresh model's parameters and an optimizer that has not stepped, as a snapshot.
+fn pipeline_snapshot_of_one_device() -> Result<manychips::train::Snapshot> {
+    let device = cpu();
+    let store = ParamStore::new(&device, SEED);
+    Gpt::new(&store, config())?;
+    let opt = AdamW::new(store.params(), LR)?;
+    manychips::train::Snapshot::capture(0, &store.params(), &opt, serde_json::Value::Null)
+}

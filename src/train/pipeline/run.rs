@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::plan::{Candidate, PipelinePlan};
 use super::stage::{Inbox, Message, Outbox, Shared, StageJob, StageOutcome, Stop, even_shares};
 use super::{Layered, Var};
-use crate::fleet::{FleetEvent, follow};
+use crate::fleet::{FleetEvent, Membership, follow};
 use crate::plan::Trace;
 use crate::train::checkpoint::{HostTensor, Snapshot};
 use crate::train::nn::Ctx;
@@ -54,6 +54,8 @@ pub struct Pipeline<M> {
     make_optimizer: MakeOptimizer,
     /// Devices dropped after a fault, by label.
     evicted: Vec<String>,
+    /// The fleet's record of who is in, when shared.
+    membership: Option<Membership>,
     max_grad_norm: Option<f64>,
     step: u64,
     trace: Option<(Instant, Trace)>,
@@ -83,10 +85,20 @@ impl<M: Layered> Pipeline<M> {
             stages,
             make_optimizer,
             evicted: Vec::new(),
+            membership: None,
             max_grad_norm: None,
             step: 0,
             trace: None,
         })
+    }
+
+    /// Shares `membership` (a fleet's, [`Fleet::membership`](crate::Fleet::membership)):
+    /// a step on a stage device that another scheduler evicted fails at once with a
+    /// `DeviceLost` naming it (recover as from any fault), and this pipeline's own
+    /// evictions are recorded there for the others.
+    pub fn with_membership(mut self, membership: Membership) -> Pipeline<M> {
+        self.membership = Some(membership);
+        self
     }
 
     /// Every parameter and all optimizer state, by name, copied to the host: what a
@@ -155,7 +167,8 @@ impl<M: Layered> Pipeline<M> {
         };
         let out = |c: &Candidate| {
             let label = c.device.info().label();
-            label == failed || self.evicted.contains(&label)
+            let fleet_out = self.membership.as_ref().is_some_and(|m| m.why_out(&label).is_some());
+            label == failed || self.evicted.contains(&label) || fleet_out
         };
         let survivors: Vec<Candidate> = candidates.iter().filter(|c| !out(c)).cloned().collect();
         let slots = self.stages[0].optimizer.state_slots().len();
@@ -172,6 +185,9 @@ impl<M: Layered> Pipeline<M> {
             }
         };
         drop(old);
+        if let Some(membership) = &self.membership {
+            membership.evict(&failed, &error.to_string());
+        }
         self.evicted.push(failed.clone());
         self.plan = plan;
         self.stages = stages;
@@ -291,6 +307,17 @@ impl<M: Layered> Pipeline<M> {
         I: Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync,
         L: Fn(&Var, Range<usize>, &DeviceRef) -> Result<Var> + Sync,
     {
+        if let Some(membership) = &self.membership
+            && let Some((label, why)) = self
+                .stages
+                .iter()
+                .find_map(|s| membership.why_out(&s.label).map(|why| (s.label.clone(), why)))
+        {
+            return Err(Error::DeviceLost {
+                device: label,
+                detail: format!("out of the fleet ({why}): recover onto a new plan"),
+            });
+        }
         let micro_batches = self.plan.micro_batches;
         if batch < micro_batches {
             return Err(invalid(
