@@ -695,3 +695,38 @@ fn pipeline_snapshot_of_one_device() -> Result<manychips::train::Snapshot> {
     let opt = AdamW::new(store.params(), LR)?;
     manychips::train::Snapshot::capture(0, &store.params(), &opt, serde_json::Value::Null)
 }
+
+/// Two pipelines of the same model, each over two capped chips, share the batch (by
+/// speed) and train as one: the losses and parameters of one device within rounding
+/// (SGD with momentum; the gradients are added in another order).
+#[test]
+fn two_replicas_of_a_pipeline_train_like_one_device() -> Result<()> {
+    let want = one_device(sgd)?;
+    let host = cpu();
+    let (_, costs) = model_and_costs(&host)?;
+    let layout = [0..2, 2..5];
+    let cap = cap_for(&host, &costs, &layout)?;
+    let chips: Vec<Arc<SimDevice>> =
+        (1..=4).map(|i| sim(&host, "capped", 1e11 * i as f64, cap, i)).collect();
+    let mut replicas = Vec::new();
+    for pair in chips.chunks(2) {
+        let model = Gpt::new(&ParamStore::new(&host, SEED), config())?;
+        let stages = layout.iter().cloned().zip(pair.iter().map(candidate)).collect();
+        let plan = PipelinePlan::manual(&costs, stages, 2, 1)?;
+        replicas.push(Pipeline::new(model, plan, sgd)?);
+    }
+    let mut replicas = manychips::train::pipeline::PipelineReplicas::new(replicas)?;
+    let mut losses = Vec::new();
+    for _ in 0..STEPS {
+        let report = replicas.step(BATCH, input, |y, rows, _| loss(y, rows))?;
+        assert_eq!(report.rows.iter().map(|r| r.len()).sum::<usize>(), BATCH);
+        assert!(report.rows.iter().all(|r| r.len() >= 2), "{:?}", report.rows);
+        losses.push(report.loss);
+    }
+    println!("rows {:?}", replicas.split(BATCH)?);
+    let first = named_values(&replicas.replicas()[0].params())?;
+    let second = named_values(&replicas.replicas()[1].params())?;
+    assert_eq!(first, second, "the replicas hold the same parameters");
+    assert_close(&want, &(losses, first), "two replicas");
+    Ok(())
+}

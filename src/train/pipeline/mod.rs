@@ -22,6 +22,7 @@ mod cost;
 mod plan;
 #[cfg(feature = "mpi")]
 mod ranks;
+mod replica_plan;
 mod replicas;
 mod run;
 mod schedule;
@@ -34,7 +35,8 @@ pub use cost::{LayerCost, TransformerShape, profile_layers};
 pub use plan::{Candidate, PipelinePlan, StageMemory, StagePlan};
 #[cfg(feature = "mpi")]
 pub use ranks::RankPipeline;
-pub use replicas::ReplicaPlan;
+pub use replica_plan::ReplicaPlan;
+pub use replicas::{PipelineReplicas, ReplicasReport};
 pub use run::{Pipeline, PipelineReport};
 pub use schedule::{Work, in_flight, one_f_one_b};
 pub use simulate::{Played, play};

@@ -1,241 +1,178 @@
-//! Fleets larger than one pipeline: the chips dealt into data-parallel replicas, each
-//! replica a pipeline planned over its own chips, the step's micro-batches shared among
-//! the replicas by their speed, and the gradients all-reduced across them.
+//! Data parallelism across pipelines: several pipelines of one model (each with its own
+//! devices and its own cut), the batch's rows shared among them by their speed, their
+//! gradients added, and the first pipeline's optimizers updating a master copy that the
+//! others copy before the next step, as `DataParallel` does for whole replicas. This is
+//! what lets more devices than a model has layers take part, and what [`ReplicaPlan`]
+//! plans at fleet scale.
 //!
-//! Chips are sorted by speed and dealt in a snake (1, 2, …, R, R, …, 2, 1, …), so every
-//! replica gets a like mix of fast and slow chips and its own stages can balance them.
-//! Every replica count from one up to the micro-batches (on a geometric grid) is tried;
-//! the plan with the shortest simulated step wins.
+//! [`ReplicaPlan`]: super::ReplicaPlan
 
-use std::fmt::Write as _;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Instant;
 
-use super::cost::LayerCost;
-use super::plan::{Candidate, PipelinePlan};
-use super::simulate::play;
+use super::run::{Pipeline, PipelineReport};
+use super::stage::{InputFn, LossFn};
+use super::{Layered, Var};
 use crate::plan::proportional;
-use crate::{Error, Result};
+use crate::train::parallel::{panic_message, ranges};
+use crate::train::{Grads, Param};
+use crate::{DeviceRef, Error, Result};
 
-/// Data-parallel replicas of pipelines over one fleet.
+/// Pipelines of one model trained as one.
+pub struct PipelineReplicas<M> {
+    replicas: Vec<Pipeline<M>>,
+}
+
+/// What one step of the replicas did.
 #[derive(Clone, Debug)]
-pub struct ReplicaPlan {
-    /// Each replica's pipeline, with its share of the micro-batches.
-    pub replicas: Vec<PipelinePlan>,
-    /// Predicted seconds of the gradients' all-reduce across the replicas, after the last
-    /// backward pass (a ring per stage, at the slowest link it crosses).
-    pub all_reduce_s: f64,
+pub struct ReplicasReport {
+    /// The batch's mean loss.
+    pub loss: f64,
+    /// Each replica's rows of the batch.
+    pub rows: Vec<Range<usize>>,
+    /// The first replica's report: its stages' times, the gradients' norm.
+    pub first: PipelineReport,
 }
 
-impl ReplicaPlan {
-    /// The best plan of `costs` over `chips` for a step of `micro_batches`, or an `Err`
-    /// when no replica count fits the chips' memory.
-    pub fn search(
-        costs: &[LayerCost],
-        chips: &[Candidate],
-        micro_batches: usize,
-        optimizer_slots: usize,
-    ) -> Result<ReplicaPlan> {
-        let mut best: Option<ReplicaPlan> = None;
-        let mut first_error = None;
-        for count in replica_counts(chips.len().min(micro_batches)) {
-            for dealing in [Dealing::Mixed, Dealing::BySpeed] {
-                let groups = deal(chips, count, dealing);
-                match ReplicaPlan::over(costs, &groups, micro_batches, optimizer_slots) {
-                    Ok(plan) => {
-                        if best.as_ref().is_none_or(|b| plan.step_s() < b.step_s()) {
-                            best = Some(plan);
-                        }
-                    }
-                    // One replica over every chip is the roomiest: its error says why
-                    // nothing fits.
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        best.ok_or_else(|| {
-            first_error.unwrap_or_else(|| Error::InvalidArgument {
-                op: "ReplicaPlan::search".into(),
-                device: "-".into(),
-                detail: "no chips, or no micro-batches".into(),
-            })
-        })
-    }
-
-    /// The plan with exactly `count` replicas, each a like mix of fast and slow chips.
-    pub fn with_replicas(
-        costs: &[LayerCost],
-        chips: &[Candidate],
-        count: usize,
-        micro_batches: usize,
-        optimizer_slots: usize,
-    ) -> Result<ReplicaPlan> {
-        if count == 0 || chips.is_empty() {
-            return Err(Error::InvalidArgument {
-                op: "ReplicaPlan::with_replicas".into(),
-                device: "-".into(),
-                detail: format!("{count} replicas of {} chips", chips.len()),
-            });
-        }
-        ReplicaPlan::over(
-            costs,
-            &deal(chips, count, Dealing::Mixed),
-            micro_batches,
-            optimizer_slots,
-        )
-    }
-
-    /// One replica per group of chips.
-    fn over(
-        costs: &[LayerCost],
-        groups: &[Vec<Candidate>],
-        micro_batches: usize,
-        optimizer_slots: usize,
-    ) -> Result<ReplicaPlan> {
-        let count = groups.len();
-        if count == 0 {
-            return Err(Error::InvalidArgument {
-                op: "ReplicaPlan".into(),
-                device: "-".into(),
-                detail: "no chips".into(),
-            });
-        }
-        // Planned for the whole step's micro-batches: the most any replica could hold in
-        // flight, so each plan's memory holds whatever share it gets.
-        let replicas = groups
-            .iter()
-            .map(|group| PipelinePlan::search(costs, group, micro_batches, optimizer_slots))
-            .collect::<Result<Vec<_>>>()?;
-        // Shares by throughput: a replica's steady state is one micro-batch per its
-        // slowest stage.
-        let rates: Vec<f64> = replicas.iter().map(|r| 1.0 / slowest_stage(r)).collect();
-        let shares = proportional(&rates, micro_batches).unwrap_or_else(|| {
-            let mut even = vec![micro_batches / count; count];
-            even[0] += micro_batches % count;
-            even
-        });
-        // Each replica priced again for its own share: fewer micro-batches in flight may
-        // fit without recomputing. A replica with no share has no part in the step.
-        let mut shared = Vec::with_capacity(count);
-        for ((replica, share), group) in replicas.into_iter().zip(shares).zip(groups) {
-            if share == 0 {
-                continue;
-            }
-            let stages = replica
-                .stages
-                .iter()
-                .map(|s| {
-                    let id = s.device.info().id;
-                    let chip = group.iter().find(|c| c.device.info().id == id)?;
-                    Some((s.layers.clone(), chip.clone()))
-                })
-                .collect::<Option<Vec<_>>>();
-            let repriced = stages.and_then(|stages| {
-                PipelinePlan::manual(costs, stages, share, optimizer_slots).ok()
-            });
-            shared.push(repriced.unwrap_or_else(|| {
-                let mut replica = replica;
-                replica.micro_batches = share;
-                replica
-            }));
-        }
-        let replicas = shared;
-        let all_reduce_s = all_reduce_s(&replicas);
-        Ok(ReplicaPlan { replicas, all_reduce_s })
-    }
-
-    /// Predicted seconds of one step: the slowest replica's simulated pipeline, then the
-    /// all-reduce.
-    pub fn step_s(&self) -> f64 {
-        self.replicas.iter().map(|r| play(r).makespan).fold(0.0, f64::max) + self.all_reduce_s
-    }
-
-    /// A line per replica: its stages (layers per stage, devices), micro-batches and time.
-    pub fn explain(&self) -> String {
-        let mut out = format!(
-            "{} replicas, all-reduce {:.1} ms, step {:.1} ms\n",
-            self.replicas.len(),
-            self.all_reduce_s * 1e3,
-            self.step_s() * 1e3
-        );
-        for (r, replica) in self.replicas.iter().enumerate() {
-            let cut: Vec<String> = replica
-                .stages
-                .iter()
-                .map(|s| format!("{}{}", s.layers.len(), if s.recompute { "rc" } else { "" }))
-                .collect();
-            let played = play(replica);
-            let _ = writeln!(
-                out,
-                "replica {r}: {} stages [{}], {} micro-batches, {:.1} ms, bubble {:.1}%",
-                replica.stages.len(),
-                cut.join(" "),
-                replica.micro_batches,
-                played.makespan * 1e3,
-                played.bubble() * 100.0
-            );
-        }
-        out
-    }
-}
-
-/// Replica counts worth trying up to `max`: every count to 8, then about a fifth apart.
-fn replica_counts(max: usize) -> Vec<usize> {
-    let mut counts: Vec<usize> = (1..=max.min(8)).collect();
-    let mut c = 8.0f64;
-    while (c as usize) < max {
-        c *= 1.2;
-        counts.push((c as usize).min(max));
-    }
-    counts.dedup();
-    counts
-}
-
-/// How chips are dealt into replicas.
-#[derive(Clone, Copy, Debug)]
-enum Dealing {
-    /// Fastest first, in a snake: every replica a like mix, balanced by its stages.
-    Mixed,
-    /// Fastest first, in runs: every replica of like chips (its stages even), the replicas
-    /// unlike (balanced by their shares of the micro-batches).
-    BySpeed,
-}
-
-/// `chips` sorted fastest first and dealt into `count` groups.
-fn deal(chips: &[Candidate], count: usize, dealing: Dealing) -> Vec<Vec<Candidate>> {
-    let rate = |c: &Candidate| c.profile.peak_matmul_rate();
-    let mut sorted: Vec<&Candidate> = chips.iter().collect();
-    sorted.sort_by(|a, b| rate(b).total_cmp(&rate(a)));
-    let mut groups = vec![Vec::new(); count];
-    let per = chips.len().div_ceil(count.max(1));
-    for (i, chip) in sorted.into_iter().enumerate() {
-        let group = match dealing {
-            Dealing::Mixed if (i / count).is_multiple_of(2) => i % count,
-            Dealing::Mixed => count - 1 - i % count,
-            Dealing::BySpeed => (i / per).min(count - 1),
+impl<M: Layered> PipelineReplicas<M> {
+    /// Replicas of one model: each built from the same parameters (the same seed, or a
+    /// restored checkpoint), each on its own devices. The first holds the master copy and
+    /// the optimizer state that counts.
+    pub fn new(replicas: Vec<Pipeline<M>>) -> Result<PipelineReplicas<M>> {
+        let names = |p: &Pipeline<M>| {
+            let mut names: Vec<String> = p.params().iter().map(|p| p.name().to_string()).collect();
+            names.sort();
+            names
         };
-        groups[group].push(chip.clone());
+        let Some(first) = replicas.first() else {
+            return Err(Error::InvalidArgument {
+                op: "PipelineReplicas::new".into(),
+                device: "-".into(),
+                detail: "no replicas".into(),
+            });
+        };
+        let want = names(first);
+        if let Some(other) = replicas.iter().position(|r| names(r) != want) {
+            return Err(Error::InvalidArgument {
+                op: "PipelineReplicas::new".into(),
+                device: replicas[other].input_device().info().label(),
+                detail: format!("replica {other} has other parameters than replica 0"),
+            });
+        }
+        Ok(PipelineReplicas { replicas })
     }
-    groups.retain(|g| !g.is_empty());
-    groups
-}
 
-fn slowest_stage(plan: &PipelinePlan) -> f64 {
-    plan.stages.iter().map(|s| s.time()).fold(0.0, f64::max)
-}
-
-/// A ring all-reduce of every layer's gradient among the replicas' stages that hold it:
-/// each chip sends and receives `2(R − 1)/R` of its stage's gradient bytes over its link,
-/// all chips at once; the step waits for the slowest.
-fn all_reduce_s(replicas: &[PipelinePlan]) -> f64 {
-    let count = replicas.len();
-    if count < 2 {
-        return 0.0;
+    pub fn replicas(&self) -> &[Pipeline<M>] {
+        &self.replicas
     }
-    let factor = 2.0 * (count - 1) as f64 / count as f64;
-    replicas
-        .iter()
-        .flat_map(|r| &r.stages)
-        .map(|s| factor * s.memory.grads as f64 / s.link_bytes_per_s)
-        .fold(0.0, f64::max)
+
+    /// Each replica's rows of a batch of `batch`: in proportion to its throughput (one
+    /// micro-batch per its slowest stage's time, as planned), at least its micro-batches.
+    pub fn split(&self, batch: usize) -> Result<Vec<Range<usize>>> {
+        let rates: Vec<f64> = self
+            .replicas
+            .iter()
+            .map(|r| {
+                let slowest = r.plan().stages.iter().map(|s| s.time()).fold(0.0, f64::max);
+                if slowest > 0.0 { 1.0 / slowest } else { 1.0 }
+            })
+            .collect();
+        let mut shares = proportional(&rates, batch).unwrap_or_else(|| vec![0; rates.len()]);
+        // Every replica takes at least its micro-batches, from the largest share.
+        for i in 0..shares.len() {
+            let need = self.replicas[i].plan().micro_batches;
+            while shares[i] < need {
+                let Some(donor) = (0..shares.len())
+                    .filter(|&j| j != i && shares[j] > self.replicas[j].plan().micro_batches)
+                    .max_by_key(|&j| shares[j])
+                else {
+                    return Err(Error::InvalidArgument {
+                        op: "PipelineReplicas::step".into(),
+                        device: self.replicas[i].input_device().info().label(),
+                        detail: format!(
+                            "a batch of {batch} rows cannot give every replica its micro-batches"
+                        ),
+                    });
+                };
+                shares[donor] -= 1;
+                shares[i] += 1;
+            }
+        }
+        Ok(ranges(&shares, 0))
+    }
+
+    /// One step over a batch of `batch` rows, as [`Pipeline::step`]: each replica runs its
+    /// rows on its own thread, the gradients are added in replica order on the first
+    /// replica's devices, its optimizers update the master copy, and the others copy it.
+    pub fn step<I, L>(&mut self, batch: usize, input: I, loss: L) -> Result<ReplicasReport>
+    where
+        I: Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync,
+        L: Fn(&Var, Range<usize>, &DeviceRef) -> Result<Var> + Sync,
+        M: Send,
+    {
+        let started = Instant::now();
+        let rows = self.split(batch)?;
+        let (input, loss): (InputFn<'_>, LossFn<'_>) = (&input, &loss);
+        let outcomes: Vec<std::thread::Result<Result<(Grads, f64)>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter_mut()
+                .zip(&rows)
+                .map(|(replica, rows)| {
+                    let rows = rows.clone();
+                    s.spawn(move || replica.gradients(rows, batch, input, loss))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut parts = Vec::with_capacity(outcomes.len());
+        for (r, outcome) in outcomes.into_iter().enumerate() {
+            let part = outcome.unwrap_or_else(|panic| {
+                Err(Error::Panicked {
+                    op: format!("PipelineReplicas::step, replica {r}"),
+                    detail: panic_message(panic.as_ref()),
+                })
+            })?;
+            parts.push(part);
+        }
+        let loss: f64 = parts.iter().map(|(_, l)| l).sum();
+        let mut grads = self.sum(parts.into_iter().map(|(g, _)| g).collect())?;
+        let Some((first, others)) = self.replicas.split_first_mut() else {
+            return Err(Error::InvalidArgument {
+                op: "PipelineReplicas::step".into(),
+                device: "-".into(),
+                detail: "no replicas".into(),
+            });
+        };
+        let grad_norm = first.update(&mut grads)?;
+        let master: HashMap<String, Param> =
+            first.params().into_iter().map(|p| (p.name().to_string(), p)).collect();
+        for replica in others {
+            for param in replica.params() {
+                let value = master[param.name()].value();
+                param.set(value.to_device(param.value().device())?)?;
+            }
+            replica.advance();
+        }
+        let first = first.report(loss, grad_norm, started);
+        Ok(ReplicasReport { loss, rows, first })
+    }
+
+    /// Every replica's gradients added, by parameter name, in replica order, on the first
+    /// replica's devices, under the first replica's ids.
+    fn sum(&self, parts: Vec<Grads>) -> Result<Grads> {
+        let mut parts = parts.into_iter();
+        let mut total = parts.next().unwrap_or_default();
+        let first: HashMap<String, Param> =
+            self.replicas[0].params().into_iter().map(|p| (p.name().to_string(), p)).collect();
+        for (part, replica) in parts.zip(&self.replicas[1..]) {
+            for param in replica.params() {
+                let Some(g) = part.get(param.id()) else { continue };
+                let target = &first[param.name()];
+                total.add(target.id(), g.to_device(target.value().device())?)?;
+            }
+        }
+        Ok(total)
+    }
 }

@@ -8,7 +8,9 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::plan::{Candidate, PipelinePlan};
-use super::stage::{Inbox, Message, Outbox, Shared, StageJob, StageOutcome, Stop, even_shares};
+use super::stage::{
+    Inbox, InputFn, LossFn, Message, Outbox, Shared, StageJob, StageOutcome, Stop, even_shares,
+};
 use super::{Layered, Var};
 use crate::fleet::{FleetEvent, Membership, follow};
 use crate::plan::Trace;
@@ -307,6 +309,38 @@ impl<M: Layered> Pipeline<M> {
         I: Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync,
         L: Fn(&Var, Range<usize>, &DeviceRef) -> Result<Var> + Sync,
     {
+        let started = Instant::now();
+        let (mut grads, loss) = self.gradients(0..batch, batch, &input, &loss)?;
+        let grad_norm = self.update(&mut grads)?;
+        Ok(self.report(loss, grad_norm, started))
+    }
+
+    /// A step's report: its loss and norm, the stages' learned times, the time since
+    /// `started`.
+    pub(super) fn report(
+        &self,
+        loss: f64,
+        grad_norm: Option<f64>,
+        started: Instant,
+    ) -> PipelineReport {
+        PipelineReport {
+            loss,
+            stage_s: self.stages.iter().map(|s| s.measured.unwrap_or(0.0)).collect(),
+            grad_norm,
+            wall: started.elapsed(),
+        }
+    }
+
+    /// The first half of a step: rows `rows` of a batch of `batch` through the stages,
+    /// their gradients (their losses summed, over `batch`) accumulated over the plan's
+    /// micro-batches, and the rows' part of the batch's mean loss. Nothing is updated.
+    pub(super) fn gradients(
+        &mut self,
+        rows: Range<usize>,
+        batch: usize,
+        input: InputFn<'_>,
+        loss: LossFn<'_>,
+    ) -> Result<(Grads, f64)> {
         if let Some(membership) = &self.membership
             && let Some((label, why)) = self
                 .stages
@@ -319,15 +353,16 @@ impl<M: Layered> Pipeline<M> {
             });
         }
         let micro_batches = self.plan.micro_batches;
-        if batch < micro_batches {
+        if rows.len() < micro_batches || rows.end > batch {
             return Err(invalid(
                 "Pipeline::step",
                 &self.stages[0].label,
-                format!("a batch of {batch} rows cannot make {micro_batches} micro-batches"),
+                format!(
+                    "rows {rows:?} of a batch of {batch} cannot make {micro_batches} micro-batches"
+                ),
             ));
         }
-        let rows = ranges(&even_shares(batch, micro_batches), 0);
-        let started = Instant::now();
+        let rows = ranges(&even_shares(rows.len(), micro_batches), rows.start);
         let count = self.stages.len();
         // Channel s carries activations from stage s to s + 1 and gradients back.
         let (act_tx, mut act_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
@@ -353,7 +388,7 @@ impl<M: Layered> Pipeline<M> {
             .collect();
         drop((act_tx, grad_tx));
         let (model, step) = (&self.model, self.step);
-        let shared = Shared { model, input: &input, loss: &loss, rows: &rows, batch, step };
+        let shared = Shared { model, input, loss, rows: &rows, batch, step };
         let outcomes: Vec<std::thread::Result<std::result::Result<StageOutcome, Stop>>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = jobs
@@ -405,20 +440,27 @@ impl<M: Layered> Pipeline<M> {
         // Added on the host in f64, in micro-batch order: the micro-batches' losses are
         // computed by then, and the sum does not round away their last bits.
         let loss = losses.iter().map(|l| Ok(l.to_f64_vec()?[0])).sum::<Result<f64>>()?;
+        Ok((grads, loss))
+    }
+
+    /// The second half: clipping (when set) and every stage's optimizer step. Returns the
+    /// gradients' norm before clipping, when clipping is on.
+    pub(super) fn update(&mut self, grads: &mut Grads) -> Result<Option<f64>> {
         let grad_norm = match self.max_grad_norm {
-            Some(max) => Some(clip_grad_norm(&self.params(), &mut grads, max)?),
+            Some(max) => Some(clip_grad_norm(&self.params(), grads, max)?),
             None => None,
         };
         for stage in &mut self.stages {
-            stage.optimizer.step(&grads)?;
+            stage.optimizer.step(grads)?;
         }
         self.step += 1;
-        Ok(PipelineReport {
-            loss,
-            stage_s: self.stages.iter().map(|s| s.measured.unwrap_or(0.0)).collect(),
-            grad_norm,
-            wall: started.elapsed(),
-        })
+        Ok(grad_norm)
+    }
+
+    /// Counts a step this pipeline took part in but did not update (a replica whose
+    /// parameters another replica's optimizers updated).
+    pub(super) fn advance(&mut self) {
+        self.step += 1;
     }
 }
 

@@ -1,0 +1,241 @@
+//! Fleets larger than one pipeline: the chips dealt into data-parallel replicas, each
+//! replica a pipeline planned over its own chips, the step's micro-batches shared among
+//! the replicas by their speed, and the gradients all-reduced across them.
+//!
+//! Chips are sorted by speed and dealt in a snake (1, 2, …, R, R, …, 2, 1, …), so every
+//! replica gets a like mix of fast and slow chips and its own stages can balance them.
+//! Every replica count from one up to the micro-batches (on a geometric grid) is tried;
+//! the plan with the shortest simulated step wins.
+
+use std::fmt::Write as _;
+
+use super::cost::LayerCost;
+use super::plan::{Candidate, PipelinePlan};
+use super::simulate::play;
+use crate::plan::proportional;
+use crate::{Error, Result};
+
+/// Data-parallel replicas of pipelines over one fleet.
+#[derive(Clone, Debug)]
+pub struct ReplicaPlan {
+    /// Each replica's pipeline, with its share of the micro-batches.
+    pub replicas: Vec<PipelinePlan>,
+    /// Predicted seconds of the gradients' all-reduce across the replicas, after the last
+    /// backward pass (a ring per stage, at the slowest link it crosses).
+    pub all_reduce_s: f64,
+}
+
+impl ReplicaPlan {
+    /// The best plan of `costs` over `chips` for a step of `micro_batches`, or an `Err`
+    /// when no replica count fits the chips' memory.
+    pub fn search(
+        costs: &[LayerCost],
+        chips: &[Candidate],
+        micro_batches: usize,
+        optimizer_slots: usize,
+    ) -> Result<ReplicaPlan> {
+        let mut best: Option<ReplicaPlan> = None;
+        let mut first_error = None;
+        for count in replica_counts(chips.len().min(micro_batches)) {
+            for dealing in [Dealing::Mixed, Dealing::BySpeed] {
+                let groups = deal(chips, count, dealing);
+                match ReplicaPlan::over(costs, &groups, micro_batches, optimizer_slots) {
+                    Ok(plan) => {
+                        if best.as_ref().is_none_or(|b| plan.step_s() < b.step_s()) {
+                            best = Some(plan);
+                        }
+                    }
+                    // One replica over every chip is the roomiest: its error says why
+                    // nothing fits.
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        best.ok_or_else(|| {
+            first_error.unwrap_or_else(|| Error::InvalidArgument {
+                op: "ReplicaPlan::search".into(),
+                device: "-".into(),
+                detail: "no chips, or no micro-batches".into(),
+            })
+        })
+    }
+
+    /// The plan with exactly `count` replicas, each a like mix of fast and slow chips.
+    pub fn with_replicas(
+        costs: &[LayerCost],
+        chips: &[Candidate],
+        count: usize,
+        micro_batches: usize,
+        optimizer_slots: usize,
+    ) -> Result<ReplicaPlan> {
+        if count == 0 || chips.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "ReplicaPlan::with_replicas".into(),
+                device: "-".into(),
+                detail: format!("{count} replicas of {} chips", chips.len()),
+            });
+        }
+        ReplicaPlan::over(
+            costs,
+            &deal(chips, count, Dealing::Mixed),
+            micro_batches,
+            optimizer_slots,
+        )
+    }
+
+    /// One replica per group of chips.
+    fn over(
+        costs: &[LayerCost],
+        groups: &[Vec<Candidate>],
+        micro_batches: usize,
+        optimizer_slots: usize,
+    ) -> Result<ReplicaPlan> {
+        let count = groups.len();
+        if count == 0 {
+            return Err(Error::InvalidArgument {
+                op: "ReplicaPlan".into(),
+                device: "-".into(),
+                detail: "no chips".into(),
+            });
+        }
+        // Planned for the whole step's micro-batches: the most any replica could hold in
+        // flight, so each plan's memory holds whatever share it gets.
+        let replicas = groups
+            .iter()
+            .map(|group| PipelinePlan::search(costs, group, micro_batches, optimizer_slots))
+            .collect::<Result<Vec<_>>>()?;
+        // Shares by throughput: a replica's steady state is one micro-batch per its
+        // slowest stage.
+        let rates: Vec<f64> = replicas.iter().map(|r| 1.0 / slowest_stage(r)).collect();
+        let shares = proportional(&rates, micro_batches).unwrap_or_else(|| {
+            let mut even = vec![micro_batches / count; count];
+            even[0] += micro_batches % count;
+            even
+        });
+        // Each replica priced again for its own share: fewer micro-batches in flight may
+        // fit without recomputing. A replica with no share has no part in the step.
+        let mut shared = Vec::with_capacity(count);
+        for ((replica, share), group) in replicas.into_iter().zip(shares).zip(groups) {
+            if share == 0 {
+                continue;
+            }
+            let stages = replica
+                .stages
+                .iter()
+                .map(|s| {
+                    let id = s.device.info().id;
+                    let chip = group.iter().find(|c| c.device.info().id == id)?;
+                    Some((s.layers.clone(), chip.clone()))
+                })
+                .collect::<Option<Vec<_>>>();
+            let repriced = stages.and_then(|stages| {
+                PipelinePlan::manual(costs, stages, share, optimizer_slots).ok()
+            });
+            shared.push(repriced.unwrap_or_else(|| {
+                let mut replica = replica;
+                replica.micro_batches = share;
+                replica
+            }));
+        }
+        let replicas = shared;
+        let all_reduce_s = all_reduce_s(&replicas);
+        Ok(ReplicaPlan { replicas, all_reduce_s })
+    }
+
+    /// Predicted seconds of one step: the slowest replica's simulated pipeline, then the
+    /// all-reduce.
+    pub fn step_s(&self) -> f64 {
+        self.replicas.iter().map(|r| play(r).makespan).fold(0.0, f64::max) + self.all_reduce_s
+    }
+
+    /// A line per replica: its stages (layers per stage, devices), micro-batches and time.
+    pub fn explain(&self) -> String {
+        let mut out = format!(
+            "{} replicas, all-reduce {:.1} ms, step {:.1} ms\n",
+            self.replicas.len(),
+            self.all_reduce_s * 1e3,
+            self.step_s() * 1e3
+        );
+        for (r, replica) in self.replicas.iter().enumerate() {
+            let cut: Vec<String> = replica
+                .stages
+                .iter()
+                .map(|s| format!("{}{}", s.layers.len(), if s.recompute { "rc" } else { "" }))
+                .collect();
+            let played = play(replica);
+            let _ = writeln!(
+                out,
+                "replica {r}: {} stages [{}], {} micro-batches, {:.1} ms, bubble {:.1}%",
+                replica.stages.len(),
+                cut.join(" "),
+                replica.micro_batches,
+                played.makespan * 1e3,
+                played.bubble() * 100.0
+            );
+        }
+        out
+    }
+}
+
+/// Replica counts worth trying up to `max`: every count to 8, then about a fifth apart.
+fn replica_counts(max: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = (1..=max.min(8)).collect();
+    let mut c = 8.0f64;
+    while (c as usize) < max {
+        c *= 1.2;
+        counts.push((c as usize).min(max));
+    }
+    counts.dedup();
+    counts
+}
+
+/// How chips are dealt into replicas.
+#[derive(Clone, Copy, Debug)]
+enum Dealing {
+    /// Fastest first, in a snake: every replica a like mix, balanced by its stages.
+    Mixed,
+    /// Fastest first, in runs: every replica of like chips (its stages even), the replicas
+    /// unlike (balanced by their shares of the micro-batches).
+    BySpeed,
+}
+
+/// `chips` sorted fastest first and dealt into `count` groups.
+fn deal(chips: &[Candidate], count: usize, dealing: Dealing) -> Vec<Vec<Candidate>> {
+    let rate = |c: &Candidate| c.profile.peak_matmul_rate();
+    let mut sorted: Vec<&Candidate> = chips.iter().collect();
+    sorted.sort_by(|a, b| rate(b).total_cmp(&rate(a)));
+    let mut groups = vec![Vec::new(); count];
+    let per = chips.len().div_ceil(count.max(1));
+    for (i, chip) in sorted.into_iter().enumerate() {
+        let group = match dealing {
+            Dealing::Mixed if (i / count).is_multiple_of(2) => i % count,
+            Dealing::Mixed => count - 1 - i % count,
+            Dealing::BySpeed => (i / per).min(count - 1),
+        };
+        groups[group].push(chip.clone());
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+fn slowest_stage(plan: &PipelinePlan) -> f64 {
+    plan.stages.iter().map(|s| s.time()).fold(0.0, f64::max)
+}
+
+/// A ring all-reduce of every layer's gradient among the replicas' stages that hold it:
+/// each chip sends and receives `2(R − 1)/R` of its stage's gradient bytes over its link,
+/// all chips at once; the step waits for the slowest.
+fn all_reduce_s(replicas: &[PipelinePlan]) -> f64 {
+    let count = replicas.len();
+    if count < 2 {
+        return 0.0;
+    }
+    let factor = 2.0 * (count - 1) as f64 / count as f64;
+    replicas
+        .iter()
+        .flat_map(|r| &r.stages)
+        .map(|s| factor * s.memory.grads as f64 / s.link_bytes_per_s)
+        .fold(0.0, f64::max)
+}
