@@ -730,3 +730,48 @@ fn two_replicas_of_a_pipeline_train_like_one_device() -> Result<()> {
     assert_close(&want, &(losses, first), "two replicas");
     Ok(())
 }
+
+/// Two replicas with the optimizer state sharded between them (ZeRO stage 1) give the
+/// unsharded numbers bit for bit under AdamW, each replica keeping only its shard's
+/// moments, and their checkpoint holds every moment once.
+#[test]
+fn sharding_the_optimizer_state_over_replicas_changes_nothing_but_where_it_lives() -> Result<()> {
+    let host = cpu();
+    let (_, costs) = model_and_costs(&host)?;
+    let layout = [0..2, 2..5];
+    let run = |sharded: bool| -> Result<(Trained, Vec<usize>, usize)> {
+        let chips: Vec<Arc<SimDevice>> =
+            (1..=4).map(|i| sim(&host, "big", 1e11, 1 << 30, i)).collect();
+        let mut replicas = Vec::new();
+        for pair in chips.chunks(2) {
+            let model = Gpt::new(&ParamStore::new(&host, SEED), config())?;
+            let stages = layout.iter().cloned().zip(pair.iter().map(candidate)).collect();
+            replicas.push(Pipeline::new(
+                model,
+                PipelinePlan::manual(&costs, stages, 2, 2)?,
+                adamw,
+            )?);
+        }
+        let mut replicas = manychips::train::pipeline::PipelineReplicas::new(replicas)?;
+        replicas.shard_optimizer_state(sharded);
+        let losses = (0..STEPS)
+            .map(|_| Ok(replicas.step(BATCH, input, |y, rows, _| loss(y, rows))?.loss))
+            .collect::<Result<Vec<f64>>>()?;
+        let kept: Vec<usize> = replicas
+            .replicas()
+            .iter()
+            .map(|r| Ok(r.snapshot(serde_json::Value::Null)?.optimizer.len()))
+            .collect::<Result<_>>()?;
+        let saved = replicas.snapshot(serde_json::Value::Null)?.optimizer.len();
+        Ok(((losses, named_values(&replicas.replicas()[1].params())?), kept, saved))
+    };
+    let (whole, kept_whole, saved_whole) = run(false)?;
+    let (sharded, kept_sharded, saved_sharded) = run(true)?;
+    assert_identical(&whole, &sharded);
+    // Two moments for each of the 41 parameters: all on replica 0, or split.
+    assert_eq!(kept_whole, vec![82, 0]);
+    assert_eq!(kept_sharded.iter().sum::<usize>(), 82);
+    assert!(kept_sharded.iter().all(|&k| k > 0 && k < 82), "{kept_sharded:?}");
+    assert_eq!((saved_whole, saved_sharded), (82, 82));
+    Ok(())
+}

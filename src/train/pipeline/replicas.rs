@@ -15,6 +15,7 @@ use super::run::{Pipeline, PipelineReport};
 use super::stage::{InputFn, LossFn};
 use super::{Layered, Var};
 use crate::plan::proportional;
+use crate::train::checkpoint::Snapshot;
 use crate::train::parallel::{panic_message, ranges};
 use crate::train::{Grads, Param};
 use crate::{DeviceRef, Error, Result};
@@ -22,6 +23,9 @@ use crate::{DeviceRef, Error, Result};
 /// Pipelines of one model trained as one.
 pub struct PipelineReplicas<M> {
     replicas: Vec<Pipeline<M>>,
+    /// Per parameter name, the replica whose optimizers update it and keep its state,
+    /// when the optimizer state is sharded (ZeRO stage 1).
+    owners: Option<HashMap<String, usize>>,
 }
 
 /// What one step of the replicas did.
@@ -60,7 +64,40 @@ impl<M: Layered> PipelineReplicas<M> {
                 detail: format!("replica {other} has other parameters than replica 0"),
             });
         }
-        Ok(PipelineReplicas { replicas })
+        Ok(PipelineReplicas { replicas, owners: None })
+    }
+
+    /// Shards the optimizer state over the replicas (ZeRO stage 1): each parameter is
+    /// updated by one replica, which alone keeps its optimizer state (the parameters are
+    /// dealt largest first to the replica holding the fewest bytes), and the others copy
+    /// the new value. The updates are the unsharded ones: every replica's optimizers see
+    /// the same summed, clipped gradients. Off by default (replica 0 keeps all state).
+    pub fn shard_optimizer_state(&mut self, on: bool) {
+        self.owners = on.then(|| {
+            let mut params = self.replicas[0].params();
+            params.sort_by(|a, b| b.bytes().cmp(&a.bytes()).then_with(|| a.name().cmp(b.name())));
+            let mut load = vec![0usize; self.replicas.len()];
+            params
+                .iter()
+                .map(|p| {
+                    let owner = (0..load.len()).min_by_key(|&r| load[r]).unwrap_or(0);
+                    load[owner] += p.bytes();
+                    (p.name().to_string(), owner)
+                })
+                .collect()
+        });
+    }
+
+    /// Every parameter (from the first replica) and all optimizer state (from whichever
+    /// replica keeps it), by name: a checkpoint of the replicas.
+    pub fn snapshot(&self, state: serde_json::Value) -> Result<Snapshot> {
+        let mut snapshot = self.replicas[0].snapshot(state)?;
+        if self.owners.is_some() {
+            for replica in &self.replicas[1..] {
+                snapshot.optimizer.extend(replica.snapshot(serde_json::Value::Null)?.optimizer);
+            }
+        }
+        Ok(snapshot)
     }
 
     pub fn replicas(&self) -> &[Pipeline<M>] {
@@ -138,24 +175,38 @@ impl<M: Layered> PipelineReplicas<M> {
         }
         let loss: f64 = parts.iter().map(|(_, l)| l).sum();
         let mut grads = self.sum(parts.into_iter().map(|(g, _)| g).collect())?;
-        let Some((first, others)) = self.replicas.split_first_mut() else {
-            return Err(Error::InvalidArgument {
-                op: "PipelineReplicas::step".into(),
-                device: "-".into(),
-                detail: "no replicas".into(),
-            });
-        };
-        let grad_norm = first.update(&mut grads)?;
-        let master: HashMap<String, Param> =
-            first.params().into_iter().map(|p| (p.name().to_string(), p)).collect();
-        for replica in others {
-            for param in replica.params() {
-                let value = master[param.name()].value();
-                param.set(value.to_device(param.value().device())?)?;
+        let grad_norm = self.replicas[0].clip(&mut grads)?;
+        match &self.owners {
+            None => self.replicas[0].step_optimizers(&grads)?,
+            Some(owners) => {
+                // Each replica steps on its shard's gradients, under its own ids.
+                let first = by_name(&self.replicas[0]);
+                for (r, replica) in self.replicas.iter_mut().enumerate() {
+                    let mut shard = Grads::default();
+                    for param in replica.params().iter().filter(|p| owners[p.name()] == r) {
+                        if let Some(g) = grads.get(first[param.name()].id()) {
+                            shard.insert(param.id(), g.to_device(param.value().device())?);
+                        }
+                    }
+                    replica.step_optimizers(&shard)?;
+                }
             }
-            replica.advance();
         }
-        let first = first.report(loss, grad_norm, started);
+        // Every replica copies each parameter from the replica that updated it.
+        let values: Vec<HashMap<String, Param>> = self.replicas.iter().map(by_name).collect();
+        for (r, replica) in self.replicas.iter_mut().enumerate() {
+            for param in replica.params() {
+                let owner = self.owners.as_ref().map_or(0, |o| o[param.name()]);
+                if owner != r {
+                    let value = values[owner][param.name()].value();
+                    param.set(value.to_device(param.value().device())?)?;
+                }
+            }
+            if self.owners.is_none() && r > 0 {
+                replica.advance();
+            }
+        }
+        let first = self.replicas[0].report(loss, grad_norm, started);
         Ok(ReplicasReport { loss, rows, first })
     }
 
@@ -175,4 +226,9 @@ impl<M: Layered> PipelineReplicas<M> {
         }
         Ok(total)
     }
+}
+
+/// A pipeline's parameters by name.
+fn by_name<M: Layered>(pipeline: &Pipeline<M>) -> HashMap<String, Param> {
+    pipeline.params().into_iter().map(|p| (p.name().to_string(), p)).collect()
 }

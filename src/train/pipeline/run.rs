@@ -446,15 +446,27 @@ impl<M: Layered> Pipeline<M> {
     /// The second half: clipping (when set) and every stage's optimizer step. Returns the
     /// gradients' norm before clipping, when clipping is on.
     pub(super) fn update(&mut self, grads: &mut Grads) -> Result<Option<f64>> {
-        let grad_norm = match self.max_grad_norm {
-            Some(max) => Some(clip_grad_norm(&self.params(), grads, max)?),
-            None => None,
-        };
+        let grad_norm = self.clip(grads)?;
+        self.step_optimizers(grads)?;
+        Ok(grad_norm)
+    }
+
+    /// Clips `grads` (over this pipeline's parameters) to the global norm, when set.
+    pub(super) fn clip(&self, grads: &mut Grads) -> Result<Option<f64>> {
+        match self.max_grad_norm {
+            Some(max) => Ok(Some(clip_grad_norm(&self.params(), grads, max)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every stage's optimizer steps on what `grads` holds for its parameters (all of
+    /// them, or a shard: a parameter with no gradient is left as it is).
+    pub(super) fn step_optimizers(&mut self, grads: &Grads) -> Result<()> {
         for stage in &mut self.stages {
             stage.optimizer.step(grads)?;
         }
         self.step += 1;
-        Ok(grad_norm)
+        Ok(())
     }
 
     /// Counts a step this pipeline took part in but did not update (a replica whose
