@@ -260,9 +260,12 @@ fn run(args: &Args) -> std::result::Result<(), String> {
     common::plot(&png, title, "validation loss (nats)", &metrics.all_rows())?;
     println!("wrote {} and {}", metrics.path().display(), png.display());
     if args.sample > 0 {
-        let text =
-            generate(job.dp().model(), &job.dp().devices()[0], &corpus, t, args.sample, args.seed)
-                .map_err(|e| e.to_string())?;
+        let (model, device) = (job.dp().model(), &job.dp().devices()[0]);
+        let text = common::generate(&corpus, t, args.sample, args.seed, |context| {
+            let ids = Tensor::from_slice(context, [1, context.len()], device)?;
+            Ok(no_grad(|| model.forward(&ids))?.tensor().clone())
+        })
+        .map_err(|e| e.to_string())?;
         println!("--- sample ---\n{text}\n--------------");
     }
     Ok(())
@@ -277,36 +280,4 @@ fn validation_loss(model: &Gpt, device: &DeviceRef, text: &[u32], t: usize) -> R
         let loss = nn::cross_entropy(&model.forward(&ids)?, &targets)?;
         Ok(loss.tensor().to_f64_vec()?[0])
     })
-}
-
-/// Samples `n` characters after a newline, temperature 0.8.
-fn generate(
-    model: &Gpt,
-    device: &DeviceRef,
-    corpus: &common::Corpus,
-    t: usize,
-    n: usize,
-    seed: u64,
-) -> Result<String> {
-    let newline = corpus.chars.binary_search(&'\n').map_or(0, |i| i as u32);
-    let mut ids = vec![newline];
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-    for _ in 0..n {
-        let context = &ids[ids.len().saturating_sub(t)..];
-        let logits =
-            no_grad(|| model.forward(&Tensor::from_slice(context, [1, context.len()], device)?))?;
-        let last = logits.tensor().narrow(0, context.len() - 1, 1)?.cast(DType::F32)?;
-        let probs = last.affine(1.0 / 0.8, 0.0)?.softmax(1)?.to_vec::<f32>()?;
-        let mut u = rng.random::<f32>();
-        let mut next = probs.len() - 1;
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                next = i;
-                break;
-            }
-            u -= p;
-        }
-        ids.push(next as u32);
-    }
-    Ok(ids[1..].iter().map(|&i| corpus.chars[i as usize]).collect())
 }

@@ -215,8 +215,11 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         println!("wrote the last step's trace to {}", path.display());
     }
     if args.sample > 0 {
-        let text =
-            generate(&pipeline, &corpus, t, args.sample, args.seed).map_err(|e| e.to_string())?;
+        let text = common::generate(&corpus, t, args.sample, args.seed, |context| {
+            let ids = Tensor::from_slice(context, [1, context.len()], pipeline.input_device())?;
+            Ok(pipeline.infer(&Var::constant(ids), &Ctx::eval())?.tensor().clone())
+        })
+        .map_err(|e| e.to_string())?;
         println!("--- sample ---\n{text}\n--------------");
     }
     Ok(())
@@ -292,35 +295,4 @@ fn validation_loss(pipeline: &Pipeline<Gpt>, text: &[u32], t: usize) -> Result<f
     let ids = Tensor::from_slice(&inputs, [starts.len(), t], pipeline.input_device())?;
     let logits = pipeline.infer(&Var::constant(ids), &Ctx::eval())?;
     Ok(nn::cross_entropy(&logits, &targets)?.tensor().to_f64_vec()?[0])
-}
-
-/// Samples `n` characters after a newline, temperature 0.8.
-fn generate(
-    pipeline: &Pipeline<Gpt>,
-    corpus: &common::Corpus,
-    t: usize,
-    n: usize,
-    seed: u64,
-) -> Result<String> {
-    let newline = corpus.chars.binary_search(&'\n').map_or(0, |i| i as u32);
-    let mut ids = vec![newline];
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
-    for _ in 0..n {
-        let context = &ids[ids.len().saturating_sub(t)..];
-        let x = Tensor::from_slice(context, [1, context.len()], pipeline.input_device())?;
-        let logits = pipeline.infer(&Var::constant(x), &Ctx::eval())?;
-        let last = logits.tensor().narrow(0, context.len() - 1, 1)?.cast(DType::F32)?;
-        let probs = last.affine(1.0 / 0.8, 0.0)?.softmax(1)?.to_vec::<f32>()?;
-        let mut u = rng.random::<f32>();
-        let mut next = probs.len() - 1;
-        for (i, p) in probs.iter().enumerate() {
-            if u < *p {
-                next = i;
-                break;
-            }
-            u -= p;
-        }
-        ids.push(next as u32);
-    }
-    Ok(ids[1..].iter().map(|&i| corpus.chars[i as usize]).collect())
 }

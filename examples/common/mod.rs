@@ -11,7 +11,7 @@ mod tempest;
 pub use checkpointing::{CheckpointArgs, Checkpointing};
 pub use job::Job;
 pub use metrics::{Metrics, Row};
-pub use tempest::{Corpus, windows};
+pub use tempest::{Corpus, generate, windows};
 
 /// The examples allocate with mimalloc rather than the system's malloc. A training step
 /// makes and drops many small objects (ops, views, autograd nodes) on the caller's thread

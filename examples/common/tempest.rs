@@ -1,5 +1,9 @@
 //! The character corpus the transformer examples learn: *The Tempest*, one class per
-//! distinct character.
+//! distinct character; and sampling text from a model of it.
+
+use manychips::{DType, Result, Tensor};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 /// The text as class ids, and the characters they stand for.
 pub struct Corpus {
@@ -47,4 +51,35 @@ pub fn windows(text: &[u32], starts: &[usize], t: usize) -> (Vec<u32>, Vec<u32>)
         targets.extend_from_slice(&text[s + 1..s + t + 1]);
     }
     (inputs, targets)
+}
+
+/// Samples `n` characters after a newline, temperature 0.8. `logits` gives a context's
+/// logits `[context, vocab]` (its last row scores the next character), wherever the model
+/// runs.
+pub fn generate(
+    corpus: &Corpus,
+    t: usize,
+    n: usize,
+    seed: u64,
+    logits: impl Fn(&[u32]) -> Result<Tensor>,
+) -> Result<String> {
+    let newline = corpus.chars.binary_search(&'\n').map_or(0, |i| i as u32);
+    let mut ids = vec![newline];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+    for _ in 0..n {
+        let context = &ids[ids.len().saturating_sub(t)..];
+        let last = logits(context)?.narrow(0, context.len() - 1, 1)?.cast(DType::F32)?;
+        let probs = last.affine(1.0 / 0.8, 0.0)?.softmax(1)?.to_vec::<f32>()?;
+        let mut u = rng.random::<f32>();
+        let mut next = probs.len() - 1;
+        for (i, p) in probs.iter().enumerate() {
+            if u < *p {
+                next = i;
+                break;
+            }
+            u -= p;
+        }
+        ids.push(next as u32);
+    }
+    Ok(ids[1..].iter().map(|&i| corpus.chars[i as usize]).collect())
 }
