@@ -121,12 +121,34 @@ fn uniform(
     Some(slowest + plan.all_reduce_s)
 }
 
+/// The same fleet planned for replicas that shard AdamW's moments among them (ZeRO-1,
+/// `PipelineReplicas::shard_optimizer_state`): replicas × stages, stages recomputing,
+/// and the share of the fluid bound.
+fn sharded_row(costs: &[LayerCost], fleet: &[Candidate], micro_batches: usize) -> String {
+    match ReplicaPlan::search_sharded(costs, fleet, micro_batches, SLOTS, true) {
+        Ok(plan) => {
+            let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
+            let recomputing =
+                plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
+            format!(
+                "{} × {}–{}, {:.0}%, {:.2}",
+                plan.replicas.len(),
+                stages.iter().min().unwrap_or(&0),
+                stages.iter().max().unwrap_or(&0),
+                100.0 * recomputing as f64 / stages.iter().sum::<usize>().max(1) as f64,
+                fluid_bound(costs, fleet, micro_batches) / plan.step_s()
+            )
+        }
+        Err(_) => "does not fit".into(),
+    }
+}
+
 fn main() {
     let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).expect("cpu"));
     println!(
-        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | planning |"
+        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | planning | with ZeRO-1: replicas × stages, recomputing, of bound |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for name in ["7B", "70B"] {
         let costs = model(name).layers();
         for n in FLEETS {
@@ -142,7 +164,8 @@ fn main() {
                         let why = e.to_string();
                         let short = why.split(": ").last().unwrap_or(&why);
                         println!(
-                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | {planning:.2} s |"
+                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | {planning:.2} s | {} |",
+                            sharded_row(&costs, &fleet, micro_batches)
                         );
                         continue;
                     }
@@ -154,13 +177,14 @@ fn main() {
                 let recomputing =
                     plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
                 println!(
-                    "| {name} | {n} | {link} Gbit/s | {} × {}–{} | {:.0}% | {:.2} | {} | {planning:.2} s |",
+                    "| {name} | {n} | {link} Gbit/s | {} × {}–{} | {:.0}% | {:.2} | {} | {planning:.2} s | {} |",
                     plan.replicas.len(),
                     stages.iter().min().unwrap_or(&0),
                     stages.iter().max().unwrap_or(&0),
                     100.0 * recomputing as f64 / stages.iter().sum::<usize>() as f64,
                     bound / step,
                     even.map_or("does not fit".into(), |even| format!("{:.2}×", even / step)),
+                    sharded_row(&costs, &fleet, micro_batches),
                 );
             }
         }

@@ -494,6 +494,20 @@ fn replicas_of_pipelines_share_a_fleet_and_its_micro_batches() -> Result<()> {
         plan.explain(),
         one.explain()
     );
+    // Sharding the optimizer state over the replicas (ZeRO-1) leaves each stage more
+    // room: never a slower plan, and less optimizer state a stage.
+    let sharded =
+        manychips::train::pipeline::ReplicaPlan::search_sharded(&costs, &chips, 48, 2, true)?;
+    println!("sharded: {}", sharded.explain());
+    assert!(sharded.step_s() <= plan.step_s() * (1.0 + 1e-9));
+    let state = |p: &manychips::train::pipeline::ReplicaPlan| -> f64 {
+        let stages = p.replicas.iter().flat_map(|r| &r.stages);
+        stages
+            .map(|s| s.memory.optimizer as f64 / s.memory.params.max(1) as f64)
+            .fold(0.0, f64::max)
+    };
+    assert_eq!(state(&plan), 2.0);
+    assert!(state(&sharded) < 2.0 || sharded.replicas.len() == 1, "{}", sharded.explain());
     Ok(())
 }
 

@@ -105,11 +105,24 @@ impl PipelinePlan {
     /// The plan of `stages` as the caller chose them (a layer range and a device each),
     /// priced and checked: a stage whose memory does not fit its device is an `Err`
     /// naming the device, the stage and the bytes, before anything is moved or run.
+    /// `optimizer_slots` is the optimizer's state per parameter, in parameters (AdamW's
+    /// two moments: 2).
     pub fn manual(
         costs: &[LayerCost],
         stages: Vec<(Range<usize>, Candidate)>,
         micro_batches: usize,
         optimizer_slots: usize,
+    ) -> Result<PipelinePlan> {
+        PipelinePlan::manual_with_state(costs, stages, micro_batches, optimizer_slots as f64)
+    }
+
+    /// [`manual`](Self::manual) with the optimizer's state per parameter as a fraction:
+    /// a shard of it (ZeRO stage 1 over `R` replicas keeps `slots / R` on each).
+    pub(crate) fn manual_with_state(
+        costs: &[LayerCost],
+        stages: Vec<(Range<usize>, Candidate)>,
+        micro_batches: usize,
+        optimizer_slots: f64,
     ) -> Result<PipelinePlan> {
         check_micro_batches(micro_batches)?;
         if stages.is_empty() || costs.is_empty() {
@@ -179,6 +192,16 @@ impl PipelinePlan {
         micro_batches: usize,
         optimizer_slots: usize,
     ) -> Result<PipelinePlan> {
+        PipelinePlan::search_with_state(costs, candidates, micro_batches, optimizer_slots as f64)
+    }
+
+    /// [`search`](Self::search) with the optimizer's state per parameter as a fraction.
+    pub(crate) fn search_with_state(
+        costs: &[LayerCost],
+        candidates: &[Candidate],
+        micro_batches: usize,
+        optimizer_slots: f64,
+    ) -> Result<PipelinePlan> {
         check_micro_batches(micro_batches)?;
         if candidates.is_empty() || costs.is_empty() {
             return Err(Error::InvalidArgument {
@@ -211,8 +234,8 @@ impl PipelinePlan {
         }
         best.ok_or_else(|| {
             let offered: u64 = usable.iter().map(|c| c.memory).sum();
-            let needed: u64 = costs.iter().map(|l| l.param_bytes as u64).sum::<u64>()
-                * (2 + optimizer_slots as u64);
+            let params: u64 = costs.iter().map(|l| l.param_bytes as u64).sum();
+            let needed = (params as f64 * (2.0 + optimizer_slots)) as u64;
             Error::OutOfMemory {
                 op: "PipelinePlan::search".into(),
                 device: usable
@@ -407,7 +430,7 @@ fn stage_cost(
     sums: &Sums,
     spot: &Spot<'_>,
     micro_batches: usize,
-    slots: usize,
+    slots: f64,
 ) -> StageCost {
     // Copies go through the host: the sender's download, then the receiver's upload.
     let link = |from: &Candidate, to: &Candidate, bytes: usize| {
@@ -427,7 +450,7 @@ fn stage_cost(
         memory: StageMemory {
             params: sums.params,
             grads: sums.params,
-            optimizer: sums.params * slots as u64,
+            optimizer: (sums.params as f64 * slots) as u64,
             // Recomputing, a stage keeps each micro-batch's input and, during a backward
             // pass, one micro-batch's activations.
             activations: if recompute {
@@ -449,7 +472,7 @@ fn price(
     layers: Range<usize>,
     spot: &Spot<'_>,
     micro_batches: usize,
-    slots: usize,
+    slots: f64,
 ) -> StagePlan {
     let mut sums = Sums::default();
     for layer in &costs[layers.clone()] {
@@ -482,7 +505,7 @@ struct Search<'a> {
     /// Per candidate, each layer's forward and backward seconds on it.
     times: Vec<Vec<(f64, f64)>>,
     micro_batches: usize,
-    slots: usize,
+    slots: f64,
 }
 
 impl<'a> Search<'a> {
@@ -490,7 +513,7 @@ impl<'a> Search<'a> {
         costs: &'a [LayerCost],
         candidates: Vec<&'a Candidate>,
         micro_batches: usize,
-        slots: usize,
+        slots: f64,
     ) -> Search<'a> {
         let times = candidates
             .iter()

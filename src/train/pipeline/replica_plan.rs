@@ -34,12 +34,32 @@ impl ReplicaPlan {
         micro_batches: usize,
         optimizer_slots: usize,
     ) -> Result<ReplicaPlan> {
+        ReplicaPlan::search_sharded(costs, chips, micro_batches, optimizer_slots, false)
+    }
+
+    /// [`search`](Self::search) for replicas that shard the optimizer state among them
+    /// (`shard`: ZeRO stage 1, [`PipelineReplicas::shard_optimizer_state`]), each stage
+    /// priced with `1/R` of its optimizer state.
+    ///
+    /// [`PipelineReplicas::shard_optimizer_state`]: super::PipelineReplicas::shard_optimizer_state
+    pub fn search_sharded(
+        costs: &[LayerCost],
+        chips: &[Candidate],
+        micro_batches: usize,
+        optimizer_slots: usize,
+        shard: bool,
+    ) -> Result<ReplicaPlan> {
         let mut best: Option<ReplicaPlan> = None;
         let mut first_error = None;
         for count in replica_counts(chips.len().min(micro_batches)) {
             for dealing in [Dealing::Mixed, Dealing::BySpeed] {
                 let groups = deal(chips, count, dealing);
-                match ReplicaPlan::over(costs, &groups, micro_batches, optimizer_slots) {
+                let state = if shard {
+                    optimizer_slots as f64 / groups.len().max(1) as f64
+                } else {
+                    optimizer_slots as f64
+                };
+                match ReplicaPlan::over(costs, &groups, micro_batches, state) {
                     Ok(plan) => {
                         if best.as_ref().is_none_or(|b| plan.step_s() < b.step_s()) {
                             best = Some(plan);
@@ -81,7 +101,7 @@ impl ReplicaPlan {
             costs,
             &deal(chips, count, Dealing::Mixed),
             micro_batches,
-            optimizer_slots,
+            optimizer_slots as f64,
         )
     }
 
@@ -90,7 +110,7 @@ impl ReplicaPlan {
         costs: &[LayerCost],
         groups: &[Vec<Candidate>],
         micro_batches: usize,
-        optimizer_slots: usize,
+        optimizer_slots: f64,
     ) -> Result<ReplicaPlan> {
         let count = groups.len();
         if count == 0 {
@@ -104,7 +124,9 @@ impl ReplicaPlan {
         // flight, so each plan's memory holds whatever share it gets.
         let replicas = groups
             .iter()
-            .map(|group| PipelinePlan::search(costs, group, micro_batches, optimizer_slots))
+            .map(|group| {
+                PipelinePlan::search_with_state(costs, group, micro_batches, optimizer_slots)
+            })
             .collect::<Result<Vec<_>>>()?;
         // Shares by throughput: a replica's steady state is one micro-batch per its
         // slowest stage.
@@ -131,7 +153,7 @@ impl ReplicaPlan {
                 })
                 .collect::<Option<Vec<_>>>();
             let repriced = stages.and_then(|stages| {
-                PipelinePlan::manual(costs, stages, share, optimizer_slots).ok()
+                PipelinePlan::manual_with_state(costs, stages, share, optimizer_slots).ok()
             });
             shared.push(repriced.unwrap_or_else(|| {
                 let mut replica = replica;

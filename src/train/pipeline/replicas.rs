@@ -68,23 +68,17 @@ impl<M: Layered> PipelineReplicas<M> {
     }
 
     /// Shards the optimizer state over the replicas (ZeRO stage 1): each parameter is
-    /// updated by one replica, which alone keeps its optimizer state (the parameters are
-    /// dealt largest first to the replica holding the fewest bytes), and the others copy
-    /// the new value. The updates are the unsharded ones: every replica's optimizers see
-    /// the same summed, clipped gradients. Off by default (replica 0 keeps all state).
+    /// updated by one replica, which alone keeps its optimizer state, and the others copy
+    /// the new value. The parameters are dealt in turn in the model's order, so every
+    /// stage's state is shared about evenly whatever the cuts (what
+    /// [`ReplicaPlan::search_sharded`](super::ReplicaPlan::search_sharded) prices). The
+    /// updates are the unsharded ones: every replica's optimizers see the same summed,
+    /// clipped gradients. Off by default (replica 0 keeps all state).
     pub fn shard_optimizer_state(&mut self, on: bool) {
+        let count = self.replicas.len();
         self.owners = on.then(|| {
-            let mut params = self.replicas[0].params();
-            params.sort_by(|a, b| b.bytes().cmp(&a.bytes()).then_with(|| a.name().cmp(b.name())));
-            let mut load = vec![0usize; self.replicas.len()];
-            params
-                .iter()
-                .map(|p| {
-                    let owner = (0..load.len()).min_by_key(|&r| load[r]).unwrap_or(0);
-                    load[owner] += p.bytes();
-                    (p.name().to_string(), owner)
-                })
-                .collect()
+            let params = self.replicas[0].params();
+            params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i % count)).collect()
         });
     }
 
