@@ -114,6 +114,19 @@ impl Snapshot {
         set_all(params, values)
     }
 
+    /// Puts only the optimizer's state back, next to `params` wherever they are now (their
+    /// values already restored, as a pipeline does onto a new plan's devices), with the
+    /// same checks as [`restore`](Self::restore).
+    pub fn restore_optimizer(
+        &self,
+        params: &[Param],
+        optimizer: &mut dyn Optimizer,
+        path: &Path,
+    ) -> Result<()> {
+        let state = self.optimizer_values(params, &*optimizer, path)?;
+        optimizer.load_state(self.optimizer_step, &state)
+    }
+
     /// Puts only the parameters back: the caller starts its optimizer afresh on purpose
     /// (fine-tuning from a checkpoint, or another optimizer).
     pub fn restore_model(&self, params: &[Param], path: &Path) -> Result<()> {

@@ -546,8 +546,8 @@ fn stages<M: Layered>(
             Placement::Restore(snapshot, path) => {
                 let names: HashSet<&str> = params.iter().map(|p| p.name()).collect();
                 let part = snapshot.part(&names);
-                // First the values onto this device (the old ones may be unreadable),
-                // then the checked restore of values and optimizer state together.
+                // The values straight onto this device (the old ones may be unreadable),
+                // then the optimizer state next to them.
                 for param in &params {
                     let saved =
                         part.params.iter().find(|t| t.name == param.name()).ok_or_else(|| {
@@ -564,7 +564,7 @@ fn stages<M: Layered>(
                     )?)?;
                 }
                 let mut optimizer = make_optimizer(params.clone())?;
-                part.restore(&params, &mut *optimizer, path)?;
+                part.restore_optimizer(&params, &mut *optimizer, path)?;
                 optimizer
             }
         };
