@@ -127,20 +127,25 @@ fn uniform(
 fn sharded_row(costs: &[LayerCost], fleet: &[Candidate], micro_batches: usize) -> String {
     match ReplicaPlan::search_sharded(costs, fleet, micro_batches, SLOTS, true) {
         Ok(plan) => {
-            let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
-            let recomputing =
-                plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
-            format!(
-                "{} × {}–{}, {:.0}%, {:.2}",
-                plan.replicas.len(),
-                stages.iter().min().unwrap_or(&0),
-                stages.iter().max().unwrap_or(&0),
-                100.0 * recomputing as f64 / stages.iter().sum::<usize>().max(1) as f64,
-                fluid_bound(costs, fleet, micro_batches) / plan.step_s()
-            )
+            let (shape, recomputing) = shape(&plan);
+            let of_bound = fluid_bound(costs, fleet, micro_batches) / plan.step_s();
+            format!("{shape}, {recomputing:.0}%, {of_bound:.2}")
         }
         Err(_) => "does not fit".into(),
     }
+}
+
+/// `replicas × fewest–most stages`, and the percentage of stages that recompute.
+fn shape(plan: &ReplicaPlan) -> (String, f64) {
+    let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
+    let recomputing = plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
+    let shape = format!(
+        "{} × {}–{}",
+        plan.replicas.len(),
+        stages.iter().min().unwrap_or(&0),
+        stages.iter().max().unwrap_or(&0)
+    );
+    (shape, 100.0 * recomputing as f64 / stages.iter().sum::<usize>().max(1) as f64)
 }
 
 fn main() {
@@ -173,15 +178,9 @@ fn main() {
                 let step = plan.step_s();
                 let bound = fluid_bound(&costs, &fleet, micro_batches);
                 let even = uniform(&costs, &plan, &fleet, micro_batches);
-                let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
-                let recomputing =
-                    plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
+                let (shape, recomputing) = shape(&plan);
                 println!(
-                    "| {name} | {n} | {link} Gbit/s | {} × {}–{} | {:.0}% | {:.2} | {} | {planning:.2} s | {} |",
-                    plan.replicas.len(),
-                    stages.iter().min().unwrap_or(&0),
-                    stages.iter().max().unwrap_or(&0),
-                    100.0 * recomputing as f64 / stages.iter().sum::<usize>() as f64,
+                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {planning:.2} s | {} |",
                     bound / step,
                     even.map_or("does not fit".into(), |even| format!("{:.2}×", even / step)),
                     sharded_row(&costs, &fleet, micro_batches),

@@ -105,20 +105,30 @@ fn model_and_costs(host: &DeviceRef) -> Result<(Gpt, Vec<LayerCost>)> {
 /// A memory size that holds the largest stage of `layout` with 10% to spare, and that
 /// (checked) does not hold the whole model: `layout`'s stages priced on unlimited chips.
 fn cap_for(host: &DeviceRef, costs: &[LayerCost], layout: &[Range<usize>]) -> Result<u64> {
-    // A chip per stage (a device holds one stage), each with all the memory there is.
-    let unlimited: Vec<Arc<SimDevice>> =
-        (0..layout.len()).map(|i| sim(host, "unlimited", 1e9, u64::MAX / 4, 90 + i)).collect();
-    let priced = |layout: &[Range<usize>]| {
-        let stages =
-            layout.iter().zip(&unlimited).map(|(l, chip)| (l.clone(), candidate(chip))).collect();
-        PipelinePlan::manual(costs, stages, MICRO_BATCHES, 2)
-    };
-    let largest = priced(layout)?.stages.iter().map(|s| s.memory.total()).max().unwrap_or(0);
+    let largest =
+        unlimited_plan(host, costs, layout)?.stages.iter().map(|s| s.memory.total()).max();
+    let largest = largest.unwrap_or(0);
     let cap = largest + largest / 10;
     let whole_model = 0..costs.len();
-    let whole = priced(std::slice::from_ref(&whole_model))?.stages[0].memory.total();
+    let whole =
+        unlimited_plan(host, costs, std::slice::from_ref(&whole_model))?.stages[0].memory.total();
     assert!(whole > cap, "the whole model ({whole} bytes) would fit a chip of {cap}");
     Ok(cap)
+}
+
+/// `layout` priced with AdamW on a chip per stage (a device holds one stage), each with all
+/// the memory there is: what each stage needs.
+fn unlimited_plan(
+    host: &DeviceRef,
+    costs: &[LayerCost],
+    layout: &[Range<usize>],
+) -> Result<PipelinePlan> {
+    let stages = layout
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), candidate(&sim(host, "unlimited", 1e9, u64::MAX / 4, 90 + i))))
+        .collect();
+    PipelinePlan::manual(costs, stages, MICRO_BATCHES, 2)
 }
 
 fn sim(host: &DeviceRef, name: &str, flops: f64, memory: u64, ordinal: usize) -> Arc<SimDevice> {
@@ -325,16 +335,10 @@ fn a_stage_that_recomputes_its_activations_still_trains_bit_exactly() -> Result<
     let host = cpu();
     let (model, costs) = model_and_costs(&host)?;
     let layout = [0..3, 3..5];
-    let unlimited: Vec<Arc<SimDevice>> =
-        (0..2).map(|i| sim(&host, "unlimited", 1e9, u64::MAX / 4, 80 + i)).collect();
-    let priced = |layout: &[Range<usize>]| {
-        let stages =
-            layout.iter().zip(&unlimited).map(|(l, chip)| (l.clone(), candidate(chip))).collect();
-        PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)
-    };
-    let keeping = priced(&layout)?.stages[0].memory.total();
+    let priced = unlimited_plan(&host, &costs, &layout)?;
+    let first = &priced.stages[0];
+    let keeping = first.memory.total();
     // Room for stage 0's parameters, state and one micro-batch's activations, not two.
-    let first = &priced(&layout)?.stages[0];
     let cap = first.memory.total() - first.memory.activations / 2 + first.memory.activations / 8;
     assert!(cap < keeping);
     let chips = [sim(&host, "small", 1e9, cap, 1), sim(&host, "big", 1e9, 1 << 30, 2)];
