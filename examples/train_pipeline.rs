@@ -232,7 +232,8 @@ fn whole_model_bytes(
     micro_batches: usize,
 ) -> std::result::Result<u64, String> {
     let profile = DeviceProfile::for_device(host.info());
-    let unlimited = Candidate { device: host.clone(), profile, memory: u64::MAX };
+    let unlimited =
+        Candidate { device: host.clone(), profile, memory: u64::MAX, helpers: Vec::new() };
     let whole = PipelinePlan::manual(costs, vec![(0..costs.len(), unlimited)], micro_batches, 2)
         .map_err(|e| e.to_string())?;
     Ok(whole.stages[0].memory.total())

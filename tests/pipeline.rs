@@ -5,6 +5,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use manychips::plan::DeviceProfile;
 use manychips::sim::{SimDevice, SimProfile};
@@ -53,9 +54,10 @@ fn loss(logits: &Var, rows: Range<usize>) -> Result<Var> {
     nn::cross_entropy_with(logits, &targets, &opts)?.reshape([rows.len(), time])
 }
 
-fn micro_batches() -> Vec<Range<usize>> {
-    let per = BATCH / MICRO_BATCHES;
-    (0..MICRO_BATCHES).map(|m| m * per..(m + 1) * per).collect()
+/// The batch in `count` equal micro-batches.
+fn micro_batches_of(count: usize) -> Vec<Range<usize>> {
+    let per = BATCH / count;
+    (0..count).map(|m| m * per..(m + 1) * per).collect()
 }
 
 type MakeOptimizer = fn(Vec<Param>) -> Result<Box<dyn Optimizer>>;
@@ -63,6 +65,11 @@ type MakeOptimizer = fn(Vec<Param>) -> Result<Box<dyn Optimizer>>;
 /// The same micro-batches one after another on one device, gradients accumulated: the
 /// losses of each step and the final parameters by name.
 fn one_device(optimizer: MakeOptimizer) -> Result<Trained> {
+    one_device_in(optimizer, MICRO_BATCHES)
+}
+
+/// [`one_device`] with the batch in `count` micro-batches.
+fn one_device_in(optimizer: MakeOptimizer, count: usize) -> Result<Trained> {
     let device = cpu();
     let store = ParamStore::new(&device, SEED);
     let model = Gpt::new(&store, config())?;
@@ -71,7 +78,7 @@ fn one_device(optimizer: MakeOptimizer) -> Result<Trained> {
     for step in 0..STEPS {
         let mut grads = Grads::default();
         let mut sum = 0.0;
-        for rows in micro_batches() {
+        for rows in micro_batches_of(count) {
             let ctx = Ctx::train(step as u64).rows_from(rows.start);
             let logits =
                 model.forward_layers(0..model.depth(), &input(rows.clone(), &device)?, &ctx)?;
@@ -96,8 +103,13 @@ fn named_values(params: &[Param]) -> Result<Vec<(String, Vec<f32>)>> {
 
 /// The model built on the host, and what each of its layers costs per micro-batch.
 fn model_and_costs(host: &DeviceRef) -> Result<(Gpt, Vec<LayerCost>)> {
+    model_and_costs_in(host, MICRO_BATCHES)
+}
+
+/// [`model_and_costs`] for the batch in `count` micro-batches.
+fn model_and_costs_in(host: &DeviceRef, count: usize) -> Result<(Gpt, Vec<LayerCost>)> {
     let model = Gpt::new(&ParamStore::new(host, SEED), config())?;
-    let rows = micro_batches()[0].clone();
+    let rows = micro_batches_of(count)[0].clone();
     let costs = profile_layers(&model, &input(rows, host)?, &Ctx::train(0))?;
     Ok((model, costs))
 }
@@ -426,6 +438,7 @@ fn synthetic_layer(gflop: f64, mib: usize) -> LayerCost {
         written_bytes: 0,
         ops: 1,
         dtype: DType::F32,
+        rows: 1,
     }
 }
 
@@ -437,7 +450,7 @@ fn fleet(host: &DeviceRef, specs: &[(f64, u64)]) -> Vec<Candidate> {
         .map(|(i, &(tflops, gib))| {
             let profile = SimProfile::new("chip")
                 .with_flops(tflops * 1e12)
-                .with_latency(std::time::Duration::ZERO)
+                .with_latency(Duration::ZERO)
                 .with_link(100e9)
                 .with_memory(gib << 30);
             let device: DeviceRef =
@@ -791,5 +804,190 @@ fn sharding_the_optimizer_state_over_replicas_changes_nothing_but_where_it_lives
     assert_eq!(kept_sharded.iter().sum::<usize>(), 82);
     assert!(kept_sharded.iter().all(|&k| k > 0 && k < 82), "{kept_sharded:?}");
     assert_eq!((saved_whole, saved_sharded), (82, 82));
+    Ok(())
+}
+
+/// The host CPU as a candidate, priced as a simulated chip of its kind would be.
+fn host_candidate(host: &DeviceRef) -> Result<Candidate> {
+    Candidate::new(host.clone(), DeviceProfile::simulated(host.info(), &SimProfile::new("cpu")))
+}
+
+/// Stages that are data-parallel groups of unlike devices: two capped chips of different
+/// speeds share the first stage, the host CPU and the Vulkan device (lavapipe in CI; a
+/// third chip without one) the second. Every member holds a copy of its stage's layers and
+/// takes its share of each micro-batch's rows; the result is the one device's within
+/// rounding (the members' gradients are added in another order), under SGD with momentum.
+#[test]
+fn stages_made_of_mixed_data_parallel_groups_train_like_one_device() -> Result<()> {
+    // Two micro-batches of four rows: rows enough to share out by speed.
+    let count = 2;
+    let want = one_device_in(sgd, count)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs_in(&host, count)?;
+    let layout = [0..2, 2..4, 4..5];
+    // Every capped chip is a byte short of what the whole model needs on one device; each
+    // member's part must fit (`manual` refuses a plan that does not).
+    let unlimited = candidate(&sim(&host, "unlimited", 1e9, u64::MAX / 4, 90));
+    let whole = PipelinePlan::manual(&costs, vec![(0..costs.len(), unlimited)], count, 1)?;
+    let cap = whole.stages[0].memory.total() - 1;
+    // At this model's size launches cost more than arithmetic: the fast chip launches
+    // faster too.
+    let quick = SimProfile::new("fast").with_flops(2e11).with_memory(cap);
+    let fast =
+        Arc::new(SimDevice::new(host.clone(), quick.with_latency(Duration::from_micros(2)), 1)?);
+    let slow = sim(&host, "slow", 1e11, cap, 2);
+    let other = match vulkan() {
+        Some(gpu) => {
+            let profile = DeviceProfile::simulated(gpu.info(), &SimProfile::new("lavapipe"));
+            Candidate::new(gpu, profile)?
+        }
+        None => candidate(&sim(&host, "stand-in", 1e11, cap, 3)),
+    };
+    let first = Candidate::group(candidate(&fast), vec![candidate(&slow)])?;
+    let second = Candidate::group(host_candidate(&host)?, vec![other.clone()])?;
+    let last = candidate(&sim(&host, "alone", 1e11, cap, 4));
+    let plan = PipelinePlan::manual(
+        &costs,
+        vec![(layout[0].clone(), first), (layout[1].clone(), second), (layout[2].clone(), last)],
+        count,
+        1,
+    )?;
+    println!("{}", plan.explain());
+    for stage in &plan.stages[..2] {
+        assert_eq!(stage.helpers.len(), 1, "{}", plan.explain());
+        assert!(stage.helpers[0].share > 0.0, "an idle helper: {}", plan.explain());
+        let total = stage.share + stage.helpers[0].share;
+        assert!((total - 1.0).abs() < 1e-9, "shares add to {total}");
+        // The helper keeps no optimizer state: the lead updates, the helper copies.
+        assert_eq!(stage.helpers[0].memory.optimizer, 0);
+        assert!(stage.memory.optimizer > 0);
+    }
+    // The faster chip takes the larger share of the first stage's rows.
+    assert!(plan.stages[0].share > 0.6, "{}", plan.explain());
+
+    // The copy's own values (another seed) do not matter: it takes the model's.
+    let copy = Gpt::new(&ParamStore::new(&host, SEED + 7), config())?;
+    for chip in [&fast, &slow] {
+        chip.reset_clock();
+        chip.reset_peak_memory();
+    }
+    let mut pipeline = Pipeline::with_copies(model, vec![copy], plan.clone(), sgd)?;
+    pipeline.start_trace();
+    let got = train(&mut pipeline)?;
+    println!("{}", pipeline.explain());
+    assert_close(&want, &got, "stages of mixed groups");
+    assert!(got.0[STEPS - 1] < got.0[0], "it learns: {:?}", got.0);
+    // Both chips of the first group worked, within the memory planned for each.
+    let helper = &plan.stages[0].helpers[0];
+    for (chip, planned) in [(&fast, plan.stages[0].memory), (&slow, helper.memory)] {
+        let (peak, planned) = (chip.peak_memory(), planned.total());
+        println!(
+            "{}: busy {:?}, peak {peak} bytes, planned {planned}",
+            chip.info().label(),
+            chip.clock()
+        );
+        assert!(chip.clock() > Duration::ZERO, "{} did nothing", chip.info().label());
+        assert!(peak <= planned, "{}: used {peak} bytes, planned {planned}", chip.info().label());
+    }
+    // The trace has a track per member of each group.
+    let trace = pipeline.take_trace().expect("tracing").to_json();
+    for label in
+        [fast.info().label(), slow.info().label(), host.info().label(), other.device.info().label()]
+    {
+        assert!(trace.contains(&format!("\"{label}\"")), "no track for {label}");
+    }
+
+    // Misuse: too few copies for the groups, a device in two groups, a nested group.
+    let (model, _) = model_and_costs_in(&host, count)?;
+    let err = Pipeline::new(model, plan, sgd).err().expect("no copies for the helpers");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("copies"), "{err}");
+    let twice = Candidate::group(candidate(&fast), vec![candidate(&fast)]).unwrap_err();
+    assert!(twice.to_string().contains("twice"), "{twice}");
+    let inner = Candidate::group(candidate(&fast), vec![candidate(&slow)])?;
+    let nested = Candidate::group(host_candidate(&host)?, vec![inner]).unwrap_err();
+    assert!(nested.to_string().contains("nest"), "{nested}");
+    let shared = PipelinePlan::manual(
+        &costs,
+        vec![
+            (0..2, Candidate::group(candidate(&fast), vec![candidate(&slow)])?),
+            (2..5, Candidate::group(host_candidate(&host)?, vec![candidate(&slow)])?),
+        ],
+        count,
+        1,
+    )
+    .unwrap_err();
+    assert!(shared.to_string().contains("one stage"), "{shared}");
+    Ok(())
+}
+
+/// A member of a group fails mid-step, its helper or its lead: the step's error names it,
+/// recovery drops it from its group (a helper leads in a lost lead's place), plans again
+/// over the survivors and restores the last checkpoint, and the rest of the run equals a
+/// fresh resume from that checkpoint on the same plan, bit for bit.
+#[test]
+fn a_lost_group_member_leaves_its_group_and_training_resumes_bit_exactly() -> Result<()> {
+    for victim in [1, 0] {
+        lose_a_group_member(victim)?;
+    }
+    Ok(())
+}
+
+/// The first stage's group is chips 0 (its lead) and 1; chip `victim` fails.
+fn lose_a_group_member(victim: usize) -> Result<()> {
+    let count = 2;
+    let host = cpu();
+    let (model, costs) = model_and_costs_in(&host, count)?;
+    let chips: Vec<Arc<SimDevice>> =
+        (1..=3).map(|i| sim(&host, "chip", 1e11, 1 << 30, i)).collect();
+    let candidates = vec![
+        Candidate::group(candidate(&chips[0]), vec![candidate(&chips[1])])?,
+        candidate(&chips[2]),
+    ];
+    let stages = vec![(0..3, candidates[0].clone()), (3..5, candidates[1].clone())];
+    let plan = PipelinePlan::manual(&costs, stages, count, 2)?;
+    let copy = Gpt::new(&ParamStore::new(&host, SEED + 7), config())?;
+    let mut pipeline = Pipeline::with_copies(model, vec![copy], plan, adamw)?;
+    let dir =
+        std::env::temp_dir().join(format!("manychips-group-ckpt-{}-{victim}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut checkpoints = manychips::train::Checkpoints::open(&dir, 2)?;
+    let step = |p: &mut Pipeline<Gpt>| {
+        p.step(BATCH, input, |logits, rows, _device| loss(logits, rows)).map(|r| r.loss)
+    };
+    step(&mut pipeline)?;
+    checkpoints.save(pipeline.snapshot(serde_json::json!({}))?)?;
+    checkpoints.flush()?;
+
+    let lost = chips[victim].info().label();
+    chips[victim].fail_now(ErrorKind::DeviceLost);
+    let err = step(&mut pipeline).expect_err("a step with a lost member");
+    assert_eq!(err.device(), Some(lost.as_str()), "{err}");
+    let loaded = checkpoints.latest()?.expect("the checkpoint");
+    pipeline.recover(err, &candidates, &loaded.snapshot, &loaded.path)?;
+    println!("{}", pipeline.explain());
+    let plan = pipeline.plan().clone();
+    let everywhere = plan.stages.iter().flat_map(|s| {
+        std::iter::once(s.label.clone()).chain(s.helpers.iter().map(|h| h.label.clone()))
+    });
+    assert!(everywhere.clone().all(|l| l != lost), "{}", plan.explain());
+    assert_eq!(pipeline.evicted(), std::slice::from_ref(&lost));
+    let mut losses = Vec::new();
+    for _ in 1..STEPS {
+        losses.push(step(&mut pipeline)?);
+    }
+
+    let fresh = Gpt::new(&ParamStore::new(&host, SEED + 1), config())?;
+    let mut resumed = Pipeline::new(fresh, plan, adamw)?;
+    resumed.restore(&loaded.snapshot, &loaded.path)?;
+    let mut again = Vec::new();
+    for _ in 1..STEPS {
+        again.push(step(&mut resumed)?);
+    }
+    assert_identical(
+        &(losses, named_values(&pipeline.params())?),
+        &(again, named_values(&resumed.params())?),
+    );
+    std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

@@ -31,6 +31,9 @@ pub struct LayerCost {
     pub ops: usize,
     /// The dtype its matmuls run in (the activation's).
     pub dtype: DType,
+    /// Rows of the micro-batch these are the costs of (the first dim of its input): what
+    /// the members of a stage's group share out.
+    pub rows: usize,
 }
 
 /// The shape of a GPT-style model ([`Gpt`](crate::train::models::Gpt)) and of its
@@ -85,6 +88,7 @@ impl TransformerShape {
             written_bytes: (1.7 * kept * a) as usize,
             ops,
             dtype,
+            rows: self.rows,
         };
         let embed = layer((v + s) * d, 2.0 * tokens * d + s * d + tokens + s, 0.0, 5);
         // The attention's `[rows, heads, s, s]` scores, masked scores and weights are
@@ -117,6 +121,25 @@ impl TransformerShape {
 }
 
 impl LayerCost {
+    /// The cost of `share` of the micro-batch's rows (a member of a stage's group): the
+    /// same parameters and launches, the flops and bytes in proportion.
+    /// (`rows` stays the micro-batch's.)
+    pub fn part(&self, share: f64) -> LayerCost {
+        let scale = |bytes: usize| (bytes as f64 * share) as usize;
+        LayerCost {
+            param_bytes: self.param_bytes,
+            activation_bytes: scale(self.activation_bytes),
+            transient_bytes: scale(self.transient_bytes),
+            output_bytes: scale(self.output_bytes),
+            matmul_flops: self.matmul_flops * share,
+            recomputed_flops: self.recomputed_flops * share,
+            written_bytes: scale(self.written_bytes),
+            ops: self.ops,
+            dtype: self.dtype,
+            rows: self.rows,
+        }
+    }
+
     /// Predicted seconds of its forward pass on a device of `profile`: launches, then the
     /// larger of its matmul time and its memory time, as the planner prices one op.
     pub fn forward_secs(&self, profile: &DeviceProfile) -> f64 {
@@ -171,6 +194,7 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
             written_bytes: census.written_bytes,
             ops: census.ops,
             dtype: if out.dtype().is_float() { out.dtype() } else { DType::F32 },
+            rows: input.dims().first().copied().unwrap_or(1),
         });
         // The next layer sees this output as its own input leaf, as a stage would.
         x = Var::leaf(no_grad(|| out.clone()));

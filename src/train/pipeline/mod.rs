@@ -1,6 +1,7 @@
 //! Pipeline parallelism: a layered model cut into stages of contiguous layers, each stage
-//! on its own device with its own parameters, gradients and optimizer state, so that a
-//! model no single chip holds trains on several.
+//! on its own device (or on a data-parallel group of devices, [`Candidate::group`]) with
+//! its own parameters, gradients and optimizer state, so that a model no single chip holds
+//! trains on several.
 //!
 //! Three steps, each a value that can be looked at before the next:
 //! 1. [`profile_layers`] runs one micro-batch through the model and counts, per layer,
@@ -19,6 +20,7 @@
 //! stage adds its micro-batches' gradients in micro-batch order.
 
 mod cost;
+mod group;
 mod plan;
 #[cfg(feature = "mpi")]
 mod ranks;
@@ -32,7 +34,7 @@ mod stage;
 use std::ops::Range;
 
 pub use cost::{LayerCost, TransformerShape, profile_layers};
-pub use plan::{Candidate, PipelinePlan, StageMemory, StagePlan};
+pub use plan::{Candidate, HelperPlan, PipelinePlan, StageMemory, StagePlan};
 #[cfg(feature = "mpi")]
 pub use ranks::RankPipeline;
 pub use replica_plan::ReplicaPlan;

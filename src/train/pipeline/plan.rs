@@ -1,5 +1,12 @@
-//! Where each layer runs: contiguous stages, one device each, sized so that the slowest
-//! stage is as fast as it can be while every stage fits its device's memory.
+//! Where each layer runs: contiguous stages, each on one device or on a data-parallel group
+//! of devices, sized so that the slowest stage is as fast as it can be while every stage
+//! fits its devices' memory.
+//!
+//! A group ([`Candidate::group`]) is priced member by member: each member holds a copy of
+//! the stage's layers and takes a share of every micro-batch's rows in proportion to its
+//! speed on the model; the stage's pass takes as long as its slowest member's share plus
+//! the copies of that share to and from the lead, and once a step the members' gradients
+//! go to the lead and the updated parameters come back.
 //!
 //! A stage's time per micro-batch is its layers' forward and backward passes plus the
 //! copies it receives (the activation from the stage before, the gradient from the one
@@ -16,23 +23,61 @@ use std::ops::Range;
 
 use super::cost::LayerCost;
 use super::schedule::in_flight;
-use crate::plan::DeviceProfile;
+use crate::plan::{DeviceProfile, proportional};
 use crate::{DeviceRef, Error, Result};
 
 /// A device that may take a stage: the device, its calibrated profile, and the bytes it
-/// has free for this job.
+/// has free for this job; with `helpers`, the lead of a data-parallel group that takes a
+/// stage together.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub device: DeviceRef,
     pub profile: DeviceProfile,
     pub memory: u64,
+    /// The rest of the group (empty: the device alone). Each holds a copy of the stage's
+    /// layers and takes a share of every micro-batch's rows, in proportion to its speed;
+    /// this device receives and sends the stage's messages and keeps its optimizer state.
+    pub helpers: Vec<Candidate>,
 }
 
 impl Candidate {
     /// `device` with `profile`, offering the memory the device reports free now.
     pub fn new(device: DeviceRef, profile: DeviceProfile) -> Result<Candidate> {
         let memory = device.memory()?.free;
-        Ok(Candidate { device, profile, memory })
+        Ok(Candidate { device, profile, memory, helpers: Vec::new() })
+    }
+
+    /// `lead` and `helpers` as one stage's data-parallel group (the devices of one machine
+    /// under one MPI rank, say). Each device may appear once, and a group does not nest.
+    pub fn group(lead: Candidate, helpers: Vec<Candidate>) -> Result<Candidate> {
+        let group = Candidate { helpers, ..lead };
+        group.check_group("Candidate::group")?;
+        Ok(group)
+    }
+
+    /// The group's devices, the lead first.
+    pub fn members(&self) -> impl Iterator<Item = &Candidate> {
+        std::iter::once(self).chain(&self.helpers)
+    }
+
+    fn check_group(&self, op: &str) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for member in self.members() {
+            let label = member.device.info().label();
+            let detail = if !std::ptr::eq(member, self) && !member.helpers.is_empty() {
+                "has helpers of its own: groups do not nest"
+            } else if !seen.insert(member.device.info().id) {
+                "appears twice in one group"
+            } else {
+                continue;
+            };
+            return Err(Error::InvalidArgument {
+                op: op.into(),
+                device: label,
+                detail: detail.into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -78,6 +123,26 @@ pub struct StagePlan {
     /// again just before its backward pass: chosen where the activations of the
     /// micro-batches in flight would not fit, at the price of one more forward pass.
     pub recompute: bool,
+    /// The rest of the stage's data-parallel group (empty: `device` alone).
+    pub helpers: Vec<HelperPlan>,
+    /// `device`'s share of each micro-batch's rows (1 alone).
+    pub share: f64,
+    /// Seconds a step spends after its last backward pass bringing the helpers' gradients
+    /// to `device` and the updated parameters back (0 alone).
+    pub sync_s: f64,
+}
+
+/// A helper of a stage's group: a device with a copy of the stage's layers.
+#[derive(Clone, Debug)]
+pub struct HelperPlan {
+    pub device: DeviceRef,
+    pub label: String,
+    /// Its share of each micro-batch's rows.
+    pub share: f64,
+    /// What it holds: the stage's parameters and gradients, its rows' activations (the
+    /// optimizer state stays with the lead).
+    pub memory: StageMemory,
+    pub available: u64,
 }
 
 impl StagePlan {
@@ -133,13 +198,17 @@ impl PipelinePlan {
             });
         }
         for (i, (_, c)) in stages.iter().enumerate() {
-            let id = c.device.info().id;
-            if let Some(j) = stages[..i].iter().position(|(_, d)| d.device.info().id == id) {
-                return Err(Error::InvalidArgument {
-                    op: "PipelinePlan::manual".into(),
-                    device: c.device.info().label(),
-                    detail: format!("takes stages {j} and {i}: a device holds one stage"),
-                });
+            c.check_group("PipelinePlan::manual")?;
+            for member in c.members() {
+                let id = member.device.info().id;
+                let other = |d: &Candidate| d.members().any(|m| m.device.info().id == id);
+                if let Some(j) = stages[..i].iter().position(|(_, d)| other(d)) {
+                    return Err(Error::InvalidArgument {
+                        op: "PipelinePlan::manual".into(),
+                        device: member.device.info().label(),
+                        detail: format!("takes stages {j} and {i}: a device holds one stage"),
+                    });
+                }
             }
         }
         let mut next = 0;
@@ -169,8 +238,10 @@ impl PipelinePlan {
             .iter()
             .enumerate()
             .map(|(s, (layers, c))| {
+                let shares = group_shares(costs, c);
                 let spot = Spot {
                     c,
+                    shares: &shares,
                     before: s.checked_sub(1).map(|i| &stages[i].1),
                     after: stages.get(s + 1).map(|(_, c)| c),
                     s,
@@ -212,11 +283,16 @@ impl PipelinePlan {
         }
         // A device listed twice would be counted twice: the first listing stands.
         let mut seen = std::collections::HashSet::new();
-        let usable: Vec<&Candidate> = candidates
-            .iter()
-            .filter(|c| seen.insert(c.device.info().id))
-            .filter(|c| costs.iter().all(|l| l.forward_secs(&c.profile).is_finite()))
-            .collect();
+        let mut usable: Vec<&Candidate> = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            c.check_group("PipelinePlan::search")?;
+            let priced =
+                |m: &Candidate| costs.iter().all(|l| l.forward_secs(&m.profile).is_finite());
+            if c.members().all(|m| !seen.contains(&m.device.info().id) && priced(m)) {
+                seen.extend(c.members().map(|m| m.device.info().id));
+                usable.push(c);
+            }
+        }
         let search = Search::new(costs, usable.clone(), micro_batches, optimizer_slots);
         let as_given: Vec<usize> = (0..usable.len()).collect();
         let mut fastest = as_given.clone();
@@ -233,7 +309,7 @@ impl PipelinePlan {
             }
         }
         best.ok_or_else(|| {
-            let offered: u64 = usable.iter().map(|c| c.memory).sum();
+            let offered: u64 = usable.iter().flat_map(|c| c.members()).map(|m| m.memory).sum();
             let params: u64 = costs.iter().map(|l| l.param_bytes as u64).sum();
             let needed = (params as f64 * (2.0 + optimizer_slots)) as u64;
             Error::OutOfMemory {
@@ -267,7 +343,8 @@ impl PipelinePlan {
     pub fn predicted_step_s(&self) -> f64 {
         let sum: f64 = self.stages.iter().map(StagePlan::time).sum();
         let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
-        sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest
+        let sync = self.stages.iter().map(|s| s.sync_s).fold(0.0, f64::max);
+        sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest + sync
     }
 
     /// The share of the stages' time a step leaves idle (the pipeline's bubble).
@@ -317,6 +394,17 @@ impl PipelinePlan {
                 stage.backward_s * 1e3,
                 measured,
             );
+            for helper in &stage.helpers {
+                let _ = writeln!(
+                    out,
+                    "{:<7} {:<11} {:<16} {:>10.1} {:>10.1}",
+                    "",
+                    format!("+{:.0}% rows", helper.share * 100.0),
+                    helper.label,
+                    mib(helper.memory.total()),
+                    mib(helper.available.saturating_sub(helper.memory.total())),
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -339,11 +427,15 @@ impl PipelinePlan {
 
     fn check_memory(&self) -> Result<()> {
         for (s, stage) in self.stages.iter().enumerate() {
-            let m = stage.memory;
-            if m.total() > stage.available {
+            let members = std::iter::once((&stage.label, stage.memory, stage.available))
+                .chain(stage.helpers.iter().map(|h| (&h.label, h.memory, h.available)));
+            for (label, m, available) in members {
+                if m.total() <= available {
+                    continue;
+                }
                 return Err(Error::OutOfMemory {
                     op: "PipelinePlan".into(),
-                    device: stage.label.clone(),
+                    device: label.clone(),
                     detail: format!(
                         "stage {s} (layers {}..{}) needs {} bytes (parameters {}, gradients \
                          {}, optimizer state {}, activations {}, workspace {}) and the device \
@@ -356,7 +448,7 @@ impl PipelinePlan {
                         m.optimizer,
                         m.activations,
                         m.workspace,
-                        stage.available
+                        available
                     ),
                 });
             }
@@ -376,16 +468,43 @@ fn check_micro_batches(micro_batches: usize) -> Result<()> {
     Ok(())
 }
 
-/// Where a stage sits: its device, its neighbours' devices, and its place in the pipeline.
+/// Where a stage sits: its device (or group, with each member's share of the rows), its
+/// neighbours' devices, and its place in the pipeline.
 struct Spot<'a> {
     c: &'a Candidate,
+    shares: &'a [f64],
     before: Option<&'a Candidate>,
     after: Option<&'a Candidate>,
     s: usize,
     count: usize,
 }
 
-/// Running sums over a stage's layers on its device.
+/// Each member's share of a micro-batch's rows: whole rows in proportion to its speed on
+/// the whole model, as the runtime cuts them (`[1]` for a device alone).
+fn group_shares(costs: &[LayerCost], c: &Candidate) -> Vec<f64> {
+    if c.helpers.is_empty() {
+        return vec![1.0];
+    }
+    let whole = |p: &DeviceProfile| {
+        costs.iter().map(|l| l.forward_secs(p) + l.backward_secs(p)).sum::<f64>()
+    };
+    let rates: Vec<f64> = c.members().map(|m| 1.0 / whole(&m.profile)).collect();
+    let rows = costs.first().map_or(0, |l| l.rows);
+    match proportional(&rates, rows) {
+        Some(counts) => counts.iter().map(|&n| n as f64 / rows as f64).collect(),
+        None => {
+            let total: f64 = rates.iter().sum();
+            rates.iter().map(|r| r / total).collect()
+        }
+    }
+}
+
+/// `bytes` scaled to a member's share of the rows.
+fn part(bytes: usize, share: f64) -> u64 {
+    (bytes as f64 * share) as u64
+}
+
+/// Running sums over a stage's layers on one member, for its share of the rows.
 #[derive(Clone, Copy, Default)]
 struct Sums {
     forward_s: f64,
@@ -396,23 +515,26 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, layer: &LayerCost, (forward_s, backward_s): (f64, f64)) {
+    fn add(&mut self, layer: &LayerCost, share: f64, (forward_s, backward_s): (f64, f64)) {
         self.forward_s += forward_s;
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
-        self.kept += layer.activation_bytes as u64;
-        self.largest = self.largest.max((layer.activation_bytes + layer.transient_bytes) as u64);
+        self.kept += part(layer.activation_bytes, share);
+        self.largest =
+            self.largest.max(part(layer.activation_bytes + layer.transient_bytes, share));
     }
 }
 
-/// A stage's predicted times and memory.
-#[derive(Clone, Copy)]
+/// A stage's predicted times and memory: the lead's memory, and each helper's.
+#[derive(Clone)]
 struct StageCost {
     forward_s: f64,
     backward_s: f64,
     receive_forward_s: f64,
     receive_backward_s: f64,
     memory: StageMemory,
+    helpers: Vec<StageMemory>,
+    sync_s: f64,
     recompute: bool,
 }
 
@@ -420,50 +542,92 @@ impl StageCost {
     fn time(&self) -> f64 {
         stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)
     }
+
+    fn fits(&self, c: &Candidate) -> bool {
+        self.memory.total() <= c.memory
+            && self.helpers.iter().zip(&c.helpers).all(|(m, h)| m.total() <= h.memory)
+    }
 }
 
-/// The cost of `layers` (summed in `sums`) at `spot`: keeping every micro-batch's
-/// activations where they fit, recomputing them otherwise.
+/// The cost of `layers` (summed per member in `sums`) at `spot`: keeping every
+/// micro-batch's activations where they fit, recomputing them otherwise.
 fn stage_cost(
     costs: &[LayerCost],
     layers: &Range<usize>,
-    sums: &Sums,
+    sums: &[Sums],
     spot: &Spot<'_>,
     micro_batches: usize,
     slots: f64,
 ) -> StageCost {
     // Copies go through the host: the sender's download, then the receiver's upload.
-    let link = |from: &Candidate, to: &Candidate, bytes: usize| {
+    let link = |from: &Candidate, to: &Candidate, bytes: u64| {
         bytes as f64 / from.profile.device_to_host_bytes_per_s
             + bytes as f64 / to.profile.host_to_device_bytes_per_s
     };
     let input_bytes = layers.start.checked_sub(1).map_or(0, |i| costs[i].output_bytes);
     let output_bytes = costs[layers.end - 1].output_bytes;
-    let receive_forward_s = spot.before.map_or(0.0, |b| link(b, spot.c, input_bytes));
-    let receive_backward_s = spot.after.map_or(0.0, |a| link(a, spot.c, output_bytes));
+    let receive_forward_s = spot.before.map_or(0.0, |b| link(b, spot.c, input_bytes as u64));
+    let receive_backward_s = spot.after.map_or(0.0, |a| link(a, spot.c, output_bytes as u64));
     let in_flight = in_flight(spot.s, spot.count, micro_batches) as u64;
-    let cost = |recompute: bool| StageCost {
-        forward_s: sums.forward_s,
-        backward_s: if recompute { sums.backward_s + sums.forward_s } else { sums.backward_s },
-        receive_forward_s,
-        receive_backward_s,
-        memory: StageMemory {
-            params: sums.params,
-            grads: sums.params,
-            optimizer: (sums.params as f64 * slots) as u64,
-            // Recomputing, a stage keeps each micro-batch's input and, during a backward
-            // pass, one micro-batch's activations.
-            activations: if recompute {
-                in_flight * input_bytes as u64 + sums.kept
+    let lead = spot.c;
+    let cost = |recompute: bool| {
+        let mut stage = StageCost {
+            forward_s: 0.0,
+            backward_s: 0.0,
+            receive_forward_s,
+            receive_backward_s,
+            memory: StageMemory::default(),
+            helpers: Vec::with_capacity(lead.helpers.len()),
+            sync_s: 0.0,
+            recompute,
+        };
+        for (k, ((member, sums), &share)) in lead.members().zip(sums).zip(spot.shares).enumerate() {
+            // The lead's part of a received input is a view of the whole, which it keeps.
+            let input = if k == 0 { input_bytes as u64 } else { part(input_bytes, share) };
+            // The last stage's members turn their rows into losses: nothing to gather.
+            let output = if spot.after.is_some() { part(output_bytes, share) } else { 0 };
+            // A helper's rows come from the lead, and what it makes of them goes back.
+            let (copy_forward, copy_backward) = if k == 0 {
+                (0.0, 0.0)
             } else {
-                in_flight * (sums.kept + input_bytes as u64)
-            },
-            workspace: sums.largest + output_bytes as u64,
-        },
-        recompute,
+                let (there, back) = (|b| link(lead, member, b), |b| link(member, lead, b));
+                (there(input) + back(output), there(output) + back(input))
+            };
+            let again = if recompute { sums.forward_s } else { 0.0 };
+            stage.forward_s = stage.forward_s.max(sums.forward_s + copy_forward);
+            stage.backward_s = stage.backward_s.max(sums.backward_s + again + copy_backward);
+            let memory = StageMemory {
+                params: sums.params,
+                grads: sums.params,
+                // The lead alone keeps optimizer state; helpers copy the updated values.
+                optimizer: if k == 0 { (sums.params as f64 * slots) as u64 } else { 0 },
+                // Recomputing, a stage keeps each micro-batch's input and, during a
+                // backward pass, one micro-batch's activations.
+                activations: if recompute {
+                    in_flight * input + sums.kept
+                } else {
+                    in_flight * (sums.kept + input)
+                },
+                // The lead holds the output's gradient as it arrives, and in a group also the
+                // members' parts of the output (and of that gradient) as it gathers (cuts).
+                workspace: sums.largest
+                    + match (k, lead.helpers.len()) {
+                        (0, 0) => output_bytes as u64,
+                        (0, _) => 2 * output_bytes as u64,
+                        _ => output,
+                    },
+            };
+            if k == 0 {
+                stage.memory = memory;
+            } else {
+                stage.helpers.push(memory);
+                stage.sync_s += link(member, lead, sums.params) + link(lead, member, sums.params);
+            }
+        }
+        stage
     };
     let keeping = cost(false);
-    if keeping.memory.total() <= spot.c.memory || in_flight <= 1 { keeping } else { cost(true) }
+    if keeping.fits(lead) || in_flight <= 1 { keeping } else { cost(true) }
 }
 
 /// `layers` as the stage at `spot`, priced.
@@ -474,12 +638,33 @@ fn price(
     micro_batches: usize,
     slots: f64,
 ) -> StagePlan {
-    let mut sums = Sums::default();
-    for layer in &costs[layers.clone()] {
-        let times = (layer.forward_secs(&spot.c.profile), layer.backward_secs(&spot.c.profile));
-        sums.add(layer, times);
-    }
+    let sums: Vec<Sums> = spot
+        .c
+        .members()
+        .zip(spot.shares)
+        .map(|(member, &share)| {
+            let mut sums = Sums::default();
+            for layer in &costs[layers.clone()] {
+                sums.add(layer, share, member_times(layer, share, &member.profile));
+            }
+            sums
+        })
+        .collect();
     let cost = stage_cost(costs, &layers, &sums, spot, micro_batches, slots);
+    let helpers = spot
+        .c
+        .helpers
+        .iter()
+        .zip(&spot.shares[1..])
+        .zip(cost.helpers)
+        .map(|((h, &share), memory)| HelperPlan {
+            device: h.device.clone(),
+            label: h.device.info().label(),
+            share,
+            memory,
+            available: h.memory,
+        })
+        .collect();
     StagePlan {
         layers,
         device: spot.c.device.clone(),
@@ -496,14 +681,32 @@ fn price(
             .host_to_device_bytes_per_s
             .min(spot.c.profile.device_to_host_bytes_per_s),
         recompute: cost.recompute,
+        helpers,
+        share: spot.shares[0],
+        sync_s: cost.sync_s,
     }
+}
+
+/// A layer's forward and backward seconds on a member's share of the rows: launches as
+/// for the whole rows, flops and bytes in proportion.
+fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfile) -> (f64, f64) {
+    if share == 1.0 {
+        return (layer.forward_secs(profile), layer.backward_secs(profile));
+    }
+    if share == 0.0 {
+        return (0.0, 0.0);
+    }
+    let part = layer.part(share);
+    (part.forward_secs(profile), part.backward_secs(profile))
 }
 
 struct Search<'a> {
     costs: &'a [LayerCost],
     candidates: Vec<&'a Candidate>,
-    /// Per candidate, each layer's forward and backward seconds on it.
-    times: Vec<Vec<(f64, f64)>>,
+    /// Per candidate, each member's share of the rows.
+    shares: Vec<Vec<f64>>,
+    /// Per candidate and member, each layer's forward and backward seconds on its share.
+    times: Vec<Vec<Vec<(f64, f64)>>>,
     micro_batches: usize,
     slots: f64,
 }
@@ -515,26 +718,35 @@ impl<'a> Search<'a> {
         micro_batches: usize,
         slots: f64,
     ) -> Search<'a> {
+        let shares: Vec<Vec<f64>> = candidates.iter().map(|c| group_shares(costs, c)).collect();
         let times = candidates
             .iter()
-            .map(|c| {
-                costs
-                    .iter()
-                    .map(|l| (l.forward_secs(&c.profile), l.backward_secs(&c.profile)))
+            .zip(&shares)
+            .map(|(c, shares)| {
+                c.members()
+                    .zip(shares)
+                    .map(|(m, &share)| {
+                        costs.iter().map(|l| member_times(l, share, &m.profile)).collect()
+                    })
                     .collect()
             })
             .collect();
-        Search { costs, candidates, times, micro_batches, slots }
+        Search { costs, candidates, shares, times, micro_batches, slots }
     }
 
-    /// Forward and backward seconds of the whole model on candidate `i`.
+    /// Forward and backward seconds of the whole model on candidate `i` (its slowest
+    /// member's share, for a group).
     fn whole(&self, i: usize) -> f64 {
-        self.times[i].iter().map(|(f, b)| f + b).sum()
+        self.times[i]
+            .iter()
+            .map(|member| member.iter().map(|(f, b)| f + b).sum::<f64>())
+            .fold(0.0, f64::max)
     }
 
-    fn spot(&self, order: &[usize], s: usize) -> Spot<'a> {
+    fn spot(&self, order: &[usize], s: usize) -> Spot<'_> {
         Spot {
             c: self.candidates[order[s]],
+            shares: &self.shares[order[s]],
             before: s.checked_sub(1).map(|i| self.candidates[order[i]]),
             after: order.get(s + 1).map(|&i| self.candidates[i]),
             s,
@@ -593,17 +805,21 @@ impl<'a> Search<'a> {
             let last = s + 1 == order.len();
             // Leave at least one layer for each later stage; the last takes the rest.
             let max_end = layers - (order.len() - s - 1);
-            let mut sums = Sums::default();
+            let times = &self.times[order[s]];
+            let mut sums = vec![Sums::default(); times.len()];
             let mut taken = None;
             for end in start + 1..=max_end {
-                sums.add(&self.costs[end - 1], self.times[order[s]][end - 1]);
+                let layer = &self.costs[end - 1];
+                for ((sums, times), &share) in sums.iter_mut().zip(times).zip(spot.shares) {
+                    sums.add(layer, share, times[end - 1]);
+                }
                 if last && end < layers {
                     continue;
                 }
                 let range = start..end;
                 let cost =
                     stage_cost(self.costs, &range, &sums, &spot, self.micro_batches, self.slots);
-                if cost.memory.total() <= spot.c.memory && cost.time() <= bottleneck {
+                if cost.fits(spot.c) && cost.time() <= bottleneck {
                     taken = Some(end);
                 } else {
                     break;
@@ -626,7 +842,7 @@ mod tests {
     use crate::{CpuDevice, DType};
 
     /// A layer of `gflop` forward matmul gigaflops, `mib` MiB of parameters, and
-    /// activations and output of `act_mib` MiB per micro-batch.
+    /// activations and output of `act_mib` MiB per micro-batch of 12 rows.
     fn layer(gflop: f64, mib: usize, act_mib: usize) -> LayerCost {
         LayerCost {
             param_bytes: mib << 20,
@@ -638,6 +854,7 @@ mod tests {
             written_bytes: 0,
             ops: 1,
             dtype: DType::F32,
+            rows: 12,
         }
     }
 
@@ -717,5 +934,33 @@ mod tests {
         // Stage s holds 4 − s micro-batches: its layer's 100 MiB and the 1 MiB input each.
         assert_eq!(held, vec![400, 303, 202, 101]);
         assert!(plan.bubble() > 0.0 && plan.bubble() < 0.5, "{}", plan.explain());
+    }
+
+    #[test]
+    fn a_group_shares_rows_by_speed_and_keeps_one_copy_of_the_optimizer_state() {
+        let costs = vec![layer(100.0, 16, 8); 8];
+        let fleet = chips(&[(3.0, 64), (1.0, 64)]);
+        let group = Candidate::group(fleet[0].clone(), vec![fleet[1].clone()]).unwrap();
+        let alone = PipelinePlan::manual(&costs, vec![(0..8, fleet[0].clone())], 4, 2).unwrap();
+        let plan = PipelinePlan::manual(&costs, vec![(0..8, group.clone())], 4, 2).unwrap();
+        let (lead, helper) = (&plan.stages[0], &plan.stages[0].helpers[0]);
+        // 12 rows cut 3 : 1, as the chips' speeds.
+        assert_eq!((lead.share, helper.share), (0.75, 0.25), "{}", plan.explain());
+        let gain = alone.stages[0].time() / lead.time();
+        assert!((1.3..=1.34).contains(&gain), "a fourth more speed gives {gain}");
+        // Both hold the parameters and their gradients; the lead alone the optimizer state;
+        // each its rows' activations.
+        assert_eq!(helper.memory.params, lead.memory.params);
+        assert_eq!((helper.memory.optimizer, lead.memory.optimizer), (0, 2 * lead.memory.params));
+        assert_eq!(helper.memory.activations * 3, lead.memory.activations);
+        assert!(lead.sync_s > 0.0 && plan.predicted_step_s() > lead.time() * 4.0);
+        // The search takes a group as one candidate.
+        let searched = PipelinePlan::search(&costs, std::slice::from_ref(&group), 4, 2).unwrap();
+        assert_eq!(searched.stages[0].helpers.len(), 1, "{}", searched.explain());
+        // A helper too small for its copy of the layers is refused by name.
+        let small = chips(&[(3.0, 64), (1.0, 0)]);
+        let group = Candidate::group(small[0].clone(), vec![small[1].clone()]).unwrap();
+        let err = PipelinePlan::manual(&costs, vec![(0..8, group)], 4, 2).unwrap_err();
+        assert!(err.to_string().contains("sim:1"), "{err}");
     }
 }

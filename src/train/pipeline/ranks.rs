@@ -17,7 +17,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::Layered;
-use super::stage::{Inbox, Outbox, Shared, StageJob, Stop, even_shares};
+use super::stage::{Inbox, Outbox, Place, Shared, StageJob, Stop, even_shares};
 use crate::train::checkpoint::{HostTensor, Snapshot};
 use crate::train::distributed::Ranks;
 use crate::train::optim::Optimizer;
@@ -127,6 +127,7 @@ impl<M: Layered> RankPipeline<M> {
         let rows = ranges(&even_shares(batch, self.micro_batches), 0);
         let shared = Shared {
             model: &self.model,
+            copies: &[],
             input: &input,
             loss: &loss,
             rows: &rows,
@@ -148,11 +149,15 @@ impl<M: Layered> RankPipeline<M> {
                 Box::new(RankOutbox(tx))
             };
             let job = StageJob {
-                index: rank,
-                count,
-                device: self.device.clone(),
-                layers: self.layers[rank].clone(),
-                recompute: false,
+                place: Place {
+                    index: rank,
+                    count,
+                    device: self.device.clone(),
+                    helpers: Vec::new(),
+                    shares: vec![1.0],
+                    layers: self.layers[rank].clone(),
+                    recompute: false,
+                },
                 send_forward: (rank + 1 < count).then(|| outbox(rank + 1, FORWARD)),
                 receive_forward: (rank > 0)
                     .then(|| Box::new(RankInbox { peer: rank - 1, tag: FORWARD }) as _),
@@ -166,7 +171,7 @@ impl<M: Layered> RankPipeline<M> {
             Stop::Failed(e) => e,
             Stop::Neighbour => invalid(&self.device, "a neighbouring stage stopped".into()),
         })?;
-        self.optimizer.step(&done.grads)?;
+        self.optimizer.step(&done.grads[0])?;
         self.step += 1;
         let local: f64 = done.losses.iter().map(|l| Ok(l.to_f64_vec()?[0])).sum::<Result<f64>>()?;
         Ok(self.ranks.sum(local))

@@ -7,9 +7,11 @@ use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
+use super::group::{Helper, add_gradients, helpers, take_values};
 use super::plan::{Candidate, PipelinePlan};
 use super::stage::{
-    Inbox, InputFn, LossFn, Message, Outbox, Shared, StageJob, StageOutcome, Stop, even_shares,
+    Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop,
+    even_shares,
 };
 use super::{Layered, Var};
 use crate::fleet::{FleetEvent, Membership, follow};
@@ -40,6 +42,10 @@ struct Stage {
     label: String,
     layers: Range<usize>,
     params: Vec<Param>,
+    /// The rest of the stage's data-parallel group, and each member's share of the rows
+    /// (this device's first).
+    helpers: Vec<Helper>,
+    shares: Vec<f64>,
     optimizer: Box<dyn Optimizer>,
     /// Learned seconds per micro-batch, `None` before the first step.
     measured: Option<f64>,
@@ -51,6 +57,8 @@ type MakeOptimizer = Box<dyn Fn(Vec<Param>) -> Result<Box<dyn Optimizer>> + Send
 /// A layered model trained over the stages of a [`PipelinePlan`].
 pub struct Pipeline<M> {
     model: M,
+    /// Copies of the model for the groups' helpers: helper `k` of any stage runs `copies[k]`.
+    copies: Vec<M>,
     plan: PipelinePlan,
     stages: Vec<Stage>,
     make_optimizer: MakeOptimizer,
@@ -79,10 +87,26 @@ impl<M: Layered> Pipeline<M> {
         plan: PipelinePlan,
         optimizer: impl Fn(Vec<Param>) -> Result<Box<dyn Optimizer>> + Send + Sync + 'static,
     ) -> Result<Pipeline<M>> {
+        Pipeline::with_copies(model, Vec::new(), plan, optimizer)
+    }
+
+    /// [`new`](Self::new) for a plan whose stages may be data-parallel groups
+    /// ([`Candidate::group`]): `copies` are more instances of the model (built alike; their
+    /// values do not matter), one per helper of the largest group. Helper `k` of a stage
+    /// runs `copies[k]`'s layers of that stage, which take the model's values on the
+    /// helper's device; the model's own parameters stay the ones that count (the lead's,
+    /// updated by its optimizer, saved in snapshots).
+    pub fn with_copies(
+        model: M,
+        copies: Vec<M>,
+        plan: PipelinePlan,
+        optimizer: impl Fn(Vec<Param>) -> Result<Box<dyn Optimizer>> + Send + Sync + 'static,
+    ) -> Result<Pipeline<M>> {
         let make_optimizer: MakeOptimizer = Box::new(optimizer);
-        let stages = stages(&model, &plan, &make_optimizer, Placement::Move)?;
+        let stages = stages(&model, &copies, &plan, &make_optimizer, Placement::Move)?;
         Ok(Pipeline {
             model,
+            copies,
             plan,
             stages,
             make_optimizer,
@@ -162,9 +186,7 @@ impl<M: Layered> Pipeline<M> {
         path: &Path,
     ) -> Result<FleetEvent> {
         let failed = match error.device() {
-            Some(d) if error.is_device_fault() && self.stages.iter().any(|s| s.label == d) => {
-                d.to_string()
-            }
+            Some(d) if error.is_device_fault() && self.labels().any(|l| l == d) => d.to_string(),
             _ => return Err(error),
         };
         let out = |c: &Candidate| {
@@ -172,7 +194,18 @@ impl<M: Layered> Pipeline<M> {
             let fleet_out = self.membership.as_ref().is_some_and(|m| m.why_out(&label).is_some());
             label == failed || self.evicted.contains(&label) || fleet_out
         };
-        let survivors: Vec<Candidate> = candidates.iter().filter(|c| !out(c)).cloned().collect();
+        // A group loses the members that are out; a helper leads where its lead is out.
+        let survivors: Vec<Candidate> = candidates
+            .iter()
+            .filter_map(|c| {
+                let mut members = c
+                    .members()
+                    .filter(|m| !out(m))
+                    .map(|m| Candidate { helpers: Vec::new(), ..m.clone() });
+                let lead = members.next()?;
+                Some(Candidate { helpers: members.collect(), ..lead })
+            })
+            .collect();
         let slots = self.stages[0].optimizer.state_slots().len();
         let plan =
             PipelinePlan::search(self.plan.costs(), &survivors, self.plan.micro_batches, slots)?;
@@ -199,6 +232,13 @@ impl<M: Layered> Pipeline<M> {
             trace.push_fleet_event(&event, origin.elapsed());
         }
         Ok(event)
+    }
+
+    /// Every stage device's label, helpers included.
+    fn labels(&self) -> impl Iterator<Item = &str> {
+        self.stages.iter().flat_map(|s| {
+            std::iter::once(s.label.as_str()).chain(s.helpers.iter().map(|h| h.label.as_str()))
+        })
     }
 
     /// Devices dropped after their faults, by label.
@@ -231,7 +271,8 @@ impl<M: Layered> Pipeline<M> {
                 detail: "holds parameters or optimizer state the model lacks".into(),
             });
         }
-        stages(&self.model, plan, &self.make_optimizer, Placement::Restore(snapshot, path))
+        let placement = Placement::Restore(snapshot, path);
+        stages(&self.model, &self.copies, plan, &self.make_optimizer, placement)
     }
 
     pub fn model(&self) -> &M {
@@ -342,10 +383,8 @@ impl<M: Layered> Pipeline<M> {
         loss: LossFn<'_>,
     ) -> Result<(Grads, f64)> {
         if let Some(membership) = &self.membership
-            && let Some((label, why)) = self
-                .stages
-                .iter()
-                .find_map(|s| membership.why_out(&s.label).map(|why| (s.label.clone(), why)))
+            && let Some((label, why)) =
+                self.labels().find_map(|l| membership.why_out(l).map(|why| (l.to_string(), why)))
         {
             return Err(Error::DeviceLost {
                 device: label,
@@ -363,6 +402,13 @@ impl<M: Layered> Pipeline<M> {
             ));
         }
         let rows = ranges(&even_shares(rows.len(), micro_batches), rows.start);
+        // Helpers start from the lead's values, whoever changed them since (an optimizer,
+        // another replica, a restore).
+        for stage in &self.stages {
+            for helper in &stage.helpers {
+                take_values(helper, &stage.params)?;
+            }
+        }
         let count = self.stages.len();
         // Channel s carries activations from stage s to s + 1 and gradients back.
         let (act_tx, mut act_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
@@ -371,11 +417,15 @@ impl<M: Layered> Pipeline<M> {
         let mut grad_tx: Vec<Option<Sender<Message>>> = grad_tx.into_iter().map(Some).collect();
         let jobs: Vec<StageJob> = (0..count)
             .map(|s| StageJob {
-                index: s,
-                count,
-                device: self.stages[s].device.clone(),
-                layers: self.stages[s].layers.clone(),
-                recompute: self.plan.stages[s].recompute,
+                place: Place {
+                    index: s,
+                    count,
+                    device: self.stages[s].device.clone(),
+                    helpers: self.stages[s].helpers.iter().map(|h| h.device.clone()).collect(),
+                    shares: self.stages[s].shares.clone(),
+                    layers: self.stages[s].layers.clone(),
+                    recompute: self.plan.stages[s].recompute,
+                },
                 send_forward: boxed_out(if s + 1 < count { act_tx[s].take() } else { None }),
                 receive_forward: boxed_in(
                     (s > 0).then(|| std::mem::replace(&mut act_rx[s - 1], channel().1)),
@@ -387,8 +437,8 @@ impl<M: Layered> Pipeline<M> {
             })
             .collect();
         drop((act_tx, grad_tx));
-        let (model, step) = (&self.model, self.step);
-        let shared = Shared { model, input, loss, rows: &rows, batch, step };
+        let (model, copies, step) = (&self.model, &self.copies[..], self.step);
+        let shared = Shared { model, copies, input, loss, rows: &rows, batch, step };
         let outcomes: Vec<std::thread::Result<std::result::Result<StageOutcome, Stop>>> =
             std::thread::scope(|scope| {
                 let handles: Vec<_> = jobs
@@ -426,14 +476,27 @@ impl<M: Layered> Pipeline<M> {
         let mut grads = Grads::default();
         let mut losses = Vec::new();
         for (s, d) in done.into_iter().enumerate() {
-            grads.accumulate(d.grads)?;
+            let stage = &mut self.stages[s];
+            let mut parts = d.grads.into_iter();
+            grads.accumulate(parts.next().unwrap_or_default())?;
+            add_gradients(&stage.helpers, &stage.params, parts, &mut grads)?;
             losses.extend(d.losses);
-            let per_micro_batch = d.busy.iter().map(|w| w.secs).sum::<f64>() / micro_batches as f64;
-            self.stages[s].measured = Some(follow(self.stages[s].measured, per_micro_batch));
+            // The busiest member's time: the group's pace.
+            let mut secs = vec![0.0; stage.shares.len()];
+            for w in &d.busy {
+                secs[w.member] += w.secs;
+            }
+            let per_micro_batch =
+                secs.iter().fold(0.0, |a: f64, &b| a.max(b)) / micro_batches as f64;
+            stage.measured = Some(follow(stage.measured, per_micro_batch));
             if let Some((origin, trace)) = &mut self.trace {
                 for w in d.busy {
                     let start = w.start.saturating_duration_since(*origin);
-                    trace.push(&self.stages[s].label, w.kind, w.name, start, w.duration);
+                    let track = match w.member {
+                        0 => &stage.label,
+                        k => &stage.helpers[k - 1].label,
+                    };
+                    trace.push(track, w.kind, w.name, start, w.duration);
                 }
             }
         }
@@ -488,6 +551,7 @@ enum Placement<'a> {
 /// stage's optimizer built there (restored from the snapshot, when restoring).
 fn stages<M: Layered>(
     model: &M,
+    copies: &[M],
     plan: &PipelinePlan,
     make_optimizer: &MakeOptimizer,
     placement: Placement<'_>,
@@ -568,12 +632,17 @@ fn stages<M: Layered>(
                 optimizer
             }
         };
+        let helpers = helpers(copies, &stage.layers, &stage.helpers, &params)?;
         stages.push(Stage {
             device: stage.device.clone(),
             label: stage.label.clone(),
             layers: stage.layers.clone(),
             optimizer,
             params,
+            shares: std::iter::once(stage.share)
+                .chain(stage.helpers.iter().map(|h| h.share))
+                .collect(),
+            helpers,
             measured: None,
         });
     }

@@ -79,5 +79,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
             return Played { makespan: f64::INFINITY, busy };
         }
     }
-    Played { makespan: free.iter().copied().fold(0.0, f64::max), busy }
+    // A group's members send their gradients to the lead and get the new values back.
+    let end = free.iter().zip(&plan.stages).map(|(free, stage)| free + stage.sync_s);
+    Played { makespan: end.fold(0.0, f64::max), busy }
 }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::Layered;
 use super::schedule::{Work, one_f_one_b};
-use crate::plan::Stopwatch;
+use crate::plan::{Stopwatch, proportional};
 use crate::train::nn::Ctx;
+use crate::train::parallel::{panic_message, ranges};
 use crate::train::{Grads, Var, no_grad};
 use crate::{DeviceRef, Error, Result, Tensor};
 
@@ -63,6 +64,8 @@ pub(super) type LossFn<'a> = &'a (dyn Fn(&Var, Range<usize>, &DeviceRef) -> Resu
 /// What every stage thread reads.
 pub(super) struct Shared<'a, M> {
     pub model: &'a M,
+    /// Copies of the model for the stages' helpers: helper `k` of a group runs `copies[k]`.
+    pub copies: &'a [M],
     pub input: InputFn<'a>,
     pub loss: LossFn<'a>,
     pub rows: &'a [Range<usize>],
@@ -70,13 +73,24 @@ pub(super) struct Shared<'a, M> {
     pub step: u64,
 }
 
-/// One stage's part of a step: its place, its layers on its device, and its links.
-pub(super) struct StageJob<'a> {
+/// Where a stage sits and what it computes: its place in the pipeline, its layers, and the
+/// devices that run them (its own and its helpers', each with a copy of the layers).
+pub(super) struct Place {
     pub index: usize,
     pub count: usize,
     pub device: DeviceRef,
+    /// The rest of the stage's data-parallel group.
+    pub helpers: Vec<DeviceRef>,
+    /// Each member's share of a micro-batch's rows, the stage's own device first (`[1]`
+    /// alone).
+    pub shares: Vec<f64>,
     pub layers: Range<usize>,
     pub recompute: bool,
+}
+
+/// One stage's part of a step: its place and its links.
+pub(super) struct StageJob<'a> {
+    pub place: Place,
     pub send_forward: Option<Box<dyn Outbox + Send + 'a>>,
     pub receive_forward: Option<Box<dyn Inbox + Send + 'a>>,
     pub send_back: Option<Box<dyn Outbox + Send + 'a>>,
@@ -95,9 +109,11 @@ impl From<Error> for Stop {
     }
 }
 
-/// A stretch of a stage's work: wall-clock for the trace, and on the device's own clock
+/// A stretch of a member's work: wall-clock for the trace, and on the device's own clock
 /// (a simulated chip's virtual one) for learning the stage's speed.
 pub(super) struct Busy {
+    /// The group member that did it (0: the stage's own device).
+    pub member: usize,
     pub kind: &'static str,
     pub name: String,
     pub start: Instant,
@@ -107,21 +123,42 @@ pub(super) struct Busy {
 
 impl Busy {
     fn since(
+        member: usize,
         kind: &'static str,
         name: String,
-        start: Instant,
-        watch: &Stopwatch,
+        (start, watch): (Instant, Stopwatch),
         device: &DeviceRef,
     ) -> Busy {
-        Busy { kind, name, start, duration: start.elapsed(), secs: watch.secs(&**device) }
+        let (duration, secs) = (start.elapsed(), watch.secs(&**device));
+        Busy { member, kind, name, start, duration, secs }
     }
 }
 
 pub(super) struct StageOutcome {
-    pub grads: Grads,
-    /// The last stage's micro-batch losses (scalars on its device).
+    /// Each member's gradients, the stage's own device's first, under its copy's ids.
+    pub grads: Vec<Grads>,
+    /// The last stage's micro-batch losses (scalars, one per member that had rows).
     pub losses: Vec<Tensor>,
     pub busy: Vec<Busy>,
+}
+
+/// A member's part of one micro-batch in flight: its rows, its input (a leaf, except on the
+/// first stage) and its output (the loss, on the last), unless it is to be recomputed.
+struct Part {
+    rows: Range<usize>,
+    x: Var,
+    y: Option<Var>,
+}
+
+/// What a member's backward pass of a micro-batch gives the stage.
+struct Back {
+    input_grad: Option<Tensor>,
+    loss: Option<Tensor>,
+    busy: Option<Busy>,
+}
+
+fn clock(device: &DeviceRef) -> (Instant, Stopwatch) {
+    (Instant::now(), Stopwatch::start(&**device))
 }
 
 impl StageJob<'_> {
@@ -129,107 +166,242 @@ impl StageJob<'_> {
         self,
         shared: &Shared<'_, M>,
     ) -> std::result::Result<StageOutcome, Stop> {
-        let last = self.index + 1 == self.count;
+        let StageJob { place, send_forward, receive_forward, send_back, receive_back } = self;
+        let place = &place;
         let micro_batches = shared.rows.len();
-        let mut grads = Grads::default();
+        let mut grads: Vec<Grads> = place.shares.iter().map(|_| Grads::default()).collect();
         let mut losses = Vec::new();
         let mut busy = Vec::with_capacity(3 * micro_batches);
-        // Per micro-batch in flight: the stage's input (a leaf, except on the first stage)
-        // and its output (the loss, on the last), unless it is to be recomputed.
-        let mut held: HashMap<usize, (Var, Option<Var>)> = HashMap::new();
-        for work in one_f_one_b(self.index, self.count, micro_batches) {
+        let mut held: HashMap<usize, Vec<Option<Part>>> = HashMap::new();
+        for work in one_f_one_b(place.index, place.count, micro_batches) {
             match work {
                 Work::Forward(m) => {
                     let rows = shared.rows[m].clone();
-                    let x = match &self.receive_forward {
-                        None => (shared.input)(rows.clone(), &self.device)?,
-                        Some(inbox) => {
-                            Var::leaf(self.receive(&**inbox, m, "activation", &mut busy)?)
-                        }
+                    let received = match &receive_forward {
+                        None => None,
+                        Some(inbox) => Some(place.receive(&**inbox, m, "activation", &mut busy)?),
                     };
-                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
-                    let y = if self.recompute {
-                        no_grad(|| self.forward(shared, &x, m))?
-                    } else {
-                        self.forward(shared, &x, m)?
-                    };
-                    if let Some(outbox) = &self.send_forward {
-                        outbox.send(m, y.tensor())?;
+                    let started = clock(&place.device);
+                    let items = place.split(rows.clone()).into_iter();
+                    let done = place.together(
+                        items.map(|r| (!r.is_empty()).then_some(r)).collect(),
+                        |k, member_rows| {
+                            let (device, started) = (place.member(k), clock(place.member(k)));
+                            let x = match &received {
+                                None => (shared.input)(member_rows.clone(), device)?,
+                                Some(x) => {
+                                    Var::leaf(place.slice(x, &rows, &member_rows, device)?)
+                                }
+                            };
+                            let y = if place.recompute {
+                                no_grad(|| place.forward(shared, k, &x, &member_rows))?
+                            } else {
+                                place.forward(shared, k, &x, &member_rows)?
+                            };
+                            let output = y.tensor().clone();
+                            let y = (!place.recompute).then_some(y);
+                            let timed = place.helper_busy(k, "forward", m, started)?;
+                            Ok((Part { rows: member_rows, x, y }, output, timed))
+                        },
+                    )?;
+                    let mut parts: Vec<Option<Part>> = place.shares.iter().map(|_| None).collect();
+                    let mut outputs = Vec::with_capacity(done.len());
+                    for (k, (part, output, timed)) in done {
+                        parts[k] = Some(part);
+                        outputs.push(output);
+                        busy.extend(timed);
                     }
-                    held.insert(m, (x, (!self.recompute).then_some(y)));
-                    self.device.synchronize()?;
+                    if let Some(outbox) = &send_forward {
+                        outbox.send(m, &place.gather(outputs)?)?;
+                    }
+                    held.insert(m, parts);
+                    place.device.synchronize()?;
                     busy.push(Busy::since(
+                        0,
                         "forward",
                         format!("forward {m}"),
-                        start,
-                        &watch,
-                        &self.device,
+                        started,
+                        &place.device,
                     ));
                 }
                 Work::Backward(m) => {
-                    let (x, y) = held.remove(&m).ok_or_else(|| self.out_of_order(m))?;
-                    let seed = match &self.receive_back {
+                    let parts = held.remove(&m).ok_or_else(|| place.out_of_order(m))?;
+                    let seed = match &receive_back {
                         None => None,
-                        Some(inbox) => Some(self.receive(&**inbox, m, "gradient", &mut busy)?),
+                        Some(inbox) => Some(place.receive(&**inbox, m, "gradient", &mut busy)?),
                     };
-                    let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
-                    let y = match y {
-                        Some(y) => y,
-                        None => self.forward(shared, &x, m)?,
-                    };
-                    let seed = match seed {
-                        Some(seed) => seed,
-                        None => Tensor::ones(
-                            y.tensor().shape().clone(),
-                            y.tensor().dtype(),
-                            &self.device,
-                        )?,
-                    };
-                    let mut input_grad = None;
-                    y.backward_streaming(seed, |id, g| {
-                        if id == x.id() {
-                            input_grad = Some(g);
-                            Ok(())
-                        } else {
-                            grads.add(id, g)
-                        }
-                    })?;
-                    if let Some(outbox) = &self.send_back {
-                        let g = match input_grad {
-                            Some(g) => g,
-                            // The loss does not depend on this stage's input.
-                            None => Tensor::zeros(
-                                x.tensor().shape().clone(),
-                                x.tensor().dtype(),
-                                &self.device,
+                    let rows = shared.rows[m].clone();
+                    let started = clock(&place.device);
+                    let items = parts
+                        .into_iter()
+                        .zip(grads.iter_mut())
+                        .map(|(part, grads)| part.map(|p| (p, grads)))
+                        .collect();
+                    let sends_back = send_back.is_some();
+                    let backs = place.together(items, |k, (part, grads)| {
+                        let (device, started) = (place.member(k), clock(place.member(k)));
+                        let y = match part.y {
+                            Some(y) => y,
+                            None => place.forward(shared, k, &part.x, &part.rows)?,
+                        };
+                        let seed = match &seed {
+                            Some(seed) => place.slice(seed, &rows, &part.rows, device)?,
+                            None => Tensor::ones(
+                                y.tensor().shape().clone(),
+                                y.tensor().dtype(),
+                                device,
                             )?,
                         };
-                        outbox.send(m, &g)?;
+                        let mut input_grad = None;
+                        y.backward_streaming(seed, |id, g| {
+                            if id == part.x.id() {
+                                input_grad = Some(g);
+                                Ok(())
+                            } else {
+                                grads.add(id, g)
+                            }
+                        })?;
+                        let input_grad = match input_grad {
+                            _ if !sends_back => None,
+                            Some(g) => Some(g),
+                            // The loss does not depend on this stage's input.
+                            None => Some(Tensor::zeros(
+                                part.x.tensor().shape().clone(),
+                                part.x.tensor().dtype(),
+                                device,
+                            )?),
+                        };
+                        let loss = (place.index + 1 == place.count).then(|| y.tensor().clone());
+                        let busy = place.helper_busy(k, "backward", m, started)?;
+                        Ok(Back { input_grad, loss, busy })
+                    })?;
+                    let mut input_grads = Vec::with_capacity(backs.len());
+                    for (_, back) in backs {
+                        input_grads.extend(back.input_grad);
+                        losses.extend(back.loss);
+                        busy.extend(back.busy);
                     }
-                    if last {
-                        losses.push(y.tensor().clone());
+                    if let Some(outbox) = &send_back {
+                        outbox.send(m, &place.gather(input_grads)?)?;
                     }
-                    self.device.synchronize()?;
+                    place.device.synchronize()?;
                     busy.push(Busy::since(
+                        0,
                         "backward",
                         format!("backward {m}"),
-                        start,
-                        &watch,
-                        &self.device,
+                        started,
+                        &place.device,
                     ));
                 }
             }
         }
         Ok(StageOutcome { grads, losses, busy })
     }
+}
 
-    /// The stage's layers on micro-batch `m`'s input; on the last stage, its share of the
-    /// batch's loss.
-    fn forward<M: Layered>(&self, shared: &Shared<'_, M>, x: &Var, m: usize) -> Result<Var> {
-        let rows = shared.rows[m].clone();
+impl Place {
+    /// Member `k`'s device (0: the stage's own).
+    fn member(&self, k: usize) -> &DeviceRef {
+        if k == 0 { &self.device } else { &self.helpers[k - 1] }
+    }
+
+    /// A micro-batch's rows cut among the members by their shares.
+    fn split(&self, rows: Range<usize>) -> Vec<Range<usize>> {
+        if self.helpers.is_empty() {
+            return vec![rows];
+        }
+        let counts = proportional(&self.shares, rows.len())
+            .unwrap_or_else(|| even_shares(rows.len(), self.shares.len()));
+        ranges(&counts, rows.start)
+    }
+
+    /// Rows `part` of `whole`'s tensor `t` (on the stage's device), on `device`.
+    fn slice(
+        &self,
+        t: &Tensor,
+        whole: &Range<usize>,
+        part: &Range<usize>,
+        device: &DeviceRef,
+    ) -> Result<Tensor> {
+        if part == whole {
+            return Ok(t.clone());
+        }
+        t.narrow(0, part.start - whole.start, part.len())?.to_device(device)
+    }
+
+    /// The members' results for a micro-batch, their rows in order, on the stage's device.
+    fn gather(&self, parts: Vec<Tensor>) -> Result<Tensor> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
+        let here: Vec<Tensor> =
+            parts.iter().map(|t| t.to_device(&self.device)).collect::<Result<_>>()?;
+        Tensor::cat(&here.iter().collect::<Vec<_>>(), 0)
+    }
+
+    /// `work` on each member's item at once: the first on this thread, each other on a
+    /// thread of its own. Results in member order, for the members that had an item.
+    fn together<I: Send, T: Send>(
+        &self,
+        items: Vec<Option<I>>,
+        work: impl Fn(usize, I) -> Result<T> + Sync,
+    ) -> Result<Vec<(usize, T)>> {
+        let mut items = items.into_iter().enumerate().filter_map(|(k, i)| i.map(|i| (k, i)));
+        let Some((first, item)) = items.next() else { return Ok(Vec::new()) };
+        let work = &work;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                items.map(|(k, item)| (k, scope.spawn(move || work(k, item)))).collect();
+            let mut done = vec![(first, work(first, item))];
+            for (k, handle) in handles {
+                done.push((
+                    k,
+                    handle.join().unwrap_or_else(|panic| {
+                        Err(Error::Panicked {
+                            op: format!("Pipeline::step, stage {} member {k}", self.index),
+                            detail: panic_message(panic.as_ref()),
+                        })
+                    }),
+                ));
+            }
+            done.into_iter().map(|(k, r)| Ok((k, r?))).collect()
+        })
+    }
+
+    /// A helper's span of work since `started`, once its device has finished; `None` for
+    /// the stage's own device, whose span is the stage's.
+    fn helper_busy(
+        &self,
+        k: usize,
+        kind: &'static str,
+        m: usize,
+        started: (Instant, Stopwatch),
+    ) -> Result<Option<Busy>> {
+        if k == 0 {
+            return Ok(None);
+        }
+        let device = self.member(k);
+        device.synchronize()?;
+        Ok(Some(Busy::since(k, kind, format!("{kind} {m}"), started, device)))
+    }
+
+    /// The stage's layers on member `k`'s copy of them, for its rows; on the last stage, the
+    /// rows' share of the batch's loss.
+    fn forward<M: Layered>(
+        &self,
+        shared: &Shared<'_, M>,
+        k: usize,
+        x: &Var,
+        rows: &Range<usize>,
+    ) -> Result<Var> {
+        let model = if k == 0 { shared.model } else { &shared.copies[k - 1] };
         let ctx = Ctx::train(shared.step).rows_from(rows.start);
-        let y = shared.model.forward_layers(self.layers.clone(), x, &ctx)?;
-        if self.index + 1 == self.count { self.batch_loss(shared, &y, rows) } else { Ok(y) }
+        let y = model.forward_layers(self.layers.clone(), x, &ctx)?;
+        if self.index + 1 == self.count {
+            self.batch_loss(shared, &y, rows.clone(), self.member(k))
+        } else {
+            Ok(y)
+        }
     }
 
     /// Micro-batch `m`'s message from a neighbour, on this stage's device.
@@ -240,20 +412,26 @@ impl StageJob<'_> {
         what: &str,
         busy: &mut Vec<Busy>,
     ) -> std::result::Result<Tensor, Stop> {
-        let (start, watch) = (Instant::now(), Stopwatch::start(&*self.device));
+        let started = clock(&self.device);
         let moved = inbox.receive(m, &self.device)?;
-        busy.push(Busy::since("transfer", format!("{what} {m} in"), start, &watch, &self.device));
+        busy.push(Busy::since(0, "transfer", format!("{what} {m} in"), started, &self.device));
         Ok(moved)
     }
 
-    /// The summed per-row losses of `rows` over the batch: this micro-batch's part of the
+    /// The summed per-row losses of `rows` over the batch, on `device`: this part of the
     /// batch's mean loss.
-    fn batch_loss<M>(&self, shared: &Shared<'_, M>, y: &Var, rows: Range<usize>) -> Result<Var> {
-        let per_row = (shared.loss)(y, rows.clone(), &self.device)?;
+    fn batch_loss<M>(
+        &self,
+        shared: &Shared<'_, M>,
+        y: &Var,
+        rows: Range<usize>,
+        device: &DeviceRef,
+    ) -> Result<Var> {
+        let per_row = (shared.loss)(y, rows.clone(), device)?;
         if per_row.dims().first() != Some(&rows.len()) {
             return Err(Error::Shape {
                 op: "Pipeline::step".into(),
-                device: self.device.info().label(),
+                device: device.info().label(),
                 detail: format!(
                     "the loss of rows {rows:?} is {:?}: its first dim must be the {} rows",
                     per_row.tensor(),
