@@ -6,7 +6,8 @@
 //!     mpirun -np 2 target/release/examples/mpi_check --steps 8 --weights 1,3 --save /tmp/two
 //!
 //! With `--pipeline`, a small GPT's layers are cut over the ranks instead (rank `r` runs
-//! stage `r`), and each rank writes its own stage's checkpoint under `--save`/`rank-<r>`.
+//! stage `r`), and each rank writes its own stage's checkpoint under `--save`/`rank-<r>`;
+//! with `--local-group` too, each rank's stage runs on a group of its local devices.
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -15,12 +16,13 @@ use std::sync::Arc;
 
 use clap::Parser;
 use manychips::plan::DeviceProfile;
+use manychips::sim::{SimDevice, SimProfile};
 use manychips::train::checkpoint::{latest, write_checkpoint};
 use manychips::train::distributed::{Distributed, Ranks};
 use manychips::train::models::{Gpt, GptConfig, Mlp};
 use manychips::train::nn::{self, Activation, CrossEntropy, Ctx, Dropout, Reduction};
-use manychips::train::optim::{AdamW, Optimizer};
-use manychips::train::pipeline::{Layered, RankPipeline};
+use manychips::train::optim::{AdamW, Optimizer, Sgd};
+use manychips::train::pipeline::{Candidate, Layered, RankPipeline, StagePlan, profile_layers};
 use manychips::train::{DataParallel, ParamStore, Snapshot, Var};
 use manychips::{CpuDevice, DType, DeviceRef, Result, Tensor};
 
@@ -49,6 +51,14 @@ struct Args {
     /// Train a pipeline with one stage per rank instead.
     #[arg(long)]
     pipeline: bool,
+    /// With `--pipeline`: each rank's stage on a data-parallel group of two simulated
+    /// chips over its CPU, planned with `StagePlan::for_rank`.
+    #[arg(long)]
+    local_group: bool,
+    /// With `--pipeline`: SGD with momentum instead of AdamW (whose normalised step makes
+    /// a rounding difference in a gradient that is zero in exact arithmetic visible).
+    #[arg(long)]
+    sgd: bool,
 }
 
 const DIM: usize = 16;
@@ -75,17 +85,51 @@ fn pipeline(args: &Args, ranks: Ranks) -> Result<()> {
     let depth = model.depth();
     let layers: Vec<Range<usize>> =
         (0..size).map(|r| r * depth / size..(r + 1) * depth / size).collect();
-    let mut job = RankPipeline::new(ranks, model, layers, cpu, 4, |params| {
-        Ok(Box::new(AdamW::new(params, 1e-2)?) as Box<dyn Optimizer>)
-    })?;
+    let sgd = args.sgd;
+    let optimizer = move |params| -> Result<Box<dyn Optimizer>> {
+        Ok(match sgd {
+            true => Box::new(Sgd::new(params, 1e-2)?.with_momentum(0.9)?),
+            false => Box::new(AdamW::new(params, 1e-2)?),
+        })
+    };
     let token = |r: usize, t: usize| ((r * 5 + t * 3 + r * t) % 13) as u32;
-    let batch = 8;
-    for step in 0..args.steps {
-        let input = |rows: Range<usize>, device: &DeviceRef| -> Result<Var> {
-            let ids: Vec<u32> =
-                rows.clone().flat_map(|r| (0..8).map(move |t| token(r, t))).collect();
-            Ok(Var::constant(Tensor::from_slice(&ids, [rows.len(), 8], device)?))
+    let input = |rows: Range<usize>, device: &DeviceRef| -> Result<Var> {
+        let ids: Vec<u32> = rows.clone().flat_map(|r| (0..8).map(move |t| token(r, t))).collect();
+        Ok(Var::constant(Tensor::from_slice(&ids, [rows.len(), 8], device)?))
+    };
+    let (batch, micro_batches) = (8, 4);
+    let mut job = if args.local_group {
+        // Two like chips over this rank's CPU: each takes half of every micro-batch's rows.
+        let chip = |i: usize| -> Result<Candidate> {
+            let profile = SimProfile::new("local");
+            let device: DeviceRef = Arc::new(SimDevice::new(cpu.clone(), profile.clone(), i)?);
+            Candidate::new(device.clone(), DeviceProfile::simulated(device.info(), &profile))
         };
+        let group = Candidate::group(chip(0)?, vec![chip(1)?])?;
+        let costs =
+            profile_layers(&model, &input(0..batch / micro_batches, &cpu)?, &Ctx::train(0))?;
+        let stage = StagePlan::for_rank(
+            &costs,
+            layers[rank].clone(),
+            (rank, size),
+            &group,
+            micro_batches,
+            2,
+        )?;
+        let copy = Gpt::new(&ParamStore::new(&cpu, 8), config)?;
+        RankPipeline::with_stage(
+            ranks,
+            model,
+            vec![copy],
+            layers,
+            &stage,
+            micro_batches,
+            optimizer,
+        )?
+    } else {
+        RankPipeline::new(ranks, model, layers, cpu, micro_batches, optimizer)?
+    };
+    for step in 0..args.steps {
         let loss = |logits: &Var, rows: Range<usize>, _: &DeviceRef| -> Result<Var> {
             let targets: Vec<u32> =
                 rows.clone().flat_map(|r| (0..8).map(move |t| token(r, t + 1))).collect();

@@ -150,6 +150,68 @@ impl StagePlan {
     pub fn time(&self) -> f64 {
         stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)
     }
+
+    /// An `OutOfMemory` naming the device, the stage (`s`) and the bytes where a member's
+    /// part does not fit its device.
+    fn check_memory(&self, s: usize) -> Result<()> {
+        let members = std::iter::once((&self.label, self.memory, self.available))
+            .chain(self.helpers.iter().map(|h| (&h.label, h.memory, h.available)));
+        for (label, m, available) in members {
+            if m.total() <= available {
+                continue;
+            }
+            return Err(Error::OutOfMemory {
+                op: "PipelinePlan".into(),
+                device: label.clone(),
+                detail: format!(
+                    "stage {s} (layers {}..{}) needs {} bytes (parameters {}, gradients {}, \
+                     optimizer state {}, activations {}, workspace {}) and the device offers \
+                     {available}",
+                    self.layers.start,
+                    self.layers.end,
+                    m.total(),
+                    m.params,
+                    m.grads,
+                    m.optimizer,
+                    m.activations,
+                    m.workspace,
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stage `index` of `count` of a pipeline over MPI ranks (this rank's), layers `layers`
+    /// of the model `costs` describes, on `group`: this machine's devices
+    /// ([`Candidate::group`], or one alone), each member's share of the rows and memory
+    /// priced and checked. Its neighbours are other machines: receiving from them is not
+    /// priced.
+    pub fn for_rank(
+        costs: &[LayerCost],
+        layers: Range<usize>,
+        (index, count): (usize, usize),
+        group: &Candidate,
+        micro_batches: usize,
+        optimizer_slots: usize,
+    ) -> Result<StagePlan> {
+        check_micro_batches(micro_batches)?;
+        group.check_group("StagePlan::for_rank")?;
+        if layers.is_empty() || layers.end > costs.len() || index >= count {
+            return Err(Error::InvalidArgument {
+                op: "StagePlan::for_rank".into(),
+                device: group.device.info().label(),
+                detail: format!(
+                    "stage {index} of {count} with layers {layers:?} of a model of {}",
+                    costs.len()
+                ),
+            });
+        }
+        let shares = group_shares(costs, group);
+        let spot = Spot { c: group, shares: &shares, before: None, after: None, s: index, count };
+        let stage = price(costs, layers, &spot, micro_batches, optimizer_slots as f64);
+        stage.check_memory(index)?;
+        Ok(stage)
+    }
 }
 
 /// A micro-batch's way through a stage: its two passes and the two copies it receives.
@@ -427,31 +489,7 @@ impl PipelinePlan {
 
     fn check_memory(&self) -> Result<()> {
         for (s, stage) in self.stages.iter().enumerate() {
-            let members = std::iter::once((&stage.label, stage.memory, stage.available))
-                .chain(stage.helpers.iter().map(|h| (&h.label, h.memory, h.available)));
-            for (label, m, available) in members {
-                if m.total() <= available {
-                    continue;
-                }
-                return Err(Error::OutOfMemory {
-                    op: "PipelinePlan".into(),
-                    device: label.clone(),
-                    detail: format!(
-                        "stage {s} (layers {}..{}) needs {} bytes (parameters {}, gradients \
-                         {}, optimizer state {}, activations {}, workspace {}) and the device \
-                         offers {}",
-                        stage.layers.start,
-                        stage.layers.end,
-                        m.total(),
-                        m.params,
-                        m.grads,
-                        m.optimizer,
-                        m.activations,
-                        m.workspace,
-                        available
-                    ),
-                });
-            }
+            stage.check_memory(s)?;
         }
         Ok(())
     }
@@ -585,7 +623,8 @@ fn stage_cost(
             // The lead's part of a received input is a view of the whole, which it keeps.
             let input = if k == 0 { input_bytes as u64 } else { part(input_bytes, share) };
             // The last stage's members turn their rows into losses: nothing to gather.
-            let output = if spot.after.is_some() { part(output_bytes, share) } else { 0 };
+            let last = spot.s + 1 == spot.count;
+            let output = if last { 0 } else { part(output_bytes, share) };
             // A helper's rows come from the lead, and what it makes of them goes back.
             let (copy_forward, copy_backward) = if k == 0 {
                 (0.0, 0.0)
@@ -954,6 +993,11 @@ mod tests {
         assert_eq!((helper.memory.optimizer, lead.memory.optimizer), (0, 2 * lead.memory.params));
         assert_eq!(helper.memory.activations * 3, lead.memory.activations);
         assert!(lead.sync_s > 0.0 && plan.predicted_step_s() > lead.time() * 4.0);
+        // A rank's stage over its own devices is priced the same way.
+        let rank = StagePlan::for_rank(&costs, 0..8, (0, 1), &group, 4, 2).unwrap();
+        assert_eq!((rank.memory, rank.share, rank.time()), (lead.memory, lead.share, lead.time()));
+        let err = StagePlan::for_rank(&costs, 0..9, (0, 1), &group, 4, 2).unwrap_err();
+        assert!(err.to_string().contains("0..9"), "{err}");
         // The search takes a group as one candidate.
         let searched = PipelinePlan::search(&costs, std::slice::from_ref(&group), 4, 2).unwrap();
         assert_eq!(searched.stages[0].helpers.len(), 1, "{}", searched.explain());

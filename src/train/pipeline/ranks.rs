@@ -1,6 +1,6 @@
 //! A pipeline whose stages are MPI ranks (feature `mpi`): rank `r` runs stage `r` on one of
-//! its devices, and the activations and their gradients cross between ranks as MPI
-//! messages. The same stage code runs as within one process ([`StageJob`]), so `n` ranks
+//! its devices or on a data-parallel group of them ([`StagePlan::for_rank`]), and the
+//! activations and their gradients cross between ranks as MPI messages. The same stage code runs as within one process ([`StageJob`]), so `n` ranks
 //! compute what one process computes over the same layers, bit for bit on like devices.
 //!
 //! A stage receives on its own thread and sends from a thread of its own, so two
@@ -17,6 +17,8 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 
 use super::Layered;
+use super::group::{Helper, add_gradients, helpers, take_values};
+use super::plan::{HelperPlan, StagePlan};
 use super::stage::{Inbox, Outbox, Place, Shared, StageJob, Stop, even_shares};
 use crate::train::checkpoint::{HostTensor, Snapshot};
 use crate::train::distributed::Ranks;
@@ -33,13 +35,28 @@ const BACKWARD: i32 = 12;
 pub struct RankPipeline<M> {
     ranks: Ranks,
     model: M,
+    /// Copies of the model for this rank's helpers.
+    copies: Vec<M>,
     /// Every rank's layers, in rank order.
     layers: Vec<Range<usize>>,
     device: DeviceRef,
     params: Vec<Param>,
+    /// The rest of this rank's group, and each member's share of the rows (the device's
+    /// first).
+    helpers: Vec<Helper>,
+    shares: Vec<f64>,
+    recompute: bool,
     optimizer: Box<dyn Optimizer>,
     micro_batches: usize,
     step: u64,
+}
+
+/// This rank's devices: its own, its helpers' (from a plan), each one's share of the rows.
+struct Local<'a> {
+    device: DeviceRef,
+    helpers: &'a [HelperPlan],
+    shares: Vec<f64>,
+    recompute: bool,
 }
 
 fn invalid(device: &DeviceRef, detail: String) -> Error {
@@ -58,6 +75,54 @@ impl<M: Layered> RankPipeline<M> {
         micro_batches: usize,
         optimizer: impl FnOnce(Vec<Param>) -> Result<Box<dyn Optimizer>>,
     ) -> Result<RankPipeline<M>> {
+        let alone = Local { device, helpers: &[], shares: vec![1.0], recompute: false };
+        RankPipeline::placed(ranks, model, Vec::new(), layers, alone, micro_batches, optimizer)
+    }
+
+    /// [`new`](Self::new) with this rank's stage on `stage`: its layers (`layers[rank]`)
+    /// planned over this machine's devices ([`StagePlan::for_rank`]), whose helpers each
+    /// run one of `copies` (more instances of the model, built alike; they take the
+    /// model's values). Each micro-batch's rows are cut among the devices by the plan's
+    /// shares, and the stage recomputes its activations where the plan says so.
+    pub fn with_stage(
+        ranks: Ranks,
+        model: M,
+        copies: Vec<M>,
+        layers: Vec<Range<usize>>,
+        stage: &StagePlan,
+        micro_batches: usize,
+        optimizer: impl FnOnce(Vec<Param>) -> Result<Box<dyn Optimizer>>,
+    ) -> Result<RankPipeline<M>> {
+        let mine = layers.get(ranks.rank()).cloned();
+        if mine.as_ref() != Some(&stage.layers) {
+            return Err(invalid(
+                &stage.device,
+                format!("the stage plan has layers {:?}, this rank {mine:?}", stage.layers),
+            ));
+        }
+        let local = Local {
+            device: stage.device.clone(),
+            helpers: &stage.helpers,
+            shares: std::iter::once(stage.share)
+                .chain(stage.helpers.iter().map(|h| h.share))
+                .collect(),
+            recompute: stage.recompute,
+        };
+        RankPipeline::placed(ranks, model, copies, layers, local, micro_batches, optimizer)
+    }
+
+    /// Checks the ranks' layers, moves this rank's parameters to its device (and copies
+    /// them to its helpers), and builds its optimizer.
+    fn placed(
+        ranks: Ranks,
+        model: M,
+        copies: Vec<M>,
+        layers: Vec<Range<usize>>,
+        local: Local<'_>,
+        micro_batches: usize,
+        optimizer: impl FnOnce(Vec<Param>) -> Result<Box<dyn Optimizer>>,
+    ) -> Result<RankPipeline<M>> {
+        let device = local.device;
         if !ranks.threads_multiple() {
             return Err(Error::Unavailable {
                 backend: "mpi".into(),
@@ -92,12 +157,27 @@ impl<M: Layered> RankPipeline<M> {
                 ),
             ));
         }
-        let params = model.params_of(layers[ranks.rank()].clone());
+        let mine = layers[ranks.rank()].clone();
+        let params = model.params_of(mine.clone());
         for param in &params {
             param.move_to(&device)?;
         }
+        let helpers = helpers(&copies, &mine, local.helpers, &params)?;
         let optimizer = optimizer(params.clone())?;
-        Ok(RankPipeline { ranks, model, layers, device, params, optimizer, micro_batches, step: 0 })
+        Ok(RankPipeline {
+            ranks,
+            model,
+            copies,
+            layers,
+            device,
+            params,
+            helpers,
+            shares: local.shares,
+            recompute: local.recompute,
+            optimizer,
+            micro_batches,
+            step: 0,
+        })
     }
 
     pub fn ranks(&self) -> &Ranks {
@@ -125,9 +205,12 @@ impl<M: Layered> RankPipeline<M> {
         }
         let (rank, count) = (self.ranks.rank(), self.ranks.size());
         let rows = ranges(&even_shares(batch, self.micro_batches), 0);
+        for helper in &self.helpers {
+            take_values(helper, &self.params)?;
+        }
         let shared = Shared {
             model: &self.model,
-            copies: &[],
+            copies: &self.copies,
             input: &input,
             loss: &loss,
             rows: &rows,
@@ -153,10 +236,10 @@ impl<M: Layered> RankPipeline<M> {
                     index: rank,
                     count,
                     device: self.device.clone(),
-                    helpers: Vec::new(),
-                    shares: vec![1.0],
+                    helpers: self.helpers.iter().map(|h| h.device.clone()).collect(),
+                    shares: self.shares.clone(),
                     layers: self.layers[rank].clone(),
-                    recompute: false,
+                    recompute: self.recompute,
                 },
                 send_forward: (rank + 1 < count).then(|| outbox(rank + 1, FORWARD)),
                 receive_forward: (rank > 0)
@@ -171,7 +254,10 @@ impl<M: Layered> RankPipeline<M> {
             Stop::Failed(e) => e,
             Stop::Neighbour => invalid(&self.device, "a neighbouring stage stopped".into()),
         })?;
-        self.optimizer.step(&done.grads[0])?;
+        let mut parts = done.grads.into_iter();
+        let mut grads = parts.next().unwrap_or_default();
+        add_gradients(&self.helpers, &self.params, parts, &mut grads)?;
+        self.optimizer.step(&grads)?;
         self.step += 1;
         let local: f64 = done.losses.iter().map(|l| Ok(l.to_f64_vec()?[0])).sum::<Result<f64>>()?;
         Ok(self.ranks.sum(local))
