@@ -991,3 +991,57 @@ fn lose_a_group_member(victim: usize) -> Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// A chip with room for its stage's parameters, gradients and activations but not for
+/// their optimizer state: the plan lodges that state on another stage's chip, which
+/// updates a copy of the parameters and sends the values back. The numbers stay the one
+/// device's bit for bit under AdamW, and each chip's peak stays within its planned memory.
+#[test]
+fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> Result<()> {
+    let want = one_device(adamw)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let layout = [0..2, 2..5];
+    let need = unlimited_plan(&host, &costs, &layout)?;
+    let short = &need.stages[1].memory;
+    // Half its optimizer state short.
+    let tight = sim(&host, "tight", 1e11, short.total() - short.optimizer / 2, 1);
+    let roomy = sim(&host, "roomy", 1e11, 1 << 30, 2);
+    let stages =
+        vec![(layout[0].clone(), candidate(&roomy)), (layout[1].clone(), candidate(&tight))];
+    let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    println!("{}", plan.explain());
+    let lodged = plan.stages[1].state_on.as_ref().expect("the tight chip's state lodges");
+    assert_eq!(lodged.label, roomy.info().label());
+    assert_eq!(plan.stages[0].memory.lodged, lodged.bytes);
+    assert_eq!(plan.stages[1].memory.optimizer, 0);
+    for chip in [&tight, &roomy] {
+        chip.reset_peak_memory();
+    }
+    let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
+    let got = train(&mut pipeline)?;
+    assert_identical(&want, &got);
+    for (chip, stage) in [(&roomy, &plan.stages[0]), (&tight, &plan.stages[1])] {
+        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
+        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
+        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
+    }
+    // The checkpoint holds the lodged optimizer state under the parameters' names, and a
+    // plan that keeps it at home restores it to the same numbers.
+    let snapshot = pipeline.snapshot(serde_json::json!({}))?;
+    let names: Vec<&str> = snapshot.optimizer.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.iter().any(|n| n.starts_with("blocks.2.")), "{names:?}");
+    let fresh = Gpt::new(&ParamStore::new(&host, SEED + 1), config())?;
+    let big: Vec<Arc<SimDevice>> = (5..=6).map(|i| sim(&host, "big", 1e11, 1 << 30, i)).collect();
+    let stages = vec![(0..2, candidate(&big[0])), (2..5, candidate(&big[1]))];
+    let home = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    assert!(home.stages.iter().all(|s| s.state_on.is_none()));
+    let mut resumed = Pipeline::new(fresh, home, adamw)?;
+    resumed.restore(&snapshot, std::path::Path::new("in memory"))?;
+    let again = resumed.snapshot(serde_json::json!({}))?;
+    assert_eq!(again.optimizer.len(), snapshot.optimizer.len());
+    for (a, b) in snapshot.optimizer.iter().zip(&again.optimizer) {
+        assert_eq!((a.name.as_str(), &a.bytes), (b.name.as_str(), &b.bytes));
+    }
+    Ok(())
+}

@@ -34,7 +34,7 @@ mod stage;
 use std::ops::Range;
 
 pub use cost::{LayerCost, TransformerShape, profile_layers};
-pub use plan::{Candidate, HelperPlan, PipelinePlan, StageMemory, StagePlan};
+pub use plan::{Candidate, HelperPlan, PipelinePlan, StageMemory, StagePlan, StateHost};
 #[cfg(feature = "mpi")]
 pub use ranks::RankPipeline;
 pub use replica_plan::ReplicaPlan;

@@ -93,12 +93,27 @@ pub struct StageMemory {
     /// Temporaries of one layer's backward pass (about its activations again, plus what it
     /// makes anew, such as attention's weights) and the gradient that arrives for it.
     pub workspace: u64,
+    /// What it keeps for stages whose optimizer state it hosts ([`StateHost`]).
+    pub lodged: u64,
 }
 
 impl StageMemory {
     pub fn total(&self) -> u64 {
-        self.params + self.grads + self.optimizer + self.activations + self.workspace
+        self.params + self.grads + self.optimizer + self.activations + self.workspace + self.lodged
     }
+}
+
+/// Where a stage's optimizer state lives when its own device lacks the room for it:
+/// another stage's device with memory to spare, which keeps a master copy of the stage's
+/// parameters, their optimizer state and the gradients that arrive for them, runs the
+/// update, and sends the new values back once a step (ZeRO-Offload's idea, onto a peer
+/// rather than the host). Its stage's `sync_s` counts those copies.
+#[derive(Clone, Debug)]
+pub struct StateHost {
+    pub device: DeviceRef,
+    pub label: String,
+    /// Bytes it keeps for the stage.
+    pub bytes: u64,
 }
 
 /// One stage of a plan.
@@ -128,8 +143,10 @@ pub struct StagePlan {
     /// `device`'s share of each micro-batch's rows (1 alone).
     pub share: f64,
     /// Seconds a step spends after its last backward pass bringing the helpers' gradients
-    /// to `device` and the updated parameters back (0 alone).
+    /// to `device` and the updated parameters back, and the same with a [`StateHost`].
     pub sync_s: f64,
+    /// Where the stage's optimizer state lives, when not on `device`.
+    pub state_on: Option<StateHost>,
 }
 
 /// A helper of a stage's group: a device with a copy of the stage's layers.
@@ -207,7 +224,15 @@ impl StagePlan {
             });
         }
         let shares = group_shares(costs, group);
-        let spot = Spot { c: group, shares: &shares, before: None, after: None, s: index, count };
+        let spot = Spot {
+            c: group,
+            shares: &shares,
+            before: None,
+            after: None,
+            s: index,
+            count,
+            lodging: false,
+        };
         let stage = price(costs, layers, &spot, micro_batches, optimizer_slots as f64);
         stage.check_memory(index)?;
         Ok(stage)
@@ -296,25 +321,37 @@ impl PipelinePlan {
             });
         }
         let count = stages.len();
-        let planned: Vec<StagePlan> = stages
-            .iter()
-            .enumerate()
-            .map(|(s, (layers, c))| {
-                let shares = group_shares(costs, c);
-                let spot = Spot {
-                    c,
-                    shares: &shares,
-                    before: s.checked_sub(1).map(|i| &stages[i].1),
-                    after: stages.get(s + 1).map(|(_, c)| c),
-                    s,
-                    count,
-                };
-                price(costs, layers.clone(), &spot, micro_batches, optimizer_slots)
-            })
-            .collect();
-        let plan = PipelinePlan { stages: planned, micro_batches, costs: costs.to_vec() };
-        plan.check_memory()?;
-        Ok(plan)
+        let priced = |lodging: bool| -> Vec<StagePlan> {
+            stages
+                .iter()
+                .enumerate()
+                .map(|(s, (layers, c))| {
+                    let shares = group_shares(costs, c);
+                    let spot = Spot {
+                        c,
+                        shares: &shares,
+                        before: s.checked_sub(1).map(|i| &stages[i].1),
+                        after: stages.get(s + 1).map(|(_, c)| c),
+                        s,
+                        count,
+                        lodging,
+                    };
+                    price(costs, layers.clone(), &spot, micro_batches, optimizer_slots)
+                })
+                .collect()
+        };
+        let plan = PipelinePlan { stages: priced(false), micro_batches, costs: costs.to_vec() };
+        let Err(error) = plan.check_memory() else { return Ok(plan) };
+        // A stage short of room for its optimizer state may lodge it with another.
+        let lodged = (optimizer_slots > 0.0).then(|| lodge(priced(true), optimizer_slots));
+        match lodged.flatten() {
+            Some(stages) => {
+                let plan = PipelinePlan { stages, micro_batches, costs: costs.to_vec() };
+                plan.check_memory().map_err(|_| error)?;
+                Ok(plan)
+            }
+            None => Err(error),
+        }
     }
 
     /// The best plan of `costs` (from [`profile_layers`](super::profile_layers)) over
@@ -456,6 +493,16 @@ impl PipelinePlan {
                 stage.backward_s * 1e3,
                 measured,
             );
+            if let Some(host) = &stage.state_on {
+                let _ = writeln!(
+                    out,
+                    "{:<7} {:<11} {:<16} {:>10.1}",
+                    "",
+                    "state on",
+                    host.label,
+                    mib(host.bytes),
+                );
+            }
             for helper in &stage.helpers {
                 let _ = writeln!(
                     out,
@@ -515,6 +562,8 @@ struct Spot<'a> {
     after: Option<&'a Candidate>,
     s: usize,
     count: usize,
+    /// Priced without the lead's optimizer state, which [`lodge`] places afterwards.
+    lodging: bool,
 }
 
 /// Each member's share of a micro-batch's rows: whole rows in proportion to its speed on
@@ -639,7 +688,11 @@ fn stage_cost(
                 params: sums.params,
                 grads: sums.params,
                 // The lead alone keeps optimizer state; helpers copy the updated values.
-                optimizer: if k == 0 { (sums.params as f64 * slots) as u64 } else { 0 },
+                optimizer: if k == 0 && !spot.lodging {
+                    state_bytes(sums.params, slots)
+                } else {
+                    0
+                },
                 // Recomputing, a stage keeps each micro-batch's input and, during a
                 // backward pass, one micro-batch's activations.
                 activations: if recompute {
@@ -655,6 +708,7 @@ fn stage_cost(
                         (0, _) => 2 * output_bytes as u64,
                         _ => output,
                     },
+                lodged: 0,
             };
             if k == 0 {
                 stage.memory = memory;
@@ -723,7 +777,75 @@ fn price(
         helpers,
         share: spot.shares[0],
         sync_s: cost.sync_s,
+        state_on: None,
     }
+}
+
+/// Optimizer state of `params` bytes of parameters at `slots` per parameter.
+fn state_bytes(params: u64, slots: f64) -> u64 {
+    (params as f64 * slots) as u64
+}
+
+/// What a host keeps for a stage whose state it takes: a master copy of the parameters,
+/// room for the gradients that arrive, and the state.
+fn lodged_bytes(params: u64, slots: f64) -> u64 {
+    (params as f64 * (slots + 2.0)) as u64
+}
+
+/// A home for each stage's optimizer state, given per stage its memory need without that
+/// state, its parameters' bytes and its device's memory: its own device where the state
+/// fits beside the rest, else (largest first) the stage device with the most room left.
+/// Per stage, the index of the stage whose device keeps its state; `None` when some state
+/// finds no room.
+fn homes(stages: &[(u64, u64, u64)], slots: f64) -> Option<Vec<usize>> {
+    let mut free: Vec<i128> =
+        stages.iter().map(|&(need, _, memory)| memory as i128 - need as i128).collect();
+    let mut home: Vec<Option<usize>> = vec![None; stages.len()];
+    for (s, &(_, params, _)) in stages.iter().enumerate() {
+        let state = state_bytes(params, slots) as i128;
+        if state <= free[s] {
+            free[s] -= state;
+            home[s] = Some(s);
+        }
+    }
+    let mut rest: Vec<usize> = (0..stages.len()).filter(|&s| home[s].is_none()).collect();
+    rest.sort_by_key(|&s| std::cmp::Reverse(stages[s].1));
+    for s in rest {
+        let bytes = lodged_bytes(stages[s].1, slots) as i128;
+        let host = (0..stages.len()).filter(|&h| h != s).max_by_key(|&h| free[h])?;
+        if free[host] < bytes {
+            return None;
+        }
+        free[host] -= bytes;
+        home[s] = Some(host);
+    }
+    home.into_iter().collect()
+}
+
+/// Stages priced without their optimizer state (`Spot::lodging`) with that state placed
+/// ([`homes`]): kept at home where it fits, else lodged on a [`StateHost`], whose memory
+/// counts it and whose stage's step counts the copies. `None` when some state finds no
+/// room.
+fn lodge(mut stages: Vec<StagePlan>, slots: f64) -> Option<Vec<StagePlan>> {
+    let needs: Vec<(u64, u64, u64)> =
+        stages.iter().map(|s| (s.memory.total(), s.memory.params, s.available)).collect();
+    let homes = homes(&needs, slots)?;
+    for (s, &host) in homes.iter().enumerate() {
+        let params = stages[s].memory.params;
+        if host == s {
+            stages[s].memory.optimizer = state_bytes(params, slots);
+            continue;
+        }
+        let bytes = lodged_bytes(params, slots);
+        stages[host].memory.lodged += bytes;
+        // The values and the gradients go there and the new values come back, each way
+        // through the host.
+        let (here, there) = (stages[s].link_bytes_per_s, stages[host].link_bytes_per_s);
+        stages[s].sync_s += 3.0 * params as f64 * (1.0 / here + 1.0 / there);
+        let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
+        stages[s].state_on = Some(StateHost { device, label, bytes });
+    }
+    Some(stages)
 }
 
 /// A layer's forward and backward seconds on a member's share of the rows: launches as
@@ -782,7 +904,7 @@ impl<'a> Search<'a> {
             .fold(0.0, f64::max)
     }
 
-    fn spot(&self, order: &[usize], s: usize) -> Spot<'_> {
+    fn spot(&self, order: &[usize], s: usize, lodging: bool) -> Spot<'_> {
         Spot {
             c: self.candidates[order[s]],
             shares: &self.shares[order[s]],
@@ -790,6 +912,7 @@ impl<'a> Search<'a> {
             after: order.get(s + 1).map(|&i| self.candidates[i]),
             s,
             count: order.len(),
+            lodging,
         }
     }
 
@@ -823,24 +946,46 @@ impl<'a> Search<'a> {
                 break;
             }
         }
-        let stages = found
+        let (cut, lodging) = found;
+        let stages: Vec<StagePlan> = cut
             .into_iter()
             .enumerate()
             .map(|(s, layers)| {
-                price(self.costs, layers, &self.spot(order, s), self.micro_batches, self.slots)
+                let spot = self.spot(order, s, lodging);
+                price(self.costs, layers, &spot, self.micro_batches, self.slots)
             })
             .collect();
+        let stages = if lodging { lodge(stages, self.slots)? } else { stages };
         Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.costs.to_vec() })
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` and its
     /// memory; the cut, if every layer found a stage and every stage a layer.
-    fn fill(&self, order: &[usize], bottleneck: f64) -> Option<Vec<Range<usize>>> {
+    /// Where the stages' own memory is what limits them, the fill again with every
+    /// optimizer state free to move to a stage with room to spare ([`lodge`]): the cut, and
+    /// whether it lodges.
+    fn fill(&self, order: &[usize], bottleneck: f64) -> Option<(Vec<Range<usize>>, bool)> {
+        if let Some(cut) = self.fill_as(order, bottleneck, false) {
+            return Some((cut, false));
+        }
+        if self.slots <= 0.0 {
+            return None;
+        }
+        self.fill_as(order, bottleneck, true).map(|cut| (cut, true))
+    }
+
+    fn fill_as(
+        &self,
+        order: &[usize],
+        bottleneck: f64,
+        lodging: bool,
+    ) -> Option<Vec<Range<usize>>> {
         let layers = self.costs.len();
         let mut cut = Vec::with_capacity(order.len());
+        let mut needs = Vec::with_capacity(order.len());
         let mut start = 0;
         for s in 0..order.len() {
-            let spot = self.spot(order, s);
+            let spot = self.spot(order, s, lodging);
             let last = s + 1 == order.len();
             // Leave at least one layer for each later stage; the last takes the rest.
             let max_end = layers - (order.len() - s - 1);
@@ -859,14 +1004,18 @@ impl<'a> Search<'a> {
                 let cost =
                     stage_cost(self.costs, &range, &sums, &spot, self.micro_batches, self.slots);
                 if cost.fits(spot.c) && cost.time() <= bottleneck {
-                    taken = Some(end);
+                    taken = Some((end, (cost.memory.total(), cost.memory.params, spot.c.memory)));
                 } else {
                     break;
                 }
             }
-            let end = taken?;
+            let (end, need) = taken?;
             cut.push(start..end);
+            needs.push(need);
             start = end;
+        }
+        if lodging {
+            homes(&needs, self.slots)?;
         }
         Some(cut)
     }
@@ -947,17 +1096,31 @@ mod tests {
     }
 
     #[test]
-    fn memory_caps_the_layers_a_fast_chip_takes() {
-        // 8 layers of 1 GiB of parameters (4 GiB with gradients and AdamW's state): the
-        // fast chip's 10 GiB hold two of them at most, whatever its speed.
+    fn memory_caps_the_layers_a_fast_chip_takes_unless_its_state_can_lodge_elsewhere() {
+        // 8 layers of 1 GiB of parameters (4 GiB with gradients and AdamW's state).
         let costs = vec![layer(100.0, 1024, 1); 8];
+        // The slow chip has room to spare: the fast chip's 10 GiB hold the parameters and
+        // gradients of four layers, 2 GiB each, and their optimizer state (with a master
+        // copy of the parameters and room for their gradients) lives on the slow chip.
         let fleet = chips(&[(10.0, 10), (1.0, 40)]);
         let plan = PipelinePlan::search(&costs, &fleet, 8, 2).unwrap();
         for stage in &plan.stages {
             assert!(stage.memory.total() <= stage.available, "{}", plan.explain());
         }
         let fast = plan.stages.iter().find(|s| s.label == "sim:0").expect("the fast chip is used");
+        let slow = plan.stages.iter().find(|s| s.label == "sim:1").expect("the slow chip too");
+        assert_eq!(fast.layers.len(), 4, "{}", plan.explain());
+        assert_eq!(fast.memory.optimizer, 0);
+        let host = fast.state_on.as_ref().expect("the fast chip's state lodges");
+        assert_eq!((host.label.as_str(), host.bytes), ("sim:1", 4 * (4 << 30)));
+        assert_eq!(slow.memory.lodged, host.bytes);
+        assert!(fast.sync_s > 0.0 && slow.state_on.is_none());
+        // With no room to spare, the fast chip takes what its memory holds with its state.
+        let tight = chips(&[(10.0, 10), (1.0, 26)]);
+        let plan = PipelinePlan::search(&costs, &tight, 8, 2).unwrap();
+        let fast = plan.stages.iter().find(|s| s.label == "sim:0").expect("the fast chip is used");
         assert_eq!(fast.layers.len(), 2, "{}", plan.explain());
+        assert!(plan.stages.iter().all(|s| s.state_on.is_none()), "{}", plan.explain());
         // And a model that fits nowhere is refused with the bytes it needs.
         let err = PipelinePlan::search(&vec![layer(1.0, 8192, 1); 8], &fleet, 8, 2).unwrap_err();
         assert!(err.to_string().contains("bytes"), "{err}");

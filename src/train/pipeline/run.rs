@@ -46,9 +46,50 @@ struct Stage {
     /// (this device's first).
     helpers: Vec<Helper>,
     shares: Vec<f64>,
+    /// The optimizer, over `params` or, with its state lodged elsewhere, over `lodged`'s
+    /// copies of them.
     optimizer: Box<dyn Optimizer>,
+    lodged: Option<Lodged>,
     /// Learned seconds per micro-batch, `None` before the first step.
     measured: Option<f64>,
+}
+
+/// A stage's optimizer state on another device ([`StateHost`](super::StateHost)): copies
+/// of the stage's parameters there, which its optimizer updates.
+struct Lodged {
+    device: DeviceRef,
+    copies: Vec<Param>,
+}
+
+impl Lodged {
+    /// Copies of `params` on `device`.
+    fn new(params: &[Param], device: &DeviceRef) -> Result<Lodged> {
+        let copies = params
+            .iter()
+            .map(|p| Ok(Param::new(p.name(), p.value().to_device(device)?)))
+            .collect::<Result<_>>()?;
+        Ok(Lodged { device: device.clone(), copies })
+    }
+
+    /// `optimizer` (over the copies) steps on `grads` (for `params`): each parameter with a
+    /// gradient is copied there with it, updated, and copied back.
+    fn step(&self, params: &[Param], optimizer: &mut dyn Optimizer, grads: &Grads) -> Result<()> {
+        let mut there = Grads::default();
+        let mut updated = Vec::new();
+        for (param, copy) in params.iter().zip(&self.copies) {
+            if let Some(g) = grads.get(param.id()) {
+                // The parameter's value as it is now (another replica may have set it).
+                copy.set(param.value().to_device(&self.device)?)?;
+                there.insert(copy.id(), g.to_device(&self.device)?);
+                updated.push((param, copy));
+            }
+        }
+        optimizer.step(&there)?;
+        for (param, copy) in updated {
+            param.set(copy.value().to_device(param.value().device())?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Builds a stage's optimizer over its parameters (on the stage's device).
@@ -526,7 +567,10 @@ impl<M: Layered> Pipeline<M> {
     /// them, or a shard: a parameter with no gradient is left as it is).
     pub(super) fn step_optimizers(&mut self, grads: &Grads) -> Result<()> {
         for stage in &mut self.stages {
-            stage.optimizer.step(grads)?;
+            match &stage.lodged {
+                None => stage.optimizer.step(grads)?,
+                Some(lodged) => lodged.step(&stage.params, &mut *stage.optimizer, grads)?,
+            }
         }
         self.step += 1;
         Ok(())
@@ -600,12 +644,17 @@ fn stages<M: Layered>(
     let mut stages = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
         let params = model.params_of(stage.layers.clone());
-        let optimizer = match placement {
+        let lodged = |params: &[Param]| -> Result<Option<Lodged>> {
+            stage.state_on.as_ref().map(|host| Lodged::new(params, &host.device)).transpose()
+        };
+        let (optimizer, lodged) = match placement {
             Placement::Move => {
                 for param in &params {
                     param.move_to(&stage.device)?;
                 }
-                make_optimizer(params.clone())?
+                let lodged = lodged(&params)?;
+                let updated = lodged.as_ref().map_or(&params, |l| &l.copies);
+                (make_optimizer(updated.clone())?, lodged)
             }
             Placement::Restore(snapshot, path) => {
                 let names: HashSet<&str> = params.iter().map(|p| p.name()).collect();
@@ -627,9 +676,11 @@ fn stages<M: Layered>(
                         &stage.device,
                     )?)?;
                 }
-                let mut optimizer = make_optimizer(params.clone())?;
-                part.restore_optimizer(&params, &mut *optimizer, path)?;
-                optimizer
+                let lodged = lodged(&params)?;
+                let updated = lodged.as_ref().map_or(&params, |l| &l.copies);
+                let mut optimizer = make_optimizer(updated.clone())?;
+                part.restore_optimizer(updated, &mut *optimizer, path)?;
+                (optimizer, lodged)
             }
         };
         let helpers = helpers(copies, &stage.layers, &stage.helpers, &params)?;
@@ -638,6 +689,7 @@ fn stages<M: Layered>(
             label: stage.label.clone(),
             layers: stage.layers.clone(),
             optimizer,
+            lodged,
             params,
             shares: std::iter::once(stage.share)
                 .chain(stage.helpers.iter().map(|h| h.share))
