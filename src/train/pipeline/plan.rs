@@ -362,15 +362,19 @@ impl PipelinePlan {
         micro_batches: usize,
         optimizer_slots: usize,
     ) -> Result<PipelinePlan> {
-        PipelinePlan::search_with_state(costs, candidates, micro_batches, optimizer_slots as f64)
+        let slots = optimizer_slots as f64;
+        PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)
     }
 
-    /// [`search`](Self::search) with the optimizer's state per parameter as a fraction.
+    /// [`search`](Self::search) with the optimizer's state per parameter as a fraction;
+    /// `swaps`: whether to improve the best sorted order by swapping devices (a few hundred
+    /// more cuts to try).
     pub(crate) fn search_with_state(
         costs: &[LayerCost],
         candidates: &[Candidate],
         micro_batches: usize,
         optimizer_slots: f64,
+        swaps: bool,
     ) -> Result<PipelinePlan> {
         check_micro_batches(micro_batches)?;
         if candidates.is_empty() || costs.is_empty() {
@@ -398,16 +402,20 @@ impl PipelinePlan {
         fastest.sort_by(|&a, &b| search.whole(a).total_cmp(&search.whole(b)));
         let mut roomiest = as_given.clone();
         roomiest.sort_by_key(|&i| std::cmp::Reverse(usable[i].memory));
-        let mut best: Option<PipelinePlan> = None;
+        let mut best: Option<(PipelinePlan, &Vec<usize>, usize)> = None;
         for order in [&as_given, &fastest, &roomiest] {
             for count in 1..=order.len().min(costs.len()) {
                 let Some(plan) = search.best_for(&order[..count]) else { continue };
-                if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.predicted_step_s()) {
-                    best = Some(plan);
+                if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.0.predicted_step_s()) {
+                    best = Some((plan, order, count));
                 }
             }
         }
-        best.ok_or_else(|| {
+        let swapped = |(plan, order, count): (PipelinePlan, &Vec<usize>, usize)| match swaps {
+            true => search.swapped(plan, order.clone(), count),
+            false => plan,
+        };
+        best.map(swapped).ok_or_else(|| {
             let offered: u64 = usable.iter().flat_map(|c| c.members()).map(|m| m.memory).sum();
             let params: u64 = costs.iter().map(|l| l.param_bytes as u64).sum();
             let needed = (params as f64 * (2.0 + optimizer_slots)) as u64;
@@ -895,6 +903,40 @@ impl<'a> Search<'a> {
         Search { costs, candidates, shares, times, micro_batches, slots }
     }
 
+    /// `plan` (of `order[..count]`) improved by swapping two devices' places, a used one with
+    /// another or with one left out, while a swap shortens the predicted step, within a
+    /// budget of tries: where memory rather than speed decides what a device can take (and
+    /// whose spare room takes others' optimizer state), no sort order is the best one.
+    fn swapped(&self, mut plan: PipelinePlan, mut order: Vec<usize>, count: usize) -> PipelinePlan {
+        // About as many stage costs tried whatever the pipeline's depth.
+        let tries_allowed = (1600 / order.len().max(1)).clamp(24, 200);
+        let mut tries = 0;
+        let mut improved = true;
+        while improved && tries < tries_allowed {
+            improved = false;
+            for i in 0..count {
+                for j in i + 1..order.len() {
+                    if tries == tries_allowed {
+                        return plan;
+                    }
+                    tries += 1;
+                    order.swap(i, j);
+                    match self.best_for(&order[..count]) {
+                        Some(better)
+                            if better.predicted_step_s()
+                                < plan.predicted_step_s() * (1.0 - 1e-9) =>
+                        {
+                            plan = better;
+                            improved = true;
+                        }
+                        _ => order.swap(i, j),
+                    }
+                }
+            }
+        }
+        plan
+    }
+
     /// Forward and backward seconds of the whole model on candidate `i` (its slowest
     /// member's share, for a group).
     fn whole(&self, i: usize) -> f64 {
@@ -919,12 +961,23 @@ impl<'a> Search<'a> {
     /// The plan over exactly these candidates in this order with the smallest bottleneck,
     /// if any fits.
     fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
+        // Devices that together lack the room for the parameters, their gradients and
+        // their optimizer state hold no cut.
+        let room: u64 = order
+            .iter()
+            .flat_map(|&i| self.candidates[i].members())
+            .map(|m| m.memory)
+            .fold(0, u64::saturating_add);
+        let params: f64 = self.costs.iter().map(|l| l.param_bytes as f64).sum();
+        if (room as f64) < params * (2.0 + self.slots) {
+            return None;
+        }
         // Start from the whole model's compute on the slowest device and double until a
-        // fill succeeds (copies and recomputation can make a stage dearer): past some
-        // bottleneck only memory can refuse.
+        // fill succeeds (copies and recomputation can make a stage dearer, but not 256
+        // times): past some bottleneck only memory can refuse.
         let mut hi = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
         let mut found = None;
-        for _ in 0..64 {
+        for _ in 0..8 {
             if let Some(cut) = self.fill(order, hi) {
                 found = Some(cut);
                 break;
@@ -942,7 +995,7 @@ impl<'a> Search<'a> {
                 }
                 None => lo = mid,
             }
-            if hi - lo <= 1e-6 * hi {
+            if hi - lo <= 1e-4 * hi {
                 break;
             }
         }
@@ -965,21 +1018,25 @@ impl<'a> Search<'a> {
     /// optimizer state free to move to a stage with room to spare ([`lodge`]): the cut, and
     /// whether it lodges.
     fn fill(&self, order: &[usize], bottleneck: f64) -> Option<(Vec<Range<usize>>, bool)> {
-        if let Some(cut) = self.fill_as(order, bottleneck, false) {
-            return Some((cut, false));
-        }
-        if self.slots <= 0.0 {
+        let memory_bound = match self.fill_as(order, bottleneck, false) {
+            Ok(cut) => return Some((cut, false)),
+            Err(memory_bound) => memory_bound,
+        };
+        if self.slots <= 0.0 || !memory_bound {
             return None;
         }
-        self.fill_as(order, bottleneck, true).map(|cut| (cut, true))
+        self.fill_as(order, bottleneck, true).ok().map(|cut| (cut, true))
     }
 
+    /// The cut, or whether memory (a stage out of room, or recomputing) had a part in
+    /// refusing it.
     fn fill_as(
         &self,
         order: &[usize],
         bottleneck: f64,
         lodging: bool,
-    ) -> Option<Vec<Range<usize>>> {
+    ) -> std::result::Result<Vec<Range<usize>>, bool> {
+        let mut memory_bound = false;
         let layers = self.costs.len();
         let mut cut = Vec::with_capacity(order.len());
         let mut needs = Vec::with_capacity(order.len());
@@ -1006,18 +1063,19 @@ impl<'a> Search<'a> {
                 if cost.fits(spot.c) && cost.time() <= bottleneck {
                     taken = Some((end, (cost.memory.total(), cost.memory.params, spot.c.memory)));
                 } else {
+                    memory_bound |= cost.recompute || !cost.fits(spot.c);
                     break;
                 }
             }
-            let (end, need) = taken?;
+            let (end, need) = taken.ok_or(memory_bound)?;
             cut.push(start..end);
             needs.push(need);
             start = end;
         }
-        if lodging {
-            homes(&needs, self.slots)?;
+        if lodging && homes(&needs, self.slots).is_none() {
+            return Err(true);
         }
-        Some(cut)
+        Ok(cut)
     }
 }
 

@@ -15,6 +15,9 @@ use super::simulate::play;
 use crate::plan::proportional;
 use crate::{Error, Result};
 
+/// How many of the best shapes (replica count, dealing) are planned again with swaps.
+const REFINED: usize = 3;
+
 /// Data-parallel replicas of pipelines over one fleet.
 #[derive(Clone, Debug)]
 pub struct ReplicaPlan {
@@ -49,7 +52,8 @@ impl ReplicaPlan {
         optimizer_slots: usize,
         shard: bool,
     ) -> Result<ReplicaPlan> {
-        let mut best: Option<ReplicaPlan> = None;
+        // Each plan with its simulated step (a play per replica: worth doing once).
+        let mut planned: Vec<(f64, ReplicaPlan, Vec<Vec<Candidate>>, f64)> = Vec::new();
         let mut first_error = None;
         for count in replica_counts(chips.len().min(micro_batches)) {
             for dealing in [Dealing::Mixed, Dealing::BySpeed] {
@@ -59,12 +63,8 @@ impl ReplicaPlan {
                 } else {
                     optimizer_slots as f64
                 };
-                match ReplicaPlan::over(costs, &groups, micro_batches, state) {
-                    Ok(plan) => {
-                        if best.as_ref().is_none_or(|b| plan.step_s() < b.step_s()) {
-                            best = Some(plan);
-                        }
-                    }
+                match ReplicaPlan::over(costs, &groups, micro_batches, state, false) {
+                    Ok(plan) => planned.push((plan.step_s(), plan, groups, state)),
                     // One replica over every chip is the roomiest: its error says why
                     // nothing fits.
                     Err(e) => {
@@ -73,6 +73,23 @@ impl ReplicaPlan {
                 }
             }
         }
+        // The three best shapes' replicas planned again with their devices' order searched
+        // too (dearer, so only for those), the best of all kept.
+        planned.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let best = planned
+            .into_iter()
+            .take(REFINED)
+            .map(|(step, plan, groups, state)| {
+                match ReplicaPlan::over(costs, &groups, micro_batches, state, true) {
+                    Ok(refined) => {
+                        let refined_step = refined.step_s();
+                        if refined_step < step { (refined_step, refined) } else { (step, plan) }
+                    }
+                    Err(_) => (step, plan),
+                }
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, plan)| plan);
         best.ok_or_else(|| {
             first_error.unwrap_or_else(|| Error::InvalidArgument {
                 op: "ReplicaPlan::search".into(),
@@ -102,15 +119,18 @@ impl ReplicaPlan {
             &deal(chips, count, Dealing::Mixed),
             micro_batches,
             optimizer_slots as f64,
+            true,
         )
     }
 
     /// One replica per group of chips.
+    /// (`swaps`: as for [`PipelinePlan::search_with_state`].)
     fn over(
         costs: &[LayerCost],
         groups: &[Vec<Candidate>],
         micro_batches: usize,
         optimizer_slots: f64,
+        swaps: bool,
     ) -> Result<ReplicaPlan> {
         let count = groups.len();
         if count == 0 {
@@ -125,7 +145,7 @@ impl ReplicaPlan {
         let replicas = groups
             .iter()
             .map(|group| {
-                PipelinePlan::search_with_state(costs, group, micro_batches, optimizer_slots)
+                PipelinePlan::search_with_state(costs, group, micro_batches, optimizer_slots, swaps)
             })
             .collect::<Result<Vec<_>>>()?;
         // Shares by throughput: a replica's steady state is one micro-batch per its
