@@ -121,6 +121,12 @@ impl TransformerShape {
 }
 
 impl LayerCost {
+    /// The cost for a micro-batch of `rows` rows, from this one's (`self.rows`): flops and
+    /// bytes in proportion, parameters and launches the same.
+    pub fn with_rows(&self, rows: usize) -> LayerCost {
+        LayerCost { rows, ..self.part(rows as f64 / self.rows.max(1) as f64) }
+    }
+
     /// The cost of `share` of the micro-batch's rows (a member of a stage's group): the
     /// same parameters and launches, the flops and bytes in proportion.
     /// (`rows` stays the micro-batch's.)

@@ -366,6 +366,47 @@ impl PipelinePlan {
         PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)
     }
 
+    /// [`search`](Self::search) that also picks how many micro-batches a batch of `batch`
+    /// rows is cut into: every count that divides it, with `costs` (profiled for
+    /// micro-batches of `costs[0].rows` rows) scaled to each size, the shortest predicted
+    /// step kept. Fewer, larger micro-batches launch fewer kernels, hold more activations
+    /// and leave a larger bubble.
+    pub fn search_batch(
+        costs: &[LayerCost],
+        candidates: &[Candidate],
+        batch: usize,
+        optimizer_slots: usize,
+    ) -> Result<PipelinePlan> {
+        let profiled = costs.first().map_or(0, |l| l.rows);
+        if batch == 0 || profiled == 0 {
+            return Err(Error::InvalidArgument {
+                op: "PipelinePlan::search_batch".into(),
+                device: "-".into(),
+                detail: format!(
+                    "a batch of {batch} rows, costs of micro-batches of {profiled} rows"
+                ),
+            });
+        }
+        let mut best: Option<PipelinePlan> = None;
+        let mut first_error = None;
+        for micro_batches in (1..=batch).filter(|m| batch % m == 0) {
+            let scaled: Vec<LayerCost> =
+                costs.iter().map(|l| l.with_rows(batch / micro_batches)).collect();
+            match PipelinePlan::search(&scaled, candidates, micro_batches, optimizer_slots) {
+                Ok(plan) => {
+                    if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.predicted_step_s())
+                    {
+                        best = Some(plan);
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        best.ok_or_else(|| first_error.expect("a batch of at least one row was tried"))
+    }
+
     /// [`search`](Self::search) with the optimizer's state per parameter as a fraction;
     /// `swaps`: whether to improve the best sorted order by swapping devices (a few hundred
     /// more cuts to try).
@@ -1227,5 +1268,35 @@ mod tests {
         let group = Candidate::group(small[0].clone(), vec![small[1].clone()]).unwrap();
         let err = PipelinePlan::manual(&costs, vec![(0..8, group)], 4, 2).unwrap_err();
         assert!(err.to_string().contains("sim:1"), "{err}");
+    }
+
+    #[test]
+    fn the_search_picks_the_micro_batches_launches_and_the_bubble_call_for() {
+        let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).unwrap());
+        let fleet = |latency_us: u64| -> Vec<Candidate> {
+            (0..2)
+                .map(|i| {
+                    let profile = SimProfile::new("chip")
+                        .with_flops(1e12)
+                        .with_latency(std::time::Duration::from_micros(latency_us))
+                        .with_link(1e12);
+                    let device: DeviceRef =
+                        Arc::new(SimDevice::new(host.clone(), profile.clone(), i).unwrap());
+                    let profile = DeviceProfile::simulated(device.info(), &profile);
+                    Candidate::new(device, profile).unwrap()
+                })
+                .collect()
+        };
+        let layers = |gflop: f64, ops: usize| vec![LayerCost { ops, ..layer(gflop, 1, 1) }; 4];
+        // Arithmetic dominates: as many micro-batches as rows, the bubble smallest.
+        let plan = PipelinePlan::search_batch(&layers(100.0, 1), &fleet(0), 12, 2).unwrap();
+        assert_eq!(plan.micro_batches, 12, "{}", plan.explain());
+        assert_eq!(plan.costs()[0].rows, 1);
+        assert!((plan.costs()[0].matmul_flops - 100e9 / 12.0).abs() < 1.0);
+        // Launches dominate: one micro-batch of every row.
+        let plan = PipelinePlan::search_batch(&layers(0.001, 1000), &fleet(100), 12, 2).unwrap();
+        assert_eq!(plan.micro_batches, 1, "{}", plan.explain());
+        let err = PipelinePlan::search_batch(&layers(1.0, 1), &fleet(0), 0, 2).unwrap_err();
+        assert!(err.to_string().contains("0 rows"), "{err}");
     }
 }
