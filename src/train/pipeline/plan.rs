@@ -389,7 +389,7 @@ impl PipelinePlan {
         }
         let mut best: Option<PipelinePlan> = None;
         let mut first_error = None;
-        for micro_batches in (1..=batch).filter(|m| batch % m == 0) {
+        for micro_batches in (1..=batch).filter(|&m| batch.is_multiple_of(m)) {
             let scaled: Vec<LayerCost> =
                 costs.iter().map(|l| l.with_rows(batch / micro_batches)).collect();
             match PipelinePlan::search(&scaled, candidates, micro_batches, optimizer_slots) {
