@@ -135,6 +135,39 @@ fn sharded_row(costs: &[LayerCost], fleet: &[Candidate], micro_batches: usize) -
     }
 }
 
+/// Where a plan's step goes, as three shares: of the fleet's rate, the chips the plan uses;
+/// of their time (step × chips), the time they are busy (the rest is bubble, uneven
+/// stages and the all-reduce); of that busy time, the matmul flops at peak rate (the rest
+/// is recomputation, memory-bound ops, launches and copies). And the percentage of stages
+/// whose optimizer state lodges on another chip.
+fn breakdown(costs: &[LayerCost], plan: &ReplicaPlan, fleet: &[Candidate]) -> String {
+    let step = plan.step_s();
+    let (mut used_rate, mut used, mut busy, mut ideal, mut lodging, mut stages) =
+        (0.0, 0.0, 0.0, 0.0, 0, 0);
+    for replica in &plan.replicas {
+        for stage in &replica.stages {
+            let id = stage.device.info().id;
+            let chip = fleet.iter().find(|c| c.device.info().id == id).expect("a chip");
+            let rate = chip.profile.peak_matmul_rate();
+            let flops: f64 = costs[stage.layers.clone()].iter().map(|c| 3.0 * c.matmul_flops).sum();
+            used_rate += rate;
+            used += 1.0;
+            busy += stage.time() * replica.micro_batches as f64;
+            ideal += flops * replica.micro_batches as f64 / rate;
+            lodging += usize::from(stage.state_on.is_some());
+            stages += 1;
+        }
+    }
+    let total: f64 = fleet.iter().map(|c| c.profile.peak_matmul_rate()).sum();
+    format!(
+        "{:.2} | {:.2} | {:.2} | {:.0}%",
+        used_rate / total,
+        busy / (step * used),
+        ideal / busy,
+        100.0 * lodging as f64 / stages.max(1) as f64
+    )
+}
+
 /// `replicas × fewest–most stages`, and the percentage of stages that recompute.
 fn shape(plan: &ReplicaPlan) -> (String, f64) {
     let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
@@ -150,6 +183,10 @@ fn shape(plan: &ReplicaPlan) -> (String, f64) {
 
 fn main() {
     let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).expect("cpu"));
+    let mut where_it_goes = vec![
+        "| model | chips | link | of fluid bound | rate of the chips used | busy share of their time | flops at peak of busy time | stages lodging optimizer state |".to_string(),
+        "|---|---|---|---|---|---|---|---|".to_string(),
+    ];
     println!(
         "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | planning | with ZeRO-1: replicas × stages, recomputing, of bound |"
     );
@@ -179,6 +216,11 @@ fn main() {
                 let bound = fluid_bound(&costs, &fleet, micro_batches);
                 let even = uniform(&costs, &plan, &fleet, micro_batches);
                 let (shape, recomputing) = shape(&plan);
+                where_it_goes.push(format!(
+                    "| {name} | {n} | {link} Gbit/s | {:.2} | {} |",
+                    bound / step,
+                    breakdown(&costs, &plan, &fleet)
+                ));
                 println!(
                     "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {planning:.2} s | {} |",
                     bound / step,
@@ -188,6 +230,8 @@ fn main() {
             }
         }
     }
+
+    println!("\n{}", where_it_goes.join("\n"));
 
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let mut group = c.benchmark_group("pipeline/plan 7B");
