@@ -189,7 +189,7 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         };
         let report = pipeline.step(args.batch, input, loss).map_err(|e| e.to_string())?;
         if (step + 1) % args.eval_every == 0 || step + 1 == args.steps {
-            valid_loss = validation_loss(&pipeline, valid, t).map_err(|e| e.to_string())?;
+            valid_loss = validation_loss(&pipeline, valid, t, micro).map_err(|e| e.to_string())?;
             if args.quiet {
                 println!(
                     "step {:>5}: train loss {:.3}, validation loss {valid_loss:.3} nats",
@@ -289,11 +289,17 @@ fn candidates(
     Ok(out)
 }
 
-/// Mean loss per character over consecutive windows of the validation text.
-fn validation_loss(pipeline: &Pipeline<Gpt>, text: &[u32], t: usize) -> Result<f64> {
+/// Mean loss per character over consecutive windows of the validation text, `rows` windows
+/// at a time (a training micro-batch's rows: what the plan gave each stage room for).
+fn validation_loss(pipeline: &Pipeline<Gpt>, text: &[u32], t: usize, rows: usize) -> Result<f64> {
     let starts: Vec<usize> = (0..(text.len() - 1) / t).map(|i| i * t).take(64).collect();
-    let (inputs, targets) = common::windows(text, &starts, t);
-    let ids = Tensor::from_slice(&inputs, [starts.len(), t], pipeline.input_device())?;
-    let logits = pipeline.infer(&Var::constant(ids), &Ctx::eval())?;
-    Ok(nn::cross_entropy(&logits, &targets)?.tensor().to_f64_vec()?[0])
+    let mut total = 0.0;
+    for chunk in starts.chunks(rows.max(1)) {
+        let (inputs, targets) = common::windows(text, chunk, t);
+        let ids = Tensor::from_slice(&inputs, [chunk.len(), t], pipeline.input_device())?;
+        let logits = pipeline.infer(&Var::constant(ids), &Ctx::eval())?;
+        let mean = nn::cross_entropy(&logits, &targets)?.tensor().to_f64_vec()?[0];
+        total += mean * chunk.len() as f64;
+    }
+    Ok(total / starts.len() as f64)
 }
