@@ -12,7 +12,9 @@ use manychips::sim::{SimDevice, SimProfile};
 use manychips::train::models::{Gpt, GptConfig};
 use manychips::train::nn::{self, CrossEntropy, Ctx, Reduction};
 use manychips::train::optim::{AdamW, Optimizer, Sgd};
-use manychips::train::pipeline::{Candidate, LayerCost, Layered, TransformerShape, profile_layers};
+use manychips::train::pipeline::{
+    Candidate, LayerCost, Layered, PipelineReplicas, TransformerShape, profile_layers,
+};
 use manychips::train::{Grads, Param, ParamStore, Pipeline, PipelinePlan, Var};
 use manychips::{CpuDevice, DType, Device, DeviceRef, ErrorKind, Result, Tensor};
 
@@ -784,7 +786,7 @@ fn sharding_the_optimizer_state_over_replicas_changes_nothing_but_where_it_lives
             )?);
         }
         let mut replicas = manychips::train::pipeline::PipelineReplicas::new(replicas)?;
-        replicas.shard_optimizer_state(sharded);
+        replicas.shard_optimizer_state(sharded)?;
         let losses = (0..STEPS)
             .map(|_| Ok(replicas.step(BATCH, input, |y, rows, _| loss(y, rows))?.loss))
             .collect::<Result<Vec<f64>>>()?;
@@ -1043,5 +1045,67 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
     for (a, b) in snapshot.optimizer.iter().zip(&again.optimizer) {
         assert_eq!((a.name.as_str(), &a.bytes), (b.name.as_str(), &b.bytes));
     }
+    Ok(())
+}
+
+/// Two 2-stage replicas over four chips, their model from `seed`.
+fn two_replicas(host: &DeviceRef, seed: u64) -> Result<PipelineReplicas<Gpt>> {
+    let (_, costs) = model_and_costs(host)?;
+    let chips: Vec<Arc<SimDevice>> = (1..=4).map(|i| sim(host, "big", 1e11, 1 << 30, i)).collect();
+    let mut replicas = Vec::new();
+    for pair in chips.chunks(2) {
+        let model = Gpt::new(&ParamStore::new(host, seed), config())?;
+        let stages = [0..2, 2..5].into_iter().zip(pair.iter().map(candidate)).collect();
+        replicas.push(Pipeline::new(model, PipelinePlan::manual(&costs, stages, 2, 2)?, adamw)?);
+    }
+    PipelineReplicas::new(replicas)
+}
+
+/// ZeRO-1 switched on after a step moves the optimizer state to the replicas that keep it
+/// from then on, and a checkpoint of sharded replicas restores into fresh replicas (another
+/// seed), sharded or not: every run gives the unsharded numbers bit for bit.
+#[test]
+fn sharded_replicas_switch_and_resume_without_losing_optimizer_state() -> Result<()> {
+    let host = cpu();
+    let step = |r: &mut PipelineReplicas<Gpt>| -> Result<f64> {
+        Ok(r.step(BATCH, input, |y, rows, _| loss(y, rows))?.loss)
+    };
+    let result = |r: &PipelineReplicas<Gpt>, losses| -> Result<Trained> {
+        Ok((losses, named_values(&r.replicas()[1].params())?))
+    };
+    let mut whole = two_replicas(&host, SEED)?;
+    let losses = (0..STEPS).map(|_| step(&mut whole)).collect::<Result<Vec<_>>>()?;
+    let want = result(&whole, losses)?;
+
+    let mut switched = two_replicas(&host, SEED)?;
+    let mut losses = vec![step(&mut switched)?];
+    switched.shard_optimizer_state(true)?;
+    let kept: Vec<usize> = switched
+        .replicas()
+        .iter()
+        .map(|r| Ok(r.snapshot(serde_json::Value::Null)?.optimizer.len()))
+        .collect::<Result<_>>()?;
+    assert!(kept.iter().all(|&k| k > 0), "the state moved to both replicas: {kept:?}");
+    let saved = switched.snapshot(serde_json::json!({}))?;
+    for _ in 1..STEPS {
+        losses.push(step(&mut switched)?);
+    }
+    assert_identical(&want, &result(&switched, losses)?);
+
+    for sharded in [true, false] {
+        let mut resumed = two_replicas(&host, SEED + 1)?;
+        resumed.shard_optimizer_state(sharded)?;
+        resumed.restore(&saved, std::path::Path::new("in memory"))?;
+        let mut losses = want.0[..1].to_vec();
+        for _ in 1..STEPS {
+            losses.push(step(&mut resumed)?);
+        }
+        assert_identical(&want, &result(&resumed, losses)?);
+    }
+    // State of a parameter the model lacks is refused, and nothing changes.
+    let mut stray = saved.clone();
+    stray.optimizer[0].name = "nowhere.exp_avg".into();
+    let err = switched.restore(&stray, std::path::Path::new("in memory")).unwrap_err();
+    assert!(err.to_string().contains("nowhere"), "{err}");
     Ok(())
 }

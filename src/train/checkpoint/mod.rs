@@ -109,7 +109,7 @@ impl Snapshot {
         path: &Path,
     ) -> Result<()> {
         let values = self.param_values(params, path)?;
-        let state = self.optimizer_values(params, &*optimizer, path)?;
+        let state = self.optimizer_values(params, &*optimizer, path, false)?;
         optimizer.load_state(self.optimizer_step, &state)?;
         set_all(params, values)
     }
@@ -123,7 +123,21 @@ impl Snapshot {
         optimizer: &mut dyn Optimizer,
         path: &Path,
     ) -> Result<()> {
-        let state = self.optimizer_values(params, &*optimizer, path)?;
+        let state = self.optimizer_values(params, &*optimizer, path, false)?;
+        optimizer.load_state(self.optimizer_step, &state)
+    }
+
+    /// [`restore_optimizer`](Self::restore_optimizer) for an optimizer that keeps a shard of
+    /// the state only (ZeRO stage 1 over pipeline replicas): this snapshot holds that shard,
+    /// which may be none of these parameters' state; the optimizer counts the snapshot's
+    /// steps all the same.
+    pub(crate) fn restore_optimizer_shard(
+        &self,
+        params: &[Param],
+        optimizer: &mut dyn Optimizer,
+        path: &Path,
+    ) -> Result<()> {
+        let state = self.optimizer_values(params, &*optimizer, path, true)?;
         optimizer.load_state(self.optimizer_step, &state)
     }
 
@@ -176,11 +190,13 @@ impl Snapshot {
     }
 
     /// The optimizer's saved state, checked to be all there, uploaded next to each parameter.
+    /// `shard`: the snapshot may hold none of these parameters' state.
     fn optimizer_values(
         &self,
         params: &[Param],
         optimizer: &dyn Optimizer,
         path: &Path,
+        shard: bool,
     ) -> Result<Vec<(String, Tensor)>> {
         let label = path.display().to_string();
         let slots = optimizer.state_slots();
@@ -215,7 +231,7 @@ impl Snapshot {
                 format!("optimizer state {stray} is no slot {slots:?} of any parameter"),
             ));
         }
-        if self.optimizer_step > 0 && !slots.is_empty() && state.is_empty() {
+        if self.optimizer_step > 0 && !slots.is_empty() && state.is_empty() && !shard {
             return Err(fail(
                 path,
                 format!(

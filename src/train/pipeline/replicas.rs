@@ -7,8 +7,9 @@
 //!
 //! [`ReplicaPlan`]: super::ReplicaPlan
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::path::Path;
 use std::time::Instant;
 
 use super::run::{Pipeline, PipelineReport};
@@ -73,13 +74,65 @@ impl<M: Layered> PipelineReplicas<M> {
     /// stage's state is shared about evenly whatever the cuts (what
     /// [`ReplicaPlan::search_sharded`](super::ReplicaPlan::search_sharded) prices). The
     /// updates are the unsharded ones: every replica's optimizers see the same summed,
-    /// clipped gradients. Off by default (replica 0 keeps all state).
-    pub fn shard_optimizer_state(&mut self, on: bool) {
+    /// clipped gradients. Off by default (replica 0 keeps all state). Switched after
+    /// steps were taken, the state moves to where it is now kept (through the host).
+    pub fn shard_optimizer_state(&mut self, on: bool) -> Result<()> {
+        let moving = match self.replicas[0].steps() {
+            0 => None,
+            _ => Some(self.snapshot(serde_json::Value::Null)?),
+        };
         let count = self.replicas.len();
         self.owners = on.then(|| {
             let params = self.replicas[0].params();
             params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i % count)).collect()
         });
+        match moving {
+            Some(state) => self.restore(&state, Path::new("(the replicas' own state)")),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts back `snapshot` (from [`snapshot`](Self::snapshot), whatever the replicas,
+    /// plans and sharding that wrote it): every replica's parameters, and the optimizer
+    /// state where these replicas keep it (all on the first, or each parameter's on the
+    /// replica that updates it when sharded). No replica changes unless all restore.
+    pub fn restore(&mut self, snapshot: &Snapshot, path: &Path) -> Result<()> {
+        let names: HashSet<String> =
+            self.replicas[0].params().iter().map(|p| p.name().to_string()).collect();
+        let param_of = |tensor: &str| tensor.rsplit_once('.').map(|(param, _)| param.to_string());
+        if let Some(stray) = snapshot
+            .optimizer
+            .iter()
+            .find(|t| param_of(&t.name).is_none_or(|p| !names.contains(&p)))
+        {
+            return Err(Error::Checkpoint {
+                path: path.display().to_string(),
+                detail: format!(
+                    "holds optimizer state {}, of no parameter of the model",
+                    stray.name
+                ),
+            });
+        }
+        let mut restored = Vec::with_capacity(self.replicas.len());
+        for (r, replica) in self.replicas.iter().enumerate() {
+            let keeps = |param: &str| match &self.owners {
+                None => r == 0,
+                Some(owners) => owners.get(param) == Some(&r),
+            };
+            let optimizer = snapshot
+                .optimizer
+                .iter()
+                .filter(|t| param_of(&t.name).is_some_and(|p| keeps(&p)))
+                .cloned()
+                .collect();
+            let part = Snapshot { optimizer, ..snapshot.clone() };
+            let shard = self.owners.is_some() || r > 0;
+            restored.push(replica.restored_stages(&part, path, shard)?);
+        }
+        for (replica, stages) in self.replicas.iter_mut().zip(restored) {
+            replica.install(stages, snapshot.step);
+        }
+        Ok(())
     }
 
     /// Every parameter (from the first replica) and all optimizer state (from whichever

@@ -37,7 +37,7 @@ pub struct PipelineReport {
     pub wall: Duration,
 }
 
-struct Stage {
+pub(super) struct Stage {
     device: DeviceRef,
     label: String,
     layers: Range<usize>,
@@ -207,10 +207,26 @@ impl<M: Layered> Pipeline<M> {
     /// its step. Nothing is half-restored: a snapshot that does not fit the model is an
     /// `Err` before any stage changes.
     pub fn restore(&mut self, snapshot: &Snapshot, path: &Path) -> Result<()> {
-        let stages = self.restored(&self.plan, snapshot, path)?;
-        self.stages = stages;
-        self.step = snapshot.step;
+        let stages = self.restored(&self.plan, snapshot, path, false)?;
+        self.install(stages, snapshot.step);
         Ok(())
+    }
+
+    /// [`restore`](Self::restore) in two halves, for replicas that restore together: the
+    /// stages made (`shard`: the snapshot holds only the optimizer state this replica
+    /// keeps, maybe none), then put in place.
+    pub(super) fn restored_stages(
+        &self,
+        snapshot: &Snapshot,
+        path: &Path,
+        shard: bool,
+    ) -> Result<Vec<Stage>> {
+        self.restored(&self.plan, snapshot, path, shard)
+    }
+
+    pub(super) fn install(&mut self, stages: Vec<Stage>, step: u64) {
+        self.stages = stages;
+        self.step = step;
     }
 
     /// After a step failed with `error`, a fault of one stage's device: plans the layers
@@ -253,7 +269,7 @@ impl<M: Layered> Pipeline<M> {
         // The old stages' optimizer state goes before the new is made, so a survivor never
         // holds both; they come back if the restore fails.
         let old = std::mem::take(&mut self.stages);
-        let stages = match self.restored(&plan, snapshot, path) {
+        let stages = match self.restored(&plan, snapshot, path, false) {
             Ok(stages) => stages,
             Err(e) => {
                 self.stages = old;
@@ -294,6 +310,7 @@ impl<M: Layered> Pipeline<M> {
         plan: &PipelinePlan,
         snapshot: &Snapshot,
         path: &Path,
+        shard: bool,
     ) -> Result<Vec<Stage>> {
         let all: Vec<Param> = plan
             .stages
@@ -312,7 +329,7 @@ impl<M: Layered> Pipeline<M> {
                 detail: "holds parameters or optimizer state the model lacks".into(),
             });
         }
-        let placement = Placement::Restore(snapshot, path);
+        let placement = Placement::Restore(snapshot, path, shard);
         stages(&self.model, &self.copies, plan, &self.make_optimizer, placement)
     }
 
@@ -587,8 +604,9 @@ impl<M: Layered> Pipeline<M> {
 enum Placement<'a> {
     /// Moved from wherever they are to the stage's device.
     Move,
-    /// Uploaded from a checkpoint (the devices they were on may be gone).
-    Restore(&'a Snapshot, &'a Path),
+    /// Uploaded from a checkpoint (the devices they were on may be gone); `true`: it holds
+    /// only the optimizer state this pipeline keeps (a shard, maybe none).
+    Restore(&'a Snapshot, &'a Path, bool),
 }
 
 /// The stages of `plan` over `model`: each parameter on its stage's device and each
@@ -656,7 +674,7 @@ fn stages<M: Layered>(
                 let updated = lodged.as_ref().map_or(&params, |l| &l.copies);
                 (make_optimizer(updated.clone())?, lodged)
             }
-            Placement::Restore(snapshot, path) => {
+            Placement::Restore(snapshot, path, shard) => {
                 let names: HashSet<&str> = params.iter().map(|p| p.name()).collect();
                 let part = snapshot.part(&names);
                 // The values straight onto this device (the old ones may be unreadable),
@@ -679,7 +697,10 @@ fn stages<M: Layered>(
                 let lodged = lodged(&params)?;
                 let updated = lodged.as_ref().map_or(&params, |l| &l.copies);
                 let mut optimizer = make_optimizer(updated.clone())?;
-                part.restore_optimizer(updated, &mut *optimizer, path)?;
+                match shard {
+                    true => part.restore_optimizer_shard(updated, &mut *optimizer, path)?,
+                    false => part.restore_optimizer(updated, &mut *optimizer, path)?,
+                }
                 (optimizer, lodged)
             }
         };
