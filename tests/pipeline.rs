@@ -1045,6 +1045,19 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
     for (a, b) in snapshot.optimizer.iter().zip(&again.optimizer) {
         assert_eq!((a.name.as_str(), &a.bytes), (b.name.as_str(), &b.bytes));
     }
+    // A lodged parameter changed from outside (as another replica would) reaches the
+    // optimizer's copy: one more step of each pipeline after halving the same parameter
+    // gives the same numbers.
+    for p in [&mut pipeline, &mut resumed] {
+        let param = p.params().into_iter().find(|q| q.name().starts_with("blocks.2."));
+        let param = param.expect("a parameter of the lodging stage");
+        param.set(param.value().affine(0.5, 0.0)?)?;
+        p.step(BATCH, input, |logits, rows, _device| loss(logits, rows))?;
+    }
+    assert_identical(
+        &(Vec::new(), named_values(&pipeline.params())?),
+        &(Vec::new(), named_values(&resumed.params())?),
+    );
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! gradients.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::var::{Var, VarId};
@@ -11,6 +12,8 @@ struct ParamInner {
     name: String,
     id: VarId,
     value: RwLock<Tensor>,
+    /// Counts the replacements of `value`: a copy elsewhere knows whether it is current.
+    version: AtomicU64,
 }
 
 /// A learnable tensor with a stable name and id. Cloning shares it: a model and its
@@ -24,6 +27,7 @@ impl Param {
             name: name.into(),
             id: VarId::fresh(),
             value: RwLock::new(value),
+            version: AtomicU64::new(0),
         }))
     }
 
@@ -58,8 +62,16 @@ impl Param {
             });
         }
         *slot = value;
+        self.0.version.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+
+    /// How many times the value was replaced (set, moved, put): equal numbers, equal
+    /// values.
+    pub(crate) fn version(&self) -> u64 {
+        self.0.version.load(Ordering::Relaxed)
+    }
+
     /// Moves the value to `device` (a pipeline stage's): every holder of this parameter
     /// (the model, an optimizer) sees it there from now on. An optimizer's state made
     /// before the move stays where it was, so move parameters before their optimizer
@@ -67,6 +79,7 @@ impl Param {
     pub fn move_to(&self, device: &DeviceRef) -> Result<()> {
         let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
         *slot = slot.to_device(device)?;
+        self.0.version.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -82,6 +95,7 @@ impl Param {
             });
         }
         *slot = value;
+        self.0.version.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

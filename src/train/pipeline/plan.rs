@@ -887,10 +887,9 @@ fn lodge(mut stages: Vec<StagePlan>, slots: f64) -> Option<Vec<StagePlan>> {
         }
         let bytes = lodged_bytes(params, slots);
         stages[host].memory.lodged += bytes;
-        // The values and the gradients go there and the new values come back, each way
-        // through the host.
+        // The gradients go there and the new values come back, each way through the host.
         let (here, there) = (stages[s].link_bytes_per_s, stages[host].link_bytes_per_s);
-        stages[s].sync_s += 3.0 * params as f64 * (1.0 / here + 1.0 / there);
+        stages[s].sync_s += 2.0 * params as f64 * (1.0 / here + 1.0 / there);
         let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
         stages[s].state_on = Some(StateHost { device, label, bytes });
     }

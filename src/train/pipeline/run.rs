@@ -59,6 +59,8 @@ pub(super) struct Stage {
 struct Lodged {
     device: DeviceRef,
     copies: Vec<Param>,
+    /// Per parameter, its version when its copy last matched it.
+    matched: Vec<u64>,
 }
 
 impl Lodged {
@@ -68,25 +70,35 @@ impl Lodged {
             .iter()
             .map(|p| Ok(Param::new(p.name(), p.value().to_device(device)?)))
             .collect::<Result<_>>()?;
-        Ok(Lodged { device: device.clone(), copies })
+        let matched = params.iter().map(Param::version).collect();
+        Ok(Lodged { device: device.clone(), copies, matched })
     }
 
-    /// `optimizer` (over the copies) steps on `grads` (for `params`): each parameter with a
-    /// gradient is copied there with it, updated, and copied back.
-    fn step(&self, params: &[Param], optimizer: &mut dyn Optimizer, grads: &Grads) -> Result<()> {
+    /// `optimizer` (over the copies) steps on `grads` (for `params`): each parameter's
+    /// gradient goes there (and its value, where something else changed it since: another
+    /// replica, a restore), the copy is updated, and the new value comes back.
+    fn step(
+        &mut self,
+        params: &[Param],
+        optimizer: &mut dyn Optimizer,
+        grads: &Grads,
+    ) -> Result<()> {
         let mut there = Grads::default();
         let mut updated = Vec::new();
-        for (param, copy) in params.iter().zip(&self.copies) {
+        for (i, (param, copy)) in params.iter().zip(&self.copies).enumerate() {
             if let Some(g) = grads.get(param.id()) {
-                // The parameter's value as it is now (another replica may have set it).
-                copy.set(param.value().to_device(&self.device)?)?;
+                if param.version() != self.matched[i] {
+                    copy.set(param.value().to_device(&self.device)?)?;
+                }
                 there.insert(copy.id(), g.to_device(&self.device)?);
-                updated.push((param, copy));
+                updated.push(i);
             }
         }
         optimizer.step(&there)?;
-        for (param, copy) in updated {
+        for i in updated {
+            let (param, copy) = (&params[i], &self.copies[i]);
             param.set(copy.value().to_device(param.value().device())?)?;
+            self.matched[i] = param.version();
         }
         Ok(())
     }
@@ -584,7 +596,7 @@ impl<M: Layered> Pipeline<M> {
     /// them, or a shard: a parameter with no gradient is left as it is).
     pub(super) fn step_optimizers(&mut self, grads: &Grads) -> Result<()> {
         for stage in &mut self.stages {
-            match &stage.lodged {
+            match &mut stage.lodged {
                 None => stage.optimizer.step(grads)?,
                 Some(lodged) => lodged.step(&stage.params, &mut *stage.optimizer, grads)?,
             }
