@@ -367,12 +367,13 @@ fn a_stage_that_recomputes_its_activations_still_trains_bit_exactly() -> Result<
     assert_identical(&want, &train(&mut pipeline)?);
     assert!(chips[0].peak_memory() <= cap, "peak {} over {cap}", chips[0].peak_memory());
     let trace = pipeline.take_trace().expect("a trace");
+    // Copies in are read ahead while the stage computes: a track of their own.
     for (device, kind, count) in [
         ("sim:1", "forward", STEPS * MICRO_BATCHES),
         ("sim:1", "backward", STEPS * MICRO_BATCHES),
-        ("sim:1", "transfer", STEPS * MICRO_BATCHES),
+        ("sim:1 copies in", "transfer", STEPS * MICRO_BATCHES),
         ("sim:2", "forward", STEPS * MICRO_BATCHES),
-        ("sim:2", "transfer", STEPS * MICRO_BATCHES),
+        ("sim:2 copies in", "transfer", STEPS * MICRO_BATCHES),
     ] {
         let n = trace.events.iter().filter(|e| e.device == device && e.stage == kind).count();
         assert_eq!(n, count, "{kind} slices on {device}'s track");

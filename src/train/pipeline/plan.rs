@@ -706,6 +706,9 @@ fn stage_cost(
     let receive_backward_s = spot.after.map_or(0.0, |a| link(a, spot.c, output_bytes as u64));
     let in_flight = in_flight(spot.s, spot.count, micro_batches) as u64;
     let lead = spot.c;
+    // A stage reads its next input and its next gradient ahead of its work.
+    let from_next = if spot.s + 1 < spot.count { output_bytes as u64 } else { 0 };
+    let read_ahead = input_bytes as u64 + from_next;
     let cost = |recompute: bool| {
         let mut stage = StageCost {
             forward_s: 0.0,
@@ -750,13 +753,15 @@ fn stage_cost(
                     in_flight * (sums.kept + input)
                 },
                 // The lead holds the output's gradient as it arrives, and in a group also the
-                // members' parts of the output (and of that gradient) as it gathers (cuts).
+                // members' parts of the output (and of that gradient) as it gathers (cuts);
+                // and the next micro-batch's input and gradient, read ahead.
                 workspace: sums.largest
                     + match (k, lead.helpers.len()) {
                         (0, 0) => output_bytes as u64,
                         (0, _) => 2 * output_bytes as u64,
                         _ => output,
-                    },
+                    }
+                    + if k == 0 { read_ahead } else { 0 },
                 lodged: 0,
             };
             if k == 0 {

@@ -562,11 +562,16 @@ impl<M: Layered> Pipeline<M> {
             if let Some((origin, trace)) = &mut self.trace {
                 for w in d.busy {
                     let start = w.start.saturating_duration_since(*origin);
-                    let track = match w.member {
+                    let device = match w.member {
                         0 => &stage.label,
                         k => &stage.helpers[k - 1].label,
                     };
-                    trace.push(track, w.kind, w.name, start, w.duration);
+                    // Copies in overlap the stage's work: a track of their own.
+                    let track = match w.kind {
+                        "transfer" => format!("{device} copies in"),
+                        _ => device.clone(),
+                    };
+                    trace.push(&track, w.kind, w.name, start, w.duration);
                 }
             }
         }

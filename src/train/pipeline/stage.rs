@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, sync_channel};
 use std::time::{Duration, Instant};
 
 use super::Layered;
@@ -161,13 +161,102 @@ fn clock(device: &DeviceRef) -> (Instant, Stopwatch) {
     (Instant::now(), Stopwatch::start(&**device))
 }
 
+/// An inbox read ahead on a thread of its own: the next micro-batch's message is received
+/// and copied onto the stage's device while the stage computes the current one.
+struct Prefetched {
+    ready: Receiver<std::result::Result<(Tensor, Busy), Stop>>,
+}
+
+impl Prefetched {
+    /// Reads `inbox`'s messages for micro-batches `0..count` in order, one ahead of the
+    /// stage (the next waits until the stage takes the one before).
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        inbox: Box<dyn Inbox + Send + 'scope>,
+        device: DeviceRef,
+        what: &'static str,
+        count: usize,
+    ) -> Prefetched {
+        let (tx, ready) = sync_channel(0);
+        scope.spawn(move || {
+            for m in 0..count {
+                let started = Instant::now();
+                let got = inbox.receive(m, &device).map(|t| {
+                    // Overlapped with the stage's work: drawn, not counted in its time.
+                    let duration = started.elapsed();
+                    let name = format!("{what} {m} in");
+                    (
+                        t,
+                        Busy {
+                            member: 0,
+                            kind: "transfer",
+                            name,
+                            start: started,
+                            duration,
+                            secs: 0.0,
+                        },
+                    )
+                });
+                let failed = got.is_err();
+                // The stage stopped (its end of the channel dropped), or this one failed.
+                if tx.send(got).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Prefetched { ready }
+    }
+
+    /// Micro-batch `m`'s message (they come in order), on the stage's device.
+    fn take(&self, busy: &mut Vec<Busy>) -> std::result::Result<Tensor, Stop> {
+        let (tensor, span) = self.ready.recv().map_err(|_| Stop::Neighbour)??;
+        busy.push(span);
+        Ok(tensor)
+    }
+}
+
 impl StageJob<'_> {
     pub fn run<M: Layered>(
         self,
         shared: &Shared<'_, M>,
     ) -> std::result::Result<StageOutcome, Stop> {
         let StageJob { place, send_forward, receive_forward, send_back, receive_back } = self;
-        let place = &place;
+        let micro_batches = shared.rows.len();
+        let device = &place.device;
+        std::thread::scope(|scope| {
+            let links = Links {
+                receive_forward: receive_forward.map(|inbox| {
+                    Prefetched::start(scope, inbox, device.clone(), "activation", micro_batches)
+                }),
+                receive_back: receive_back.map(|inbox| {
+                    Prefetched::start(scope, inbox, device.clone(), "gradient", micro_batches)
+                }),
+                send_forward,
+                send_back,
+            };
+            place.play(shared, &links)
+        })
+    }
+}
+
+/// A stage's links while it plays its list: inboxes read ahead, outboxes as given.
+struct Links<'a> {
+    receive_forward: Option<Prefetched>,
+    receive_back: Option<Prefetched>,
+    send_forward: Option<Box<dyn Outbox + Send + 'a>>,
+    send_back: Option<Box<dyn Outbox + Send + 'a>>,
+}
+
+impl Place {
+    /// The stage's 1F1B list played through: forwards and backwards of its micro-batches,
+    /// their messages received from `links` and sent on.
+    fn play<M: Layered>(
+        &self,
+        shared: &Shared<'_, M>,
+        links: &Links<'_>,
+    ) -> std::result::Result<StageOutcome, Stop> {
+        let place = self;
+        let Links { receive_forward, receive_back, send_forward, send_back } = links;
         let micro_batches = shared.rows.len();
         let mut grads: Vec<Grads> = place.shares.iter().map(|_| Grads::default()).collect();
         let mut losses = Vec::new();
@@ -177,9 +266,9 @@ impl StageJob<'_> {
             match work {
                 Work::Forward(m) => {
                     let rows = shared.rows[m].clone();
-                    let received = match &receive_forward {
+                    let received = match receive_forward {
                         None => None,
-                        Some(inbox) => Some(place.receive(&**inbox, m, "activation", &mut busy)?),
+                        Some(inbox) => Some(inbox.take(&mut busy)?),
                     };
                     let started = clock(&place.device);
                     let items = place.split(rows.clone()).into_iter();
@@ -226,9 +315,9 @@ impl StageJob<'_> {
                 }
                 Work::Backward(m) => {
                     let parts = held.remove(&m).ok_or_else(|| place.out_of_order(m))?;
-                    let seed = match &receive_back {
+                    let seed = match receive_back {
                         None => None,
-                        Some(inbox) => Some(place.receive(&**inbox, m, "gradient", &mut busy)?),
+                        Some(inbox) => Some(inbox.take(&mut busy)?),
                     };
                     let rows = shared.rows[m].clone();
                     let started = clock(&place.device);
@@ -402,20 +491,6 @@ impl Place {
         } else {
             Ok(y)
         }
-    }
-
-    /// Micro-batch `m`'s message from a neighbour, on this stage's device.
-    fn receive(
-        &self,
-        inbox: &(dyn Inbox + Send + '_),
-        m: usize,
-        what: &str,
-        busy: &mut Vec<Busy>,
-    ) -> std::result::Result<Tensor, Stop> {
-        let started = clock(&self.device);
-        let moved = inbox.receive(m, &self.device)?;
-        busy.push(Busy::since(0, "transfer", format!("{what} {m} in"), started, &self.device));
-        Ok(moved)
     }
 
     /// The summed per-row losses of `rows` over the batch, on `device`: this part of the
