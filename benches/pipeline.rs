@@ -6,11 +6,14 @@
 //! - the step's throughput against the fluid bound (the step's flops over the fleet's
 //!   total rate: no bubble, no copies, no memory limit);
 //! - against uniform stages on the same replicas and chips (equal layers per stage,
-//!   Megatron's cut, recomputing where memory is short; the micro-batches shared by
-//!   replica speed as ours are), or "does not fit";
+//!   Megatron's cut, recomputing or lodging optimizer state where memory is short; the
+//!   micro-batches shared by replica speed as ours are), or "does not fit";
+//! - against the same with equal micro-batches per replica too, as a job planned for
+//!   like chips would run;
 //! - planning time (wall clock, one plan).
 //!
-//! Then criterion times the planner itself. `cargo bench --bench pipeline`.
+//! Then a table of where each plan's step goes, and criterion times the planner itself.
+//! `cargo bench --bench pipeline`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,13 +80,15 @@ fn fluid_bound(costs: &[LayerCost], chips: &[Candidate], micro_batches: usize) -
 
 /// The same replicas, chips and stage counts with equal layers per stage (Megatron's cut),
 /// recomputing where a stage's activations do not fit, the micro-batches shared by the
-/// replicas' speed as ours are: what cutting stages by speed and memory gains, alone.
-/// `None` where an equal cut does not fit the chips' memory at all.
+/// replicas' speed as ours are (`by_speed`: what cutting stages by speed and memory gains,
+/// alone) or equally, as a homogeneous job would. `None` where an equal cut does not fit
+/// the chips' memory at all.
 fn uniform(
     costs: &[LayerCost],
     plan: &ReplicaPlan,
     fleet: &[Candidate],
     micro_batches: usize,
+    by_speed: bool,
 ) -> Option<f64> {
     let chip = |stage: &StagePlan| {
         let id = stage.device.info().id;
@@ -110,7 +115,12 @@ fn uniform(
         .collect::<Option<_>>()?;
     let rates: Vec<f64> =
         even.iter().map(|r| 1.0 / r.stages.iter().map(|s| s.time()).fold(0.0, f64::max)).collect();
-    let shares = manychips::plan::proportional(&rates, micro_batches).expect("positive rates");
+    let shares = match by_speed {
+        true => manychips::plan::proportional(&rates, micro_batches).expect("positive rates"),
+        false => (0..even.len())
+            .map(|r| micro_batches / even.len() + usize::from(r < micro_batches % even.len()))
+            .collect(),
+    };
     let mut slowest: f64 = 0.0;
     for (replica, share) in even.iter_mut().zip(shares) {
         replica.micro_batches = share;
@@ -188,9 +198,9 @@ fn main() {
         "|---|---|---|---|---|---|---|---|".to_string(),
     ];
     println!(
-        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | planning | with ZeRO-1: replicas × stages, recomputing, of bound |"
+        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | vs uniform stages and shares | planning | with ZeRO-1: replicas × stages, recomputing, of bound |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for name in ["7B", "70B"] {
         let costs = model(name).layers();
         for n in FLEETS {
@@ -206,7 +216,7 @@ fn main() {
                         let why = e.to_string();
                         let short = why.split(": ").last().unwrap_or(&why);
                         println!(
-                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | {planning:.2} s | {} |",
+                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | – | {planning:.2} s | {} |",
                             sharded_row(&costs, &fleet, micro_batches)
                         );
                         continue;
@@ -214,7 +224,11 @@ fn main() {
                 };
                 let step = plan.step_s();
                 let bound = fluid_bound(&costs, &fleet, micro_batches);
-                let even = uniform(&costs, &plan, &fleet, micro_batches);
+                let even = uniform(&costs, &plan, &fleet, micro_batches, true);
+                let megatron = uniform(&costs, &plan, &fleet, micro_batches, false);
+                let versus = |t: Option<f64>| {
+                    t.map_or("does not fit".into(), |t| format!("{:.2}×", t / step))
+                };
                 let (shape, recomputing) = shape(&plan);
                 where_it_goes.push(format!(
                     "| {name} | {n} | {link} Gbit/s | {:.2} | {} |",
@@ -222,9 +236,10 @@ fn main() {
                     breakdown(&costs, &plan, &fleet)
                 ));
                 println!(
-                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {planning:.2} s | {} |",
+                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {} | {planning:.2} s | {} |",
                     bound / step,
-                    even.map_or("does not fit".into(), |even| format!("{:.2}×", even / step)),
+                    versus(even),
+                    versus(megatron),
                     sharded_row(&costs, &fleet, micro_batches),
                 );
             }
