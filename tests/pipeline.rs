@@ -900,11 +900,18 @@ fn stages_made_of_mixed_data_parallel_groups_train_like_one_device() -> Result<(
         assert!(trace.contains(&format!("\"{label}\"")), "no track for {label}");
     }
 
-    // Misuse: too few copies for the groups, a device in two groups, a nested group.
+    // Misuse: micro-batches of other rows than the plan's (the members' shares are whole
+    // rows of those), too few copies for the groups, a copy that shares the model's
+    // parameters, a device in two groups, a nested group.
+    let err = pipeline.step(6, input, |logits, rows, _| loss(logits, rows)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("micro-batches of 4 rows"), "{err}");
     let (model, _) = model_and_costs_in(&host, count)?;
-    let err = Pipeline::new(model, plan, sgd).err().expect("no copies for the helpers");
+    let err = Pipeline::new(model.clone(), plan.clone(), sgd).err().expect("no copies");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     assert!(err.to_string().contains("copies"), "{err}");
+    let err = Pipeline::with_copies(model.clone(), vec![model], plan, sgd).err().expect("a clone");
+    assert!(err.to_string().contains("shares parameters"), "{err}");
     let twice = Candidate::group(candidate(&fast), vec![candidate(&fast)]).unwrap_err();
     assert!(twice.to_string().contains("twice"), "{twice}");
     let inner = Candidate::group(candidate(&fast), vec![candidate(&slow)])?;
@@ -1121,5 +1128,28 @@ fn sharded_replicas_switch_and_resume_without_losing_optimizer_state() -> Result
     stray.optimizer[0].name = "nowhere.exp_avg".into();
     let err = switched.restore(&stray, std::path::Path::new("in memory")).unwrap_err();
     assert!(err.to_string().contains("nowhere"), "{err}");
+    Ok(())
+}
+
+/// A group whose lead is so slow that its helper takes every row (the lead only receives,
+/// sends and keeps the optimizer state), after another stage: the helper gets the whole
+/// activation and gradient on its own device, and training matches one device.
+#[test]
+fn a_group_whose_helper_takes_every_row_trains_like_one_device() -> Result<()> {
+    let count = 2;
+    let want = one_device_in(sgd, count)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs_in(&host, count)?;
+    let first = sim(&host, "first", 1e11, 1 << 30, 1);
+    let slow = SimProfile::new("slow lead").with_flops(1e8).with_latency(Duration::from_millis(5));
+    let lead = Arc::new(SimDevice::new(host.clone(), slow, 2)?);
+    let helper = sim(&host, "fast helper", 1e12, 1 << 30, 3);
+    let group = Candidate::group(candidate(&lead), vec![candidate(&helper)])?;
+    let plan =
+        PipelinePlan::manual(&costs, vec![(0..2, candidate(&first)), (2..5, group)], count, 1)?;
+    assert_eq!((plan.stages[1].share, plan.stages[1].helpers[0].share), (0.0, 1.0));
+    let copy = Gpt::new(&ParamStore::new(&host, SEED + 7), config())?;
+    let mut pipeline = Pipeline::with_copies(model, vec![copy], plan, sgd)?;
+    assert_close(&want, &train(&mut pipeline)?, "a helper taking every row");
     Ok(())
 }

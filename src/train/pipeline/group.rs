@@ -44,6 +44,16 @@ pub(super) fn helpers<M: Layered>(
         // Same names in the same order; `take_values` checks shapes and dtypes.
         let same = params.len() == lead.len()
             && params.iter().zip(lead).all(|(p, l)| p.name() == l.name());
+        if params.iter().zip(lead).any(|(p, l)| p.id() == l.id()) {
+            return Err(Error::InvalidArgument {
+                op: "Pipeline".into(),
+                device: helper.label.clone(),
+                detail: format!(
+                    "copy {k} of the model shares parameters with the model (a clone?): build \
+                     each copy anew"
+                ),
+            });
+        }
         if !same {
             return Err(Error::InvalidArgument {
                 op: "Pipeline".into(),

@@ -10,7 +10,8 @@
 //!
 //! A stage's time per micro-batch is its layers' forward and backward passes plus the
 //! copies it receives (the activation from the stage before, the gradient from the one
-//! after); under 1F1B a step takes `Σ tₛ + (M − 1)·max tₛ`. For a device order and a stage
+//! after: the runtime reads them ahead, overlapping its work, so this errs long); under
+//! 1F1B a step takes `Σ tₛ + (M − 1)·max tₛ`, plus the stages' once-a-step syncs. For a device order and a stage
 //! count, the smallest feasible bottleneck is found by bisection, each candidate checked by
 //! a greedy fill (each stage takes layers while it stays under the bottleneck and within
 //! its device's memory; optimal for a fixed order where adding a layer never makes a stage
@@ -181,17 +182,23 @@ impl StagePlan {
                 op: "PipelinePlan".into(),
                 device: label.clone(),
                 detail: format!(
-                    "stage {s} (layers {}..{}) needs {} bytes (parameters {}, gradients {}, \
-                     optimizer state {}, activations {}, workspace {}) and the device offers \
-                     {available}",
+                    "stage {s} (layers {}..{}{}) needs {} bytes (parameters {}, gradients {}, \
+                     optimizer state {}, activations {}, workspace {}, other stages' optimizer \
+                     state lodged here {}) and the device offers {available}",
                     self.layers.start,
                     self.layers.end,
+                    if *label == self.label {
+                        String::new()
+                    } else {
+                        format!(", a helper of {}", self.label)
+                    },
                     m.total(),
                     m.params,
                     m.grads,
                     m.optimizer,
                     m.activations,
                     m.workspace,
+                    m.lodged,
                 ),
             });
         }
@@ -491,7 +498,8 @@ impl PipelinePlan {
     pub fn predicted_step_s(&self) -> f64 {
         let sum: f64 = self.stages.iter().map(StagePlan::time).sum();
         let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
-        let sync = self.stages.iter().map(|s| s.sync_s).fold(0.0, f64::max);
+        // The stages' syncs run one after another once the last backward pass is done.
+        let sync: f64 = self.stages.iter().map(|s| s.sync_s).sum();
         sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest + sync
     }
 
@@ -626,7 +634,7 @@ fn group_shares(costs: &[LayerCost], c: &Candidate) -> Vec<f64> {
     };
     let rates: Vec<f64> = c.members().map(|m| 1.0 / whole(&m.profile)).collect();
     let rows = costs.first().map_or(0, |l| l.rows);
-    match proportional(&rates, rows) {
+    match proportional(&rates, rows).filter(|_| rows > 0) {
         Some(counts) => counts.iter().map(|&n| n as f64 / rows as f64).collect(),
         None => {
             let total: f64 = rates.iter().sum();

@@ -93,6 +93,16 @@ impl<M: Layered> RankPipeline<M> {
         micro_batches: usize,
         optimizer: impl FnOnce(Vec<Param>) -> Result<Box<dyn Optimizer>>,
     ) -> Result<RankPipeline<M>> {
+        if let Some(host) = &stage.state_on {
+            return Err(invalid(
+                &stage.device,
+                format!(
+                    "the stage plan lodges its optimizer state on {}, another stage's device: a \
+                     rank keeps its own (plan it with StagePlan::for_rank)",
+                    host.label
+                ),
+            ));
+        }
         let mine = layers.get(ranks.rank()).cloned();
         if mine.as_ref() != Some(&stage.layers) {
             return Err(invalid(
@@ -307,6 +317,12 @@ struct RankInbox {
 }
 
 impl Inbox for RankInbox {
+    /// No: a thread waiting in an MPI receive from a rank that stopped would wait forever,
+    /// and keep this stage from returning its error.
+    fn read_ahead(&self) -> bool {
+        false
+    }
+
     fn receive(&self, m: usize, device: &DeviceRef) -> std::result::Result<Tensor, Stop> {
         let world = SimpleCommunicator::world();
         let from = world.process_at_rank(self.peer as i32);

@@ -82,21 +82,37 @@ impl<M: Layered> PipelineReplicas<M> {
             _ => Some(self.snapshot(serde_json::Value::Null)?),
         };
         let count = self.replicas.len();
-        self.owners = on.then(|| {
+        let owners = on.then(|| {
             let params = self.replicas[0].params();
             params.iter().enumerate().map(|(i, p)| (p.name().to_string(), i % count)).collect()
         });
-        match moving {
-            Some(state) => self.restore(&state, Path::new("(the replicas' own state)")),
-            None => Ok(()),
+        // The new keepers first; the switch only once the state is where they expect it.
+        if let Some(state) = moving {
+            self.restore_for(owners.as_ref(), &state, Path::new("(the replicas' own state)"))?;
         }
+        self.owners = owners;
+        Ok(())
     }
 
     /// Puts back `snapshot` (from [`snapshot`](Self::snapshot), whatever the replicas,
     /// plans and sharding that wrote it): every replica's parameters, and the optimizer
     /// state where these replicas keep it (all on the first, or each parameter's on the
-    /// replica that updates it when sharded). No replica changes unless all restore.
+    /// replica that updates it when sharded). A snapshot that does not fit the model is an
+    /// `Err` before any replica changes. The new optimizer state is made before the old
+    /// goes: it needs room for both.
     pub fn restore(&mut self, snapshot: &Snapshot, path: &Path) -> Result<()> {
+        let owners = self.owners.clone();
+        self.restore_for(owners.as_ref(), snapshot, path)
+    }
+
+    /// [`restore`](Self::restore) with the optimizer state dealt as `owners` say (`None`:
+    /// all on the first replica).
+    fn restore_for(
+        &mut self,
+        owners: Option<&HashMap<String, usize>>,
+        snapshot: &Snapshot,
+        path: &Path,
+    ) -> Result<()> {
         let names: HashSet<String> =
             self.replicas[0].params().iter().map(|p| p.name().to_string()).collect();
         let param_of = |tensor: &str| tensor.rsplit_once('.').map(|(param, _)| param.to_string());
@@ -115,7 +131,7 @@ impl<M: Layered> PipelineReplicas<M> {
         }
         let mut restored = Vec::with_capacity(self.replicas.len());
         for (r, replica) in self.replicas.iter().enumerate() {
-            let keeps = |param: &str| match &self.owners {
+            let keeps = |param: &str| match owners {
                 None => r == 0,
                 Some(owners) => owners.get(param) == Some(&r),
             };
@@ -126,7 +142,7 @@ impl<M: Layered> PipelineReplicas<M> {
                 .cloned()
                 .collect();
             let part = Snapshot { optimizer, ..snapshot.clone() };
-            let shard = self.owners.is_some() || r > 0;
+            let shard = owners.is_some() || r > 0;
             restored.push(replica.restored_stages(&part, path, shard)?);
         }
         for (replica, stages) in self.replicas.iter_mut().zip(restored) {

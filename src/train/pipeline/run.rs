@@ -29,8 +29,8 @@ pub struct PipelineReport {
     /// The batch's mean loss (the micro-batches' summed losses over the batch).
     pub loss: f64,
     /// Each stage's seconds per micro-batch as learned so far (each step's measurement
-    /// followed by the fleet's rule, `fleet::follow`): its forward and backward passes and
-    /// the copies it received, waiting excluded.
+    /// followed by the fleet's rule, `fleet::follow`): its forward and backward passes (its
+    /// busiest member's, for a group), waiting and the copies read ahead excluded.
     pub stage_s: Vec<f64>,
     /// The gradients' global norm before clipping, when clipping is on.
     pub grad_norm: Option<f64>,
@@ -94,7 +94,13 @@ impl Lodged {
                 updated.push(i);
             }
         }
-        optimizer.step(&there)?;
+        if let Err(e) = optimizer.step(&there) {
+            // Some copies may be updated and their parameters not: resend them next time.
+            for &i in &updated {
+                self.matched[i] = u64::MAX;
+            }
+            return Err(e);
+        }
         for i in updated {
             let (param, copy) = (&params[i], &self.copies[i]);
             param.set(copy.value().to_device(param.value().device())?)?;
@@ -411,10 +417,11 @@ impl<M: Layered> Pipeline<M> {
     }
 
     /// One training step over a batch of `batch` rows, cut into the plan's micro-batches.
-    /// `input` makes rows `rows`' input on the first stage's device; `loss` turns the last
-    /// layer's output for rows `rows` into one loss per row (`[rows.len(), ..]`), on the
-    /// last stage's device. The step sums the losses over the batch, divides by `batch`,
-    /// and updates every stage's parameters.
+    /// `input` makes rows `rows`' input on the given device (the first stage's, or a member
+    /// of its group); `loss` turns the last layer's output for rows `rows` into one loss
+    /// per row (`[rows.len(), ..]`) on the given device (the last stage's, or a member of
+    /// its group). The step sums the losses over the batch, divides by `batch`, and
+    /// updates every stage's parameters.
     pub fn step<I, L>(&mut self, batch: usize, input: I, loss: L) -> Result<PipelineReport>
     where
         I: Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync,
@@ -472,6 +479,22 @@ impl<M: Layered> Pipeline<M> {
             ));
         }
         let rows = ranges(&even_shares(rows.len(), micro_batches), rows.start);
+        // A group's members take whole rows of the micro-batch its plan was priced for.
+        let planned = self.plan.costs().first().map_or(0, |l| l.rows);
+        if let Some(stage) = self.stages.iter().find(|s| !s.helpers.is_empty())
+            && let Some(r) = rows.iter().find(|r| r.len() != planned)
+        {
+            return Err(invalid(
+                "Pipeline::step",
+                &stage.label,
+                format!(
+                    "its stage is a group planned for micro-batches of {planned} rows, each \
+                     member's share whole rows of those; this step's micro-batch {r:?} has {}: \
+                     profile the layers with a micro-batch of the size you train with",
+                    r.len()
+                ),
+            ));
+        }
         // Helpers start from the lead's values, whoever changed them since (an optimizer,
         // another replica, a restore).
         for stage in &self.stages {

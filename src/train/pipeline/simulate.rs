@@ -79,7 +79,9 @@ pub fn play(plan: &PipelinePlan) -> Played {
             return Played { makespan: f64::INFINITY, busy };
         }
     }
-    // A group's members send their gradients to the lead and get the new values back.
-    let end = free.iter().zip(&plan.stages).map(|(free, stage)| free + stage.sync_s);
-    Played { makespan: end.fold(0.0, f64::max), busy }
+    // Then, one stage after another: a group's members send their gradients to the lead
+    // and get the new values back; a lodged state's host gets the gradients and sends the
+    // values back.
+    let sync: f64 = plan.stages.iter().map(|s| s.sync_s).sum();
+    Played { makespan: free.iter().copied().fold(0.0, f64::max) + sync, busy }
 }

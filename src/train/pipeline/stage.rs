@@ -33,6 +33,13 @@ pub(super) trait Outbox {
 pub(super) trait Inbox {
     /// Micro-batch `m`'s message (messages come in micro-batch order), on `device`.
     fn receive(&self, m: usize, device: &DeviceRef) -> std::result::Result<Tensor, Stop>;
+
+    /// Whether a thread may wait in `receive` ahead of the stage: only where a stopped
+    /// neighbour ends the wait (a channel closes), never where it could wait forever (an
+    /// MPI receive from a rank that stopped).
+    fn read_ahead(&self) -> bool {
+        true
+    }
 }
 
 impl Outbox for Sender<Message> {
@@ -161,8 +168,51 @@ fn clock(device: &DeviceRef) -> (Instant, Stopwatch) {
     (Instant::now(), Stopwatch::start(&**device))
 }
 
-/// An inbox read ahead on a thread of its own: the next micro-batch's message is received
-/// and copied onto the stage's device while the stage computes the current one.
+/// Where a stage's messages come from while it plays its list: an inbox read ahead on a
+/// thread of its own (the next micro-batch's message received and copied onto the
+/// stage's device while the stage computes the current one), or read when due.
+enum Incoming<'a> {
+    Ahead(Prefetched),
+    WhenDue(Box<dyn Inbox + Send + 'a>, &'static str),
+}
+
+impl<'a> Incoming<'a> {
+    /// `inbox`, read ahead on a thread of `scope` where it allows.
+    fn open<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        inbox: Box<dyn Inbox + Send + 'a>,
+        device: &DeviceRef,
+        what: &'static str,
+        count: usize,
+    ) -> Incoming<'a>
+    where
+        'a: 'scope,
+    {
+        match inbox.read_ahead() {
+            true => Incoming::Ahead(Prefetched::start(scope, inbox, device.clone(), what, count)),
+            false => Incoming::WhenDue(inbox, what),
+        }
+    }
+
+    /// Micro-batch `m`'s message (they come in order), on `device`.
+    fn take(
+        &self,
+        m: usize,
+        device: &DeviceRef,
+        busy: &mut Vec<Busy>,
+    ) -> std::result::Result<Tensor, Stop> {
+        match self {
+            Incoming::Ahead(prefetched) => prefetched.take(busy),
+            Incoming::WhenDue(inbox, what) => {
+                let started = clock(device);
+                let moved = inbox.receive(m, device)?;
+                busy.push(Busy::since(0, "transfer", format!("{what} {m} in"), started, device));
+                Ok(moved)
+            }
+        }
+    }
+}
+
 struct Prefetched {
     ready: Receiver<std::result::Result<(Tensor, Busy), Stop>>,
 }
@@ -224,13 +274,10 @@ impl StageJob<'_> {
         let micro_batches = shared.rows.len();
         let device = &place.device;
         std::thread::scope(|scope| {
+            let open = |inbox, what| Incoming::open(scope, inbox, device, what, micro_batches);
             let links = Links {
-                receive_forward: receive_forward.map(|inbox| {
-                    Prefetched::start(scope, inbox, device.clone(), "activation", micro_batches)
-                }),
-                receive_back: receive_back.map(|inbox| {
-                    Prefetched::start(scope, inbox, device.clone(), "gradient", micro_batches)
-                }),
+                receive_forward: receive_forward.map(|inbox| open(inbox, "activation")),
+                receive_back: receive_back.map(|inbox| open(inbox, "gradient")),
                 send_forward,
                 send_back,
             };
@@ -241,8 +288,8 @@ impl StageJob<'_> {
 
 /// A stage's links while it plays its list: inboxes read ahead, outboxes as given.
 struct Links<'a> {
-    receive_forward: Option<Prefetched>,
-    receive_back: Option<Prefetched>,
+    receive_forward: Option<Incoming<'a>>,
+    receive_back: Option<Incoming<'a>>,
     send_forward: Option<Box<dyn Outbox + Send + 'a>>,
     send_back: Option<Box<dyn Outbox + Send + 'a>>,
 }
@@ -268,7 +315,7 @@ impl Place {
                     let rows = shared.rows[m].clone();
                     let received = match receive_forward {
                         None => None,
-                        Some(inbox) => Some(inbox.take(&mut busy)?),
+                        Some(inbox) => Some(inbox.take(m, &place.device, &mut busy)?),
                     };
                     let started = clock(&place.device);
                     let items = place.split(rows.clone()).into_iter();
@@ -317,7 +364,7 @@ impl Place {
                     let parts = held.remove(&m).ok_or_else(|| place.out_of_order(m))?;
                     let seed = match receive_back {
                         None => None,
-                        Some(inbox) => Some(inbox.take(&mut busy)?),
+                        Some(inbox) => Some(inbox.take(m, &place.device, &mut busy)?),
                     };
                     let rows = shared.rows[m].clone();
                     let started = clock(&place.device);
@@ -413,7 +460,8 @@ impl Place {
         device: &DeviceRef,
     ) -> Result<Tensor> {
         if part == whole {
-            return Ok(t.clone());
+            // A helper may take every row: the whole tensor, on its device.
+            return t.to_device(device);
         }
         t.narrow(0, part.start - whole.start, part.len())?.to_device(device)
     }
