@@ -59,6 +59,10 @@ struct Args {
     /// a rounding difference in a gradient that is zero in exact arithmetic visible).
     #[arg(long)]
     sgd: bool,
+    /// With `--pipeline`: this rank's device (a simulated chip over its CPU) is lost early
+    /// in the first step, so the job must end with that error rather than hang.
+    #[arg(long)]
+    fail_rank: Option<usize>,
 }
 
 const DIM: usize = 16;
@@ -127,7 +131,15 @@ fn pipeline(args: &Args, ranks: Ranks) -> Result<()> {
             optimizer,
         )?
     } else {
-        RankPipeline::new(ranks, model, layers, cpu, micro_batches, optimizer)?
+        let device: DeviceRef = match args.fail_rank {
+            Some(r) if r == rank => {
+                let chip = SimDevice::new(cpu.clone(), SimProfile::new("doomed"), 0)?;
+                chip.fail_after(20, manychips::ErrorKind::DeviceLost);
+                Arc::new(chip)
+            }
+            _ => cpu,
+        };
+        RankPipeline::new(ranks, model, layers, device, micro_batches, optimizer)?
     };
     for step in 0..args.steps {
         let loss = |logits: &Var, rows: Range<usize>, _: &DeviceRef| -> Result<Var> {

@@ -153,6 +153,32 @@ fn a_pipeline_over_ranks_equals_one_process() {
     std::fs::remove_dir_all(&base).ok();
 }
 
+/// A middle rank's device is lost in the first step: that rank returns the error, and the
+/// launcher ends the job, rather than the rank waiting forever on a neighbour that waits
+/// for it (a receive read ahead from a stopped rank would never return).
+#[test]
+fn a_rank_whose_stage_fails_ends_the_job_instead_of_hanging() {
+    if !mpirun_available() {
+        return;
+    }
+    let binary = example("mpi_check");
+    assert!(binary.exists(), "{} is missing", binary.display());
+    let out = Command::new("timeout")
+        .args(["120", "mpirun", "--oversubscribe", "-np", "3"])
+        .arg(binary)
+        .args(["--pipeline", "--steps", "2", "--fail-rank", "1"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("timeout mpirun");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{text}");
+    assert_ne!(out.status.code(), Some(124), "the job hung (killed after 120 s)");
+    assert!(!out.status.success(), "the job should fail");
+    assert!(text.contains("lost") || text.contains("Lost"), "the error is reported: {text}");
+}
+
 /// Rank 0's lines "step N loss L", in step order.
 fn pipeline_losses(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text

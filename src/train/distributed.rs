@@ -110,6 +110,12 @@ impl Ranks {
     pub fn barrier(&self) {
         self.world.barrier();
     }
+
+    /// Ends every rank of the job with `code` (`MPI_Abort`): for a failure the other ranks
+    /// cannot learn of and would wait on forever.
+    pub fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
 }
 
 /// The rows of a `batch` each rank gets, in proportion to `rates` (largest remainders;

@@ -6,9 +6,9 @@
 //! A stage receives on its own thread and sends from a thread of its own, so two
 //! neighbours sending to each other at once (a forward one way, a backward the other) never
 //! wait on each other: MPI must accept calls from several threads (`MPI_THREAD_MULTIPLE`,
-//! which Open MPI gives). A rank whose stage fails returns the error; the launcher
-//! (`mpirun`, `srun`) ends the job when that process exits with it, so no neighbour waits
-//! for its messages forever.
+//! which Open MPI gives). A rank whose stage fails once the step's messages have started
+//! prints the error and ends the whole job (`MPI_Abort`): its neighbours would otherwise
+//! wait for its messages forever. Resume from the last checkpoints.
 
 use std::ops::Range;
 use std::sync::mpsc::{Sender, channel};
@@ -260,10 +260,18 @@ impl<M: Layered> RankPipeline<M> {
             };
             job.run(&shared)
         });
-        let done = outcome.map_err(|stop| match stop {
-            Stop::Failed(e) => e,
-            Stop::Neighbour => invalid(&self.device, "a neighbouring stage stopped".into()),
-        })?;
+        let done = match outcome {
+            Ok(done) => done,
+            Err(stop) => {
+                let error = match stop {
+                    Stop::Failed(e) => e,
+                    Stop::Neighbour => invalid(&self.device, "a neighbouring stage stopped".into()),
+                };
+                // Neighbours blocked in receives from this rank cannot learn of it.
+                eprintln!("rank {rank} of {count}: pipeline stage failed, ending the job: {error}");
+                self.ranks.abort(1);
+            }
+        };
         let mut parts = done.grads.into_iter();
         let mut grads = parts.next().unwrap_or_default();
         add_gradients(&self.helpers, &self.params, parts, &mut grads)?;
