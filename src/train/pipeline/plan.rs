@@ -1014,6 +1014,21 @@ impl<'a> Search<'a> {
     /// The plan over exactly these candidates in this order with the smallest bottleneck,
     /// if any fits.
     fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
+        // Lodging lowers the bottleneck a fill can meet, but its copies cost once a step:
+        // where the best cut lodges, the best cut that does not may still be the better.
+        let lodging = self.bisect(order, true)?;
+        if lodging.stages.iter().all(|s| s.state_on.is_none()) {
+            return Some(lodging);
+        }
+        match self.bisect(order, false) {
+            Some(plain) if plain.predicted_step_s() <= lodging.predicted_step_s() => Some(plain),
+            _ => Some(lodging),
+        }
+    }
+
+    /// The cut over these candidates in this order with the smallest bottleneck
+    /// (`may_lodge`: letting optimizer state lodge where memory refuses), if any fits.
+    fn bisect(&self, order: &[usize], may_lodge: bool) -> Option<PipelinePlan> {
         // Devices that together lack the room for the parameters, their gradients and
         // their optimizer state hold no cut.
         let room: u64 = order
@@ -1031,7 +1046,7 @@ impl<'a> Search<'a> {
         let mut hi = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
         let mut found = None;
         for _ in 0..8 {
-            if let Some(cut) = self.fill(order, hi) {
+            if let Some(cut) = self.fill(order, hi, may_lodge) {
                 found = Some(cut);
                 break;
             }
@@ -1041,7 +1056,7 @@ impl<'a> Search<'a> {
         let mut lo = 0.0;
         for _ in 0..60 {
             let mid = 0.5 * (lo + hi);
-            match self.fill(order, mid) {
+            match self.fill(order, mid, may_lodge) {
                 Some(cut) => {
                     hi = mid;
                     found = cut;
@@ -1070,12 +1085,17 @@ impl<'a> Search<'a> {
     /// Where the stages' own memory is what limits them, the fill again with every
     /// optimizer state free to move to a stage with room to spare ([`lodge`]): the cut, and
     /// whether it lodges.
-    fn fill(&self, order: &[usize], bottleneck: f64) -> Option<(Vec<Range<usize>>, bool)> {
+    fn fill(
+        &self,
+        order: &[usize],
+        bottleneck: f64,
+        may_lodge: bool,
+    ) -> Option<(Vec<Range<usize>>, bool)> {
         let memory_bound = match self.fill_as(order, bottleneck, false) {
             Ok(cut) => return Some((cut, false)),
             Err(memory_bound) => memory_bound,
         };
-        if self.slots <= 0.0 || !memory_bound {
+        if !may_lodge || self.slots <= 0.0 || !memory_bound {
             return None;
         }
         self.fill_as(order, bottleneck, true).ok().map(|cut| (cut, true))
