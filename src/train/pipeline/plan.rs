@@ -411,7 +411,16 @@ impl PipelinePlan {
                 }
             }
         }
-        best.ok_or_else(|| first_error.expect("a batch of at least one row was tried"))
+        match (best, first_error) {
+            (Some(plan), _) => Ok(plan),
+            (None, Some(error)) => Err(error),
+            // A batch of one row or more tries one micro-batch at least.
+            (None, None) => Err(Error::InvalidArgument {
+                op: "PipelinePlan::search_batch".into(),
+                device: "-".into(),
+                detail: format!("no micro-batch count divides a batch of {batch} rows"),
+            }),
+        }
     }
 
     /// [`search`](Self::search) with the optimizer's state per parameter as a fraction;

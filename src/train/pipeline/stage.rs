@@ -468,8 +468,8 @@ impl Place {
 
     /// The members' results for a micro-batch, their rows in order, on the stage's device.
     fn gather(&self, parts: Vec<Tensor>) -> Result<Tensor> {
-        if parts.len() == 1 {
-            return Ok(parts.into_iter().next().expect("one part"));
+        if let [one] = &parts[..] {
+            return Ok(one.clone());
         }
         let here: Vec<Tensor> =
             parts.iter().map(|t| t.to_device(&self.device)).collect::<Result<_>>()?;
