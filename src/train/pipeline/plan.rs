@@ -164,6 +164,11 @@ pub struct HelperPlan {
 }
 
 impl StagePlan {
+    /// Each member's share of a micro-batch's rows, `device` first (`[1]` alone).
+    pub fn shares(&self) -> Vec<f64> {
+        std::iter::once(self.share).chain(self.helpers.iter().map(|h| h.share)).collect()
+    }
+
     /// Predicted seconds of one micro-batch through this stage, both ways.
     pub fn time(&self) -> f64 {
         stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)

@@ -113,9 +113,7 @@ impl<M: Layered> RankPipeline<M> {
         let local = Local {
             device: stage.device.clone(),
             helpers: &stage.helpers,
-            shares: std::iter::once(stage.share)
-                .chain(stage.helpers.iter().map(|h| h.share))
-                .collect(),
+            shares: stage.shares(),
             recompute: stage.recompute,
         };
         RankPipeline::placed(ranks, model, copies, layers, local, micro_batches, optimizer)

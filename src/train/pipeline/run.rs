@@ -752,9 +752,7 @@ fn stages<M: Layered>(
             optimizer,
             lodged,
             params,
-            shares: std::iter::once(stage.share)
-                .chain(stage.helpers.iter().map(|h| h.share))
-                .collect(),
+            shares: stage.shares(),
             helpers,
             measured: None,
         });
