@@ -85,7 +85,8 @@ fn mm_store4(i: u32, j0: u32, base: u32, acc: vec4<f32>) {
 }
 
 // 4×4 outputs per invocation held in registers, no shared memory and no barriers: what a
-// CPU driver (lavapipe) runs fastest. A workgroup covers 32×32 outputs.
+// CPU driver (lavapipe) runs fastest on outputs too small for `blocked_wide` (below). A
+// workgroup covers 32×32 outputs.
 @compute @workgroup_size(8, 8)
 fn blocked(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -157,11 +158,157 @@ fn blocked(
     }
 }
 
+// Sixteen lhs rows' or rhs columns' element offsets, four to a vector.
+struct Offsets16 { c0: vec4<u32>, c1: vec4<u32>, c2: vec4<u32>, c3: vec4<u32> }
+
+// Sixteen consecutive values of one rhs row.
+struct Cols16 { c0: vec4<f32>, c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32> }
+
+// Four consecutive rhs rows of sixteen columns: four steps of k.
+struct Rows4 { k0: Cols16, k1: Cols16, k2: Cols16, k3: Cols16 }
+
+// Offsets of rows (or columns) `first`..first+15 at `stride`, clamped to `last` so that every
+// load stays in bounds (the stores are guarded).
+fn mm_offsets16(first: u32, last: u32, stride: u32, base: u32) -> Offsets16 {
+    let step = vec4<u32>(0u, 1u, 2u, 3u);
+    let f = vec4<u32>(first) + step;
+    let l = vec4<u32>(last);
+    let b = vec4<u32>(base);
+    return Offsets16(
+        b + min(f, l) * stride,
+        b + min(f + 4u, l) * stride,
+        b + min(f + 8u, l) * stride,
+        b + min(f + 12u, l) * stride,
+    );
+}
+
+fn mm_cols16(bc: Offsets16, bk: u32) -> Cols16 {
+    return Cols16({{LOAD_B4}}(bc.c0, bk), {{LOAD_B4}}(bc.c1, bk), {{LOAD_B4}}(bc.c2, bk), {{LOAD_B4}}(bc.c3, bk));
+}
+
+// Row `r` of the 16×16 block += a · b.
+fn mm_axpy16(acc: ptr<function, array<vec4<f32>, 64>>, r: u32, a: f32, b: Cols16) {
+    let av = vec4<f32>(a);
+    (*acc)[r * 4u] = fma(av, b.c0, (*acc)[r * 4u]);
+    (*acc)[r * 4u + 1u] = fma(av, b.c1, (*acc)[r * 4u + 1u]);
+    (*acc)[r * 4u + 2u] = fma(av, b.c2, (*acc)[r * 4u + 2u]);
+    (*acc)[r * 4u + 3u] = fma(av, b.c3, (*acc)[r * 4u + 3u]);
+}
+
+// Rows r..r+3 of the block, one step of k: `a` holds their lhs values.
+fn mm_axpy64(acc: ptr<function, array<vec4<f32>, 64>>, r: u32, a: vec4<f32>, b: Cols16) {
+    mm_axpy16(acc, r, a.x, b);
+    mm_axpy16(acc, r + 1u, a.y, b);
+    mm_axpy16(acc, r + 2u, a.z, b);
+    mm_axpy16(acc, r + 3u, a.w, b);
+}
+
+// Rows r..r+3 of the block over four steps of k; `at` holds the rows' lhs offsets at the
+// first of them.
+fn mm_wide_rows(acc: ptr<function, array<vec4<f32>, 64>>, r: u32, at: vec4<u32>, b: Rows4) {
+    let a0 = {{LOAD_A4}}(at.x);
+    let a1 = {{LOAD_A4}}(at.y);
+    let a2 = {{LOAD_A4}}(at.z);
+    let a3 = {{LOAD_A4}}(at.w);
+    mm_axpy64(acc, r, vec4<f32>(a0.x, a1.x, a2.x, a3.x), b.k0);
+    mm_axpy64(acc, r, vec4<f32>(a0.y, a1.y, a2.y, a3.y), b.k1);
+    mm_axpy64(acc, r, vec4<f32>(a0.z, a1.z, a2.z, a3.z), b.k2);
+    mm_axpy64(acc, r, vec4<f32>(a0.w, a1.w, a2.w, a3.w), b.k3);
+}
+
+fn mm_lhs4(at: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(ldf0(at.x), ldf0(at.y), ldf0(at.z), ldf0(at.w));
+}
+
+// Row `x` of the block at (i, j), as far as it lies inside the output.
+fn mm_wide_store(i: u32, j: u32, base: u32, acc: ptr<function, array<vec4<f32>, 64>>, x: u32) {
+    let n = mm_n();
+    if i + x < mm_m() {
+        mm_store4(i + x, j, base, (*acc)[x * 4u]);
+        if j + 4u < n {
+            mm_store4(i + x, j + 4u, base, (*acc)[x * 4u + 1u]);
+        }
+        if j + 8u < n {
+            mm_store4(i + x, j + 8u, base, (*acc)[x * 4u + 2u]);
+        }
+        if j + 12u < n {
+            mm_store4(i + x, j + 12u, base, (*acc)[x * 4u + 3u]);
+        }
+    }
+}
+
+// Rows x..x+3 of the block.
+fn mm_wide_store4(i: u32, j: u32, base: u32, acc: ptr<function, array<vec4<f32>, 64>>, x: u32) {
+    mm_wide_store(i, j, base, acc, x);
+    mm_wide_store(i, j, base, acc, x + 1u);
+    mm_wide_store(i, j, base, acc, x + 2u);
+    mm_wide_store(i, j, base, acc, x + 3u);
+}
+
+// 16×16 outputs per invocation held in registers, a workgroup covering 128×128: per step
+// of k an invocation loads 32 values for 256 products, against 8 for 16 in `blocked`. On a
+// CPU driver every load an invocation makes is a scalar load per lane, so this ratio is
+// what counts (lavapipe, 1024³: 8.2 → 29 GFLOP/s); it needs outputs of at least a few
+// 128×128 blocks to fill the device, so small products keep `blocked`.
+@compute @workgroup_size(8, 8)
+fn blocked_wide(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let m = mm_m();
+    let n = mm_n();
+    let kk = mm_k();
+    let acs = pw(53u);
+    let brs = pw(54u);
+    for (var b = wid.z; b < pw(0u); b = b + nwg.z) {
+        let base = offsets(b);
+        for (var ty = wid.y; ty * 128u < m; ty = ty + nwg.y) {
+            for (var tx = wid.x; tx * 128u < n; tx = tx + nwg.x) {
+                let i0 = ty * 128u + lid.y * 16u;
+                let j0 = tx * 128u + lid.x * 16u;
+                if i0 < m && j0 < n {
+                    let ar = mm_offsets16(i0, m - 1u, pw(52u), base.x);
+                    let bc = mm_offsets16(j0, n - 1u, pw(55u), base.y);
+                    var acc = array<vec4<f32>, 64>();
+                    var k = 0u;
+                    for (; k + 4u <= kk; k = k + 4u) {
+                        let bk = k * brs;
+                        let rows = Rows4(
+                            mm_cols16(bc, bk),
+                            mm_cols16(bc, bk + brs),
+                            mm_cols16(bc, bk + 2u * brs),
+                            mm_cols16(bc, bk + 3u * brs),
+                        );
+                        let ak = vec4<u32>(k * acs);
+                        mm_wide_rows(&acc, 0u, ar.c0 + ak, rows);
+                        mm_wide_rows(&acc, 4u, ar.c1 + ak, rows);
+                        mm_wide_rows(&acc, 8u, ar.c2 + ak, rows);
+                        mm_wide_rows(&acc, 12u, ar.c3 + ak, rows);
+                    }
+                    for (; k < kk; k = k + 1u) {
+                        let cols = mm_cols16(bc, k * brs);
+                        let ak = vec4<u32>(k * acs);
+                        mm_axpy64(&acc, 0u, mm_lhs4(ar.c0 + ak), cols);
+                        mm_axpy64(&acc, 4u, mm_lhs4(ar.c1 + ak), cols);
+                        mm_axpy64(&acc, 8u, mm_lhs4(ar.c2 + ak), cols);
+                        mm_axpy64(&acc, 12u, mm_lhs4(ar.c3 + ak), cols);
+                    }
+                    mm_wide_store4(i0, j0, base.z, &acc, 0u);
+                    mm_wide_store4(i0, j0, base.z, &acc, 4u);
+                    mm_wide_store4(i0, j0, base.z, &acc, 8u);
+                    mm_wide_store4(i0, j0, base.z, &acc, 12u);
+                }
+            }
+        }
+    }
+}
+
 // The staged tiles, four lanes to an entry so that one workgroup load feeds four products:
-// `tile_a[q * 16 + r]` holds rows 4r..4r+3 of the A tile at its step q of k, and
-// `tile_b[q * 16 + c]` columns 4c..4c+3 of the B tile's row q.
+// `tile_a[q * 32 + r]` holds rows 4r..4r+3 of the 128×8 A tile at its step q of k, and
+// `tile_b[q * 64 + c]` columns 4c..4c+3 of the 8×256 B tile's row q.
 var<workgroup> tile_a: array<vec4<f32>, 256>;
-var<workgroup> tile_b: array<vec4<f32>, 256>;
+var<workgroup> tile_b: array<vec4<f32>, 512>;
 
 // Four consecutive k of lhs row `i` from `k0` (a multiple of 4), zero past m and k.
 fn mm_tile_a4(base: u32, i: u32, k0: u32) -> vec4<f32> {
@@ -199,64 +346,92 @@ fn mm_tile_b4(base: u32, k: u32, j: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), v, cols < vec4<u32>(n));
 }
 
-// Part `p` of 4 of staging the 64×16 A tile and the 16×64 B tile at (i0, j0, k0):
-// invocation `t` (of 64) loads four k of A row `t / 4 + 16p` and columns of one B row, each
-// a vector load where the layout allows.
-fn tile_fill(t: u32, p: u32, i0: u32, j0: u32, k0: u32, base: vec4<u32>) {
-    let kq = (t & 3u) * 4u;
-    let r = (t >> 2u) + p * 16u;
-    let a = mm_tile_a4(base.x, i0 + r, k0 + kq);
-    let at = kq * 16u + (r >> 2u);
+// Entry `e` of the tiles at (i0, j0, k0) as the staging order counts them, bounds tested:
+// four k of A row `e / 2`, and four columns of B row `e / 64` (twice: e and e + 256).
+fn tile_loads_checked(e: u32, i0: u32, j0: u32, k0: u32, base: vec4<u32>) -> array<vec4<f32>, 3> {
+    return array<vec4<f32>, 3>(
+        mm_tile_a4(base.x, i0 + (e >> 1u), k0 + (e & 1u) * 4u),
+        mm_tile_b4(base.y, k0 + (e >> 6u), j0 + (e & 63u) * 4u),
+        mm_tile_b4(base.y, k0 + 4u + (e >> 6u), j0 + (e & 63u) * 4u),
+    );
+}
+
+// The same for a product made of whole tiles with vector-loadable operands (the lowering
+// checks): no tests. On a CPU driver both sides of a branch cost, so this is a separate
+// function the lowering picks, not a branch.
+fn tile_loads_whole(e: u32, i0: u32, j0: u32, k0: u32, base: vec4<u32>) -> array<vec4<f32>, 3> {
+    let j = j0 + (e & 63u) * 4u;
+    let cols = vec4<u32>(base.y) + vec4<u32>(j, j + 1u, j + 2u, j + 3u) * pw(55u);
+    let bk = (k0 + (e >> 6u)) * pw(54u);
+    return array<vec4<f32>, 3>(
+        {{TILE_A4}}(base.x + (i0 + (e >> 1u)) * pw(52u) + (k0 + (e & 1u) * 4u) * pw(53u)),
+        {{TILE_B4}}(cols, bk),
+        {{TILE_B4}}(cols, bk + 4u * pw(54u)),
+    );
+}
+
+// Staging both tiles: invocation `t` (of 256) stores what its loads brought.
+fn tile_fill(t: u32, i0: u32, j0: u32, k0: u32, base: vec4<u32>) {
+    let v = {{TILE_LOADS}}(t, i0, j0, k0, base);
+    let r = t >> 1u;
+    let at = (t & 1u) * 128u + (r >> 2u);
     let lane = r & 3u;
-    tile_a[at][lane] = a.x;
-    tile_a[at + 16u][lane] = a.y;
-    tile_a[at + 32u][lane] = a.z;
-    tile_a[at + 48u][lane] = a.w;
-    let e = t + p * 64u;
-    tile_b[e] = mm_tile_b4(base.y, k0 + (e >> 4u), j0 + (e & 15u) * 4u);
+    tile_a[at][lane] = v[0].x;
+    tile_a[at + 32u][lane] = v[0].y;
+    tile_a[at + 64u][lane] = v[0].z;
+    tile_a[at + 96u][lane] = v[0].w;
+    tile_b[t] = v[1];
+    tile_b[t + 256u] = v[2];
 }
 
-// Step `q` of k inside the staged tiles for the 8×8 outputs of invocation `l`: four
-// workgroup loads for 64 products.
-fn tile_step(q: u32, l: vec2<u32>, acc: ptr<function, array<vec4<f32>, 16>>) {
-    let a0 = tile_a[q * 16u + l.y * 2u];
-    let a1 = tile_a[q * 16u + l.y * 2u + 1u];
-    let b0 = tile_b[q * 16u + l.x * 2u];
-    let b1 = tile_b[q * 16u + l.x * 2u + 1u];
-    (*acc)[0] = (*acc)[0] + a0.x * b0;
-    (*acc)[1] = (*acc)[1] + a0.x * b1;
-    (*acc)[2] = (*acc)[2] + a0.y * b0;
-    (*acc)[3] = (*acc)[3] + a0.y * b1;
-    (*acc)[4] = (*acc)[4] + a0.z * b0;
-    (*acc)[5] = (*acc)[5] + a0.z * b1;
-    (*acc)[6] = (*acc)[6] + a0.w * b0;
-    (*acc)[7] = (*acc)[7] + a0.w * b1;
-    (*acc)[8] = (*acc)[8] + a1.x * b0;
-    (*acc)[9] = (*acc)[9] + a1.x * b1;
-    (*acc)[10] = (*acc)[10] + a1.y * b0;
-    (*acc)[11] = (*acc)[11] + a1.y * b1;
-    (*acc)[12] = (*acc)[12] + a1.z * b0;
-    (*acc)[13] = (*acc)[13] + a1.z * b1;
-    (*acc)[14] = (*acc)[14] + a1.w * b0;
-    (*acc)[15] = (*acc)[15] + a1.w * b1;
+// Row `r` of an invocation's 8×16 outputs += a · b.
+fn tile_axpy(acc: ptr<function, array<vec4<f32>, 32>>, r: u32, a: f32, b: Cols16) {
+    let av = vec4<f32>(a);
+    (*acc)[r * 4u] = fma(av, b.c0, (*acc)[r * 4u]);
+    (*acc)[r * 4u + 1u] = fma(av, b.c1, (*acc)[r * 4u + 1u]);
+    (*acc)[r * 4u + 2u] = fma(av, b.c2, (*acc)[r * 4u + 2u]);
+    (*acc)[r * 4u + 3u] = fma(av, b.c3, (*acc)[r * 4u + 3u]);
 }
 
-// Row `r` of the 8×8 outputs at (i, j), as far as they lie inside the output.
-fn tile_store(i: u32, j: u32, base: u32, acc: ptr<function, array<vec4<f32>, 16>>, r: u32) {
-    if i + r < mm_m() {
-        if j < mm_n() {
-            mm_store4(i + r, j, base, (*acc)[2u * r]);
+// Step `q` of k inside the staged tiles for the 8×16 outputs of invocation `l`: six
+// workgroup loads for 128 products.
+fn tile_step(q: u32, l: vec2<u32>, acc: ptr<function, array<vec4<f32>, 32>>) {
+    let a0 = tile_a[q * 32u + l.y * 2u];
+    let a1 = tile_a[q * 32u + l.y * 2u + 1u];
+    let bq = q * 64u + l.x * 4u;
+    let b = Cols16(tile_b[bq], tile_b[bq + 1u], tile_b[bq + 2u], tile_b[bq + 3u]);
+    tile_axpy(acc, 0u, a0.x, b);
+    tile_axpy(acc, 1u, a0.y, b);
+    tile_axpy(acc, 2u, a0.z, b);
+    tile_axpy(acc, 3u, a0.w, b);
+    tile_axpy(acc, 4u, a1.x, b);
+    tile_axpy(acc, 5u, a1.y, b);
+    tile_axpy(acc, 6u, a1.z, b);
+    tile_axpy(acc, 7u, a1.w, b);
+}
+
+// Row `r` of the 8×16 outputs at (i, j), as far as it lies inside the output.
+fn tile_store(i: u32, j: u32, base: u32, acc: ptr<function, array<vec4<f32>, 32>>, r: u32) {
+    let n = mm_n();
+    if i + r < mm_m() && j < n {
+        mm_store4(i + r, j, base, (*acc)[r * 4u]);
+        if j + 4u < n {
+            mm_store4(i + r, j + 4u, base, (*acc)[r * 4u + 1u]);
         }
-        if j + 4u < mm_n() {
-            mm_store4(i + r, j + 4u, base, (*acc)[2u * r + 1u]);
+        if j + 8u < n {
+            mm_store4(i + r, j + 8u, base, (*acc)[r * 4u + 2u]);
+        }
+        if j + 12u < n {
+            mm_store4(i + r, j + 12u, base, (*acc)[r * 4u + 3u]);
         }
     }
 }
 
-// 64×64 outputs per workgroup, 8×8 per invocation, both operands staged in workgroup memory
-// 16 steps of k at a time between barriers: each element is read from memory once per
-// workgroup instead of 64 times. For real GPUs (barriers are dear on CPU drivers).
-@compute @workgroup_size(8, 8)
+// 128×256 outputs per workgroup of 16×16 invocations, 8×16 per invocation, both operands
+// staged in workgroup memory 8 steps of k at a time between barriers: each element is
+// read from memory once per workgroup instead of 128 or 256 times. A GPU SGEMM's shape
+// (CUTLASS's largest SIMT tiles); for real GPUs, where barriers are cheap.
+@compute @workgroup_size(16, 16)
 fn tiled(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
@@ -265,51 +440,40 @@ fn tiled(
     let m = mm_m();
     let n = mm_n();
     let kk = mm_k();
-    let t = lid.y * 8u + lid.x;
-    for (var b = wid.z; b < pw(0u); b = b + nwg.z) {
-        let base = offsets(b);
-        for (var ty = wid.y; ty * 64u < m; ty = ty + nwg.y) {
-            for (var tx = wid.x; tx * 64u < n; tx = tx + nwg.x) {
-                let i0 = ty * 64u;
-                let j0 = tx * 64u;
-                var acc = array<vec4<f32>, 16>();
-                for (var k0 = 0u; k0 < kk; k0 = k0 + 16u) {
-                    tile_fill(t, 0u, i0, j0, k0, base);
-                    tile_fill(t, 1u, i0, j0, k0, base);
-                    tile_fill(t, 2u, i0, j0, k0, base);
-                    tile_fill(t, 3u, i0, j0, k0, base);
-                    workgroupBarrier();
-                    // Straight-line code, no inner loops: llvmpipe caps the iterations a
-                    // shader runs in nested loops, which a long k would exceed.
-                    tile_step(0u, lid.xy, &acc);
-                    tile_step(1u, lid.xy, &acc);
-                    tile_step(2u, lid.xy, &acc);
-                    tile_step(3u, lid.xy, &acc);
-                    tile_step(4u, lid.xy, &acc);
-                    tile_step(5u, lid.xy, &acc);
-                    tile_step(6u, lid.xy, &acc);
-                    tile_step(7u, lid.xy, &acc);
-                    tile_step(8u, lid.xy, &acc);
-                    tile_step(9u, lid.xy, &acc);
-                    tile_step(10u, lid.xy, &acc);
-                    tile_step(11u, lid.xy, &acc);
-                    tile_step(12u, lid.xy, &acc);
-                    tile_step(13u, lid.xy, &acc);
-                    tile_step(14u, lid.xy, &acc);
-                    tile_step(15u, lid.xy, &acc);
-                    workgroupBarrier();
-                }
-                let i = i0 + lid.y * 8u;
-                let j = j0 + lid.x * 8u;
-                tile_store(i, j, base.z, &acc, 0u);
-                tile_store(i, j, base.z, &acc, 1u);
-                tile_store(i, j, base.z, &acc, 2u);
-                tile_store(i, j, base.z, &acc, 3u);
-                tile_store(i, j, base.z, &acc, 4u);
-                tile_store(i, j, base.z, &acc, 5u);
-                tile_store(i, j, base.z, &acc, 6u);
-                tile_store(i, j, base.z, &acc, 7u);
-            }
+    let t = lid.y * 16u + lid.x;
+    // One loop over (batch, tile row, tile column): each loop level costs on CPU drivers.
+    let tiles_x = (n + 255u) / 256u;
+    let tiles = tiles_x * ((m + 127u) / 128u);
+    let groups = nwg.x * nwg.y * nwg.z;
+    for (var g = wid.x + nwg.x * (wid.y + nwg.y * wid.z); g < tiles * pw(0u); g = g + groups) {
+        let base = offsets(g / tiles);
+        let i0 = (g % tiles) / tiles_x * 128u;
+        let j0 = g % tiles_x * 256u;
+        var acc = array<vec4<f32>, 32>();
+        for (var k0 = 0u; k0 < kk; k0 = k0 + 8u) {
+            tile_fill(t, i0, j0, k0, base);
+            workgroupBarrier();
+            // Straight-line code, no inner loops: llvmpipe caps the iterations a shader
+            // runs in nested loops, which a long k would exceed.
+            tile_step(0u, lid.xy, &acc);
+            tile_step(1u, lid.xy, &acc);
+            tile_step(2u, lid.xy, &acc);
+            tile_step(3u, lid.xy, &acc);
+            tile_step(4u, lid.xy, &acc);
+            tile_step(5u, lid.xy, &acc);
+            tile_step(6u, lid.xy, &acc);
+            tile_step(7u, lid.xy, &acc);
+            workgroupBarrier();
         }
+        let i = i0 + lid.y * 8u;
+        let j = j0 + lid.x * 16u;
+        tile_store(i, j, base.z, &acc, 0u);
+        tile_store(i, j, base.z, &acc, 1u);
+        tile_store(i, j, base.z, &acc, 2u);
+        tile_store(i, j, base.z, &acc, 3u);
+        tile_store(i, j, base.z, &acc, 4u);
+        tile_store(i, j, base.z, &acc, 5u);
+        tile_store(i, j, base.z, &acc, 6u);
+        tile_store(i, j, base.z, &acc, 7u);
     }
 }

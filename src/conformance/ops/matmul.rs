@@ -79,12 +79,20 @@ fn forms(full: bool) -> Vec<Mm> {
         mm(&[0], 2, 3, 4),
         // A long inner dim, where summation order matters.
         mm(&[], 2, 4099, 3),
+        // Outputs large enough for the 128×128 register blocks: edges of m, n and k with
+        // vector loads, then with scalar ones.
+        mm(&[], 130, 37, 140),
+        mm(&[], 70, 9, 250).places(Contiguous, SwapLast, Padded),
     ];
     if full {
         v.push(mm(&[], 256, 256, 256));
         v.push(mm(&[], 257, 129, 255).places(SwapLast, Contiguous, Contiguous));
         v.push(mm(&[4], 128, 64, 96).shared(false, true));
         v.push(mm(&[], 1, 65537, 1));
+        // Whole 128×256 staged tiles (the loads without bounds tests), batched; then a part
+        // tile of n behind a padded lhs.
+        v.push(mm(&[2], 128, 16, 256).shared(false, true));
+        v.push(mm(&[], 136, 24, 264).places(Padded, Contiguous, Contiguous));
     }
     v
 }

@@ -1,5 +1,5 @@
-//! Batched matmul: three kernels of kernels/wgsl/matmul.wgsl, picked by
-//! [`Features::matmul`](crate::Features).
+//! Batched matmul: the kernels of kernels/wgsl/matmul.wgsl, picked by
+//! [`Features::matmul`](crate::Features) (and, for register blocking, by the output's size).
 
 use manychips_api::{DType, Op, Result};
 
@@ -29,20 +29,22 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
         params.set(EXTRA + 2 * i, word(op, "stride", v.layout.strides[b])?)?;
         params.set(EXTRA + 2 * i + 1, word(op, "stride", v.layout.strides[b + 1])?)?;
     }
+    // Each kernel's block of outputs per workgroup, rows × columns.
     let (entry, tile) = match f.matmul {
-        MatmulKernel::Naive => ("naive", 16),
-        MatmulKernel::RegisterBlocked => ("blocked", 32),
-        MatmulKernel::SharedTiles => ("tiled", 64),
+        MatmulKernel::Naive => ("naive", [16, 16]),
+        MatmulKernel::RegisterBlocked if fills_wide_blocks(m, n) => ("blocked_wide", [128, 128]),
+        MatmulKernel::RegisterBlocked => ("blocked", [32, 32]),
+        MatmulKernel::SharedTiles => ("tiled", [128, 256]),
     };
     // k steps per loop iteration of each kernel.
-    let per_iteration = if entry == "tiled" { 16 } else { 4 };
+    let per_iteration = if entry == "tiled" { 8 } else { 4 };
     let limit = per_iteration * MAX_LOOP_ITERATIONS;
     if k > limit {
         return Err(too_long(op, "an inner dimension", k, limit));
     }
     let max = f.max_workgroups_per_dim.max(1) as usize;
-    let groups = |items: usize| n_groups(items, tile, max);
-    let workgroups = [groups(n), groups(m), batch.clamp(1, max) as u32];
+    let workgroups =
+        [n_groups(n, tile[1], max), n_groups(m, tile[0], max), batch.clamp(1, max) as u32];
     // The naive kernel loads one element at a time; the others four where the layout lets.
     let vectors = entry != "naive";
     let vec_a = vectors && vector_k(lhs);
@@ -51,7 +53,12 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     lhs_operand.vector = vec_a;
     let mut rhs_operand = Operand::input(rhs);
     rhs_operand.vector = vec_b;
+    let whole_tiles = m.is_multiple_of(tile[0]) && n.is_multiple_of(tile[1]) && k.is_multiple_of(8);
     let subs = [
+        (
+            "TILE_LOADS",
+            if whole_tiles && vec_a && vec_b { "tile_loads_whole" } else { "tile_loads_checked" },
+        ),
         ("LOAD_A4", if vec_a { "mm_a4_vector" } else { "mm_a4_scalar" }),
         ("LOAD_B4", if vec_b { "mm_b4_vector" } else { "mm_b4_scalar" }),
         ("TILE_A4", if vec_a { "mm_a4_vector" } else { "mm_a4_scalar" }),
@@ -75,6 +82,13 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
         subs: &subs,
     };
     Ok(vec![kernel.dispatch(params, workgroups)?])
+}
+
+/// Whether an `m`×`n` output is large enough for `blocked_wide`'s 128×128 blocks: it idles
+/// at most half of each block's rows or columns and has at least one whole block's worth of
+/// outputs (smaller products run more of `blocked`'s 32×32 blocks side by side).
+fn fills_wide_blocks(m: usize, n: usize) -> bool {
+    m >= 64 && n >= 64 && m * n >= 128 * 128
 }
 
 /// Whether every group of four rhs columns the blocked kernel loads is one aligned `vec4`:
