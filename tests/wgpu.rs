@@ -274,3 +274,42 @@ fn calibration_picks_the_fastest_matmul_kernel() {
         }
     }
 }
+
+/// Freed buffers are kept and handed out again (a fresh wgpu buffer costs a zero fill): work
+/// recorded before a free still reads the old contents, and the new owner's write lands
+/// after it; the memory count takes the buffer back on reuse.
+#[test]
+fn freed_buffers_are_reused_in_order() {
+    use manychips::{DType, Layout, Op, View};
+    let n = 1 << 16;
+    let bytes = n * 4;
+    let floats = |v: f32| -> Vec<u8> { bytemuck::cast_slice(&vec![v; n]).to_vec() };
+    let ends = |device: &WgpuDevice, buf| {
+        let mut got = vec![0u8; bytes];
+        device.read(buf, 0, &mut got).expect("read");
+        let got: &[f32] = bytemuck::cast_slice(&got);
+        (got[0], got[n - 1])
+    };
+    for device in devices() {
+        let view = |buf| View::new(buf, Layout::contiguous([n]), DType::F32);
+        let free_at_start = device.memory().expect("memory").free;
+        let x = device.alloc(bytes).expect("alloc");
+        let out = device.alloc(bytes).expect("alloc");
+        device.write(x, 0, &floats(2.0)).expect("write");
+        // Recorded, not yet submitted: it must still see x's 2.0 after x is freed and its
+        // buffer handed to y.
+        let op = Op::Affine { input: view(x), out: view(out), mul: 3.0, add: 0.0 };
+        device.run(&op).expect("affine");
+        device.free(x).expect("free");
+        let y = device.alloc(bytes).expect("alloc");
+        device.write(y, 0, &floats(5.0)).expect("write");
+        assert_eq!(ends(&device, out), (6.0, 6.0));
+        assert_eq!(ends(&device, y), (5.0, 5.0));
+        // A reused buffer is a fresh allocation again, as the memory count sees it.
+        let held = free_at_start - device.memory().expect("memory").free;
+        assert_eq!(held, 2 * bytes as u64, "out and y");
+        device.free(out).expect("free");
+        device.free(y).expect("free");
+        assert_eq!(device.memory().expect("memory").free, free_at_start, "all freed");
+    }
+}

@@ -15,6 +15,7 @@ use manychips_wgsl::{Features, MatmulKernel, Slot, lower};
 
 use crate::errors::{Faults, convert};
 use crate::pipelines::Pipelines;
+use crate::spare::Spare;
 
 /// Bytes of one parameter block (uniform offsets must be multiples of 256 anyway).
 const PARAM_SLOT: u64 = 256;
@@ -56,6 +57,8 @@ struct State {
     /// The read-back staging buffer, kept and grown: a fresh one per read costs wgpu's zero
     /// fill and the page faults of a new allocation.
     readback: Option<wgpu::Buffer>,
+    /// Freed buffers and finished temporaries, for reuse.
+    spare: Spare,
 }
 
 impl WgpuDevice {
@@ -149,6 +152,7 @@ impl WgpuDevice {
                 status,
                 flagging: Vec::new(),
                 readback: None,
+                spare: Spare::default(),
             }),
         })
     }
@@ -372,12 +376,8 @@ impl WgpuDevice {
             .temporaries
             .iter()
             .map(|&bytes| {
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("manychips temporary"),
-                    size: (bytes as usize).next_multiple_of(GRANULE).max(GRANULE) as u64,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
+                let size = (bytes as usize).next_multiple_of(GRANULE).max(GRANULE) as u64;
+                state.spare.take(size).unwrap_or_else(|| self.new_buffer(size))
             })
             .collect();
         let mut flags = false;
@@ -448,10 +448,51 @@ impl WgpuDevice {
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(x, y, z);
         }
+        for t in temporaries {
+            state.spare.keep(t);
+        }
         if flags {
             state.flagging.push(op.describe());
         }
         Ok(())
+    }
+
+    /// A new buffer of `size` bytes with the usages every buffer here gets (storage, and
+    /// copies both ways), so that a spare one serves any request of its size.
+    fn new_buffer(&self, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A buffer of `size` bytes: a spare one, else a new one; where the driver has no room,
+    /// the spares go back to it and the allocation is tried once more.
+    fn fresh_or_spare(&self, size: u64) -> Result<wgpu::Buffer> {
+        if let Some(buffer) = self.lock().spare.take(size) {
+            return Ok(buffer);
+        }
+        let attempt = || {
+            let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let buffer = self.new_buffer(size);
+            match pollster::block_on(scope.pop()) {
+                Some(e) => Err(convert(&self.label, "alloc", e)),
+                None => Ok(buffer),
+            }
+        };
+        attempt().or_else(|e| {
+            let mut state = self.lock();
+            if state.spare.bytes() == 0 {
+                return Err(e);
+            }
+            state.spare.clear();
+            drop(state);
+            attempt()
+        })
     }
 }
 
@@ -512,18 +553,7 @@ impl Device for WgpuDevice {
                 });
             }
         };
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(convert(&self.label, "alloc", e));
-        }
+        let buffer = self.fresh_or_spare(size)?;
         let mut state = self.lock();
         let index = state.next;
         state.next += 1;
@@ -539,6 +569,7 @@ impl Device for WgpuDevice {
         // wgpu keeps the memory alive until recorded work that uses it is done.
         if let Some(b) = state.buffers.remove(&buffer.index) {
             state.allocated = state.allocated.saturating_sub(b.buffer.size());
+            state.spare.keep(b.buffer);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ mod device;
 mod discover;
 mod errors;
 mod pipelines;
+mod spare;
 
 pub use device::WgpuDevice;
 pub use discover::discover;
