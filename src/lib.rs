@@ -20,8 +20,8 @@ pub use manychips_sim as sim;
 /// Which WGSL matmul kernel a Vulkan or wgpu device runs.
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 pub use manychips_wgsl::{MatmulKernel, pick_matmul_kernel};
-pub use tensor::Tensor;
 pub(crate) use tensor::programs;
+pub use tensor::{Axes, Axis, NewShape, Tensor, broadcast_shapes};
 
 use std::sync::Arc;
 

@@ -199,7 +199,7 @@ fn reductions_and_softmax() {
 fn shape_ops() {
     check("reshape", vec![input(&[2, 6], 60)], |x| x[0].reshape([3, 4]));
     check("reshape transposed", vec![transposed(input(&[3, 4], 61))], |x| x[0].reshape([6, 2]));
-    check("permute", vec![input(&[2, 3, 4], 62)], |x| x[0].permute(&[2, 0, 1]));
+    check("permute", vec![input(&[2, 3, 4], 62)], |x| x[0].permute([2, 0, 1]));
     check("transpose", vec![input(&[2, 3, 4], 63)], |x| x[0].transpose(0, 2));
     check("narrow", vec![input(&[3, 5], 64)], |x| x[0].narrow(1, 1, 3));
     check("narrow at start", vec![input(&[4, 2], 65)], |x| x[0].narrow(0, 0, 2));
@@ -220,10 +220,10 @@ fn selection_ops() {
     let device = cpu();
     let ids = Tensor::from_slice(&[2u32, 0, 2, 3], [4], &device).expect("ids");
     check("index_select (repeated rows)", vec![input(&[4, 3], 80)], move |x| {
-        x[0].index_select(&ids, 0)
+        x[0].index_select(0, &ids)
     });
     let picks = Tensor::from_slice(&[1u32, 0, 3, 3, 2, 0], [3, 2], &device).expect("picks");
-    check("gather", vec![input(&[3, 4], 81)], move |x| x[0].gather(&picks, 1));
+    check("gather", vec![input(&[3, 4], 81)], move |x| x[0].gather(1, &picks));
 }
 
 #[test]
@@ -394,7 +394,8 @@ fn streaming_backward_reports_each_leaf_once_as_soon_as_it_is_final() {
     let params = store.params();
     let name = |id| params.iter().find(|p| p.id() == id).map(|p| p.name().to_string());
     let mut order = Vec::new();
-    let seed = Tensor::ones([1], DType::F32, &device).expect("seed");
+    assert_eq!(loss.dims(), &[] as &[usize], "a loss is a 0-d scalar, as in PyTorch");
+    let seed = Tensor::ones(loss.tensor().shape().clone(), DType::F32, &device).expect("seed");
     loss.backward_streaming(seed, |id, grad| {
         let want = whole.get(id).expect("a leaf backward() also reports");
         assert_eq!(grad.to_vec::<f32>()?, want.to_vec::<f32>()?, "{:?}", name(id));
@@ -414,7 +415,8 @@ fn streaming_backward_reports_each_leaf_once_as_soon_as_it_is_final() {
     let unused = Var::leaf(Tensor::from_slice(&[1.0f32], [1], &device).expect("u"));
     let y = a.mul(&a).expect("mul").add(&a).expect("add").sum_all().expect("sum");
     let mut got = Vec::new();
-    y.backward_streaming(Tensor::ones([1], DType::F32, &device).expect("seed"), |id, g| {
+    let scalar = Tensor::ones(manychips::Shape::scalar(), DType::F32, &device).expect("seed");
+    y.backward_streaming(scalar, |id, g| {
         got.push((id, g.to_vec::<f32>()?));
         Ok(())
     })
@@ -531,4 +533,29 @@ fn to_device_sends_the_gradient_back_to_the_source_device() -> Result<()> {
     // Onto its own device it is the same var: nothing recorded.
     assert_eq!(x.to_device(&cpu())?.id(), x.id());
     Ok(())
+}
+
+/// The numpy-style forms of issue 18 differentiate like the ops they are made of.
+#[test]
+fn numpy_style_forms() {
+    check("sum over two axes", vec![input(&[2, 3, 4], 130)], |x| x[0].sum([0, -1]));
+    check("mean keepdim over two axes", vec![input(&[2, 3, 4], 131)], |x| {
+        x[0].mean_keepdim([2, 1])
+    });
+    check("softmax(-1)", vec![input(&[3, 5], 132)], |x| x[0].softmax(-1));
+    check("reshape(-1)", vec![input(&[2, 6], 133)], |x| x[0].reshape([-1, 4]));
+    check("unsqueeze/squeeze several", vec![input(&[3, 4], 134)], |x| {
+        x[0].unsqueeze([0, -1])?.squeeze_all()
+    });
+    check("expand", vec![input(&[3, 1], 135)], |x| x[0].expand([2, -1, 4]));
+    check("matrix · vector", vec![input(&[3, 4], 136), input(&[4], 137)], |x| x[0].matmul(&x[1]));
+    check("vector · matrix", vec![input(&[3], 138), input(&[3, 5], 139)], |x| x[0].matmul(&x[1]));
+    check("vector · vector", vec![input(&[4], 140), input(&[4], 141)], |x| x[0].matmul(&x[1]));
+    let device = cpu();
+    let ids = Tensor::from_slice(&[2u32, 0, 2, 1, 3, 3], [2, 3], &device).expect("ids");
+    check("index_select with 2-D indices", vec![input(&[4, 3], 142)], move |x| {
+        x[0].index_select(0, &ids)
+    });
+    let picks = Tensor::from_slice(&[1u32, 0, 3], [3, 1], &device).expect("picks");
+    check("gather(-1)", vec![input(&[3, 4], 143)], move |x| x[0].gather(-1, &picks));
 }

@@ -131,8 +131,8 @@ fn run(call: &Call, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         Call::Narrow(axis, start, len) => a.narrow(*axis, *start, *len),
         Call::BroadcastAs(dims) => a.broadcast_as(dims.clone()),
         Call::Cat(axis) => Tensor::cat(&[a, b], *axis),
-        Call::IndexSelect(axis) => a.index_select(b, *axis),
-        Call::Gather(axis) => a.gather(b, *axis),
+        Call::IndexSelect(axis) => a.index_select(*axis, b),
+        Call::Gather(axis) => a.gather(*axis, b),
         Call::IndexAdd(axis) => a.index_add(*axis, b, a),
         Call::ScatterAdd(axis) => a.scatter_add(*axis, b, a),
         Call::Where => b.where_cond(a, a),
@@ -145,7 +145,7 @@ fn run(call: &Call, a: &Tensor, b: &Tensor) -> Result<Tensor> {
                 2 => x.softmax(0)?,
                 3 => x.gelu()?,
                 4 => x.sum_all()?,
-                _ => x.index_select(b, 0)?,
+                _ => x.index_select(0, b)?,
             };
             let grads = y.sum_all()?.backward()?;
             grads.get(x.id()).cloned().map_or_else(|| Ok(a.clone()), Ok)

@@ -104,24 +104,24 @@ fn out_of_range_indices_are_caught_not_undefined() {
     let table = f32s(&[3, 2], &dev);
     let bad = Tensor::from_slice(&[0u32, 5, 1], [3], &dev).unwrap();
     expect_err(
-        table.index_select(&bad, 0),
+        table.index_select(0, &bad),
         ErrorKind::IndexOutOfRange,
         &["index_select", "index 5", "axis 0 of length 3", "f32[3, 2]"],
     );
     let bad2 = Tensor::from_slice(&[0u32, 2], [1, 2], &dev).unwrap();
-    expect_err(table.gather(&bad2, 1), ErrorKind::IndexOutOfRange, &["gather", "index 2"]);
+    expect_err(table.gather(1, &bad2), ErrorKind::IndexOutOfRange, &["gather", "index 2"]);
     let src = f32s(&[3, 2], &dev);
     expect_err(table.index_add(0, &bad, &src), ErrorKind::IndexOutOfRange, &["index_add"]);
     let floats = f32s(&[3], &dev);
-    expect_err(table.index_select(&floats, 0), ErrorKind::DType, &["indices must be u32"]);
+    expect_err(table.index_select(0, &floats), ErrorKind::DType, &["indices must be u32"]);
     expect_err(table.narrow(1, 1, 2), ErrorKind::IndexOutOfRange, &["narrow", "1..3", "length 2"]);
     expect_err(table.sum(2), ErrorKind::IndexOutOfRange, &["sum", "axis 2", "rank 2"]);
     expect_err(table.softmax(5), ErrorKind::IndexOutOfRange, &["softmax", "axis 5"]);
     expect_err(table.transpose(0, 2), ErrorKind::IndexOutOfRange, &["transpose"]);
-    expect_err(table.permute(&[0, 0]), ErrorKind::InvalidArgument, &["permute"]);
+    expect_err(table.permute([0, 0]), ErrorKind::InvalidArgument, &["permute"]);
     // The device stays usable after each refusal.
     let good = Tensor::from_slice(&[2u32, 0], [2], &dev).unwrap();
-    let picked = table.index_select(&good, 0).unwrap();
+    let picked = table.index_select(0, &good).unwrap();
     assert_eq!(picked.to_vec::<f32>().unwrap(), vec![4.0, 5.0, 0.0, 1.0]);
 }
 
@@ -166,7 +166,7 @@ fn zero_size_dims_are_values_not_panics() {
     assert_eq!(empty.t().unwrap().contiguous().unwrap().dims(), &[3, 0]);
     expect_err(empty.max(0), ErrorKind::InvalidArgument, &["max", "empty"]);
     let none = Tensor::from_slice::<u32>(&[], [0], &dev).unwrap();
-    assert_eq!(f32s(&[0, 2], &dev).index_select(&none, 0).unwrap().dims(), &[0, 2]);
+    assert_eq!(f32s(&[0, 2], &dev).index_select(0, &none).unwrap().dims(), &[0, 2]);
 }
 
 #[test]
@@ -281,14 +281,14 @@ fn indices_from_the_host_are_checked_without_waiting_for_the_device() {
     let table = f32s(&[3, 2], &dev);
     let rows = Tensor::from_slice(&[2u32, 0, 2], [3], &dev).unwrap();
     let cols = Tensor::from_slice(&[1u32, 0, 1], [3, 1], &dev).unwrap();
-    let picked = table.index_select(&rows, 0).unwrap();
-    let gathered = table.gather(&cols, 1).unwrap();
+    let picked = table.index_select(0, &rows).unwrap();
+    let gathered = table.gather(1, &cols).unwrap();
     let added = table.index_add(0, &rows, &picked).unwrap();
     let scattered =
         Tensor::zeros([3, 2], DType::F32, &dev).unwrap().scatter_add(1, &cols, &gathered).unwrap();
     // A view of host indices keeps what the host knew about them.
     let view = rows.narrow(0, 1, 2).unwrap();
-    let narrowed = table.index_select(&view, 0).unwrap();
+    let narrowed = table.index_select(0, &view).unwrap();
     assert_eq!(reads(), 0, "host-made indices were read back");
     assert_eq!(picked.to_vec::<f32>().unwrap(), vec![4.0, 5.0, 0.0, 1.0, 4.0, 5.0]);
     assert_eq!(gathered.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 5.0]);
@@ -299,9 +299,9 @@ fn indices_from_the_host_are_checked_without_waiting_for_the_device() {
     // Indices computed on the device are still read back and checked at the call.
     let before = reads();
     let computed = table.argmax(1).unwrap(); // [1, 1, 1]
-    assert_eq!(table.index_select(&computed, 0).unwrap().dims(), &[3, 2]);
+    assert_eq!(table.index_select(0, &computed).unwrap().dims(), &[3, 2]);
     assert_eq!(reads(), before + 1, "device-made indices must be checked");
     let too_big = computed.cast(DType::F32).unwrap().affine(1.0, 5.0).unwrap();
     let too_big = too_big.cast(DType::U32).unwrap();
-    expect_err(table.index_select(&too_big, 0), ErrorKind::IndexOutOfRange, &["index 6"]);
+    expect_err(table.index_select(0, &too_big), ErrorKind::IndexOutOfRange, &["index 6"]);
 }

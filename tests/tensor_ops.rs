@@ -44,7 +44,7 @@ fn views_share_the_buffer_and_copy_only_when_asked() {
     let row = a.narrow(0, 1, 1).unwrap().reshape([3]).unwrap();
     assert!(row.shares_buffer(&a), "reshaping a contiguous slice is a view");
     assert_eq!(row.to_vec::<f32>().unwrap(), vec![3.0, 4.0, 5.0]);
-    let p = a.unsqueeze(0).unwrap().permute(&[2, 0, 1]).unwrap();
+    let p = a.unsqueeze(0).unwrap().permute([2, 0, 1]).unwrap();
     assert_eq!(p.dims(), &[3, 1, 2]);
     assert_eq!(p.squeeze(1).unwrap().to_vec::<f32>().unwrap(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
 }
@@ -89,13 +89,13 @@ fn index_ops_select_gather_and_accumulate() {
     let dev = cpu();
     let table = t(&[0.0, 1.0, 10.0, 11.0, 20.0, 21.0], &[3, 2], &dev);
     let idx = Tensor::from_slice(&[2u32, 0, 2], [3], &dev).unwrap();
-    let rows = table.index_select(&idx, 0).unwrap();
+    let rows = table.index_select(0, &idx).unwrap();
     assert_eq!(rows.to_vec::<f32>().unwrap(), vec![20.0, 21.0, 0.0, 1.0, 20.0, 21.0]);
     let grad = Tensor::zeros([3, 2], DType::F32, &dev).unwrap();
     let acc = grad.index_add(0, &idx, &Tensor::ones([3, 2], DType::F32, &dev).unwrap()).unwrap();
     assert_eq!(acc.to_vec::<f32>().unwrap(), vec![1.0, 1.0, 0.0, 0.0, 2.0, 2.0]);
     let pick = Tensor::from_slice(&[1u32, 0, 1], [3, 1], &dev).unwrap();
-    let g = table.gather(&pick, 1).unwrap();
+    let g = table.gather(1, &pick).unwrap();
     assert_eq!(g.to_vec::<f32>().unwrap(), vec![1.0, 10.0, 21.0]);
     let back = Tensor::zeros([3, 2], DType::F32, &dev).unwrap().scatter_add(1, &pick, &g).unwrap();
     assert_eq!(back.to_vec::<f32>().unwrap(), vec![0.0, 1.0, 10.0, 0.0, 0.0, 21.0]);

@@ -6,6 +6,8 @@
 //! tensor using it drops.
 
 mod arith;
+mod axis;
+pub use axis::{Axes, Axis, NewShape, broadcast_shapes};
 mod fused;
 pub(crate) use fused::programs;
 mod ops;

@@ -1,5 +1,6 @@
 //! Compute ops: elementwise, reductions, softmax, matmul, casts, selection.
 
+use super::axis::{Axes, Axis};
 use super::{Tensor, label};
 use crate::{
     BinaryOp, CompareOp, DType, Error, Layout, Op, ReduceOp, Result, Shape, UnaryOp, View,
@@ -289,8 +290,22 @@ impl Tensor {
     // ----- reductions -----------------------------------------------------------------
 
     /// Reduces `axis`; keeps it as a dim of 1 when `keepdim`.
-    pub fn reduce(&self, op: ReduceOp, axis: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn reduce(&self, op: ReduceOp, axis: impl Axis, keepdim: bool) -> Result<Tensor> {
+        let axis = self.axis(axis, op.name())?;
         self.reduce_with(op, axis, keepdim, &mut direct)
+    }
+
+    /// Reduces every axis of `axes` (none: the tensor itself, as numpy's `axis=()`).
+    pub fn reduce_axes(&self, op: ReduceOp, axes: impl Axes, keepdim: bool) -> Result<Tensor> {
+        let at = self.axes(&axes, op.name())?;
+        if let [axis] = at[..] {
+            return self.reduce_with(op, axis, keepdim, &mut direct);
+        }
+        let mut out = self.clone();
+        for &axis in &at {
+            out = out.reduce_with(op, axis, true, &mut direct)?;
+        }
+        Ok(if keepdim { out } else { out.without_dims(&at) })
     }
 
     pub(crate) fn reduce_with(
@@ -323,50 +338,79 @@ impl Tensor {
         Ok(out.with_layout(Layout::contiguous(dims)))
     }
 
-    pub fn sum(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Sum, axis, false)
+    /// Sum over `axes` (one axis, or several: `sum([0, -1])`).
+    pub fn sum(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Sum, axes, false)
     }
-    pub fn sum_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Sum, axis, true)
+    pub fn sum_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Sum, axes, true)
     }
-    pub fn mean(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Mean, axis, false)
+    pub fn mean(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Mean, axes, false)
     }
-    pub fn mean_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Mean, axis, true)
+    pub fn mean_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Mean, axes, true)
     }
-    pub fn max(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Max, axis, false)
+    pub fn max(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Max, axes, false)
     }
-    pub fn max_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Max, axis, true)
+    pub fn max_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Max, axes, true)
     }
-    pub fn min(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Min, axis, false)
+    pub fn min(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Min, axes, false)
     }
-    pub fn min_keepdim(&self, axis: usize) -> Result<Tensor> {
-        self.reduce(ReduceOp::Min, axis, true)
+    pub fn min_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
+        self.reduce_axes(ReduceOp::Min, axes, true)
     }
     /// Index (u32) of the first maximum along `axis`.
-    pub fn argmax(&self, axis: usize) -> Result<Tensor> {
+    pub fn argmax(&self, axis: impl Axis) -> Result<Tensor> {
         self.reduce(ReduceOp::ArgMax, axis, false)
     }
+    /// [`argmax`](Self::argmax) keeping `axis` as a dim of 1.
+    pub fn argmax_keepdim(&self, axis: impl Axis) -> Result<Tensor> {
+        self.reduce(ReduceOp::ArgMax, axis, true)
+    }
+    /// Index (u32) of the first minimum along `axis` (the first maximum of `-self`: exact).
+    pub fn argmin(&self, axis: impl Axis) -> Result<Tensor> {
+        let axis = self.axis(axis, "argmin")?;
+        self.require_float("argmin")?;
+        self.neg()?.reduce(ReduceOp::ArgMax, axis, false)
+    }
+    /// [`argmin`](Self::argmin) keeping `axis` as a dim of 1.
+    pub fn argmin_keepdim(&self, axis: impl Axis) -> Result<Tensor> {
+        let axis = self.axis(axis, "argmin")?;
+        self.require_float("argmin")?;
+        self.neg()?.reduce(ReduceOp::ArgMax, axis, true)
+    }
 
-    /// Sum of all elements, as a scalar tensor.
+    /// Sum of all elements, as a scalar (0-d) tensor.
     pub fn sum_all(&self) -> Result<Tensor> {
         self.flatten()?.sum(0)
     }
 
-    /// Mean of all elements, as a scalar tensor.
+    /// Mean of all elements, as a scalar (0-d) tensor.
     pub fn mean_all(&self) -> Result<Tensor> {
         self.flatten()?.mean(0)
     }
 
-    pub fn softmax(&self, axis: usize) -> Result<Tensor> {
+    /// The largest element, as a scalar (0-d) tensor.
+    pub fn max_all(&self) -> Result<Tensor> {
+        self.flatten()?.max(0)
+    }
+
+    /// The smallest element, as a scalar (0-d) tensor.
+    pub fn min_all(&self) -> Result<Tensor> {
+        self.flatten()?.min(0)
+    }
+
+    pub fn softmax(&self, axis: impl Axis) -> Result<Tensor> {
+        let axis = self.axis(axis, "softmax")?;
         self.softmax_with(axis, false, &mut direct)
     }
 
-    pub fn log_softmax(&self, axis: usize) -> Result<Tensor> {
+    pub fn log_softmax(&self, axis: impl Axis) -> Result<Tensor> {
+        let axis = self.axis(axis, "log_softmax")?;
         self.softmax_with(axis, true, &mut direct)
     }
 
@@ -382,7 +426,9 @@ impl Tensor {
     // ----- matmul ---------------------------------------------------------------------
 
     /// Matrix product over the last two dims, batch dims broadcast numpy-style:
-    /// `[.., m, k] x [.., k, n] -> [.., m, n]`. Transposed operands (`t()`) cost no copy.
+    /// `[.., m, k] x [.., k, n] -> [.., m, n]`; a 1-D operand is a row on the left and a
+    /// column on the right, as in numpy (`[k] x [k]` is a 0-d scalar). Transposed operands
+    /// (`t()`) cost no copy.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         self.matmul_with(rhs, &mut direct)
     }
@@ -397,8 +443,24 @@ impl Tensor {
             device: label(self.device()),
             detail: format!("{} x {}: {why}", self.describe(), rhs.describe()),
         };
-        if self.rank() < 2 || rhs.rank() < 2 {
-            return Err(shape_err("both operands need at least 2 dims"));
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(shape_err("both operands need at least 1 dim"));
+        }
+        // numpy's 1-D rules: a vector on the left is a row, on the right a column, and the
+        // dim it gained is dropped from the product again.
+        if self.rank() == 1 || rhs.rank() == 1 {
+            let lhs = if self.rank() == 1 { self.unsqueeze(0)? } else { self.clone() };
+            let rhs2 = if rhs.rank() == 1 { rhs.unsqueeze(1)? } else { rhs.clone() };
+            let product = lhs.matmul_with(&rhs2, run)?;
+            let r = product.rank();
+            let mut gained = Vec::new();
+            if self.rank() == 1 {
+                gained.push(r - 2);
+            }
+            if rhs.rank() == 1 {
+                gained.push(r - 1);
+            }
+            return Ok(product.without_dims(&gained));
         }
         let (l, r) = (self.dims(), rhs.dims());
         let (m, k) = (l[l.len() - 2], l[l.len() - 1]);

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::axis::{Axes, Axis, NewShape, broadcast_shapes, resolve};
 use super::{Tensor, label};
 use crate::{DType, Error, Layout, Op, Result, Shape};
 
@@ -18,9 +19,10 @@ impl Tensor {
         Ok(out)
     }
 
-    /// The same elements in row-major order under another shape with as many elements.
-    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
-        let shape = shape.into();
+    /// The same elements in row-major order under another shape with as many elements; one
+    /// dim of the new shape may be `-1`, inferred from the rest (`reshape([4, -1])`).
+    pub fn reshape(&self, shape: impl NewShape) -> Result<Tensor> {
+        let shape = self.new_dims(&shape, "reshape")?;
         if shape.numel() != self.numel() {
             return Err(Error::Shape {
                 op: "reshape".into(),
@@ -50,9 +52,9 @@ impl Tensor {
     }
 
     /// Swaps two dims (a view).
-    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
-        self.check_axis(a, "transpose")?;
-        self.check_axis(b, "transpose")?;
+    pub fn transpose(&self, a: impl Axis, b: impl Axis) -> Result<Tensor> {
+        let a = self.axis(a, "transpose")?;
+        let b = self.axis(b, "transpose")?;
         Ok(self.with_layout(self.layout.transposed(a, b)))
     }
 
@@ -68,8 +70,17 @@ impl Tensor {
         self.transpose(self.rank() - 2, self.rank() - 1)
     }
 
-    /// Reorders the dims: new dim `i` is old dim `perm[i]` (a view).
-    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+    /// Reorders the dims: new dim `i` is old dim `perm[i]` (a view; `-1` the last).
+    pub fn permute(&self, perm: impl Axes) -> Result<Tensor> {
+        let perm = self.permutation(&perm)?;
+        Ok(self.with_layout(self.layout.permuted(&perm)))
+    }
+
+    /// `perm` as positions, if it names every dim exactly once.
+    pub(crate) fn permutation(&self, perm: &impl Axes) -> Result<Vec<usize>> {
+        let asked = perm.signed();
+        let perm: Vec<usize> =
+            asked.iter().map(|&a| resolve(a, self.rank()).unwrap_or(usize::MAX)).collect();
         let mut seen = vec![false; self.rank()];
         let valid = perm.len() == self.rank()
             && perm.iter().all(|&p| p < self.rank() && !std::mem::replace(&mut seen[p], true));
@@ -77,15 +88,18 @@ impl Tensor {
             return Err(Error::InvalidArgument {
                 op: "permute".into(),
                 device: label(self.device()),
-                detail: format!("{perm:?} is not a permutation of the dims of {}", self.describe()),
+                detail: format!(
+                    "{asked:?} is not a permutation of the dims of {}",
+                    self.describe()
+                ),
             });
         }
-        Ok(self.with_layout(self.layout.permuted(perm)))
+        Ok(perm)
     }
 
     /// Entries `start..start + len` of `axis` (a view).
-    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
-        self.check_axis(axis, "narrow")?;
+    pub fn narrow(&self, axis: impl Axis, start: usize, len: usize) -> Result<Tensor> {
+        let axis = self.axis(axis, "narrow")?;
         let size = self.dims()[axis];
         if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(Error::IndexOutOfRange {
@@ -101,39 +115,61 @@ impl Tensor {
         Ok(self.with_layout(self.layout.narrowed(axis, start, len)))
     }
 
-    /// Inserts a dim of 1 before `axis` (a view).
-    pub fn unsqueeze(&self, axis: usize) -> Result<Tensor> {
-        if axis > self.rank() {
-            return Err(Error::IndexOutOfRange {
-                op: "unsqueeze".into(),
-                device: label(self.device()),
-                detail: format!("axis {axis} of {} (rank {})", self.describe(), self.rank()),
-            });
+    /// Inserts dims of 1 so that they sit at `axes` of the result (a view; numpy's
+    /// `expand_dims`: `unsqueeze(0)`, `unsqueeze(-1)` appends, `unsqueeze([0, 2])`).
+    pub fn unsqueeze(&self, axes: impl Axes) -> Result<Tensor> {
+        let name = "unsqueeze";
+        let asked = axes.signed();
+        let rank = self.rank() + asked.len();
+        let mut at = Vec::with_capacity(asked.len());
+        for a in &asked {
+            let p = self.position(*a, rank, name)?;
+            if at.contains(&p) {
+                return Err(self.axis_twice(name, p, &asked));
+            }
+            at.push(p);
         }
+        at.sort_unstable();
         let mut layout = self.layout.clone();
         let mut dims = layout.shape.dims().to_vec();
-        dims.insert(axis, 1);
+        for &p in &at {
+            dims.insert(p, 1);
+            layout.strides.insert(p, 0);
+        }
         layout.shape = Shape::new(dims);
-        layout.strides.insert(axis, 0);
         Ok(self.with_layout(layout))
     }
 
-    /// Removes a dim of 1 (a view).
-    pub fn squeeze(&self, axis: usize) -> Result<Tensor> {
-        self.check_axis(axis, "squeeze")?;
-        if self.dims()[axis] != 1 {
+    /// Removes the dims at `axes`, each of which must be 1 (a view).
+    pub fn squeeze(&self, axes: impl Axes) -> Result<Tensor> {
+        let name = "squeeze";
+        let at = self.axes(&axes, name)?;
+        if let Some(&bad) = at.iter().find(|&&a| self.dims()[a] != 1) {
             return Err(Error::Shape {
-                op: "squeeze".into(),
+                op: name.into(),
                 device: label(self.device()),
-                detail: format!("axis {axis} of {} is not 1", self.describe()),
+                detail: format!("axis {bad} of {} is not 1", self.describe()),
             });
         }
+        Ok(self.without_dims(&at))
+    }
+
+    /// Removes every dim of 1 (a view; numpy's `squeeze()`).
+    pub fn squeeze_all(&self) -> Result<Tensor> {
+        let ones: Vec<usize> = (0..self.rank()).filter(|&a| self.dims()[a] == 1).collect();
+        Ok(self.without_dims(&ones))
+    }
+
+    /// This view without the dims at `at` (ascending), each of extent 1.
+    pub(crate) fn without_dims(&self, at: &[usize]) -> Tensor {
         let mut layout = self.layout.clone();
         let mut dims = layout.shape.dims().to_vec();
-        dims.remove(axis);
+        for &a in at.iter().rev() {
+            dims.remove(a);
+            layout.strides.remove(a);
+        }
         layout.shape = Shape::new(dims);
-        layout.strides.remove(axis);
-        Ok(self.with_layout(layout))
+        self.with_layout(layout)
     }
 
     /// Stretches dims of 1 to `shape` numpy-style (a view with stride 0).
@@ -149,8 +185,45 @@ impl Tensor {
         }
     }
 
+    /// Stretches dims of 1 to `shape`, PyTorch's `expand`: a `-1` keeps that dim, and new
+    /// leading dims may be added (a view with stride 0).
+    pub fn expand(&self, shape: impl NewShape) -> Result<Tensor> {
+        let asked = shape.signed();
+        let lead = asked.len().checked_sub(self.rank());
+        let dims: Option<Vec<usize>> = lead.and_then(|lead| {
+            asked
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match d {
+                    -1 if i >= lead => Some(self.dims()[i - lead]),
+                    d if d >= 0 => usize::try_from(d).ok(),
+                    _ => None,
+                })
+                .collect()
+        });
+        let broadcast = dims.and_then(|dims| self.layout.broadcast_to(&Shape::new(dims)));
+        match broadcast {
+            Some(layout) => Ok(self.with_layout(layout)),
+            None => Err(Error::Shape {
+                op: "expand".into(),
+                device: label(self.device()),
+                detail: format!("{} does not expand to {asked:?}", self.describe()),
+            }),
+        }
+    }
+
+    /// Every tensor stretched to their common shape, numpy's broadcasting both ways (views).
+    pub fn broadcast_tensors(tensors: &[&Tensor]) -> Result<Vec<Tensor>> {
+        let shapes: Vec<&Shape> = tensors.iter().map(|t| t.shape()).collect();
+        let common = broadcast_shapes(&shapes).map_err(|e| match tensors.first() {
+            Some(t) => e.on_device(&label(t.device())),
+            None => e,
+        })?;
+        tensors.iter().map(|t| t.broadcast_as(common.clone())).collect()
+    }
+
     /// Joins tensors along `axis`; all other dims must agree.
-    pub fn cat(tensors: &[&Tensor], axis: usize) -> Result<Tensor> {
+    pub fn cat(tensors: &[&Tensor], axis: impl Axis) -> Result<Tensor> {
         let Some(first) = tensors.first() else {
             return Err(Error::InvalidArgument {
                 op: "cat".into(),
@@ -158,7 +231,7 @@ impl Tensor {
                 detail: "no tensors to concatenate".into(),
             });
         };
-        first.check_axis(axis, "cat")?;
+        let axis = first.axis(axis, "cat")?;
         let mut dims = first.dims().to_vec();
         dims[axis] = 0;
         for t in tensors {
@@ -192,10 +265,17 @@ impl Tensor {
         Ok(out)
     }
 
-    /// Picks entries of `axis` by the 1-D `u32` tensor `indices` (embedding lookup).
-    pub fn index_select(&self, indices: &Tensor, axis: usize) -> Result<Tensor> {
+    /// Picks entries of `axis` by the `u32` tensor `indices` (embedding lookup; numpy's
+    /// `take` along an axis): the result has `indices`' dims in place of `axis`.
+    pub fn index_select(&self, axis: impl Axis, indices: &Tensor) -> Result<Tensor> {
         let name = "index_select";
-        self.check_axis(axis, name)?;
+        let axis = self.axis(axis, name)?;
+        if indices.rank() != 1 {
+            let mut dims = self.dims()[..axis].to_vec();
+            dims.extend_from_slice(indices.dims());
+            dims.extend_from_slice(&self.dims()[axis + 1..]);
+            return self.index_select(axis, &indices.flatten()?)?.reshape(dims);
+        }
         self.check_indices(indices, axis, self.dims()[axis], name, true)?;
         let mut dims = self.dims().to_vec();
         dims[axis] = indices.numel();
@@ -211,9 +291,9 @@ impl Tensor {
 
     /// `out[.., i, ..] = self[.., indices[.., i, ..], ..]` along `axis` (torch.gather);
     /// the result has the shape of `indices`.
-    pub fn gather(&self, indices: &Tensor, axis: usize) -> Result<Tensor> {
+    pub fn gather(&self, axis: impl Axis, indices: &Tensor) -> Result<Tensor> {
         let name = "gather";
-        self.check_axis(axis, name)?;
+        let axis = self.axis(axis, name)?;
         self.check_fits_outside(indices, axis, name)?;
         self.check_indices(indices, axis, self.dims()[axis], name, false)?;
         let out = self.output(name, indices.shape().clone(), self.dtype)?;
@@ -227,7 +307,8 @@ impl Tensor {
     }
 
     /// A copy of `self` with `src` rows added at `indices` along `axis` (index_add).
-    pub fn index_add(&self, axis: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+    pub fn index_add(&self, axis: impl Axis, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        let axis = self.axis(axis, "index_add")?;
         self.clone().index_add_owned(axis, indices, src)
     }
 
@@ -270,7 +351,8 @@ impl Tensor {
 
     /// A copy of `self` with `src[.., i, ..]` added at `indices[.., i, ..]` along `axis`
     /// (scatter_add; the gradient of `gather`).
-    pub fn scatter_add(&self, axis: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+    pub fn scatter_add(&self, axis: impl Axis, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        let axis = self.axis(axis, "scatter_add")?;
         self.clone().scatter_add_owned(axis, indices, src)
     }
 

@@ -6,7 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use super::backward::Backward;
 use super::var::Var;
-use crate::{DType, Result, Shape, Tensor};
+use crate::{Axes, Axis, DType, NewShape, Result, Shape, Tensor};
 
 macro_rules! unary {
     ($($(#[$doc:meta])* $name:ident => $rule:expr;)*) => {
@@ -84,30 +84,49 @@ impl Var {
 
     // ----- reductions -----------------------------------------------------------------
 
-    pub fn sum(&self, axis: usize) -> Result<Var> {
-        self.reduce_sum(axis, false)
+    /// Sum over `axes` (one axis, or several: `sum([0, -1])`).
+    pub fn sum(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, false, Var::reduce_sum)
     }
 
-    pub fn sum_keepdim(&self, axis: usize) -> Result<Var> {
-        self.reduce_sum(axis, true)
+    pub fn sum_keepdim(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, true, Var::reduce_sum)
     }
 
-    pub fn mean(&self, axis: usize) -> Result<Var> {
-        self.reduce_mean(axis, false)
+    pub fn mean(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, false, Var::reduce_mean)
     }
 
-    pub fn mean_keepdim(&self, axis: usize) -> Result<Var> {
-        self.reduce_mean(axis, true)
+    pub fn mean_keepdim(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, true, Var::reduce_mean)
     }
 
-    /// The sum of every element, as a one-element tensor.
+    /// The sum of every element, as a scalar (0-d), as [`Tensor::sum_all`].
     pub fn sum_all(&self) -> Result<Var> {
-        self.flatten()?.sum_keepdim(0)
+        self.flatten()?.sum(0)
     }
 
-    /// The mean of every element, as a one-element tensor.
+    /// The mean of every element, as a scalar (0-d), as [`Tensor::mean_all`].
     pub fn mean_all(&self) -> Result<Var> {
-        self.flatten()?.mean_keepdim(0)
+        self.flatten()?.mean(0)
+    }
+
+    /// One reduction node per axis, then the reduced dims dropped unless `keepdim`.
+    fn reduce_axes(
+        &self,
+        axes: &impl Axes,
+        keepdim: bool,
+        reduce: fn(&Var, usize, bool) -> Result<Var>,
+    ) -> Result<Var> {
+        let at = self.tensor().axes(axes, "reduce")?;
+        if let [axis] = at[..] {
+            return reduce(self, axis, keepdim);
+        }
+        let mut out = self.clone();
+        for &axis in &at {
+            out = reduce(&out, axis, true)?;
+        }
+        if keepdim || at.is_empty() { Ok(out) } else { out.squeeze(at) }
     }
 
     fn reduce_sum(&self, axis: usize, keepdim: bool) -> Result<Var> {
@@ -122,11 +141,13 @@ impl Var {
         Ok(Var::from_op(value, Backward::Mean { axis, keepdim }, &[self]))
     }
 
-    pub fn softmax(&self, axis: usize) -> Result<Var> {
+    pub fn softmax(&self, axis: impl Axis) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "softmax")?;
         Ok(Var::from_op(self.tensor().softmax(axis)?, Backward::Softmax { axis }, &[self]))
     }
 
-    pub fn log_softmax(&self, axis: usize) -> Result<Var> {
+    pub fn log_softmax(&self, axis: impl Axis) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "log_softmax")?;
         let value = self.tensor().log_softmax(axis)?;
         Ok(Var::from_op(value, Backward::LogSoftmax { axis }, &[self]))
     }
@@ -136,12 +157,25 @@ impl Var {
     /// Matrix product over the last two dims with broadcast batch dims, like
     /// [`Tensor::matmul`].
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        // numpy's 1-D rules, as in `Tensor::matmul`: the backward rule sees matrices only.
+        if (self.rank() == 1 || rhs.rank() == 1) && self.rank() > 0 && rhs.rank() > 0 {
+            let lhs = if self.rank() == 1 { self.unsqueeze(0)? } else { self.clone() };
+            let rhs2 = if rhs.rank() == 1 { rhs.unsqueeze(1)? } else { rhs.clone() };
+            let product = lhs.matmul(&rhs2)?;
+            let r = product.rank();
+            let gained: Vec<usize> = [(self.rank() == 1, r - 2), (rhs.rank() == 1, r - 1)]
+                .into_iter()
+                .filter_map(|(dropped, axis)| dropped.then_some(axis))
+                .collect();
+            return product.squeeze(gained);
+        }
         Ok(Var::from_op(self.tensor().matmul(rhs.tensor())?, Backward::Matmul, &[self, rhs]))
     }
 
     // ----- shapes ---------------------------------------------------------------------
 
-    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
+    /// As [`Tensor::reshape`]: one dim may be `-1`.
+    pub fn reshape(&self, shape: impl NewShape) -> Result<Var> {
         Ok(Var::from_op(self.tensor().reshape(shape)?, Backward::Reshape, &[self]))
     }
 
@@ -149,23 +183,28 @@ impl Var {
         Ok(Var::from_op(self.tensor().flatten()?, Backward::Reshape, &[self]))
     }
 
-    pub fn unsqueeze(&self, axis: usize) -> Result<Var> {
-        Ok(Var::from_op(self.tensor().unsqueeze(axis)?, Backward::Reshape, &[self]))
+    pub fn unsqueeze(&self, axes: impl Axes) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().unsqueeze(axes)?, Backward::Reshape, &[self]))
     }
 
-    pub fn squeeze(&self, axis: usize) -> Result<Var> {
-        Ok(Var::from_op(self.tensor().squeeze(axis)?, Backward::Reshape, &[self]))
+    pub fn squeeze(&self, axes: impl Axes) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().squeeze(axes)?, Backward::Reshape, &[self]))
     }
 
-    pub fn permute(&self, perm: &[usize]) -> Result<Var> {
-        let value = self.tensor().permute(perm)?;
-        Ok(Var::from_op(value, Backward::Permute { perm: perm.to_vec() }, &[self]))
+    pub fn squeeze_all(&self) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().squeeze_all()?, Backward::Reshape, &[self]))
     }
 
-    pub fn transpose(&self, a: usize, b: usize) -> Result<Var> {
+    pub fn permute(&self, perm: impl Axes) -> Result<Var> {
+        let perm = self.tensor().permutation(&perm)?;
+        let value = self.tensor().permute(&perm)?;
+        Ok(Var::from_op(value, Backward::Permute { perm }, &[self]))
+    }
+
+    pub fn transpose(&self, a: impl Axis, b: impl Axis) -> Result<Var> {
         let mut perm: Vec<usize> = (0..self.rank()).collect();
-        self.tensor().check_axis(a, "transpose")?;
-        self.tensor().check_axis(b, "transpose")?;
+        let a = self.tensor().axis(a, "transpose")?;
+        let b = self.tensor().axis(b, "transpose")?;
         perm.swap(a, b);
         self.permute(&perm)
     }
@@ -180,13 +219,19 @@ impl Var {
         self.transpose(rank - 2, rank - 1)
     }
 
-    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
+    pub fn narrow(&self, axis: impl Axis, start: usize, len: usize) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "narrow")?;
         let value = self.tensor().narrow(axis, start, len)?;
         Ok(Var::from_op(value, Backward::Narrow { axis, start }, &[self]))
     }
 
     pub fn broadcast_as(&self, shape: impl Into<Shape>) -> Result<Var> {
         Ok(Var::from_op(self.tensor().broadcast_as(shape)?, Backward::BroadcastAs, &[self]))
+    }
+
+    /// As [`Tensor::expand`]: `-1` keeps a dim.
+    pub fn expand(&self, shape: impl NewShape) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().expand(shape)?, Backward::BroadcastAs, &[self]))
     }
 
     pub fn contiguous(&self) -> Result<Var> {
@@ -197,22 +242,33 @@ impl Var {
     }
 
     /// Joins vars along `axis`.
-    pub fn cat(vars: &[&Var], axis: usize) -> Result<Var> {
+    pub fn cat(vars: &[&Var], axis: impl Axis) -> Result<Var> {
         let tensors: Vec<&Tensor> = vars.iter().map(|v| v.tensor()).collect();
-        Ok(Var::from_op(Tensor::cat(&tensors, axis)?, Backward::Cat { axis }, vars))
+        let value = Tensor::cat(&tensors, axis)?;
+        // `cat` resolved the axis against the first var's rank, which it then checked.
+        let axis = vars[0].tensor().axis(axis, "cat")?;
+        Ok(Var::from_op(value, Backward::Cat { axis }, vars))
     }
 
-    /// Rows of `self` picked by the `u32` `indices` along `axis` (an embedding lookup);
-    /// the gradient adds back into the picked rows.
-    pub fn index_select(&self, indices: &Tensor, axis: usize) -> Result<Var> {
-        let value = self.tensor().index_select(indices, axis)?;
+    /// Entries of `axis` picked by the `u32` `indices` (an embedding lookup; N-D indices
+    /// put their dims in place of `axis`); the gradient adds back into the picked entries.
+    pub fn index_select(&self, axis: impl Axis, indices: &Tensor) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "index_select")?;
+        if indices.rank() != 1 {
+            let mut dims = self.dims()[..axis].to_vec();
+            dims.extend_from_slice(indices.dims());
+            dims.extend_from_slice(&self.dims()[axis + 1..]);
+            return self.index_select(axis, &indices.flatten()?)?.reshape(dims);
+        }
+        let value = self.tensor().index_select(axis, indices)?;
         let rule = Backward::IndexSelect { indices: indices.clone(), axis };
         Ok(Var::from_op(value, rule, &[self]))
     }
 
     /// `torch.gather` along `axis` (picking each row's target logit).
-    pub fn gather(&self, indices: &Tensor, axis: usize) -> Result<Var> {
-        let value = self.tensor().gather(indices, axis)?;
+    pub fn gather(&self, axis: impl Axis, indices: &Tensor) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "gather")?;
+        let value = self.tensor().gather(axis, indices)?;
         Ok(Var::from_op(value, Backward::Gather { indices: indices.clone(), axis }, &[self]))
     }
 }

@@ -51,7 +51,7 @@ impl CausalSelfAttention {
             self.qkv
                 .forward_outputs(x, i * dim..(i + 1) * dim)?
                 .reshape([batch, time, heads, head_dim])?
-                .permute(&[0, 2, 1, 3])
+                .permute([0, 2, 1, 3])
         };
         let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let scale = 1.0 / (head_dim as f64).sqrt();
@@ -63,7 +63,7 @@ impl CausalSelfAttention {
         let weights = attention_weights(q.tensor(), k.tensor(), scale)?;
         let heads_out = weights.matmul(v.tensor())?;
         let out = Var::from_op(heads_out, Backward::Attention { scale }, &[&q, &k, &v])
-            .permute(&[0, 2, 1, 3])?
+            .permute([0, 2, 1, 3])?
             .reshape([batch, time, dim])?;
         self.proj.forward(&out)
     }

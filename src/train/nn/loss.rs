@@ -80,7 +80,7 @@ pub fn cross_entropy_with(logits: &Var, targets: &[u32], opts: &CrossEntropy) ->
     let log_probs = logits.tensor().log_softmax(1)?;
     let index = Tensor::from_slice(&picked, [rows, 1], &device)?;
     let eps = opts.label_smoothing;
-    let mut inputs = vec![log_probs.gather(&index, 1)?];
+    let mut inputs = vec![log_probs.gather(1, &index)?];
     if eps > 0.0 {
         inputs.push(log_probs.mean_keepdim(1)?);
     }

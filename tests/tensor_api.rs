@@ -1,0 +1,180 @@
+//! numpy/PyTorch conventions of the Tensor API (issue 18): negative axes, several axes at
+//! once, `reshape` with `-1`, squeeze and unsqueeze of several dims, two-way broadcasting,
+//! the index ops' axis-first order with N-D indices, 1-D matmul, and the 0-d scalar.
+
+use std::sync::Arc;
+
+use manychips::{CpuDevice, DType, DeviceRef, ErrorKind, Shape, Tensor, broadcast_shapes};
+
+fn cpu() -> DeviceRef {
+    Arc::new(CpuDevice::new().expect("the CPU device always exists"))
+}
+
+/// `0, 1, 2, ..` as f32 of `shape`.
+fn iota(shape: &[usize], dev: &DeviceRef) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    Tensor::from_slice(&data, shape, dev).unwrap()
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.to_vec::<f32>().unwrap()
+}
+
+fn expect_err<T: std::fmt::Debug>(r: manychips::Result<T>, kind: ErrorKind, words: &[&str]) {
+    let e = r.expect_err("should be refused");
+    assert_eq!(e.kind(), kind, "{e}");
+    let text = e.to_string();
+    for w in words {
+        assert!(text.contains(w), "{text:?} should mention {w:?}");
+    }
+}
+
+#[test]
+fn negative_axes_count_from_the_back() {
+    let dev = cpu();
+    let x = iota(&[2, 3, 4], &dev);
+    assert_eq!(values(&x.sum(-1).unwrap()), values(&x.sum(2).unwrap()));
+    assert_eq!(values(&x.sum(-3).unwrap()), values(&x.sum(0usize).unwrap()));
+    assert_eq!(x.transpose(-1, -3).unwrap().dims(), &[4, 3, 2]);
+    assert_eq!(values(&x.softmax(-1).unwrap()), values(&x.softmax(2).unwrap()));
+    assert_eq!(values(&x.narrow(-2, 1, 2).unwrap()), values(&x.narrow(1, 1, 2).unwrap()));
+    assert_eq!(Tensor::cat(&[&x, &x], -1).unwrap().dims(), &[2, 3, 8]);
+    assert_eq!(x.permute([-1, 0, 1]).unwrap().dims(), &[4, 2, 3]);
+    assert_eq!(x.argmax(-1).unwrap().to_vec::<u32>().unwrap(), vec![3; 6]);
+    // unsqueeze counts positions of its result: -1 appends.
+    assert_eq!(x.unsqueeze(-1).unwrap().dims(), &[2, 3, 4, 1]);
+    assert_eq!(x.unsqueeze(-4).unwrap().dims(), &[1, 2, 3, 4]);
+    expect_err(x.sum(-4), ErrorKind::IndexOutOfRange, &["sum", "axis -4", "[2, 3, 4]"]);
+    expect_err(x.transpose(0, 3), ErrorKind::IndexOutOfRange, &["transpose", "axis 3"]);
+    expect_err(x.unsqueeze(5), ErrorKind::IndexOutOfRange, &["unsqueeze", "axis 5"]);
+}
+
+#[test]
+fn reductions_over_several_axes_and_all() {
+    let dev = cpu();
+    let x = iota(&[2, 3, 4], &dev);
+    // Sum over the first and last axes: for each middle index j, Σ_i Σ_k (12i + 4j + k).
+    let want: Vec<f32> = (0..3)
+        .map(|j| (0..2).flat_map(|i| (0..4).map(move |k| (12 * i + 4 * j + k) as f32)).sum())
+        .collect();
+    assert_eq!(values(&x.sum([0, 2]).unwrap()), want);
+    assert_eq!(values(&x.sum([-1, 0]).unwrap()), want);
+    assert_eq!(x.sum_keepdim([0, 2]).unwrap().dims(), &[1, 3, 1]);
+    let means: Vec<f32> = want.iter().map(|s| s / 8.0).collect();
+    assert_eq!(values(&x.mean([0, 2]).unwrap()), means);
+    assert_eq!(values(&x.max([0, 1]).unwrap()), vec![20.0, 21.0, 22.0, 23.0]);
+    assert_eq!(values(&x.min_keepdim([1, 2]).unwrap()), vec![0.0, 12.0]);
+    assert_eq!(x.min_keepdim([1, 2]).unwrap().dims(), &[2, 1, 1]);
+    // No axes: the tensor itself, as numpy's axis=().
+    assert_eq!(x.sum(Vec::<usize>::new()).unwrap().dims(), &[2, 3, 4]);
+    expect_err(x.sum([0, -3]), ErrorKind::InvalidArgument, &["sum", "axis 0 named twice"]);
+    for all in [x.max_all().unwrap(), x.min_all().unwrap(), x.sum_all().unwrap()] {
+        assert_eq!(all.dims(), &[] as &[usize], "a 0-d scalar");
+    }
+    assert_eq!(values(&x.max_all().unwrap()), vec![23.0]);
+    assert_eq!(values(&x.min_all().unwrap()), vec![0.0]);
+}
+
+#[test]
+fn argmin_and_argmax_keep_dims_and_take_the_first_tie() {
+    let dev = cpu();
+    let x = Tensor::from_slice(&[3.0f32, 1.0, 1.0, 5.0, 5.0, 0.0], [2, 3], &dev).unwrap();
+    assert_eq!(x.argmin(-1).unwrap().to_vec::<u32>().unwrap(), vec![1, 2]);
+    assert_eq!(x.argmax(1).unwrap().to_vec::<u32>().unwrap(), vec![0, 0]);
+    let kept = x.argmin_keepdim(0).unwrap();
+    assert_eq!(kept.dims(), &[1, 3]);
+    assert_eq!(kept.to_vec::<u32>().unwrap(), vec![0, 0, 1]);
+    assert_eq!(x.argmax_keepdim(-1).unwrap().dims(), &[2, 1]);
+}
+
+#[test]
+fn reshape_infers_one_dim() {
+    let dev = cpu();
+    let x = iota(&[2, 3, 4], &dev);
+    assert_eq!(x.reshape([-1]).unwrap().dims(), &[24]);
+    assert_eq!(x.reshape([4, -1]).unwrap().dims(), &[4, 6]);
+    assert_eq!(x.reshape([-1, 2, 3]).unwrap().dims(), &[4, 2, 3]);
+    assert_eq!(values(&x.reshape([6, -1]).unwrap()), values(&x));
+    let dims: Vec<usize> = vec![3, 8];
+    assert_eq!(x.reshape(&dims).unwrap().dims(), &[3, 8]);
+    expect_err(x.reshape([-1, -1]), ErrorKind::Shape, &["reshape", "more than one -1"]);
+    expect_err(x.reshape([5, -1]), ErrorKind::Shape, &["24 elements do not divide"]);
+    expect_err(x.reshape([2, -2]), ErrorKind::Shape, &["-2 is not a dim"]);
+    expect_err(x.reshape([5, 5]), ErrorKind::Shape, &["reshape", "25 elements"]);
+    let empty = iota(&[0, 3], &dev);
+    expect_err(empty.reshape([0, -1]), ErrorKind::Shape, &["do not divide"]);
+}
+
+#[test]
+fn squeeze_and_unsqueeze_several_dims() {
+    let dev = cpu();
+    let x = iota(&[1, 3, 1, 2], &dev);
+    assert_eq!(x.squeeze_all().unwrap().dims(), &[3, 2]);
+    assert_eq!(x.squeeze([0, 2]).unwrap().dims(), &[3, 2]);
+    assert_eq!(x.squeeze(-2).unwrap().dims(), &[1, 3, 2]);
+    assert_eq!(values(&x.squeeze_all().unwrap()), values(&x));
+    expect_err(x.squeeze([0, 1]), ErrorKind::Shape, &["squeeze", "axis 1", "is not 1"]);
+    let y = iota(&[3, 2], &dev);
+    assert_eq!(y.unsqueeze([0, 2]).unwrap().dims(), &[1, 3, 1, 2]);
+    assert_eq!(y.unsqueeze([0, -1]).unwrap().dims(), &[1, 3, 2, 1]);
+    expect_err(y.unsqueeze([1, 1]), ErrorKind::InvalidArgument, &["named twice"]);
+    let s = iota(&[1], &dev).squeeze_all().unwrap();
+    assert_eq!(s.dims(), &[] as &[usize]);
+}
+
+#[test]
+fn broadcasting_both_ways() {
+    let dev = cpu();
+    let col = iota(&[3, 1], &dev);
+    let row = iota(&[4], &dev);
+    let both = Tensor::broadcast_tensors(&[&col, &row]).unwrap();
+    assert_eq!(both[0].dims(), &[3, 4]);
+    assert_eq!(both[1].dims(), &[3, 4]);
+    assert_eq!(values(&both[0])[..4], [0.0; 4]);
+    assert_eq!(values(&both[1])[4..8], [0.0, 1.0, 2.0, 3.0]);
+    let shape = broadcast_shapes(&[&Shape::new(vec![5, 1, 4]), &Shape::new(vec![3, 1])]);
+    assert_eq!(shape.unwrap().dims(), &[5, 3, 4]);
+    assert_eq!(col.expand([2, -1, 5]).unwrap().dims(), &[2, 3, 5]);
+    expect_err(col.expand([-1, 5, 2]), ErrorKind::Shape, &["expand", "[3, 1]"]);
+    expect_err(col.expand([4, 5]), ErrorKind::Shape, &["does not expand"]);
+    let bad = iota(&[2], &dev);
+    expect_err(Tensor::broadcast_tensors(&[&col, &row, &bad]), ErrorKind::Shape, &["[4], [2]"]);
+}
+
+#[test]
+fn index_ops_take_the_axis_first_and_nd_indices() {
+    let dev = cpu();
+    let table = iota(&[4, 3], &dev);
+    let ids = Tensor::from_slice(&[3u32, 0, 1, 3], [2, 2], &dev).unwrap();
+    let rows = table.index_select(0, &ids).unwrap();
+    assert_eq!(rows.dims(), &[2, 2, 3]);
+    assert_eq!(values(&rows)[..6], [9.0, 10.0, 11.0, 0.0, 1.0, 2.0]);
+    let cols = table.index_select(-1, &Tensor::from_slice(&[2u32], [1, 1], &dev).unwrap());
+    assert_eq!(cols.unwrap().dims(), &[4, 1, 1]);
+    let picks = Tensor::from_slice(&[2u32, 0, 1, 1], [4, 1], &dev).unwrap();
+    assert_eq!(values(&table.gather(-1, &picks).unwrap()), vec![2.0, 3.0, 7.0, 10.0]);
+}
+
+#[test]
+fn matmul_takes_vectors_as_numpy_does() {
+    let dev = cpu();
+    let m = iota(&[2, 3], &dev);
+    let v = Tensor::from_slice(&[1.0f32, 2.0, 3.0], [3], &dev).unwrap();
+    let w = Tensor::from_slice(&[1.0f32, -1.0], [2], &dev).unwrap();
+    let mv = m.matmul(&v).unwrap();
+    assert_eq!(mv.dims(), &[2]);
+    assert_eq!(values(&mv), vec![8.0, 26.0]);
+    let vm = w.matmul(&m).unwrap();
+    assert_eq!(vm.dims(), &[3]);
+    assert_eq!(values(&vm), vec![-3.0, -3.0, -3.0]);
+    let dot = v.matmul(&v).unwrap();
+    assert_eq!(dot.dims(), &[] as &[usize]);
+    assert_eq!(values(&dot), vec![14.0]);
+    let batched = iota(&[4, 2, 3], &dev).matmul(&v).unwrap();
+    assert_eq!(batched.dims(), &[4, 2]);
+    expect_err(v.matmul(&w), ErrorKind::Shape, &["matmul", "inner dims differ"]);
+    let s = v.sum_all().unwrap();
+    expect_err(s.matmul(&v), ErrorKind::Shape, &["at least 1 dim"]);
+    assert_eq!(DType::F32, dot.dtype());
+}
