@@ -559,3 +559,42 @@ fn numpy_style_forms() {
     let picks = Tensor::from_slice(&[1u32, 0, 3], [3, 1], &device).expect("picks");
     check("gather(-1)", vec![input(&[3, 4], 143)], move |x| x[0].gather(-1, &picks));
 }
+
+/// The differentiable forms `Var` gained for parity with `Tensor` (issue 18, item 13).
+#[test]
+fn var_parity_ops() {
+    check("abs", vec![away_from_zero(input(&[3, 4], 150), 0.1)], |x| x[0].abs());
+    check("sin", vec![input(&[3, 4], 151)], |x| x[0].sin());
+    check("cos", vec![input(&[3, 4], 152)], |x| x[0].cos());
+    check("powf", vec![away_from_zero(input(&[3, 4], 153), 0.1)], |x| x[0].abs()?.powf(1.5));
+    check("pow", vec![away_from_zero(input(&[3, 4], 154), 0.2), input(&[4], 155)], |x| {
+        x[0].abs()?.pow(&x[1])
+    });
+    check("maximum", vec![input(&[3, 4], 156), input(&[4], 157)], |x| x[0].maximum(&x[1]));
+    check("minimum", vec![input(&[3, 4], 158), input(&[3, 1], 159)], |x| x[0].minimum(&x[1]));
+    check("clamp", vec![input(&[4, 5], 160)], |x| x[0].clamp(-0.5, 0.5));
+    check("max over an axis", vec![input(&[3, 5], 161)], |x| x[0].max(-1));
+    check("min keepdim over two axes", vec![input(&[2, 3, 4], 162)], |x| x[0].min_keepdim([0, 2]));
+    check("max_all", vec![input(&[3, 4], 163)], |x| x[0].max_all());
+    let device = cpu();
+    let cond = Tensor::from_slice(&[1u8, 0, 0, 1], [4], &device).expect("cond");
+    check("where", vec![input(&[3, 4], 164), input(&[3, 1], 165)], move |x| {
+        Var::where_cond(&cond, &x[0], &x[1])
+    });
+    let mask = Tensor::from_slice(&[0u8, 1, 0], [3, 1], &device).expect("mask");
+    check("masked_fill", vec![input(&[3, 4], 166)], move |x| x[0].masked_fill(&mask, 2.0));
+}
+
+#[test]
+fn max_sends_the_gradient_to_every_tie_evenly() {
+    let device = cpu();
+    let x = Var::leaf(Tensor::from_slice(&[1.0f32, 3.0, 3.0, 2.0], [4], &device).expect("x"));
+    let grads = x.max_all().expect("max").backward().expect("backward");
+    let g = grads.get(x.id()).expect("grad").to_vec::<f32>().expect("read");
+    assert_eq!(g, vec![0.0, 0.5, 0.5, 0.0]);
+    let a = Var::leaf(Tensor::from_slice(&[1.0f32, 2.0], [2], &device).expect("a"));
+    let b = Var::leaf(Tensor::from_slice(&[1.0f32, 1.0], [2], &device).expect("b"));
+    let grads = a.maximum(&b).expect("maximum").sum_all().expect("sum").backward().expect("bwd");
+    assert_eq!(grads.get(a.id()).expect("a").to_vec::<f32>().expect("read"), vec![0.5, 1.0]);
+    assert_eq!(grads.get(b.id()).expect("b").to_vec::<f32>().expect("read"), vec![0.5, 0.0]);
+}

@@ -178,3 +178,42 @@ fn matmul_takes_vectors_as_numpy_does() {
     expect_err(s.matmul(&v), ErrorKind::Shape, &["at least 1 dim"]);
     assert_eq!(DType::F32, dot.dtype());
 }
+
+#[test]
+fn clamp_powf_and_masked_fill() {
+    let dev = cpu();
+    let x = Tensor::from_slice(&[-2.0f32, -0.5, 0.0, 0.5, 2.0], [5], &dev).unwrap();
+    assert_eq!(values(&x.clamp(-1.0, 1.0).unwrap()), vec![-1.0, -0.5, 0.0, 0.5, 1.0]);
+    assert_eq!(values(&x.clamp(0.0, f64::INFINITY).unwrap()), vec![0.0, 0.0, 0.0, 0.5, 2.0]);
+    // lo above hi: hi everywhere, as in PyTorch.
+    assert_eq!(values(&x.clamp(1.0, -1.0).unwrap()), vec![-1.0; 5]);
+    assert_eq!(values(&x.powf(2.0).unwrap()), vec![4.0, 0.25, 0.0, 0.25, 4.0]);
+    let mask = x.lt(&Tensor::zeros([1], DType::F32, &dev).unwrap()).unwrap();
+    assert_eq!(values(&x.masked_fill(&mask, 9.0).unwrap()), vec![9.0, 9.0, 0.0, 0.5, 2.0]);
+    let rows = iota(&[2, 3], &dev);
+    let col = Tensor::from_slice(&[1u8, 0], [2, 1], &dev).unwrap();
+    assert_eq!(
+        values(&rows.masked_fill(&col, -1.0).unwrap()),
+        vec![-1.0, -1.0, -1.0, 3.0, 4.0, 5.0]
+    );
+    let wide = Tensor::from_slice(&[1u8, 0, 1, 0], [4, 1, 1], &dev).unwrap();
+    expect_err(
+        rows.masked_fill(&wide, 0.0),
+        ErrorKind::Shape,
+        &["masked_fill", "does not broadcast"],
+    );
+    let ints = Tensor::from_slice(&[1u32, 2], [2], &dev).unwrap();
+    expect_err(ints.clamp(0.0, 1.0), ErrorKind::UnsupportedDType, &["clamp", "u32"]);
+}
+
+#[test]
+fn clamp_with_open_and_crossed_bounds() {
+    let dev = cpu();
+    let x = Tensor::from_slice(&[-2.0f32, 0.5, 2.0], [3], &dev).unwrap();
+    let inf = f64::INFINITY;
+    assert_eq!(values(&x.clamp(-inf, 1.0).unwrap()), vec![-2.0, 0.5, 1.0]);
+    assert_eq!(values(&x.clamp(-inf, inf).unwrap()), vec![-2.0, 0.5, 2.0]);
+    assert_eq!(values(&x.clamp(inf, 1.0).unwrap()), vec![1.0; 3]);
+    assert_eq!(values(&x.clamp(0.0, -inf).unwrap()), vec![f32::NEG_INFINITY; 3]);
+    expect_err(x.clamp(f64::NAN, 1.0), ErrorKind::InvalidArgument, &["clamp", "NaN"]);
+}

@@ -329,4 +329,90 @@ pub(crate) mod programs {
             Binary(BinaryOp::Mul, 1, 6),
         ]
     }
+
+    /// `grad · sign(x)` from inputs `[x, grad]`: |x|'s backward (0 at 0, as PyTorch).
+    pub fn abs_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Const(0.0),
+            Compare(CompareOp::Gt, 0, 2),
+            Compare(CompareOp::Lt, 0, 2),
+            Binary(BinaryOp::Sub, 3, 4),
+            Binary(BinaryOp::Mul, 1, 5),
+        ]
+    }
+
+    /// `grad · cos(x)` (sin's backward) or `−grad · sin(x)` (cos's), from `[x, grad]`.
+    pub fn sin_cos_backward(of_sin: bool) -> Vec<Instr> {
+        let (slope, sign) = if of_sin { (UnaryOp::Cos, 1.0) } else { (UnaryOp::Sin, -1.0) };
+        vec![Input(0), Input(1), Unary(slope, 0), Affine(2, sign, 0.0), Binary(BinaryOp::Mul, 1, 3)]
+    }
+
+    /// `grad · b · a^(b − 1)` from inputs `[a, b, grad]`: `a^b`'s backward for the base.
+    pub fn pow_base_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Affine(1, 1.0, -1.0),
+            Binary(BinaryOp::Pow, 0, 3),
+            Binary(BinaryOp::Mul, 1, 4),
+            Binary(BinaryOp::Mul, 2, 5),
+        ]
+    }
+
+    /// `grad · a^b · ln a` from inputs `[a, b, grad]`: `a^b`'s backward for the exponent.
+    pub fn pow_exponent_backward() -> Vec<Instr> {
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Binary(BinaryOp::Pow, 0, 1),
+            Unary(UnaryOp::Log, 0),
+            Binary(BinaryOp::Mul, 3, 4),
+            Binary(BinaryOp::Mul, 2, 5),
+        ]
+    }
+
+    /// The share of `grad` that `maximum(a, b)` (or `minimum`) sends to `a`, from inputs
+    /// `[a, b, grad]`: all of it where `a` wins, half on a tie (as PyTorch), none elsewhere.
+    pub fn extremum_backward(max: bool) -> Vec<Instr> {
+        let wins = if max { CompareOp::Gt } else { CompareOp::Lt };
+        vec![
+            Input(0),
+            Input(1),
+            Input(2),
+            Compare(wins, 0, 1),
+            Compare(CompareOp::Eq, 0, 1),
+            Affine(4, 0.5, 0.0),
+            Binary(BinaryOp::Add, 3, 5),
+            Binary(BinaryOp::Mul, 2, 6),
+        ]
+    }
+
+    /// `grad · (lo ≤ x ≤ hi)` from inputs `[x, grad]`: clamp's backward (bounds included,
+    /// as PyTorch; an infinite bound is no test).
+    pub fn clamp_backward(lo: f64, hi: f64) -> Vec<Instr> {
+        let mut program = vec![Input(0), Input(1)];
+        let mut slope = None;
+        for (bound, test) in [(lo, CompareOp::Ge), (hi, CompareOp::Le)] {
+            if bound.is_finite() {
+                program.push(Const(bound));
+                program.push(Compare(test, 0, program.len() - 1));
+                let inside = program.len() - 1;
+                slope = Some(match slope {
+                    None => inside,
+                    Some(s) => {
+                        program.push(Binary(BinaryOp::Mul, s, inside));
+                        program.len() - 1
+                    }
+                });
+            }
+        }
+        if let Some(s) = slope {
+            program.push(Binary(BinaryOp::Mul, 1, s));
+        }
+        program
+    }
 }

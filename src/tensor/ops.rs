@@ -3,7 +3,7 @@
 use super::axis::{Axes, Axis};
 use super::{Tensor, label};
 use crate::{
-    BinaryOp, CompareOp, DType, Error, Layout, Op, ReduceOp, Result, Shape, UnaryOp, View,
+    BinaryOp, CompareOp, DType, Error, Instr, Layout, Op, ReduceOp, Result, Shape, UnaryOp, View,
 };
 
 /// Where a tensor op sends the `Op` it built for its fresh output: straight to the device
@@ -143,6 +143,58 @@ impl Tensor {
     }
     pub fn pow(&self, other: &Tensor) -> Result<Tensor> {
         self.binary(BinaryOp::Pow, other)
+    }
+
+    /// `self^exponent` for a scalar exponent, one pass.
+    pub fn powf(&self, exponent: f64) -> Result<Tensor> {
+        self.require_float("powf")?;
+        let program = [Instr::Input(0), Instr::Const(exponent), Instr::Binary(BinaryOp::Pow, 0, 1)];
+        Tensor::fused(&[self], &program, self.dtype)
+    }
+
+    /// Every element limited to `lo..=hi`: `min(max(x, lo), hi)`, one pass (so `hi` wins
+    /// where `lo > hi`, as in PyTorch). An infinite bound leaves that side open.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Tensor> {
+        self.require_float("clamp")?;
+        if lo.is_nan() || hi.is_nan() {
+            return Err(Error::InvalidArgument {
+                op: "clamp".into(),
+                device: label(self.device()),
+                detail: format!("bounds {lo}..={hi} for {}: NaN is no bound", self.describe()),
+            });
+        }
+        // min(max(x, +∞), hi) is hi and min(·, −∞) is −∞ everywhere.
+        if lo == f64::INFINITY || hi == f64::NEG_INFINITY {
+            return Tensor::full(hi, self.shape().clone(), self.dtype, self.device());
+        }
+        let mut program = vec![Instr::Input(0)];
+        for (bound, op) in [(lo, BinaryOp::Max), (hi, BinaryOp::Min)] {
+            if bound.is_finite() {
+                let at = program.len();
+                program.push(Instr::Const(bound));
+                program.push(Instr::Binary(op, at - 1, at));
+            }
+        }
+        Tensor::fused(&[self], &program, self.dtype)
+    }
+
+    /// `value` where the `u8` `mask` (broadcast to this shape) is set, else this tensor's
+    /// element.
+    pub fn masked_fill(&self, mask: &Tensor, value: f64) -> Result<Tensor> {
+        let fill = Tensor::full(value, Shape::scalar(), self.dtype, self.device())?;
+        let out = mask.where_cond(&fill, self)?;
+        if out.dims() != self.dims() {
+            return Err(Error::Shape {
+                op: "masked_fill".into(),
+                device: label(self.device()),
+                detail: format!(
+                    "mask {} does not broadcast to {}",
+                    mask.describe(),
+                    self.describe()
+                ),
+            });
+        }
+        Ok(out)
     }
 
     /// Elementwise comparison with broadcasting; the result is a `u8` mask (0 or 1).

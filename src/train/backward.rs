@@ -18,6 +18,33 @@ pub(crate) enum Backward {
     },
     Exp,
     Log,
+    Abs,
+    Sin,
+    Cos,
+    /// `a^b` of two vars.
+    Pow,
+    /// `x^exponent` for a scalar exponent.
+    Powf {
+        exponent: f64,
+    },
+    /// `maximum(a, b)` (`max`) or `minimum(a, b)`.
+    Extremum {
+        max: bool,
+    },
+    Clamp {
+        lo: f64,
+        hi: f64,
+    },
+    /// A max or min reduction over `axis`: the gradient goes to the elements equal to the
+    /// result, split evenly among ties (PyTorch's `amax`).
+    ReduceExtremum {
+        axis: usize,
+        keepdim: bool,
+    },
+    /// `where(cond, a, b)` of inputs `[a, b]`.
+    Where {
+        cond: Tensor,
+    },
     Sqrt,
     Rsqrt,
     Tanh,
@@ -107,6 +134,16 @@ impl Backward {
             Backward::Affine { .. } => "affine",
             Backward::Exp => "exp",
             Backward::Log => "log",
+            Backward::Abs => "abs",
+            Backward::Sin => "sin",
+            Backward::Cos => "cos",
+            Backward::Pow => "pow",
+            Backward::Powf { .. } => "powf",
+            Backward::Extremum { max: true } => "maximum",
+            Backward::Extremum { max: false } => "minimum",
+            Backward::Clamp { .. } => "clamp",
+            Backward::ReduceExtremum { .. } => "max/min",
+            Backward::Where { .. } => "where",
             Backward::Sqrt => "sqrt",
             Backward::Rsqrt => "rsqrt",
             Backward::Tanh => "tanh",
@@ -142,6 +179,7 @@ impl Backward {
             Backward::IndexSelect { indices, .. } | Backward::Gather { indices, .. } => {
                 vec![indices]
             }
+            Backward::Where { cond } => vec![cond],
             Backward::LayerNorm { mean, rstd, .. } => vec![mean, rstd],
             Backward::CrossEntropy { log_probs, targets, weights, .. } => {
                 [Some(log_probs), Some(targets), weights.as_ref()].into_iter().flatten().collect()
@@ -189,6 +227,51 @@ impl Backward {
             Backward::Affine { mul } => one(g.affine(*mul, 0.0)?),
             Backward::Exp => one(g.mul(y)?),
             Backward::Log => one(g.div(x)?),
+            Backward::Abs => one(slope(crate::programs::abs_backward(), x, g)?),
+            Backward::Sin => one(slope(crate::programs::sin_cos_backward(true), x, g)?),
+            Backward::Cos => one(slope(crate::programs::sin_cos_backward(false), x, g)?),
+            Backward::Pow => {
+                let (a, b) = (inputs[0], inputs[1]);
+                let part = |program: Vec<manychips_api::Instr>| {
+                    Tensor::fused(&[a, b, g], &program, g.dtype())
+                };
+                Ok(vec![
+                    want(0, &|| sum_to(&part(crate::programs::pow_base_backward())?, a))?,
+                    want(1, &|| sum_to(&part(crate::programs::pow_exponent_backward())?, b))?,
+                ])
+            }
+            Backward::Powf { exponent } => {
+                one(g.mul(&x.powf(exponent - 1.0)?)?.affine(*exponent, 0.0)?)
+            }
+            Backward::Extremum { max } => {
+                let (a, b) = (inputs[0], inputs[1]);
+                let program = crate::programs::extremum_backward(*max);
+                Ok(vec![
+                    want(0, &|| sum_to(&Tensor::fused(&[a, b, g], &program, g.dtype())?, a))?,
+                    want(1, &|| sum_to(&Tensor::fused(&[b, a, g], &program, g.dtype())?, b))?,
+                ])
+            }
+            Backward::Clamp { lo, hi } => {
+                one(slope(crate::programs::clamp_backward(*lo, *hi), x, g)?)
+            }
+            Backward::ReduceExtremum { axis, keepdim } => {
+                let (y, g) = if *keepdim {
+                    (y.clone(), g.clone())
+                } else {
+                    (y.unsqueeze(*axis)?, g.unsqueeze(*axis)?)
+                };
+                let hits = x.eq(&y)?.cast(g.dtype())?;
+                let share = g.div(&hits.sum_keepdim(*axis)?)?;
+                one(hits.mul(&share)?)
+            }
+            Backward::Where { cond } => {
+                let (a, b) = (inputs[0], inputs[1]);
+                let zero = Tensor::zeros(Shape::scalar(), g.dtype(), g.device())?;
+                Ok(vec![
+                    want(0, &|| sum_to(&cond.where_cond(g, &zero)?, a))?,
+                    want(1, &|| sum_to(&cond.where_cond(&zero, g)?, b))?,
+                ])
+            }
             Backward::Sqrt => one(g.div(y)?.affine(0.5, 0.0)?),
             Backward::Rsqrt => {
                 // d x^-1/2 = -1/2 x^-3/2 = -1/2 y³, multiplied into g one y at a time: y³

@@ -6,7 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use super::backward::Backward;
 use super::var::Var;
-use crate::{Axes, Axis, DType, NewShape, Result, Shape, Tensor};
+use crate::{Axes, Axis, DType, NewShape, ReduceOp, Result, Shape, Tensor};
 
 macro_rules! unary {
     ($($(#[$doc:meta])* $name:ident => $rule:expr;)*) => {
@@ -56,6 +56,55 @@ impl Var {
         /// GELU, tanh approximation (GPT-2's).
         gelu => Backward::Gelu;
         silu => Backward::Silu;
+        abs => Backward::Abs;
+        sin => Backward::Sin;
+        cos => Backward::Cos;
+    }
+
+    /// `self^exponent`, elementwise, both vars (broadcast).
+    pub fn pow(&self, exponent: &Var) -> Result<Var> {
+        let value = self.tensor().pow(exponent.tensor())?;
+        Ok(Var::from_op(value, Backward::Pow, &[self, exponent]))
+    }
+
+    /// `self^exponent` for a scalar exponent.
+    pub fn powf(&self, exponent: f64) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().powf(exponent)?, Backward::Powf { exponent }, &[self]))
+    }
+
+    /// The larger of the two, elementwise (broadcast); a tie sends half the gradient each
+    /// way, as in PyTorch.
+    pub fn maximum(&self, other: &Var) -> Result<Var> {
+        let value = self.tensor().maximum(other.tensor())?;
+        Ok(Var::from_op(value, Backward::Extremum { max: true }, &[self, other]))
+    }
+
+    /// The smaller of the two, elementwise (broadcast); ties as [`maximum`](Self::maximum).
+    pub fn minimum(&self, other: &Var) -> Result<Var> {
+        let value = self.tensor().minimum(other.tensor())?;
+        Ok(Var::from_op(value, Backward::Extremum { max: false }, &[self, other]))
+    }
+
+    /// As [`Tensor::clamp`]; the gradient passes where `lo ≤ x ≤ hi`.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Var> {
+        Ok(Var::from_op(self.tensor().clamp(lo, hi)?, Backward::Clamp { lo, hi }, &[self]))
+    }
+
+    /// `on_true` where the `u8` `cond` is set, else `on_false` (all three broadcast).
+    pub fn where_cond(cond: &Tensor, on_true: &Var, on_false: &Var) -> Result<Var> {
+        let value = cond.where_cond(on_true.tensor(), on_false.tensor())?;
+        Ok(Var::from_op(value, Backward::Where { cond: cond.clone() }, &[on_true, on_false]))
+    }
+
+    /// As [`Tensor::masked_fill`]: no gradient flows where the mask is set.
+    pub fn masked_fill(&self, mask: &Tensor, value: f64) -> Result<Var> {
+        let fill = Tensor::full(value, Shape::scalar(), self.tensor().dtype(), self.device())?;
+        let out = Var::where_cond(mask, &Var::constant(fill), self)?;
+        if out.dims() != self.dims() {
+            // Let the tensor op word the error.
+            self.tensor().masked_fill(mask, value)?;
+        }
+        Ok(out)
     }
 
     /// `self²`, elementwise.
@@ -101,6 +150,35 @@ impl Var {
         self.reduce_axes(&axes, true, Var::reduce_mean)
     }
 
+    /// Largest elements over `axes`; the gradient goes to the elements equal to the result
+    /// (split evenly among ties).
+    pub fn max(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, false, Var::reduce_max)
+    }
+
+    pub fn max_keepdim(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, true, Var::reduce_max)
+    }
+
+    /// Smallest elements over `axes`, as [`max`](Self::max).
+    pub fn min(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, false, Var::reduce_min)
+    }
+
+    pub fn min_keepdim(&self, axes: impl Axes) -> Result<Var> {
+        self.reduce_axes(&axes, true, Var::reduce_min)
+    }
+
+    /// The largest element, as a scalar (0-d).
+    pub fn max_all(&self) -> Result<Var> {
+        self.flatten()?.max(0)
+    }
+
+    /// The smallest element, as a scalar (0-d).
+    pub fn min_all(&self) -> Result<Var> {
+        self.flatten()?.min(0)
+    }
+
     /// The sum of every element, as a scalar (0-d), as [`Tensor::sum_all`].
     pub fn sum_all(&self) -> Result<Var> {
         self.flatten()?.sum(0)
@@ -133,6 +211,16 @@ impl Var {
         let value =
             if keepdim { self.tensor().sum_keepdim(axis)? } else { self.tensor().sum(axis)? };
         Ok(Var::from_op(value, Backward::Sum { axis, keepdim }, &[self]))
+    }
+
+    fn reduce_max(&self, axis: usize, keepdim: bool) -> Result<Var> {
+        let value = self.tensor().reduce(ReduceOp::Max, axis, keepdim)?;
+        Ok(Var::from_op(value, Backward::ReduceExtremum { axis, keepdim }, &[self]))
+    }
+
+    fn reduce_min(&self, axis: usize, keepdim: bool) -> Result<Var> {
+        let value = self.tensor().reduce(ReduceOp::Min, axis, keepdim)?;
+        Ok(Var::from_op(value, Backward::ReduceExtremum { axis, keepdim }, &[self]))
     }
 
     fn reduce_mean(&self, axis: usize, keepdim: bool) -> Result<Var> {
