@@ -217,3 +217,25 @@ fn clamp_with_open_and_crossed_bounds() {
     assert_eq!(values(&x.clamp(0.0, -inf).unwrap()), vec![f32::NEG_INFINITY; 3]);
     expect_err(x.clamp(f64::NAN, 1.0), ErrorKind::InvalidArgument, &["clamp", "NaN"]);
 }
+
+/// Hostile axes and shapes are errors, never panics or wrapped arithmetic.
+#[test]
+fn extreme_axes_and_shapes_are_refused() {
+    let dev = cpu();
+    let x = iota(&[2, 3], &dev);
+    assert!(x.sum(i64::MIN).is_err());
+    assert!(x.sum([i64::MAX, 0]).is_err());
+    assert!(x.unsqueeze(i64::MIN).is_err());
+    assert!(x.unsqueeze(usize::MAX).is_err());
+    assert!(x.transpose(isize::MIN, 0).is_err());
+    assert!(x.permute([i64::MIN, 0]).is_err());
+    assert!(x.reshape([i64::MAX, -1]).is_err());
+    assert!(x.reshape([i64::MAX, i64::MAX]).is_err());
+    assert!(x.reshape([usize::MAX, 2]).is_err());
+    assert!(x.reshape([i64::MIN]).is_err());
+    assert!(x.expand([i64::MIN, 3]).is_err());
+    assert!(x.expand([-1, -1, -1]).is_err());
+    assert!(x.squeeze([i64::MAX]).is_err());
+    assert!(x.argmin(i32::MIN).is_err());
+    assert!(x.index_select(i64::MIN, &Tensor::from_slice(&[0u32], [1], &dev).unwrap()).is_err());
+}

@@ -37,7 +37,11 @@ fn matmul_inner_dims_must_agree() {
         ErrorKind::Shape,
         &["matmul", "f32[2, 3]", "f32[4, 5]", "cpu:0", "3 vs 4"],
     );
-    expect_err(f32s(&[3], &dev).matmul(&b), ErrorKind::Shape, &["matmul", "at least 2 dims"]);
+    // A vector is a row on the left (numpy's rule), so its length must meet b's rows.
+    expect_err(f32s(&[3], &dev).matmul(&b), ErrorKind::Shape, &["f32[3]", "3 vs 4"]);
+    expect_err(b.matmul(&f32s(&[4], &dev)), ErrorKind::Shape, &["f32[4]", "5 vs 4"]);
+    let scalar = f32s(&[], &dev);
+    expect_err(scalar.matmul(&b), ErrorKind::Shape, &["matmul", "at least 1 dim"]);
     let batched = f32s(&[2, 3, 4], &dev);
     expect_err(batched.matmul(&f32s(&[5, 4, 2], &dev)), ErrorKind::Shape, &["batch dims"]);
 }

@@ -501,6 +501,11 @@ impl Tensor {
         // numpy's 1-D rules: a vector on the left is a row, on the right a column, and the
         // dim it gained is dropped from the product again.
         if self.rank() == 1 || rhs.rank() == 1 {
+            let k = self.dims()[self.rank() - 1];
+            let k2 = rhs.dims()[rhs.rank().saturating_sub(2)];
+            if k != k2 {
+                return Err(shape_err(&format!("inner dims differ ({k} vs {k2})")));
+            }
             let lhs = if self.rank() == 1 { self.unsqueeze(0)? } else { self.clone() };
             let rhs2 = if rhs.rank() == 1 { rhs.unsqueeze(1)? } else { rhs.clone() };
             let product = lhs.matmul_with(&rhs2, run)?;
