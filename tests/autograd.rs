@@ -576,6 +576,8 @@ fn var_parity_ops() {
     check("max over an axis", vec![input(&[3, 5], 161)], |x| x[0].max(-1));
     check("min keepdim over two axes", vec![input(&[2, 3, 4], 162)], |x| x[0].min_keepdim([0, 2]));
     check("max_all", vec![input(&[3, 4], 163)], |x| x[0].max_all());
+    check("cumsum", vec![input(&[3, 7], 167)], |x| x[0].cumsum(-1));
+    check("cumsum of a transposed view", vec![transposed(input(&[4, 3], 168))], |x| x[0].cumsum(0));
     let device = cpu();
     let cond = Tensor::from_slice(&[1u8, 0, 0, 1], [4], &device).expect("cond");
     check("where", vec![input(&[3, 4], 164), input(&[3, 1], 165)], move |x| {

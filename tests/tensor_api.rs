@@ -239,3 +239,33 @@ fn extreme_axes_and_shapes_are_refused() {
     assert!(x.argmin(i32::MIN).is_err());
     assert!(x.index_select(i64::MIN, &Tensor::from_slice(&[0u32], [1], &dev).unwrap()).is_err());
 }
+
+#[test]
+fn running_sums_and_products_along_any_axis() {
+    let dev = cpu();
+    for n in [0usize, 1, 2, 3, 5, 8, 13, 64, 100] {
+        let data: Vec<f32> = (0..2 * n).map(|i| ((i * 7) % 5) as f32 - 1.5).collect();
+        let x = Tensor::from_slice(&data, [2, n], &dev).unwrap();
+        let sums = values(&x.cumsum(-1).unwrap());
+        let prods = values(&x.narrow(1, 0, n.min(12)).unwrap().cumprod(1).unwrap());
+        for row in 0..2 {
+            let mut acc = 0.0f32;
+            let mut prod = 1.0f32;
+            for i in 0..n {
+                acc += data[row * n + i];
+                let got = sums[row * n + i];
+                assert!((got - acc).abs() <= 1e-4 * acc.abs().max(1.0), "n {n}: {got} vs {acc}");
+                if i < 12 {
+                    prod *= data[row * n + i];
+                    let m = n.min(12);
+                    assert_eq!(prods[row * m + i], prod, "cumprod n {n} at {i}");
+                }
+            }
+        }
+    }
+    let cols = iota(&[3, 2], &dev);
+    assert_eq!(values(&cols.cumsum(0).unwrap()), vec![0.0, 1.0, 2.0, 4.0, 6.0, 9.0]);
+    expect_err(cols.cumsum(2), ErrorKind::IndexOutOfRange, &["cumsum", "axis 2"]);
+    let ints = Tensor::from_slice(&[1u32, 2], [2], &dev).unwrap();
+    expect_err(ints.cumprod(0), ErrorKind::UnsupportedDType, &["cumprod"]);
+}

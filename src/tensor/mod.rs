@@ -11,6 +11,7 @@ pub use axis::{Axes, Axis, NewShape, broadcast_shapes};
 mod fused;
 pub(crate) use fused::programs;
 mod ops;
+mod scan;
 mod views;
 
 use std::fmt;

@@ -49,7 +49,7 @@ impl Tensor {
         })
     }
 
-    fn require_float(&self, op: &str) -> Result<()> {
+    pub(crate) fn require_float(&self, op: &str) -> Result<()> {
         if self.dtype.is_float() {
             return Ok(());
         }

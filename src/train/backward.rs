@@ -41,6 +41,10 @@ pub(crate) enum Backward {
         axis: usize,
         keepdim: bool,
     },
+    /// Running sums along `axis`.
+    Cumsum {
+        axis: usize,
+    },
     /// `where(cond, a, b)` of inputs `[a, b]`.
     Where {
         cond: Tensor,
@@ -144,6 +148,7 @@ impl Backward {
             Backward::Clamp { .. } => "clamp",
             Backward::ReduceExtremum { .. } => "max/min",
             Backward::Where { .. } => "where",
+            Backward::Cumsum { .. } => "cumsum",
             Backward::Sqrt => "sqrt",
             Backward::Rsqrt => "rsqrt",
             Backward::Tanh => "tanh",
@@ -263,6 +268,12 @@ impl Backward {
                 let hits = x.eq(&y)?.cast(g.dtype())?;
                 let share = g.div(&hits.sum_keepdim(*axis)?)?;
                 one(hits.mul(&share)?)
+            }
+            Backward::Cumsum { axis } => {
+                // Each input reaches every later output: the gradient is g's sums from the
+                // back, Σg − cumsum(g) + g.
+                let total = g.sum_keepdim(*axis)?;
+                one(total.sub(&g.cumsum(*axis)?)?.add(g)?)
             }
             Backward::Where { cond } => {
                 let (a, b) = (inputs[0], inputs[1]);

@@ -179,6 +179,12 @@ impl Var {
         self.flatten()?.min(0)
     }
 
+    /// Running sums along `axis`, as [`Tensor::cumsum`].
+    pub fn cumsum(&self, axis: impl Axis) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "cumsum")?;
+        Ok(Var::from_op(self.tensor().cumsum(axis)?, Backward::Cumsum { axis }, &[self]))
+    }
+
     /// The sum of every element, as a scalar (0-d), as [`Tensor::sum_all`].
     pub fn sum_all(&self) -> Result<Var> {
         self.flatten()?.sum(0)
