@@ -269,3 +269,12 @@ fn running_sums_and_products_along_any_axis() {
     let ints = Tensor::from_slice(&[1u32, 2], [2], &dev).unwrap();
     expect_err(ints.cumprod(0), ErrorKind::UnsupportedDType, &["cumprod"]);
 }
+
+#[test]
+fn reshape_takes_one_integer_as_numpy_does() {
+    let dev = cpu();
+    let x = iota(&[2, 3], &dev);
+    assert_eq!(x.reshape(-1).unwrap().dims(), &[6]);
+    assert_eq!(x.reshape(6usize).unwrap().dims(), &[6]);
+    expect_err(x.reshape(5), ErrorKind::Shape, &["reshape"]);
+}

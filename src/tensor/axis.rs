@@ -25,7 +25,8 @@ macro_rules! axis_for {
 }
 axis_for!(usize, u32, u8, isize, i64, i32, i128);
 
-/// Several axes (a single [`Axis`] is one): reductions over all of them at once.
+/// Several axes (a single [`Axis`] is one): reductions over all of them at once. The same
+/// lists of integers are shapes to [`NewShape`].
 pub trait Axes {
     fn signed(&self) -> Vec<i128>;
 }
@@ -74,7 +75,8 @@ pub fn resolve(axis: impl Axis, rank: usize) -> Option<usize> {
     (0..rank).contains(&i).then_some(i as usize)
 }
 
-/// A shape asked for by `reshape`: dims, at most one of them `-1` (inferred).
+/// A shape asked for by `reshape` or `expand`: a [`Shape`], or dims as a list of integers
+/// (or one integer, as numpy's `reshape(-1)`), at most one of them `-1`.
 pub trait NewShape {
     fn signed(&self) -> Vec<i128>;
 }
@@ -91,33 +93,9 @@ impl NewShape for &Shape {
     }
 }
 
-impl<A: Axis, const N: usize> NewShape for [A; N] {
+impl<T: Axes> NewShape for T {
     fn signed(&self) -> Vec<i128> {
-        self.iter().map(|&a| Axis::signed(a)).collect()
-    }
-}
-
-impl<A: Axis, const N: usize> NewShape for &[A; N] {
-    fn signed(&self) -> Vec<i128> {
-        self.iter().map(|&a| Axis::signed(a)).collect()
-    }
-}
-
-impl<A: Axis> NewShape for &[A] {
-    fn signed(&self) -> Vec<i128> {
-        self.iter().map(|&a| Axis::signed(a)).collect()
-    }
-}
-
-impl<A: Axis> NewShape for Vec<A> {
-    fn signed(&self) -> Vec<i128> {
-        self.iter().map(|&a| Axis::signed(a)).collect()
-    }
-}
-
-impl<A: Axis> NewShape for &Vec<A> {
-    fn signed(&self) -> Vec<i128> {
-        self.iter().map(|&a| Axis::signed(a)).collect()
+        Axes::signed(self)
     }
 }
 

@@ -135,38 +135,38 @@ impl Var {
 
     /// Sum over `axes` (one axis, or several: `sum([0, -1])`).
     pub fn sum(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, false, Var::reduce_sum)
+        self.reduce_axes("sum", &axes, false, Var::reduce_sum)
     }
 
     pub fn sum_keepdim(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, true, Var::reduce_sum)
+        self.reduce_axes("sum", &axes, true, Var::reduce_sum)
     }
 
     pub fn mean(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, false, Var::reduce_mean)
+        self.reduce_axes("mean", &axes, false, Var::reduce_mean)
     }
 
     pub fn mean_keepdim(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, true, Var::reduce_mean)
+        self.reduce_axes("mean", &axes, true, Var::reduce_mean)
     }
 
     /// Largest elements over `axes`; the gradient goes to the elements equal to the result
     /// (split evenly among ties).
     pub fn max(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, false, Var::reduce_max)
+        self.reduce_axes("max", &axes, false, Var::reduce_max)
     }
 
     pub fn max_keepdim(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, true, Var::reduce_max)
+        self.reduce_axes("max", &axes, true, Var::reduce_max)
     }
 
     /// Smallest elements over `axes`, as [`max`](Self::max).
     pub fn min(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, false, Var::reduce_min)
+        self.reduce_axes("min", &axes, false, Var::reduce_min)
     }
 
     pub fn min_keepdim(&self, axes: impl Axes) -> Result<Var> {
-        self.reduce_axes(&axes, true, Var::reduce_min)
+        self.reduce_axes("min", &axes, true, Var::reduce_min)
     }
 
     /// The largest element, as a scalar (0-d).
@@ -198,11 +198,12 @@ impl Var {
     /// One reduction node per axis, then the reduced dims dropped unless `keepdim`.
     fn reduce_axes(
         &self,
+        name: &str,
         axes: &impl Axes,
         keepdim: bool,
         reduce: fn(&Var, usize, bool) -> Result<Var>,
     ) -> Result<Var> {
-        let at = self.tensor().axes(axes, "reduce")?;
+        let at = self.tensor().axes(axes, name)?;
         if let [axis] = at[..] {
             return reduce(self, axis, keepdim);
         }
