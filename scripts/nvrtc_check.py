@@ -50,19 +50,26 @@ PARAMS_BYTES = 472
 # ---- The expected entry points -----------------------------------------------------------
 
 FLOATS = ["f32", "f16", "bf16"]
-DTYPES = FLOATS + ["u32", "u8"]
+INTS = ["u32", "u8", "i32", "i64"]
+SIGNED = ["i32", "i64"]
+DTYPES = FLOATS + INTS
+INDICES = ["u32", "i32", "i64"]
 UNARY = ["neg", "abs", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "relu", "gelu_tanh",
          "gelu_erf", "silu", "sin", "cos"]
-BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "pow"]
+INT_BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "remainder"]
+BINARY = INT_BINARY + ["pow"]
 COMPARE = ["eq", "ne", "lt", "le", "gt", "ge"]
-REDUCE = ["sum", "mean", "max", "min", "argmax"]
+INT_REDUCE = ["sum", "max", "min", "argmax", "argmin"]
+REDUCE = INT_REDUCE + ["mean"]
 
 
 def expected():
     """file name -> set of kernel names: every op x every dtype the CPU backend runs."""
     ew = set()
     ew |= {f"unary_{op}_{t}" for op in UNARY for t in FLOATS}
+    ew |= {f"unary_{op}_{t}" for op in ["neg", "abs"] for t in SIGNED}
     ew |= {f"binary_{op}_{t}" for op in BINARY for t in FLOATS}
+    ew |= {f"binary_{op}_{t}" for op in INT_BINARY for t in INTS}
     ew |= {f"affine_{t}" for t in FLOATS}
     ew |= {f"compare_{op}_{t}_{o}" for op in COMPARE for t in DTYPES for o in {t, "u8"}}
     ew |= {f"where_{t}" for t in DTYPES}
@@ -70,12 +77,15 @@ def expected():
     ew |= {f"copy_{t}" for t in DTYPES}
     ew |= {f"cast_{s}_{d}" for s in DTYPES for d in DTYPES}
     red = {f"reduce_{op}_{t}{team}" for op in REDUCE for t in FLOATS for team in ["", "_warp"]}
+    red |= {f"reduce_{op}_{t}{team}" for op in INT_REDUCE for t in INTS
+            for team in ["", "_warp"]}
     soft = {f"{name}_{t}{team}" for name in ["softmax", "log_softmax"] for t in FLOATS
             for team in ["", "_warp"]}
     idx = set()
-    idx |= {f"{name}_{t}" for name in ["gather", "index_select"] for t in DTYPES}
-    idx |= {f"{name}{atomic}_{t}" for name in ["scatter_add", "index_add"]
-            for atomic in ["", "_atomic"] for t in FLOATS}
+    idx |= {f"{name}_{t}_{i}" for name in ["gather", "index_select"] for t in DTYPES
+            for i in INDICES}
+    idx |= {f"{name}{atomic}_{t}_{i}" for name in ["scatter_add", "index_add"]
+            for atomic in ["", "_atomic"] for t in FLOATS for i in INDICES}
     mm = {f"matmul_tiled_{t}" for t in FLOATS}
     return {"elementwise.cu": ew, "reduce.cu": red, "softmax.cu": soft, "index.cu": idx,
             "matmul.cu": mm}

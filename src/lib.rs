@@ -21,7 +21,7 @@ pub use manychips_sim as sim;
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 pub use manychips_wgsl::{MatmulKernel, pick_matmul_kernel};
 pub(crate) use tensor::programs;
-pub use tensor::{Axes, Axis, NewShape, Tensor, broadcast_shapes};
+pub use tensor::{Axes, Axis, NewShape, Tensor, Ties, broadcast_shapes};
 
 use std::sync::Arc;
 

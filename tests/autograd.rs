@@ -578,6 +578,12 @@ fn var_parity_ops() {
     check("max_all", vec![input(&[3, 4], 163)], |x| x[0].max_all());
     check("cumsum", vec![input(&[3, 7], 167)], |x| x[0].cumsum(-1));
     check("cumsum of a transposed view", vec![transposed(input(&[4, 3], 168))], |x| x[0].cumsum(0));
+    check("cumprod", vec![input(&[3, 7], 169)], |x| x[0].cumprod(-1));
+    check("sort", vec![input(&[3, 7], 171)], |x| Ok(x[0].sort(-1, true)?.0));
+    check("topk", vec![input(&[4, 6], 172)], |x| Ok(x[0].topk(2, 0, false)?.0));
+    check("cumprod of a transposed view", vec![transposed(input(&[5, 3], 170))], |x| {
+        x[0].cumprod(0)
+    });
     let device = cpu();
     let cond = Tensor::from_slice(&[1u8, 0, 0, 1], [4], &device).expect("cond");
     check("where", vec![input(&[3, 4], 164), input(&[3, 1], 165)], move |x| {
@@ -599,4 +605,20 @@ fn max_sends_the_gradient_to_every_tie_evenly() {
     let grads = a.maximum(&b).expect("maximum").sum_all().expect("sum").backward().expect("bwd");
     assert_eq!(grads.get(a.id()).expect("a").to_vec::<f32>().expect("read"), vec![0.5, 1.0]);
     assert_eq!(grads.get(b.id()).expect("b").to_vec::<f32>().expect("read"), vec![0.5, 0.0]);
+}
+
+#[test]
+fn cumprod_gradient_is_exact_at_zeros() {
+    // d/dx_j Σ cumprod(x) = Σ_{i≥j} Π_{k≤i, k≠j} x_k; with one zero or two, dividing the
+    // output by x would give NaN or lose these.
+    let device = cpu();
+    for (x, want) in [
+        (vec![2.0f32, 0.0, 3.0, 4.0], vec![1.0, 2.0 + 6.0 + 24.0, 0.0, 0.0]),
+        (vec![2.0f32, 0.0, 3.0, 0.0], vec![1.0, 2.0 + 6.0 + 0.0, 0.0, 0.0]),
+        (vec![0.0f32, 5.0, 2.0], vec![1.0 + 5.0 + 10.0, 0.0, 0.0]),
+    ] {
+        let v = Var::leaf(Tensor::from_slice(&x, [x.len()], &device).expect("x"));
+        let grads = v.cumprod(0).expect("cumprod").sum_all().expect("sum").backward().expect("bwd");
+        assert_eq!(grads.get(v.id()).expect("grad").to_vec::<f32>().expect("read"), want, "{x:?}");
+    }
 }

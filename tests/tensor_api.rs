@@ -266,8 +266,10 @@ fn running_sums_and_products_along_any_axis() {
     let cols = iota(&[3, 2], &dev);
     assert_eq!(values(&cols.cumsum(0).unwrap()), vec![0.0, 1.0, 2.0, 4.0, 6.0, 9.0]);
     expect_err(cols.cumsum(2), ErrorKind::IndexOutOfRange, &["cumsum", "axis 2"]);
-    let ints = Tensor::from_slice(&[1u32, 2], [2], &dev).unwrap();
-    expect_err(ints.cumprod(0), ErrorKind::UnsupportedDType, &["cumprod"]);
+    let ints = Tensor::from_slice(&[1u32, 2, 3, 4], [4], &dev).unwrap();
+    assert_eq!(ints.cumprod(0).unwrap().to_vec::<u32>().unwrap(), vec![1, 2, 6, 24]);
+    let bytes = Tensor::from_slice(&[200u8, 100], [2], &dev).unwrap();
+    assert_eq!(bytes.cumsum(0).unwrap().to_vec::<u8>().unwrap(), vec![200, 44], "u8 wraps");
 }
 
 #[test]
@@ -277,4 +279,153 @@ fn reshape_takes_one_integer_as_numpy_does() {
     assert_eq!(x.reshape(-1).unwrap().dims(), &[6]);
     assert_eq!(x.reshape(6usize).unwrap().dims(), &[6]);
     expect_err(x.reshape(5), ErrorKind::Shape, &["reshape"]);
+}
+
+#[test]
+fn integer_arithmetic_wraps_and_floors() {
+    let dev = cpu();
+    let i32s = |v: &[i32]| Tensor::from_slice(v, [v.len()], &dev).unwrap();
+    let (a, b) = (i32s(&[7, -7, 7, -7, i32::MIN, i32::MAX, 5]), i32s(&[2, 2, -2, -2, -1, 1, 0]));
+    let div = a.div(&b).unwrap().to_vec::<i32>().unwrap();
+    assert_eq!(div, vec![3, -4, -4, 3, i32::MIN, i32::MAX, 0], "floor division, x // 0 = 0");
+    let rem = a.remainder(&b).unwrap().to_vec::<i32>().unwrap();
+    assert_eq!(rem, vec![1, 1, -1, -1, 0, 0, 0], "the divisor's sign");
+    let wrapped = a.add(&b).unwrap().to_vec::<i32>().unwrap();
+    assert_eq!(wrapped[4..6], [i32::MAX, i32::MIN], "MIN + -1 and MAX + 1 wrap");
+    assert_eq!(a.abs().unwrap().to_vec::<i32>().unwrap()[4], i32::MIN, "abs(MIN) wraps");
+    assert_eq!(i32s(&[i32::MAX, 1]).sum(0).unwrap().to_vec::<i32>().unwrap(), vec![i32::MIN]);
+
+    let big = Tensor::from_slice(&[i64::MAX, 3], [2], &dev).unwrap();
+    let two = Tensor::from_slice(&[2i64], [1], &dev).unwrap();
+    assert_eq!(big.mul(&two).unwrap().to_vec::<i64>().unwrap(), vec![-2, 6]);
+    let run = big.cumsum(0).unwrap().to_vec::<i64>().unwrap();
+    assert_eq!(run, vec![i64::MAX, i64::MIN + 2]);
+    let bytes = Tensor::from_slice(&[200u8, 3], [2], &dev).unwrap();
+    let sum = bytes.add(&Tensor::from_slice(&[100u8, 5], [2], &dev).unwrap()).unwrap();
+    assert_eq!(sum.to_vec::<u8>().unwrap(), vec![44, 8]);
+
+    // Exact past 2^24, where f32 would merge the two values.
+    let wide = Tensor::from_slice(&[16_777_217u32, 16_777_216, 16_777_218], [3], &dev).unwrap();
+    assert_eq!(wide.argmin(0).unwrap().to_vec::<u32>().unwrap(), vec![1]);
+    assert_eq!(wide.max(0).unwrap().to_vec::<u32>().unwrap(), vec![16_777_218]);
+    let lt = wide.lt(&Tensor::from_slice(&[16_777_218u32], [1], &dev).unwrap()).unwrap();
+    assert_eq!(lt.to_vec::<u8>().unwrap(), vec![1, 1, 0]);
+
+    let floats = Tensor::from_slice(&[-1.0f32, 5.5, 4.0], [3], &dev).unwrap();
+    let by = Tensor::from_slice(&[3.0f32, -2.0, 0.0], [3], &dev).unwrap();
+    let r = floats.remainder(&by).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(r[..2], [2.0, -0.5]);
+    assert!(r[2].is_nan(), "x % 0.0 is NaN on floats");
+}
+
+#[test]
+fn signed_indices_count_from_the_end() {
+    let dev = cpu();
+    let x = iota(&[3, 2], &dev);
+    let back = Tensor::from_slice(&[-1i64, 0, -3], [3], &dev).unwrap();
+    assert_eq!(values(&x.index_select(0, &back).unwrap()), vec![4.0, 5.0, 0.0, 1.0, 0.0, 1.0]);
+    let cols = Tensor::from_slice(&[-1i32, 0, -2], [3, 1], &dev).unwrap();
+    assert_eq!(values(&x.gather(1, &cols).unwrap()), vec![1.0, 2.0, 4.0]);
+    let bad = Tensor::from_slice(&[0i32, -4], [2], &dev).unwrap();
+    expect_err(x.index_select(0, &bad), ErrorKind::IndexOutOfRange, &["-4", "length 3"]);
+    let floats = Tensor::from_slice(&[0.0f32], [1], &dev).unwrap();
+    expect_err(x.index_select(0, &floats), ErrorKind::DType, &["u32, i32 or i64", "f32"]);
+}
+
+#[test]
+fn argmax_and_argmin_pick_the_first_or_the_last_tie() {
+    use manychips::Ties;
+    let dev = cpu();
+    let x = Tensor::from_slice(&[1.0f32, 3.0, 3.0, 0.0, 0.0, 2.0], [2, 3], &dev).unwrap();
+    let at = |t: manychips::Result<Tensor>| t.unwrap().to_vec::<u32>().unwrap();
+    assert_eq!(at(x.argmax_ties(1, false, Ties::First)), vec![1, 2]);
+    assert_eq!(at(x.argmax_ties(-1, false, Ties::Last)), vec![2, 2]);
+    assert_eq!(at(x.argmin_ties(1, false, Ties::Last)), vec![0, 1]);
+    assert_eq!(x.argmin_ties(1, true, Ties::Last).unwrap().dims(), &[2, 1]);
+    let ints = Tensor::from_slice(&[5i64, -2, 5, -2], [4], &dev).unwrap();
+    assert_eq!(at(ints.argmax_ties(0, false, Ties::Last)), vec![2]);
+    assert_eq!(at(ints.argmin(0)), vec![1]);
+}
+
+/// numpy's stable sort order of `v` (NaNs last, -0.0 equal to 0.0), as positions.
+fn stable_order(v: &[f32], descending: bool) -> Vec<u32> {
+    let key = |x: f32| if x.is_nan() { f32::INFINITY } else { x };
+    let mut order: Vec<u32> = (0..v.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (v[a as usize], v[b as usize]);
+        let by_nan = x.is_nan().cmp(&y.is_nan());
+        let by_value = key(x).partial_cmp(&key(y)).expect("no NaN keys");
+        let o = by_nan.then(by_value);
+        if descending { o.reverse() } else { o }
+    });
+    order
+}
+
+#[test]
+fn sort_and_topk_along_any_axis() {
+    let dev = cpu();
+    // Lengths around powers of two, ties, both zeros, infinities and NaNs.
+    for n in [1usize, 2, 3, 5, 8, 13, 64, 100] {
+        let data: Vec<f32> = (0..3 * n)
+            .map(|i| match i % 11 {
+                3 => f32::NAN,
+                5 => -0.0,
+                6 => 0.0,
+                7 => f32::NEG_INFINITY,
+                9 => f32::INFINITY,
+                _ => ((i * 7919) % 13) as f32 - 6.0,
+            })
+            .collect();
+        let x = Tensor::from_slice(&data, [3, n], &dev).unwrap();
+        for descending in [false, true] {
+            let (values, order) = x.sort(-1, descending).unwrap();
+            let order = order.to_vec::<u32>().unwrap();
+            let values = values.to_vec::<f32>().unwrap();
+            for row in 0..3 {
+                let want = stable_order(&data[row * n..][..n], descending);
+                assert_eq!(order[row * n..][..n], want, "n {n} row {row} descending {descending}");
+                for (i, &p) in want.iter().enumerate() {
+                    let (got, src) = (values[row * n + i], data[row * n + p as usize]);
+                    assert!(got.to_bits() == src.to_bits() || (got.is_nan() && src.is_nan()));
+                }
+            }
+        }
+    }
+    // Along the first axis of an integer tensor, both ends of the range.
+    let ints = Tensor::from_slice(&[3i64, i64::MIN, 7, i64::MAX, 3, -1], [3, 2], &dev).unwrap();
+    let (v, i) = ints.sort(0, false).unwrap();
+    assert_eq!(v.to_vec::<i64>().unwrap(), vec![3, i64::MIN, 3, -1, 7, i64::MAX]);
+    assert_eq!(i.to_vec::<u32>().unwrap(), vec![0, 0, 2, 2, 1, 1]);
+    let (v, _) = ints.sort(0, true).unwrap();
+    assert_eq!(v.to_vec::<i64>().unwrap(), vec![7, i64::MAX, 3, -1, 3, i64::MIN]);
+    let bytes = Tensor::from_slice(&[255u8, 0, 7, 255], [4], &dev).unwrap();
+    assert_eq!(bytes.argsort(0, true).unwrap().to_vec::<u32>().unwrap(), vec![0, 3, 2, 1]);
+
+    let logits = Tensor::from_slice(&[0.5f32, 2.0, -1.0, 2.0, 1.5], [1, 5], &dev).unwrap();
+    let (top, at) = logits.topk(3, 1, true).unwrap();
+    assert_eq!(values(&top), vec![2.0, 2.0, 1.5]);
+    assert_eq!(at.to_vec::<u32>().unwrap(), vec![1, 3, 4], "the first of equal values first");
+    let (low, _) = logits.topk(2, -1, false).unwrap();
+    assert_eq!(values(&low), vec![-1.0, 0.5]);
+    expect_err(logits.topk(6, 1, true), ErrorKind::InvalidArgument, &["topk", "k = 6", "5"]);
+    let half = logits.cast(DType::BF16).unwrap();
+    assert_eq!(half.argsort(1, false).unwrap().to_vec::<u32>().unwrap(), vec![2, 0, 4, 1, 3]);
+    let empty = Tensor::zeros([2, 0], DType::F32, &dev).unwrap();
+    assert_eq!(empty.sort(1, false).unwrap().1.dims(), &[2, 0]);
+}
+
+#[test]
+fn bitcast_reinterprets_the_bytes() {
+    let dev = cpu();
+    let x = Tensor::from_slice(&[1.0f32, -2.0], [2], &dev).unwrap();
+    let bits = x.bitcast(DType::U32).unwrap().to_vec::<u32>().unwrap();
+    assert_eq!(bits, vec![1.0f32.to_bits(), (-2.0f32).to_bits()]);
+    expect_err(x.bitcast(DType::F16), ErrorKind::DType, &["bitcast", "4-byte", "2-byte"]);
+    // Indices written as i32 are checked again when seen as u32: -1 is then out of range.
+    let back = Tensor::from_slice(&[-1i32], [1], &dev).unwrap();
+    expect_err(
+        x.index_select(0, &back.bitcast(DType::U32).unwrap()),
+        ErrorKind::IndexOutOfRange,
+        &["4294967295"],
+    );
 }

@@ -73,13 +73,22 @@ fn mixed_dtypes_are_refused() {
 }
 
 #[test]
-fn arithmetic_on_integer_dtypes_is_unsupported() {
+fn integers_take_only_integer_arithmetic() {
     let dev = cpu();
     let idx = Tensor::from_slice(&[1u32, 2, 3], [3], &dev).unwrap();
-    expect_err(idx.add(&idx), ErrorKind::UnsupportedDType, &["add", "u32", "cpu:0"]);
-    expect_err(idx.exp(), ErrorKind::UnsupportedDType, &["exp", "u32"]);
-    expect_err(idx.sum(0), ErrorKind::UnsupportedDType, &["sum", "u32"]);
-    // ...but integers are data: they compare, cast and move.
+    expect_err(idx.exp(), ErrorKind::UnsupportedDType, &["exp", "u32", "cpu:0"]);
+    expect_err(idx.mean(0), ErrorKind::UnsupportedDType, &["mean", "u32", "sum, max, min"]);
+    expect_err(idx.pow(&idx), ErrorKind::UnsupportedDType, &["pow", "u32", "f32, f16 or bf16"]);
+    expect_err(idx.neg(), ErrorKind::UnsupportedDType, &["neg", "u32", "signed"]);
+    expect_err(idx.matmul(&idx), ErrorKind::UnsupportedDType, &["matmul", "u32"]);
+    expect_err(idx.softmax(0), ErrorKind::UnsupportedDType, &["softmax", "u32"]);
+    let signed = Tensor::from_slice(&[-7i32, 7], [2], &dev).unwrap();
+    expect_err(signed.add(&idx), ErrorKind::DType, &["add", "i32", "u32", "cast one first"]);
+    expect_err(signed.sqrt(), ErrorKind::UnsupportedDType, &["sqrt", "i32"]);
+    // What they do take: the contract's integer arithmetic, comparisons, casts and moves.
+    assert_eq!(idx.add(&idx).unwrap().to_vec::<u32>().unwrap(), vec![2, 4, 6]);
+    assert_eq!(idx.sum(0).unwrap().to_vec::<u32>().unwrap(), vec![6]);
+    assert_eq!(signed.neg().unwrap().to_vec::<i32>().unwrap(), vec![7, -7]);
     assert_eq!(idx.eq(&idx).unwrap().to_vec::<u8>().unwrap(), vec![1, 1, 1]);
     assert_eq!(idx.cast(DType::F32).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0]);
 }

@@ -313,3 +313,50 @@ fn freed_buffers_are_reused_in_order() {
         assert_eq!(device.memory().expect("memory").free, free_at_start, "all freed");
     }
 }
+
+/// A negative index counts from the end; one still out of range is reported as given (the
+/// kit checks the error's kind, this its words), and its row reads zero. The float
+/// remainder is exact (fmod, then the divisor's sign) where a / b rounds across an integer.
+#[test]
+fn signed_indices_and_exact_remainders() {
+    use manychips::{BinaryOp, DType, ErrorKind, Layout, Op, View};
+    for device in devices() {
+        let view = |values: &[u8], dims: &[usize], dtype| {
+            let buf = device.alloc(values.len()).expect("alloc");
+            device.write(buf, 0, values).expect("write");
+            View::new(buf, Layout::contiguous(dims), dtype)
+        };
+        let read = |v: &View| -> Vec<f32> {
+            let mut got = vec![0; v.numel() * 4];
+            device.read(v.buffer, 0, &mut got).expect("read");
+            got.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        let data: Vec<u8> = (0..10).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let idx: Vec<u8> = [0i32, -7, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let out = view(&[0xAB; 24], &[3, 2], DType::F32);
+        let op = Op::IndexSelect {
+            input: view(&data, &[5, 2], DType::F32),
+            indices: view(&idx, &[3], DType::I32),
+            out: out.clone(),
+            axis: 0,
+        };
+        let e = device.run(&op).and_then(|()| device.synchronize()).expect_err("-7 of 5");
+        assert_eq!(e.kind(), ErrorKind::IndexOutOfRange, "{e}");
+        assert!(e.to_string().contains("-7") && e.to_string().contains("length 5"), "{e}");
+        assert_eq!(read(&out), [0.0, 1.0, 0.0, 0.0, 8.0, 9.0]);
+
+        let pairs = [(1.0f32, 0.1f32), (-7.0, 0.1), (6.0, -0.3), (1e15, 0.37), (5.0, -1e30)];
+        let col = |k: usize| -> Vec<u8> {
+            pairs.iter().flat_map(|p| [p.0, p.1][k].to_le_bytes()).collect()
+        };
+        let n = pairs.len();
+        let out = view(&vec![0; 4 * n], &[n], DType::F32);
+        let (lhs, rhs) = (view(&col(0), &[n], DType::F32), view(&col(1), &[n], DType::F32));
+        device.run(&Op::Binary { op: BinaryOp::Rem, lhs, rhs, out: out.clone() }).expect("rem");
+        for (&(a, b), r) in pairs.iter().zip(read(&out)) {
+            let m = a % b;
+            let want = if m != 0.0 && (m < 0.0) != (b < 0.0) { m + b } else { m };
+            assert_eq!(r.to_bits(), want.to_bits(), "{a} % {b}: {r}, want {want}");
+        }
+    }
+}

@@ -66,15 +66,19 @@
 //
 // ---- Status word ---------------------------------------------------------------------------
 //
-// `u32* status` points at two zeroed words (as in the WGSL backend): an out-of-range index
-// value sets word 0 to 1 (MC_STATUS_INDEX, atomicOr) and raises word 1 to the largest such
-// value (atomicMax). The element is skipped (gather writes 0) and no memory outside the
-// views is touched. The host reads, reports and re-zeroes the words after the op.
+// `u32* status` points at 24 zeroed bytes: an out-of-range index value sets word 0 to 1
+// (MC_STATUS_INDEX, atomicOr) and records the value as given (a negative one before it was
+// taken from the end): the u64 at byte 8 rises to the largest non-negative such value
+// (atomicMax), the i64 at byte 16 falls to the smallest negative one (atomicMin). The
+// element is skipped (gather writes 0) and no memory outside the views is touched. The host
+// reads, reports and re-zeroes the words after the op.
 
 typedef unsigned long long u64;
 typedef unsigned int u32;
 typedef unsigned short u16;
 typedef unsigned char u8;
+typedef int i32;
+typedef long long i64;
 
 #define MC_MAX_RANK 8
 #define MC_OPERANDS 4
@@ -150,9 +154,25 @@ __device__ __forceinline__ McOffsets<N> mc_offsets(const McParams& p, u64 g) {
     return r;
 }
 
-__device__ __forceinline__ void mc_flag_index(u32* status, u32 value) {
+__device__ __forceinline__ void mc_flag_index(u32* status, i64 value) {
     atomicOr(&status[0], MC_STATUS_INDEX);
-    atomicMax(&status[1], value);
+    if (value >= 0) {
+        atomicMax((u64*)(status + 2), (u64)value);
+    } else {
+        atomicMin((i64*)(status + 4), value);
+    }
+}
+
+// The position an index value names along an axis of `len`: a negative value counts from the
+// end. Out of range (before or after that), flags the value as given and returns false.
+__device__ __forceinline__ bool mc_resolve_index(i64 value, u64 len, u32* status, u64* at) {
+    i64 j = value < 0 ? value + (i64)len : value;
+    if (j < 0 || (u64)j >= len) {
+        mc_flag_index(status, value);
+        return false;
+    }
+    *at = (u64)j;
+    return true;
 }
 
 // ---- Scalar helpers (bit tests: immune to fast-math folding) -----------------------------
@@ -212,18 +232,16 @@ __device__ __forceinline__ u16 mc_f32_to_bf16(float v) {
     return (u16)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
 }
 
-// `v` as f32 rounded to odd (api's f32_round_to_odd): rounding that to f16/bf16 to nearest
-// even gives the correctly rounded result of v.
-__device__ __forceinline__ float mc_f32_round_to_odd(double v) {
-    float nearest = __double2float_rn(v);
-    if (!mc_isfinite(nearest) || (double)nearest == v) {
-        return nearest;
+// `v` as f32 rounded to odd (truncated, the last bit set when inexact): rounding that to
+// f16/bf16 to nearest even gives the correctly rounded result of v (24 bits hold the 11 of
+// f16 and 2 more). Every i64 is in f32's range, and truncation keeps it inside i64's, so
+// the round trip that tests exactness cannot overflow.
+__device__ __forceinline__ float mc_i64_to_f32_odd(i64 v) {
+    float truncated = __ll2float_rz(v);
+    if (__float2ll_rz(truncated) == v) {
+        return truncated;
     }
-    u32 bits = __float_as_uint(nearest);
-    if (fabs((double)nearest) > fabs(v)) {
-        bits -= 1;  // rounded away from zero: step back towards zero
-    }
-    return __uint_as_float(bits | 1u);
+    return __uint_as_float(__float_as_uint(truncated) | 1u);
 }
 
 // Saturating truncation towards zero, NaN to 0 (Rust's `as`).
@@ -247,29 +265,42 @@ __device__ __forceinline__ u8 mc_f32_to_u8(float v) {
     return (u8)(u32)v;
 }
 
-__device__ __forceinline__ u32 mc_f64_to_u32(double v) {
-    if (!(v > 0.0)) {
-        return 0u;
-    }
-    if (v >= 4294967296.0) {
-        return 0xffffffffu;
-    }
-    return (u32)v;
-}
-
-__device__ __forceinline__ u8 mc_f64_to_u8(double v) {
-    if (!(v > 0.0)) {
+__device__ __forceinline__ i32 mc_f32_to_i32(float v) {
+    if (mc_isnan(v)) {
         return 0;
     }
-    if (v >= 255.0) {
-        return 255;
+    if (v >= 2147483648.0f) {
+        return 0x7fffffff;
     }
-    return (u8)(u32)v;
+    if (v <= -2147483648.0f) {
+        return (i32)0x80000000u;
+    }
+    return (i32)v;
 }
 
-// McElem<T>: how kernels see a stored type. to_f32/from_f32 for arithmetic; to_f64/from_f64
-// define Cast from integer sources (the CPU's `Elem::cast`); from_bits builds a value from a
-// zero-extended bit pattern (Fill).
+__device__ __forceinline__ i64 mc_f32_to_i64(float v) {
+    if (mc_isnan(v)) {
+        return 0;
+    }
+    if (v >= 9223372036854775808.0f) {
+        return 0x7fffffffffffffffll;
+    }
+    if (v <= -9223372036854775808.0f) {
+        return (i64)0x8000000000000000ull;
+    }
+    return (i64)v;
+}
+
+// An integer value clamped to [lo, hi] (int -> int casts saturate).
+__device__ __forceinline__ i64 mc_clamp_i64(i64 v, i64 lo, i64 hi) {
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+// McElem<T>: how kernels see a stored type. to_f32/from_f32 for float arithmetic (and the
+// float side of casts); integers also have to_i64/from_i64 (exact, and saturating), and
+// every type has from_i64 for casts from integers (floats: correctly rounded once);
+// from_bits builds a value from a zero-extended bit pattern (Fill). `U` is the unsigned type
+// integer arithmetic wraps in (signed overflow is undefined in C++).
 template <typename T>
 struct McElem;
 
@@ -278,9 +309,8 @@ struct McElem<float> {
     static constexpr bool is_float = true;
     static __device__ __forceinline__ float to_f32(float v) { return v; }
     static __device__ __forceinline__ float from_f32(float v) { return v; }
-    static __device__ __forceinline__ double to_f64(float v) { return (double)v; }
-    static __device__ __forceinline__ float from_f64(double v) { return __double2float_rn(v); }
-    static __device__ __forceinline__ float from_bits(u32 b) { return __uint_as_float(b); }
+    static __device__ __forceinline__ float from_i64(i64 v) { return __ll2float_rn(v); }
+    static __device__ __forceinline__ float from_bits(u64 b) { return __uint_as_float((u32)b); }
 };
 
 template <>
@@ -292,11 +322,10 @@ struct McElem<mc_f16> {
         r.bits = mc_f32_to_f16(v);
         return r;
     }
-    static __device__ __forceinline__ double to_f64(mc_f16 v) { return (double)to_f32(v); }
-    static __device__ __forceinline__ mc_f16 from_f64(double v) {
-        return from_f32(mc_f32_round_to_odd(v));
+    static __device__ __forceinline__ mc_f16 from_i64(i64 v) {
+        return from_f32(mc_i64_to_f32_odd(v));
     }
-    static __device__ __forceinline__ mc_f16 from_bits(u32 b) {
+    static __device__ __forceinline__ mc_f16 from_bits(u64 b) {
         mc_f16 r;
         r.bits = (u16)b;
         return r;
@@ -312,11 +341,10 @@ struct McElem<mc_bf16> {
         r.bits = mc_f32_to_bf16(v);
         return r;
     }
-    static __device__ __forceinline__ double to_f64(mc_bf16 v) { return (double)to_f32(v); }
-    static __device__ __forceinline__ mc_bf16 from_f64(double v) {
-        return from_f32(mc_f32_round_to_odd(v));
+    static __device__ __forceinline__ mc_bf16 from_i64(i64 v) {
+        return from_f32(mc_i64_to_f32_odd(v));
     }
-    static __device__ __forceinline__ mc_bf16 from_bits(u32 b) {
+    static __device__ __forceinline__ mc_bf16 from_bits(u64 b) {
         mc_bf16 r;
         r.bits = (u16)b;
         return r;
@@ -326,21 +354,53 @@ struct McElem<mc_bf16> {
 template <>
 struct McElem<u32> {
     static constexpr bool is_float = false;
+    static constexpr bool is_signed = false;
+    typedef u32 U;
     static __device__ __forceinline__ float to_f32(u32 v) { return __uint2float_rn(v); }
     static __device__ __forceinline__ u32 from_f32(float v) { return mc_f32_to_u32(v); }
-    static __device__ __forceinline__ double to_f64(u32 v) { return (double)v; }
-    static __device__ __forceinline__ u32 from_f64(double v) { return mc_f64_to_u32(v); }
-    static __device__ __forceinline__ u32 from_bits(u32 b) { return b; }
+    static __device__ __forceinline__ i64 to_i64(u32 v) { return (i64)v; }
+    static __device__ __forceinline__ u32 from_i64(i64 v) {
+        return (u32)mc_clamp_i64(v, 0, 0xffffffffll);
+    }
+    static __device__ __forceinline__ u32 from_bits(u64 b) { return (u32)b; }
 };
 
 template <>
 struct McElem<u8> {
     static constexpr bool is_float = false;
+    static constexpr bool is_signed = false;
+    typedef u32 U;
     static __device__ __forceinline__ float to_f32(u8 v) { return (float)v; }
     static __device__ __forceinline__ u8 from_f32(float v) { return mc_f32_to_u8(v); }
-    static __device__ __forceinline__ double to_f64(u8 v) { return (double)v; }
-    static __device__ __forceinline__ u8 from_f64(double v) { return mc_f64_to_u8(v); }
-    static __device__ __forceinline__ u8 from_bits(u32 b) { return (u8)b; }
+    static __device__ __forceinline__ i64 to_i64(u8 v) { return (i64)v; }
+    static __device__ __forceinline__ u8 from_i64(i64 v) { return (u8)mc_clamp_i64(v, 0, 255); }
+    static __device__ __forceinline__ u8 from_bits(u64 b) { return (u8)b; }
+};
+
+template <>
+struct McElem<i32> {
+    static constexpr bool is_float = false;
+    static constexpr bool is_signed = true;
+    typedef u32 U;
+    static __device__ __forceinline__ float to_f32(i32 v) { return __int2float_rn(v); }
+    static __device__ __forceinline__ i32 from_f32(float v) { return mc_f32_to_i32(v); }
+    static __device__ __forceinline__ i64 to_i64(i32 v) { return (i64)v; }
+    static __device__ __forceinline__ i32 from_i64(i64 v) {
+        return (i32)mc_clamp_i64(v, -2147483648ll, 2147483647ll);
+    }
+    static __device__ __forceinline__ i32 from_bits(u64 b) { return (i32)(u32)b; }
+};
+
+template <>
+struct McElem<i64> {
+    static constexpr bool is_float = false;
+    static constexpr bool is_signed = true;
+    typedef u64 U;
+    static __device__ __forceinline__ float to_f32(i64 v) { return __ll2float_rn(v); }
+    static __device__ __forceinline__ i64 from_f32(float v) { return mc_f32_to_i64(v); }
+    static __device__ __forceinline__ i64 to_i64(i64 v) { return v; }
+    static __device__ __forceinline__ i64 from_i64(i64 v) { return v; }
+    static __device__ __forceinline__ i64 from_bits(u64 b) { return (i64)b; }
 };
 
 template <typename T>
@@ -353,20 +413,34 @@ __device__ __forceinline__ void mc_st(T* base, u64 i, float v) {
     base[i] = McElem<T>::from_f32(v);
 }
 
-// The contract's Cast (CPU `Elem::cast`): float sources go through f32 (one rounding);
-// integer sources through f64, which holds every u32 exactly.
+// The contract's Cast: float sources go through f32 (one rounding; to an integer: truncated,
+// saturating, NaN -> 0); integer sources through i64, which holds every integer value
+// exactly (to an integer: saturating; to a float: rounded once).
 template <typename S, typename D>
 __device__ __forceinline__ D mc_cast(S x) {
     if constexpr (McElem<S>::is_float) {
         return McElem<D>::from_f32(McElem<S>::to_f32(x));
     } else {
-        return McElem<D>::from_f64(McElem<S>::to_f64(x));
+        return McElem<D>::from_i64(McElem<S>::to_i64(x));
     }
 }
 
 // Type lists for the instantiation macros: MC_X(type, name).
 #define MC_FLOATS(X) X(float, f32) X(mc_f16, f16) X(mc_bf16, bf16)
-#define MC_DTYPES(X) MC_FLOATS(X) X(u32, u32) X(u8, u8)
+#define MC_INTS(X) X(u32, u32) X(u8, u8) X(i32, i32) X(i64, i64)
+#define MC_SIGNED(X) X(i32, i32) X(i64, i64)
+#define MC_DTYPES(X) MC_FLOATS(X) MC_INTS(X)
+// Index dtypes (gather, index_select, scatter_add, index_add): MC_X(type, name).
+#define MC_INDEX_TYPES(X, ...) \
+    X(__VA_ARGS__, u32, u32) X(__VA_ARGS__, i32, i32) X(__VA_ARGS__, i64, i64)
+
+// The remainder with the divisor's sign (Python's %, the contract's BinaryOp::Rem) in f32:
+// fmod's sign follows the dividend, so a nonzero result of the other sign moves by y.
+// y == 0 gives NaN (from fmodf).
+__device__ __forceinline__ float mc_remf(float x, float y) {
+    float r = fmodf(x, y);
+    return (r != 0.0f && ((r < 0.0f) != (y < 0.0f))) ? r + y : r;
+}
 
 // ---- f32 math, ported from the CPU backend (backends/cpu/src/kernels/math.rs) -------------
 //
@@ -538,15 +612,22 @@ struct McMinF32 {
     }
 };
 
-// Arg-max: the largest value wins, NaN ranks below every number (-inf included), ties
-// (equal values, or two NaNs) go to the lower index. So the result is the first index of
-// the NaN-ignoring maximum, or 0 for an all-NaN row: the CPU backend's row rule.
+// Arg-max and arg-min of floats: the largest (smallest) value wins, NaN ranks behind every
+// number (-inf and +inf included), ties (equal values, or two NaNs) go to the lower index.
+// So the result is the first index of the NaN-ignoring maximum (minimum), or 0 for an
+// all-NaN row: the CPU backend's row rule, and arg-min its mirror image.
 struct McArg {
     float v;
     u64 i;
 };
 
-struct McArgMax {
+template <bool MAX>
+struct McArgF32 {
+    typedef McArg V;
+    template <typename T>
+    static __device__ __forceinline__ float lift(T x) {
+        return McElem<T>::to_f32(x);
+    }
     static __device__ __forceinline__ McArg identity() {
         McArg a;
         a.v = __uint_as_float(0x7fc00000u);
@@ -562,12 +643,75 @@ struct McArgMax {
         } else if (an) {
             take_b = b.i < a.i;
         } else {
-            take_b = b.v > a.v || (b.v == a.v && b.i < a.i);
+            bool better = MAX ? b.v > a.v : b.v < a.v;
+            take_b = better || (b.v == a.v && b.i < a.i);
         }
         return take_b ? b : a;
     }
     static __device__ __forceinline__ McArg shfl_xor(McArg v, int off) {
         McArg r;
+        r.v = __shfl_xor_sync(MC_FULL_MASK, v.v, off);
+        r.i = __shfl_xor_sync(MC_FULL_MASK, v.i, off);
+        return r;
+    }
+};
+typedef McArgF32<true> McArgMax;
+typedef McArgF32<false> McArgMin;
+
+// ---- Integer folds (reduce.cu): every integer value as an i64, exact ----------------------
+
+// A wrapping sum: u64 arithmetic is modulo 2^64, and truncating it to the dtype's width
+// gives the sum modulo 2^bits, the contract's wrapping rule.
+struct McSumU64 {
+    static __device__ __forceinline__ u64 identity() { return 0ull; }
+    static __device__ __forceinline__ u64 combine(u64 a, u64 b) { return a + b; }
+    static __device__ __forceinline__ u64 shfl_xor(u64 v, int off) {
+        return __shfl_xor_sync(MC_FULL_MASK, v, off);
+    }
+};
+
+struct McMaxI64 {
+    static __device__ __forceinline__ i64 identity() { return (i64)0x8000000000000000ull; }
+    static __device__ __forceinline__ i64 combine(i64 a, i64 b) { return b > a ? b : a; }
+    static __device__ __forceinline__ i64 shfl_xor(i64 v, int off) {
+        return __shfl_xor_sync(MC_FULL_MASK, v, off);
+    }
+};
+
+struct McMinI64 {
+    static __device__ __forceinline__ i64 identity() { return 0x7fffffffffffffffll; }
+    static __device__ __forceinline__ i64 combine(i64 a, i64 b) { return b < a ? b : a; }
+    static __device__ __forceinline__ i64 shfl_xor(i64 v, int off) {
+        return __shfl_xor_sync(MC_FULL_MASK, v, off);
+    }
+};
+
+// Arg-max and arg-min of integers: the first index of the largest (smallest) value. The
+// identity's index ~0 loses every tie, so a row of the identity's value still gets index 0.
+struct McArgInt {
+    i64 v;
+    u64 i;
+};
+
+template <bool MAX>
+struct McArgI64 {
+    typedef McArgInt V;
+    template <typename T>
+    static __device__ __forceinline__ i64 lift(T x) {
+        return McElem<T>::to_i64(x);
+    }
+    static __device__ __forceinline__ McArgInt identity() {
+        McArgInt a;
+        a.v = MAX ? McMaxI64::identity() : McMinI64::identity();
+        a.i = ~0ull;
+        return a;
+    }
+    static __device__ __forceinline__ McArgInt combine(McArgInt a, McArgInt b) {
+        bool better = MAX ? b.v > a.v : b.v < a.v;
+        return better || (b.v == a.v && b.i < a.i) ? b : a;
+    }
+    static __device__ __forceinline__ McArgInt shfl_xor(McArgInt v, int off) {
+        McArgInt r;
         r.v = __shfl_xor_sync(MC_FULL_MASK, v.v, off);
         r.i = __shfl_xor_sync(MC_FULL_MASK, v.i, off);
         return r;

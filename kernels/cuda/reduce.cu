@@ -1,4 +1,5 @@
-// Reductions along one axis: reduce_<sum|mean|max|min|argmax>_<f32|f16|bf16>[_warp].
+// Reductions along one axis: reduce_<sum|mean|max|min|argmax|argmin>_<f32|f16|bf16>[_warp]
+// and reduce_<sum|max|min|argmax|argmin>_<u32|u8|i32|i64>[_warp].
 // (common.cuh is prepended by the host; see README.md.)
 //
 // One work item per output element (a row: the input along the axis). Operand 0 is the
@@ -10,8 +11,9 @@
 //
 // Semantics (the CPU backend's): sum and mean accumulate in f64 and round once (mean divides
 // in f64); an empty row sums to 0 and its mean is NaN. max/min ignore NaN (an all-NaN row
-// gives -inf/+inf). argmax writes the u32 index of the first NaN-ignoring maximum, 0 for an
-// all-NaN row.
+// gives -inf/+inf). argmax (argmin) writes the u32 index of the first NaN-ignoring maximum
+// (minimum), 0 for an all-NaN row. Integers are exact: sum wraps (modulo 2^bits), max, min,
+// argmax and argmin compare the integers themselves.
 
 struct McFoldSum {
     typedef McSumF64 C;
@@ -39,6 +41,35 @@ struct McFoldMin {
     static __device__ __forceinline__ float finish(float acc, u64) { return acc; }
 };
 
+// Integer folds: values lifted to i64 (exact), the sum in u64 (wrapping), truncated to the
+// dtype on store (the sum modulo 2^bits; max and min are in range).
+struct McFoldSumInt {
+    typedef McSumU64 C;
+    static __device__ __forceinline__ u64 lift(i64 v) { return (u64)v; }
+    template <typename T>
+    static __device__ __forceinline__ T finish(u64 acc) {
+        return (T)(typename McElem<T>::U)acc;
+    }
+};
+
+struct McFoldMaxInt {
+    typedef McMaxI64 C;
+    static __device__ __forceinline__ i64 lift(i64 v) { return v; }
+    template <typename T>
+    static __device__ __forceinline__ T finish(i64 acc) {
+        return (T)acc;
+    }
+};
+
+struct McFoldMinInt {
+    typedef McMinI64 C;
+    static __device__ __forceinline__ i64 lift(i64 v) { return v; }
+    template <typename T>
+    static __device__ __forceinline__ T finish(i64 acc) {
+        return (T)acc;
+    }
+};
+
 template <typename Team, typename F, typename T>
 __device__ __forceinline__ void mc_reduce_rows(const McParams& p, const T* __restrict__ in,
                                                T* __restrict__ out) {
@@ -60,51 +91,80 @@ __device__ __forceinline__ void mc_reduce_rows(const McParams& p, const T* __res
     }
 }
 
-template <typename Team, typename T>
-__device__ __forceinline__ void mc_argmax_rows(const McParams& p, const T* __restrict__ in,
-                                               u32* __restrict__ out) {
+template <typename Team, typename F, typename T>
+__device__ __forceinline__ void mc_reduce_int_rows(const McParams& p, const T* __restrict__ in,
+                                                   T* __restrict__ out) {
+    typedef typename F::C C;
     const u64 n = p.ext[0];
     const u64 st = p.ext[1];
     for (u64 row = Team::first(); row < p.count; row += Team::step()) {
         McOffsets<2> o = mc_offsets<2>(p, row);
-        McArg best = McArgMax::identity();
+        auto acc = C::identity();
         for (u64 i = Team::lane(); i < n; i += Team::size()) {
-            McArg cand;
-            cand.v = mc_ld(in, o.o[0] + i * st);
-            cand.i = i;
-            best = McArgMax::combine(best, cand);
+            acc = C::combine(acc, F::lift(McElem<T>::to_i64(in[o.o[0] + i * st])));
         }
-        best = Team::template reduce<McArgMax>(best);
+        acc = Team::template reduce<C>(acc);
+        if (Team::lane() == 0) {
+            out[o.o[1]] = F::template finish<T>(acc);
+        }
+    }
+}
+
+// Arg-max / arg-min rows; A is McArgF32<max?> or McArgI64<max?> (common.cuh).
+template <typename Team, typename A, typename T>
+__device__ __forceinline__ void mc_arg_rows(const McParams& p, const T* __restrict__ in,
+                                            u32* __restrict__ out) {
+    const u64 n = p.ext[0];
+    const u64 st = p.ext[1];
+    for (u64 row = Team::first(); row < p.count; row += Team::step()) {
+        McOffsets<2> o = mc_offsets<2>(p, row);
+        typename A::V best = A::identity();
+        for (u64 i = Team::lane(); i < n; i += Team::size()) {
+            typename A::V cand;
+            cand.v = A::lift(in[o.o[0] + i * st]);
+            cand.i = i;
+            best = A::combine(best, cand);
+        }
+        best = Team::template reduce<A>(best);
         if (Team::lane() == 0) {
             out[o.o[1]] = best.i == ~0ull ? 0u : (u32)best.i;
         }
     }
 }
 
-#define MC_REDUCE_KERNELS(name, Fold, T, tn)                                                 \
+#define MC_REDUCE_KERNELS(name, Rows, Fold, T, tn)                                           \
     extern "C" __global__ void reduce_##name##_##tn(const McParams p, const T* __restrict__ in, \
                                                     T* __restrict__ out) {                   \
-        mc_reduce_rows<McBlockTeam, Fold>(p, in, out);                                       \
+        Rows<McBlockTeam, Fold>(p, in, out);                                                 \
     }                                                                                        \
     extern "C" __global__ void reduce_##name##_##tn##_warp(                                  \
         const McParams p, const T* __restrict__ in, T* __restrict__ out) {                   \
-        mc_reduce_rows<McWarpTeam, Fold>(p, in, out);                                        \
+        Rows<McWarpTeam, Fold>(p, in, out);                                                  \
     }
 
-#define MC_ARGMAX_KERNELS(T, tn)                                                           \
-    extern "C" __global__ void reduce_argmax_##tn(const McParams p, const T* __restrict__ in, \
-                                                  u32* __restrict__ out) {                 \
-        mc_argmax_rows<McBlockTeam>(p, in, out);                                           \
-    }                                                                                      \
-    extern "C" __global__ void reduce_argmax_##tn##_warp(                                  \
-        const McParams p, const T* __restrict__ in, u32* __restrict__ out) {               \
-        mc_argmax_rows<McWarpTeam>(p, in, out);                                            \
+#define MC_ARG_KERNELS(name, Arg, T, tn)                                                    \
+    extern "C" __global__ void reduce_##name##_##tn(const McParams p, const T* __restrict__ in, \
+                                                    u32* __restrict__ out) {                \
+        mc_arg_rows<McBlockTeam, Arg>(p, in, out);                                          \
+    }                                                                                       \
+    extern "C" __global__ void reduce_##name##_##tn##_warp(                                 \
+        const McParams p, const T* __restrict__ in, u32* __restrict__ out) {                \
+        mc_arg_rows<McWarpTeam, Arg>(p, in, out);                                           \
     }
 
-#define MC_REDUCE_ALL(T, tn)                    \
-    MC_REDUCE_KERNELS(sum, McFoldSum, T, tn)    \
-    MC_REDUCE_KERNELS(mean, McFoldMean, T, tn)  \
-    MC_REDUCE_KERNELS(max, McFoldMax, T, tn)    \
-    MC_REDUCE_KERNELS(min, McFoldMin, T, tn)    \
-    MC_ARGMAX_KERNELS(T, tn)
-MC_FLOATS(MC_REDUCE_ALL)
+#define MC_REDUCE_FLOAT(T, tn)                                  \
+    MC_REDUCE_KERNELS(sum, mc_reduce_rows, McFoldSum, T, tn)    \
+    MC_REDUCE_KERNELS(mean, mc_reduce_rows, McFoldMean, T, tn)  \
+    MC_REDUCE_KERNELS(max, mc_reduce_rows, McFoldMax, T, tn)    \
+    MC_REDUCE_KERNELS(min, mc_reduce_rows, McFoldMin, T, tn)    \
+    MC_ARG_KERNELS(argmax, McArgF32<true>, T, tn)               \
+    MC_ARG_KERNELS(argmin, McArgF32<false>, T, tn)
+MC_FLOATS(MC_REDUCE_FLOAT)
+
+#define MC_REDUCE_INT(T, tn)                                          \
+    MC_REDUCE_KERNELS(sum, mc_reduce_int_rows, McFoldSumInt, T, tn)   \
+    MC_REDUCE_KERNELS(max, mc_reduce_int_rows, McFoldMaxInt, T, tn)   \
+    MC_REDUCE_KERNELS(min, mc_reduce_int_rows, McFoldMinInt, T, tn)   \
+    MC_ARG_KERNELS(argmax, McArgI64<true>, T, tn)                     \
+    MC_ARG_KERNELS(argmin, McArgI64<false>, T, tn)
+MC_INTS(MC_REDUCE_INT)

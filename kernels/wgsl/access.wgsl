@@ -91,9 +91,18 @@ fn stf{{K}}(i: u32, v: f32) {
 }
 
 //# status
-// Word 0: set to 1 when an index value was out of range; word 1: the largest such value.
+// Word 0: bit 0 set when an unsigned index value was out of range, bit 1 when a signed one
+// was; word 1: the largest such unsigned value; word 2: the largest such signed value, its
+// bits plus 2^31 (unsigned order is then signed order); word 3: the longest axis a bad value
+// was checked against. (`manychips_wgsl::bad_index` reads them.)
 @group(0) @binding({{K}}) var<storage, read_write> status: array<atomic<u32>>;
-fn flag_index(v: u32) {
+fn flag_index(v: u32, len: u32) {
     atomicOr(&status[0], 1u);
     atomicMax(&status[1], v);
+    atomicMax(&status[3], len);
+}
+fn flag_signed_index(v: u32, len: u32) {
+    atomicOr(&status[0], 2u);
+    atomicMax(&status[2], v ^ 0x80000000u);
+    atomicMax(&status[3], len);
 }

@@ -114,6 +114,20 @@ fn f32_to_u8_sat(v: f32) -> u32 {
     return min(f32_to_u32_sat(v), 255u);
 }
 
+// The same for i32, as its bits: ±2^31 and beyond saturate to MIN and MAX.
+fn f32_to_i32_sat(v: f32) -> u32 {
+    if is_nan(v) {
+        return 0u;
+    }
+    if v >= 2147483648.0 {
+        return 0x7fffffffu;
+    }
+    if v <= -2147483648.0 {
+        return 0x80000000u;
+    }
+    return bitcast<u32>(i32(v));
+}
+
 // u32 → f32 rounded to nearest even (`odd` false) or to odd (`odd` true: the f32 that a
 // second rounding to f16/bf16 turns into the correctly rounded result).
 fn u32_to_f32_mode(x: u32, odd: bool) -> f32 {
@@ -146,4 +160,24 @@ fn u32_to_f16(x: u32) -> u32 {
 
 fn u32_to_bf16(x: u32) -> u32 {
     return f32_to_bf16(u32_to_f32_mode(x, true));
+}
+
+// i32 bits → f32 as the u32 conversions round: the magnitude (MIN's too: 0u - x is 2^31),
+// then the sign, so that rounding is symmetric.
+fn i32_to_f32_mode(x: u32, odd: bool) -> f32 {
+    let neg = x >= 0x80000000u;
+    let m = u32_to_f32_mode(select(x, 0u - x, neg), odd);
+    return select(m, -m, neg);
+}
+
+fn i32_to_f32(x: u32) -> f32 {
+    return i32_to_f32_mode(x, false);
+}
+
+fn i32_to_f16(x: u32) -> u32 {
+    return f32_to_f16(i32_to_f32_mode(x, true));
+}
+
+fn i32_to_bf16(x: u32) -> u32 {
+    return f32_to_bf16(i32_to_f32_mode(x, true));
 }

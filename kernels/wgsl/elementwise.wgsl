@@ -162,3 +162,79 @@ fn gelu_erf(x: f32) -> f32 {
     }
     return 0.5 * x * erfc;
 }
+
+//# rem_helpers
+// C's fmodf, exactly: with |a| = ma·2^ea and |b| = mb·2^eb (24-bit integer mantissas),
+// |a| mod |b| is (ma·2^(ea-eb) mod mb)·2^eb, the power of two taken 8 bits at a time in u32.
+// Not a - trunc(a / b)·b in floats: lavapipe does not fuse `fma`, and that loses the digits
+// (1 % 0.1 came out 0). No loop: llvmpipe's loop budget per invocation is shared with a fused
+// reduction's whole row. Eight steps, so exact while |a / b| < 2^64; past that the result is
+// not fmod's. a's sign; NaN for an infinite a or a zero b.
+fn fmod_f32(a: f32, b: f32) -> f32 {
+    let ua = bitcast<u32>(a) & 0x7fffffffu;
+    let ub = bitcast<u32>(b) & 0x7fffffffu;
+    let ea = max(ua >> 23u, 1u);
+    let eb = max(ub >> 23u, 1u);
+    let ma = (ua & 0x7fffffu) | select(0u, 0x800000u, ua >= 0x800000u);
+    let mb = max((ub & 0x7fffffu) | select(0u, 0x800000u, ub >= 0x800000u), 1u);
+    let k = select(0u, ea - eb, ea > eb);
+    var r = ma % mb;
+    r = fmod_step(r, k, 0u, mb);
+    r = fmod_step(r, k, 8u, mb);
+    r = fmod_step(r, k, 16u, mb);
+    r = fmod_step(r, k, 24u, mb);
+    r = fmod_step(r, k, 32u, mb);
+    r = fmod_step(r, k, 40u, mb);
+    r = fmod_step(r, k, 48u, mb);
+    r = fmod_step(r, k, 56u, mb);
+    let m = bitcast<u32>(ldexp(f32(r), i32(eb) - 150));
+    // |a| < |b| (an infinite b among them): a itself.
+    let f = select(bitcast<f32>(m | (bitcast<u32>(a) & 0x80000000u)), a, ua < ub);
+    return select(f, bitcast<f32>(0x7fc00000u), ua >= 0x7f800000u || ub > 0x7f800000u || ub == 0u);
+}
+
+// r·2^(the part of the gap k in [lo, lo + 8)) mod m, for r < m < 2^24.
+fn fmod_step(r: u32, k: u32, lo: u32, m: u32) -> u32 {
+    return (r << (clamp(k, lo, lo + 8u) - lo)) % m;
+}
+
+// Python's `%` (the result takes the divisor's sign): fmod, plus `b` when the signs differ.
+fn rem_f32(a: f32, b: f32) -> f32 {
+    let r = fmod_f32(a, b);
+    return select(r, r + b, r != 0.0 && (r < 0.0) != (b < 0.0));
+}
+
+//# int_helpers
+// Integer division and remainder on elements' bits, with the contract's rules where WGSL's
+// `/` and `%` differ: a zero divisor gives 0 (WGSL: the dividend), division floors and the
+// remainder takes the divisor's sign (WGSL truncates), MIN / -1 wraps to MIN and MIN % -1 is
+// 0. Selects, not branches: llvmpipe runs both sides of a branch anyway. The divisor `/`
+// sees is never 0 or -1, where SPIR-V leaves MIN / -1 undefined.
+
+fn div_u32(x: u32, y: u32) -> u32 {
+    return select(x / max(y, 1u), 0u, y == 0u);
+}
+
+fn rem_u32(x: u32, y: u32) -> u32 {
+    return select(x % max(y, 1u), 0u, y == 0u);
+}
+
+fn div_i32(x: u32, y: u32) -> u32 {
+    let a = bitcast<i32>(x);
+    let b = bitcast<i32>(y);
+    let d = select(b, 1, b == 0 || b == -1);
+    let q = a / d;
+    let r = a - q * d;
+    let floor = q - select(0, 1, r != 0 && (r < 0) != (d < 0));
+    // x / -1 is -x, wrapping (MIN stays MIN).
+    return select(select(bitcast<u32>(floor), 0u - x, b == -1), 0u, b == 0);
+}
+
+fn rem_i32(x: u32, y: u32) -> u32 {
+    let a = bitcast<i32>(x);
+    let b = bitcast<i32>(y);
+    let d = select(b, 1, b == 0 || b == -1);
+    let r = a - (a / d) * d;
+    let floor = r + select(0, d, r != 0 && (r < 0) != (d < 0));
+    return select(bitcast<u32>(floor), 0u, b == 0 || b == -1);
+}

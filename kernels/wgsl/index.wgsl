@@ -2,6 +2,15 @@
 // indices, 2 the output (their axis strides travel separately). Out-of-range index values
 // touch nothing and are flagged in the status buffer.
 
+const NONE: u32 = 0xffffffffu;
+
+// The position an index value's bits `raw` pick on an axis of `len`, or NONE (after flagging
+// the value) when it is out of range. The body is the index dtype's rule (index.rs): u32 as
+// it is; i32 negative counting from the end.
+fn resolve(raw: u32, len: u32) -> u32 {
+    {{RESOLVE}}
+}
+
 // Gather / index_select: one invocation per output element. [3] axis length of the input,
 // [4] the input's axis stride.
 @compute @workgroup_size(256)
@@ -11,9 +20,8 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let o = offsets(g);
-    let j = ld1(o.y);
-    if j >= pw(3u) {
-        flag_index(j);
+    let j = resolve(ld1(o.y), pw(3u));
+    if j == NONE {
         st2(o.z, 0u);
     } else {
         st2(o.z, ld0(o.x + j * pw(4u)));
@@ -37,9 +45,8 @@ fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     let o = offsets(g);
     let len = pw(3u);
     for (var i = pw(7u); i < pw(2u); i = i + 1u) {
-        let t = ld1(o.y + i * pw(5u));
-        if t >= len {
-            flag_index(t);
+        let t = resolve(ld1(o.y + i * pw(5u)), len);
+        if t == NONE {
             continue;
         }
         let at = o.z + t * pw(6u);

@@ -240,11 +240,87 @@ pub(crate) fn binary(op: BinaryOp, a: &Host, b: &Host) -> Expected {
                 let r = x.powf(y);
                 (r, r.abs() * (1.0 + (y * x.ln()).abs()))
             }
+            BinaryOp::Rem => (rem_floor(x, y), y.abs()),
         };
         values.push(r);
         scale.push(s);
     }
     if exact { Expected::exact(values) } else { Expected::approx(values, scale) }
+}
+
+/// The remainder with the divisor's sign: `fmod` (exact), moved by one divisor where the
+/// signs differ.
+fn rem_floor(x: f64, y: f64) -> f64 {
+    let r = x % y;
+    if r != 0.0 && ((r < 0.0) != (y < 0.0)) { r + y } else { r }
+}
+
+/// An integer element's value: `v` saturated to `dtype` (as the kit stored it).
+fn int_value(dtype: DType, v: f64) -> i128 {
+    let (lo, hi) = dtype.int_range().unwrap_or((0, 0));
+    (v as i128).clamp(lo, hi)
+}
+
+/// `v` wrapped into `dtype` (two's complement), as f64 (rounded past ±2^53, as the device's
+/// `i64` result is when the kit reads it).
+fn wrapped(dtype: DType, v: i128) -> f64 {
+    let (lo, hi) = dtype.int_range().unwrap_or((0, 0));
+    let m = hi - lo + 1;
+    ((v - lo).rem_euclid(m) + lo) as f64
+}
+
+/// Integer `lhs ∘ rhs` by the contract: wrapping, floor division and the divisor-signed
+/// remainder, a zero divisor giving 0. Exact.
+pub(crate) fn binary_int(op: BinaryOp, dtype: DType, a: &Host, b: &Host) -> Expected {
+    let values = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(&x, &y)| {
+            let (x, y) = (int_value(dtype, x), int_value(dtype, y));
+            let r = match op {
+                BinaryOp::Add => x + y,
+                BinaryOp::Sub => x - y,
+                BinaryOp::Mul => x * y,
+                BinaryOp::Div | BinaryOp::Rem if y == 0 => 0,
+                BinaryOp::Div => floor_div(x, y),
+                BinaryOp::Rem => x - floor_div(x, y) * y,
+                BinaryOp::Max => x.max(y),
+                BinaryOp::Min => x.min(y),
+                BinaryOp::Pow => 0,
+            };
+            wrapped(dtype, r)
+        })
+        .collect();
+    Expected::exact(values)
+}
+
+/// `x / y` rounded towards −∞ (`y != 0`).
+fn floor_div(x: i128, y: i128) -> i128 {
+    let q = x / y;
+    if x % y != 0 && ((x < 0) != (y < 0)) { q - 1 } else { q }
+}
+
+/// Integer `neg` or `abs` (wrapping: `MIN` stays `MIN`). Exact.
+pub(crate) fn unary_int(op: UnaryOp, dtype: DType, x: &Host) -> Expected {
+    let values = x
+        .data
+        .iter()
+        .map(|&v| {
+            let v = int_value(dtype, v);
+            wrapped(dtype, if op == UnaryOp::Abs { v.abs() } else { -v })
+        })
+        .collect();
+    Expected::exact(values)
+}
+
+/// Integer sum along `axis`, wrapped to `dtype`. Exact.
+pub(crate) fn sum_int(dtype: DType, x: &Host, axis: usize) -> Expected {
+    let values = lanes(&x.dims, axis)
+        .iter()
+        .map(|lane| wrapped(dtype, lane.iter().map(|&p| int_value(dtype, x.data[p])).sum()))
+        .collect();
+    Expected::exact(values)
 }
 
 pub(crate) fn compare(op: CompareOp, a: &Host, b: &Host) -> Expected {
@@ -346,10 +422,11 @@ pub(crate) fn reduce(op: ReduceOp, x: &Host, axis: usize) -> Expected {
             }
             ReduceOp::Max => vals.fold(f64::NEG_INFINITY, f64::max),
             ReduceOp::Min => vals.fold(f64::INFINITY, f64::min),
-            ReduceOp::ArgMax => {
-                let mut best = (0, f64::NEG_INFINITY);
+            ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                let max = op == ReduceOp::ArgMax;
+                let mut best = (0, if max { f64::NEG_INFINITY } else { f64::INFINITY });
                 for (j, v) in vals.enumerate() {
-                    if v > best.1 {
+                    if (max && v > best.1) || (!max && v < best.1) {
                         best = (j, v);
                     }
                 }
@@ -568,6 +645,26 @@ mod tests {
     fn references_follow_the_op_docs() {
         let x = Host::new([2, 3], vec![1.0, 5.0, 5.0, -1.0, -2.0, -3.0]);
         assert_eq!(reduce(ReduceOp::ArgMax, &x, 1).values, vec![1.0, 0.0]);
+        assert_eq!(reduce(ReduceOp::ArgMin, &x, 1).values, vec![0.0, 2.0]);
+        let (a, b) = (
+            Host::new([4], vec![7.0, -7.0, 7.0, -2147483648.0]),
+            Host::new([4], vec![-2.0, 2.0, 0.0, -1.0]),
+        );
+        assert_eq!(
+            binary_int(BinaryOp::Div, DType::I32, &a, &b).values,
+            vec![-4.0, -4.0, 0.0, -2147483648.0]
+        );
+        assert_eq!(binary_int(BinaryOp::Rem, DType::I32, &a, &b).values, vec![-1.0, 1.0, 0.0, 0.0]);
+        let (a, b) = (Host::new([2], vec![200.0, 3.0]), Host::new([2], vec![100.0, 5.0]));
+        assert_eq!(binary_int(BinaryOp::Add, DType::U8, &a, &b).values, vec![44.0, 8.0]);
+        assert_eq!(binary_int(BinaryOp::Sub, DType::U8, &a, &b).values, vec![100.0, 254.0]);
+        let m = Host::new([2], vec![-(2f64.powi(63)), 2f64.powi(63)]);
+        assert_eq!(
+            unary_int(UnaryOp::Neg, DType::I64, &m).values,
+            vec![-(2f64.powi(63)), -(i64::MAX as f64)]
+        );
+        assert_eq!(rem_floor(-1.0, 3.0), 2.0);
+        assert_eq!(rem_floor(5.5, -2.0), -0.5);
         assert_eq!(reduce(ReduceOp::Sum, &x, 0).values, vec![0.0, 3.0, 2.0]);
         let empty = Host::new([2, 0], vec![]);
         assert_eq!(reduce(ReduceOp::Sum, &empty, 1).values, vec![0.0, 0.0]);

@@ -72,7 +72,7 @@ impl Tolerance {
             DType::F32 => (1e-5, 1e-6),
             DType::F16 => (2e-3, 1e-3),
             DType::BF16 => (1.6e-2, 1e-2),
-            DType::U32 | DType::U8 => (0.0, 0.0),
+            DType::U32 | DType::U8 | DType::I32 | DType::I64 => (0.0, 0.0),
         };
         Tolerance { rtol, atol, acc: ACC_F32, floor: min_normal(dtype) }
     }

@@ -21,6 +21,9 @@ pub(crate) fn round_to(dtype: DType, v: f64) -> f64 {
         DType::BF16 => round_float(v, 8, -126, bf16::MAX.to_f64()),
         DType::U32 => f64::from(v as u32),
         DType::U8 => f64::from(v as u8),
+        DType::I32 => f64::from(v as i32),
+        // Values past ±2^53 are not exact as f64; the kit only makes ones that are.
+        DType::I64 => (v as i64) as f64,
     }
 }
 
@@ -55,6 +58,8 @@ pub(crate) fn encode(dtype: DType, values: &[f64]) -> Vec<u8> {
         DType::BF16 => enc::<bf16>(values),
         DType::U32 => enc::<u32>(values),
         DType::U8 => enc::<u8>(values),
+        DType::I32 => enc::<i32>(values),
+        DType::I64 => enc::<i64>(values),
     }
 }
 
@@ -72,6 +77,8 @@ pub(crate) fn decode(dtype: DType, bytes: &[u8]) -> Vec<f64> {
         DType::BF16 => dec::<bf16>(bytes),
         DType::U32 => dec::<u32>(bytes),
         DType::U8 => dec::<u8>(bytes),
+        DType::I32 => dec::<i32>(bytes),
+        DType::I64 => dec::<i64>(bytes),
     }
 }
 
@@ -83,6 +90,9 @@ pub(crate) fn junk(dtype: DType) -> f64 {
         DType::F32 | DType::F16 | DType::BF16 => round_to(dtype, -7777.0),
         DType::U32 => f64::from(0xDEAD_BEEF_u32),
         DType::U8 => 165.0,
+        DType::I32 => f64::from(0xDEAD_BEEF_u32 as i32),
+        // Exact as f64 (32 significant bits), with bits set in both words.
+        DType::I64 => -(0x0DEA_DBEE_F000_0000_i64 as f64),
     }
 }
 
@@ -93,7 +103,7 @@ pub(crate) fn min_normal(dtype: DType) -> f64 {
         DType::F32 => f64::from(f32::MIN_POSITIVE),
         DType::F16 => f16::MIN_POSITIVE.to_f64(),
         DType::BF16 => bf16::MIN_POSITIVE.to_f64(),
-        DType::U32 | DType::U8 => 0.0,
+        DType::U32 | DType::U8 | DType::I32 | DType::I64 => 0.0,
     }
 }
 
@@ -105,9 +115,9 @@ pub(crate) enum Dist {
     /// Magnitude uniform in `[lo, hi)` with a random sign: kept away from zero (divisors).
     AwayFromZero(f64, f64),
     /// Integers uniform in `[lo, hi]`.
-    Int(u32, u32),
-    /// Any value of the dtype for data movement: floats in `[-4, 4)`, `u32` and `u8` over
-    /// their whole range.
+    Int(i64, i64),
+    /// Any value of the dtype for data movement: floats in `[-4, 4)`, integers over their
+    /// whole range (`i64`: those exact as f64, multiples of 2^11).
     Data,
 }
 
@@ -121,10 +131,12 @@ pub(crate) fn random(rng: &mut ChaCha8Rng, dtype: DType, dist: Dist, n: usize) -
                     let m = rng.random_range(lo..hi);
                     if rng.random_bool(0.5) { m } else { -m }
                 }
-                Dist::Int(lo, hi) => f64::from(rng.random_range(lo..=hi)),
+                Dist::Int(lo, hi) => rng.random_range(lo..=hi) as f64,
                 Dist::Data => match dtype {
                     DType::U32 => f64::from(rng.random::<u32>()),
                     DType::U8 => f64::from(rng.random::<u8>()),
+                    DType::I32 => f64::from(rng.random::<i32>()),
+                    DType::I64 => ((rng.random::<i64>() >> 11) << 11) as f64,
                     _ => rng.random_range(-4.0..4.0),
                 },
             };
@@ -151,6 +163,9 @@ mod tests {
         assert_eq!(round_to(DType::U32, 7.9), 7.0);
         assert_eq!(round_to(DType::U32, f64::NAN), 0.0);
         assert_eq!(round_to(DType::U32, 5e9), f64::from(u32::MAX));
+        assert_eq!(round_to(DType::I32, -5e9), f64::from(i32::MIN));
+        assert_eq!(round_to(DType::I32, -7.9), -7.0);
+        assert_eq!(round_to(DType::I64, 1e19), i64::MAX as f64);
         assert!(round_to(DType::BF16, f64::NAN).is_nan());
         // An f32 just past a bf16 tie rounds away from it (half's from_f64 says 170).
         let past_tie = f64::from(-170.5f32 - 2f32.powi(-16));

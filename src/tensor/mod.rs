@@ -8,10 +8,12 @@
 mod arith;
 mod axis;
 pub use axis::{Axes, Axis, NewShape, broadcast_shapes};
+pub use ops::Ties;
 mod fused;
 pub(crate) use fused::programs;
 mod ops;
 mod scan;
+mod sort;
 mod views;
 
 use std::fmt;
@@ -27,10 +29,12 @@ use crate::{BufferId, DType, DeviceRef, Element, Error, Layout, Op, Result, Shap
 struct Storage {
     device: DeviceRef,
     buffer: BufferId,
-    /// The largest value of a `u32` buffer whose contents came from the host (`from_slice`),
-    /// so index ops can check their indices without reading them back: a read waits for
-    /// everything queued on the device, which would stall the step at every gather.
-    host_max_u32: Option<u32>,
+    /// The smallest and largest value of an index-typed buffer whose contents came from the
+    /// host (`from_slice`), so index ops can check their indices without reading them back:
+    /// a read waits for everything queued on the device, which would stall the step at every
+    /// gather. The dtype is the one they were written as: a [`Tensor::bitcast`] view of the
+    /// buffer as another dtype must not use them.
+    host_index_range: Option<(DType, i64, i64)>,
 }
 
 impl Drop for Storage {
@@ -75,11 +79,8 @@ impl Tensor {
         if !data.is_empty() {
             device.write(out.storage.buffer, 0, bytemuck::cast_slice(data))?;
         }
-        if T::DTYPE == DType::U32
-            && let Some(storage) = Arc::get_mut(&mut out.storage)
-        {
-            let values: &[u32] = bytemuck::cast_slice(data);
-            storage.host_max_u32 = values.iter().copied().max();
+        if let Some(storage) = Arc::get_mut(&mut out.storage) {
+            storage.host_index_range = index_range(data);
         }
         Ok(out)
     }
@@ -283,6 +284,8 @@ impl Tensor {
             DType::BF16 => widen::<half::bf16>(self),
             DType::U32 => widen::<u32>(self),
             DType::U8 => widen::<u8>(self),
+            DType::I32 => widen::<i32>(self),
+            DType::I64 => widen::<i64>(self),
         }
     }
 
@@ -381,7 +384,7 @@ impl Tensor {
             });
         };
         let buffer = device.alloc(bytes)?;
-        let storage = Arc::new(Storage { device: device.clone(), buffer, host_max_u32: None });
+        let storage = Arc::new(Storage { device: device.clone(), buffer, host_index_range: None });
         Ok(Tensor { storage, layout: Layout::contiguous(shape), dtype })
     }
 
@@ -393,6 +396,24 @@ impl Tensor {
     /// Same buffer, another layout.
     fn with_layout(&self, layout: Layout) -> Tensor {
         Tensor { storage: self.storage.clone(), layout, dtype: self.dtype }
+    }
+
+    /// The same bytes seen as `dtype`, which must have this dtype's element size (PyTorch's
+    /// `view(dtype)`, numpy's `view`): a view, no copy. An f32's bits as `u32`, for example.
+    pub fn bitcast(&self, dtype: DType) -> Result<Tensor> {
+        if dtype.size_in_bytes() != self.dtype.size_in_bytes() {
+            return Err(Error::DType {
+                op: "bitcast".into(),
+                device: label(self.device()),
+                detail: format!(
+                    "{} has {}-byte elements, {dtype} {}-byte ones",
+                    self.describe(),
+                    self.dtype.size_in_bytes(),
+                    dtype.size_in_bytes()
+                ),
+            });
+        }
+        Ok(Tensor { storage: self.storage.clone(), layout: self.layout.clone(), dtype })
     }
 
     /// Runs `op` on this tensor's device, unless its output is empty (nothing to compute, and
@@ -416,6 +437,23 @@ impl Tensor {
     }
 }
 
+/// The smallest and largest value of index-typed `data` (`None` for other types, or empty).
+fn index_range<T: Element>(data: &[T]) -> Option<(DType, i64, i64)> {
+    fn range<I: Element + Into<i64>>(values: &[I]) -> Option<(DType, i64, i64)> {
+        let mut it = values.iter().map(|&v| v.into());
+        let first = it.next()?;
+        let (lo, hi) = it.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        Some((I::DTYPE, lo, hi))
+    }
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    match T::DTYPE {
+        DType::U32 => range::<u32>(bytemuck::cast_slice(bytes)),
+        DType::I32 => range::<i32>(bytemuck::cast_slice(bytes)),
+        DType::I64 => range::<i64>(bytemuck::cast_slice(bytes)),
+        _ => None,
+    }
+}
+
 /// `data` rounded to `dtype` like `Cast`, as the device stores it.
 fn encode(data: &[f64], dtype: DType) -> Vec<u8> {
     fn bytes<T: Element>(data: &[f64]) -> Vec<u8> {
@@ -428,6 +466,8 @@ fn encode(data: &[f64], dtype: DType) -> Vec<u8> {
         DType::BF16 => bytes::<half::bf16>(data),
         DType::U32 => bytes::<u32>(data),
         DType::U8 => bytes::<u8>(data),
+        DType::I32 => bytes::<i32>(data),
+        DType::I64 => bytes::<i64>(data),
     }
 }
 

@@ -15,6 +15,15 @@ pub(crate) fn direct(out: &Tensor, op: Op) -> Result<()> {
     out.enqueue(op)
 }
 
+/// Which of several tied extremes `argmax_ties` and `argmin_ties` return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ties {
+    /// The first along the axis (numpy's and PyTorch's rule).
+    First,
+    /// The last along the axis.
+    Last,
+}
+
 impl Tensor {
     // ----- checks shared by the ops ---------------------------------------------------
 
@@ -58,6 +67,20 @@ impl Tensor {
             device: label(self.device()),
             dtype: self.dtype,
             detail: format!(" (arithmetic needs f32, f16 or bf16); operand {}", self.describe()),
+        })
+    }
+
+    /// Floats pass; integers pass where `int_ok` (the contract's integer arithmetic), with
+    /// `why` saying what integers take.
+    fn require_float_or(&self, op: &str, int_ok: bool, why: &str) -> Result<()> {
+        if self.dtype.is_float() || int_ok {
+            return Ok(());
+        }
+        Err(Error::UnsupportedDType {
+            op: op.into(),
+            device: label(self.device()),
+            dtype: self.dtype,
+            detail: format!(" ({why}); operand {}", self.describe()),
         })
     }
 
@@ -118,7 +141,7 @@ impl Tensor {
     }
 
     pub(crate) fn binary_with(&self, op: BinaryOp, other: &Tensor, run: Run) -> Result<Tensor> {
-        self.require_float(op.name())?;
+        self.require_float_or(op.name(), op != BinaryOp::Pow, "pow needs f32, f16 or bf16")?;
         let build = |lhs, rhs, out| Op::Binary { op, lhs, rhs, out };
         self.broadcast_op(other, op.name(), self.dtype, build, run)
     }
@@ -132,8 +155,15 @@ impl Tensor {
     pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
         self.binary(BinaryOp::Mul, other)
     }
+    /// True division on floats; on integers floor division (Python's `//`: towards −∞),
+    /// where a zero divisor gives 0.
     pub fn div(&self, other: &Tensor) -> Result<Tensor> {
         self.binary(BinaryOp::Div, other)
+    }
+    /// The remainder with the divisor's sign (Python's `%`, PyTorch's `remainder`):
+    /// `a - floor(a / b) · b`. A zero divisor gives NaN on floats, 0 on integers.
+    pub fn remainder(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Rem, other)
     }
     pub fn maximum(&self, other: &Tensor) -> Result<Tensor> {
         self.binary(BinaryOp::Max, other)
@@ -227,7 +257,8 @@ impl Tensor {
     }
 
     pub(crate) fn unary_with(&self, op: UnaryOp, run: Run) -> Result<Tensor> {
-        self.require_float(op.name())?;
+        let int_ok = self.dtype.is_signed_int() && matches!(op, UnaryOp::Neg | UnaryOp::Abs);
+        self.require_float_or(op.name(), int_ok, "integers take neg and abs, when signed")?;
         let out = self.output(op.name(), self.shape().clone(), self.dtype)?;
         run(&out, Op::Unary { op, input: self.view(), out: out.view() })?;
         Ok(out)
@@ -368,10 +399,10 @@ impl Tensor {
         run: Run,
     ) -> Result<Tensor> {
         let name = op.name();
-        self.require_float(name)?;
+        let why = "integers take sum, max, min, argmax and argmin";
+        self.require_float_or(name, op != ReduceOp::Mean, why)?;
         self.check_axis(axis, name)?;
-        if self.dims()[axis] == 0 && matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax)
-        {
+        if self.dims()[axis] == 0 && !matches!(op, ReduceOp::Sum | ReduceOp::Mean) {
             return Err(Error::InvalidArgument {
                 op: name.into(),
                 device: label(self.device()),
@@ -380,7 +411,7 @@ impl Tensor {
         }
         let mut dims = self.dims().to_vec();
         dims[axis] = 1;
-        let dtype = if op == ReduceOp::ArgMax { DType::U32 } else { self.dtype };
+        let dtype = if op.is_arg() { DType::U32 } else { self.dtype };
         let out = self.output(name, Shape::new(dims.clone()), dtype)?;
         run(&out, Op::Reduce { op, input: self.view(), out: out.view(), axis })?;
         if keepdim {
@@ -415,7 +446,7 @@ impl Tensor {
     pub fn min_keepdim(&self, axes: impl Axes) -> Result<Tensor> {
         self.reduce_axes(ReduceOp::Min, axes, true)
     }
-    /// Index (u32) of the first maximum along `axis`.
+    /// Index (u32) of the first maximum along `axis` (NaNs are skipped).
     pub fn argmax(&self, axis: impl Axis) -> Result<Tensor> {
         self.reduce(ReduceOp::ArgMax, axis, false)
     }
@@ -423,17 +454,42 @@ impl Tensor {
     pub fn argmax_keepdim(&self, axis: impl Axis) -> Result<Tensor> {
         self.reduce(ReduceOp::ArgMax, axis, true)
     }
-    /// Index (u32) of the first minimum along `axis` (the first maximum of `-self`: exact).
+    /// Index (u32) of the first minimum along `axis` (NaNs are skipped).
     pub fn argmin(&self, axis: impl Axis) -> Result<Tensor> {
-        let axis = self.axis(axis, "argmin")?;
-        self.require_float("argmin")?;
-        self.neg()?.reduce(ReduceOp::ArgMax, axis, false)
+        self.reduce(ReduceOp::ArgMin, axis, false)
     }
     /// [`argmin`](Self::argmin) keeping `axis` as a dim of 1.
     pub fn argmin_keepdim(&self, axis: impl Axis) -> Result<Tensor> {
-        let axis = self.axis(axis, "argmin")?;
-        self.require_float("argmin")?;
-        self.neg()?.reduce(ReduceOp::ArgMax, axis, true)
+        self.reduce(ReduceOp::ArgMin, axis, true)
+    }
+    /// [`argmax`](Self::argmax) choosing among tied maxima by `ties`.
+    pub fn argmax_ties(&self, axis: impl Axis, keepdim: bool, ties: Ties) -> Result<Tensor> {
+        self.arg_with_ties(ReduceOp::ArgMax, axis, keepdim, ties)
+    }
+    /// [`argmin`](Self::argmin) choosing among tied minima by `ties`.
+    pub fn argmin_ties(&self, axis: impl Axis, keepdim: bool, ties: Ties) -> Result<Tensor> {
+        self.arg_with_ties(ReduceOp::ArgMin, axis, keepdim, ties)
+    }
+
+    /// The last of tied extremes is the first one of the axis reversed, counted back from
+    /// the end: `n - 1 - first(reversed)`.
+    fn arg_with_ties(
+        &self,
+        op: ReduceOp,
+        axis: impl Axis,
+        keepdim: bool,
+        ties: Ties,
+    ) -> Result<Tensor> {
+        let axis = self.axis(axis, op.name())?;
+        if ties == Ties::First {
+            return self.reduce(op, axis, keepdim);
+        }
+        let n = self.dims()[axis];
+        let backwards: Vec<u32> = (0..n).rev().map(|i| i as u32).collect();
+        let order = Tensor::from_slice(&backwards, [n], self.device())?;
+        let first = self.index_select(axis, &order)?.reduce(op, axis, keepdim)?;
+        let last = n.saturating_sub(1) as f64;
+        Tensor::full(last, Shape::scalar(), DType::U32, self.device())?.sub(&first)
     }
 
     /// Sum of all elements, as a scalar (0-d) tensor.

@@ -395,7 +395,8 @@ impl Tensor {
     /// holder of its buffer, else a fresh contiguous copy. (Never one whose host-made values
     /// are on record for index checks: the record would go stale.)
     fn into_update(self, op: &str) -> Result<Tensor> {
-        let owned = Arc::strong_count(&self.storage) == 1 && self.storage.host_max_u32.is_none();
+        let owned =
+            Arc::strong_count(&self.storage) == 1 && self.storage.host_index_range.is_none();
         if owned && self.is_contiguous() {
             return Ok(self);
         }
@@ -427,9 +428,10 @@ impl Tensor {
         })
     }
 
-    /// Index tensors are `u32`, on our device, and every value is below `bound`. Indices
-    /// that came from the host are checked against the maximum recorded then; others are
-    /// read back, so a bad index is an `Err` here rather than at some later synchronization.
+    /// Index tensors are `u32`, `i32` or `i64`, on our device, and every value is in
+    /// `-bound..bound` (a negative one counts from the end; `u32` has none). Indices that
+    /// came from the host are checked against the range recorded then; others are read back,
+    /// so a bad index is an `Err` here rather than at some later synchronization.
     fn check_indices(
         &self,
         indices: &Tensor,
@@ -439,11 +441,11 @@ impl Tensor {
         one_dim: bool,
     ) -> Result<()> {
         self.same_device(indices, op)?;
-        if indices.dtype != DType::U32 {
+        if !indices.dtype.is_index() {
             return Err(Error::DType {
                 op: op.into(),
                 device: label(self.device()),
-                detail: format!("indices must be u32, got {}", indices.describe()),
+                detail: format!("indices must be u32, i32 or i64, got {}", indices.describe()),
             });
         }
         if one_dim && indices.rank() != 1 {
@@ -453,11 +455,18 @@ impl Tensor {
                 detail: format!("indices must be 1-D, got {}", indices.describe()),
             });
         }
-        if indices.storage.host_max_u32.is_some_and(|max| (max as usize) < bound) {
+        let bound = i128::try_from(bound).unwrap_or(i128::MAX);
+        let fits = |v: i64| -bound <= i128::from(v) && i128::from(v) < bound;
+        let known = indices.storage.host_index_range;
+        if known.is_some_and(|(dtype, lo, hi)| dtype == indices.dtype && fits(lo) && fits(hi)) {
             return Ok(());
         }
-        let values = indices.to_vec::<u32>()?;
-        if let Some((pos, &bad)) = values.iter().enumerate().find(|(_, v)| **v as usize >= bound) {
+        let values: Vec<i64> = match indices.dtype {
+            DType::I64 => indices.to_vec::<i64>()?,
+            DType::I32 => indices.to_vec::<i32>()?.into_iter().map(i64::from).collect(),
+            _ => indices.to_vec::<u32>()?.into_iter().map(i64::from).collect(),
+        };
+        if let Some((pos, &bad)) = values.iter().enumerate().find(|(_, v)| !fits(**v)) {
             return Err(Error::IndexOutOfRange {
                 op: op.into(),
                 device: label(self.device()),

@@ -45,6 +45,10 @@ pub(crate) enum Backward {
     Cumsum {
         axis: usize,
     },
+    /// Running products along `axis`.
+    Cumprod {
+        axis: usize,
+    },
     /// `where(cond, a, b)` of inputs `[a, b]`.
     Where {
         cond: Tensor,
@@ -149,6 +153,7 @@ impl Backward {
             Backward::ReduceExtremum { .. } => "max/min",
             Backward::Where { .. } => "where",
             Backward::Cumsum { .. } => "cumsum",
+            Backward::Cumprod { .. } => "cumprod",
             Backward::Sqrt => "sqrt",
             Backward::Rsqrt => "rsqrt",
             Backward::Tanh => "tanh",
@@ -275,6 +280,7 @@ impl Backward {
                 let total = g.sum_keepdim(*axis)?;
                 one(total.sub(&g.cumsum(*axis)?)?.add(g)?)
             }
+            Backward::Cumprod { axis } => one(x.cumprod_backward(g, *axis)?),
             Backward::Where { cond } => {
                 let (a, b) = (inputs[0], inputs[1]);
                 let zero = Tensor::zeros(Shape::scalar(), g.dtype(), g.device())?;

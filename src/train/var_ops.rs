@@ -185,6 +185,13 @@ impl Var {
         Ok(Var::from_op(self.tensor().cumsum(axis)?, Backward::Cumsum { axis }, &[self]))
     }
 
+    /// Running products along `axis`, as [`Tensor::cumprod`]; its gradient is exact where
+    /// inputs are zero (no division by them).
+    pub fn cumprod(&self, axis: impl Axis) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "cumprod")?;
+        Ok(Var::from_op(self.tensor().cumprod(axis)?, Backward::Cumprod { axis }, &[self]))
+    }
+
     /// The sum of every element, as a scalar (0-d), as [`Tensor::sum_all`].
     pub fn sum_all(&self) -> Result<Var> {
         self.flatten()?.sum(0)
@@ -365,6 +372,22 @@ impl Var {
         let axis = self.tensor().axis(axis, "gather")?;
         let value = self.tensor().gather(axis, indices)?;
         Ok(Var::from_op(value, Backward::Gather { indices: indices.clone(), axis }, &[self]))
+    }
+
+    /// [`Tensor::sort`]: the sorted values (their gradient goes back to where each came
+    /// from) and the positions (`u32`).
+    pub fn sort(&self, axis: impl Axis, descending: bool) -> Result<(Var, Tensor)> {
+        let axis = self.tensor().axis(axis, "sort")?;
+        let order = self.tensor().argsort(axis, descending)?;
+        Ok((self.gather(axis, &order)?, order))
+    }
+
+    /// [`Tensor::topk`]: the `k` largest (or smallest) values with their gradient, and their
+    /// positions (`u32`).
+    pub fn topk(&self, k: usize, axis: impl Axis, largest: bool) -> Result<(Var, Tensor)> {
+        let axis = self.tensor().axis(axis, "topk")?;
+        let (_, order) = self.tensor().topk(k, axis, largest)?;
+        Ok((self.gather(axis, &order)?, order))
     }
 }
 

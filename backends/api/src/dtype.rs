@@ -6,8 +6,14 @@ use half::{bf16, f16};
 
 /// The element type of a buffer view.
 ///
-/// Floating types are for arithmetic; `U32` (indices) and `U8` (masks) are data: they can be
-/// copied, gathered, compared, selected and cast, but not multiplied.
+/// Floats take every op. Integers take integer arithmetic (add, sub, mul, floor division,
+/// remainder, minimum, maximum; neg and abs when signed; sum, max, min, argmax, argmin), with
+/// one overflow rule on every backend: results wrap (two's complement, modulo 2^bits), as
+/// Rust's `wrapping_*` and C's unsigned arithmetic do. `U32`, `I32` and `I64` also index;
+/// `U8` is also the mask type of comparisons and `where`.
+///
+/// `I64` is optional for a device (WGSL has no 64-bit integers): a device that cannot
+/// compute it exactly leaves it out of `DeviceInfo::dtypes`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
     F32,
@@ -15,15 +21,22 @@ pub enum DType {
     BF16,
     U32,
     U8,
+    I32,
+    I64,
 }
 
 impl DType {
-    pub const ALL: [DType; 5] = [DType::F32, DType::F16, DType::BF16, DType::U32, DType::U8];
+    pub const ALL: [DType; 7] =
+        [DType::F32, DType::F16, DType::BF16, DType::U32, DType::U8, DType::I32, DType::I64];
     pub const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+    pub const INTS: [DType; 4] = [DType::U32, DType::U8, DType::I32, DType::I64];
+    /// The dtypes an index tensor may have; a negative index counts from the end of the axis.
+    pub const INDICES: [DType; 3] = [DType::U32, DType::I32, DType::I64];
 
     pub const fn size_in_bytes(self) -> usize {
         match self {
-            DType::F32 | DType::U32 => 4,
+            DType::I64 => 8,
+            DType::F32 | DType::U32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
             DType::U8 => 1,
         }
@@ -33,6 +46,29 @@ impl DType {
         matches!(self, DType::F32 | DType::F16 | DType::BF16)
     }
 
+    pub const fn is_int(self) -> bool {
+        !self.is_float()
+    }
+
+    pub const fn is_signed_int(self) -> bool {
+        matches!(self, DType::I32 | DType::I64)
+    }
+
+    pub const fn is_index(self) -> bool {
+        matches!(self, DType::U32 | DType::I32 | DType::I64)
+    }
+
+    /// The smallest and largest value of an integer dtype (`None` for floats).
+    pub const fn int_range(self) -> Option<(i128, i128)> {
+        match self {
+            DType::U8 => Some((0, u8::MAX as i128)),
+            DType::U32 => Some((0, u32::MAX as i128)),
+            DType::I32 => Some((i32::MIN as i128, i32::MAX as i128)),
+            DType::I64 => Some((i64::MIN as i128, i64::MAX as i128)),
+            DType::F32 | DType::F16 | DType::BF16 => None,
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -40,6 +76,8 @@ impl DType {
             DType::BF16 => "bf16",
             DType::U32 => "u32",
             DType::U8 => "u8",
+            DType::I32 => "i32",
+            DType::I64 => "i64",
         }
     }
 }
@@ -53,7 +91,7 @@ impl fmt::Display for DType {
 /// A Rust type that is stored as one [`DType`]; what `Tensor::from_slice` and `to_vec` accept.
 pub trait Element: bytemuck::Pod + Send + Sync + fmt::Debug + PartialEq + 'static {
     const DTYPE: DType;
-    /// Converts to f64 exactly (every supported element type is exactly representable).
+    /// Converts to f64: exactly, except `i64` beyond ±2^53, which rounds to nearest.
     fn to_f64(self) -> f64;
     /// Converts from f64 with the rounding (floats) or saturating truncation (integers) that
     /// `Cast` uses.
@@ -126,6 +164,26 @@ impl Element for u8 {
     }
 }
 
+impl Element for i32 {
+    const DTYPE: DType = DType::I32;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as i32
+    }
+}
+
+impl Element for i64 {
+    const DTYPE: DType = DType::I64;
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +201,9 @@ mod tests {
         assert!(<f16 as Element>::from_f64(f64::NAN).is_nan());
         assert_eq!(<u8 as Element>::from_f64(300.0), 255);
         assert_eq!(<u32 as Element>::from_f64(-3.0), 0);
+        assert_eq!(<i32 as Element>::from_f64(-3.7), -3);
+        assert_eq!(<i32 as Element>::from_f64(1e10), i32::MAX);
+        assert_eq!(<i64 as Element>::from_f64(f64::NAN), 0);
+        assert_eq!(<i64 as Element>::from_f64(-1e30), i64::MIN);
     }
 }

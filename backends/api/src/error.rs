@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{op} on {device}: shape mismatch: {detail}")]
     Shape { op: String, device: String, detail: String },
 
-    /// Dtypes that do not fit together (e.g. adding f32 to f16, a non-u32 index).
+    /// Dtypes that do not fit together (e.g. adding f32 to f16, a float index).
     #[error("{op} on {device}: dtype mismatch: {detail}")]
     DType { op: String, device: String, detail: String },
 

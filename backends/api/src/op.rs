@@ -46,10 +46,17 @@ pub enum BinaryOp {
     Add,
     Sub,
     Mul,
+    /// True division on floats; floor division (rounding towards −∞, Python's `//`) on
+    /// integers, where a zero divisor gives 0 and `MIN / -1` wraps to `MIN`.
     Div,
     Max,
     Min,
+    /// Floats only.
     Pow,
+    /// The remainder with the divisor's sign, Python's `%` and PyTorch's `remainder`:
+    /// `a - floor(a / b) · b`, so that `a == (a // b) · b + a % b`. A zero divisor gives NaN
+    /// on floats and 0 on integers.
+    Rem,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,12 +96,14 @@ pub enum ReduceOp {
     Mean,
     Max,
     Min,
-    /// Index (u32) of the first maximum.
+    /// Index (u32) of the first maximum. NaNs are skipped (a row of NaNs gives 0).
     ArgMax,
+    /// Index (u32) of the first minimum. NaNs are skipped (a row of NaNs gives 0).
+    ArgMin,
 }
 
 impl BinaryOp {
-    pub const ALL: [BinaryOp; 7] = [
+    pub const ALL: [BinaryOp; 8] = [
         BinaryOp::Add,
         BinaryOp::Sub,
         BinaryOp::Mul,
@@ -102,6 +111,7 @@ impl BinaryOp {
         BinaryOp::Max,
         BinaryOp::Min,
         BinaryOp::Pow,
+        BinaryOp::Rem,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -112,6 +122,7 @@ impl BinaryOp {
             BinaryOp::Max => "maximum",
             BinaryOp::Min => "minimum",
             BinaryOp::Pow => "pow",
+            BinaryOp::Rem => "remainder",
         }
     }
 }
@@ -181,8 +192,14 @@ impl UnaryOp {
 }
 
 impl ReduceOp {
-    pub const ALL: [ReduceOp; 5] =
-        [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min, ReduceOp::ArgMax];
+    pub const ALL: [ReduceOp; 6] = [
+        ReduceOp::Sum,
+        ReduceOp::Mean,
+        ReduceOp::Max,
+        ReduceOp::Min,
+        ReduceOp::ArgMax,
+        ReduceOp::ArgMin,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             ReduceOp::Sum => "sum",
@@ -190,7 +207,13 @@ impl ReduceOp {
             ReduceOp::Max => "max",
             ReduceOp::Min => "min",
             ReduceOp::ArgMax => "argmax",
+            ReduceOp::ArgMin => "argmin",
         }
+    }
+
+    /// Whether the op returns an index (u32) rather than a value.
+    pub fn is_arg(self) -> bool {
+        matches!(self, ReduceOp::ArgMax | ReduceOp::ArgMin)
     }
 }
 
@@ -206,16 +229,18 @@ pub enum Op {
     /// All three have the same rank ≥ 2 and the same batch dims; a transposed operand is a
     /// view with swapped strides, a broadcast batch a stride of 0. Floats only.
     Matmul { lhs: View, rhs: View, out: View },
-    /// Elementwise `out = lhs ∘ rhs`, all of `out`'s shape and dtype. Floats only.
+    /// Elementwise `out = lhs ∘ rhs`, all of `out`'s shape and dtype: floats, or integers
+    /// for every op but `Pow` (see [`DType`] for the wrapping rule, [`BinaryOp`] for division).
     Binary { op: BinaryOp, lhs: View, rhs: View, out: View },
     /// Elementwise comparison; `out` is `U8` (0/1) or the operands' dtype (0.0/1.0).
     Compare { op: CompareOp, lhs: View, rhs: View, out: View },
-    /// Elementwise `out = f(input)`. Floats only.
+    /// Elementwise `out = f(input)`. Floats, and signed integers for `Neg` and `Abs`
+    /// (wrapping: both map `MIN` to itself).
     Unary { op: UnaryOp, input: View, out: View },
     /// Elementwise `out = input · mul + add` (computed in f32 or better). Floats only.
     Affine { input: View, out: View, mul: f64, add: f64 },
-    /// Reduces `axis`; `out` has the input's shape with that dim set to 1. `ArgMax` writes
-    /// `U32`. Floats only.
+    /// Reduces `axis`; `out` has the input's shape with that dim set to 1. `ArgMax` and
+    /// `ArgMin` write `U32`. Floats, and integers for every op but `Mean` (a sum wraps).
     Reduce { op: ReduceOp, input: View, out: View, axis: usize },
     /// (Log-)softmax along `axis`. Floats only.
     Softmax { input: View, out: View, axis: usize, log: bool },
@@ -227,10 +252,12 @@ pub enum Op {
     Copy { input: View, out: View },
     /// Concatenation of `inputs` along `axis`.
     Concat { inputs: Vec<View>, out: View, axis: usize },
-    /// `out = input` with entries along `axis` picked by the 1-D `U32` `indices`.
+    /// `out = input` with entries along `axis` picked by the 1-D `indices`. Indices of every
+    /// op are `U32`, `I32` or `I64`; a negative one counts from the end of the axis, and one
+    /// outside `-len..len` is an `IndexOutOfRange` error.
     IndexSelect { input: View, indices: View, out: View, axis: usize },
     /// `out[.., i, ..] = input[.., indices[.., i, ..], ..]` along `axis` (torch.gather);
-    /// `indices` (`U32`) has `out`'s shape.
+    /// `indices` has `out`'s shape.
     Gather { input: View, indices: View, out: View, axis: usize },
     /// Accumulates: `out[.., indices[i], ..] += src[.., i, ..]` along `axis` (index_add_).
     /// Floats only.
@@ -281,6 +308,7 @@ impl Op {
                 BinaryOp::Max => "binary.maximum",
                 BinaryOp::Min => "binary.minimum",
                 BinaryOp::Pow => "binary.pow",
+                BinaryOp::Rem => "binary.remainder",
             },
             Op::Compare { op, .. } => match op {
                 CompareOp::Eq => "compare.eq",
@@ -312,6 +340,7 @@ impl Op {
                 ReduceOp::Max => "reduce.max",
                 ReduceOp::Min => "reduce.min",
                 ReduceOp::ArgMax => "reduce.argmax",
+                ReduceOp::ArgMin => "reduce.argmin",
             },
             Op::Affine { .. } => "affine",
             Op::Softmax { log: false, .. } => "softmax",
@@ -332,6 +361,7 @@ impl Op {
                 ReduceOp::Max => "fused_reduce.max",
                 ReduceOp::Min => "fused_reduce.min",
                 ReduceOp::ArgMax => "fused_reduce.argmax",
+                ReduceOp::ArgMin => "fused_reduce.argmin",
             },
         }
     }
@@ -530,6 +560,19 @@ impl Validator<'_> {
         })
     }
 
+    /// Integers take only the arithmetic the contract defines for them; `why` says which.
+    fn require_float_or(&self, v: &View, int_ok: bool, why: &str) -> Result<()> {
+        if v.dtype.is_float() || int_ok {
+            return Ok(());
+        }
+        Err(Error::UnsupportedDType {
+            op: self.op.name(),
+            device: self.device.into(),
+            dtype: v.dtype,
+            detail: format!(" ({why}); {}", self.op.describe()),
+        })
+    }
+
     fn same_dtype(&self, a: &View, b: &View) -> Result<()> {
         if a.dtype == b.dtype {
             Ok(())
@@ -562,10 +605,10 @@ impl Validator<'_> {
     }
 
     fn index_dtype(&self, v: &View) -> Result<()> {
-        if v.dtype == DType::U32 {
+        if v.dtype.is_index() {
             Ok(())
         } else {
-            Err(self.dtype_err(format!("indices must be u32, got {}", v.dtype)))
+            Err(self.dtype_err(format!("indices must be u32, i32 or i64, got {}", v.dtype)))
         }
     }
 
@@ -616,8 +659,9 @@ impl Validator<'_> {
                     )));
                 }
             }
-            Op::Binary { lhs, rhs, out, .. } => {
-                self.require_float(out)?;
+            Op::Binary { op, lhs, rhs, out } => {
+                let int_ok = *op != BinaryOp::Pow;
+                self.require_float_or(out, int_ok, "pow needs f32, f16 or bf16")?;
                 self.same_dtype(lhs, out)?;
                 self.same_dtype(rhs, out)?;
                 self.same_shape(lhs, out)?;
@@ -631,15 +675,23 @@ impl Validator<'_> {
                 self.same_shape(lhs, out)?;
                 self.same_shape(rhs, out)?;
             }
-            Op::Unary { input, out, .. } | Op::Affine { input, out, .. } => {
+            Op::Unary { op, input, out } => {
+                let int_ok = out.dtype.is_signed_int() && matches!(op, UnaryOp::Neg | UnaryOp::Abs);
+                let why = "integers take neg and abs only, and only when signed";
+                self.require_float_or(out, int_ok, why)?;
+                self.same_dtype(input, out)?;
+                self.same_shape(input, out)?;
+            }
+            Op::Affine { input, out, .. } => {
                 self.require_float(out)?;
                 self.same_dtype(input, out)?;
                 self.same_shape(input, out)?;
             }
             Op::Reduce { op, input, out, axis } => {
-                self.require_float(input)?;
+                let why = "integers take sum, max, min, argmax and argmin";
+                self.require_float_or(input, *op != ReduceOp::Mean, why)?;
                 self.axis(input, *axis)?;
-                let want = if *op == ReduceOp::ArgMax { DType::U32 } else { input.dtype };
+                let want = if op.is_arg() { DType::U32 } else { input.dtype };
                 if out.dtype != want {
                     return Err(self.dtype_err(format!("output must be {want}")));
                 }
@@ -649,7 +701,7 @@ impl Validator<'_> {
                     return Err(self.shape_err(format!("output must have shape {dims:?}")));
                 }
                 let empty_axis = input.dims()[*axis] == 0 && out.numel() > 0;
-                if empty_axis && matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax) {
+                if empty_axis && *op != ReduceOp::Sum && *op != ReduceOp::Mean {
                     return Err(self.arg_err(format!("{} over an empty axis", op.name())));
                 }
             }
@@ -760,7 +812,7 @@ impl Validator<'_> {
             }
             Op::FusedReduce { inputs, program, op, axis, out } => {
                 self.require_float(out)?;
-                if *op == ReduceOp::ArgMax {
+                if op.is_arg() {
                     return Err(
                         self.arg_err("a fused reduction sums, averages, or takes a max or min")
                     );

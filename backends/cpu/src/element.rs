@@ -3,7 +3,7 @@
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use manychips_api::Element;
+use manychips_api::{DType, Element};
 
 /// A stored element type. Arithmetic happens in `f32`; `f16`/`bf16` round to nearest-even on
 /// store. The `f64` conversions are the api's [`Element`] ones, which define `Cast` and `Fill`.
@@ -38,14 +38,117 @@ pub(crate) trait Elem: Element + PartialOrd {
         None
     }
 
+    /// An integer's exact value (floats: truncated towards zero, saturating, NaN 0).
+    fn to_wide(self) -> i128 {
+        self.to_f64() as i128
+    }
+
+    /// `v` saturated to this type (floats: rounded).
+    fn from_wide(v: i128) -> Self {
+        Self::from_f64(v as f64)
+    }
+
     /// `Cast` semantics. Floats go through f32, which holds every f16/bf16 exactly, so there
-    /// is a single rounding; integers go through f64, which holds every u32 exactly, so
-    /// int→float is exact-then-round and u32→u8 saturates.
+    /// is a single rounding. Integers convert exactly and saturate among themselves; to f32
+    /// they round once (Rust's `as`), to f16/bf16 through f64, exact below 2^53 (beyond
+    /// it an i64 rounds twice; f16 has overflowed long before).
     #[inline(always)]
     fn cast<D: Elem>(self) -> D {
-        if Self::IS_FLOAT { D::from_f32(self.to_f32()) } else { D::from_f64(self.to_f64()) }
+        if Self::IS_FLOAT || D::DTYPE == DType::F32 {
+            D::from_f32(self.to_f32())
+        } else if D::IS_FLOAT {
+            D::from_f64(self.to_f64())
+        } else {
+            D::from_wide(self.to_wide())
+        }
     }
 }
+
+/// Integer arithmetic as the contract defines it (`manychips_api::DType`, `BinaryOp`):
+/// wrapping; floor division and the divisor-signed remainder; 0 for a zero divisor.
+pub(crate) trait Int: Elem + Ord {
+    fn add(self, other: Self) -> Self;
+    fn sub(self, other: Self) -> Self;
+    fn mul(self, other: Self) -> Self;
+    fn floor_div(self, other: Self) -> Self;
+    fn floor_rem(self, other: Self) -> Self;
+    /// Wrapping negation and absolute value (`MIN` maps to itself; unsigned: never called).
+    fn neg(self) -> Self;
+    fn abs(self) -> Self;
+}
+
+macro_rules! int_elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            const ZERO: Self = 0;
+            const ONE: Self = 1;
+            const IS_FLOAT: bool = false;
+
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+            #[inline(always)]
+            fn from_f32(v: f32) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_wide(self) -> i128 {
+                self as i128
+            }
+            #[inline(always)]
+            fn from_wide(v: i128) -> Self {
+                v.clamp(<$t>::MIN as i128, <$t>::MAX as i128) as $t
+            }
+        }
+
+        impl Int for $t {
+            #[inline(always)]
+            fn add(self, other: Self) -> Self {
+                self.wrapping_add(other)
+            }
+            #[inline(always)]
+            fn sub(self, other: Self) -> Self {
+                self.wrapping_sub(other)
+            }
+            #[inline(always)]
+            fn mul(self, other: Self) -> Self {
+                self.wrapping_mul(other)
+            }
+            #[inline(always)]
+            #[allow(unused_comparisons)]
+            fn floor_div(self, other: Self) -> Self {
+                if other == 0 {
+                    return 0;
+                }
+                let q = self.wrapping_div(other);
+                // Truncation rounded towards zero; step down where the signs differ.
+                let inexact = self.wrapping_rem(other) != 0;
+                if inexact && ((self < 0) != (other < 0)) { q.wrapping_sub(1) } else { q }
+            }
+            #[inline(always)]
+            #[allow(unused_comparisons)]
+            fn floor_rem(self, other: Self) -> Self {
+                if other == 0 {
+                    return 0;
+                }
+                let r = self.wrapping_rem(other);
+                if r != 0 && ((r < 0) != (other < 0)) { r.wrapping_add(other) } else { r }
+            }
+            #[inline(always)]
+            fn neg(self) -> Self {
+                (0 as $t).wrapping_sub(self)
+            }
+            #[inline(always)]
+            #[allow(unused_comparisons)]
+            fn abs(self) -> Self {
+                if self < 0 { self.neg() } else { self }
+            }
+        }
+    )*};
+}
+
+int_elem!(u8, u32, i32, i64);
 
 impl Elem for f32 {
     const ZERO: Self = 0.0;
@@ -127,36 +230,6 @@ pub(crate) fn f32_to_bf16_bits(v: f32) -> u16 {
     (if x & 0x7fff_ffff > 0x7f80_0000 { nan } else { rounded }) as u16
 }
 
-impl Elem for u32 {
-    const ZERO: Self = 0;
-    const ONE: Self = 1;
-    const IS_FLOAT: bool = false;
-
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self as f32
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> Self {
-        v as u32
-    }
-}
-
-impl Elem for u8 {
-    const ZERO: Self = 0;
-    const ONE: Self = 1;
-    const IS_FLOAT: bool = false;
-
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        self as f32
-    }
-    #[inline(always)]
-    fn from_f32(v: f32) -> Self {
-        v as u8
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +268,37 @@ mod tests {
         assert_eq!(16_777_217u32.cast::<f32>(), 16_777_216.0);
         assert_eq!(1.000_976_6f32.cast::<f16>(), f16::from_f32(1.000_976_6));
         assert_eq!(f16::from_f32(2.5).cast::<u32>(), 2);
+        assert_eq!((-5i32).cast::<u32>(), 0);
+        assert_eq!((1i64 << 40).cast::<i32>(), i32::MAX);
+        assert_eq!(4_000_000_000u32.cast::<i32>(), i32::MAX);
+        assert_eq!(i64::MAX.cast::<i64>(), i64::MAX);
+        assert_eq!(((1i64 << 60) + 1).cast::<f32>(), (1u64 << 60) as f32);
+        assert_eq!(((1i64 << 54) + 3).cast::<f32>(), ((1i64 << 54) + 3) as f32);
+        assert_eq!(f32::NAN.cast::<i64>(), 0);
+        assert_eq!((-1e20f32).cast::<i32>(), i32::MIN);
+    }
+
+    #[test]
+    fn integer_arithmetic_follows_the_contract() {
+        assert_eq!(7i32.floor_div(-2), -4);
+        assert_eq!(7i32.floor_rem(-2), -1);
+        assert_eq!((-7i64).floor_div(2), -4);
+        assert_eq!((-7i64).floor_rem(2), 1);
+        assert_eq!((-8i32).floor_rem(2), 0);
+        assert_eq!(i32::MIN.floor_div(-1), i32::MIN);
+        assert_eq!(i32::MIN.floor_rem(-1), 0);
+        assert_eq!(5u8.floor_div(0), 0);
+        assert_eq!(5i64.floor_rem(0), 0);
+        assert_eq!(200u8.add(100), 44);
+        assert_eq!(0u32.sub(1), u32::MAX);
+        assert_eq!(i32::MIN.abs(), i32::MIN);
+        assert_eq!(i64::MIN.neg(), i64::MIN);
+        assert_eq!((-3i32).abs(), 3);
+        for a in -9i32..=9 {
+            for b in (-4i32..=4).filter(|&b| b != 0) {
+                assert_eq!(a.floor_div(b) * b + a.floor_rem(b), a, "{a} {b}");
+                assert!(a.floor_rem(b) == 0 || (a.floor_rem(b) < 0) == (b < 0));
+            }
+        }
     }
 }

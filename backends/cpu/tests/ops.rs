@@ -30,6 +30,14 @@ fn upload_as(dev: &CpuDevice, vals: &[f64], dtype: DType) -> (manychips_api::Buf
             let v: Vec<u8> = convert(vals);
             (upload(dev, &v), to_f64(&v))
         }
+        DType::I32 => {
+            let v: Vec<i32> = convert(vals);
+            (upload(dev, &v), to_f64(&v))
+        }
+        DType::I64 => {
+            let v: Vec<i64> = convert(vals);
+            (upload(dev, &v), to_f64(&v))
+        }
     }
 }
 
@@ -40,6 +48,8 @@ fn download_as(dev: &CpuDevice, buf: manychips_api::BufferId, n: usize, dtype: D
         DType::BF16 => to_f64(&download::<bf16>(dev, buf, n)),
         DType::U32 => to_f64(&download::<u32>(dev, buf, n)),
         DType::U8 => to_f64(&download::<u8>(dev, buf, n)),
+        DType::I32 => to_f64(&download::<i32>(dev, buf, n)),
+        DType::I64 => to_f64(&download::<i64>(dev, buf, n)),
     }
 }
 
@@ -50,6 +60,8 @@ fn round_to(v: f64, dtype: DType) -> f64 {
         DType::BF16 => <bf16 as Element>::from_f64(v).to_f64(),
         DType::U32 => <u32 as Element>::from_f64(v).to_f64(),
         DType::U8 => <u8 as Element>::from_f64(v).to_f64(),
+        DType::I32 => <i32 as Element>::from_f64(v).to_f64(),
+        DType::I64 => <i64 as Element>::from_f64(v).to_f64(),
     }
 }
 
@@ -135,6 +147,7 @@ fn broadcast_binary_ops() {
                             BinaryOp::Max => x.max(y),
                             BinaryOp::Min => x.min(y),
                             BinaryOp::Pow => x.powf(y),
+                            BinaryOp::Rem => x - (x / y).floor() * y,
                         });
                     }
                 }
@@ -285,7 +298,7 @@ fn reductions_over_every_position_of_the_axis() {
             let mut out_dims = dims.to_vec();
             out_dims[axis] = 1;
             for op in ReduceOp::ALL {
-                let out_dtype = if op == ReduceOp::ArgMax { DType::U32 } else { dtype };
+                let out_dtype = if op.is_arg() { DType::U32 } else { dtype };
                 let out = dev.alloc(outer * inner * out_dtype.size_in_bytes()).unwrap();
                 let input = contiguous(a, dims, dtype);
                 dev.run(&Op::Reduce {
@@ -302,6 +315,7 @@ fn reductions_over_every_position_of_the_axis() {
                         let xs: Vec<f64> =
                             (0..len).map(|r| av[(o * len + r) * inner + i]).collect();
                         let first_max = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let first_min = xs.iter().cloned().fold(f64::INFINITY, f64::min);
                         want.push(match op {
                             ReduceOp::Sum => xs.iter().sum(),
                             ReduceOp::Mean => xs.iter().sum::<f64>() / len as f64,
@@ -310,12 +324,15 @@ fn reductions_over_every_position_of_the_axis() {
                             ReduceOp::ArgMax => {
                                 xs.iter().position(|&x| x == first_max).unwrap() as f64
                             }
+                            ReduceOp::ArgMin => {
+                                xs.iter().position(|&x| x == first_min).unwrap() as f64
+                            }
                         });
                     }
                 }
                 let t = match op {
                     ReduceOp::Sum => tol(dtype) * (len as f64).sqrt(),
-                    ReduceOp::ArgMax => 0.0,
+                    ReduceOp::ArgMax | ReduceOp::ArgMin => 0.0,
                     _ => tol(dtype),
                 };
                 assert_close(&got, &want, t, &format!("{op:?} {dtype} {dims:?} axis {axis}"));

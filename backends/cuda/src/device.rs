@@ -100,8 +100,8 @@ impl CudaDevice {
     ) -> Result<CudaDevice> {
         let label = info.label();
         let op = "new";
-        let status = engine.alloc(8).map_err(|e| e.to_error(op, &label))?;
-        engine.zero(status, 0, 8).map_err(|e| e.to_error(op, &label))?;
+        let status = engine.alloc(STATUS_BYTES).map_err(|e| e.to_error(op, &label))?;
+        engine.zero(status, 0, STATUS_BYTES).map_err(|e| e.to_error(op, &label))?;
         engine.synchronize().map_err(|e| e.to_error(op, &label))?;
         let options = Options {
             matmul: if engine.has_blas() { MatmulPath::Cublas } else { MatmulPath::Tiled },
@@ -401,27 +401,23 @@ impl CudaDevice {
             return Ok(());
         }
         let op = "synchronize";
-        let mut words = [0u8; 8];
+        let mut words = [0u8; STATUS_BYTES];
         let status = state.status;
         let synced =
             state.engine.synchronize().and_then(|()| state.engine.download(status, 0, &mut words));
         self.note(state, op, synced)?;
         let users = std::mem::take(&mut state.status_users);
-        let word = |i: usize| {
-            u32::from_le_bytes([words[4 * i], words[4 * i + 1], words[4 * i + 2], words[4 * i + 3]])
-        };
-        if word(0) == 0 {
+        let Some(values) = bad_index_values(&words) else {
             return Ok(());
-        }
-        let cleared = state.engine.zero(status, 0, 8);
+        };
+        let cleared = state.engine.zero(status, 0, STATUS_BYTES);
         self.note(state, op, cleared)?;
         Err(Error::IndexOutOfRange {
             op: users.join(", "),
             device: self.label.clone(),
             detail: format!(
-                "an index value ({}) is out of range for the axis it indexes; the elements it \
-                 named were skipped (gather writes 0 there)",
-                word(1)
+                "{values} out of range for the axis it indexes; the elements it named were \
+                 skipped (gather writes 0 there)"
             ),
         })
     }
@@ -697,6 +693,34 @@ impl fmt::Debug for CudaDevice {
             .field("options", &*lock(&self.options))
             .finish()
     }
+}
+
+/// Bytes of the status words (kernels/cuda/common.cuh, "Status word"): a u32 flag, then the
+/// largest out-of-range non-negative index value (u64 at byte 8) and the smallest negative
+/// one (i64 at byte 16), both as given.
+const STATUS_BYTES: usize = 24;
+
+/// The out-of-range index values the status words hold, in words ("an index value (-7) is"),
+/// or `None` when no kernel flagged one.
+fn bad_index_values(words: &[u8; STATUS_BYTES]) -> Option<String> {
+    let flag = u32::from_le_bytes([words[0], words[1], words[2], words[3]]);
+    if flag == 0 {
+        return None;
+    }
+    let eight = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&words[at..at + 8]);
+        b
+    };
+    let largest = u64::from_le_bytes(eight(8));
+    let smallest = i64::from_le_bytes(eight(16));
+    // A zero `smallest` means no negative value was flagged (0 itself is never below 0);
+    // `largest` is meaningful whenever no negative one was, even 0 (an empty axis).
+    Some(match (smallest < 0, largest > 0) {
+        (true, true) => format!("index values ({smallest} and {largest}) are"),
+        (true, false) => format!("an index value ({smallest}) is"),
+        (false, _) => format!("an index value ({largest}) is"),
+    })
 }
 
 #[cfg(test)]

@@ -18,9 +18,7 @@ use std::collections::BTreeMap;
 
 use cudarc::cublas::sys::cublasStatus_t;
 use cudarc::driver::sys::CUresult;
-use manychips_api::{
-    BinaryOp, CompareOp, DType, Element, ReduceOp, UnaryOp, bf16, f16, f32_round_to_odd,
-};
+use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, UnaryOp, bf16, f16};
 
 use crate::engine::{Engine, GemmArgs, LaunchCall, Ptr};
 use crate::error::CuError;
@@ -172,13 +170,13 @@ impl Memory {
 
     /// The raw bits of element `index` of argument `arg` (zero-extended), or 0 after noting
     /// an illegal access.
-    fn load(&mut self, arg: usize, index: u64, dtype: DType) -> u32 {
+    fn load(&mut self, arg: usize, index: u64, dtype: DType) -> u64 {
         let size = dtype.size_in_bytes();
         match self.bytes(arg, index, size) {
             Some(b) => {
-                let mut w = [0u8; 4];
+                let mut w = [0u8; 8];
                 w[..size].copy_from_slice(b);
-                u32::from_le_bytes(w)
+                u64::from_le_bytes(w)
             }
             None => {
                 self.illegal(arg, index);
@@ -187,7 +185,7 @@ impl Memory {
         }
     }
 
-    fn store(&mut self, arg: usize, index: u64, dtype: DType, bits: u32) {
+    fn store(&mut self, arg: usize, index: u64, dtype: DType, bits: u64) {
         let size = dtype.size_in_bytes();
         match self.bytes(arg, index, size) {
             Some(b) => b.copy_from_slice(&bits.to_le_bytes()[..size]),
@@ -202,46 +200,90 @@ impl Memory {
     fn store_f32(&mut self, arg: usize, index: u64, dtype: DType, v: f32) {
         self.store(arg, index, dtype, from_f32(v, dtype));
     }
+
+    /// An integer element's value (sign-extended for i32 and i64).
+    fn load_int(&mut self, arg: usize, index: u64, dtype: DType) -> i128 {
+        int_value(self.load(arg, index, dtype), dtype)
+    }
+
+    /// Stores `v` modulo 2^bits (the contract's wrapping rule).
+    fn store_int(&mut self, arg: usize, index: u64, dtype: DType, v: i128) {
+        self.store(arg, index, dtype, wrap(v, dtype));
+    }
 }
 
 // ---- Conversions (common.cuh's McElem) ------------------------------------------------------
 
-fn to_f32(bits: u32, dtype: DType) -> f32 {
+fn to_f32(bits: u64, dtype: DType) -> f32 {
     match dtype {
-        DType::F32 => f32::from_bits(bits),
+        DType::F32 => f32::from_bits(bits as u32),
         DType::F16 => f16::from_bits(bits as u16).to_f32(),
         DType::BF16 => bf16::from_bits(bits as u16).to_f32(),
-        DType::U32 => bits as f32,
-        DType::U8 => bits as u8 as f32,
+        // Rust's integer-to-float `as` rounds to nearest even once, as the kernels' cvt.rn.
+        _ => int_value(bits, dtype) as f32,
     }
 }
 
-fn from_f32(v: f32, dtype: DType) -> u32 {
+fn from_f32(v: f32, dtype: DType) -> u64 {
     match dtype {
-        DType::F32 => v.to_bits(),
-        DType::F16 => u32::from(f16::from_f32(v).to_bits()),
-        DType::BF16 => u32::from(bf16::from_f32(v).to_bits()),
-        DType::U32 => v as u32,
-        DType::U8 => u32::from(v as u8),
+        DType::F32 => u64::from(v.to_bits()),
+        DType::F16 => u64::from(f16::from_f32(v).to_bits()),
+        DType::BF16 => u64::from(bf16::from_f32(v).to_bits()),
+        // Truncation towards zero, saturating, NaN -> 0 (`as` does all three).
+        _ => saturate(v as i128, dtype),
     }
 }
 
-fn from_f64(v: f64, dtype: DType) -> u32 {
+/// The value of an integer dtype's bits (zero-extended in `bits`); 0 for floats.
+fn int_value(bits: u64, dtype: DType) -> i128 {
     match dtype {
-        DType::F32 => (v as f32).to_bits(),
-        DType::F16 => u32::from(f16::from_f32(f32_round_to_odd(v)).to_bits()),
-        DType::BF16 => u32::from(bf16::from_f32(f32_round_to_odd(v)).to_bits()),
-        DType::U32 => <u32 as Element>::from_f64(v),
-        DType::U8 => u32::from(<u8 as Element>::from_f64(v)),
+        DType::U8 => i128::from(bits as u8),
+        DType::U32 => i128::from(bits as u32),
+        DType::I32 => i128::from(bits as u32 as i32),
+        DType::I64 => i128::from(bits as i64),
+        DType::F32 | DType::F16 | DType::BF16 => 0,
     }
 }
 
-/// `mc_cast`: float sources through f32 (one rounding), integer sources through f64.
-fn cast(bits: u32, from: DType, to: DType) -> u32 {
+/// `v` modulo 2^bits of `dtype`, as zero-extended bits (two's complement wrapping).
+fn wrap(v: i128, dtype: DType) -> u64 {
+    let bits = 8 * dtype.size_in_bytes() as u32;
+    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    (v as u64) & mask
+}
+
+/// `v` clamped into an integer dtype's range, as its bits.
+fn saturate(v: i128, dtype: DType) -> u64 {
+    let (lo, hi) = dtype.int_range().unwrap_or((0, 0));
+    wrap(v.clamp(lo, hi), dtype)
+}
+
+/// An integer as f32 rounded to odd (truncated, the last bit set when inexact): rounding
+/// that to f16/bf16 gives the correctly rounded value (common.cuh's mc_i64_to_f32_odd).
+fn int_to_f32_odd(v: i128) -> f32 {
+    let nearest = v as f32;
+    if nearest as i128 == v {
+        return nearest;
+    }
+    let mut bits = nearest.to_bits();
+    if (nearest as i128).unsigned_abs() > v.unsigned_abs() {
+        bits -= 1; // rounded away from zero: step back towards zero
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// `mc_cast`: float sources through f32 (one rounding), integer sources exactly (to an
+/// integer: saturating; to a float: rounded once).
+fn cast(bits: u64, from: DType, to: DType) -> u64 {
     if from.is_float() {
-        from_f32(to_f32(bits, from), to)
-    } else {
-        from_f64(f64::from(bits & if from == DType::U8 { 0xff } else { u32::MAX }), to)
+        return from_f32(to_f32(bits, from), to);
+    }
+    let v = int_value(bits, from);
+    match to {
+        DType::F32 => u64::from((v as f32).to_bits()),
+        DType::F16 => u64::from(f16::from_f32(int_to_f32_odd(v)).to_bits()),
+        DType::BF16 => u64::from(bf16::from_f32(int_to_f32_odd(v)).to_bits()),
+        _ => saturate(v, to),
     }
 }
 
@@ -355,6 +397,41 @@ fn binary(op: BinaryOp, x: f32, y: f32) -> f32 {
         BinaryOp::Max => x.max(y),
         BinaryOp::Min => x.min(y),
         BinaryOp::Pow => x.powf(y),
+        BinaryOp::Rem => {
+            let r = x % y;
+            if r != 0.0 && ((r < 0.0) != (y < 0.0)) { r + y } else { r }
+        }
+    }
+}
+
+/// Floor division (rounds towards −∞); `b` is not 0.
+fn floor_div(a: i128, b: i128) -> i128 {
+    let q = a / b;
+    if q * b != a && ((a < 0) != (b < 0)) { q - 1 } else { q }
+}
+
+/// Integer arithmetic on exact values; the caller wraps the result to the dtype (so MIN / -1
+/// is MIN). A zero divisor gives 0 for div and remainder.
+fn int_binary(op: BinaryOp, a: i128, b: i128) -> i128 {
+    match op {
+        BinaryOp::Add => a + b,
+        BinaryOp::Sub => a - b,
+        BinaryOp::Mul => a * b,
+        BinaryOp::Div | BinaryOp::Rem if b == 0 => 0,
+        BinaryOp::Div => floor_div(a, b),
+        BinaryOp::Rem => a - floor_div(a, b) * b,
+        BinaryOp::Max => a.max(b),
+        BinaryOp::Min => a.min(b),
+        // Validation refuses pow on integers; all_kernels has no such kernel.
+        BinaryOp::Pow => 0,
+    }
+}
+
+fn int_unary(op: UnaryOp, a: i128) -> i128 {
+    match op {
+        UnaryOp::Abs => a.abs(),
+        // Neg, and nothing else reaches here (validation, all_kernels).
+        _ => -a,
     }
 }
 
@@ -422,6 +499,10 @@ fn check_launch(call: &LaunchCall<'_>) -> Result<(), CuError> {
 /// Runs one kernel over `m`; its pointer arguments are `m`'s args in order.
 fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
     match k {
+        Kernel::Unary(op, t) if t.is_int() => each(p, 2, |o| {
+            let x = m.load_int(0, o[0], t);
+            m.store_int(1, o[1], t, int_unary(op, x));
+        }),
         Kernel::Unary(op, t) => each(p, 2, |o| {
             let x = m.load_f32(0, o[0], t);
             m.store_f32(1, o[1], t, unary(op, x));
@@ -429,6 +510,10 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
         Kernel::Affine(t) => each(p, 2, |o| {
             let x = m.load_f32(0, o[0], t);
             m.store_f32(1, o[1], t, x * p.mul + p.add);
+        }),
+        Kernel::Binary(op, t) if t.is_int() => each(p, 3, |o| {
+            let (x, y) = (m.load_int(0, o[0], t), m.load_int(1, o[1], t));
+            m.store_int(2, o[2], t, int_binary(op, x, y));
         }),
         Kernel::Binary(op, t) => each(p, 3, |o| {
             let (x, y) = (m.load_f32(0, o[0], t), m.load_f32(1, o[1], t));
@@ -439,7 +524,7 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
             let r = if t.is_float() {
                 compare(op, to_f32(x, t), to_f32(y, t))
             } else {
-                compare(op, x, y)
+                compare(op, int_value(x, t), int_value(y, t))
             };
             m.store_f32(2, o[2], out, if r { 1.0 } else { 0.0 });
         }),
@@ -448,7 +533,10 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
             let v = if c != 0 { m.load(1, o[1], t) } else { m.load(2, o[2], t) };
             m.store(3, o[3], t, v);
         }),
-        Kernel::Fill(t) => each(p, 1, |o| m.store(0, o[0], t, p.bits)),
+        Kernel::Fill(t) => {
+            let bits = u64::from(p.bits) | (p.ext[0] << 32);
+            each(p, 1, |o| m.store(0, o[0], t, bits))
+        }
         Kernel::Copy(t) => each(p, 2, |o| {
             let v = m.load(0, o[0], t);
             m.store(1, o[1], t, v);
@@ -457,49 +545,45 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
             let v = m.load(0, o[0], from);
             m.store(1, o[1], to, cast(v, from, to));
         }),
+        Kernel::Reduce(op, t, _) if t.is_int() => each(p, 2, |o| reduce_int_row(op, t, p, m, o)),
         Kernel::Reduce(op, t, _) => each(p, 2, |o| reduce_row(op, t, p, m, o)),
         Kernel::Softmax { log, dtype, .. } => each(p, 2, |o| softmax_row(log, dtype, p, m, o)),
-        Kernel::Gather(t) | Kernel::IndexSelect(t) => each(p, 3, |o| {
+        Kernel::Gather(t, index) | Kernel::IndexSelect(t, index) => each(p, 3, |o| {
             let (len, stride) = (p.ext[0], p.ext[1]);
-            let j = m.load(1, o[1], DType::U32);
-            if u64::from(j) >= len {
-                flag(m, j);
-                m.store(2, o[2], t, 0);
-            } else {
-                let v = m.load(0, at(o[0], u64::from(j), stride), t);
-                m.store(2, o[2], t, v);
+            let raw = m.load_int(1, o[1], index);
+            match resolve_index(m, raw, len) {
+                Some(j) => {
+                    let v = m.load(0, at(o[0], j, stride), t);
+                    m.store(2, o[2], t, v);
+                }
+                None => m.store(2, o[2], t, 0),
             }
         }),
-        Kernel::ScatterAdd { dtype, atomic: false } | Kernel::IndexAdd { dtype, atomic: false } => {
-            each(p, 3, |o| {
-                let (len, astride, n, sstride, xstride) =
-                    (p.ext[0], p.ext[1], p.ext[2], p.ext[3], p.ext[4]);
-                for i in 0..n {
-                    let t = m.load(1, at(o[1], i, xstride), DType::U32);
-                    if u64::from(t) >= len {
-                        flag(m, t);
-                        continue;
-                    }
-                    let a = at(o[2], u64::from(t), astride);
-                    let v =
-                        m.load_f32(2, a, DType::F32) + m.load_f32(0, at(o[0], i, sstride), dtype);
-                    m.store_f32(2, a, DType::F32, v);
-                }
-            })
-        }
-        Kernel::ScatterAdd { dtype, atomic: true } | Kernel::IndexAdd { dtype, atomic: true } => {
-            each(p, 3, |o| {
-                let (len, astride) = (p.ext[0], p.ext[1]);
-                let t = m.load(1, o[1], DType::U32);
-                if u64::from(t) >= len {
-                    flag(m, t);
-                    return;
-                }
-                let a = at(o[2], u64::from(t), astride);
-                let v = m.load_f32(2, a, DType::F32) + m.load_f32(0, o[0], dtype);
+        Kernel::ScatterAdd { dtype, index, atomic: false }
+        | Kernel::IndexAdd { dtype, index, atomic: false } => each(p, 3, |o| {
+            let (len, astride, n, sstride, xstride) =
+                (p.ext[0], p.ext[1], p.ext[2], p.ext[3], p.ext[4]);
+            for i in 0..n {
+                let raw = m.load_int(1, at(o[1], i, xstride), index);
+                let Some(t) = resolve_index(m, raw, len) else {
+                    continue;
+                };
+                let a = at(o[2], t, astride);
+                let v = m.load_f32(2, a, DType::F32) + m.load_f32(0, at(o[0], i, sstride), dtype);
                 m.store_f32(2, a, DType::F32, v);
-            })
-        }
+            }
+        }),
+        Kernel::ScatterAdd { dtype, index, atomic: true }
+        | Kernel::IndexAdd { dtype, index, atomic: true } => each(p, 3, |o| {
+            let (len, astride) = (p.ext[0], p.ext[1]);
+            let raw = m.load_int(1, o[1], index);
+            let Some(t) = resolve_index(m, raw, len) else {
+                return;
+            };
+            let a = at(o[2], t, astride);
+            let v = m.load_f32(2, a, DType::F32) + m.load_f32(0, o[0], dtype);
+            m.store_f32(2, a, DType::F32, v);
+        }),
         Kernel::Fused(id) => fused_program(&fused::kernel(id), p, m),
         Kernel::FusedReduce(id, _) => fused_reduction(&fused::kernel(id), p, m),
         Kernel::MatmulTiled(t) => each(p, 3, |o| {
@@ -585,18 +669,60 @@ fn at(base: u64, i: u64, stride: u64) -> u64 {
     base.wrapping_add(i.wrapping_mul(stride))
 }
 
+/// The position an index `value` names along an axis of `len` (a negative one counts from
+/// the end), or `None` after flagging it (common.cuh's mc_resolve_index).
+fn resolve_index(m: &mut Memory, value: i128, len: u64) -> Option<u64> {
+    let j = if value < 0 { value + i128::from(len) } else { value };
+    if (0..i128::from(len)).contains(&j) {
+        return Some(j as u64);
+    }
+    flag(m, value);
+    None
+}
+
 /// The status words: `status` is the last pointer argument (3 for every indexed kernel).
-fn flag(m: &mut Memory, value: u32) {
+/// Word 0 |= 1; the value as given raises the u64 at byte 8 (non-negative) or lowers the i64
+/// at byte 16 (negative).
+fn flag(m: &mut Memory, value: i128) {
     let w0 = m.load(3, 0, DType::U32);
     m.store(3, 0, DType::U32, w0 | 1);
-    let w1 = m.load(3, 1, DType::U32);
-    m.store(3, 1, DType::U32, w1.max(value));
+    if value >= 0 {
+        let largest = m.load(3, 1, DType::I64);
+        m.store(3, 1, DType::I64, largest.max(value as u64));
+    } else {
+        let smallest = m.load(3, 2, DType::I64) as i64;
+        m.store(3, 2, DType::I64, smallest.min(value as i64) as u64);
+    }
 }
 
 /// Every work item in order, with the element offsets of the first `n` operands.
 fn each(p: &McParams, n: usize, mut f: impl FnMut([u64; 4])) {
     for g in 0..p.count {
         f(p.offsets(g, n));
+    }
+}
+
+/// An integer row (reduce.cu's mc_reduce_int_rows and mc_arg_rows): exact values, the sum
+/// wrapping.
+fn reduce_int_row(op: ReduceOp, t: DType, p: &McParams, m: &mut Memory, o: [u64; 4]) {
+    let (n, st) = (p.ext[0], p.ext[1]);
+    let values: Vec<i128> = (0..n).map(|i| m.load_int(0, at(o[0], i, st), t)).collect();
+    let first = |better: fn(i128, i128) -> bool| {
+        let mut best: Option<(i128, usize)> = None;
+        for (i, &v) in values.iter().enumerate() {
+            if best.is_none_or(|(b, _)| better(v, b)) {
+                best = Some((v, i));
+            }
+        }
+        best.map_or(0, |(_, i)| i as u64)
+    };
+    match op {
+        ReduceOp::ArgMax => m.store(1, o[1], DType::U32, first(|v, b| v > b)),
+        ReduceOp::ArgMin => m.store(1, o[1], DType::U32, first(|v, b| v < b)),
+        ReduceOp::Max => m.store_int(1, o[1], t, values.iter().copied().max().unwrap_or(0)),
+        ReduceOp::Min => m.store_int(1, o[1], t, values.iter().copied().min().unwrap_or(0)),
+        // Sum (mean is refused on integers by validation and has no kernel).
+        _ => m.store_int(1, o[1], t, values.iter().fold(0i128, |a, &v| a.wrapping_add(v))),
     }
 }
 
@@ -620,15 +746,18 @@ fn reduce_row(op: ReduceOp, t: DType, p: &McParams, m: &mut Memory, o: [u64; 4])
             }
             m.store_f32(1, o[1], t, acc);
         }
-        ReduceOp::ArgMax => {
+        ReduceOp::ArgMax | ReduceOp::ArgMin => {
+            // The first index of the NaN-ignoring maximum (minimum), 0 for an all-NaN row.
+            let max = op == ReduceOp::ArgMax;
             let mut best: Option<(f32, u64)> = None;
             for i in 0..n {
                 let v = m.load_f32(0, elem(i), t);
-                if !v.is_nan() && best.is_none_or(|(b, _)| v > b) {
+                let better = |b: f32| if max { v > b } else { v < b };
+                if !v.is_nan() && best.is_none_or(|(b, _)| better(b)) {
                     best = Some((v, i));
                 }
             }
-            m.store(1, o[1], DType::U32, best.map_or(0, |(_, i)| i as u32));
+            m.store(1, o[1], DType::U32, best.map_or(0, |(_, i)| i));
         }
     }
 }
@@ -820,7 +949,7 @@ mod tests {
 
     #[test]
     fn casts_follow_the_contract() {
-        let c = |v: u32, a, b| cast(v, a, b);
+        let c = |v: u32, a, b| cast(u64::from(v), a, b) as u32;
         assert_eq!(c((-3.7f32).to_bits(), DType::F32, DType::U32), 0);
         assert_eq!(c(300.5f32.to_bits(), DType::F32, DType::U8), 255);
         assert_eq!(c(f32::NAN.to_bits(), DType::F32, DType::U8), 0);
@@ -830,6 +959,42 @@ mod tests {
         // 2049 is not an f16: ties to even gives 2048, as `Element::from_f64`.
         assert_eq!(f16::from_bits(c(2049, DType::U32, DType::F16) as u16).to_f32(), 2048.0);
         assert_eq!(c(0x3c00, DType::F16, DType::BF16), 0x3f80);
+        // The spec's integer examples: saturating int -> int, truncating float -> int.
+        let i64_bits = |v: i64| v as u64;
+        assert_eq!(c((-5i32) as u32, DType::I32, DType::U32), 0);
+        assert_eq!(cast(i64_bits(1 << 40), DType::I64, DType::I32), i32::MAX as u64);
+        assert_eq!(c(4_000_000_000, DType::U32, DType::I32), i32::MAX as u32);
+        assert_eq!(c((-3.7f32).to_bits(), DType::F32, DType::I32), (-3i32) as u32);
+        assert_eq!(cast(u64::from(f32::NAN.to_bits()), DType::F32, DType::I64), 0);
+        assert_eq!(cast(u64::from((-1e30f32).to_bits()), DType::F32, DType::I64), 1 << 63);
+        // i64 -> f32 rounds once: 2^60 + 2^36 + 1 is above the tie between two f32s.
+        let x = (1i64 << 60) + (1 << 36) + 1;
+        let want = u64::from(((1u64 << 60) as f32 + 2f32.powi(37)).to_bits());
+        assert_eq!(cast(i64_bits(x), DType::I64, DType::F32), want);
+        // ...and to bf16 through round-to-odd: still once.
+        let y = (1i64 << 60) + (1 << 52) + 1;
+        let bf = bf16::from_bits(cast(i64_bits(y), DType::I64, DType::BF16) as u16);
+        assert_eq!(bf.to_f32(), (1u64 << 60) as f32 + 2f32.powi(53));
+    }
+
+    #[test]
+    fn integer_arithmetic_wraps_and_floors() {
+        let (min, max) = (i128::from(i64::MIN), i128::from(i64::MAX));
+        assert_eq!(wrap(int_binary(BinaryOp::Add, 200, 100), DType::U8), 44);
+        assert_eq!(wrap(int_binary(BinaryOp::Add, max, 1), DType::I64), i64::MIN as u64);
+        assert_eq!(int_binary(BinaryOp::Div, -7, 2), -4);
+        assert_eq!(int_binary(BinaryOp::Div, 7, -2), -4);
+        assert_eq!(int_binary(BinaryOp::Div, 7, 0), 0);
+        assert_eq!(wrap(int_binary(BinaryOp::Div, min, -1), DType::I64), i64::MIN as u64);
+        assert_eq!(int_binary(BinaryOp::Rem, -7, 2), 1);
+        assert_eq!(int_binary(BinaryOp::Rem, 7, -2), -1);
+        assert_eq!(int_binary(BinaryOp::Rem, min, -1), 0);
+        assert_eq!(int_binary(BinaryOp::Rem, 7, 0), 0);
+        assert_eq!(wrap(int_unary(UnaryOp::Neg, min), DType::I64), i64::MIN as u64);
+        assert_eq!(wrap(int_unary(UnaryOp::Abs, min), DType::I64), i64::MIN as u64);
+        assert_eq!(binary(BinaryOp::Rem, -7.0, 2.0), 1.0);
+        assert_eq!(binary(BinaryOp::Rem, 7.0, -2.0), -1.0);
+        assert!(binary(BinaryOp::Rem, 7.0, 0.0).is_nan());
     }
 
     #[test]

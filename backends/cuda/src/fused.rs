@@ -148,6 +148,8 @@ fn c_type(dtype: DType) -> &'static str {
         DType::BF16 => "mc_bf16",
         DType::U32 => "u32",
         DType::U8 => "u8",
+        DType::I32 => "i32",
+        DType::I64 => "i64",
     }
 }
 
@@ -181,6 +183,7 @@ pub(crate) fn binary_expr(op: BinaryOp) -> &'static str {
         BinaryOp::Max => "fmaxf(x, y)",
         BinaryOp::Min => "fminf(x, y)",
         BinaryOp::Pow => "powf(x, y)",
+        BinaryOp::Rem => "mc_remf(x, y)",
     }
 }
 
@@ -263,13 +266,13 @@ fn source(steps: &[Step], inputs: &[DType], out: DType, reduce: Option<ReduceOp>
              }}\n"
         );
     };
-    // reduce.cu's folds: sums in f64, rounded once; max and min ignore NaN. (ArgMax is no
-    // fused reduction: `Op::validate` refuses it.)
+    // reduce.cu's folds: sums in f64, rounded once; max and min ignore NaN. (ArgMax and
+    // ArgMin are no fused reductions: `Op::validate` refuses them.)
     let (combiner, lift, finish) = match reduce {
         ReduceOp::Sum => ("McSumF64", "(double)", "(float)acc"),
         ReduceOp::Mean => ("McSumF64", "(double)", "(float)(acc / (double)n)"),
         ReduceOp::Max | ReduceOp::ArgMax => ("McMaxF32", "", "acc"),
-        ReduceOp::Min => ("McMinF32", "", "acc"),
+        ReduceOp::Min | ReduceOp::ArgMin => ("McMinF32", "", "acc"),
     };
     let body = statements(steps, "            ", |m| format!("o.o[{m}] + i * p.ext[{}]", 1 + m));
     let pass: String = (0..inputs.len()).map(|m| format!("in{m}, ")).collect();

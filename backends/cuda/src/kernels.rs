@@ -102,14 +102,17 @@ pub enum Kernel {
         dtype: DType,
         team: Team,
     },
-    Gather(DType),
-    IndexSelect(DType),
+    /// Data dtype, index dtype (u32, i32 or i64).
+    Gather(DType, DType),
+    IndexSelect(DType, DType),
     ScatterAdd {
         dtype: DType,
+        index: DType,
         atomic: bool,
     },
     IndexAdd {
         dtype: DType,
+        index: DType,
         atomic: bool,
     },
     MatmulTiled(DType),
@@ -137,10 +140,14 @@ impl Kernel {
                 let name = if *log { "log_softmax" } else { "softmax" };
                 format!("{name}_{dtype}{}", team(tm))
             }
-            Kernel::Gather(t) => format!("gather_{t}"),
-            Kernel::IndexSelect(t) => format!("index_select_{t}"),
-            Kernel::ScatterAdd { dtype, atomic: a } => format!("scatter_add{}_{dtype}", atomic(a)),
-            Kernel::IndexAdd { dtype, atomic: a } => format!("index_add{}_{dtype}", atomic(a)),
+            Kernel::Gather(t, i) => format!("gather_{t}_{i}"),
+            Kernel::IndexSelect(t, i) => format!("index_select_{t}_{i}"),
+            Kernel::ScatterAdd { dtype, index, atomic: a } => {
+                format!("scatter_add{}_{dtype}_{index}", atomic(a))
+            }
+            Kernel::IndexAdd { dtype, index, atomic: a } => {
+                format!("index_add{}_{dtype}_{index}", atomic(a))
+            }
             Kernel::MatmulTiled(t) => format!("matmul_tiled_{t}"),
             Kernel::Fused(_) => "fused".into(),
             Kernel::FusedReduce(_, tm) => format!("fused_reduce{}", team(tm)),
@@ -221,22 +228,29 @@ impl fmt::Display for Kernel {
 pub fn all_kernels() -> Vec<Kernel> {
     let floats = DType::FLOATS;
     let mut all = Vec::new();
-    for t in floats {
-        all.extend(UnaryOp::ALL.iter().map(|&op| Kernel::Unary(op, t)));
-        all.extend(BinaryOp::ALL.iter().map(|&op| Kernel::Binary(op, t)));
-        all.push(Kernel::Affine(t));
-        for op in ReduceOp::ALL {
+    for t in DType::ALL {
+        let unary = UnaryOp::ALL.into_iter().filter(|&op| t.is_float() || signed_unary(op, t));
+        all.extend(unary.map(|op| Kernel::Unary(op, t)));
+        let binary = BinaryOp::ALL.into_iter().filter(|&op| t.is_float() || op != BinaryOp::Pow);
+        all.extend(binary.map(|op| Kernel::Binary(op, t)));
+        let reduce = ReduceOp::ALL.into_iter().filter(|&op| t.is_float() || op != ReduceOp::Mean);
+        for op in reduce {
             all.push(Kernel::Reduce(op, t, Team::Block));
             all.push(Kernel::Reduce(op, t, Team::Warp));
         }
+    }
+    for t in floats {
+        all.push(Kernel::Affine(t));
         for log in [false, true] {
             for team in [Team::Block, Team::Warp] {
                 all.push(Kernel::Softmax { log, dtype: t, team });
             }
         }
-        for atomic in [false, true] {
-            all.push(Kernel::ScatterAdd { dtype: t, atomic });
-            all.push(Kernel::IndexAdd { dtype: t, atomic });
+        for index in DType::INDICES {
+            for atomic in [false, true] {
+                all.push(Kernel::ScatterAdd { dtype: t, index, atomic });
+                all.push(Kernel::IndexAdd { dtype: t, index, atomic });
+            }
         }
         all.push(Kernel::MatmulTiled(t));
     }
@@ -251,10 +265,17 @@ pub fn all_kernels() -> Vec<Kernel> {
         all.push(Kernel::Fill(t));
         all.push(Kernel::Copy(t));
         all.extend(DType::ALL.iter().map(|&d| Kernel::Cast(t, d)));
-        all.push(Kernel::Gather(t));
-        all.push(Kernel::IndexSelect(t));
+        for index in DType::INDICES {
+            all.push(Kernel::Gather(t, index));
+            all.push(Kernel::IndexSelect(t, index));
+        }
     }
     all
+}
+
+/// The unary ops integers take: neg and abs, on signed integers.
+pub(crate) fn signed_unary(op: UnaryOp, t: DType) -> bool {
+    t.is_signed_int() && matches!(op, UnaryOp::Neg | UnaryOp::Abs)
 }
 
 #[cfg(test)]
@@ -268,7 +289,10 @@ mod tests {
     /// test checks the real PTX; this one runs everywhere.
     fn names_in_readme_table() -> HashSet<String> {
         let floats = ["f32", "f16", "bf16"];
-        let dtypes = ["f32", "f16", "bf16", "u32", "u8"];
+        let ints = ["u32", "u8", "i32", "i64"];
+        let signed = ["i32", "i64"];
+        let dtypes = ["f32", "f16", "bf16", "u32", "u8", "i32", "i64"];
+        let indices = ["u32", "i32", "i64"];
         let unary = [
             "neg",
             "abs",
@@ -285,19 +309,19 @@ mod tests {
             "sin",
             "cos",
         ];
-        let binary = ["add", "sub", "mul", "div", "maximum", "minimum", "pow"];
+        let int_binary = ["add", "sub", "mul", "div", "maximum", "minimum", "remainder"];
         let compare = ["eq", "ne", "lt", "le", "gt", "ge"];
-        let reduce = ["sum", "mean", "max", "min", "argmax"];
+        let int_reduce = ["sum", "max", "min", "argmax", "argmin"];
         let mut s = HashSet::new();
         for t in floats {
             for op in unary {
                 s.insert(format!("unary_{op}_{t}"));
             }
-            for op in binary {
+            for op in int_binary.iter().chain(&["pow"]) {
                 s.insert(format!("binary_{op}_{t}"));
             }
             s.insert(format!("affine_{t}"));
-            for op in reduce {
+            for op in int_reduce.iter().chain(&["mean"]) {
                 s.insert(format!("reduce_{op}_{t}"));
                 s.insert(format!("reduce_{op}_{t}_warp"));
             }
@@ -305,19 +329,38 @@ mod tests {
                 s.insert(format!("{n}_{t}"));
                 s.insert(format!("{n}_{t}_warp"));
             }
-            for n in ["scatter_add", "index_add"] {
-                s.insert(format!("{n}_{t}"));
-                s.insert(format!("{n}_atomic_{t}"));
+            for i in indices {
+                for n in ["scatter_add", "index_add"] {
+                    s.insert(format!("{n}_{t}_{i}"));
+                    s.insert(format!("{n}_atomic_{t}_{i}"));
+                }
             }
             s.insert(format!("matmul_tiled_{t}"));
+        }
+        for t in ints {
+            for op in int_binary {
+                s.insert(format!("binary_{op}_{t}"));
+            }
+            for op in int_reduce {
+                s.insert(format!("reduce_{op}_{t}"));
+                s.insert(format!("reduce_{op}_{t}_warp"));
+            }
+        }
+        for t in signed {
+            s.insert(format!("unary_neg_{t}"));
+            s.insert(format!("unary_abs_{t}"));
         }
         for t in dtypes {
             for op in compare {
                 s.insert(format!("compare_{op}_{t}_{t}"));
                 s.insert(format!("compare_{op}_{t}_u8"));
             }
-            for n in ["where", "fill", "copy", "gather", "index_select"] {
+            for n in ["where", "fill", "copy"] {
                 s.insert(format!("{n}_{t}"));
+            }
+            for i in indices {
+                s.insert(format!("gather_{t}_{i}"));
+                s.insert(format!("index_select_{t}_{i}"));
             }
             for d in dtypes {
                 s.insert(format!("cast_{t}_{d}"));
@@ -327,9 +370,9 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_is_in_the_documented_table_of_227() {
+    fn every_kernel_is_in_the_documented_table_of_418() {
         let table = names_in_readme_table();
-        assert_eq!(table.len(), 227);
+        assert_eq!(table.len(), 418);
         let ours: HashSet<String> = all_kernels().iter().map(Kernel::name).collect();
         assert_eq!(ours.len(), all_kernels().len(), "two kernels share a name");
         assert_eq!(ours, table);
@@ -342,6 +385,7 @@ mod tests {
         for k in all_kernels() {
             let body = k.source().body();
             let stem = match k {
+                Kernel::Unary(op, t) if t.is_int() => format!("unary_{}_##tn", op.name()),
                 Kernel::Unary(op, _) => format!("X({}, ", op.name()),
                 Kernel::Binary(op, _) => format!("X({}, ", op.name()),
                 Kernel::Compare(op, _, _) => format!("X({}, ", op.name()),
@@ -350,16 +394,15 @@ mod tests {
                 Kernel::Fill(_) => "fill_##tn".into(),
                 Kernel::Copy(_) => "copy_##tn".into(),
                 Kernel::Cast(..) => "cast_##sn##_##dn".into(),
-                Kernel::Reduce(ReduceOp::ArgMax, ..) => "reduce_argmax_##tn".into(),
-                Kernel::Reduce(..) => "reduce_##name##_##tn".into(),
+                Kernel::Reduce(op, ..) => format!("{}, ", op.name()),
                 Kernel::Softmax { log: false, .. } => "softmax_##tn".into(),
                 Kernel::Softmax { log: true, .. } => "log_softmax_##tn".into(),
-                Kernel::Gather(_) => "gather_##tn".into(),
-                Kernel::IndexSelect(_) => "index_select_##tn".into(),
-                Kernel::ScatterAdd { atomic: false, .. } => "scatter_add_##tn".into(),
-                Kernel::ScatterAdd { atomic: true, .. } => "scatter_add_atomic_##tn".into(),
-                Kernel::IndexAdd { atomic: false, .. } => "index_add_##tn".into(),
-                Kernel::IndexAdd { atomic: true, .. } => "index_add_atomic_##tn".into(),
+                Kernel::Gather(..) => "gather_##tn##_##in".into(),
+                Kernel::IndexSelect(..) => "index_select_##tn##_##in".into(),
+                Kernel::ScatterAdd { atomic: false, .. } => "scatter_add_##tn##_##in".into(),
+                Kernel::ScatterAdd { atomic: true, .. } => "scatter_add_atomic_##tn##_##in".into(),
+                Kernel::IndexAdd { atomic: false, .. } => "index_add_##tn##_##in".into(),
+                Kernel::IndexAdd { atomic: true, .. } => "index_add_atomic_##tn##_##in".into(),
                 Kernel::MatmulTiled(_) => "matmul_tiled_##tn".into(),
                 Kernel::Fused(_) | Kernel::FusedReduce(..) => "fused".into(),
             };

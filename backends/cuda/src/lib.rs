@@ -46,7 +46,7 @@ pub const TF32_ENV: &str = "MANYCHIPS_CUDA_TF32";
 pub const PAGEABLE_ENV: &str = "MANYCHIPS_CUDA_PAGEABLE";
 
 /// The dtypes a CUDA device computes: every one (f16 and bf16 natively stored, computed in
-/// f32).
+/// f32; integers, i64 included, computed exactly).
 pub(crate) fn dtypes() -> Vec<DType> {
     DType::ALL.to_vec()
 }

@@ -55,7 +55,7 @@ pub(crate) enum Arg {
     Buffer(BufferId),
     /// The plan's temporary number `i`.
     Temp(usize),
-    /// The device's two status words.
+    /// The device's status words (out-of-range index values).
     Status,
 }
 
@@ -195,14 +195,17 @@ fn launch_1d(kernel: Kernel, params: McParams, args: Vec<Arg>, cfg: &Config) -> 
     Launch { kernel, params, args, grid: [grid, 1, 1], block: [BLOCK, 1, 1] }
 }
 
-/// The bits of `value` stored as `dtype`, converted as `Cast` converts (`Element::from_f64`).
-pub(crate) fn bits_of(value: f64, dtype: DType) -> u32 {
+/// The bits of `value` stored as `dtype` (zero-extended), converted as `Cast` converts
+/// (`Element::from_f64`).
+pub(crate) fn bits_of(value: f64, dtype: DType) -> u64 {
     match dtype {
-        DType::F32 => <f32 as Element>::from_f64(value).to_bits(),
-        DType::F16 => u32::from(<f16 as Element>::from_f64(value).to_bits()),
-        DType::BF16 => u32::from(<bf16 as Element>::from_f64(value).to_bits()),
-        DType::U32 => <u32 as Element>::from_f64(value),
-        DType::U8 => u32::from(<u8 as Element>::from_f64(value)),
+        DType::F32 => u64::from(<f32 as Element>::from_f64(value).to_bits()),
+        DType::F16 => u64::from(<f16 as Element>::from_f64(value).to_bits()),
+        DType::BF16 => u64::from(<bf16 as Element>::from_f64(value).to_bits()),
+        DType::U32 => u64::from(<u32 as Element>::from_f64(value)),
+        DType::U8 => u64::from(<u8 as Element>::from_f64(value)),
+        DType::I32 => u64::from(<i32 as Element>::from_f64(value) as u32),
+        DType::I64 => <i64 as Element>::from_f64(value) as u64,
     }
 }
 
@@ -228,7 +231,10 @@ fn elementwise(op: &Op, cfg: &Config) -> Result<Launch> {
         Op::Where { out, .. } => Kernel::Where(out.dtype),
         Op::Copy { out, .. } => Kernel::Copy(out.dtype),
         Op::Fill { out, value } => {
-            p.bits = bits_of(*value, out.dtype);
+            // fill_<t> reads the low 32 bits from `bits`, the high 32 (i64) from ext[0].
+            let bits = bits_of(*value, out.dtype);
+            p.bits = bits as u32;
+            p.ext[0] = bits >> 32;
             Kernel::Fill(out.dtype)
         }
         Op::Fused { inputs, program, out } => {
@@ -351,10 +357,11 @@ fn gather(
 ) -> Result<Launch> {
     let rank = out.dims().len();
     let (idx, kernel) = match op {
-        Op::IndexSelect { .. } => {
-            (broadcast_indices(indices, rank, axis), Kernel::IndexSelect(input.dtype))
-        }
-        _ => (strided(indices), Kernel::Gather(input.dtype)),
+        Op::IndexSelect { .. } => (
+            broadcast_indices(indices, rank, axis),
+            Kernel::IndexSelect(input.dtype, indices.dtype),
+        ),
+        _ => (strided(indices), Kernel::Gather(input.dtype, indices.dtype)),
     };
     let mut base = strided(input);
     base.strides[axis] = 0;
@@ -417,10 +424,11 @@ fn scatter(
     };
     let index_add = matches!(op, Op::IndexAdd { .. });
     let atomic = use_atomic(cfg.scatter, columns, n, cfg);
+    let (dtype, index) = (src.dtype, indices.dtype);
     let kernel = if index_add {
-        Kernel::IndexAdd { dtype: src.dtype, atomic }
+        Kernel::IndexAdd { dtype, index, atomic }
     } else {
-        Kernel::ScatterAdd { dtype: src.dtype, atomic }
+        Kernel::ScatterAdd { dtype, index, atomic }
     };
     let mut p = if atomic {
         let idx = if index_add { broadcast_indices(indices, rank, axis) } else { strided(indices) };

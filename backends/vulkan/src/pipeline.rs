@@ -219,6 +219,75 @@ mod tests {
         }
     }
 
+    /// Every integer op (and the new float ones) for every integer dtype the kernels take:
+    /// the lowered WGSL validates and becomes SPIR-V (the kit runs them; this names the
+    /// kernel that does not build).
+    #[test]
+    fn integer_kernels_compile() {
+        use manychips_api::{
+            BinaryOp, BufferId, CompareOp, DType, DeviceId, Instr, Layout, Op, ReduceOp, UnaryOp,
+            View,
+        };
+        let device = DeviceId::fresh();
+        let view = |index, dims: &[usize], dtype| {
+            View::new(BufferId { device, index }, Layout::contiguous(dims), dtype)
+        };
+        let features = manychips_wgsl::Features {
+            shader_f16: false,
+            max_storage_binding: 128 << 20,
+            max_workgroups_per_dim: 65535,
+            matmul: manychips_wgsl::MatmulKernel::RegisterBlocked,
+            cpu_backed: true,
+        };
+        let mut ops = Vec::new();
+        for d in [DType::U8, DType::U32, DType::I32] {
+            let (a, b, o) = (view(0, &[4, 9], d), view(1, &[4, 9], d), view(2, &[4, 9], d));
+            for op in BinaryOp::ALL.into_iter().filter(|&op| op != BinaryOp::Pow) {
+                ops.push(Op::Binary { op, lhs: a.clone(), rhs: b.clone(), out: o.clone() });
+            }
+            let mask = view(2, &[4, 9], DType::U8);
+            ops.push(Op::Compare { op: CompareOp::Lt, lhs: a.clone(), rhs: b.clone(), out: mask });
+            for op in ReduceOp::ALL.into_iter().filter(|&op| op != ReduceOp::Mean) {
+                let out = view(2, &[4, 1], if op.is_arg() { DType::U32 } else { d });
+                ops.push(Op::Reduce { op, input: a.clone(), out, axis: 1 });
+            }
+            for other in manychips_wgsl::DTYPES {
+                ops.push(Op::Cast { input: a.clone(), out: view(2, &[4, 9], other) });
+                ops.push(Op::Cast { input: view(0, &[4, 9], other), out: o.clone() });
+            }
+            let idx = view(3, &[5], d);
+            if d != DType::U8 {
+                let (src, out) = (view(0, &[5, 9], DType::F32), view(2, &[4, 9], DType::F32));
+                ops.push(Op::IndexAdd { src, indices: idx.clone(), out, axis: 0 });
+                let out = view(2, &[5, 9], d);
+                ops.push(Op::IndexSelect { input: a.clone(), indices: idx, out, axis: 0 });
+            }
+            ops.push(Op::Fill { out: o.clone(), value: -3.0 });
+        }
+        let i = view(0, &[4, 9], DType::I32);
+        for op in [UnaryOp::Neg, UnaryOp::Abs] {
+            ops.push(Op::Unary { op, input: i.clone(), out: view(2, &[4, 9], DType::I32) });
+        }
+        let f = |k| view(k, &[4, 9], DType::F16);
+        ops.push(Op::Binary { op: BinaryOp::Rem, lhs: f(0), rhs: f(1), out: f(2) });
+        let out = view(2, &[4, 1], DType::U32);
+        ops.push(Op::Reduce { op: ReduceOp::ArgMin, input: f(0), out, axis: 1 });
+        let program = vec![Instr::Input(0), Instr::Input(1), Instr::Binary(BinaryOp::Rem, 0, 1)];
+        ops.push(Op::Fused { inputs: vec![f(0), f(1)], program: program.clone(), out: f(2) });
+        let (inputs, out) = (vec![f(0), f(1)], view(2, &[4, 1], DType::F16));
+        ops.push(Op::FusedReduce { inputs, program, op: ReduceOp::Sum, axis: 1, out });
+        for op in &ops {
+            assert!(op.validate("test").is_ok(), "{}", op.describe());
+            let lowered = manychips_wgsl::lower(op, &features);
+            let lowered = lowered.unwrap_or_else(|e| panic!("{}: {e}", op.describe()));
+            for d in &lowered.dispatches {
+                if let Err(e) = compile(&d.source, d.entry, false, false) {
+                    panic!("{} ({}): {e}", op.describe(), d.entry);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_kernels_are_errors_naming_the_problem() {
         let e = compile("fn main( {", "main", false, false).unwrap_err();

@@ -44,13 +44,14 @@ pub(crate) fn check_status(
         return Ok(());
     }
     let Some(status) = status.as_mut() else { return Ok(()) };
-    let word = |b: &[u8], i: usize| {
-        let mut w = [0u8; 4];
-        w.copy_from_slice(&b[i * 4..i * 4 + 4]);
-        u32::from_le_bytes(w)
+    let copy = |b: &[u8]| {
+        let mut words = [0u8; STATUS_BYTES as usize];
+        let n = words.len().min(b.len());
+        words[..n].copy_from_slice(&b[..n]);
+        words
     };
     let words = if let Some(mapped) = status.mapped_mut().filter(|_| direct) {
-        let words = [word(mapped, 0), word(mapped, 1)];
+        let words = copy(mapped);
         mapped.fill(0);
         words
     } else {
@@ -68,7 +69,7 @@ pub(crate) fn check_status(
         });
         let words = recorded
             .and_then(|()| queue.finish(ctx))
-            .map(|()| staging.mapped().map(|m| [word(m, 0), word(m, 1)]).unwrap_or([0, 0]));
+            .map(|()| staging.mapped().map(copy).unwrap_or_default());
         match &words {
             Ok(_) => staging.destroy(ctx.device, ctx.allocator),
             Err(_) => discard(ctx, queue, staging),
@@ -76,12 +77,10 @@ pub(crate) fn check_status(
         words?
     };
     let ops = std::mem::take(users);
-    if words[0] == 0 {
-        return Ok(());
+    match manychips_wgsl::bad_index(&words) {
+        None => Ok(()),
+        Some(detail) => {
+            Err(Error::IndexOutOfRange { op: ops.join(", "), device: ctx.label.into(), detail })
+        }
     }
-    Err(Error::IndexOutOfRange {
-        op: ops.join(", "),
-        device: ctx.label.into(),
-        detail: format!("an index value ({}) is out of range", words[1]),
-    })
 }

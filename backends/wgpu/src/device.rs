@@ -128,7 +128,8 @@ impl WgpuDevice {
                 other: Some(format!("{:04x}:{:04x}", ai.vendor, ai.device)),
             },
             memory_total: if ai.device_type == wgpu::DeviceType::Cpu { host_memory() } else { 0 },
-            dtypes: vec![DType::F32, DType::F16, DType::BF16, DType::U32, DType::U8],
+            // All but I64: WGSL (and so every kernel) has no 64-bit integers.
+            dtypes: manychips_wgsl::DTYPES.to_vec(),
             peer_copy: false,
         };
         tracing::debug!(device = %label, name = %ai.name, backend = ?ai.backend, "wgpu device up");
@@ -312,21 +313,15 @@ impl WgpuDevice {
         let words =
             self.download(state, "synchronize", &status, 0, manychips_wgsl::STATUS_BYTES)?;
         let ops = std::mem::take(&mut state.flagging);
-        let flag = u32::from_le_bytes([words[0], words[1], words[2], words[3]]);
-        if flag == 0 {
+        let Some(bad) = manychips_wgsl::bad_index(&words) else {
             return Ok(());
-        }
-        let value = u32::from_le_bytes([words[4], words[5], words[6], words[7]]);
+        };
         self.queue.write_buffer(&status, 0, &[0; manychips_wgsl::STATUS_BYTES as usize]);
         let first = ops.first().cloned().unwrap_or_default();
         Err(Error::IndexOutOfRange {
             op: first.split('(').next().unwrap_or("index").to_string(),
             device: self.label.clone(),
-            detail: format!(
-                "index value {value} (the largest bad one) is past the indexed axis; \
-                 elements with bad indices were skipped; in one of: {}",
-                ops.join("; ")
-            ),
+            detail: format!("{bad}; in one of: {}", ops.join("; ")),
         })
     }
 

@@ -58,22 +58,36 @@ impl Operand {
 }
 
 /// A WGSL function turning an element's bits into f32, and back.
-pub(crate) fn conversions(dtype: DType) -> (&'static str, &'static str) {
-    match dtype {
+pub(crate) fn conversions(dtype: DType) -> Result<(&'static str, &'static str)> {
+    Ok(match dtype {
         DType::F32 => ("bitcast<f32>", "bitcast<u32>"),
         DType::F16 => ("f16_to_f32", "f32_to_f16"),
         DType::BF16 => ("bf16_to_f32", "f32_to_bf16"),
         DType::U32 => ("u32_to_f32", "f32_to_u32_sat"),
+        DType::I32 => ("i32_to_f32", "f32_to_i32_sat"),
         DType::U8 => ("f32", "f32_to_u8_sat"),
+        DType::I64 => return Err(no_64_bit()),
+    })
+}
+
+/// `lower` refuses ops with `I64` views first (with the op's description); this is the
+/// error of a kernel asked for one all the same.
+pub(crate) fn no_64_bit() -> Error {
+    Error::UnsupportedDType {
+        op: "wgsl kernel".into(),
+        device: "wgsl".into(),
+        dtype: DType::I64,
+        detail: " (WGSL has no 64-bit integers)".into(),
     }
 }
 
 /// The access block of operand `k`.
 fn access(k: usize, op: &Operand) -> Result<String> {
     let store = match op.dtype {
-        DType::F32 | DType::U32 => "w32",
+        DType::F32 | DType::U32 | DType::I32 => "w32",
         DType::F16 | DType::BF16 => "h16",
         DType::U8 => "b8",
+        DType::I64 => return Err(no_64_bit()),
     };
     let quad = op.quad && store == "w32";
     let mode = match (op.writable, op.vector && op.dtype == DType::F32) {
@@ -87,7 +101,7 @@ fn access(k: usize, op: &Operand) -> Result<String> {
     if op.words && op.writable {
         return fill(section(ACCESS, "words_rw")?, &[("K", &key)]);
     }
-    let (to, from) = conversions(op.dtype);
+    let (to, from) = conversions(op.dtype)?;
     let mut text = fill(section(ACCESS, &format!("{store}_{mode}"))?, &[("K", &key)])?;
     text.push_str(&fill(section(ACCESS, "load_f32")?, &[("K", &key), ("TO_F32", to)])?);
     if op.writable {

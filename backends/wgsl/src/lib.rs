@@ -18,9 +18,10 @@
 //!   (hosts insert the barriers: wgpu does so itself between dispatches, Vulkan needs a
 //!   compute→compute memory barrier).
 //! - [`Slot::Status`] is one small per-device buffer of [`STATUS_BYTES`], zeroed at creation:
-//!   kernels that read index values set word 0 to 1 when a value is out of range (and word 1
-//!   to the largest such value) instead of touching memory outside the view. Hosts check it
-//!   at `synchronize`/`read`, report `Error::IndexOutOfRange`, and zero it again.
+//!   kernels that read index values flag a value out of range there (see [`bad_index`] for
+//!   the words) instead of touching memory outside the view. Hosts check it at
+//!   `synchronize`/`read`, report `Error::IndexOutOfRange` with [`bad_index`]'s description,
+//!   and zero it again.
 //! - Kernels keep every invocation's loops under 65535 iterations in all (llvmpipe silently
 //!   ends loops beyond that): long scatter axes become several dispatches, and a matmul
 //!   inner dimension or a reduction row too long for that is an `Err` asking to split the op.
@@ -35,7 +36,7 @@ mod template;
 
 use std::sync::Arc;
 
-use manychips_api::{BufferId, Op, Result};
+use manychips_api::{BufferId, DType, Op, Result};
 
 pub use calibrate::pick_matmul_kernel;
 pub use lower::{FUSED_INPUTS, fuses};
@@ -43,6 +44,44 @@ pub use params::{MAX_RANK, WORDS as PARAM_WORDS};
 
 /// Size in bytes of the status buffer ([`Slot::Status`]).
 pub const STATUS_BYTES: u64 = 16;
+
+/// The dtypes the kernels compute: every one but `I64`, since WGSL has no 64-bit integers
+/// (`lower` refuses an op with an `I64` view). A host's `DeviceInfo::dtypes`.
+pub const DTYPES: [DType; 6] =
+    [DType::F32, DType::F16, DType::BF16, DType::U32, DType::U8, DType::I32];
+
+/// What the status buffer's words (little-endian, [`STATUS_BYTES`] of them) say, or `None`
+/// when no index was out of range. Word 0 has bit 0 set when an unsigned (u32) index value
+/// was out of range and bit 1 when a signed (i32) one was; word 1 holds the largest such
+/// unsigned value, word 2 the largest such signed value plus 2^31 (so that the kernels'
+/// unsigned `atomicMax` orders signed values), word 3 the length of the longest axis a bad
+/// value was checked against.
+pub fn bad_index(status: &[u8]) -> Option<String> {
+    let word = |i: usize| {
+        let bytes = status.get(i * 4..i * 4 + 4)?;
+        Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    };
+    let flags = word(0).unwrap_or(0);
+    if flags == 0 {
+        return None;
+    }
+    let mut values = Vec::new();
+    if flags & 1 != 0 {
+        values.push(word(1).unwrap_or(0).to_string());
+    }
+    if flags & 2 != 0 {
+        values.push(((word(2).unwrap_or(0) ^ 0x8000_0000) as i32).to_string());
+    }
+    let value = match values.as_slice() {
+        [one] => format!("index value {one} (the largest bad one)"),
+        both => format!("index values {} (the largest bad u32 and i32 ones)", both.join(" and ")),
+    };
+    Some(format!(
+        "{value} out of range for an axis of length {} (negative values count from the \
+         end; with several ops, the longest axis); elements with bad indices were skipped",
+        word(3).unwrap_or(0)
+    ))
+}
 
 /// What the device offers that changes how ops are lowered.
 #[derive(Clone, Debug, PartialEq, Eq)]

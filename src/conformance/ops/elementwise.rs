@@ -1,4 +1,5 @@
-//! Elementwise ops: unary, binary, affine, compare, where.
+//! Elementwise ops: unary, binary, affine, compare, where; integer arithmetic with its
+//! wrapping, floor division and zero divisors (each also on a table of edge values).
 
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
@@ -73,11 +74,32 @@ fn unary(r: &mut Runner<'_>) {
             UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt => Dist::Uniform(0.1, 4.0),
             _ => Dist::Uniform(-4.0, 4.0),
         };
-        for dtype in DType::FLOATS {
+        let ints: &[DType] = match op {
+            UnaryOp::Neg | UnaryOp::Abs => &[DType::I32, DType::I64],
+            _ => &[],
+        };
+        for &dtype in DType::FLOATS.iter().chain(ints) {
             let Some(mut rng) = r.begin(&name, dtype.name(), &[(dtype, "")]) else { continue };
-            for f in forms(r.full()) {
-                let x = operand(&mut rng, dtype, dist, &f.input, &f.dims);
-                let expected = reference::unary(op, &x.logical());
+            let mut cases: Vec<(Form, Host)> = forms(r.full())
+                .into_iter()
+                .map(|f| {
+                    let dist = if dtype.is_int() { Dist::Data } else { dist };
+                    let x = host(&mut rng, dtype, dist, &f.input.src);
+                    (f, x)
+                })
+                .collect();
+            if dtype.is_int() {
+                let edges = int_edges(dtype);
+                let n = edges.len();
+                cases.push((one(&[n], Contiguous, Contiguous), Host::new([n], edges)));
+            }
+            for (f, x) in cases {
+                let x = Operand::new(dtype, x).at(f.input.place).broadcast(&f.dims);
+                let expected = if dtype.is_int() {
+                    reference::unary_int(op, dtype, &x.logical())
+                } else {
+                    reference::unary(op, &x.logical())
+                };
                 let out = Output::new(dtype, &f.dims).at(f.out);
                 let case = Case::new(vec![x], out, expected, move |v, out| Op::Unary {
                     op,
@@ -88,6 +110,20 @@ fn unary(r: &mut Runner<'_>) {
             }
         }
     }
+}
+
+/// The values where integer arithmetic goes wrong first: zero, ±1, small values of both
+/// signs, the ends of the range and their neighbours (rounded to `dtype`, so `i64::MAX` is
+/// represented by 2^63, which the kit stores as `i64::MAX`).
+fn int_edges(dtype: DType) -> Vec<f64> {
+    let (lo, hi) = dtype.int_range().unwrap_or((0, 0));
+    let mut v = vec![0.0, 1.0, 2.0, 3.0, 7.0, hi as f64, (hi - 1) as f64];
+    if dtype.is_signed_int() {
+        v.extend([-1.0, -2.0, -3.0, -7.0, lo as f64, (lo + 1) as f64]);
+    } else {
+        v.push(hi as f64 / 2.0 + 0.5);
+    }
+    v.into_iter().map(|x| super::super::values::round_to(dtype, x)).collect()
 }
 
 fn affine(r: &mut Runner<'_>) {
@@ -149,20 +185,57 @@ fn forms2(full: bool) -> Vec<Form2> {
     v
 }
 
+/// The inputs of a binary op: floats in ranges where it is smooth; integers over their whole
+/// range (sums and products wrap), divisors small and often zero.
+fn binary_dists(op: BinaryOp, dtype: DType) -> (Dist, Dist) {
+    let divides = matches!(op, BinaryOp::Div | BinaryOp::Rem);
+    match (dtype.is_int(), divides) {
+        (true, true) if dtype.is_signed_int() => (Dist::Data, Dist::Int(-9, 9)),
+        (true, true) => (Dist::Data, Dist::Int(0, 9)),
+        (true, false) => (Dist::Data, Dist::Data),
+        (false, true) => (Dist::Uniform(-4.0, 4.0), Dist::AwayFromZero(0.5, 4.0)),
+        (false, false) if op == BinaryOp::Pow => {
+            (Dist::Uniform(0.1, 4.0), Dist::Uniform(-2.0, 2.0))
+        }
+        (false, false) => (Dist::Uniform(-4.0, 4.0), Dist::Uniform(-4.0, 4.0)),
+    }
+}
+
 fn binary(r: &mut Runner<'_>) {
     for op in BinaryOp::ALL {
         let name = format!("binary.{}", op.name());
-        let (dl, dr) = match op {
-            BinaryOp::Div => (Dist::Uniform(-4.0, 4.0), Dist::AwayFromZero(0.5, 4.0)),
-            BinaryOp::Pow => (Dist::Uniform(0.1, 4.0), Dist::Uniform(-2.0, 2.0)),
-            _ => (Dist::Uniform(-4.0, 4.0), Dist::Uniform(-4.0, 4.0)),
-        };
-        for dtype in DType::FLOATS {
+        for dtype in DType::ALL {
+            if dtype.is_int() && op == BinaryOp::Pow {
+                continue;
+            }
+            let (dl, dr) = binary_dists(op, dtype);
             let Some(mut rng) = r.begin(&name, dtype.name(), &[(dtype, "")]) else { continue };
-            for f in forms2(r.full()) {
-                let a = operand(&mut rng, dtype, dl, &f.lhs, &f.dims);
-                let b = operand(&mut rng, dtype, dr, &f.rhs, &f.dims);
-                let expected = reference::binary(op, &a.logical(), &b.logical());
+            let mut cases: Vec<(Form2, Host, Host)> = forms2(r.full())
+                .into_iter()
+                .map(|f| {
+                    let a = host(&mut rng, dtype, dl, &f.lhs.src);
+                    let b = host(&mut rng, dtype, dr, &f.rhs.src);
+                    (f, a, b)
+                })
+                .collect();
+            if dtype.is_int() {
+                // Every pair of edge values.
+                let edges = int_edges(dtype);
+                let n = edges.len() * edges.len();
+                let lhs = edges.iter().flat_map(|&x| edges.iter().map(move |_| x)).collect();
+                let rhs = edges.iter().flat_map(|_| edges.iter().copied()).collect();
+                let c = Contiguous;
+                let f = two(&[n], arg(&[n], c), arg(&[n], c), c);
+                cases.push((f, Host::new([n], lhs), Host::new([n], rhs)));
+            }
+            for (f, a, b) in cases {
+                let a = Operand::new(dtype, a).at(f.lhs.place).broadcast(&f.dims);
+                let b = Operand::new(dtype, b).at(f.rhs.place).broadcast(&f.dims);
+                let expected = if dtype.is_int() {
+                    reference::binary_int(op, dtype, &a.logical(), &b.logical())
+                } else {
+                    reference::binary(op, &a.logical(), &b.logical())
+                };
                 let out = Output::new(dtype, &f.dims).at(f.out);
                 let case = Case::new(vec![a, b], out, expected, move |v, out| Op::Binary {
                     op,

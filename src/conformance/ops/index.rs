@@ -1,6 +1,8 @@
 //! Index ops: index_select, gather (any dtype), index_add, scatter_add (floats, accumulating
-//! into random data, duplicate indices included); and, per op, an out-of-range index value
-//! that must give `IndexOutOfRange` (possibly deferred) while the device keeps working.
+//! into random data, duplicate indices included), with `u32` indices; every form again with
+//! `i32` and `i64` indices, negative ones counting from the end; and, per op and index
+//! dtype, an out-of-range index value that must give `IndexOutOfRange` (possibly deferred)
+//! while the device keeps working.
 
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
@@ -10,14 +12,41 @@ use crate::{DType, ErrorKind, Op};
 use super::super::case::{Case, Operand, Output, Place, Place::*};
 use super::super::reference::{self, Host, numel};
 use super::super::runner::Runner;
-use super::super::values::Dist;
-use super::{Arg, arg, host, indices};
+use super::super::values::{Dist, random};
+use super::{Arg, arg, host};
 
 pub(super) fn run(r: &mut Runner<'_>) {
     index_select(r);
     gather(r);
     index_add(r);
     scatter_add(r);
+}
+
+/// The signed index dtypes, each run on every form with one data dtype.
+const SIGNED: [DType; 2] = [DType::I32, DType::I64];
+
+/// Random indices of dtype `ix` naming positions of an axis of `len` (duplicates included):
+/// `0..len` for `u32`, `-len..len` for the signed dtypes.
+fn indices(rng: &mut ChaCha8Rng, ix: DType, len: usize, n: usize) -> Vec<f64> {
+    let hi = i64::try_from(len).unwrap_or(i64::MAX) - 1;
+    let lo = if ix.is_signed_int() { -hi - 1 } else { 0 };
+    random(rng, ix, Dist::Int(lo, hi.max(lo)), n)
+}
+
+/// The positions `idx` names on an axis of `len` (negative ones counted from the end).
+fn resolved(idx: &Host, len: usize) -> Host {
+    let data = idx.data.iter().map(|&v| if v < 0.0 { v + len as f64 } else { v }).collect();
+    Host::new(idx.dims.clone(), data)
+}
+
+/// The label of a case run with `ix` indices.
+fn label(dtype: DType, ix: DType) -> String {
+    if ix == DType::U32 { dtype.name().into() } else { format!("{dtype}, {ix} indices") }
+}
+
+/// An index past either end of an axis of `len`, in `ix`.
+fn out_of_range(ix: DType, len: usize) -> f64 {
+    if ix.is_signed_int() { -(len as f64) - 1.0 } else { len as f64 }
 }
 
 const C: Place = Contiguous;
@@ -29,18 +58,18 @@ fn with_axis(dims: &[usize], axis: usize, len: usize) -> Vec<usize> {
     d
 }
 
-/// An index operand of logical shape `dims` stored as `a` (broadcast where smaller), with
-/// values below `len`.
-fn index_operand(rng: &mut ChaCha8Rng, a: &Arg, dims: &[usize], len: usize) -> Operand {
-    let src = Host::new(a.src.clone(), indices(rng, len, numel(&a.src)));
-    Operand::new(DType::U32, src).at(a.place).broadcast(dims)
+/// An index operand of dtype `ix` and logical shape `dims` stored as `a` (broadcast where
+/// smaller), naming positions of an axis of `len`.
+fn index_operand(rng: &mut ChaCha8Rng, ix: DType, a: &Arg, dims: &[usize], len: usize) -> Operand {
+    let src = Host::new(a.src.clone(), indices(rng, ix, len, numel(&a.src)));
+    Operand::new(ix, src).at(a.place).broadcast(dims)
 }
 
 /// Puts `bad` at a random stored position of the index operand.
-fn spoil(rng: &mut ChaCha8Rng, idx: &mut Operand, bad: u32) {
+fn spoil(rng: &mut ChaCha8Rng, idx: &mut Operand, bad: f64) {
     let n = idx.src.data.len();
     if n > 0 {
-        idx.src.data[rng.random_range(0..n)] = f64::from(bad);
+        idx.src.data[rng.random_range(0..n)] = bad;
     }
 }
 
@@ -98,10 +127,17 @@ fn select_forms(full: bool) -> Vec<Form> {
     v
 }
 
-fn select_case(rng: &mut ChaCha8Rng, dtype: DType, f: &Form, bad: Option<u32>) -> Case {
+fn select_case(
+    rng: &mut ChaCha8Rng,
+    (dtype, ix): (DType, DType),
+    f: &Form,
+    bad: Option<f64>,
+) -> Case {
     let x = Operand::new(dtype, host(rng, dtype, Dist::Data, &f.data)).at(f.data_place);
-    let mut idx = index_operand(rng, &f.idx_arg, &f.idx, f.data[f.axis]);
-    let picks: Vec<usize> = idx.logical().data.iter().map(|&v| v as usize).collect();
+    let len = f.data[f.axis];
+    let mut idx = index_operand(rng, ix, &f.idx_arg, &f.idx, len);
+    let picks: Vec<usize> =
+        resolved(&idx.logical(), len).data.iter().map(|&v| v as usize).collect();
     let expected = reference::index_select(&x.logical(), &picks, f.axis);
     if let Some(bad) = bad {
         spoil(rng, &mut idx, bad);
@@ -121,18 +157,28 @@ fn index_select(r: &mut Runner<'_>) {
         let needs = [(dtype, ""), (DType::U32, "indices")];
         let Some(mut rng) = r.begin("index_select", dtype.name(), &needs) else { continue };
         for f in select_forms(r.full()) {
-            let case = select_case(&mut rng, dtype, &f, None);
+            let case = select_case(&mut rng, (dtype, DType::U32), &f, None);
             r.run_case("index_select", dtype.name(), case);
         }
     }
     let Some(dtype) = probe_dtype(r, &DType::ALL) else { return };
-    let needs = [(DType::U32, "indices")];
-    let Some(mut rng) = r.begin("index_select", dtype.name(), &needs) else { return };
-    let f = form(&[13, 7], C, 0, &[20], C);
-    let bad = select_case(&mut rng, dtype, &f, Some(13));
-    r.run_failing("index_select", dtype.name(), bad, ErrorKind::IndexOutOfRange, true);
-    let good = select_case(&mut rng, dtype, &f, None);
-    r.run_case("index_select", dtype.name(), good);
+    for ix in SIGNED {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("index_select", &name, &[(ix, "indices")]) else { continue };
+        for f in select_forms(r.full()) {
+            let case = select_case(&mut rng, (dtype, ix), &f, None);
+            r.run_case("index_select", &name, case);
+        }
+    }
+    for ix in [DType::U32, DType::I32, DType::I64] {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("index_select", &name, &[(ix, "indices")]) else { continue };
+        let f = form(&[13, 7], C, 0, &[20], C);
+        let bad = select_case(&mut rng, (dtype, ix), &f, Some(out_of_range(ix, 13)));
+        r.run_failing("index_select", &name, bad, ErrorKind::IndexOutOfRange, true);
+        let good = select_case(&mut rng, (dtype, ix), &f, None);
+        r.run_case("index_select", &name, good);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -156,10 +202,16 @@ fn gather_forms(full: bool) -> Vec<Form> {
     v
 }
 
-fn gather_case(rng: &mut ChaCha8Rng, dtype: DType, f: &Form, bad: Option<u32>) -> Case {
+fn gather_case(
+    rng: &mut ChaCha8Rng,
+    (dtype, ix): (DType, DType),
+    f: &Form,
+    bad: Option<f64>,
+) -> Case {
     let x = Operand::new(dtype, host(rng, dtype, Dist::Data, &f.data)).at(f.data_place);
-    let mut idx = index_operand(rng, &f.idx_arg, &f.idx, f.data[f.axis]);
-    let expected = reference::gather(&x.logical(), &idx.logical(), f.axis);
+    let len = f.data[f.axis];
+    let mut idx = index_operand(rng, ix, &f.idx_arg, &f.idx, len);
+    let expected = reference::gather(&x.logical(), &resolved(&idx.logical(), len), f.axis);
     if let Some(bad) = bad {
         spoil(rng, &mut idx, bad);
     }
@@ -178,18 +230,30 @@ fn gather(r: &mut Runner<'_>) {
         let needs = [(dtype, ""), (DType::U32, "indices")];
         let Some(mut rng) = r.begin("gather", dtype.name(), &needs) else { continue };
         for f in gather_forms(r.full()) {
-            let case = gather_case(&mut rng, dtype, &f, None);
+            let case = gather_case(&mut rng, (dtype, DType::U32), &f, None);
             r.run_case("gather", dtype.name(), case);
         }
     }
     let Some(dtype) = probe_dtype(r, &DType::ALL) else { return };
-    let needs = [(DType::U32, "indices")];
-    let Some(mut rng) = r.begin("gather", dtype.name(), &needs) else { return };
-    let f = form(&[13, 7], C, 0, &[20, 7], C);
-    let bad = gather_case(&mut rng, dtype, &f, Some(u32::MAX));
-    r.run_failing("gather", dtype.name(), bad, ErrorKind::IndexOutOfRange, true);
-    let good = gather_case(&mut rng, dtype, &f, None);
-    r.run_case("gather", dtype.name(), good);
+    for ix in SIGNED {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("gather", &name, &[(ix, "indices")]) else { continue };
+        for f in gather_forms(r.full()) {
+            let case = gather_case(&mut rng, (dtype, ix), &f, None);
+            r.run_case("gather", &name, case);
+        }
+    }
+    // The largest values of each index dtype: far past the axis.
+    let extremes = [(DType::U32, f64::from(u32::MAX)), (DType::I32, f64::from(i32::MIN))];
+    for (ix, far) in extremes.into_iter().chain([(DType::I64, -(2f64.powi(62)))]) {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("gather", &name, &[(ix, "indices")]) else { continue };
+        let f = form(&[13, 7], C, 0, &[20, 7], C);
+        let bad = gather_case(&mut rng, (dtype, ix), &f, Some(far));
+        r.run_failing("gather", &name, bad, ErrorKind::IndexOutOfRange, true);
+        let good = gather_case(&mut rng, (dtype, ix), &f, None);
+        r.run_case("gather", &name, good);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -213,13 +277,20 @@ fn index_add_forms(full: bool) -> Vec<Form> {
     v
 }
 
-fn index_add_case(rng: &mut ChaCha8Rng, dtype: DType, f: &Form, bad: Option<u32>) -> Case {
+fn index_add_case(
+    rng: &mut ChaCha8Rng,
+    (dtype, ix): (DType, DType),
+    f: &Form,
+    bad: Option<f64>,
+) -> Case {
     let dist = Dist::Uniform(-4.0, 4.0);
     let init = host(rng, dtype, dist, &f.data);
     let src_dims = with_axis(&f.data, f.axis, f.idx[0]);
     let src = Operand::new(dtype, host(rng, dtype, dist, &src_dims)).at(f.data_place);
-    let mut idx = index_operand(rng, &f.idx_arg, &f.idx, f.data[f.axis]);
-    let picks: Vec<usize> = idx.logical().data.iter().map(|&v| v as usize).collect();
+    let len = f.data[f.axis];
+    let mut idx = index_operand(rng, ix, &f.idx_arg, &f.idx, len);
+    let picks: Vec<usize> =
+        resolved(&idx.logical(), len).data.iter().map(|&v| v as usize).collect();
     let expected = reference::index_add(&init, &src.logical(), &picks, f.axis);
     if let Some(bad) = bad {
         spoil(rng, &mut idx, bad);
@@ -239,18 +310,28 @@ fn index_add(r: &mut Runner<'_>) {
         let needs = [(dtype, ""), (DType::U32, "indices")];
         let Some(mut rng) = r.begin("index_add", dtype.name(), &needs) else { continue };
         for f in index_add_forms(r.full()) {
-            let case = index_add_case(&mut rng, dtype, &f, None);
+            let case = index_add_case(&mut rng, (dtype, DType::U32), &f, None);
             r.run_case("index_add", dtype.name(), case);
         }
     }
     let Some(dtype) = probe_dtype(r, &DType::FLOATS) else { return };
-    let needs = [(DType::U32, "indices")];
-    let Some(mut rng) = r.begin("index_add", dtype.name(), &needs) else { return };
-    let f = form(&[13, 7], C, 0, &[20], C);
-    let bad = index_add_case(&mut rng, dtype, &f, Some(13));
-    r.run_failing("index_add", dtype.name(), bad, ErrorKind::IndexOutOfRange, true);
-    let good = index_add_case(&mut rng, dtype, &f, None);
-    r.run_case("index_add", dtype.name(), good);
+    for ix in SIGNED {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("index_add", &name, &[(ix, "indices")]) else { continue };
+        for f in index_add_forms(r.full()) {
+            let case = index_add_case(&mut rng, (dtype, ix), &f, None);
+            r.run_case("index_add", &name, case);
+        }
+    }
+    for ix in [DType::U32, DType::I32, DType::I64] {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("index_add", &name, &[(ix, "indices")]) else { continue };
+        let f = form(&[13, 7], C, 0, &[20], C);
+        let bad = index_add_case(&mut rng, (dtype, ix), &f, Some(out_of_range(ix, 13)));
+        r.run_failing("index_add", &name, bad, ErrorKind::IndexOutOfRange, true);
+        let good = index_add_case(&mut rng, (dtype, ix), &f, None);
+        r.run_case("index_add", &name, good);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -273,12 +354,19 @@ fn scatter_add_forms(full: bool) -> Vec<Form> {
     v
 }
 
-fn scatter_add_case(rng: &mut ChaCha8Rng, dtype: DType, f: &Form, bad: Option<u32>) -> Case {
+fn scatter_add_case(
+    rng: &mut ChaCha8Rng,
+    (dtype, ix): (DType, DType),
+    f: &Form,
+    bad: Option<f64>,
+) -> Case {
     let dist = Dist::Uniform(-4.0, 4.0);
     let init = host(rng, dtype, dist, &f.data);
     let src = Operand::new(dtype, host(rng, dtype, dist, &f.idx)).at(f.data_place);
-    let mut idx = index_operand(rng, &f.idx_arg, &f.idx, f.data[f.axis]);
-    let expected = reference::scatter_add(&init, &src.logical(), &idx.logical(), f.axis);
+    let len = f.data[f.axis];
+    let mut idx = index_operand(rng, ix, &f.idx_arg, &f.idx, len);
+    let picks = resolved(&idx.logical(), len);
+    let expected = reference::scatter_add(&init, &src.logical(), &picks, f.axis);
     if let Some(bad) = bad {
         spoil(rng, &mut idx, bad);
     }
@@ -297,16 +385,26 @@ fn scatter_add(r: &mut Runner<'_>) {
         let needs = [(dtype, ""), (DType::U32, "indices")];
         let Some(mut rng) = r.begin("scatter_add", dtype.name(), &needs) else { continue };
         for f in scatter_add_forms(r.full()) {
-            let case = scatter_add_case(&mut rng, dtype, &f, None);
+            let case = scatter_add_case(&mut rng, (dtype, DType::U32), &f, None);
             r.run_case("scatter_add", dtype.name(), case);
         }
     }
     let Some(dtype) = probe_dtype(r, &DType::FLOATS) else { return };
-    let needs = [(DType::U32, "indices")];
-    let Some(mut rng) = r.begin("scatter_add", dtype.name(), &needs) else { return };
-    let f = form(&[13, 7], C, 0, &[20, 7], C);
-    let bad = scatter_add_case(&mut rng, dtype, &f, Some(13));
-    r.run_failing("scatter_add", dtype.name(), bad, ErrorKind::IndexOutOfRange, true);
-    let good = scatter_add_case(&mut rng, dtype, &f, None);
-    r.run_case("scatter_add", dtype.name(), good);
+    for ix in SIGNED {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("scatter_add", &name, &[(ix, "indices")]) else { continue };
+        for f in scatter_add_forms(r.full()) {
+            let case = scatter_add_case(&mut rng, (dtype, ix), &f, None);
+            r.run_case("scatter_add", &name, case);
+        }
+    }
+    for ix in [DType::U32, DType::I32, DType::I64] {
+        let name = label(dtype, ix);
+        let Some(mut rng) = r.begin("scatter_add", &name, &[(ix, "indices")]) else { continue };
+        let f = form(&[13, 7], C, 0, &[20, 7], C);
+        let bad = scatter_add_case(&mut rng, (dtype, ix), &f, Some(out_of_range(ix, 13)));
+        r.run_failing("scatter_add", &name, bad, ErrorKind::IndexOutOfRange, true);
+        let good = scatter_add_case(&mut rng, (dtype, ix), &f, None);
+        r.run_case("scatter_add", &name, good);
+    }
 }

@@ -47,9 +47,3 @@ struct Arg {
 fn arg(src: &[usize], place: Place) -> Arg {
     Arg { src: src.to_vec(), place }
 }
-
-/// Random `u32` indices below `len` (duplicates included), as values.
-fn indices(rng: &mut ChaCha8Rng, len: usize, n: usize) -> Vec<f64> {
-    let hi = u32::try_from(len.saturating_sub(1)).unwrap_or(u32::MAX);
-    random(rng, DType::U32, Dist::Int(0, hi), n)
-}

@@ -45,14 +45,16 @@ fn cast_forms(full: bool) -> Vec<Form> {
 }
 
 /// Random inputs for a cast from `src` to `dst`: floats over ±300 (fractions, negatives and
-/// values past 255 for the integer targets, rounding for the narrower floats), `u32` below
-/// 2^24 towards floats (so that the one rounding is the cast's own) and over the whole
-/// range towards integers (saturation), any `u8`.
+/// values past 255 for the integer targets, rounding for the narrower floats), 32-bit
+/// integers within 2^24 towards floats (so that the one rounding is the cast's own) and over
+/// the whole range towards integers (saturation), any `u8`, `i64`s exact as f64 (their f32
+/// rounding is then the cast's own too).
 fn cast_dist(src: DType, dst: DType) -> Dist {
     match src {
         DType::F32 | DType::F16 | DType::BF16 => Dist::Uniform(-300.0, 300.0),
         DType::U32 if dst.is_float() => Dist::Int(0, 1 << 24),
-        DType::U32 | DType::U8 => Dist::Data,
+        DType::I32 if dst.is_float() => Dist::Int(-(1 << 24), 1 << 24),
+        DType::U32 | DType::U8 | DType::I32 | DType::I64 => Dist::Data,
     }
 }
 
@@ -98,6 +100,21 @@ fn cast_specials(src: DType, dst: DType) -> Vec<f64> {
             v
         }
         DType::U8 => (0..=255).map(f64::from).collect(),
+        DType::I32 | DType::I64 => {
+            let mut v = vec![0.0, 1.0, -1.0, 127.0, 128.0, 255.0, 256.0, -128.0, -129.0];
+            v.extend([2049.0, -2051.0, 65504.0, -65520.0, 16_777_216.0, -16_777_215.0]);
+            v.extend([4_210_688.0, -4_210_689.0]);
+            if !matches!(dst, DType::F16 | DType::BF16) {
+                v.extend([16_777_217.0, -16_777_219.0, 2_147_483_647.0, -2_147_483_648.0]);
+                v.extend([4_294_967_295.0, 4_294_967_296.0]);
+            }
+            if src == DType::I64 && !matches!(dst, DType::F16 | DType::BF16) {
+                // Past every 32-bit target, i64's own ends, and f32 ties beyond 2^53.
+                v.extend([-(2f64.powi(40)), 2f64.powi(62), -(2f64.powi(63)), 2f64.powi(63)]);
+                v.extend([2f64.powi(54) + 2f64.powi(30), 2f64.powi(54) + 3.0 * 2f64.powi(30)]);
+            }
+            v
+        }
     };
     for x in &mut v {
         *x = round_to(src, *x);

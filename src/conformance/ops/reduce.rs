@@ -91,9 +91,9 @@ pub(super) fn run(r: &mut Runner<'_>) {
     softmax(r);
 }
 
-/// Copies each lane's maximum to a second random place in about half of the lanes, so
-/// that argmax must pick the first of tied maxima.
-fn with_tied_maxima(rng: &mut ChaCha8Rng, x: &mut Operand, axis: usize) {
+/// Copies each lane's maximum (`max`) or minimum to a second random place in about half of
+/// the lanes, so that argmax or argmin must pick the first of tied extremes.
+fn with_tied_extremes(rng: &mut ChaCha8Rng, x: &mut Operand, axis: usize, max: bool) {
     if x.src.dims != x.dims {
         return;
     }
@@ -101,31 +101,45 @@ fn with_tied_maxima(rng: &mut ChaCha8Rng, x: &mut Operand, axis: usize) {
         if lane.len() < 2 || !rng.random_bool(0.5) {
             continue;
         }
-        let max = lane.iter().map(|&p| x.src.data[p]).fold(f64::NEG_INFINITY, f64::max);
+        let vals = lane.iter().map(|&p| x.src.data[p]);
+        let extreme = if max {
+            vals.fold(f64::NEG_INFINITY, f64::max)
+        } else {
+            vals.fold(f64::INFINITY, f64::min)
+        };
         let at = lane[rng.random_range(0..lane.len())];
-        x.src.data[at] = max;
+        x.src.data[at] = extreme;
     }
 }
 
 fn reduce(r: &mut Runner<'_>) {
     for op in ReduceOp::ALL {
         let name = format!("reduce.{}", op.name());
-        let selects_only = matches!(op, ReduceOp::Max | ReduceOp::Min | ReduceOp::ArgMax);
-        for dtype in DType::FLOATS {
-            let out_dtype = if op == ReduceOp::ArgMax { DType::U32 } else { dtype };
+        let selects_only = !matches!(op, ReduceOp::Sum | ReduceOp::Mean);
+        for dtype in DType::ALL {
+            if dtype.is_int() && op == ReduceOp::Mean {
+                continue;
+            }
+            let out_dtype = if op.is_arg() { DType::U32 } else { dtype };
             let needs = [(dtype, ""), (out_dtype, "output")];
             let Some(mut rng) = r.begin(&name, dtype.name(), &needs) else { continue };
             for f in reduce_forms(r.full()) {
                 if selects_only && f.dims[f.axis] == 0 {
                     continue;
                 }
-                let mut x = Operand::new(dtype, host(&mut rng, dtype, f.dist, &f.input.src))
+                // Integers over their whole range: sums wrap.
+                let dist = if dtype.is_int() { Dist::Data } else { f.dist };
+                let mut x = Operand::new(dtype, host(&mut rng, dtype, dist, &f.input.src))
                     .at(f.input.place)
                     .broadcast(&f.dims);
-                if op == ReduceOp::ArgMax {
-                    with_tied_maxima(&mut rng, &mut x, f.axis);
+                if op.is_arg() {
+                    with_tied_extremes(&mut rng, &mut x, f.axis, op == ReduceOp::ArgMax);
                 }
-                let expected = reference::reduce(op, &x.logical(), f.axis);
+                let expected = if dtype.is_int() && op == ReduceOp::Sum {
+                    reference::sum_int(dtype, &x.logical(), f.axis)
+                } else {
+                    reference::reduce(op, &x.logical(), f.axis)
+                };
                 let mut od = f.dims.clone();
                 od[f.axis] = 1;
                 let out = Output::new(out_dtype, &od).at(f.out);

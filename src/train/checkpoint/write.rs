@@ -19,6 +19,8 @@ pub(super) fn st_dtype(dtype: DType) -> StDtype {
         DType::BF16 => StDtype::BF16,
         DType::U32 => StDtype::U32,
         DType::U8 => StDtype::U8,
+        DType::I32 => StDtype::I32,
+        DType::I64 => StDtype::I64,
     }
 }
 

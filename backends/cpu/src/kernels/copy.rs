@@ -12,6 +12,7 @@ use super::plan::{MIN_CHUNK, Plan};
 pub(crate) trait Word: bytemuck::Pod + Send + Sync {}
 impl Word for u8 {}
 impl Word for u16 {}
+impl Word for u64 {}
 impl Word for u32 {}
 
 /// Side of the square tiles a transpose is copied in: small enough that a tile's input

@@ -11,7 +11,7 @@ use manychips_api::{BinaryOp, CompareOp, Layout, UnaryOp};
 use super::plan::{MIN_CHUNK, MIN_CHUNK_HEAVY, Plan};
 use super::simd;
 use super::stream::{self, Operand};
-use crate::element::Elem;
+use crate::element::{Elem, Int};
 
 /// Elements per staging block: three blocks of f32 stay well inside L1.
 pub(crate) const BLOCK: usize = 1024;
@@ -252,6 +252,35 @@ pub(crate) fn zip_map3<A: Elem, B: Elem, C: Elem, O: Elem>(
             }
         },
     );
+}
+
+/// `out = lhs ∘ rhs` on integers, exactly as [`Int`] defines each op (`Pow` is refused by
+/// validation before it gets here).
+pub(crate) fn binary_int<T: Int>(
+    op: BinaryOp,
+    a: (&[T], &Layout),
+    b: (&[T], &Layout),
+    out: (&mut [T], &Layout),
+) {
+    match op {
+        BinaryOp::Add => zip_map2(a, b, out, T::add),
+        BinaryOp::Sub => zip_map2(a, b, out, T::sub),
+        BinaryOp::Mul => zip_map2(a, b, out, T::mul),
+        BinaryOp::Div => zip_map2(a, b, out, T::floor_div),
+        BinaryOp::Rem => zip_map2(a, b, out, T::floor_rem),
+        BinaryOp::Max => zip_map2(a, b, out, Ord::max),
+        BinaryOp::Min => zip_map2(a, b, out, Ord::min),
+        BinaryOp::Pow => {}
+    }
+}
+
+/// `out = f(input)` on signed integers: `Neg` and `Abs`, the only ones validation lets by.
+pub(crate) fn unary_int<T: Int>(op: UnaryOp, a: (&[T], &Layout), out: (&mut [T], &Layout)) {
+    if op == UnaryOp::Abs {
+        zip_map1(a, out, T::abs);
+    } else {
+        zip_map1(a, out, T::neg);
+    }
 }
 
 /// `out = lhs ⋚ rhs` as 1/0 of the output type. Integers compare as integers, floats as

@@ -29,7 +29,7 @@ impl Src<'_> {
             DType::F32 => Some(Src::F32(bytemuck::cast_slice(words))),
             DType::F16 => Some(Src::F16(bytemuck::cast_slice(words))),
             DType::BF16 => Some(Src::BF16(bytemuck::cast_slice(words))),
-            DType::U32 | DType::U8 => None,
+            DType::U32 | DType::U8 | DType::I32 | DType::I64 => None,
         }
     }
 

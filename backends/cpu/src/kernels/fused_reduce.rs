@@ -95,6 +95,6 @@ fn fold(op: ReduceOp, row: &[f32]) -> f32 {
         ReduceOp::Max => simd::max(row),
         ReduceOp::Min => simd::min(row),
         // Refused by validation; never asked for.
-        ReduceOp::ArgMax => f32::NAN,
+        ReduceOp::ArgMax | ReduceOp::ArgMin => f32::NAN,
     }
 }

@@ -8,7 +8,7 @@
 //! An index past the axis is a data error: the element is skipped (gather writes 0), no
 //! memory outside the view is touched, and the bad value is reported after the op.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use manychips_api::Layout;
 use rayon::prelude::*;
@@ -19,24 +19,55 @@ use super::simd;
 use crate::element::Elem;
 use crate::storage::Scratch;
 
+/// An index dtype: `U32`, `I32` or `I64`, a negative value counting from the end.
+pub(crate) trait Index: bytemuck::Pod + Send + Sync {
+    /// The position this index names on an axis of `len`, if it names one.
+    fn resolve(self, len: usize) -> Option<usize>;
+    /// The value as given, for the error message.
+    fn value(self) -> i64;
+}
+
+impl Index for u32 {
+    #[inline(always)]
+    fn resolve(self, len: usize) -> Option<usize> {
+        ((self as usize) < len).then_some(self as usize)
+    }
+    fn value(self) -> i64 {
+        self.into()
+    }
+}
+
+macro_rules! signed_index {
+    ($($t:ty),*) => {$(
+        impl Index for $t {
+            #[inline(always)]
+            fn resolve(self, len: usize) -> Option<usize> {
+                let i = if self < 0 { len as i128 + self as i128 } else { self as i128 };
+                (0 <= i && i < len as i128).then_some(i as usize)
+            }
+            fn value(self) -> i64 {
+                self.into()
+            }
+        }
+    )*};
+}
+
+signed_index!(i32, i64);
+
 /// The first out-of-range index value seen by any task.
-struct BadIndex(AtomicU64);
+struct BadIndex(OnceLock<i64>);
 
 impl BadIndex {
-    const NONE: u64 = u64::MAX;
-
     fn new() -> Self {
-        BadIndex(AtomicU64::new(Self::NONE))
+        BadIndex(OnceLock::new())
     }
 
-    fn record(&self, value: u32) {
-        let _ =
-            self.0.compare_exchange(Self::NONE, value as u64, Ordering::Relaxed, Ordering::Relaxed);
+    fn record(&self, index: impl Index) {
+        let _ = self.0.set(index.value());
     }
 
-    fn get(&self) -> Option<u32> {
-        let v = self.0.load(Ordering::Relaxed);
-        (v != Self::NONE).then_some(v as u32)
+    fn get(&self) -> Option<i64> {
+        self.0.get().copied()
     }
 }
 
@@ -47,7 +78,7 @@ pub(crate) type IndexResult = Result<(), IndexError>;
 /// those elements skipped), naming one offending value.
 #[derive(Debug)]
 pub(crate) enum IndexError {
-    OutOfRange { value: u32, len: usize },
+    OutOfRange { value: i64, len: usize },
     Oom,
 }
 
@@ -67,9 +98,9 @@ fn base_layout(layout: &Layout, dims: &[usize], axis: usize) -> Layout {
 }
 
 /// `out[p] = input[p with p[axis] = indices[p]]` (`indices` already has `out`'s shape).
-pub(crate) fn gather<T: Elem>(
+pub(crate) fn gather<T: Elem, X: Index>(
     (input, il): (&[T], &Layout),
-    (idx, xl): (&[u32], &Layout),
+    (idx, xl): (&[X], &Layout),
     (out, ol): (&mut [T], &Layout),
     axis: usize,
 ) -> IndexResult {
@@ -86,15 +117,14 @@ pub(crate) fn gather<T: Elem>(
         |_, out, [oo, ox, ob], n| {
             if sx == 0 || n == 1 {
                 // One index for the whole segment (index_select rows, embedding lookups).
-                let i = idx[ox];
-                if i as usize >= len {
-                    bad.record(i);
+                let Some(i) = idx[ox].resolve(len) else {
+                    bad.record(idx[ox]);
                     for k in 0..n {
                         out[oo + k * so] = T::ZERO;
                     }
                     return;
-                }
-                let src = ob + i as usize * astride;
+                };
+                let src = ob + i * astride;
                 if (so, sb) == (1, 1) || n == 1 {
                     out[oo..oo + n].copy_from_slice(&input[src..src + n]);
                 } else {
@@ -105,12 +135,13 @@ pub(crate) fn gather<T: Elem>(
                 return;
             }
             for k in 0..n {
-                let i = idx[ox + k * sx];
-                out[oo + k * so] = if (i as usize) < len {
-                    input[ob + k * sb + i as usize * astride]
-                } else {
-                    bad.record(i);
-                    T::ZERO
+                let x = idx[ox + k * sx];
+                out[oo + k * so] = match x.resolve(len) {
+                    Some(i) => input[ob + k * sb + i * astride],
+                    None => {
+                        bad.record(x);
+                        T::ZERO
+                    }
                 };
             }
         },
@@ -124,9 +155,9 @@ pub(crate) fn gather<T: Elem>(
 /// `out[p with p[axis] = indices[p]] += src[p]` for every `p` of `src` (`indices` already has
 /// `src`'s shape). Sums are formed in f32: in `out` itself for f32, in scratch otherwise, so
 /// f16/bf16 round once at the end however many duplicates there are.
-pub(crate) fn scatter_add<T: Elem>(
+pub(crate) fn scatter_add<T: Elem, X: Index>(
     src: (&[T], &Layout),
-    indices: (&[u32], &Layout),
+    indices: (&[X], &Layout),
     (out, ol): (&mut [T], &Layout),
     axis: usize,
     scratch: &mut Scratch,
@@ -142,9 +173,9 @@ pub(crate) fn scatter_add<T: Elem>(
     result
 }
 
-fn scatter_add_f32<T: Elem>(
+fn scatter_add_f32<T: Elem, X: Index>(
     (src, sl): (&[T], &Layout),
-    (idx, xl): (&[u32], &Layout),
+    (idx, xl): (&[X], &Layout),
     (acc, al): (&mut [f32], &Layout),
     axis: usize,
 ) -> IndexResult {
@@ -187,10 +218,10 @@ fn scatter_add_f32<T: Elem>(
 }
 
 /// One scatter-add, runnable on a slab `[j0, j1)` of dim `dim`.
-struct Scatter<'a, T> {
+struct Scatter<'a, T, X> {
     src: &'a [T],
     sl: &'a Layout,
-    idx: &'a [u32],
+    idx: &'a [X],
     xl: &'a Layout,
     /// `acc`'s layout over `src`'s shape with the axis stride zeroed.
     base: &'a Layout,
@@ -200,7 +231,7 @@ struct Scatter<'a, T> {
     bad: &'a BadIndex,
 }
 
-impl<T: Elem> Scatter<'_, T> {
+impl<T: Elem, X: Index> Scatter<'_, T, X> {
     /// Adds the slab into `acc`, which starts at element `start` of the full accumulator.
     /// (With `j0..j1` covering all of `dim` this is the whole op.)
     fn run(&self, acc: &mut [f32], start: usize, dim: usize, j0: usize, j1: usize) {
@@ -216,11 +247,10 @@ impl<T: Elem> Scatter<'_, T> {
         let [block] = stage.blocks();
         plan.walk(0..plan.numel(), |[os, ox, ob], n| {
             if sx == 0 || n == 1 {
-                let i = self.idx[ox];
-                if i as usize >= self.len {
-                    return self.bad.record(i);
-                }
-                let at = ob + i as usize * astride;
+                let Some(i) = self.idx[ox].resolve(self.len) else {
+                    return self.bad.record(self.idx[ox]);
+                };
+                let at = ob + i * astride;
                 let mut k = 0;
                 while k < n {
                     let m = BLOCK.min(n - k);
@@ -238,12 +268,12 @@ impl<T: Elem> Scatter<'_, T> {
                 return;
             }
             for k in 0..n {
-                let i = self.idx[ox + k * sx];
-                if i as usize >= self.len {
-                    self.bad.record(i);
+                let x = self.idx[ox + k * sx];
+                let Some(i) = x.resolve(self.len) else {
+                    self.bad.record(x);
                     continue;
-                }
-                acc[ob + k * sb + i as usize * astride] += self.src[os + k * ss].to_f32();
+                };
+                acc[ob + k * sb + i * astride] += self.src[os + k * ss].to_f32();
             }
         });
     }

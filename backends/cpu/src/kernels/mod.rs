@@ -89,7 +89,52 @@ macro_rules! with_float {
                 type $T = bf16;
                 $body
             }
-            DType::U32 | DType::U8 => $otherwise,
+            DType::U32 | DType::U8 | DType::I32 | DType::I64 => $otherwise,
+        }
+    };
+}
+
+/// Binds `$T` to the Rust type of an integer dtype.
+macro_rules! with_int {
+    ($dtype:expr, $T:ident => $body:expr, $otherwise:expr) => {
+        match $dtype {
+            DType::U32 => {
+                type $T = u32;
+                $body
+            }
+            DType::U8 => {
+                type $T = u8;
+                $body
+            }
+            DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            DType::I64 => {
+                type $T = i64;
+                $body
+            }
+            DType::F32 | DType::F16 | DType::BF16 => $otherwise,
+        }
+    };
+}
+
+/// Binds `$X` to the Rust type of an index dtype (validation allows no other).
+macro_rules! with_index {
+    ($dtype:expr, $X:ident => $body:expr) => {
+        match $dtype {
+            DType::I32 => {
+                type $X = i32;
+                $body
+            }
+            DType::I64 => {
+                type $X = i64;
+                $body
+            }
+            _ => {
+                type $X = u32;
+                $body
+            }
         }
     };
 }
@@ -118,6 +163,14 @@ macro_rules! with_any {
                 type $T = u8;
                 $body
             }
+            DType::I32 => {
+                type $T = i32;
+                $body
+            }
+            DType::I64 => {
+                type $T = i64;
+                $body
+            }
         }
     };
 }
@@ -126,6 +179,10 @@ macro_rules! with_any {
 macro_rules! with_word {
     ($dtype:expr, $W:ident => $body:expr) => {
         match $dtype.size_in_bytes() {
+            8 => {
+                type $W = u64;
+                $body
+            }
             4 => {
                 type $W = u32;
                 $body
@@ -211,7 +268,15 @@ pub(crate) fn execute(
                     (typed_mut(out), ol),
                 );
                 Ok(())
-            }, Err(not_float(ov.dtype)))
+            }, with_int!(ov.dtype, T => {
+                elementwise::binary_int::<T>(
+                    *bop,
+                    (typed(a), &lhs.layout),
+                    (typed(b), &rhs.layout),
+                    (typed_mut(out), ol),
+                );
+                Ok(())
+            }, Err(not_float(ov.dtype))))
         }
         Op::FusedReduce { inputs, program, op: rop, axis, out: _ } => {
             let srcs = fused_sources(inputs, &get, &not_float)?;
@@ -236,7 +301,10 @@ pub(crate) fn execute(
                     (typed_mut(out), ol),
                 );
                 Ok(())
-            }, Err(not_float(ov.dtype)))
+            }, with_int!(ov.dtype, T => {
+                elementwise::unary_int::<T>(*uop, (typed(a), &input.layout), (typed_mut(out), ol));
+                Ok(())
+            }, Err(not_float(ov.dtype))))
         }
         Op::Affine { input, out: _, mul, add } => {
             let a = get(input)?;
@@ -308,20 +376,31 @@ pub(crate) fn execute(
                 DType::BF16 => copy::fill::<u16>((typed_mut(out), ol), bits::<bf16, u16>(v)),
                 DType::U32 => copy::fill::<u32>((typed_mut(out), ol), bits::<u32, u32>(v)),
                 DType::U8 => copy::fill::<u8>((typed_mut(out), ol), bits::<u8, u8>(v)),
+                DType::I32 => copy::fill::<u32>((typed_mut(out), ol), bits::<i32, u32>(v)),
+                DType::I64 => copy::fill::<u64>((typed_mut(out), ol), bits::<i64, u64>(v)),
             }
             Ok(())
         }
         Op::Reduce { op: rop, input, out: _, axis } => {
             let a = get(input)?;
+            let max = *rop == ReduceOp::ArgMax;
             with_float!(input.dtype, T => {
                 let a = (typed::<T>(a), &input.layout);
-                let done = if *rop == ReduceOp::ArgMax {
-                    reduce::argmax::<T>(a, (typed_mut(out), ol), *axis, env.scratch)
+                let done = if rop.is_arg() {
+                    reduce::arg_extremum::<T>(max, a, (typed_mut(out), ol), *axis, env.scratch)
                 } else {
                     reduce::reduce::<T>(*rop, a, (typed_mut(out), ol), *axis, env.scratch)
                 };
                 done.map_err(|_| env.oom(op))
-            }, Err(not_float(input.dtype)))
+            }, with_int!(input.dtype, T => {
+                let a = (typed::<T>(a), &input.layout);
+                if rop.is_arg() {
+                    reduce::arg_extremum_int::<T>(max, a, (typed_mut(out), ol), *axis);
+                } else {
+                    reduce::reduce_int::<T>(*rop, a, (typed_mut(out), ol), *axis);
+                }
+                Ok(())
+            }, Err(not_float(input.dtype))))
         }
         Op::Softmax { input, out: _, axis, log } => {
             let a = get(input)?;
@@ -337,22 +416,22 @@ pub(crate) fn execute(
         Op::IndexSelect { input, indices, out: _, axis } => {
             let (a, x) = (get(input)?, get(indices)?);
             let xl = index::broadcast_indices(&indices.layout, ol.dims(), *axis);
-            with_any!(ov.dtype, T => index::gather::<T>(
+            with_any!(ov.dtype, T => with_index!(indices.dtype, X => index::gather::<T, X>(
                 (typed(a), &input.layout),
                 (typed(x), &xl),
                 (typed_mut(out), ol),
                 *axis,
-            ))
+            )))
             .map_err(|e| env.index_error(op, e))
         }
         Op::Gather { input, indices, out: _, axis } => {
             let (a, x) = (get(input)?, get(indices)?);
-            with_any!(ov.dtype, T => index::gather::<T>(
+            with_any!(ov.dtype, T => with_index!(indices.dtype, X => index::gather::<T, X>(
                 (typed(a), &input.layout),
                 (typed(x), &indices.layout),
                 (typed_mut(out), ol),
                 *axis,
-            ))
+            )))
             .map_err(|e| env.index_error(op, e))
         }
         Op::IndexAdd { src, indices, out: _, axis } => {
@@ -361,13 +440,13 @@ pub(crate) fn execute(
             }
             let (s, x) = (get(src)?, get(indices)?);
             let xl = index::broadcast_indices(&indices.layout, src.dims(), *axis);
-            with_float!(ov.dtype, T => index::scatter_add::<T>(
+            with_float!(ov.dtype, T => with_index!(indices.dtype, X => index::scatter_add::<T, X>(
                 (typed(s), &src.layout),
                 (typed(x), &xl),
                 (typed_mut(out), ol),
                 *axis,
                 env.scratch,
-            )
+            ))
             .map_err(|e| env.index_error(op, e)), Err(not_float(ov.dtype)))
         }
         Op::ScatterAdd { src, indices, out: _, axis } => {
@@ -375,13 +454,13 @@ pub(crate) fn execute(
                 return Ok(());
             }
             let (s, x) = (get(src)?, get(indices)?);
-            with_float!(ov.dtype, T => index::scatter_add::<T>(
+            with_float!(ov.dtype, T => with_index!(indices.dtype, X => index::scatter_add::<T, X>(
                 (typed(s), &src.layout),
                 (typed(x), &indices.layout),
                 (typed_mut(out), ol),
                 *axis,
                 env.scratch,
-            )
+            ))
             .map_err(|e| env.index_error(op, e)), Err(not_float(ov.dtype)))
         }
     }

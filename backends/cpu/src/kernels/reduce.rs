@@ -13,9 +13,9 @@ use rayon::prelude::*;
 
 use super::copy;
 use super::elementwise::{BLOCK, Map, map};
-use super::plan::{MIN_CHUNK, split_point};
+use super::plan::{MIN_CHUNK, Plan, split_point};
 use super::simd;
-use crate::element::Elem;
+use crate::element::{Elem, Int};
 use crate::storage::Scratch;
 
 /// Width of the accumulator vectors when `inner > 1`.
@@ -71,7 +71,7 @@ pub(crate) fn reduce<T: Elem>(
         ReduceOp::Mean => Fold::Mean,
         ReduceOp::Max => Fold::Max,
         ReduceOp::Min => Fold::Min,
-        ReduceOp::ArgMax => return Ok(()),
+        ReduceOp::ArgMax | ReduceOp::ArgMin => return Ok(()),
     };
     let (outer, len, inner) = split_dims(input.1.dims(), axis);
     let n_out = outer * inner;
@@ -95,8 +95,10 @@ pub(crate) fn reduce<T: Elem>(
     Ok(())
 }
 
-/// Index (u32) of the first maximum of `input` along `axis`.
-pub(crate) fn argmax<T: Elem>(
+/// Index (u32) of the first maximum (`max`) or minimum of `input` along `axis`; NaNs are
+/// skipped.
+pub(crate) fn arg_extremum<T: Elem>(
+    max: bool,
     input: (&[T], &Layout),
     (out, ol): (&mut [u32], &Layout),
     axis: usize,
@@ -119,16 +121,20 @@ pub(crate) fn argmax<T: Elem>(
         res.par_chunks_mut(per_task).enumerate().for_each(|(t, chunk)| {
             for (r, slot) in chunk.iter_mut().enumerate() {
                 let row = &src[(t * per_task + r) * len..][..len];
-                *slot = row_argmax(row, split) as u32;
+                *slot = row_arg_extremum(max, row, split) as u32;
             }
         });
     } else {
         for_columns(&mut res, len, inner, |o, c0, chunk| {
             let w = chunk.len();
-            let mut best = [f32::NEG_INFINITY; COLS];
+            let mut best = [if max { f32::NEG_INFINITY } else { f32::INFINITY }; COLS];
             for r in 0..len {
                 let row = &src[(o * len + r) * inner + c0..][..w];
-                simd::argmax_assign(&mut best[..w], chunk, row, r as u32);
+                if max {
+                    simd::argmax_assign(&mut best[..w], chunk, row, r as u32);
+                } else {
+                    simd::argmin_assign(&mut best[..w], chunk, row, r as u32);
+                }
             }
         });
     }
@@ -181,8 +187,12 @@ fn row_fold(
     }
 }
 
-fn row_argmax(row: &[f32], parallel: bool) -> usize {
-    let m = row_fold(row, parallel, f32::NEG_INFINITY, simd::max, f32::max);
+fn row_arg_extremum(max: bool, row: &[f32], parallel: bool) -> usize {
+    let m = if max {
+        row_fold(row, parallel, f32::NEG_INFINITY, simd::max, f32::max)
+    } else {
+        row_fold(row, parallel, f32::INFINITY, simd::min, f32::min)
+    };
     let found = if parallel {
         row.par_iter().position_first(|&v| v == m)
     } else {
@@ -314,4 +324,91 @@ fn fold_rows(
 
 fn finish(fold: Fold, v: f64, len: usize) -> f32 {
     if fold == Fold::Mean { (v / len as f64) as f32 } else { v as f32 }
+}
+
+/// Sum (wrapping), max or min of integers along `axis` into `out` of the same type: exact,
+/// one lane at a time (no f32 staging, which would round values past 2^24).
+pub(crate) fn reduce_int<T: Int>(
+    op: ReduceOp,
+    input: (&[T], &Layout),
+    out: (&mut [T], &Layout),
+    axis: usize,
+) {
+    match op {
+        ReduceOp::Max => along_axis(input, out, axis, |lane| lane.max().unwrap_or(T::ZERO)),
+        ReduceOp::Min => along_axis(input, out, axis, |lane| lane.min().unwrap_or(T::ZERO)),
+        // Validation lets integers take sum, max, min and the arg ops only.
+        _ => along_axis(input, out, axis, |lane| lane.fold(T::ZERO, T::add)),
+    }
+}
+
+/// Index (u32) of the first maximum (`max`) or minimum of integers along `axis`.
+pub(crate) fn arg_extremum_int<T: Int>(
+    max: bool,
+    input: (&[T], &Layout),
+    out: (&mut [u32], &Layout),
+    axis: usize,
+) {
+    along_axis(input, out, axis, |lane| {
+        let mut best = (0, None);
+        for (i, v) in lane.enumerate() {
+            let better = match best.1 {
+                None => true,
+                Some(b) => (max && v > b) || (!max && v < b),
+            };
+            if better {
+                best = (i, Some(v));
+            }
+        }
+        best.0 as u32
+    });
+}
+
+/// The elements of one output's lane along the reduced axis.
+struct Lane<'a, T> {
+    data: &'a [T],
+    at: usize,
+    stride: usize,
+    left: usize,
+}
+
+impl<T: Copy> Iterator for Lane<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.left == 0 {
+            return None;
+        }
+        let v = self.data[self.at];
+        self.left -= 1;
+        if self.left > 0 {
+            self.at += self.stride;
+        }
+        Some(v)
+    }
+}
+
+/// `out[p] = f(lane of input at p along axis)` for every output position, in parallel.
+fn along_axis<T: Elem, O: Elem>(
+    (a, al): (&[T], &Layout),
+    (out, ol): (&mut [O], &Layout),
+    axis: usize,
+    f: impl Fn(Lane<'_, T>) -> O + Sync,
+) {
+    let (len, stride) = (al.dims()[axis], al.strides[axis]);
+    let base = Layout { shape: ol.shape.clone(), strides: al.strides.clone(), offset: al.offset };
+    let plan = Plan::new(ol.dims(), [ol, &base]);
+    let [so, sb] = plan.inner_strides();
+    let chunk = (MIN_CHUNK / len.max(1)).max(1);
+    plan.run(
+        out,
+        chunk,
+        || (),
+        |_, out, [oo, ob], n| {
+            for k in 0..n {
+                let lane = Lane { data: a, at: ob + k * sb, stride, left: len };
+                out[oo + k * so] = f(lane);
+            }
+        },
+    );
 }

@@ -77,6 +77,14 @@ fn zip2(a: &[f32], b: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
     }
 }
 
+/// The remainder with the divisor's sign (Python's `%`): Rust's `%` is C's `fmod`, exact,
+/// with the dividend's sign, moved over by one divisor where the signs differ.
+#[inline(always)]
+pub(crate) fn rem_floor(x: f32, y: f32) -> f32 {
+    let r = x % y;
+    if r != 0.0 && ((r < 0.0) != (y < 0.0)) { r + y } else { r }
+}
+
 /// Expands `$body` once per binary op with `$f` bound to a closure of that op, so each arm
 /// is its own monomorphic (vectorisable) loop rather than an indirect call per element.
 macro_rules! per_binary_op {
@@ -108,6 +116,10 @@ macro_rules! per_binary_op {
             }
             BinaryOp::Pow => {
                 let $f = |x: f32, y: f32| x.powf(y);
+                $body
+            }
+            BinaryOp::Rem => {
+                let $f = rem_floor;
                 $body
             }
         }
@@ -310,6 +322,17 @@ multiversion! {
     pub(crate) fn argmax_assign(best: &mut [f32], index: &mut [u32], row: &[f32], r: u32) {
         for ((b, i), &v) in best.iter_mut().zip(index.iter_mut()).zip(row) {
             let better = v > *b;
+            *i = if better { r } else { *i };
+            *b = if better { v } else { *b };
+        }
+    }
+}
+
+multiversion! {
+    /// Where `row[i] < best[i]`, records `r` in `index[i]` and the new minimum.
+    pub(crate) fn argmin_assign(best: &mut [f32], index: &mut [u32], row: &[f32], r: u32) {
+        for ((b, i), &v) in best.iter_mut().zip(index.iter_mut()).zip(row) {
+            let better = v < *b;
             *i = if better { r } else { *i };
             *b = if better { v } else { *b };
         }

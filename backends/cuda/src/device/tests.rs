@@ -66,6 +66,12 @@ fn random_bytes(rng: &mut Rng, elements: usize, dtype: DType, index_limit: u32) 
                 out.extend_from_slice(&(rng.below(index_limit as usize) as u32).to_le_bytes())
             }
             DType::U8 => out.push((rng.next() & 1) as u8),
+            DType::I32 => {
+                out.extend_from_slice(&(rng.below(index_limit as usize) as i32).to_le_bytes())
+            }
+            DType::I64 => {
+                out.extend_from_slice(&(rng.below(index_limit as usize) as i64).to_le_bytes())
+            }
         }
     }
     out
@@ -109,6 +115,13 @@ fn as_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
             bytes.chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
         }
         DType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
+        DType::I32 => {
+            bytes.chunks(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
+        }
+        DType::I64 => bytes
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
+            .collect(),
     }
 }
 
@@ -296,7 +309,7 @@ fn reductions_and_softmax_with_both_teams() {
             let mut out_dims = dims.clone();
             out_dims[axis] = 1;
             for op in ReduceOp::ALL {
-                let out_dtype = if op == ReduceOp::ArgMax { DType::U32 } else { dtype };
+                let out_dtype = if op.is_arg() { DType::U32 } else { dtype };
                 let out = contiguous(1, &out_dims, out_dtype);
                 let case = Case {
                     data: vec![
@@ -357,6 +370,105 @@ fn out_of_range_indices_are_reported_at_the_next_wait_and_then_cleared() {
     // A read reports it too.
     dev.run(&op).unwrap();
     assert_eq!(dev.read(out, 0, &mut back).unwrap_err().kind(), ErrorKind::IndexOutOfRange);
+}
+
+#[test]
+fn signed_indices_count_from_the_end_and_bad_ones_are_reported_as_given() {
+    let dev = emulated();
+    let input = dev.alloc(16).unwrap();
+    let indices = dev.alloc(24).unwrap();
+    let out = dev.alloc(12).unwrap();
+    dev.write(input, 0, bytemuck::cast_slice(&[1.0f32, 2.0, 3.0, 4.0])).unwrap();
+    dev.write(indices, 0, bytemuck::cast_slice(&[-1i64, 2, -7])).unwrap();
+    let f = |id, n| View::new(id, Layout::contiguous([n]), DType::F32);
+    let op = Op::IndexSelect {
+        input: f(input, 4),
+        indices: View::new(indices, Layout::contiguous([3]), DType::I64),
+        out: f(out, 3),
+        axis: 0,
+    };
+    dev.run(&op).unwrap();
+    let err = dev.synchronize().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::IndexOutOfRange, "{err}");
+    assert!(err.to_string().contains("index_select") && err.to_string().contains("-7"), "{err}");
+    let mut back = [0u8; 12];
+    dev.read(out, 0, &mut back).unwrap();
+    assert_eq!(bytemuck::cast_slice::<u8, f32>(&back), &[4.0, 3.0, 0.0]);
+    // i32 indices, in range from both ends: no report.
+    dev.write(indices, 0, bytemuck::cast_slice(&[-4i32, 3, 0])).unwrap();
+    let op = Op::IndexSelect {
+        input: f(input, 4),
+        indices: View::new(indices, Layout::contiguous([3]), DType::I32),
+        out: f(out, 3),
+        axis: 0,
+    };
+    dev.run(&op).unwrap();
+    dev.read(out, 0, &mut back).unwrap();
+    assert_eq!(bytemuck::cast_slice::<u8, f32>(&back), &[1.0, 4.0, 1.0]);
+}
+
+/// Integer test data: the dtype's extremes, values around them and around 2^24 (where f32
+/// stops being exact), small values, and random bits.
+fn random_ints(rng: &mut Rng, elements: usize, dtype: DType) -> Vec<u8> {
+    let (lo, hi) = dtype.int_range().expect("an integer dtype");
+    let special = [lo, lo + 1, -1, 0, 1, 2, 3, -3, 1 << 24, (1 << 24) + 1, hi - 1, hi];
+    let size = dtype.size_in_bytes();
+    let mut out = Vec::with_capacity(elements * size);
+    for _ in 0..elements {
+        let v = match rng.below(3) {
+            0 => special[rng.below(special.len())].clamp(lo, hi),
+            1 => rng.below(7) as i128 - 3,
+            _ => i128::from(rng.next()),
+        };
+        out.extend_from_slice(&(v as u64).to_le_bytes()[..size]);
+    }
+    out
+}
+
+#[test]
+fn integer_arithmetic_matches_the_cpu_exactly() {
+    let dev = emulated();
+    let mut rng = Rng(0x1e57);
+    let dims = [7, 9];
+    let n = 63;
+    for t in DType::INTS {
+        let x = |i| contiguous(i, &dims, t);
+        let mut ops: Vec<Op> = BinaryOp::ALL
+            .into_iter()
+            .filter(|&op| op != BinaryOp::Pow)
+            .map(|op| Op::Binary { op, lhs: x(0), rhs: x(1), out: x(2) })
+            .collect();
+        ops.extend(manychips_api::CompareOp::ALL.into_iter().map(|op| Op::Compare {
+            op,
+            lhs: x(0),
+            rhs: x(1),
+            out: contiguous(2, &dims, DType::U8),
+        }));
+        if t.is_signed_int() {
+            for op in [manychips_api::UnaryOp::Neg, manychips_api::UnaryOp::Abs] {
+                ops.push(Op::Unary { op, input: x(0), out: x(2) });
+            }
+        }
+        for op in ReduceOp::ALL.into_iter().filter(|&op| op != ReduceOp::Mean) {
+            let out = contiguous(2, &[7, 1], if op.is_arg() { DType::U32 } else { t });
+            ops.push(Op::Reduce { op, input: x(0), out, axis: 1 });
+        }
+        for d in DType::ALL {
+            ops.push(Op::Cast { input: x(0), out: contiguous(2, &dims, d) });
+        }
+        for op in ops {
+            let out = op.output();
+            let case = Case {
+                data: vec![
+                    random_ints(&mut rng, n, t),
+                    random_ints(&mut rng, n, t),
+                    vec![0; out.numel() * out.dtype.size_in_bytes()],
+                ],
+                op,
+            };
+            agrees(&dev, &case, 0.0);
+        }
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use manychips_api::{
 };
 
 use super::*;
-use crate::kernels::all_kernels;
+use crate::kernels::{all_kernels, signed_unary};
 
 fn v(index: u64, dims: &[usize], dtype: DType) -> View {
     View::new(BufferId { device: DeviceId::fresh(), index }, Layout::contiguous(dims), dtype)
@@ -42,29 +42,22 @@ fn every_op() -> Vec<Op> {
             out: x(3),
         });
         ops.push(Op::Fill { out: x(0), value: 2.5 });
-        let idx = v(1, &[3], DType::U32);
-        ops.push(Op::IndexSelect { input: x(0), indices: idx, out: v(2, &[3, 8], t), axis: 0 });
-        ops.push(Op::Gather {
-            input: x(0),
-            indices: v(1, &[4, 8], DType::U32),
-            out: x(2),
-            axis: 1,
-        });
-        if !t.is_float() {
-            continue;
+        for i in DType::INDICES {
+            let idx = v(1, &[3], i);
+            ops.push(Op::IndexSelect { input: x(0), indices: idx, out: v(2, &[3, 8], t), axis: 0 });
+            ops.push(Op::Gather { input: x(0), indices: v(1, &[4, 8], i), out: x(2), axis: 1 });
         }
-        for u in UnaryOp::ALL {
+        for u in UnaryOp::ALL.into_iter().filter(|&u| t.is_float() || signed_unary(u, t)) {
             ops.push(Op::Unary { op: u, input: x(0), out: x(1) });
         }
-        for b in BinaryOp::ALL {
+        for b in BinaryOp::ALL.into_iter().filter(|&b| t.is_float() || b != BinaryOp::Pow) {
             ops.push(Op::Binary { op: b, lhs: x(0), rhs: x(1), out: x(2) });
         }
-        ops.push(Op::Affine { input: x(0), out: x(1), mul: 2.0, add: 1.0 });
         for (dims, axis) in [(vec![1000, 8], 1), (vec![2, 5000], 1)] {
             let mut out_dims = dims.clone();
             out_dims[axis] = 1;
-            for r in ReduceOp::ALL {
-                let o = if r == ReduceOp::ArgMax { DType::U32 } else { t };
+            for r in ReduceOp::ALL.into_iter().filter(|&r| t.is_float() || r != ReduceOp::Mean) {
+                let o = if r.is_arg() { DType::U32 } else { t };
                 ops.push(Op::Reduce {
                     op: r,
                     input: v(0, &dims, t),
@@ -72,18 +65,24 @@ fn every_op() -> Vec<Op> {
                     axis,
                 });
             }
+            if !t.is_float() {
+                continue;
+            }
             for log in [false, true] {
                 ops.push(Op::Softmax { input: v(0, &dims, t), out: v(1, &dims, t), axis, log });
             }
         }
+        if !t.is_float() {
+            continue;
+        }
+        ops.push(Op::Affine { input: x(0), out: x(1), mul: 2.0, add: 1.0 });
         let src = v(0, &[3, 8], t);
-        ops.push(Op::IndexAdd {
-            src: src.clone(),
-            indices: v(1, &[3], DType::U32),
-            out: x(2),
-            axis: 0,
-        });
-        ops.push(Op::ScatterAdd { src, indices: v(1, &[3, 8], DType::U32), out: x(2), axis: 0 });
+        for i in DType::INDICES {
+            let indices = v(1, &[3], i);
+            ops.push(Op::IndexAdd { src: src.clone(), indices, out: x(2), axis: 0 });
+            let indices = v(1, &[3, 8], i);
+            ops.push(Op::ScatterAdd { src: src.clone(), indices, out: x(2), axis: 0 });
+        }
         ops.push(Op::Matmul {
             lhs: v(0, &[4, 5], t),
             rhs: v(1, &[5, 6], t),
@@ -213,11 +212,13 @@ fn names_follow_the_readme_convention() {
 
 #[test]
 fn fill_bits_are_cast_conversions_and_affine_scalars_are_f32() {
-    assert_eq!(bits_of(1.5, DType::F32), 1.5f32.to_bits());
+    assert_eq!(bits_of(1.5, DType::F32), u64::from(1.5f32.to_bits()));
     assert_eq!(bits_of(1.0, DType::F16), 0x3c00);
     assert_eq!(bits_of(1.0, DType::BF16), 0x3f80);
     assert_eq!(bits_of(-3.0, DType::U32), 0);
     assert_eq!(bits_of(300.0, DType::U8), 255);
+    assert_eq!(bits_of(-3.7, DType::I32), u64::from((-3i32) as u32));
+    assert_eq!(bits_of(-1e30, DType::I64), i64::MIN as u64);
     let cfg = Config { sm_count: 8, cublas: true, tf32: false, scatter: ScatterKernel::Auto };
     let op = Op::Affine {
         input: v(0, &[3], DType::F32),
@@ -250,7 +251,7 @@ fn half_scatters_accumulate_in_an_f32_temporary() {
             Step::Gemm(_) => "gemm".into(),
         })
         .collect();
-    assert_eq!(names, ["cast_bf16_f32", "index_add_bf16", "cast_f32_bf16"]);
+    assert_eq!(names, ["cast_bf16_f32", "index_add_bf16_u32", "cast_f32_bf16"]);
     // k = 0 on the cuBLAS path is a fill of zeros.
     let mm = Op::Matmul {
         lhs: v(0, &[2, 0], DType::F32),

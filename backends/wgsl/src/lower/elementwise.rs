@@ -14,6 +14,7 @@ use crate::{Dispatch, Features};
 
 const SOURCE: &str = include_str!("../../../../kernels/wgsl/elementwise.wgsl");
 
+/// A float binary op on `x` and `y` (f32).
 fn binary(op: BinaryOp) -> &'static str {
     match op {
         BinaryOp::Add => "x + y",
@@ -23,6 +24,40 @@ fn binary(op: BinaryOp) -> &'static str {
         BinaryOp::Max => "max(x, y)",
         BinaryOp::Min => "min(x, y)",
         BinaryOp::Pow => "pow(x, y)",
+        BinaryOp::Rem => "rem_f32(x, y)",
+    }
+}
+
+/// An integer binary op on the bits `x` and `y` (u32) of two `dtype` elements: the bits of
+/// the result. Two's complement makes add, sub and mul the same on every integer type, and
+/// they wrap in WGSL; a u8 result is masked to its 8 bits when stored. Division and
+/// remainder need the helpers of section `int_helpers` (WGSL's own `x / 0` is `x`, and its
+/// `%` truncates). `None` for pow (floats only).
+fn int_binary(op: BinaryOp, dtype: DType) -> Option<&'static str> {
+    let signed = dtype.is_signed_int();
+    Some(match op {
+        BinaryOp::Add => "x + y",
+        BinaryOp::Sub => "x - y",
+        BinaryOp::Mul => "x * y",
+        BinaryOp::Div if signed => "div_i32(x, y)",
+        BinaryOp::Div => "div_u32(x, y)",
+        BinaryOp::Rem if signed => "rem_i32(x, y)",
+        BinaryOp::Rem => "rem_u32(x, y)",
+        BinaryOp::Max if signed => "bitcast<u32>(max(bitcast<i32>(x), bitcast<i32>(y)))",
+        BinaryOp::Max => "max(x, y)",
+        BinaryOp::Min if signed => "bitcast<u32>(min(bitcast<i32>(x), bitcast<i32>(y)))",
+        BinaryOp::Min => "min(x, y)",
+        BinaryOp::Pow => return None,
+    })
+}
+
+/// A signed integer unary op on the bits `x` (u32); both wrap, mapping MIN to itself.
+/// `None` for the float-only ops.
+fn int_unary(op: UnaryOp) -> Option<&'static str> {
+    match op {
+        UnaryOp::Neg => Some("0u - x"),
+        UnaryOp::Abs => Some("select(x, 0u - x, x >= 0x80000000u)"),
+        _ => None,
     }
 }
 
@@ -47,48 +82,70 @@ fn unary(op: UnaryOp) -> &'static str {
 
 /// The WGSL expression converting the bits `v` of a `from` element to the bits of a `to`
 /// element, with `Cast` semantics (floats through f32, integers exact then rounded once,
-/// floats to integers saturating towards zero, NaN to 0).
-pub(crate) fn cast_expr(from: DType, to: DType) -> String {
-    let float = |d: DType| d.is_float();
+/// floats to integers saturating towards zero, NaN to 0, integers to integers saturating).
+pub(crate) fn cast_expr(from: DType, to: DType) -> Result<String> {
     let to_f32 = |d: DType| match d {
         DType::F32 => "bitcast<f32>",
         DType::F16 => "f16_to_f32",
         _ => "bf16_to_f32",
     };
-    let from_f32 = |d: DType| match d {
-        DType::F32 => "bitcast<u32>",
-        DType::F16 => "f32_to_f16",
-        DType::BF16 => "f32_to_bf16",
-        DType::U32 => "f32_to_u32_sat",
-        DType::U8 => "f32_to_u8_sat",
-    };
+    let from_f32 = conversions(to)?.1;
     if from == to {
-        return "v".into();
+        return Ok("v".into());
     }
-    match (float(from), float(to)) {
-        (true, _) => format!("{}({}(v))", from_f32(to), to_f32(from)),
-        (false, true) => match to {
-            DType::F32 => "bitcast<u32>(u32_to_f32(v))".into(),
-            DType::F16 => "u32_to_f16(v)".into(),
-            _ => "u32_to_bf16(v)".into(),
-        },
-        // u8 → u32 is exact; u32 → u8 saturates.
-        (false, false) => {
-            if to == DType::U8 {
-                "min(v, 255u)".into()
-            } else {
-                "v".into()
+    Ok(match (from.is_float(), to.is_float()) {
+        (true, _) => format!("{from_f32}({}(v))", to_f32(from)),
+        (false, true) => {
+            let int = if from.is_signed_int() { "i32" } else { "u32" };
+            match to {
+                DType::F32 => format!("bitcast<u32>({int}_to_f32(v))"),
+                DType::F16 => format!("{int}_to_f16(v)"),
+                _ => format!("{int}_to_bf16(v)"),
             }
         }
+        (false, false) => int_to_int(from, to)?,
+    })
+}
+
+/// Integer bits `v` of `from` as `to`, saturating: clamped to `to`'s largest value, and a
+/// negative i32 (bits from 2^31 up, which the clamp alone would take for large) to 0.
+fn int_to_int(from: DType, to: DType) -> Result<String> {
+    let max = |d: DType| d.int_range().filter(|_| d != DType::I64).map(|(_, max)| max);
+    let (Some(from_max), Some(to_max)) = (max(from), max(to)) else {
+        return Err(crate::kernel::no_64_bit());
+    };
+    let mut e = String::from("v");
+    if to_max < from_max {
+        e = format!("min(v, {to_max}u)");
     }
+    if from.is_signed_int() && !to.is_signed_int() {
+        e = format!("select({e}, 0u, v >= 0x80000000u)");
+    }
+    Ok(e)
 }
 
 /// Output dtypes stored packed, several to a word: (elements per word).
-fn per_word(dtype: DType) -> usize {
+fn per_word(dtype: DType) -> Result<usize> {
     match dtype {
-        DType::F16 | DType::BF16 => 2,
-        DType::U8 => 4,
-        DType::F32 | DType::U32 => 1,
+        DType::F16 | DType::BF16 => Ok(2),
+        DType::U8 => Ok(4),
+        DType::F32 | DType::U32 | DType::I32 => Ok(1),
+        DType::I64 => Err(crate::kernel::no_64_bit()),
+    }
+}
+
+/// The body of an elementwise kernel's `value` function, and the sections of
+/// elementwise.wgsl with the functions it calls: only those, since every function is
+/// compiled (lavapipe's compile time grows with the kernel).
+pub(super) struct Value<'a> {
+    pub body: &'a str,
+    pub helpers: Vec<&'static str>,
+}
+
+impl<'a> Value<'a> {
+    /// A body that calls only the common functions.
+    pub fn plain(body: &'a str) -> Self {
+        Value { body, helpers: Vec::new() }
     }
 }
 
@@ -101,7 +158,7 @@ pub(super) fn dispatch(
     mut operands: Vec<Operand>,
     layouts: &[Strided],
     out: &Layout,
-    value: &str,
+    value: Value<'_>,
     scalars: &[(usize, u32)],
     f: &Features,
 ) -> Result<Dispatch> {
@@ -112,7 +169,7 @@ pub(super) fn dispatch(
     }
     let k = operands.len() - 1;
     let out_dtype = operands[k].dtype;
-    let per = per_word(out_dtype);
+    let per = per_word(out_dtype)?;
     let words = per > 1 && out.is_contiguous();
     let flat = if per == 1 { flat_steps(out, layouts) } else { None };
     let quad =
@@ -144,19 +201,20 @@ pub(super) fn dispatch(
     } else {
         (n, "elements")
     };
-    let source = [
-        SOURCE.split("//# elements").next().unwrap_or_default(),
-        section_text(section)?,
-        section_text("helpers")?,
-    ];
+    let mut source =
+        vec![SOURCE.split("//# elements").next().unwrap_or_default(), section_text(section)?];
+    for &name in &value.helpers {
+        source.push(section_text(name)?);
+    }
     let out_index = k.to_string();
     let component = ["x", "y", "z", "w"][k.min(3)];
+    let from_f32 = conversions(out_dtype)?.1;
     let mut subs: Vec<(&str, &str)> = if words {
-        vec![("FROM_F32", conversions(out_dtype).1), ("VALUE", value), ("OUT", &out_index)]
+        vec![("FROM_F32", from_f32), ("VALUE", value.body), ("OUT", &out_index)]
     } else {
         vec![
-            ("FROM_F32", conversions(out_dtype).1),
-            ("VALUE", value),
+            ("FROM_F32", from_f32),
+            ("VALUE", value.body),
             ("OUT", &out_index),
             ("OUT_C", component),
         ]
@@ -200,7 +258,8 @@ fn quad_operands(
     }
     let advancing: Vec<usize> = (0..layouts.len()).filter(|k| steps & (1 << k) != 0).collect();
     let fits = |&k: &usize| {
-        matches!(operands[k].dtype, DType::F32 | DType::U32) && layouts[k].offset.is_multiple_of(4)
+        matches!(operands[k].dtype, DType::F32 | DType::U32 | DType::I32)
+            && layouts[k].offset.is_multiple_of(4)
     };
     advancing.iter().all(fits).then_some(advancing)
 }
@@ -292,10 +351,16 @@ fn section_text(name: &str) -> Result<&'static str> {
     Ok(text)
 }
 
-/// The functions the steps of [`fused_steps`] call (GELU's, tanh's), for a kernel of
-/// another family that evaluates a program.
-pub(super) fn step_helpers() -> Result<&'static str> {
-    section_text("helpers")
+/// The sections of elementwise.wgsl with the functions the steps of [`fused_steps`] call
+/// (GELU's, tanh's; the remainder's when the program takes one).
+fn step_sections(program: &[Instr]) -> Vec<&'static str> {
+    let rem = program.iter().any(|i| matches!(i, Instr::Binary(BinaryOp::Rem, ..)));
+    if rem { vec!["helpers", "rem_helpers"] } else { vec!["helpers"] }
+}
+
+/// The text of [`step_sections`], for a kernel of another family that evaluates a program.
+pub(super) fn step_helpers(program: &[Instr]) -> Result<Vec<&'static str>> {
+    step_sections(program).into_iter().map(section_text).collect()
 }
 
 pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
@@ -305,35 +370,69 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     let mut layouts: Vec<_> = op.inputs().into_iter().map(strided).collect();
     layouts.push(strided(out));
     let mut scalars = Vec::new();
-    let value = match op {
+    let mut helpers = Vec::new();
+    let body = match op {
+        Op::Binary { op: b, out, .. } if out.dtype.is_int() => {
+            let e = int_binary(*b, out.dtype).ok_or_else(|| int_refused(op, out.dtype))?;
+            if matches!(b, BinaryOp::Div | BinaryOp::Rem) {
+                helpers.push("int_helpers");
+            }
+            format!("let x = ld0(o.x); let y = ld1(o.y); return {e};")
+        }
         Op::Binary { op: b, .. } => {
+            if *b == BinaryOp::Rem {
+                helpers.push("rem_helpers");
+            }
             format!("let x = ldf0(o.x); let y = ldf1(o.y); return out_bits({});", binary(*b))
         }
         Op::Compare { op: c, lhs, out, .. } => {
-            let cond = if lhs.dtype.is_float() {
-                format!("ldf0(o.x) {} ldf1(o.y)", c.symbol())
-            } else {
-                format!("ld0(o.x) {} ld1(o.y)", c.symbol())
+            let cond = match lhs.dtype {
+                d if d.is_float() => format!("ldf0(o.x) {} ldf1(o.y)", c.symbol()),
+                // Signed order (equality is the same on the bits either way).
+                DType::I32 => {
+                    format!("bitcast<i32>(ld0(o.x)) {} bitcast<i32>(ld1(o.y))", c.symbol())
+                }
+                _ => format!("ld0(o.x) {} ld1(o.y)", c.symbol()),
             };
-            format!("return select(0u, {}u, {cond});", one_bits(out.dtype))
+            format!("return select(0u, {}u, {cond});", one_bits(out.dtype)?)
         }
-        Op::Unary { op: u, .. } => format!("let x = ldf0(o.x); return out_bits({});", unary(*u)),
+        Op::Unary { op: u, out, .. } if out.dtype.is_int() => {
+            let e = int_unary(*u).ok_or_else(|| int_refused(op, out.dtype))?;
+            format!("let x = ld0(o.x); return {e};")
+        }
+        Op::Unary { op: u, .. } => {
+            helpers.push("helpers");
+            format!("let x = ldf0(o.x); return out_bits({});", unary(*u))
+        }
         Op::Affine { mul, add, .. } => {
             scalars.push((3, (*mul as f32).to_bits()));
             scalars.push((4, (*add as f32).to_bits()));
             "return out_bits(ldf0(o.x) * pf(3u) + pf(4u));".into()
         }
         Op::Cast { input, out } => {
-            format!("let v = ld0(o.x); return {};", cast_expr(input.dtype, out.dtype))
+            format!("let v = ld0(o.x); return {};", cast_expr(input.dtype, out.dtype)?)
         }
         Op::Where { .. } => "return select(ld2(o.z), ld1(o.y), ld0(o.x) != 0u);".into(),
         Op::Fused { program, .. } => {
+            helpers = step_sections(program);
             let steps = fused_steps(program, &CONSTANT_SLOTS, &mut scalars);
             format!("{steps}return out_bits(r{});", program.len() - 1)
         }
         _ => return Ok(Vec::new()),
     };
-    Ok(vec![dispatch(op, operands, &layouts, &out.layout, &value, &scalars, f)?])
+    let value = Value { body: &body, helpers };
+    Ok(vec![dispatch(op, operands, &layouts, &out.layout, value, &scalars, f)?])
+}
+
+/// An integer op validation lets through but no kernel computes (validation refuses these
+/// first: pow, and unary ops other than neg and abs).
+fn int_refused(op: &Op, dtype: DType) -> manychips_api::Error {
+    manychips_api::Error::UnsupportedDType {
+        op: op.name(),
+        device: "wgsl".into(),
+        dtype,
+        detail: format!(" (integers take no such op); {}", op.describe()),
+    }
 }
 
 /// Inputs a fused program may have for a kernel of its own: the elementwise kernel's

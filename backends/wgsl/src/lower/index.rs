@@ -2,15 +2,32 @@
 //! index vector is an index tensor broadcast (stride 0) over the other dims, so each pair
 //! shares one kernel; the indexed operand is addressed as `base + index · axis_stride`.
 
-use manychips_api::{DType, Layout, Op, Result, View};
+use manychips_api::{DType, Error, Layout, Op, Result, View};
 
-use super::elementwise::dispatch;
+use super::elementwise::{Value, dispatch};
 use super::strided;
 use crate::kernel::{Kernel, Operand, WG, grid_1d};
 use crate::params::{Params, Strided, word};
 use crate::{Features, Lowered, Slot};
 
 const SOURCE: &str = include_str!("../../../../kernels/wgsl/index.wgsl");
+
+/// The body of index.wgsl's `resolve` for indices of `dtype` (an axis has fewer than 2^32
+/// elements, so NONE is never a position).
+fn resolve(op: &Op, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::U32 => Ok("if raw >= len { flag_index(raw, len); return NONE; } return raw;"),
+        // -len..-1 wraps (u32 arithmetic) to 0..len-1; anything more negative stays past len.
+        DType::I32 => Ok("let t = raw + select(0u, len, raw >= 0x80000000u); \
+                          if t >= len { flag_signed_index(raw, len); return NONE; } return t;"),
+        _ => Err(Error::UnsupportedDType {
+            op: op.name(),
+            device: "wgsl".into(),
+            dtype,
+            detail: format!(" (indices must be u32 or i32 here); {}", op.describe()),
+        }),
+    }
+}
 
 /// `v` with its stride on `axis` zeroed.
 fn base(v: &View, axis: usize) -> Strided {
@@ -55,7 +72,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
                 entry: "gather",
                 operands,
                 status: true,
-                subs: &[],
+                subs: &[("RESOLVE", resolve(op, indices.dtype)?)],
             };
             let dispatches = vec![k.dispatch(p, grid_1d(op, n, WG, f)?)?];
             Ok(Lowered { temporaries: Vec::new(), dispatches })
@@ -128,7 +145,7 @@ fn scatter(
         entry: "scatter_add",
         operands: vec![Operand::input(src), Operand::input(indices), acc],
         status: true,
-        subs: &[],
+        subs: &[("RESOLVE", resolve(op, indices.dtype)?)],
     };
     let grid = grid_1d(op, columns, WG, f)?;
     let mut adds = Vec::new();
@@ -156,7 +173,7 @@ fn scatter(
         vec![Operand::input(out), temp_rw],
         &[strided(out), acc_strided.clone()],
         &acc_layout,
-        "return out_bits(ldf0(o.x));",
+        Value::plain("return out_bits(ldf0(o.x));"),
         &[],
         f,
     )?;
@@ -165,7 +182,7 @@ fn scatter(
         vec![temp_ro, Operand::output(out)],
         &[acc_strided, strided(out)],
         &out.layout,
-        "return out_bits(ldf0(o.x));",
+        Value::plain("return out_bits(ldf0(o.x));"),
         &[],
         f,
     )?;

@@ -15,6 +15,7 @@ use crate::{Features, Lowered};
 
 pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
     check_limits(op, f)?;
+    check_dtypes(op)?;
     if op.output().numel() == 0 {
         return Ok(Lowered::default());
     }
@@ -45,6 +46,22 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
                 elementwise::FUSED_INPUTS,
                 op.describe()
             ),
+        }),
+    }
+}
+
+/// Every view must have a dtype of [`crate::DTYPES`]: WGSL has no 64-bit integers, so an
+/// `I64` view is refused here (devices leave it out of their dtypes, so validation against
+/// those refuses it first).
+fn check_dtypes(op: &Op) -> Result<()> {
+    let views = op.inputs().into_iter().chain(std::iter::once(op.output()));
+    match views.map(|v| v.dtype).find(|d| !crate::DTYPES.contains(d)) {
+        None => Ok(()),
+        Some(dtype) => Err(Error::UnsupportedDType {
+            op: op.name(),
+            device: "wgsl".into(),
+            dtype,
+            detail: format!(" (WGSL has no 64-bit integers); {}", op.describe()),
         }),
     }
 }
@@ -102,14 +119,15 @@ pub(crate) fn strided(v: &View) -> Strided {
     Strided::new(v.layout.offset, v.layout.strides.clone())
 }
 
-/// Bits of the value 1 in `dtype` (what a float comparison stores for true).
-pub(crate) fn one_bits(dtype: manychips_api::DType) -> u32 {
+/// Bits of the value 1 in `dtype` (what a comparison stores for true).
+pub(crate) fn one_bits(dtype: manychips_api::DType) -> Result<u32> {
     use manychips_api::DType;
     match dtype {
-        DType::F32 => 1.0f32.to_bits(),
-        DType::F16 => 0x3c00,
-        DType::BF16 => 0x3f80,
-        DType::U32 | DType::U8 => 1,
+        DType::F32 => Ok(1.0f32.to_bits()),
+        DType::F16 => Ok(0x3c00),
+        DType::BF16 => Ok(0x3f80),
+        DType::U32 | DType::U8 | DType::I32 => Ok(1),
+        DType::I64 => Err(crate::kernel::no_64_bit()),
     }
 }
 

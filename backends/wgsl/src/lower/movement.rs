@@ -3,7 +3,7 @@
 
 use manychips_api::{DType, Element, Layout, Op, Result, View, bf16, f16};
 
-use super::elementwise::dispatch;
+use super::elementwise::{Value, dispatch};
 use super::strided;
 use crate::kernel::Operand;
 use crate::params::Strided;
@@ -34,22 +34,32 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
 fn copy(op: &Op, input: &View, dst: &Layout, out: &View, f: &Features) -> Result<Dispatch> {
     let ops = [strided(input), Strided::new(dst.offset, dst.strides.clone())];
     let operands = vec![Operand::input(input), Operand::output(out)];
-    dispatch(op, operands, &ops, dst, "return ld0(o.x);", &[], f)
+    dispatch(op, operands, &ops, dst, Value::plain("return ld0(o.x);"), &[], f)
 }
 
 /// The bits of `value` stored as `dtype`, converted as `Cast` converts.
-pub(crate) fn bits_of(value: f64, dtype: DType) -> u32 {
-    match dtype {
+pub(crate) fn bits_of(value: f64, dtype: DType) -> Result<u32> {
+    Ok(match dtype {
         DType::F32 => <f32 as Element>::from_f64(value).to_bits(),
         DType::F16 => <f16 as Element>::from_f64(value).to_bits() as u32,
         DType::BF16 => <bf16 as Element>::from_f64(value).to_bits() as u32,
         DType::U32 => <u32 as Element>::from_f64(value),
+        DType::I32 => <i32 as Element>::from_f64(value) as u32,
         DType::U8 => <u8 as Element>::from_f64(value) as u32,
-    }
+        DType::I64 => return Err(crate::kernel::no_64_bit()),
+    })
 }
 
 fn fill(op: &Op, out: &View, value: f64, f: &Features) -> Result<Dispatch> {
-    let scalars = [(3, bits_of(value, out.dtype))];
+    let scalars = [(3, bits_of(value, out.dtype)?)];
     let operands = vec![Operand::output(out)];
-    dispatch(op, operands, &[strided(out)], &out.layout, "return pw(3u);", &scalars, f)
+    dispatch(
+        op,
+        operands,
+        &[strided(out)],
+        &out.layout,
+        Value::plain("return pw(3u);"),
+        &scalars,
+        f,
+    )
 }

@@ -1,7 +1,7 @@
 //! Reductions and (log-)softmax along one axis: rows enumerated by the strided layout of the
 //! other dims, a workgroup tree per row for long rows, one invocation per row for short ones.
 
-use manychips_api::{Op, ReduceOp, Result, View};
+use manychips_api::{DType, Error, Op, ReduceOp, Result, View};
 
 use super::elementwise::{fused_steps, step_helpers};
 use super::{MAX_LOOP_ITERATIONS, too_long};
@@ -67,47 +67,100 @@ const AXIS_STRIDES: [usize; 3] = [3, 4, 6];
 /// Parameter words a reduction leaves free: a fused reduction's constants.
 const CONSTANT_SLOTS: [usize; 12] = [52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63];
 
-/// The reduce kernel's specialisation for `op` over `inputs`: (init, combine, finish,
-/// entry).
-fn fold(r: ReduceOp, wide: bool) -> [&'static str; 4] {
-    let (init, combine, finish) = match r {
-        ReduceOp::Sum | ReduceOp::ArgMax => ("0.0", "a + b", "acc"),
-        ReduceOp::Mean => ("0.0", "a + b", "acc / f32(n)"),
-        ReduceOp::Max => ("bitcast<f32>(0xff800000u)", "max(a, b)", "acc"),
-        ReduceOp::Min => ("bitcast<f32>(0x7f800000u)", "min(a, b)", "acc"),
+/// The reduce kernel's specialisation of `r` over elements of `dtype`.
+struct Fold {
+    /// The element type: f32, or u32 holding an integer's bits.
+    v: &'static str,
+    init: &'static str,
+    combine: &'static str,
+    finish: &'static str,
+    /// The arg order: whether `b` beats `a`.
+    better: &'static str,
+    skips: &'static str,
+    /// The output's store function (its number appended): `stf` converts an f32, `st`
+    /// stores bits.
+    store: &'static str,
+    /// The input's load function (its number appended), for a plain reduction.
+    load: &'static str,
+    entry: &'static str,
+}
+
+fn fold(op: &Op, r: ReduceOp, dtype: DType, wide: bool) -> Result<Fold> {
+    let entry = match (r.is_arg(), wide) {
+        (true, true) => "arg_wide",
+        (true, false) => "arg_short",
+        (false, true) => "value_wide",
+        (false, false) => "value_short",
     };
-    let entry = match (r, wide) {
-        (ReduceOp::ArgMax, true) => "argmax_wide",
-        (ReduceOp::ArgMax, false) => "argmax_short",
-        (_, true) => "value_wide",
-        (_, false) => "value_short",
+    if dtype.is_float() {
+        let (init, combine, finish) = match r {
+            ReduceOp::Sum | ReduceOp::ArgMax | ReduceOp::ArgMin => ("0.0", "a + b", "acc"),
+            ReduceOp::Mean => ("0.0", "a + b", "acc / f32(n)"),
+            ReduceOp::Max => ("bitcast<f32>(0xff800000u)", "max(a, b)", "acc"),
+            ReduceOp::Min => ("bitcast<f32>(0x7f800000u)", "min(a, b)", "acc"),
+        };
+        // Arg reductions pass NaN over, as the other backends do.
+        let better = if r == ReduceOp::ArgMin { "b < a" } else { "b > a" };
+        let (v, skips, store, load) = ("f32", "is_nan(v)", "stf", "ldf");
+        return Ok(Fold { v, init, combine, finish, better, skips, store, load, entry });
+    }
+    // Integers, on their bits: a sum wraps (u8 when stored).
+    let signed = dtype.is_signed_int();
+    let (init, combine) = match r {
+        ReduceOp::Sum | ReduceOp::ArgMax | ReduceOp::ArgMin => ("0u", "a + b"),
+        ReduceOp::Max if signed => {
+            ("0x80000000u", "bitcast<u32>(max(bitcast<i32>(a), bitcast<i32>(b)))")
+        }
+        ReduceOp::Max => ("0u", "max(a, b)"),
+        ReduceOp::Min if signed => {
+            ("0x7fffffffu", "bitcast<u32>(min(bitcast<i32>(a), bitcast<i32>(b)))")
+        }
+        ReduceOp::Min => ("0xffffffffu", "min(a, b)"),
+        ReduceOp::Mean => {
+            return Err(Error::UnsupportedDType {
+                op: op.name(),
+                device: "wgsl".into(),
+                dtype,
+                detail: format!(" (a mean needs a float); {}", op.describe()),
+            });
+        }
     };
-    [init, combine, finish, entry]
+    let better = match (r, signed) {
+        (ReduceOp::ArgMin, true) => "bitcast<i32>(b) < bitcast<i32>(a)",
+        (ReduceOp::ArgMin, false) => "b < a",
+        (_, true) => "bitcast<i32>(b) > bitcast<i32>(a)",
+        (_, false) => "b > a",
+    };
+    let (v, finish, skips, store, load) = ("u32", "acc", "false", "st", "ld");
+    Ok(Fold { v, init, combine, finish, better, skips, store, load, entry })
 }
 
 /// A reduction of `operands` (the inputs, then the output) by a kernel of `source` (reduce.wgsl,
 /// and for a fused program the functions its steps call) whose elements `element` (the body
 /// of its `element` function) reads or computes.
 fn reduce_kernel(
-    r: ReduceOp,
+    fold: Fold,
     (source, element): (&[&'static str], &str),
     operands: Vec<Operand>,
-    (params, grid, wide): (Params, [u32; 3], bool),
+    (params, grid): (Params, [u32; 3]),
 ) -> Result<Dispatch> {
-    let [init, combine, finish, entry] = fold(r, wide);
     let out = (operands.len() - 1).to_string();
     let out_c = ["x", "y", "z", "w"][operands.len() - 1];
     let k = Kernel {
         family: "reduce",
         source,
-        entry,
+        entry: fold.entry,
         operands,
         status: false,
         subs: &[
-            ("COMBINE", combine),
-            ("FINISH", finish),
-            ("INIT", init),
+            ("V", fold.v),
+            ("COMBINE", fold.combine),
+            ("FINISH", fold.finish),
+            ("INIT", fold.init),
             ("ELEMENT", element),
+            ("STORE", fold.store),
+            ("BETTER", fold.better),
+            ("SKIPS", fold.skips),
             ("OUT", &out),
             ("OUT_C", out_c),
         ],
@@ -118,10 +171,12 @@ fn reduce_kernel(
 pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
     match op {
         Op::Reduce { op: r, input, out, axis } => {
-            let rows = rows(op, &[input], out, *axis, f)?;
+            let (params, grid, wide) = rows(op, &[input], out, *axis, f)?;
+            let fold = fold(op, *r, input.dtype, wide)?;
             let operands = vec![Operand::input(input), Operand::output(out)];
-            let element = "return ldf0(row_o.x + i * pw(3u));";
-            Ok(vec![reduce_kernel(*r, (&[REDUCE], element), operands, rows)?])
+            let element = format!("return {}0(row_o.x + i * pw(3u));", fold.load);
+            let source = (&[REDUCE][..], element.as_str());
+            Ok(vec![reduce_kernel(fold, source, operands, (params, grid))?])
         }
         Op::FusedReduce { inputs, program, op: r, axis, out } => {
             let views: Vec<&View> = inputs.iter().collect();
@@ -138,8 +193,10 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Vec<Dispatch>> {
             );
             let mut operands: Vec<Operand> = inputs.iter().map(Operand::input).collect();
             operands.push(Operand::output(out));
-            let source = [REDUCE, step_helpers()?];
-            Ok(vec![reduce_kernel(*r, (&source, &element), operands, (params, grid, wide))?])
+            let mut source = vec![REDUCE];
+            source.extend(step_helpers(program)?);
+            let fold = fold(op, *r, DType::F32, wide)?;
+            Ok(vec![reduce_kernel(fold, (&source, &element), operands, (params, grid))?])
         }
         Op::Softmax { input, out, axis, log } => {
             let (mut params, grid, wide) = rows(op, &[input], out, *axis, f)?;

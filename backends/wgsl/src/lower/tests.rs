@@ -143,23 +143,35 @@ fn oversized_views_are_refused() {
 
 #[test]
 fn fill_bits_round_like_cast() {
-    assert_eq!(bits_of(1.5, DType::F32), 1.5f32.to_bits());
-    assert_eq!(bits_of(2049.0, DType::F16), 0x6800);
-    assert_eq!(bits_of(-1.0, DType::BF16), 0xbf80);
-    assert_eq!(bits_of(300.0, DType::U8), 255);
-    assert_eq!(bits_of(-3.0, DType::U32), 0);
+    let bits = |v: f64, d: DType| bits_of(v, d).ok();
+    assert_eq!(bits(1.5, DType::F32), Some(1.5f32.to_bits()));
+    assert_eq!(bits(2049.0, DType::F16), Some(0x6800));
+    assert_eq!(bits(-1.0, DType::BF16), Some(0xbf80));
+    assert_eq!(bits(300.0, DType::U8), Some(255));
+    assert_eq!(bits(-3.0, DType::U32), Some(0));
+    assert_eq!(bits(-3.7, DType::I32), Some((-3i32) as u32));
+    assert_eq!(bits(-1e12, DType::I32), Some(i32::MIN as u32));
+    assert_eq!(bits(f64::NAN, DType::I32), Some(0));
+    assert!(bits(1.0, DType::I64).is_none());
 }
 
 #[test]
 fn cast_expressions_cover_every_pair() {
-    for from in DType::ALL {
-        for to in DType::ALL {
-            let e = cast_expr(from, to);
+    for from in crate::DTYPES {
+        for to in crate::DTYPES {
+            let e = cast_expr(from, to).unwrap_or_default();
             assert!(e.contains('v'), "{from}->{to}: {e}");
         }
     }
-    assert_eq!(cast_expr(DType::U32, DType::U8), "min(v, 255u)");
-    assert_eq!(cast_expr(DType::F16, DType::BF16), "f32_to_bf16(f16_to_f32(v))");
+    let cast = |from, to| cast_expr(from, to).ok();
+    assert_eq!(cast(DType::U32, DType::U8).as_deref(), Some("min(v, 255u)"));
+    assert_eq!(cast(DType::F16, DType::BF16).as_deref(), Some("f32_to_bf16(f16_to_f32(v))"));
+    // Saturating: a negative i32 is 0 as unsigned; a large u32 is i32::MAX.
+    let neg = Some("select(min(v, 255u), 0u, v >= 0x80000000u)");
+    assert_eq!(cast(DType::I32, DType::U8).as_deref(), neg);
+    assert_eq!(cast(DType::U32, DType::I32).as_deref(), Some("min(v, 2147483647u)"));
+    assert_eq!(cast(DType::U8, DType::I32).as_deref(), Some("v"));
+    assert!(cast(DType::I64, DType::I32).is_none() && cast(DType::F32, DType::I64).is_none());
 }
 
 #[test]
@@ -407,4 +419,144 @@ fn fused_reductions_of_up_to_three_inputs_get_one_kernel() {
     assert!(crate::fuses(&op(3)));
     assert!(!crate::fuses(&op(4)));
     assert!(lower(&op(4), &f).is_err());
+}
+
+/// Every op an integer dtype takes, on `dtype` data (U8, U32 or I32).
+fn every_integer_op(dtype: DType) -> Vec<Op> {
+    let v = |index, dims: &[usize], d| view(index, dims, d);
+    let (a, b, o) = (v(0, &[3, 5], dtype), v(1, &[3, 5], dtype), v(2, &[3, 5], dtype));
+    let mut ops: Vec<Op> = BinaryOp::ALL
+        .into_iter()
+        .filter(|&op| op != BinaryOp::Pow)
+        .map(|op| Op::Binary { op, lhs: a.clone(), rhs: b.clone(), out: o.clone() })
+        .collect();
+    for op in ReduceOp::ALL.into_iter().filter(|&op| op != ReduceOp::Mean) {
+        let out = v(2, &[3, 1], if op.is_arg() { DType::U32 } else { dtype });
+        ops.push(Op::Reduce { op, input: a.clone(), out, axis: 1 });
+    }
+    let mask = v(2, &[3, 5], DType::U8);
+    ops.push(Op::Compare { op: CompareOp::Ge, lhs: a.clone(), rhs: b.clone(), out: mask });
+    ops.push(Op::Cast { input: a.clone(), out: v(2, &[3, 5], DType::F16) });
+    ops.push(Op::Fill { out: o.clone(), value: -2.0 });
+    ops.push(Op::Concat { inputs: vec![a.clone(), b.clone()], out: v(2, &[6, 5], dtype), axis: 0 });
+    let cond = v(0, &[3, 5], DType::U8);
+    ops.push(Op::Where { cond, on_true: a.clone(), on_false: b, out: o.clone() });
+    if dtype.is_index() {
+        let f = |index, dims: &[usize]| v(index, dims, DType::F32);
+        let idx = v(3, &[4], dtype);
+        let out = v(2, &[4, 5], dtype);
+        ops.push(Op::IndexSelect { input: a.clone(), indices: idx.clone(), out, axis: 0 });
+        ops.push(Op::Gather {
+            input: f(0, &[3, 5]),
+            indices: a.clone(),
+            out: f(2, &[3, 5]),
+            axis: 1,
+        });
+        ops.push(Op::IndexAdd { src: f(0, &[4, 5]), indices: idx, out: f(2, &[3, 5]), axis: 0 });
+        ops.push(Op::ScatterAdd { src: f(0, &[3, 5]), indices: a, out: f(2, &[3, 5]), axis: 1 });
+    }
+    if dtype.is_signed_int() {
+        for op in [UnaryOp::Neg, UnaryOp::Abs] {
+            ops.push(Op::Unary { op, input: v(0, &[3, 5], dtype), out: o.clone() });
+        }
+    }
+    ops
+}
+
+#[test]
+fn every_integer_op_lowers_without_float_arithmetic() {
+    let f = features(MatmulKernel::RegisterBlocked);
+    for dtype in [DType::U8, DType::U32, DType::I32] {
+        for op in every_integer_op(dtype) {
+            assert!(op.validate("test").is_ok(), "{}", op.describe());
+            let lowered = lower(&op, &f).unwrap_or_else(|e| panic!("{}: {e}", op.describe()));
+            assert!(!lowered.dispatches.is_empty(), "{}", op.describe());
+            for d in &lowered.dispatches {
+                assert!(!d.source.contains("{{"), "{}", op.describe());
+                // Integers stay integers: no element goes through f32.
+                let exact = match op {
+                    Op::Binary { .. } => d.source.contains("let x = ld0(o.x); let y = ld1(o.y);"),
+                    Op::Reduce { .. } => d.source.contains("alias V = u32;"),
+                    _ => true,
+                };
+                assert!(exact, "{}", op.describe());
+            }
+        }
+    }
+}
+
+#[test]
+fn integer_semantics_are_chosen_when_lowering() {
+    let f = features(MatmulKernel::RegisterBlocked);
+    let source = |op: &Op| lower(op, &f).map(|l| l.dispatches[0].source.to_string()).unwrap();
+    let bin = |op, d| Op::Binary {
+        op,
+        lhs: view(0, &[4], d),
+        rhs: view(1, &[4], d),
+        out: view(2, &[4], d),
+    };
+    // Floor division and remainder by helpers; signed or unsigned by dtype; floats' own
+    // helpers stay out of integer kernels.
+    let s = source(&bin(BinaryOp::Div, DType::I32));
+    assert!(s.contains("return div_i32(x, y);") && !s.contains("fn gelu_erf"), "{s}");
+    assert!(source(&bin(BinaryOp::Rem, DType::U8)).contains("return rem_u32(x, y);"));
+    assert!(source(&bin(BinaryOp::Max, DType::I32)).contains("max(bitcast<i32>(x)"));
+    assert!(source(&bin(BinaryOp::Rem, DType::F32)).contains("out_bits(rem_f32(x, y))"));
+    let lt = |d| Op::Compare {
+        op: CompareOp::Lt,
+        lhs: view(0, &[4], d),
+        rhs: view(1, &[4], d),
+        out: view(2, &[4], DType::U8),
+    };
+    assert!(source(&lt(DType::I32)).contains("bitcast<i32>(ld0(o.x)) < bitcast<i32>(ld1(o.y))"));
+    assert!(source(&lt(DType::U32)).contains("ld0(o.x) < ld1(o.y)"));
+    // Signed indices count from the end and are flagged as signed.
+    let select = |d| Op::IndexSelect {
+        input: view(0, &[5, 2], DType::F32),
+        indices: view(1, &[3], d),
+        out: view(2, &[3, 2], DType::F32),
+        axis: 0,
+    };
+    assert!(source(&select(DType::I32)).contains("flag_signed_index(raw, len)"));
+    assert!(!source(&select(DType::U32)).contains("flag_signed_index(raw, len);"));
+    // Argmin is argmax's mirror: NaN passed over, the smaller value wins.
+    let argmin = Op::Reduce {
+        op: ReduceOp::ArgMin,
+        input: view(0, &[3, 5], DType::F32),
+        out: view(2, &[3, 1], DType::U32),
+        axis: 1,
+    };
+    let s = source(&argmin);
+    assert!(s.contains("return b < a;") && s.contains("return is_nan(v);"), "{s}");
+}
+
+#[test]
+fn i64_is_refused_with_the_op_named() {
+    let f = features(MatmulKernel::RegisterBlocked);
+    let add = Op::Binary {
+        op: BinaryOp::Add,
+        lhs: view(0, &[4], DType::I64),
+        rhs: view(1, &[4], DType::I64),
+        out: view(2, &[4], DType::I64),
+    };
+    let e = lower(&add, &f).unwrap_err();
+    assert!(e.to_string().contains("binary.add") && e.to_string().contains("64-bit"), "{e}");
+    let select = Op::IndexSelect {
+        input: view(0, &[5, 2], DType::F32),
+        indices: view(1, &[3], DType::I64),
+        out: view(2, &[3, 2], DType::F32),
+        axis: 0,
+    };
+    assert!(lower(&select, &f).is_err());
+}
+
+#[test]
+fn bad_index_status_names_the_value_as_given() {
+    let words = |w: [u32; 4]| -> Vec<u8> { w.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    assert_eq!(crate::bad_index(&words([0, 0, 0, 0])), None);
+    let signed = crate::bad_index(&words([2, 0, (-7i32 as u32) ^ 0x8000_0000, 5]));
+    let signed = signed.unwrap_or_default();
+    assert!(signed.contains("-7") && signed.contains("length 5"), "{signed}");
+    let both = crate::bad_index(&words([3, 9, (-7i32 as u32) ^ 0x8000_0000, 5]));
+    assert!(both.is_some_and(|m| m.contains("9 and -7")));
 }
