@@ -2,7 +2,8 @@
 //! - matmul (through the Tensor API) against the `gemm` crate called directly;
 //! - elementwise add against a plain loop into a reused buffer;
 //! - exp and row softmax against plain scalar loops;
-//! - a fused elementwise program (GELU's backward) against the same steps as separate ops.
+//! - a fused elementwise program (GELU's backward) against the same steps as separate ops;
+//! - argsort of vocabulary-sized rows against the standard library's sort.
 //!
 //! `cargo bench --bench cpu` prints criterion's figures for both sides of every pair, then a
 //! ratio table. The ratios come from an interleaved pass (ours, baseline, ours, ...; median
@@ -167,6 +168,36 @@ fn softmax_pair(dev: &DeviceRef) -> Pair {
     }
 }
 
+/// `argsort` of vocabulary-sized rows (text generation's top-k), against the standard
+/// library's stable sort of each row's positions on one thread.
+fn argsort_pair(dev: &DeviceRef) -> Pair {
+    let (rows, cols) = (8, 50257);
+    let x = Tensor::randn(0.0, 2.0, [rows, cols], DType::F32, 4, dev).unwrap();
+    let hx = x.to_vec::<f32>().unwrap();
+    let mut order: Vec<u32> = Vec::with_capacity(cols);
+    let dev = dev.clone();
+    Pair {
+        group: "argsort_f32".into(),
+        label: "8x50257".into(),
+        ours_name: "manychips",
+        baseline: "std_sort_by",
+        target: "report",
+        throughput: Throughput::Elements((rows * cols) as u64),
+        ours: Box::new(move || {
+            black_box(x.argsort(1, true).unwrap());
+            dev.synchronize().unwrap();
+        }),
+        base: Box::new(move || {
+            for row in hx.chunks_exact(cols) {
+                order.clear();
+                order.extend(0..cols as u32);
+                order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+                black_box(&order);
+            }
+        }),
+    }
+}
+
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dev: DeviceRef = Arc::new(CpuDevice::with_threads(threads).expect("cpu device"));
@@ -177,6 +208,7 @@ fn main() {
     pairs.push(matmul_pair::<f16>(1024, DType::F16, &dev, threads));
     pairs.extend([add_pair(&dev), exp_pair(&dev), softmax_pair(&dev)]);
     pairs.push(common::gelu_backward_pair(&dev, "gelu_backward_f32", 1 << 22));
+    pairs.push(argsort_pair(&dev));
 
     let mut c = Criterion::default().configure_from_args();
     common::measure(&mut c, &mut pairs);

@@ -37,6 +37,7 @@ FILE_OPTIONS = {
     "reduce.cu": ["--fmad=false"],
     "softmax.cu": ["--fmad=false"],
     "index.cu": ["--fmad=false"],
+    "scatter.cu": ["--fmad=false"],
     "matmul.cu": ["--fmad=true"],
 }
 # NVRTC 12.x prints this for compute_70 whatever the options; it is not about our code.
@@ -61,6 +62,7 @@ BINARY = INT_BINARY + ["pow"]
 COMPARE = ["eq", "ne", "lt", "le", "gt", "ge"]
 INT_REDUCE = ["sum", "max", "min", "argmax", "argmin"]
 REDUCE = INT_REDUCE + ["mean"]
+SCATTER = ["assign", "sum", "prod", "max", "min"]  # Op::Scatter, ScatterOp::name()
 
 
 def expected():
@@ -86,9 +88,10 @@ def expected():
             for i in INDICES}
     idx |= {f"{name}{atomic}_{t}_{i}" for name in ["scatter_add", "index_add"]
             for atomic in ["", "_atomic"] for t in FLOATS for i in INDICES}
+    scat = {f"scatter_{op}_{t}_{i}" for op in SCATTER for t in DTYPES for i in INDICES}
     mm = {f"matmul_tiled_{t}" for t in FLOATS}
     return {"elementwise.cu": ew, "reduce.cu": red, "softmax.cu": soft, "index.cu": idx,
-            "matmul.cu": mm}
+            "scatter.cu": scat, "matmul.cu": mm}
 
 
 # ---- NVRTC through ctypes --------------------------------------------------------------------

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use manychips::train::nn::{self, Activation, CrossEntropy, Reduction};
 use manychips::train::{Grads, ParamStore, Var, no_grad};
-use manychips::{CpuDevice, DType, DeviceRef, Result, Tensor};
+use manychips::{CpuDevice, DType, DeviceRef, Result, ScatterOp, Tensor};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -579,7 +579,41 @@ fn var_parity_ops() {
     check("cumsum", vec![input(&[3, 7], 167)], |x| x[0].cumsum(-1));
     check("cumsum of a transposed view", vec![transposed(input(&[4, 3], 168))], |x| x[0].cumsum(0));
     check("cumprod", vec![input(&[3, 7], 169)], |x| x[0].cumprod(-1));
+    check("gelu_erf", vec![input(&[3, 5], 177)], |x| x[0].affine(3.0, 0.0)?.gelu_erf());
+    let rows = Tensor::from_slice(&[2u32, 0, 2], [3], &cpu()).expect("rows");
+    check("index_add", vec![input(&[4, 3], 178), input(&[3, 3], 179)], move |x| {
+        x[0].index_add(0, &rows, &x[1])
+    });
+    let cols = Tensor::from_slice(&[1u32, 1, 0, 2], [2, 2], &cpu()).expect("cols");
+    check("scatter_add", vec![input(&[2, 3], 180), input(&[2, 2], 181)], move |x| {
+        x[0].scatter_add(1, &cols, &x[1])
+    });
+    check("broadcast_tensors", vec![input(&[3, 1], 182), input(&[4], 183)], |x| {
+        let b = Var::broadcast_tensors(&[&x[0], &x[1]])?;
+        b[0].mul(&b[1])
+    });
+    // Quotients a / b half-way between integers, so that no step of the finite differences
+    // crosses the remainder's jumps.
+    let fixed = |dims: &[usize], data: &[f64]| Input {
+        dims: dims.to_vec(),
+        data: data.to_vec(),
+        transposed: false,
+    };
+    let a = fixed(&[2, 4], &[2.5, -1.7, 0.9, 5.3, -4.4, 1.2, -0.6, 3.9]);
+    let b = fixed(&[4], &[1.0, 0.7, -2.0, 1.5]);
+    check("remainder", vec![a, b], |x| x[0].remainder(&x[1]));
     check("sort", vec![input(&[3, 7], 171)], |x| Ok(x[0].sort(-1, true)?.0));
+    let device = cpu();
+    // Row 0 names column 1 twice (the second stays); -1 is the last column.
+    let at = Tensor::from_slice(&[1i32, 3, 1, 0, 2, -1], [2, 3], &device).expect("indices");
+    for op in [ScatterOp::Assign, ScatterOp::Sum, ScatterOp::Max, ScatterOp::Min] {
+        let at = at.clone();
+        check(
+            &format!("scatter_reduce {op:?}"),
+            vec![input(&[2, 5], 173), input(&[2, 3], 174)],
+            move |x| x[0].scatter_reduce(1, &at, &x[1], op),
+        );
+    }
     check("topk", vec![input(&[4, 6], 172)], |x| Ok(x[0].topk(2, 0, false)?.0));
     check("cumprod of a transposed view", vec![transposed(input(&[5, 3], 170))], |x| {
         x[0].cumprod(0)
@@ -621,4 +655,17 @@ fn cumprod_gradient_is_exact_at_zeros() {
         let grads = v.cumprod(0).expect("cumprod").sum_all().expect("sum").backward().expect("bwd");
         assert_eq!(grads.get(v.id()).expect("grad").to_vec::<f32>().expect("read"), want, "{x:?}");
     }
+}
+
+#[test]
+fn a_scattered_product_is_refused_on_vars() {
+    let device = cpu();
+    let x = Var::leaf(Tensor::ones([3], DType::F32, &device).expect("x"));
+    let src = Var::leaf(Tensor::ones([2], DType::F32, &device).expect("src"));
+    let at = Tensor::from_slice(&[0u32, 2], [2], &device).expect("indices");
+    let err = x.scatter_reduce(0, &at, &src, ScatterOp::Prod).expect_err("no gradient for prod");
+    assert!(err.to_string().contains("scattered product"), "{err}");
+    // The tensor op itself runs.
+    let t = x.tensor().scatter_reduce(0, &at, src.tensor(), ScatterOp::Prod).expect("prod");
+    assert_eq!(t.to_vec::<f32>().expect("read"), vec![1.0; 3]);
 }

@@ -259,7 +259,17 @@ fn ignored_input_strides_are_caught() {
 fn swallowed_index_errors_are_caught() {
     let device = Wrapped::new("out-of-range indices pass silently", Flaw::SwallowsIndexErrors);
     let report = quick(&device);
-    let index_ops = set(&["gather", "index_add", "index_select", "scatter_add"]);
+    let index_ops = set(&[
+        "gather",
+        "index_add",
+        "index_select",
+        "scatter_add",
+        "scatter.assign",
+        "scatter.sum",
+        "scatter.prod",
+        "scatter.max",
+        "scatter.min",
+    ]);
     assert_eq!(added_failures(&report), index_ops);
     for f in report.failures().into_iter().filter(|f| index_ops.contains(&f.op)) {
         let Problem::WrongError { expected, got: None, .. } = &f.problem else {

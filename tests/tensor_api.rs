@@ -429,3 +429,31 @@ fn bitcast_reinterprets_the_bytes() {
         &["4294967295"],
     );
 }
+
+#[test]
+fn scatter_overwrites_and_reduces_in_order() {
+    use manychips::ScatterOp;
+    let dev = cpu();
+    let base = Tensor::from_slice(&[1.0f32, 1.0, 1.0, 1.0], [4], &dev).unwrap();
+    let at = Tensor::from_slice(&[2i64, 0, 2, -1], [4], &dev).unwrap();
+    let src = Tensor::from_slice(&[5.0f32, 6.0, 7.0, 3.0], [4], &dev).unwrap();
+    // Position 2 is named twice: the later source element wins; -1 is the last.
+    assert_eq!(values(&base.scatter(0, &at, &src).unwrap()), vec![6.0, 1.0, 7.0, 3.0]);
+    let reduce = |op| values(&base.scatter_reduce(0, &at, &src, op).unwrap());
+    assert_eq!(reduce(ScatterOp::Sum), vec![7.0, 1.0, 13.0, 4.0]);
+    assert_eq!(reduce(ScatterOp::Prod), vec![6.0, 1.0, 35.0, 3.0]);
+    assert_eq!(reduce(ScatterOp::Max), vec![6.0, 1.0, 7.0, 3.0]);
+    assert_eq!(reduce(ScatterOp::Min), vec![1.0, 1.0, 1.0, 1.0]);
+    assert_eq!(values(&base), vec![1.0; 4], "out of place");
+    // Along axis 1 of a matrix, in integers (wrapping).
+    let m = Tensor::from_slice(&[0i32, 0, 0, 0, 0, 0], [2, 3], &dev).unwrap();
+    let cols = Tensor::from_slice(&[1u32, 1, 0, 2], [2, 2], &dev).unwrap();
+    let v = Tensor::from_slice(&[i32::MAX, 1, 4, 5], [2, 2], &dev).unwrap();
+    let sums = m.scatter_reduce(1, &cols, &v, ScatterOp::Sum).unwrap();
+    assert_eq!(sums.to_vec::<i32>().unwrap(), vec![0, i32::MIN, 0, 4, 0, 5]);
+    let bad = Tensor::from_slice(&[0u32, 3], [1, 2], &dev).unwrap();
+    let one_row = v.narrow(0, 0, 1).unwrap();
+    expect_err(m.scatter(1, &bad, &one_row), ErrorKind::IndexOutOfRange, &["scatter", "3"]);
+    let wrong = Tensor::from_slice(&[0u32], [1], &dev).unwrap();
+    expect_err(m.scatter(1, &wrong, &one_row), ErrorKind::Shape, &["scatter", "same shape"]);
+}

@@ -58,6 +58,8 @@
 //     [0] src, [1] indices (index_add: broadcast as for index_select), [2] the accumulator
 //     with its axis stride set to 0. ext[0] = out dims[axis], ext[1] = accumulator axis
 //     stride.
+//   scatter_<op>_*   (Op::Scatter, scatter.cu; one work item per lane, in order):
+//     as the deterministic scatter_add, with `out` itself (in its dtype) as [2].
 //   matmul_tiled_*:
 //     iteration = batch dims (all but the last two); count = batch count (1 if rank 2).
 //     [0] lhs, [1] rhs, [2] out: their batch strides.
@@ -423,6 +425,26 @@ __device__ __forceinline__ D mc_cast(S x) {
     } else {
         return McElem<D>::from_i64(McElem<S>::to_i64(x));
     }
+}
+
+// Wrapping integer add, sub and mul (binary_*_<n> and the scatters): computed in the
+// dtype's unsigned type, since signed overflow is undefined in C++.
+template <typename T>
+__device__ __forceinline__ T mc_add_int(T x, T y) {
+    typedef typename McElem<T>::U U;
+    return (T)((U)x + (U)y);
+}
+
+template <typename T>
+__device__ __forceinline__ T mc_sub_int(T x, T y) {
+    typedef typename McElem<T>::U U;
+    return (T)((U)x - (U)y);
+}
+
+template <typename T>
+__device__ __forceinline__ T mc_mul_int(T x, T y) {
+    typedef typename McElem<T>::U U;
+    return (T)((U)x * (U)y);
 }
 
 // Type lists for the instantiation macros: MC_X(type, name).

@@ -191,23 +191,8 @@ __device__ __forceinline__ T mc_rem_int(T x, T y) {
     }
 }
 
-template <typename T>
-__device__ __forceinline__ T mc_add_int(T x, T y) {
-    typedef typename McElem<T>::U U;
-    return (T)((U)x + (U)y);
-}
-
-template <typename T>
-__device__ __forceinline__ T mc_sub_int(T x, T y) {
-    typedef typename McElem<T>::U U;
-    return (T)((U)x - (U)y);
-}
-
-template <typename T>
-__device__ __forceinline__ T mc_mul_int(T x, T y) {
-    typedef typename McElem<T>::U U;
-    return (T)((U)x * (U)y);
-}
+// mc_add_int, mc_sub_int, mc_mul_int (wrapping) are in common.cuh: scatter.cu's kernels
+// use them too.
 
 #define MC_INT_BINARY_OPS(X)                   \
     X(add, mc_add_int(x, y))                   \

@@ -7,7 +7,7 @@
 
 use std::f64::consts::{FRAC_2_SQRT_PI, PI, SQRT_2};
 
-use crate::{BinaryOp, CompareOp, DType, ReduceOp, UnaryOp};
+use crate::{BinaryOp, CompareOp, DType, ReduceOp, ScatterOp, UnaryOp};
 
 use super::tolerance::Expected;
 use super::values::round_to;
@@ -548,6 +548,58 @@ impl Accumulator {
         }
         Expected::accumulated(self.sum, scale, spread)
     }
+}
+
+/// `Op::Scatter`: each `src` element combined into the `init` element its (resolved) index
+/// names along `axis`, in row-major order of `src` (so in increasing order along `axis`
+/// within a lane). Integers wrap at each step; float sums round at each store (the
+/// accumulation model), products within `count` roundings; the rest are exact.
+pub(crate) fn scatter(
+    op: ScatterOp,
+    dtype: DType,
+    init: &Host,
+    src: &Host,
+    indices: &Host,
+    axis: usize,
+) -> Expected {
+    if op == ScatterOp::Sum && dtype.is_float() {
+        return scatter_add(init, src, indices, axis);
+    }
+    let mut values = init.data.clone();
+    let mut count = vec![1.0f64; values.len()];
+    let st = strides(&init.dims);
+    let mut flat = 0;
+    for_each_index(&src.dims, |idx| {
+        let mut dst = idx.to_vec();
+        dst[axis] = indices.data[flat] as usize;
+        let at = flat_of(&dst, &st);
+        let (t, s) = (values[at], src.data[flat]);
+        values[at] = if dtype.is_int() {
+            let (ti, si) = (int_value(dtype, t), int_value(dtype, s));
+            match op {
+                ScatterOp::Assign => s,
+                ScatterOp::Sum => wrapped(dtype, ti + si),
+                ScatterOp::Prod => wrapped(dtype, ti * si),
+                ScatterOp::Max => t.max(s),
+                ScatterOp::Min => t.min(s),
+            }
+        } else {
+            match op {
+                ScatterOp::Assign => s,
+                ScatterOp::Sum => t + s,
+                ScatterOp::Prod => t * s,
+                ScatterOp::Max => t.max(s),
+                ScatterOp::Min => t.min(s),
+            }
+        };
+        count[at] += 1.0;
+        flat += 1;
+    });
+    if op == ScatterOp::Prod && dtype.is_float() {
+        let scale = values.iter().zip(&count).map(|(v, k)| v.abs() * k).collect();
+        return Expected::approx(values, scale);
+    }
+    Expected::exact(values)
 }
 
 /// `out[.., indices[i], ..] += src[.., i, ..]` along `axis`, starting from `init`.

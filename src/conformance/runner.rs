@@ -186,7 +186,8 @@ pub(crate) fn describe(op: &Op) -> String {
         | Op::IndexSelect { axis, .. }
         | Op::Gather { axis, .. }
         | Op::IndexAdd { axis, .. }
-        | Op::ScatterAdd { axis, .. } => format!(" axis={axis}"),
+        | Op::ScatterAdd { axis, .. }
+        | Op::Scatter { axis, .. } => format!(" axis={axis}"),
         Op::Affine { mul, add, .. } => format!(" mul={mul} add={add}"),
         Op::Fill { value, .. } => format!(" value={value}"),
         _ => String::new(),

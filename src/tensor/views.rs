@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::axis::{Axes, Axis, NewShape, broadcast_shapes, resolve};
 use super::{Tensor, label};
-use crate::{DType, Error, Layout, Op, Result, Shape};
+use crate::{DType, Error, Layout, Op, Result, ScatterOp, Shape};
 
 impl Tensor {
     /// This tensor with a dense row-major layout (itself when it already has one).
@@ -354,6 +354,54 @@ impl Tensor {
     pub fn scatter_add(&self, axis: impl Axis, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
         let axis = self.axis(axis, "scatter_add")?;
         self.clone().scatter_add_owned(axis, indices, src)
+    }
+
+    /// A copy of `self` with `src[.., i, ..]` written at `indices[.., i, ..]` along `axis`
+    /// (PyTorch's `scatter`). Where several source elements name one target, the last along
+    /// `axis` wins, on every backend.
+    pub fn scatter(&self, axis: impl Axis, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.scatter_reduce(axis, indices, src, ScatterOp::Assign)
+    }
+
+    /// A copy of `self` with each `src[.., i, ..]` combined by `op` into the element that
+    /// `indices[.., i, ..]` names along `axis` (PyTorch's `scatter_reduce` with
+    /// `include_self`): sums, products, maxima or minima, in order along `axis`.
+    pub fn scatter_reduce(
+        &self,
+        axis: impl Axis,
+        indices: &Tensor,
+        src: &Tensor,
+        op: ScatterOp,
+    ) -> Result<Tensor> {
+        let name = match op {
+            ScatterOp::Assign => "scatter",
+            _ => "scatter_reduce",
+        };
+        let axis = self.axis(axis, name)?;
+        self.same_device(src, name)?;
+        self.same_dtype(src, name)?;
+        if indices.dims() != src.dims() {
+            return Err(Error::Shape {
+                op: name.into(),
+                device: label(self.device()),
+                detail: format!(
+                    "indices {} and src {} must have the same shape",
+                    indices.describe(),
+                    src.describe()
+                ),
+            });
+        }
+        self.check_fits_outside(indices, axis, name)?;
+        self.check_indices(indices, axis, self.dims()[axis], name, false)?;
+        let out = self.clone().into_update(name)?;
+        out.enqueue(Op::Scatter {
+            op,
+            src: src.view(),
+            indices: indices.view(),
+            out: out.view(),
+            axis,
+        })?;
+        Ok(out)
     }
 
     /// [`scatter_add`](Self::scatter_add) into this tensor's own buffer when nothing else

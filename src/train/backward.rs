@@ -2,7 +2,7 @@
 //! its inputs. The rules are tensor ops themselves, so the backward pass runs on whatever
 //! device the forward pass ran on.
 
-use crate::{DType, ReduceOp, Result, Shape, Tensor};
+use crate::{DType, ReduceOp, Result, ScatterOp, Shape, Tensor};
 
 /// The data an op keeps for its backward pass (its inputs and output are kept by the graph).
 #[derive(Clone, Debug)]
@@ -11,6 +11,8 @@ pub(crate) enum Backward {
     Sub,
     Mul,
     Div,
+    /// `remainder(a, b)` of inputs `[a, b]`.
+    Remainder,
     Neg,
     /// `x * mul + add`.
     Affine {
@@ -61,6 +63,8 @@ pub(crate) enum Backward {
     /// The tanh approximation of GELU.
     Gelu,
     Silu,
+    /// GELU in its exact erf form.
+    GeluErf,
     Matmul,
     Sum {
         axis: usize,
@@ -94,6 +98,17 @@ pub(crate) enum Backward {
         axis: usize,
     },
     Gather {
+        indices: Tensor,
+        axis: usize,
+    },
+    /// `index_add` of inputs `[self, src]` with 1-D `indices`.
+    IndexAdd {
+        indices: Tensor,
+        axis: usize,
+    },
+    /// `scatter` (`Assign`) or `scatter_reduce` of inputs `[self, src]`.
+    Scatter {
+        op: ScatterOp,
         indices: Tensor,
         axis: usize,
     },
@@ -138,6 +153,7 @@ impl Backward {
             Backward::Sub => "sub",
             Backward::Mul => "mul",
             Backward::Div => "div",
+            Backward::Remainder => "remainder",
             Backward::Neg => "neg",
             Backward::Affine { .. } => "affine",
             Backward::Exp => "exp",
@@ -161,6 +177,7 @@ impl Backward {
             Backward::Relu => "relu",
             Backward::Gelu => "gelu",
             Backward::Silu => "silu",
+            Backward::GeluErf => "gelu_erf",
             Backward::Matmul => "matmul",
             Backward::Sum { .. } => "sum",
             Backward::Mean { .. } => "mean",
@@ -173,6 +190,8 @@ impl Backward {
             Backward::Cat { .. } => "cat",
             Backward::IndexSelect { .. } => "index_select",
             Backward::Gather { .. } => "gather",
+            Backward::Scatter { .. } => "scatter",
+            Backward::IndexAdd { .. } => "index_add",
             Backward::Cast => "cast",
             Backward::ToDevice => "to_device",
             Backward::Attention { .. } => "attention",
@@ -186,9 +205,10 @@ impl Backward {
     /// The tensors this rule keeps besides the graph's inputs and output.
     pub(crate) fn saved(&self) -> Vec<&Tensor> {
         match self {
-            Backward::IndexSelect { indices, .. } | Backward::Gather { indices, .. } => {
-                vec![indices]
-            }
+            Backward::IndexSelect { indices, .. }
+            | Backward::Gather { indices, .. }
+            | Backward::Scatter { indices, .. }
+            | Backward::IndexAdd { indices, .. } => vec![indices],
             Backward::Where { cond } => vec![cond],
             Backward::LayerNorm { mean, rstd, .. } => vec![mean, rstd],
             Backward::CrossEntropy { log_probs, targets, weights, .. } => {
@@ -232,6 +252,12 @@ impl Backward {
                 let ga = g.div(b)?;
                 let gb = want(1, &|| sum_to(&ga.mul(y)?.neg()?, b))?;
                 Ok(vec![want(0, &|| sum_to(&ga, a))?, gb])
+            }
+            Backward::Remainder => {
+                // y = a - q·b with q = floor(a / b) = (a - y) / b: dy/da = 1, dy/db = -q.
+                let (a, b) = (inputs[0], inputs[1]);
+                let gb = want(1, &|| sum_to(&g.mul(&a.sub(y)?.div(b)?)?.neg()?, b))?;
+                Ok(vec![want(0, &|| sum_to(g, a))?, gb])
             }
             Backward::Neg => one(g.neg()?),
             Backward::Affine { mul } => one(g.affine(*mul, 0.0)?),
@@ -301,6 +327,7 @@ impl Backward {
             Backward::Relu => one(slope(crate::programs::relu_backward(), x, g)?),
             Backward::Gelu => one(slope(crate::programs::gelu_tanh_backward(), x, g)?),
             Backward::Silu => one(slope(crate::programs::silu_backward(), x, g)?),
+            Backward::GeluErf => one(gelu_erf_backward(x, y, g)?),
             Backward::Matmul => {
                 let (a, b) = (inputs[0], inputs[1]);
                 // Each gradient in its operand's layout: for an operand stored transposed
@@ -369,6 +396,13 @@ impl Backward {
             Backward::Gather { indices, axis } => {
                 let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
                 one(zeros.scatter_add_owned(*axis, indices, &g.contiguous()?)?)
+            }
+            Backward::IndexAdd { indices, axis } => {
+                Ok(vec![want(0, &|| Ok(g.clone()))?, want(1, &|| g.index_select(*axis, indices))?])
+            }
+            Backward::Scatter { op, indices, axis } => {
+                let grads = scatter_backward(*op, g, y, (x, inputs[1]), indices, *axis)?;
+                Ok(grads.into_iter().map(Some).collect())
             }
             Backward::Cast => one(cast_to(g, x.dtype())?),
             Backward::ToDevice => one(g.to_device(x.device())?),
@@ -454,6 +488,71 @@ fn cast_to(t: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 /// The gradient of a broadcast operand: `g` summed over the axes `like` was stretched along.
+/// d/dx x·Φ(x) = Φ(x) + x·φ(x), with Φ(x) = y / x from the forward's own output (no erf
+/// op needed), and ½ + x·φ(0) where |x| is too small to divide by (its Taylor series, exact
+/// to f32 there).
+fn gelu_erf_backward(x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+    let (dtype, device) = (x.dtype(), x.device());
+    let x = x.cast(DType::F32)?;
+    let y = y.cast(DType::F32)?;
+    let tiny = Tensor::full(1e-3, Shape::scalar(), DType::F32, device)?;
+    let safe = x.abs()?.gt(&tiny)?;
+    let one = Tensor::ones(Shape::scalar(), DType::F32, device)?;
+    let cdf =
+        safe.where_cond(&y.div(&safe.where_cond(&x, &one)?)?, &x.affine(INV_SQRT_2PI, 0.5)?)?;
+    let pdf = x.mul(&x)?.affine(-0.5, 0.0)?.exp()?.affine(INV_SQRT_2PI, 0.0)?;
+    let slope = cdf.add(&x.mul(&pdf)?)?;
+    cast_to(&slope.mul(&g.cast(DType::F32)?)?, dtype)
+}
+
+/// The gradients of `y = scatter(x, axis, indices, src)` (combined by `op`) for `x` and
+/// `src`. An overwritten element of `x` gets none, and of several sources naming one target
+/// only the one that stayed (the last) gets it; a sum passes it to all; a max or a min
+/// splits it evenly among every element equal to the result, `x`'s included (PyTorch's
+/// `amax`/`amin`).
+fn scatter_backward(
+    op: ScatterOp,
+    g: &Tensor,
+    y: &Tensor,
+    (x, src): (&Tensor, &Tensor),
+    indices: &Tensor,
+    axis: usize,
+) -> Result<Vec<Tensor>> {
+    let dtype = g.dtype();
+    let zeros = |like: &Tensor| Tensor::zeros(like.shape().clone(), dtype, g.device());
+    match op {
+        ScatterOp::Sum => Ok(vec![g.clone(), g.gather(axis, indices)?]),
+        ScatterOp::Assign => {
+            // Each source element's place along the axis; the target keeps the last one's.
+            let n = src.dims()[axis];
+            let mut along = vec![1; src.rank()];
+            along[axis] = n;
+            let place = Tensor::arange(n, DType::U32, g.device())?.reshape(along)?;
+            let place = place.expand(src.shape().clone())?.contiguous()?;
+            let none =
+                Tensor::full(f64::from(u32::MAX), x.shape().clone(), DType::U32, g.device())?;
+            let kept = none.scatter(axis, indices, &place)?.gather(axis, indices)?.eq(&place)?;
+            let dx = g.scatter(axis, indices, &zeros(src)?)?;
+            Ok(vec![dx, g.gather(axis, indices)?.mul(&kept.cast(dtype)?)?])
+        }
+        ScatterOp::Max | ScatterOp::Min => {
+            let hits_x = x.eq(y)?.cast(dtype)?;
+            let hits_src = src.eq(&y.gather(axis, indices)?)?.cast(dtype)?;
+            let ties = hits_x.scatter_reduce(axis, indices, &hits_src, ScatterOp::Sum)?;
+            let share = g.div(&ties)?;
+            Ok(vec![hits_x.mul(&share)?, hits_src.mul(&share.gather(axis, indices)?)?])
+        }
+        ScatterOp::Prod => Err(crate::Error::InvalidArgument {
+            op: "scatter_reduce".into(),
+            device: g.device().info().label(),
+            detail: "the gradient of a scattered product is not implemented (scatter_reduce \
+                     with ScatterOp::Prod runs on tensors, not on Vars)"
+                .into(),
+        }),
+    }
+}
+
 pub(crate) fn sum_to(g: &Tensor, like: &Tensor) -> Result<Tensor> {
     if g.dims() == like.dims() {
         return Ok(g.clone());

@@ -6,7 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use super::backward::Backward;
 use super::var::Var;
-use crate::{Axes, Axis, DType, NewShape, ReduceOp, Result, Shape, Tensor};
+use crate::{Axes, Axis, DType, Error, NewShape, ReduceOp, Result, ScatterOp, Shape, Tensor};
 
 macro_rules! unary {
     ($($(#[$doc:meta])* $name:ident => $rule:expr;)*) => {
@@ -38,6 +38,13 @@ impl Var {
         Ok(Var::from_op(self.tensor().div(other.tensor())?, Backward::Div, &[self, other]))
     }
 
+    /// The remainder with the divisor's sign, as [`Tensor::remainder`]. Its gradient is
+    /// that of `a - floor(a / b) · b` with the floor held constant (PyTorch's rule).
+    pub fn remainder(&self, other: &Var) -> Result<Var> {
+        let value = self.tensor().remainder(other.tensor())?;
+        Ok(Var::from_op(value, Backward::Remainder, &[self, other]))
+    }
+
     /// `self * mul + add` with scalars, one op.
     pub fn affine(&self, mul: f64, add: f64) -> Result<Var> {
         Ok(Var::from_op(self.tensor().affine(mul, add)?, Backward::Affine { mul }, &[self]))
@@ -55,6 +62,8 @@ impl Var {
         relu => Backward::Relu;
         /// GELU, tanh approximation (GPT-2's).
         gelu => Backward::Gelu;
+        /// GELU in its exact form, `x·Φ(x)` (BERT's).
+        gelu_erf => Backward::GeluErf;
         silu => Backward::Silu;
         abs => Backward::Abs;
         sin => Backward::Sin;
@@ -372,6 +381,59 @@ impl Var {
         let axis = self.tensor().axis(axis, "gather")?;
         let value = self.tensor().gather(axis, indices)?;
         Ok(Var::from_op(value, Backward::Gather { indices: indices.clone(), axis }, &[self]))
+    }
+
+    /// [`Tensor::index_add`]: `src` added at the 1-D `indices` along `axis`; the gradient
+    /// passes to `self` whole and to `src` as the rows it added to.
+    pub fn index_add(&self, axis: impl Axis, indices: &Tensor, src: &Var) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "index_add")?;
+        let value = self.tensor().index_add(axis, indices, src.tensor())?;
+        let rule = Backward::IndexAdd { indices: indices.clone(), axis };
+        Ok(Var::from_op(value, rule, &[self, src]))
+    }
+
+    /// [`Tensor::scatter_add`], as [`scatter_reduce`](Self::scatter_reduce) with a sum.
+    pub fn scatter_add(&self, axis: impl Axis, indices: &Tensor, src: &Var) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "scatter_add")?;
+        let value = self.tensor().scatter_add(axis, indices, src.tensor())?;
+        let rule = Backward::Scatter { op: ScatterOp::Sum, indices: indices.clone(), axis };
+        Ok(Var::from_op(value, rule, &[self, src]))
+    }
+
+    /// Every var expanded to their common (numpy) shape, as [`Tensor::broadcast_tensors`].
+    pub fn broadcast_tensors(vars: &[&Var]) -> Result<Vec<Var>> {
+        let tensors: Vec<&Tensor> = vars.iter().map(|v| v.tensor()).collect();
+        let shapes = Tensor::broadcast_tensors(&tensors)?;
+        vars.iter().zip(shapes).map(|(v, t)| v.expand(t.dims().to_vec())).collect()
+    }
+
+    /// [`Tensor::scatter`]: `src` written along `axis` at `indices`; the gradient reaches
+    /// the elements of `self` not overwritten and the source elements that stayed.
+    pub fn scatter(&self, axis: impl Axis, indices: &Tensor, src: &Var) -> Result<Var> {
+        self.scatter_reduce(axis, indices, src, ScatterOp::Assign)
+    }
+
+    /// [`Tensor::scatter_reduce`] with its gradient, for every `op` but `Prod` (refused: its
+    /// gradient is not implemented).
+    pub fn scatter_reduce(
+        &self,
+        axis: impl Axis,
+        indices: &Tensor,
+        src: &Var,
+        op: ScatterOp,
+    ) -> Result<Var> {
+        let axis = self.tensor().axis(axis, "scatter_reduce")?;
+        if op == ScatterOp::Prod {
+            return Err(Error::InvalidArgument {
+                op: "scatter_reduce".into(),
+                device: self.tensor().device().info().label(),
+                detail: "Var has no gradient for a scattered product; use Tensor::scatter_reduce"
+                    .into(),
+            });
+        }
+        let value = self.tensor().scatter_reduce(axis, indices, src.tensor(), op)?;
+        let rule = Backward::Scatter { op, indices: indices.clone(), axis };
+        Ok(Var::from_op(value, rule, &[self, src]))
     }
 
     /// [`Tensor::sort`]: the sorted values (their gradient goes back to where each came

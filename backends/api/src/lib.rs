@@ -19,6 +19,8 @@ pub use dtype::{DType, Element, f32_round_to_odd};
 pub use error::{Error, ErrorKind, Result};
 pub use fused::Instr;
 pub use half::{bf16, f16};
-pub use op::{BinaryOp, CompareOp, Op, OpClass, ReduceOp, UnaryOp, View, non_overlapping};
+pub use op::{
+    BinaryOp, CompareOp, Op, OpClass, ReduceOp, ScatterOp, UnaryOp, View, non_overlapping,
+};
 pub use shape::{Layout, Shape};
 pub use strided::{Strided, coalesce};

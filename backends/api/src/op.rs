@@ -102,6 +102,33 @@ pub enum ReduceOp {
     ArgMin,
 }
 
+/// How [`Op::Scatter`] combines a source element with the element of `out` it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScatterOp {
+    /// Overwrite (`scatter`): the last source element naming a target wins.
+    Assign,
+    Sum,
+    Prod,
+    /// As `BinaryOp::Max`.
+    Max,
+    /// As `BinaryOp::Min`.
+    Min,
+}
+
+impl ScatterOp {
+    pub const ALL: [ScatterOp; 5] =
+        [ScatterOp::Assign, ScatterOp::Sum, ScatterOp::Prod, ScatterOp::Max, ScatterOp::Min];
+    pub fn name(self) -> &'static str {
+        match self {
+            ScatterOp::Assign => "assign",
+            ScatterOp::Sum => "sum",
+            ScatterOp::Prod => "prod",
+            ScatterOp::Max => "max",
+            ScatterOp::Min => "min",
+        }
+    }
+}
+
 impl BinaryOp {
     pub const ALL: [BinaryOp; 8] = [
         BinaryOp::Add,
@@ -265,6 +292,14 @@ pub enum Op {
     /// Accumulates: `out[.., indices[.., i, ..], ..] += src[.., i, ..]` along `axis`
     /// (scatter_add_; `indices` has `src`'s shape). Floats only.
     ScatterAdd { src: View, indices: View, out: View, axis: usize },
+    /// `out[.., indices[.., i, ..], ..] = op(that element, src[.., i, ..])` along `axis`
+    /// (PyTorch's `scatter_` and `scatter_reduce_` with `include_self`; `indices` has
+    /// `src`'s shape, which fits inside `out` outside `axis`). Within a lane (every other
+    /// coordinate fixed) the source elements apply in increasing order along `axis`, so
+    /// duplicate indices give one result on every backend: `Assign` keeps the last, the
+    /// reductions fold in order. Any dtype: integers as their `Binary` ops (wrapping), floats
+    /// computed in f32 and rounded at each store; `Assign` copies bits.
+    Scatter { op: ScatterOp, src: View, indices: View, out: View, axis: usize },
     /// `out = cond ? on_true : on_false`, `cond` is `U8`.
     Where { cond: View, on_true: View, on_false: View, out: View },
     /// Sets every element of `out` to `value` (converted like `Cast`).
@@ -352,6 +387,13 @@ impl Op {
             Op::Gather { .. } => "gather",
             Op::IndexAdd { .. } => "index_add",
             Op::ScatterAdd { .. } => "scatter_add",
+            Op::Scatter { op, .. } => match op {
+                ScatterOp::Assign => "scatter.assign",
+                ScatterOp::Sum => "scatter.sum",
+                ScatterOp::Prod => "scatter.prod",
+                ScatterOp::Max => "scatter.max",
+                ScatterOp::Min => "scatter.min",
+            },
             Op::Where { .. } => "where",
             Op::Fill { .. } => "fill",
             Op::Fused { .. } => "fused",
@@ -383,11 +425,13 @@ impl Op {
             | Op::Gather { .. }
             | Op::IndexAdd { .. }
             | Op::ScatterAdd { .. }
+            | Op::Scatter { .. }
             | Op::Fill { .. } => OpClass::DataMovement,
         }
     }
 
-    /// The views the op reads, in a fixed order. (`IndexAdd`/`ScatterAdd` also read `out`.)
+    /// The views the op reads, in a fixed order. (`IndexAdd`, `ScatterAdd` and `Scatter`
+    /// also read `out`.)
     pub fn inputs(&self) -> Vec<&View> {
         match self {
             Op::Matmul { lhs, rhs, .. }
@@ -405,9 +449,9 @@ impl Op {
             Op::IndexSelect { input, indices, .. } | Op::Gather { input, indices, .. } => {
                 vec![input, indices]
             }
-            Op::IndexAdd { src, indices, .. } | Op::ScatterAdd { src, indices, .. } => {
-                vec![src, indices]
-            }
+            Op::IndexAdd { src, indices, .. }
+            | Op::ScatterAdd { src, indices, .. }
+            | Op::Scatter { src, indices, .. } => vec![src, indices],
             Op::Where { cond, on_true, on_false, .. } => vec![cond, on_true, on_false],
             Op::Fill { .. } => vec![],
         }
@@ -430,6 +474,7 @@ impl Op {
             | Op::Gather { out, .. }
             | Op::IndexAdd { out, .. }
             | Op::ScatterAdd { out, .. }
+            | Op::Scatter { out, .. }
             | Op::Where { out, .. }
             | Op::Fill { out, .. }
             | Op::Fused { out, .. }
@@ -458,9 +503,9 @@ impl Op {
             | Op::Gather { input, indices, out, .. } => {
                 vec![input, indices, out]
             }
-            Op::IndexAdd { src, indices, out, .. } | Op::ScatterAdd { src, indices, out, .. } => {
-                vec![src, indices, out]
-            }
+            Op::IndexAdd { src, indices, out, .. }
+            | Op::ScatterAdd { src, indices, out, .. }
+            | Op::Scatter { src, indices, out, .. } => vec![src, indices, out],
             Op::Where { cond, on_true, on_false, out } => vec![cond, on_true, on_false, out],
             Op::Fill { out, .. } => vec![out],
         }
@@ -789,6 +834,14 @@ impl Validator<'_> {
                 self.fits_outside_axis(src, out, *axis)?;
                 self.indexable(out.dims()[*axis], indices)?;
             }
+            Op::Scatter { src, indices, out, axis, .. } => {
+                self.axis(out, *axis)?;
+                self.index_dtype(indices)?;
+                self.same_dtype(src, out)?;
+                self.same_shape(indices, src)?;
+                self.fits_outside_axis(src, out, *axis)?;
+                self.indexable(out.dims()[*axis], indices)?;
+            }
             Op::Where { cond, on_true, on_false, out } => {
                 if cond.dtype != DType::U8 {
                     return Err(self.dtype_err(format!("condition must be u8, got {}", cond.dtype)));
@@ -924,6 +977,10 @@ mod tests {
         for op in ReduceOp::ALL {
             let o = Op::Reduce { op, input: v(), out: v(), axis: 0 };
             assert_eq!(o.static_name(), format!("reduce.{}", op.name()));
+        }
+        for op in ScatterOp::ALL {
+            let o = Op::Scatter { op, src: v(), indices: v(), out: v(), axis: 0 };
+            assert_eq!(o.static_name(), format!("scatter.{}", op.name()));
         }
         assert_eq!(Op::Fill { out: v(), value: 0.0 }.name(), "fill");
     }

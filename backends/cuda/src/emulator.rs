@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use cudarc::cublas::sys::cublasStatus_t;
 use cudarc::driver::sys::CUresult;
-use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, UnaryOp, bf16, f16};
+use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, ScatterOp, UnaryOp, bf16, f16};
 
 use crate::engine::{Engine, GemmArgs, LaunchCall, Ptr};
 use crate::error::CuError;
@@ -584,6 +584,18 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
             let v = m.load_f32(2, a, DType::F32) + m.load_f32(0, o[0], dtype);
             m.store_f32(2, a, DType::F32, v);
         }),
+        Kernel::Scatter { op, dtype, index } => each(p, 3, |o| {
+            let (len, astride, n, sstride, xstride) =
+                (p.ext[0], p.ext[1], p.ext[2], p.ext[3], p.ext[4]);
+            for i in 0..n {
+                let raw = m.load_int(1, at(o[1], i, xstride), index);
+                let Some(t) = resolve_index(m, raw, len) else {
+                    continue;
+                };
+                let (a, s) = (at(o[2], t, astride), at(o[0], i, sstride));
+                scatter_combine(op, dtype, m, a, s);
+            }
+        }),
         Kernel::Fused(id) => fused_program(&fused::kernel(id), p, m),
         Kernel::FusedReduce(id, _) => fused_reduction(&fused::kernel(id), p, m),
         Kernel::MatmulTiled(t) => each(p, 3, |o| {
@@ -601,6 +613,29 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 }
             }
         }),
+    }
+}
+
+/// scatter.cu's McScatter_<op>: out element `a` (argument 2) = combine(it, src element `s`
+/// (argument 0)): assign copies the bits; floats in f32 rounded on store, integers exactly
+/// and wrapping, max/min as the binary kernels.
+fn scatter_combine(op: ScatterOp, t: DType, m: &mut Memory, a: u64, s: u64) {
+    let binary_op = match op {
+        ScatterOp::Assign => {
+            let v = m.load(0, s, t);
+            return m.store(2, a, t, v);
+        }
+        ScatterOp::Sum => BinaryOp::Add,
+        ScatterOp::Prod => BinaryOp::Mul,
+        ScatterOp::Max => BinaryOp::Max,
+        ScatterOp::Min => BinaryOp::Min,
+    };
+    if t.is_float() {
+        let v = binary(binary_op, m.load_f32(2, a, t), m.load_f32(0, s, t));
+        m.store_f32(2, a, t, v);
+    } else {
+        let v = int_binary(binary_op, m.load_int(2, a, t), m.load_int(0, s, t));
+        m.store_int(2, a, t, v);
     }
 }
 

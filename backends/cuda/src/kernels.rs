@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, UnaryOp};
+use manychips_api::{BinaryOp, CompareOp, DType, ReduceOp, ScatterOp, UnaryOp};
 
 use crate::fused::{self, FusedId};
 
@@ -12,6 +12,7 @@ const ELEMENTWISE: &str = include_str!("../../../kernels/cuda/elementwise.cu");
 const REDUCE: &str = include_str!("../../../kernels/cuda/reduce.cu");
 const SOFTMAX: &str = include_str!("../../../kernels/cuda/softmax.cu");
 const INDEX: &str = include_str!("../../../kernels/cuda/index.cu");
+const SCATTER: &str = include_str!("../../../kernels/cuda/scatter.cu");
 const MATMUL: &str = include_str!("../../../kernels/cuda/matmul.cu");
 
 /// One `.cu` file, or one generated fused program: one NVRTC program, compiled on the first
@@ -22,14 +23,22 @@ pub enum Source {
     Reduce,
     Softmax,
     Index,
+    /// `Op::Scatter`'s kernels (apart from index.cu, whose users need not compile them).
+    Scatter,
     Matmul,
     /// A kernel of `crate::fused`, generated for one program shape.
     Fused(FusedId),
 }
 
 impl Source {
-    pub const ALL: [Source; 5] =
-        [Source::Elementwise, Source::Reduce, Source::Softmax, Source::Index, Source::Matmul];
+    pub const ALL: [Source; 6] = [
+        Source::Elementwise,
+        Source::Reduce,
+        Source::Softmax,
+        Source::Index,
+        Source::Scatter,
+        Source::Matmul,
+    ];
 
     /// The file name, which is also the NVRTC program name.
     pub fn file(self) -> &'static str {
@@ -38,6 +47,7 @@ impl Source {
             Source::Reduce => "reduce.cu",
             Source::Softmax => "softmax.cu",
             Source::Index => "index.cu",
+            Source::Scatter => "scatter.cu",
             Source::Matmul => "matmul.cu",
             Source::Fused(_) => "fused.cu",
         }
@@ -49,6 +59,7 @@ impl Source {
             Source::Reduce => REDUCE.into(),
             Source::Softmax => SOFTMAX.into(),
             Source::Index => INDEX.into(),
+            Source::Scatter => SCATTER.into(),
             Source::Matmul => MATMUL.into(),
             Source::Fused(id) => fused::kernel(id).source.clone(),
         }
@@ -115,6 +126,12 @@ pub enum Kernel {
         index: DType,
         atomic: bool,
     },
+    /// `Op::Scatter`: the combine, data dtype (any), index dtype.
+    Scatter {
+        op: ScatterOp,
+        dtype: DType,
+        index: DType,
+    },
     MatmulTiled(DType),
     /// A generated fused program (`crate::fused`): `fused(p, in0.., out)`.
     Fused(FusedId),
@@ -148,6 +165,9 @@ impl Kernel {
             Kernel::IndexAdd { dtype, index, atomic: a } => {
                 format!("index_add{}_{dtype}_{index}", atomic(a))
             }
+            Kernel::Scatter { op, dtype, index } => {
+                format!("scatter_{}_{dtype}_{index}", op.name())
+            }
             Kernel::MatmulTiled(t) => format!("matmul_tiled_{t}"),
             Kernel::Fused(_) => "fused".into(),
             Kernel::FusedReduce(_, tm) => format!("fused_reduce{}", team(tm)),
@@ -170,6 +190,7 @@ impl Kernel {
             | Kernel::IndexSelect(..)
             | Kernel::ScatterAdd { .. }
             | Kernel::IndexAdd { .. } => Source::Index,
+            Kernel::Scatter { .. } => Source::Scatter,
             Kernel::MatmulTiled(..) => Source::Matmul,
             Kernel::Fused(id) | Kernel::FusedReduce(id, _) => Source::Fused(*id),
         }
@@ -190,7 +211,8 @@ impl Kernel {
             | Kernel::Gather(..)
             | Kernel::IndexSelect(..)
             | Kernel::ScatterAdd { .. }
-            | Kernel::IndexAdd { .. } => 4,
+            | Kernel::IndexAdd { .. }
+            | Kernel::Scatter { .. } => 4,
             Kernel::Fused(id) | Kernel::FusedReduce(id, _) => fused::kernel(*id).inputs.len() + 1,
         }
     }
@@ -204,6 +226,7 @@ impl Kernel {
                 | Kernel::IndexSelect(..)
                 | Kernel::ScatterAdd { .. }
                 | Kernel::IndexAdd { .. }
+                | Kernel::Scatter { .. }
         )
     }
 
@@ -268,6 +291,9 @@ pub fn all_kernels() -> Vec<Kernel> {
         for index in DType::INDICES {
             all.push(Kernel::Gather(t, index));
             all.push(Kernel::IndexSelect(t, index));
+            for op in ScatterOp::ALL {
+                all.push(Kernel::Scatter { op, dtype: t, index });
+            }
         }
     }
     all
@@ -361,6 +387,9 @@ mod tests {
             for i in indices {
                 s.insert(format!("gather_{t}_{i}"));
                 s.insert(format!("index_select_{t}_{i}"));
+                for op in ["assign", "sum", "prod", "max", "min"] {
+                    s.insert(format!("scatter_{op}_{t}_{i}"));
+                }
             }
             for d in dtypes {
                 s.insert(format!("cast_{t}_{d}"));
@@ -370,9 +399,9 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_is_in_the_documented_table_of_418() {
+    fn every_kernel_is_in_the_documented_table_of_523() {
         let table = names_in_readme_table();
-        assert_eq!(table.len(), 418);
+        assert_eq!(table.len(), 523);
         let ours: HashSet<String> = all_kernels().iter().map(Kernel::name).collect();
         assert_eq!(ours.len(), all_kernels().len(), "two kernels share a name");
         assert_eq!(ours, table);
@@ -403,6 +432,9 @@ mod tests {
                 Kernel::ScatterAdd { atomic: true, .. } => "scatter_add_atomic_##tn##_##in".into(),
                 Kernel::IndexAdd { atomic: false, .. } => "index_add_##tn##_##in".into(),
                 Kernel::IndexAdd { atomic: true, .. } => "index_add_atomic_##tn##_##in".into(),
+                Kernel::Scatter { op, .. } => {
+                    format!("MC_SCATTER_OP_KERNEL(T, tn, I, in, {})", op.name())
+                }
                 Kernel::MatmulTiled(_) => "matmul_tiled_##tn".into(),
                 Kernel::Fused(_) | Kernel::FusedReduce(..) => "fused".into(),
             };

@@ -3,7 +3,7 @@
 //! conventions at the top of kernels/cuda/common.cuh. Pure: the device only resolves buffers
 //! to pointers and hands the steps to the driver (or to the emulator in the tests).
 
-use manychips_api::{BufferId, DType, Element, Layout, Op, Result, View, bf16, f16};
+use manychips_api::{BufferId, DType, Element, Layout, Op, Result, ScatterOp, View, bf16, f16};
 
 use crate::fused;
 use crate::gemm::{self, GemmCall};
@@ -156,6 +156,9 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         }
         Op::IndexAdd { src, indices, out, axis } | Op::ScatterAdd { src, indices, out, axis } => {
             scatter(op, src, indices, out, *axis, cfg)
+        }
+        Op::Scatter { op: combine, src, indices, out, axis } => {
+            scatter_lanes(op, *combine, (src, indices, out), *axis, cfg)
         }
     }
 }
@@ -484,6 +487,43 @@ fn scatter(
         temps: vec![out.numel() * 4],
         steps: vec![Step::Launch(Box::new(widen)), add, Step::Launch(Box::new(narrow))],
     })
+}
+
+/// Op::Scatter (`scatter_<op>_<t>_<i>`): one work item per lane (a position of `src` off the
+/// axis) walking the axis in order and combining into `out` itself, in its dtype. The layout
+/// is scatter_add's deterministic one with `out` as the accumulator.
+fn scatter_lanes(
+    op: &Op,
+    combine: ScatterOp,
+    (src, indices, out): (&View, &View, &View),
+    axis: usize,
+    cfg: &Config,
+) -> Result<Plan> {
+    let n = src.dims()[axis];
+    let mut lane_dims = src.dims().to_vec();
+    lane_dims.remove(axis);
+    if n == 0 || lane_dims.contains(&0) {
+        return Ok(Plan::default());
+    }
+    let ops = [
+        without(src.layout.offset, &src.layout.strides, axis),
+        without(indices.layout.offset, &indices.layout.strides, axis),
+        without(out.layout.offset, &out.layout.strides, axis),
+    ];
+    let mut p = params::strided(op, &lane_dims, &ops)?;
+    p.ext[0] = out.dims()[axis] as u64;
+    p.ext[1] = out.layout.strides[axis] as u64;
+    p.ext[2] = n as u64;
+    p.ext[3] = src.layout.strides[axis] as u64;
+    p.ext[4] = indices.layout.strides[axis] as u64;
+    let kernel = Kernel::Scatter { op: combine, dtype: out.dtype, index: indices.dtype };
+    let args = vec![
+        Arg::Buffer(src.buffer),
+        Arg::Buffer(indices.buffer),
+        Arg::Buffer(out.buffer),
+        Arg::Status,
+    ];
+    Ok(Plan::single(launch_1d(kernel, p, args, cfg)))
 }
 
 /// Batched matmul: cuBLAS where it takes the layout, else the tiled kernel. With k = 0 the

@@ -219,14 +219,14 @@ mod tests {
         }
     }
 
-    /// Every integer op (and the new float ones) for every integer dtype the kernels take:
-    /// the lowered WGSL validates and becomes SPIR-V (the kit runs them; this names the
-    /// kernel that does not build).
+    /// Every integer op (and the new float ones, and scatter on every dtype) for every integer
+    /// dtype the kernels take: the lowered WGSL validates and becomes SPIR-V (the kit runs
+    /// them; this names the kernel that does not build).
     #[test]
     fn integer_kernels_compile() {
         use manychips_api::{
-            BinaryOp, BufferId, CompareOp, DType, DeviceId, Instr, Layout, Op, ReduceOp, UnaryOp,
-            View,
+            BinaryOp, BufferId, CompareOp, DType, DeviceId, Instr, Layout, Op, ReduceOp, ScatterOp,
+            UnaryOp, View,
         };
         let device = DeviceId::fresh();
         let view = |index, dims: &[usize], dtype| {
@@ -263,6 +263,16 @@ mod tests {
                 ops.push(Op::IndexSelect { input: a.clone(), indices: idx, out, axis: 0 });
             }
             ops.push(Op::Fill { out: o.clone(), value: -3.0 });
+        }
+        // Scatter: every combination on every dtype (integer and float paths, packed and
+        // 32-bit outputs), with unsigned and signed indices.
+        for d in manychips_wgsl::DTYPES {
+            for (op, ix) in
+                ScatterOp::ALL.into_iter().flat_map(|op| [(op, DType::U32), (op, DType::I32)])
+            {
+                let (src, indices) = (view(0, &[4, 7], d), view(1, &[4, 7], ix));
+                ops.push(Op::Scatter { op, src, indices, out: view(2, &[4, 9], d), axis: 1 });
+            }
         }
         let i = view(0, &[4, 9], DType::I32);
         for op in [UnaryOp::Neg, UnaryOp::Abs] {

@@ -7,7 +7,7 @@
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
-use crate::{DType, ErrorKind, Op};
+use crate::{DType, ErrorKind, Op, ScatterOp};
 
 use super::super::case::{Case, Operand, Output, Place, Place::*};
 use super::super::reference::{self, Host, numel};
@@ -20,6 +20,7 @@ pub(super) fn run(r: &mut Runner<'_>) {
     gather(r);
     index_add(r);
     scatter_add(r);
+    scatter(r);
 }
 
 /// The signed index dtypes, each run on every form with one data dtype.
@@ -406,5 +407,74 @@ fn scatter_add(r: &mut Runner<'_>) {
         r.run_failing("scatter_add", &name, bad, ErrorKind::IndexOutOfRange, true);
         let good = scatter_add_case(&mut rng, (dtype, ix), &f, None);
         r.run_case("scatter_add", &name, good);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// scatter: as scatter_add, combining by any `ScatterOp` in order along the axis, any dtype.
+
+/// Values a scatter combines: integers over their whole range (sums and products wrap),
+/// float factors near 1 (a product of forty stays inside f16's range), other floats in ±4.
+fn scatter_dist(op: ScatterOp, dtype: DType) -> Dist {
+    match (dtype.is_int(), op) {
+        (true, _) => Dist::Data,
+        (false, ScatterOp::Prod) => Dist::Uniform(0.8, 1.25),
+        (false, _) => Dist::Uniform(-4.0, 4.0),
+    }
+}
+
+fn scatter_case(
+    rng: &mut ChaCha8Rng,
+    op: ScatterOp,
+    (dtype, ix): (DType, DType),
+    f: &Form,
+    bad: Option<f64>,
+) -> Case {
+    let dist = scatter_dist(op, dtype);
+    let init = host(rng, dtype, dist, &f.data);
+    let src = Operand::new(dtype, host(rng, dtype, dist, &f.idx)).at(f.data_place);
+    let len = f.data[f.axis];
+    let mut idx = index_operand(rng, ix, &f.idx_arg, &f.idx, len);
+    let picks = resolved(&idx.logical(), len);
+    let expected = reference::scatter(op, dtype, &init, &src.logical(), &picks, f.axis);
+    if let Some(bad) = bad {
+        spoil(rng, &mut idx, bad);
+    }
+    let out = Output::new(dtype, &f.data).at(f.out).init(init.data);
+    let axis = f.axis;
+    Case::new(vec![src, idx], out, expected, move |v, out| Op::Scatter {
+        op,
+        src: v[0].clone(),
+        indices: v[1].clone(),
+        out,
+        axis,
+    })
+}
+
+fn scatter(r: &mut Runner<'_>) {
+    for op in ScatterOp::ALL {
+        let name = format!("scatter.{}", op.name());
+        for dtype in DType::ALL {
+            let needs = [(dtype, ""), (DType::U32, "indices")];
+            let Some(mut rng) = r.begin(&name, dtype.name(), &needs) else { continue };
+            for f in scatter_add_forms(r.full()) {
+                let case = scatter_case(&mut rng, op, (dtype, DType::U32), &f, None);
+                r.run_case(&name, dtype.name(), case);
+            }
+        }
+        let Some(dtype) = probe_dtype(r, &DType::ALL) else { continue };
+        for ix in SIGNED {
+            let label = label(dtype, ix);
+            let Some(mut rng) = r.begin(&name, &label, &[(ix, "indices")]) else { continue };
+            for f in scatter_add_forms(false) {
+                let case = scatter_case(&mut rng, op, (dtype, ix), &f, None);
+                r.run_case(&name, &label, case);
+            }
+            let f = form(&[13, 7], C, 0, &[20, 7], C);
+            let bad = scatter_case(&mut rng, op, (dtype, ix), &f, Some(out_of_range(ix, 13)));
+            r.run_failing(&name, &label, bad, ErrorKind::IndexOutOfRange, true);
+            let good = scatter_case(&mut rng, op, (dtype, ix), &f, None);
+            r.run_case(&name, &label, good);
+        }
     }
 }

@@ -10,13 +10,13 @@
 
 use std::sync::OnceLock;
 
-use manychips_api::Layout;
+use manychips_api::{Layout, ScatterOp};
 use rayon::prelude::*;
 
 use super::elementwise::{BLOCK, Map, Stage, load, map};
 use super::plan::{MIN_CHUNK, Plan, split_point, task_count};
 use super::simd;
-use crate::element::Elem;
+use crate::element::{Elem, Int};
 use crate::storage::Scratch;
 
 /// An index dtype: `U32`, `I32` or `I64`, a negative value counting from the end.
@@ -276,5 +276,69 @@ impl<T: Elem, X: Index> Scatter<'_, T, X> {
                 acc[ob + k * sb + i * astride] += self.src[os + k * ss].to_f32();
             }
         });
+    }
+}
+
+/// `out[p with p[axis] = indices[p]] = combine(that element, src[p])` for every `p` of `src`
+/// (`indices` has `src`'s shape), in increasing order along `axis` within each lane (every
+/// other coordinate fixed), so duplicate indices give one defined result: the last source
+/// element for an assignment, the ordered fold for a reduction.
+pub(crate) fn scatter<T: Elem, X: Index>(
+    (src, sl): (&[T], &Layout),
+    (idx, xl): (&[X], &Layout),
+    (out, ol): (&mut [T], &Layout),
+    axis: usize,
+    combine: impl Fn(T, T) -> T,
+) -> IndexResult {
+    let (len, out_len) = (sl.dims()[axis], ol.dims()[axis]);
+    let (s_step, x_step, o_step) = (sl.strides[axis], xl.strides[axis], ol.strides[axis]);
+    let lanes = |l: &Layout| {
+        let mut dims = sl.dims().to_vec();
+        dims[axis] = 1;
+        Layout { shape: dims.into(), strides: l.strides.clone(), offset: l.offset }
+    };
+    let (sb, xb, ob) = (lanes(sl), lanes(xl), lanes(ol));
+    let plan = Plan::new(sb.dims(), [&sb, &xb, &ob]);
+    let [ss, sx, so] = plan.inner_strides();
+    let bad = BadIndex::new();
+    plan.walk(0..plan.numel(), |[os, ox, oo], n| {
+        for k in 0..n {
+            let (s0, x0, o0) = (os + k * ss, ox + k * sx, oo + k * so);
+            for i in 0..len {
+                let x = idx[x0 + i * x_step];
+                let Some(t) = x.resolve(out_len) else {
+                    bad.record(x);
+                    continue;
+                };
+                let at = o0 + t * o_step;
+                out[at] = combine(out[at], src[s0 + i * s_step]);
+            }
+        }
+    });
+    match bad.get() {
+        Some(value) => Err(IndexError::OutOfRange { value, len: out_len }),
+        None => Ok(()),
+    }
+}
+
+/// How `Op::Scatter` combines (target, source) for a float type: in f32, rounded on store.
+pub(crate) fn float_combine<T: Elem>(op: ScatterOp) -> fn(T, T) -> T {
+    match op {
+        ScatterOp::Assign => |_, s| s,
+        ScatterOp::Sum => |t, s| T::from_f32(t.to_f32() + s.to_f32()),
+        ScatterOp::Prod => |t, s| T::from_f32(t.to_f32() * s.to_f32()),
+        ScatterOp::Max => |t, s| T::from_f32(t.to_f32().max(s.to_f32())),
+        ScatterOp::Min => |t, s| T::from_f32(t.to_f32().min(s.to_f32())),
+    }
+}
+
+/// How `Op::Scatter` combines (target, source) for an integer type: exactly, wrapping.
+pub(crate) fn int_combine<T: Int>(op: ScatterOp) -> fn(T, T) -> T {
+    match op {
+        ScatterOp::Assign => |_, s| s,
+        ScatterOp::Sum => T::add,
+        ScatterOp::Prod => T::mul,
+        ScatterOp::Max => Ord::max,
+        ScatterOp::Min => Ord::min,
     }
 }

@@ -449,6 +449,27 @@ pub(crate) fn execute(
             ))
             .map_err(|e| env.index_error(op, e)), Err(not_float(ov.dtype)))
         }
+        Op::Scatter { op: sop, src, indices, out: _, axis } => {
+            if src.numel() == 0 {
+                return Ok(());
+            }
+            let (s, x) = (get(src)?, get(indices)?);
+            let (sl, xl) = (&src.layout, &indices.layout);
+            with_float!(ov.dtype, T => with_index!(indices.dtype, X => index::scatter::<T, X>(
+                (typed(s), sl),
+                (typed(x), xl),
+                (typed_mut(out), ol),
+                *axis,
+                index::float_combine::<T>(*sop),
+            )), with_int!(ov.dtype, T => with_index!(indices.dtype, X => index::scatter::<T, X>(
+                (typed(s), sl),
+                (typed(x), xl),
+                (typed_mut(out), ol),
+                *axis,
+                index::int_combine::<T>(*sop),
+            )), Ok(())))
+            .map_err(|e| env.index_error(op, e))
+        }
         Op::ScatterAdd { src, indices, out: _, axis } => {
             if src.numel() == 0 {
                 return Ok(());

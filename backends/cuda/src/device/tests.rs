@@ -5,8 +5,8 @@
 
 use cudarc::driver::sys::CUresult;
 use manychips_api::{
-    BinaryOp, BufferId, DType, Device, DeviceId, ErrorKind, Layout, Op, ReduceOp, Shape, View,
-    bf16, f16,
+    BinaryOp, BufferId, DType, Device, DeviceId, ErrorKind, Layout, Op, ReduceOp, ScatterOp, Shape,
+    View, bf16, f16,
 };
 use manychips_cpu::CpuDevice;
 
@@ -564,4 +564,134 @@ fn a_dropped_device_with_live_buffers_and_queued_work_is_fine() {
         .unwrap();
     drop(dev);
     assert!(emulated().memory().unwrap().free > 0);
+}
+
+/// `Op::Scatter` along axis 0: `out` [rows, cols] (its bytes `init`) from `src` [len, cols]
+/// at i64 `indices` [len, cols]; out's bytes afterwards.
+fn scatter_on(
+    dev: &dyn Device,
+    op: ScatterOp,
+    t: DType,
+    (rows, cols): (usize, usize),
+    (init, src, indices): (&[u8], &[u8], &[i64]),
+) -> manychips_api::Result<Vec<u8>> {
+    let len = indices.len() / cols;
+    let case = Case {
+        data: vec![src.to_vec(), bytemuck::cast_slice(indices).to_vec(), init.to_vec()],
+        op: Op::Scatter {
+            op,
+            src: contiguous(0, &[len, cols], t),
+            indices: contiguous(1, &[len, cols], DType::I64),
+            out: contiguous(2, &[rows, cols], t),
+            axis: 0,
+        },
+    };
+    run_on(dev, &case).map(|mut buffers| buffers.remove(2))
+}
+
+#[test]
+fn scatter_applies_duplicates_in_order_along_the_axis() {
+    let dev = emulated();
+    let cpu = CpuDevice::with_threads(1).expect("cpu device");
+    let f32s = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
+    // Column 0 names row 1 three times (-2 is row 1 of 3), then row 2; column 1 names row 0
+    // four times (-3 is row 0).
+    let init = f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let src = f32s(&[10.0, 20.0, 11.0, 21.0, 12.0, 22.0, 13.0, 23.0]);
+    let idx = [1i64, 0, 1, 0, -2, 0, 2, -3];
+    let expect = [
+        (ScatterOp::Assign, [1.0, 23.0, 12.0, 4.0, 13.0, 6.0]), // the last one wins
+        (ScatterOp::Sum, [1.0, 88.0, 36.0, 4.0, 18.0, 6.0]),
+        (ScatterOp::Max, [1.0, 23.0, 12.0, 4.0, 13.0, 6.0]),
+        (ScatterOp::Min, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+    ];
+    for (op, want) in expect {
+        for d in [&dev as &dyn Device, &cpu] {
+            let got = scatter_on(d, op, DType::F32, (3, 2), (&init, &src, &idx)).unwrap();
+            assert_eq!(bytemuck::cast_slice::<u8, f32>(&got), &want, "{op:?}");
+        }
+    }
+    // f16 sums round at every store: 2048 + 1 is 2048 (ties to even), three times over; an
+    // f32 accumulator would give 2052.
+    let h = |v: &[f32]| v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect::<Vec<_>>();
+    let got = scatter_on(
+        &dev,
+        ScatterOp::Sum,
+        DType::F16,
+        (1, 1),
+        (&h(&[2048.0]), &h(&[1.0; 3]), &[0; 3]),
+    );
+    assert_eq!(got.unwrap(), h(&[2048.0]));
+    // Integers wrap: 3 · 200 · 2 = 1200 = 176 mod 256; i32::MAX + 1 = i32::MIN.
+    let got = scatter_on(&dev, ScatterOp::Prod, DType::U8, (1, 1), (&[3], &[200, 2], &[0, -1]));
+    assert_eq!(got.unwrap(), [176]);
+    let i32s = |v: &[i32]| bytemuck::cast_slice::<i32, u8>(v).to_vec();
+    let got = scatter_on(
+        &dev,
+        ScatterOp::Sum,
+        DType::I32,
+        (1, 1),
+        (&i32s(&[i32::MAX]), &i32s(&[1]), &[0]),
+    );
+    assert_eq!(got.unwrap(), i32s(&[i32::MIN]));
+    // Max and min ignore a NaN operand, as binary maximum / minimum.
+    let nan = f32s(&[f32::NAN, 0.5, 3.0]);
+    let got = scatter_on(&dev, ScatterOp::Max, DType::F32, (1, 1), (&f32s(&[1.0]), &nan, &[0; 3]));
+    assert_eq!(got.unwrap(), f32s(&[3.0]));
+    let got = scatter_on(&dev, ScatterOp::Min, DType::F32, (1, 1), (&f32s(&[1.0]), &nan, &[0; 3]));
+    assert_eq!(got.unwrap(), f32s(&[0.5]));
+    // An index out of range is skipped and reported as given; the rest still applies.
+    let out = dev.alloc(8).unwrap();
+    let (s, x) = (dev.alloc(12).unwrap(), dev.alloc(24).unwrap());
+    dev.write(out, 0, &f32s(&[1.0, 2.0])).unwrap();
+    dev.write(s, 0, &f32s(&[10.0, 20.0, 30.0])).unwrap();
+    dev.write(x, 0, bytemuck::cast_slice(&[1i64, 5, 0])).unwrap();
+    let op = Op::Scatter {
+        op: ScatterOp::Sum,
+        src: View::new(s, Layout::contiguous([3]), DType::F32),
+        indices: View::new(x, Layout::contiguous([3]), DType::I64),
+        out: View::new(out, Layout::contiguous([2]), DType::F32),
+        axis: 0,
+    };
+    dev.run(&op).unwrap();
+    let err = dev.synchronize().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::IndexOutOfRange, "{err}");
+    assert!(err.to_string().contains("scatter.sum") && err.to_string().contains('5'), "{err}");
+    let mut back = [0u8; 8];
+    dev.read(out, 0, &mut back).unwrap();
+    assert_eq!(bytemuck::cast_slice::<u8, f32>(&back), &[31.0, 12.0]);
+}
+
+#[test]
+fn scatter_matches_the_cpu_bit_for_bit_on_strided_views() {
+    let dev = emulated();
+    let mut rng = Rng(0x5ca7);
+    let (rows, cols, len) = (5, 4, 9);
+    for t in DType::ALL {
+        for index in DType::INDICES {
+            for op in ScatterOp::ALL {
+                // out transposed, src read with a gap between rows.
+                let out = view(2, &[rows, cols], &[1, rows], 0, t);
+                let src = view(0, &[len, cols], &[cols + 2, 1], 1, t);
+                let data = |rng: &mut Rng, n| {
+                    if t.is_float() { random_bytes(rng, n, t, 0) } else { random_ints(rng, n, t) }
+                };
+                let case = Case {
+                    data: vec![
+                        data(&mut rng, 1 + len * (cols + 2)),
+                        random_bytes(&mut rng, len * cols, index, rows as u32),
+                        data(&mut rng, rows * cols),
+                    ],
+                    op: Op::Scatter {
+                        op,
+                        src,
+                        indices: contiguous(1, &[len, cols], index),
+                        out,
+                        axis: 0,
+                    },
+                };
+                agrees(&dev, &case, 0.0);
+            }
+        }
+    }
 }

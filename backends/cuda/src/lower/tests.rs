@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use manychips_api::{
-    BinaryOp, BufferId, CompareOp, DType, DeviceId, Layout, Op, ReduceOp, UnaryOp, View,
+    BinaryOp, BufferId, CompareOp, DType, DeviceId, Layout, Op, ReduceOp, ScatterOp, UnaryOp, View,
 };
 
 use super::*;
@@ -46,6 +46,10 @@ fn every_op() -> Vec<Op> {
             let idx = v(1, &[3], i);
             ops.push(Op::IndexSelect { input: x(0), indices: idx, out: v(2, &[3, 8], t), axis: 0 });
             ops.push(Op::Gather { input: x(0), indices: v(1, &[4, 8], i), out: x(2), axis: 1 });
+            for op in ScatterOp::ALL {
+                let (src, indices) = (v(0, &[3, 8], t), v(1, &[3, 8], i));
+                ops.push(Op::Scatter { op, src, indices, out: x(2), axis: 0 });
+            }
         }
         for u in UnaryOp::ALL.into_iter().filter(|&u| t.is_float() || signed_unary(u, t)) {
             ops.push(Op::Unary { op: u, input: x(0), out: x(1) });
@@ -146,6 +150,7 @@ fn every_op_and_dtype_lowers_to_known_entry_points_with_the_abi() {
                         | Op::IndexSelect { .. }
                         | Op::IndexAdd { .. }
                         | Op::ScatterAdd { .. }
+                        | Op::Scatter { .. }
                 )
             );
         }
@@ -208,6 +213,43 @@ fn names_follow_the_readme_convention() {
         log: true,
     };
     assert_eq!(name(&s), "log_softmax_f32_warp");
+    let sc = Op::Scatter {
+        op: ScatterOp::Prod,
+        src: v(0, &[2, 3], DType::I64),
+        indices: v(1, &[2, 3], DType::I32),
+        out: v(2, &[4, 3], DType::I64),
+        axis: 0,
+    };
+    assert_eq!(name(&sc), "scatter_prod_i64_i32");
+}
+
+#[test]
+fn scatter_is_one_launch_per_lane_into_out_itself() {
+    let cfg = Config { sm_count: 8, cublas: true, tf32: false, scatter: ScatterKernel::Atomic };
+    let op = Op::Scatter {
+        op: ScatterOp::Sum,
+        src: v(0, &[5, 3], DType::BF16),
+        indices: v(1, &[5, 3], DType::I64),
+        out: v(2, &[7, 3], DType::BF16),
+        axis: 0,
+    };
+    let plan = lower(&op, &cfg).unwrap();
+    assert!(plan.temps.is_empty());
+    let [Step::Launch(l)] = &plan.steps[..] else { panic!("{plan:?}") };
+    assert_eq!(l.kernel.name(), "scatter_sum_bf16_i64");
+    // Three lanes; ext: out's axis length and stride, src's length and stride, indices' stride.
+    assert_eq!(l.params.count, 3);
+    assert_eq!(l.params.ext[..5], [7, 3, 5, 3, 3]);
+    assert_eq!(l.args[2], Arg::Buffer(op.output().buffer));
+    // An empty source does nothing.
+    let empty = Op::Scatter {
+        op: ScatterOp::Assign,
+        src: v(0, &[0, 3], DType::U8),
+        indices: v(1, &[0, 3], DType::U32),
+        out: v(2, &[7, 3], DType::U8),
+        axis: 0,
+    };
+    assert!(lower(&empty, &cfg).unwrap().steps.is_empty());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::{Dispatch, Features};
 const SOURCE: &str = include_str!("../../../../kernels/wgsl/elementwise.wgsl");
 
 /// A float binary op on `x` and `y` (f32).
-fn binary(op: BinaryOp) -> &'static str {
+pub(super) fn binary(op: BinaryOp) -> &'static str {
     match op {
         BinaryOp::Add => "x + y",
         BinaryOp::Sub => "x - y",
@@ -33,7 +33,7 @@ fn binary(op: BinaryOp) -> &'static str {
 /// they wrap in WGSL; a u8 result is masked to its 8 bits when stored. Division and
 /// remainder need the helpers of section `int_helpers` (WGSL's own `x / 0` is `x`, and its
 /// `%` truncates). `None` for pow (floats only).
-fn int_binary(op: BinaryOp, dtype: DType) -> Option<&'static str> {
+pub(super) fn int_binary(op: BinaryOp, dtype: DType) -> Option<&'static str> {
     let signed = dtype.is_signed_int();
     Some(match op {
         BinaryOp::Add => "x + y",

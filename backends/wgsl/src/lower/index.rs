@@ -1,16 +1,24 @@
-//! index_select / gather and index_add / scatter_add (kernels/wgsl/index.wgsl). A 1-D
-//! index vector is an index tensor broadcast (stride 0) over the other dims, so each pair
+//! index_select / gather, index_add / scatter_add and scatter (kernels/wgsl/index.wgsl). A
+//! 1-D index vector is an index tensor broadcast (stride 0) over the other dims, so each pair
 //! shares one kernel; the indexed operand is addressed as `base + index · axis_stride`.
 
-use manychips_api::{DType, Error, Layout, Op, Result, View};
+use manychips_api::{BinaryOp, DType, Error, Layout, Op, Result, ScatterOp, View};
 
-use super::elementwise::{Value, dispatch};
+use super::elementwise::{Value, binary, dispatch, int_binary};
 use super::strided;
 use crate::kernel::{Kernel, Operand, WG, grid_1d};
 use crate::params::{Params, Strided, word};
+use crate::template::section;
 use crate::{Features, Lowered, Slot};
 
 const SOURCE: &str = include_str!("../../../../kernels/wgsl/index.wgsl");
+
+/// The template of the kernel with entry point `entry`: index.wgsl's head (what every index
+/// kernel shares) and that entry's section, so no kernel compiles the others.
+fn source(entry: &str) -> Result<[&'static str; 2]> {
+    let head = SOURCE.find("\n//# ").map_or(SOURCE, |end| &SOURCE[..=end]);
+    Ok([head, section(SOURCE, entry)?])
+}
 
 /// The body of index.wgsl's `resolve` for indices of `dtype` (an axis has fewer than 2^32
 /// elements, so NONE is never a position).
@@ -68,7 +76,7 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
                 vec![Operand::input(input), Operand::input(indices), Operand::output(out)];
             let k = Kernel {
                 family: "index",
-                source: &[SOURCE],
+                source: &source("gather")?,
                 entry: "gather",
                 operands,
                 status: true,
@@ -79,6 +87,9 @@ pub(super) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         }
         Op::IndexAdd { src, indices, out, axis } | Op::ScatterAdd { src, indices, out, axis } => {
             scatter(op, src, indices, out, *axis, f)
+        }
+        Op::Scatter { op: how, src, indices, out, axis } => {
+            scatter_op(op, *how, src, indices, out, *axis, f)
         }
         _ => Ok(Lowered::default()),
     }
@@ -141,7 +152,7 @@ fn scatter(
     p.set(6, word(op, "stride", acc_strides.1[axis])?)?;
     let k = Kernel {
         family: "index",
-        source: &[SOURCE],
+        source: &source("scatter_add")?,
         entry: "scatter_add",
         operands: vec![Operand::input(src), Operand::input(indices), acc],
         status: true,
@@ -191,4 +202,80 @@ fn scatter(
     dispatches.extend(adds);
     dispatches.push(narrow);
     Ok(Lowered { temporaries: vec![bytes], dispatches })
+}
+
+/// The body of index.wgsl's `update` for `Op::Scatter`: combines the source element at `s`
+/// (operand 0) into the output element at `at` (operand 2). Chosen here, not by a branch in
+/// the kernel: an assignment copies the bits (any dtype); an integer reduction works on the
+/// bits as the integer `Binary` op does (wrapping; a u8 is masked to its byte when stored);
+/// a float one in f32, rounded to the dtype by the store.
+fn update(op: &Op, how: ScatterOp, dtype: DType) -> Result<String> {
+    let binop = match how {
+        ScatterOp::Assign => return Ok("st2(at, ld0(s));".into()),
+        ScatterOp::Sum => BinaryOp::Add,
+        ScatterOp::Prod => BinaryOp::Mul,
+        ScatterOp::Max => BinaryOp::Max,
+        ScatterOp::Min => BinaryOp::Min,
+    };
+    if dtype.is_float() {
+        return Ok(format!("let x = ldf2(at); let y = ldf0(s); stf2(at, {});", binary(binop)));
+    }
+    let e = int_binary(binop, dtype).ok_or_else(|| Error::UnsupportedDType {
+        op: op.name(),
+        device: "wgsl".into(),
+        dtype,
+        detail: format!(" (no integer {binop:?}); {}", op.describe()),
+    })?;
+    Ok(format!("let x = ld2(at); let y = ld0(s); st2(at, {e});"))
+}
+
+/// `Op::Scatter`: one invocation per lane (every position of `src` off the axis), walking
+/// the axis in order and combining each element into the output where its index points, in
+/// place: the order the op defines, with no other invocation touching that lane's targets.
+/// Packed outputs (16- and 8-bit) are bound atomic, each store clearing and setting only its
+/// own element's bits, so lanes whose elements share a word do not race.
+fn scatter_op(
+    op: &Op,
+    how: ScatterOp,
+    src: &View,
+    indices: &View,
+    out: &View,
+    axis: usize,
+    f: &Features,
+) -> Result<Lowered> {
+    let mut dims = src.dims().to_vec();
+    dims.remove(axis);
+    let lanes: usize = dims.iter().product();
+    let n = src.dims()[axis];
+    if lanes == 0 || n == 0 {
+        return Ok(Lowered::default());
+    }
+    let ops = [
+        without(src.layout.offset, &src.layout.strides, axis),
+        without(indices.layout.offset, &indices.layout.strides, axis),
+        without(out.layout.offset, &out.layout.strides, axis),
+    ];
+    let mut p = Params::strided(op, lanes, &dims, &ops)?;
+    p.set(3, word(op, "axis length", out.dims()[axis])?)?;
+    p.set(4, word(op, "stride", src.layout.strides[axis])?)?;
+    p.set(5, word(op, "stride", indices.layout.strides[axis])?)?;
+    p.set(6, word(op, "stride", out.layout.strides[axis])?)?;
+    let update = update(op, how, out.dtype)?;
+    let k = Kernel {
+        family: "index",
+        source: &source("scatter")?,
+        entry: "scatter",
+        operands: vec![Operand::input(src), Operand::input(indices), Operand::output(out)],
+        status: true,
+        subs: &[("RESOLVE", resolve(op, indices.dtype)?), ("UPDATE", &update)],
+    };
+    let grid = grid_1d(op, lanes, WG, f)?;
+    let mut dispatches = Vec::new();
+    for start in (0..n).step_by(CHUNK) {
+        let mut p = p.clone();
+        p.set(2, word(op, "source length", (start + CHUNK).min(n))?)?;
+        p.set(7, word(op, "source start", start)?)?;
+        dispatches.push(k.dispatch(p, grid)?);
+    }
+    Ok(Lowered { temporaries: Vec::new(), dispatches })
 }

@@ -34,7 +34,8 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         Op::IndexSelect { .. }
         | Op::Gather { .. }
         | Op::IndexAdd { .. }
-        | Op::ScatterAdd { .. } => index::lower(op, f),
+        | Op::ScatterAdd { .. }
+        | Op::Scatter { .. } => index::lower(op, f),
         Op::Fused { .. } if fuses(op) => plain(elementwise::lower(op, f)?),
         // More inputs than one kernel takes: the devices run its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.

@@ -2,7 +2,7 @@
 //! the specialisation. (The kernels themselves run in the wgpu backend's conformance test.)
 
 use manychips_api::{
-    BinaryOp, BufferId, CompareOp, DType, DeviceId, Layout, Op, ReduceOp, UnaryOp, View,
+    BinaryOp, BufferId, CompareOp, DType, DeviceId, Layout, Op, ReduceOp, ScatterOp, UnaryOp, View,
 };
 
 use super::elementwise::cast_expr;
@@ -70,6 +70,13 @@ fn every_op(dtype: DType) -> Vec<Op> {
             out: o.clone(),
             axis: 1,
         },
+        Op::Scatter {
+            op: ScatterOp::Max,
+            src: view(0, &[3, 4], dtype),
+            indices: view(3, &[3, 4], DType::I32),
+            out: o.clone(),
+            axis: 1,
+        },
         Op::Where { cond: view(0, &[3, 5], DType::U8), on_true: a, on_false: b, out: o.clone() },
         Op::Fill { out: o, value: 1.5 },
     ]
@@ -105,6 +112,7 @@ fn every_op_lowers_for_every_float_dtype_and_kernel() {
                         | Op::Gather { .. }
                         | Op::IndexAdd { .. }
                         | Op::ScatterAdd { .. }
+                        | Op::Scatter { .. }
                 );
                 assert_eq!(statuses, usize::from(indexed));
             }
@@ -455,6 +463,10 @@ fn every_integer_op(dtype: DType) -> Vec<Op> {
         ops.push(Op::IndexAdd { src: f(0, &[4, 5]), indices: idx, out: f(2, &[3, 5]), axis: 0 });
         ops.push(Op::ScatterAdd { src: f(0, &[3, 5]), indices: a, out: f(2, &[3, 5]), axis: 1 });
     }
+    for op in ScatterOp::ALL {
+        let (src, out) = (v(0, &[3, 4], dtype), v(2, &[3, 5], dtype));
+        ops.push(Op::Scatter { op, src, indices: v(1, &[3, 4], DType::U32), out, axis: 1 });
+    }
     if dtype.is_signed_int() {
         for op in [UnaryOp::Neg, UnaryOp::Abs] {
             ops.push(Op::Unary { op, input: v(0, &[3, 5], dtype), out: o.clone() });
@@ -477,6 +489,7 @@ fn every_integer_op_lowers_without_float_arithmetic() {
                 let exact = match op {
                     Op::Binary { .. } => d.source.contains("let x = ld0(o.x); let y = ld1(o.y);"),
                     Op::Reduce { .. } => d.source.contains("alias V = u32;"),
+                    Op::Scatter { .. } => !d.source.contains("ldf2(at)"),
                     _ => true,
                 };
                 assert!(exact, "{}", op.describe());
@@ -528,6 +541,56 @@ fn integer_semantics_are_chosen_when_lowering() {
     };
     let s = source(&argmin);
     assert!(s.contains("return b < a;") && s.contains("return is_nan(v);"), "{s}");
+}
+
+#[test]
+fn scatter_combines_as_the_op_and_dtype_say() {
+    let f = features(MatmulKernel::RegisterBlocked);
+    let scatter = |op, d, ix| Op::Scatter {
+        op,
+        src: view(0, &[3, 4], d),
+        indices: view(1, &[3, 4], ix),
+        out: view(2, &[3, 5], d),
+        axis: 1,
+    };
+    let source = |op: &Op| {
+        let l = lower(op, &f).unwrap_or_else(|e| panic!("{}: {e}", op.describe()));
+        assert_eq!(l.dispatches.len(), 1, "{}", op.describe());
+        assert!(l.temporaries.is_empty(), "{}", op.describe());
+        assert_eq!(l.dispatches[0].entry, "scatter");
+        l.dispatches[0].source.to_string()
+    };
+    // Only the scatter entry point, with one combination and no runtime choice of it.
+    let s = source(&scatter(ScatterOp::Sum, DType::F16, DType::U32));
+    assert!(s.contains("stf2(at, x + y);") && !s.contains("fn gather("), "{s}");
+    assert!(s.contains("array<atomic<u32>>"), "packed outputs store atomically: {s}");
+    let s = source(&scatter(ScatterOp::Assign, DType::BF16, DType::I32));
+    assert!(s.contains("st2(at, ld0(s));") && s.contains("flag_signed_index(raw, len)"), "{s}");
+    assert!(!s.contains("ld2(at)"), "an assignment reads no target: {s}");
+    let s = source(&scatter(ScatterOp::Max, DType::I32, DType::U32));
+    assert!(s.contains("st2(at, bitcast<u32>(max(bitcast<i32>(x), bitcast<i32>(y))));"), "{s}");
+    let s = source(&scatter(ScatterOp::Prod, DType::U8, DType::U32));
+    assert!(s.contains("let x = ld2(at); let y = ld0(s); st2(at, x * y);"), "{s}");
+    assert!(source(&scatter(ScatterOp::Min, DType::F32, DType::U32)).contains("min(x, y)"));
+    // Long axes take consecutive dispatches; empty sources none; I64 indices an error.
+    let long = Op::Scatter {
+        op: ScatterOp::Sum,
+        src: view(0, &[2, 70_000], DType::U32),
+        indices: view(1, &[2, 70_000], DType::U32),
+        out: view(2, &[2, 5], DType::U32),
+        axis: 1,
+    };
+    assert_eq!(lower(&long, &f).map(|l| l.dispatches.len()).ok(), Some(3));
+    let empty = Op::Scatter {
+        op: ScatterOp::Sum,
+        src: view(0, &[3, 0], DType::F32),
+        indices: view(1, &[3, 0], DType::U32),
+        out: view(2, &[3, 5], DType::F32),
+        axis: 1,
+    };
+    assert!(lower(&empty, &f).is_ok_and(|l| l.dispatches.is_empty()));
+    let e = lower(&scatter(ScatterOp::Min, DType::F32, DType::I64), &f).unwrap_err();
+    assert!(e.to_string().contains("scatter.min"), "{e}");
 }
 
 #[test]
