@@ -38,6 +38,7 @@ FILE_OPTIONS = {
     "softmax.cu": ["--fmad=false"],
     "index.cu": ["--fmad=false"],
     "scatter.cu": ["--fmad=false"],
+    "sort.cu": ["--fmad=false"],
     "matmul.cu": ["--fmad=true"],
 }
 # NVRTC 12.x prints this for compute_70 whatever the options; it is not about our code.
@@ -89,9 +90,10 @@ def expected():
     idx |= {f"{name}{atomic}_{t}_{i}" for name in ["scatter_add", "index_add"]
             for atomic in ["", "_atomic"] for t in FLOATS for i in INDICES}
     scat = {f"scatter_{op}_{t}_{i}" for op in SCATTER for t in DTYPES for i in INDICES}
+    sort = {f"argsort_keys_{t}" for t in DTYPES} | {"argsort_merge", "argsort_tile"}
     mm = {f"matmul_tiled_{t}" for t in FLOATS}
     return {"elementwise.cu": ew, "reduce.cu": red, "softmax.cu": soft, "index.cu": idx,
-            "scatter.cu": scat, "matmul.cu": mm}
+            "scatter.cu": scat, "sort.cu": sort, "matmul.cu": mm}
 
 
 # ---- NVRTC through ctypes --------------------------------------------------------------------

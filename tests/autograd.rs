@@ -606,7 +606,7 @@ fn var_parity_ops() {
     let device = cpu();
     // Row 0 names column 1 twice (the second stays); -1 is the last column.
     let at = Tensor::from_slice(&[1i32, 3, 1, 0, 2, -1], [2, 3], &device).expect("indices");
-    for op in [ScatterOp::Assign, ScatterOp::Sum, ScatterOp::Max, ScatterOp::Min] {
+    for op in ScatterOp::ALL {
         let at = at.clone();
         check(
             &format!("scatter_reduce {op:?}"),
@@ -658,14 +658,18 @@ fn cumprod_gradient_is_exact_at_zeros() {
 }
 
 #[test]
-fn a_scattered_product_is_refused_on_vars() {
+fn a_scattered_product_passes_gradients_past_zeros() {
+    // Targets 0 and 2 get factors [x0, 2, 0] (one zero) and [x2, 0, 0] (two zeros); target
+    // 1 keeps x1 alone; x3 gets [x3, 3].
     let device = cpu();
-    let x = Var::leaf(Tensor::ones([3], DType::F32, &device).expect("x"));
-    let src = Var::leaf(Tensor::ones([2], DType::F32, &device).expect("src"));
-    let at = Tensor::from_slice(&[0u32, 2], [2], &device).expect("indices");
-    let err = x.scatter_reduce(0, &at, &src, ScatterOp::Prod).expect_err("no gradient for prod");
-    assert!(err.to_string().contains("scattered product"), "{err}");
-    // The tensor op itself runs.
-    let t = x.tensor().scatter_reduce(0, &at, src.tensor(), ScatterOp::Prod).expect("prod");
-    assert_eq!(t.to_vec::<f32>().expect("read"), vec![1.0; 3]);
+    let x = Var::leaf(Tensor::from_slice(&[5.0f32, 7.0, 4.0, 2.0], [4], &device).expect("x"));
+    let src =
+        Var::leaf(Tensor::from_slice(&[2.0f32, 0.0, 0.0, 0.0, 3.0], [5], &device).expect("s"));
+    let at = Tensor::from_slice(&[0u32, 0, 2, 2, 3], [5], &device).expect("indices");
+    let y = x.scatter_reduce(0, &at, &src, ScatterOp::Prod).expect("prod");
+    assert_eq!(y.tensor().to_vec::<f32>().expect("y"), vec![0.0, 7.0, 0.0, 6.0]);
+    let grads = y.sum_all().expect("sum").backward().expect("backward");
+    let read = |v: &Var| grads.get(v.id()).expect("grad").to_vec::<f32>().expect("read");
+    assert_eq!(read(&x), vec![0.0, 1.0, 0.0, 3.0]);
+    assert_eq!(read(&src), vec![0.0, 10.0, 0.0, 0.0, 2.0]);
 }

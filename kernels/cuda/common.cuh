@@ -60,6 +60,7 @@
 //     stride.
 //   scatter_<op>_*   (Op::Scatter, scatter.cu; one work item per lane, in order):
 //     as the deterministic scatter_add, with `out` itself (in its dtype) as [2].
+//   argsort_keys_*, argsort_merge, argsort_tile   (Op::ArgSort, sort.cu): see sort.cu.
 //   matmul_tiled_*:
 //     iteration = batch dims (all but the last two); count = batch count (1 if rank 2).
 //     [0] lhs, [1] rhs, [2] out: their batch strides.

@@ -602,6 +602,27 @@ pub(crate) fn scatter(
     Expected::exact(values)
 }
 
+/// The positions that sort each lane along `axis`: stable, −0.0 equal to +0.0, NaNs after
+/// every number (before, when descending).
+pub(crate) fn argsort(x: &Host, axis: usize, descending: bool) -> Expected {
+    let mut values = vec![0.0; x.data.len()];
+    let order = |a: f64, b: f64| {
+        let by_nan = a.is_nan().cmp(&b.is_nan());
+        by_nan.then(a.partial_cmp(&b).unwrap_or(std::cmp::Ordering::Equal))
+    };
+    for lane in lanes(&x.dims, axis) {
+        let mut at: Vec<usize> = (0..lane.len()).collect();
+        at.sort_by(|&i, &j| {
+            let (a, b) = (x.data[lane[i]], x.data[lane[j]]);
+            if descending { order(b, a) } else { order(a, b) }
+        });
+        for (r, &i) in at.iter().enumerate() {
+            values[lane[r]] = i as f64;
+        }
+    }
+    Expected::exact(values)
+}
+
 /// `out[.., indices[i], ..] += src[.., i, ..]` along `axis`, starting from `init`.
 pub(crate) fn index_add(init: &Host, src: &Host, indices: &[usize], axis: usize) -> Expected {
     let mut acc = Accumulator::new(init);

@@ -188,6 +188,7 @@ pub(crate) fn describe(op: &Op) -> String {
         | Op::IndexAdd { axis, .. }
         | Op::ScatterAdd { axis, .. }
         | Op::Scatter { axis, .. } => format!(" axis={axis}"),
+        Op::ArgSort { axis, descending, .. } => format!(" axis={axis} descending={descending}"),
         Op::Affine { mul, add, .. } => format!(" mul={mul} add={add}"),
         Op::Fill { value, .. } => format!(" value={value}"),
         _ => String::new(),

@@ -29,6 +29,7 @@ pub fn cut_axes(op: &Op) -> Vec<usize> {
         | Op::IndexAdd { .. }
         | Op::ScatterAdd { .. }
         | Op::Scatter { .. }
+        | Op::ArgSort { .. }
         | Op::Fill { .. } => return Vec::new(),
     };
     (0..dims.len()).filter(|&a| Some(a) != reduced && dims[a] > 1).collect()

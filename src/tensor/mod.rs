@@ -393,6 +393,15 @@ impl Tensor {
         Tensor::uninit(op, shape, dtype, self.device())
     }
 
+    /// This fresh tensor with its index values known to lie in `lo..=hi` (as `from_slice`
+    /// records them), so index ops need not read it back to check.
+    pub(crate) fn with_index_range(mut self, lo: i64, hi: i64) -> Tensor {
+        if let Some(storage) = Arc::get_mut(&mut self.storage) {
+            storage.host_index_range = Some((self.dtype, lo, hi));
+        }
+        self
+    }
+
     /// Same buffer, another layout.
     fn with_layout(&self, layout: Layout) -> Tensor {
         Tensor { storage: self.storage.clone(), layout, dtype: self.dtype }

@@ -378,6 +378,21 @@ impl Tensor {
             _ => "scatter_reduce",
         };
         let axis = self.axis(axis, name)?;
+        self.check_scatter(axis, indices, src, name)?;
+        let out = self.clone().into_update(name)?;
+        out.enqueue(Op::Scatter {
+            op,
+            src: src.view(),
+            indices: indices.view(),
+            out: out.view(),
+            axis,
+        })?;
+        Ok(out)
+    }
+
+    /// The rules every scatter shares: `src` on our device in our dtype, `indices` of its
+    /// shape, fitting inside `self` outside `axis`, naming positions of `axis`.
+    fn check_scatter(&self, axis: usize, indices: &Tensor, src: &Tensor, name: &str) -> Result<()> {
         self.same_device(src, name)?;
         self.same_dtype(src, name)?;
         if indices.dims() != src.dims() {
@@ -392,16 +407,7 @@ impl Tensor {
             });
         }
         self.check_fits_outside(indices, axis, name)?;
-        self.check_indices(indices, axis, self.dims()[axis], name, false)?;
-        let out = self.clone().into_update(name)?;
-        out.enqueue(Op::Scatter {
-            op,
-            src: src.view(),
-            indices: indices.view(),
-            out: out.view(),
-            axis,
-        })?;
-        Ok(out)
+        self.check_indices(indices, axis, self.dims()[axis], name, false)
     }
 
     /// [`scatter_add`](Self::scatter_add) into this tensor's own buffer when nothing else
@@ -414,21 +420,7 @@ impl Tensor {
     ) -> Result<Tensor> {
         let name = "scatter_add";
         self.check_axis(axis, name)?;
-        self.same_device(src, name)?;
-        self.same_dtype(src, name)?;
-        if indices.dims() != src.dims() {
-            return Err(Error::Shape {
-                op: name.into(),
-                device: label(self.device()),
-                detail: format!(
-                    "indices {} and src {} must have the same shape",
-                    indices.describe(),
-                    src.describe()
-                ),
-            });
-        }
-        self.check_fits_outside(indices, axis, name)?;
-        self.check_indices(indices, axis, self.dims()[axis], name, false)?;
+        self.check_scatter(axis, indices, src, name)?;
         let out = self.into_update(name)?;
         out.enqueue(Op::ScatterAdd {
             src: src.view(),

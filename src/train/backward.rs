@@ -543,13 +543,39 @@ fn scatter_backward(
             let share = g.div(&ties)?;
             Ok(vec![hits_x.mul(&share)?, hits_src.mul(&share.gather(axis, indices)?)?])
         }
-        ScatterOp::Prod => Err(crate::Error::InvalidArgument {
-            op: "scatter_reduce".into(),
-            device: g.device().info().label(),
-            detail: "the gradient of a scattered product is not implemented (scatter_reduce \
-                     with ScatterOp::Prod runs on tensors, not on Vars)"
-                .into(),
-        }),
+        ScatterOp::Prod => {
+            // Each factor's gradient is the product of the target's other factors: the
+            // product of its nonzero factors divided by its own value where the target has
+            // no zero factor; that product, for the zero itself, where it has exactly one;
+            // 0 everywhere else. No division by a zero, as PyTorch's rule.
+            let zero = Tensor::zeros(Shape::scalar(), dtype, g.device())?;
+            let one = Tensor::ones(Shape::scalar(), dtype, g.device())?;
+            let (x_zero, src_zero) = (x.eq(&zero)?, src.eq(&zero)?);
+            let zeros = x_zero.cast(dtype)?.scatter_reduce(
+                axis,
+                indices,
+                &src_zero.cast(dtype)?,
+                ScatterOp::Sum,
+            )?;
+            let nonzero = |v: &Tensor, is_zero: &Tensor| is_zero.where_cond(&one, v);
+            let product = nonzero(x, &x_zero)?.scatter_reduce(
+                axis,
+                indices,
+                &nonzero(src, &src_zero)?,
+                ScatterOp::Prod,
+            )?;
+            let others = |v: &Tensor, is_zero: &Tensor, zeros: &Tensor, product: &Tensor| {
+                let divided = product.div(&nonzero(v, is_zero)?)?;
+                let lone_zero = zeros.eq(&one)?.mul(is_zero)?;
+                let none = zeros.eq(&zero)?;
+                none.where_cond(&divided, &lone_zero.where_cond(product, &zero)?)
+            };
+            let dx = g.mul(&others(x, &x_zero, &zeros, &product)?)?;
+            let (zeros_at, product_at) =
+                (zeros.gather(axis, indices)?, product.gather(axis, indices)?);
+            let share = others(src, &src_zero, &zeros_at, &product_at)?;
+            Ok(vec![dx, g.gather(axis, indices)?.mul(&share)?])
+        }
     }
 }
 

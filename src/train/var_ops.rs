@@ -6,7 +6,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 
 use super::backward::Backward;
 use super::var::Var;
-use crate::{Axes, Axis, DType, Error, NewShape, ReduceOp, Result, ScatterOp, Shape, Tensor};
+use crate::{Axes, Axis, DType, NewShape, ReduceOp, Result, ScatterOp, Shape, Tensor};
 
 macro_rules! unary {
     ($($(#[$doc:meta])* $name:ident => $rule:expr;)*) => {
@@ -413,8 +413,8 @@ impl Var {
         self.scatter_reduce(axis, indices, src, ScatterOp::Assign)
     }
 
-    /// [`Tensor::scatter_reduce`] with its gradient, for every `op` but `Prod` (refused: its
-    /// gradient is not implemented).
+    /// [`Tensor::scatter_reduce`] with its gradient (for `Prod`, PyTorch's rule: exact where
+    /// factors are zero, no division by them).
     pub fn scatter_reduce(
         &self,
         axis: impl Axis,
@@ -423,14 +423,6 @@ impl Var {
         op: ScatterOp,
     ) -> Result<Var> {
         let axis = self.tensor().axis(axis, "scatter_reduce")?;
-        if op == ScatterOp::Prod {
-            return Err(Error::InvalidArgument {
-                op: "scatter_reduce".into(),
-                device: self.tensor().device().info().label(),
-                detail: "Var has no gradient for a scattered product; use Tensor::scatter_reduce"
-                    .into(),
-            });
-        }
         let value = self.tensor().scatter_reduce(axis, indices, src.tensor(), op)?;
         let rule = Backward::Scatter { op, indices: indices.clone(), axis };
         Ok(Var::from_op(value, rule, &[self, src]))

@@ -144,45 +144,23 @@ pub fn f32_round_to_odd(v: f64) -> f32 {
     f32::from_bits(bits | 1)
 }
 
-impl Element for u32 {
-    const DTYPE: DType = DType::U32;
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as u32
-    }
+/// Integers convert to f64 exactly (`i64` past ±2^53 rounds) and back with Rust's `as`:
+/// truncation towards zero, saturating, NaN to 0.
+macro_rules! int_element {
+    ($($t:ty => $dtype:ident),*) => {$(
+        impl Element for $t {
+            const DTYPE: DType = DType::$dtype;
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+        }
+    )*};
 }
 
-impl Element for u8 {
-    const DTYPE: DType = DType::U8;
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as u8
-    }
-}
-
-impl Element for i32 {
-    const DTYPE: DType = DType::I32;
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as i32
-    }
-}
-
-impl Element for i64 {
-    const DTYPE: DType = DType::I64;
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as i64
-    }
-}
+int_element!(u32 => U32, u8 => U8, i32 => I32, i64 => I64);
 
 #[cfg(test)]
 mod tests {

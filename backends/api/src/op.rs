@@ -300,6 +300,11 @@ pub enum Op {
     /// reductions fold in order. Any dtype: integers as their `Binary` ops (wrapping), floats
     /// computed in f32 and rounded at each store; `Assign` copies bits.
     Scatter { op: ScatterOp, src: View, indices: View, out: View, axis: usize },
+    /// The positions (`U32`, `input`'s shape) that sort each lane of `input` along `axis`:
+    /// `out[.., r, ..]` is the position of the lane's r-th element in order. Ascending, or
+    /// descending; stable (equal elements keep their order, in both directions). Floats:
+    /// −0.0 equals +0.0, NaNs come after +∞, or first when descending. Any dtype.
+    ArgSort { input: View, out: View, axis: usize, descending: bool },
     /// `out = cond ? on_true : on_false`, `cond` is `U8`.
     Where { cond: View, on_true: View, on_false: View, out: View },
     /// Sets every element of `out` to `value` (converted like `Cast`).
@@ -394,6 +399,7 @@ impl Op {
                 ScatterOp::Max => "scatter.max",
                 ScatterOp::Min => "scatter.min",
             },
+            Op::ArgSort { .. } => "argsort",
             Op::Where { .. } => "where",
             Op::Fill { .. } => "fill",
             Op::Fused { .. } => "fused",
@@ -426,6 +432,7 @@ impl Op {
             | Op::IndexAdd { .. }
             | Op::ScatterAdd { .. }
             | Op::Scatter { .. }
+            | Op::ArgSort { .. }
             | Op::Fill { .. } => OpClass::DataMovement,
         }
     }
@@ -442,6 +449,7 @@ impl Op {
             | Op::Reduce { input, .. }
             | Op::Softmax { input, .. }
             | Op::Cast { input, .. }
+            | Op::ArgSort { input, .. }
             | Op::Copy { input, .. } => vec![input],
             Op::Concat { inputs, .. }
             | Op::Fused { inputs, .. }
@@ -475,6 +483,7 @@ impl Op {
             | Op::IndexAdd { out, .. }
             | Op::ScatterAdd { out, .. }
             | Op::Scatter { out, .. }
+            | Op::ArgSort { out, .. }
             | Op::Where { out, .. }
             | Op::Fill { out, .. }
             | Op::Fused { out, .. }
@@ -495,6 +504,7 @@ impl Op {
             | Op::Reduce { input, out, .. }
             | Op::Softmax { input, out, .. }
             | Op::Cast { input, out }
+            | Op::ArgSort { input, out, .. }
             | Op::Copy { input, out } => vec![input, out],
             Op::Concat { inputs, out, .. }
             | Op::Fused { inputs, out, .. }
@@ -842,6 +852,16 @@ impl Validator<'_> {
                 self.fits_outside_axis(src, out, *axis)?;
                 self.indexable(out.dims()[*axis], indices)?;
             }
+            Op::ArgSort { input, out, axis, .. } => {
+                self.axis(input, *axis)?;
+                if out.dtype != DType::U32 {
+                    return Err(self.dtype_err("output must be u32"));
+                }
+                self.same_shape(input, out)?;
+                if input.dims()[*axis] > u32::MAX as usize {
+                    return Err(self.shape_err("an axis of more than u32::MAX positions"));
+                }
+            }
             Op::Where { cond, on_true, on_false, out } => {
                 if cond.dtype != DType::U8 {
                     return Err(self.dtype_err(format!("condition must be u8, got {}", cond.dtype)));
@@ -983,6 +1003,8 @@ mod tests {
             assert_eq!(o.static_name(), format!("scatter.{}", op.name()));
         }
         assert_eq!(Op::Fill { out: v(), value: 0.0 }.name(), "fill");
+        let sort = Op::ArgSort { input: v(), out: v(), axis: 0, descending: true };
+        assert_eq!(sort.static_name(), "argsort");
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub(crate) trait Elem: Element + PartialOrd {
         Self::from_f64(v as f64)
     }
 
+    /// An integer whose unsigned order is this type's ascending sort order (`Op::ArgSort`):
+    /// floats by their f32 bits rearranged (−0.0 as +0.0, every NaN last), integers offset by
+    /// their minimum.
+    fn sort_key(self) -> u64 {
+        let b = (self.to_f32() + 0.0).to_bits();
+        let key = if b >= 0x8000_0000 { u32::MAX - b } else { b + 0x8000_0000 };
+        if self.to_f32().is_nan() { u64::from(u32::MAX) } else { u64::from(key) }
+    }
+
     /// `Cast` semantics. Floats go through f32, which holds every f16/bf16 exactly, so there
     /// is a single rounding. Integers convert exactly and saturate among themselves; to f32
     /// they round once (Rust's `as`), to f16/bf16 through f64, exact below 2^53 (beyond
@@ -99,6 +108,10 @@ macro_rules! int_elem {
             #[inline(always)]
             fn from_wide(v: i128) -> Self {
                 v.clamp(<$t>::MIN as i128, <$t>::MAX as i128) as $t
+            }
+            #[inline(always)]
+            fn sort_key(self) -> u64 {
+                (self as i128 - <$t>::MIN as i128) as u64
             }
         }
 

@@ -596,6 +596,61 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 scatter_combine(op, dtype, m, a, s);
             }
         }),
+        Kernel::ArgSortKeys(t) => each(p, 2, |o| {
+            let (n, len, descending) = (p.ext[0], p.ext[1], p.ext[2] != 0);
+            let i = o[1] & len.wrapping_sub(1);
+            if i < n {
+                let key = sort_key(m.load(0, o[0], t), t);
+                m.store(1, o[1], DType::I64, if descending { !key } else { key });
+                m.store(2, o[1], DType::U32, i);
+            } else {
+                m.store(1, o[1], DType::I64, u64::MAX);
+                m.store(2, o[1], DType::U32, u64::from(u32::MAX));
+            }
+        }),
+        Kernel::ArgSortMerge => {
+            let (log_m, k, j) = (p.ext[0], p.ext[1], p.ext[2]);
+            if !(1..64).contains(&log_m) {
+                m.fault.get_or_insert_with(|| format!("argsort_merge: log2(m) = {log_m}"));
+                return;
+            }
+            let half = (1u64 << (log_m - 1)) - 1;
+            for g in 0..p.count {
+                let (lane, t) = (g >> (log_m - 1), g & half);
+                let i = ((t & !j.wrapping_sub(1)) << 1) | (t & j.wrapping_sub(1));
+                let a = (lane << log_m).wrapping_add(i);
+                sort_exchange(m, a, a.wrapping_add(j), i & k == 0);
+            }
+        }
+        Kernel::ArgSortTile => {
+            let (log_m, k_first, k_last, total) = (p.ext[0], p.ext[1], p.ext[2], p.ext[3]);
+            if !(1..64).contains(&log_m) || k_first < 2 || !k_first.is_power_of_two() {
+                m.fault.get_or_insert_with(|| {
+                    format!("argsort_tile: log2(m) = {log_m}, first k = {k_first}")
+                });
+                return;
+            }
+            let tile = crate::lower::SORT_TILE as u64;
+            let lane_mask = (1u64 << log_m) - 1;
+            for tile_at in 0..p.count {
+                let base = tile_at * tile;
+                let len = tile.min(total.saturating_sub(base));
+                let mut k = k_first;
+                while k <= k_last {
+                    let mut j = k.min(tile) / 2;
+                    while j > 0 {
+                        for t in 0..len / 2 {
+                            let a = ((t & !(j - 1)) << 1) | (t & (j - 1));
+                            let up = (base + a) & lane_mask & k == 0;
+                            sort_exchange(m, base + a, base + a + j, up);
+                        }
+                        j /= 2;
+                    }
+                    let Some(next) = k.checked_mul(2) else { break };
+                    k = next;
+                }
+            }
+        }
         Kernel::Fused(id) => fused_program(&fused::kernel(id), p, m),
         Kernel::FusedReduce(id, _) => fused_reduction(&fused::kernel(id), p, m),
         Kernel::MatmulTiled(t) => each(p, 3, |o| {
@@ -613,6 +668,41 @@ fn run_kernel(k: Kernel, p: &McParams, m: &mut Memory) {
                 }
             }
         }),
+    }
+}
+
+/// sort.cu's mc_sort_key: an integer whose unsigned order is `dtype`'s ascending order
+/// (floats by their f32 bits, −0 as +0, every NaN last; integers offset by their minimum).
+fn sort_key(bits: u64, dtype: DType) -> u64 {
+    match dtype {
+        DType::U8 | DType::U32 => bits,
+        DType::I32 => bits ^ 0x8000_0000,
+        DType::I64 => bits ^ (1 << 63),
+        _ => {
+            let v = to_f32(bits, dtype);
+            let mut b = v.to_bits();
+            if v.is_nan() {
+                return u64::from(u32::MAX);
+            }
+            if b == 0x8000_0000 {
+                b = 0;
+            }
+            u64::from(if b >= 0x8000_0000 { u32::MAX - b } else { b + 0x8000_0000 })
+        }
+    }
+}
+
+/// One compare-exchange of sort.cu's network on the temporaries (argument 0 the u64 keys,
+/// argument 1 the u32 positions): pairs `a` and `b` end up ascending when `up`, else
+/// descending, by (key, position).
+fn sort_exchange(m: &mut Memory, a: u64, b: u64, up: bool) {
+    let (ka, kb) = (m.load(0, a, DType::I64), m.load(0, b, DType::I64));
+    let (pa, pb) = (m.load(1, a, DType::U32), m.load(1, b, DType::U32));
+    if ((ka, pa) > (kb, pb)) == up {
+        m.store(0, a, DType::I64, kb);
+        m.store(0, b, DType::I64, ka);
+        m.store(1, a, DType::U32, pb);
+        m.store(1, b, DType::U32, pa);
     }
 }
 

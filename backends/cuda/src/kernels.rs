@@ -13,6 +13,7 @@ const REDUCE: &str = include_str!("../../../kernels/cuda/reduce.cu");
 const SOFTMAX: &str = include_str!("../../../kernels/cuda/softmax.cu");
 const INDEX: &str = include_str!("../../../kernels/cuda/index.cu");
 const SCATTER: &str = include_str!("../../../kernels/cuda/scatter.cu");
+const SORT: &str = include_str!("../../../kernels/cuda/sort.cu");
 const MATMUL: &str = include_str!("../../../kernels/cuda/matmul.cu");
 
 /// One `.cu` file, or one generated fused program: one NVRTC program, compiled on the first
@@ -25,18 +26,21 @@ pub enum Source {
     Index,
     /// `Op::Scatter`'s kernels (apart from index.cu, whose users need not compile them).
     Scatter,
+    /// `Op::ArgSort`'s kernels (keys, and the bitonic network's stages).
+    Sort,
     Matmul,
     /// A kernel of `crate::fused`, generated for one program shape.
     Fused(FusedId),
 }
 
 impl Source {
-    pub const ALL: [Source; 6] = [
+    pub const ALL: [Source; 7] = [
         Source::Elementwise,
         Source::Reduce,
         Source::Softmax,
         Source::Index,
         Source::Scatter,
+        Source::Sort,
         Source::Matmul,
     ];
 
@@ -48,6 +52,7 @@ impl Source {
             Source::Softmax => "softmax.cu",
             Source::Index => "index.cu",
             Source::Scatter => "scatter.cu",
+            Source::Sort => "sort.cu",
             Source::Matmul => "matmul.cu",
             Source::Fused(_) => "fused.cu",
         }
@@ -60,6 +65,7 @@ impl Source {
             Source::Softmax => SOFTMAX.into(),
             Source::Index => INDEX.into(),
             Source::Scatter => SCATTER.into(),
+            Source::Sort => SORT.into(),
             Source::Matmul => MATMUL.into(),
             Source::Fused(id) => fused::kernel(id).source.clone(),
         }
@@ -132,6 +138,15 @@ pub enum Kernel {
         dtype: DType,
         index: DType,
     },
+    /// `Op::ArgSort`, first pass: the keys and positions of every element of `<t>` into the
+    /// temporaries (`argsort_keys_<t>`).
+    ArgSortKeys(DType),
+    /// `Op::ArgSort`: one (k, j) stage of the bitonic network in global memory
+    /// (`argsort_merge`).
+    ArgSortMerge,
+    /// `Op::ArgSort`: the stages of small j in shared memory, a block per tile
+    /// (`argsort_tile`).
+    ArgSortTile,
     MatmulTiled(DType),
     /// A generated fused program (`crate::fused`): `fused(p, in0.., out)`.
     Fused(FusedId),
@@ -168,6 +183,9 @@ impl Kernel {
             Kernel::Scatter { op, dtype, index } => {
                 format!("scatter_{}_{dtype}_{index}", op.name())
             }
+            Kernel::ArgSortKeys(t) => format!("argsort_keys_{t}"),
+            Kernel::ArgSortMerge => "argsort_merge".into(),
+            Kernel::ArgSortTile => "argsort_tile".into(),
             Kernel::MatmulTiled(t) => format!("matmul_tiled_{t}"),
             Kernel::Fused(_) => "fused".into(),
             Kernel::FusedReduce(_, tm) => format!("fused_reduce{}", team(tm)),
@@ -191,6 +209,7 @@ impl Kernel {
             | Kernel::ScatterAdd { .. }
             | Kernel::IndexAdd { .. } => Source::Index,
             Kernel::Scatter { .. } => Source::Scatter,
+            Kernel::ArgSortKeys(..) | Kernel::ArgSortMerge | Kernel::ArgSortTile => Source::Sort,
             Kernel::MatmulTiled(..) => Source::Matmul,
             Kernel::Fused(id) | Kernel::FusedReduce(id, _) => Source::Fused(*id),
         }
@@ -205,8 +224,13 @@ impl Kernel {
             | Kernel::Copy(..)
             | Kernel::Cast(..)
             | Kernel::Reduce(..)
-            | Kernel::Softmax { .. } => 2,
-            Kernel::Binary(..) | Kernel::Compare(..) | Kernel::MatmulTiled(..) => 3,
+            | Kernel::Softmax { .. }
+            | Kernel::ArgSortMerge
+            | Kernel::ArgSortTile => 2,
+            Kernel::Binary(..)
+            | Kernel::Compare(..)
+            | Kernel::MatmulTiled(..)
+            | Kernel::ArgSortKeys(..) => 3,
             Kernel::Where(..)
             | Kernel::Gather(..)
             | Kernel::IndexSelect(..)
@@ -287,6 +311,7 @@ pub fn all_kernels() -> Vec<Kernel> {
         all.push(Kernel::Where(t));
         all.push(Kernel::Fill(t));
         all.push(Kernel::Copy(t));
+        all.push(Kernel::ArgSortKeys(t));
         all.extend(DType::ALL.iter().map(|&d| Kernel::Cast(t, d)));
         for index in DType::INDICES {
             all.push(Kernel::Gather(t, index));
@@ -296,6 +321,8 @@ pub fn all_kernels() -> Vec<Kernel> {
             }
         }
     }
+    all.push(Kernel::ArgSortMerge);
+    all.push(Kernel::ArgSortTile);
     all
 }
 
@@ -381,7 +408,7 @@ mod tests {
                 s.insert(format!("compare_{op}_{t}_{t}"));
                 s.insert(format!("compare_{op}_{t}_u8"));
             }
-            for n in ["where", "fill", "copy"] {
+            for n in ["where", "fill", "copy", "argsort_keys"] {
                 s.insert(format!("{n}_{t}"));
             }
             for i in indices {
@@ -395,13 +422,15 @@ mod tests {
                 s.insert(format!("cast_{t}_{d}"));
             }
         }
+        s.insert("argsort_merge".into());
+        s.insert("argsort_tile".into());
         s
     }
 
     #[test]
-    fn every_kernel_is_in_the_documented_table_of_523() {
+    fn every_kernel_is_in_the_documented_table_of_532() {
         let table = names_in_readme_table();
-        assert_eq!(table.len(), 523);
+        assert_eq!(table.len(), 532);
         let ours: HashSet<String> = all_kernels().iter().map(Kernel::name).collect();
         assert_eq!(ours.len(), all_kernels().len(), "two kernels share a name");
         assert_eq!(ours, table);
@@ -435,6 +464,9 @@ mod tests {
                 Kernel::Scatter { op, .. } => {
                     format!("MC_SCATTER_OP_KERNEL(T, tn, I, in, {})", op.name())
                 }
+                Kernel::ArgSortKeys(_) => "argsort_keys_##tn".into(),
+                Kernel::ArgSortMerge => "argsort_merge(".into(),
+                Kernel::ArgSortTile => "argsort_tile(".into(),
                 Kernel::MatmulTiled(_) => "matmul_tiled_##tn".into(),
                 Kernel::Fused(_) | Kernel::FusedReduce(..) => "fused".into(),
             };

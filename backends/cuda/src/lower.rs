@@ -160,6 +160,9 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         Op::Scatter { op: combine, src, indices, out, axis } => {
             scatter_lanes(op, *combine, (src, indices, out), *axis, cfg)
         }
+        Op::ArgSort { input, out, axis, descending } => {
+            argsort(op, input, out, *axis, *descending, cfg)
+        }
     }
 }
 
@@ -524,6 +527,111 @@ fn scatter_lanes(
         Arg::Status,
     ];
     Ok(Plan::single(launch_1d(kernel, p, args, cfg)))
+}
+
+/// Elements of the temporaries one block of `argsort_tile` sorts in shared memory
+/// (`MC_SORT_TILE` in kernels/cuda/sort.cu).
+pub(crate) const SORT_TILE: usize = 2048;
+/// Threads per block of `argsort_tile` (each takes two of the tile's pairs per stage).
+const SORT_BLOCK: u32 = 512;
+
+/// Op::ArgSort (kernels/cuda/sort.cu): `argsort_keys_<t>` writes each lane's (key, position)
+/// pairs, padded to m = n rounded up to a power of two, into temporaries 0 (u64 keys) and 1
+/// (u32 positions), lane after lane; a bitonic network sorts them (`argsort_tile` for the
+/// stages inside a tile of [`SORT_TILE`] elements, one `argsort_merge` per (k, j) stage
+/// above); `copy_u32` writes the first n positions of each lane to `out`. Lanes of one
+/// element are a fill of 0.
+fn argsort(
+    op: &Op,
+    input: &View,
+    out: &View,
+    axis: usize,
+    descending: bool,
+    cfg: &Config,
+) -> Result<Plan> {
+    let n = input.dims()[axis];
+    if n == 1 {
+        let fill = Op::Fill { out: out.clone(), value: 0.0 };
+        return elementwise(&fill, cfg).map(Plan::single);
+    }
+    let mut lane_dims = input.dims().to_vec();
+    lane_dims.remove(axis);
+    let lanes: usize = lane_dims.iter().product();
+    let m = n.checked_next_power_of_two();
+    let elements = m.and_then(|m| lanes.checked_mul(m));
+    let bytes = elements.and_then(|e| e.checked_mul(12));
+    let (Some(m), Some(elements), Some(_)) = (m, elements, bytes) else {
+        return Err(manychips_api::Error::OutOfMemory {
+            op: op.name(),
+            device: "cuda".into(),
+            detail: format!(
+                "{lanes} lanes of {n} padded to a power of two need more than usize::MAX \
+                 bytes of temporaries; {}",
+                op.describe()
+            ),
+        });
+    };
+    let log_m = u64::from(m.trailing_zeros());
+
+    // Keys: iteration = lane dims, then the padded axis (innermost).
+    let mut dims = lane_dims.clone();
+    dims.push(m);
+    let mut src = without(input.layout.offset, &input.layout.strides, axis);
+    src.strides.push(input.layout.strides[axis]);
+    let temp = Strided::new(0, Layout::contiguous(&dims[..]).strides);
+    let mut p = params::strided(op, &dims, &[src, temp])?;
+    p.ext[0] = n as u64;
+    p.ext[1] = m as u64;
+    p.ext[2] = u64::from(descending);
+    let args = vec![Arg::Buffer(input.buffer), Arg::Temp(0), Arg::Temp(1)];
+    let mut steps =
+        vec![Step::Launch(Box::new(launch_1d(Kernel::ArgSortKeys(input.dtype), p, args, cfg)))];
+
+    // The network.
+    let tiles = elements.div_ceil(SORT_TILE);
+    let tile = |k_first: usize, k_last: usize| {
+        let mut p = McParams { count: tiles as u64, rank: 1, ..McParams::default() };
+        p.dims[0] = tiles as u64;
+        p.ext[0] = log_m;
+        p.ext[1] = k_first as u64;
+        p.ext[2] = k_last as u64;
+        p.ext[3] = elements as u64;
+        let grid = blocks(tiles, 1, cfg);
+        Step::Launch(Box::new(Launch {
+            kernel: Kernel::ArgSortTile,
+            params: p,
+            args: vec![Arg::Temp(0), Arg::Temp(1)],
+            grid: [grid, 1, 1],
+            block: [SORT_BLOCK, 1, 1],
+        }))
+    };
+    steps.push(tile(2, m.min(SORT_TILE)));
+    let mut k = 2 * SORT_TILE;
+    while k <= m {
+        let mut j = k / 2;
+        while j >= SORT_TILE {
+            let pairs = (elements / 2) as u64;
+            let mut p = McParams { count: pairs, rank: 1, ..McParams::default() };
+            p.dims[0] = pairs;
+            p.ext[0] = log_m;
+            p.ext[1] = k as u64;
+            p.ext[2] = j as u64;
+            let args = vec![Arg::Temp(0), Arg::Temp(1)];
+            steps.push(Step::Launch(Box::new(launch_1d(Kernel::ArgSortMerge, p, args, cfg))));
+            j /= 2;
+        }
+        steps.push(tile(k, k));
+        k *= 2;
+    }
+
+    // The first n positions of each lane into `out`.
+    let mut strides: Vec<usize> =
+        Layout::contiguous(&lane_dims[..]).strides.iter().map(|s| s * m).collect();
+    strides.insert(axis, 1);
+    let p = params::strided(op, out.dims(), &[Strided::new(0, strides), strided(out)])?;
+    let args = vec![Arg::Temp(1), Arg::Buffer(out.buffer)];
+    steps.push(Step::Launch(Box::new(launch_1d(Kernel::Copy(DType::U32), p, args, cfg))));
+    Ok(Plan { temps: vec![elements * 8, elements * 4], steps })
 }
 
 /// Batched matmul: cuBLAS where it takes the layout, else the tiled kernel. With k = 0 the

@@ -219,7 +219,7 @@ mod tests {
         }
     }
 
-    /// Every integer op (and the new float ones, and scatter on every dtype) for every integer
+    /// Every integer op (and the new float ones, scatter and argsort on every dtype) for every integer
     /// dtype the kernels take: the lowered WGSL validates and becomes SPIR-V (the kit runs
     /// them; this names the kernel that does not build).
     #[test]
@@ -274,6 +274,13 @@ mod tests {
                 ops.push(Op::Scatter { op, src, indices, out: view(2, &[4, 9], d), axis: 1 });
             }
         }
+        // ArgSort: the key kernel of every dtype, the stages and the write.
+        for d in manychips_wgsl::DTYPES {
+            for descending in [false, true] {
+                let (input, out) = (view(0, &[4, 9], d), view(1, &[4, 9], DType::U32));
+                ops.push(Op::ArgSort { input, out, axis: 1, descending });
+            }
+        }
         let i = view(0, &[4, 9], DType::I32);
         for op in [UnaryOp::Neg, UnaryOp::Abs] {
             ops.push(Op::Unary { op, input: i.clone(), out: view(2, &[4, 9], DType::I32) });
@@ -286,9 +293,13 @@ mod tests {
         ops.push(Op::Fused { inputs: vec![f(0), f(1)], program: program.clone(), out: f(2) });
         let (inputs, out) = (vec![f(0), f(1)], view(2, &[4, 1], DType::F16));
         ops.push(Op::FusedReduce { inputs, program, op: ReduceOp::Sum, axis: 1, out });
-        for op in &ops {
+        // ArgSort's workgroup-memory tiles, which GPUs (not CPU-backed drivers) get.
+        let gpu = manychips_wgsl::Features { cpu_backed: false, ..features.clone() };
+        let (input, out) = (view(0, &[2, 1500], DType::F32), view(1, &[2, 1500], DType::U32));
+        let tiled = Op::ArgSort { input, out, axis: 1, descending: false };
+        for (op, features) in ops.iter().map(|op| (op, &features)).chain([(&tiled, &gpu)]) {
             assert!(op.validate("test").is_ok(), "{}", op.describe());
-            let lowered = manychips_wgsl::lower(op, &features);
+            let lowered = manychips_wgsl::lower(op, features);
             let lowered = lowered.unwrap_or_else(|e| panic!("{}: {e}", op.describe()));
             for d in &lowered.dispatches {
                 if let Err(e) = compile(&d.source, d.entry, false, false) {

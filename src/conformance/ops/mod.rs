@@ -10,6 +10,7 @@ mod index;
 mod matmul;
 mod movement;
 mod reduce;
+mod sort;
 
 use rand_chacha::ChaCha8Rng;
 
@@ -27,6 +28,7 @@ pub(crate) fn run_all(r: &mut Runner<'_>) {
     reduce::run(r);
     movement::run(r);
     index::run(r);
+    sort::run(r);
     fused::run(r);
     fused_reduce::run(r);
 }

@@ -16,6 +16,7 @@ pub(crate) mod plan;
 pub(crate) mod reduce;
 pub(crate) mod simd;
 pub(crate) mod softmax;
+pub(crate) mod sort;
 pub(crate) mod stream;
 
 use rustc_hash::FxHashMap;
@@ -448,6 +449,16 @@ pub(crate) fn execute(
                 env.scratch,
             ))
             .map_err(|e| env.index_error(op, e)), Err(not_float(ov.dtype)))
+        }
+        Op::ArgSort { input, out: _, axis, descending } => {
+            let a = get(input)?;
+            with_any!(input.dtype, T => sort::argsort::<T>(
+                (typed(a), &input.layout),
+                (typed_mut(out), ol),
+                *axis,
+                *descending,
+            ));
+            Ok(())
         }
         Op::Scatter { op: sop, src, indices, out: _, axis } => {
             if src.numel() == 0 {

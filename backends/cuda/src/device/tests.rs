@@ -695,3 +695,109 @@ fn scatter_matches_the_cpu_bit_for_bit_on_strided_views() {
         }
     }
 }
+
+/// Values for argsort: floats with NaNs (both signs, other payloads, signalling), ±0, ±∞,
+/// subnormals and many ties; integers with their extremes and many ties.
+fn sort_values(rng: &mut Rng, elements: usize, t: DType) -> Vec<u8> {
+    if !t.is_float() {
+        return random_ints(rng, elements, t);
+    }
+    let specials = [
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001),
+        f32::from_bits(0xffc0_1234),
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::from_bits(1),
+        -f32::from_bits(1),
+        f32::MAX,
+        f32::MIN,
+        1.0,
+        -1.0,
+        0.5,
+    ];
+    let mut out = Vec::with_capacity(elements * t.size_in_bytes());
+    for _ in 0..elements {
+        let x = match rng.below(3) {
+            0 => specials[rng.below(specials.len())],
+            1 => rng.below(5) as f32 - 2.0,
+            _ => rng.float(),
+        };
+        match t {
+            DType::F32 => out.extend_from_slice(&x.to_le_bytes()),
+            DType::F16 => out.extend_from_slice(&f16::from_f32(x).to_le_bytes()),
+            _ => out.extend_from_slice(&bf16::from_f32(x).to_le_bytes()),
+        }
+    }
+    out
+}
+
+/// Input dims, its strides and offset, out strides and offset, axis.
+type SortForm = (&'static [usize], &'static [usize], usize, &'static [usize], usize, usize);
+
+#[test]
+fn argsort_matches_the_cpu_on_awkward_values_and_strided_views() {
+    let dev = emulated();
+    let mut rng = Rng(0x50f7);
+    // (input dims, its strides and offset, out strides and offset, axis): a padded input and
+    // a transposed output; the axis first with a gap; lanes long enough for the global
+    // merge stages (m = 4096 > the 2048-element tile); lanes of one element; a lane of two.
+    let forms: [SortForm; 6] = [
+        (&[5, 37], &[40, 1], 2, &[1, 5], 0, 1),
+        (&[37, 3], &[1, 41], 1, &[3, 1], 4, 0),
+        (&[2, 2100], &[2100, 1], 0, &[1, 2], 0, 1),
+        (&[2100, 3], &[3, 1], 0, &[3, 1], 3, 0),
+        (&[4, 1], &[1, 1], 0, &[1, 4], 0, 1),
+        (&[2], &[3], 1, &[1], 0, 0),
+    ];
+    for t in DType::ALL {
+        for &(dims, in_strides, in_offset, out_strides, out_offset, axis) in &forms {
+            let span = |strides: &[usize], offset: usize| {
+                offset + dims.iter().zip(strides).map(|(d, s)| (d - 1) * s).sum::<usize>() + 1
+            };
+            for descending in [false, true] {
+                let input = sort_values(&mut rng, span(in_strides, in_offset), t);
+                let junk = random_bytes(&mut rng, span(out_strides, out_offset), DType::U32, 99);
+                let case = Case {
+                    data: vec![input, junk],
+                    op: Op::ArgSort {
+                        input: view(0, dims, in_strides, in_offset, t),
+                        out: view(1, dims, out_strides, out_offset, DType::U32),
+                        axis,
+                        descending,
+                    },
+                };
+                agrees(&dev, &case, 0.0);
+            }
+        }
+    }
+    // The orders themselves, on the CPU's word: NaN last ascending and first descending,
+    // −0 equal to +0 (ties by position in both directions), i64 extremes exact.
+    let f32s = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
+    let sorted = |t: DType, bytes: Vec<u8>, descending: bool| {
+        let n = bytes.len() / t.size_in_bytes();
+        let case = Case {
+            data: vec![bytes, vec![0; 4 * n]],
+            op: Op::ArgSort {
+                input: contiguous(0, &[n], t),
+                out: contiguous(1, &[n], DType::U32),
+                axis: 0,
+                descending,
+            },
+        };
+        let got = run_on(&dev, &case).unwrap_or_else(|e| panic!("{e}"));
+        bytemuck::cast_slice::<u8, u32>(&got[1]).to_vec()
+    };
+    let x = f32s(&[f32::NAN, 0.0, -0.0, f32::NEG_INFINITY, -f32::NAN, 1.0, 0.0]);
+    assert_eq!(sorted(DType::F32, x.clone(), false), [3, 1, 2, 6, 5, 0, 4]);
+    assert_eq!(sorted(DType::F32, x, true), [0, 4, 5, 1, 2, 6, 3]);
+    let x: Vec<u8> = [i64::MAX, i64::MIN, -1, i64::MIN + 1, 0, i64::MAX - 1, i64::MIN]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(sorted(DType::I64, x.clone(), false), [1, 6, 3, 2, 4, 5, 0]);
+    assert_eq!(sorted(DType::I64, x, true), [0, 5, 4, 2, 3, 1, 6]);
+}

@@ -76,6 +76,12 @@ fn every_op() -> Vec<Op> {
                 ops.push(Op::Softmax { input: v(0, &dims, t), out: v(1, &dims, t), axis, log });
             }
         }
+        for (dims, axis) in [(vec![4, 8], 1), (vec![4, 1], 1), (vec![2, 5000], 1)] {
+            for descending in [false, true] {
+                let (input, out) = (v(0, &dims, t), v(1, &dims, DType::U32));
+                ops.push(Op::ArgSort { input, out, axis, descending });
+            }
+        }
         if !t.is_float() {
             continue;
         }
@@ -302,4 +308,51 @@ fn half_scatters_accumulate_in_an_f32_temporary() {
     };
     let Step::Launch(l) = &lower(&mm, &cfg).unwrap().steps[0] else { panic!() };
     assert_eq!((l.kernel, l.params.bits), (Kernel::Fill(DType::F32), 0));
+}
+
+#[test]
+fn argsort_is_keys_then_the_network_then_a_copy() {
+    let cfg = Config { sm_count: 8, cublas: true, tf32: false, scatter: ScatterKernel::Auto };
+    let names = |plan: &Plan| -> Vec<String> {
+        plan.steps
+            .iter()
+            .map(|s| match s {
+                Step::Launch(l) => l.kernel.name(),
+                Step::Gemm(_) => "gemm".into(),
+            })
+            .collect()
+    };
+    let sort = |dims: &[usize], axis: usize, t: DType| Op::ArgSort {
+        input: v(0, dims, t),
+        out: v(1, dims, DType::U32),
+        axis,
+        descending: true,
+    };
+    // 3 lanes of 100 along axis 0: m = 128, every stage inside one tile.
+    let op = sort(&[100, 3], 0, DType::I64);
+    let plan = lower(&op, &cfg).unwrap();
+    assert_eq!(names(&plan), ["argsort_keys_i64", "argsort_tile", "copy_u32"]);
+    assert_eq!(plan.temps, vec![3 * 128 * 8, 3 * 128 * 4]);
+    let Step::Launch(keys) = &plan.steps[0] else { panic!() };
+    assert_eq!(keys.params.count, 3 * 128);
+    assert_eq!(keys.params.ext[..3], [100, 128, 1]);
+    assert_eq!(keys.args, [Arg::Buffer(op.inputs()[0].buffer), Arg::Temp(0), Arg::Temp(1)]);
+    let Step::Launch(tile) = &plan.steps[1] else { panic!() };
+    assert_eq!(tile.params.ext[..4], [7, 2, 128, 3 * 128]);
+    // m = 8192: the tile stages to 2048, then for k = 4096 and 8192 the global stages
+    // j >= 2048 (one and two) each followed by a tile launch.
+    let plan = lower(&sort(&[2, 5000], 1, DType::BF16), &cfg).unwrap();
+    let want = [
+        "argsort_keys_bf16",
+        "argsort_tile",
+        "argsort_merge",
+        "argsort_tile",
+        "argsort_merge",
+        "argsort_merge",
+        "argsort_tile",
+        "copy_u32",
+    ];
+    assert_eq!(names(&plan), want);
+    // Lanes of one element: a fill of zeros.
+    assert_eq!(names(&lower(&sort(&[4, 1], 1, DType::U8), &cfg).unwrap()), ["fill_u32"]);
 }

@@ -5,6 +5,7 @@ mod index;
 mod matmul;
 mod movement;
 mod reduce;
+mod sort;
 
 use manychips_api::{Error, Op, Result, View};
 
@@ -36,6 +37,7 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         | Op::IndexAdd { .. }
         | Op::ScatterAdd { .. }
         | Op::Scatter { .. } => index::lower(op, f),
+        Op::ArgSort { .. } => sort::lower(op, f),
         Op::Fused { .. } if fuses(op) => plain(elementwise::lower(op, f)?),
         // More inputs than one kernel takes: the devices run its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.

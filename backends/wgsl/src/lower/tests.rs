@@ -77,6 +77,12 @@ fn every_op(dtype: DType) -> Vec<Op> {
             out: o.clone(),
             axis: 1,
         },
+        Op::ArgSort {
+            input: a.clone(),
+            out: view(2, &[3, 5], DType::U32),
+            axis: 1,
+            descending: true,
+        },
         Op::Where { cond: view(0, &[3, 5], DType::U8), on_true: a, on_false: b, out: o.clone() },
         Op::Fill { out: o, value: 1.5 },
     ]
@@ -622,4 +628,62 @@ fn bad_index_status_names_the_value_as_given() {
     assert!(signed.contains("-7") && signed.contains("length 5"), "{signed}");
     let both = crate::bad_index(&words([3, 9, (-7i32 as u32) ^ 0x8000_0000, 5]));
     assert!(both.is_some_and(|m| m.contains("9 and -7")));
+}
+
+#[test]
+fn argsort_is_keys_then_bitonic_stages_then_write() {
+    let f = features(MatmulKernel::Naive);
+    let sort = |dims: &[usize], axis, dtype| {
+        let op = Op::ArgSort {
+            input: view(0, dims, dtype),
+            out: view(1, dims, DType::U32),
+            axis,
+            descending: false,
+        };
+        assert!(op.validate("test").is_ok(), "{}", op.describe());
+        lower(&op, &f)
+    };
+    // 5 lanes of 13, padded to 16: every stage in one tile dispatch.
+    let l = sort(&[5, 13], 1, DType::F16).unwrap_or_default();
+    assert_eq!(l.temporaries, vec![5 * 16 * 4; 2]);
+    let entries: Vec<_> = l.dispatches.iter().map(|d| d.entry).collect();
+    assert_eq!(entries, ["keys", "tile", "write"]);
+    assert!(l.dispatches[0].source.contains("float_key(b << 16u, 0x7c000000u)"));
+    // 3 lanes of 1500, padded to 2048: partners 512 or more apart take a dispatch each.
+    let long = sort(&[1500, 3], 0, DType::I32).unwrap_or_default();
+    let entries: Vec<_> = long.dispatches.iter().map(|d| d.entry).collect();
+    assert_eq!(entries, ["keys", "tile", "stage", "tile", "stage", "stage", "tile", "write"]);
+    assert_eq!(
+        [4, 5].map(|i| (long.dispatches[i].params[4], long.dispatches[i].params[3])),
+        [(2048, 1024), (2048, 512)]
+    );
+    // One stage kernel and one tile kernel for every dtype; the keys follow the dtype.
+    assert_eq!(long.dispatches[2].key, long.dispatches[4].key);
+    assert!(long.dispatches[0].source.contains("b ^ 0x80000000u"));
+    let f32s = sort(&[1500, 3], 0, DType::F32).unwrap_or_default();
+    assert_ne!(f32s.dispatches[0].key, long.dispatches[0].key);
+    assert_eq!(f32s.dispatches[1].key, long.dispatches[1].key);
+    assert_eq!(f32s.dispatches[2].key, long.dispatches[2].key);
+    // CPU-backed drivers: no barriers, every stage a dispatch (4·5/2 for 16).
+    let cpu = Features { cpu_backed: true, ..f.clone() };
+    let op = Op::ArgSort {
+        input: view(0, &[5, 13], DType::U8),
+        out: view(1, &[5, 13], DType::U32),
+        axis: 1,
+        descending: true,
+    };
+    let l = lower(&op, &cpu).unwrap_or_default();
+    let entries: Vec<_> = l.dispatches.iter().map(|d| d.entry).collect();
+    assert_eq!(entries.len(), 12);
+    assert_eq!((entries[0], entries[11]), ("keys", "write"));
+    assert!(entries[1..11].iter().all(|&e| e == "stage"));
+    assert_eq!(l.dispatches[0].params[4], u32::MAX);
+    // Lanes of one: no stage.
+    let one = sort(&[4, 1], 1, DType::F32).unwrap_or_default();
+    assert_eq!(one.dispatches.iter().map(|d| d.entry).collect::<Vec<_>>(), ["keys", "write"]);
+    // Empty lanes: nothing.
+    assert!(sort(&[0, 5], 1, DType::F32).is_ok_and(|l| l.dispatches.is_empty()));
+    // Scratch past the binding limit is an error naming the op.
+    let e = sort(&[40, 1 << 20], 1, DType::U8).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("argsort") && e.contains("split"), "{e}");
 }
