@@ -5,7 +5,7 @@
 //! (`pipeline::play`). For each, a table row:
 //! - the step's throughput against the fluid bound (the step's flops over the fleet's
 //!   total rate: no bubble, no copies, no memory limit);
-//! - against uniform stages on the same replicas and chips (equal layers per stage,
+//! - against uniform stages on the same replicas and chips (equal blocks per stage,
 //!   Megatron's cut, recomputing or lodging optimizer state where memory is short; the
 //!   micro-batches shared by replica speed as ours are), or "does not fit";
 //! - against the same with equal micro-batches per replica too, as a job planned for
@@ -78,7 +78,8 @@ fn fluid_bound(costs: &[LayerCost], chips: &[Candidate], micro_batches: usize) -
     flops / rate
 }
 
-/// The same replicas, chips and stage counts with equal layers per stage (Megatron's cut),
+/// The same replicas, chips and stage counts with equal blocks per stage (Megatron's cut:
+/// the embeddings with the first, the head with the last),
 /// recomputing where a stage's activations do not fit, the micro-batches shared by the
 /// replicas' speed as ours are (`by_speed`: what cutting stages by speed and memory gains,
 /// alone) or equally, as a homogeneous job would. `None` where an equal cut does not fit
@@ -99,15 +100,21 @@ fn uniform(
         .iter()
         .map(|replica| {
             let stages = replica.stages.len();
-            let mut start = 0;
+            // Layer 0 is the embeddings, then each block's two halves, then the head.
+            let blocks = (costs.len() - 2) / 2;
+            if stages > blocks {
+                return None;
+            }
+            let mut done = 0;
             let cut = replica
                 .stages
                 .iter()
                 .enumerate()
                 .map(|(s, stage)| {
-                    let len = costs.len() / stages + usize::from(s < costs.len() % stages);
-                    start += len;
-                    (start - len..start, chip(stage))
+                    let first = if s == 0 { 0 } else { 1 + 2 * done };
+                    done += blocks / stages + usize::from(s < blocks % stages);
+                    let end = if s + 1 == stages { costs.len() } else { 1 + 2 * done };
+                    (first..end, chip(stage))
                 })
                 .collect();
             PipelinePlan::manual(costs, cut, micro_batches, SLOTS).ok()

@@ -145,33 +145,37 @@ impl Gpt {
     }
 }
 
-/// Layer 0 embeds the ids (`[batch, time]` `u32`), layers `1..=layers` are the blocks, and
-/// the last is the final norm with the head.
+/// Layer 0 embeds the ids (`[batch, time]` `u32`); then each block is two layers, its
+/// attention and its MLP (each a residual branch of its own, so a stage may end between
+/// them: half a block is what a pipeline's stages are balanced by); the last layer is the
+/// final norm with the head.
 impl Layered for Gpt {
     fn depth(&self) -> usize {
-        self.blocks.len() + 2
+        2 * self.blocks.len() + 2
     }
 
     fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
-        let blocks = self.blocks.len();
+        let halves = 2 * self.blocks.len();
         match layer {
             0 => self.embed(x.tensor()),
-            l if l <= blocks => self.blocks[l - 1].forward(x),
-            l if l == blocks + 1 => self.logits(x),
+            l if l <= halves && l % 2 == 1 => self.blocks[(l - 1) / 2].attend(x),
+            l if l <= halves => self.blocks[(l - 1) / 2].feed_forward(x),
+            l if l == halves + 1 => self.logits(x),
             l => Err(Error::InvalidArgument {
                 op: "Gpt::forward_layer".into(),
                 device: x.tensor().device().info().label(),
-                detail: format!("layer {l} of {}", blocks + 2),
+                detail: format!("layer {l} of {}", halves + 2),
             }),
         }
     }
 
     fn layer_params(&self, layer: usize) -> Vec<Param> {
-        let blocks = self.blocks.len();
+        let halves = 2 * self.blocks.len();
         match layer {
             0 => [self.tokens.params(), self.positions.params()].concat(),
-            l if l <= blocks => self.blocks[l - 1].params(),
-            l if l == blocks + 1 => [self.ln.params(), self.head.params()].concat(),
+            l if l <= halves && l % 2 == 1 => self.blocks[(l - 1) / 2].attention_params(),
+            l if l <= halves => self.blocks[(l - 1) / 2].feed_forward_params(),
+            l if l == halves + 1 => [self.ln.params(), self.head.params()].concat(),
             _ => Vec::new(),
         }
     }

@@ -26,20 +26,32 @@ impl TransformerBlock {
 
     /// Its parameters, in creation order.
     pub fn params(&self) -> Vec<Param> {
-        [
-            self.ln1.params(),
-            self.attn.params(),
-            self.ln2.params(),
-            self.fc1.params(),
-            self.fc2.params(),
-        ]
-        .concat()
+        [self.attention_params(), self.feed_forward_params()].concat()
+    }
+
+    /// The parameters of its first half ([`attend`](Self::attend)).
+    pub fn attention_params(&self) -> Vec<Param> {
+        [self.ln1.params(), self.attn.params()].concat()
+    }
+
+    /// The parameters of its second half ([`feed_forward`](Self::feed_forward)).
+    pub fn feed_forward_params(&self) -> Vec<Param> {
+        [self.ln2.params(), self.fc1.params(), self.fc2.params()].concat()
     }
 
     /// `x` is `[batch, time, dim]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        let x = x.add(&self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let hidden = self.fc1.forward_activated(&self.ln2.forward(&x)?, Some(Activation::Gelu))?;
+        self.feed_forward(&self.attend(x)?)
+    }
+
+    /// The first half, a residual branch of its own: `x + attn(ln1(x))`.
+    pub fn attend(&self, x: &Var) -> Result<Var> {
+        x.add(&self.attn.forward(&self.ln1.forward(x)?)?)
+    }
+
+    /// The second half: `x + mlp(ln2(x))`.
+    pub fn feed_forward(&self, x: &Var) -> Result<Var> {
+        let hidden = self.fc1.forward_activated(&self.ln2.forward(x)?, Some(Activation::Gelu))?;
         x.add(&self.fc2.forward(&hidden)?)
     }
 }

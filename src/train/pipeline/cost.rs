@@ -64,7 +64,7 @@ impl TransformerShape {
     }
 
     /// The model's layers as [`Layered for Gpt`](crate::train::models::Gpt) cuts them:
-    /// the embeddings, each block, the final norm with the head. Flops and parameters are
+    /// the embeddings, each block's attention and MLP, the final norm with the head. Flops and parameters are
     /// exact; the activations follow what this library's layers keep (counted from their
     /// graphs: 28 `[tokens, dim]` buffers per block and per-token statistics; attention's
     /// `[rows, heads, context, context]` tensors are computed again, not kept), checked
@@ -91,17 +91,27 @@ impl TransformerShape {
             rows: self.rows,
         };
         let embed = layer((v + s) * d, 2.0 * tokens * d + s * d + tokens + s, 0.0, 5);
-        // The attention's `[rows, heads, s, s]` scores, masked scores and weights are
-        // written and read but not kept (its backward pass computes them again).
-        let block = LayerCost {
-            written_bytes: (1.7 * (38.0 * tokens * d + 3.0 * scores + 5.0 * tokens) * a) as usize,
+        // Each block is two layers. Its attention's `[rows, heads, s, s]` scores, masked
+        // scores and weights are written and read but not kept (its backward pass computes
+        // them again).
+        let attention = LayerCost {
+            written_bytes: (1.7 * (14.0 * tokens * d + 3.0 * scores + 3.0 * tokens) * a) as usize,
             recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
             transient_bytes: (4.0 * scores * a) as usize,
             ..layer(
-                12.0 * d * d + 13.0 * d,
-                28.0 * tokens * d + 4.0 * tokens,
-                2.0 * tokens * 12.0 * d * d + 4.0 * self.rows as f64 * s * s * d,
-                50,
+                4.0 * d * d + 6.0 * d,
+                12.0 * tokens * d + 2.0 * tokens,
+                2.0 * tokens * 4.0 * d * d + 4.0 * self.rows as f64 * s * s * d,
+                37,
+            )
+        };
+        let mlp = LayerCost {
+            written_bytes: (1.7 * (24.0 * tokens * d + 2.0 * tokens) * a) as usize,
+            ..layer(
+                8.0 * d * d + 7.0 * d,
+                16.0 * tokens * d + 2.0 * tokens,
+                2.0 * tokens * 8.0 * d * d,
+                13,
             )
         };
         let head = LayerCost {
@@ -114,7 +124,7 @@ impl TransformerShape {
             )
         };
         std::iter::once(embed)
-            .chain(std::iter::repeat_n(block, self.blocks))
+            .chain(std::iter::repeat_n([attention, mlp], self.blocks).flatten())
             .chain(std::iter::once(head))
             .collect()
     }

@@ -37,7 +37,7 @@ pub use cost::{LayerCost, TransformerShape, profile_layers};
 pub use plan::{Candidate, HelperPlan, PipelinePlan, StageMemory, StagePlan, StateHost};
 #[cfg(feature = "mpi")]
 pub use ranks::RankPipeline;
-pub use replica_plan::ReplicaPlan;
+pub use replica_plan::{ReplicaPlan, balanced_shares};
 pub use replicas::{PipelineReplicas, ReplicasReport};
 pub use run::{Pipeline, PipelineReport};
 pub use schedule::{Work, in_flight, one_f_one_b};

@@ -8,10 +8,11 @@
 //! the copies of that share to and from the lead, and once a step the members' gradients
 //! go to the lead and the updated parameters come back.
 //!
-//! A stage's time per micro-batch is its layers' forward and backward passes plus the
-//! copies it receives (the activation from the stage before, the gradient from the one
-//! after: the runtime reads them ahead, overlapping its work, so this errs long); under
-//! 1F1B a step takes `Σ tₛ + (M − 1)·max tₛ`, plus the stages' once-a-step syncs. For a device order and a stage
+//! A stage's time per micro-batch is its layers' forward and backward passes, or the
+//! copies it receives where those are slower (the activation from the stage before, the
+//! gradient from the one after: the runtime reads them ahead, overlapping its work);
+//! under 1F1B a step takes a micro-batch's trip through every stage (copies included),
+//! `(M − 1)·max tₛ` more, and the stages' once-a-step syncs. For a device order and a stage
 //! count, the smallest feasible bottleneck is found by bisection, each candidate checked by
 //! a greedy fill (each stage takes layers while it stays under the bottleneck and within
 //! its device's memory; optimal for a fixed order where adding a layer never makes a stage
@@ -169,9 +170,17 @@ impl StagePlan {
         std::iter::once(self.share).chain(self.helpers.iter().map(|h| h.share)).collect()
     }
 
-    /// Predicted seconds of one micro-batch through this stage, both ways.
+    /// Predicted seconds per micro-batch at this stage's steady pace: its two passes, or
+    /// the copies it receives where those take longer (they are received ahead, while
+    /// the stage computes).
     pub fn time(&self) -> f64 {
         stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)
+    }
+
+    /// Predicted seconds of one micro-batch's trip through this stage when nothing
+    /// overlaps: its copies in, then its passes.
+    pub fn trip_s(&self) -> f64 {
+        self.forward_s + self.backward_s + self.receive_forward_s + self.receive_backward_s
     }
 
     /// An `OutOfMemory` naming the device, the stage (`s`) and the bytes where a member's
@@ -251,9 +260,10 @@ impl StagePlan {
     }
 }
 
-/// A micro-batch's way through a stage: its two passes and the two copies it receives.
+/// A stage's pace per micro-batch: its two passes, or the two copies it receives (a thread
+/// of the stage's receives the next ones while it computes) where those are slower.
 fn stage_time(forward: f64, backward: f64, receive_forward: f64, receive_backward: f64) -> f64 {
-    forward + backward + receive_forward + receive_backward
+    (forward + backward).max(receive_forward + receive_backward)
 }
 
 /// Stages, micro-batches and what the plan predicts.
@@ -466,10 +476,31 @@ impl PipelinePlan {
         roomiest.sort_by_key(|&i| std::cmp::Reverse(usable[i].memory));
         let mut best: Option<(PipelinePlan, &Vec<usize>, usize)> = None;
         for order in [&as_given, &fastest, &roomiest] {
-            for count in 1..=order.len().min(costs.len()) {
-                let Some(plan) = search.best_for(&order[..count]) else { continue };
-                if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.0.predicted_step_s()) {
-                    best = Some((plan, order, count));
+            // Stage counts on a grid, then every count between the best one's neighbours
+            // on it: a step's time varies smoothly with the count, and long pipelines over
+            // big fleets have many.
+            let most = order.len().min(costs.len());
+            let grid = stage_counts(most);
+            let mut tried = vec![None; most + 1];
+            let mut try_count = |count: usize| -> Option<f64> {
+                *tried[count].get_or_insert_with(|| {
+                    let plan = search.best_for(&order[..count])?;
+                    let step = plan.predicted_step_s();
+                    if best.as_ref().is_none_or(|b| step < b.0.predicted_step_s()) {
+                        best = Some((plan, order, count));
+                    }
+                    Some(step)
+                })
+            };
+            let steps: Vec<Option<f64>> = grid.iter().map(|&c| try_count(c)).collect();
+            let at = (0..grid.len()).filter(|&i| steps[i].is_some()).min_by(|&a, &b| {
+                steps[a].unwrap_or(f64::MAX).total_cmp(&steps[b].unwrap_or(f64::MAX))
+            });
+            if let Some(at) = at {
+                let from = if at > 0 { grid[at - 1] + 1 } else { 1 };
+                let to = grid.get(at + 1).map_or(most, |&c| c - 1);
+                for count in from..=to {
+                    try_count(count);
                 }
             }
         }
@@ -507,14 +538,29 @@ impl PipelinePlan {
         &self.costs
     }
 
-    /// Predicted seconds of one step under 1F1B: the micro-batches' way through every
-    /// stage, and `M − 1` more of the slowest stage.
+    /// Predicted seconds of one step under 1F1B: a micro-batch's trip through every stage
+    /// and back, `M − 1` more at the slowest stage's pace, then the syncs.
     pub fn predicted_step_s(&self) -> f64 {
-        let sum: f64 = self.stages.iter().map(StagePlan::time).sum();
+        let sum: f64 = self.stages.iter().map(StagePlan::trip_s).sum();
         let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
-        // The stages' syncs run one after another once the last backward pass is done.
-        let sync: f64 = self.stages.iter().map(|s| s.sync_s).sum();
-        sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest + sync
+        sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest + self.sync_s()
+    }
+
+    /// Predicted seconds of the stages' syncs once the last backward pass is done (groups
+    /// gathering gradients and handing out values, lodged optimizer state updated and
+    /// sent back). The stages sync at once, each over its own devices' links, so the
+    /// slowest stage sets the time; but a device that keeps other stages' state also moves
+    /// their gradients and values over its link.
+    pub fn sync_s(&self) -> f64 {
+        let mut hosting: Vec<f64> = self.stages.iter().map(|s| s.sync_s).collect();
+        for stage in &self.stages {
+            let Some(state) = &stage.state_on else { continue };
+            let id = state.device.info().id;
+            if let Some(h) = self.stages.iter().position(|s| s.device.info().id == id) {
+                hosting[h] += host_leg_s(stage.memory.params, self.stages[h].link_bytes_per_s);
+            }
+        }
+        hosting.into_iter().fold(0.0, f64::max)
     }
 
     /// The share of the stages' time a step leaves idle (the pipeline's bubble).
@@ -637,6 +683,19 @@ struct Spot<'a> {
     lodging: bool,
 }
 
+/// Stage counts worth trying first, up to `most`: every count to 12, then about a tenth
+/// apart.
+fn stage_counts(most: usize) -> Vec<usize> {
+    let mut counts: Vec<usize> = (1..=most.min(12)).collect();
+    let mut c = 12.0f64;
+    while (c as usize) < most {
+        c *= 1.1;
+        counts.push((c.ceil() as usize).min(most));
+    }
+    counts.dedup();
+    counts
+}
+
 /// Each member's share of a micro-batch's rows: whole rows in proportion to its speed on
 /// the whole model, as the runtime cuts them (`[1]` for a device alone).
 fn group_shares(costs: &[LayerCost], c: &Candidate) -> Vec<f64> {
@@ -669,6 +728,10 @@ struct Sums {
     backward_s: f64,
     params: u64,
     kept: u64,
+    /// The most one layer's backward pass holds beyond what is kept: its activations'
+    /// gradients (or, recomputing, the activations themselves), its transients, the
+    /// gradient of its output, and its input's two (a residual layer's input gets one
+    /// through the branch and one around it, then their sum).
     largest: u64,
 }
 
@@ -678,8 +741,8 @@ impl Sums {
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
         self.kept += part(layer.activation_bytes, share);
-        self.largest =
-            self.largest.max(part(layer.activation_bytes + layer.transient_bytes, share));
+        let backward = layer.activation_bytes + layer.transient_bytes + 3 * layer.output_bytes;
+        self.largest = self.largest.max(part(backward, share));
     }
 }
 
@@ -776,12 +839,13 @@ fn stage_cost(
                 },
                 // The lead holds the output's gradient as it arrives, and in a group also the
                 // members' parts of the output (and of that gradient) as it gathers (cuts);
-                // and the next micro-batch's input and gradient, read ahead.
+                // and the next micro-batch's input and gradient, read ahead. A helper holds
+                // its part of the output until sent, and of its gradient as it arrives.
                 workspace: sums.largest
                     + match (k, lead.helpers.len()) {
                         (0, 0) => output_bytes as u64,
                         (0, _) => 2 * output_bytes as u64,
-                        _ => output,
+                        _ => 2 * output,
                     }
                     + if k == 0 { read_ahead } else { 0 },
                 lodged: 0,
@@ -868,6 +932,12 @@ fn lodged_bytes(params: u64, slots: f64) -> u64 {
     (params as f64 * (slots + 2.0)) as u64
 }
 
+/// Seconds a lodged stage's gradients (`params` bytes) and new values take over one end's
+/// link (`bytes_per_s`).
+fn host_leg_s(params: u64, bytes_per_s: f64) -> f64 {
+    2.0 * params as f64 / bytes_per_s
+}
+
 /// A home for each stage's optimizer state, given per stage its memory need without that
 /// state, its parameters' bytes and its device's memory: its own device where the state
 /// fits beside the rest, else (largest first) the stage device with the most room left.
@@ -916,7 +986,7 @@ fn lodge(mut stages: Vec<StagePlan>, slots: f64) -> Option<Vec<StagePlan>> {
         stages[host].memory.lodged += bytes;
         // The gradients go there and the new values come back, each way through the host.
         let (here, there) = (stages[s].link_bytes_per_s, stages[host].link_bytes_per_s);
-        stages[s].sync_s += 2.0 * params as f64 * (1.0 / here + 1.0 / there);
+        stages[s].sync_s += host_leg_s(params, here) + host_leg_s(params, there);
         let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
         stages[s].state_on = Some(StateHost { device, label, bytes });
     }
@@ -1054,21 +1124,35 @@ impl<'a> Search<'a> {
         if (room as f64) < params * (2.0 + self.slots) {
             return None;
         }
-        // Start from the whole model's compute on the slowest device and double until a
-        // fill succeeds (copies and recomputation can make a stage dearer, but not 256
-        // times): past some bottleneck only memory can refuse.
-        let mut hi = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
+        // No bottleneck is below the fluid one, every device's share of the work in
+        // proportion to its speed (`1 / Σ 1/wholeᵢ`): start at twice that and double
+        // until a fill succeeds. Past the whole model's compute on the slowest device
+        // (copies and recomputation can make a stage dearer, but not 128 times), only
+        // memory can refuse.
+        let slowest = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
+        let fluid = 1.0 / order.iter().map(|&i| 1.0 / self.whole(i).max(1e-12)).sum::<f64>();
+        let mut lo = fluid;
+        let mut hi = (2.0 * fluid).max(1e-9);
         let mut found = None;
-        for _ in 0..8 {
+        while hi <= 128.0 * slowest {
             if let Some(cut) = self.fill(order, hi, may_lodge) {
                 found = Some(cut);
                 break;
             }
+            lo = hi;
             hi *= 2.0;
         }
         let mut found = found?;
-        let mut lo = 0.0;
+        // Should a fill meet the fluid bottleneck (layers priced unevenly across devices
+        // can), search below it too.
+        if let Some(cut) = self.fill(order, lo, may_lodge) {
+            (found, hi, lo) = (cut, lo, 0.0);
+        }
+        // To 0.1%: closer changes the step by less than a layer's price does.
         for _ in 0..60 {
+            if hi - lo <= 1e-3 * hi {
+                break;
+            }
             let mid = 0.5 * (lo + hi);
             match self.fill(order, mid, may_lodge) {
                 Some(cut) => {
@@ -1076,9 +1160,6 @@ impl<'a> Search<'a> {
                     found = cut;
                 }
                 None => lo = mid,
-            }
-            if hi - lo <= 1e-4 * hi {
-                break;
             }
         }
         let (cut, lodging) = found;

@@ -9,14 +9,20 @@
 
 use std::fmt::Write as _;
 
+use rayon::prelude::*;
+
 use super::cost::LayerCost;
 use super::plan::{Candidate, PipelinePlan};
 use super::simulate::play;
-use crate::plan::proportional;
+use crate::plan::{Linear, equal_finish};
 use crate::{Error, Result};
 
 /// How many of the best shapes (replica count, dealing) are planned again with swaps.
-const REFINED: usize = 3;
+const REFINED: usize = 6;
+
+/// A shape's plan: its simulated step, the plan, its groups of chips and the optimizer
+/// state per parameter it was planned with.
+type Planned = (f64, ReplicaPlan, Vec<Vec<Candidate>>, f64);
 
 /// Data-parallel replicas of pipelines over one fleet.
 #[derive(Clone, Debug)]
@@ -52,33 +58,43 @@ impl ReplicaPlan {
         optimizer_slots: usize,
         shard: bool,
     ) -> Result<ReplicaPlan> {
-        // Each plan with its simulated step (a play per replica: worth doing once).
-        let mut planned: Vec<(f64, ReplicaPlan, Vec<Vec<Candidate>>, f64)> = Vec::new();
-        let mut first_error = None;
-        for count in replica_counts(chips.len().min(micro_batches)) {
-            for dealing in [Dealing::Mixed, Dealing::BySpeed] {
+        // Each shape (replica count, dealing) planned on a core of its own, with its
+        // simulated step (a play per replica: worth doing once).
+        let shapes: Vec<(usize, Dealing)> = replica_counts(chips.len().min(micro_batches))
+            .into_iter()
+            .flat_map(|count| [(count, Dealing::Mixed), (count, Dealing::BySpeed)])
+            .collect();
+        let tried: Vec<Result<Planned>> = shapes
+            .into_par_iter()
+            .map(|(count, dealing)| {
                 let groups = deal(chips, count, dealing);
                 let state = if shard {
                     optimizer_slots as f64 / groups.len().max(1) as f64
                 } else {
                     optimizer_slots as f64
                 };
-                match ReplicaPlan::over(costs, &groups, micro_batches, state, false) {
-                    Ok(plan) => planned.push((plan.step_s(), plan, groups, state)),
-                    // One replica over every chip is the roomiest: its error says why
-                    // nothing fits.
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
+                let plan = ReplicaPlan::over(costs, &groups, micro_batches, state, false)?;
+                Ok((plan.step_s(), plan, groups, state))
+            })
+            .collect();
+        let mut planned = Vec::with_capacity(tried.len());
+        let mut first_error = None;
+        for outcome in tried {
+            match outcome {
+                Ok(p) => planned.push(p),
+                // One replica over every chip is the roomiest: its error says why nothing
+                // fits.
+                Err(e) => {
+                    first_error.get_or_insert(e);
                 }
             }
         }
         // The three best shapes' replicas planned again with their devices' order searched
         // too (dearer, so only for those), the best of all kept.
         planned.sort_by(|a, b| a.0.total_cmp(&b.0));
+        planned.truncate(REFINED);
         let best = planned
-            .into_iter()
-            .take(REFINED)
+            .into_par_iter()
             .map(|(step, plan, groups, state)| {
                 match ReplicaPlan::over(costs, &groups, micro_batches, state, true) {
                     Ok(refined) => {
@@ -142,23 +158,24 @@ impl ReplicaPlan {
         }
         // Planned for the whole step's micro-batches: the most any replica could hold in
         // flight, so each plan's memory holds whatever share it gets.
-        let replicas = groups
-            .iter()
+        let replicas: Vec<Result<PipelinePlan>> = groups
+            .par_iter()
             .map(|group| {
                 PipelinePlan::search_with_state(costs, group, micro_batches, optimizer_slots, swaps)
             })
-            .collect::<Result<Vec<_>>>()?;
-        // Shares by throughput: a replica's steady state is one micro-batch per its
-        // slowest stage.
-        let rates: Vec<f64> = replicas.iter().map(|r| 1.0 / slowest_stage(r)).collect();
-        let shares = proportional(&rates, micro_batches).unwrap_or_else(|| {
-            let mut even = vec![micro_batches / count; count];
-            even[0] += micro_batches % count;
-            even
-        });
+            .collect();
+        // The first replica's error, whichever core found one first.
+        let replicas = replicas.into_iter().collect::<Result<Vec<_>>>()?;
+        let mut shares = balanced_shares(&replicas, micro_batches);
+        if shares.iter().sum::<usize>() < micro_batches {
+            // No replica could be priced: even shares.
+            shares = (0..count)
+                .map(|r| micro_batches / count + usize::from(r < micro_batches % count))
+                .collect();
+        }
         // Each replica priced again for its own share: fewer micro-batches in flight may
         // fit without recomputing. A replica with no share has no part in the step.
-        let mut shared = Vec::with_capacity(count);
+        let mut shared: Vec<Shared> = Vec::with_capacity(count);
         for ((replica, share), group) in replicas.into_iter().zip(shares).zip(groups) {
             if share == 0 {
                 continue;
@@ -172,16 +189,32 @@ impl ReplicaPlan {
                     Some((s.layers.clone(), chip.clone()))
                 })
                 .collect::<Option<Vec<_>>>();
-            let repriced = stages.and_then(|stages| {
-                PipelinePlan::manual_with_state(costs, stages, share, optimizer_slots).ok()
-            });
-            shared.push(repriced.unwrap_or_else(|| {
-                let mut replica = replica;
-                replica.micro_batches = share;
-                replica
-            }));
+            shared.push(Shared::new(costs, stages, replica, share, optimizer_slots));
         }
-        let replicas = shared;
+        // Repricing moves the replicas' ends apart a little: micro-batches move, one at a
+        // time, from the replica that ends last to the one that would end first with one
+        // more, while that ends the step sooner.
+        for _ in 0..2 * shared.len() {
+            let (last, end) = (0..shared.len())
+                .map(|r| (r, shared[r].makespan))
+                .fold((0, f64::MIN), |a, b| if b.1 > a.1 { b } else { a });
+            let Some(to) = (0..shared.len())
+                .filter(|&r| r != last)
+                .min_by(|&a, &b| shared[a].one_more().total_cmp(&shared[b].one_more()))
+            else {
+                break;
+            };
+            if shared[last].plan.micro_batches <= 1 || shared[to].one_more() >= end {
+                break;
+            }
+            let less = shared[last].reshared(costs, -1, optimizer_slots);
+            let more = shared[to].reshared(costs, 1, optimizer_slots);
+            if less.makespan.max(more.makespan) >= end {
+                break;
+            }
+            (shared[last], shared[to]) = (less, more);
+        }
+        let replicas: Vec<PipelinePlan> = shared.into_iter().map(|s| s.plan).collect();
         let all_reduce_s = all_reduce_s(&replicas);
         Ok(ReplicaPlan { replicas, all_reduce_s })
     }
@@ -262,8 +295,63 @@ fn deal(chips: &[Candidate], count: usize, dealing: Dealing) -> Vec<Vec<Candidat
     groups
 }
 
-fn slowest_stage(plan: &PipelinePlan) -> f64 {
-    plan.stages.iter().map(|s| s.time()).fold(0.0, f64::max)
+/// A replica's plan for its share of the micro-batches, with what repricing it needs and
+/// its simulated step.
+struct Shared {
+    stages: Option<Vec<(std::ops::Range<usize>, Candidate)>>,
+    plan: PipelinePlan,
+    makespan: f64,
+}
+
+impl Shared {
+    /// `replica` priced again for `share` micro-batches over `stages`, where it can be.
+    fn new(
+        costs: &[LayerCost],
+        stages: Option<Vec<(std::ops::Range<usize>, Candidate)>>,
+        replica: PipelinePlan,
+        share: usize,
+        optimizer_slots: f64,
+    ) -> Shared {
+        let repriced = stages.clone().and_then(|stages| {
+            PipelinePlan::manual_with_state(costs, stages, share, optimizer_slots).ok()
+        });
+        let plan = repriced.unwrap_or_else(|| {
+            let mut replica = replica;
+            replica.micro_batches = share;
+            replica
+        });
+        let makespan = play(&plan).makespan;
+        Shared { stages, plan, makespan }
+    }
+
+    /// The same replica with `change` more micro-batches.
+    fn reshared(&self, costs: &[LayerCost], change: isize, optimizer_slots: f64) -> Shared {
+        let share = self.plan.micro_batches.saturating_add_signed(change);
+        Shared::new(costs, self.stages.clone(), self.plan.clone(), share, optimizer_slots)
+    }
+
+    /// About when it would end with one more micro-batch.
+    fn one_more(&self) -> f64 {
+        self.makespan + self.plan.stages.iter().map(|s| s.time()).fold(0.0, f64::max)
+    }
+}
+
+/// Micro-batches per replica (summing to `micro_batches`) that end the replicas' steps
+/// together: replica `r`'s step with `m` of them takes about a micro-batch's trip through
+/// its stages and its syncs, then `m − 1` more at its slowest stage's pace (the 1F1B
+/// formula, [`PipelinePlan::predicted_step_s`]). Sharing by pace alone would leave the
+/// replicas with long pipelines and few micro-batches, whose fill and drain weigh most,
+/// finishing last. A replica whose trip alone outlasts the others' steps gets none.
+pub fn balanced_shares(replicas: &[PipelinePlan], micro_batches: usize) -> Vec<usize> {
+    let costs: Vec<Linear> = replicas
+        .iter()
+        .map(|r| {
+            let pace = r.stages.iter().map(|s| s.time()).fold(0.0, f64::max);
+            let trip: f64 = r.stages.iter().map(|s| s.trip_s()).sum();
+            Linear { fixed: trip - pace + r.sync_s(), per_unit: pace }
+        })
+        .collect();
+    equal_finish(&costs, micro_batches)
 }
 
 /// A ring all-reduce of every layer's gradient among the replicas' stages that hold it:

@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::run::{Pipeline, PipelineReport};
 use super::stage::{InputFn, LossFn};
 use super::{Layered, Var};
-use crate::plan::proportional;
+use crate::plan::{Linear, equal_finish};
 use crate::train::checkpoint::Snapshot;
 use crate::train::parallel::{panic_message, ranges};
 use crate::train::{Grads, Param};
@@ -167,18 +167,27 @@ impl<M: Layered> PipelineReplicas<M> {
         &self.replicas
     }
 
-    /// Each replica's rows of a batch of `batch`: in proportion to its throughput (one
-    /// micro-batch per its slowest stage's time, as planned), at least its micro-batches.
+    /// Each replica's rows of a batch of `batch`, at least its micro-batches: so that the
+    /// replicas' predicted steps end together, as [`balanced_shares`] shares micro-batches
+    /// (a replica cuts its rows into its plan's micro-batches, whose times scale with
+    /// their rows: for replicas planned by [`ReplicaPlan`], rows in proportion to their
+    /// micro-batches).
+    ///
+    /// [`balanced_shares`]: super::balanced_shares
+    /// [`ReplicaPlan`]: super::ReplicaPlan
     pub fn split(&self, batch: usize) -> Result<Vec<Range<usize>>> {
-        let rates: Vec<f64> = self
+        let costs: Vec<Linear> = self
             .replicas
             .iter()
             .map(|r| {
-                let slowest = r.plan().stages.iter().map(|s| s.time()).fold(0.0, f64::max);
-                if slowest > 0.0 { 1.0 / slowest } else { 1.0 }
+                let plan = r.plan();
+                let rows = plan.costs().first().map_or(1, |l| l.rows.max(1));
+                let passes = plan.predicted_step_s() - plan.sync_s();
+                let per_row = passes / (plan.micro_batches * rows).max(1) as f64;
+                Linear { fixed: plan.sync_s(), per_unit: if per_row > 0.0 { per_row } else { 1.0 } }
             })
             .collect();
-        let mut shares = proportional(&rates, batch).unwrap_or_else(|| vec![0; rates.len()]);
+        let mut shares = equal_finish(&costs, batch);
         // Every replica takes at least its micro-batches, from the largest share.
         for i in 0..shares.len() {
             let need = self.replicas[i].plan().micro_batches;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::group::{Helper, add_gradients, helpers, take_values};
 use super::plan::{Candidate, PipelinePlan};
 use super::stage::{
-    Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop,
+    Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop, at_once,
     even_shares,
 };
 use super::{Layered, Var};
@@ -496,12 +496,16 @@ impl<M: Layered> Pipeline<M> {
             ));
         }
         // Helpers start from the lead's values, whoever changed them since (an optimizer,
-        // another replica, a restore).
-        for stage in &self.stages {
-            for helper in &stage.helpers {
-                take_values(helper, &stage.params)?;
-            }
-        }
+        // another replica, a restore): the groups at once, each over its own links.
+        let groups: Vec<(&[Helper], &[Param])> = (self.stages.iter())
+            .filter(|s| !s.helpers.is_empty())
+            .map(|s| (&s.helpers[..], &s.params[..]))
+            .collect();
+        at_once(
+            groups,
+            |_| "Pipeline::step, a group's values".into(),
+            |(helpers, lead)| helpers.iter().try_for_each(|helper| take_values(helper, lead)),
+        )?;
         let count = self.stages.len();
         // Channel s carries activations from stage s to s + 1 and gradients back.
         let (act_tx, mut act_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
@@ -566,13 +570,29 @@ impl<M: Layered> Pipeline<M> {
         if done.len() != count {
             return Err(invalid("Pipeline::step", "-", "a stage stopped without a cause".into()));
         }
+        // Each group's gradients gathered on its lead: the stages at once.
+        let mut done = done;
+        let parts: Vec<(&[Helper], &[Param], Vec<Grads>)> = (self.stages.iter())
+            .zip(done.iter_mut())
+            .map(|(s, d)| (&s.helpers[..], &s.params[..], std::mem::take(&mut d.grads)))
+            .collect();
+        let gathered = at_once(
+            parts,
+            |s| format!("Pipeline::step, stage {s}"),
+            |(helpers, lead, parts)| {
+                let mut parts = parts.into_iter();
+                let mut grads = parts.next().unwrap_or_default();
+                add_gradients(helpers, lead, parts, &mut grads)?;
+                Ok(grads)
+            },
+        )?;
         let mut grads = Grads::default();
+        for stage_grads in gathered {
+            grads.accumulate(stage_grads)?;
+        }
         let mut losses = Vec::new();
         for (s, d) in done.into_iter().enumerate() {
             let stage = &mut self.stages[s];
-            let mut parts = d.grads.into_iter();
-            grads.accumulate(parts.next().unwrap_or_default())?;
-            add_gradients(&stage.helpers, &stage.params, parts, &mut grads)?;
             losses.extend(d.losses);
             // The busiest member's time: the group's pace.
             let mut secs = vec![0.0; stage.shares.len()];
@@ -622,13 +642,18 @@ impl<M: Layered> Pipeline<M> {
 
     /// Every stage's optimizer steps on what `grads` holds for its parameters (all of
     /// them, or a shard: a parameter with no gradient is left as it is).
+    /// The stages step at once, each on its own device (and a lodged state's host), as
+    /// the plan prices their syncs.
     pub(super) fn step_optimizers(&mut self, grads: &Grads) -> Result<()> {
-        for stage in &mut self.stages {
-            match &mut stage.lodged {
-                None => stage.optimizer.step(grads)?,
-                Some(lodged) => lodged.step(&stage.params, &mut *stage.optimizer, grads)?,
-            }
-        }
+        let stages: Vec<&mut Stage> = self.stages.iter_mut().collect();
+        at_once(
+            stages,
+            |s| format!("Pipeline::step, stage {s}'s optimizer"),
+            |stage| match &mut stage.lodged {
+                None => stage.optimizer.step(grads),
+                Some(lodged) => lodged.step(&stage.params, &mut *stage.optimizer, grads),
+            },
+        )?;
         self.step += 1;
         Ok(())
     }

@@ -2,9 +2,10 @@
 //! before a single byte moves, bubbles and uneven stages included.
 //!
 //! As the runtime does it: each stage runs its list in order on its own; a forward starts
-//! when the stage is free and the stage before has finished that micro-batch's forward, and
-//! it first receives the activation (the copy is the receiver's work); a backward waits for
-//! the stage after's backward of the same micro-batch and first receives its gradient.
+//! when the stage is free and the activation from the stage before has been received; a
+//! backward when the gradient from the stage after has. A stage receives on a thread of
+//! its own per direction, one message ahead: the copy of micro-batch `m` starts once the
+//! sender has finished it and the stage has taken `m − 1`, and overlaps the stage's work.
 
 use super::plan::PipelinePlan;
 use super::schedule::{Work, one_f_one_b};
@@ -37,6 +38,9 @@ pub fn play(plan: &PipelinePlan) -> Played {
     let mut backward_done = vec![vec![f64::NAN; micro_batches]; stages];
     let mut next = vec![0usize; stages];
     let mut free = vec![0f64; stages];
+    // When each stage last took a received activation, and a received gradient.
+    let mut took_forward = vec![0f64; stages];
+    let mut took_backward = vec![0f64; stages];
     let mut busy = vec![0f64; stages];
     let mut left = 2 * stages * micro_batches;
     while left > 0 {
@@ -45,27 +49,40 @@ pub fn play(plan: &PipelinePlan) -> Played {
             // Run this stage's list as far as its inputs allow.
             while let Some(&work) = lists[s].get(next[s]) {
                 let stage = &plan.stages[s];
-                let (ready, took) = match work {
-                    Work::Forward(m) => {
-                        let ready = if s == 0 { 0.0 } else { forward_done[s - 1][m] };
-                        (ready, stage.receive_forward_s + stage.forward_s)
+                // When its input was sent (NaN: not yet), and what receiving it takes.
+                let (sent, receive, took, last_taken) = match work {
+                    Work::Forward(_) if s == 0 => (0.0, 0.0, stage.forward_s, 0.0),
+                    Work::Forward(m) => (
+                        forward_done[s - 1][m],
+                        stage.receive_forward_s,
+                        stage.forward_s,
+                        took_forward[s],
+                    ),
+                    Work::Backward(m) if s + 1 == stages => {
+                        (forward_done[s][m], 0.0, stage.backward_s, 0.0)
                     }
-                    Work::Backward(m) => {
-                        let ready = if s + 1 == stages {
-                            forward_done[s][m]
-                        } else {
-                            backward_done[s + 1][m]
-                        };
-                        (ready, stage.receive_backward_s + stage.backward_s)
-                    }
+                    Work::Backward(m) => (
+                        backward_done[s + 1][m],
+                        stage.receive_backward_s,
+                        stage.backward_s,
+                        took_backward[s],
+                    ),
                 };
-                if ready.is_nan() {
+                if sent.is_nan() {
                     break;
                 }
-                let end = free[s].max(ready) + took;
+                let ready = sent.max(last_taken) + receive;
+                let start = free[s].max(ready);
+                let end = start + took;
                 match work {
-                    Work::Forward(m) => forward_done[s][m] = end,
-                    Work::Backward(m) => backward_done[s][m] = end,
+                    Work::Forward(m) => {
+                        forward_done[s][m] = end;
+                        took_forward[s] = start;
+                    }
+                    Work::Backward(m) => {
+                        backward_done[s][m] = end;
+                        took_backward[s] = start;
+                    }
                 }
                 free[s] = end;
                 busy[s] += took;
@@ -79,9 +96,8 @@ pub fn play(plan: &PipelinePlan) -> Played {
             return Played { makespan: f64::INFINITY, busy };
         }
     }
-    // Then, one stage after another: a group's members send their gradients to the lead
-    // and get the new values back; a lodged state's host gets the gradients and sends the
+    // Then every stage at once: a group's members send their gradients to the lead and
+    // get the new values back; a lodged state's host gets the gradients and sends the
     // values back.
-    let sync: f64 = plan.stages.iter().map(|s| s.sync_s).sum();
-    Played { makespan: free.iter().copied().fold(0.0, f64::max) + sync, busy }
+    Played { makespan: free.iter().copied().fold(0.0, f64::max) + plan.sync_s(), busy }
 }

@@ -20,6 +20,29 @@ pub(super) fn even_shares(total: usize, parts: usize) -> Vec<usize> {
     (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
 }
 
+/// `work` on every item at once: the first on this thread, each other on a thread of its
+/// own. The results in order, or the first error in order; `what(i)` names item `i` in the
+/// error of a panic.
+pub(super) fn at_once<I: Send, T: Send>(
+    items: Vec<I>,
+    what: impl Fn(usize) -> String,
+    work: impl Fn(I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let mut items = items.into_iter();
+    let Some(first) = items.next() else { return Ok(Vec::new()) };
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.map(|item| scope.spawn(move || work(item))).collect();
+        let mut done = vec![work(first)];
+        for (i, handle) in handles.into_iter().enumerate() {
+            done.push(handle.join().unwrap_or_else(|panic| {
+                Err(Error::Panicked { op: what(i + 1), detail: panic_message(panic.as_ref()) })
+            }));
+        }
+        done.into_iter().collect()
+    })
+}
+
 /// A micro-batch's activation (forward) or its gradient (back), on the sender's device.
 pub(super) type Message = (usize, Tensor);
 
@@ -483,26 +506,14 @@ impl Place {
         items: Vec<Option<I>>,
         work: impl Fn(usize, I) -> Result<T> + Sync,
     ) -> Result<Vec<(usize, T)>> {
-        let mut items = items.into_iter().enumerate().filter_map(|(k, i)| i.map(|i| (k, i)));
-        let Some((first, item)) = items.next() else { return Ok(Vec::new()) };
-        let work = &work;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                items.map(|(k, item)| (k, scope.spawn(move || work(k, item)))).collect();
-            let mut done = vec![(first, work(first, item))];
-            for (k, handle) in handles {
-                done.push((
-                    k,
-                    handle.join().unwrap_or_else(|panic| {
-                        Err(Error::Panicked {
-                            op: format!("Pipeline::step, stage {} member {k}", self.index),
-                            detail: panic_message(panic.as_ref()),
-                        })
-                    }),
-                ));
-            }
-            done.into_iter().map(|(k, r)| Ok((k, r?))).collect()
-        })
+        let items: Vec<(usize, I)> =
+            items.into_iter().enumerate().filter_map(|(k, i)| i.map(|i| (k, i))).collect();
+        let members: Vec<usize> = items.iter().map(|(k, _)| *k).collect();
+        at_once(
+            items,
+            |i| format!("Pipeline::step, stage {} member {}", self.index, members[i]),
+            |(k, item)| Ok((k, work(k, item)?)),
+        )
     }
 
     /// A helper's span of work since `started`, once its device has finished; `None` for
