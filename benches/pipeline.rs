@@ -188,7 +188,8 @@ fn breakdown(costs: &[LayerCost], plan: &ReplicaPlan, fleet: &[Candidate]) -> St
 /// `replicas × fewest–most stages`, and the percentage of stages that recompute.
 fn shape(plan: &ReplicaPlan) -> (String, f64) {
     let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
-    let recomputing = plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| s.recompute).count();
+    let recomputing =
+        plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| !s.recompute.is_empty()).count();
     let shape = format!(
         "{} × {}–{}",
         plan.replicas.len(),

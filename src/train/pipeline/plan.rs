@@ -136,10 +136,11 @@ pub struct StagePlan {
     /// The slower direction of the device's link, bytes per second: what its gradients
     /// cross in an all-reduce.
     pub link_bytes_per_s: f64,
-    /// Whether the stage keeps only its micro-batches' inputs and runs each forward pass
-    /// again just before its backward pass: chosen where the activations of the
-    /// micro-batches in flight would not fit, at the price of one more forward pass.
-    pub recompute: bool,
+    /// The layers (ascending; none, some or all of `layers`) whose activations the stage
+    /// does not keep: it runs their forward passes again just before its backward pass,
+    /// keeping only the inputs of those runs of layers. Chosen where the activations of
+    /// the micro-batches in flight would not fit, at the price of those forward passes.
+    pub recompute: Vec<usize>,
     /// The rest of the stage's data-parallel group (empty: `device` alone).
     pub helpers: Vec<HelperPlan>,
     /// `device`'s share of each micro-batch's rows (1 alone).
@@ -168,6 +169,15 @@ impl StagePlan {
     /// Each member's share of a micro-batch's rows, `device` first (`[1]` alone).
     pub fn shares(&self) -> Vec<f64> {
         std::iter::once(self.share).chain(self.helpers.iter().map(|h| h.share)).collect()
+    }
+
+    /// `explain`'s mark for recomputation: nothing, ` rc` (every layer) or ` rc 2/5` (some).
+    pub fn recompute_mark(&self) -> String {
+        match self.recompute.len() {
+            0 => String::new(),
+            n if n == self.layers.len() => " rc".into(),
+            n => format!(" rc {n}/{}", self.layers.len()),
+        }
     }
 
     /// Predicted seconds per micro-batch at this stage's steady pace: its two passes, or
@@ -253,6 +263,7 @@ impl StagePlan {
             s: index,
             count,
             lodging: false,
+            times: None,
         };
         let stage = price(costs, layers, &spot, micro_batches, optimizer_slots as f64);
         stage.check_memory(index)?;
@@ -357,6 +368,7 @@ impl PipelinePlan {
                         s,
                         count,
                         lodging,
+                        times: None,
                     };
                     price(costs, layers.clone(), &spot, micro_batches, optimizer_slots)
                 })
@@ -597,12 +609,7 @@ impl PipelinePlan {
                 out,
                 "{:<7} {:<11} {:<16} {:>10.1} {:>10.1} {:>10.3} {:>10.3} {:>10}",
                 s,
-                format!(
-                    "{}..{}{}",
-                    stage.layers.start,
-                    stage.layers.end,
-                    if stage.recompute { " rc" } else { "" }
-                ),
+                format!("{}..{}{}", stage.layers.start, stage.layers.end, stage.recompute_mark()),
                 stage.label,
                 mib(stage.memory.total()),
                 mib(stage.available.saturating_sub(stage.memory.total())),
@@ -637,8 +644,8 @@ impl PipelinePlan {
             "predicted step {:.3} ms, bubble {:.1}%{}",
             self.predicted_step_s() * 1e3,
             self.bubble() * 100.0,
-            if self.stages.iter().any(|s| s.recompute) {
-                " (rc: activations recomputed in the backward pass)"
+            if self.stages.iter().any(|s| !s.recompute.is_empty()) {
+                " (rc: activations recomputed in the backward pass, of how many layers)"
             } else {
                 ""
             }
@@ -681,6 +688,26 @@ struct Spot<'a> {
     count: usize,
     /// Priced without the lead's optimizer state, which [`lodge`] places afterwards.
     lodging: bool,
+    /// Per member, each layer's forward and backward seconds on its share, where known
+    /// (the search has them at hand).
+    times: Option<&'a [Vec<(f64, f64)>]>,
+}
+
+impl Spot<'_> {
+    /// Layer `l`'s forward seconds on member `k` (of `profile`, taking `share`).
+    fn forward_s(
+        &self,
+        costs: &[LayerCost],
+        k: usize,
+        l: usize,
+        share: f64,
+        profile: &DeviceProfile,
+    ) -> f64 {
+        match self.times {
+            Some(times) => times[k][l].0,
+            None => member_times(&costs[l], share, profile).0,
+        }
+    }
 }
 
 /// Stage counts worth trying first, up to `most`: every count to 12, then about a tenth
@@ -756,7 +783,8 @@ struct StageCost {
     memory: StageMemory,
     helpers: Vec<StageMemory>,
     sync_s: f64,
-    recompute: bool,
+    /// The layers whose activations are recomputed in the backward pass, ascending.
+    recompute: Vec<usize>,
 }
 
 impl StageCost {
@@ -771,7 +799,9 @@ impl StageCost {
 }
 
 /// The cost of `layers` (summed per member in `sums`) at `spot`: keeping every
-/// micro-batch's activations where they fit, recomputing them otherwise.
+/// micro-batch's activations where they fit; otherwise recomputing some layers' in the
+/// backward pass, those that free the most bytes per second of forward pass first, until
+/// they fit (all of them, if nothing less does).
 fn stage_cost(
     costs: &[LayerCost],
     layers: &Range<usize>,
@@ -794,7 +824,9 @@ fn stage_cost(
     // A stage reads its next input and its next gradient ahead of its work.
     let from_next = if spot.s + 1 < spot.count { output_bytes as u64 } else { 0 };
     let read_ahead = input_bytes as u64 + from_next;
-    let cost = |recompute: bool| {
+    let last = spot.s + 1 == spot.count;
+    let cost = |recompute: &[usize]| {
+        let all = recompute.len() == layers.len();
         let mut stage = StageCost {
             forward_s: 0.0,
             backward_s: 0.0,
@@ -803,13 +835,12 @@ fn stage_cost(
             memory: StageMemory::default(),
             helpers: Vec::with_capacity(lead.helpers.len()),
             sync_s: 0.0,
-            recompute,
+            recompute: recompute.to_vec(),
         };
         for (k, ((member, sums), &share)) in lead.members().zip(sums).zip(spot.shares).enumerate() {
             // The lead's part of a received input is a view of the whole, which it keeps.
             let input = if k == 0 { input_bytes as u64 } else { part(input_bytes, share) };
             // The last stage's members turn their rows into losses: nothing to gather.
-            let last = spot.s + 1 == spot.count;
             let output = if last { 0 } else { part(output_bytes, share) };
             // A helper's rows come from the lead, and what it makes of them goes back.
             let (copy_forward, copy_backward) = if k == 0 {
@@ -818,9 +849,11 @@ fn stage_cost(
                 let (there, back) = (|b| link(lead, member, b), |b| link(member, lead, b));
                 (there(input) + back(output), there(output) + back(input))
             };
-            let again = if recompute { sums.forward_s } else { 0.0 };
+            let layer_forward = |l: usize| spot.forward_s(costs, k, l, share, &member.profile);
+            let again = recomputed(costs, recompute, layers, sums, share, layer_forward);
             stage.forward_s = stage.forward_s.max(sums.forward_s + copy_forward);
-            stage.backward_s = stage.backward_s.max(sums.backward_s + again + copy_backward);
+            stage.backward_s =
+                stage.backward_s.max(sums.backward_s + again.forward_s + copy_backward);
             let memory = StageMemory {
                 params: sums.params,
                 grads: sums.params,
@@ -830,12 +863,13 @@ fn stage_cost(
                 } else {
                     0
                 },
-                // Recomputing, a stage keeps each micro-batch's input and, during a
-                // backward pass, one micro-batch's activations.
-                activations: if recompute {
+                // Each micro-batch in flight keeps its input, the kept layers' activations
+                // and the input of every run of layers after the first; during a backward
+                // pass, one micro-batch's recomputed activations live too.
+                activations: if all {
                     in_flight * input + sums.kept
                 } else {
-                    in_flight * (sums.kept + input)
+                    in_flight * (input + sums.kept - again.kept + again.inputs) + again.kept
                 },
                 // The lead holds the output's gradient as it arrives, and in a group also the
                 // members' parts of the output (and of that gradient) as it gathers (cuts);
@@ -859,8 +893,82 @@ fn stage_cost(
         }
         stage
     };
-    let keeping = cost(false);
-    if keeping.fits(lead) || in_flight <= 1 { keeping } else { cost(true) }
+    let keeping = cost(&[]);
+    if keeping.fits(lead) || in_flight <= 1 {
+        return keeping;
+    }
+    let everything: Vec<usize> = layers.clone().collect();
+    let all = cost(&everything);
+    if !all.fits(lead) || layers.len() == 1 {
+        return all;
+    }
+    // Recompute first the layers that free the most per second their forward pass takes
+    // again (on the lead): the fewest of them that fit, found by bisection (freeing more
+    // layers frees more memory, but for the inputs of the runs they split off).
+    let lead_share = spot.shares[0];
+    let mut freed: Vec<(f64, usize)> = everything
+        .iter()
+        .map(|&l| {
+            let forward = spot.forward_s(costs, 0, l, lead_share, &lead.profile);
+            (costs[l].activation_bytes as f64 / forward.max(1e-12), l)
+        })
+        .collect();
+    freed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let order: Vec<usize> = freed.into_iter().map(|(_, l)| l).collect();
+    let first = |n: usize| {
+        let mut chosen = order[..n].to_vec();
+        chosen.sort_unstable();
+        cost(&chosen)
+    };
+    let (mut lo, mut hi, mut best) = (0, order.len(), all);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        let partly = first(mid);
+        if partly.fits(lead) {
+            (hi, best) = (mid, partly);
+        } else {
+            lo = mid;
+        }
+    }
+    best
+}
+
+/// What recomputing `recompute` (ascending, within `layers`) costs a member taking `share`
+/// of the rows: its forward passes again, the bytes its layers keep (which now live only
+/// in a backward pass), and the inputs of the runs of layers after the first (kept
+/// alongside the stage's input).
+struct Recomputed {
+    forward_s: f64,
+    kept: u64,
+    inputs: u64,
+}
+
+fn recomputed(
+    costs: &[LayerCost],
+    recompute: &[usize],
+    layers: &Range<usize>,
+    sums: &Sums,
+    share: f64,
+    layer_forward: impl Fn(usize) -> f64,
+) -> Recomputed {
+    if recompute.is_empty() {
+        return Recomputed { forward_s: 0.0, kept: 0, inputs: 0 };
+    }
+    if recompute.len() == layers.len() {
+        return Recomputed { forward_s: sums.forward_s, kept: sums.kept, inputs: 0 };
+    }
+    let mut again = Recomputed { forward_s: 0.0, kept: 0, inputs: 0 };
+    for &l in recompute {
+        again.forward_s += layer_forward(l);
+        again.kept += part(costs[l].activation_bytes, share);
+    }
+    let is_recomputed = |l: usize| recompute.binary_search(&l).is_ok();
+    for l in layers.start + 1..layers.end {
+        if is_recomputed(l) != is_recomputed(l - 1) {
+            again.inputs += part(costs[l - 1].output_bytes, share);
+        }
+    }
+    again
 }
 
 /// `layers` as the stage at `spot`, priced.
@@ -1092,6 +1200,7 @@ impl<'a> Search<'a> {
             s,
             count: order.len(),
             lodging,
+            times: Some(&self.times[order[s]]),
         }
     }
 
@@ -1208,6 +1317,7 @@ impl<'a> Search<'a> {
         let layers = self.costs.len();
         let mut cut = Vec::with_capacity(order.len());
         let mut needs = Vec::with_capacity(order.len());
+        let mut at_end: Vec<Sums> = Vec::new();
         let mut start = 0;
         for s in 0..order.len() {
             let spot = self.spot(order, s, lodging);
@@ -1215,25 +1325,51 @@ impl<'a> Search<'a> {
             // Leave at least one layer for each later stage; the last takes the rest.
             let max_end = layers - (order.len() - s - 1);
             let times = &self.times[order[s]];
-            let mut sums = vec![Sums::default(); times.len()];
-            let mut taken = None;
+            // The running sums at each end, as far as the passes alone stay within the
+            // bottleneck (copies and recomputation only add to a stage's time).
+            // (Flat: each end's sums for every member, in turn.)
+            let members = times.len();
+            at_end.clear();
+            let mut sums = vec![Sums::default(); members];
             for end in start + 1..=max_end {
                 let layer = &self.costs[end - 1];
                 for ((sums, times), &share) in sums.iter_mut().zip(times).zip(spot.shares) {
                     sums.add(layer, share, times[end - 1]);
                 }
-                if last && end < layers {
-                    continue;
-                }
-                let range = start..end;
-                let cost =
-                    stage_cost(self.costs, &range, &sums, &spot, self.micro_batches, self.slots);
-                if cost.fits(spot.c) && cost.time() <= bottleneck {
-                    taken = Some((end, (cost.memory.total(), cost.memory.params, spot.c.memory)));
-                } else {
-                    memory_bound |= cost.recompute || !cost.fits(spot.c);
+                if sums.iter().any(|m| m.forward_s + m.backward_s > bottleneck) {
                     break;
                 }
+                at_end.extend_from_slice(&sums);
+            }
+            let reach = start + at_end.len() / members;
+            let priced = |end: usize| {
+                let sums = &at_end[(end - start - 1) * members..(end - start) * members];
+                stage_cost(self.costs, &(start..end), sums, &spot, self.micro_batches, self.slots)
+            };
+            let feasible = |cost: &StageCost| cost.fits(spot.c) && cost.time() <= bottleneck;
+            // The longest feasible run of layers from `start`, by bisection: a stage only
+            // gets dearer and fuller with each layer it takes. The last takes the rest.
+            let (mut lo, mut hi) = (start, reach + 1);
+            let mut taken = None;
+            if last {
+                (lo, hi) = (layers - 1, layers + usize::from(reach >= layers));
+            }
+            // The first end refused, where the passes alone were within the bottleneck.
+            let mut refused = None;
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                let cost = priced(mid);
+                if feasible(&cost) {
+                    taken = Some((mid, (cost.memory.total(), cost.memory.params, spot.c.memory)));
+                    lo = mid;
+                } else {
+                    refused = Some(cost);
+                    hi = mid;
+                }
+            }
+            // Did memory have a part in it (a stage out of room, or recomputing)?
+            if let Some(cost) = refused {
+                memory_bound |= !cost.recompute.is_empty() || !cost.fits(spot.c);
             }
             let (end, need) = taken.ok_or(memory_bound)?;
             cut.push(start..end);

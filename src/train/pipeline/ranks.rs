@@ -45,7 +45,7 @@ pub struct RankPipeline<M> {
     /// first).
     helpers: Vec<Helper>,
     shares: Vec<f64>,
-    recompute: bool,
+    recompute: Vec<usize>,
     optimizer: Box<dyn Optimizer>,
     micro_batches: usize,
     step: u64,
@@ -56,7 +56,7 @@ struct Local<'a> {
     device: DeviceRef,
     helpers: &'a [HelperPlan],
     shares: Vec<f64>,
-    recompute: bool,
+    recompute: Vec<usize>,
 }
 
 fn invalid(device: &DeviceRef, detail: String) -> Error {
@@ -75,7 +75,7 @@ impl<M: Layered> RankPipeline<M> {
         micro_batches: usize,
         optimizer: impl FnOnce(Vec<Param>) -> Result<Box<dyn Optimizer>>,
     ) -> Result<RankPipeline<M>> {
-        let alone = Local { device, helpers: &[], shares: vec![1.0], recompute: false };
+        let alone = Local { device, helpers: &[], shares: vec![1.0], recompute: Vec::new() };
         RankPipeline::placed(ranks, model, Vec::new(), layers, alone, micro_batches, optimizer)
     }
 
@@ -114,7 +114,7 @@ impl<M: Layered> RankPipeline<M> {
             device: stage.device.clone(),
             helpers: &stage.helpers,
             shares: stage.shares(),
-            recompute: stage.recompute,
+            recompute: stage.recompute.clone(),
         };
         RankPipeline::placed(ranks, model, copies, layers, local, micro_batches, optimizer)
     }
@@ -247,7 +247,7 @@ impl<M: Layered> RankPipeline<M> {
                     helpers: self.helpers.iter().map(|h| h.device.clone()).collect(),
                     shares: self.shares.clone(),
                     layers: self.layers[rank].clone(),
-                    recompute: self.recompute,
+                    recompute: self.recompute.clone(),
                 },
                 send_forward: (rank + 1 < count).then(|| outbox(rank + 1, FORWARD)),
                 receive_forward: (rank > 0)

@@ -521,7 +521,7 @@ impl<M: Layered> Pipeline<M> {
                     helpers: self.stages[s].helpers.iter().map(|h| h.device.clone()).collect(),
                     shares: self.stages[s].shares.clone(),
                     layers: self.stages[s].layers.clone(),
-                    recompute: self.plan.stages[s].recompute,
+                    recompute: self.plan.stages[s].recompute.clone(),
                 },
                 send_forward: boxed_out(if s + 1 < count { act_tx[s].take() } else { None }),
                 receive_forward: boxed_in(

@@ -115,7 +115,9 @@ pub(super) struct Place {
     /// alone).
     pub shares: Vec<f64>,
     pub layers: Range<usize>,
-    pub recompute: bool,
+    /// The layers (ascending) whose activations are not kept but computed again in the
+    /// backward pass.
+    pub recompute: Vec<usize>,
 }
 
 /// One stage's part of a step: its place and its links.
@@ -173,11 +175,20 @@ pub(super) struct StageOutcome {
 }
 
 /// A member's part of one micro-batch in flight: its rows, its input (a leaf, except on the
-/// first stage) and its output (the loss, on the last), unless it is to be recomputed.
+/// first stage) and, per run of the stage's layers, what its backward pass needs.
 struct Part {
     rows: Range<usize>,
     x: Var,
-    y: Option<Var>,
+    runs: Vec<Run>,
+}
+
+/// A run of the stage's layers that are all kept or all recomputed: its input (the part's
+/// input for the first run, else a leaf holding the run before's output) and its output
+/// with its graph (the loss, for the last run of the last stage), unless recomputed.
+struct Run {
+    layers: Range<usize>,
+    input: Var,
+    output: Option<Var>,
 }
 
 /// What a member's backward pass of a micro-batch gives the stage.
@@ -352,15 +363,9 @@ impl Place {
                                     Var::leaf(place.slice(x, &rows, &member_rows, device)?)
                                 }
                             };
-                            let y = if place.recompute {
-                                no_grad(|| place.forward(shared, k, &x, &member_rows))?
-                            } else {
-                                place.forward(shared, k, &x, &member_rows)?
-                            };
-                            let output = y.tensor().clone();
-                            let y = (!place.recompute).then_some(y);
+                            let (runs, output) = place.forward_runs(shared, k, &x, &member_rows)?;
                             let timed = place.helper_busy(k, "forward", m, started)?;
-                            Ok((Part { rows: member_rows, x, y }, output, timed))
+                            Ok((Part { rows: member_rows, x, runs }, output, timed))
                         },
                     )?;
                     let mut parts: Vec<Option<Part>> = place.shares.iter().map(|_| None).collect();
@@ -399,27 +404,12 @@ impl Place {
                     let sends_back = send_back.is_some();
                     let backs = place.together(items, |k, (part, grads)| {
                         let (device, started) = (place.member(k), clock(place.member(k)));
-                        let y = match part.y {
-                            Some(y) => y,
-                            None => place.forward(shared, k, &part.x, &part.rows)?,
-                        };
                         let seed = match &seed {
-                            Some(seed) => place.slice(seed, &rows, &part.rows, device)?,
-                            None => Tensor::ones(
-                                y.tensor().shape().clone(),
-                                y.tensor().dtype(),
-                                device,
-                            )?,
+                            Some(seed) => Some(place.slice(seed, &rows, &part.rows, device)?),
+                            None => None,
                         };
-                        let mut input_grad = None;
-                        y.backward_streaming(seed, |id, g| {
-                            if id == part.x.id() {
-                                input_grad = Some(g);
-                                Ok(())
-                            } else {
-                                grads.add(id, g)
-                            }
-                        })?;
+                        let (input_grad, loss) =
+                            place.backward_runs(shared, k, part.runs, &part.rows, seed, grads)?;
                         let input_grad = match input_grad {
                             _ if !sends_back => None,
                             Some(g) => Some(g),
@@ -430,7 +420,6 @@ impl Place {
                                 device,
                             )?),
                         };
-                        let loss = (place.index + 1 == place.count).then(|| y.tensor().clone());
                         let busy = place.helper_busy(k, "backward", m, started)?;
                         Ok(Back { input_grad, loss, busy })
                     })?;
@@ -533,19 +522,114 @@ impl Place {
         Ok(Some(Busy::since(k, kind, format!("{kind} {m}"), started, device)))
     }
 
-    /// The stage's layers on member `k`'s copy of them, for its rows; on the last stage, the
-    /// rows' share of the batch's loss.
-    fn forward<M: Layered>(
+    /// The stage's layers as runs of kept and of recomputed layers, in order: `true` for
+    /// the recomputed.
+    fn runs(&self) -> Vec<(Range<usize>, bool)> {
+        let again = |l: usize| self.recompute.binary_search(&l).is_ok();
+        let mut runs: Vec<(Range<usize>, bool)> = Vec::new();
+        for l in self.layers.clone() {
+            match runs.last_mut() {
+                Some((run, recomputed)) if *recomputed == again(l) => run.end = l + 1,
+                _ => runs.push((l..l + 1, again(l))),
+            }
+        }
+        runs
+    }
+
+    /// Member `k`'s forward pass of its rows `rows` from its input `x`, run by run: a
+    /// kept run records its graph, a recomputed one keeps only its input. The runs, and
+    /// the stage's output (the loss, on the last stage).
+    fn forward_runs<M: Layered>(
         &self,
         shared: &Shared<'_, M>,
         k: usize,
         x: &Var,
         rows: &Range<usize>,
+    ) -> Result<(Vec<Run>, Tensor)> {
+        let plan = self.runs();
+        let mut runs = Vec::with_capacity(plan.len());
+        let mut h = x.clone();
+        for (i, (layers, again)) in plan.iter().enumerate() {
+            let input = if i == 0 { h } else { Var::leaf(h.tensor().clone()) };
+            let closes = i + 1 == plan.len();
+            let output = match again {
+                true => no_grad(|| self.forward(shared, k, &input, layers, rows, closes))?,
+                false => self.forward(shared, k, &input, layers, rows, closes)?,
+            };
+            h = output.clone();
+            runs.push(Run { layers: layers.clone(), input, output: (!again).then_some(output) });
+        }
+        Ok((runs, h.tensor().clone()))
+    }
+
+    /// Member `k`'s backward pass of `runs`, the last first, each recomputed run's forward
+    /// pass recorded again just before: `seed` is the output's gradient (none on the last
+    /// stage: the loss's own, one). Parameters' gradients go to `grads`. The gradient of
+    /// the stage's input (`None` where the output does not depend on it), and on the last
+    /// stage the loss.
+    fn backward_runs<M: Layered>(
+        &self,
+        shared: &Shared<'_, M>,
+        k: usize,
+        runs: Vec<Run>,
+        rows: &Range<usize>,
+        mut seed: Option<Tensor>,
+        grads: &mut Grads,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let device = self.member(k);
+        let count = runs.len();
+        let mut loss = None;
+        for (i, run) in runs.into_iter().enumerate().rev() {
+            let closes = i + 1 == count;
+            let y = match run.output {
+                Some(y) => y,
+                None => self.forward(shared, k, &run.input, &run.layers, rows, closes)?,
+            };
+            if closes && self.index + 1 == self.count {
+                loss = Some(y.tensor().clone());
+            }
+            let seed_here = match seed.take() {
+                Some(seed) => seed,
+                None => Tensor::ones(y.tensor().shape().clone(), y.tensor().dtype(), device)?,
+            };
+            let mut input_grad = None;
+            y.backward_streaming(seed_here, |id, g| {
+                if id == run.input.id() {
+                    input_grad = Some(g);
+                    Ok(())
+                } else {
+                    grads.add(id, g)
+                }
+            })?;
+            seed = match input_grad {
+                Some(g) => Some(g),
+                // A run whose output does not depend on its input: nothing flows on.
+                None if i > 0 => Some(Tensor::zeros(
+                    run.input.tensor().shape().clone(),
+                    run.input.tensor().dtype(),
+                    device,
+                )?),
+                None => None,
+            };
+        }
+        Ok((seed, loss))
+    }
+
+    /// Layers `layers` on member `k`'s copy of them, for its rows; where `closes` on the
+    /// last stage, the rows' share of the batch's loss.
+    fn forward<M: Layered>(
+        &self,
+        shared: &Shared<'_, M>,
+        k: usize,
+        x: &Var,
+        layers: &Range<usize>,
+        rows: &Range<usize>,
+        closes: bool,
     ) -> Result<Var> {
         let model = if k == 0 { shared.model } else { &shared.copies[k - 1] };
         let ctx = Ctx::train(shared.step).rows_from(rows.start);
-        let y = model.forward_layers(self.layers.clone(), x, &ctx)?;
-        if self.index + 1 == self.count {
+        let y = model.forward_layers(layers.clone(), x, &ctx)?;
+        if closes && self.index + 1 == self.count {
             self.batch_loss(shared, &y, rows.clone(), self.member(k))
         } else {
             Ok(y)
