@@ -4,6 +4,7 @@
 //!
 //!     cargo run --release --example train_pipeline
 //!     cargo run --release --example train_pipeline -- --layers 6 --chips 3 --trace pipeline.json
+//!     cargo run --release --example train_pipeline -- --groups   # data-parallel groups too
 //!
 //! Prints the plan (layers, device, memory used and free, predicted and measured times per
 //! stage, the bubble), then the losses, and a sample of generated text.
@@ -67,6 +68,10 @@ struct Args {
     /// that lets the layers fit at all, well below what the whole model needs.
     #[arg(long, value_parser = common::count(1..=1 << 40))]
     device_kib: Option<usize>,
+    /// Let the search form data-parallel groups (devices sharing a stage's rows) where
+    /// they shorten the predicted step, instead of stages of one device each.
+    #[arg(long)]
+    groups: bool,
     /// Validation loss every this many steps.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     eval_every: u64,
@@ -150,10 +155,20 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         budget as f64 / 1024.0,
         whole as f64 / 1024.0,
     );
-    let plan = PipelinePlan::search(&costs, &candidates, args.micro_batches, 2)
+    // Stages of one device each; with `--groups`, data-parallel groups where those shorten
+    // the step, whose helpers each run a copy of the model (built alike, it takes the
+    // model's values).
+    let plan = match args.groups {
+        true => PipelinePlan::search_with_groups(&costs, &candidates, args.micro_batches, 2),
+        false => PipelinePlan::search(&costs, &candidates, args.micro_batches, 2),
+    }
+    .map_err(|e| e.to_string())?;
+    let copies = (1..=plan.copies_needed() as u64)
+        .map(|i| Gpt::new(&ParamStore::new(&host, args.seed + i), config))
+        .collect::<manychips::Result<Vec<_>>>()
         .map_err(|e| e.to_string())?;
     let lr = args.lr;
-    let mut pipeline = Pipeline::new(model, plan, move |params| {
+    let mut pipeline = Pipeline::with_copies(model, copies, plan, move |params| {
         Ok(Box::new(AdamW::new(params, lr)?.with_weight_decay(0.01)?) as Box<dyn Optimizer>)
     })
     .map_err(|e| e.to_string())?;

@@ -95,6 +95,19 @@ fn train_pipeline_example_cuts_the_model_into_stages_and_learns() {
     let (valid, unigram) = (numbers[0], numbers[1]);
     assert!(valid < unigram - 0.6, "validation loss {valid} vs unigram entropy {unigram}");
     assert!(stdout.contains("--- sample ---"), "no generated sample");
+
+    // With `--groups` the search may put devices together on a stage's rows: on these
+    // three, one stage of all of them (`+N% rows` lines), run with copies of the model.
+    let output = std::process::Command::new(example("train_pipeline"))
+        .args(["--quiet", "--steps", "10", "--eval-every", "10", "--sample", "0"])
+        .args(["--devices", "cpu", "--groups"])
+        .output()
+        .expect("run train_pipeline --groups");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "train_pipeline --groups failed");
+    assert!(stdout.contains("% rows"), "no group in the plan");
+    assert!(stdout.contains("validation loss"), "no result line");
 }
 
 /// The CRC-32 of `model.safetensors` that the newest checkpoint's manifest records.

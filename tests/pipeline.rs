@@ -983,6 +983,54 @@ fn stages_made_of_mixed_data_parallel_groups_train_like_one_device() -> Result<(
     Ok(())
 }
 
+/// Where two chips would each hold the whole model, a pipeline of two stages idles half of
+/// each short step (two micro-batches: one fills, one drains), and the two as one stage's
+/// group, each taking half of every micro-batch's rows, does not: `search_with_groups`
+/// forms that group where `search` cuts two stages, predicts a shorter step, and the plan
+/// trains like one device. A spare third chip, too slow to help, is left out; micro-batches
+/// of one row get the plain plan.
+#[test]
+fn the_search_forms_a_group_where_it_shortens_the_step() -> Result<()> {
+    let count = 2;
+    let want = one_device_in(sgd, count)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs_in(&host, count)?;
+    // Arithmetic-bound chips (no launch latency), alike, each with room for everything.
+    let twin = |name: &str, flops: f64, ordinal: usize| {
+        let profile = SimProfile::new(name)
+            .with_flops(flops)
+            .with_latency(Duration::ZERO)
+            .with_memory(1 << 30);
+        Arc::new(SimDevice::new(host.clone(), profile, ordinal).expect("sim"))
+    };
+    let chips = [twin("twin", 1e9, 1), twin("twin", 1e9, 2), twin("crawl", 1e6, 3)];
+    let candidates: Vec<Candidate> = chips.iter().map(candidate).collect();
+    let plain = PipelinePlan::search(&costs, &candidates, count, 1)?;
+    let grouped = PipelinePlan::search_with_groups(&costs, &candidates, count, 1)?;
+    println!("{}\n{}", plain.explain(), grouped.explain());
+    assert_eq!(plain.stages.len(), 2, "{}", plain.explain());
+    assert_eq!(grouped.stages.len(), 1, "{}", grouped.explain());
+    assert_eq!(grouped.stages[0].helpers.len(), 1, "{}", grouped.explain());
+    assert_eq!(grouped.copies_needed(), 1);
+    let members = [grouped.stages[0].label.clone(), grouped.stages[0].helpers[0].label.clone()];
+    assert!(!members.contains(&chips[2].info().label()), "the crawling chip helps: {members:?}");
+    assert!(grouped.predicted_step_s() < 0.8 * plain.predicted_step_s());
+
+    let copy = Gpt::new(&ParamStore::new(&host, SEED + 7), config())?;
+    let mut pipeline = Pipeline::with_copies(model, vec![copy], grouped, sgd)?;
+    let got = train(&mut pipeline)?;
+    assert_close(&want, &got, "a searched group");
+    for chip in &chips[..2] {
+        assert!(chip.clock() > Duration::ZERO, "{} did nothing", chip.info().label());
+    }
+
+    // One row a micro-batch: nothing to share out, the plain plan.
+    let (_, single) = model_and_costs_in(&host, BATCH)?;
+    let one_row = PipelinePlan::search_with_groups(&single, &candidates, BATCH, 1)?;
+    assert!(one_row.stages.iter().all(|s| s.helpers.is_empty()), "{}", one_row.explain());
+    Ok(())
+}
+
 /// A member of a group fails mid-step, its helper or its lead: the step's error names it,
 /// recovery drops it from its group (a helper leads in a lost lead's place), plans again
 /// over the survivors and restores the last checkpoint, and the rest of the run equals a

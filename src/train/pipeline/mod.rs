@@ -21,6 +21,7 @@
 
 mod cost;
 mod group;
+mod grouping;
 mod plan;
 #[cfg(feature = "mpi")]
 mod ranks;

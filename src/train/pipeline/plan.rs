@@ -1114,7 +1114,7 @@ fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfile) -> (f64,
     (part.forward_secs(profile), part.backward_secs(profile))
 }
 
-struct Search<'a> {
+pub(super) struct Search<'a> {
     costs: &'a [LayerCost],
     candidates: Vec<&'a Candidate>,
     /// Per candidate, each member's share of the rows.
@@ -1126,7 +1126,7 @@ struct Search<'a> {
 }
 
 impl<'a> Search<'a> {
-    fn new(
+    pub(super) fn new(
         costs: &'a [LayerCost],
         candidates: Vec<&'a Candidate>,
         micro_batches: usize,
@@ -1206,7 +1206,7 @@ impl<'a> Search<'a> {
 
     /// The plan over exactly these candidates in this order with the smallest bottleneck,
     /// if any fits.
-    fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
+    pub(super) fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
         // Lodging lowers the bottleneck a fill can meet, but its copies cost once a step:
         // where the best cut lodges, the best cut that does not may still be the better.
         let lodging = self.bisect(order, true)?;
