@@ -23,7 +23,7 @@ use manychips::plan::DeviceProfile;
 use manychips::sim::{SimDevice, SimProfile};
 use manychips::train::PipelinePlan;
 use manychips::train::pipeline::{
-    Candidate, LayerCost, ReplicaPlan, StagePlan, TransformerShape, play,
+    Candidate, LayerCost, ReplicaPlan, StagePlan, TransformerShape, balanced_shares, play,
 };
 use manychips::{CpuDevice, DeviceRef};
 
@@ -80,9 +80,9 @@ fn fluid_bound(costs: &[LayerCost], chips: &[Candidate], micro_batches: usize) -
 
 /// The same replicas, chips and stage counts with equal blocks per stage (Megatron's cut:
 /// the embeddings with the first, the head with the last),
-/// recomputing where a stage's activations do not fit, the micro-batches shared by the
-/// replicas' speed as ours are (`by_speed`: what cutting stages by speed and memory gains,
-/// alone) or equally, as a homogeneous job would. `None` where an equal cut does not fit
+/// recomputing where a stage's activations do not fit, the micro-batches shared so that
+/// the replicas end together as ours are (`by_speed`: what cutting stages by speed and
+/// memory gains, alone) or equally, as a homogeneous job would. `None` where an equal cut does not fit
 /// the chips' memory at all.
 fn uniform(
     costs: &[LayerCost],
@@ -120,10 +120,8 @@ fn uniform(
             PipelinePlan::manual(costs, cut, micro_batches, SLOTS).ok()
         })
         .collect::<Option<_>>()?;
-    let rates: Vec<f64> =
-        even.iter().map(|r| 1.0 / r.stages.iter().map(|s| s.time()).fold(0.0, f64::max)).collect();
     let shares = match by_speed {
-        true => manychips::plan::proportional(&rates, micro_batches).expect("positive rates"),
+        true => balanced_shares(&even, micro_batches),
         false => (0..even.len())
             .map(|r| micro_batches / even.len() + usize::from(r < micro_batches % even.len()))
             .collect(),
