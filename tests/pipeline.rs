@@ -731,6 +731,73 @@ fn misuse_is_an_error_and_a_tied_weight_is_one_parameter() -> Result<()> {
     Ok(())
 }
 
+/// `x·w`, relu, `x·wᵀ`, relu: one weight used by two layers.
+struct TiedTwice {
+    w: Param,
+}
+
+impl Layered for TiedTwice {
+    fn depth(&self) -> usize {
+        4
+    }
+
+    fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
+        match layer {
+            0 => x.matmul(&self.w.var()),
+            2 => x.matmul(&self.w.var().t()?),
+            _ => x.relu(),
+        }
+    }
+
+    fn layer_params(&self, layer: usize) -> Vec<Param> {
+        if layer.is_multiple_of(2) { vec![self.w.clone()] } else { Vec::new() }
+    }
+}
+
+/// A stage recomputing some of its layers runs them as runs of kept and recomputed
+/// layers; where a weight is used in two runs, its gradient from each micro-batch is
+/// summed over the runs before it joins the step's sum, as one graph would sum it: the
+/// step equals one device's bit for bit, whichever layers are recomputed.
+#[test]
+fn a_weight_two_runs_of_a_recomputing_stage_share_trains_bit_exactly() -> Result<()> {
+    let host = cpu();
+    let init = manychips::train::Init::Normal { std: 0.5 };
+    let input = |rows: Range<usize>, device: &DeviceRef| -> Result<Var> {
+        let data: Vec<f32> = rows
+            .clone()
+            .flat_map(|r| (0..8).map(move |c| ((r * 8 + c) % 7) as f32 / 7.0))
+            .collect();
+        Ok(Var::constant(Tensor::from_slice(&data, [rows.len(), 8], device)?))
+    };
+    let per_row = |y: &Var, rows: Range<usize>| y.sum_keepdim(1)?.reshape([rows.len()]);
+    let sgd = |p: Vec<Param>| Ok(Box::new(Sgd::new(p, 0.1)?) as Box<dyn Optimizer>);
+    // One device: two micro-batches of two rows, gradients accumulated, one SGD step.
+    let store = ParamStore::new(&host, SEED);
+    let model = TiedTwice { w: store.param("w", [8, 8], init)? };
+    let mut grads = Grads::default();
+    for rows in [0..2, 2..4] {
+        let y = model.forward_layers(0..4, &input(rows.clone(), &host)?, &Ctx::train(0))?;
+        grads.accumulate(per_row(&y, rows)?.sum_all()?.affine(0.25, 0.0)?.backward()?)?;
+    }
+    let mut opt = sgd(store.params())?;
+    opt.step(&grads)?;
+    let want = model.w.value().to_vec::<f32>()?;
+    for recompute in [vec![], vec![1], vec![0, 1], vec![0, 2], vec![0, 1, 2]] {
+        let store = ParamStore::new(&host, SEED);
+        let model = TiedTwice { w: store.param("w", [8, 8], init)? };
+        let costs = profile_layers(&model, &input(0..2, &host)?, &Ctx::train(0))?;
+        let chips = [sim(&host, "big", 1e9, 1 << 30, 1), sim(&host, "big", 1e9, 1 << 30, 2)];
+        let stages = vec![(0..3, candidate(&chips[0])), (3..4, candidate(&chips[1]))];
+        let mut plan = PipelinePlan::manual(&costs, stages, 2, 0)?;
+        plan.stages[0].recompute = recompute.clone();
+        let mut pipeline = Pipeline::new(model, plan, sgd)?;
+        pipeline.step(4, input, |y, rows, _| per_row(y, rows))?;
+        let got = pipeline.params()[0].value().to_vec::<f32>()?;
+        assert_eq!(got, want, "recomputing layers {recompute:?}");
+    }
+    Ok(())
+}
+
 /// A pipeline sharing the fleet's membership: a stage chip another scheduler evicted stops
 /// the next step before it runs, naming the chip; recovery plans around it (and around
 /// what the fleet has out), and the pipeline's own evictions reach the membership.

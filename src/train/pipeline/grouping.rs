@@ -2,10 +2,10 @@
 //! neighbouring stages' devices, would take a stage's micro-batches faster as a
 //! data-parallel group ([`Candidate::group`]), each taking whole rows of every micro-batch.
 //!
-//! From the best plan of single-device stages, each round prices every such move (a spare
-//! device joins a stage as a helper; two neighbouring stages merge into one group), with
-//! the layers cut again for the new stages, and keeps the one that shortens the predicted
-//! step most, until none does.
+//! From the best plan of single-device stages, each round prices the moves (two
+//! neighbouring stages merge into one group; a spare device joins a stage as a helper; up
+//! to 256 of them), with the layers cut again for the new stages, and keeps the one that
+//! shortens the predicted step most, until none does.
 
 use super::cost::LayerCost;
 use super::plan::{Candidate, PipelinePlan, Search};
@@ -41,19 +41,36 @@ impl PipelinePlan {
         let found: Option<Vec<Candidate>> = plan
             .stages
             .iter()
-            .map(|s| candidates.iter().find(|c| id(c) == s.device.info().id).cloned())
+            .map(|s| {
+                let helpers: Vec<_> = s.helpers.iter().map(|h| h.device.info().id).collect();
+                candidates
+                    .iter()
+                    .find(|c| {
+                        id(c) == s.device.info().id
+                            && c.helpers.iter().map(id).eq(helpers.iter().copied())
+                    })
+                    .cloned()
+            })
             .collect();
         let Some(mut stages) = found else { return Ok(plan) };
-        let used = |stages: &[Candidate], c: &Candidate| {
-            stages.iter().flat_map(|s| s.members()).any(|m| id(m) == id(c))
-        };
+        let used: std::collections::HashSet<_> = (plan.stages.iter())
+            .flat_map(|s| std::iter::once(&s.device).chain(s.helpers.iter().map(|h| &h.device)))
+            .map(|d| d.info().id)
+            .collect();
         let mut spare: Vec<Candidate> = candidates
             .iter()
-            .filter(|c| c.helpers.is_empty() && !used(&stages, c))
+            .filter(|c| c.helpers.is_empty() && !used.contains(&id(c)))
             .cloned()
             .collect();
         for _ in 0..ROUNDS {
             let mut moves: Vec<(Vec<Candidate>, Option<usize>)> = Vec::new();
+            for s in 1..stages.len() {
+                if let Ok(merged) = merged(&stages[s - 1], &stages[s]) {
+                    let mut list = stages.clone();
+                    list.splice(s - 1..=s, [merged]);
+                    moves.push((list, None));
+                }
+            }
             for (u, extra) in spare.iter().enumerate() {
                 for s in 0..stages.len() {
                     if let Ok(joined) = with_helper(&stages[s], extra.clone()) {
@@ -61,13 +78,6 @@ impl PipelinePlan {
                         list[s] = joined;
                         moves.push((list, Some(u)));
                     }
-                }
-            }
-            for s in 1..stages.len() {
-                if let Ok(merged) = merged(&stages[s - 1], &stages[s]) {
-                    let mut list = stages.clone();
-                    list.splice(s - 1..=s, [merged]);
-                    moves.push((list, None));
                 }
             }
             let mut best: Option<(PipelinePlan, Vec<Candidate>, Option<usize>)> = None;

@@ -14,11 +14,14 @@
 //! under 1F1B a step takes a micro-batch's trip through every stage (copies included),
 //! `(M − 1)·max tₛ` more, and the stages' once-a-step syncs. For a device order and a stage
 //! count, the smallest feasible bottleneck is found by bisection, each candidate checked by
-//! a greedy fill (each stage takes layers while it stays under the bottleneck and within
-//! its device's memory; optimal for a fixed order where adding a layer never makes a stage
-//! cheaper, which a smaller output can, rarely). A few orders are tried (as
-//! given, fastest first, most memory first: the first stage holds the most micro-batches
-//! in flight) and every stage count; the best predicted step wins.
+//! a greedy fill (each stage takes the most layers that keep it under the bottleneck and
+//! within its device's memory, found by bisection too; optimal for a fixed order where
+//! adding a layer never makes a stage cheaper or smaller, which a smaller output or a
+//! different choice of layers to recompute can, rarely: the cut is then feasible, not
+//! always the best). A few orders are tried (as given, fastest first, most memory first:
+//! the first stage holds the most micro-batches in flight) and stage counts on a grid
+//! (every count to 12, then about a tenth apart), refined between the best one's
+//! neighbours; the best predicted step wins.
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -138,7 +141,8 @@ pub struct StagePlan {
     pub link_bytes_per_s: f64,
     /// The layers (ascending; none, some or all of `layers`) whose activations the stage
     /// does not keep: it runs their forward passes again just before its backward pass,
-    /// keeping only the inputs of those runs of layers. Chosen where the activations of
+    /// keeping only the inputs of those runs of layers (and the input of a kept run after
+    /// one, which the recomputed run's graph would have held). Chosen where the activations of
     /// the micro-batches in flight would not fit, at the price of those forward passes.
     pub recompute: Vec<usize>,
     /// The rest of the stage's data-parallel group (empty: `device` alone).
@@ -763,12 +767,22 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, layer: &LayerCost, share: f64, (forward_s, backward_s): (f64, f64)) {
+    /// Layer `l` of `costs` added, on a member taking `share` of the rows.
+    fn add(
+        &mut self,
+        costs: &[LayerCost],
+        l: usize,
+        share: f64,
+        (forward_s, backward_s): (f64, f64),
+    ) {
+        let layer = &costs[l];
+        let input = l.checked_sub(1).map_or(0, |i| costs[i].output_bytes);
         self.forward_s += forward_s;
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
         self.kept += part(layer.activation_bytes, share);
-        let backward = layer.activation_bytes + layer.transient_bytes + 3 * layer.output_bytes;
+        let backward =
+            layer.activation_bytes + layer.transient_bytes + layer.output_bytes + 2 * input;
         self.largest = self.largest.max(part(backward, share));
     }
 }
@@ -985,8 +999,8 @@ fn price(
         .zip(spot.shares)
         .map(|(member, &share)| {
             let mut sums = Sums::default();
-            for layer in &costs[layers.clone()] {
-                sums.add(layer, share, member_times(layer, share, &member.profile));
+            for l in layers.clone() {
+                sums.add(costs, l, share, member_times(&costs[l], share, &member.profile));
             }
             sums
         })
@@ -1235,9 +1249,9 @@ impl<'a> Search<'a> {
         }
         // No bottleneck is below the fluid one, every device's share of the work in
         // proportion to its speed (`1 / Σ 1/wholeᵢ`): start at twice that and double
-        // until a fill succeeds. Past the whole model's compute on the slowest device
-        // (copies and recomputation can make a stage dearer, but not 128 times), only
-        // memory can refuse.
+        // until a fill succeeds. Past about 64 times the whole model's compute on the
+        // slowest device (copies and recomputation can make a stage dearer, but not that
+        // much), only memory can refuse.
         let slowest = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
         let fluid = 1.0 / order.iter().map(|&i| 1.0 / self.whole(i).max(1e-12)).sum::<f64>();
         let mut lo = fluid;
@@ -1254,7 +1268,9 @@ impl<'a> Search<'a> {
         let mut found = found?;
         // Should a fill meet the fluid bottleneck (layers priced unevenly across devices
         // can), search below it too.
-        if let Some(cut) = self.fill(order, lo, may_lodge) {
+        if lo == fluid
+            && let Some(cut) = self.fill(order, lo, may_lodge)
+        {
             (found, hi, lo) = (cut, lo, 0.0);
         }
         // To 0.1%: closer changes the step by less than a layer's price does.
@@ -1332,9 +1348,8 @@ impl<'a> Search<'a> {
             at_end.clear();
             let mut sums = vec![Sums::default(); members];
             for end in start + 1..=max_end {
-                let layer = &self.costs[end - 1];
                 for ((sums, times), &share) in sums.iter_mut().zip(times).zip(spot.shares) {
-                    sums.add(layer, share, times[end - 1]);
+                    sums.add(self.costs, end - 1, share, times[end - 1]);
                 }
                 if sums.iter().any(|m| m.forward_s + m.backward_s > bottleneck) {
                     break;

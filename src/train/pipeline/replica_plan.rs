@@ -93,8 +93,8 @@ impl ReplicaPlan {
                 }
             }
         }
-        // The three best shapes' replicas planned again with their devices' order searched
-        // too (dearer, so only for those), the best of all kept.
+        // The best shapes' replicas planned again with their devices' order searched too
+        // (dearer, so only for those), the best of all kept.
         planned.sort_by(|a, b| a.0.total_cmp(&b.0));
         planned.truncate(REFINED);
         let best = planned
@@ -303,6 +303,9 @@ fn deal(chips: &[Candidate], count: usize, dealing: Dealing) -> Vec<Vec<Candidat
 /// its predicted step.
 struct Shared {
     stages: Option<Vec<(std::ops::Range<usize>, Candidate)>>,
+    /// The replica as planned for the whole step's micro-batches: what stands where it
+    /// cannot be priced again for its share.
+    whole: PipelinePlan,
     plan: PipelinePlan,
     makespan: f64,
 }
@@ -320,7 +323,7 @@ impl Shared {
             PipelinePlan::manual_with_state(costs, stages, share, optimizer_slots).ok()
         });
         let plan = repriced.unwrap_or_else(|| {
-            let mut replica = replica;
+            let mut replica = replica.clone();
             replica.micro_batches = share;
             replica
         });
@@ -329,13 +332,13 @@ impl Shared {
             true => play(&plan).makespan,
             false => plan.predicted_step_s(),
         };
-        Shared { stages, plan, makespan }
+        Shared { stages, whole: replica, plan, makespan }
     }
 
     /// The same replica with `change` more micro-batches.
     fn reshared(&self, costs: &[LayerCost], change: isize, optimizer_slots: f64) -> Shared {
         let share = self.plan.micro_batches.saturating_add_signed(change);
-        Shared::new(costs, self.stages.clone(), self.plan.clone(), share, optimizer_slots)
+        Shared::new(costs, self.stages.clone(), self.whole.clone(), share, optimizer_slots)
     }
 
     /// About when it would end with one more micro-batch.
@@ -344,7 +347,8 @@ impl Shared {
     }
 }
 
-/// Micro-batches per replica (summing to `micro_batches`) that end the replicas' steps
+/// Micro-batches per replica (summing to `micro_batches`; all zeros where no replica has
+/// a positive, finite pace) that end the replicas' steps
 /// together: replica `r`'s step with `m` of them takes about a micro-batch's trip through
 /// its stages and its syncs, then `m − 1` more at its slowest stage's pace (the 1F1B
 /// formula, [`PipelinePlan::predicted_step_s`]). Sharing by pace alone would leave the

@@ -2,7 +2,7 @@
 //! and backward passes of its layers, and the messages it trades with its neighbours
 //! through an [`Inbox`] and an [`Outbox`] (channels within a process, MPI between ranks).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, sync_channel};
 use std::time::{Duration, Instant};
@@ -578,6 +578,24 @@ impl Place {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let device = self.member(k);
         let count = runs.len();
+        // A parameter two runs use (a tied weight) gets this micro-batch's gradients summed
+        // over the runs before they join the running sum, as one graph would give them.
+        let tied = match count {
+            1 => HashSet::new(),
+            _ => {
+                let model = if k == 0 { shared.model } else { &shared.copies[k - 1] };
+                let mut seen = HashSet::new();
+                let mut tied = HashSet::new();
+                for run in &runs {
+                    let ids: HashSet<_> =
+                        model.params_of(run.layers.clone()).iter().map(|p| p.id()).collect();
+                    tied.extend(ids.iter().filter(|id| seen.contains(*id)).copied());
+                    seen.extend(ids);
+                }
+                tied
+            }
+        };
+        let mut shared_grads = Grads::default();
         let mut loss = None;
         for (i, run) in runs.into_iter().enumerate().rev() {
             let closes = i + 1 == count;
@@ -597,6 +615,8 @@ impl Place {
                 if id == run.input.id() {
                     input_grad = Some(g);
                     Ok(())
+                } else if tied.contains(&id) {
+                    shared_grads.add(id, g)
                 } else {
                     grads.add(id, g)
                 }
@@ -612,6 +632,7 @@ impl Place {
                 None => None,
             };
         }
+        grads.accumulate(shared_grads)?;
         Ok((seed, loss))
     }
 
