@@ -51,7 +51,8 @@ fn model(name: &str) -> TransformerShape {
 }
 
 /// Chip `i` of `n`: matmul rate log-spaced 40 to 400 TFLOP/s, memory cycling through 16,
-/// 24, 40, 48 and 80 GB, 2 TB/s of memory bandwidth, 5 µs a launch.
+/// 24, 40, 48 and 80 GB, 2 TB/s of memory bandwidth, 5 µs a launch, and the link both to
+/// the host and to the other chips (activations cross device to device, once).
 fn chips(host: &DeviceRef, n: usize, link_gbit: f64) -> Vec<Candidate> {
     (0..n)
         .map(|i| {
@@ -62,6 +63,7 @@ fn chips(host: &DeviceRef, n: usize, link_gbit: f64) -> Vec<Candidate> {
                 .with_bandwidth(2e12)
                 .with_latency(Duration::from_micros(5))
                 .with_link(link_gbit * 1e9 / 8.0)
+                .with_peer_link(link_gbit * 1e9 / 8.0)
                 .with_memory(gb * 1_000_000_000);
             let device: DeviceRef =
                 Arc::new(SimDevice::new(host.clone(), profile.clone(), i).expect("sim chip"));

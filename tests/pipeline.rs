@@ -230,8 +230,16 @@ fn stages_over_chips_that_each_hold_part_of_the_model_train_bit_exactly_like_one
     let layout = [0..2, 2..5, 5..7, 7..8];
     // Each simulated chip holds its stage with a little to spare, and not the whole model.
     let cap = cap_for(&host, &costs, &layout)?;
-    let chips: Vec<Arc<SimDevice>> =
-        (1..=4).map(|i| sim(&host, "capped", 1e11 * i as f64, cap, i)).collect();
+    // The first three chips share a peer link (their activations cross device to device,
+    // `Device::copy_to_peer`); the last one's cross through the host.
+    let chips: Vec<Arc<SimDevice>> = (1..=4)
+        .map(|i| {
+            let profile = SimProfile::new("capped").with_flops(1e11 * i as f64).with_memory(cap);
+            let profile = if i < 4 { profile.with_peer_link(50e9) } else { profile };
+            Arc::new(SimDevice::new(host.clone(), profile, i).expect("sim"))
+        })
+        .collect();
+    assert!(chips[0].reaches(&*chips[1]) && !chips[2].reaches(&*chips[3]));
     for chip in &chips {
         let alone =
             PipelinePlan::manual(&costs, vec![(0..costs.len(), candidate(chip))], MICRO_BATCHES, 2);
@@ -239,6 +247,11 @@ fn stages_over_chips_that_each_hold_part_of_the_model_train_bit_exactly_like_one
     }
     let stages = layout.iter().cloned().zip(chips.iter().map(candidate)).collect();
     let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    // Priced as they go: once over the peer link, or a download and an upload.
+    let activation = costs[1].output_bytes as f64;
+    let near = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b;
+    assert!(near(plan.stages[1].receive_forward_s, activation / 50e9));
+    assert!(near(plan.stages[3].receive_forward_s, 2.0 * activation / 16e9));
     let mut pipeline = Pipeline::new(model, plan, adamw)?;
     let got = train(&mut pipeline)?;
     println!("{}", pipeline.explain());

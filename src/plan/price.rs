@@ -64,6 +64,7 @@ mod tests {
             latency_s: 5e-6,
             host_to_device_bytes_per_s: 1e9,
             device_to_host_bytes_per_s: 5e8,
+            peer_bytes_per_s: None,
             noise: 1.0,
         }
     }

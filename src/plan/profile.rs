@@ -47,6 +47,12 @@ pub struct DeviceProfile {
     pub host_to_device_bytes_per_s: f64,
     /// Device→host bandwidth, bytes/s.
     pub device_to_host_bytes_per_s: f64,
+    /// Bandwidth of a copy to a device this one reaches without the host
+    /// ([`Device::reaches`](manychips_api::Device::reaches)), bytes/s: a simulated chip's
+    /// peer link. `None` where it was not measured: such copies are priced as through the
+    /// host, a bound from above.
+    #[serde(default)]
+    pub peer_bytes_per_s: Option<f64>,
     /// How unsteady the device was while it was measured: the largest median ÷ fastest
     /// time among the matmul and bandwidth measurements (1 is perfectly steady). Other work
     /// on the machine makes it large; such a profile is not cached (see
@@ -75,6 +81,7 @@ impl DeviceProfile {
             latency_s: 0.0,
             host_to_device_bytes_per_s: 0.0,
             device_to_host_bytes_per_s: 0.0,
+            peer_bytes_per_s: None,
             noise: 1.0,
         }
     }
@@ -96,6 +103,7 @@ impl DeviceProfile {
             latency_s: latency,
             host_to_device_bytes_per_s: sim.link_bytes_per_s,
             device_to_host_bytes_per_s: sim.link_bytes_per_s,
+            peer_bytes_per_s: sim.peer_link_bytes_per_s,
             measured_at: 0,
             ..DeviceProfile::for_device(info)
         }
@@ -164,6 +172,9 @@ impl DeviceProfile {
             figures.into_iter().chain(matmul).find(|(_, v)| !(v.is_finite() && *v > 0.0))
         {
             return Some(format!("{what} {v} is not a positive figure"));
+        }
+        if let Some(v) = self.peer_bytes_per_s.filter(|v| !(v.is_finite() && *v > 0.0)) {
+            return Some(format!("peer bandwidth {v} is not a positive figure"));
         }
         if let Some(v) = self.matmul_rate_concurrent.filter(|v| !(v.is_finite() && *v >= 0.0)) {
             return Some(format!("concurrent matmul rate {v} is not a figure"));
@@ -249,6 +260,8 @@ mod tests {
         assert!(zero.doubt(1.5).unwrap().contains("memory bandwidth"));
         let nan = DeviceProfile { latency_s: f64::NAN, ..good.clone() };
         assert!(nan.doubt(1.5).unwrap().contains("latency"));
+        let peer = DeviceProfile { peer_bytes_per_s: Some(-1.0), ..good.clone() };
+        assert!(peer.doubt(1.5).unwrap().contains("peer bandwidth"));
         let busy = DeviceProfile { noise: 3.0, ..good.clone() };
         assert!(busy.doubt(1.5).unwrap().contains("busy"));
         assert_eq!(busy.doubt(f64::INFINITY), None);

@@ -302,10 +302,33 @@ impl Tensor {
         }
     }
 
-    /// This tensor on `device` (itself if it is already there). Goes through the host.
+    /// This tensor on `device` (itself if it is already there): copied device to device
+    /// where the two devices can ([`Device::reaches`](crate::Device::reaches)), through the
+    /// host otherwise.
     pub fn to_device(&self, device: &DeviceRef) -> Result<Tensor> {
         if device.info().id == self.device().info().id {
             return Ok(self.clone());
+        }
+        if self.device().reaches(&**device) {
+            let dense = self.contiguous()?;
+            let out = Tensor::uninit("to_device", self.shape().clone(), self.dtype, device)?;
+            let size = self.dtype.size_in_bytes();
+            let bytes = self.numel() * size;
+            if bytes == 0 {
+                return Ok(out);
+            }
+            let from = dense.layout.offset * size;
+            let source = dense.device();
+            if source.copy_to_peer(
+                dense.storage.buffer,
+                from,
+                &**device,
+                out.storage.buffer,
+                0,
+                bytes,
+            )? {
+                return Ok(out);
+            }
         }
         Tensor::from_bytes(&self.to_bytes()?, self.shape().clone(), self.dtype, device)
     }

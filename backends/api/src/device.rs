@@ -1,5 +1,6 @@
 //! The device contract: the one trait a new chip implements.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,8 +77,9 @@ pub struct DeviceInfo {
     /// `UnsupportedDType`.
     pub dtypes: Vec<DType>,
     /// True when this device can move data to another device of the same backend without a
-    /// trip through the host (CUDA peer access). Copies between devices go through the host
-    /// otherwise.
+    /// trip through the host (CUDA peer access; simulated chips given a peer link). Which
+    /// devices it reaches: [`Device::reaches`]; copies between any others go through the
+    /// host.
     pub peer_copy: bool,
 }
 
@@ -108,7 +110,7 @@ pub struct MemoryInfo {
 ///
 /// A buffer of one device passed to another is an `Err` (`DeviceMismatch`), never undefined
 /// behaviour. Every method returns `Result`; none panics on bad input.
-pub trait Device: Send + Sync + fmt::Debug {
+pub trait Device: Any + Send + Sync + fmt::Debug {
     fn info(&self) -> &DeviceInfo;
 
     fn memory(&self) -> Result<MemoryInfo>;
@@ -134,6 +136,35 @@ pub trait Device: Send + Sync + fmt::Debug {
         dst_offset: usize,
         bytes: usize,
     ) -> Result<()>;
+
+    /// Whether [`copy_to_peer`](Self::copy_to_peer) from this device to `to` goes device to
+    /// device, without a trip through the host: what a planner prices a copy by. The
+    /// default, and any pair a backend cannot link: `false`.
+    fn reaches(&self, to: &dyn Device) -> bool {
+        let _ = to;
+        false
+    }
+
+    /// Copies `bytes` bytes from `src` (a buffer of this device) into `dst`, a buffer of
+    /// `to`, device to device where this backend can ([`reaches`](Self::reaches)), and
+    /// returns `Ok(true)`: the copy comes after the work either device had enqueued and
+    /// before any enqueued on either after the call. `Ok(false)`, having done nothing, where
+    /// it cannot: the caller stages the bytes through host memory (`read`, then `write`).
+    ///
+    /// A backend finds its own kind among the devices by downcasting `to` (`Device` is
+    /// `Any`); the default says no to every device.
+    fn copy_to_peer(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        to: &dyn Device,
+        dst: BufferId,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<bool> {
+        let _ = (src, src_offset, to, dst, dst_offset, bytes);
+        Ok(false)
+    }
 
     /// Enqueues one op. Validation errors (see [`Op::validate`]) are returned at once.
     fn run(&self, op: &Op) -> Result<()>;

@@ -1,5 +1,6 @@
 //! [`CudaDevice`]: one CUDA device (or the emulator) behind the manychips [`Device`] contract.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -291,11 +292,19 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// Copies `bytes` from `src` (a buffer of this device) to `dst` on `to` (another CUDA
-    /// device): directly over NVLink/PCIe when the two can access each other's memory
-    /// (`DeviceInfo::peer_copy`), else staged through host memory. Returns when the copy is
-    /// done; both devices finish their queued work first.
-    pub fn copy_to_peer(
+    /// Whether this device copies to `to` device to device: the same device, or another
+    /// real one that can access its memory (`cuDeviceCanAccessPeer`).
+    fn reaches_cuda(&self, to: &CudaDevice) -> bool {
+        to.info.id == self.info.id
+            || (self.target.is_some()
+                && to.target.is_some()
+                && to.peers.contains(&self.info.ordinal))
+    }
+
+    /// [`Device::copy_to_peer`] to another CUDA device: over NVLink/PCIe where the two can
+    /// access each other's memory; `Ok(false)` otherwise (the caller stages through the
+    /// host). Returns when the copy is done; both devices finish their queued work first.
+    fn copy_to_cuda(
         &self,
         src: BufferId,
         src_offset: usize,
@@ -303,17 +312,15 @@ impl CudaDevice {
         dst: BufferId,
         dst_offset: usize,
         bytes: usize,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let op = "copy_to_peer";
         if to.info.id == self.info.id {
-            return self.copy(src, src_offset, dst, dst_offset, bytes);
+            self.copy(src, src_offset, dst, dst_offset, bytes)?;
+            self.synchronize()?;
+            return Ok(true);
         }
-        let direct =
-            self.target.is_some() && to.target.is_some() && to.peers.contains(&self.info.ordinal);
-        if !direct {
-            let mut staged = vec![0u8; bytes];
-            self.read(src, src_offset, &mut staged)?;
-            return to.write(dst, dst_offset, &staged);
+        if !self.reaches_cuda(to) {
+            return Ok(false);
         }
         // Two locks, always taken in the order of the device ids.
         let (mut mine, mut theirs) = if self.info.id < to.info.id {
@@ -328,7 +335,7 @@ impl CudaDevice {
         let src_ptr = self.range(&mine, op, src, src_offset, bytes)?;
         let dst_ptr = to.range(&theirs, op, dst, dst_offset, bytes)?;
         if bytes == 0 {
-            return Ok(());
+            return Ok(true);
         }
         // Index errors of queued work are reported as at any wait.
         self.check_status_locked(&mut mine)?;
@@ -337,7 +344,9 @@ impl CudaDevice {
             return Err(self.internal(op));
         };
         let (dst_at, src_at) = (dst_ptr + dst_offset as u64, src_ptr + src_offset as u64);
-        into.copy_from_peer(dst_at, from, src_at, bytes).map_err(|e| e.to_error(op, &self.label))
+        into.copy_from_peer(dst_at, from, src_at, bytes)
+            .map_err(|e| e.to_error(op, &self.label))?;
+        Ok(true)
     }
 
     fn alive(&self, state: &State) -> Result<()> {
@@ -604,6 +613,25 @@ impl Device for CudaDevice {
             state.engine.copy((from, src_offset), (to, dst_offset), bytes)
         };
         self.note(&mut state, op, done)
+    }
+
+    fn reaches(&self, to: &dyn Device) -> bool {
+        (to as &dyn Any).downcast_ref::<CudaDevice>().is_some_and(|to| self.reaches_cuda(to))
+    }
+
+    fn copy_to_peer(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        to: &dyn Device,
+        dst: BufferId,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<bool> {
+        match (to as &dyn Any).downcast_ref::<CudaDevice>() {
+            Some(to) => self.copy_to_cuda(src, src_offset, to, dst, dst_offset, bytes),
+            None => Ok(false),
+        }
     }
 
     fn run(&self, op: &Op) -> Result<()> {

@@ -1,5 +1,6 @@
 //! [`SimDevice`]: a real device dressed up as a chip of a given profile.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -68,7 +69,7 @@ impl SimDevice {
             },
             memory_total: profile.memory,
             dtypes: inner_info.dtypes.clone(),
-            peer_copy: false,
+            peer_copy: profile.peer_link_bytes_per_s.is_some(),
         };
         tracing::debug!(device = %label, name = %profile.name, inner = %inner_info.label(), "sim device up");
         Ok(SimDevice {
@@ -205,6 +206,15 @@ impl SimDevice {
         let table = self.lock();
         self.resolve(&table, op, buf).map(|(inner, _)| inner)
     }
+
+    /// `to` as a chip this one copies to over their peer links: both have one, and they
+    /// compute on one inner device or on two that reach each other.
+    fn peer<'a>(&self, to: &'a dyn Device) -> Option<&'a SimDevice> {
+        let to = (to as &dyn Any).downcast_ref::<SimDevice>()?;
+        self.profile.peer_time(&to.profile, 0)?;
+        let same = self.inner.info().id == to.inner.info().id;
+        (same || self.inner.reaches(&*to.inner)).then_some(to)
+    }
 }
 
 impl Device for SimDevice {
@@ -287,6 +297,46 @@ impl Device for SimDevice {
             .map_err(|e| relabel(e, &self.label))?;
         self.clock.advance(self.profile.copy_time(bytes));
         Ok(())
+    }
+
+    fn reaches(&self, to: &dyn Device) -> bool {
+        self.peer(to).is_some()
+    }
+
+    /// Over the two chips' peer links, where both have one (see [`SimDevice::peer`]): the
+    /// inner device copies (or copies to the other inner device), and both clocks advance by
+    /// [`SimProfile::peer_time`] once, where a copy through the host costs each chip a host
+    /// transfer.
+    fn copy_to_peer(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        to: &dyn Device,
+        dst: BufferId,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<bool> {
+        let op = "copy_to_peer";
+        let Some(peer) = self.peer(to) else { return Ok(false) };
+        self.injected(Call::Other, op)?;
+        peer.injected(Call::Other, op)?;
+        let src_inner = self.inner_buffer(op, src)?;
+        let dst_inner = peer.inner_buffer(op, dst)?;
+        if self.inner.info().id == peer.inner.info().id {
+            self.inner
+                .copy(src_inner, src_offset, dst_inner, dst_offset, bytes)
+                .map_err(|e| relabel(e, &self.label))?;
+        } else if !self
+            .inner
+            .copy_to_peer(src_inner, src_offset, &*peer.inner, dst_inner, dst_offset, bytes)
+            .map_err(|e| relabel(e, &self.label))?
+        {
+            return Ok(false);
+        }
+        let took = self.profile.peer_time(&peer.profile, bytes).unwrap_or_default();
+        self.clock.advance(took);
+        peer.clock.advance(took);
+        Ok(true)
     }
 
     fn run(&self, op: &Op) -> Result<()> {

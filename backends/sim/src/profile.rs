@@ -61,6 +61,11 @@ pub struct SimProfile {
     pub latency: Duration,
     /// Host↔device bandwidth, bytes per second.
     pub link_bytes_per_s: f64,
+    /// Bandwidth of a link to other chips (NVLink; a network card with GPU-direct), bytes
+    /// per second. Two chips that both have one, computing on the same inner device, copy
+    /// device to device over it ([`Device::copy_to_peer`](manychips_api::Device::copy_to_peer))
+    /// at the slower of the two rates. `None`: copies to other chips go through the host.
+    pub peer_link_bytes_per_s: Option<f64>,
     /// Device memory in bytes; allocations beyond it fail with `OutOfMemory`.
     pub memory: u64,
 }
@@ -76,6 +81,7 @@ impl SimProfile {
             bytes_per_s: 500e9,
             latency: Duration::from_micros(10),
             link_bytes_per_s: 16e9,
+            peer_link_bytes_per_s: None,
             memory: 8 << 30,
         }
     }
@@ -106,6 +112,13 @@ impl SimProfile {
         self
     }
 
+    /// A link to other chips of `bytes_per_s` (see
+    /// [`peer_link_bytes_per_s`](Self::peer_link_bytes_per_s)).
+    pub fn with_peer_link(mut self, bytes_per_s: f64) -> SimProfile {
+        self.peer_link_bytes_per_s = Some(bytes_per_s);
+        self
+    }
+
     pub fn with_memory(mut self, bytes: u64) -> SimProfile {
         self.memory = bytes;
         self
@@ -124,6 +137,13 @@ impl SimProfile {
         self.latency.saturating_add(secs(bytes as f64 / self.link_bytes_per_s))
     }
 
+    /// Predicted time of copying `bytes` to a chip of `peer` over the peer links: the slower
+    /// of the two, once. `None` where either has no peer link.
+    pub fn peer_time(&self, peer: &SimProfile, bytes: usize) -> Option<Duration> {
+        let rate = self.peer_link_bytes_per_s?.min(peer.peer_link_bytes_per_s?);
+        Some(self.latency.max(peer.latency).saturating_add(secs(bytes as f64 / rate)))
+    }
+
     /// Predicted time of copying `bytes` within device memory (read once, written once).
     pub fn copy_time(&self, bytes: usize) -> Duration {
         self.latency.saturating_add(secs(2.0 * bytes as f64 / self.bytes_per_s))
@@ -133,6 +153,7 @@ impl SimProfile {
     pub(crate) fn check(&self) -> Result<()> {
         let mut rates =
             vec![("bytes_per_s", self.bytes_per_s), ("link_bytes_per_s", self.link_bytes_per_s)];
+        rates.extend(self.peer_link_bytes_per_s.map(|r| ("peer_link_bytes_per_s", r)));
         rates.extend(self.flops_per_s.all().map(|(class, r)| (class_name(class), r)));
         match rates.iter().find(|(_, r)| !(r.is_finite() && *r > 0.0)) {
             None => Ok(()),
@@ -205,11 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn peer_copies_take_the_slower_peer_link_once() {
+        let p = SimProfile::new("a").with_peer_link(4e9).with_latency(Duration::from_micros(1));
+        let q = SimProfile::new("b").with_peer_link(1e9).with_latency(Duration::from_micros(2));
+        assert_eq!(p.peer_time(&q, 1_000_000), Some(Duration::from_micros(1002)));
+        assert_eq!(q.peer_time(&p, 1_000_000), Some(Duration::from_micros(1002)));
+        assert_eq!(p.peer_time(&SimProfile::new("c"), 1_000_000), None, "no link on one end");
+    }
+
+    #[test]
     fn bad_rates_are_refused() {
         for p in [
             SimProfile::new("t").with_flops(0.0),
             SimProfile::new("t").with_bandwidth(f64::NAN),
             SimProfile::new("t").with_link(f64::INFINITY),
+            SimProfile::new("t").with_peer_link(0.0),
             SimProfile::new("t")
                 .with_rates(FlopRates { reduction: -1.0, ..FlopRates::uniform(1.0) }),
         ] {

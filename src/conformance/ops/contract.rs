@@ -76,6 +76,30 @@ fn io(r: &mut Runner<'_>) {
             same_bytes(&a, &ctx.read(ba, 0, a.len())?, 0)
         });
     }
+    if r.begin("io.copy_to_peer", "-", &[]).is_some() {
+        // The device as its own peer: the one pair every backend can be checked on alone.
+        let what = "copy_to_peer 301 bytes from byte 3 of A to byte 5 of B, both this device's: \
+                    copied where it says it reaches itself, untouched where it says no";
+        r.check("io.copy_to_peer", "-", what, |ctx| {
+            let a = pattern(1031, 7);
+            let mut b = pattern(517, 8);
+            let (ba, bb) = (ctx.buffer(&a)?, ctx.buffer(&b)?);
+            let reaches = ctx.dev.reaches(ctx.dev);
+            let copied = ctx
+                .dev
+                .copy_to_peer(ba, 3, ctx.dev, bb, 5, 301)
+                .map_err(|e| device("copy_to_peer", e))?;
+            if copied != reaches {
+                return Err(Problem::Other(format!(
+                    "copy_to_peer said {copied} where reaches said {reaches}"
+                )));
+            }
+            if copied {
+                b[5..306].copy_from_slice(&a[3..304]);
+            }
+            same_bytes(&b, &ctx.read(bb, 0, b.len())?, 0)
+        });
+    }
     if let Some(dtype) = r.first_claimed(&DType::ALL)
         && r.begin("io.ordering", dtype.name(), &[]).is_some()
     {

@@ -262,8 +262,8 @@ impl StagePlan {
         let spot = Spot {
             c: group,
             shares: &shares,
-            before: None,
-            after: None,
+            from_before: 0.0,
+            from_after: 0.0,
             s: index,
             count,
             lodging: false,
@@ -367,8 +367,8 @@ impl PipelinePlan {
                     let spot = Spot {
                         c,
                         shares: &shares,
-                        before: s.checked_sub(1).map(|i| &stages[i].1),
-                        after: stages.get(s + 1).map(|(_, c)| c),
+                        from_before: per_byte(s.checked_sub(1).map(|i| &stages[i].1), c),
+                        from_after: per_byte(stages.get(s + 1).map(|(_, c)| c), c),
                         s,
                         count,
                         lodging,
@@ -686,8 +686,10 @@ fn check_micro_batches(micro_batches: usize) -> Result<()> {
 struct Spot<'a> {
     c: &'a Candidate,
     shares: &'a [f64],
-    before: Option<&'a Candidate>,
-    after: Option<&'a Candidate>,
+    /// Seconds per byte of a copy from the stage before (0 for the first stage) and from
+    /// the one after (0 for the last): worked out once per spot, not per priced cut.
+    from_before: f64,
+    from_after: f64,
     s: usize,
     count: usize,
     /// Priced without the lead's optimizer state, which [`lodge`] places afterwards.
@@ -812,6 +814,26 @@ impl StageCost {
     }
 }
 
+/// Seconds to move `bytes` from `from`'s device to `to`'s: once over their peer links where
+/// the one reaches the other ([`Device::reaches`](crate::Device::reaches)) and both links'
+/// rates are known, at the slower; else through the host, the sender's download and then
+/// the receiver's upload.
+pub(super) fn copy_s(from: &Candidate, to: &Candidate, bytes: u64) -> f64 {
+    bytes as f64 * per_byte(Some(from), to)
+}
+
+/// [`copy_s`] per byte; 0 where there is no sender.
+fn per_byte(from: Option<&Candidate>, to: &Candidate) -> f64 {
+    let Some(from) = from else { return 0.0 };
+    match (from.profile.peer_bytes_per_s, to.profile.peer_bytes_per_s) {
+        (Some(a), Some(b)) if from.device.reaches(&*to.device) => 1.0 / a.min(b),
+        _ => {
+            1.0 / from.profile.device_to_host_bytes_per_s
+                + 1.0 / to.profile.host_to_device_bytes_per_s
+        }
+    }
+}
+
 /// The cost of `layers` (summed per member in `sums`) at `spot`: keeping every
 /// micro-batch's activations where they fit; otherwise recomputing some layers' in the
 /// backward pass, those that free the most bytes per second of forward pass first, until
@@ -824,15 +846,10 @@ fn stage_cost(
     micro_batches: usize,
     slots: f64,
 ) -> StageCost {
-    // Copies go through the host: the sender's download, then the receiver's upload.
-    let link = |from: &Candidate, to: &Candidate, bytes: u64| {
-        bytes as f64 / from.profile.device_to_host_bytes_per_s
-            + bytes as f64 / to.profile.host_to_device_bytes_per_s
-    };
     let input_bytes = layers.start.checked_sub(1).map_or(0, |i| costs[i].output_bytes);
     let output_bytes = costs[layers.end - 1].output_bytes;
-    let receive_forward_s = spot.before.map_or(0.0, |b| link(b, spot.c, input_bytes as u64));
-    let receive_backward_s = spot.after.map_or(0.0, |a| link(a, spot.c, output_bytes as u64));
+    let receive_forward_s = input_bytes as f64 * spot.from_before;
+    let receive_backward_s = output_bytes as f64 * spot.from_after;
     let in_flight = in_flight(spot.s, spot.count, micro_batches) as u64;
     let lead = spot.c;
     // A stage reads its next input and its next gradient ahead of its work.
@@ -860,7 +877,7 @@ fn stage_cost(
             let (copy_forward, copy_backward) = if k == 0 {
                 (0.0, 0.0)
             } else {
-                let (there, back) = (|b| link(lead, member, b), |b| link(member, lead, b));
+                let (there, back) = (|b| copy_s(lead, member, b), |b| copy_s(member, lead, b));
                 (there(input) + back(output), there(output) + back(input))
             };
             let layer_forward = |l: usize| spot.forward_s(costs, k, l, share, &member.profile);
@@ -902,7 +919,8 @@ fn stage_cost(
                 stage.memory = memory;
             } else {
                 stage.helpers.push(memory);
-                stage.sync_s += link(member, lead, sums.params) + link(lead, member, sums.params);
+                stage.sync_s +=
+                    copy_s(member, lead, sums.params) + copy_s(lead, member, sums.params);
             }
         }
         stage
@@ -1206,11 +1224,12 @@ impl<'a> Search<'a> {
     }
 
     fn spot(&self, order: &[usize], s: usize, lodging: bool) -> Spot<'_> {
+        let c = self.candidates[order[s]];
         Spot {
-            c: self.candidates[order[s]],
+            c,
             shares: &self.shares[order[s]],
-            before: s.checked_sub(1).map(|i| self.candidates[order[i]]),
-            after: order.get(s + 1).map(|&i| self.candidates[i]),
+            from_before: per_byte(s.checked_sub(1).map(|i| self.candidates[order[i]]), c),
+            from_after: per_byte(order.get(s + 1).map(|&i| self.candidates[i]), c),
             s,
             count: order.len(),
             lodging,
@@ -1501,6 +1520,33 @@ mod tests {
         // And a model that fits nowhere is refused with the bytes it needs.
         let err = PipelinePlan::search(&vec![layer(1.0, 8192, 1); 8], &fleet, 8, 2).unwrap_err();
         assert!(err.to_string().contains("bytes"), "{err}");
+    }
+
+    /// Activations cross between chips with peer links once, over the slower link; between
+    /// chips without, through the host: the sender's download, then the receiver's upload.
+    #[test]
+    fn copies_between_peers_are_priced_once_over_the_slower_link() {
+        let costs = vec![layer(1.0, 1, 1); 2];
+        let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).unwrap());
+        let chip = |i: usize, peer: Option<f64>| {
+            let mut profile = SimProfile::new("chip").with_link(1e9).with_memory(1 << 30);
+            if let Some(rate) = peer {
+                profile = profile.with_peer_link(rate);
+            }
+            let device: DeviceRef =
+                Arc::new(SimDevice::new(host.clone(), profile.clone(), i).unwrap());
+            Candidate::new(device.clone(), DeviceProfile::simulated(device.info(), &profile))
+                .unwrap()
+        };
+        let received = |a: Candidate, b: Candidate| {
+            let plan = PipelinePlan::manual(&costs, vec![(0..1, a), (1..2, b)], 4, 2).unwrap();
+            (plan.stages[1].receive_forward_s, plan.stages[0].receive_backward_s)
+        };
+        let mib = (1 << 20) as f64;
+        assert_eq!(received(chip(0, Some(8e9)), chip(1, Some(4e9))), (mib / 4e9, mib / 4e9));
+        let through_host = 2.0 * mib / 1e9;
+        assert_eq!(received(chip(0, Some(8e9)), chip(1, None)), (through_host, through_host));
+        assert_eq!(received(chip(0, None), chip(1, None)), (through_host, through_host));
     }
 
     #[test]

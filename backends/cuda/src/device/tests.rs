@@ -546,13 +546,19 @@ fn copies_within_a_buffer_may_overlap() {
     assert_eq!(back, [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15]);
     let b = dev.alloc(8).unwrap();
     dev.copy(a, 8, b, 0, 8).unwrap();
-    dev.copy_to_peer(a, 0, &dev, b, 0, 0).unwrap();
+    assert!(dev.copy_to_peer(a, 0, &dev, b, 0, 0).unwrap(), "a device reaches itself");
+    // Two emulated devices share no peer link: the caller is told to stage the copy.
     let other = emulated();
     let c = other.alloc(8).unwrap();
-    dev.copy_to_peer(b, 0, &other, c, 0, 8).unwrap();
-    let mut back = [0u8; 8];
+    other.write(c, 0, &[0; 8]).unwrap();
+    assert!(!dev.reaches(&other));
+    assert!(!dev.copy_to_peer(b, 0, &other, c, 0, 8).unwrap());
+    let mut back = [1u8; 8];
     other.read(c, 0, &mut back).unwrap();
-    assert_eq!(back, [4, 5, 6, 7, 8, 9, 14, 15]);
+    assert_eq!(back, [0; 8], "nothing was copied");
+    let mut staged = [0u8; 8];
+    dev.read(b, 0, &mut staged).unwrap();
+    assert_eq!(staged, [4, 5, 6, 7, 8, 9, 14, 15]);
     assert!(!dev.info().peer_copy);
 }
 
