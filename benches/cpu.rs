@@ -3,7 +3,9 @@
 //! - elementwise add against a plain loop into a reused buffer;
 //! - exp and row softmax against plain scalar loops;
 //! - a fused elementwise program (GELU's backward) against the same steps as separate ops;
-//! - argsort of vocabulary-sized rows against the standard library's sort.
+//! - argsort of vocabulary-sized rows against the standard library's sort;
+//! - fused attention, forward and backward, against its decomposition into primitive ops
+//!   on the same device.
 //!
 //! `cargo bench --bench cpu` prints criterion's figures for both sides of every pair, then a
 //! ratio table. The ratios come from an interleaved pass (ours, baseline, ours, ...; median
@@ -198,6 +200,63 @@ fn argsort_pair(dev: &DeviceRef) -> Pair {
     }
 }
 
+/// Causal attention of 16 heads of 512 tokens (64 wide), forward or backward: the fused op
+/// (`Op::Attention`, the CPU's kernel) against its decomposition into matmuls, a masked
+/// scale and a softmax (`manychips::attention::decompose`, what a backend without a kernel
+/// runs), on the same device.
+fn attention_pair(dev: &DeviceRef, backward: bool) -> Pair {
+    let dims = [16, 512, 64];
+    let t = |seed| Tensor::randn(0.0, 1.0, dims, DType::F32, seed, dev).unwrap();
+    let (q, k, v, g) = (t(11), t(12), t(13), t(14));
+    let scale = 1.0 / 8.0;
+    let out_dims = if backward { vec![3, 16, 512, 64] } else { dims.to_vec() };
+    let out = Tensor::zeros(out_dims, DType::F32, dev).unwrap();
+    let op = match backward {
+        false => manychips::Op::Attention {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            out: out.view(),
+            scale,
+            causal: true,
+        },
+        true => manychips::Op::AttentionBackward {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            d_out: g.view(),
+            out: out.view(),
+            scale,
+            causal: true,
+        },
+    };
+    let (dev, base_dev) = (dev.clone(), dev.clone());
+    // Each score is 2·64 flops for q·kᵀ and 2·64 for the weights times v, over about half
+    // of the 512² (causal); the backward pass does 2.5 times that.
+    let flops = 16.0 * 512.0 * 512.0 / 2.0 * 4.0 * 64.0 * if backward { 2.5 } else { 1.0 };
+    Pair {
+        group: if backward { "attention_backward_f32" } else { "attention_f32" }.into(),
+        label: "16x512x64 causal".into(),
+        ours_name: "fused",
+        baseline: "decomposed",
+        target: "report",
+        throughput: Throughput::Elements(flops as u64),
+        ours: Box::new(move || {
+            match backward {
+                false => drop(black_box(q.attention(&k, &v, scale, true).unwrap())),
+                true => drop(black_box(q.attention_backward(&k, &v, &g, scale, true).unwrap())),
+            }
+            dev.synchronize().unwrap();
+        }),
+        base: Box::new(move || {
+            // `out` is the op's output: kept alive by this closure.
+            let _ = &out;
+            manychips::attention::decompose(&*base_dev, &op).unwrap();
+            base_dev.synchronize().unwrap();
+        }),
+    }
+}
+
 fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dev: DeviceRef = Arc::new(CpuDevice::with_threads(threads).expect("cpu device"));
@@ -209,6 +268,7 @@ fn main() {
     pairs.extend([add_pair(&dev), exp_pair(&dev), softmax_pair(&dev)]);
     pairs.push(common::gelu_backward_pair(&dev, "gelu_backward_f32", 1 << 22));
     pairs.push(argsort_pair(&dev));
+    pairs.extend([attention_pair(&dev, false), attention_pair(&dev, true)]);
 
     let mut c = Criterion::default().configure_from_args();
     common::measure(&mut c, &mut pairs);

@@ -1,6 +1,7 @@
 //! Pipeline planning at fleet scale, by simulation: GPT-shaped models of 7B and 70B
 //! parameters on fleets of 8, 64 and 1000 simulated chips (matmul speeds spread 10×, 40 to
-//! 400 TFLOP/s; memory 16 to 80 GB; links of 200 or 3200 Gbit/s), planned as data-parallel
+//! 400 TFLOP/s; memory 16 to 80 GB; links of 200 or 3200 Gbit/s; attention run as one
+//! kernel, `Op::Attention`, as the CPU backend runs it), planned as data-parallel
 //! replicas of pipelines (`ReplicaPlan::search`) and played step by step
 //! (`pipeline::play`). For each, a table row:
 //! - the step's throughput against the fluid bound (the step's flops over the fleet's
@@ -10,7 +11,10 @@
 //!   micro-batches shared by replica speed as ours are), or "does not fit";
 //! - against the same with equal micro-batches per replica too, as a job planned for
 //!   like chips would run;
-//! - planning time (wall clock, one plan).
+//! - planning time (wall clock, one plan);
+//! - with ZeRO-1 across replicas;
+//! - without an attention kernel (the scores written and read three times, as the GPU
+//!   backends' decomposition does).
 //!
 //! Then a table of where each plan's step goes, and criterion times the planner itself.
 //! `cargo bench --bench pipeline`.
@@ -31,7 +35,9 @@ const FLEETS: [usize; 3] = [8, 64, 1000];
 /// AdamW's two moments per parameter.
 const SLOTS: usize = 2;
 
-fn model(name: &str) -> TransformerShape {
+/// `kernel`: whether the chips run attention as one kernel (the scores never stored), as
+/// the CPU backend does; the GPU backends still run it as matmuls and a softmax.
+fn model(name: &str, kernel: bool) -> TransformerShape {
     let (dim, heads, blocks) = match name {
         "7B" => (4096, 32, 32),
         _ => (8192, 64, 80),
@@ -47,6 +53,7 @@ fn model(name: &str) -> TransformerShape {
         rows: 1,
         param_bytes: 4,
         activation_bytes: 2,
+        attention_kernel: kernel,
     }
 }
 
@@ -206,11 +213,12 @@ fn main() {
         "|---|---|---|---|---|---|---|---|".to_string(),
     ];
     println!(
-        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | vs uniform stages and shares | planning | with ZeRO-1: replicas × stages, recomputing, of bound |"
+        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | vs uniform stages and shares | planning | with ZeRO-1: replicas × stages, recomputing, of bound | without an attention kernel: of bound |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for name in ["7B", "70B"] {
-        let costs = model(name).layers();
+        let costs = model(name, true).layers();
+        let unfused = model(name, false).layers();
         for n in FLEETS {
             for link in [200.0, 3200.0] {
                 let fleet = chips(&host, n, link);
@@ -224,7 +232,7 @@ fn main() {
                         let why = e.to_string();
                         let short = why.split(": ").last().unwrap_or(&why);
                         println!(
-                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | – | {planning:.2} s | {} |",
+                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | – | {planning:.2} s | {} | – |",
                             sharded_row(&costs, &fleet, micro_batches)
                         );
                         continue;
@@ -243,8 +251,12 @@ fn main() {
                     bound / step,
                     breakdown(&costs, &plan, &fleet)
                 ));
+                let without = ReplicaPlan::search(&unfused, &fleet, micro_batches, SLOTS)
+                    .map_or("does not fit".into(), |p| {
+                        format!("{:.2}", fluid_bound(&unfused, &fleet, micro_batches) / p.step_s())
+                    });
                 println!(
-                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {} | {planning:.2} s | {} |",
+                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {} | {planning:.2} s | {} | {without} |",
                     bound / step,
                     versus(even),
                     versus(megatron),
@@ -260,7 +272,7 @@ fn main() {
     let mut group = c.benchmark_group("pipeline/plan 7B");
     for n in FLEETS {
         let fleet = chips(&host, n, 3200.0);
-        let costs = model("7B").layers();
+        let costs = model("7B", true).layers();
         let micro_batches = (8 * n).max(64);
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| ReplicaPlan::search(&costs, &fleet, micro_batches, SLOTS).expect("plan"))

@@ -284,6 +284,17 @@ fn layers() {
         });
     }
     check("attention", vec![input(&[2, 3, 4], 106)], |x| attn.forward(&x[0]));
+    // The op itself, every operand's gradient, causal or not, one transposed.
+    for causal in [true, false] {
+        let operands = vec![
+            input(&[2, 5, 3], 108),
+            transposed(input(&[2, 5, 3], 109)),
+            input(&[2, 5, 3], 110),
+        ];
+        check(&format!("Var::attention causal={causal}"), operands, |x| {
+            x[0].attention(&x[1], &x[2], 0.7, causal)
+        });
+    }
 
     // And the parameters of a layer: the gradient `backward` reports under a param's id.
     let x = Var::constant(Tensor::randn(0.0, 1.0, [5, 4], DType::F32, 7, &device).expect("x"));

@@ -428,6 +428,7 @@ fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
             rows,
             param_bytes: 4,
             activation_bytes: 4,
+            attention_kernel: host.has_attention_kernel(),
         };
         let computed = shape.layers();
         assert_eq!(computed.len(), measured.len());

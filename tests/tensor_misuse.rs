@@ -318,3 +318,27 @@ fn indices_from_the_host_are_checked_without_waiting_for_the_device() {
     let too_big = too_big.cast(DType::U32).unwrap();
     expect_err(table.index_select(0, &too_big), ErrorKind::IndexOutOfRange, &["index 6"]);
 }
+
+#[test]
+fn attention_needs_one_shape_one_float_dtype_and_a_finite_scale() {
+    let dev = cpu();
+    let (q, k) = (f32s(&[2, 3, 4], &dev), f32s(&[2, 3, 5], &dev));
+    expect_err(
+        q.attention(&k, &q, 0.5, true),
+        ErrorKind::Shape,
+        &["attention", "f32[2, 3, 4]", "f32[2, 3, 5]", "cpu:0"],
+    );
+    let row = f32s(&[4], &dev);
+    expect_err(row.attention(&row, &row, 0.5, false), ErrorKind::Shape, &["attention", "f32[4]"]);
+    expect_err(q.attention(&q, &q, f64::NAN, false), ErrorKind::InvalidArgument, &["scale"]);
+    let half = q.cast(DType::F16).unwrap();
+    expect_err(q.attention(&half, &q, 0.5, true), ErrorKind::DType, &["attention", "f16"]);
+    let ids = Tensor::from_slice(&[1u32, 2, 3, 4], [2, 2], &dev).unwrap();
+    expect_err(ids.attention(&ids, &ids, 0.5, true), ErrorKind::UnsupportedDType, &["attention"]);
+    let g = f32s(&[2, 3, 5], &dev);
+    expect_err(
+        q.attention_backward(&q, &q, &g, 0.5, true),
+        ErrorKind::Shape,
+        &["attention_backward", "f32[2, 3, 5]"],
+    );
+}

@@ -651,6 +651,115 @@ pub(crate) fn scatter_add(init: &Host, src: &Host, indices: &Host, axis: usize) 
     acc.finish()
 }
 
+// ---------------------------------------------------------------------------------------
+// Attention
+
+/// Per leading index of `[.., time, head]` operands: the scaled scores' softmax weights
+/// (hidden keys 0) and the scores themselves, `[time][time]` each.
+fn attention_weights(
+    q: &Host,
+    k: &Host,
+    lead: usize,
+    scale: f64,
+    causal: bool,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let r = q.dims.len();
+    let (t, d) = (q.dims[r - 2], q.dims[r - 1]);
+    let base = lead * t * d;
+    let mut weights = vec![vec![0.0; t]; t];
+    let mut scores = vec![vec![0.0; t]; t];
+    for i in 0..t {
+        let seen = if causal { i + 1 } else { t };
+        for (j, score) in scores[i][..seen].iter_mut().enumerate() {
+            let dot: f64 =
+                (0..d).map(|c| q.data[base + i * d + c] * k.data[base + j * d + c]).sum();
+            *score = scale * dot;
+        }
+        let top = scores[i][..seen].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores[i][..seen].iter().map(|s| (s - top).exp()).sum();
+        for (w, s) in weights[i].iter_mut().zip(&scores[i][..seen]) {
+            *w = (s - top).exp() / total;
+        }
+    }
+    (weights, scores)
+}
+
+/// `Op::Attention`. The error allowed follows the weights' sensitivity to their scores:
+/// an element's scale is `2 Σ_j p_ij |v_jc| (1 + |s_ij|)` (a backend may round the scores
+/// and weights to the dtype on the way, as the decomposition does).
+pub(crate) fn attention(q: &Host, k: &Host, v: &Host, scale: f64, causal: bool) -> Expected {
+    let r = q.dims.len();
+    let (t, d) = (q.dims[r - 2], q.dims[r - 1]);
+    let leads = q.data.len().checked_div(t * d).unwrap_or(0);
+    let n = q.data.len();
+    let (mut values, mut size, mut spread) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    for lead in 0..leads {
+        let (p, s) = attention_weights(q, k, lead, scale, causal);
+        let base = lead * t * d;
+        for i in 0..t {
+            for c in 0..d {
+                let at = base + i * d + c;
+                for j in 0..t {
+                    let term = p[i][j] * v.data[base + j * d + c];
+                    values[at] += term;
+                    size[at] += 2.0 * term.abs() * (1.0 + s[i][j].abs());
+                    spread[at] += term.abs();
+                }
+                spread[at] *= (t as f64).sqrt();
+            }
+        }
+    }
+    Expected::accumulated(values, size, spread)
+}
+
+/// `Op::AttentionBackward`: `[dq, dk, dv]`. With `ds_ij = scale · p_ij (dp_ij − δ_i)`,
+/// `dp_ij = d_out_i · v_j` and `δ_i = Σ_j p_ij dp_ij`, each term's size counts
+/// `p_ij (|dp_ij| + |δ_i|) (1 + |s_ij|)`, as for the forward pass.
+pub(crate) fn attention_backward([q, k, v, g]: [&Host; 4], scale: f64, causal: bool) -> Expected {
+    let r = q.dims.len();
+    let (t, d) = (q.dims[r - 2], q.dims[r - 1]);
+    let n = q.data.len();
+    let leads = n.checked_div(t * d).unwrap_or(0);
+    let (mut values, mut size, mut spread) = (vec![0.0; 3 * n], vec![0.0; 3 * n], vec![0.0; 3 * n]);
+    for lead in 0..leads {
+        let (p, s) = attention_weights(q, k, lead, scale, causal);
+        let base = lead * t * d;
+        fn row_of(h: &Host, at: usize, d: usize) -> &[f64] {
+            &h.data[at..at + d]
+        }
+        let row = |h, i: usize| row_of(h, base + i * d, d);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        for i in 0..t {
+            let dp: Vec<f64> = (0..t).map(|j| dot(row(g, i), row(v, j))).collect();
+            let delta: f64 = (0..t).map(|j| p[i][j] * dp[j]).sum();
+            for j in 0..t {
+                if p[i][j] == 0.0 {
+                    continue;
+                }
+                let ds = scale * p[i][j] * (dp[j] - delta);
+                let weight = 2.0 * (1.0 + s[i][j].abs());
+                let ds_size = scale * p[i][j] * (dp[j].abs() + delta.abs()) * weight;
+                for c in 0..d {
+                    let (qi, kj, gi) = (row(q, i)[c], row(k, j)[c], row(g, i)[c]);
+                    let terms = [
+                        (base + i * d + c, ds * kj, ds_size * kj.abs()),
+                        (n + base + j * d + c, ds * qi, ds_size * qi.abs()),
+                        (2 * n + base + j * d + c, p[i][j] * gi, p[i][j] * gi.abs() * weight),
+                    ];
+                    for (at, term, big) in terms {
+                        values[at] += term;
+                        size[at] += big;
+                        spread[at] += term.abs();
+                    }
+                }
+            }
+        }
+    }
+    let root = (t as f64).sqrt();
+    spread.iter_mut().for_each(|s| *s *= root);
+    Expected::accumulated(values, size, spread)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

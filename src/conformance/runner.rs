@@ -191,6 +191,9 @@ pub(crate) fn describe(op: &Op) -> String {
         Op::ArgSort { axis, descending, .. } => format!(" axis={axis} descending={descending}"),
         Op::Affine { mul, add, .. } => format!(" mul={mul} add={add}"),
         Op::Fill { value, .. } => format!(" value={value}"),
+        Op::Attention { scale, causal, .. } | Op::AttentionBackward { scale, causal, .. } => {
+            format!(" scale={scale} causal={causal}")
+        }
         _ => String::new(),
     };
     format!("{}{params}", op.describe())

@@ -6,8 +6,9 @@ use manychips_api::{Op, View};
 
 /// The output axes `op` can be cut along, outermost first: every axis of an elementwise op;
 /// every axis but the reduced one of a reduction or softmax; batch, rows and columns of a
-/// matmul. Axes of length 1 are left out (nothing to share), and so are ops that are not
-/// independent per output element (copies, gathers, scatters, concat, fill).
+/// matmul; the leading axes of attention. Axes of length 1 are left out (nothing to share),
+/// and so are ops that are not independent per output element (copies, gathers, scatters,
+/// concat, fill, attention's backward pass).
 pub fn cut_axes(op: &Op) -> Vec<usize> {
     let dims = op.output().dims();
     let reduced = match op {
@@ -30,7 +31,13 @@ pub fn cut_axes(op: &Op) -> Vec<usize> {
         | Op::ScatterAdd { .. }
         | Op::Scatter { .. }
         | Op::ArgSort { .. }
-        | Op::Fill { .. } => return Vec::new(),
+        | Op::Fill { .. }
+        | Op::AttentionBackward { .. } => return Vec::new(),
+        // Each leading index (a batch row's head) attends on its own; its rows do not.
+        Op::Attention { .. } => {
+            let lead = dims.len().saturating_sub(2);
+            return (0..lead).filter(|&a| dims[a] > 1).collect();
+        }
     };
     (0..dims.len()).filter(|&a| Some(a) != reduced && dims[a] > 1).collect()
 }

@@ -6,6 +6,7 @@
 //! tensor using it drops.
 
 mod arith;
+mod attention;
 mod axis;
 pub use axis::{Axes, Axis, NewShape, broadcast_shapes};
 pub use ops::Ties;

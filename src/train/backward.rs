@@ -115,10 +115,12 @@ pub(crate) enum Backward {
     Cast,
     /// A copy to another device: the gradient travels back to the input's device.
     ToDevice,
-    /// Causal attention's heads `softmax(mask(q·kᵀ·scale))·v` from inputs `[q, k, v]`; the
-    /// weights are computed again from `q` and `k` rather than kept.
+    /// Attention's heads `softmax(scale · q·kᵀ)·v` (`Op::Attention`) from inputs `[q, k,
+    /// v]`; its backward op computes the weights again from `q` and `k` rather than keeping
+    /// them.
     Attention {
         scale: f64,
+        causal: bool,
     },
     /// `contiguous()`: same values, new layout.
     Identity,
@@ -406,20 +408,10 @@ impl Backward {
             }
             Backward::Cast => one(cast_to(g, x.dtype())?),
             Backward::ToDevice => one(g.to_device(x.device())?),
-            Backward::Attention { scale } => {
+            Backward::Attention { scale, causal } => {
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
-                let weights = crate::train::nn::attention_weights(q, k, *scale)?;
-                let gv = want(2, &|| weights.t()?.matmul(g))?;
-                // Through the softmax as `Backward::Softmax` does, then the scale (the mask
-                // is a constant).
-                let gw = g.matmul(&v.t()?)?;
-                let product = crate::programs::product();
-                let dot =
-                    Tensor::fused_reduce(&[&gw, &weights], &product, ReduceOp::Sum, 3, DType::F32)?;
-                let program = crate::programs::softmax_backward();
-                let gs = Tensor::fused(&[&weights, &gw, &dot], &program, weights.dtype())?
-                    .affine(*scale, 0.0)?;
-                Ok(vec![want(0, &|| gs.matmul(k))?, want(1, &|| gs.t()?.matmul(q))?, gv])
+                let (dq, dk, dv) = q.attention_backward(k, v, g, *scale, *causal)?;
+                Ok(vec![want(0, &|| Ok(dq.clone()))?, want(1, &|| Ok(dk.clone()))?, Some(dv)])
             }
             Backward::Identity => one(g.clone()),
             Backward::LayerNorm { axis, mean, rstd } => {

@@ -263,18 +263,24 @@ impl Var {
                     census.matmul_flops += 2.0 * value.numel() as f64 * inner as f64;
                 }
                 // `q · kᵀ` and `weights · v`, each 2·numel(q)·time flops; the backward pass
-                // computes `q · kᵀ` again.
-                // The scores, masked scores and weights are written (and dropped) too.
+                // computes `q · kᵀ` again. Where the device has no attention kernel, the
+                // scores, masked scores and weights are written (and dropped) too, and its
+                // backward pass holds the weights, their gradient, the scores' gradient and a
+                // row statistic's worth at once; a kernel holds f32 copies of the operands
+                // and the gradients instead (seven of `q`'s size).
                 (Backward::Attention { .. }, [q, ..]) => {
-                    let (time, head_dim) = (q.dims()[2], q.dims()[3].max(1));
+                    let (time, head_dim) = (q.dims()[q.rank() - 2], q.dims()[q.rank() - 1].max(1));
                     let product = 2.0 * q.tensor().numel() as f64 * time as f64;
                     census.matmul_flops += 2.0 * product;
                     census.recomputed_flops += product;
-                    let weights = q.tensor().numel() / head_dim * time;
-                    census.written_bytes += 3 * weights * value.dtype().size_in_bytes();
-                    // Its backward pass holds the weights, their gradient, the scores'
-                    // gradient and a row statistic's worth at once.
-                    let held = 4 * weights * value.dtype().size_in_bytes();
+                    let held = match q.tensor().device().has_attention_kernel() {
+                        true => 7 * q.tensor().numel() * 4,
+                        false => {
+                            let weights = q.tensor().numel() / head_dim * time;
+                            census.written_bytes += 3 * weights * value.dtype().size_in_bytes();
+                            4 * weights * value.dtype().size_in_bytes()
+                        }
+                    };
                     census.transient_bytes = census.transient_bytes.max(held);
                 }
                 _ => {}

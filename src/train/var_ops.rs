@@ -252,6 +252,13 @@ impl Var {
         Ok(Var::from_op(value, Backward::Mean { axis, keepdim }, &[self]))
     }
 
+    /// [`Tensor::attention`] with `self` the queries: `softmax(scale · q · kᵀ) · v`, causal
+    /// or not, as one op whose backward pass computes the weights again.
+    pub fn attention(&self, k: &Var, v: &Var, scale: f64, causal: bool) -> Result<Var> {
+        let value = self.tensor().attention(k.tensor(), v.tensor(), scale, causal)?;
+        Ok(Var::from_op(value, Backward::Attention { scale, causal }, &[self, k, v]))
+    }
+
     pub fn softmax(&self, axis: impl Axis) -> Result<Var> {
         let axis = self.tensor().axis(axis, "softmax")?;
         Ok(Var::from_op(self.tensor().softmax(axis)?, Backward::Softmax { axis }, &[self]))

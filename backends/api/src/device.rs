@@ -166,6 +166,13 @@ pub trait Device: Any + Send + Sync + fmt::Debug {
         Ok(false)
     }
 
+    /// Whether [`Op::Attention`] and [`Op::AttentionBackward`] run here as kernels of their
+    /// own, never storing the `[time, time]` scores, rather than as
+    /// [`crate::attention::decompose`]: what a planner prices their memory by. Default: no.
+    fn has_attention_kernel(&self) -> bool {
+        false
+    }
+
     /// Enqueues one op. Validation errors (see [`Op::validate`]) are returned at once.
     fn run(&self, op: &Op) -> Result<()>;
 

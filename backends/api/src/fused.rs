@@ -320,23 +320,29 @@ fn part(program: &[Instr], root: usize, part_for: &[Option<usize>]) -> Part {
 }
 
 /// The f32 temporaries of one decomposition.
-struct Temps<'d> {
-    device: &'d dyn Device,
-    buffers: Vec<BufferId>,
+/// A decomposition's temporary buffers on its device.
+pub(crate) struct Temps<'d> {
+    pub(crate) device: &'d dyn Device,
+    pub(crate) buffers: Vec<BufferId>,
 }
 
 impl Temps<'_> {
     /// A fresh contiguous f32 temporary of `dims`.
-    fn f32(&mut self, dims: &[usize]) -> Result<View> {
+    pub(crate) fn f32(&mut self, dims: &[usize]) -> Result<View> {
+        self.of(dims, DType::F32)
+    }
+
+    /// A fresh contiguous temporary of `dims` and `dtype`.
+    pub(crate) fn of(&mut self, dims: &[usize], dtype: DType) -> Result<View> {
         let numel = crate::Shape::new(dims.to_vec()).numel();
-        let buffer = self.device.alloc(numel.max(1).saturating_mul(DType::F32.size_in_bytes()))?;
+        let buffer = self.device.alloc(numel.max(1).saturating_mul(dtype.size_in_bytes()))?;
         self.buffers.push(buffer);
-        Ok(View::new(buffer, Layout::contiguous(dims), DType::F32))
+        Ok(View::new(buffer, Layout::contiguous(dims), dtype))
     }
 
     /// Frees every temporary (after the work they feed, in queue order); `result` is the
     /// decomposition's, and a failed free is the error only where it succeeded.
-    fn free(self, result: Result<()>) -> Result<()> {
+    pub(crate) fn free(self, result: Result<()>) -> Result<()> {
         for buffer in self.buffers {
             let freed = self.device.free(buffer);
             if result.is_ok() {

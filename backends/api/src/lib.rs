@@ -5,6 +5,7 @@
 //! [`Error`] type. A new chip is supported by implementing [`Device`] in its own crate and
 //! passing `manychips::conformance::check` against it.
 
+pub mod attention;
 pub mod checks;
 mod device;
 mod dtype;

@@ -319,6 +319,26 @@ pub enum Op {
     /// reduce each piece while it is in cache: a variance or a dot product along a row reads
     /// its inputs once and writes nothing of their size.
     FusedReduce { inputs: Vec<View>, program: Vec<Instr>, op: ReduceOp, axis: usize, out: View },
+    /// Scaled dot-product attention in one op: for every leading index,
+    /// `out = softmax(scale · q · kᵀ) · v` over the keys, where `causal` hides from each
+    /// query the keys after its own position. `q`, `k`, `v` and `out` share one shape
+    /// `[.., time, head_dim]` (rank ≥ 2; any strides, so heads are a permuted view) and one
+    /// float dtype. A backend with a kernel never stores the `[time, time]` scores; one
+    /// without runs [`crate::attention::decompose`] (matmuls, softmax, scores in the
+    /// operands' dtype). A row whose keys are all hidden cannot occur: a query sees itself.
+    Attention { q: View, k: View, v: View, out: View, scale: f64, causal: bool },
+    /// [`Op::Attention`]'s backward pass: from `d_out`, the gradient of its output, writes
+    /// `out = [dq, dk, dv]` (`[3, .., time, head_dim]`), recomputing the attention weights
+    /// rather than reading them. Same operand rules as `Attention`.
+    AttentionBackward {
+        q: View,
+        k: View,
+        v: View,
+        d_out: View,
+        out: View,
+        scale: f64,
+        causal: bool,
+    },
 }
 
 /// Broad classes of ops, for pricing and for per-class statistics.
@@ -403,6 +423,8 @@ impl Op {
             Op::Where { .. } => "where",
             Op::Fill { .. } => "fill",
             Op::Fused { .. } => "fused",
+            Op::Attention { .. } => "attention",
+            Op::AttentionBackward { .. } => "attention_backward",
             Op::FusedReduce { op, .. } => match op {
                 ReduceOp::Sum => "fused_reduce.sum",
                 ReduceOp::Mean => "fused_reduce.mean",
@@ -416,7 +438,9 @@ impl Op {
 
     pub fn class(&self) -> OpClass {
         match self {
-            Op::Matmul { .. } => OpClass::Matmul,
+            Op::Matmul { .. } | Op::Attention { .. } | Op::AttentionBackward { .. } => {
+                OpClass::Matmul
+            }
             Op::Binary { .. }
             | Op::Compare { .. }
             | Op::Unary { .. }
@@ -462,6 +486,8 @@ impl Op {
             | Op::Scatter { src, indices, .. } => vec![src, indices],
             Op::Where { cond, on_true, on_false, .. } => vec![cond, on_true, on_false],
             Op::Fill { .. } => vec![],
+            Op::Attention { q, k, v, .. } => vec![q, k, v],
+            Op::AttentionBackward { q, k, v, d_out, .. } => vec![q, k, v, d_out],
         }
     }
 
@@ -487,7 +513,9 @@ impl Op {
             | Op::Where { out, .. }
             | Op::Fill { out, .. }
             | Op::Fused { out, .. }
-            | Op::FusedReduce { out, .. } => out,
+            | Op::FusedReduce { out, .. }
+            | Op::Attention { out, .. }
+            | Op::AttentionBackward { out, .. } => out,
         }
     }
 
@@ -518,6 +546,8 @@ impl Op {
             | Op::Scatter { src, indices, out, .. } => vec![src, indices, out],
             Op::Where { cond, on_true, on_false, out } => vec![cond, on_true, on_false, out],
             Op::Fill { out, .. } => vec![out],
+            Op::Attention { q, k, v, out, .. } => vec![q, k, v, out],
+            Op::AttentionBackward { q, k, v, d_out, out, .. } => vec![q, k, v, d_out, out],
         }
     }
 
@@ -538,6 +568,20 @@ impl Op {
             Op::FusedReduce { inputs, program, .. } => {
                 let n = inputs.first().map_or(0, |v| v.numel());
                 (program.len() + 1) as f64 * n as f64
+            }
+            // Per score: a product with each query's row and one with the values (2·d each
+            // way), the softmax's few; the causal mask skips about half of them. The backward
+            // pass recomputes the scores and takes four more products.
+            Op::Attention { q, causal, .. } | Op::AttentionBackward { q, causal, .. } => {
+                let dims = q.dims();
+                let (time, head) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+                let scores = (q.numel() / head.max(1)) as f64 * time as f64;
+                let seen = if *causal { 0.5 } else { 1.0 };
+                let per_score = match self {
+                    Op::Attention { .. } => 4.0 * head as f64 + 10.0,
+                    _ => 10.0 * head as f64 + 10.0,
+                };
+                seen * scores * per_score
             }
             _ => 0.0,
         }
@@ -626,6 +670,26 @@ impl Validator<'_> {
             dtype: v.dtype,
             detail: format!(" ({why}); {}", self.op.describe()),
         })
+    }
+
+    /// Attention's operands: floats of one dtype, one shape `[.., time, head_dim]` of rank
+    /// at least 2, a finite scale.
+    fn attention(&self, operands: &[&View], out: &View, scale: f64) -> Result<()> {
+        let first = operands[0];
+        for v in operands.iter().copied().chain([out]) {
+            self.require_float(v)?;
+            self.same_dtype(v, first)?;
+        }
+        for v in operands {
+            self.same_shape(v, first)?;
+        }
+        if first.dims().len() < 2 {
+            return Err(self.shape_err("operands must be [.., time, head_dim]"));
+        }
+        if !scale.is_finite() {
+            return Err(self.arg_err(format!("the scale {scale} is not finite")));
+        }
+        Ok(())
     }
 
     fn same_dtype(&self, a: &View, b: &View) -> Result<()> {
@@ -881,6 +945,19 @@ impl Validator<'_> {
                 }
                 if let Some(why) = crate::fused::program_error(program, inputs.len()) {
                     return Err(self.arg_err(why));
+                }
+            }
+            Op::Attention { q, k, v, out, scale, .. } => {
+                self.attention(&[q, k, v], out, *scale)?;
+                self.same_shape(q, out)?;
+            }
+            Op::AttentionBackward { q, k, v, d_out, out, scale, .. } => {
+                self.attention(&[q, k, v, d_out], out, *scale)?;
+                if out.dims().first() != Some(&3) || out.dims()[1..] != *q.dims() {
+                    return Err(self.shape_err(format!(
+                        "the output must be [3] + {:?} (dq, dk, dv)",
+                        q.dims()
+                    )));
                 }
             }
             Op::FusedReduce { inputs, program, op, axis, out } => {

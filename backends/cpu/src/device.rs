@@ -312,6 +312,10 @@ impl Device for CpuDevice {
         self.submit(op.clone())
     }
 
+    fn has_attention_kernel(&self) -> bool {
+        true
+    }
+
     fn submit(&self, op: Op) -> Result<()> {
         self.check_alive()?;
         op.validate(&self.label)?;

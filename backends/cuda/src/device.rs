@@ -639,6 +639,9 @@ impl Device for CudaDevice {
         // fit; a fused reduction as its program into a temporary, then the reduction.
         if !crate::lower::runs_natively(op) {
             return match op {
+                Op::Attention { .. } | Op::AttentionBackward { .. } => {
+                    manychips_api::attention::decompose(self, op)
+                }
                 Op::Fused { .. } => {
                     manychips_api::fused::decompose_in_parts(self, op, crate::fused::MAX_INPUTS)
                 }

@@ -123,6 +123,14 @@ pub(crate) fn lower(op: &Op, cfg: &Config) -> Result<Plan> {
         Op::FusedReduce { inputs, program, op: r, axis, out } if runs_natively(op) => {
             fused_rows(op, (inputs, program, *r), out, *axis, cfg).map(Plan::single)
         }
+        // No attention kernel yet: the device runs `manychips_api::attention::decompose`.
+        Op::Attention { .. } | Op::AttentionBackward { .. } => {
+            Err(manychips_api::Error::InvalidArgument {
+                op: op.name(),
+                device: "cuda".into(),
+                detail: format!("no CUDA kernel for attention; {}", op.describe()),
+            })
+        }
         // No CUDA kernel: the device runs it as its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
         Op::Fused { .. } | Op::FusedReduce { .. } => Err(manychips_api::Error::InvalidArgument {
@@ -173,6 +181,7 @@ pub(crate) fn runs_natively(op: &Op) -> bool {
         Op::Fused { inputs, .. } | Op::FusedReduce { inputs, .. } => {
             inputs.len() <= fused::MAX_INPUTS
         }
+        Op::Attention { .. } | Op::AttentionBackward { .. } => false,
         _ => true,
     }
 }

@@ -303,6 +303,10 @@ impl Device for SimDevice {
         self.peer(to).is_some()
     }
 
+    fn has_attention_kernel(&self) -> bool {
+        self.inner.has_attention_kernel()
+    }
+
     /// Over the two chips' peer links, where both have one (see [`SimDevice::peer`]): the
     /// inner device copies (or copies to the other inner device), and both clocks advance by
     /// [`SimProfile::peer_time`] once, where a copy through the host costs each chip a host

@@ -633,6 +633,9 @@ impl Device for WgpuDevice {
     fn run(&self, op: &Op) -> Result<()> {
         // A fused program with more inputs than one kernel takes runs in parts that fit; a
         // fused reduction of that many, as its program into a temporary, then the reduction.
+        if matches!(op, Op::Attention { .. } | Op::AttentionBackward { .. }) {
+            return manychips_api::attention::decompose(self, op);
+        }
         if matches!(op, Op::Fused { .. } | Op::FusedReduce { .. }) && !manychips_wgsl::fuses(op) {
             return match op {
                 Op::Fused { .. } => {

@@ -2,6 +2,7 @@
 //! to `begin` the (op, dtype) pair (which filters and records skips), and describes its
 //! cases; the runner does the rest.
 
+mod attention;
 mod contract;
 mod elementwise;
 mod fused;
@@ -31,6 +32,7 @@ pub(crate) fn run_all(r: &mut Runner<'_>) {
     sort::run(r);
     fused::run(r);
     fused_reduce::run(r);
+    attention::run(r);
 }
 
 /// A random tensor of `dims`, values from `dist` rounded to `dtype`.

@@ -12,7 +12,6 @@ mod transformer;
 
 pub use activation::Activation;
 pub use attention::CausalSelfAttention;
-pub(crate) use attention::attention_weights;
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use linear::Linear;

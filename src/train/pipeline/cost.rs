@@ -54,6 +54,11 @@ pub struct TransformerShape {
     /// Bytes per activation element (4 for f32 compute, 2 for bf16; a 2-byte activation is
     /// priced at the device's bf16 matmul rate).
     pub activation_bytes: usize,
+    /// Whether the chips run attention as one kernel
+    /// ([`Device::has_attention_kernel`](crate::Device::has_attention_kernel)): the
+    /// `[heads, context, context]` scores are then never stored (the kernel holds f32
+    /// copies of its operands instead); without one they are written three times.
+    pub attention_kernel: bool,
 }
 
 impl TransformerShape {
@@ -91,13 +96,17 @@ impl TransformerShape {
             rows: self.rows,
         };
         let embed = layer((v + s) * d, 2.0 * tokens * d + s * d + tokens + s, 0.0, 5);
-        // Each block is two layers. Its attention's `[rows, heads, s, s]` scores, masked
-        // scores and weights are written and read but not kept (its backward pass computes
-        // them again).
+        // Each block is two layers. Without an attention kernel, its `[rows, heads, s, s]`
+        // scores, masked scores and weights are written and read but not kept (its backward
+        // pass computes them again); with one, they stay in the kernel's cache-sized blocks.
+        let (score_writes, transient) = match self.attention_kernel {
+            true => (0.0, 7.0 * tokens * d * 4.0),
+            false => (3.0 * scores, 4.0 * scores * a),
+        };
         let attention = LayerCost {
-            written_bytes: (1.7 * (14.0 * tokens * d + 3.0 * scores + 3.0 * tokens) * a) as usize,
+            written_bytes: (1.7 * (14.0 * tokens * d + score_writes + 3.0 * tokens) * a) as usize,
             recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
-            transient_bytes: (4.0 * scores * a) as usize,
+            transient_bytes: transient as usize,
             ..layer(
                 4.0 * d * d + 6.0 * d,
                 12.0 * tokens * d + 2.0 * tokens,

@@ -5,6 +5,7 @@
 //! trust shapes and dtypes; slice indexing still bounds-checks every access, and the one
 //! raw-pointer user (gemm) re-checks its views.
 
+pub(crate) mod attention;
 pub(crate) mod copy;
 pub(crate) mod elementwise;
 pub(crate) mod fused;
@@ -402,6 +403,35 @@ pub(crate) fn execute(
                 }
                 Ok(())
             }, Err(not_float(input.dtype))))
+        }
+        Op::Attention { q, k, v, out: _, scale, causal } => {
+            let (a, b, c) = (get(q)?, get(k)?, get(v)?);
+            with_float!(ov.dtype, T => {
+                attention::forward::<T>(
+                    [(typed(a), &q.layout), (typed(b), &k.layout), (typed(c), &v.layout)],
+                    (typed_mut(out), ol),
+                    *scale as f32,
+                    *causal,
+                );
+                Ok(())
+            }, Err(not_float(ov.dtype)))
+        }
+        Op::AttentionBackward { q, k, v, d_out, out: _, scale, causal } => {
+            let (a, b, c, g) = (get(q)?, get(k)?, get(v)?, get(d_out)?);
+            with_float!(ov.dtype, T => {
+                attention::backward::<T>(
+                    [
+                        (typed(a), &q.layout),
+                        (typed(b), &k.layout),
+                        (typed(c), &v.layout),
+                        (typed(g), &d_out.layout),
+                    ],
+                    (typed_mut(out), ol),
+                    *scale as f32,
+                    *causal,
+                );
+                Ok(())
+            }, Err(not_float(ov.dtype)))
         }
         Op::Softmax { input, out: _, axis, log } => {
             let a = get(input)?;

@@ -41,6 +41,12 @@ pub(crate) fn lower(op: &Op, f: &Features) -> Result<Lowered> {
         Op::Fused { .. } if fuses(op) => plain(elementwise::lower(op, f)?),
         // More inputs than one kernel takes: the devices run its decomposition
         // (`manychips_api::fused::decompose`) before it gets here.
+        // No attention kernel yet: the devices run `manychips_api::attention::decompose`.
+        Op::Attention { .. } | Op::AttentionBackward { .. } => Err(Error::InvalidArgument {
+            op: op.name(),
+            device: "wgsl".into(),
+            detail: format!("attention has no WGSL kernel; {}", op.describe()),
+        }),
         Op::Fused { .. } | Op::FusedReduce { .. } => Err(Error::InvalidArgument {
             op: op.name(),
             device: "wgsl".into(),
