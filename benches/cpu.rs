@@ -200,16 +200,16 @@ fn argsort_pair(dev: &DeviceRef) -> Pair {
     }
 }
 
-/// Causal attention of 16 heads of 512 tokens (64 wide), forward or backward: the fused op
+/// Causal attention of `[heads, tokens, width]`, forward or backward: the fused op
 /// (`Op::Attention`, the CPU's kernel) against its decomposition into matmuls, a masked
 /// scale and a softmax (`manychips::attention::decompose`, what a backend without a kernel
 /// runs), on the same device.
-fn attention_pair(dev: &DeviceRef, backward: bool) -> Pair {
-    let dims = [16, 512, 64];
+fn attention_pair(dev: &DeviceRef, backward: bool, dims: [usize; 3]) -> Pair {
+    let [heads, tokens, width] = dims;
     let t = |seed| Tensor::randn(0.0, 1.0, dims, DType::F32, seed, dev).unwrap();
     let (q, k, v, g) = (t(11), t(12), t(13), t(14));
-    let scale = 1.0 / 8.0;
-    let out_dims = if backward { vec![3, 16, 512, 64] } else { dims.to_vec() };
+    let scale = 1.0 / (width as f64).sqrt();
+    let out_dims = if backward { vec![3, heads, tokens, width] } else { dims.to_vec() };
     let out = Tensor::zeros(out_dims, DType::F32, dev).unwrap();
     let op = match backward {
         false => manychips::Op::Attention {
@@ -231,12 +231,13 @@ fn attention_pair(dev: &DeviceRef, backward: bool) -> Pair {
         },
     };
     let (dev, base_dev) = (dev.clone(), dev.clone());
-    // Each score is 2·64 flops for q·kᵀ and 2·64 for the weights times v, over about half
-    // of the 512² (causal); the backward pass does 2.5 times that.
-    let flops = 16.0 * 512.0 * 512.0 / 2.0 * 4.0 * 64.0 * if backward { 2.5 } else { 1.0 };
+    // Each score is 2·width flops for q·kᵀ and 2·width for the weights times v, over about
+    // half of the tokens² (causal); the backward pass does 2.5 times that.
+    let scores = (heads * tokens * tokens) as f64 / 2.0;
+    let flops = scores * 4.0 * width as f64 * if backward { 2.5 } else { 1.0 };
     Pair {
         group: if backward { "attention_backward_f32" } else { "attention_f32" }.into(),
-        label: "16x512x64 causal".into(),
+        label: format!("{heads}x{tokens}x{width} causal"),
         ours_name: "fused",
         baseline: "decomposed",
         target: "report",
@@ -268,7 +269,10 @@ fn main() {
     pairs.extend([add_pair(&dev), exp_pair(&dev), softmax_pair(&dev)]);
     pairs.push(common::gelu_backward_pair(&dev, "gelu_backward_f32", 1 << 22));
     pairs.push(argsort_pair(&dev));
-    pairs.extend([attention_pair(&dev, false), attention_pair(&dev, true)]);
+    // A long context, then train_charlm's (32 sequences × 4 heads of 64 tokens, 24 wide).
+    for dims in [[16, 512, 64], [128, 64, 24]] {
+        pairs.extend([attention_pair(&dev, false, dims), attention_pair(&dev, true, dims)]);
+    }
 
     let mut c = Criterion::default().configure_from_args();
     common::measure(&mut c, &mut pairs);

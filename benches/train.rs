@@ -102,6 +102,9 @@ impl Device for Recorder {
     fn synchronize(&self) -> Result<()> {
         self.inner.synchronize()
     }
+    fn has_attention_kernel(&self) -> bool {
+        self.inner.has_attention_kernel()
+    }
 }
 
 /// A training step to time: builds the loss on `device` and updates the parameters.

@@ -8,7 +8,8 @@ use manychips_api::{Op, View};
 /// every axis but the reduced one of a reduction or softmax; batch, rows and columns of a
 /// matmul; the leading axes of attention. Axes of length 1 are left out (nothing to share),
 /// and so are ops that are not independent per output element (copies, gathers, scatters,
-/// concat, fill, attention's backward pass).
+/// concat, fill) and attention's backward pass (independent per leading index too, but its
+/// output's first axis is `[dq, dk, dv]`; not cut yet).
 pub fn cut_axes(op: &Op) -> Vec<usize> {
     let dims = op.output().dims();
     let reduced = match op {

@@ -16,6 +16,10 @@ pub enum Direction {
 /// Predicted time of `op` on the device `profile` describes:
 /// `latency + max(flops / rate(class, dtype), bytes / bandwidth)`. `op` must be valid
 /// ([`Op::validate`]): its flop count reads the operands' shapes.
+///
+/// Attention is priced as a kernel runs it (its operands' bytes); a device without one runs
+/// its decomposition, which moves [`Op::decomposed_bytes`] (the measured times the planner
+/// learns from show it).
 pub fn predict(op: &Op, profile: &DeviceProfile) -> Duration {
     let flops = op.flops();
     let rate = profile.rate(op.class(), op.output().dtype, flops);

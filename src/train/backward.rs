@@ -411,7 +411,12 @@ impl Backward {
             Backward::Attention { scale, causal } => {
                 let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
                 let (dq, dk, dv) = q.attention_backward(k, v, g, *scale, *causal)?;
-                Ok(vec![want(0, &|| Ok(dq.clone()))?, want(1, &|| Ok(dk.clone()))?, Some(dv)])
+                // One op computes all three.
+                Ok(vec![
+                    want(0, &|| Ok(dq.clone()))?,
+                    want(1, &|| Ok(dk.clone()))?,
+                    want(2, &|| Ok(dv.clone()))?,
+                ])
             }
             Backward::Identity => one(g.clone()),
             Backward::LayerNorm { axis, mean, rstd } => {

@@ -5,9 +5,9 @@
 use crate::fused::Temps;
 use crate::{BinaryOp, DType, Device, Error, Instr, Layout, Op, ReduceOp, Result, Shape, View};
 
-/// What the masked scores add above the diagonal: far below any score, finite in every
-/// float dtype (bf16 and f16 round it to their largest magnitude at most), so the softmax
-/// gives it no weight.
+/// What the masked scores add above the diagonal: far below any score (f16 rounds it to
+/// −∞, which is as good: a row always keeps its diagonal), so the softmax gives it no
+/// weight.
 const HIDDEN: f32 = -1e9;
 
 /// Runs a validated `Op::Attention` or `Op::AttentionBackward` on `device` as primitive
@@ -129,8 +129,10 @@ fn backward(
     let device = temps.device;
     let (p, dp) = weights(temps, q, k, scale, causal)?;
     let (dq, dk, dv) = (part(out, 0), part(out, 1), part(out, 2));
-    device.run(&Op::Matmul { lhs: transposed(&p), rhs: d_out.clone(), out: dv })?;
+    // Every operand is read (and checked by the device) before `out` is first written, so
+    // an operand the device refuses leaves `out` as it was.
     device.run(&Op::Matmul { lhs: d_out.clone(), rhs: transposed(v), out: dp.clone() })?;
+    device.run(&Op::Matmul { lhs: transposed(&p), rhs: d_out.clone(), out: dv })?;
     let dims = scores_dims(q);
     let axis = dims.len() - 1;
     let mut row = dims.clone();

@@ -594,6 +594,23 @@ impl Op {
         (io + out.numel() * out.dtype.size_in_bytes()) as f64
     }
 
+    /// [`Op::bytes`] where the op runs as its decomposition: attention on a device without
+    /// an attention kernel also writes its `[.., time, time]` scores, masked scores and
+    /// weights and reads each once (the backward pass writes four such tensors). Every
+    /// other op: `bytes()`.
+    pub fn decomposed_bytes(&self) -> f64 {
+        match self {
+            Op::Attention { q, .. } | Op::AttentionBackward { q, .. } => {
+                let dims = q.dims();
+                let (time, head) = (dims[dims.len() - 2], dims[dims.len() - 1].max(1));
+                let scores = (q.numel() / head * time * q.dtype.size_in_bytes()) as f64;
+                let written = if matches!(self, Op::Attention { .. }) { 3.0 } else { 4.0 };
+                self.bytes() + 2.0 * written * scores
+            }
+            _ => self.bytes(),
+        }
+    }
+
     /// One line naming the op and every operand's dtype and layout, for error messages.
     pub fn describe(&self) -> String {
         let ins: Vec<String> = self.inputs().iter().map(|v| format!("{v:?}")).collect();
@@ -686,8 +703,9 @@ impl Validator<'_> {
         if first.dims().len() < 2 {
             return Err(self.shape_err("operands must be [.., time, head_dim]"));
         }
-        if !scale.is_finite() {
-            return Err(self.arg_err(format!("the scale {scale} is not finite")));
+        // Kernels scale in f32.
+        if !(scale as f32).is_finite() {
+            return Err(self.arg_err(format!("the scale {scale} is not finite as an f32")));
         }
         Ok(())
     }
@@ -1082,6 +1100,38 @@ mod tests {
         assert_eq!(Op::Fill { out: v(), value: 0.0 }.name(), "fill");
         let sort = Op::ArgSort { input: v(), out: v(), axis: 0, descending: true };
         assert_eq!(sort.static_name(), "argsort");
+    }
+
+    /// Attention's flops count the causal half of the scores; run as its decomposition it
+    /// also moves its scores (three `[time, time]` tensors written and read forward).
+    #[test]
+    fn attention_is_priced_with_and_without_its_scores() {
+        let dev = DeviceId::fresh();
+        let v = |index, dims: &[usize]| {
+            View::new(BufferId { device: dev, index }, Layout::contiguous(dims), DType::F32)
+        };
+        let dims = [2, 8, 4];
+        let op = |causal| Op::Attention {
+            q: v(1, &dims),
+            k: v(2, &dims),
+            v: v(3, &dims),
+            out: v(4, &dims),
+            scale: 0.5,
+            causal,
+        };
+        op(true).validate("test").unwrap();
+        // 2·8·8 scores, each 4·4 + 10 flops; half of them causal.
+        assert_eq!(op(false).flops(), 128.0 * 26.0);
+        assert_eq!(op(true).flops(), 64.0 * 26.0);
+        assert_eq!(op(true).bytes(), 4.0 * 64.0 * 4.0);
+        assert_eq!(op(true).decomposed_bytes(), op(true).bytes() + 6.0 * 128.0 * 4.0);
+        let matmul = Op::Matmul { lhs: v(1, &[2, 2]), rhs: v(2, &[2, 2]), out: v(3, &[2, 2]) };
+        assert_eq!(matmul.decomposed_bytes(), matmul.bytes());
+        let mut huge = op(true);
+        if let Op::Attention { scale, .. } = &mut huge {
+            *scale = 1e39;
+        }
+        assert!(huge.validate("test").unwrap_err().to_string().contains("f32"));
     }
 
     #[test]

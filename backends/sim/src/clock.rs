@@ -64,6 +64,15 @@ impl Clock {
         }
         scaled
     }
+
+    /// [`advance`](Self::advance) without the sleep: for work another chip's call already
+    /// paced (both ends of a peer copy).
+    pub(crate) fn advance_unpaced(&self, cost: Duration) -> Duration {
+        let mut state = self.lock();
+        let scaled = secs(cost.as_secs_f64() * state.slowdown);
+        state.now = state.now.saturating_add(scaled);
+        scaled
+    }
 }
 
 #[cfg(test)]

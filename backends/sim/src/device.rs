@@ -323,7 +323,9 @@ impl Device for SimDevice {
         let op = "copy_to_peer";
         let Some(peer) = self.peer(to) else { return Ok(false) };
         self.injected(Call::Other, op)?;
-        peer.injected(Call::Other, op)?;
+        if !std::ptr::eq(self, peer) {
+            peer.injected(Call::Other, op)?;
+        }
         let src_inner = self.inner_buffer(op, src)?;
         let dst_inner = peer.inner_buffer(op, dst)?;
         if self.inner.info().id == peer.inner.info().id {
@@ -338,8 +340,11 @@ impl Device for SimDevice {
             return Ok(false);
         }
         let took = self.profile.peer_time(&peer.profile, bytes).unwrap_or_default();
+        // Both chips are busy for the copy; with pacing on, one of them sleeps for it.
         self.clock.advance(took);
-        peer.clock.advance(took);
+        if !std::ptr::eq(self, peer) {
+            peer.clock.advance_unpaced(took);
+        }
         Ok(true)
     }
 
@@ -353,7 +358,12 @@ impl Device for SimDevice {
             remap(op, |buf| self.resolve(&table, "run", buf).map(|(inner, _)| inner))?
         };
         self.inner.submit(inner_op).map_err(|e| relabel(e, &self.label))?;
-        self.clock.advance(self.profile.op_time(op));
+        // Priced as the inner device runs it: attention without a kernel writes its scores.
+        let cost = match self.inner.has_attention_kernel() {
+            true => self.profile.op_time(op),
+            false => self.profile.decomposed_op_time(op),
+        };
+        self.clock.advance(cost);
         Ok(())
     }
 

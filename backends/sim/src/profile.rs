@@ -132,6 +132,14 @@ impl SimProfile {
         self.latency.saturating_add(secs(compute.max(memory)))
     }
 
+    /// [`op_time`](Self::op_time) for an op run as its decomposition
+    /// ([`Op::decomposed_bytes`]): attention on a chip without an attention kernel.
+    pub fn decomposed_op_time(&self, op: &Op) -> Duration {
+        let compute = op.flops() / self.flops_per_s.rate(op.class());
+        let memory = op.decomposed_bytes() / self.bytes_per_s;
+        self.latency.saturating_add(secs(compute.max(memory)))
+    }
+
     /// Predicted time of moving `bytes` between the host and this chip.
     pub fn transfer_time(&self, bytes: usize) -> Duration {
         self.latency.saturating_add(secs(bytes as f64 / self.link_bytes_per_s))

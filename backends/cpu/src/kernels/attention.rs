@@ -12,6 +12,7 @@ use manychips_api::Layout;
 use rayon::prelude::*;
 
 use super::elementwise::{load, store};
+use super::simd;
 use crate::element::Elem;
 
 /// Query rows per block: 64 rows of scores over a 4096-token context are 1 MiB of f32.
@@ -19,6 +20,18 @@ const ROWS: usize = 64;
 
 /// An operand: its elements and its `[.., time, head_dim]` layout.
 pub(crate) type Operand<'a, T> = (&'a [T], &'a Layout);
+
+/// The kernel could not allocate its scratch; the device answers `OutOfMemory`.
+#[derive(Debug)]
+pub(crate) struct Oom;
+
+/// `n` zeroed f32s, or `Oom` where the allocator has no room (never an abort).
+fn zeroed(n: usize) -> Result<Vec<f32>, Oom> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Oom)?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
 
 /// Geometry shared by the operands (validation gave them one shape).
 struct Shape {
@@ -50,23 +63,26 @@ fn row_at(layout: &Layout, lead: usize, row: usize) -> (usize, usize) {
 }
 
 /// Leading index `lead` of an operand as a contiguous f32 `[time, head]` matrix.
-fn matrix<T: Elem>((data, layout): Operand<'_, T>, lead: usize, s: &Shape) -> Vec<f32> {
-    let mut m = vec![0f32; s.time * s.head];
-    for (row, dst) in m.chunks_exact_mut(s.head.max(1)).enumerate() {
+fn matrix<T: Elem>(
+    (data, layout): Operand<'_, T>,
+    lead: usize,
+    s: &Shape,
+) -> Result<Vec<f32>, Oom> {
+    let mut m = zeroed(s.time * s.head)?;
+    for (row, dst) in m.chunks_exact_mut(s.head).enumerate() {
         let (at, stride) = row_at(layout, lead, row);
         load(data, at, stride, dst);
     }
-    m
+    Ok(m)
 }
 
-/// `dst[m×n] (+)= a[m×k] · b[k×n]`, each addressed by (row, column) strides; `dst` is
-/// row-major with `n` columns. Every element the strides reach is checked to lie in its
-/// slice before gemm sees the pointers.
-#[allow(clippy::too_many_arguments)]
+/// `dst[m×n] (+)= factor · a[m×k] · b[k×n]`, each addressed by (row, column) strides;
+/// `dst` is row-major with `n` columns. Every element the strides reach is checked to lie
+/// in its slice before gemm sees the pointers.
 fn product(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    add: bool,
+    (dst, add): (&mut [f32], bool),
+    factor: f32,
     (a, a_rs, a_cs): (&[f32], usize, usize),
     (b, b_rs, b_cs): (&[f32], usize, usize),
 ) {
@@ -103,7 +119,7 @@ fn product(
             b_cs as isize,
             b_rs as isize,
             1.0f32,
-            1.0f32,
+            factor,
             false,
             false,
             false,
@@ -115,31 +131,23 @@ fn product(
 /// Scaled scores of query rows `rows` against keys `0..seen` into `p` (`[rows, seen]`),
 /// turned into softmax weights in place: keys after a row's own position weigh nothing
 /// where `causal`.
-#[allow(clippy::too_many_arguments)]
 fn weights(
     p: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    rows: std::ops::Range<usize>,
-    seen: usize,
-    s: &Shape,
+    (q, k): (&[f32], &[f32]),
+    rows: &std::ops::Range<usize>,
+    (seen, head): (usize, usize),
     scale: f32,
     causal: bool,
 ) {
-    let d = s.head;
     let count = rows.len();
-    product((count, seen, d), p, false, (&q[rows.start * d..], d, 1), (k, 1, d));
+    let queries = &q[rows.start * head..];
+    product((count, seen, head), (p, false), scale, (queries, head, 1), (k, 1, head));
     for (r, row) in p[..count * seen].chunks_exact_mut(seen).enumerate() {
         let visible = if causal { (rows.start + r + 1).min(seen) } else { seen };
         let (kept, hidden) = row.split_at_mut(visible);
-        let top = kept.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-        let mut total = 0.0f32;
-        for x in kept.iter_mut() {
-            *x = (*x * scale - top).exp();
-            total += *x;
-        }
-        let inv = 1.0 / total;
-        kept.iter_mut().for_each(|x| *x *= inv);
+        let top = simd::max(kept);
+        let total = simd::exp_sub_inplace(kept, top);
+        simd::scale(kept, 1.0 / total);
         hidden.fill(0.0);
     }
 }
@@ -149,12 +157,21 @@ fn seen(rows: &std::ops::Range<usize>, s: &Shape, causal: bool) -> usize {
     if causal { rows.end } else { s.time }
 }
 
-/// Stores `values` (`[lead, time, head]`, contiguous f32) into `out` through its layout.
-fn store_all<T: Elem>(values: &[f32], (out, layout): (&mut [T], &Layout), s: &Shape) {
-    let rows = values.chunks_exact(s.head.max(1));
-    for (i, row) in rows.enumerate().take(s.lead * s.time) {
-        let (at, stride) = row_at(layout, i / s.time, i % s.time);
-        store(row, out, at, stride);
+/// Stores part `which` of `staged` (per leading index, `parts` contiguous f32 `[time, head]`
+/// matrices) into `out` through `layout`.
+fn store_part<T: Elem>(
+    staged: &[f32],
+    (parts, which): (usize, usize),
+    (out, layout): (&mut [T], &Layout),
+    s: &Shape,
+) {
+    let per_lead = s.time * s.head;
+    for lead in 0..s.lead {
+        let base = (lead * parts + which) * per_lead;
+        for (row, src) in staged[base..base + per_lead].chunks_exact(s.head).enumerate() {
+            let (at, stride) = row_at(layout, lead, row);
+            store(src, out, at, stride);
+        }
     }
 }
 
@@ -164,31 +181,37 @@ pub(crate) fn forward<T: Elem>(
     out: (&mut [T], &Layout),
     scale: f32,
     causal: bool,
-) {
+) -> Result<(), Oom> {
     let s = Shape::of(q.1);
-    if s.head == 0 || s.time == 0 {
-        return;
+    if s.head == 0 || s.time == 0 || s.lead == 0 {
+        return Ok(());
     }
-    // Each leading index's operands, converted once; then every (index, block) at once.
-    let operands: Vec<[Vec<f32>; 3]> = (0..s.lead)
-        .into_par_iter()
-        .map(|lead| [matrix(q, lead, &s), matrix(k, lead, &s), matrix(v, lead, &s)])
-        .collect();
-    let mut values = vec![0f32; s.lead * s.time * s.head];
     let per_lead = s.time * s.head;
-    values.par_chunks_mut(per_lead).zip(&operands).for_each(|(dst, [q, k, v])| {
-        dst.par_chunks_mut(ROWS * s.head).enumerate().for_each_init(
-            || vec![0f32; ROWS * s.time],
+    let mut values = zeroed(s.lead * per_lead)?;
+    // Each leading index's operands converted once, its blocks of rows then in parallel.
+    values.par_chunks_mut(per_lead).enumerate().try_for_each(|(lead, dst)| {
+        let (q, k, v) = (matrix(q, lead, &s)?, matrix(k, lead, &s)?, matrix(v, lead, &s)?);
+        dst.par_chunks_mut(ROWS * s.head).enumerate().try_for_each_init(
+            || zeroed(ROWS * s.time),
             |p, (block, out_rows)| {
+                let p = p.as_mut().map_err(|_| Oom)?;
                 let rows = block * ROWS..((block + 1) * ROWS).min(s.time);
                 let seen = seen(&rows, &s, causal);
-                weights(p, q, k, rows.clone(), seen, &s, scale, causal);
+                weights(p, (&q, &k), &rows, (seen, s.head), scale, causal);
                 let count = rows.len();
-                product((count, s.head, seen), out_rows, false, (p, seen, 1), (v, s.head, 1));
+                product(
+                    (count, s.head, seen),
+                    (out_rows, false),
+                    1.0,
+                    (p, seen, 1),
+                    (&v, s.head, 1),
+                );
+                Ok(())
             },
-        );
-    });
-    store_all(&values, out, &s);
+        )
+    })?;
+    store_part(&values, (1, 0), out, &s);
+    Ok(())
 }
 
 /// `out = [dq, dk, dv]` from `d_out`, per leading index; the weights recomputed block by
@@ -198,33 +221,29 @@ pub(crate) fn backward<T: Elem>(
     (out, layout): (&mut [T], &Layout),
     scale: f32,
     causal: bool,
-) {
+) -> Result<(), Oom> {
     let s = Shape::of(q.1);
-    if s.head == 0 || s.time == 0 {
-        return;
+    if s.head == 0 || s.time == 0 || s.lead == 0 {
+        return Ok(());
     }
     let per_lead = s.time * s.head;
     // [lead][dq | dk | dv], each [time, head].
-    let mut grads = vec![0f32; s.lead * 3 * per_lead];
-    grads.par_chunks_mut(3 * per_lead).enumerate().for_each(|(lead, dst)| {
-        let (q, k, v, d_out) = (
-            matrix(q, lead, &s),
-            matrix(k, lead, &s),
-            matrix(v, lead, &s),
-            matrix(d_out, lead, &s),
-        );
+    let mut grads = zeroed(s.lead * 3 * per_lead)?;
+    grads.par_chunks_mut(3 * per_lead).enumerate().try_for_each(|(lead, dst)| {
+        let (q, k) = (matrix(q, lead, &s)?, matrix(k, lead, &s)?);
+        let (v, d_out) = (matrix(v, lead, &s)?, matrix(d_out, lead, &s)?);
         let (dq, rest) = dst.split_at_mut(per_lead);
         let (dk, dv) = rest.split_at_mut(per_lead);
-        let (mut p, mut dp) = (vec![0f32; ROWS * s.time], vec![0f32; ROWS * s.time]);
+        let (mut p, mut dp) = (zeroed(ROWS * s.time)?, zeroed(ROWS * s.time)?);
         let d = s.head;
         for start in (0..s.time).step_by(ROWS) {
             let rows = start..(start + ROWS).min(s.time);
             let (count, seen) = (rows.len(), seen(&rows, &s, causal));
-            weights(&mut p, &q, &k, rows.clone(), seen, &s, scale, causal);
+            weights(&mut p, (&q, &k), &rows, (seen, d), scale, causal);
             let d_rows = &d_out[start * d..];
             // dv += pᵀ · d_out; dp = d_out · vᵀ.
-            product((seen, d, count), dv, true, (&p, 1, seen), (d_rows, d, 1));
-            product((count, seen, d), &mut dp, false, (d_rows, d, 1), (&v, 1, d));
+            product((seen, d, count), (dv, true), 1.0, (&p, 1, seen), (d_rows, d, 1));
+            product((count, seen, d), (&mut dp, false), 1.0, (d_rows, d, 1), (&v, 1, d));
             // The softmax's gradient, scaled: ds = scale · p ∘ (dp − Σ p ∘ dp).
             for (pr, dr) in p[..count * seen].chunks_exact(seen).zip(dp.chunks_exact_mut(seen)) {
                 let total: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
@@ -233,21 +252,21 @@ pub(crate) fn backward<T: Elem>(
                 }
             }
             // dq = ds · k; dk += dsᵀ · q.
-            product((count, d, seen), &mut dq[start * d..], false, (&dp, seen, 1), (&k, d, 1));
-            product((seen, d, count), dk, true, (&dp, 1, seen), (&q[start * d..], d, 1));
+            let dq_rows = &mut dq[start * d..];
+            product((count, d, seen), (dq_rows, false), 1.0, (&dp, seen, 1), (&k, d, 1));
+            product((seen, d, count), (dk, true), 1.0, (&dp, 1, seen), (&q[start * d..], d, 1));
         }
-    });
+        Ok(())
+    })?;
     // Entry `i` of `out`'s first axis is dq, dk or dv.
-    for (which, part) in [0, 1, 2].into_iter().map(|i| (i, layout.narrowed(0, i, 1))) {
+    for which in 0..3 {
+        let part = layout.narrowed(0, which, 1);
         let inner = Layout {
             shape: manychips_api::Shape::new(part.dims()[1..].to_vec()),
             strides: part.strides[1..].to_vec(),
             offset: part.offset,
         };
-        let values: Vec<f32> = grads
-            .chunks_exact(3 * per_lead)
-            .flat_map(|g| g[which * per_lead..(which + 1) * per_lead].iter().copied())
-            .collect();
-        store_all(&values, (&mut *out, &inner), &s);
+        store_part(&grads, (3, which), (&mut *out, &inner), &s);
     }
+    Ok(())
 }

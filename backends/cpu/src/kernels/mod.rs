@@ -2,8 +2,8 @@
 //! kernel call.
 //!
 //! Ops arrive validated (`Op::validate` plus the device's buffer checks), so the kernels
-//! trust shapes and dtypes; slice indexing still bounds-checks every access, and the one
-//! raw-pointer user (gemm) re-checks its views.
+//! trust shapes and dtypes; slice indexing still bounds-checks every access, and the two
+//! raw-pointer users (gemm, from `matmul` and `attention`) re-check their views.
 
 pub(crate) mod attention;
 pub(crate) mod copy;
@@ -412,8 +412,8 @@ pub(crate) fn execute(
                     (typed_mut(out), ol),
                     *scale as f32,
                     *causal,
-                );
-                Ok(())
+                )
+                .map_err(|_| env.oom(op))
             }, Err(not_float(ov.dtype)))
         }
         Op::AttentionBackward { q, k, v, d_out, out: _, scale, causal } => {
@@ -429,8 +429,8 @@ pub(crate) fn execute(
                     (typed_mut(out), ol),
                     *scale as f32,
                     *causal,
-                );
-                Ok(())
+                )
+                .map_err(|_| env.oom(op))
             }, Err(not_float(ov.dtype)))
         }
         Op::Softmax { input, out: _, axis, log } => {
