@@ -201,6 +201,54 @@ fn bandwidth(out: &mut Out, cuda: &CudaDevice, cpu: &DeviceRef) -> Result<Value>
     }))
 }
 
+/// Causal bf16 attention of 32 heads × 2048 tokens × 128 as `dev` runs it (on CUDA, the
+/// decomposition: cuBLAS matmuls, the masked scale, a softmax), forward and backward, in
+/// TFLOP/s of the op's own flops: what a fused attention kernel for the GPU backends would
+/// have to beat, next to the same device's GEMM rate.
+fn attention_row(out: &mut Out, dev: &dyn Device) -> Result<Value> {
+    let (dims, dtype) = ([32usize, 2048, 128], DType::BF16);
+    let n: usize = dims.iter().product();
+    let bufs = [
+        filled(dev, n, dtype, 0.01)?,
+        filled(dev, n, dtype, 0.02)?,
+        filled(dev, n, dtype, 0.03)?,
+        filled(dev, n, dtype, 0.01)?,
+        filled(dev, n, dtype, 0.0)?,
+        filled(dev, 3 * n, dtype, 0.0)?,
+    ];
+    let [q, k, v, g, o, grads] = bufs.map(|b| view(b, &dims, dtype));
+    let grads = view(grads.buffer, &[3, dims[0], dims[1], dims[2]], dtype);
+    let (scale, causal) = (1.0 / (dims[2] as f64).sqrt(), true);
+    let forward = Op::Attention { q: q.clone(), k: k.clone(), v: v.clone(), out: o, scale, causal };
+    let backward = Op::AttentionBackward { q, k, v, d_out: g, out: grads, scale, causal };
+    let mut rows = Vec::new();
+    for (name, op) in [("forward", &forward), ("backward", &backward)] {
+        let secs = time(3, 0.3, || {
+            dev.run(op)?;
+            dev.synchronize()
+        });
+        match secs {
+            Ok(s) => {
+                let tflops = op.flops() / s / 1e12;
+                out.line(&format!(
+                    "attention bf16 32x2048x128 causal {name}: {:.2} ms, {tflops:.1} TFLOP/s{}",
+                    s * 1e3,
+                    if dev.has_attention_kernel() { "" } else { " (decomposed)" }
+                ));
+                rows.push(json!({ "pass": name, "ms": s * 1e3, "tflops": tflops }));
+            }
+            Err(e) => {
+                out.line(&format!("attention {name}: {e}"));
+                rows.push(json!({ "pass": name, "error": e.to_string() }));
+            }
+        }
+    }
+    for buf in bufs {
+        let _ = dev.free(buf);
+    }
+    Ok(json!({ "kernel": dev.has_attention_kernel(), "rows": rows }))
+}
+
 /// The bench table of one CUDA device.
 pub fn cuda(out: &mut Out, cuda: &Arc<CudaDevice>, cpu: &DeviceRef) -> Value {
     let label = cuda.info().label();
@@ -220,7 +268,11 @@ pub fn cuda(out: &mut Out, cuda: &Arc<CudaDevice>, cpu: &DeviceRef) -> Value {
     out.line(&format!("kernels built and loaded in {warm_s:.1} s"));
     let gemm = gemm_table(out, cuda).map_err(|e| e.to_string());
     let bw = bandwidth(out, cuda, cpu).map_err(|e| e.to_string());
-    for (what, r) in [("gemm", gemm.as_ref().err()), ("bandwidth", bw.as_ref().err())] {
+    let attention = attention_row(out, cuda.as_ref()).map_err(|e| e.to_string());
+    let failed = [("gemm", gemm.as_ref().err()), ("bandwidth", bw.as_ref().err())]
+        .into_iter()
+        .chain([("attention", attention.as_ref().err())]);
+    for (what, r) in failed {
         if let Some(e) = r {
             out.line(&format!("{label} {what}: {e}"));
         }
@@ -229,6 +281,7 @@ pub fn cuda(out: &mut Out, cuda: &Arc<CudaDevice>, cpu: &DeviceRef) -> Value {
         "device": label, "name": cuda.info().name, "kernel_warm_up_s": warm_s,
         "gemm": gemm.map(Value::from).unwrap_or_else(|e| json!({ "error": e })),
         "bandwidth": bw.unwrap_or_else(|e| json!({ "error": e })),
+        "attention": attention.unwrap_or_else(|e| json!({ "error": e })),
     })
 }
 

@@ -1,6 +1,7 @@
 //! What a lent GPU machine can tell in a few minutes, as one JSON and one text summary: the
 //! CUDA libraries found, every device (CUDA, Vulkan, wgpu) with its identity, the conformance
-//! kit on each, the CUDA bench table, the character transformer's step on `cuda:0` (beside
+//! kit on each, the CUDA bench table (with attention as the backend runs it), the character
+//! transformer's step on `cuda:0` (beside
 //! PyTorch's on the same GPU when `--torch` names `scripts/peers/charlm_step.py`'s JSON), a
 //! planned matmul split and a data-parallel step over the GPU and the CPU.
 //!
