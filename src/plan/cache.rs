@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use manychips_api::{Device, DeviceInfo, Result};
 
-use super::calibrate::{Settings, calibrate_together, calibrate_with};
+use super::calibrate::{Settings, calibrate_peer, calibrate_together, calibrate_with};
 use super::profile::DeviceProfile;
 use crate::files::Dir;
 
@@ -197,6 +197,18 @@ impl Calibration {
                 self.store_logged(device.info(), profile);
             }
         }
+        // Copies between devices that reach each other: a pair's link is no one device's
+        // figure, so it is measured for this fleet every time (never cached), and a device
+        // keeps its fastest.
+        for (profile, &from) in profiles.iter_mut().zip(devices) {
+            profile.peer_bytes_per_s = None;
+            for &to in devices {
+                if let Some(rate) = calibrate_peer(from, to, &self.settings)? {
+                    profile.peer_bytes_per_s =
+                        Some(profile.peer_bytes_per_s.unwrap_or(0.0).max(rate));
+                }
+            }
+        }
         Ok(profiles)
     }
 
@@ -271,6 +283,32 @@ mod tests {
         assert!(a.starts_with("cpu-weird-name-gpu-"), "{a}");
         info.driver_version.push('x');
         assert_ne!(file_name(&info), a);
+    }
+
+    /// Two simulated chips with peer links over one CPU get a measured peer bandwidth from
+    /// the fleet's calibration, never cached; a chip without a link gets none.
+    #[test]
+    fn the_fleet_calibration_measures_peer_copies_and_does_not_cache_them() {
+        let dir = temp_dir();
+        let cal = Calibration::in_dir(&dir).with_settings(Settings::quick());
+        let inner: std::sync::Arc<dyn Device> =
+            std::sync::Arc::new(manychips_cpu::CpuDevice::with_threads(1).unwrap());
+        let chip = |ordinal, linked: bool| {
+            let mut profile = manychips_sim::SimProfile::new(format!("chip {ordinal}"));
+            if linked {
+                profile = profile.with_peer_link(10e9);
+            }
+            manychips_sim::SimDevice::new(inner.clone(), profile, ordinal).unwrap()
+        };
+        let (a, b, plain) = (chip(0, true), chip(1, true), chip(2, false));
+        let profiles = cal.load_or_measure_all(&[&a, &b, &plain], false).unwrap();
+        let peer: Vec<bool> = profiles.iter().map(|p| p.peer_bytes_per_s.is_some()).collect();
+        assert_eq!(peer, [true, true, false]);
+        assert!(profiles[0].peer_bytes_per_s.is_some_and(|r| r.is_finite() && r > 0.0));
+        // (A profile measured on a busy machine is not cached at all.)
+        let cached = cal.load(a.info());
+        assert!(cached.is_none_or(|p| p.peer_bytes_per_s.is_none()), "peer rates are not cached");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -184,6 +184,32 @@ pub fn calibrate_together(
     })
 }
 
+/// Bandwidth of copies from `from` to `to` that go without the host
+/// ([`Device::reaches`]), bytes/s: the median time of a `transfer_bytes` copy. `None` where
+/// `from` does not reach `to` (or is `to`): such copies go through the host, priced by the
+/// two devices' own link figures.
+pub fn calibrate_peer(
+    from: &dyn Device,
+    to: &dyn Device,
+    settings: &Settings,
+) -> Result<Option<f64>> {
+    if from.info().id == to.info().id || !from.reaches(to) {
+        return Ok(None);
+    }
+    let bytes = settings.transfer_bytes.max(1);
+    with_buffers(from, &[bytes], |src| {
+        with_buffers(to, &[bytes], |dst| {
+            let mut direct = true;
+            let t = median_time(settings, || {
+                direct &= from.copy_to_peer(src[0], 0, to, dst[0], 0, bytes)?;
+                to.synchronize()
+            })?;
+            // A backend that reaches a device but then declines the copy is taken at its word.
+            Ok(direct.then(|| bytes as f64 / t.max(f64::MIN_POSITIVE)))
+        })
+    })
+}
+
 /// Seconds of `t` spent computing: the per-op latency taken out, but never more than half,
 /// so a noisy latency cannot make a rate infinite or negative.
 fn without_latency(t: f64, latency: f64) -> f64 {
@@ -371,6 +397,28 @@ mod tests {
         assert_eq!(without_latency(1.0, 0.25), 0.75);
         assert_eq!(without_latency(1.0, 2.0), 0.5);
         assert!(without_latency(0.0, 0.0) > 0.0);
+    }
+
+    /// Simulated chips with peer links over one CPU reach each other: a copy between them
+    /// is measured; a chip without a link, or a device and itself, gives `None`.
+    #[test]
+    fn peer_bandwidth_is_measured_only_between_devices_that_reach_each_other() {
+        use std::sync::Arc;
+        let cpu: Arc<dyn Device> = Arc::new(manychips_cpu::CpuDevice::with_threads(1).unwrap());
+        let chip = |ordinal, linked: bool| {
+            let mut profile = manychips_sim::SimProfile::new("chip");
+            if linked {
+                profile = profile.with_peer_link(10e9);
+            }
+            manychips_sim::SimDevice::new(cpu.clone(), profile, ordinal).unwrap()
+        };
+        let (a, b, plain) = (chip(0, true), chip(1, true), chip(2, false));
+        let settings = Settings::quick();
+        let rate = calibrate_peer(&a, &b, &settings).unwrap().expect("a reaches b");
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+        assert_eq!(calibrate_peer(&a, &plain, &settings).unwrap(), None);
+        assert_eq!(calibrate_peer(&a, &a, &settings).unwrap(), None);
+        assert_eq!(calibrate_peer(cpu.as_ref(), &a, &settings).unwrap(), None);
     }
 
     #[test]

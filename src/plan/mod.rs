@@ -36,7 +36,7 @@ mod watchdog;
 pub use cache::{CACHE_DIR_ENV, Calibration, default_cache_dir};
 #[cfg(any(feature = "wgpu", feature = "vulkan"))]
 pub use calibrate::calibrate_picking_kernel;
-pub use calibrate::{Settings, calibrate, calibrate_together, calibrate_with};
+pub use calibrate::{Settings, calibrate, calibrate_peer, calibrate_together, calibrate_with};
 pub use cut::{cut, cut_axes};
 pub use execute::Timing;
 pub use learn::{Corrections, LEARNING_RATE};
