@@ -109,8 +109,8 @@ fn uniform(
         .iter()
         .map(|replica| {
             let stages = replica.stages.len();
-            // Layer 0 is the embeddings, then each block's two halves, then the head.
-            let blocks = (costs.len() - 2) / 2;
+            // Layer 0 is the embeddings, then each block's four quarters, then the head.
+            let blocks = (costs.len() - 2) / 4;
             if stages > blocks {
                 return None;
             }
@@ -120,9 +120,9 @@ fn uniform(
                 .iter()
                 .enumerate()
                 .map(|(s, stage)| {
-                    let first = if s == 0 { 0 } else { 1 + 2 * done };
+                    let first = if s == 0 { 0 } else { 1 + 4 * done };
                     done += blocks / stages + usize::from(s < blocks % stages);
-                    let end = if s + 1 == stages { costs.len() } else { 1 + 2 * done };
+                    let end = if s + 1 == stages { costs.len() } else { 1 + 4 * done };
                     (first..end, chip(stage))
                 })
                 .collect();

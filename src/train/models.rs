@@ -4,6 +4,8 @@
 
 use super::nn::{Activation, Ctx, Dropout, Embedding, LayerNorm, Linear, TransformerBlock};
 use super::{Layered, Param, ParamStore, Var};
+use std::ops::Range;
+
 use crate::{DType, Error, Result, Tensor};
 
 /// `Linear → activation (→ dropout)` repeated, then a last `Linear`.
@@ -145,38 +147,107 @@ impl Gpt {
     }
 }
 
-/// Layer 0 embeds the ids (`[batch, time]` `u32`); then each block is two layers, its
-/// attention and its MLP (each a residual branch of its own, so a stage may end between
-/// them: half a block is what a pipeline's stages are balanced by); the last layer is the
-/// final norm with the head.
+/// Layer 0 embeds the ids (`[batch, time]` `u32`); then each block is four layers, its
+/// quarters ([`TransformerBlock::project`], [`attend_to`](TransformerBlock::attend_to),
+/// [`expand`](TransformerBlock::expand), [`contract`](TransformerBlock::contract): a
+/// pipeline's stages are balanced by a quarter of a block); the last layer is the final
+/// norm with the head.
+///
+/// A quarter's output is the residual stream with, after the first and the third, what the
+/// next quarter reads beside it: `[x | q | k | v]` and `[x | hidden]` along the last axis.
+/// Those are joined only where a run of layers ends there (a stage boundary); within a
+/// run, the quarters pass their parts along as the whole block would.
 impl Layered for Gpt {
     fn depth(&self) -> usize {
-        2 * self.blocks.len() + 2
+        4 * self.blocks.len() + 2
     }
 
-    fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
-        let halves = 2 * self.blocks.len();
-        match layer {
-            0 => self.embed(x.tensor()),
-            l if l <= halves && l % 2 == 1 => self.blocks[(l - 1) / 2].attend(x),
-            l if l <= halves => self.blocks[(l - 1) / 2].feed_forward(x),
-            l if l == halves + 1 => self.logits(x),
-            l => Err(Error::InvalidArgument {
-                op: "Gpt::forward_layer".into(),
+    fn forward_layer(&self, layer: usize, x: &Var, ctx: &Ctx) -> Result<Var> {
+        self.forward_layers(layer..layer + 1, x, ctx)
+    }
+
+    fn forward_layers(&self, layers: Range<usize>, x: &Var, _ctx: &Ctx) -> Result<Var> {
+        let quarters = 4 * self.blocks.len();
+        if layers.end > quarters + 2 || layers.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: "Gpt::forward_layers".into(),
                 device: x.tensor().device().info().label(),
-                detail: format!("layer {l} of {}", halves + 2),
-            }),
+                detail: format!("layers {layers:?} of {}", quarters + 2),
+            });
         }
+        let dim = self.config.dim;
+        // What the previous layer's output holds: after a block's first quarter, the stream
+        // and `q, k, v`; after its third, the stream and the hidden activations.
+        let mut parts = match layers.start {
+            0 => vec![self.embed(x.tensor())?],
+            l if l <= quarters && l % 4 == 2 => split(x, &[dim; 4])?,
+            l if l <= quarters && l % 4 == 0 => split(x, &[dim, 4 * dim])?,
+            _ => vec![x.clone()],
+        };
+        for layer in layers.start.max(1)..layers.end {
+            parts = match layer {
+                l if l > quarters => vec![self.logits(&parts[0])?],
+                l => {
+                    let block = &self.blocks[(l - 1) / 4];
+                    match (l - 1) % 4 {
+                        0 => {
+                            let [q, k, v] = block.project(&parts[0])?;
+                            vec![parts[0].clone(), q, k, v]
+                        }
+                        1 => {
+                            let qkv = [parts[1].clone(), parts[2].clone(), parts[3].clone()];
+                            vec![block.attend_to(&parts[0], &qkv)?]
+                        }
+                        2 => vec![parts[0].clone(), block.expand(&parts[0])?],
+                        _ => vec![block.contract(&parts[0], &parts[1])?],
+                    }
+                }
+            };
+        }
+        match parts.len() {
+            1 => Ok(parts.remove(0)),
+            _ => Var::cat(&parts.iter().collect::<Vec<_>>(), -1),
+        }
+    }
+
+    fn joins_output(&self, layer: usize) -> bool {
+        // A block's first and third quarters: `[x | q | k | v]` and `[x | hidden]`.
+        (1..=4 * self.blocks.len()).contains(&layer) && (layer - 1).is_multiple_of(2)
     }
 
     fn layer_params(&self, layer: usize) -> Vec<Param> {
-        let halves = 2 * self.blocks.len();
+        let quarters = 4 * self.blocks.len();
         match layer {
             0 => [self.tokens.params(), self.positions.params()].concat(),
-            l if l <= halves && l % 2 == 1 => self.blocks[(l - 1) / 2].attention_params(),
-            l if l <= halves => self.blocks[(l - 1) / 2].feed_forward_params(),
-            l if l == halves + 1 => [self.ln.params(), self.head.params()].concat(),
+            l if l <= quarters => {
+                let [a, b, c, d] = self.blocks[(l - 1) / 4].quarter_params();
+                [a, b, c, d].into_iter().nth((l - 1) % 4).unwrap_or_default()
+            }
+            l if l == quarters + 1 => [self.ln.params(), self.head.params()].concat(),
             _ => Vec::new(),
         }
     }
+}
+
+/// `x` cut along its last axis into parts of `widths` (views), as the layer
+/// that joined them had them.
+fn split(x: &Var, widths: &[usize]) -> Result<Vec<Var>> {
+    let total: usize = widths.iter().sum();
+    if x.dims().last() != Some(&total) {
+        return Err(Error::Shape {
+            op: "Gpt::forward_layers".into(),
+            device: x.tensor().device().info().label(),
+            detail: format!("input {:?} is not [.., {total}] (parts {widths:?})", x.dims()),
+        });
+    }
+    let axis = x.rank() - 1;
+    let mut start = 0;
+    widths
+        .iter()
+        .map(|&w| {
+            let part = x.narrow(axis, start, w);
+            start += w;
+            part
+        })
+        .collect()
 }

@@ -249,9 +249,14 @@ impl Var {
         };
         for var in order {
             let Some(backward) = &var.0.backward else { continue };
-            census.ops += 1;
             let value = &var.0.value;
-            census.written_bytes += value.numel() * value.dtype().size_in_bytes();
+            // A view (a transpose, a narrow, a reshape that needs no copy) shares its
+            // input's buffer: it launches nothing and writes nothing.
+            let view = var.0.inputs.iter().any(|i| i.0.value.storage_key() == value.storage_key());
+            if !view {
+                census.ops += 1;
+                census.written_bytes += value.numel() * value.dtype().size_in_bytes();
+            }
             keep(value);
             for input in var.0.inputs.iter().filter(|v| !v.requires_grad()) {
                 keep(&input.0.value);
@@ -335,7 +340,8 @@ impl fmt::Debug for Var {
 /// ops, how many flops its matmuls do, and how much memory it keeps for the backward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct GraphCensus {
-    /// Recorded ops.
+    /// Recorded ops that make a buffer of their own (views are not counted: they launch
+    /// nothing).
     pub ops: usize,
     /// Flops of the forward matmuls (2·m·n·k each).
     pub matmul_flops: f64,
@@ -406,5 +412,31 @@ impl Grads {
 impl fmt::Debug for Grads {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.map.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{CpuDevice, DeviceRef};
+
+    /// Views share their input's buffer: the census counts no launch and no write for
+    /// them, and keeps the buffer once.
+    #[test]
+    fn the_census_counts_ops_that_write_not_views() -> Result<()> {
+        let device: DeviceRef = Arc::new(CpuDevice::with_threads(1)?);
+        let x = Var::leaf(Tensor::from_slice(&[1.0f32; 24], [2, 3, 4], &device)?);
+        // Two ops that write (an add, a matmul) and three views (a narrow, a transpose, a
+        // reshape of a contiguous buffer).
+        let doubled = x.add(&x)?;
+        let part = doubled.narrow(2, 0, 2)?;
+        let y = part.matmul(&part.transpose(1, 2)?)?.reshape([2, 9])?;
+        let census = y.census();
+        assert_eq!(census.ops, 2);
+        assert_eq!(census.written_bytes, (24 + 18) * 4);
+        assert_eq!(census.matmul_flops, 2.0 * 18.0 * 2.0);
+        Ok(())
     }
 }

@@ -33,34 +33,46 @@ impl CausalSelfAttention {
 
     /// `x` is `[batch, time, dim]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
-        let [batch, time, dim] = match x.dims() {
-            &[b, t, d] => [b, t, d],
-            other => {
-                return Err(Error::Shape {
-                    op: "CausalSelfAttention::forward".into(),
-                    device: x.tensor().device().info().label(),
-                    detail: format!("input {other:?} is not [batch, time, dim]"),
-                });
-            }
-        };
+        let [q, k, v] = self.project(x)?;
+        self.combine(&q, &k, &v)
+    }
+
+    /// Query, key and value of `x` (`[batch, time, dim]` each), each from its rows of the
+    /// `qkv` layer: the first part of [`forward`](Self::forward).
+    pub fn project(&self, x: &Var) -> Result<[Var; 3]> {
+        let dim = self.dims_of(x, "CausalSelfAttention::project")?[2];
+        let part = |i: usize| self.qkv.forward_outputs(x, i * dim..(i + 1) * dim);
+        Ok([part(0)?, part(1)?, part(2)?])
+    }
+
+    /// The heads' causal attention over [`project`](Self::project)'s query, key and value,
+    /// then the output projection: the rest of [`forward`](Self::forward).
+    pub fn combine(&self, q: &Var, k: &Var, v: &Var) -> Result<Var> {
+        let [batch, time, dim] = self.dims_of(q, "CausalSelfAttention::combine")?;
         let (heads, head_dim) = (self.heads, dim / self.heads);
-        // Query, key and value each from their rows of the `qkv` layer, as
         // [batch, time, dim] -> [batch, heads, time, head_dim].
-        let split = |i: usize| -> Result<Var> {
-            self.qkv
-                .forward_outputs(x, i * dim..(i + 1) * dim)?
-                .reshape([batch, time, heads, head_dim])?
-                .permute([0, 2, 1, 3])
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+        let split = |x: &Var| x.reshape([batch, time, heads, head_dim])?.permute([0, 2, 1, 3]);
         let scale = 1.0 / (head_dim as f64).sqrt();
         // One op from q, k and v to the heads' outputs (`Op::Attention`): it keeps nothing of
         // its own, and its backward pass computes the attention weights again, so the
         // `[heads, time, time]` scores and weights (most of a block's activations at long
         // contexts) are never kept, as in FlashAttention and Megatron's selective
         // recomputation; on a device with an attention kernel they are never stored at all.
-        let out =
-            q.attention(&k, &v, scale, true)?.permute([0, 2, 1, 3])?.reshape([batch, time, dim])?;
+        let out = split(q)?
+            .attention(&split(k)?, &split(v)?, scale, true)?
+            .permute([0, 2, 1, 3])?
+            .reshape([batch, time, dim])?;
         self.proj.forward(&out)
+    }
+
+    fn dims_of(&self, x: &Var, op: &str) -> Result<[usize; 3]> {
+        match x.dims() {
+            &[b, t, d] => Ok([b, t, d]),
+            other => Err(Error::Shape {
+                op: op.into(),
+                device: x.tensor().device().info().label(),
+                detail: format!("input {other:?} is not [batch, time, dim]"),
+            }),
+        }
     }
 }

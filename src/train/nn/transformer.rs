@@ -39,6 +39,18 @@ impl TransformerBlock {
         [self.ln2.params(), self.fc1.params(), self.fc2.params()].concat()
     }
 
+    /// The parameters of each of its quarters ([`project`](Self::project),
+    /// [`attend_to`](Self::attend_to), [`expand`](Self::expand),
+    /// [`contract`](Self::contract)), in order.
+    pub fn quarter_params(&self) -> [Vec<Param>; 4] {
+        [
+            [self.ln1.params(), self.attn.qkv.params()].concat(),
+            self.attn.proj.params(),
+            [self.ln2.params(), self.fc1.params()].concat(),
+            self.fc2.params(),
+        ]
+    }
+
     /// `x` is `[batch, time, dim]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
         self.feed_forward(&self.attend(x)?)
@@ -46,12 +58,31 @@ impl TransformerBlock {
 
     /// The first half, a residual branch of its own: `x + attn(ln1(x))`.
     pub fn attend(&self, x: &Var) -> Result<Var> {
-        x.add(&self.attn.forward(&self.ln1.forward(x)?)?)
+        self.attend_to(x, &self.project(x)?)
     }
 
     /// The second half: `x + mlp(ln2(x))`.
     pub fn feed_forward(&self, x: &Var) -> Result<Var> {
-        let hidden = self.fc1.forward_activated(&self.ln2.forward(x)?, Some(Activation::Gelu))?;
-        x.add(&self.fc2.forward(&hidden)?)
+        self.contract(x, &self.expand(x)?)
+    }
+
+    /// The first quarter: attention's query, key and value of `ln1(x)`.
+    pub fn project(&self, x: &Var) -> Result<[Var; 3]> {
+        self.attn.project(&self.ln1.forward(x)?)
+    }
+
+    /// The second quarter: `x` plus the attention of [`project`](Self::project)'s `qkv`.
+    pub fn attend_to(&self, x: &Var, [q, k, v]: &[Var; 3]) -> Result<Var> {
+        x.add(&self.attn.combine(q, k, v)?)
+    }
+
+    /// The third quarter: the MLP's hidden activations of `ln2(x)`, `[batch, time, 4·dim]`.
+    pub fn expand(&self, x: &Var) -> Result<Var> {
+        self.fc1.forward_activated(&self.ln2.forward(x)?, Some(Activation::Gelu))
+    }
+
+    /// The last quarter: `x` plus the MLP's output of [`expand`](Self::expand)'s `hidden`.
+    pub fn contract(&self, x: &Var, hidden: &Var) -> Result<Var> {
+        x.add(&self.fc2.forward(hidden)?)
     }
 }

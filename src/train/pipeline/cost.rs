@@ -20,6 +20,10 @@ pub struct LayerCost {
     pub transient_bytes: usize,
     /// Bytes of its output: what crosses to the next stage, and its gradient back.
     pub output_bytes: usize,
+    /// Bytes of its output that it makes only where a stage ends after it (its parts
+    /// joined to be handed on, [`Layered::joins_output`]), kept for each micro-batch in
+    /// flight there; 0 where the output is one of its activations anyway.
+    pub joined_bytes: usize,
     /// Flops of its matmuls, forward.
     pub matmul_flops: f64,
     /// Matmul flops its backward pass spends computing forward results again (attention's
@@ -69,9 +73,10 @@ impl TransformerShape {
     }
 
     /// The model's layers as [`Layered for Gpt`](crate::train::models::Gpt) cuts them:
-    /// the embeddings, each block's attention and MLP, the final norm with the head. Flops and parameters are
-    /// exact; the activations follow what this library's layers keep (counted from their
-    /// graphs: 28 `[tokens, dim]` buffers per block and per-token statistics; attention's
+    /// the embeddings, each block's four quarters, the final norm with the head. Flops and
+    /// parameters are exact; the activations follow what this library's layers keep
+    /// (counted from their graphs: 28 `[tokens, dim]` buffers per block and per-token
+    /// statistics, and the joins where a stage ends mid-block; attention's
     /// `[rows, heads, context, context]` tensors are computed again, not kept), checked
     /// against a measurement in the tests.
     pub fn layers(&self) -> Vec<LayerCost> {
@@ -81,59 +86,61 @@ impl TransformerShape {
         let p = self.param_bytes as f64;
         let scores = (self.rows * self.heads) as f64 * s * s;
         let dtype = if self.activation_bytes == 2 { DType::BF16 } else { DType::F32 };
-        let layer = |params: f64, kept: f64, flops: f64, ops: usize| LayerCost {
+        // `buffers` elements its ops write and the graph keeps, `stats` more kept (norms'
+        // per-token statistics, ids).
+        let layer = |params: f64, buffers: f64, stats: f64, flops: f64, ops: usize| LayerCost {
             param_bytes: (params * p) as usize,
-            activation_bytes: (kept * a) as usize,
+            activation_bytes: ((buffers + stats) * a) as usize,
             transient_bytes: 0,
             output_bytes: (tokens * d * a) as usize,
+            joined_bytes: 0,
             matmul_flops: flops,
             recomputed_flops: 0.0,
-            // Each kept buffer written once, plus the temporaries its ops make and drop: 1.7×
-            // is what the graph census measured on this library's blocks.
-            written_bytes: (1.7 * kept * a) as usize,
+            written_bytes: (buffers * a) as usize,
             ops,
             dtype,
             rows: self.rows,
         };
-        let embed = layer((v + s) * d, 2.0 * tokens * d + s * d + tokens + s, 0.0, 5);
-        // Each block is two layers. Without an attention kernel, its `[rows, heads, s, s]`
-        // scores, masked scores and weights are written and read but not kept (its backward
-        // pass computes them again); with one, they stay in the kernel's cache-sized blocks.
+        let embed = layer((v + s) * d, 2.0 * tokens * d + s * d, tokens + s, 0.0, 3);
+        // Each block is four layers, its quarters. The first and the third hand on the
+        // residual stream beside what the next quarter reads (`[x | q | k | v]`,
+        // `[x | hidden]`): joined into one buffer only where a stage ends there.
+        let project = LayerCost {
+            output_bytes: (4.0 * tokens * d * a) as usize,
+            joined_bytes: (4.0 * tokens * d * a) as usize,
+            ..layer(3.0 * d * d + 5.0 * d, 7.0 * tokens * d, 2.0 * tokens, 6.0 * tokens * d * d, 7)
+        };
+        // Without an attention kernel, its `[rows, heads, s, s]` scores, masked scores and
+        // weights are written and read but not kept (its backward pass computes them
+        // again); with one, they stay in the kernel's cache-sized blocks.
         let (score_writes, transient) = match self.attention_kernel {
             true => (0.0, 7.0 * tokens * d * 4.0),
             false => (3.0 * scores, 4.0 * scores * a),
         };
-        let attention = LayerCost {
-            written_bytes: (1.7 * (14.0 * tokens * d + score_writes + 3.0 * tokens) * a) as usize,
+        let attend = LayerCost {
+            written_bytes: ((5.0 * tokens * d + score_writes) * a) as usize,
             recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
             transient_bytes: transient as usize,
             ..layer(
-                4.0 * d * d + 6.0 * d,
-                12.0 * tokens * d + 2.0 * tokens,
-                2.0 * tokens * 4.0 * d * d + 4.0 * self.rows as f64 * s * s * d,
-                37,
+                d * d + d,
+                5.0 * tokens * d,
+                0.0,
+                2.0 * tokens * d * d + 4.0 * self.rows as f64 * s * s * d,
+                5,
             )
         };
-        let mlp = LayerCost {
-            written_bytes: (1.7 * (24.0 * tokens * d + 2.0 * tokens) * a) as usize,
-            ..layer(
-                8.0 * d * d + 7.0 * d,
-                16.0 * tokens * d + 2.0 * tokens,
-                2.0 * tokens * 8.0 * d * d,
-                13,
-            )
+        let expand = LayerCost {
+            output_bytes: (5.0 * tokens * d * a) as usize,
+            joined_bytes: (5.0 * tokens * d * a) as usize,
+            ..layer(4.0 * d * d + 6.0 * d, 13.0 * tokens * d, 2.0 * tokens, 8.0 * tokens * d * d, 4)
         };
+        let contract = layer(4.0 * d * d + d, 3.0 * tokens * d, 0.0, 8.0 * tokens * d * d, 3);
         let head = LayerCost {
             output_bytes: (tokens * v * a) as usize,
-            ..layer(
-                2.0 * d + d * v,
-                tokens * d + tokens * v + 2.0 * tokens,
-                2.0 * tokens * d * v,
-                6,
-            )
+            ..layer(2.0 * d + d * v, tokens * d + tokens * v, 2.0 * tokens, 2.0 * tokens * d * v, 2)
         };
         std::iter::once(embed)
-            .chain(std::iter::repeat_n([attention, mlp], self.blocks).flatten())
+            .chain(std::iter::repeat_n([project, attend, expand, contract], self.blocks).flatten())
             .chain(std::iter::once(head))
             .collect()
     }
@@ -156,6 +163,7 @@ impl LayerCost {
             activation_bytes: scale(self.activation_bytes),
             transient_bytes: scale(self.transient_bytes),
             output_bytes: scale(self.output_bytes),
+            joined_bytes: scale(self.joined_bytes),
             matmul_flops: self.matmul_flops * share,
             recomputed_flops: self.recomputed_flops * share,
             written_bytes: scale(self.written_bytes),
@@ -204,6 +212,11 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
         let y = model.forward_layer(layer, &x, ctx)?;
         let census = y.census();
         let out = y.tensor();
+        let output_bytes = out.numel() * out.dtype().size_in_bytes();
+        // A join made for handing on (one op writing the output) is neither made nor kept
+        // where the next layer runs in the same stage.
+        let joined = model.joins_output(layer);
+        let joined_bytes = if joined { output_bytes } else { 0 };
         costs.push(LayerCost {
             param_bytes: model
                 .layer_params(layer)
@@ -211,13 +224,14 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
                 .filter(|p| counted.insert(p.id()))
                 .map(|p| p.bytes())
                 .sum(),
-            activation_bytes: census.retained_bytes,
+            activation_bytes: census.retained_bytes.saturating_sub(joined_bytes),
             transient_bytes: census.transient_bytes,
-            output_bytes: out.numel() * out.dtype().size_in_bytes(),
+            output_bytes,
+            joined_bytes,
             matmul_flops: census.matmul_flops,
             recomputed_flops: census.recomputed_flops,
-            written_bytes: census.written_bytes,
-            ops: census.ops,
+            written_bytes: census.written_bytes.saturating_sub(joined_bytes),
+            ops: census.ops - usize::from(joined && census.ops > 0),
             dtype: if out.dtype().is_float() { out.dtype() } else { DType::F32 },
             rows: input.dims().first().copied().unwrap_or(1),
         });

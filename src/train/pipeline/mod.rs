@@ -58,6 +58,15 @@ pub trait Layered: Send + Sync {
     /// Layer `layer` applied to `x`.
     fn forward_layer(&self, layer: usize, x: &Var, ctx: &Ctx) -> Result<Var>;
 
+    /// Whether [`forward_layer`](Self::forward_layer) joins layer `layer`'s output from
+    /// parts into one buffer only to hand it on, where [`forward_layers`](Self::forward_layers)
+    /// passes the parts along as they are to a next layer of the same run: that buffer then
+    /// exists only where a stage ends after `layer` (its cost is
+    /// [`LayerCost::joined_bytes`](cost::LayerCost::joined_bytes), not its activations).
+    fn joins_output(&self, _layer: usize) -> bool {
+        false
+    }
+
     /// The parameters layer `layer` uses. A parameter two layers share (tied embeddings)
     /// must have both in one stage; a stage holds, updates and saves it once.
     fn layer_params(&self, layer: usize) -> Vec<Param>;

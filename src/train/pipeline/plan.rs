@@ -23,8 +23,12 @@
 //! (every count to 12, then about a tenth apart), refined between the best one's
 //! neighbours; the best predicted step wins.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::ops::Range;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use super::cost::LayerCost;
 use super::schedule::in_flight;
@@ -286,8 +290,9 @@ fn stage_time(forward: f64, backward: f64, receive_forward: f64, receive_backwar
 pub struct PipelinePlan {
     pub stages: Vec<StagePlan>,
     pub micro_batches: usize,
-    /// What the plan was made from, to plan again (over other devices, after a failure).
-    costs: Vec<LayerCost>,
+    /// What the plan was made from, to plan again (over other devices, after a failure);
+    /// shared by the many plans a search prices.
+    costs: Arc<[LayerCost]>,
 }
 
 impl PipelinePlan {
@@ -378,13 +383,13 @@ impl PipelinePlan {
                 })
                 .collect()
         };
-        let plan = PipelinePlan { stages: priced(false), micro_batches, costs: costs.to_vec() };
+        let plan = PipelinePlan { stages: priced(false), micro_batches, costs: costs.into() };
         let Err(error) = plan.check_memory() else { return Ok(plan) };
         // A stage short of room for its optimizer state may lodge it with another.
         let lodged = (optimizer_slots > 0.0).then(|| lodge(priced(true), optimizer_slots));
         match lodged.flatten() {
             Some(stages) => {
-                let plan = PipelinePlan { stages, micro_batches, costs: costs.to_vec() };
+                let plan = PipelinePlan { stages, micro_batches, costs: costs.into() };
                 plan.check_memory().map_err(|_| error)?;
                 Ok(plan)
             }
@@ -555,11 +560,31 @@ impl PipelinePlan {
     }
 
     /// Predicted seconds of one step under 1F1B: a micro-batch's trip through every stage
-    /// and back, `M − 1` more at the slowest stage's pace, then the syncs.
+    /// and back, `M − 1` more at the pipeline's pace ([`pace_s`](Self::pace_s)), then the
+    /// syncs.
     pub fn predicted_step_s(&self) -> f64 {
         let sum: f64 = self.stages.iter().map(StagePlan::trip_s).sum();
+        sum + (self.micro_batches.saturating_sub(1)) as f64 * self.pace_s() + self.sync_s()
+    }
+
+    /// Predicted seconds per micro-batch in the steady state: the slowest stage's
+    /// [`time`](StagePlan::time), or, where it is longer, a round trip's share. Under 1F1B
+    /// stage `s` starts micro-batch `m + S − s` just after `m`'s backward pass, which
+    /// waits on `m`'s passes through every later stage and its copies both ways: that
+    /// chain, over the `S − s` micro-batches it spans, bounds the pace. Copies that are
+    /// hidden behind a stage's own work still lengthen the chain, so wide activations
+    /// between well-balanced stages slow the pipeline down.
+    pub fn pace_s(&self) -> f64 {
         let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
-        sum + (self.micro_batches.saturating_sub(1)) as f64 * slowest + self.sync_s()
+        let mut chain = 0.0;
+        let mut pace = slowest;
+        for (s, stage) in self.stages.iter().enumerate().rev() {
+            chain += stage.forward_s + stage.backward_s + stage.receive_backward_s;
+            pace = f64::max(pace, chain / (self.stages.len() - s) as f64);
+            // Stage `s`'s own input is not in its chain, but in the ones before.
+            chain += stage.receive_forward_s;
+        }
+        pace
     }
 
     /// Predicted seconds of the stages' syncs once the last backward pass is done (groups
@@ -789,6 +814,31 @@ impl Sums {
     }
 }
 
+/// What a fill needs of a stage's price, by its place and its layers.
+#[derive(Default)]
+struct Memo {
+    /// Each place seen (the devices before, at and after the stage, its index, the stage
+    /// count, whether state lodges), numbered.
+    places: FxHashMap<(usize, usize, usize, usize, usize, bool), u128>,
+    /// By place number, first layer and end (each below 2³²: `usize` on the platforms
+    /// this runs on, and a model of billions of layers is not planned).
+    priced: FxHashMap<u128, Priced>,
+}
+
+#[derive(Clone, Copy)]
+struct Priced {
+    /// Whether the lead and every helper have the room.
+    fits: bool,
+    /// [`StageCost::time`].
+    time: f64,
+    /// Its passes and both copies in.
+    round_trip: f64,
+    recomputes: bool,
+    /// The lead's memory, all of it and its parameters'.
+    total: u64,
+    params: u64,
+}
+
 /// A stage's predicted times and memory: the lead's memory, and each helper's.
 #[derive(Clone)]
 struct StageCost {
@@ -880,6 +930,8 @@ fn stage_cost(
                 let (there, back) = (|b| copy_s(lead, member, b), |b| copy_s(member, lead, b));
                 (there(input) + back(output), there(output) + back(input))
             };
+            let joined = part(costs[layers.end - 1].joined_bytes, share);
+            let last_again = recompute.last() == Some(&(layers.end - 1));
             let layer_forward = |l: usize| spot.forward_s(costs, k, l, share, &member.profile);
             let again = recomputed(costs, recompute, layers, sums, share, layer_forward);
             stage.forward_s = stage.forward_s.max(sums.forward_s + copy_forward);
@@ -896,11 +948,17 @@ fn stage_cost(
                 },
                 // Each micro-batch in flight keeps its input, the kept layers' activations
                 // and the input of every run of layers after the first; during a backward
-                // pass, one micro-batch's recomputed activations live too.
+                // pass, one micro-batch's recomputed activations live too. An output joined
+                // to be handed on is kept with the last layer's activations.
                 activations: if all {
-                    in_flight * input + sums.kept
+                    in_flight * input + sums.kept + joined
+                } else if last_again {
+                    in_flight * (input + sums.kept - again.kept + again.inputs)
+                        + again.kept
+                        + joined
                 } else {
-                    in_flight * (input + sums.kept - again.kept + again.inputs) + again.kept
+                    in_flight * (input + sums.kept - again.kept + again.inputs + joined)
+                        + again.kept
                 },
                 // The lead holds the output's gradient as it arrives, and in a group also the
                 // members' parts of the output (and of that gradient) as it gathers (cuts);
@@ -994,11 +1052,16 @@ fn recomputed(
         again.forward_s += layer_forward(l);
         again.kept += part(costs[l].activation_bytes, share);
     }
-    let is_recomputed = |l: usize| recompute.binary_search(&l).is_ok();
-    for l in layers.start + 1..layers.end {
-        if is_recomputed(l) != is_recomputed(l - 1) {
+    // One walk over the layers beside the ascending `recompute` (this is the planner's
+    // innermost loop).
+    let mut next = recompute.iter().peekable();
+    let mut before = None;
+    for l in layers.clone() {
+        let this = next.next_if_eq(&&l).is_some();
+        if before.is_some_and(|b| b != this) {
             again.inputs += part(costs[l - 1].output_bytes, share);
         }
+        before = Some(this);
     }
     again
 }
@@ -1148,11 +1211,18 @@ fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfile) -> (f64,
 
 pub(super) struct Search<'a> {
     costs: &'a [LayerCost],
+    /// `costs`, for the plans it makes.
+    shared: Arc<[LayerCost]>,
+    /// The stages priced so far.
+    memo: RefCell<Memo>,
     candidates: Vec<&'a Candidate>,
     /// Per candidate, each member's share of the rows.
     shares: Vec<Vec<f64>>,
     /// Per candidate and member, each layer's forward and backward seconds on its share.
     times: Vec<Vec<Vec<(f64, f64)>>>,
+    /// Per candidate and member, the seconds of both passes of the layers before each
+    /// layer boundary (`times` summed, `L + 1` of them).
+    before: Vec<Vec<Vec<f64>>>,
     micro_batches: usize,
     slots: f64,
 }
@@ -1176,8 +1246,32 @@ impl<'a> Search<'a> {
                     })
                     .collect()
             })
+            .collect::<Vec<Vec<Vec<(f64, f64)>>>>();
+        let before = times
+            .iter()
+            .map(|members| {
+                let summed = |times: &Vec<(f64, f64)>| {
+                    std::iter::once(0.0)
+                        .chain(times.iter().scan(0.0, |sum, (f, b)| {
+                            *sum += f + b;
+                            Some(*sum)
+                        }))
+                        .collect()
+                };
+                members.iter().map(summed).collect()
+            })
             .collect();
-        Search { costs, candidates, shares, times, micro_batches, slots }
+        Search {
+            costs,
+            shared: costs.into(),
+            before,
+            memo: RefCell::default(),
+            candidates,
+            shares,
+            times,
+            micro_batches,
+            slots,
+        }
     }
 
     /// `plan` (of `order[..count]`) improved by swapping two devices' places, a used one with
@@ -1316,7 +1410,7 @@ impl<'a> Search<'a> {
             })
             .collect();
         let stages = if lodging { lodge(stages, self.slots)? } else { stages };
-        Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.costs.to_vec() })
+        Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.shared.clone() })
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` and its
@@ -1352,7 +1446,6 @@ impl<'a> Search<'a> {
         let layers = self.costs.len();
         let mut cut = Vec::with_capacity(order.len());
         let mut needs = Vec::with_capacity(order.len());
-        let mut at_end: Vec<Sums> = Vec::new();
         let mut start = 0;
         for s in 0..order.len() {
             let spot = self.spot(order, s, lodging);
@@ -1360,27 +1453,72 @@ impl<'a> Search<'a> {
             // Leave at least one layer for each later stage; the last takes the rest.
             let max_end = layers - (order.len() - s - 1);
             let times = &self.times[order[s]];
-            // The running sums at each end, as far as the passes alone stay within the
-            // bottleneck (copies and recomputation only add to a stage's time).
-            // (Flat: each end's sums for every member, in turn.)
-            let members = times.len();
-            at_end.clear();
-            let mut sums = vec![Sums::default(); members];
-            for end in start + 1..=max_end {
-                for ((sums, times), &share) in sums.iter_mut().zip(times).zip(spot.shares) {
-                    sums.add(self.costs, end - 1, share, times[end - 1]);
-                }
-                if sums.iter().any(|m| m.forward_s + m.backward_s > bottleneck) {
-                    break;
-                }
-                at_end.extend_from_slice(&sums);
+            // How far the passes alone stay within the bottleneck (copies and
+            // recomputation only add to a stage's time): the last end within it for every
+            // member, by bisection on the summed times.
+            let before = &self.before[order[s]];
+            let within = |end: usize| before.iter().all(|b| b[end] - b[start] <= bottleneck);
+            let (mut reach, mut beyond) = (start, max_end + 1);
+            while beyond - reach > 1 {
+                let mid = (reach + beyond) / 2;
+                if within(mid) { reach = mid } else { beyond = mid }
             }
-            let reach = start + at_end.len() / members;
-            let priced = |end: usize| {
-                let sums = &at_end[(end - start - 1) * members..(end - start) * members];
-                stage_cost(self.costs, &(start..end), sums, &spot, self.micro_batches, self.slots)
+            // A stage's price depends on its device, its neighbours' (their links), its
+            // place and its layers, not on the bottleneck or the rest of the order: the
+            // fills of a bisection and the orders of a swap search meet it again and again.
+            let neighbour = |i: Option<&usize>| i.copied().unwrap_or(usize::MAX);
+            let place = (
+                neighbour(s.checked_sub(1).map(|p| &order[p])),
+                order[s],
+                neighbour(order.get(s + 1)),
+                s,
+                order.len(),
+                lodging,
+            );
+            let mut memo = self.memo.borrow_mut();
+            let Memo { places, priced: known } = &mut *memo;
+            let fresh = places.len() as u128;
+            let place = *places.entry(place).or_insert(fresh);
+            let mut priced = |end: usize| {
+                let key = place << 64 | (start as u128) << 32 | end as u128;
+                *known.entry(key).or_insert_with(|| {
+                    let sums: Vec<Sums> = times
+                        .iter()
+                        .zip(spot.shares)
+                        .map(|(times, &share)| {
+                            let mut sums = Sums::default();
+                            for (l, &time) in times.iter().enumerate().take(end).skip(start) {
+                                sums.add(self.costs, l, share, time);
+                            }
+                            sums
+                        })
+                        .collect();
+                    let cost = stage_cost(
+                        self.costs,
+                        &(start..end),
+                        &sums,
+                        &spot,
+                        self.micro_batches,
+                        self.slots,
+                    );
+                    Priced {
+                        fits: cost.fits(spot.c),
+                        time: cost.time(),
+                        round_trip: cost.forward_s
+                            + cost.backward_s
+                            + cost.receive_forward_s
+                            + cost.receive_backward_s,
+                        recomputes: !cost.recompute.is_empty(),
+                        total: cost.memory.total(),
+                        params: cost.memory.params,
+                    }
+                })
             };
-            let feasible = |cost: &StageCost| cost.fits(spot.c) && cost.time() <= bottleneck;
+            // Within the bottleneck with its copies in too: what keeps every round trip
+            // within it ([`PipelinePlan::pace_s`]).
+            let feasible = |cost: &Priced| {
+                cost.fits && cost.time <= bottleneck && cost.round_trip <= bottleneck
+            };
             // The longest feasible run of layers from `start`, by bisection: a stage only
             // gets dearer and fuller with each layer it takes. The last takes the rest.
             let (mut lo, mut hi) = (start, reach + 1);
@@ -1394,7 +1532,7 @@ impl<'a> Search<'a> {
                 let mid = (lo + hi) / 2;
                 let cost = priced(mid);
                 if feasible(&cost) {
-                    taken = Some((mid, (cost.memory.total(), cost.memory.params, spot.c.memory)));
+                    taken = Some((mid, (cost.total, cost.params, spot.c.memory)));
                     lo = mid;
                 } else {
                     refused = Some(cost);
@@ -1403,7 +1541,7 @@ impl<'a> Search<'a> {
             }
             // Did memory have a part in it (a stage out of room, or recomputing)?
             if let Some(cost) = refused {
-                memory_bound |= !cost.recompute.is_empty() || !cost.fits(spot.c);
+                memory_bound |= cost.recomputes || !cost.fits;
             }
             let (end, need) = taken.ok_or(memory_bound)?;
             cut.push(start..end);
@@ -1433,6 +1571,7 @@ mod tests {
             activation_bytes: act_mib << 20,
             transient_bytes: 0,
             output_bytes: 1 << 20,
+            joined_bytes: 0,
             matmul_flops: gflop * 1e9,
             recomputed_flops: 0.0,
             written_bytes: 0,

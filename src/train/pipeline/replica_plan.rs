@@ -20,6 +20,10 @@ use crate::{Error, Result};
 /// How many of the best shapes (replica count, dealing) are planned again with swaps.
 const REFINED: usize = 6;
 
+/// How many of the best replica counts of the first, coarse pass have the counts beside
+/// them planned too.
+const NEIGHBOURED: usize = 6;
+
 /// The most stage passes (stages × micro-batches) a replica's step may have for the share
 /// balancing to play it rather than price it by formula.
 const PLAYED: usize = 4096;
@@ -64,26 +68,51 @@ impl ReplicaPlan {
     ) -> Result<ReplicaPlan> {
         // Each shape (replica count, dealing) planned on a core of its own, with its
         // simulated step (a play per replica: worth doing once).
-        let shapes: Vec<(usize, Dealing)> = replica_counts(chips.len().min(micro_batches))
-            .into_iter()
-            .flat_map(|count| [(count, Dealing::Mixed), (count, Dealing::BySpeed)])
+        let plan_shape = |&(count, dealing): &(usize, Dealing)| -> Result<Planned> {
+            let groups = deal(chips, count, dealing);
+            let state = if shard {
+                optimizer_slots as f64 / groups.len().max(1) as f64
+            } else {
+                optimizer_slots as f64
+            };
+            let plan = ReplicaPlan::over(costs, &groups, micro_batches, state, false)?;
+            Ok((plan.step_s(), plan, groups, state))
+        };
+        let shapes = |counts: &[usize]| -> Vec<(usize, Dealing)> {
+            counts.iter().flat_map(|&c| [(c, Dealing::Mixed), (c, Dealing::BySpeed)]).collect()
+        };
+        // The step changes smoothly with the replica count: every other count first (the
+        // first and the last among them), then the counts beside the best few.
+        let counts = replica_counts(chips.len().min(micro_batches));
+        let mut first: Vec<usize> = counts.iter().copied().step_by(2).collect();
+        if counts.len().is_multiple_of(2) {
+            first.extend(counts.last());
+        }
+        let mut tried: Vec<(usize, Result<Planned>)> =
+            shapes(&first).par_iter().map(|shape| (shape.0, plan_shape(shape))).collect();
+        let mut ranked: Vec<(f64, usize)> = tried
+            .iter()
+            .filter_map(|(count, outcome)| outcome.as_ref().ok().map(|p| (p.0, *count)))
             .collect();
-        let tried: Vec<Result<Planned>> = shapes
-            .into_par_iter()
-            .map(|(count, dealing)| {
-                let groups = deal(chips, count, dealing);
-                let state = if shard {
-                    optimizer_slots as f64 / groups.len().max(1) as f64
-                } else {
-                    optimizer_slots as f64
-                };
-                let plan = ReplicaPlan::over(costs, &groups, micro_batches, state, false)?;
-                Ok((plan.step_s(), plan, groups, state))
-            })
-            .collect();
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut beside: Vec<usize> = Vec::new();
+        for (_, count) in ranked.iter().take(NEIGHBOURED) {
+            let i = counts.iter().position(|c| c == count).unwrap_or(0);
+            for j in [i.wrapping_sub(1), i + 1] {
+                if let Some(&c) = counts.get(j)
+                    && !first.contains(&c)
+                    && !beside.contains(&c)
+                {
+                    beside.push(c);
+                }
+            }
+        }
+        let more: Vec<(usize, Result<Planned>)> =
+            shapes(&beside).par_iter().map(|shape| (shape.0, plan_shape(shape))).collect();
+        tried.extend(more);
         let mut planned = Vec::with_capacity(tried.len());
         let mut first_error = None;
-        for outcome in tried {
+        for (_, outcome) in tried {
             match outcome {
                 Ok(p) => planned.push(p),
                 // One replica over every chip is the roomiest: its error says why nothing
@@ -343,14 +372,14 @@ impl Shared {
 
     /// About when it would end with one more micro-batch.
     fn one_more(&self) -> f64 {
-        self.makespan + self.plan.stages.iter().map(|s| s.time()).fold(0.0, f64::max)
+        self.makespan + self.plan.pace_s()
     }
 }
 
 /// Micro-batches per replica (summing to `micro_batches`; all zeros where no replica has
 /// a positive, finite pace) that end the replicas' steps
 /// together: replica `r`'s step with `m` of them takes about a micro-batch's trip through
-/// its stages and its syncs, then `m − 1` more at its slowest stage's pace (the 1F1B
+/// its stages and its syncs, then `m − 1` more at its pace (the 1F1B
 /// formula, [`PipelinePlan::predicted_step_s`]). Sharing by pace alone would leave the
 /// replicas with long pipelines and few micro-batches, whose fill and drain weigh most,
 /// finishing last. A replica whose trip alone outlasts the others' steps gets none.
@@ -358,7 +387,7 @@ pub fn balanced_shares(replicas: &[PipelinePlan], micro_batches: usize) -> Vec<u
     let costs: Vec<Linear> = replicas
         .iter()
         .map(|r| {
-            let pace = r.stages.iter().map(|s| s.time()).fold(0.0, f64::max);
+            let pace = r.pace_s();
             let trip: f64 = r.stages.iter().map(|s| s.trip_s()).sum();
             Linear { fixed: trip - pace + r.sync_s(), per_unit: pace }
         })
