@@ -668,10 +668,15 @@ impl PipelinePlan {
                 );
             }
         }
+        let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
+        let pace = self.pace_s();
         let _ = writeln!(
             out,
-            "predicted step {:.3} ms, bubble {:.1}%{}",
+            "predicted step {:.3} ms, pace {:.3} ms a micro-batch{}, bubble {:.1}%{}",
             self.predicted_step_s() * 1e3,
+            pace * 1e3,
+            // Where the round trip's copies, not the slowest stage, set it.
+            if pace > slowest * (1.0 + 1e-9) { " (the round trip's)" } else { "" },
             self.bubble() * 100.0,
             if self.stages.iter().any(|s| !s.recompute.is_empty()) {
                 " (rc: activations recomputed in the backward pass, of how many layers)"
