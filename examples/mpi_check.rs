@@ -78,7 +78,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// A 3-block GPT whose 8 layers are cut over the ranks, 4 micro-batches a step of 8
+/// A 3-block GPT whose 14 layers are cut over the ranks, 4 micro-batches a step of 8
 /// sequences of a fixed pattern, AdamW.
 fn pipeline(args: &Args, ranks: Ranks) -> Result<()> {
     let (rank, size) = (ranks.rank(), ranks.size());

@@ -12,10 +12,12 @@
 //! copies it receives where those are slower (the activation from the stage before, the
 //! gradient from the one after: the runtime reads them ahead, overlapping its work);
 //! under 1F1B a step takes a micro-batch's trip through every stage (copies included),
-//! `(M − 1)·max tₛ` more, and the stages' once-a-step syncs. For a device order and a stage
-//! count, the smallest feasible bottleneck is found by bisection, each candidate checked by
-//! a greedy fill (each stage takes the most layers that keep it under the bottleneck and
-//! within its device's memory, found by bisection too; optimal for a fixed order where
+//! `M − 1` more at the pace ([`PipelinePlan::pace_s`]: the slowest stage's time, or a
+//! round trip's share where the copies make that longer), and the stages' once-a-step
+//! syncs. For a device order and a stage count, the smallest feasible bottleneck is found
+//! by bisection, each candidate checked by a greedy fill (each stage takes the most layers
+//! that keep it, its copies in included, under the bottleneck and within its device's
+//! memory, found by bisection too; optimal for a fixed order where
 //! adding a layer never makes a stage cheaper or smaller, which a smaller output or a
 //! different choice of layers to recompute can, rarely: the cut is then feasible, not
 //! always the best). A few orders are tried (as given, fastest first, most memory first:
@@ -580,7 +582,11 @@ impl PipelinePlan {
         let mut pace = slowest;
         for (s, stage) in self.stages.iter().enumerate().rev() {
             chain += stage.forward_s + stage.backward_s + stage.receive_backward_s;
-            pace = f64::max(pace, chain / (self.stages.len() - s) as f64);
+            // With no micro-batch `m + S − s` there is no such wait.
+            let spans = self.stages.len() - s;
+            if spans < self.micro_batches {
+                pace = f64::max(pace, chain / spans as f64);
+            }
             // Stage `s`'s own input is not in its chain, but in the ones before.
             chain += stage.receive_forward_s;
         }
@@ -824,10 +830,10 @@ impl Sums {
 struct Memo {
     /// Each place seen (the devices before, at and after the stage, its index, the stage
     /// count, whether state lodges), numbered.
-    places: FxHashMap<(usize, usize, usize, usize, usize, bool), u128>,
-    /// By place number, first layer and end (each below 2³²: `usize` on the platforms
-    /// this runs on, and a model of billions of layers is not planned).
-    priced: FxHashMap<u128, Priced>,
+    places: FxHashMap<(usize, usize, usize, usize, usize, bool), u64>,
+    /// By place number and first layer, the prices by end (one lookup a stage and fill;
+    /// a fill's bisection over the ends then indexes).
+    priced: FxHashMap<(u64, usize), Vec<Option<Priced>>>,
 }
 
 #[derive(Clone, Copy)]
@@ -939,7 +945,12 @@ fn stage_cost(
             let last_again = recompute.last() == Some(&(layers.end - 1));
             let layer_forward = |l: usize| spot.forward_s(costs, k, l, share, &member.profile);
             let again = recomputed(costs, recompute, layers, sums, share, layer_forward);
-            stage.forward_s = stage.forward_s.max(sums.forward_s + copy_forward);
+            // Joining the output to hand it on: a launch writing it (and reading its parts).
+            let join = match joined {
+                0 => 0.0,
+                bytes => member.profile.latency_s + 2.0 * bytes as f64 / member.profile.bytes_per_s,
+            };
+            stage.forward_s = stage.forward_s.max(sums.forward_s + join + copy_forward);
             stage.backward_s =
                 stage.backward_s.max(sums.backward_s + again.forward_s + copy_backward);
             let memory = StageMemory {
@@ -1005,7 +1016,9 @@ fn stage_cost(
         .iter()
         .map(|&l| {
             let forward = spot.forward_s(costs, 0, l, lead_share, &lead.profile);
-            (costs[l].activation_bytes as f64 / forward.max(1e-12), l)
+            // The last layer's join goes with its activations.
+            let joined = if l + 1 == layers.end { costs[l].joined_bytes } else { 0 };
+            ((costs[l].activation_bytes + joined) as f64 / forward.max(1e-12), l)
         })
         .collect();
     freed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -1057,6 +1070,10 @@ fn recomputed(
         again.forward_s += layer_forward(l);
         again.kept += part(costs[l].activation_bytes, share);
     }
+    debug_assert!(
+        recompute.windows(2).all(|w| w[0] < w[1]) && recompute.iter().all(|l| layers.contains(l)),
+        "recompute {recompute:?} is not ascending within {layers:?}"
+    );
     // One walk over the layers beside the ascending `recompute` (this is the planner's
     // innermost loop).
     let mut next = recompute.iter().peekable();
@@ -1418,8 +1435,9 @@ impl<'a> Search<'a> {
         Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.shared.clone() })
     }
 
-    /// Each stage in turn takes as many layers as keep it within `bottleneck` and its
-    /// memory; the cut, if every layer found a stage and every stage a layer.
+    /// Each stage in turn takes as many layers as keep it within `bottleneck` (its passes
+    /// and, where 1F1B's round trip through it repeats, its copies in too) and its memory;
+    /// the cut, if every layer found a stage and every stage a layer.
     /// Where the stages' own memory is what limits them, the fill again with every
     /// optimizer state free to move to a stage with room to spare ([`lodge`]): the cut, and
     /// whether it lodges.
@@ -1482,11 +1500,16 @@ impl<'a> Search<'a> {
             );
             let mut memo = self.memo.borrow_mut();
             let Memo { places, priced: known } = &mut *memo;
-            let fresh = places.len() as u128;
+            let fresh = places.len() as u64;
             let place = *places.entry(place).or_insert(fresh);
+            // This stage's prices by end, from `start + 1` on.
+            let by_end = known.entry((place, start)).or_default();
             let mut priced = |end: usize| {
-                let key = place << 64 | (start as u128) << 32 | end as u128;
-                *known.entry(key).or_insert_with(|| {
+                let i = end - start - 1;
+                if by_end.len() <= i {
+                    by_end.resize(i + 1, None);
+                }
+                *by_end[i].get_or_insert_with(|| {
                     let sums: Vec<Sums> = times
                         .iter()
                         .zip(spot.shares)
@@ -1519,10 +1542,14 @@ impl<'a> Search<'a> {
                     }
                 })
             };
-            // Within the bottleneck with its copies in too: what keeps every round trip
+            // Within the bottleneck with its copies in too, where 1F1B's round trip through
+            // it repeats (a micro-batch `m + S − s` exists): what keeps every round trip
             // within it ([`PipelinePlan::pace_s`]).
+            let round_trips = order.len() - s < self.micro_batches;
             let feasible = |cost: &Priced| {
-                cost.fits && cost.time <= bottleneck && cost.round_trip <= bottleneck
+                cost.fits
+                    && cost.time <= bottleneck
+                    && (!round_trips || cost.round_trip <= bottleneck)
             };
             // The longest feasible run of layers from `start`, by bisection: a stage only
             // gets dearer and fuller with each layer it takes. The last takes the rest.

@@ -22,7 +22,7 @@ const REFINED: usize = 6;
 
 /// How many of the best replica counts of the first, coarse pass have the counts beside
 /// them planned too.
-const NEIGHBOURED: usize = 6;
+const NEIGHBOURED: usize = 4;
 
 /// The most stage passes (stages × micro-batches) a replica's step may have for the share
 /// balancing to play it rather than price it by formula.
@@ -95,6 +95,14 @@ impl ReplicaPlan {
             .filter_map(|(count, outcome)| outcome.as_ref().ok().map(|p| (p.0, *count)))
             .collect();
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // A count's best dealing stands for it.
+        let mut seen = Vec::new();
+        ranked.retain(|(_, count)| {
+            !seen.contains(count) && {
+                seen.push(*count);
+                true
+            }
+        });
         let mut beside: Vec<usize> = Vec::new();
         for (_, count) in ranked.iter().take(NEIGHBOURED) {
             let i = counts.iter().position(|c| c == count).unwrap_or(0);
