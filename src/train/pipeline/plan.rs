@@ -1232,9 +1232,8 @@ fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfile) -> (f64,
 }
 
 pub(super) struct Search<'a> {
-    costs: &'a [LayerCost],
-    /// `costs`, for the plans it makes.
-    shared: Arc<[LayerCost]>,
+    /// Shared with the plans it makes.
+    costs: Arc<[LayerCost]>,
     /// The stages priced so far.
     memo: RefCell<Memo>,
     candidates: Vec<&'a Candidate>,
@@ -1284,8 +1283,7 @@ impl<'a> Search<'a> {
             })
             .collect();
         Search {
-            costs,
-            shared: costs.into(),
+            costs: costs.into(),
             before,
             memo: RefCell::default(),
             candidates,
@@ -1428,11 +1426,11 @@ impl<'a> Search<'a> {
             .enumerate()
             .map(|(s, layers)| {
                 let spot = self.spot(order, s, lodging);
-                price(self.costs, layers, &spot, self.micro_batches, self.slots)
+                price(&self.costs, layers, &spot, self.micro_batches, self.slots)
             })
             .collect();
         let stages = if lodging { lodge(stages, self.slots)? } else { stages };
-        Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.shared.clone() })
+        Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.costs.clone() })
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` (its passes
@@ -1516,13 +1514,13 @@ impl<'a> Search<'a> {
                         .map(|(times, &share)| {
                             let mut sums = Sums::default();
                             for (l, &time) in times.iter().enumerate().take(end).skip(start) {
-                                sums.add(self.costs, l, share, time);
+                                sums.add(&self.costs, l, share, time);
                             }
                             sums
                         })
                         .collect();
                     let cost = stage_cost(
-                        self.costs,
+                        &self.costs,
                         &(start..end),
                         &sums,
                         &spot,
