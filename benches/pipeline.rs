@@ -108,15 +108,15 @@ fn uniform(
         .replicas
         .iter()
         .map(|replica| {
-            let stages = replica.stages.len();
+            // An interleaved replica's chips are its first `devices()` stages'.
+            let stages = replica.devices();
             // Layer 0 is the embeddings, then each block's four quarters, then the head.
             let blocks = (costs.len() - 2) / 4;
             if stages > blocks {
                 return None;
             }
             let mut done = 0;
-            let cut = replica
-                .stages
+            let cut = replica.stages[..stages]
                 .iter()
                 .enumerate()
                 .map(|(s, stage)| {
@@ -169,13 +169,16 @@ fn breakdown(costs: &[LayerCost], plan: &ReplicaPlan, fleet: &[Candidate]) -> St
     let (mut used_rate, mut used, mut busy, mut ideal, mut lodging, mut stages) =
         (0.0, 0.0, 0.0, 0.0, 0, 0);
     for replica in &plan.replicas {
-        for stage in &replica.stages {
+        for (s, stage) in replica.stages.iter().enumerate() {
             let id = stage.device.info().id;
             let chip = fleet.iter().find(|c| c.device.info().id == id).expect("a chip");
             let rate = chip.profile.peak_matmul_rate();
             let flops: f64 = costs[stage.layers.clone()].iter().map(|c| 3.0 * c.matmul_flops).sum();
-            used_rate += rate;
-            used += 1.0;
+            // An interleaved replica's chip holds every `devices()`-th stage: counted once.
+            if s < replica.devices() {
+                used_rate += rate;
+                used += 1.0;
+            }
             busy += stage.time() * replica.micro_batches as f64;
             ideal += flops * replica.micro_batches as f64 / rate;
             lodging += usize::from(stage.state_on.is_some());

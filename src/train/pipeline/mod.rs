@@ -22,6 +22,7 @@
 mod cost;
 mod group;
 mod grouping;
+mod interleave;
 mod plan;
 #[cfg(feature = "mpi")]
 mod ranks;
@@ -41,7 +42,7 @@ pub use ranks::RankPipeline;
 pub use replica_plan::{ReplicaPlan, balanced_shares};
 pub use replicas::{PipelineReplicas, ReplicasReport};
 pub use run::{Pipeline, PipelineReport};
-pub use schedule::{Work, in_flight, one_f_one_b};
+pub use schedule::{Work, chunk_in_flight, in_flight, interleaved, one_f_one_b};
 pub use simulate::{Played, play};
 
 use super::nn::Ctx;

@@ -274,6 +274,7 @@ impl StagePlan {
             count,
             lodging: false,
             times: None,
+            held: None,
         };
         let stage = price(costs, layers, &spot, micro_batches, optimizer_slots as f64);
         stage.check_memory(index)?;
@@ -294,7 +295,9 @@ pub struct PipelinePlan {
     pub micro_batches: usize,
     /// What the plan was made from, to plan again (over other devices, after a failure);
     /// shared by the many plans a search prices.
-    costs: Arc<[LayerCost]>,
+    pub(super) costs: Arc<[LayerCost]>,
+    /// Stages per device: 1, or an interleaved plan's chunks ([`interleaved`](Self::interleaved)).
+    pub(super) chunks: usize,
 }
 
 impl PipelinePlan {
@@ -380,18 +383,20 @@ impl PipelinePlan {
                         count,
                         lodging,
                         times: None,
+                        held: None,
                     };
                     price(costs, layers.clone(), &spot, micro_batches, optimizer_slots)
                 })
                 .collect()
         };
-        let plan = PipelinePlan { stages: priced(false), micro_batches, costs: costs.into() };
+        let plan =
+            PipelinePlan { stages: priced(false), micro_batches, costs: costs.into(), chunks: 1 };
         let Err(error) = plan.check_memory() else { return Ok(plan) };
         // A stage short of room for its optimizer state may lodge it with another.
         let lodged = (optimizer_slots > 0.0).then(|| lodge(priced(true), optimizer_slots));
         match lodged.flatten() {
             Some(stages) => {
-                let plan = PipelinePlan { stages, micro_batches, costs: costs.into() };
+                let plan = PipelinePlan { stages, micro_batches, costs: costs.into(), chunks: 1 };
                 plan.check_memory().map_err(|_| error)?;
                 Ok(plan)
             }
@@ -400,7 +405,9 @@ impl PipelinePlan {
     }
 
     /// The best plan of `costs` (from [`profile_layers`](super::profile_layers)) over
-    /// `candidates`, or an `Err` when no split of the layers fits their memory.
+    /// `candidates`, or an `Err` when no split of the layers fits their memory. Where
+    /// interleaving the best plan's devices ([`interleaved`](Self::interleaved), 2 to 4
+    /// stages each) plays a shorter step, the interleaved plan.
     pub fn search(
         costs: &[LayerCost],
         candidates: &[Candidate],
@@ -408,7 +415,18 @@ impl PipelinePlan {
         optimizer_slots: usize,
     ) -> Result<PipelinePlan> {
         let slots = optimizer_slots as f64;
-        PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)
+        let plain = PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)?;
+        let stages = (plain.stages.iter())
+            .map(|s| {
+                let id = s.device.info().id;
+                let c = candidates.iter().find(|c| c.device.info().id == id)?;
+                Some((s.layers.clone(), c.clone()))
+            })
+            .collect::<Option<Vec<_>>>();
+        Ok(match stages {
+            Some(stages) => PipelinePlan::best_interleaving(plain, &stages, slots),
+            None => plain,
+        })
     }
 
     /// [`search`](Self::search) that also picks how many micro-batches a batch of `batch`
@@ -564,9 +582,28 @@ impl PipelinePlan {
     /// Predicted seconds of one step under 1F1B: a micro-batch's trip through every stage
     /// and back, `M − 1` more at the pipeline's pace ([`pace_s`](Self::pace_s)), then the
     /// syncs.
+    ///
+    /// Interleaved over `v` chunks a device, the trip is through chunks of `1/v` of a
+    /// device's layers: the fill and drain take `1/v` of it, and the micro-batches `M − 1/v`
+    /// paces (Megatron-LM's `(M + (D − 1)/v)` stage times, for even stages). Where `M` is
+    /// not a multiple of the devices, the last, smaller group waits on the fill like a
+    /// whole one: the step is longer than this ([`play`](super::play) it).
     pub fn predicted_step_s(&self) -> f64 {
         let sum: f64 = self.stages.iter().map(StagePlan::trip_s).sum();
-        sum + (self.micro_batches.saturating_sub(1)) as f64 * self.pace_s() + self.sync_s()
+        let v = self.chunks as f64;
+        let m = self.micro_batches as f64;
+        let paces = if m > 0.0 { m - 1.0 / v } else { 0.0 };
+        sum / v + paces * self.pace_s() + self.sync_s()
+    }
+
+    /// Stages per device: 1, or an interleaved plan's chunks.
+    pub fn chunks(&self) -> usize {
+        self.chunks
+    }
+
+    /// The devices the stages run on: stage `s` on device `s % devices()`.
+    pub fn devices(&self) -> usize {
+        self.stages.len() / self.chunks.max(1)
     }
 
     /// Predicted seconds per micro-batch in the steady state: the slowest stage's
@@ -576,7 +613,16 @@ impl PipelinePlan {
     /// chain, over the `S − s` micro-batches it spans, bounds the pace. Copies that are
     /// hidden behind a stage's own work still lengthen the chain, so wide activations
     /// between well-balanced stages slow the pipeline down.
+    ///
+    /// Interleaved, a device's chunks take turns: its pace is the sum of theirs, and the
+    /// slowest device's sets the pipeline's.
     pub fn pace_s(&self) -> f64 {
+        if self.chunks > 1 {
+            let devices = self.devices();
+            return (0..devices)
+                .map(|d| self.stages.iter().skip(d).step_by(devices).map(StagePlan::time).sum())
+                .fold(0.0, f64::max);
+        }
         let slowest = self.stages.iter().map(StagePlan::time).fold(0.0, f64::max);
         let mut chain = 0.0;
         let mut pace = slowest;
@@ -614,7 +660,7 @@ impl PipelinePlan {
     pub fn bubble(&self) -> f64 {
         let busy: f64 =
             self.stages.iter().map(StagePlan::time).sum::<f64>() * self.micro_batches as f64;
-        let span = self.predicted_step_s() * self.stages.len() as f64;
+        let span = self.predicted_step_s() * self.devices() as f64;
         if span > 0.0 { (1.0 - busy / span).max(0.0) } else { 0.0 }
     }
 
@@ -622,8 +668,12 @@ impl PipelinePlan {
     /// the step and its bubble. `measured` adds each stage's measured seconds per
     /// micro-batch where known.
     pub fn explain_with(&self, measured: Option<&[f64]>) -> String {
+        let schedule = match self.chunks {
+            1 => "1F1B".to_string(),
+            v => format!("interleaved 1F1B over {} devices, {v} stages each", self.devices()),
+        };
         let mut out = format!(
-            "pipeline: {} stages, {} micro-batches, 1F1B\n{:<7} {:<11} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "pipeline: {} stages, {} micro-batches, {schedule}\n{:<7} {:<11} {:<16} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
             self.stages.len(),
             self.micro_batches,
             "stage",
@@ -636,6 +686,11 @@ impl PipelinePlan {
             "meas ms",
         );
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        // Free: what the device has left once all its stages hold theirs.
+        let devices = self.devices();
+        let held: Vec<u64> = (0..devices)
+            .map(|d| self.stages.iter().skip(d).step_by(devices).map(|s| s.memory.total()).sum())
+            .collect();
         for (s, stage) in self.stages.iter().enumerate() {
             let measured = measured
                 .and_then(|m| m.get(s))
@@ -647,7 +702,7 @@ impl PipelinePlan {
                 format!("{}..{}{}", stage.layers.start, stage.layers.end, stage.recompute_mark()),
                 stage.label,
                 mib(stage.memory.total()),
-                mib(stage.available.saturating_sub(stage.memory.total())),
+                mib(stage.available.saturating_sub(held[s % devices])),
                 stage.forward_s * 1e3,
                 stage.backward_s * 1e3,
                 measured,
@@ -698,15 +753,55 @@ impl PipelinePlan {
         self.explain_with(None)
     }
 
-    fn check_memory(&self) -> Result<()> {
+    pub(super) fn check_memory(&self) -> Result<()> {
+        if self.chunks > 1 {
+            return self.check_device_memory();
+        }
         for (s, stage) in self.stages.iter().enumerate() {
             stage.check_memory(s)?;
         }
         Ok(())
     }
+
+    /// Interleaved: each device's chunks together within its memory.
+    fn check_device_memory(&self) -> Result<()> {
+        let devices = self.devices();
+        for d in 0..devices {
+            let chunks: Vec<(usize, &StagePlan)> =
+                self.stages.iter().enumerate().skip(d).step_by(devices).collect();
+            let need: u64 = chunks.iter().map(|(_, c)| c.memory.total()).sum();
+            let available = chunks[0].1.available;
+            if need <= available {
+                continue;
+            }
+            let parts: Vec<String> = chunks
+                .iter()
+                .map(|(s, c)| {
+                    format!(
+                        "stage {s} (layers {}..{}) {} (parameters {}, activations {})",
+                        c.layers.start,
+                        c.layers.end,
+                        c.memory.total(),
+                        c.memory.params,
+                        c.memory.activations
+                    )
+                })
+                .collect();
+            return Err(Error::OutOfMemory {
+                op: "PipelinePlan::interleaved".into(),
+                device: chunks[0].1.label.clone(),
+                detail: format!(
+                    "its {} chunks need {need} bytes ({}) and the device offers {available}",
+                    chunks.len(),
+                    parts.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
-fn check_micro_batches(micro_batches: usize) -> Result<()> {
+pub(super) fn check_micro_batches(micro_batches: usize) -> Result<()> {
     if micro_batches == 0 {
         return Err(Error::InvalidArgument {
             op: "PipelinePlan".into(),
@@ -719,20 +814,23 @@ fn check_micro_batches(micro_batches: usize) -> Result<()> {
 
 /// Where a stage sits: its device (or group, with each member's share of the rows), its
 /// neighbours' devices, and its place in the pipeline.
-struct Spot<'a> {
-    c: &'a Candidate,
-    shares: &'a [f64],
+pub(super) struct Spot<'a> {
+    pub c: &'a Candidate,
+    pub shares: &'a [f64],
     /// Seconds per byte of a copy from the stage before (0 for the first stage) and from
     /// the one after (0 for the last): worked out once per spot, not per priced cut.
-    from_before: f64,
-    from_after: f64,
-    s: usize,
-    count: usize,
+    pub from_before: f64,
+    pub from_after: f64,
+    pub s: usize,
+    pub count: usize,
     /// Priced without the lead's optimizer state, which [`lodge`] places afterwards.
-    lodging: bool,
+    pub lodging: bool,
     /// Per member, each layer's forward and backward seconds on its share, where known
     /// (the search has them at hand).
-    times: Option<&'a [Vec<(f64, f64)>]>,
+    pub times: Option<&'a [Vec<(f64, f64)>]>,
+    /// The most micro-batches in flight, where not 1F1B's for stage `s` of `count`
+    /// (a chunk of an interleaved plan).
+    pub held: Option<usize>,
 }
 
 impl Spot<'_> {
@@ -884,7 +982,7 @@ pub(super) fn copy_s(from: &Candidate, to: &Candidate, bytes: u64) -> f64 {
 }
 
 /// [`copy_s`] per byte; 0 where there is no sender.
-fn per_byte(from: Option<&Candidate>, to: &Candidate) -> f64 {
+pub(super) fn per_byte(from: Option<&Candidate>, to: &Candidate) -> f64 {
     let Some(from) = from else { return 0.0 };
     match (from.profile.peer_bytes_per_s, to.profile.peer_bytes_per_s) {
         (Some(a), Some(b)) if from.device.reaches(&*to.device) => 1.0 / a.min(b),
@@ -911,7 +1009,8 @@ fn stage_cost(
     let output_bytes = costs[layers.end - 1].output_bytes;
     let receive_forward_s = input_bytes as f64 * spot.from_before;
     let receive_backward_s = output_bytes as f64 * spot.from_after;
-    let in_flight = in_flight(spot.s, spot.count, micro_batches) as u64;
+    let in_flight =
+        spot.held.unwrap_or_else(|| in_flight(spot.s, spot.count, micro_batches)) as u64;
     let lead = spot.c;
     // A stage reads its next input and its next gradient ahead of its work.
     let from_next = if spot.s + 1 < spot.count { output_bytes as u64 } else { 0 };
@@ -1089,7 +1188,7 @@ fn recomputed(
 }
 
 /// `layers` as the stage at `spot`, priced.
-fn price(
+pub(super) fn price(
     costs: &[LayerCost],
     layers: Range<usize>,
     spot: &Spot<'_>,
@@ -1220,7 +1319,7 @@ fn lodge(mut stages: Vec<StagePlan>, slots: f64) -> Option<Vec<StagePlan>> {
 
 /// A layer's forward and backward seconds on a member's share of the rows: launches as
 /// for the whole rows, flops and bytes in proportion.
-fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfile) -> (f64, f64) {
+pub(super) fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfile) -> (f64, f64) {
     if share == 1.0 {
         return (layer.forward_secs(profile), layer.backward_secs(profile));
     }
@@ -1348,6 +1447,7 @@ impl<'a> Search<'a> {
             count: order.len(),
             lodging,
             times: Some(&self.times[order[s]]),
+            held: None,
         }
     }
 
@@ -1430,7 +1530,12 @@ impl<'a> Search<'a> {
             })
             .collect();
         let stages = if lodging { lodge(stages, self.slots)? } else { stages };
-        Some(PipelinePlan { stages, micro_batches: self.micro_batches, costs: self.costs.clone() })
+        Some(PipelinePlan {
+            stages,
+            micro_batches: self.micro_batches,
+            costs: self.costs.clone(),
+            chunks: 1,
+        })
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` (its passes
@@ -1630,6 +1735,11 @@ mod tests {
             .collect()
     }
 
+    /// The search's plain cut (one stage a device), not interleaved.
+    fn plain(costs: &[LayerCost], fleet: &[Candidate], micro_batches: usize) -> PipelinePlan {
+        PipelinePlan::search_with_state(costs, fleet, micro_batches, 2.0, true).unwrap()
+    }
+
     fn layers_per_stage(plan: &PipelinePlan) -> Vec<(usize, String)> {
         plan.stages.iter().map(|s| (s.layers.len(), s.label.clone())).collect()
     }
@@ -1638,7 +1748,7 @@ mod tests {
     fn stages_take_layers_in_proportion_to_speed() {
         let costs = vec![layer(100.0, 1, 1); 8];
         let fleet = chips(&[(1.0, 64), (3.0, 64)]);
-        let plan = PipelinePlan::search(&costs, &fleet, 32, 2).unwrap();
+        let plan = plain(&costs, &fleet, 32);
         let mut cut = layers_per_stage(&plan);
         cut.sort();
         assert_eq!(
@@ -1668,7 +1778,7 @@ mod tests {
         // gradients of four layers, 2 GiB each, and their optimizer state (with a master
         // copy of the parameters and room for their gradients) lives on the slow chip.
         let fleet = chips(&[(10.0, 10), (1.0, 40)]);
-        let plan = PipelinePlan::search(&costs, &fleet, 8, 2).unwrap();
+        let plan = plain(&costs, &fleet, 8);
         for stage in &plan.stages {
             assert!(stage.memory.total() <= stage.available, "{}", plan.explain());
         }
@@ -1682,7 +1792,7 @@ mod tests {
         assert!(fast.sync_s > 0.0 && slow.state_on.is_none());
         // With no room to spare, the fast chip takes what its memory holds with its state.
         let tight = chips(&[(10.0, 10), (1.0, 26)]);
-        let plan = PipelinePlan::search(&costs, &tight, 8, 2).unwrap();
+        let plan = plain(&costs, &tight, 8);
         let fast = plan.stages.iter().find(|s| s.label == "sim:0").expect("the fast chip is used");
         assert_eq!(fast.layers.len(), 2, "{}", plan.explain());
         assert!(plan.stages.iter().all(|s| s.state_on.is_none()), "{}", plan.explain());

@@ -19,6 +19,7 @@ use mpi::traits::*;
 use super::Layered;
 use super::group::{Helper, add_gradients, helpers, take_values};
 use super::plan::{HelperPlan, StagePlan};
+use super::schedule::one_f_one_b;
 use super::stage::{Inbox, Outbox, Place, Shared, StageJob, Stop, even_shares};
 use crate::train::checkpoint::{HostTensor, Snapshot};
 use crate::train::distributed::Ranks;
@@ -248,6 +249,8 @@ impl<M: Layered> RankPipeline<M> {
                     shares: self.shares.clone(),
                     layers: self.layers[rank].clone(),
                     recompute: self.recompute.clone(),
+                    work: one_f_one_b(rank, count, self.micro_batches),
+                    turn: None,
                 },
                 send_forward: (rank + 1 < count).then(|| outbox(rank + 1, FORWARD)),
                 receive_forward: (rank > 0)

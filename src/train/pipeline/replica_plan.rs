@@ -138,11 +138,8 @@ impl ReplicaPlan {
             .into_par_iter()
             .map(|(step, plan, groups, state)| {
                 match ReplicaPlan::over(costs, &groups, micro_batches, state, true) {
-                    Ok(refined) => {
-                        let refined_step = refined.step_s();
-                        if refined_step < step { (refined_step, refined) } else { (step, plan) }
-                    }
-                    Err(_) => (step, plan),
+                    Ok(refined) if refined.step_s() < step => (refined.step_s(), refined),
+                    _ => (step, plan),
                 }
             })
             .min_by(|a, b| a.0.total_cmp(&b.0))
@@ -281,9 +278,13 @@ impl ReplicaPlan {
                 .map(|s| format!("{}{}", s.layers.len(), s.recompute_mark()))
                 .collect();
             let played = play(replica);
+            let interleaved = match replica.chunks() {
+                1 => String::new(),
+                v => format!(" over {} devices, {v} each, interleaved", replica.devices()),
+            };
             let _ = writeln!(
                 out,
-                "replica {r}: {} stages [{}], {} micro-batches, {:.1} ms, bubble {:.1}%",
+                "replica {r}: {} stages{interleaved} [{}], {} micro-batches, {:.1} ms, bubble {:.1}%",
                 replica.stages.len(),
                 cut.join(" "),
                 replica.micro_batches,
@@ -364,11 +365,7 @@ impl Shared {
             replica.micro_batches = share;
             replica
         });
-        // Played where that is cheap; else the 1F1B formula, within a percent or so of it.
-        let makespan = match plan.stages.len() * plan.micro_batches <= PLAYED {
-            true => play(&plan).makespan,
-            false => plan.predicted_step_s(),
-        };
+        let makespan = step(&plan);
         Shared { stages, whole: replica, plan, makespan }
     }
 
@@ -381,6 +378,15 @@ impl Shared {
     /// About when it would end with one more micro-batch.
     fn one_more(&self) -> f64 {
         self.makespan + self.plan.pace_s()
+    }
+}
+
+/// A replica's step: played where that is cheap; else the 1F1B formula, within a percent
+/// or so of it.
+fn step(plan: &PipelinePlan) -> f64 {
+    match plan.stages.len() * plan.micro_batches <= PLAYED {
+        true => play(plan).makespan,
+        false => plan.predicted_step_s(),
     }
 }
 
@@ -397,14 +403,16 @@ pub fn balanced_shares(replicas: &[PipelinePlan], micro_batches: usize) -> Vec<u
         .map(|r| {
             let pace = r.pace_s();
             let trip: f64 = r.stages.iter().map(|s| s.trip_s()).sum();
-            Linear { fixed: trip - pace + r.sync_s(), per_unit: pace }
+            // Interleaved, the trip is through chunks of a device's layers.
+            let fixed = (trip - pace) / r.chunks() as f64 + r.sync_s();
+            Linear { fixed, per_unit: pace }
         })
         .collect();
     equal_finish(&costs, micro_batches)
 }
 
 /// A ring all-reduce of every layer's gradient among the replicas' stages that hold it:
-/// each chip sends and receives `2(R − 1)/R` of its stage's gradient bytes over its link,
+/// each chip sends and receives `2(R − 1)/R` of its stages' gradient bytes over its link,
 /// all chips at once; the step waits for the slowest.
 fn all_reduce_s(replicas: &[PipelinePlan]) -> f64 {
     let count = replicas.len();
@@ -414,7 +422,15 @@ fn all_reduce_s(replicas: &[PipelinePlan]) -> f64 {
     let factor = 2.0 * (count - 1) as f64 / count as f64;
     replicas
         .iter()
-        .flat_map(|r| &r.stages)
-        .map(|s| factor * s.memory.grads as f64 / s.link_bytes_per_s)
+        .flat_map(|r| {
+            // An interleaved replica's device holds every `devices()`-th stage.
+            let devices = r.devices();
+            (0..devices).map(move |d| {
+                let held = r.stages.iter().skip(d).step_by(devices);
+                let grads: f64 = held.map(|s| s.memory.grads as f64).sum();
+                grads / r.stages[d].link_bytes_per_s
+            })
+        })
+        .map(|secs| factor * secs)
         .fold(0.0, f64::max)
 }

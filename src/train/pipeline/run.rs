@@ -4,14 +4,16 @@
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::group::{Helper, add_gradients, helpers, take_values};
 use super::plan::{Candidate, PipelinePlan};
+use super::schedule::{Work, interleaved};
 use super::stage::{
-    Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop, at_once,
-    even_shares,
+    Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop, Turn,
+    at_once, even_shares,
 };
 use super::{Layered, Var};
 use crate::fleet::{FleetEvent, Membership, follow};
@@ -507,6 +509,19 @@ impl<M: Layered> Pipeline<M> {
             |(helpers, lead)| helpers.iter().try_for_each(|helper| take_values(helper, lead)),
         )?;
         let count = self.stages.len();
+        // Each device's order of work: an interleaved plan's stages on one device share a
+        // turn in it.
+        let (devices, chunks) = (self.plan.devices(), self.plan.chunks());
+        let orders: Vec<Vec<(usize, Work)>> =
+            (0..devices).map(|d| interleaved(d, devices, chunks, micro_batches)).collect();
+        let turns: Vec<Option<Arc<Turn>>> = orders
+            .iter()
+            .enumerate()
+            .map(|(d, order)| {
+                (chunks > 1)
+                    .then(|| Arc::new(Turn::new(order.iter().map(|w| w.0 * devices + d).collect())))
+            })
+            .collect();
         // Channel s carries activations from stage s to s + 1 and gradients back.
         let (act_tx, mut act_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
         let (grad_tx, mut grad_rx): (Vec<_>, Vec<_>) = (0..count).map(|_| channel()).unzip();
@@ -522,6 +537,11 @@ impl<M: Layered> Pipeline<M> {
                     shares: self.stages[s].shares.clone(),
                     layers: self.stages[s].layers.clone(),
                     recompute: self.plan.stages[s].recompute.clone(),
+                    work: (orders[s % devices].iter())
+                        .filter(|w| w.0 == s / devices)
+                        .map(|w| w.1)
+                        .collect(),
+                    turn: turns[s % devices].clone(),
                 },
                 send_forward: boxed_out(if s + 1 < count { act_tx[s].take() } else { None }),
                 receive_forward: boxed_in(

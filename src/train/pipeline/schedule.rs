@@ -5,6 +5,12 @@
 //! forward with one backward, then runs the backwards left (cool-down). So stage `s` never
 //! holds more than `S - s` micro-batches' activations, however many micro-batches a step
 //! has: the memory of GPipe's "all forwards, then all backwards" would grow with `M`.
+//!
+//! Interleaved (Megatron-LM's schedule, Narayanan et al. 2021): each of `D` devices holds
+//! `v` chunks, non-adjacent stages `d, d + D, …, d + (v − 1)·D` of a pipeline of `D·v`
+//! stages. A micro-batch goes round the devices `v` times, each pass through a chunk of
+//! `1/v` of a device's layers, so filling and draining the pipeline takes `1/v` of the
+//! time: the bubble shrinks `v`-fold, for more messages and more activations in flight.
 
 /// One unit of a stage's work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +46,81 @@ pub fn in_flight(stage: usize, stages: usize, micro_batches: usize) -> usize {
     stages.saturating_sub(stage).min(micro_batches)
 }
 
+/// The order of work for device `device` of `devices`, each holding `chunks` stages
+/// (chunk `c` is stage `c·devices + device`), over `micro_batches`: pairs of a chunk and
+/// its work. One chunk is [`one_f_one_b`].
+///
+/// Micro-batches go in groups of `devices`: a group's
+/// forwards run chunk by chunk, its backwards chunk by chunk from the last. Device `d`
+/// first runs `2(D − d − 1) + (v − 1)·D` forwards (Megatron-LM's warm-up: the first
+/// backward of the last chunk needs the first micro-batch through every stage), then
+/// alternates one forward with one backward, then runs the backwards left. Each chunk
+/// runs its own forwards, and its backwards, in micro-batch order.
+pub fn interleaved(
+    device: usize,
+    devices: usize,
+    chunks: usize,
+    micro_batches: usize,
+) -> Vec<(usize, Work)> {
+    if device >= devices || chunks == 0 {
+        return Vec::new();
+    }
+    if chunks == 1 {
+        return one_f_one_b(device, devices, micro_batches).into_iter().map(|w| (0, w)).collect();
+    }
+    // Planned for whole groups, the micro-batches past the last dropped: work never waits
+    // on another micro-batch's, so what is left still runs to the end (Megatron's order
+    // deadlocks on a smaller last group).
+    let padded = micro_batches.div_ceil(devices) * devices;
+    let groups: Vec<std::ops::Range<usize>> =
+        (0..padded).step_by(devices).map(|start| start..start + devices).collect();
+    let forwards: Vec<(usize, Work)> = groups
+        .iter()
+        .flat_map(|g| (0..chunks).flat_map(move |c| g.clone().map(move |m| (c, Work::Forward(m)))))
+        .collect();
+    let backwards: Vec<(usize, Work)> = groups
+        .iter()
+        .flat_map(|g| {
+            (0..chunks).rev().flat_map(move |c| g.clone().map(move |m| (c, Work::Backward(m))))
+        })
+        .collect();
+    let total = forwards.len();
+    let warm_up = (2 * (devices - device - 1) + (chunks - 1) * devices).min(total);
+    let mut work: Vec<(usize, Work)> = forwards[..warm_up].to_vec();
+    for (i, &backward) in backwards.iter().enumerate() {
+        if let Some(&forward) = forwards.get(warm_up + i) {
+            work.push(forward);
+        }
+        work.push(backward);
+    }
+    work.retain(|(_, w)| match w {
+        Work::Forward(m) | Work::Backward(m) => *m < micro_batches,
+    });
+    work
+}
+
+/// Per chunk of device `device` (as [`interleaved`]), the most micro-batches whose
+/// activations it holds at once.
+pub fn chunk_in_flight(
+    device: usize,
+    devices: usize,
+    chunks: usize,
+    micro_batches: usize,
+) -> Vec<usize> {
+    let mut held = vec![0usize; chunks];
+    let mut most = vec![0usize; chunks];
+    for (c, work) in interleaved(device, devices, chunks, micro_batches) {
+        match work {
+            Work::Forward(_) => {
+                held[c] += 1;
+                most[c] = most[c].max(held[c]);
+            }
+            Work::Backward(_) => held[c] -= 1,
+        }
+    }
+    most
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +141,89 @@ mod tests {
             "the last stage turns each forward straight round"
         );
         assert_eq!(one_f_one_b(0, 4, 2), vec![F(0), F(1), B(0), B(1)]);
+    }
+
+    /// Plays the devices against each other, each running its list in order: every
+    /// forward after the previous stage's, every backward after the next stage's. A
+    /// schedule that deadlocks, or holds more activations than `chunk_in_flight` says,
+    /// fails.
+    #[test]
+    fn every_interleaved_schedule_runs_to_the_end_within_its_memory() {
+        for devices in 1..=6 {
+            for chunks in 1..=4 {
+                for micro_batches in 1..=13 {
+                    let stages = devices * chunks;
+                    let lists: Vec<Vec<(usize, Work)>> = (0..devices)
+                        .map(|d| interleaved(d, devices, chunks, micro_batches))
+                        .collect();
+                    let mut next = vec![0; devices];
+                    let mut done = vec![std::collections::HashSet::new(); stages];
+                    let mut held = vec![0usize; stages];
+                    loop {
+                        let mut moved = false;
+                        for d in 0..devices {
+                            let Some(&(c, work)) = lists[d].get(next[d]) else { continue };
+                            let s = c * devices + d;
+                            let ready = match work {
+                                F(_) if s == 0 => true,
+                                F(m) => done[s - 1].contains(&F(m)),
+                                B(m) if s + 1 == stages => done[s].contains(&F(m)),
+                                B(m) => done[s + 1].contains(&B(m)),
+                            };
+                            if ready {
+                                match work {
+                                    F(_) => held[s] += 1,
+                                    B(_) => held[s] -= 1,
+                                }
+                                let most = chunk_in_flight(d, devices, chunks, micro_batches);
+                                assert!(held[s] <= most[c]);
+                                done[s].insert(work);
+                                next[d] += 1;
+                                moved = true;
+                            }
+                        }
+                        if !moved {
+                            break;
+                        }
+                    }
+                    assert!(
+                        (0..devices).all(|d| next[d] == lists[d].len()),
+                        "deadlock: {devices} devices, {chunks} chunks, {micro_batches} micro-batches"
+                    );
+                    for s in 0..stages {
+                        let (d, c) = (s % devices, s / devices);
+                        let own: Vec<Work> =
+                            lists[d].iter().filter(|w| w.0 == c).map(|w| w.1).collect();
+                        let forwards: Vec<Work> = (0..micro_batches).map(F).collect();
+                        let backwards: Vec<Work> = (0..micro_batches).map(B).collect();
+                        let (f, b): (Vec<Work>, Vec<Work>) =
+                            own.iter().partition(|w| matches!(w, F(_)));
+                        assert_eq!(
+                            (f, b),
+                            (forwards, backwards),
+                            "stage {s} runs each pass once, in order"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_devices_two_chunks_four_micro_batches() {
+        assert_eq!(
+            interleaved(0, 2, 2, 4),
+            [(0, F(0)), (0, F(1)), (1, F(0)), (1, F(1)), (0, F(2)), (1, B(0)), (0, F(3))]
+                .into_iter()
+                .chain([(1, B(1)), (1, F(2)), (0, B(0)), (1, F(3)), (0, B(1))])
+                .chain([(1, B(2)), (1, B(3)), (0, B(2)), (0, B(3))])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(chunk_in_flight(0, 2, 2, 4), vec![4, 2]);
+        assert_eq!(
+            interleaved(1, 3, 1, 4),
+            one_f_one_b(1, 3, 4).into_iter().map(|w| (0, w)).collect::<Vec<_>>()
+        );
     }
 
     /// Plays the stages against each other: every forward after the previous stage's, every

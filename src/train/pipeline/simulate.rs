@@ -6,21 +6,22 @@
 //! backward when the gradient from the stage after has. A stage receives on a thread of
 //! its own per direction, one message ahead: the copy of micro-batch `m` starts once the
 //! sender has finished it and the stage has taken `m − 1`, and overlaps the stage's work.
+//! The stages of an interleaved plan that share a device take turns in its order.
 
 use super::plan::PipelinePlan;
-use super::schedule::{Work, one_f_one_b};
+use super::schedule::{Work, interleaved};
 
 /// The outcome of playing one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Played {
     /// Seconds from the first forward to the last backward.
     pub makespan: f64,
-    /// Per stage, the seconds it was busy.
+    /// Per device (per stage, where each device holds one), the seconds it was busy.
     pub busy: Vec<f64>,
 }
 
 impl Played {
-    /// The share of the stages' time spent idle.
+    /// The share of the devices' time spent idle.
     pub fn bubble(&self) -> f64 {
         let span = self.makespan * self.busy.len() as f64;
         if span > 0.0 { 1.0 - self.busy.iter().sum::<f64>() / span } else { 0.0 }
@@ -30,24 +31,26 @@ impl Played {
 /// Plays `plan` with its `micro_batches`.
 pub fn play(plan: &PipelinePlan) -> Played {
     let stages = plan.stages.len();
+    let (devices, chunks) = (plan.devices(), plan.chunks());
     let micro_batches = plan.micro_batches;
-    let lists: Vec<Vec<Work>> =
-        (0..stages).map(|s| one_f_one_b(s, stages, micro_batches)).collect();
+    let lists: Vec<Vec<(usize, Work)>> =
+        (0..devices).map(|d| interleaved(d, devices, chunks, micro_batches)).collect();
     // When each stage's forward and backward of each micro-batch finished.
     let mut forward_done = vec![vec![f64::NAN; micro_batches]; stages];
     let mut backward_done = vec![vec![f64::NAN; micro_batches]; stages];
-    let mut next = vec![0usize; stages];
-    let mut free = vec![0f64; stages];
+    let mut next = vec![0usize; devices];
+    let mut free = vec![0f64; devices];
     // When each stage last took a received activation, and a received gradient.
     let mut took_forward = vec![0f64; stages];
     let mut took_backward = vec![0f64; stages];
-    let mut busy = vec![0f64; stages];
+    let mut busy = vec![0f64; devices];
     let mut left = 2 * stages * micro_batches;
     while left > 0 {
         let before = left;
-        for s in 0..stages {
-            // Run this stage's list as far as its inputs allow.
-            while let Some(&work) = lists[s].get(next[s]) {
+        for d in 0..devices {
+            // Run this device's list as far as its inputs allow.
+            while let Some(&(chunk, work)) = lists[d].get(next[d]) {
+                let s = chunk * devices + d;
                 let stage = &plan.stages[s];
                 // When its input was sent (NaN: not yet), and what receiving it takes.
                 let (sent, receive, took, last_taken) = match work {
@@ -72,7 +75,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
                     break;
                 }
                 let ready = sent.max(last_taken) + receive;
-                let start = free[s].max(ready);
+                let start = free[d].max(ready);
                 let end = start + took;
                 match work {
                     Work::Forward(m) => {
@@ -84,9 +87,9 @@ pub fn play(plan: &PipelinePlan) -> Played {
                         took_backward[s] = start;
                     }
                 }
-                free[s] = end;
-                busy[s] += took;
-                next[s] += 1;
+                free[d] = end;
+                busy[d] += took;
+                next[d] += 1;
                 left -= 1;
             }
         }

@@ -1,14 +1,17 @@
 //! One stage's part of a pipeline step: its 1F1B list played on one thread, the forward
 //! and backward passes of its layers, and the messages it trades with its neighbours
 //! through an [`Inbox`] and an [`Outbox`] (channels within a process, MPI between ranks).
+//! Stages that share a device (an interleaved plan's chunks) take turns through a
+//! [`Turn`], in the device's order.
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::mpsc::{Receiver, Sender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Layered;
-use super::schedule::{Work, one_f_one_b};
+use super::schedule::Work;
 use crate::plan::{Stopwatch, proportional};
 use crate::train::nn::Ctx;
 use crate::train::parallel::{panic_message, ranges};
@@ -118,6 +121,64 @@ pub(super) struct Place {
     /// The layers (ascending) whose activations are not kept but computed again in the
     /// backward pass.
     pub recompute: Vec<usize>,
+    /// Its list of work, in order ([`one_f_one_b`](super::schedule::one_f_one_b), or its
+    /// chunk's part of [`interleaved`](super::schedule::interleaved)).
+    pub work: Vec<Work>,
+    /// Where it shares its device with other stages: their common order.
+    pub turn: Option<Arc<Turn>>,
+}
+
+/// The order in which the stages on one device run their work (an interleaved plan's
+/// device order): each stage waits for its turn, and hands it on when its work is done.
+/// A stage that fails stops the turn, so that the others on its device stop too rather
+/// than wait for ever.
+pub(super) struct Turn {
+    /// The stage of each unit of the device's work, in order.
+    order: Vec<usize>,
+    /// How many units are done, and whether a stage stopped.
+    at: Mutex<(usize, bool)>,
+    moved: Condvar,
+}
+
+impl Turn {
+    pub fn new(order: Vec<usize>) -> Turn {
+        Turn { order, at: Mutex::new((0, false)), moved: Condvar::new() }
+    }
+
+    /// Blocks until the device's next unit of work is `stage`'s.
+    fn wait(&self, stage: usize) -> std::result::Result<(), Stop> {
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match *at {
+                (_, true) => return Err(Stop::Neighbour),
+                (i, false) if self.order.get(i) == Some(&stage) => return Ok(()),
+                _ => at = self.moved.wait(at).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// The unit whose turn it was is done.
+    fn pass(&self) {
+        self.at.lock().unwrap_or_else(|e| e.into_inner()).0 += 1;
+        self.moved.notify_all();
+    }
+
+    fn stop(&self) {
+        self.at.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.moved.notify_all();
+    }
+}
+
+/// Stops a turn unless disarmed: a stage that returns early or panics releases the
+/// stages waiting behind it.
+struct StopUnlessDone<'a>(Option<&'a Turn>);
+
+impl Drop for StopUnlessDone<'_> {
+    fn drop(&mut self) {
+        if let Some(turn) = self.0 {
+            turn.stop();
+        }
+    }
 }
 
 /// One stage's part of a step: its place and its links.
@@ -307,7 +368,8 @@ impl StageJob<'_> {
         let StageJob { place, send_forward, receive_forward, send_back, receive_back } = self;
         let micro_batches = shared.rows.len();
         let device = &place.device;
-        std::thread::scope(|scope| {
+        let mut stopper = StopUnlessDone(place.turn.as_deref());
+        let outcome = std::thread::scope(|scope| {
             let open = |inbox, what| Incoming::open(scope, inbox, device, what, micro_batches);
             let links = Links {
                 receive_forward: receive_forward.map(|inbox| open(inbox, "activation")),
@@ -316,7 +378,11 @@ impl StageJob<'_> {
                 send_back,
             };
             place.play(shared, &links)
-        })
+        });
+        if outcome.is_ok() {
+            stopper.0 = None;
+        }
+        outcome
     }
 }
 
@@ -343,7 +409,10 @@ impl Place {
         let mut losses = Vec::new();
         let mut busy = Vec::with_capacity(3 * micro_batches);
         let mut held: HashMap<usize, Vec<Option<Part>>> = HashMap::new();
-        for work in one_f_one_b(place.index, place.count, micro_batches) {
+        for &work in &place.work {
+            if let Some(turn) = &place.turn {
+                turn.wait(place.index)?;
+            }
             match work {
                 Work::Forward(m) => {
                     let rows = shared.rows[m].clone();
@@ -441,6 +510,9 @@ impl Place {
                         &place.device,
                     ));
                 }
+            }
+            if let Some(turn) = &place.turn {
+                turn.pass();
             }
         }
         Ok(StageOutcome { grads, losses, busy })
