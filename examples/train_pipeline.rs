@@ -155,8 +155,8 @@ fn run(args: &Args) -> std::result::Result<(), String> {
         budget as f64 / 1024.0,
         whole as f64 / 1024.0,
     );
-    // Stages of one device each; with `--groups`, data-parallel groups where those shorten
-    // the step, whose helpers each run a copy of the model (built alike, it takes the
+    // Stages of one device each (or several each, interleaved, where that plays a shorter
+    // step); with `--groups`, data-parallel groups where those shorten the step, whose helpers each run a copy of the model (built alike, it takes the
     // model's values).
     let plan = match args.groups {
         true => PipelinePlan::search_with_groups(&costs, &candidates, args.micro_batches, 2),

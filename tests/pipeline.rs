@@ -1496,3 +1496,25 @@ fn an_interleaved_plan_that_cannot_run_is_refused() -> Result<()> {
     assert!(e.to_string().contains("stage 1") && e.to_string().contains("stage 3"), "{e}");
     Ok(())
 }
+
+/// A chip lost under an interleaved plan fails the step with its fault, whichever chip it
+/// is: the stages waiting for their turn on the other chips stop too, none waits for ever.
+#[test]
+fn a_lost_chip_of_an_interleaved_plan_fails_the_step_without_hanging() -> Result<()> {
+    let host = cpu();
+    let layout = [0..2, 2..4, 4..6, 6..9, 9..12, 12..14];
+    for victim in 0..3 {
+        let (model, costs) = model_and_costs(&host)?;
+        let chips: Vec<Arc<SimDevice>> =
+            (1..=3).map(|i| sim(&host, "chip", 1e11, 1 << 30, 10 * victim + i)).collect();
+        let devices: Vec<Candidate> = chips.iter().map(candidate).collect();
+        let plan = PipelinePlan::interleaved(&costs, layout.to_vec(), devices, MICRO_BATCHES, 2)?;
+        let mut pipeline = Pipeline::new(model, plan, adamw)?;
+        chips[victim].fail_now(ErrorKind::DeviceLost);
+        let err = pipeline
+            .step(BATCH, input, |logits, rows, _device| loss(logits, rows))
+            .expect_err("a step on a lost chip");
+        assert_eq!(err.device(), Some(chips[victim].info().label().as_str()), "{err}");
+    }
+    Ok(())
+}

@@ -34,7 +34,7 @@ impl PipelinePlan {
         let mut plan =
             PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)?;
         if costs.first().map_or(0, |l| l.rows) < 2 {
-            return Ok(plan);
+            return Ok(plan.interleaved_if_shorter(candidates, slots));
         }
         let id = |c: &Candidate| c.device.info().id;
         // The plan's stages as candidates, in order, and the single devices it leaves out.
@@ -52,7 +52,9 @@ impl PipelinePlan {
                     .cloned()
             })
             .collect();
-        let Some(mut stages) = found else { return Ok(plan) };
+        let Some(mut stages) = found else {
+            return Ok(plan.interleaved_if_shorter(candidates, slots));
+        };
         let used: std::collections::HashSet<_> = (plan.stages.iter())
             .flat_map(|s| std::iter::once(&s.device).chain(s.helpers.iter().map(|h| &h.device)))
             .map(|d| d.info().id)
@@ -96,7 +98,8 @@ impl PipelinePlan {
                 spare.remove(u);
             }
         }
-        Ok(plan)
+        // Where no group helps, interleaving still may (a plan with groups stays as it is).
+        Ok(plan.interleaved_if_shorter(candidates, slots))
     }
 
     /// How many copies of the model a run of this plan needs

@@ -5,12 +5,14 @@
 //! it, the 1F1B bubble `(D − 1)/(M + D − 1)` shrinking about `v`-fold; each micro-batch
 //! crosses `v` times as many links, and a device holds more micro-batches' activations.
 //!
-//! A search interleaves the best plain plan it found: each device keeps the layers' time
-//! it had (its speed and memory already weighed), cut into `v` chunks of about equal time,
-//! and the step with 2, 3 or 4 chunks is kept where it is shorter.
+//! A search interleaves the best plain plan it found: the same devices in the same order,
+//! the layers cut again into `v` stages a device by bisection on the pace (each device
+//! within it and within its memory, each chunk near its even share), and the step with 2,
+//! 3 or 4 chunks is kept where it plays shorter.
 
 use std::collections::HashSet;
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::cost::LayerCost;
 use super::plan::{Candidate, PipelinePlan, Spot, StagePlan, check_micro_batches, per_byte, price};
@@ -140,10 +142,15 @@ impl PipelinePlan {
             sums[i % count].0 += fixed(stage);
             sums[i % count].1 += stage.memory.activations;
         }
-        let stages = if (0..count).all(|d| sums[d].0 + sums[d].1 <= devices[d].memory) {
+        let fits = |d: usize| sums[d].0 + sums[d].1 <= devices[d].memory;
+        let stages = if (0..count).all(fits) {
             keeping
         } else {
+            // Only the devices short of room are priced again.
             priced(&|i| {
+                if fits(i % count) {
+                    return u64::MAX;
+                }
                 let (state, activations) = sums[i % count];
                 let spare = devices[i % count].memory.saturating_sub(state);
                 let own = &keeping[i];
@@ -154,6 +161,26 @@ impl PipelinePlan {
         let plan = PipelinePlan { stages, micro_batches, costs: costs.into(), chunks };
         plan.check_memory()?;
         Ok(plan)
+    }
+
+    /// `self` (a plain plan over some of `candidates`) or its best interleaving
+    /// ([`best_interleaving`](Self::best_interleaving)), whichever plays the shorter step.
+    pub(crate) fn interleaved_if_shorter(
+        self,
+        candidates: &[Candidate],
+        slots: f64,
+    ) -> PipelinePlan {
+        let stages = (self.stages.iter())
+            .map(|s| {
+                let id = s.device.info().id;
+                let c = candidates.iter().find(|c| c.device.info().id == id)?;
+                Some((s.layers.clone(), c.clone()))
+            })
+            .collect::<Option<Vec<_>>>();
+        match stages {
+            Some(stages) => PipelinePlan::best_interleaving(self, &stages, slots),
+            None => self,
+        }
     }
 
     /// `plain` (one stage a device, each `stages[s]`'s layers on its candidate) or, where
@@ -202,7 +229,7 @@ impl PipelinePlan {
 /// whose pace is below `ceiling`: the smallest pace (a device's chunks' times summed) that
 /// a fill ([`fill`], with `slack`) meets, found by bisection. `None` where none does.
 fn interleaved_cut(
-    costs: &[LayerCost],
+    costs: &Arc<[LayerCost]>,
     devices: &[Candidate],
     chunks: usize,
     micro_batches: usize,
@@ -229,7 +256,7 @@ fn interleaved_cut(
             None => lo = mid,
         }
     }
-    let plan = PipelinePlan { stages: found, micro_batches, costs: costs.into(), chunks };
+    let plan = PipelinePlan { stages: found, micro_batches, costs: costs.clone(), chunks };
     plan.check_memory().ok()?;
     Some(plan)
 }

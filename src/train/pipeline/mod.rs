@@ -1,7 +1,8 @@
 //! Pipeline parallelism: a layered model cut into stages of contiguous layers, each stage
-//! on its own device (or on a data-parallel group of devices, [`Candidate::group`]) with
-//! its own parameters, gradients and optimizer state, so that a model no single chip holds
-//! trains on several.
+//! on its own device (or on a data-parallel group of devices, [`Candidate::group`]; or, in
+//! an interleaved plan, [`PipelinePlan::interleaved`], several non-adjacent stages on each
+//! device) with its own parameters, gradients and optimizer state, so that a model no
+//! single chip holds trains on several.
 //!
 //! Three steps, each a value that can be looked at before the next:
 //! 1. [`profile_layers`] runs one micro-batch through the model and counts, per layer,

@@ -34,6 +34,7 @@ use rustc_hash::FxHashMap;
 
 use super::cost::LayerCost;
 use super::schedule::in_flight;
+use super::simulate::play;
 use crate::plan::{DeviceProfile, proportional};
 use crate::{DeviceRef, Error, Result};
 
@@ -416,17 +417,7 @@ impl PipelinePlan {
     ) -> Result<PipelinePlan> {
         let slots = optimizer_slots as f64;
         let plain = PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)?;
-        let stages = (plain.stages.iter())
-            .map(|s| {
-                let id = s.device.info().id;
-                let c = candidates.iter().find(|c| c.device.info().id == id)?;
-                Some((s.layers.clone(), c.clone()))
-            })
-            .collect::<Option<Vec<_>>>();
-        Ok(match stages {
-            Some(stages) => PipelinePlan::best_interleaving(plain, &stages, slots),
-            None => plain,
-        })
+        Ok(plain.interleaved_if_shorter(candidates, slots))
     }
 
     /// [`search`](Self::search) that also picks how many micro-batches a batch of `batch`
@@ -450,16 +441,17 @@ impl PipelinePlan {
                 ),
             });
         }
-        let mut best: Option<PipelinePlan> = None;
+        let mut best: Option<(PipelinePlan, f64)> = None;
         let mut first_error = None;
         for micro_batches in (1..=batch).filter(|&m| batch.is_multiple_of(m)) {
             let scaled: Vec<LayerCost> =
                 costs.iter().map(|l| l.with_rows(batch / micro_batches)).collect();
             match PipelinePlan::search(&scaled, candidates, micro_batches, optimizer_slots) {
                 Ok(plan) => {
-                    if best.as_ref().is_none_or(|b| plan.predicted_step_s() < b.predicted_step_s())
-                    {
-                        best = Some(plan);
+                    // Played: the formula is optimistic for some interleaved plans.
+                    let step = play(&plan).makespan;
+                    if best.as_ref().is_none_or(|b| step < b.1) {
+                        best = Some((plan, step));
                     }
                 }
                 Err(e) => {
@@ -468,7 +460,7 @@ impl PipelinePlan {
             }
         }
         match (best, first_error) {
-            (Some(plan), _) => Ok(plan),
+            (Some((plan, _)), _) => Ok(plan),
             (None, Some(error)) => Err(error),
             // A batch of one row or more tries one micro-batch at least.
             (None, None) => Err(Error::InvalidArgument {
@@ -656,7 +648,7 @@ impl PipelinePlan {
         hosting.into_iter().fold(0.0, f64::max)
     }
 
-    /// The share of the stages' time a step leaves idle (the pipeline's bubble).
+    /// The share of the devices' time a step leaves idle (the pipeline's bubble).
     pub fn bubble(&self) -> f64 {
         let busy: f64 =
             self.stages.iter().map(StagePlan::time).sum::<f64>() * self.micro_batches as f64;
@@ -687,7 +679,7 @@ impl PipelinePlan {
         );
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         // Free: what the device has left once all its stages hold theirs.
-        let devices = self.devices();
+        let devices = self.devices().max(1);
         let held: Vec<u64> = (0..devices)
             .map(|d| self.stages.iter().skip(d).step_by(devices).map(|s| s.memory.total()).sum())
             .collect();
@@ -737,7 +729,11 @@ impl PipelinePlan {
             self.predicted_step_s() * 1e3,
             pace * 1e3,
             // Where the round trip's copies, not the slowest stage, set it.
-            if pace > slowest * (1.0 + 1e-9) { " (the round trip's)" } else { "" },
+            if self.chunks == 1 && pace > slowest * (1.0 + 1e-9) {
+                " (the round trip's)"
+            } else {
+                ""
+            },
             self.bubble() * 100.0,
             if self.stages.iter().any(|s| !s.recompute.is_empty()) {
                 " (rc: activations recomputed in the backward pass, of how many layers)"

@@ -38,7 +38,7 @@ pub struct ReplicaPlan {
     /// Each replica's pipeline, with its share of the micro-batches.
     pub replicas: Vec<PipelinePlan>,
     /// Predicted seconds of the gradients' all-reduce across the replicas, after the last
-    /// backward pass (a ring per stage, at the slowest link it crosses).
+    /// backward pass (a ring per chip's stages, at the slowest link it crosses).
     pub all_reduce_s: f64,
 }
 
@@ -394,7 +394,8 @@ fn step(plan: &PipelinePlan) -> f64 {
 /// a positive, finite pace) that end the replicas' steps
 /// together: replica `r`'s step with `m` of them takes about a micro-batch's trip through
 /// its stages and its syncs, then `m − 1` more at its pace (the 1F1B
-/// formula, [`PipelinePlan::predicted_step_s`]). Sharing by pace alone would leave the
+/// formula, [`PipelinePlan::predicted_step_s`]; interleaved over `v` chunks, `1/v` of the
+/// trip and `m − 1/v` paces). Sharing by pace alone would leave the
 /// replicas with long pipelines and few micro-batches, whose fill and drain weigh most,
 /// finishing last. A replica whose trip alone outlasts the others' steps gets none.
 pub fn balanced_shares(replicas: &[PipelinePlan], micro_batches: usize) -> Vec<usize> {

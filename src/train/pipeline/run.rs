@@ -704,6 +704,17 @@ fn stages<M: Layered>(
     placement: Placement<'_>,
 ) -> Result<Vec<Stage>> {
     // The plan's fields are public: check what a hand-edited plan could break.
+    if plan.devices() == 0 || !plan.stages.len().is_multiple_of(plan.chunks()) {
+        return Err(invalid(
+            "Pipeline",
+            "-",
+            format!(
+                "{} stages for a plan interleaved over {} stages a device",
+                plan.stages.len(),
+                plan.chunks()
+            ),
+        ));
+    }
     let mut next = 0;
     for (s, stage) in plan.stages.iter().enumerate() {
         if stage.layers.start != next || stage.layers.is_empty() {

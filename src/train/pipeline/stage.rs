@@ -368,8 +368,10 @@ impl StageJob<'_> {
         let StageJob { place, send_forward, receive_forward, send_back, receive_back } = self;
         let micro_batches = shared.rows.len();
         let device = &place.device;
-        let mut stopper = StopUnlessDone(place.turn.as_deref());
-        let outcome = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
+            // Dropped before the scope joins the read-ahead threads, which may wait on
+            // stages that wait for this device's turn.
+            let mut stopper = StopUnlessDone(place.turn.as_deref());
             let open = |inbox, what| Incoming::open(scope, inbox, device, what, micro_batches);
             let links = Links {
                 receive_forward: receive_forward.map(|inbox| open(inbox, "activation")),
@@ -377,12 +379,12 @@ impl StageJob<'_> {
                 send_forward,
                 send_back,
             };
-            place.play(shared, &links)
-        });
-        if outcome.is_ok() {
-            stopper.0 = None;
-        }
-        outcome
+            let outcome = place.play(shared, &links);
+            if outcome.is_ok() {
+                stopper.0 = None;
+            }
+            outcome
+        })
     }
 }
 
