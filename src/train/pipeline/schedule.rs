@@ -145,8 +145,8 @@ mod tests {
 
     /// Plays the devices against each other, each running its list in order: every
     /// forward after the previous stage's, every backward after the next stage's. A
-    /// schedule that deadlocks, or holds more activations than `chunk_in_flight` says,
-    /// fails.
+    /// schedule that deadlocks, or holds more activations than `chunk_in_flight` says
+    /// (`in_flight` for plain 1F1B, one chunk a device), fails.
     #[test]
     fn every_interleaved_schedule_runs_to_the_end_within_its_memory() {
         for devices in 1..=6 {
@@ -177,6 +177,9 @@ mod tests {
                                 }
                                 let most = chunk_in_flight(d, devices, chunks, micro_batches);
                                 assert!(held[s] <= most[c]);
+                                if chunks == 1 {
+                                    assert_eq!(most[0], in_flight(d, devices, micro_batches));
+                                }
                                 done[s].insert(work);
                                 next[d] += 1;
                                 moved = true;
@@ -224,53 +227,5 @@ mod tests {
             interleaved(1, 3, 1, 4),
             one_f_one_b(1, 3, 4).into_iter().map(|w| (0, w)).collect::<Vec<_>>()
         );
-    }
-
-    /// Plays the stages against each other: every forward after the previous stage's, every
-    /// backward after the next stage's. A schedule that deadlocks, or holds more
-    /// activations than `in_flight` says, fails.
-    #[test]
-    fn every_schedule_runs_to_the_end_within_its_memory() {
-        for stages in 1..=6 {
-            for micro_batches in 1..=9 {
-                let lists: Vec<Vec<Work>> =
-                    (0..stages).map(|s| one_f_one_b(s, stages, micro_batches)).collect();
-                for list in &lists {
-                    assert_eq!(list.len(), 2 * micro_batches);
-                }
-                let mut next = vec![0; stages];
-                let mut done = vec![std::collections::HashSet::new(); stages];
-                let mut held = vec![0usize; stages];
-                loop {
-                    let mut moved = false;
-                    for s in 0..stages {
-                        let Some(&work) = lists[s].get(next[s]) else { continue };
-                        let ready = match work {
-                            F(_) if s == 0 => true,
-                            F(m) => done[s - 1].contains(&F(m)),
-                            B(m) if s + 1 == stages => done[s].contains(&F(m)),
-                            B(m) => done[s + 1].contains(&B(m)),
-                        };
-                        if ready {
-                            match work {
-                                F(_) => held[s] += 1,
-                                B(_) => held[s] -= 1,
-                            }
-                            assert!(held[s] <= in_flight(s, stages, micro_batches));
-                            done[s].insert(work);
-                            next[s] += 1;
-                            moved = true;
-                        }
-                    }
-                    if !moved {
-                        break;
-                    }
-                }
-                assert!(
-                    (0..stages).all(|s| next[s] == lists[s].len()),
-                    "deadlock: {stages} stages, {micro_batches} micro-batches"
-                );
-            }
-        }
     }
 }
