@@ -163,6 +163,21 @@ impl PipelinePlan {
         Ok(plan)
     }
 
+    /// Each stage's layers and the candidate (of `candidates`) its device is; `None` where
+    /// one is not there.
+    pub(crate) fn stage_candidates(
+        &self,
+        candidates: &[Candidate],
+    ) -> Option<Vec<(Range<usize>, Candidate)>> {
+        (self.stages.iter())
+            .map(|s| {
+                let id = s.device.info().id;
+                let c = candidates.iter().find(|c| c.device.info().id == id)?;
+                Some((s.layers.clone(), c.clone()))
+            })
+            .collect()
+    }
+
     /// `self` (a plain plan over some of `candidates`) or its best interleaving
     /// ([`best_interleaving`](Self::best_interleaving)), whichever plays the shorter step.
     pub(crate) fn interleaved_if_shorter(
@@ -170,14 +185,7 @@ impl PipelinePlan {
         candidates: &[Candidate],
         slots: f64,
     ) -> PipelinePlan {
-        let stages = (self.stages.iter())
-            .map(|s| {
-                let id = s.device.info().id;
-                let c = candidates.iter().find(|c| c.device.info().id == id)?;
-                Some((s.layers.clone(), c.clone()))
-            })
-            .collect::<Option<Vec<_>>>();
-        match stages {
+        match self.stage_candidates(candidates) {
             Some(stages) => PipelinePlan::best_interleaving(self, &stages, slots),
             None => self,
         }

@@ -218,15 +218,7 @@ impl ReplicaPlan {
             if share == 0 {
                 continue;
             }
-            let stages = replica
-                .stages
-                .iter()
-                .map(|s| {
-                    let id = s.device.info().id;
-                    let chip = group.iter().find(|c| c.device.info().id == id)?;
-                    Some((s.layers.clone(), chip.clone()))
-                })
-                .collect::<Option<Vec<_>>>();
+            let stages = replica.stage_candidates(group);
             shared.push(Shared::new(costs, stages, replica, share, optimizer_slots));
         }
         // Repricing moves the replicas' ends apart a little: micro-batches move, one at a
