@@ -423,24 +423,22 @@ impl Backward {
                 let (w, b) = (inputs[1], inputs[2]);
                 let xf = x.cast(DType::F32)?;
                 // h = g·w; dx = rstd·(h − mean(h) − x̂·mean(h·x̂)); dw = Σ g·x̂; db = Σ g.
-                let h = Tensor::fused(&[g, w], &crate::programs::product(), DType::F32)?;
                 let times = crate::programs::times_normalized();
-                let h_mean = h.mean_keepdim(*axis)?;
-                let (mean_of, f32) = (ReduceOp::Mean, DType::F32);
-                let hx_mean =
-                    Tensor::fused_reduce(&[&h, &xf, mean, rstd], &times, mean_of, *axis, f32)?;
-                let input_grad = crate::programs::layer_norm_input_grad();
-                let dx = Tensor::fused(
-                    &[&h, &xf, mean, rstd, &h_mean, &hx_mean],
-                    &input_grad,
-                    x.dtype(),
-                )?;
+                let dx = want(0, &|| {
+                    let h = Tensor::fused(&[g, w], &crate::programs::product(), DType::F32)?;
+                    let h_mean = h.mean_keepdim(*axis)?;
+                    let (mean_of, f32) = (ReduceOp::Mean, DType::F32);
+                    let hx_mean =
+                        Tensor::fused_reduce(&[&h, &xf, mean, rstd], &times, mean_of, *axis, f32)?;
+                    let input_grad = crate::programs::layer_norm_input_grad();
+                    Tensor::fused(&[&h, &xf, mean, rstd, &h_mean, &hx_mean], &input_grad, x.dtype())
+                })?;
                 let dw = want(1, &|| {
                     let gx = Tensor::fused(&[g, &xf, mean, rstd], &times, DType::F32)?;
                     sum_to(&gx, w)
                 })?;
                 let db = want(2, &|| sum_to(&cast_to(g, b.dtype())?, b))?;
-                Ok(vec![Some(dx), dw, db])
+                Ok(vec![dx, dw, db])
             }
             Backward::BiasActivation { slope: program } => {
                 let d = slope(program.clone(), y, g)?;

@@ -35,4 +35,4 @@ pub use parallel::{
 };
 pub use params::{Init, Param, ParamStore};
 pub use pipeline::{Layered, Pipeline, PipelinePlan};
-pub use var::{Grads, Var, VarId, is_grad_enabled, no_grad};
+pub use var::{Grads, Var, VarId, WeightGrads, is_grad_enabled, no_grad};

@@ -156,69 +156,47 @@ impl Var {
         seed: Tensor,
         mut report: impl FnMut(VarId, Tensor) -> Result<()>,
     ) -> Result<()> {
+        self.check_seed(&seed)?;
+        let walk = Walk::new(self);
+        walk.run(Some(seed), Part::Whole, &mut report)
+    }
+
+    /// The backward pass in two parts, as a zero-bubble pipeline runs it (Qi et al. 2023):
+    /// now, only the gradient of `input` (`None` where this value does not depend on it),
+    /// which the stage before is waiting for; later, [`WeightGrads::finish`], the gradients
+    /// of the leaves that do not depend on `input` (a stage's parameters), which nobody
+    /// waits for. Between the two, the graph and the gradients of the ops' outputs that
+    /// the second part needs are kept.
+    ///
+    /// Both parts together compute exactly what [`backward_streaming`](Self::backward_streaming)
+    /// does, in the same order, so every gradient is equal bit for bit.
+    pub fn backward_split(
+        &self,
+        seed: Tensor,
+        input: &Var,
+    ) -> Result<(Option<Tensor>, WeightGrads)> {
+        self.check_seed(&seed)?;
+        let walk = Walk::new(self);
+        let reaches = walk.reaching(input.id());
+        let mut kept = HashMap::new();
+        let mut input_grad = None;
+        let part = Part::Input { reaches: &reaches, keep: &mut kept };
+        walk.run(Some(seed), part, &mut |id, grad| {
+            if id == input.id() {
+                input_grad = Some(grad);
+            }
+            Ok(())
+        })?;
+        Ok((input_grad, WeightGrads { walk, reaches, kept }))
+    }
+
+    fn check_seed(&self, seed: &Tensor) -> Result<()> {
         if seed.dims() != self.dims() || seed.dtype() != self.tensor().dtype() {
             return Err(Error::Shape {
                 op: "backward".into(),
                 device: self.device().info().label(),
                 detail: format!("seed {:?} does not match the value {:?}", seed, self.tensor()),
             });
-        }
-        let order = self.topological_order();
-        let at: HashMap<VarId, usize> =
-            order.iter().enumerate().map(|(i, v)| (v.id(), i)).collect();
-        // Per node: its uses not yet done with the backward pass, and its height (the
-        // longest path down to a leaf; leaves are 0).
-        let mut uses = vec![0usize; order.len()];
-        let mut height = vec![0usize; order.len()];
-        for (i, var) in order.iter().enumerate() {
-            for input in var.0.inputs.iter().filter(|v| v.requires_grad()) {
-                let j = at[&input.id()];
-                uses[j] += 1;
-                height[i] = height[i].max(height[j] + 1);
-            }
-        }
-        // A node is ready once every use of it has sent its gradient back. Of the ready
-        // ones, the lowest goes first: a short branch down to a parameter (a transpose of a
-        // weight) finishes, and reports, before the pass descends the long chain below.
-        // A value no leaf flows into has no gradients to report.
-        let Some(&root) = at.get(&self.id()) else { return Ok(()) };
-        let mut ready = BinaryHeap::from([(Reverse(height[root]), root)]);
-        let mut pending: HashMap<usize, Tensor> = HashMap::from([(root, seed)]);
-        while let Some((_, i)) = ready.pop() {
-            let var = &order[i];
-            let grad = pending.remove(&i);
-            let Some(backward) = &var.0.backward else {
-                if let Some(grad) = grad.filter(|_| var.0.leaf) {
-                    report(var.id(), grad)?;
-                }
-                continue;
-            };
-            let input_grads = match &grad {
-                Some(grad) => {
-                    let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
-                    let needs: Vec<bool> = var.0.inputs.iter().map(|v| v.requires_grad()).collect();
-                    backward.apply(grad, var.tensor(), &inputs, &needs)?
-                }
-                // Nothing flows through this op, but its uses of its inputs are over.
-                None => vec![None; var.0.inputs.len()],
-            };
-            for (input, input_grad) in var.0.inputs.iter().zip(input_grads) {
-                if !input.requires_grad() {
-                    continue;
-                }
-                let j = at[&input.id()];
-                if let Some(input_grad) = input_grad {
-                    let sum = match pending.remove(&j) {
-                        Some(prev) => prev.add(&input_grad)?,
-                        None => input_grad,
-                    };
-                    pending.insert(j, sum);
-                }
-                uses[j] -= 1;
-                if uses[j] == 0 {
-                    ready.push((Reverse(height[j]), j));
-                }
-            }
         }
         Ok(())
     }
@@ -231,9 +209,14 @@ impl Var {
     /// What the graph behind this value costs, counted from its recorded ops: see
     /// [`GraphCensus`]. Leaves (parameters, a stage's input) are not counted: they are
     /// accounted for by whoever owns them.
-    pub(crate) fn census(&self) -> GraphCensus {
+    ///
+    /// `input` is the graph's input (a layer's): the matmuls with an operand not computed
+    /// from it (a weight) count towards [`GraphCensus::weight_flops`].
+    pub(crate) fn census(&self, input: VarId) -> GraphCensus {
         let mut census = GraphCensus::default();
-        let order = self.topological_order();
+        let walk = Walk::new(self);
+        let reaches = walk.reaching(input);
+        let order = walk.order;
         // Views of a leaf (a weight's transpose, its rows for one output) share the leaf's
         // buffer, which its owner accounts for.
         let owned: HashSet<usize> =
@@ -247,7 +230,7 @@ impl Var {
             let entry = buffers.entry(t.storage_key()).or_default();
             *entry = (*entry).max(bytes);
         };
-        for var in order {
+        for var in &order {
             let Some(backward) = &var.0.backward else { continue };
             let value = &var.0.value;
             // A view (a transpose, a narrow, a reshape that needs no copy) shares its
@@ -263,9 +246,14 @@ impl Var {
             }
             backward.saved().into_iter().for_each(&mut keep);
             match (backward, var.0.inputs.as_slice()) {
-                (Backward::Matmul, [a, _]) => {
+                (Backward::Matmul, [a, b]) => {
                     let inner = a.dims().last().copied().unwrap_or(0);
-                    census.matmul_flops += 2.0 * value.numel() as f64 * inner as f64;
+                    let flops = 2.0 * value.numel() as f64 * inner as f64;
+                    census.matmul_flops += flops;
+                    let weight = |v: &Var| v.requires_grad() && !reaches[walk.at[&v.id()]];
+                    if weight(a) || weight(b) {
+                        census.weight_flops += flops;
+                    }
                 }
                 // `q · kᵀ` and `weights · v`, each 2·numel(q)·time flops; the backward pass
                 // computes `q · kᵀ` again. Where the device has no attention kernel, the
@@ -336,6 +324,172 @@ impl fmt::Debug for Var {
     }
 }
 
+/// Which gradients a walk of the graph computes.
+enum Part<'a> {
+    /// All of them.
+    Whole,
+    /// Those flowing into the nodes that reach the input (`reaches`), keeping the output
+    /// gradient of each such op with an operand that does not reach it, for [`Part::Weights`].
+    Input { reaches: &'a [bool], keep: &'a mut HashMap<usize, Tensor> },
+    /// Those flowing into the nodes that do not reach the input, from the kept gradients.
+    Weights { reaches: &'a [bool], kept: HashMap<usize, Tensor> },
+}
+
+/// A graph laid out for its backward pass: its nodes in topological order, and per node
+/// how many uses it has and its height (the longest path down to a leaf; leaves are 0).
+struct Walk {
+    order: Vec<Var>,
+    at: HashMap<VarId, usize>,
+    uses: Vec<usize>,
+    height: Vec<usize>,
+    root: Option<usize>,
+}
+
+impl Walk {
+    fn new(value: &Var) -> Walk {
+        let order = value.topological_order();
+        let at: HashMap<VarId, usize> =
+            order.iter().enumerate().map(|(i, v)| (v.id(), i)).collect();
+        let mut uses = vec![0usize; order.len()];
+        let mut height = vec![0usize; order.len()];
+        for (i, var) in order.iter().enumerate() {
+            for input in var.0.inputs.iter().filter(|v| v.requires_grad()) {
+                let j = at[&input.id()];
+                uses[j] += 1;
+                height[i] = height[i].max(height[j] + 1);
+            }
+        }
+        let root = at.get(&value.id()).copied();
+        Walk { order, at, uses, height, root }
+    }
+
+    /// Per node, whether it is the var `input` or computed from it.
+    fn reaching(&self, input: VarId) -> Vec<bool> {
+        let mut reaches = vec![false; self.order.len()];
+        for (i, var) in self.order.iter().enumerate() {
+            reaches[i] = var.id() == input
+                || var.0.inputs.iter().any(|v| self.at.get(&v.id()).is_some_and(|&j| reaches[j]));
+        }
+        reaches
+    }
+
+    /// Walks the graph from the root down, computing `part` of the gradients and reporting
+    /// the leaves'.
+    ///
+    /// A node is ready once every use of it has sent its gradient back. Of the ready ones,
+    /// the lowest goes first: a short branch down to a parameter (a transpose of a weight)
+    /// finishes, and reports, before the pass descends the long chain below. Every part
+    /// visits the nodes in this same order (a gradient not computed still counts its use
+    /// as done), so each gradient's terms are summed in the same order whichever part
+    /// computes it.
+    fn run(
+        &self,
+        seed: Option<Tensor>,
+        mut part: Part<'_>,
+        report: &mut dyn FnMut(VarId, Tensor) -> Result<()>,
+    ) -> Result<()> {
+        // A value no leaf flows into has no gradients to report.
+        let Some(root) = self.root else { return Ok(()) };
+        let mut uses = self.uses.clone();
+        let mut ready = BinaryHeap::from([(Reverse(self.height[root]), root)]);
+        let mut pending: HashMap<usize, Tensor> = HashMap::new();
+        // The weights' part starts from the root's kept gradient where the root does not
+        // reach the input (all of a first stage's pass is the weights' part).
+        let seed = match &mut part {
+            Part::Weights { reaches, kept } if !reaches[root] => kept.remove(&root),
+            Part::Weights { .. } => None,
+            _ => seed,
+        };
+        pending.extend(seed.map(|seed| (root, seed)));
+        while let Some((_, i)) = ready.pop() {
+            let var = &self.order[i];
+            let grad = match &mut part {
+                Part::Weights { reaches, kept } if reaches[i] => kept.remove(&i),
+                _ => pending.remove(&i),
+            };
+            // Which inputs this part sends a gradient to.
+            let needs: Vec<bool> = var
+                .0
+                .inputs
+                .iter()
+                .map(|v| {
+                    v.requires_grad()
+                        && match &part {
+                            Part::Whole => true,
+                            Part::Input { reaches, .. } => reaches[self.at[&v.id()]],
+                            Part::Weights { reaches, .. } => !reaches[self.at[&v.id()]],
+                        }
+                })
+                .collect();
+            if let (Part::Input { reaches, keep }, Some(grad)) = (&mut part, &grad) {
+                let weights =
+                    var.0.inputs.iter().any(|v| v.requires_grad() && !reaches[self.at[&v.id()]]);
+                if weights {
+                    keep.insert(i, grad.clone());
+                }
+            }
+            let Some(backward) = &var.0.backward else {
+                if let Some(grad) = grad.filter(|_| var.0.leaf) {
+                    report(var.id(), grad)?;
+                }
+                continue;
+            };
+            let input_grads = match &grad {
+                Some(grad) if needs.contains(&true) => {
+                    let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
+                    backward.apply(grad, var.tensor(), &inputs, &needs)?
+                }
+                // Nothing flows through this op, but its uses of its inputs are over.
+                _ => vec![None; var.0.inputs.len()],
+            };
+            for ((input, input_grad), need) in var.0.inputs.iter().zip(input_grads).zip(&needs) {
+                if !input.requires_grad() {
+                    continue;
+                }
+                let j = self.at[&input.id()];
+                if let Some(input_grad) = input_grad.filter(|_| *need) {
+                    let sum = match pending.remove(&j) {
+                        Some(prev) => prev.add(&input_grad)?,
+                        None => input_grad,
+                    };
+                    pending.insert(j, sum);
+                }
+                uses[j] -= 1;
+                if uses[j] == 0 {
+                    ready.push((Reverse(self.height[j]), j));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The second part of a split backward pass ([`Var::backward_split`]): the gradients of the
+/// leaves that do not depend on the input. Holds the graph until it runs.
+pub struct WeightGrads {
+    walk: Walk,
+    reaches: Vec<bool>,
+    kept: HashMap<usize, Tensor>,
+}
+
+impl WeightGrads {
+    /// Computes the gradients, handing each leaf's to `report` as soon as it is final.
+    pub fn finish(self, mut report: impl FnMut(VarId, Tensor) -> Result<()>) -> Result<()> {
+        let WeightGrads { walk, reaches, kept } = self;
+        walk.run(None, Part::Weights { reaches: &reaches, kept }, &mut report)
+    }
+
+    /// Bytes of the output gradients kept for this part (a buffer two ops share, once).
+    pub fn kept_bytes(&self) -> usize {
+        let mut buffers: HashMap<usize, usize> = HashMap::new();
+        for t in self.kept.values() {
+            let entry = buffers.entry(t.storage_key()).or_default();
+            *entry = (*entry).max(t.numel() * t.dtype().size_in_bytes());
+        }
+        buffers.values().sum()
+    }
+}
+
 /// The cost of a recorded graph (one layer's forward pass, say), for planning: how many
 /// ops, how many flops its matmuls do, and how much memory it keeps for the backward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -347,6 +501,9 @@ pub(crate) struct GraphCensus {
     pub matmul_flops: f64,
     /// Matmul flops the backward pass spends computing forward results again.
     pub recomputed_flops: f64,
+    /// Flops of the forward matmuls with a weight operand (one not computed from the
+    /// input): the backward pass spends as many again on the weights' gradients.
+    pub weight_flops: f64,
     /// Bytes the ops' outputs write.
     pub written_bytes: usize,
     /// Bytes of the distinct buffers the graph holds for the backward pass: op outputs,
@@ -422,6 +579,48 @@ mod tests {
     use super::*;
     use crate::{CpuDevice, DeviceRef};
 
+    /// A transformer block's pass split in two (the input's gradient first, the weights'
+    /// later) gives every gradient bit for bit as the whole pass does; here a weight is
+    /// also used twice (tied), so its two terms must be summed in the same order.
+    #[test]
+    fn a_split_backward_pass_gives_the_whole_passs_gradients_bit_for_bit() -> Result<()> {
+        use crate::train::ParamStore;
+        use crate::train::nn::TransformerBlock;
+        let device: DeviceRef = Arc::new(CpuDevice::with_threads(1)?);
+        let store = ParamStore::new(&device, 7);
+        let block = TransformerBlock::new(&store.sub("block"), 8, 2)?;
+        let values: Vec<f32> =
+            (0..2 * 5 * 8).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let x = Var::leaf(Tensor::from_slice(&values, [2, 5, 8], &device)?);
+        let y = block.forward(&x)?;
+        // The first projection's weight used again, after the block: a tied weight.
+        let w = block.fc1.weight.var();
+        let y = y.matmul(&w.t()?)?.tanh()?.matmul(&w)?.add(&y)?;
+        let seed = Tensor::from_slice(&values, [2, 5, 8], &device)?;
+
+        let mut whole = Grads::default();
+        y.backward_streaming(seed.clone(), |id, g| whole.add(id, g))?;
+        let (input_grad, later) = y.backward_split(seed, &x)?;
+        assert!(later.kept_bytes() > 0, "the weights' part keeps output gradients");
+        let mut split = Grads::default();
+        later.finish(|id, g| split.add(id, g))?;
+
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.to_vec::<f32>()?.into_iter().map(f32::to_bits).collect())
+        };
+        assert_eq!(
+            bits(&input_grad.expect("the input's gradient"))?,
+            bits(whole.get(x.id()).unwrap())?
+        );
+        let params = block.params();
+        assert_eq!(split.len() + 1, whole.len(), "every weight, and not the input, later");
+        for p in &params {
+            let (a, b) = (whole.get(p.id()).unwrap(), split.get(p.id()).unwrap());
+            assert_eq!(bits(a)?, bits(b)?, "{}", p.name());
+        }
+        Ok(())
+    }
+
     /// Views share their input's buffer: the census counts no launch and no write for
     /// them, and keeps the buffer once.
     #[test]
@@ -433,7 +632,7 @@ mod tests {
         let doubled = x.add(&x)?;
         let part = doubled.narrow(2, 0, 2)?;
         let y = part.matmul(&part.transpose(1, 2)?)?.reshape([2, 9])?;
-        let census = y.census();
+        let census = y.census(x.id());
         assert_eq!(census.ops, 2);
         assert_eq!(census.written_bytes, (24 + 18) * 4);
         assert_eq!(census.matmul_flops, 2.0 * 18.0 * 2.0);

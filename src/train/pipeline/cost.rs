@@ -29,6 +29,13 @@ pub struct LayerCost {
     /// Matmul flops its backward pass spends computing forward results again (attention's
     /// weights, which are not kept).
     pub recomputed_flops: f64,
+    /// Flops of its forward matmuls with a weight operand: its backward pass spends as
+    /// many again on the weights' gradients, the part a zero-bubble schedule runs later
+    /// ([`Var::backward_split`]).
+    pub weight_flops: f64,
+    /// Bytes of its ops' output gradients that the weights' part of a split backward pass
+    /// reads, kept per micro-batch from the input's part until it runs.
+    pub kept_grad_bytes: usize,
     /// Bytes its ops write, forward (the memory-bound part).
     pub written_bytes: usize,
     /// Ops it records, forward (each one kernel launch or more).
@@ -88,6 +95,9 @@ impl TransformerShape {
         let dtype = if self.activation_bytes == 2 { DType::BF16 } else { DType::F32 };
         // `buffers` elements its ops write and the graph keeps, `stats` more kept (norms'
         // per-token statistics, ids).
+        // A split backward pass keeps the output gradients of the ops with weights (the
+        // norms' and the projections'; a bias shares its product's): `kept` `[tokens, dim]`
+        // buffers.
         let layer = |params: f64, buffers: f64, stats: f64, flops: f64, ops: usize| LayerCost {
             param_bytes: (params * p) as usize,
             activation_bytes: ((buffers + stats) * a) as usize,
@@ -96,6 +106,8 @@ impl TransformerShape {
             joined_bytes: 0,
             matmul_flops: flops,
             recomputed_flops: 0.0,
+            weight_flops: flops,
+            kept_grad_bytes: (tokens * d * a) as usize,
             written_bytes: (buffers * a) as usize,
             ops,
             dtype,
@@ -106,6 +118,7 @@ impl TransformerShape {
         // residual stream beside what the next quarter reads (`[x | q | k | v]`,
         // `[x | hidden]`): joined into one buffer only where a stage ends there.
         let project = LayerCost {
+            kept_grad_bytes: (2.0 * tokens * d * a) as usize,
             output_bytes: (4.0 * tokens * d * a) as usize,
             joined_bytes: (4.0 * tokens * d * a) as usize,
             ..layer(3.0 * d * d + 5.0 * d, 7.0 * tokens * d, 2.0 * tokens, 6.0 * tokens * d * d, 7)
@@ -120,6 +133,7 @@ impl TransformerShape {
         let attend = LayerCost {
             written_bytes: ((5.0 * tokens * d + score_writes) * a) as usize,
             recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
+            weight_flops: 2.0 * tokens * d * d,
             transient_bytes: transient as usize,
             ..layer(
                 d * d + d,
@@ -130,12 +144,14 @@ impl TransformerShape {
             )
         };
         let expand = LayerCost {
+            kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (5.0 * tokens * d * a) as usize,
             joined_bytes: (5.0 * tokens * d * a) as usize,
             ..layer(4.0 * d * d + 6.0 * d, 13.0 * tokens * d, 2.0 * tokens, 8.0 * tokens * d * d, 4)
         };
         let contract = layer(4.0 * d * d + d, 3.0 * tokens * d, 0.0, 8.0 * tokens * d * d, 3);
         let head = LayerCost {
+            kept_grad_bytes: ((tokens * d + tokens * v) * a) as usize,
             output_bytes: (tokens * v * a) as usize,
             ..layer(2.0 * d + d * v, tokens * d + tokens * v, 2.0 * tokens, 2.0 * tokens * d * v, 2)
         };
@@ -166,6 +182,8 @@ impl LayerCost {
             joined_bytes: scale(self.joined_bytes),
             matmul_flops: self.matmul_flops * share,
             recomputed_flops: self.recomputed_flops * share,
+            weight_flops: self.weight_flops * share,
+            kept_grad_bytes: scale(self.kept_grad_bytes),
             written_bytes: scale(self.written_bytes),
             ops: self.ops,
             dtype: self.dtype,
@@ -197,6 +215,16 @@ impl LayerCost {
         };
         2.0 * self.forward_secs(profile) + again
     }
+
+    /// Predicted seconds of the weights' part of its backward pass, split as a zero-bubble
+    /// schedule runs it: their gradients' matmuls (the rest of
+    /// [`backward_secs`](Self::backward_secs) is the input's part).
+    pub fn weight_secs(&self, profile: &DeviceProfile) -> f64 {
+        match self.weight_flops {
+            0.0 => 0.0,
+            flops => flops / profile.matmul_rate(self.dtype, flops),
+        }
+    }
 }
 
 /// Runs `input` (one micro-batch, of the size the pipeline will train with: activations
@@ -210,7 +238,14 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
     let mut counted = std::collections::HashSet::new();
     for layer in 0..model.depth() {
         let y = model.forward_layer(layer, &x, ctx)?;
-        let census = y.census();
+        let census = y.census(x.id());
+        // What a split backward pass keeps between its parts, measured.
+        let seed = crate::Tensor::ones(
+            y.tensor().shape().clone(),
+            y.tensor().dtype(),
+            y.tensor().device(),
+        )?;
+        let kept_grad_bytes = y.backward_split(seed, &x)?.1.kept_bytes();
         let out = y.tensor();
         let output_bytes = out.numel() * out.dtype().size_in_bytes();
         // A join made for handing on (one op writing the output) is neither made nor kept
@@ -230,6 +265,8 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
             joined_bytes,
             matmul_flops: census.matmul_flops,
             recomputed_flops: census.recomputed_flops,
+            weight_flops: census.weight_flops,
+            kept_grad_bytes,
             written_bytes: census.written_bytes.saturating_sub(joined_bytes),
             ops: census.ops - usize::from(joined && census.ops > 0),
             dtype: if out.dtype().is_float() { out.dtype() } else { DType::F32 },

@@ -33,6 +33,7 @@ mod run;
 mod schedule;
 mod simulate;
 mod stage;
+mod zero_bubble;
 
 use std::ops::Range;
 
@@ -43,7 +44,7 @@ pub use ranks::RankPipeline;
 pub use replica_plan::{ReplicaPlan, balanced_shares};
 pub use replicas::{PipelineReplicas, ReplicasReport};
 pub use run::{Pipeline, PipelineReport};
-pub use schedule::{Work, chunk_in_flight, in_flight, interleaved, one_f_one_b};
+pub use schedule::{Work, chunk_in_flight, in_flight, interleaved, one_f_one_b, zero_bubble};
 pub use simulate::{Played, play};
 
 use super::nn::Ctx;

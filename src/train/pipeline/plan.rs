@@ -140,6 +140,14 @@ pub struct StagePlan {
     pub backward_s: f64,
     pub receive_forward_s: f64,
     pub receive_backward_s: f64,
+    /// Of `backward_s`, the seconds of the weights' gradients: the part a split backward
+    /// pass runs later (0 for a group, which does not split).
+    pub weight_s: f64,
+    /// Where it runs its backward passes in two parts, the weights' part later
+    /// ([`PipelinePlan::zero_bubble`]): the most micro-batches it holds, each from its
+    /// forward pass to its weights' part. `memory` then counts their activations and the
+    /// output gradients kept between the two parts.
+    pub split: Option<usize>,
     pub memory: StageMemory,
     /// The device's memory offered to the job.
     pub available: u64,
@@ -196,6 +204,11 @@ impl StagePlan {
     /// the stage computes).
     pub fn time(&self) -> f64 {
         stage_time(self.forward_s, self.backward_s, self.receive_forward_s, self.receive_backward_s)
+    }
+
+    /// Predicted seconds of the first part of its backward pass: all of it, unless split.
+    pub fn input_s(&self) -> f64 {
+        if self.split.is_some() { self.backward_s - self.weight_s } else { self.backward_s }
     }
 
     /// Predicted seconds of one micro-batch's trip through this stage when nothing
@@ -408,7 +421,8 @@ impl PipelinePlan {
     /// The best plan of `costs` (from [`profile_layers`](super::profile_layers)) over
     /// `candidates`, or an `Err` when no split of the layers fits their memory. Where
     /// interleaving the best plan's devices ([`interleaved`](Self::interleaved), 2 to 4
-    /// stages each) plays a shorter step, the interleaved plan.
+    /// stages each) or splitting its backward passes ([`zero_bubble`](Self::zero_bubble))
+    /// plays a shorter step, the shorter of those.
     pub fn search(
         costs: &[LayerCost],
         candidates: &[Candidate],
@@ -417,7 +431,10 @@ impl PipelinePlan {
     ) -> Result<PipelinePlan> {
         let slots = optimizer_slots as f64;
         let plain = PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)?;
-        Ok(plain.interleaved_if_shorter(candidates, slots))
+        let split = plain.clone().zero_bubble_if_shorter();
+        let interleaved = plain.interleaved_if_shorter(candidates, slots);
+        let step = |plan: &PipelinePlan| play(plan).makespan;
+        Ok(if step(&interleaved) < step(&split) { interleaved } else { split })
     }
 
     /// [`search`](Self::search) that also picks how many micro-batches a batch of `batch`
@@ -581,6 +598,10 @@ impl PipelinePlan {
     /// not a multiple of the devices, the last, smaller group waits on the fill like a
     /// whole one: the step is longer than this ([`play`](super::play) it).
     pub fn predicted_step_s(&self) -> f64 {
+        // The zero-bubble order is itself found by playing the plan.
+        if self.splits_backward() {
+            return super::play(self).makespan;
+        }
         let sum: f64 = self.stages.iter().map(StagePlan::trip_s).sum();
         let v = self.chunks as f64;
         let m = self.micro_batches as f64;
@@ -661,6 +682,10 @@ impl PipelinePlan {
     /// micro-batch where known.
     pub fn explain_with(&self, measured: Option<&[f64]>) -> String {
         let schedule = match self.chunks {
+            _ if self.splits_backward() => {
+                "zero-bubble 1F1B (ZB-H1: backward passes split, `w` the weights' part put off)"
+                    .to_string()
+            }
             1 => "1F1B".to_string(),
             v => format!("interleaved 1F1B over {} devices, {v} stages each", self.devices()),
         };
@@ -691,7 +716,13 @@ impl PipelinePlan {
                 out,
                 "{:<7} {:<11} {:<16} {:>10.1} {:>10.1} {:>10.3} {:>10.3} {:>10}",
                 s,
-                format!("{}..{}{}", stage.layers.start, stage.layers.end, stage.recompute_mark()),
+                format!(
+                    "{}..{}{}{}",
+                    stage.layers.start,
+                    stage.layers.end,
+                    stage.recompute_mark(),
+                    if stage.split.is_some() { " w" } else { "" }
+                ),
                 stage.label,
                 mib(stage.memory.total()),
                 mib(stage.available.saturating_sub(held[s % devices])),
@@ -1218,6 +1249,10 @@ pub(super) fn price(
             available: h.memory,
         })
         .collect();
+    let weight_s = match spot.c.helpers.is_empty() {
+        true => layers.clone().map(|l| costs[l].weight_secs(&spot.c.profile)).sum(),
+        false => 0.0,
+    };
     StagePlan {
         layers,
         device: spot.c.device.clone(),
@@ -1226,6 +1261,8 @@ pub(super) fn price(
         backward_s: cost.backward_s,
         receive_forward_s: cost.receive_forward_s,
         receive_backward_s: cost.receive_backward_s,
+        weight_s,
+        split: None,
         memory: cost.memory,
         available: spot.c.memory,
         link_bytes_per_s: spot
@@ -1705,6 +1742,8 @@ mod tests {
             joined_bytes: 0,
             matmul_flops: gflop * 1e9,
             recomputed_flops: 0.0,
+            weight_flops: gflop * 1e9,
+            kept_grad_bytes: 0,
             written_bytes: 0,
             ops: 1,
             dtype: DType::F32,

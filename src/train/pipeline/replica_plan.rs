@@ -136,9 +136,15 @@ impl ReplicaPlan {
         planned.truncate(REFINED);
         let best = planned
             .into_par_iter()
-            .map(|(step, plan, groups, state)| {
+            .map(|(_, plan, groups, state)| {
+                let plan = plan.split_where_dear();
+                let step = plan.step_s();
                 match ReplicaPlan::over(costs, &groups, micro_batches, state, true) {
-                    Ok(refined) if refined.step_s() < step => (refined.step_s(), refined),
+                    Ok(refined) => {
+                        let refined = refined.split_where_dear();
+                        let better = refined.step_s();
+                        if better < step { (better, refined) } else { (step, plan) }
+                    }
                     _ => (step, plan),
                 }
             })
@@ -168,13 +174,20 @@ impl ReplicaPlan {
                 detail: format!("{count} replicas of {} chips", chips.len()),
             });
         }
-        ReplicaPlan::over(
-            costs,
-            &deal(chips, count, Dealing::Mixed),
-            micro_batches,
-            optimizer_slots as f64,
-            true,
-        )
+        let groups = deal(chips, count, Dealing::Mixed);
+        let plan = ReplicaPlan::over(costs, &groups, micro_batches, optimizer_slots as f64, true)?;
+        Ok(plan.split_where_dear())
+    }
+
+    /// The replicas too long to play at every move of the shares (which
+    /// [`over`](Self::over) tries split as it moves them) split where that plays shorter
+    /// ([`PipelinePlan::zero_bubble`]): for the few plans the search refines.
+    fn split_where_dear(self) -> ReplicaPlan {
+        let replicas: Vec<PipelinePlan> = (self.replicas.into_par_iter())
+            .map(|r| if cheap(&r) { r } else { r.zero_bubble_if_shorter() })
+            .collect();
+        let all_reduce_s = all_reduce_s(&replicas);
+        ReplicaPlan { replicas, all_reduce_s }
     }
 
     /// One replica per group of chips.
@@ -357,7 +370,17 @@ impl Shared {
             replica.micro_batches = share;
             replica
         });
-        let makespan = step(&plan);
+        let mut plan = plan;
+        let mut makespan = step(&plan);
+        // Split where playing it is cheap; the rest are tried once the shares are set.
+        if cheap(&plan)
+            && let Some(split) = plan.zero_bubble()
+        {
+            let played = play(&split).makespan;
+            if played < makespan {
+                (plan, makespan) = (split, played);
+            }
+        }
         Shared { stages, whole: replica, plan, makespan }
     }
 
@@ -373,10 +396,15 @@ impl Shared {
     }
 }
 
+/// Whether playing a replica's step is cheap enough to do at every move of the shares.
+fn cheap(plan: &PipelinePlan) -> bool {
+    plan.stages.len() * plan.micro_batches <= PLAYED
+}
+
 /// A replica's step: played where that is cheap; else the 1F1B formula, within a percent
 /// or so of it.
 fn step(plan: &PipelinePlan) -> f64 {
-    match plan.stages.len() * plan.micro_batches <= PLAYED {
+    match cheap(plan) {
         true => play(plan).makespan,
         false => plan.predicted_step_s(),
     }

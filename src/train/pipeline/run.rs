@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::group::{Helper, add_gradients, helpers, take_values};
 use super::plan::{Candidate, PipelinePlan};
-use super::schedule::{Work, interleaved};
+use super::schedule::Work;
 use super::stage::{
     Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop, Turn,
     at_once, even_shares,
@@ -512,8 +512,7 @@ impl<M: Layered> Pipeline<M> {
         // Each device's order of work: an interleaved plan's stages on one device share a
         // turn in it.
         let (devices, chunks) = (self.plan.devices(), self.plan.chunks());
-        let orders: Vec<Vec<(usize, Work)>> =
-            (0..devices).map(|d| interleaved(d, devices, chunks, micro_batches)).collect();
+        let orders: Vec<Vec<(usize, Work)>> = self.plan.orders();
         let turns: Vec<Option<Arc<Turn>>> = orders
             .iter()
             .enumerate()

@@ -6,6 +6,9 @@
 //! holds more than `S - s` micro-batches' activations, however many micro-batches a step
 //! has: the memory of GPipe's "all forwards, then all backwards" would grow with `M`.
 //!
+//! Zero-bubble ([`zero_bubble`]): 1F1B with each backward pass in two parts, the weights'
+//! part put off where the stage would wait.
+//!
 //! Interleaved (Megatron-LM's schedule, Narayanan et al. 2021): each of `D` devices holds
 //! `v` chunks, non-adjacent stages `d, d + D, …, d + (v − 1)·D` of a pipeline of `D·v`
 //! stages. A micro-batch goes round the devices `v` times, each pass through a chunk of
@@ -17,8 +20,22 @@
 pub enum Work {
     /// The forward pass of micro-batch `m` through the stage's layers.
     Forward(usize),
-    /// The backward pass of micro-batch `m`.
+    /// The backward pass of micro-batch `m`; where the stage's list has a
+    /// [`Weights`](Work::Weights) of `m` too, only its first part (the gradient of the
+    /// stage's input, which the stage before waits for).
     Backward(usize),
+    /// The second part of a split backward pass of micro-batch `m` (a zero-bubble
+    /// schedule's): the gradients of the stage's weights, which no stage waits for.
+    Weights(usize),
+}
+
+impl Work {
+    /// Its micro-batch.
+    pub fn micro_batch(self) -> usize {
+        match self {
+            Work::Forward(m) | Work::Backward(m) | Work::Weights(m) => m,
+        }
+    }
 }
 
 /// The order of work for stage `stage` of `stages`, over `micro_batches` (none for a
@@ -38,6 +55,34 @@ pub fn one_f_one_b(stage: usize, stages: usize, micro_batches: usize) -> Vec<Wor
         work.push(Work::Backward(backward));
         backward += 1;
     }
+    work
+}
+
+/// The zero-bubble order of stage `stage` of `stages` (ZB-H1, Qi et al. 2024) whose
+/// backward passes are split: 1F1B's forwards and backwards in 1F1B's order, each backward
+/// followed by a weights' part, except that the first `deferred` weights' parts are put off
+/// to the end (ZB-H1 puts off `stage` of them). The drain's chain of backward passes then
+/// waits on no weights' part of the stages after the first, and those fill the stages'
+/// waits. The stage holds up to `deferred` more micro-batches than under 1F1B.
+pub fn zero_bubble(
+    stage: usize,
+    stages: usize,
+    micro_batches: usize,
+    deferred: usize,
+) -> Vec<Work> {
+    let mut work = Vec::with_capacity(3 * micro_batches);
+    let (mut backwards, mut weights) = (0, 0);
+    for w in one_f_one_b(stage, stages, micro_batches) {
+        work.push(w);
+        if let Work::Backward(_) = w {
+            backwards += 1;
+            if backwards > deferred {
+                work.push(Work::Weights(weights));
+                weights += 1;
+            }
+        }
+    }
+    work.extend((weights..micro_batches).map(Work::Weights));
     work
 }
 
@@ -93,9 +138,7 @@ pub fn interleaved(
         }
         work.push(backward);
     }
-    work.retain(|(_, w)| match w {
-        Work::Forward(m) | Work::Backward(m) => *m < micro_batches,
-    });
+    work.retain(|(_, w)| w.micro_batch() < micro_batches);
     work
 }
 
@@ -116,6 +159,7 @@ pub fn chunk_in_flight(
                 most[c] = most[c].max(held[c]);
             }
             Work::Backward(_) => held[c] -= 1,
+            Work::Weights(_) => {}
         }
     }
     most
@@ -141,6 +185,24 @@ mod tests {
             "the last stage turns each forward straight round"
         );
         assert_eq!(one_f_one_b(0, 4, 2), vec![F(0), F(1), B(0), B(1)]);
+    }
+
+    #[test]
+    fn zero_bubble_puts_off_the_first_weights_parts() {
+        use Work::Weights as W;
+        // ZB-H1's third of four stages: one forward of warm-up, two weights' parts put off.
+        assert_eq!(
+            zero_bubble(2, 4, 5, 2),
+            [F(0), F(1), B(0), F(2), B(1), F(3), B(2), W(0), F(4), B(3), W(1), B(4), W(2)]
+                .into_iter()
+                .chain([W(3), W(4)])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            zero_bubble(3, 4, 2, 0),
+            [F(0), B(0), W(0), F(1), B(1), W(1)],
+            "none put off: each backward pass at once followed by its weights' part"
+        );
     }
 
     /// Plays the devices against each other, each running its list in order: every
@@ -169,11 +231,12 @@ mod tests {
                                 F(m) => done[s - 1].contains(&F(m)),
                                 B(m) if s + 1 == stages => done[s].contains(&F(m)),
                                 B(m) => done[s + 1].contains(&B(m)),
+                                Work::Weights(_) => unreachable!("no split pass here"),
                             };
                             if ready {
                                 match work {
                                     F(_) => held[s] += 1,
-                                    B(_) => held[s] -= 1,
+                                    _ => held[s] -= 1,
                                 }
                                 let most = chunk_in_flight(d, devices, chunks, micro_batches);
                                 assert!(held[s] <= most[c]);

@@ -1,4 +1,4 @@
-//! Plays a plan's 1F1B schedule event by event, on its predicted times: what a step takes
+//! Plays a plan's schedule (1F1B, interleaved or zero-bubble) event by event, on its predicted times: what a step takes
 //! before a single byte moves, bubbles and uneven stages included.
 //!
 //! As the runtime does it: each stage runs its list in order on its own; a forward starts
@@ -9,7 +9,7 @@
 //! The stages of an interleaved plan that share a device take turns in its order.
 
 use super::plan::PipelinePlan;
-use super::schedule::{Work, interleaved};
+use super::schedule::Work;
 
 /// The outcome of playing one step.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,10 +31,9 @@ impl Played {
 /// Plays `plan` with its `micro_batches`.
 pub fn play(plan: &PipelinePlan) -> Played {
     let stages = plan.stages.len();
-    let (devices, chunks) = (plan.devices(), plan.chunks());
+    let devices = plan.devices();
     let micro_batches = plan.micro_batches;
-    let lists: Vec<Vec<(usize, Work)>> =
-        (0..devices).map(|d| interleaved(d, devices, chunks, micro_batches)).collect();
+    let lists = plan.orders();
     // When each stage's forward and backward of each micro-batch finished.
     let mut forward_done = vec![vec![f64::NAN; micro_batches]; stages];
     let mut backward_done = vec![vec![f64::NAN; micro_batches]; stages];
@@ -44,7 +43,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
     let mut took_forward = vec![0f64; stages];
     let mut took_backward = vec![0f64; stages];
     let mut busy = vec![0f64; devices];
-    let mut left = 2 * stages * micro_batches;
+    let mut left: usize = lists.iter().map(Vec::len).sum();
     while left > 0 {
         let before = left;
         for d in 0..devices {
@@ -62,14 +61,16 @@ pub fn play(plan: &PipelinePlan) -> Played {
                         took_forward[s],
                     ),
                     Work::Backward(m) if s + 1 == stages => {
-                        (forward_done[s][m], 0.0, stage.backward_s, 0.0)
+                        (forward_done[s][m], 0.0, stage.input_s(), 0.0)
                     }
                     Work::Backward(m) => (
                         backward_done[s + 1][m],
                         stage.receive_backward_s,
-                        stage.backward_s,
+                        stage.input_s(),
                         took_backward[s],
                     ),
+                    // Its own backward pass came before it in the list.
+                    Work::Weights(_) => (0.0, 0.0, stage.weight_s, 0.0),
                 };
                 if sent.is_nan() {
                     break;
@@ -86,6 +87,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
                         backward_done[s][m] = end;
                         took_backward[s] = start;
                     }
+                    Work::Weights(_) => {}
                 }
                 free[d] = end;
                 busy[d] += took;

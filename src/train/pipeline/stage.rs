@@ -15,7 +15,7 @@ use super::schedule::Work;
 use crate::plan::{Stopwatch, proportional};
 use crate::train::nn::Ctx;
 use crate::train::parallel::{panic_message, ranges};
-use crate::train::{Grads, Var, no_grad};
+use crate::train::{Grads, Var, VarId, WeightGrads, no_grad};
 use crate::{DeviceRef, Error, Result, Tensor};
 
 /// `total` rows in `parts` shares differing by at most one, the larger ones first.
@@ -257,6 +257,30 @@ struct Back {
     input_grad: Option<Tensor>,
     loss: Option<Tensor>,
     busy: Option<Busy>,
+    /// Split, the weights' part to run later.
+    later: Option<Later>,
+}
+
+/// The weights' part of a member's split backward pass of one micro-batch: per run of
+/// layers, the last first (as the whole pass goes), what is left to compute.
+struct Later {
+    runs: Vec<WeightGrads>,
+    /// Parameters two runs use, whose terms are summed before they join the running sum.
+    tied: HashSet<VarId>,
+}
+
+impl Later {
+    /// Adds the weights' gradients to `grads`, in the order the whole pass would.
+    fn finish(self, grads: &mut Grads) -> Result<()> {
+        let mut tied_grads = Grads::default();
+        for run in self.runs {
+            run.finish(|id, g| match self.tied.contains(&id) {
+                true => tied_grads.add(id, g),
+                false => grads.add(id, g),
+            })?;
+        }
+        grads.accumulate(tied_grads)
+    }
 }
 
 fn clock(device: &DeviceRef) -> (Instant, Stopwatch) {
@@ -411,6 +435,9 @@ impl Place {
         let mut losses = Vec::new();
         let mut busy = Vec::with_capacity(3 * micro_batches);
         let mut held: HashMap<usize, Vec<Option<Part>>> = HashMap::new();
+        // A backward pass whose weights' part comes later in the list runs in two parts.
+        let split = place.work.iter().any(|w| matches!(w, Work::Weights(_)));
+        let mut later: HashMap<usize, Vec<Option<Later>>> = HashMap::new();
         for &work in &place.work {
             if let Some(turn) = &place.turn {
                 turn.wait(place.index)?;
@@ -479,8 +506,8 @@ impl Place {
                             Some(seed) => Some(place.slice(seed, &rows, &part.rows, device)?),
                             None => None,
                         };
-                        let (input_grad, loss) =
-                            place.backward_runs(shared, k, part.runs, &part.rows, seed, grads)?;
+                        let (input_grad, loss, later) = place
+                            .backward_runs(shared, k, part.runs, &part.rows, seed, grads, split)?;
                         let input_grad = match input_grad {
                             _ if !sends_back => None,
                             Some(g) => Some(g),
@@ -492,13 +519,19 @@ impl Place {
                             )?),
                         };
                         let busy = place.helper_busy(k, "backward", m, started)?;
-                        Ok(Back { input_grad, loss, busy })
+                        Ok(Back { input_grad, loss, busy, later })
                     })?;
                     let mut input_grads = Vec::with_capacity(backs.len());
-                    for (_, back) in backs {
+                    let mut parts_later: Vec<Option<Later>> =
+                        place.shares.iter().map(|_| None).collect();
+                    for (k, back) in backs {
                         input_grads.extend(back.input_grad);
                         losses.extend(back.loss);
                         busy.extend(back.busy);
+                        parts_later[k] = back.later;
+                    }
+                    if split {
+                        later.insert(m, parts_later);
                     }
                     if let Some(outbox) = &send_back {
                         outbox.send(m, &place.gather(input_grads)?)?;
@@ -508,6 +541,29 @@ impl Place {
                         0,
                         "backward",
                         format!("backward {m}"),
+                        started,
+                        &place.device,
+                    ));
+                }
+                Work::Weights(m) => {
+                    let parts = later.remove(&m).ok_or_else(|| place.out_of_order(m))?;
+                    let started = clock(&place.device);
+                    let items = parts
+                        .into_iter()
+                        .zip(grads.iter_mut())
+                        .map(|(part, grads)| part.map(|p| (p, grads)))
+                        .collect();
+                    let done = place.together(items, |k, (part, grads)| {
+                        let started = clock(place.member(k));
+                        part.finish(grads)?;
+                        place.helper_busy(k, "weights", m, started)
+                    })?;
+                    busy.extend(done.into_iter().filter_map(|(_, b)| b));
+                    place.device.synchronize()?;
+                    busy.push(Busy::since(
+                        0,
+                        "weights",
+                        format!("weights {m}"),
                         started,
                         &place.device,
                     ));
@@ -638,9 +694,10 @@ impl Place {
 
     /// Member `k`'s backward pass of `runs`, the last first, each recomputed run's forward
     /// pass recorded again just before: `seed` is the output's gradient (none on the last
-    /// stage: the loss's own, one). Parameters' gradients go to `grads`. The gradient of
-    /// the stage's input (`None` where the output does not depend on it), and on the last
-    /// stage the loss.
+    /// stage: the loss's own, one). Parameters' gradients go to `grads`, or, `split`, are
+    /// left for the [`Later`] part. The gradient of the stage's input (`None` where the
+    /// output does not depend on it), on the last stage the loss, and the later part.
+    #[allow(clippy::too_many_arguments)]
     fn backward_runs<M: Layered>(
         &self,
         shared: &Shared<'_, M>,
@@ -649,7 +706,8 @@ impl Place {
         rows: &Range<usize>,
         mut seed: Option<Tensor>,
         grads: &mut Grads,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        split: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Later>)> {
         let device = self.member(k);
         let count = runs.len();
         // A parameter two runs use (a tied weight) gets this micro-batch's gradients summed
@@ -671,6 +729,7 @@ impl Place {
         };
         let mut shared_grads = Grads::default();
         let mut loss = None;
+        let mut parts = Vec::new();
         for (i, run) in runs.into_iter().enumerate().rev() {
             let closes = i + 1 == count;
             let y = match run.output {
@@ -685,16 +744,22 @@ impl Place {
                 None => Tensor::ones(y.tensor().shape().clone(), y.tensor().dtype(), device)?,
             };
             let mut input_grad = None;
-            y.backward_streaming(seed_here, |id, g| {
-                if id == run.input.id() {
-                    input_grad = Some(g);
-                    Ok(())
-                } else if tied.contains(&id) {
-                    shared_grads.add(id, g)
-                } else {
-                    grads.add(id, g)
-                }
-            })?;
+            if split {
+                let (grad, part) = y.backward_split(seed_here, &run.input)?;
+                input_grad = grad;
+                parts.push(part);
+            } else {
+                y.backward_streaming(seed_here, |id, g| {
+                    if id == run.input.id() {
+                        input_grad = Some(g);
+                        Ok(())
+                    } else if tied.contains(&id) {
+                        shared_grads.add(id, g)
+                    } else {
+                        grads.add(id, g)
+                    }
+                })?;
+            }
             seed = match input_grad {
                 Some(g) => Some(g),
                 // A run whose output does not depend on its input: nothing flows on.
@@ -706,8 +771,11 @@ impl Place {
                 None => None,
             };
         }
+        if split {
+            return Ok((seed, loss, Some(Later { runs: parts, tied })));
+        }
         grads.accumulate(shared_grads)?;
-        Ok((seed, loss))
+        Ok((seed, loss, None))
     }
 
     /// Layers `layers` on member `k`'s copy of them, for its rows; where `closes` on the
