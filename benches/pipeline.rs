@@ -11,6 +11,7 @@
 //!   micro-batches shared by replica speed as ours are), or "does not fit";
 //! - against the same with equal micro-batches per replica too, as a job planned for
 //!   like chips would run;
+//! - the share of stages that split their backward passes (the zero-bubble schedule);
 //! - planning time (wall clock, one plan);
 //! - with ZeRO-1 across replicas;
 //! - without an attention kernel (the scores written and read three times, as the GPU
@@ -198,8 +199,7 @@ fn breakdown(costs: &[LayerCost], plan: &ReplicaPlan, fleet: &[Candidate]) -> St
 /// `replicas × fewest–most stages`, and the percentage of stages that recompute.
 fn shape(plan: &ReplicaPlan) -> (String, f64) {
     let stages: Vec<usize> = plan.replicas.iter().map(|r| r.stages.len()).collect();
-    let recomputing =
-        plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| !s.recompute.is_empty()).count();
+    let recomputing = count(plan, |s| !s.recompute.is_empty());
     let shape = format!(
         "{} × {}–{}",
         plan.replicas.len(),
@@ -209,6 +209,11 @@ fn shape(plan: &ReplicaPlan) -> (String, f64) {
     (shape, 100.0 * recomputing as f64 / stages.iter().sum::<usize>().max(1) as f64)
 }
 
+/// How many of the plan's stages `which` holds for.
+fn count(plan: &ReplicaPlan, which: impl Fn(&StagePlan) -> bool) -> usize {
+    plan.replicas.iter().flat_map(|r| &r.stages).filter(|s| which(s)).count()
+}
+
 fn main() {
     let host: DeviceRef = Arc::new(CpuDevice::with_threads(1).expect("cpu"));
     let mut where_it_goes = vec![
@@ -216,9 +221,9 @@ fn main() {
         "|---|---|---|---|---|---|---|---|".to_string(),
     ];
     println!(
-        "| model | chips | link | replicas × stages | stages recomputing | of fluid bound | vs uniform stages | vs uniform stages and shares | planning | with ZeRO-1: replicas × stages, recomputing, of bound | without an attention kernel: of bound |"
+        "| model | chips | link | replicas × stages | stages recomputing | stages split (zero-bubble) | of fluid bound | vs uniform stages | vs uniform stages and shares | planning | with ZeRO-1: replicas × stages, recomputing, of bound | without an attention kernel: of bound |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for name in ["7B", "70B"] {
         let costs = model(name, true).layers();
         let unfused = model(name, false).layers();
@@ -235,7 +240,7 @@ fn main() {
                         let why = e.to_string();
                         let short = why.split(": ").last().unwrap_or(&why);
                         println!(
-                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | – | {planning:.2} s | {} | – |",
+                            "| {name} | {n} | {link} Gbit/s | does not fit: {short} | – | – | – | – | – | {planning:.2} s | {} | – |",
                             sharded_row(&costs, &fleet, micro_batches)
                         );
                         continue;
@@ -249,6 +254,8 @@ fn main() {
                     t.map_or("does not fit".into(), |t| format!("{:.2}×", t / step))
                 };
                 let (shape, recomputing) = shape(&plan);
+                let stages = count(&plan, |_| true).max(1) as f64;
+                let split = 100.0 * count(&plan, |s| s.split.is_some()) as f64 / stages;
                 where_it_goes.push(format!(
                     "| {name} | {n} | {link} Gbit/s | {:.2} | {} |",
                     bound / step,
@@ -259,7 +266,7 @@ fn main() {
                         format!("{:.2}", fluid_bound(&unfused, &fleet, micro_batches) / p.step_s())
                     });
                 println!(
-                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {:.2} | {} | {} | {planning:.2} s | {} | {without} |",
+                    "| {name} | {n} | {link} Gbit/s | {shape} | {recomputing:.0}% | {split:.0}% | {:.2} | {} | {} | {planning:.2} s | {} | {without} |",
                     bound / step,
                     versus(even),
                     versus(megatron),

@@ -464,6 +464,12 @@ impl Tensor {
         Arc::as_ptr(&self.storage) as usize
     }
 
+    /// Bytes of its buffer this view reaches, from the buffer's start: the whole buffer
+    /// for a contiguous tensor, at least the part up to its last element for a view.
+    pub(crate) fn reached_bytes(&self) -> usize {
+        self.layout.end().unwrap_or(usize::MAX / 16) * self.dtype.size_in_bytes()
+    }
+
     /// `f32[2, 3] on cpu:0`, for error messages.
     pub(crate) fn describe(&self) -> String {
         format!("{}{} on {}", self.dtype, self.layout.shape, label(self.device()))

@@ -161,7 +161,7 @@ impl Var {
         walk.run(Some(seed), Part::Whole, &mut report)
     }
 
-    /// The backward pass in two parts, as a zero-bubble pipeline runs it (Qi et al. 2023):
+    /// The backward pass in two parts, as a zero-bubble pipeline runs it (Qi et al. 2024):
     /// now, only the gradient of `input` (`None` where this value does not depend on it),
     /// which the stage before is waiting for; later, [`WeightGrads::finish`], the gradients
     /// of the leaves that do not depend on `input` (a stage's parameters), which nobody
@@ -180,11 +180,9 @@ impl Var {
         let reaches = walk.reaching(input.id());
         let mut kept = HashMap::new();
         let mut input_grad = None;
-        let part = Part::Input { reaches: &reaches, keep: &mut kept };
-        walk.run(Some(seed), part, &mut |id, grad| {
-            if id == input.id() {
-                input_grad = Some(grad);
-            }
+        let part = Part::Input { input: input.id(), reaches: &reaches, keep: &mut kept };
+        walk.run(Some(seed), part, &mut |_, grad| {
+            input_grad = Some(grad);
             Ok(())
         })?;
         Ok((input_grad, WeightGrads { walk, reaches, kept }))
@@ -330,7 +328,7 @@ enum Part<'a> {
     Whole,
     /// Those flowing into the nodes that reach the input (`reaches`), keeping the output
     /// gradient of each such op with an operand that does not reach it, for [`Part::Weights`].
-    Input { reaches: &'a [bool], keep: &'a mut HashMap<usize, Tensor> },
+    Input { input: VarId, reaches: &'a [bool], keep: &'a mut HashMap<usize, Tensor> },
     /// Those flowing into the nodes that do not reach the input, from the kept gradients.
     Weights { reaches: &'a [bool], kept: HashMap<usize, Tensor> },
 }
@@ -421,15 +419,22 @@ impl Walk {
                         }
                 })
                 .collect();
-            if let (Part::Input { reaches, keep }, Some(grad)) = (&mut part, &grad) {
+            if let (Part::Input { input, reaches, keep }, Some(grad)) = (&mut part, &grad) {
+                // The input's gradient is this part's one report, leaf or not.
+                if var.id() == *input {
+                    report(var.id(), grad.clone())?;
+                }
+                // What the weights' part starts from: the gradients of the ops with weight
+                // operands, and the seed where the root does not reach the input.
                 let weights =
-                    var.0.inputs.iter().any(|v| v.requires_grad() && !reaches[self.at[&v.id()]]);
-                if weights {
+                    (var.0.inputs.iter()).any(|v| v.requires_grad() && !reaches[self.at[&v.id()]]);
+                if weights || !reaches[i] {
                     keep.insert(i, grad.clone());
                 }
             }
             let Some(backward) = &var.0.backward else {
-                if let Some(grad) = grad.filter(|_| var.0.leaf) {
+                let reported = matches!(part, Part::Input { .. });
+                if let Some(grad) = grad.filter(|_| var.0.leaf && !reported) {
                     report(var.id(), grad)?;
                 }
                 continue;
@@ -479,12 +484,14 @@ impl WeightGrads {
         walk.run(None, Part::Weights { reaches: &reaches, kept }, &mut report)
     }
 
-    /// Bytes of the output gradients kept for this part (a buffer two ops share, once).
+    /// Bytes of the buffers of the output gradients kept for this part: a buffer two ops
+    /// share counted once, and a view (the gradient of one part of a joined output) as the
+    /// buffer it keeps alive, as far as the views reach into it.
     pub fn kept_bytes(&self) -> usize {
         let mut buffers: HashMap<usize, usize> = HashMap::new();
         for t in self.kept.values() {
             let entry = buffers.entry(t.storage_key()).or_default();
-            *entry = (*entry).max(t.numel() * t.dtype().size_in_bytes());
+            *entry = (*entry).max(t.reached_bytes());
         }
         buffers.values().sum()
     }
@@ -502,7 +509,8 @@ pub(crate) struct GraphCensus {
     /// Matmul flops the backward pass spends computing forward results again.
     pub recomputed_flops: f64,
     /// Flops of the forward matmuls with a weight operand (one not computed from the
-    /// input): the backward pass spends as many again on the weights' gradients.
+    /// input): the backward pass spends as many again on the weights' gradients (twice
+    /// as many where both operands are weights).
     pub weight_flops: f64,
     /// Bytes the ops' outputs write.
     pub written_bytes: usize,
@@ -604,6 +612,20 @@ mod tests {
         assert!(later.kept_bytes() > 0, "the weights' part keeps output gradients");
         let mut split = Grads::default();
         later.finish(|id, g| split.add(id, g))?;
+
+        // A weight that is the value itself gets its gradient in the weights' part; an
+        // input that is not a leaf gets its own.
+        let w = block.fc2.weight.var();
+        let seed_w = Tensor::ones(w.tensor().shape().clone(), crate::DType::F32, &device)?;
+        let (none, later) = w.backward_split(seed_w, &x)?;
+        let mut got = Grads::default();
+        later.finish(|id, g| got.add(id, g))?;
+        assert!(none.is_none() && got.get(w.id()).is_some());
+        let hidden = x.tanh()?;
+        let (some, _) = hidden
+            .matmul(&w)?
+            .backward_split(Tensor::ones([2, 5, 32], crate::DType::F32, &device)?, &hidden)?;
+        assert!(some.is_some_and(|g| g.dims() == [2, 5, 8]));
 
         let bits = |t: &Tensor| -> Result<Vec<u32>> {
             Ok(t.to_vec::<f32>()?.into_iter().map(f32::to_bits).collect())

@@ -96,8 +96,9 @@ impl TransformerShape {
         // `buffers` elements its ops write and the graph keeps, `stats` more kept (norms'
         // per-token statistics, ids).
         // A split backward pass keeps the output gradients of the ops with weights (the
-        // norms' and the projections'; a bias shares its product's): `kept` `[tokens, dim]`
-        // buffers.
+        // norms' and the projections'; a bias shares its product's, and the q, k and v
+        // projections' are views of the joined `[x | q | k | v]` output's): measured in
+        // `[tokens, dim]` buffers, 5 for the first and third quarters, 1 for the others.
         let layer = |params: f64, buffers: f64, stats: f64, flops: f64, ops: usize| LayerCost {
             param_bytes: (params * p) as usize,
             activation_bytes: ((buffers + stats) * a) as usize,
@@ -118,7 +119,7 @@ impl TransformerShape {
         // residual stream beside what the next quarter reads (`[x | q | k | v]`,
         // `[x | hidden]`): joined into one buffer only where a stage ends there.
         let project = LayerCost {
-            kept_grad_bytes: (2.0 * tokens * d * a) as usize,
+            kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (4.0 * tokens * d * a) as usize,
             joined_bytes: (4.0 * tokens * d * a) as usize,
             ..layer(3.0 * d * d + 5.0 * d, 7.0 * tokens * d, 2.0 * tokens, 6.0 * tokens * d * d, 7)
@@ -230,7 +231,8 @@ impl LayerCost {
 /// Runs `input` (one micro-batch, of the size the pipeline will train with: activations
 /// scale with it) through every layer of `model` where its parameters are, each layer's
 /// graph on its own, and counts what each layer cost. The forward passes are recorded (that
-/// is what is measured) and then dropped.
+/// is what is measured), each with the first part of a split backward pass (what it keeps
+/// for the second is measured: [`LayerCost::kept_grad_bytes`]), and then dropped.
 pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec<LayerCost>> {
     let mut x = input.clone();
     let mut costs = Vec::with_capacity(model.depth());

@@ -11,7 +11,8 @@
 //!    calibrated speed and free memory (or [`PipelinePlan::manual`] prices a cut the
 //!    caller chose); a plan that does not fit is refused before anything moves;
 //! 3. [`Pipeline`] moves each stage's parameters to its device and trains: every step runs
-//!    the micro-batches through the stages under the 1F1B schedule, one thread per stage,
+//!    the micro-batches through the stages under the 1F1B schedule (interleaved, or
+//!    zero-bubble with backward passes split, where the plan says), one thread per stage,
 //!    activations and their gradients copied between stages, gradients accumulated over
 //!    the micro-batches, and each stage's optimizer updating its own parameters where they
 //!    live.

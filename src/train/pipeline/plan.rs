@@ -640,7 +640,8 @@ impl PipelinePlan {
         let mut chain = 0.0;
         let mut pace = slowest;
         for (s, stage) in self.stages.iter().enumerate().rev() {
-            chain += stage.forward_s + stage.backward_s + stage.receive_backward_s;
+            // A split stage's weights' part is off the chain (it still counts in `time`).
+            chain += stage.forward_s + stage.input_s() + stage.receive_backward_s;
             // With no micro-batch `m + S − s` there is no such wait.
             let spans = self.stages.len() - s;
             if spans < self.micro_batches {
@@ -683,7 +684,7 @@ impl PipelinePlan {
     pub fn explain_with(&self, measured: Option<&[f64]>) -> String {
         let schedule = match self.chunks {
             _ if self.splits_backward() => {
-                "zero-bubble 1F1B (ZB-H1: backward passes split, `w` the weights' part put off)"
+                "zero-bubble 1F1B (ZB-H1; `w`: backward passes split, the weights' part later)"
                     .to_string()
             }
             1 => "1F1B".to_string(),

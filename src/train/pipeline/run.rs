@@ -739,6 +739,7 @@ fn stages<M: Layered>(
             ),
         ));
     }
+    plan.check_split()?;
     let mut owner: HashMap<VarId, usize> = HashMap::new();
     for (s, stage) in plan.stages.iter().enumerate() {
         for param in stage.layers.clone().flat_map(|l| model.layer_params(l)) {

@@ -7,7 +7,7 @@
 //! has: the memory of GPipe's "all forwards, then all backwards" would grow with `M`.
 //!
 //! Zero-bubble ([`zero_bubble`]): 1F1B with each backward pass in two parts, the weights'
-//! part put off where the stage would wait.
+//! part later, where the stage would wait.
 //!
 //! Interleaved (Megatron-LM's schedule, Narayanan et al. 2021): each of `D` devices holds
 //! `v` chunks, non-adjacent stages `d, d + D, …, d + (v − 1)·D` of a pipeline of `D·v`
@@ -59,11 +59,11 @@ pub fn one_f_one_b(stage: usize, stages: usize, micro_batches: usize) -> Vec<Wor
 }
 
 /// The zero-bubble order of stage `stage` of `stages` (ZB-H1, Qi et al. 2024) whose
-/// backward passes are split: 1F1B's forwards and backwards in 1F1B's order, each backward
-/// followed by a weights' part, except that the first `deferred` weights' parts are put off
-/// to the end (ZB-H1 puts off `stage` of them). The drain's chain of backward passes then
-/// waits on no weights' part of the stages after the first, and those fill the stages'
-/// waits. The stage holds up to `deferred` more micro-batches than under 1F1B.
+/// backward passes are split: 1F1B's forwards and backwards in 1F1B's order, each weights'
+/// part `deferred` backward passes after its own (ZB-H1 puts them `stage` late), the last
+/// `deferred` at the end. The drain's chain of backward passes then waits on fewer weights'
+/// parts, and those fill the stages' waits. The stage holds up to `deferred` more
+/// micro-batches than under 1F1B.
 pub fn zero_bubble(
     stage: usize,
     stages: usize,

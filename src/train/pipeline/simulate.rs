@@ -14,7 +14,7 @@ use super::schedule::Work;
 /// The outcome of playing one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Played {
-    /// Seconds from the first forward to the last backward.
+    /// Seconds from the first forward pass to the last unit of work, then the syncs.
     pub makespan: f64,
     /// Per device (per stage, where each device holds one), the seconds it was busy.
     pub busy: Vec<f64>,
@@ -96,7 +96,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
             }
         }
         if left == before {
-            // Cannot happen for 1F1B lists (the schedule's tests play every shape), but a
+            // Cannot happen for the schedules' lists (their tests play every shape), but a
             // stuck play must not spin.
             return Played { makespan: f64::INFINITY, busy };
         }

@@ -1,5 +1,5 @@
-//! One stage's part of a pipeline step: its 1F1B list played on one thread, the forward
-//! and backward passes of its layers, and the messages it trades with its neighbours
+//! One stage's part of a pipeline step: its list of work played on one thread, the forward
+//! and backward passes of its layers (a backward pass in two parts where the list says so), and the messages it trades with its neighbours
 //! through an [`Inbox`] and an [`Outbox`] (channels within a process, MPI between ranks).
 //! Stages that share a device (an interleaved plan's chunks) take turns through a
 //! [`Turn`], in the device's order.
@@ -121,8 +121,9 @@ pub(super) struct Place {
     /// The layers (ascending) whose activations are not kept but computed again in the
     /// backward pass.
     pub recompute: Vec<usize>,
-    /// Its list of work, in order ([`one_f_one_b`](super::schedule::one_f_one_b), or its
-    /// chunk's part of [`interleaved`](super::schedule::interleaved)).
+    /// Its list of work, in order ([`one_f_one_b`](super::schedule::one_f_one_b),
+    /// [`zero_bubble`](super::schedule::zero_bubble), or its chunk's part of
+    /// [`interleaved`](super::schedule::interleaved)).
     pub work: Vec<Work>,
     /// Where it shares its device with other stages: their common order.
     pub turn: Option<Arc<Turn>>,
@@ -421,8 +422,8 @@ struct Links<'a> {
 }
 
 impl Place {
-    /// The stage's 1F1B list played through: forwards and backwards of its micro-batches,
-    /// their messages received from `links` and sent on.
+    /// The stage's list played through: forwards, backwards and weights' parts of its
+    /// micro-batches, their messages received from `links` and sent on.
     fn play<M: Layered>(
         &self,
         shared: &Shared<'_, M>,

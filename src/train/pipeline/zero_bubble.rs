@@ -10,19 +10,22 @@
 //! and between the two parts the output gradients the weights' part reads
 //! ([`LayerCost::kept_grad_bytes`](super::LayerCost)). As in ZB-H1, a stage may hold as
 //! many as 1F1B's first stage does (stage `s` puts off `s` weights' parts, so holds `s`
-//! more than under 1F1B), as far as its memory allows. A stage splits only where it has
-//! room for 1F1B's micro-batches and their kept gradients; the first stage never does
-//! (nobody waits for its input's gradient), nor a group or a stage that recomputes.
+//! more than under 1F1B), as far as its memory allows. A stage with no room for more (or
+//! that recomputes) still splits with none put off where one micro-batch's kept gradients
+//! fit: its input's gradient goes back before its weights' part runs. The first stage
+//! never splits (nobody waits for its input's gradient), nor does a group.
 //!
 //! The order is ZB-H1's ([`zero_bubble`](super::zero_bubble)): 1F1B's forwards and
-//! backwards, each backward followed by its weights' part, but for the first few put off
-//! to the end (as many as the stage has room to hold), which fill the waits of the drain.
+//! backwards, each weights' part after its backward pass, but `d` backward passes late (as
+//! many as the stage has room to hold more than under 1F1B), the last `d` of them at the
+//! end, where they fill the waits of the drain.
 //! The forwards and backwards keep 1F1B's order, so the stages wait on each other as
 //! under 1F1B and never deadlock.
 
 use super::plan::PipelinePlan;
 use super::schedule::{Work, in_flight, one_f_one_b, zero_bubble};
 use super::simulate::play;
+use crate::{Error, Result};
 
 impl PipelinePlan {
     /// This plan with its stages' backward passes split where they have the room, played
@@ -32,7 +35,7 @@ impl PipelinePlan {
         if self.splits_backward() {
             return Some(self.clone());
         }
-        if self.chunks != 1 || self.stages.len() < 2 {
+        if self.chunks != 1 || self.stages.len() < 2 || self.micro_batches == 0 {
             return None;
         }
         let mut plan = self.clone();
@@ -41,27 +44,36 @@ impl PipelinePlan {
         let most = in_flight(0, count, m);
         let mut any = false;
         for (s, stage) in plan.stages.iter_mut().enumerate().skip(1) {
-            if !stage.helpers.is_empty() || !stage.recompute.is_empty() || stage.weight_s <= 0.0 {
+            if !stage.helpers.is_empty() || stage.weight_s <= 0.0 {
                 continue;
             }
-            // Without recomputation each micro-batch in flight keeps the same bytes.
-            let held = in_flight(s, count, m) as u64;
-            let each = stage.memory.activations / held
-                + stage.layers.clone().map(|l| self.costs[l].kept_grad_bytes as u64).sum::<u64>();
+            let layers = stage.layers.clone();
+            let kept: u64 = layers.clone().map(|l| self.costs[l].kept_grad_bytes as u64).sum();
             // The weights' part makes a layer's gradients before they join the sums, while
             // the micro-batches put off hold theirs.
-            let weights_part =
-                stage.layers.clone().map(|l| self.costs[l].param_bytes as u64).max().unwrap_or(0);
-            let rest = stage.memory.total() - stage.memory.activations + weights_part;
-            let room = stage.available.saturating_sub(rest) / each.max(1);
-            let can = room.min(most as u64);
-            if can < held {
-                continue;
+            let weights_part = layers.map(|l| self.costs[l].param_bytes as u64).max().unwrap_or(0);
+            let held = in_flight(s, count, m) as u64;
+            if stage.recompute.is_empty() {
+                // Without recomputation each micro-batch in flight keeps the same bytes.
+                let each = stage.memory.activations / held + kept;
+                let rest = stage.memory.total() - stage.memory.activations + weights_part;
+                let can = (stage.available.saturating_sub(rest) / each.max(1)).min(most as u64);
+                if can > held {
+                    stage.memory.activations = can * each;
+                    stage.memory.workspace += weights_part;
+                    stage.split = Some(can as usize);
+                    any = true;
+                    continue;
+                }
             }
-            stage.memory.activations = can * each;
-            stage.memory.workspace += weights_part;
-            stage.split = Some(can as usize);
-            any = true;
+            // Nothing put off: the input's gradient still goes back before the weights' part
+            // runs, which holds one micro-batch's kept gradients where the whole pass held
+            // the gradients of its activations.
+            if stage.memory.total() + kept <= stage.available {
+                stage.memory.workspace += kept;
+                stage.split = Some(held as usize);
+                any = true;
+            }
         }
         any.then_some(plan)
     }
@@ -73,6 +85,31 @@ impl PipelinePlan {
             Some(split) if play(&split).makespan < play(&self).makespan => split,
             _ => self,
         }
+    }
+
+    /// An `InvalidArgument` where a hand-edited plan splits what cannot run split: an
+    /// interleaved plan, a group, or a stage holding fewer micro-batches than 1F1B gives it
+    /// or more than the step has.
+    pub(super) fn check_split(&self) -> Result<()> {
+        let (count, m) = (self.stages.len(), self.micro_batches);
+        for (s, stage) in self.stages.iter().enumerate() {
+            let Some(held) = stage.split else { continue };
+            let why = if self.chunks != 1 {
+                "an interleaved plan does not split"
+            } else if !stage.helpers.is_empty() {
+                "a group does not split"
+            } else if held < in_flight(s, count, m) || held > m {
+                "it must hold from 1F1B's micro-batches in flight up to the step's"
+            } else {
+                continue;
+            };
+            return Err(Error::InvalidArgument {
+                op: "Pipeline".into(),
+                device: stage.label.clone(),
+                detail: format!("stage {s} splits its backward passes holding {held}: {why}"),
+            });
+        }
+        Ok(())
     }
 
     /// Whether some stage runs its backward pass in two parts.
@@ -92,7 +129,9 @@ impl PipelinePlan {
         (self.stages.iter().enumerate())
             .map(|(s, stage)| {
                 let list = match stage.split {
-                    Some(held) => zero_bubble(s, count, m, held - in_flight(s, count, m)),
+                    Some(held) => {
+                        zero_bubble(s, count, m, held.saturating_sub(in_flight(s, count, m)))
+                    }
                     None => one_f_one_b(s, count, m),
                 };
                 list.into_iter().map(|w| (0, w)).collect()
