@@ -136,17 +136,13 @@ impl ReplicaPlan {
         planned.truncate(REFINED);
         let best = planned
             .into_par_iter()
-            .map(|(_, plan, groups, state)| {
-                let plan = plan.split_where_dear();
-                let step = plan.step_s();
-                match ReplicaPlan::over(costs, &groups, micro_batches, state, true) {
-                    Ok(refined) => {
-                        let refined = refined.split_where_dear();
-                        let better = refined.step_s();
-                        if better < step { (better, refined) } else { (step, plan) }
-                    }
-                    _ => (step, plan),
-                }
+            .map(|(step, plan, groups, state)| {
+                let better = match ReplicaPlan::over(costs, &groups, micro_batches, state, true) {
+                    Ok(refined) if refined.step_s() < step => refined,
+                    _ => plan,
+                };
+                let split = better.split_where_dear();
+                (split.step_s(), split)
             })
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .map(|(_, plan)| plan);
@@ -184,7 +180,11 @@ impl ReplicaPlan {
     /// ([`PipelinePlan::zero_bubble`]): for the few plans the search refines.
     fn split_where_dear(self) -> ReplicaPlan {
         let replicas: Vec<PipelinePlan> = (self.replicas.into_par_iter())
-            .map(|r| if cheap(&r) { r } else { r.zero_bubble_if_shorter() })
+            .map(|r| match r.zero_bubble().filter(|_| !cheap(&r)) {
+                // Against the 1F1B formula, within a percent or so of its play.
+                Some(split) if play(&split).makespan < step(&r) => split,
+                _ => r,
+            })
             .collect();
         let all_reduce_s = all_reduce_s(&replicas);
         ReplicaPlan { replicas, all_reduce_s }
