@@ -284,6 +284,11 @@ impl Later {
     }
 }
 
+/// Each member's part (where it has one) with its running gradients.
+fn with_grads<P>(parts: Vec<Option<P>>, grads: &mut [Grads]) -> Vec<Option<(P, &mut Grads)>> {
+    parts.into_iter().zip(grads.iter_mut()).map(|(part, grads)| part.map(|p| (p, grads))).collect()
+}
+
 fn clock(device: &DeviceRef) -> (Instant, Stopwatch) {
     (Instant::now(), Stopwatch::start(&**device))
 }
@@ -478,14 +483,7 @@ impl Place {
                         outbox.send(m, &place.gather(outputs)?)?;
                     }
                     held.insert(m, parts);
-                    place.device.synchronize()?;
-                    busy.push(Busy::since(
-                        0,
-                        "forward",
-                        format!("forward {m}"),
-                        started,
-                        &place.device,
-                    ));
+                    busy.push(place.own_busy("forward", m, started)?);
                 }
                 Work::Backward(m) => {
                     let parts = held.remove(&m).ok_or_else(|| place.out_of_order(m))?;
@@ -495,11 +493,7 @@ impl Place {
                     };
                     let rows = shared.rows[m].clone();
                     let started = clock(&place.device);
-                    let items = parts
-                        .into_iter()
-                        .zip(grads.iter_mut())
-                        .map(|(part, grads)| part.map(|p| (p, grads)))
-                        .collect();
+                    let items = with_grads(parts, &mut grads);
                     let sends_back = send_back.is_some();
                     let backs = place.together(items, |k, (part, grads)| {
                         let (device, started) = (place.member(k), clock(place.member(k)));
@@ -537,37 +531,19 @@ impl Place {
                     if let Some(outbox) = &send_back {
                         outbox.send(m, &place.gather(input_grads)?)?;
                     }
-                    place.device.synchronize()?;
-                    busy.push(Busy::since(
-                        0,
-                        "backward",
-                        format!("backward {m}"),
-                        started,
-                        &place.device,
-                    ));
+                    busy.push(place.own_busy("backward", m, started)?);
                 }
                 Work::Weights(m) => {
                     let parts = later.remove(&m).ok_or_else(|| place.out_of_order(m))?;
                     let started = clock(&place.device);
-                    let items = parts
-                        .into_iter()
-                        .zip(grads.iter_mut())
-                        .map(|(part, grads)| part.map(|p| (p, grads)))
-                        .collect();
+                    let items = with_grads(parts, &mut grads);
                     let done = place.together(items, |k, (part, grads)| {
                         let started = clock(place.member(k));
                         part.finish(grads)?;
                         place.helper_busy(k, "weights", m, started)
                     })?;
                     busy.extend(done.into_iter().filter_map(|(_, b)| b));
-                    place.device.synchronize()?;
-                    busy.push(Busy::since(
-                        0,
-                        "weights",
-                        format!("weights {m}"),
-                        started,
-                        &place.device,
-                    ));
+                    busy.push(place.own_busy("weights", m, started)?);
                 }
             }
             if let Some(turn) = &place.turn {
@@ -634,6 +610,18 @@ impl Place {
             |i| format!("Pipeline::step, stage {} member {}", self.index, members[i]),
             |(k, item)| Ok((k, work(k, item)?)),
         )
+    }
+
+    /// The stage's own span of `kind` work on micro-batch `m` since `started`, once its
+    /// device has finished it.
+    fn own_busy(
+        &self,
+        kind: &'static str,
+        m: usize,
+        started: (Instant, Stopwatch),
+    ) -> Result<Busy> {
+        self.device.synchronize()?;
+        Ok(Busy::since(0, kind, format!("{kind} {m}"), started, &self.device))
     }
 
     /// A helper's span of work since `started`, once its device has finished; `None` for
