@@ -18,9 +18,8 @@
 //! The order is ZB-H1's ([`zero_bubble`](super::zero_bubble)): 1F1B's forwards and
 //! backwards, each weights' part after its backward pass, but `d` backward passes late (as
 //! many as the stage has room to hold more than under 1F1B), the last `d` of them at the
-//! end, where they fill the waits of the drain.
-//! The forwards and backwards keep 1F1B's order, so the stages wait on each other as
-//! under 1F1B and never deadlock.
+//! end, where they fill the waits of the drain. The forwards and backwards keep 1F1B's
+//! order, so the stages wait on each other as under 1F1B and never deadlock.
 
 use super::plan::PipelinePlan;
 use super::schedule::{Work, in_flight, one_f_one_b, zero_bubble};
@@ -29,8 +28,9 @@ use crate::{Error, Result};
 
 impl PipelinePlan {
     /// This plan with its stages' backward passes split where they have the room, played
-    /// in the zero-bubble order; `None` where no stage can split (an interleaved plan, one
-    /// stage, every later stage short of room or recomputing).
+    /// in the zero-bubble order (itself, where it is split already); `None` where no stage
+    /// can split (an interleaved plan, one stage, every later stage a group or short of
+    /// room for one micro-batch's kept gradients).
     pub fn zero_bubble(&self) -> Option<PipelinePlan> {
         if self.splits_backward() {
             return Some(self.clone());
