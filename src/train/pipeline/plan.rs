@@ -431,10 +431,19 @@ impl PipelinePlan {
     ) -> Result<PipelinePlan> {
         let slots = optimizer_slots as f64;
         let plain = PipelinePlan::search_with_state(costs, candidates, micro_batches, slots, true)?;
-        let split = plain.clone().zero_bubble_if_shorter();
+        // Each candidate played once.
+        let plain_step = play(&plain).makespan;
+        let split = plain.zero_bubble().map(|split| (play(&split).makespan, split));
+        let (step, best) = match split {
+            Some((step, split)) if step < plain_step => (step, split),
+            _ => (plain_step, plain.clone()),
+        };
         let interleaved = plain.interleaved_if_shorter(candidates, slots);
-        let step = |plan: &PipelinePlan| play(plan).makespan;
-        Ok(if step(&interleaved) < step(&split) { interleaved } else { split })
+        Ok(if interleaved.chunks() > 1 && play(&interleaved).makespan < step {
+            interleaved
+        } else {
+            best
+        })
     }
 
     /// [`search`](Self::search) that also picks how many micro-batches a batch of `batch`

@@ -23,7 +23,6 @@
 
 use super::plan::PipelinePlan;
 use super::schedule::{Work, in_flight, one_f_one_b, zero_bubble};
-use super::simulate::play;
 use crate::{Error, Result};
 
 impl PipelinePlan {
@@ -76,15 +75,6 @@ impl PipelinePlan {
             }
         }
         any.then_some(plan)
-    }
-
-    /// `self` or its [`zero_bubble`](Self::zero_bubble) form, whichever plays the shorter
-    /// step.
-    pub(crate) fn zero_bubble_if_shorter(self) -> PipelinePlan {
-        match self.zero_bubble() {
-            Some(split) if play(&split).makespan < play(&self).makespan => split,
-            _ => self,
-        }
     }
 
     /// An `InvalidArgument` where a hand-edited plan splits what cannot run split: an
