@@ -684,3 +684,38 @@ fn a_scattered_product_passes_gradients_past_zeros() {
     assert_eq!(read(&x), vec![0.0, 1.0, 0.0, 3.0]);
     assert_eq!(read(&src), vec![0.0, 10.0, 0.0, 0.0, 2.0]);
 }
+
+/// The graph keeps what the backward rules read, not every intermediate: of the 28
+/// `[tokens, dim]` buffers a transformer block's forward pass writes, it keeps 16 (the
+/// norms' outputs, q, k, v, the heads joined, the biased hidden activations and their
+/// GELU, the residual stream out), plus the norms' per-token statistics. Measured as the
+/// bytes a simulated chip holds once the forward pass is over; the gradients are still
+/// every finite-difference check's above.
+#[test]
+fn a_blocks_forward_pass_keeps_only_what_its_backward_pass_reads() -> Result<()> {
+    use manychips::sim::{SimDevice, SimProfile};
+    let host = cpu();
+    let chip = Arc::new(SimDevice::new(host, SimProfile::new("chip"), 0)?);
+    let device: DeviceRef = chip.clone();
+    let (batch, time, dim) = (2, 16, 32);
+    let tokens = batch * time;
+    let block = nn::TransformerBlock::new(&ParamStore::new(&device, 3), dim, 4)?;
+    let values: Vec<f32> = (0..tokens * dim).map(|i| ((i * 7 % 19) as f32 - 9.0) / 9.0).collect();
+    let x = Var::leaf(Tensor::from_slice(&values, [batch, time, dim], &device)?);
+    let held = || {
+        chip.reset_peak_memory();
+        chip.peak_memory()
+    };
+    let before = held();
+    let y = block.forward(&x)?;
+    let kept = held() - before;
+    let stream = (tokens * dim * 4) as u64;
+    let statistics = (2 * 2 * tokens * 4) as u64;
+    assert_eq!(kept, 16 * stream + statistics, "{} buffers kept", kept as f64 / stream as f64);
+    // And the backward pass still runs from it, leaving every buffer of the graph freed.
+    let grads = y.sum_all()?.backward()?;
+    assert!(grads.get(x.id()).is_some());
+    drop((y, grads));
+    assert_eq!(held(), before);
+    Ok(())
+}

@@ -2,9 +2,10 @@
 //! its inputs. The rules are tensor ops themselves, so the backward pass runs on whatever
 //! device the forward pass ran on.
 
-use crate::{DType, ReduceOp, Result, ScatterOp, Shape, Tensor};
+use crate::{DType, DeviceRef, Error, ReduceOp, Result, ScatterOp, Shape, Tensor};
 
-/// The data an op keeps for its backward pass (its inputs and output are kept by the graph).
+/// The data an op keeps for its backward pass (the graph keeps the inputs and the output
+/// that its rule reads: [`Backward::reads_input`], [`Backward::reads_output`]).
 #[derive(Clone, Debug)]
 pub(crate) enum Backward {
     Add,
@@ -220,85 +221,148 @@ impl Backward {
         }
     }
 
+    /// Whether this rule reads the value of its input `i` (the graph keeps it for the
+    /// backward pass only then; of the others, it keeps their shape, dtype and device).
+    pub(crate) fn reads_input(&self, i: usize) -> bool {
+        match self {
+            Backward::Mul
+            | Backward::Remainder
+            | Backward::Pow
+            | Backward::Extremum { .. }
+            | Backward::Matmul
+            | Backward::Attention { .. }
+            | Backward::Scatter { .. } => true,
+            Backward::Div => i == 1,
+            Backward::LayerNorm { .. } => i < 2,
+            Backward::Log
+            | Backward::Abs
+            | Backward::Sin
+            | Backward::Cos
+            | Backward::Powf { .. }
+            | Backward::Clamp { .. }
+            | Backward::ReduceExtremum { .. }
+            | Backward::Cumprod { .. }
+            | Backward::Relu
+            | Backward::Gelu
+            | Backward::Silu
+            | Backward::GeluErf => i == 0,
+            _ => false,
+        }
+    }
+
+    /// Whether this rule reads its op's output (the graph keeps it only then).
+    pub(crate) fn reads_output(&self) -> bool {
+        matches!(
+            self,
+            Backward::Div
+                | Backward::Remainder
+                | Backward::Exp
+                | Backward::ReduceExtremum { .. }
+                | Backward::Sqrt
+                | Backward::Rsqrt
+                | Backward::Tanh
+                | Backward::Sigmoid
+                | Backward::GeluErf
+                | Backward::Softmax { .. }
+                | Backward::LogSoftmax { .. }
+                | Backward::BiasActivation { .. }
+                | Backward::Scatter { .. }
+        )
+    }
+
     /// The gradients of `inputs` (in order; `None` where an input gets none) given `g`, the
-    /// gradient of the output `y`. `needs[i]` says whether input `i` wants its gradient: a
-    /// constant operand (a batch of inputs, a mask) gets none computed.
+    /// gradient of the output `y` (`None` unless [`reads_output`](Self::reads_output)).
+    /// `needs[i]` says whether input `i` wants its gradient: a constant operand (a batch
+    /// of inputs, a mask) gets none computed.
     pub(crate) fn apply(
         &self,
         g: &Tensor,
-        y: &Tensor,
-        inputs: &[&Tensor],
+        y: Option<&Tensor>,
+        inputs: &[Operand<'_>],
         needs: &[bool],
     ) -> Result<Vec<Option<Tensor>>> {
-        let x = inputs[0];
+        let x = &inputs[0];
+        let value = |i: usize| inputs[i].value(self.name());
+        let output = || y.ok_or_else(|| not_kept(self.name(), "its output", g));
         let one = |t: Tensor| Ok(vec![Some(t)]);
         // Input `i`'s gradient, computed only if it is wanted.
         let want = |i: usize, grad: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
             if needs.get(i).copied().unwrap_or(true) { grad().map(Some) } else { Ok(None) }
         };
         match self {
-            Backward::Add => {
-                Ok(vec![want(0, &|| sum_to(g, inputs[0]))?, want(1, &|| sum_to(g, inputs[1]))?])
-            }
+            Backward::Add => Ok(vec![
+                want(0, &|| sum_to(g, inputs[0].dims()))?,
+                want(1, &|| sum_to(g, inputs[1].dims()))?,
+            ]),
             Backward::Sub => Ok(vec![
-                want(0, &|| sum_to(g, inputs[0]))?,
-                want(1, &|| sum_to(&g.neg()?, inputs[1]))?,
+                want(0, &|| sum_to(g, inputs[0].dims()))?,
+                want(1, &|| sum_to(&g.neg()?, inputs[1].dims()))?,
             ]),
             Backward::Mul => {
-                let (a, b) = (inputs[0], inputs[1]);
-                Ok(vec![want(0, &|| sum_to(&g.mul(b)?, a))?, want(1, &|| sum_to(&g.mul(a)?, b))?])
+                let (a, b) = (value(0)?, value(1)?);
+                Ok(vec![
+                    want(0, &|| sum_to(&g.mul(b)?, a.dims()))?,
+                    want(1, &|| sum_to(&g.mul(a)?, b.dims()))?,
+                ])
             }
             Backward::Div => {
                 // d(a/b)/db = -a/b² = -y/b.
-                let (a, b) = (inputs[0], inputs[1]);
+                let b = value(1)?;
                 let ga = g.div(b)?;
-                let gb = want(1, &|| sum_to(&ga.mul(y)?.neg()?, b))?;
-                Ok(vec![want(0, &|| sum_to(&ga, a))?, gb])
+                let gb = want(1, &|| sum_to(&ga.mul(output()?)?.neg()?, b.dims()))?;
+                Ok(vec![want(0, &|| sum_to(&ga, inputs[0].dims()))?, gb])
             }
             Backward::Remainder => {
                 // y = a - q·b with q = floor(a / b) = (a - y) / b: dy/da = 1, dy/db = -q.
-                let (a, b) = (inputs[0], inputs[1]);
-                let gb = want(1, &|| sum_to(&g.mul(&a.sub(y)?.div(b)?)?.neg()?, b))?;
-                Ok(vec![want(0, &|| sum_to(g, a))?, gb])
+                let (a, b, y) = (value(0)?, value(1)?, output()?);
+                let gb = want(1, &|| sum_to(&g.mul(&a.sub(y)?.div(b)?)?.neg()?, b.dims()))?;
+                Ok(vec![want(0, &|| sum_to(g, a.dims()))?, gb])
             }
             Backward::Neg => one(g.neg()?),
             Backward::Affine { mul } => one(g.affine(*mul, 0.0)?),
-            Backward::Exp => one(g.mul(y)?),
-            Backward::Log => one(g.div(x)?),
-            Backward::Abs => one(slope(crate::programs::abs_backward(), x, g)?),
-            Backward::Sin => one(slope(crate::programs::sin_cos_backward(true), x, g)?),
-            Backward::Cos => one(slope(crate::programs::sin_cos_backward(false), x, g)?),
+            Backward::Exp => one(g.mul(output()?)?),
+            Backward::Log => one(g.div(value(0)?)?),
+            Backward::Abs => one(slope(crate::programs::abs_backward(), value(0)?, g)?),
+            Backward::Sin => one(slope(crate::programs::sin_cos_backward(true), value(0)?, g)?),
+            Backward::Cos => one(slope(crate::programs::sin_cos_backward(false), value(0)?, g)?),
             Backward::Pow => {
-                let (a, b) = (inputs[0], inputs[1]);
+                let (a, b) = (value(0)?, value(1)?);
                 let part = |program: Vec<manychips_api::Instr>| {
                     Tensor::fused(&[a, b, g], &program, g.dtype())
                 };
                 Ok(vec![
-                    want(0, &|| sum_to(&part(crate::programs::pow_base_backward())?, a))?,
-                    want(1, &|| sum_to(&part(crate::programs::pow_exponent_backward())?, b))?,
+                    want(0, &|| sum_to(&part(crate::programs::pow_base_backward())?, a.dims()))?,
+                    want(1, &|| {
+                        sum_to(&part(crate::programs::pow_exponent_backward())?, b.dims())
+                    })?,
                 ])
             }
             Backward::Powf { exponent } => {
-                one(g.mul(&x.powf(exponent - 1.0)?)?.affine(*exponent, 0.0)?)
+                one(g.mul(&value(0)?.powf(exponent - 1.0)?)?.affine(*exponent, 0.0)?)
             }
             Backward::Extremum { max } => {
-                let (a, b) = (inputs[0], inputs[1]);
+                let (a, b) = (value(0)?, value(1)?);
                 let program = crate::programs::extremum_backward(*max);
                 Ok(vec![
-                    want(0, &|| sum_to(&Tensor::fused(&[a, b, g], &program, g.dtype())?, a))?,
-                    want(1, &|| sum_to(&Tensor::fused(&[b, a, g], &program, g.dtype())?, b))?,
+                    want(0, &|| {
+                        sum_to(&Tensor::fused(&[a, b, g], &program, g.dtype())?, a.dims())
+                    })?,
+                    want(1, &|| {
+                        sum_to(&Tensor::fused(&[b, a, g], &program, g.dtype())?, b.dims())
+                    })?,
                 ])
             }
             Backward::Clamp { lo, hi } => {
-                one(slope(crate::programs::clamp_backward(*lo, *hi), x, g)?)
+                one(slope(crate::programs::clamp_backward(*lo, *hi), value(0)?, g)?)
             }
             Backward::ReduceExtremum { axis, keepdim } => {
+                let y = output()?;
                 let (y, g) = if *keepdim {
                     (y.clone(), g.clone())
                 } else {
                     (y.unsqueeze(*axis)?, g.unsqueeze(*axis)?)
                 };
-                let hits = x.eq(&y)?.cast(g.dtype())?;
+                let hits = value(0)?.eq(&y)?.cast(g.dtype())?;
                 let share = g.div(&hits.sum_keepdim(*axis)?)?;
                 one(hits.mul(&share)?)
             }
@@ -308,30 +372,30 @@ impl Backward {
                 let total = g.sum_keepdim(*axis)?;
                 one(total.sub(&g.cumsum(*axis)?)?.add(g)?)
             }
-            Backward::Cumprod { axis } => one(x.cumprod_backward(g, *axis)?),
+            Backward::Cumprod { axis } => one(value(0)?.cumprod_backward(g, *axis)?),
             Backward::Where { cond } => {
-                let (a, b) = (inputs[0], inputs[1]);
                 let zero = Tensor::zeros(Shape::scalar(), g.dtype(), g.device())?;
                 Ok(vec![
-                    want(0, &|| sum_to(&cond.where_cond(g, &zero)?, a))?,
-                    want(1, &|| sum_to(&cond.where_cond(&zero, g)?, b))?,
+                    want(0, &|| sum_to(&cond.where_cond(g, &zero)?, inputs[0].dims()))?,
+                    want(1, &|| sum_to(&cond.where_cond(&zero, g)?, inputs[1].dims()))?,
                 ])
             }
-            Backward::Sqrt => one(g.div(y)?.affine(0.5, 0.0)?),
+            Backward::Sqrt => one(g.div(output()?)?.affine(0.5, 0.0)?),
             Backward::Rsqrt => {
                 // d x^-1/2 = -1/2 x^-3/2 = -1/2 y³, multiplied into g one y at a time: y³
                 // alone overflows f16 where y is only 41.
+                let y = output()?;
                 one(g.mul(y)?.mul(y)?.mul(y)?.affine(-0.5, 0.0)?)
             }
             // One fused pass each, computing what the unfused ops did, in their order.
-            Backward::Tanh => one(slope(crate::programs::tanh_backward(), y, g)?),
-            Backward::Sigmoid => one(slope(crate::programs::sigmoid_backward(), y, g)?),
-            Backward::Relu => one(slope(crate::programs::relu_backward(), x, g)?),
-            Backward::Gelu => one(slope(crate::programs::gelu_tanh_backward(), x, g)?),
-            Backward::Silu => one(slope(crate::programs::silu_backward(), x, g)?),
-            Backward::GeluErf => one(gelu_erf_backward(x, y, g)?),
+            Backward::Tanh => one(slope(crate::programs::tanh_backward(), output()?, g)?),
+            Backward::Sigmoid => one(slope(crate::programs::sigmoid_backward(), output()?, g)?),
+            Backward::Relu => one(slope(crate::programs::relu_backward(), value(0)?, g)?),
+            Backward::Gelu => one(slope(crate::programs::gelu_tanh_backward(), value(0)?, g)?),
+            Backward::Silu => one(slope(crate::programs::silu_backward(), value(0)?, g)?),
+            Backward::GeluErf => one(gelu_erf_backward(value(0)?, output()?, g)?),
             Backward::Matmul => {
-                let (a, b) = (inputs[0], inputs[1]);
+                let (a, b) = (value(0)?, value(1)?);
                 // Each gradient in its operand's layout: for an operand stored transposed
                 // (a Linear's weight, `x · wᵀ`) the product is taken the other way round and
                 // viewed transposed, so the transpose's own backward hands the leaf a
@@ -342,7 +406,7 @@ impl Backward {
                     } else {
                         g.matmul(&b.t()?)?
                     };
-                    sum_to(&ga, a)
+                    sum_to(&ga, a.dims())
                 })?;
                 let gb = want(1, &|| {
                     let gb = if stored_transposed(b) {
@@ -350,16 +414,17 @@ impl Backward {
                     } else {
                         a.t()?.matmul(g)?
                     };
-                    sum_to(&gb, b)
+                    sum_to(&gb, b.dims())
                 })?;
                 Ok(vec![ga, gb])
             }
-            Backward::Sum { axis, keepdim } => one(spread(g, x, *axis, *keepdim)?),
+            Backward::Sum { axis, keepdim } => one(spread(g, x.shape, *axis, *keepdim)?),
             Backward::Mean { axis, keepdim } => {
                 let n = x.dims()[*axis].max(1) as f64;
-                one(spread(g, x, *axis, *keepdim)?.affine(1.0 / n, 0.0)?)
+                one(spread(g, x.shape, *axis, *keepdim)?.affine(1.0 / n, 0.0)?)
             }
             Backward::Softmax { axis } => {
+                let y = output()?;
                 let product = crate::programs::product();
                 let dot =
                     Tensor::fused_reduce(&[g, y], &product, ReduceOp::Sum, *axis, DType::F32)?;
@@ -367,11 +432,12 @@ impl Backward {
                 one(Tensor::fused(&[y, g, &dot], &program, y.dtype())?)
             }
             Backward::LogSoftmax { axis } => {
+                let y = output()?;
                 let total = g.sum_keepdim(*axis)?;
                 let program = crate::programs::log_softmax_backward();
                 one(Tensor::fused(&[y, g, &total], &program, y.dtype())?)
             }
-            Backward::Reshape => one(g.reshape(x.shape().clone())?),
+            Backward::Reshape => one(g.reshape(x.shape.clone())?),
             Backward::Permute { perm } => {
                 let mut inverse = vec![0; perm.len()];
                 for (i, &p) in perm.iter().enumerate() {
@@ -379,8 +445,8 @@ impl Backward {
                 }
                 one(g.permute(&inverse)?)
             }
-            Backward::Narrow { axis, start } => one(pad_to(g, x, *axis, *start)?),
-            Backward::BroadcastAs => one(sum_to(g, x)?),
+            Backward::Narrow { axis, start } => one(pad_to(g, x.dims()[*axis], *axis, *start)?),
+            Backward::BroadcastAs => one(sum_to(g, x.dims())?),
             Backward::Cat { axis } => {
                 let mut start = 0;
                 let mut out = Vec::with_capacity(inputs.len());
@@ -392,24 +458,25 @@ impl Backward {
                 Ok(out)
             }
             Backward::IndexSelect { indices, axis } => {
-                let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
+                let zeros = Tensor::zeros(x.shape.clone(), g.dtype(), g.device())?;
                 one(zeros.index_add_owned(*axis, indices, &g.contiguous()?)?)
             }
             Backward::Gather { indices, axis } => {
-                let zeros = Tensor::zeros(x.shape().clone(), g.dtype(), g.device())?;
+                let zeros = Tensor::zeros(x.shape.clone(), g.dtype(), g.device())?;
                 one(zeros.scatter_add_owned(*axis, indices, &g.contiguous()?)?)
             }
             Backward::IndexAdd { indices, axis } => {
                 Ok(vec![want(0, &|| Ok(g.clone()))?, want(1, &|| g.index_select(*axis, indices))?])
             }
             Backward::Scatter { op, indices, axis } => {
-                let grads = scatter_backward(*op, g, y, (x, inputs[1]), indices, *axis)?;
+                let operands = (value(0)?, value(1)?);
+                let grads = scatter_backward(*op, g, output()?, operands, indices, *axis)?;
                 Ok(grads.into_iter().map(Some).collect())
             }
-            Backward::Cast => one(cast_to(g, x.dtype())?),
-            Backward::ToDevice => one(g.to_device(x.device())?),
+            Backward::Cast => one(cast_to(g, x.dtype)?),
+            Backward::ToDevice => one(g.to_device(x.device)?),
             Backward::Attention { scale, causal } => {
-                let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+                let (q, k, v) = (value(0)?, value(1)?, value(2)?);
                 let (dq, dk, dv) = q.attention_backward(k, v, g, *scale, *causal)?;
                 // One op computes all three.
                 Ok(vec![
@@ -420,7 +487,7 @@ impl Backward {
             }
             Backward::Identity => one(g.clone()),
             Backward::LayerNorm { axis, mean, rstd } => {
-                let (w, b) = (inputs[1], inputs[2]);
+                let (x, w) = (value(0)?, value(1)?);
                 let xf = x.cast(DType::F32)?;
                 // h = g·w; dx = rstd·(h − mean(h) − x̂·mean(h·x̂)); dw = Σ g·x̂; db = Σ g.
                 let times = crate::programs::times_normalized();
@@ -435,14 +502,14 @@ impl Backward {
                 })?;
                 let dw = want(1, &|| {
                     let gx = Tensor::fused(&[g, &xf, mean, rstd], &times, DType::F32)?;
-                    sum_to(&gx, w)
+                    sum_to(&gx, w.dims())
                 })?;
-                let db = want(2, &|| sum_to(&cast_to(g, b.dtype())?, b))?;
+                let db = want(2, &|| sum_to(&cast_to(g, inputs[2].dtype)?, inputs[2].dims()))?;
                 Ok(vec![dx, dw, db])
             }
             Backward::BiasActivation { slope: program } => {
-                let d = slope(program.clone(), y, g)?;
-                Ok(vec![want(0, &|| Ok(d.clone()))?, want(1, &|| sum_to(&d, inputs[1]))?])
+                let d = slope(program.clone(), output()?, g)?;
+                Ok(vec![want(0, &|| Ok(d.clone()))?, want(1, &|| sum_to(&d, inputs[1].dims()))?])
             }
             Backward::CrossEntropy { log_probs, targets, weights, smoothing } => {
                 // d/dlogits = w·g·(softmax − ε/C) − w·g·(1 − ε) at the target: one pass over
@@ -478,11 +545,43 @@ impl Backward {
     }
 }
 
+/// An op's input as its backward rule sees it: its shape, dtype and device always, its
+/// value only where the rule reads it ([`Backward::reads_input`]).
+pub(crate) struct Operand<'a> {
+    pub shape: &'a Shape,
+    pub dtype: DType,
+    pub device: &'a DeviceRef,
+    pub value: Option<&'a Tensor>,
+}
+
+impl Operand<'_> {
+    fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    fn value(&self, rule: &str) -> Result<&Tensor> {
+        self.value.ok_or_else(|| Error::InvalidArgument {
+            op: format!("backward of {rule}"),
+            device: self.device.info().label(),
+            detail: "the graph did not keep an input this rule reads (a bug of the rule's \
+                     `reads_input`)"
+                .into(),
+        })
+    }
+}
+
+fn not_kept(rule: &str, what: &str, g: &Tensor) -> Error {
+    Error::InvalidArgument {
+        op: format!("backward of {rule}"),
+        device: g.device().info().label(),
+        detail: format!("the graph did not keep {what}, which this rule reads"),
+    }
+}
+
 fn cast_to(t: &Tensor, dtype: DType) -> Result<Tensor> {
     if t.dtype() == dtype { Ok(t.clone()) } else { t.cast(dtype) }
 }
 
-/// The gradient of a broadcast operand: `g` summed over the axes `like` was stretched along.
 /// d/dx x·Φ(x) = Φ(x) + x·φ(x), with Φ(x) = y / x from the forward's own output (no erf
 /// op needed), and ½ + x·φ(0) where |x| is too small to divide by (its Taylor series, exact
 /// to f32 there).
@@ -574,15 +673,16 @@ fn scatter_backward(
     }
 }
 
-pub(crate) fn sum_to(g: &Tensor, like: &Tensor) -> Result<Tensor> {
-    if g.dims() == like.dims() {
+/// The gradient of a broadcast operand: `g` summed over the axes `like` was stretched along.
+fn sum_to(g: &Tensor, like: &[usize]) -> Result<Tensor> {
+    if g.dims() == like {
         return Ok(g.clone());
     }
     let mut g = g.clone();
-    while g.rank() > like.rank() {
+    while g.rank() > like.len() {
         g = g.sum(0)?;
     }
-    for (axis, &want) in like.dims().iter().enumerate() {
+    for (axis, &want) in like.iter().enumerate() {
         if want == 1 && g.dims()[axis] != 1 {
             g = g.sum_keepdim(axis)?;
         }
@@ -592,14 +692,13 @@ pub(crate) fn sum_to(g: &Tensor, like: &Tensor) -> Result<Tensor> {
 
 /// A reduction's gradient: `g` put back along the reduced axis, the same value for every
 /// element that was summed.
-fn spread(g: &Tensor, x: &Tensor, axis: usize, keepdim: bool) -> Result<Tensor> {
+fn spread(g: &Tensor, shape: &Shape, axis: usize, keepdim: bool) -> Result<Tensor> {
     let g = if keepdim { g.clone() } else { g.unsqueeze(axis)? };
-    g.broadcast_as(x.shape().clone())
+    g.broadcast_as(shape.clone())
 }
 
-/// `g` placed at `start` along `axis` in zeros of `x`'s shape: the gradient of a narrow.
-fn pad_to(g: &Tensor, x: &Tensor, axis: usize, start: usize) -> Result<Tensor> {
-    let total = x.dims()[axis];
+/// `g` placed at `start` along `axis` in zeros `total` long there: the gradient of a narrow.
+fn pad_to(g: &Tensor, total: usize, axis: usize, start: usize) -> Result<Tensor> {
     let len = g.dims()[axis];
     let zeros = |n: usize| {
         let mut dims = g.dims().to_vec();

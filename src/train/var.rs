@@ -1,9 +1,11 @@
 //! `Var`: a tensor that remembers how it was made, so that gradients can flow back to the
 //! leaves it came from.
 //!
-//! The graph lives in the values themselves (each `Var` holds its inputs), as in candle and
-//! micrograd: there is no tape object to pass around and no global graph to reset. A graph
-//! is freed when its last `Var` drops. [`Var::backward`] walks it once and returns the
+//! The graph lives in the values themselves (each `Var` holds the node that made it, and
+//! each node its inputs'), as in candle and micrograd: there is no tape object to pass
+//! around and no global graph to reset. A graph is freed when its last `Var` drops. A node
+//! keeps only the values its backward rule reads (PyTorch's saved tensors): a transformer
+//! block keeps 16 of the 28 activation buffers it writes. [`Var::backward`] walks it once and returns the
 //! gradients of the tracked leaves as a [`Grads`] value; nothing is stored in the leaves, so
 //! two backward passes never interfere and accumulation is an explicit `Grads::accumulate`.
 
@@ -14,8 +16,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::backward::Backward;
-use crate::{Error, Result, Tensor};
+use super::backward::{Backward, Operand};
+use crate::{DType, DeviceRef, Error, Result, Shape, Tensor};
 
 /// A process-wide unique id of a variable; a parameter keeps one id for its whole life, so
 /// its gradient can be found in [`Grads`] whichever `Var` of it the forward pass used.
@@ -29,19 +31,76 @@ impl VarId {
     }
 }
 
+/// One value of a graph as its backward pass sees it. It keeps its value only where its
+/// own rule reads it, and each input's only where the rule reads that: as PyTorch's saved
+/// tensors, an intermediate no rule reads (a matmul's output before its bias is added, a
+/// residual sum's operands) is freed as soon as the `Var`s holding it are dropped, not
+/// kept until the backward pass.
 struct Node {
     id: VarId,
-    value: Tensor,
     /// A leaf whose gradient [`Var::backward`] reports.
     leaf: bool,
     /// How to send the output's gradient to `inputs`; `None` for leaves and constants.
     backward: Option<Backward>,
-    inputs: Vec<Var>,
+    inputs: Vec<Edge>,
+    /// The value's shape, dtype and device: what a rule reads of an operand whose value it
+    /// does not keep (a broadcast's shape, a cast's dtype).
+    shape: Shape,
+    dtype: DType,
+    device: DeviceRef,
+    /// The value, where its own rule reads it, and a leaf's (its owner keeps it anyway).
+    output: Option<Tensor>,
+    /// The value is a view of an input's buffer: its op launched nothing and wrote nothing.
+    view: bool,
 }
 
-/// A tensor in a differentiable computation. Cloning is cheap.
+/// A long chain (thousands of ops) must not drop recursively: the nodes this one alone
+/// holds are taken apart one by one.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut alone: Vec<Arc<Node>> = self.inputs.drain(..).map(|e| e.node).collect();
+        while let Some(node) = alone.pop() {
+            if let Some(mut node) = Arc::into_inner(node) {
+                alone.extend(node.inputs.drain(..).map(|e| e.node));
+            }
+        }
+    }
+}
+
+/// An input of an op: its node, and its value where the op's rule reads it.
+struct Edge {
+    node: Arc<Node>,
+    value: Option<Tensor>,
+}
+
+impl Node {
+    fn requires_grad(&self) -> bool {
+        self.leaf || self.backward.is_some()
+    }
+
+    fn bytes(&self) -> usize {
+        self.shape.numel() * self.dtype.size_in_bytes()
+    }
+
+    fn operands(&self) -> Vec<Operand<'_>> {
+        (self.inputs.iter())
+            .map(|e| Operand {
+                shape: &e.node.shape,
+                dtype: e.node.dtype,
+                device: &e.node.device,
+                value: e.value.as_ref(),
+            })
+            .collect()
+    }
+}
+
+/// A tensor in a differentiable computation: its value, and the node that records how it
+/// was made. Cloning is cheap.
 #[derive(Clone)]
-pub struct Var(Arc<Node>);
+pub struct Var {
+    node: Arc<Node>,
+    value: Tensor,
+}
 
 thread_local! {
     static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
@@ -69,13 +128,7 @@ pub fn is_grad_enabled() -> bool {
 impl Var {
     /// A value gradients do not flow into (data, masks, targets).
     pub fn constant(value: Tensor) -> Var {
-        Var(Arc::new(Node {
-            id: VarId::fresh(),
-            value,
-            leaf: false,
-            backward: None,
-            inputs: Vec::new(),
-        }))
+        Var::new(VarId::fresh(), value, false, None, Vec::new(), false)
     }
 
     /// A fresh leaf whose gradient [`backward`](Var::backward) reports.
@@ -85,7 +138,7 @@ impl Var {
 
     /// A leaf with a given id: every use of one parameter shares its id.
     pub(crate) fn leaf_with_id(value: Tensor, id: VarId) -> Var {
-        Var(Arc::new(Node { id, value, leaf: true, backward: None, inputs: Vec::new() }))
+        Var::new(id, value, true, None, Vec::new(), false)
     }
 
     /// The result of an op: records `backward` when an input needs a gradient and recording
@@ -94,40 +147,67 @@ impl Var {
         if !is_grad_enabled() || !inputs.iter().any(|v| v.requires_grad()) {
             return Var::constant(value);
         }
-        Var(Arc::new(Node {
-            id: VarId::fresh(),
-            value,
-            leaf: false,
-            backward: Some(backward),
-            inputs: inputs.iter().map(|v| (*v).clone()).collect(),
-        }))
+        let key = value.storage_key();
+        let view = inputs.iter().any(|v| v.value.storage_key() == key);
+        let edges = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Edge {
+                node: v.node.clone(),
+                value: backward.reads_input(i).then(|| v.value.clone()),
+            })
+            .collect();
+        Var::new(VarId::fresh(), value, false, Some(backward), edges, view)
+    }
+
+    fn new(
+        id: VarId,
+        value: Tensor,
+        leaf: bool,
+        backward: Option<Backward>,
+        inputs: Vec<Edge>,
+        view: bool,
+    ) -> Var {
+        let keeps = leaf || backward.as_ref().is_some_and(Backward::reads_output);
+        let node = Node {
+            id,
+            leaf,
+            inputs,
+            shape: value.shape().clone(),
+            dtype: value.dtype(),
+            device: value.device().clone(),
+            output: keeps.then(|| value.clone()),
+            view,
+            backward,
+        };
+        Var { node: Arc::new(node), value }
     }
 
     pub fn id(&self) -> VarId {
-        self.0.id
+        self.node.id
     }
 
     /// The value. Ops on it directly are not recorded.
     pub fn tensor(&self) -> &Tensor {
-        &self.0.value
+        &self.value
     }
 
     /// True for tracked leaves and for anything computed from one.
     pub fn requires_grad(&self) -> bool {
-        self.0.leaf || self.0.backward.is_some()
+        self.node.requires_grad()
     }
 
     /// The same value, cut off from the graph.
     pub fn detach(&self) -> Var {
-        Var::constant(self.0.value.clone())
+        Var::constant(self.value.clone())
     }
 
     pub fn dims(&self) -> &[usize] {
-        self.0.value.dims()
+        self.value.dims()
     }
 
     pub fn rank(&self) -> usize {
-        self.0.value.rank()
+        self.value.rank()
     }
 
     /// Gradients of every tracked leaf this value depends on, seeded with ones (for a
@@ -206,19 +286,27 @@ impl Var {
 
     /// What the graph behind this value costs, counted from its recorded ops: see
     /// [`GraphCensus`]. Leaves (parameters, a stage's input) are not counted: they are
-    /// accounted for by whoever owns them.
+    /// accounted for by whoever owns them. The value itself is counted as kept (whoever
+    /// runs the backward pass holds it); where `handed_on` says it is a join of parts made
+    /// only to be handed on ([`Layered::joins_output`]), the parts are counted instead:
+    /// the next layer of a stage reads those, and the join is not made.
     ///
     /// `input` is the graph's input (a layer's): the matmuls with an operand not computed
     /// from it (a weight) count towards [`GraphCensus::weight_flops`].
-    pub(crate) fn census(&self, input: VarId) -> GraphCensus {
+    ///
+    /// [`Layered::joins_output`]: crate::train::pipeline::Layered::joins_output
+    pub(crate) fn census(&self, input: VarId, handed_on: bool) -> GraphCensus {
         let mut census = GraphCensus::default();
         let walk = Walk::new(self);
         let reaches = walk.reaching(input);
-        let order = walk.order;
-        // Views of a leaf (a weight's transpose, its rows for one output) share the leaf's
-        // buffer, which its owner accounts for.
-        let owned: HashSet<usize> =
-            order.iter().filter(|v| v.0.leaf).map(|v| v.0.value.storage_key()).collect();
+        let order = &walk.order;
+        // Views of a leaf (a weight's transpose, its rows for one output, the parts of a
+        // stage's input) share the leaf's buffer, which its owner accounts for.
+        let owned: HashSet<usize> = order
+            .iter()
+            .filter_map(|n| n.output.as_ref().filter(|_| n.leaf))
+            .map(Tensor::storage_key)
+            .collect();
         let mut buffers: HashMap<usize, usize> = HashMap::new();
         let mut keep = |t: &Tensor| {
             if owned.contains(&t.storage_key()) {
@@ -228,27 +316,34 @@ impl Var {
             let entry = buffers.entry(t.storage_key()).or_default();
             *entry = (*entry).max(bytes);
         };
-        for var in &order {
-            let Some(backward) = &var.0.backward else { continue };
-            let value = &var.0.value;
+        match (handed_on, &self.node.backward) {
+            (true, Some(Backward::Cat { .. })) => {
+                // The parts, each once (their buffers are not at hand: they count by size).
+                let mut parts = HashSet::new();
+                census.retained_bytes += (self.node.inputs.iter())
+                    .filter(|e| !e.node.leaf && e.node.id != input && parts.insert(e.node.id))
+                    .map(|e| e.node.bytes())
+                    .sum::<usize>();
+            }
+            _ => keep(&self.value),
+        }
+        for node in order {
+            let Some(backward) = &node.backward else { continue };
             // A view (a transpose, a narrow, a reshape that needs no copy) shares its
             // input's buffer: it launches nothing and writes nothing.
-            let view = var.0.inputs.iter().any(|i| i.0.value.storage_key() == value.storage_key());
-            if !view {
+            if !node.view {
                 census.ops += 1;
-                census.written_bytes += value.numel() * value.dtype().size_in_bytes();
+                census.written_bytes += node.bytes();
             }
-            keep(value);
-            for input in var.0.inputs.iter().filter(|v| !v.requires_grad()) {
-                keep(&input.0.value);
-            }
+            node.output.iter().for_each(&mut keep);
+            node.inputs.iter().filter_map(|e| e.value.as_ref()).for_each(&mut keep);
             backward.saved().into_iter().for_each(&mut keep);
-            match (backward, var.0.inputs.as_slice()) {
+            match (backward, node.inputs.as_slice()) {
                 (Backward::Matmul, [a, b]) => {
-                    let inner = a.dims().last().copied().unwrap_or(0);
-                    let flops = 2.0 * value.numel() as f64 * inner as f64;
+                    let inner = a.node.shape.dims().last().copied().unwrap_or(0);
+                    let flops = 2.0 * node.shape.numel() as f64 * inner as f64;
                     census.matmul_flops += flops;
-                    let weight = |v: &Var| v.requires_grad() && !reaches[walk.at[&v.id()]];
+                    let weight = |e: &Edge| e.node.requires_grad() && !reaches[walk.at[&e.node.id]];
                     if weight(a) || weight(b) {
                         census.weight_flops += flops;
                     }
@@ -260,16 +355,18 @@ impl Var {
                 // row statistic's worth at once; a kernel holds f32 copies of the operands
                 // and the gradients instead (seven of `q`'s size).
                 (Backward::Attention { .. }, [q, ..]) => {
-                    let (time, head_dim) = (q.dims()[q.rank() - 2], q.dims()[q.rank() - 1].max(1));
-                    let product = 2.0 * q.tensor().numel() as f64 * time as f64;
+                    let dims = q.node.shape.dims();
+                    let (time, head_dim) = (dims[dims.len() - 2], dims[dims.len() - 1].max(1));
+                    let numel = q.node.shape.numel();
+                    let product = 2.0 * numel as f64 * time as f64;
                     census.matmul_flops += 2.0 * product;
                     census.recomputed_flops += product;
-                    let held = match q.tensor().device().has_attention_kernel() {
-                        true => 7 * q.tensor().numel() * 4,
+                    let held = match q.node.device.has_attention_kernel() {
+                        true => 7 * numel * 4,
                         false => {
-                            let weights = q.tensor().numel() / head_dim * time;
-                            census.written_bytes += 3 * weights * value.dtype().size_in_bytes();
-                            4 * weights * value.dtype().size_in_bytes()
+                            let weights = numel / head_dim * time;
+                            census.written_bytes += 3 * weights * node.dtype.size_in_bytes();
+                            4 * weights * node.dtype.size_in_bytes()
                         }
                     };
                     census.transient_bytes = census.transient_bytes.max(held);
@@ -277,29 +374,29 @@ impl Var {
                 _ => {}
             }
         }
-        census.retained_bytes = buffers.values().sum();
+        census.retained_bytes += buffers.values().sum::<usize>();
 
         census
     }
 
-    /// Every var that needs a gradient, each after all of its inputs.
-    fn topological_order(&self) -> Vec<Var> {
+    /// Every node that needs a gradient, each after all of its inputs.
+    fn topological_order(&self) -> Vec<Arc<Node>> {
         // Iterative DFS: a deep graph (hundreds of layers) must not overflow the stack.
         let mut order = Vec::new();
         let mut seen: HashSet<VarId> = HashSet::new();
-        let mut stack: Vec<(Var, bool)> = vec![(self.clone(), false)];
-        while let Some((var, expanded)) = stack.pop() {
+        let mut stack: Vec<(Arc<Node>, bool)> = vec![(self.node.clone(), false)];
+        while let Some((node, expanded)) = stack.pop() {
             if expanded {
-                order.push(var);
+                order.push(node);
                 continue;
             }
-            if !var.requires_grad() || !seen.insert(var.id()) {
+            if !node.requires_grad() || !seen.insert(node.id) {
                 continue;
             }
-            stack.push((var.clone(), true));
-            for input in &var.0.inputs {
-                if input.requires_grad() && !seen.contains(&input.id()) {
-                    stack.push((input.clone(), false));
+            stack.push((node.clone(), true));
+            for input in &node.inputs {
+                if input.node.requires_grad() && !seen.contains(&input.node.id) {
+                    stack.push((input.node.clone(), false));
                 }
             }
         }
@@ -307,18 +404,18 @@ impl Var {
     }
 
     pub(crate) fn device(&self) -> &crate::DeviceRef {
-        self.0.value.device()
+        self.value.device()
     }
 }
 
 impl fmt::Debug for Var {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match (&self.0.backward, self.0.leaf) {
+        let kind = match (&self.node.backward, self.node.leaf) {
             (Some(b), _) => b.name(),
             (None, true) => "leaf",
             (None, false) => "constant",
         };
-        write!(f, "Var({kind}, {:?})", self.0.value)
+        write!(f, "Var({kind}, {:?})", self.value)
     }
 }
 
@@ -336,7 +433,7 @@ enum Part<'a> {
 /// A graph laid out for its backward pass: its nodes in topological order, and per node
 /// how many uses it has and its height (the longest path down to a leaf; leaves are 0).
 struct Walk {
-    order: Vec<Var>,
+    order: Vec<Arc<Node>>,
     at: HashMap<VarId, usize>,
     uses: Vec<usize>,
     height: Vec<usize>,
@@ -346,13 +443,12 @@ struct Walk {
 impl Walk {
     fn new(value: &Var) -> Walk {
         let order = value.topological_order();
-        let at: HashMap<VarId, usize> =
-            order.iter().enumerate().map(|(i, v)| (v.id(), i)).collect();
+        let at: HashMap<VarId, usize> = order.iter().enumerate().map(|(i, n)| (n.id, i)).collect();
         let mut uses = vec![0usize; order.len()];
         let mut height = vec![0usize; order.len()];
-        for (i, var) in order.iter().enumerate() {
-            for input in var.0.inputs.iter().filter(|v| v.requires_grad()) {
-                let j = at[&input.id()];
+        for (i, node) in order.iter().enumerate() {
+            for input in node.inputs.iter().filter(|e| e.node.requires_grad()) {
+                let j = at[&input.node.id];
                 uses[j] += 1;
                 height[i] = height[i].max(height[j] + 1);
             }
@@ -364,9 +460,9 @@ impl Walk {
     /// Per node, whether it is the var `input` or computed from it.
     fn reaching(&self, input: VarId) -> Vec<bool> {
         let mut reaches = vec![false; self.order.len()];
-        for (i, var) in self.order.iter().enumerate() {
-            reaches[i] = var.id() == input
-                || var.0.inputs.iter().any(|v| self.at.get(&v.id()).is_some_and(|&j| reaches[j]));
+        for (i, node) in self.order.iter().enumerate() {
+            reaches[i] = node.id == input
+                || node.inputs.iter().any(|e| self.at.get(&e.node.id).is_some_and(|&j| reaches[j]));
         }
         reaches
     }
@@ -400,58 +496,54 @@ impl Walk {
         };
         pending.extend(seed.map(|seed| (root, seed)));
         while let Some((_, i)) = ready.pop() {
-            let var = &self.order[i];
+            let node = &self.order[i];
             let grad = match &mut part {
                 Part::Weights { reaches, kept } if reaches[i] => kept.remove(&i),
                 _ => pending.remove(&i),
             };
             // Which inputs this part sends a gradient to.
-            let needs: Vec<bool> = var
-                .0
-                .inputs
-                .iter()
-                .map(|v| {
-                    v.requires_grad()
+            let needs: Vec<bool> = (node.inputs.iter())
+                .map(|e| {
+                    e.node.requires_grad()
                         && match &part {
                             Part::Whole => true,
-                            Part::Input { reaches, .. } => reaches[self.at[&v.id()]],
-                            Part::Weights { reaches, .. } => !reaches[self.at[&v.id()]],
+                            Part::Input { reaches, .. } => reaches[self.at[&e.node.id]],
+                            Part::Weights { reaches, .. } => !reaches[self.at[&e.node.id]],
                         }
                 })
                 .collect();
             if let (Part::Input { input, reaches, keep }, Some(grad)) = (&mut part, &grad) {
                 // The input's gradient is this part's one report, leaf or not.
-                if var.id() == *input {
-                    report(var.id(), grad.clone())?;
+                if node.id == *input {
+                    report(node.id, grad.clone())?;
                 }
                 // What the weights' part starts from: the gradients of the ops with weight
                 // operands, and the seed where the root does not reach the input.
-                let weights =
-                    (var.0.inputs.iter()).any(|v| v.requires_grad() && !reaches[self.at[&v.id()]]);
+                let weights = (node.inputs.iter())
+                    .any(|e| e.node.requires_grad() && !reaches[self.at[&e.node.id]]);
                 if weights || !reaches[i] {
                     keep.insert(i, grad.clone());
                 }
             }
-            let Some(backward) = &var.0.backward else {
+            let Some(backward) = &node.backward else {
                 let reported = matches!(part, Part::Input { .. });
-                if let Some(grad) = grad.filter(|_| var.0.leaf && !reported) {
-                    report(var.id(), grad)?;
+                if let Some(grad) = grad.filter(|_| node.leaf && !reported) {
+                    report(node.id, grad)?;
                 }
                 continue;
             };
             let input_grads = match &grad {
                 Some(grad) if needs.contains(&true) => {
-                    let inputs: Vec<&Tensor> = var.0.inputs.iter().map(|v| v.tensor()).collect();
-                    backward.apply(grad, var.tensor(), &inputs, &needs)?
+                    backward.apply(grad, node.output.as_ref(), &node.operands(), &needs)?
                 }
                 // Nothing flows through this op, but its uses of its inputs are over.
-                _ => vec![None; var.0.inputs.len()],
+                _ => vec![None; node.inputs.len()],
             };
-            for ((input, input_grad), need) in var.0.inputs.iter().zip(input_grads).zip(&needs) {
-                if !input.requires_grad() {
+            for ((input, input_grad), need) in node.inputs.iter().zip(input_grads).zip(&needs) {
+                if !input.node.requires_grad() {
                     continue;
                 }
-                let j = self.at[&input.id()];
+                let j = self.at[&input.node.id];
                 if let Some(input_grad) = input_grad.filter(|_| *need) {
                     let sum = match pending.remove(&j) {
                         Some(prev) => prev.add(&input_grad)?,
@@ -514,8 +606,8 @@ pub(crate) struct GraphCensus {
     pub weight_flops: f64,
     /// Bytes the ops' outputs write.
     pub written_bytes: usize,
-    /// Bytes of the distinct buffers the graph holds for the backward pass: op outputs,
-    /// constant operands and what the backward rules saved.
+    /// Bytes of the distinct buffers the graph holds for the backward pass (the values its
+    /// rules read, and what they saved) and the value itself.
     pub retained_bytes: usize,
     /// The most bytes one op needs briefly beyond them (attention's weights, made again
     /// in its backward pass).
@@ -654,7 +746,7 @@ mod tests {
         let doubled = x.add(&x)?;
         let part = doubled.narrow(2, 0, 2)?;
         let y = part.matmul(&part.transpose(1, 2)?)?.reshape([2, 9])?;
-        let census = y.census(x.id());
+        let census = y.census(x.id(), false);
         assert_eq!(census.ops, 2);
         assert_eq!(census.written_bytes, (24 + 18) * 4);
         assert_eq!(census.matmul_flops, 2.0 * 18.0 * 2.0);

@@ -12,8 +12,9 @@ use crate::{DType, Result};
 pub struct LayerCost {
     /// Bytes of the layer's parameters.
     pub param_bytes: usize,
-    /// Bytes its forward pass keeps for the backward pass (outputs of its ops, constant
-    /// operands, saved statistics), per micro-batch.
+    /// Bytes its forward pass keeps for the backward pass (the values its ops' backward
+    /// rules read, saved statistics) and its output (or, where it joins its output to hand
+    /// on, the parts), per micro-batch.
     pub activation_bytes: usize,
     /// Bytes it needs only for a while, beyond what it keeps: attention's `[heads, time,
     /// time]` tensors, made in the forward pass and again in the backward pass.
@@ -82,8 +83,8 @@ impl TransformerShape {
     /// The model's layers as [`Layered for Gpt`](crate::train::models::Gpt) cuts them:
     /// the embeddings, each block's four quarters, the final norm with the head. Flops and
     /// parameters are exact; the activations follow what this library's layers keep
-    /// (counted from their graphs: 28 `[tokens, dim]` buffers per block and per-token
-    /// statistics, and the joins where a stage ends mid-block; attention's
+    /// (counted from their graphs: 16 `[tokens, dim]` buffers per block of the 28 it writes,
+    /// per-token statistics, and the joins where a stage ends mid-block; attention's
     /// `[rows, heads, context, context]` tensors are computed again, not kept), checked
     /// against a measurement in the tests.
     pub fn layers(&self) -> Vec<LayerCost> {
@@ -93,36 +94,47 @@ impl TransformerShape {
         let p = self.param_bytes as f64;
         let scores = (self.rows * self.heads) as f64 * s * s;
         let dtype = if self.activation_bytes == 2 { DType::BF16 } else { DType::F32 };
-        // `buffers` elements its ops write and the graph keeps, `stats` more kept (norms'
-        // per-token statistics, ids).
+        // `written` elements its ops write, `kept` of them the graph keeps for the backward
+        // pass (what the rules read, and the output), `stats` more kept (norms' per-token
+        // statistics, ids).
         // A split backward pass keeps the output gradients of the ops with weights (the
         // norms' and the projections'; a bias shares its product's, and the q, k and v
         // projections' are views of the joined `[x | q | k | v]` output's): measured in
         // `[tokens, dim]` buffers, 5 for the first and third quarters, 1 for the others.
-        let layer = |params: f64, buffers: f64, stats: f64, flops: f64, ops: usize| LayerCost {
-            param_bytes: (params * p) as usize,
-            activation_bytes: ((buffers + stats) * a) as usize,
-            transient_bytes: 0,
-            output_bytes: (tokens * d * a) as usize,
-            joined_bytes: 0,
-            matmul_flops: flops,
-            recomputed_flops: 0.0,
-            weight_flops: flops,
-            kept_grad_bytes: (tokens * d * a) as usize,
-            written_bytes: (buffers * a) as usize,
-            ops,
-            dtype,
-            rows: self.rows,
-        };
-        let embed = layer((v + s) * d, 2.0 * tokens * d + s * d, tokens + s, 0.0, 3);
+        let layer =
+            |params: f64, [written, kept, stats]: [f64; 3], flops: f64, ops: usize| LayerCost {
+                param_bytes: (params * p) as usize,
+                activation_bytes: ((kept + stats) * a) as usize,
+                transient_bytes: 0,
+                output_bytes: (tokens * d * a) as usize,
+                joined_bytes: 0,
+                matmul_flops: flops,
+                recomputed_flops: 0.0,
+                weight_flops: flops,
+                kept_grad_bytes: (tokens * d * a) as usize,
+                written_bytes: (written * a) as usize,
+                ops,
+                dtype,
+                rows: self.rows,
+            };
+        let embed = layer((v + s) * d, [2.0 * tokens * d + s * d, tokens * d, tokens + s], 0.0, 3);
         // Each block is four layers, its quarters. The first and the third hand on the
         // residual stream beside what the next quarter reads (`[x | q | k | v]`,
-        // `[x | hidden]`): joined into one buffer only where a stage ends there.
+        // `[x | hidden]`): joined into one buffer only where a stage ends there. Of a block's
+        // 28 `[tokens, dim]` buffers written, 16 are kept: the norms' outputs, q, k and v,
+        // attention's heads joined, the biased hidden activations and their GELU, and the
+        // residual stream; the matmuls' outputs before their bias, and the sums' operands,
+        // no rule reads.
         let project = LayerCost {
             kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (4.0 * tokens * d * a) as usize,
             joined_bytes: (4.0 * tokens * d * a) as usize,
-            ..layer(3.0 * d * d + 5.0 * d, 7.0 * tokens * d, 2.0 * tokens, 6.0 * tokens * d * d, 7)
+            ..layer(
+                3.0 * d * d + 5.0 * d,
+                [7.0 * tokens * d, 4.0 * tokens * d, 2.0 * tokens],
+                6.0 * tokens * d * d,
+                7,
+            )
         };
         // Without an attention kernel, its `[rows, heads, s, s]` scores, masked scores and
         // weights are written and read but not kept (its backward pass computes them
@@ -138,8 +150,7 @@ impl TransformerShape {
             transient_bytes: transient as usize,
             ..layer(
                 d * d + d,
-                5.0 * tokens * d,
-                0.0,
+                [5.0 * tokens * d, 2.0 * tokens * d, 0.0],
                 2.0 * tokens * d * d + 4.0 * self.rows as f64 * s * s * d,
                 5,
             )
@@ -148,13 +159,24 @@ impl TransformerShape {
             kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (5.0 * tokens * d * a) as usize,
             joined_bytes: (5.0 * tokens * d * a) as usize,
-            ..layer(4.0 * d * d + 6.0 * d, 13.0 * tokens * d, 2.0 * tokens, 8.0 * tokens * d * d, 4)
+            ..layer(
+                4.0 * d * d + 6.0 * d,
+                [13.0 * tokens * d, 9.0 * tokens * d, 2.0 * tokens],
+                8.0 * tokens * d * d,
+                4,
+            )
         };
-        let contract = layer(4.0 * d * d + d, 3.0 * tokens * d, 0.0, 8.0 * tokens * d * d, 3);
+        let contract =
+            layer(4.0 * d * d + d, [3.0 * tokens * d, tokens * d, 0.0], 8.0 * tokens * d * d, 3);
         let head = LayerCost {
             kept_grad_bytes: ((tokens * d + tokens * v) * a) as usize,
             output_bytes: (tokens * v * a) as usize,
-            ..layer(2.0 * d + d * v, tokens * d + tokens * v, 2.0 * tokens, 2.0 * tokens * d * v, 2)
+            ..layer(
+                2.0 * d + d * v,
+                [tokens * d + tokens * v, tokens * d + tokens * v, 2.0 * tokens],
+                2.0 * tokens * d * v,
+                2,
+            )
         };
         std::iter::once(embed)
             .chain(std::iter::repeat_n([project, attend, expand, contract], self.blocks).flatten())
@@ -240,7 +262,10 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
     let mut counted = std::collections::HashSet::new();
     for layer in 0..model.depth() {
         let y = model.forward_layer(layer, &x, ctx)?;
-        let census = y.census(x.id());
+        // A join made for handing on (one op writing the output) is neither made nor kept
+        // where the next layer runs in the same stage: its parts are.
+        let joined = model.joins_output(layer);
+        let census = y.census(x.id(), joined);
         // What a split backward pass keeps between its parts, measured.
         let seed = crate::Tensor::ones(
             y.tensor().shape().clone(),
@@ -250,9 +275,6 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
         let kept_grad_bytes = y.backward_split(seed, &x)?.1.kept_bytes();
         let out = y.tensor();
         let output_bytes = out.numel() * out.dtype().size_in_bytes();
-        // A join made for handing on (one op writing the output) is neither made nor kept
-        // where the next layer runs in the same stage.
-        let joined = model.joins_output(layer);
         let joined_bytes = if joined { output_bytes } else { 0 };
         costs.push(LayerCost {
             param_bytes: model
@@ -261,7 +283,7 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
                 .filter(|p| counted.insert(p.id()))
                 .map(|p| p.bytes())
                 .sum(),
-            activation_bytes: census.retained_bytes.saturating_sub(joined_bytes),
+            activation_bytes: census.retained_bytes,
             transient_bytes: census.transient_bytes,
             output_bytes,
             joined_bytes,

@@ -102,8 +102,9 @@ pub struct StageMemory {
     pub optimizer: u64,
     /// What the micro-batches in flight keep for their backward passes, and their inputs.
     pub activations: u64,
-    /// Temporaries of one layer's backward pass (about its activations again, plus what it
-    /// makes anew, such as attention's weights) and the gradient that arrives for it.
+    /// Temporaries of one layer's backward pass (a gradient of about every buffer its
+    /// forward pass wrote, kept or not, plus what it makes anew, such as attention's
+    /// weights) and the gradient that arrives for it.
     pub workspace: u64,
     /// What it keeps for stages whose optimizer state it hosts ([`StateHost`]).
     pub lodged: u64,
@@ -932,8 +933,8 @@ struct Sums {
     backward_s: f64,
     params: u64,
     kept: u64,
-    /// The most one layer's backward pass holds beyond what is kept: its activations'
-    /// gradients (or, recomputing, the activations themselves), its transients, the
+    /// The most one layer's backward pass holds beyond what is kept: the gradients of what
+    /// its forward pass wrote (or, recomputing, its activations), its transients, the
     /// gradient of its output, and its input's two (a residual layer's input gets one
     /// through the branch and one around it, then their sum).
     largest: u64,
@@ -954,8 +955,8 @@ impl Sums {
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
         self.kept += part(layer.activation_bytes, share);
-        let backward =
-            layer.activation_bytes + layer.transient_bytes + layer.output_bytes + 2 * input;
+        let made = layer.written_bytes.max(layer.activation_bytes);
+        let backward = made + layer.transient_bytes + layer.output_bytes + 2 * input;
         self.largest = self.largest.max(part(backward, share));
     }
 }
