@@ -719,3 +719,53 @@ fn a_blocks_forward_pass_keeps_only_what_its_backward_pass_reads() -> Result<()>
     assert_eq!(held(), before);
     Ok(())
 }
+
+/// A bf16 layer's f32 weight is cast once per value, not once per micro-batch: two
+/// micro-batches in flight keep one bf16 copy between them, the copy is made again only
+/// once the weight changes, and both micro-batches' gradients reach the f32 weight.
+#[test]
+fn a_weights_compute_copy_is_made_once_and_shared_by_the_micro_batches() -> Result<()> {
+    use manychips::sim::{SimDevice, SimProfile};
+    let host = cpu();
+    let chip = Arc::new(SimDevice::new(host, SimProfile::new("chip"), 0)?);
+    let device: DeviceRef = chip.clone();
+    let (rows, inputs, outputs) = (8, 64, 32);
+    let layer = nn::Linear::new(&ParamStore::new(&device, 5), inputs, outputs, false)?;
+    let batch = |seed: usize| -> Result<Var> {
+        let values: Vec<f32> = (0..rows * inputs).map(|i| ((i + seed) % 7) as f32 / 7.0).collect();
+        Ok(Var::leaf(Tensor::from_slice(&values, [rows, inputs], &device)?.cast(DType::BF16)?))
+    };
+    let (a, b) = (batch(0)?, batch(3)?);
+    let held = || {
+        chip.reset_peak_memory();
+        chip.peak_memory()
+    };
+    let before = held();
+    let ya = layer.forward(&a)?;
+    let after_one = held() - before;
+    let yb = layer.forward(&b)?;
+    let after_two = held() - before;
+    let (copy, output) = ((inputs * outputs * 2) as u64, (rows * outputs * 2) as u64);
+    assert_eq!(after_one, copy + output, "the first pass makes the copy and its output");
+    assert_eq!(after_two, copy + 2 * output, "the second shares the copy");
+    let w = layer.weight.id();
+    let mut grads = ya.sum_all()?.backward()?;
+    grads.accumulate(yb.sum_all()?.backward()?)?;
+    let g = grads.get(w).expect("the weight's gradient");
+    assert_eq!(g.dtype(), DType::F32);
+    let total: f32 = g.to_vec::<f32>()?.iter().sum();
+    let want: f32 = [&a, &b]
+        .iter()
+        .map(|x| {
+            x.tensor().to_vec::<half::bf16>().map(|v| v.iter().map(|x| x.to_f32()).sum::<f32>())
+        })
+        .sum::<Result<f32>>()?
+        * outputs as f32;
+    assert!((total - want).abs() <= 1e-2 * want.abs(), "{total} vs {want}");
+    // A new value, a new copy; the old one goes.
+    let first = layer.weight.var_as(DType::BF16)?.id();
+    assert_eq!(layer.weight.var_as(DType::BF16)?.id(), first);
+    layer.weight.set(layer.weight.value().affine(0.5, 0.0)?)?;
+    assert_ne!(layer.weight.var_as(DType::BF16)?.id(), first);
+    Ok(())
+}

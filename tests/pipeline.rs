@@ -459,10 +459,44 @@ fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
     Ok(())
 }
 
+/// In bf16 (f32 master weights), each layer's weight copies in the compute dtype, made
+/// once a step, are what the shape says: the `Linear` layers' weights and biases at 2
+/// bytes a parameter.
+#[test]
+fn bf16_weight_copies_from_the_shape_match_the_measured_ones() -> Result<()> {
+    let host = cpu();
+    let (vocab, context, dim, heads, blocks, rows) = (13, 8, 32, 4, 2, 2);
+    let config = GptConfig { vocab, context, dim, heads, layers: blocks, dtype: DType::BF16 };
+    let model = Gpt::new(&ParamStore::new(&host, SEED), config)?;
+    let data: Vec<u32> = (0..rows * context).map(|i| (i % vocab) as u32).collect();
+    let ids = Tensor::from_slice(&data, [rows, context], &host)?;
+    let measured = profile_layers(&model, &Var::constant(ids), &Ctx::train(0))?;
+    let shape = TransformerShape {
+        vocab,
+        context,
+        dim,
+        heads,
+        blocks,
+        rows,
+        param_bytes: 4,
+        activation_bytes: 2,
+        attention_kernel: host.has_attention_kernel(),
+    };
+    let computed = shape.layers();
+    for (i, (c, m)) in computed.iter().zip(&measured).enumerate() {
+        assert_eq!(c.copy_bytes, m.copy_bytes, "layer {i}: weight copies");
+        assert_eq!(c.param_bytes, m.param_bytes, "layer {i}: parameters");
+    }
+    assert!(measured.iter().all(|m| m.copy_bytes < m.param_bytes));
+    assert!(measured.iter().filter(|m| m.copy_bytes > 0).count() == 4 * blocks + 1);
+    Ok(())
+}
+
 /// A layer of `gflop` forward gigaflops and `mib` MiB of parameters, for planning alone.
 fn synthetic_layer(gflop: f64, mib: usize) -> LayerCost {
     LayerCost {
         param_bytes: mib << 20,
+        copy_bytes: 0,
         activation_bytes: 1 << 20,
         transient_bytes: 0,
         output_bytes: 1 << 20,

@@ -14,6 +14,9 @@ struct ParamInner {
     value: RwLock<Tensor>,
     /// Counts the replacements of `value`: a copy elsewhere knows whether it is current.
     version: AtomicU64,
+    /// The value cast to a compute dtype, for the `version` it was cast from
+    /// ([`Param::var_as`]).
+    cast: Mutex<Option<(u64, Var)>>,
 }
 
 /// A learnable tensor with a stable name and id. Cloning shares it: a model and its
@@ -28,6 +31,7 @@ impl Param {
             id: VarId::fresh(),
             value: RwLock::new(value),
             version: AtomicU64::new(0),
+            cast: Mutex::new(None),
         }))
     }
 
@@ -47,6 +51,33 @@ impl Param {
     /// A tracked leaf of the current value; its gradient is under [`Param::id`].
     pub fn var(&self) -> Var {
         Var::leaf_with_id(self.value(), self.0.id)
+    }
+
+    /// The value in `dtype` (a bf16 model's f32 master weight, as its matmuls read it),
+    /// tracked: cast once per value and shared by every forward pass until the value
+    /// changes, so the micro-batches of a step neither cast it again nor each keep a copy
+    /// for their backward passes (one copy, 2 bytes a parameter in bf16, lives beside the
+    /// master). Its gradient reaches the master in the master's dtype. The value itself
+    /// where it already is in `dtype`.
+    pub fn var_as(&self, dtype: DType) -> Result<Var> {
+        let leaf = self.var();
+        if leaf.tensor().dtype() == dtype {
+            return Ok(leaf);
+        }
+        let version = self.version();
+        let mut cast = self.0.cast.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((made, var)) = cast.as_ref()
+            && *made == version
+            && var.tensor().dtype() == dtype
+            && var.requires_grad() == super::is_grad_enabled()
+        {
+            return Ok(var.clone());
+        }
+        // The old copy goes before the new one is made.
+        *cast = None;
+        let var = leaf.cast_shared(dtype)?;
+        *cast = Some((version, var.clone()));
+        Ok(var)
     }
 
     /// Replaces the value by one of the same shape, dtype and device (an optimizer step, a

@@ -48,10 +48,17 @@ struct Node {
     shape: Shape,
     dtype: DType,
     device: DeviceRef,
-    /// The value, where its own rule reads it, and a leaf's (its owner keeps it anyway).
+    /// The value, where its own rule reads it.
     output: Option<Tensor>,
+    /// The value's buffer ([`Tensor::storage_key`]): a leaf's is its owner's to account for.
+    storage: usize,
     /// The value is a view of an input's buffer: its op launched nothing and wrote nothing.
     view: bool,
+    /// The value is made once and shared by the graphs of many micro-batches (a weight's
+    /// copy in the compute dtype, [`Param::var_as`]): its owner accounts for it.
+    ///
+    /// [`Param::var_as`]: super::Param::var_as
+    shared: bool,
 }
 
 /// A long chain (thousands of ops) must not drop recursively: the nodes this one alone
@@ -128,7 +135,7 @@ pub fn is_grad_enabled() -> bool {
 impl Var {
     /// A value gradients do not flow into (data, masks, targets).
     pub fn constant(value: Tensor) -> Var {
-        Var::new(VarId::fresh(), value, false, None, Vec::new(), false)
+        Var::new(VarId::fresh(), value, false, None, Vec::new(), [false; 2])
     }
 
     /// A fresh leaf whose gradient [`backward`](Var::backward) reports.
@@ -138,12 +145,23 @@ impl Var {
 
     /// A leaf with a given id: every use of one parameter shares its id.
     pub(crate) fn leaf_with_id(value: Tensor, id: VarId) -> Var {
-        Var::new(id, value, true, None, Vec::new(), false)
+        Var::new(id, value, true, None, Vec::new(), [false; 2])
     }
 
     /// The result of an op: records `backward` when an input needs a gradient and recording
     /// is on; a plain constant otherwise.
     pub(crate) fn from_op(value: Tensor, backward: Backward, inputs: &[&Var]) -> Var {
+        Var::recorded(value, backward, inputs, false)
+    }
+
+    /// This value cast to `dtype` as a node made once and shared by the graphs of many
+    /// micro-batches (see [`Param::var_as`](super::Param::var_as)); the cast's own graph
+    /// otherwise.
+    pub(crate) fn cast_shared(&self, dtype: DType) -> Result<Var> {
+        Ok(Var::recorded(self.value.cast(dtype)?, Backward::Cast, &[self], true))
+    }
+
+    fn recorded(value: Tensor, backward: Backward, inputs: &[&Var], shared: bool) -> Var {
         if !is_grad_enabled() || !inputs.iter().any(|v| v.requires_grad()) {
             return Var::constant(value);
         }
@@ -157,7 +175,7 @@ impl Var {
                 value: backward.reads_input(i).then(|| v.value.clone()),
             })
             .collect();
-        Var::new(VarId::fresh(), value, false, Some(backward), edges, view)
+        Var::new(VarId::fresh(), value, false, Some(backward), edges, [view, shared])
     }
 
     fn new(
@@ -166,9 +184,9 @@ impl Var {
         leaf: bool,
         backward: Option<Backward>,
         inputs: Vec<Edge>,
-        view: bool,
+        [view, shared]: [bool; 2],
     ) -> Var {
-        let keeps = leaf || backward.as_ref().is_some_and(Backward::reads_output);
+        let keeps = backward.as_ref().is_some_and(Backward::reads_output);
         let node = Node {
             id,
             leaf,
@@ -177,7 +195,9 @@ impl Var {
             dtype: value.dtype(),
             device: value.device().clone(),
             output: keeps.then(|| value.clone()),
+            storage: value.storage_key(),
             view,
+            shared,
             backward,
         };
         Var { node: Arc::new(node), value }
@@ -301,12 +321,11 @@ impl Var {
         let reaches = walk.reaching(input);
         let order = &walk.order;
         // Views of a leaf (a weight's transpose, its rows for one output, the parts of a
-        // stage's input) share the leaf's buffer, which its owner accounts for.
-        let owned: HashSet<usize> = order
-            .iter()
-            .filter_map(|n| n.output.as_ref().filter(|_| n.leaf))
-            .map(Tensor::storage_key)
-            .collect();
+        // stage's input) share the leaf's buffer, which its owner accounts for; so do a
+        // shared node's.
+        let owned: HashSet<usize> =
+            order.iter().filter(|n| n.leaf || n.shared).map(|n| n.storage).collect();
+        census.shared_bytes = order.iter().filter(|n| n.shared).map(|n| n.bytes()).sum();
         let mut buffers: HashMap<usize, usize> = HashMap::new();
         let mut keep = |t: &Tensor| {
             if owned.contains(&t.storage_key()) {
@@ -612,6 +631,9 @@ pub(crate) struct GraphCensus {
     /// The most bytes one op needs briefly beyond them (attention's weights, made again
     /// in its backward pass).
     pub transient_bytes: usize,
+    /// Bytes of the values made once and shared with other micro-batches' graphs (the
+    /// weights' copies in the compute dtype), not counted in `retained_bytes`.
+    pub shared_bytes: usize,
 }
 
 /// The gradients of one backward pass (or of several, accumulated), by leaf id.

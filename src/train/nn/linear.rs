@@ -56,17 +56,18 @@ impl Linear {
         act: Option<Activation>,
         outputs: Option<Range<usize>>,
     ) -> Result<Var> {
-        let rows_of = |p: &Param| match &outputs {
-            Some(r) => p.var().narrow(0, r.start, r.len()),
-            None => Ok(p.var()),
-        };
         let dtype = x.tensor().dtype();
+        // In the input's dtype, cast once per value and shared by every micro-batch.
+        let rows_of = |p: &Param| match &outputs {
+            Some(r) => p.var_as(dtype)?.narrow(0, r.start, r.len()),
+            None => p.var_as(dtype),
+        };
         let dims = x.dims().to_vec();
         let inputs = dims.last().copied().unwrap_or(0);
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let flat = if dims.len() == 2 { x.clone() } else { x.reshape([rows, inputs])? };
-        let mut y = flat.matmul(&rows_of(&self.weight)?.cast(dtype)?.t()?)?;
-        let bias = self.bias.as_ref().map(|b| rows_of(b)?.cast(dtype)).transpose()?;
+        let mut y = flat.matmul(&rows_of(&self.weight)?.t()?)?;
+        let bias = self.bias.as_ref().map(rows_of).transpose()?;
         // The bias and the activation in one pass where the activation's slope reads its
         // output. GELU's and SiLU's read `h + b`: re-adding the bias row inside their
         // backward pass cost the CPU more (a call per instruction per row) than the stored

@@ -12,6 +12,11 @@ use crate::{DType, Result};
 pub struct LayerCost {
     /// Bytes of the layer's parameters.
     pub param_bytes: usize,
+    /// Bytes of its parameters' copies in the compute dtype (a bf16 model's f32 master
+    /// weights as its matmuls read them), made once a step and shared by every
+    /// micro-batch ([`Param::var_as`](crate::train::Param::var_as)); 0 where the
+    /// parameters are in the compute dtype already.
+    pub copy_bytes: usize,
     /// Bytes its forward pass keeps for the backward pass (the values its ops' backward
     /// rules read, saved statistics) and its output (or, where it joins its output to hand
     /// on, the parts), per micro-batch.
@@ -94,6 +99,11 @@ impl TransformerShape {
         let p = self.param_bytes as f64;
         let scores = (self.rows * self.heads) as f64 * s * s;
         let dtype = if self.activation_bytes == 2 { DType::BF16 } else { DType::F32 };
+        // The `Linear` layers' weights and biases, where they are cast for the matmuls.
+        let copies = |linear: f64| match self.activation_bytes == self.param_bytes {
+            true => 0,
+            false => (linear * a) as usize,
+        };
         // `written` elements its ops write, `kept` of them the graph keeps for the backward
         // pass (what the rules read, and the output), `stats` more kept (norms' per-token
         // statistics, ids).
@@ -104,6 +114,7 @@ impl TransformerShape {
         let layer =
             |params: f64, [written, kept, stats]: [f64; 3], flops: f64, ops: usize| LayerCost {
                 param_bytes: (params * p) as usize,
+                copy_bytes: 0,
                 activation_bytes: ((kept + stats) * a) as usize,
                 transient_bytes: 0,
                 output_bytes: (tokens * d * a) as usize,
@@ -126,6 +137,7 @@ impl TransformerShape {
         // residual stream; the matmuls' outputs before their bias, and the sums' operands,
         // no rule reads.
         let project = LayerCost {
+            copy_bytes: copies(3.0 * d * d + 3.0 * d),
             kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (4.0 * tokens * d * a) as usize,
             joined_bytes: (4.0 * tokens * d * a) as usize,
@@ -144,6 +156,7 @@ impl TransformerShape {
             false => (3.0 * scores, 4.0 * scores * a),
         };
         let attend = LayerCost {
+            copy_bytes: copies(d * d + d),
             written_bytes: ((5.0 * tokens * d + score_writes) * a) as usize,
             recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
             weight_flops: 2.0 * tokens * d * d,
@@ -156,6 +169,7 @@ impl TransformerShape {
             )
         };
         let expand = LayerCost {
+            copy_bytes: copies(4.0 * d * d + 4.0 * d),
             kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (5.0 * tokens * d * a) as usize,
             joined_bytes: (5.0 * tokens * d * a) as usize,
@@ -166,9 +180,12 @@ impl TransformerShape {
                 4,
             )
         };
-        let contract =
-            layer(4.0 * d * d + d, [3.0 * tokens * d, tokens * d, 0.0], 8.0 * tokens * d * d, 3);
+        let contract = LayerCost {
+            copy_bytes: copies(4.0 * d * d + d),
+            ..layer(4.0 * d * d + d, [3.0 * tokens * d, tokens * d, 0.0], 8.0 * tokens * d * d, 3)
+        };
         let head = LayerCost {
+            copy_bytes: copies(d * v),
             kept_grad_bytes: ((tokens * d + tokens * v) * a) as usize,
             output_bytes: (tokens * v * a) as usize,
             ..layer(
@@ -199,6 +216,7 @@ impl LayerCost {
         let scale = |bytes: usize| (bytes as f64 * share) as usize;
         LayerCost {
             param_bytes: self.param_bytes,
+            copy_bytes: self.copy_bytes,
             activation_bytes: scale(self.activation_bytes),
             transient_bytes: scale(self.transient_bytes),
             output_bytes: scale(self.output_bytes),
@@ -283,6 +301,7 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
                 .filter(|p| counted.insert(p.id()))
                 .map(|p| p.bytes())
                 .sum(),
+            copy_bytes: census.shared_bytes,
             activation_bytes: census.retained_bytes,
             transient_bytes: census.transient_bytes,
             output_bytes,

@@ -97,6 +97,9 @@ impl Candidate {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StageMemory {
     pub params: u64,
+    /// The parameters' copies in the compute dtype, one a step
+    /// ([`LayerCost::copy_bytes`]).
+    pub copies: u64,
     /// Gradients accumulated over the step's micro-batches.
     pub grads: u64,
     pub optimizer: u64,
@@ -112,7 +115,13 @@ pub struct StageMemory {
 
 impl StageMemory {
     pub fn total(&self) -> u64 {
-        self.params + self.grads + self.optimizer + self.activations + self.workspace + self.lodged
+        self.params
+            + self.copies
+            + self.grads
+            + self.optimizer
+            + self.activations
+            + self.workspace
+            + self.lodged
     }
 }
 
@@ -231,9 +240,10 @@ impl StagePlan {
                 op: "PipelinePlan".into(),
                 device: label.clone(),
                 detail: format!(
-                    "stage {s} (layers {}..{}{}) needs {} bytes (parameters {}, gradients {}, \
-                     optimizer state {}, activations {}, workspace {}, other stages' optimizer \
-                     state lodged here {}) and the device offers {available}",
+                    "stage {s} (layers {}..{}{}) needs {} bytes (parameters {}, their copies in \
+                     the compute dtype {}, gradients {}, optimizer state {}, activations {}, \
+                     workspace {}, other stages' optimizer state lodged here {}) and the \
+                     device offers {available}",
                     self.layers.start,
                     self.layers.end,
                     if *label == self.label {
@@ -243,6 +253,7 @@ impl StagePlan {
                     },
                     m.total(),
                     m.params,
+                    m.copies,
                     m.grads,
                     m.optimizer,
                     m.activations,
@@ -932,6 +943,7 @@ struct Sums {
     forward_s: f64,
     backward_s: f64,
     params: u64,
+    copies: u64,
     kept: u64,
     /// The most one layer's backward pass holds beyond what is kept: the gradients of what
     /// its forward pass wrote (or, recomputing, its activations), its transients, the
@@ -954,6 +966,7 @@ impl Sums {
         self.forward_s += forward_s;
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
+        self.copies += layer.copy_bytes as u64;
         self.kept += part(layer.activation_bytes, share);
         let made = layer.written_bytes.max(layer.activation_bytes);
         let backward = made + layer.transient_bytes + layer.output_bytes + 2 * input;
@@ -1092,6 +1105,7 @@ fn stage_cost(
                 stage.backward_s.max(sums.backward_s + again.forward_s + copy_backward);
             let memory = StageMemory {
                 params: sums.params,
+                copies: sums.copies,
                 grads: sums.params,
                 // The lead alone keeps optimizer state; helpers copy the updated values.
                 optimizer: if k == 0 && !spot.lodging {
@@ -1747,6 +1761,7 @@ mod tests {
     fn layer(gflop: f64, mib: usize, act_mib: usize) -> LayerCost {
         LayerCost {
             param_bytes: mib << 20,
+            copy_bytes: 0,
             activation_bytes: act_mib << 20,
             transient_bytes: 0,
             output_bytes: 1 << 20,
