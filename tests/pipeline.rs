@@ -450,6 +450,7 @@ fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
             assert_eq!(c.transient_bytes, m.transient_bytes, "{at}: transient bytes");
             assert_eq!(c.output_bytes, m.output_bytes, "{at}: output");
             assert_eq!(c.joined_bytes, m.joined_bytes, "{at}: joined output");
+            assert_eq!(c.handed_bytes, m.handed_bytes, "{at}: parts handed on");
             assert_eq!(c.ops, m.ops, "{at}: ops");
             assert_eq!(c.written_bytes, m.written_bytes, "{at}: written bytes");
             let ratio = c.activation_bytes as f64 / m.activation_bytes as f64;
@@ -501,6 +502,7 @@ fn synthetic_layer(gflop: f64, mib: usize) -> LayerCost {
         transient_bytes: 0,
         output_bytes: 1 << 20,
         joined_bytes: 0,
+        handed_bytes: 0,
         matmul_flops: gflop * 1e9,
         recomputed_flops: 0.0,
         weight_flops: gflop * 1e9,

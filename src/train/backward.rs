@@ -2,6 +2,8 @@
 //! its inputs. The rules are tensor ops themselves, so the backward pass runs on whatever
 //! device the forward pass ran on.
 
+use std::cell::OnceCell;
+
 use crate::{DType, DeviceRef, Error, ReduceOp, Result, ScatterOp, Shape, Tensor};
 
 /// The data an op keeps for its backward pass (the graph keeps the inputs and the output
@@ -205,7 +207,7 @@ impl Backward {
         }
     }
 
-    /// The tensors this rule keeps besides the graph's inputs and output.
+    /// The tensors this rule keeps besides the inputs and output the graph keeps for it.
     pub(crate) fn saved(&self) -> Vec<&Tensor> {
         match self {
             Backward::IndexSelect { indices, .. }
@@ -395,24 +397,26 @@ impl Backward {
             Backward::Silu => one(slope(crate::programs::silu_backward(), value(0)?, g)?),
             Backward::GeluErf => one(gelu_erf_backward(value(0)?, output()?, g)?),
             Backward::Matmul => {
-                let (a, b) = (value(0)?, value(1)?);
+                let (a, b) = (&inputs[0], &inputs[1]);
                 // Each gradient in its operand's layout: for an operand stored transposed
                 // (a Linear's weight, `x · wᵀ`) the product is taken the other way round and
                 // viewed transposed, so the transpose's own backward hands the leaf a
-                // contiguous gradient instead of one that must be copied into place.
+                // contiguous gradient instead of one that must be copied into place. Each
+                // reads only the other operand's value (a split backward pass's input part
+                // never makes an activation again for the weights' gradient).
                 let ga = want(0, &|| {
-                    let ga = if stored_transposed(a) {
-                        b.matmul(&g.t()?)?.t()?
+                    let ga = if a.transposed {
+                        value(1)?.matmul(&g.t()?)?.t()?
                     } else {
-                        g.matmul(&b.t()?)?
+                        g.matmul(&value(1)?.t()?)?
                     };
                     sum_to(&ga, a.dims())
                 })?;
                 let gb = want(1, &|| {
-                    let gb = if stored_transposed(b) {
-                        g.t()?.matmul(a)?.t()?
+                    let gb = if b.transposed {
+                        g.t()?.matmul(value(0)?)?.t()?
                     } else {
-                        a.t()?.matmul(g)?
+                        value(0)?.t()?.matmul(g)?
                     };
                     sum_to(&gb, b.dims())
                 })?;
@@ -546,12 +550,18 @@ impl Backward {
 }
 
 /// An op's input as its backward rule sees it: its shape, dtype and device always, its
-/// value only where the rule reads it ([`Backward::reads_input`]).
+/// value only where the rule reads it ([`Backward::reads_input`]), kept or made again.
 pub(crate) struct Operand<'a> {
     pub shape: &'a Shape,
     pub dtype: DType,
     pub device: &'a DeviceRef,
+    /// The value is a transposed view of a contiguous buffer (a `Linear`'s weight, `wᵀ`).
+    pub transposed: bool,
     pub value: Option<&'a Tensor>,
+    /// Where the graph keeps no value but can make it again from what it keeps (an
+    /// activation's output from its input): made at the rule's first read.
+    pub again: Option<Box<dyn Fn() -> Result<Tensor> + 'a>>,
+    pub made: OnceCell<Tensor>,
 }
 
 impl Operand<'_> {
@@ -560,13 +570,20 @@ impl Operand<'_> {
     }
 
     fn value(&self, rule: &str) -> Result<&Tensor> {
-        self.value.ok_or_else(|| Error::InvalidArgument {
-            op: format!("backward of {rule}"),
-            device: self.device.info().label(),
-            detail: "the graph did not keep an input this rule reads (a bug of the rule's \
-                     `reads_input`)"
-                .into(),
-        })
+        if let Some(value) = self.value.or(self.made.get()) {
+            return Ok(value);
+        }
+        let Some(again) = &self.again else {
+            return Err(Error::InvalidArgument {
+                op: format!("backward of {rule}"),
+                device: self.device.info().label(),
+                detail: "the graph did not keep an input this rule reads (a bug of the rule's \
+                         `reads_input`)"
+                    .into(),
+            });
+        };
+        let made = again()?;
+        Ok(self.made.get_or_init(|| made))
     }
 }
 
@@ -718,6 +735,6 @@ fn slope(program: Vec<manychips_api::Instr>, t: &Tensor, g: &Tensor) -> Result<T
 }
 
 /// True for a transposed view of a contiguous tensor (its last two axes swapped).
-fn stored_transposed(t: &Tensor) -> bool {
+pub(crate) fn stored_transposed(t: &Tensor) -> bool {
     t.rank() >= 2 && !t.is_contiguous() && t.t().is_ok_and(|t| t.is_contiguous())
 }

@@ -59,25 +59,37 @@ impl Param {
     /// for their backward passes (one copy, 2 bytes a parameter in bf16, lives beside the
     /// master). Its gradient reaches the master in the master's dtype. The value itself
     /// where it already is in `dtype`.
+    ///
+    /// Under [`no_grad`](super::no_grad) (a recomputed run's first pass, evaluation) it
+    /// hands out the current copy untracked, or a cast of its own where there is none yet.
     pub fn var_as(&self, dtype: DType) -> Result<Var> {
+        let mut cast = self.0.cast.lock().unwrap_or_else(PoisonError::into_inner);
+        // The version before the value: a value set in between is cast again next time.
+        let version = self.version();
         let leaf = self.var();
         if leaf.tensor().dtype() == dtype {
             return Ok(leaf);
         }
-        let version = self.version();
-        let mut cast = self.0.cast.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((made, var)) = cast.as_ref()
-            && *made == version
-            && var.tensor().dtype() == dtype
-            && var.requires_grad() == super::is_grad_enabled()
-        {
-            return Ok(var.clone());
+        let current = cast.as_ref().filter(|(made, var)| {
+            *made == version && var.tensor().dtype() == dtype && var.requires_grad()
+        });
+        match (current, super::is_grad_enabled()) {
+            (Some((_, var)), true) => Ok(var.clone()),
+            (Some((_, var)), false) => Ok(Var::constant(var.tensor().clone())),
+            (None, false) => Ok(Var::constant(leaf.tensor().cast(dtype)?)),
+            (None, true) => {
+                // The old copy goes before the new one is made.
+                *cast = None;
+                let var = leaf.cast_shared(dtype)?;
+                *cast = Some((version, var.clone()));
+                Ok(var)
+            }
         }
-        // The old copy goes before the new one is made.
-        *cast = None;
-        let var = leaf.cast_shared(dtype)?;
-        *cast = Some((version, var.clone()));
-        Ok(var)
+    }
+
+    /// Drops the compute-dtype copy of a value that is being replaced.
+    fn forget_cast(&self) {
+        *self.0.cast.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Replaces the value by one of the same shape, dtype and device (an optimizer step, a
@@ -94,6 +106,9 @@ impl Param {
         }
         *slot = value;
         self.0.version.fetch_add(1, Ordering::Relaxed);
+        // After the value's lock is let go: `var_as` takes the two the other way round.
+        drop(slot);
+        self.forget_cast();
         Ok(())
     }
 
@@ -111,6 +126,9 @@ impl Param {
         let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
         *slot = slot.to_device(device)?;
         self.0.version.fetch_add(1, Ordering::Relaxed);
+        // After the value's lock is let go: `var_as` takes the two the other way round.
+        drop(slot);
+        self.forget_cast();
         Ok(())
     }
 
@@ -127,6 +145,9 @@ impl Param {
         }
         *slot = value;
         self.0.version.fetch_add(1, Ordering::Relaxed);
+        // After the value's lock is let go: `var_as` takes the two the other way round.
+        drop(slot);
+        self.forget_cast();
         Ok(())
     }
 

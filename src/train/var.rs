@@ -4,12 +4,14 @@
 //! The graph lives in the values themselves (each `Var` holds the node that made it, and
 //! each node its inputs'), as in candle and micrograd: there is no tape object to pass
 //! around and no global graph to reset. A graph is freed when its last `Var` drops. A node
-//! keeps only the values its backward rule reads (PyTorch's saved tensors): a transformer
-//! block keeps 16 of the 28 activation buffers it writes. [`Var::backward`] walks it once and returns the
-//! gradients of the tracked leaves as a [`Grads`] value; nothing is stored in the leaves, so
-//! two backward passes never interfere and accumulation is an explicit `Grads::accumulate`.
+//! keeps only the values its backward rule reads (PyTorch's saved tensors), and an
+//! activation's output, where a matmul reads it, is made again from the activation's input:
+//! a transformer block keeps 12 of the 28 activation buffers it writes. [`Var::backward`]
+//! walks it once and returns the gradients of the tracked leaves as a [`Grads`] value;
+//! nothing is stored in the leaves, so two backward passes never interfere and
+//! accumulation is an explicit `Grads::accumulate`.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::fmt;
@@ -52,6 +54,9 @@ struct Node {
     output: Option<Tensor>,
     /// The value's buffer ([`Tensor::storage_key`]): a leaf's is its owner's to account for.
     storage: usize,
+    /// The value is a transposed view of a contiguous buffer: the layout a matmul's
+    /// gradient for it follows.
+    transposed: bool,
     /// The value is a view of an input's buffer: its op launched nothing and wrote nothing.
     view: bool,
     /// The value is made once and shared by the graphs of many micro-batches (a weight's
@@ -74,10 +79,14 @@ impl Drop for Node {
     }
 }
 
-/// An input of an op: its node, and its value where the op's rule reads it.
+/// An input of an op: its node, and its value where the op's rule reads it, or `again`:
+/// the value is not kept because its node can make it again from what that node keeps
+/// ([`Node::remakes`]: an activation's output, as the next matmul's weight gradient reads
+/// it, from the activation's kept input; for a GPT block's MLP, 4 of its 16 kept buffers).
 struct Edge {
     node: Arc<Node>,
     value: Option<Tensor>,
+    again: bool,
 }
 
 impl Node {
@@ -95,9 +104,44 @@ impl Node {
                 shape: &e.node.shape,
                 dtype: e.node.dtype,
                 device: &e.node.device,
+                transposed: e.node.transposed,
                 value: e.value.as_ref(),
+                again: e
+                    .again
+                    .then(|| Box::new(|| e.node.remake()) as Box<dyn Fn() -> Result<Tensor> + '_>),
+                made: OnceCell::new(),
             })
             .collect()
+    }
+
+    /// Whether this node's value can be made again, exactly, from what the graph keeps: an
+    /// elementwise activation whose rule keeps its input, or a view reshaping such a value.
+    fn remakes(&self) -> bool {
+        match &self.backward {
+            Some(Backward::Gelu | Backward::Relu | Backward::Silu) => {
+                self.inputs[0].value.is_some()
+            }
+            Some(Backward::Reshape) => self.view && self.inputs[0].node.remakes(),
+            _ => false,
+        }
+    }
+
+    /// The value [`remakes`](Self::remakes) promises, by the forward pass's own ops (so bit
+    /// for bit the value the forward pass made).
+    fn remake(&self) -> Result<Tensor> {
+        let kept = || {
+            self.inputs[0].value.clone().ok_or_else(|| Error::InvalidArgument {
+                op: "backward".into(),
+                device: self.device.info().label(),
+                detail: "an activation to make again without its input".into(),
+            })
+        };
+        match &self.backward {
+            Some(Backward::Gelu) => kept()?.gelu(),
+            Some(Backward::Relu) => kept()?.relu(),
+            Some(Backward::Silu) => kept()?.silu(),
+            _ => self.inputs[0].node.remake()?.reshape(self.shape.clone()),
+        }
     }
 }
 
@@ -170,9 +214,10 @@ impl Var {
         let edges = inputs
             .iter()
             .enumerate()
-            .map(|(i, v)| Edge {
-                node: v.node.clone(),
-                value: backward.reads_input(i).then(|| v.value.clone()),
+            .map(|(i, v)| {
+                let again = backward.reads_input(i) && v.node.remakes();
+                let value = (backward.reads_input(i) && !again).then(|| v.value.clone());
+                Edge { node: v.node.clone(), value, again }
             })
             .collect();
         Var::new(VarId::fresh(), value, false, Some(backward), edges, [view, shared])
@@ -196,6 +241,7 @@ impl Var {
             device: value.device().clone(),
             output: keeps.then(|| value.clone()),
             storage: value.storage_key(),
+            transposed: super::backward::stored_transposed(&value),
             view,
             shared,
             backward,
@@ -337,12 +383,15 @@ impl Var {
         };
         match (handed_on, &self.node.backward) {
             (true, Some(Backward::Cat { .. })) => {
-                // The parts, each once (their buffers are not at hand: they count by size).
+                // The parts, each once (their buffers are not at hand: they count by size),
+                // but those the next layer will make again and those kept anyway.
                 let mut parts = HashSet::new();
-                census.retained_bytes += (self.node.inputs.iter())
-                    .filter(|e| !e.node.leaf && e.node.id != input && parts.insert(e.node.id))
+                census.handed_bytes = (self.node.inputs.iter())
+                    .filter(|e| !e.node.leaf && e.node.id != input && !e.node.remakes())
+                    .filter(|e| e.node.output.is_none() && parts.insert(e.node.id))
                     .map(|e| e.node.bytes())
                     .sum::<usize>();
+                census.retained_bytes += census.handed_bytes;
             }
             _ => keep(&self.value),
         }
@@ -350,7 +399,8 @@ impl Var {
             let Some(backward) = &node.backward else { continue };
             // A view (a transpose, a narrow, a reshape that needs no copy) shares its
             // input's buffer: it launches nothing and writes nothing.
-            if !node.view {
+            // A shared node is made once a step, not once a micro-batch.
+            if !node.view && !node.shared {
                 census.ops += 1;
                 census.written_bytes += node.bytes();
             }
@@ -634,6 +684,9 @@ pub(crate) struct GraphCensus {
     /// Bytes of the values made once and shared with other micro-batches' graphs (the
     /// weights' copies in the compute dtype), not counted in `retained_bytes`.
     pub shared_bytes: usize,
+    /// Of `retained_bytes`, the parts of a join made to hand on, which the next layer of a
+    /// stage keeps (where a stage ends, the join is kept instead).
+    pub handed_bytes: usize,
 }
 
 /// The gradients of one backward pass (or of several, accumulated), by leaf id.
@@ -754,6 +807,32 @@ mod tests {
             let (a, b) = (whole.get(p.id()).unwrap(), split.get(p.id()).unwrap());
             assert_eq!(bits(a)?, bits(b)?, "{}", p.name());
         }
+        Ok(())
+    }
+
+    /// An activation's output that a matmul reads is not kept but made again from the
+    /// activation's input, by the same op: the weight's gradient is bit for bit the one
+    /// from the forward pass's own value, and the graph keeps the input alone.
+    #[test]
+    fn an_activation_made_again_gives_the_kept_ones_gradient_bit_for_bit() -> Result<()> {
+        let device: DeviceRef = Arc::new(CpuDevice::with_threads(1)?);
+        let values: Vec<f32> = (0..6 * 8).map(|i| ((i * 13 % 17) as f32 - 8.0) / 3.0).collect();
+        let h = Var::leaf(Tensor::from_slice(&values, [6, 8], &device)?);
+        let w = Var::leaf(Tensor::from_slice(&values[..8 * 4], [8, 4], &device)?);
+        let a = h.gelu()?.reshape([6, 8])?;
+        let y = a.matmul(&w)?;
+        let seed = Tensor::from_slice(&values[..6 * 4], [6, 4], &device)?;
+        let kept_a = a.tensor().clone();
+        drop(a);
+        let census = y.census(h.id(), false);
+        let grads = y.backward_with(seed.clone())?;
+        let want = kept_a.t()?.matmul(&seed)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.to_vec::<f32>()?.into_iter().map(f32::to_bits).collect())
+        };
+        assert_eq!(bits(grads.get(w.id()).expect("w's gradient"))?, bits(&want)?);
+        // Kept: the output alone (h is the input, w a leaf); not the activation.
+        assert_eq!(census.retained_bytes, 6 * 4 * 4);
         Ok(())
     }
 

@@ -30,6 +30,9 @@ pub struct LayerCost {
     /// joined to be handed on, [`Layered::joins_output`]), kept for each micro-batch in
     /// flight there; 0 where the output is one of its activations anyway.
     pub joined_bytes: usize,
+    /// Of `activation_bytes`, the parts of a joined output that the next layer of its
+    /// stage keeps (q, k and v), which a stage ending after it frees, keeping the join.
+    pub handed_bytes: usize,
     /// Flops of its matmuls, forward.
     pub matmul_flops: f64,
     /// Matmul flops its backward pass spends computing forward results again (attention's
@@ -88,7 +91,7 @@ impl TransformerShape {
     /// The model's layers as [`Layered for Gpt`](crate::train::models::Gpt) cuts them:
     /// the embeddings, each block's four quarters, the final norm with the head. Flops and
     /// parameters are exact; the activations follow what this library's layers keep
-    /// (counted from their graphs: 16 `[tokens, dim]` buffers per block of the 28 it writes,
+    /// (counted from their graphs: 12 `[tokens, dim]` buffers per block of the 28 it writes,
     /// per-token statistics, and the joins where a stage ends mid-block; attention's
     /// `[rows, heads, context, context]` tensors are computed again, not kept), checked
     /// against a measurement in the tests.
@@ -119,6 +122,7 @@ impl TransformerShape {
                 transient_bytes: 0,
                 output_bytes: (tokens * d * a) as usize,
                 joined_bytes: 0,
+                handed_bytes: 0,
                 matmul_flops: flops,
                 recomputed_flops: 0.0,
                 weight_flops: flops,
@@ -132,12 +136,13 @@ impl TransformerShape {
         // Each block is four layers, its quarters. The first and the third hand on the
         // residual stream beside what the next quarter reads (`[x | q | k | v]`,
         // `[x | hidden]`): joined into one buffer only where a stage ends there. Of a block's
-        // 28 `[tokens, dim]` buffers written, 16 are kept: the norms' outputs, q, k and v,
-        // attention's heads joined, the biased hidden activations and their GELU, and the
-        // residual stream; the matmuls' outputs before their bias, and the sums' operands,
-        // no rule reads.
+        // 28 `[tokens, dim]` buffers written, 12 are kept: the norms' outputs, q, k and v,
+        // attention's heads joined, the biased hidden activations, and the residual stream;
+        // no rule reads the matmuls' outputs before their bias or the sums' operands, and
+        // the GELU of the hidden activations is made again where it is read.
         let project = LayerCost {
             copy_bytes: copies(3.0 * d * d + 3.0 * d),
+            handed_bytes: (3.0 * tokens * d * a) as usize,
             kept_grad_bytes: (5.0 * tokens * d * a) as usize,
             output_bytes: (4.0 * tokens * d * a) as usize,
             joined_bytes: (4.0 * tokens * d * a) as usize,
@@ -175,7 +180,7 @@ impl TransformerShape {
             joined_bytes: (5.0 * tokens * d * a) as usize,
             ..layer(
                 4.0 * d * d + 6.0 * d,
-                [13.0 * tokens * d, 9.0 * tokens * d, 2.0 * tokens],
+                [13.0 * tokens * d, 5.0 * tokens * d, 2.0 * tokens],
                 8.0 * tokens * d * d,
                 4,
             )
@@ -221,6 +226,7 @@ impl LayerCost {
             transient_bytes: scale(self.transient_bytes),
             output_bytes: scale(self.output_bytes),
             joined_bytes: scale(self.joined_bytes),
+            handed_bytes: scale(self.handed_bytes),
             matmul_flops: self.matmul_flops * share,
             recomputed_flops: self.recomputed_flops * share,
             weight_flops: self.weight_flops * share,
@@ -306,6 +312,7 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
             transient_bytes: census.transient_bytes,
             output_bytes,
             joined_bytes,
+            handed_bytes: census.handed_bytes,
             matmul_flops: census.matmul_flops,
             recomputed_flops: census.recomputed_flops,
             weight_flops: census.weight_flops,

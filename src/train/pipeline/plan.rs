@@ -1092,6 +1092,9 @@ fn stage_cost(
                 (there(input) + back(output), there(output) + back(input))
             };
             let joined = part(costs[layers.end - 1].joined_bytes, share);
+            // Ending here, the stage keeps the join and frees the parts the last layer's
+            // activations count (which a next layer of the stage would have kept).
+            let ending = joined.saturating_sub(part(costs[layers.end - 1].handed_bytes, share));
             let last_again = recompute.last() == Some(&(layers.end - 1));
             let layer_forward = |l: usize| spot.forward_s(costs, k, l, share, &member.profile);
             let again = recomputed(costs, recompute, layers, sums, share, layer_forward);
@@ -1118,13 +1121,13 @@ fn stage_cost(
                 // pass, one micro-batch's recomputed activations live too. An output joined
                 // to be handed on is kept with the last layer's activations.
                 activations: if all {
-                    in_flight * input + sums.kept + joined
+                    in_flight * input + sums.kept + ending
                 } else if last_again {
                     in_flight * (input + sums.kept - again.kept + again.inputs)
                         + again.kept
-                        + joined
+                        + ending
                 } else {
-                    in_flight * (input + sums.kept - again.kept + again.inputs + joined)
+                    in_flight * (input + sums.kept - again.kept + again.inputs + ending)
                         + again.kept
                 },
                 // The lead holds the output's gradient as it arrives, and in a group also the
@@ -1766,6 +1769,7 @@ mod tests {
             transient_bytes: 0,
             output_bytes: 1 << 20,
             joined_bytes: 0,
+            handed_bytes: 0,
             matmul_flops: gflop * 1e9,
             recomputed_flops: 0.0,
             weight_flops: gflop * 1e9,
