@@ -419,24 +419,8 @@ fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
         (96, 4, 16, 1, 2),
         (128, 8, 32, 1, 2),
     ] {
-        let vocab = 13;
-        let config = GptConfig { vocab, context, dim, heads, layers: blocks, dtype: DType::F32 };
-        let model = Gpt::new(&ParamStore::new(&host, SEED), config)?;
-        let data: Vec<u32> = (0..rows * context).map(|i| (i % vocab) as u32).collect();
-        let ids = Tensor::from_slice(&data, [rows, context], &host)?;
-        let measured = profile_layers(&model, &Var::constant(ids), &Ctx::train(0))?;
-        let shape = TransformerShape {
-            vocab,
-            context,
-            dim,
-            heads,
-            blocks,
-            rows,
-            param_bytes: 4,
-            activation_bytes: 4,
-            attention_kernel: host.has_attention_kernel(),
-        };
-        let computed = shape.layers();
+        let (shape, computed, measured) =
+            shaped_and_measured(&host, [dim, heads, context, blocks, rows], DType::F32)?;
         assert_eq!(computed.len(), measured.len());
         let weights: usize = measured.iter().map(|c| c.param_bytes / 4).sum();
         assert_eq!(shape.weights(), weights);
@@ -460,17 +444,19 @@ fn costs_from_the_shape_match_the_measured_ones() -> Result<()> {
     Ok(())
 }
 
-/// In bf16 (f32 master weights), each layer's weight copies in the compute dtype, made
-/// once a step, are what the shape says: the `Linear` layers' weights and biases at 2
-/// bytes a parameter.
-#[test]
-fn bf16_weight_copies_from_the_shape_match_the_measured_ones() -> Result<()> {
-    let host = cpu();
-    let (vocab, context, dim, heads, blocks, rows) = (13, 8, 32, 4, 2, 2);
-    let config = GptConfig { vocab, context, dim, heads, layers: blocks, dtype: DType::BF16 };
-    let model = Gpt::new(&ParamStore::new(&host, SEED), config)?;
+/// A GPT of `[dim, heads, context, blocks, rows]` (13 tokens, f32 parameters, activations
+/// in `dtype`): its shape, the costs the shape computes and the costs `profile_layers`
+/// measures.
+fn shaped_and_measured(
+    host: &DeviceRef,
+    [dim, heads, context, blocks, rows]: [usize; 5],
+    dtype: DType,
+) -> Result<(TransformerShape, Vec<LayerCost>, Vec<LayerCost>)> {
+    let vocab = 13;
+    let config = GptConfig { vocab, context, dim, heads, layers: blocks, dtype };
+    let model = Gpt::new(&ParamStore::new(host, SEED), config)?;
     let data: Vec<u32> = (0..rows * context).map(|i| (i % vocab) as u32).collect();
-    let ids = Tensor::from_slice(&data, [rows, context], &host)?;
+    let ids = Tensor::from_slice(&data, [rows, context], host)?;
     let measured = profile_layers(&model, &Var::constant(ids), &Ctx::train(0))?;
     let shape = TransformerShape {
         vocab,
@@ -480,10 +466,19 @@ fn bf16_weight_copies_from_the_shape_match_the_measured_ones() -> Result<()> {
         blocks,
         rows,
         param_bytes: 4,
-        activation_bytes: 2,
+        activation_bytes: dtype.size_in_bytes(),
         attention_kernel: host.has_attention_kernel(),
     };
-    let computed = shape.layers();
+    Ok((shape, shape.layers(), measured))
+}
+
+/// In bf16 (f32 master weights), each layer's weight copies in the compute dtype, made
+/// once a step, are what the shape says: the `Linear` layers' weights and biases at 2
+/// bytes a parameter.
+#[test]
+fn bf16_weight_copies_from_the_shape_match_the_measured_ones() -> Result<()> {
+    let blocks = 2;
+    let (_, computed, measured) = shaped_and_measured(&cpu(), [32, 4, 8, blocks, 2], DType::BF16)?;
     for (i, (c, m)) in computed.iter().zip(&measured).enumerate() {
         assert_eq!(c.copy_bytes, m.copy_bytes, "layer {i}: weight copies");
         assert_eq!(c.param_bytes, m.param_bytes, "layer {i}: parameters");
