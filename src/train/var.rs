@@ -54,9 +54,6 @@ struct Node {
     output: Option<Tensor>,
     /// The value's buffer ([`Tensor::storage_key`]): a leaf's is its owner's to account for.
     storage: usize,
-    /// The value is a transposed view of a contiguous buffer: the layout a matmul's
-    /// gradient for it follows.
-    transposed: bool,
     /// The value is a view of an input's buffer: its op launched nothing and wrote nothing.
     view: bool,
     /// The value is made once and shared by the graphs of many micro-batches (a weight's
@@ -87,6 +84,9 @@ struct Edge {
     node: Arc<Node>,
     value: Option<Tensor>,
     again: bool,
+    /// The value is a transposed view of a contiguous buffer (recorded for a matmul's
+    /// operands: the layout their gradients follow).
+    transposed: bool,
 }
 
 impl Node {
@@ -104,7 +104,7 @@ impl Node {
                 shape: &e.node.shape,
                 dtype: e.node.dtype,
                 device: &e.node.device,
-                transposed: e.node.transposed,
+                transposed: e.transposed,
                 value: e.value.as_ref(),
                 again: e
                     .again
@@ -217,7 +217,9 @@ impl Var {
             .map(|(i, v)| {
                 let again = backward.reads_input(i) && v.node.remakes();
                 let value = (backward.reads_input(i) && !again).then(|| v.value.clone());
-                Edge { node: v.node.clone(), value, again }
+                let transposed = matches!(backward, Backward::Matmul)
+                    && super::backward::stored_transposed(&v.value);
+                Edge { node: v.node.clone(), value, again, transposed }
             })
             .collect();
         Var::new(VarId::fresh(), value, false, Some(backward), edges, [view, shared])
@@ -241,7 +243,6 @@ impl Var {
             device: value.device().clone(),
             output: keeps.then(|| value.clone()),
             storage: value.storage_key(),
-            transposed: super::backward::stored_transposed(&value),
             view,
             shared,
             backward,
