@@ -685,6 +685,19 @@ fn a_scattered_product_passes_gradients_past_zeros() {
     assert_eq!(read(&src), vec![0.0, 10.0, 0.0, 0.0, 2.0]);
 }
 
+/// A simulated chip over the CPU, whose allocations it counts, and it as a device.
+fn memory_counting_chip() -> Result<(Arc<manychips::sim::SimDevice>, DeviceRef)> {
+    let profile = manychips::sim::SimProfile::new("chip");
+    let chip = Arc::new(manychips::sim::SimDevice::new(cpu(), profile, 0)?);
+    Ok((chip.clone(), chip))
+}
+
+/// The bytes `chip`'s buffers hold now.
+fn held_now(chip: &manychips::sim::SimDevice) -> u64 {
+    chip.reset_peak_memory();
+    chip.peak_memory()
+}
+
 /// The graph keeps what the backward rules read, not every intermediate: of the 28
 /// `[tokens, dim]` buffers a transformer block's forward pass writes, it keeps 12 (the
 /// norms' outputs, q, k, v, the heads joined, the biased hidden activations, the residual
@@ -694,19 +707,13 @@ fn a_scattered_product_passes_gradients_past_zeros() {
 /// finite-difference check's above.
 #[test]
 fn a_blocks_forward_pass_keeps_only_what_its_backward_pass_reads() -> Result<()> {
-    use manychips::sim::{SimDevice, SimProfile};
-    let host = cpu();
-    let chip = Arc::new(SimDevice::new(host, SimProfile::new("chip"), 0)?);
-    let device: DeviceRef = chip.clone();
+    let (chip, device) = memory_counting_chip()?;
     let (batch, time, dim) = (2, 16, 32);
     let tokens = batch * time;
     let block = nn::TransformerBlock::new(&ParamStore::new(&device, 3), dim, 4)?;
     let values: Vec<f32> = (0..tokens * dim).map(|i| ((i * 7 % 19) as f32 - 9.0) / 9.0).collect();
     let x = Var::leaf(Tensor::from_slice(&values, [batch, time, dim], &device)?);
-    let held = || {
-        chip.reset_peak_memory();
-        chip.peak_memory()
-    };
+    let held = || held_now(&chip);
     let before = held();
     let y = block.forward(&x)?;
     let kept = held() - before;
@@ -726,10 +733,7 @@ fn a_blocks_forward_pass_keeps_only_what_its_backward_pass_reads() -> Result<()>
 /// once the weight changes, and both micro-batches' gradients reach the f32 weight.
 #[test]
 fn a_weights_compute_copy_is_made_once_and_shared_by_the_micro_batches() -> Result<()> {
-    use manychips::sim::{SimDevice, SimProfile};
-    let host = cpu();
-    let chip = Arc::new(SimDevice::new(host, SimProfile::new("chip"), 0)?);
-    let device: DeviceRef = chip.clone();
+    let (chip, device) = memory_counting_chip()?;
     let (rows, inputs, outputs) = (8, 64, 32);
     let layer = nn::Linear::new(&ParamStore::new(&device, 5), inputs, outputs, false)?;
     let batch = |seed: usize| -> Result<Var> {
@@ -737,10 +741,7 @@ fn a_weights_compute_copy_is_made_once_and_shared_by_the_micro_batches() -> Resu
         Ok(Var::leaf(Tensor::from_slice(&values, [rows, inputs], &device)?.cast(DType::BF16)?))
     };
     let (a, b) = (batch(0)?, batch(3)?);
-    let held = || {
-        chip.reset_peak_memory();
-        chip.peak_memory()
-    };
+    let held = || held_now(&chip);
     let before = held();
     let ya = layer.forward(&a)?;
     let after_one = held() - before;
