@@ -36,7 +36,7 @@ use super::cost::LayerCost;
 use super::schedule::in_flight;
 use super::simulate::play;
 use crate::plan::{DeviceProfile, proportional};
-use crate::{DeviceRef, Error, Result};
+use crate::{DeviceId, DeviceRef, Error, Result};
 
 /// A device that may take a stage: the device, its calibrated profile, and the bytes it
 /// has free for this job; with `helpers`, the lead of a data-parallel group that takes a
@@ -174,9 +174,13 @@ pub struct StagePlan {
     pub helpers: Vec<HelperPlan>,
     /// `device`'s share of each micro-batch's rows (1 alone).
     pub share: f64,
-    /// Seconds a step spends after its last backward pass bringing the helpers' gradients
-    /// to `device` and the updated parameters back, and the same with a [`StateHost`].
+    /// Seconds a step spends bringing the helpers' gradients to `device` and the updated
+    /// parameters back, and the same with a [`StateHost`].
     pub sync_s: f64,
+    /// Of `sync_s`, the gradients' way (to `device`, to the state's host): it starts as soon
+    /// as the stage has done its last unit of work, while the stages before it drain. The
+    /// rest waits for every stage's gradients (the clip reads their global norm).
+    pub gather_s: f64,
     /// Where the stage's optimizer state lives, when not on `device`.
     pub state_on: Option<StateHost>,
 }
@@ -610,8 +614,8 @@ impl PipelinePlan {
     }
 
     /// Predicted seconds of one step under 1F1B: a micro-batch's trip through every stage
-    /// and back, `M − 1` more at the pipeline's pace ([`pace_s`](Self::pace_s)), then the
-    /// syncs.
+    /// and back, `M − 1` more at the pipeline's pace ([`pace_s`](Self::pace_s)), then what
+    /// the drain leaves of the syncs ([`step_end`](Self::step_end)).
     ///
     /// Interleaved over `v` chunks a device, the trip is through chunks of `1/v` of a
     /// device's layers: the fill and drain take `1/v` of it, and the micro-batches `M − 1/v`
@@ -627,7 +631,7 @@ impl PipelinePlan {
         let v = self.chunks as f64;
         let m = self.micro_batches as f64;
         let paces = if m > 0.0 { m - 1.0 / v } else { 0.0 };
-        sum / v + paces * self.pace_s() + self.sync_s()
+        self.step_end(&self.drained(sum / v + paces * self.pace_s()))
     }
 
     /// Stages per device: 1, or an interleaved plan's chunks.
@@ -674,21 +678,68 @@ impl PipelinePlan {
         pace
     }
 
-    /// Predicted seconds of the stages' syncs once the last backward pass is done (groups
-    /// gathering gradients and handing out values, lodged optimizer state updated and
-    /// sent back). The stages sync at once, each over its own devices' links, so the
-    /// slowest stage sets the time; but a device that keeps other stages' state also moves
-    /// their gradients and values over its link.
+    /// Predicted seconds a step spends after its last backward pass on the stages' syncs
+    /// (groups gathering gradients and handing out values, lodged optimizer state updated
+    /// and sent back): what of them the drain does not hide.
     pub fn sync_s(&self) -> f64 {
-        let mut hosting: Vec<f64> = self.stages.iter().map(|s| s.sync_s).collect();
+        self.step_end(&self.drained(0.0))
+    }
+
+    /// When each stage does its last unit of work under the 1F1B formula, for a step whose
+    /// last backward pass (stage 0's) ends at `last`: each stage's a backward pass (and the
+    /// copy of its gradient) before the next one's. Interleaved, all at `last` (the drain
+    /// is shorter; the syncs are priced as if it hid none of them).
+    fn drained(&self, last: f64) -> Vec<f64> {
+        let mut ended = Vec::with_capacity(self.stages.len());
+        let mut at = last;
         for stage in &self.stages {
-            let Some(state) = &stage.state_on else { continue };
-            let id = state.device.info().id;
-            if let Some(h) = self.stages.iter().position(|s| s.device.info().id == id) {
-                hosting[h] += host_leg_s(stage.memory.params, self.stages[h].link_bytes_per_s);
+            ended.push(at);
+            if self.chunks == 1 {
+                at -= stage.input_s() + stage.receive_backward_s;
             }
         }
-        hosting.into_iter().fold(0.0, f64::max)
+        ended
+    }
+
+    /// When a step ends, given when each stage did its last unit of work (`ended`): each
+    /// stage's gradients leave as soon as it is done (a group's helpers' to its lead, a
+    /// lodged stage's to its state's host), every device's link carrying its own in turn;
+    /// the updates and the new values' way back wait for all of them (the clip reads their
+    /// global norm), then run at once, each link carrying its own.
+    pub fn step_end(&self, ended: &[f64]) -> f64 {
+        let (gathered, after) = self.sync_phases(ended);
+        gathered + after
+    }
+
+    /// [`step_end`](Self::step_end) in its two phases: when every gradient is in place, and
+    /// the seconds after that.
+    pub(super) fn sync_phases(&self, ended: &[f64]) -> (f64, f64) {
+        // Per device (by id): its link's gathers (ready at, seconds), and its seconds after.
+        let mut links: FxHashMap<DeviceId, (Vec<(f64, f64)>, f64)> = FxHashMap::default();
+        let id = |s: &StagePlan| s.device.info().id;
+        for (stage, &end) in self.stages.iter().zip(ended) {
+            let link = links.entry(id(stage)).or_default();
+            link.0.push((end, stage.gather_s));
+            link.1 += stage.sync_s - stage.gather_s;
+            let Some(state) = &stage.state_on else { continue };
+            // The host's link carries the gradients in and the values out too.
+            let host = state.device.info().id;
+            if let Some(h) = self.stages.iter().find(|s| id(s) == host) {
+                let leg = host_leg_s(stage.memory.params, h.link_bytes_per_s);
+                let link = links.entry(host).or_default();
+                link.0.push((end, leg));
+                link.1 += leg;
+            }
+        }
+        let mut gathered = ended.iter().copied().fold(0.0, f64::max);
+        let mut after = 0.0f64;
+        for (mut gathers, seconds_after) in links.into_values() {
+            gathers.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let done = gathers.iter().fold(f64::MIN, |t, &(ready, secs)| t.max(ready) + secs);
+            gathered = gathered.max(done);
+            after = after.max(seconds_after);
+        }
+        (gathered, after)
     }
 
     /// The share of the devices' time a step leaves idle (the pipeline's bubble).
@@ -1009,6 +1060,7 @@ struct StageCost {
     memory: StageMemory,
     helpers: Vec<StageMemory>,
     sync_s: f64,
+    gather_s: f64,
     /// The layers whose activations are recomputed in the backward pass, ascending.
     recompute: Vec<usize>,
 }
@@ -1077,6 +1129,7 @@ fn stage_cost(
             memory: StageMemory::default(),
             helpers: Vec::with_capacity(lead.helpers.len()),
             sync_s: 0.0,
+            gather_s: 0.0,
             recompute: recompute.to_vec(),
         };
         for (k, ((member, sums), &share)) in lead.members().zip(sums).zip(spot.shares).enumerate() {
@@ -1147,8 +1200,9 @@ fn stage_cost(
                 stage.memory = memory;
             } else {
                 stage.helpers.push(memory);
-                stage.sync_s +=
-                    copy_s(member, lead, sums.params) + copy_s(lead, member, sums.params);
+                let gather = copy_s(member, lead, sums.params);
+                stage.sync_s += gather + copy_s(lead, member, sums.params);
+                stage.gather_s += gather;
             }
         }
         stage
@@ -1302,6 +1356,7 @@ pub(super) fn price(
         helpers,
         share: spot.shares[0],
         sync_s: cost.sync_s,
+        gather_s: cost.gather_s,
         state_on: None,
     }
 }
@@ -1317,10 +1372,10 @@ fn lodged_bytes(params: u64, slots: f64) -> u64 {
     (params as f64 * (slots + 2.0)) as u64
 }
 
-/// Seconds a lodged stage's gradients (`params` bytes) and new values take over one end's
-/// link (`bytes_per_s`).
+/// Seconds a lodged stage's gradients (`params` bytes), or its new values, take over one
+/// end's link (`bytes_per_s`).
 fn host_leg_s(params: u64, bytes_per_s: f64) -> f64 {
-    2.0 * params as f64 / bytes_per_s
+    params as f64 / bytes_per_s
 }
 
 /// A home for each stage's optimizer state, given per stage its memory need without that
@@ -1371,7 +1426,9 @@ fn lodge(mut stages: Vec<StagePlan>, slots: f64) -> Option<Vec<StagePlan>> {
         stages[host].memory.lodged += bytes;
         // The gradients go there and the new values come back, each way through the host.
         let (here, there) = (stages[s].link_bytes_per_s, stages[host].link_bytes_per_s);
-        stages[s].sync_s += host_leg_s(params, here) + host_leg_s(params, there);
+        let one_way = host_leg_s(params, here) + host_leg_s(params, there);
+        stages[s].sync_s += 2.0 * one_way;
+        stages[s].gather_s += one_way;
         let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
         stages[s].state_on = Some(StateHost { device, label, bytes });
     }
@@ -1891,6 +1948,26 @@ mod tests {
         let through_host = 2.0 * mib / 1e9;
         assert_eq!(received(chip(0, Some(8e9)), chip(1, None)), (through_host, through_host));
         assert_eq!(received(chip(0, None), chip(1, None)), (through_host, through_host));
+    }
+
+    #[test]
+    fn a_stages_gradients_leave_while_the_stages_before_it_drain() {
+        let costs = vec![layer(100.0, 1024, 1); 8];
+        let fleet = chips(&[(10.0, 10), (1.0, 40)]);
+        // The fast chip last: it ends its step first, and its state lodges on the slow one.
+        let stages = vec![(0..4, fleet[1].clone()), (4..8, fleet[0].clone())];
+        let plan = PipelinePlan::manual(&costs, stages, 8, 2).unwrap();
+        let last = &plan.stages[1];
+        assert!(last.state_on.is_some(), "{}", plan.explain());
+        // Its gradients' way to the host hides behind the slow stage's last backward pass;
+        // only the update's values coming back are left after it.
+        assert!(last.gather_s > 0.0 && last.gather_s < plan.stages[0].backward_s);
+        let after = last.sync_s - last.gather_s;
+        assert!((plan.sync_s() - after).abs() < 1e-12, "{} vs {after}", plan.sync_s());
+        let played = play(&plan);
+        assert!(played.ended[1] + last.gather_s < played.ended[0], "{:?}", played.ended);
+        let last_work = played.ended.iter().copied().fold(0.0, f64::max);
+        assert!((played.makespan - last_work - after).abs() < 1e-9);
     }
 
     #[test]

@@ -282,8 +282,8 @@ impl<M: Layered> PipelineReplicas<M> {
         Ok(ReplicasReport { loss, rows, first })
     }
 
-    /// Every replica's gradients added, by parameter name, in replica order, on the first
-    /// replica's devices, under the first replica's ids.
+    /// Every replica's gradients added, by parameter name, in replica order, where the
+    /// first replica's are, under the first replica's ids.
     fn sum(&self, parts: Vec<Grads>) -> Result<Grads> {
         let mut parts = parts.into_iter();
         let mut total = parts.next().unwrap_or_default();
@@ -292,8 +292,14 @@ impl<M: Layered> PipelineReplicas<M> {
         for (part, replica) in parts.zip(&self.replicas[1..]) {
             for param in replica.params() {
                 let Some(g) = part.get(param.id()) else { continue };
-                let target = &first[param.name()];
-                total.add(target.id(), g.to_device(target.value().device())?)?;
+                let target = first[param.name()].id();
+                // Where the first replica's gradient is: its parameter's device, or its
+                // lodged optimizer state's.
+                let device = match total.get(target) {
+                    Some(mine) => mine.device().clone(),
+                    None => first[param.name()].value().device().clone(),
+                };
+                total.add(target, g.to_device(&device)?)?;
             }
         }
         Ok(total)

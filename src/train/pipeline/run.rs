@@ -76,9 +76,22 @@ impl Lodged {
         Ok(Lodged { device: device.clone(), copies, matched })
     }
 
-    /// `optimizer` (over the copies) steps on `grads` (for `params`): each parameter's
-    /// gradient goes there (and its value, where something else changed it since: another
-    /// replica, a restore), the copy is updated, and the new value comes back.
+    /// `grads` (for `params`) moved to the copies' device, still under the parameters'
+    /// ids: what the stage does as soon as its last backward pass is done.
+    fn receive(&self, params: &[Param], grads: Grads) -> Result<Grads> {
+        let mut there = Grads::default();
+        for param in params {
+            if let Some(g) = grads.get(param.id()) {
+                there.insert(param.id(), g.to_device(&self.device)?);
+            }
+        }
+        Ok(there)
+    }
+
+    /// `optimizer` (over the copies) steps on `grads` (for `params`, moved there by
+    /// [`receive`](Self::receive) or not): each parameter's gradient goes there (and its
+    /// value, where something else changed it since: another replica, a restore), the copy
+    /// is updated, and the new value comes back.
     fn step(
         &mut self,
         params: &[Param],
@@ -109,6 +122,34 @@ impl Lodged {
             self.matched[i] = param.version();
         }
         Ok(())
+    }
+}
+
+/// What a stage's thread needs of it to gather its gradients once its work is done.
+struct Gathering<'a> {
+    helpers: &'a [Helper],
+    params: &'a [Param],
+    lodged: Option<&'a Lodged>,
+}
+
+impl Gathering<'_> {
+    fn of(stage: &Stage) -> Gathering<'_> {
+        Gathering { helpers: &stage.helpers, params: &stage.params, lodged: stage.lodged.as_ref() }
+    }
+
+    /// The stage's gradients (`parts`: each member's, its own device's first), under its
+    /// parameters' ids: its helpers' added to its own on its device, and sent on to its
+    /// optimizer state's host where that is lodged. Each stage does this on its own thread
+    /// while the stages before it drain, as the plan prices it
+    /// ([`PipelinePlan::step_end`]).
+    fn gathered(&self, parts: Vec<Grads>) -> Result<Grads> {
+        let mut parts = parts.into_iter();
+        let mut grads = parts.next().unwrap_or_default();
+        add_gradients(self.helpers, self.params, parts, &mut grads)?;
+        match self.lodged {
+            None => Ok(grads),
+            Some(lodged) => lodged.receive(self.params, grads),
+        }
     }
 }
 
@@ -555,13 +596,18 @@ impl<M: Layered> Pipeline<M> {
         drop((act_tx, grad_tx));
         let (model, copies, step) = (&self.model, &self.copies[..], self.step);
         let shared = Shared { model, copies, input, loss, rows: &rows, batch, step };
+        let gatherings: Vec<Gathering<'_>> = self.stages.iter().map(Gathering::of).collect();
         let outcomes: Vec<std::thread::Result<std::result::Result<StageOutcome, Stop>>> =
             std::thread::scope(|scope| {
-                let handles: Vec<_> = jobs
-                    .into_iter()
-                    .map(|job| {
+                let handles: Vec<_> = (jobs.into_iter().zip(&gatherings))
+                    .map(|(job, gathering)| {
                         let shared = &shared;
-                        scope.spawn(move || job.run(shared))
+                        scope.spawn(move || {
+                            let mut done = job.run(shared)?;
+                            let parts = std::mem::take(&mut done.grads);
+                            done.grads = vec![gathering.gathered(parts)?];
+                            Ok(done)
+                        })
                     })
                     .collect();
                 handles.into_iter().map(|h| h.join()).collect()
@@ -589,25 +635,11 @@ impl<M: Layered> Pipeline<M> {
         if done.len() != count {
             return Err(invalid("Pipeline::step", "-", "a stage stopped without a cause".into()));
         }
-        // Each group's gradients gathered on its lead: the stages at once.
-        let mut done = done;
-        let parts: Vec<(&[Helper], &[Param], Vec<Grads>)> = (self.stages.iter())
-            .zip(done.iter_mut())
-            .map(|(s, d)| (&s.helpers[..], &s.params[..], std::mem::take(&mut d.grads)))
-            .collect();
-        let gathered = at_once(
-            parts,
-            |s| format!("Pipeline::step, stage {s}"),
-            |(helpers, lead, parts)| {
-                let mut parts = parts.into_iter();
-                let mut grads = parts.next().unwrap_or_default();
-                add_gradients(helpers, lead, parts, &mut grads)?;
-                Ok(grads)
-            },
-        )?;
         let mut grads = Grads::default();
-        for stage_grads in gathered {
-            grads.accumulate(stage_grads)?;
+        for d in &mut done {
+            for stage_grads in std::mem::take(&mut d.grads) {
+                grads.accumulate(stage_grads)?;
+            }
         }
         let mut losses = Vec::new();
         for (s, d) in done.into_iter().enumerate() {

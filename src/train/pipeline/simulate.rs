@@ -14,10 +14,13 @@ use super::schedule::Work;
 /// The outcome of playing one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Played {
-    /// Seconds from the first forward pass to the last unit of work, then the syncs.
+    /// Seconds from the first forward pass to the last unit of work, then what of the
+    /// syncs it did not hide ([`PipelinePlan::step_end`]).
     pub makespan: f64,
     /// Per device (per stage, where each device holds one), the seconds it was busy.
     pub busy: Vec<f64>,
+    /// Per stage, when it did its last unit of work: when its gradients may leave.
+    pub ended: Vec<f64>,
 }
 
 impl Played {
@@ -43,6 +46,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
     let mut took_forward = vec![0f64; stages];
     let mut took_backward = vec![0f64; stages];
     let mut busy = vec![0f64; devices];
+    let mut ended = vec![0f64; stages];
     let mut left: usize = lists.iter().map(Vec::len).sum();
     while left > 0 {
         let before = left;
@@ -90,6 +94,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
                     Work::Weights(_) => {}
                 }
                 free[d] = end;
+                ended[s] = end;
                 busy[d] += took;
                 next[d] += 1;
                 left -= 1;
@@ -98,11 +103,11 @@ pub fn play(plan: &PipelinePlan) -> Played {
         if left == before {
             // Cannot happen for the schedules' lists (their tests play every shape), but a
             // stuck play must not spin.
-            return Played { makespan: f64::INFINITY, busy };
+            return Played { makespan: f64::INFINITY, busy, ended };
         }
     }
-    // Then every stage at once: a group's members send their gradients to the lead and
-    // get the new values back; a lodged state's host gets the gradients and sends the
-    // values back.
-    Played { makespan: free.iter().copied().fold(0.0, f64::max) + plan.sync_s(), busy }
+    // Each stage's gradients leave once it is done (a group's members' to the lead, a
+    // lodged stage's to its state's host); the updates and the values' way back once all
+    // have arrived.
+    Played { makespan: plan.step_end(&ended), busy, ended }
 }
