@@ -182,7 +182,7 @@ fn breakdown(costs: &[LayerCost], plan: &ReplicaPlan, fleet: &[Candidate]) -> St
             }
             busy += stage.time() * replica.micro_batches as f64;
             ideal += flops * replica.micro_batches as f64 / rate;
-            lodging += usize::from(stage.state_on.is_some());
+            lodging += usize::from(!stage.state_on.is_empty());
             stages += 1;
         }
     }

@@ -1286,7 +1286,7 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
         vec![(layout[0].clone(), candidate(&roomy)), (layout[1].clone(), candidate(&tight))];
     let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
     println!("{}", plan.explain());
-    let lodged = plan.stages[1].state_on.as_ref().expect("the tight chip's state lodges");
+    let lodged = plan.stages[1].state_on.first().expect("the tight chip's state lodges");
     assert_eq!(lodged.label, roomy.info().label());
     assert_eq!(plan.stages[0].memory.lodged, lodged.bytes);
     assert_eq!(plan.stages[1].memory.optimizer, 0);
@@ -1310,7 +1310,7 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
     let big: Vec<Arc<SimDevice>> = (5..=6).map(|i| sim(&host, "big", 1e11, 1 << 30, i)).collect();
     let stages = vec![(0..5, candidate(&big[0])), (5..14, candidate(&big[1]))];
     let home = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
-    assert!(home.stages.iter().all(|s| s.state_on.is_none()));
+    assert!(home.stages.iter().all(|s| s.state_on.is_empty()));
     let mut resumed = Pipeline::new(fresh, home, adamw)?;
     resumed.restore(&snapshot, std::path::Path::new("in memory"))?;
     let again = resumed.snapshot(serde_json::json!({}))?;
@@ -1331,6 +1331,65 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
         &(Vec::new(), named_values(&pipeline.params())?),
         &(Vec::new(), named_values(&resumed.params())?),
     );
+    Ok(())
+}
+
+/// A chip whose optimizer state no other chip has room for alone, but two together do:
+/// the plan spreads it over both, a run of its layers on each, and the numbers stay the
+/// one device's bit for bit, each chip within its planned memory, the checkpoint holding
+/// every lodged parameter's state from wherever it lives.
+#[test]
+fn a_stages_optimizer_state_spreads_over_two_chips_and_trains_bit_exactly() -> Result<()> {
+    let want = one_device(adamw)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs(&host)?;
+    let layout = [0..2, 2..4, 4..14];
+    let need = unlimited_plan(&host, &costs, &layout)?;
+    let short = &need.stages[2].memory;
+    // A master copy, the gradients and the state of every parameter: four times them.
+    let lodged = 4 * short.params;
+    let tight = sim(&host, "tight", 1e11, short.total() - short.optimizer / 2, 1);
+    let roomy: Vec<Arc<SimDevice>> = (0..2)
+        .map(|i| sim(&host, "roomy", 1e11, need.stages[i].memory.total() + lodged * 3 / 4, 2 + i))
+        .collect();
+    let stages = vec![
+        (layout[0].clone(), candidate(&roomy[0])),
+        (layout[1].clone(), candidate(&roomy[1])),
+        (layout[2].clone(), candidate(&tight)),
+    ];
+    let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    println!("{}", plan.explain());
+    let hosts = &plan.stages[2].state_on;
+    assert_eq!(hosts.len(), 2, "{}", plan.explain());
+    assert_eq!((hosts[0].layers.start, hosts[1].layers.end), (4, 14));
+    assert_eq!(hosts[0].layers.end, hosts[1].layers.start);
+    assert_eq!(hosts.iter().map(|h| h.bytes).sum::<u64>(), lodged);
+    for (s, stage) in plan.stages[..2].iter().enumerate() {
+        let kept: u64 = hosts.iter().filter(|h| h.label == stage.label).map(|h| h.bytes).sum();
+        assert_eq!(stage.memory.lodged, kept, "stage {s}");
+        assert!(kept < lodged, "stage {s} alone keeps it all");
+    }
+    let chips = [&roomy[0], &roomy[1], &tight];
+    for chip in chips {
+        chip.reset_peak_memory();
+    }
+    let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
+    let got = train(&mut pipeline)?;
+    assert_identical(&want, &got);
+    for (chip, stage) in chips.into_iter().zip(&plan.stages) {
+        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
+        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
+        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
+    }
+    let snapshot = pipeline.snapshot(serde_json::json!({}))?;
+    let saved: std::collections::HashSet<&str> =
+        snapshot.optimizer.iter().map(|t| t.name.as_str()).collect();
+    for param in pipeline.params() {
+        for slot in ["exp_avg", "exp_avg_sq"] {
+            let name = format!("{}.{slot}", param.name());
+            assert!(saved.contains(name.as_str()), "{name} missing from {saved:?}");
+        }
+    }
     Ok(())
 }
 

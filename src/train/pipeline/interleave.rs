@@ -202,7 +202,7 @@ impl PipelinePlan {
         slots: f64,
     ) -> PipelinePlan {
         let step = |plan: &PipelinePlan| play(plan).makespan;
-        let alone = plain.stages.iter().all(|s| s.helpers.is_empty() && s.state_on.is_none());
+        let alone = plain.stages.iter().all(|s| s.helpers.is_empty() && s.state_on.is_empty());
         if plain.chunks != 1 || stages.len() < 2 || !alone {
             return plain;
         }

@@ -125,16 +125,19 @@ impl StageMemory {
     }
 }
 
-/// Where a stage's optimizer state lives when its own device lacks the room for it:
-/// another stage's device with memory to spare, which keeps a master copy of the stage's
-/// parameters, their optimizer state and the gradients that arrive for them, runs the
-/// update, and sends the new values back once a step (ZeRO-Offload's idea, onto a peer
-/// rather than the host). Its stage's `sync_s` counts those copies.
+/// Where part of a stage's optimizer state lives when its own device lacks the room for
+/// it: another stage's device with memory to spare, which keeps a master copy of the
+/// parameters of some of the stage's layers, their optimizer state and the gradients that
+/// arrive for them, runs their update, and sends the new values back once a step
+/// (ZeRO-Offload's idea, onto peers rather than the host). A stage's state may spread over
+/// several hosts, a run of its layers on each. Its stage's `sync_s` counts those copies.
 #[derive(Clone, Debug)]
 pub struct StateHost {
     pub device: DeviceRef,
     pub label: String,
-    /// Bytes it keeps for the stage.
+    /// The stage's layers whose parameters' state it keeps.
+    pub layers: Range<usize>,
+    /// Bytes it keeps for them.
     pub bytes: u64,
 }
 
@@ -181,8 +184,9 @@ pub struct StagePlan {
     /// as the stage has done its last unit of work, while the stages before it drain. The
     /// rest waits for every stage's gradients (the clip reads their global norm).
     pub gather_s: f64,
-    /// Where the stage's optimizer state lives, when not on `device`.
-    pub state_on: Option<StateHost>,
+    /// Where the stage's optimizer state lives, when not on `device`: its layers' runs in
+    /// order (empty: all on `device`).
+    pub state_on: Vec<StateHost>,
 }
 
 /// A helper of a stage's group: a device with a copy of the stage's layers.
@@ -423,7 +427,7 @@ impl PipelinePlan {
             PipelinePlan { stages: priced(false), micro_batches, costs: costs.into(), chunks: 1 };
         let Err(error) = plan.check_memory() else { return Ok(plan) };
         // A stage short of room for its optimizer state may lodge it with another.
-        let lodged = (optimizer_slots > 0.0).then(|| lodge(priced(true), optimizer_slots));
+        let lodged = (optimizer_slots > 0.0).then(|| lodge(priced(true), costs, optimizer_slots));
         match lodged.flatten() {
             Some(stages) => {
                 let plan = PipelinePlan { stages, micro_batches, costs: costs.into(), chunks: 1 };
@@ -721,14 +725,16 @@ impl PipelinePlan {
             let link = links.entry(id(stage)).or_default();
             link.0.push((end, stage.gather_s));
             link.1 += stage.sync_s - stage.gather_s;
-            let Some(state) = &stage.state_on else { continue };
-            // The host's link carries the gradients in and the values out too.
-            let host = state.device.info().id;
-            if let Some(h) = self.stages.iter().find(|s| id(s) == host) {
-                let leg = host_leg_s(stage.memory.params, h.link_bytes_per_s);
-                let link = links.entry(host).or_default();
-                link.0.push((end, leg));
-                link.1 += leg;
+            for state in &stage.state_on {
+                // The host's link carries its part's gradients in and values out too.
+                let host = state.device.info().id;
+                if let Some(h) = self.stages.iter().find(|s| id(s) == host) {
+                    let params = params_in(&self.costs, &state.layers);
+                    let leg = host_leg_s(params, h.link_bytes_per_s);
+                    let link = links.entry(host).or_default();
+                    link.0.push((end, leg));
+                    link.1 += leg;
+                }
             }
         }
         let mut gathered = ended.iter().copied().fold(0.0, f64::max);
@@ -803,12 +809,12 @@ impl PipelinePlan {
                 stage.backward_s * 1e3,
                 measured,
             );
-            if let Some(host) = &stage.state_on {
+            for host in &stage.state_on {
                 let _ = writeln!(
                     out,
                     "{:<7} {:<11} {:<16} {:>10.1}",
                     "",
-                    "state on",
+                    format!("{}..{} state", host.layers.start, host.layers.end),
                     host.label,
                     mib(host.bytes),
                 );
@@ -1045,9 +1051,8 @@ struct Priced {
     /// Its passes and both copies in.
     round_trip: f64,
     recomputes: bool,
-    /// The lead's memory, all of it and its parameters'.
+    /// The lead's memory, all of it.
     total: u64,
-    params: u64,
 }
 
 /// A stage's predicted times and memory: the lead's memory, and each helper's.
@@ -1357,7 +1362,7 @@ pub(super) fn price(
         share: spot.shares[0],
         sync_s: cost.sync_s,
         gather_s: cost.gather_s,
-        state_on: None,
+        state_on: Vec::new(),
     }
 }
 
@@ -1378,59 +1383,104 @@ fn host_leg_s(params: u64, bytes_per_s: f64) -> f64 {
     params as f64 / bytes_per_s
 }
 
+/// The parameters' bytes of `layers`.
+fn params_in(costs: &[LayerCost], layers: &Range<usize>) -> u64 {
+    layers.clone().map(|l| costs[l].param_bytes as u64).sum()
+}
+
+/// A stage's state placed on other stages' devices: per host (a stage index), the run of
+/// the stage's layers whose state it keeps and the bytes it keeps for them. Empty: at home.
+type Hosts = Vec<(usize, Range<usize>, u64)>;
+
 /// A home for each stage's optimizer state, given per stage its memory need without that
-/// state, its parameters' bytes and its device's memory: its own device where the state
-/// fits beside the rest, else (largest first) the stage device with the most room left.
-/// Per stage, the index of the stage whose device keeps its state; `None` when some state
+/// state, its layers and its device's memory: its own device where the whole state fits
+/// beside the rest; else, largest first, layer by layer on the stage devices with the most
+/// room left, a run of layers on each while it has room. Lodging a stage's state whole
+/// would need one host with room for all of it: a deep model's fast, small chips can need
+/// more than any one chip has spare, though the fleet has plenty. `None` when some state
 /// finds no room.
-fn homes(stages: &[(u64, u64, u64)], slots: f64) -> Option<Vec<usize>> {
+fn homes(
+    stages: &[(u64, Range<usize>, u64)],
+    costs: &[LayerCost],
+    slots: f64,
+) -> Option<Vec<Hosts>> {
+    let mut placed: Vec<Hosts> = vec![Vec::new(); stages.len()];
+    place_states(stages, costs, slots, |s, host, layer, bytes| match placed[s].last_mut() {
+        Some((h, run, kept)) if *h == host => {
+            run.end = layer + 1;
+            *kept += bytes;
+        }
+        _ => placed[s].push((host, layer..layer + 1, bytes)),
+    })?;
+    Some(placed)
+}
+
+/// [`homes`]' placement, handing each lodged layer's state to `lodged(stage, host, layer,
+/// bytes)` in order; `None` when some state finds no room.
+fn place_states(
+    stages: &[(u64, Range<usize>, u64)],
+    costs: &[LayerCost],
+    slots: f64,
+    mut lodged: impl FnMut(usize, usize, usize, u64),
+) -> Option<()> {
     let mut free: Vec<i128> =
-        stages.iter().map(|&(need, _, memory)| memory as i128 - need as i128).collect();
-    let mut home: Vec<Option<usize>> = vec![None; stages.len()];
-    for (s, &(_, params, _)) in stages.iter().enumerate() {
-        let state = state_bytes(params, slots) as i128;
-        if state <= free[s] {
-            free[s] -= state;
-            home[s] = Some(s);
+        stages.iter().map(|(need, _, memory)| *memory as i128 - *need as i128).collect();
+    let mut rest = Vec::new();
+    for (s, (_, layers, _)) in stages.iter().enumerate() {
+        let state = state_bytes(params_in(costs, layers), slots) as i128;
+        match state <= free[s] {
+            true => free[s] -= state,
+            false => rest.push(s),
         }
     }
-    let mut rest: Vec<usize> = (0..stages.len()).filter(|&s| home[s].is_none()).collect();
-    rest.sort_by_key(|&s| std::cmp::Reverse(stages[s].1));
+    rest.sort_by_key(|&s| std::cmp::Reverse(params_in(costs, &stages[s].1)));
     for s in rest {
-        let bytes = lodged_bytes(stages[s].1, slots) as i128;
-        let host = (0..stages.len()).filter(|&h| h != s).max_by_key(|&h| free[h])?;
-        if free[host] < bytes {
-            return None;
+        let mut host = None;
+        for layer in stages[s].1.clone() {
+            let bytes = lodged_bytes(costs[layer].param_bytes as u64, slots);
+            // The run's host while it has room, else the roomiest other stage's device.
+            let h = match host {
+                Some(h) if free[h] >= bytes as i128 => h,
+                _ => (0..stages.len()).filter(|&h| h != s).max_by_key(|&h| free[h])?,
+            };
+            if free[h] < bytes as i128 {
+                return None;
+            }
+            free[h] -= bytes as i128;
+            host = Some(h);
+            lodged(s, h, layer, bytes);
         }
-        free[host] -= bytes;
-        home[s] = Some(host);
     }
-    home.into_iter().collect()
+    Some(())
 }
 
 /// Stages priced without their optimizer state (`Spot::lodging`) with that state placed
-/// ([`homes`]): kept at home where it fits, else lodged on a [`StateHost`], whose memory
+/// ([`homes`]): kept at home where it fits, else lodged on [`StateHost`]s, whose memory
 /// counts it and whose stage's step counts the copies. `None` when some state finds no
 /// room.
-fn lodge(mut stages: Vec<StagePlan>, slots: f64) -> Option<Vec<StagePlan>> {
-    let needs: Vec<(u64, u64, u64)> =
-        stages.iter().map(|s| (s.memory.total(), s.memory.params, s.available)).collect();
-    let homes = homes(&needs, slots)?;
-    for (s, &host) in homes.iter().enumerate() {
+fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<Vec<StagePlan>> {
+    let needs: Vec<(u64, Range<usize>, u64)> =
+        stages.iter().map(|s| (s.memory.total(), s.layers.clone(), s.available)).collect();
+    let homes = homes(&needs, costs, slots)?;
+    for (s, hosts) in homes.into_iter().enumerate() {
         let params = stages[s].memory.params;
-        if host == s {
+        if hosts.is_empty() {
             stages[s].memory.optimizer = state_bytes(params, slots);
             continue;
         }
-        let bytes = lodged_bytes(params, slots);
-        stages[host].memory.lodged += bytes;
-        // The gradients go there and the new values come back, each way through the host.
-        let (here, there) = (stages[s].link_bytes_per_s, stages[host].link_bytes_per_s);
-        let one_way = host_leg_s(params, here) + host_leg_s(params, there);
+        // The gradients go to the hosts and the new values come back, each way over this
+        // stage's link (all of them) and each host's (its part), the hosts at once.
+        let mut there = 0f64;
+        for (host, layers, bytes) in hosts {
+            stages[host].memory.lodged += bytes;
+            let part = params_in(costs, &layers);
+            there = there.max(host_leg_s(part, stages[host].link_bytes_per_s));
+            let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
+            stages[s].state_on.push(StateHost { device, label, layers, bytes });
+        }
+        let one_way = host_leg_s(params, stages[s].link_bytes_per_s) + there;
         stages[s].sync_s += 2.0 * one_way;
         stages[s].gather_s += one_way;
-        let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
-        stages[s].state_on = Some(StateHost { device, label, bytes });
     }
     Some(stages)
 }
@@ -1446,6 +1496,30 @@ pub(super) fn member_times(layer: &LayerCost, share: f64, profile: &DeviceProfil
     }
     let part = layer.part(share);
     (part.forward_secs(profile), part.backward_secs(profile))
+}
+
+/// What a bisection's fills learnt of the plain cuts (no optimizer state lodged): the
+/// highest bottleneck none met, and the lowest one met, with its cut. A stage only gets
+/// dearer with each layer it takes, so the plain cut with the smallest bottleneck lies
+/// between the two.
+#[derive(Default)]
+struct PlainFills {
+    refused: f64,
+    met: Option<(f64, Vec<Range<usize>>)>,
+}
+
+impl PlainFills {
+    /// A fill at `bottleneck` gave `outcome` (a cut, and whether it lodges).
+    fn saw(&mut self, bottleneck: f64, outcome: Option<&(Vec<Range<usize>>, bool)>) {
+        match outcome {
+            Some((cut, false)) => {
+                if self.met.as_ref().is_none_or(|(met, _)| bottleneck < *met) {
+                    self.met = Some((bottleneck, cut.clone()));
+                }
+            }
+            _ => self.refused = self.refused.max(bottleneck),
+        }
+    }
 }
 
 pub(super) struct Search<'a> {
@@ -1574,19 +1648,28 @@ impl<'a> Search<'a> {
     pub(super) fn best_for(&self, order: &[usize]) -> Option<PipelinePlan> {
         // Lodging lowers the bottleneck a fill can meet, but its copies cost once a step:
         // where the best cut lodges, the best cut that does not may still be the better.
-        let lodging = self.bisect(order, true)?;
-        if lodging.stages.iter().all(|s| s.state_on.is_none()) {
+        let (lodging, plain_fills) = self.bisect(order, true, None)?;
+        if lodging.stages.iter().all(|s| s.state_on.is_empty()) {
             return Some(lodging);
         }
-        match self.bisect(order, false) {
-            Some(plain) if plain.predicted_step_s() <= lodging.predicted_step_s() => Some(plain),
+        match self.bisect(order, false, Some(plain_fills)) {
+            Some((plain, _)) if plain.predicted_step_s() <= lodging.predicted_step_s() => {
+                Some(plain)
+            }
             _ => Some(lodging),
         }
     }
 
     /// The cut over these candidates in this order with the smallest bottleneck
-    /// (`may_lodge`: letting optimizer state lodge where memory refuses), if any fits.
-    fn bisect(&self, order: &[usize], may_lodge: bool) -> Option<PipelinePlan> {
+    /// (`may_lodge`: letting optimizer state lodge where memory refuses), if any fits; and
+    /// what its fills learnt of the plain cuts (none lodging), where a plain bisection can
+    /// start (`known`).
+    fn bisect(
+        &self,
+        order: &[usize],
+        may_lodge: bool,
+        known: Option<PlainFills>,
+    ) -> Option<(PipelinePlan, PlainFills)> {
         // Devices that together lack the room for the parameters, their gradients and
         // their optimizer state hold no cut.
         let room: u64 = order
@@ -1605,24 +1688,39 @@ impl<'a> Search<'a> {
         // much), only memory can refuse.
         let slowest = order.iter().map(|&i| self.whole(i)).fold(0.0, f64::max).max(1e-9);
         let fluid = 1.0 / order.iter().map(|&i| 1.0 / self.whole(i).max(1e-12)).sum::<f64>();
-        let mut lo = fluid;
-        let mut hi = (2.0 * fluid).max(1e-9);
-        let mut found = None;
-        while hi <= 128.0 * slowest {
-            if let Some(cut) = self.fill(order, hi, may_lodge) {
-                found = Some(cut);
-                break;
+        let mut plain_fills = PlainFills::default();
+        let mut fill = |bottleneck: f64| {
+            // A stage only gets dearer with each layer it takes: below a bottleneck where
+            // the plain fill failed, it fails too.
+            let plain_refused = bottleneck <= plain_fills.refused;
+            let outcome = self.fill(order, bottleneck, may_lodge, plain_refused);
+            plain_fills.saw(bottleneck, outcome.as_ref());
+            outcome
+        };
+        let (mut lo, mut hi, mut found);
+        if let Some(PlainFills { refused, met: Some((met, cut)) }) = known {
+            // Between what an earlier bisection's plain fills refused and met.
+            (lo, hi, found) = (refused, met, (cut, false));
+        } else {
+            lo = known.map_or(fluid, |k| k.refused.max(fluid));
+            hi = (2.0 * lo).max(1e-9);
+            let mut met = None;
+            while hi <= 128.0 * slowest {
+                if let Some(cut) = fill(hi) {
+                    met = Some(cut);
+                    break;
+                }
+                lo = hi;
+                hi *= 2.0;
             }
-            lo = hi;
-            hi *= 2.0;
-        }
-        let mut found = found?;
-        // Should a fill meet the fluid bottleneck (layers priced unevenly across devices
-        // can), search below it too.
-        if lo == fluid
-            && let Some(cut) = self.fill(order, lo, may_lodge)
-        {
-            (found, hi, lo) = (cut, lo, 0.0);
+            found = met?;
+            // Should a fill meet the fluid bottleneck (layers priced unevenly across
+            // devices can), search below it too.
+            if lo == fluid
+                && let Some(cut) = fill(lo)
+            {
+                (found, hi, lo) = (cut, lo, 0.0);
+            }
         }
         // To 0.1%: closer changes the step by less than a layer's price does.
         for _ in 0..60 {
@@ -1630,7 +1728,7 @@ impl<'a> Search<'a> {
                 break;
             }
             let mid = 0.5 * (lo + hi);
-            match self.fill(order, mid, may_lodge) {
+            match fill(mid) {
                 Some(cut) => {
                     hi = mid;
                     found = cut;
@@ -1647,13 +1745,14 @@ impl<'a> Search<'a> {
                 price(&self.costs, layers, &spot, self.micro_batches, self.slots)
             })
             .collect();
-        let stages = if lodging { lodge(stages, self.slots)? } else { stages };
-        Some(PipelinePlan {
+        let stages = if lodging { lodge(stages, &self.costs, self.slots)? } else { stages };
+        let plan = PipelinePlan {
             stages,
             micro_batches: self.micro_batches,
             costs: self.costs.clone(),
             chunks: 1,
-        })
+        };
+        Some((plan, plain_fills))
     }
 
     /// Each stage in turn takes as many layers as keep it within `bottleneck` (its passes
@@ -1661,16 +1760,21 @@ impl<'a> Search<'a> {
     /// the cut, if every layer found a stage and every stage a layer.
     /// Where the stages' own memory is what limits them, the fill again with every
     /// optimizer state free to move to a stage with room to spare ([`lodge`]): the cut, and
-    /// whether it lodges.
+    /// whether it lodges. (`plain_refused`: a plain fill at this bottleneck or above is
+    /// known to fail, so only the lodging one is tried.)
     fn fill(
         &self,
         order: &[usize],
         bottleneck: f64,
         may_lodge: bool,
+        plain_refused: bool,
     ) -> Option<(Vec<Range<usize>>, bool)> {
-        let memory_bound = match self.fill_as(order, bottleneck, false) {
-            Ok(cut) => return Some((cut, false)),
-            Err(memory_bound) => memory_bound,
+        let memory_bound = match plain_refused && may_lodge {
+            true => true,
+            false => match self.fill_as(order, bottleneck, false) {
+                Ok(cut) => return Some((cut, false)),
+                Err(memory_bound) => memory_bound,
+            },
         };
         if !may_lodge || self.slots <= 0.0 || !memory_bound {
             return None;
@@ -1759,7 +1863,6 @@ impl<'a> Search<'a> {
                             + cost.receive_backward_s,
                         recomputes: !cost.recompute.is_empty(),
                         total: cost.memory.total(),
-                        params: cost.memory.params,
                     }
                 })
             };
@@ -1785,7 +1888,7 @@ impl<'a> Search<'a> {
                 let mid = (lo + hi) / 2;
                 let cost = priced(mid);
                 if feasible(&cost) {
-                    taken = Some((mid, (cost.total, cost.params, spot.c.memory)));
+                    taken = Some((mid, (cost.total, spot.c.memory)));
                     lo = mid;
                 } else {
                     refused = Some(cost);
@@ -1796,12 +1899,12 @@ impl<'a> Search<'a> {
             if let Some(cost) = refused {
                 memory_bound |= cost.recomputes || !cost.fits;
             }
-            let (end, need) = taken.ok_or(memory_bound)?;
+            let (end, (total, memory)) = taken.ok_or(memory_bound)?;
             cut.push(start..end);
-            needs.push(need);
+            needs.push((total, start..end, memory));
             start = end;
         }
-        if lodging && homes(&needs, self.slots).is_none() {
+        if lodging && place_states(&needs, &self.costs, self.slots, |_, _, _, _| {}).is_none() {
             return Err(true);
         }
         Ok(cut)
@@ -1908,16 +2011,17 @@ mod tests {
         let slow = plan.stages.iter().find(|s| s.label == "sim:1").expect("the slow chip too");
         assert_eq!(fast.layers.len(), 4, "{}", plan.explain());
         assert_eq!(fast.memory.optimizer, 0);
-        let host = fast.state_on.as_ref().expect("the fast chip's state lodges");
+        let [host] = &fast.state_on[..] else { panic!("one host: {}", plan.explain()) };
         assert_eq!((host.label.as_str(), host.bytes), ("sim:1", 4 * (4 << 30)));
+        assert_eq!(host.layers, fast.layers);
         assert_eq!(slow.memory.lodged, host.bytes);
-        assert!(fast.sync_s > 0.0 && slow.state_on.is_none());
+        assert!(fast.sync_s > 0.0 && slow.state_on.is_empty());
         // With no room to spare, the fast chip takes what its memory holds with its state.
         let tight = chips(&[(10.0, 10), (1.0, 26)]);
         let plan = plain(&costs, &tight, 8);
         let fast = plan.stages.iter().find(|s| s.label == "sim:0").expect("the fast chip is used");
         assert_eq!(fast.layers.len(), 2, "{}", plan.explain());
-        assert!(plan.stages.iter().all(|s| s.state_on.is_none()), "{}", plan.explain());
+        assert!(plan.stages.iter().all(|s| s.state_on.is_empty()), "{}", plan.explain());
         // And a model that fits nowhere is refused with the bytes it needs.
         let err = PipelinePlan::search(&vec![layer(1.0, 8192, 1); 8], &fleet, 8, 2).unwrap_err();
         assert!(err.to_string().contains("bytes"), "{err}");
@@ -1958,7 +2062,7 @@ mod tests {
         let stages = vec![(0..4, fleet[1].clone()), (4..8, fleet[0].clone())];
         let plan = PipelinePlan::manual(&costs, stages, 8, 2).unwrap();
         let last = &plan.stages[1];
-        assert!(last.state_on.is_some(), "{}", plan.explain());
+        assert!(!last.state_on.is_empty(), "{}", plan.explain());
         // Its gradients' way to the host hides behind the slow stage's last backward pass;
         // only the update's values coming back are left after it.
         assert!(last.gather_s > 0.0 && last.gather_s < plan.stages[0].backward_s);

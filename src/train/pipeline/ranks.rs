@@ -94,7 +94,7 @@ impl<M: Layered> RankPipeline<M> {
         micro_batches: usize,
         optimizer: impl FnOnce(Vec<Param>) -> Result<Box<dyn Optimizer>>,
     ) -> Result<RankPipeline<M>> {
-        if let Some(host) = &stage.state_on {
+        if let Some(host) = stage.state_on.first() {
             return Err(invalid(
                 &stage.device,
                 format!(

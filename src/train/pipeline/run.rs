@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use super::group::{Helper, add_gradients, helpers, take_values};
-use super::plan::{Candidate, PipelinePlan};
+use super::plan::{Candidate, PipelinePlan, StagePlan};
 use super::schedule::Work;
 use super::stage::{
     Inbox, InputFn, LossFn, Message, Outbox, Place, Shared, StageJob, StageOutcome, Stop, Turn,
@@ -56,33 +56,32 @@ pub(super) struct Stage {
     measured: Option<f64>,
 }
 
-/// A stage's optimizer state on another device ([`StateHost`](super::StateHost)): copies
-/// of the stage's parameters there, which its optimizer updates.
+/// A stage's optimizer state on other devices ([`StateHost`](super::StateHost)): a copy
+/// of each of the stage's parameters on the device that keeps its state, which the
+/// stage's optimizer updates.
 struct Lodged {
-    device: DeviceRef,
     copies: Vec<Param>,
     /// Per parameter, its version when its copy last matched it.
     matched: Vec<u64>,
 }
 
 impl Lodged {
-    /// Copies of `params` on `device`.
-    fn new(params: &[Param], device: &DeviceRef) -> Result<Lodged> {
-        let copies = params
-            .iter()
-            .map(|p| Ok(Param::new(p.name(), p.value().to_device(device)?)))
+    /// Copies of `params`, each on its host in `hosts`.
+    fn new(params: &[Param], hosts: &[DeviceRef]) -> Result<Lodged> {
+        let copies = (params.iter().zip(hosts))
+            .map(|(p, host)| Ok(Param::new(p.name(), p.value().to_device(host)?)))
             .collect::<Result<_>>()?;
         let matched = params.iter().map(Param::version).collect();
-        Ok(Lodged { device: device.clone(), copies, matched })
+        Ok(Lodged { copies, matched })
     }
 
-    /// `grads` (for `params`) moved to the copies' device, still under the parameters'
+    /// `grads` (for `params`) moved to their copies' devices, still under the parameters'
     /// ids: what the stage does as soon as its last backward pass is done.
     fn receive(&self, params: &[Param], grads: Grads) -> Result<Grads> {
         let mut there = Grads::default();
-        for param in params {
+        for (param, copy) in params.iter().zip(&self.copies) {
             if let Some(g) = grads.get(param.id()) {
-                there.insert(param.id(), g.to_device(&self.device)?);
+                there.insert(param.id(), g.to_device(copy.value().device())?);
             }
         }
         Ok(there)
@@ -102,10 +101,11 @@ impl Lodged {
         let mut updated = Vec::new();
         for (i, (param, copy)) in params.iter().zip(&self.copies).enumerate() {
             if let Some(g) = grads.get(param.id()) {
+                let host = copy.value().device().clone();
                 if param.version() != self.matched[i] {
-                    copy.set(param.value().to_device(&self.device)?)?;
+                    copy.set(param.value().to_device(&host)?)?;
                 }
-                there.insert(copy.id(), g.to_device(&self.device)?);
+                there.insert(copy.id(), g.to_device(&host)?);
                 updated.push(i);
             }
         }
@@ -716,6 +716,42 @@ impl<M: Layered> Pipeline<M> {
     }
 }
 
+/// Each of `params`' (a stage's) optimizer state host, by the first of the stage's layers
+/// that uses it; `None` where the stage keeps its state.
+fn state_hosts<M: Layered>(
+    model: &M,
+    stage: &StagePlan,
+    params: &[Param],
+) -> Result<Option<Vec<DeviceRef>>> {
+    if stage.state_on.is_empty() {
+        return Ok(None);
+    }
+    let mut host_of: HashMap<VarId, DeviceRef> = HashMap::new();
+    for layer in stage.layers.clone() {
+        let Some(host) = stage.state_on.iter().find(|h| h.layers.contains(&layer)) else {
+            return Err(invalid(
+                "Pipeline",
+                &stage.label,
+                format!(
+                    "the plan lodges the optimizer state of some of layers {:?} but not of \
+                     layer {layer}",
+                    stage.layers
+                ),
+            ));
+        };
+        for param in model.layer_params(layer) {
+            host_of.entry(param.id()).or_insert_with(|| host.device.clone());
+        }
+    }
+    let hosts = params.iter().map(|p| {
+        host_of.get(&p.id()).cloned().ok_or_else(|| {
+            let detail = format!("parameter {} is used by none of its layers", p.name());
+            invalid("Pipeline", &stage.label, detail)
+        })
+    });
+    hosts.collect::<Result<_>>().map(Some)
+}
+
 /// Where a new stage's parameter values come from.
 enum Placement<'a> {
     /// Moved from wherever they are to the stage's device.
@@ -791,7 +827,7 @@ fn stages<M: Layered>(
     for stage in &plan.stages {
         let params = model.params_of(stage.layers.clone());
         let lodged = |params: &[Param]| -> Result<Option<Lodged>> {
-            stage.state_on.as_ref().map(|host| Lodged::new(params, &host.device)).transpose()
+            state_hosts(model, stage, params)?.map(|hosts| Lodged::new(params, &hosts)).transpose()
         };
         let (optimizer, lodged) = match placement {
             Placement::Move => {
