@@ -232,8 +232,10 @@ impl Backward {
             | Backward::Pow
             | Backward::Extremum { .. }
             | Backward::Matmul
-            | Backward::Attention { .. }
-            | Backward::Scatter { .. } => true,
+            | Backward::Attention { .. } => true,
+            // A sum passes the gradient on and an overwrite picks it by place: neither
+            // reads a value.
+            Backward::Scatter { op, .. } => !matches!(op, ScatterOp::Sum | ScatterOp::Assign),
             Backward::Div => i == 1,
             Backward::LayerNorm { .. } => i < 2,
             Backward::Log
@@ -254,6 +256,9 @@ impl Backward {
 
     /// Whether this rule reads its op's output (the graph keeps it only then).
     pub(crate) fn reads_output(&self) -> bool {
+        if let Backward::Scatter { op, .. } = self {
+            return matches!(op, ScatterOp::Max | ScatterOp::Min);
+        }
         matches!(
             self,
             Backward::Div
@@ -268,7 +273,6 @@ impl Backward {
                 | Backward::Softmax { .. }
                 | Backward::LogSoftmax { .. }
                 | Backward::BiasActivation { .. }
-                | Backward::Scatter { .. }
         )
     }
 
@@ -473,8 +477,20 @@ impl Backward {
                 Ok(vec![want(0, &|| Ok(g.clone()))?, want(1, &|| g.index_select(*axis, indices))?])
             }
             Backward::Scatter { op, indices, axis } => {
-                let operands = (value(0)?, value(1)?);
-                let grads = scatter_backward(*op, g, output()?, operands, indices, *axis)?;
+                let (x_shape, src_shape) = (x.shape, inputs[1].shape);
+                let grads = match op {
+                    ScatterOp::Sum => vec![g.clone(), g.gather(*axis, indices)?],
+                    ScatterOp::Assign => {
+                        scatter_assign_backward(g, x_shape, src_shape, indices, *axis)?
+                    }
+                    ScatterOp::Max | ScatterOp::Min => {
+                        let operands = (value(0)?, value(1)?);
+                        scatter_extremum_backward(g, output()?, operands, indices, *axis)?
+                    }
+                    ScatterOp::Prod => {
+                        scatter_prod_backward(g, (value(0)?, value(1)?), indices, *axis)?
+                    }
+                };
                 Ok(grads.into_iter().map(Some).collect())
             }
             Backward::Cast => one(cast_to(g, x.dtype)?),
@@ -617,13 +633,33 @@ fn gelu_erf_backward(x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
     cast_to(&slope.mul(&g.cast(DType::F32)?)?, dtype)
 }
 
-/// The gradients of `y = scatter(x, axis, indices, src)` (combined by `op`) for `x` and
-/// `src`. An overwritten element of `x` gets none, and of several sources naming one target
-/// only the one that stayed (the last) gets it; a sum passes it to all; a max or a min
-/// splits it evenly among every element equal to the result, `x`'s included (PyTorch's
-/// `amax`/`amin`).
-fn scatter_backward(
-    op: ScatterOp,
+/// The gradients of `y = scatter(x, axis, indices, src)` overwriting (`x` of shape `x`,
+/// `src` of shape `src`): an overwritten element of `x` gets none, and of several sources
+/// naming one target only the one that stayed (the last) gets it.
+fn scatter_assign_backward(
+    g: &Tensor,
+    x: &Shape,
+    src: &Shape,
+    indices: &Tensor,
+    axis: usize,
+) -> Result<Vec<Tensor>> {
+    let dtype = g.dtype();
+    // Each source element's place along the axis; the target keeps the last one's.
+    let n = src.dims()[axis];
+    let mut along = vec![1; src.rank()];
+    along[axis] = n;
+    let place = Tensor::arange(n, DType::U32, g.device())?.reshape(along)?;
+    let place = place.expand(src.clone())?.contiguous()?;
+    let none = Tensor::full(f64::from(u32::MAX), x.clone(), DType::U32, g.device())?;
+    let kept = none.scatter(axis, indices, &place)?.gather(axis, indices)?.eq(&place)?;
+    let dx = g.scatter(axis, indices, &Tensor::zeros(src.clone(), dtype, g.device())?)?;
+    Ok(vec![dx, g.gather(axis, indices)?.mul(&kept.cast(dtype)?)?])
+}
+
+/// The gradients of `y = scatter(x, axis, indices, src)` keeping the max or the min, for
+/// `x` and `src`: split evenly among every element equal to the result, `x`'s included
+/// (PyTorch's `amax`/`amin`).
+fn scatter_extremum_backward(
     g: &Tensor,
     y: &Tensor,
     (x, src): (&Tensor, &Tensor),
@@ -631,63 +667,51 @@ fn scatter_backward(
     axis: usize,
 ) -> Result<Vec<Tensor>> {
     let dtype = g.dtype();
-    let zeros = |like: &Tensor| Tensor::zeros(like.shape().clone(), dtype, g.device());
-    match op {
-        ScatterOp::Sum => Ok(vec![g.clone(), g.gather(axis, indices)?]),
-        ScatterOp::Assign => {
-            // Each source element's place along the axis; the target keeps the last one's.
-            let n = src.dims()[axis];
-            let mut along = vec![1; src.rank()];
-            along[axis] = n;
-            let place = Tensor::arange(n, DType::U32, g.device())?.reshape(along)?;
-            let place = place.expand(src.shape().clone())?.contiguous()?;
-            let none =
-                Tensor::full(f64::from(u32::MAX), x.shape().clone(), DType::U32, g.device())?;
-            let kept = none.scatter(axis, indices, &place)?.gather(axis, indices)?.eq(&place)?;
-            let dx = g.scatter(axis, indices, &zeros(src)?)?;
-            Ok(vec![dx, g.gather(axis, indices)?.mul(&kept.cast(dtype)?)?])
-        }
-        ScatterOp::Max | ScatterOp::Min => {
-            let hits_x = x.eq(y)?.cast(dtype)?;
-            let hits_src = src.eq(&y.gather(axis, indices)?)?.cast(dtype)?;
-            let ties = hits_x.scatter_reduce(axis, indices, &hits_src, ScatterOp::Sum)?;
-            let share = g.div(&ties)?;
-            Ok(vec![hits_x.mul(&share)?, hits_src.mul(&share.gather(axis, indices)?)?])
-        }
-        ScatterOp::Prod => {
-            // Each factor's gradient is the product of the target's other factors: the
-            // product of its nonzero factors divided by its own value where the target has
-            // no zero factor; that product, for the zero itself, where it has exactly one;
-            // 0 everywhere else. No division by a zero, as PyTorch's rule.
-            let zero = Tensor::zeros(Shape::scalar(), dtype, g.device())?;
-            let one = Tensor::ones(Shape::scalar(), dtype, g.device())?;
-            let (x_zero, src_zero) = (x.eq(&zero)?, src.eq(&zero)?);
-            let zeros = x_zero.cast(dtype)?.scatter_reduce(
-                axis,
-                indices,
-                &src_zero.cast(dtype)?,
-                ScatterOp::Sum,
-            )?;
-            let nonzero = |v: &Tensor, is_zero: &Tensor| is_zero.where_cond(&one, v);
-            let product = nonzero(x, &x_zero)?.scatter_reduce(
-                axis,
-                indices,
-                &nonzero(src, &src_zero)?,
-                ScatterOp::Prod,
-            )?;
-            let others = |v: &Tensor, is_zero: &Tensor, zeros: &Tensor, product: &Tensor| {
-                let divided = product.div(&nonzero(v, is_zero)?)?;
-                let lone_zero = zeros.eq(&one)?.mul(is_zero)?;
-                let none = zeros.eq(&zero)?;
-                none.where_cond(&divided, &lone_zero.where_cond(product, &zero)?)
-            };
-            let dx = g.mul(&others(x, &x_zero, &zeros, &product)?)?;
-            let (zeros_at, product_at) =
-                (zeros.gather(axis, indices)?, product.gather(axis, indices)?);
-            let share = others(src, &src_zero, &zeros_at, &product_at)?;
-            Ok(vec![dx, g.gather(axis, indices)?.mul(&share)?])
-        }
-    }
+    let hits_x = x.eq(y)?.cast(dtype)?;
+    let hits_src = src.eq(&y.gather(axis, indices)?)?.cast(dtype)?;
+    let ties = hits_x.scatter_reduce(axis, indices, &hits_src, ScatterOp::Sum)?;
+    let share = g.div(&ties)?;
+    Ok(vec![hits_x.mul(&share)?, hits_src.mul(&share.gather(axis, indices)?)?])
+}
+
+/// The gradients of `y = scatter(x, axis, indices, src)` multiplying, for `x` and `src`.
+fn scatter_prod_backward(
+    g: &Tensor,
+    (x, src): (&Tensor, &Tensor),
+    indices: &Tensor,
+    axis: usize,
+) -> Result<Vec<Tensor>> {
+    let dtype = g.dtype();
+    // Each factor's gradient is the product of the target's other factors: the
+    // product of its nonzero factors divided by its own value where the target has
+    // no zero factor; that product, for the zero itself, where it has exactly one;
+    // 0 everywhere else. No division by a zero, as PyTorch's rule.
+    let zero = Tensor::zeros(Shape::scalar(), dtype, g.device())?;
+    let one = Tensor::ones(Shape::scalar(), dtype, g.device())?;
+    let (x_zero, src_zero) = (x.eq(&zero)?, src.eq(&zero)?);
+    let zeros = x_zero.cast(dtype)?.scatter_reduce(
+        axis,
+        indices,
+        &src_zero.cast(dtype)?,
+        ScatterOp::Sum,
+    )?;
+    let nonzero = |v: &Tensor, is_zero: &Tensor| is_zero.where_cond(&one, v);
+    let product = nonzero(x, &x_zero)?.scatter_reduce(
+        axis,
+        indices,
+        &nonzero(src, &src_zero)?,
+        ScatterOp::Prod,
+    )?;
+    let others = |v: &Tensor, is_zero: &Tensor, zeros: &Tensor, product: &Tensor| {
+        let divided = product.div(&nonzero(v, is_zero)?)?;
+        let lone_zero = zeros.eq(&one)?.mul(is_zero)?;
+        let none = zeros.eq(&zero)?;
+        none.where_cond(&divided, &lone_zero.where_cond(product, &zero)?)
+    };
+    let dx = g.mul(&others(x, &x_zero, &zeros, &product)?)?;
+    let (zeros_at, product_at) = (zeros.gather(axis, indices)?, product.gather(axis, indices)?);
+    let share = others(src, &src_zero, &zeros_at, &product_at)?;
+    Ok(vec![dx, g.gather(axis, indices)?.mul(&share)?])
 }
 
 /// The gradient of a broadcast operand: `g` summed over the axes `like` was stretched along.

@@ -753,7 +753,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{CpuDevice, DeviceRef};
+    use crate::{CpuDevice, DeviceRef, ScatterOp};
 
     /// A transformer block's pass split in two (the input's gradient first, the weights'
     /// later) gives every gradient bit for bit as the whole pass does; here a weight is
@@ -834,6 +834,34 @@ mod tests {
         assert_eq!(bits(grads.get(w.id()).expect("w's gradient"))?, bits(&want)?);
         // Kept: the output alone (h is the input, w a leaf); not the activation.
         assert_eq!(census.retained_bytes, 6 * 4 * 4);
+        Ok(())
+    }
+
+    /// A scatter that sums or overwrites reads neither operand nor its output for its
+    /// gradients: the graph keeps only its indices (and a max's keeps all three).
+    #[test]
+    fn a_summing_or_overwriting_scatter_keeps_only_its_indices() -> Result<()> {
+        let device: DeviceRef = Arc::new(CpuDevice::with_threads(1)?);
+        let a = Var::leaf(Tensor::from_slice(&[1.0f32; 12], [4, 3], &device)?);
+        let b = Var::leaf(Tensor::from_slice(&[2.0f32; 6], [2, 3], &device)?);
+        let indices = Tensor::from_slice(&[3u32, 0, 1, 0, 2, 2], [2, 3], &device)?;
+        let (index_bytes, out_bytes) = (6 * 4, 12 * 4);
+        for op in ScatterOp::ALL {
+            // The operands are made by an add, whose rule reads nothing either.
+            let (x, src) = (a.add(&a)?, b.add(&b)?);
+            let y = x.scatter_reduce(0, &indices, &src, op)?;
+            drop((x, src));
+            let census = y.census(a.id(), false);
+            let operands = match op {
+                ScatterOp::Sum | ScatterOp::Assign => 0,
+                _ => 12 * 4 + 6 * 4,
+            };
+            assert_eq!(census.retained_bytes, index_bytes + out_bytes + operands, "{op:?}");
+            let grads = y.sum_all()?.backward()?;
+            for leaf in [&a, &b] {
+                assert!(grads.get(leaf.id()).is_some(), "{op:?}");
+            }
+        }
         Ok(())
     }
 
