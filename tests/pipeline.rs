@@ -1334,23 +1334,31 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
     Ok(())
 }
 
-/// A chip whose optimizer state no other chip has room for alone, but two together do:
-/// the plan spreads it over both, a run of its layers on each, and the numbers stay the
-/// one device's bit for bit, each chip within its planned memory, the checkpoint holding
-/// every lodged parameter's state from wherever it lives.
+/// A chip with room for a quarter of its optimizer state, whose rest no other chip has
+/// room for alone but two together do: the plan keeps the first layers' state at home and
+/// spreads the rest over both, a run of layers on each. The numbers stay the one device's
+/// bit for bit, each chip within its planned memory, the checkpoint holding every
+/// parameter's state from wherever it lives.
 #[test]
-fn a_stages_optimizer_state_spreads_over_two_chips_and_trains_bit_exactly() -> Result<()> {
+fn a_stages_optimizer_state_spreads_over_its_own_and_two_other_chips_bit_exactly() -> Result<()> {
     let want = one_device(adamw)?;
     let host = cpu();
     let (model, costs) = model_and_costs(&host)?;
     let layout = [0..2, 2..4, 4..14];
     let need = unlimited_plan(&host, &costs, &layout)?;
     let short = &need.stages[2].memory;
+    let params = |layers: std::ops::Range<usize>| -> u64 {
+        layers.map(|l| costs[l].param_bytes as u64).sum()
+    };
+    // The room a split backward pass needs, which its own state leaves it.
+    let split = layout[2].clone().map(|l| costs[l].kept_grad_bytes as u64).sum::<u64>()
+        + layout[2].clone().map(|l| costs[l].param_bytes as u64).max().unwrap_or(0);
+    let tight_memory = short.total() - short.optimizer + split + short.optimizer / 4;
+    let tight = sim(&host, "tight", 1e11, tight_memory, 1);
     // A master copy, the gradients and the state of every parameter: four times them.
     let lodged = 4 * short.params;
-    let tight = sim(&host, "tight", 1e11, short.total() - short.optimizer / 2, 1);
     let roomy: Vec<Arc<SimDevice>> = (0..2)
-        .map(|i| sim(&host, "roomy", 1e11, need.stages[i].memory.total() + lodged * 3 / 4, 2 + i))
+        .map(|i| sim(&host, "roomy", 1e11, need.stages[i].memory.total() + lodged * 6 / 10, 2 + i))
         .collect();
     let stages = vec![
         (layout[0].clone(), candidate(&roomy[0])),
@@ -1361,13 +1369,14 @@ fn a_stages_optimizer_state_spreads_over_two_chips_and_trains_bit_exactly() -> R
     println!("{}", plan.explain());
     let hosts = &plan.stages[2].state_on;
     assert_eq!(hosts.len(), 2, "{}", plan.explain());
-    assert_eq!((hosts[0].layers.start, hosts[1].layers.end), (4, 14));
-    assert_eq!(hosts[0].layers.end, hosts[1].layers.start);
-    assert_eq!(hosts.iter().map(|h| h.bytes).sum::<u64>(), lodged);
+    let home = 4..hosts[0].layers.start;
+    assert!(!home.is_empty(), "{}", plan.explain());
+    assert_eq!(plan.stages[2].memory.optimizer, 2 * params(home.clone()));
+    assert_eq!((hosts[0].layers.end, hosts[1].layers.end), (hosts[1].layers.start, 14));
+    assert_eq!(hosts.iter().map(|h| h.bytes).sum::<u64>(), 4 * params(home.end..14));
     for (s, stage) in plan.stages[..2].iter().enumerate() {
         let kept: u64 = hosts.iter().filter(|h| h.label == stage.label).map(|h| h.bytes).sum();
         assert_eq!(stage.memory.lodged, kept, "stage {s}");
-        assert!(kept < lodged, "stage {s} alone keeps it all");
     }
     let chips = [&roomy[0], &roomy[1], &tight];
     for chip in chips {

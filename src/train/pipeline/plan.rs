@@ -130,7 +130,8 @@ impl StageMemory {
 /// parameters of some of the stage's layers, their optimizer state and the gradients that
 /// arrive for them, runs their update, and sends the new values back once a step
 /// (ZeRO-Offload's idea, onto peers rather than the host). A stage's state may spread over
-/// several hosts, a run of its layers on each. Its stage's `sync_s` counts those copies.
+/// several hosts, a run of its layers on each, the first layers' kept at home where there
+/// is room for them. Its stage's `sync_s` counts those copies.
 #[derive(Clone, Debug)]
 pub struct StateHost {
     pub device: DeviceRef,
@@ -184,8 +185,9 @@ pub struct StagePlan {
     /// as the stage has done its last unit of work, while the stages before it drain. The
     /// rest waits for every stage's gradients (the clip reads their global norm).
     pub gather_s: f64,
-    /// Where the stage's optimizer state lives, when not on `device`: its layers' runs in
-    /// order (empty: all on `device`).
+    /// Where the stage's optimizer state lives, where not on `device`: runs of its layers,
+    /// in order, each on a host (empty: all on `device`; the layers before the first run
+    /// keep theirs on `device`).
     pub state_on: Vec<StateHost>,
 }
 
@@ -1388,17 +1390,18 @@ fn params_in(costs: &[LayerCost], layers: &Range<usize>) -> u64 {
     layers.clone().map(|l| costs[l].param_bytes as u64).sum()
 }
 
-/// A stage's state placed on other stages' devices: per host (a stage index), the run of
-/// the stage's layers whose state it keeps and the bytes it keeps for them. Empty: at home.
+/// A stage's state placed: per host (a stage index; the stage's own where it keeps some),
+/// the run of the stage's layers whose state it keeps and the bytes it keeps for them.
+/// Empty: all at home.
 type Hosts = Vec<(usize, Range<usize>, u64)>;
 
 /// A home for each stage's optimizer state, given per stage its memory need without that
 /// state, its layers and its device's memory: its own device where the whole state fits
-/// beside the rest; else, largest first, layer by layer on the stage devices with the most
-/// room left, a run of layers on each while it has room. Lodging a stage's state whole
-/// would need one host with room for all of it: a deep model's fast, small chips can need
-/// more than any one chip has spare, though the fleet has plenty. `None` when some state
-/// finds no room.
+/// beside the rest; else, largest first, layer by layer: at home while its own device has
+/// room, then on the stage devices with the most room left, a run of layers on each while
+/// it has room. Lodging a stage's state whole would need one host with room for all of
+/// it: a deep model's fast, small chips can need more than any one chip has spare, though
+/// the fleet has plenty. `None` when some state finds no room.
 fn homes(
     stages: &[(u64, Range<usize>, u64)],
     costs: &[LayerCost],
@@ -1415,13 +1418,14 @@ fn homes(
     Some(placed)
 }
 
-/// [`homes`]' placement, handing each lodged layer's state to `lodged(stage, host, layer,
-/// bytes)` in order; `None` when some state finds no room.
+/// [`homes`]' placement, handing each layer's state of the stages that do not keep all
+/// of theirs to `placed(stage, host, layer, bytes)` in order; `None` when some state
+/// finds no room.
 fn place_states(
     stages: &[(u64, Range<usize>, u64)],
     costs: &[LayerCost],
     slots: f64,
-    mut lodged: impl FnMut(usize, usize, usize, u64),
+    mut placed: impl FnMut(usize, usize, usize, u64),
 ) -> Option<()> {
     let mut free: Vec<i128> =
         stages.iter().map(|(need, _, memory)| *memory as i128 - *need as i128).collect();
@@ -1436,8 +1440,22 @@ fn place_states(
     rest.sort_by_key(|&s| std::cmp::Reverse(params_in(costs, &stages[s].1)));
     for s in rest {
         let mut host = None;
-        for layer in stages[s].1.clone() {
-            let bytes = lodged_bytes(costs[layer].param_bytes as u64, slots);
+        // What the zero-bubble schedule needs to split its backward passes (the weights'
+        // part's gradients and one micro-batch's output gradients, [`zero_bubble`]): room
+        // its own state does not take.
+        let layers = stages[s].1.clone();
+        let split: u64 = layers.clone().map(|l| costs[l].kept_grad_bytes as u64).sum::<u64>()
+            + layers.clone().map(|l| costs[l].param_bytes as u64).max().unwrap_or(0);
+        for layer in layers {
+            let params = costs[layer].param_bytes as u64;
+            // Its parameters and gradients are here anyway: at home, the state alone.
+            let home = state_bytes(params, slots);
+            if host.is_none() && free[s] >= (home + split) as i128 {
+                free[s] -= home as i128;
+                placed(s, s, layer, home);
+                continue;
+            }
+            let bytes = lodged_bytes(params, slots);
             // The run's host while it has room, else the roomiest other stage's device.
             let h = match host {
                 Some(h) if free[h] >= bytes as i128 => h,
@@ -1448,15 +1466,16 @@ fn place_states(
             }
             free[h] -= bytes as i128;
             host = Some(h);
-            lodged(s, h, layer, bytes);
+            placed(s, h, layer, bytes);
         }
     }
     Some(())
 }
 
 /// Stages priced without their optimizer state (`Spot::lodging`) with that state placed
-/// ([`homes`]): kept at home where it fits, else lodged on [`StateHost`]s, whose memory
-/// counts it and whose stage's step counts the copies. `None` when some state finds no
+/// ([`homes`]): kept at home where it fits, else lodged on [`StateHost`]s (some layers'
+/// at home where there is room for them), whose memory counts it and whose stage's step
+/// counts the copies. `None` when some state finds no
 /// room.
 fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<Vec<StagePlan>> {
     let needs: Vec<(u64, Range<usize>, u64)> =
@@ -1468,17 +1487,23 @@ fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<
             stages[s].memory.optimizer = state_bytes(params, slots);
             continue;
         }
-        // The gradients go to the hosts and the new values come back, each way over this
-        // stage's link (all of them) and each host's (its part), the hosts at once.
-        let mut there = 0f64;
+        // The lodged layers' gradients go to their hosts and the new values come back,
+        // each way over this stage's link (all of them) and each host's (its part), the
+        // hosts at once.
+        let (mut lodged, mut there) = (0, 0f64);
         for (host, layers, bytes) in hosts {
+            if host == s {
+                stages[s].memory.optimizer += bytes;
+                continue;
+            }
             stages[host].memory.lodged += bytes;
             let part = params_in(costs, &layers);
+            lodged += part;
             there = there.max(host_leg_s(part, stages[host].link_bytes_per_s));
             let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
             stages[s].state_on.push(StateHost { device, label, layers, bytes });
         }
-        let one_way = host_leg_s(params, stages[s].link_bytes_per_s) + there;
+        let one_way = host_leg_s(lodged, stages[s].link_bytes_per_s) + there;
         stages[s].sync_s += 2.0 * one_way;
         stages[s].gather_s += one_way;
     }

@@ -57,22 +57,34 @@ pub(super) struct Stage {
 }
 
 /// A stage's optimizer state on other devices ([`StateHost`](super::StateHost)): a copy
-/// of each of the stage's parameters on the device that keeps its state, which the
-/// stage's optimizer updates.
+/// of each lodged parameter on the device that keeps its state, which the stage's
+/// optimizer updates (with the parameters it keeps at home).
 struct Lodged {
-    copies: Vec<Param>,
+    /// Per parameter of the stage, its copy (`None`: its state is kept at home).
+    copies: Vec<Option<Param>>,
     /// Per parameter, its version when its copy last matched it.
     matched: Vec<u64>,
 }
 
 impl Lodged {
-    /// Copies of `params`, each on its host in `hosts`.
-    fn new(params: &[Param], hosts: &[DeviceRef]) -> Result<Lodged> {
+    /// Copies of `params`, each on its host in `hosts` (`None`: kept at home).
+    fn new(params: &[Param], hosts: &[Option<DeviceRef>]) -> Result<Lodged> {
         let copies = (params.iter().zip(hosts))
-            .map(|(p, host)| Ok(Param::new(p.name(), p.value().to_device(host)?)))
+            .map(|(p, host)| {
+                host.as_ref()
+                    .map(|host| Ok(Param::new(p.name(), p.value().to_device(host)?)))
+                    .transpose()
+            })
             .collect::<Result<_>>()?;
         let matched = params.iter().map(Param::version).collect();
         Ok(Lodged { copies, matched })
+    }
+
+    /// What the stage's optimizer updates: each parameter's copy, or the parameter itself
+    /// where it keeps its state.
+    fn updated(&self, params: &[Param]) -> Vec<Param> {
+        let mine = params.iter().zip(&self.copies);
+        mine.map(|(param, copy)| copy.as_ref().unwrap_or(param).clone()).collect()
     }
 
     /// `grads` (for `params`) moved to their copies' devices, still under the parameters'
@@ -81,16 +93,21 @@ impl Lodged {
         let mut there = Grads::default();
         for (param, copy) in params.iter().zip(&self.copies) {
             if let Some(g) = grads.get(param.id()) {
-                there.insert(param.id(), g.to_device(copy.value().device())?);
+                let g = match copy {
+                    Some(copy) => g.to_device(copy.value().device())?,
+                    None => g.clone(),
+                };
+                there.insert(param.id(), g);
             }
         }
         Ok(there)
     }
 
-    /// `optimizer` (over the copies) steps on `grads` (for `params`, moved there by
-    /// [`receive`](Self::receive) or not): each parameter's gradient goes there (and its
-    /// value, where something else changed it since: another replica, a restore), the copy
-    /// is updated, and the new value comes back.
+    /// `optimizer` (over [`updated`](Self::updated)) steps on `grads` (for `params`, moved
+    /// there by [`receive`](Self::receive) or not): each lodged parameter's gradient goes
+    /// to its copy (and its value, where something else changed it since: another replica,
+    /// a restore), the copy is updated, and the new value comes back; a parameter kept at
+    /// home is updated where it is.
     fn step(
         &mut self,
         params: &[Param],
@@ -100,26 +117,33 @@ impl Lodged {
         let mut there = Grads::default();
         let mut updated = Vec::new();
         for (i, (param, copy)) in params.iter().zip(&self.copies).enumerate() {
-            if let Some(g) = grads.get(param.id()) {
-                let host = copy.value().device().clone();
-                if param.version() != self.matched[i] {
-                    copy.set(param.value().to_device(&host)?)?;
-                }
-                there.insert(copy.id(), g.to_device(&host)?);
-                updated.push(i);
+            let Some(g) = grads.get(param.id()) else { continue };
+            let Some(copy) = copy else {
+                there.insert(param.id(), g.clone());
+                continue;
+            };
+            let host = copy.value().device().clone();
+            if param.version() != self.matched[i] {
+                copy.set(param.value().to_device(&host)?)?;
             }
+            there.insert(copy.id(), g.to_device(&host)?);
+            updated.push((i, copy));
         }
         if let Err(e) = optimizer.step(&there) {
             // Some copies may be updated and their parameters not: resend them next time.
-            for &i in &updated {
+            for &(i, _) in &updated {
                 self.matched[i] = u64::MAX;
             }
             return Err(e);
         }
-        for i in updated {
-            let (param, copy) = (&params[i], &self.copies[i]);
+        let mut matched = Vec::with_capacity(updated.len());
+        for (i, copy) in updated {
+            let param = &params[i];
             param.set(copy.value().to_device(param.value().device())?)?;
-            self.matched[i] = param.version();
+            matched.push((i, param.version()));
+        }
+        for (i, version) in matched {
+            self.matched[i] = version;
         }
         Ok(())
     }
@@ -717,39 +741,23 @@ impl<M: Layered> Pipeline<M> {
 }
 
 /// Each of `params`' (a stage's) optimizer state host, by the first of the stage's layers
-/// that uses it; `None` where the stage keeps its state.
+/// that uses it (`None`: kept at home); `None` where the stage keeps all its state.
 fn state_hosts<M: Layered>(
     model: &M,
     stage: &StagePlan,
     params: &[Param],
-) -> Result<Option<Vec<DeviceRef>>> {
+) -> Option<Vec<Option<DeviceRef>>> {
     if stage.state_on.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let mut host_of: HashMap<VarId, DeviceRef> = HashMap::new();
+    let mut host_of: HashMap<VarId, Option<DeviceRef>> = HashMap::new();
     for layer in stage.layers.clone() {
-        let Some(host) = stage.state_on.iter().find(|h| h.layers.contains(&layer)) else {
-            return Err(invalid(
-                "Pipeline",
-                &stage.label,
-                format!(
-                    "the plan lodges the optimizer state of some of layers {:?} but not of \
-                     layer {layer}",
-                    stage.layers
-                ),
-            ));
-        };
+        let host = stage.state_on.iter().find(|h| h.layers.contains(&layer));
         for param in model.layer_params(layer) {
-            host_of.entry(param.id()).or_insert_with(|| host.device.clone());
+            host_of.entry(param.id()).or_insert_with(|| host.map(|h| h.device.clone()));
         }
     }
-    let hosts = params.iter().map(|p| {
-        host_of.get(&p.id()).cloned().ok_or_else(|| {
-            let detail = format!("parameter {} is used by none of its layers", p.name());
-            invalid("Pipeline", &stage.label, detail)
-        })
-    });
-    hosts.collect::<Result<_>>().map(Some)
+    Some(params.iter().map(|p| host_of.get(&p.id()).cloned().flatten()).collect())
 }
 
 /// Where a new stage's parameter values come from.
@@ -827,7 +835,7 @@ fn stages<M: Layered>(
     for stage in &plan.stages {
         let params = model.params_of(stage.layers.clone());
         let lodged = |params: &[Param]| -> Result<Option<Lodged>> {
-            state_hosts(model, stage, params)?.map(|hosts| Lodged::new(params, &hosts)).transpose()
+            state_hosts(model, stage, params).map(|hosts| Lodged::new(params, &hosts)).transpose()
         };
         let (optimizer, lodged) = match placement {
             Placement::Move => {
@@ -835,8 +843,9 @@ fn stages<M: Layered>(
                     param.move_to(&stage.device)?;
                 }
                 let lodged = lodged(&params)?;
-                let updated = lodged.as_ref().map_or(&params, |l| &l.copies);
-                (make_optimizer(updated.clone())?, lodged)
+                let updated =
+                    lodged.as_ref().map_or_else(|| params.clone(), |l| l.updated(&params));
+                (make_optimizer(updated)?, lodged)
             }
             Placement::Restore(snapshot, path, shard) => {
                 let names: HashSet<&str> = params.iter().map(|p| p.name()).collect();
@@ -859,11 +868,12 @@ fn stages<M: Layered>(
                     )?)?;
                 }
                 let lodged = lodged(&params)?;
-                let updated = lodged.as_ref().map_or(&params, |l| &l.copies);
+                let updated =
+                    lodged.as_ref().map_or_else(|| params.clone(), |l| l.updated(&params));
                 let mut optimizer = make_optimizer(updated.clone())?;
                 match shard {
-                    true => part.restore_optimizer_shard(updated, &mut *optimizer, path)?,
-                    false => part.restore_optimizer(updated, &mut *optimizer, path)?,
+                    true => part.restore_optimizer_shard(&updated, &mut *optimizer, path)?,
+                    false => part.restore_optimizer(&updated, &mut *optimizer, path)?,
                 }
                 (optimizer, lodged)
             }
