@@ -816,8 +816,8 @@ impl PipelinePlan {
                     out,
                     "{:<7} {:<11} {:<16} {:>10.1}",
                     "",
-                    format!("{}..{} state", host.layers.start, host.layers.end),
-                    host.label,
+                    format!("{}..{}", host.layers.start, host.layers.end),
+                    format!("state on {}", host.label),
                     mib(host.bytes),
                 );
             }
