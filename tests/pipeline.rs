@@ -988,18 +988,26 @@ fn sharding_the_optimizer_state_over_replicas_changes_nothing_but_where_it_lives
     let host = cpu();
     let (_, costs) = model_and_costs(&host)?;
     let layout = [0..2, 2..14];
-    let run = |sharded: bool| -> Result<(Trained, Vec<usize>, usize)> {
-        let chips: Vec<Arc<SimDevice>> =
+    // `lodged`: each replica's second chip short of half its stage's optimizer state,
+    // which then lives (partly) on its first chip.
+    let run = |sharded: bool, lodged: bool| -> Result<(Trained, Vec<usize>, usize)> {
+        let mut chips: Vec<Arc<SimDevice>> =
             (1..=4).map(|i| sim(&host, "big", 1e11, 1 << 30, i)).collect();
+        if lodged {
+            let stages = layout.iter().cloned().zip(chips.iter().map(candidate)).collect();
+            let need = PipelinePlan::manual(&costs, stages, 2, 2)?.stages[1].memory;
+            for i in [1, 3] {
+                let memory = need.total() - need.optimizer / 2;
+                chips[i] = sim(&host, "tight", 1e11, memory, 5 + i);
+            }
+        }
         let mut replicas = Vec::new();
         for pair in chips.chunks(2) {
             let model = Gpt::new(&ParamStore::new(&host, SEED), config())?;
             let stages = layout.iter().cloned().zip(pair.iter().map(candidate)).collect();
-            replicas.push(Pipeline::new(
-                model,
-                PipelinePlan::manual(&costs, stages, 2, 2)?,
-                adamw,
-            )?);
+            let plan = PipelinePlan::manual(&costs, stages, 2, 2)?;
+            assert_eq!(plan.stages[1].state_on.is_empty(), !lodged, "{}", plan.explain());
+            replicas.push(Pipeline::new(model, plan, adamw)?);
         }
         let mut replicas = manychips::train::pipeline::PipelineReplicas::new(replicas)?;
         replicas.shard_optimizer_state(sharded)?;
@@ -1014,14 +1022,20 @@ fn sharding_the_optimizer_state_over_replicas_changes_nothing_but_where_it_lives
         let saved = replicas.snapshot(serde_json::Value::Null)?.optimizer.len();
         Ok(((losses, named_values(&replicas.replicas()[1].params())?), kept, saved))
     };
-    let (whole, kept_whole, saved_whole) = run(false)?;
-    let (sharded, kept_sharded, saved_sharded) = run(true)?;
+    let (whole, kept_whole, saved_whole) = run(false, false)?;
+    let (sharded, kept_sharded, saved_sharded) = run(true, false)?;
     assert_identical(&whole, &sharded);
     // Two moments for each of the 41 parameters: all on replica 0, or split.
     assert_eq!(kept_whole, vec![82, 0]);
     assert_eq!(kept_sharded.iter().sum::<usize>(), 82);
     assert!(kept_sharded.iter().all(|&k| k > 0 && k < 82), "{kept_sharded:?}");
     assert_eq!((saved_whole, saved_sharded), (82, 82));
+    // With the second stages' state lodged, sharded or not: the same numbers.
+    for sharded in [false, true] {
+        let (lodged, kept, saved) = run(sharded, true)?;
+        assert_identical(&whole, &lodged);
+        assert_eq!((kept.iter().sum::<usize>(), saved), (82, 82), "sharded: {sharded}");
+    }
     Ok(())
 }
 
@@ -1390,6 +1404,12 @@ fn a_stages_optimizer_state_spreads_over_its_own_and_two_other_chips_bit_exactly
         println!("{}: peak {peak} bytes, planned {planned}", stage.label);
         assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
     }
+    // A hand-edited plan whose runs leave a gap is refused, naming the layers.
+    let mut gap = plan.clone();
+    gap.stages[2].state_on[1].layers.start += 1;
+    let model = Gpt::new(&ParamStore::new(&host, SEED), config())?;
+    let err = Pipeline::new(model, gap, adamw).err().expect("a gap in the lodged runs");
+    assert!(err.to_string().contains("runs that follow each other"), "{err}");
     let snapshot = pipeline.snapshot(serde_json::json!({}))?;
     let saved: std::collections::HashSet<&str> =
         snapshot.optimizer.iter().map(|t| t.name.as_str()).collect();

@@ -35,6 +35,7 @@ use rustc_hash::FxHashMap;
 use super::cost::LayerCost;
 use super::schedule::in_flight;
 use super::simulate::play;
+use super::zero_bubble::split_needs;
 use crate::plan::{DeviceProfile, proportional};
 use crate::{DeviceId, DeviceRef, Error, Result};
 
@@ -591,7 +592,7 @@ impl PipelinePlan {
         };
         best.map(swapped).ok_or_else(|| {
             let offered: u64 = usable.iter().flat_map(|c| c.members()).map(|m| m.memory).sum();
-            let params: u64 = costs.iter().map(|l| l.param_bytes as u64).sum();
+            let params = params_in(costs, &(0..costs.len()));
             let needed = (params as f64 * (2.0 + optimizer_slots)) as u64;
             Error::OutOfMemory {
                 op: "PipelinePlan::search".into(),
@@ -1440,12 +1441,11 @@ fn place_states(
     rest.sort_by_key(|&s| std::cmp::Reverse(params_in(costs, &stages[s].1)));
     for s in rest {
         let mut host = None;
-        // What the zero-bubble schedule needs to split its backward passes (the weights'
-        // part's gradients and one micro-batch's output gradients, [`zero_bubble`]): room
-        // its own state does not take.
+        // What the zero-bubble schedule needs to split its backward passes: room its own
+        // state does not take.
         let layers = stages[s].1.clone();
-        let split: u64 = layers.clone().map(|l| costs[l].kept_grad_bytes as u64).sum::<u64>()
-            + layers.clone().map(|l| costs[l].param_bytes as u64).max().unwrap_or(0);
+        let (kept, weights_part) = split_needs(costs, &layers);
+        let split = kept + weights_part;
         for layer in layers {
             let params = costs[layer].param_bytes as u64;
             // Its parameters and gradients are here anyway: at home, the state alone.
@@ -1488,8 +1488,8 @@ fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<
             continue;
         }
         // The lodged layers' gradients go to their hosts and the new values come back,
-        // each way over this stage's link (all of them) and each host's (its part), the
-        // hosts at once.
+        // each way over this stage's link (all of them) and each host's (its part), one
+        // host after another as the runtime copies them.
         let (mut lodged, mut there) = (0, 0f64);
         for (host, layers, bytes) in hosts {
             if host == s {
@@ -1499,7 +1499,7 @@ fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<
             stages[host].memory.lodged += bytes;
             let part = params_in(costs, &layers);
             lodged += part;
-            there = there.max(host_leg_s(part, stages[host].link_bytes_per_s));
+            there += host_leg_s(part, stages[host].link_bytes_per_s);
             let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
             stages[s].state_on.push(StateHost { device, label, layers, bytes });
         }
@@ -1702,7 +1702,7 @@ impl<'a> Search<'a> {
             .flat_map(|&i| self.candidates[i].members())
             .map(|m| m.memory)
             .fold(0, u64::saturating_add);
-        let params: f64 = self.costs.iter().map(|l| l.param_bytes as f64).sum();
+        let params = params_in(&self.costs, &(0..self.costs.len())) as f64;
         if (room as f64) < params * (2.0 + self.slots) {
             return None;
         }

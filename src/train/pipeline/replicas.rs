@@ -212,8 +212,9 @@ impl<M: Layered> PipelineReplicas<M> {
     }
 
     /// One step over a batch of `batch` rows, as [`Pipeline::step`]: each replica runs its
-    /// rows on its own thread, the gradients are added in replica order on the first
-    /// replica's devices, its optimizers update the master copy, and the others copy it.
+    /// rows on its own thread, the gradients are added in replica order where the first
+    /// replica's are (its stages' devices, or their lodged state's hosts), its optimizers
+    /// update the master copy, and the others copy it.
     pub fn step<I, L>(&mut self, batch: usize, input: I, loss: L) -> Result<ReplicasReport>
     where
         I: Fn(Range<usize>, &DeviceRef) -> Result<Var> + Sync,
@@ -257,7 +258,8 @@ impl<M: Layered> PipelineReplicas<M> {
                     let mut shard = Grads::default();
                     for param in replica.params().iter().filter(|p| owners[p.name()] == r) {
                         if let Some(g) = grads.get(first[param.name()].id()) {
-                            shard.insert(param.id(), g.to_device(param.value().device())?);
+                            let device = replica.update_device(param);
+                            shard.insert(param.id(), g.to_device(&device)?);
                         }
                     }
                     replica.step_optimizers(&shard)?;

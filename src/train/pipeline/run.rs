@@ -127,23 +127,19 @@ impl Lodged {
                 copy.set(param.value().to_device(&host)?)?;
             }
             there.insert(copy.id(), g.to_device(&host)?);
-            updated.push((i, copy));
+            updated.push(i);
         }
-        if let Err(e) = optimizer.step(&there) {
-            // Some copies may be updated and their parameters not: resend them next time.
-            for &(i, _) in &updated {
-                self.matched[i] = u64::MAX;
-            }
-            return Err(e);
+        // Until its value is back, a copy may be ahead of its parameter (the update or a
+        // copy back failing part-way): resent next time unless it comes back.
+        for &i in &updated {
+            self.matched[i] = u64::MAX;
         }
-        let mut matched = Vec::with_capacity(updated.len());
-        for (i, copy) in updated {
-            let param = &params[i];
+        optimizer.step(&there)?;
+        for i in updated {
+            let (param, copy) = (&params[i], &self.copies[i]);
+            let Some(copy) = copy else { continue };
             param.set(copy.value().to_device(param.value().device())?)?;
-            matched.push((i, param.version()));
-        }
-        for (i, version) in matched {
-            self.matched[i] = version;
+            self.matched[i] = param.version();
         }
         Ok(())
     }
@@ -717,7 +713,7 @@ impl<M: Layered> Pipeline<M> {
 
     /// Every stage's optimizer steps on what `grads` holds for its parameters (all of
     /// them, or a shard: a parameter with no gradient is left as it is).
-    /// The stages step at once, each on its own device (and a lodged state's host), as
+    /// The stages step at once, each on its own device (and its lodged state's hosts), as
     /// the plan prices their syncs.
     pub(super) fn step_optimizers(&mut self, grads: &Grads) -> Result<()> {
         let stages: Vec<&mut Stage> = self.stages.iter_mut().collect();
@@ -733,11 +729,70 @@ impl<M: Layered> Pipeline<M> {
         Ok(())
     }
 
+    /// Where the optimizer updating `param` (one of this pipeline's) wants its gradient:
+    /// its lodged copy's device, or its own.
+    pub(super) fn update_device(&self, param: &Param) -> DeviceRef {
+        for stage in &self.stages {
+            let Some(i) = stage.params.iter().position(|p| p.id() == param.id()) else {
+                continue;
+            };
+            if let Some(Some(copy)) = stage.lodged.as_ref().map(|l| &l.copies[i]) {
+                return copy.value().device().clone();
+            }
+            break;
+        }
+        param.value().device().clone()
+    }
+
     /// Counts a step this pipeline took part in but did not update (a replica whose
     /// parameters another replica's optimizers updated).
     pub(super) fn advance(&mut self) {
         self.step += 1;
     }
+}
+
+/// An `InvalidArgument` where a (hand-edited) stage plan lodges its state other than as
+/// a plan does: runs of its last layers, in order, each on another device than its own
+/// and its helpers'.
+fn check_state_on(stage: &StagePlan) -> Result<()> {
+    let Some(first) = stage.state_on.first() else { return Ok(()) };
+    let mut at = first.layers.start;
+    let ids: Vec<_> = std::iter::once(&stage.device)
+        .chain(stage.helpers.iter().map(|h| &h.device))
+        .map(|d| d.info().id)
+        .collect();
+    for host in &stage.state_on {
+        let why = if host.layers.start != at || host.layers.is_empty() {
+            Some("runs that follow each other")
+        } else if ids.contains(&host.device.info().id) {
+            Some("other devices than its own and its helpers'")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(invalid(
+                "Pipeline",
+                &stage.label,
+                format!(
+                    "lodges the optimizer state of layers {:?} on {}: a stage lodges its last \
+                     layers' state in {why}",
+                    host.layers, host.label
+                ),
+            ));
+        }
+        at = host.layers.end;
+    }
+    if first.layers.start < stage.layers.start || at != stage.layers.end {
+        return Err(invalid(
+            "Pipeline",
+            &stage.label,
+            format!(
+                "lodges the optimizer state of layers {}..{at}, not the last of its layers {:?}",
+                first.layers.start, stage.layers
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Each of `params`' (a stage's) optimizer state host, by the first of the stage's layers
@@ -830,6 +885,9 @@ fn stages<M: Layered>(
                 ));
             }
         }
+    }
+    for stage in &plan.stages {
+        check_state_on(stage)?;
     }
     let mut stages = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {

@@ -229,7 +229,9 @@ impl Busy {
 }
 
 pub(super) struct StageOutcome {
-    /// Each member's gradients, the stage's own device's first, under its copy's ids.
+    /// Each member's gradients, the stage's own device's first, under its copy's ids (once
+    /// the pipeline has gathered them: one, under the lead's ids, where its optimizer
+    /// wants them).
     pub grads: Vec<Grads>,
     /// The last stage's micro-batch losses (scalars, one per member that had rows).
     pub losses: Vec<Tensor>,

@@ -21,6 +21,9 @@
 //! end, where they fill the waits of the drain. The forwards and backwards keep 1F1B's
 //! order, so the stages wait on each other as under 1F1B and never deadlock.
 
+use std::ops::Range;
+
+use super::cost::LayerCost;
 use super::plan::PipelinePlan;
 use super::schedule::{Work, in_flight, one_f_one_b, zero_bubble};
 use crate::{Error, Result};
@@ -46,11 +49,7 @@ impl PipelinePlan {
             if !stage.helpers.is_empty() || stage.weight_s <= 0.0 {
                 continue;
             }
-            let layers = stage.layers.clone();
-            let kept: u64 = layers.clone().map(|l| self.costs[l].kept_grad_bytes as u64).sum();
-            // The weights' part makes a layer's gradients before they join the sums, while
-            // the micro-batches put off hold theirs.
-            let weights_part = layers.map(|l| self.costs[l].param_bytes as u64).max().unwrap_or(0);
+            let (kept, weights_part) = split_needs(&self.costs, &stage.layers);
             let held = in_flight(s, count, m) as u64;
             if stage.recompute.is_empty() {
                 // Without recomputation each micro-batch in flight keeps the same bytes.
@@ -128,4 +127,14 @@ impl PipelinePlan {
             })
             .collect()
     }
+}
+
+/// What splitting the backward passes of `layers` needs beyond a whole pass: one
+/// micro-batch's kept output gradients, and the largest layer's gradients, which the
+/// weights' part makes before they join the running sums while the micro-batches put off
+/// hold theirs.
+pub(super) fn split_needs(costs: &[LayerCost], layers: &Range<usize>) -> (u64, u64) {
+    let kept = layers.clone().map(|l| costs[l].kept_grad_bytes as u64).sum();
+    let weights_part = layers.clone().map(|l| costs[l].param_bytes as u64).max().unwrap_or(0);
+    (kept, weights_part)
 }
