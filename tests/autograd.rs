@@ -687,8 +687,15 @@ fn a_scattered_product_passes_gradients_past_zeros() {
 
 /// A simulated chip over the CPU, whose allocations it counts, and it as a device.
 fn memory_counting_chip() -> Result<(Arc<manychips::sim::SimDevice>, DeviceRef)> {
+    memory_counting_chip_numbered(0)
+}
+
+/// [`memory_counting_chip`] with its own ordinal, for several at once.
+fn memory_counting_chip_numbered(
+    ordinal: usize,
+) -> Result<(Arc<manychips::sim::SimDevice>, DeviceRef)> {
     let profile = manychips::sim::SimProfile::new("chip");
-    let chip = Arc::new(manychips::sim::SimDevice::new(cpu(), profile, 0)?);
+    let chip = Arc::new(manychips::sim::SimDevice::new(cpu(), profile, ordinal)?);
     Ok((chip.clone(), chip))
 }
 
@@ -772,5 +779,69 @@ fn a_weights_compute_copy_is_made_once_and_shared_by_the_micro_batches() -> Resu
     assert_eq!(layer.weight.var_as(DType::BF16)?.id(), first);
     layer.weight.set(layer.weight.value().affine(0.5, 0.0)?)?;
     assert_ne!(layer.weight.var_as(DType::BF16)?.id(), first);
+    Ok(())
+}
+
+/// A weight whose master copy lives on another chip (a pipeline stage's lodged optimizer
+/// state) is read from a bf16 copy on the chip that uses it: that chip holds the copy, not
+/// the f32 master; the gradient arrives there, in f32; a new master value makes a new copy;
+/// and moving the weight back makes it an ordinary one.
+#[test]
+fn a_weight_kept_on_another_chip_is_read_from_its_copy_where_it_is_used() -> Result<()> {
+    let (home_chip, home) = memory_counting_chip_numbered(1)?;
+    let (host_chip, host) = memory_counting_chip_numbered(2)?;
+    let (rows, inputs, outputs) = (4, 32, 16);
+    let layer = nn::Linear::new(&ParamStore::new(&home, 5), inputs, outputs, false)?;
+    let master = (inputs * outputs * 4) as u64;
+    let values: Vec<f32> = (0..rows * inputs).map(|i| (i % 5) as f32 / 5.0).collect();
+    let x = Var::leaf(Tensor::from_slice(&values, [rows, inputs], &home)?.cast(DType::BF16)?);
+    let at_home_grad = {
+        let grads = layer.forward(&x)?.sum_all()?.backward()?;
+        grads.get(layer.weight.id()).expect("the weight's gradient").to_vec::<f32>()?
+    };
+    // A new value drops the copy made for the master's own chip.
+    layer.weight.set(layer.weight.value())?;
+    let (at_home, on_host) = (held_now(&home_chip), held_now(&host_chip));
+    layer.weight.keep_master_on(&host)?;
+    assert_eq!(held_now(&home_chip), at_home - master, "the master left");
+    assert_eq!(held_now(&host_chip), on_host + master, "for the host");
+    assert_eq!(layer.weight.value().device().info().id, host.info().id);
+
+    let before = held_now(&home_chip);
+    let y = layer.forward(&x)?;
+    let (copy, output) = (master / 2, (rows * outputs * 2) as u64);
+    assert_eq!(held_now(&home_chip) - before, copy + output, "a bf16 copy and the output");
+    assert_eq!(held_now(&host_chip), on_host + master, "nothing more on the host");
+    let grads = y.sum_all()?.backward()?;
+    let g = grads.get(layer.weight.id()).expect("the weight's gradient");
+    assert_eq!((g.dtype(), g.device().info().id), (DType::F32, home.info().id));
+    assert_eq!(g.to_vec::<f32>()?, at_home_grad, "the same as with the master at home");
+    drop((y, grads));
+
+    // A new master value: a new copy where the weight is used, the old one gone.
+    let first = layer.weight.var_as(DType::BF16)?;
+    assert_eq!(first.tensor().device().info().id, home.info().id);
+    let held = held_now(&home_chip);
+    layer.weight.set(layer.weight.value().affine(0.5, 0.0)?)?;
+    drop(first);
+    assert_eq!(held_now(&home_chip), held - copy, "the old copy went with its value");
+    let second = layer.weight.var_as(DType::BF16)?;
+    let halved: Vec<f32> = layer
+        .weight
+        .value()
+        .cast(DType::BF16)?
+        .to_vec::<half::bf16>()?
+        .iter()
+        .map(|v| v.to_f32())
+        .collect();
+    let read: Vec<f32> =
+        second.tensor().to_vec::<half::bf16>()?.iter().map(|v| v.to_f32()).collect();
+    assert_eq!(read, halved);
+    drop(second);
+
+    layer.weight.move_to(&home)?;
+    assert_eq!(held_now(&host_chip), on_host, "the master came home");
+    let y = layer.forward(&x)?;
+    assert_eq!(y.tensor().device().info().id, home.info().id);
     Ok(())
 }

@@ -73,9 +73,14 @@ fn one_device(optimizer: MakeOptimizer) -> Result<Trained> {
 
 /// [`one_device`] with the batch in `count` micro-batches.
 fn one_device_in(optimizer: MakeOptimizer, count: usize) -> Result<Trained> {
+    one_device_of(config(), optimizer, count)
+}
+
+/// [`one_device_in`] for the model `config` makes.
+fn one_device_of(config: GptConfig, optimizer: MakeOptimizer, count: usize) -> Result<Trained> {
     let device = cpu();
     let store = ParamStore::new(&device, SEED);
-    let model = Gpt::new(&store, config())?;
+    let model = Gpt::new(&store, config)?;
     let mut opt = optimizer(store.params())?;
     let mut losses = Vec::new();
     for step in 0..STEPS {
@@ -111,7 +116,16 @@ fn model_and_costs(host: &DeviceRef) -> Result<(Gpt, Vec<LayerCost>)> {
 
 /// [`model_and_costs`] for the batch in `count` micro-batches.
 fn model_and_costs_in(host: &DeviceRef, count: usize) -> Result<(Gpt, Vec<LayerCost>)> {
-    let model = Gpt::new(&ParamStore::new(host, SEED), config())?;
+    model_and_costs_of(host, config(), count)
+}
+
+/// [`model_and_costs_in`] for the model `config` makes.
+fn model_and_costs_of(
+    host: &DeviceRef,
+    config: GptConfig,
+    count: usize,
+) -> Result<(Gpt, Vec<LayerCost>)> {
+    let model = Gpt::new(&ParamStore::new(host, SEED), config)?;
     let rows = micro_batches_of(count)[0].clone();
     let costs = profile_layers(&model, &input(rows, host)?, &Ctx::train(0))?;
     Ok((model, costs))
@@ -474,16 +488,18 @@ fn shaped_and_measured(
 
 /// In bf16 (f32 master weights), each layer's weight copies in the compute dtype, made
 /// once a step, are what the shape says: the `Linear` layers' weights and biases at 2
-/// bytes a parameter.
+/// bytes a parameter, cast from their 4-byte masters.
 #[test]
 fn bf16_weight_copies_from_the_shape_match_the_measured_ones() -> Result<()> {
     let blocks = 2;
     let (_, computed, measured) = shaped_and_measured(&cpu(), [32, 4, 8, blocks, 2], DType::BF16)?;
     for (i, (c, m)) in computed.iter().zip(&measured).enumerate() {
         assert_eq!(c.copy_bytes, m.copy_bytes, "layer {i}: weight copies");
+        assert_eq!(c.cast_bytes, m.cast_bytes, "layer {i}: weights cast");
         assert_eq!(c.param_bytes, m.param_bytes, "layer {i}: parameters");
+        assert_eq!(m.cast_bytes, 2 * m.copy_bytes, "layer {i}: f32 weights cast to bf16");
     }
-    assert!(measured.iter().all(|m| m.copy_bytes < m.param_bytes));
+    assert!(measured.iter().all(|m| m.cast_bytes <= m.param_bytes));
     assert!(measured.iter().filter(|m| m.copy_bytes > 0).count() == 4 * blocks + 1);
     Ok(())
 }
@@ -493,6 +509,7 @@ fn synthetic_layer(gflop: f64, mib: usize) -> LayerCost {
     LayerCost {
         param_bytes: mib << 20,
         copy_bytes: 0,
+        cast_bytes: 0,
         activation_bytes: 1 << 20,
         transient_bytes: 0,
         output_bytes: 1 << 20,
@@ -751,9 +768,9 @@ impl Layered for Tied {
 
     fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
         match layer {
-            0 => x.matmul(&self.w.var()),
+            0 => x.matmul(&self.w.var()?),
             1 => x.relu(),
-            _ => x.matmul(&self.w.var().t()?),
+            _ => x.matmul(&self.w.var()?.t()?),
         }
     }
 
@@ -839,8 +856,8 @@ impl Layered for TiedTwice {
 
     fn forward_layer(&self, layer: usize, x: &Var, _ctx: &Ctx) -> Result<Var> {
         match layer {
-            0 => x.matmul(&self.w.var()),
-            2 => x.matmul(&self.w.var().t()?),
+            0 => x.matmul(&self.w.var()?),
+            2 => x.matmul(&self.w.var()?.t()?),
             _ => x.relu(),
         }
     }
@@ -1282,8 +1299,8 @@ fn lose_a_group_member(victim: usize) -> Result<()> {
 }
 
 /// A chip with room for its stage's parameters, gradients and activations but not for
-/// their optimizer state: the plan lodges that state on another stage's chip, which
-/// updates a copy of the parameters and sends the values back. The numbers stay the one
+/// their optimizer state: the plan lodges that state on another stage's chip, which keeps
+/// the parameters' master copy, updates it and sends the values back. The numbers stay the one
 /// device's bit for bit under AdamW, and each chip's peak stays within its planned memory.
 #[test]
 fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> Result<()> {
@@ -1345,6 +1362,53 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
         &(Vec::new(), named_values(&pipeline.params())?),
         &(Vec::new(), named_values(&resumed.params())?),
     );
+    Ok(())
+}
+
+/// A bf16 model's stage whose optimizer state lodges elsewhere keeps its f32 master weights
+/// there too: at home only the bf16 copies its matmuls read (and the gradients, in f32),
+/// the new values coming back as those copies. Its home memory falls by the masters' bytes,
+/// the numbers stay the one device's bit for bit, and each chip stays within its plan.
+#[test]
+fn a_lodged_bf16_stage_keeps_only_its_weights_bf16_copies_and_trains_bit_exactly() -> Result<()> {
+    let bf16 = GptConfig { dtype: DType::BF16, ..config() };
+    let want = one_device_of(bf16, adamw, MICRO_BATCHES)?;
+    let host = cpu();
+    let (model, costs) = model_and_costs_of(&host, bf16, MICRO_BATCHES)?;
+    let layout = [0..4, 4..14];
+    let need = unlimited_plan(&host, &costs, &layout)?;
+    let whole = &need.stages[1].memory;
+    // Room for the stage without its optimizer state and a tenth of its master weights.
+    let masters: u64 = layout[1].clone().map(|l| costs[l].cast_bytes as u64).sum();
+    assert!(masters > 0 && whole.copies > 0, "{whole:?}");
+    let tight = sim(&host, "tight", 1e11, whole.total() - whole.optimizer - masters * 9 / 10, 1);
+    let roomy = sim(&host, "roomy", 1e11, 1 << 30, 2);
+    let stages =
+        vec![(layout[0].clone(), candidate(&roomy)), (layout[1].clone(), candidate(&tight))];
+    let plan = PipelinePlan::manual(&costs, stages, MICRO_BATCHES, 2)?;
+    println!("{}", plan.explain());
+    let home = &plan.stages[1];
+    let lodged: u64 = (home.state_on.iter())
+        .flat_map(|h| h.layers.clone())
+        .map(|l| costs[l].cast_bytes as u64)
+        .sum();
+    assert!(lodged > 0, "the tight chip's state lodges: {}", plan.explain());
+    assert_eq!(home.memory.params, whole.params - lodged, "no master at home of what lodges");
+    assert_eq!(home.memory.copies, whole.copies);
+    for chip in [&tight, &roomy] {
+        chip.reset_peak_memory();
+    }
+    let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
+    let got = train(&mut pipeline)?;
+    assert_identical(&want, &got);
+    for (chip, stage) in [(&roomy, &plan.stages[0]), (&tight, &plan.stages[1])] {
+        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
+        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
+        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
+    }
+    // The checkpoint holds the masters, not their copies.
+    let snapshot = pipeline.snapshot(serde_json::json!({}))?;
+    assert!(snapshot.params.iter().all(|t| t.dtype == DType::F32));
     Ok(())
 }
 

@@ -14,9 +14,12 @@ struct ParamInner {
     value: RwLock<Tensor>,
     /// Counts the replacements of `value`: a copy elsewhere knows whether it is current.
     version: AtomicU64,
-    /// The value cast to a compute dtype, for the `version` it was cast from
-    /// ([`Param::var_as`]).
+    /// The value cast to a compute dtype (or copied to where it is used), for the
+    /// `version` it was made from ([`Param::var_as`]).
     cast: Mutex<Option<(u64, Var)>>,
+    /// Where its graphs use it, when that is not where its value lives, and the dtype they
+    /// last read it in ([`Param::keep_master_on`]).
+    used_on: Mutex<Option<(DeviceRef, Option<DType>)>>,
 }
 
 /// A learnable tensor with a stable name and id. Cloning shares it: a model and its
@@ -32,6 +35,7 @@ impl Param {
             value: RwLock::new(value),
             version: AtomicU64::new(0),
             cast: Mutex::new(None),
+            used_on: Mutex::new(None),
         }))
     }
 
@@ -48,9 +52,21 @@ impl Param {
         self.0.value.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// A tracked leaf of the current value; its gradient is under [`Param::id`].
-    pub fn var(&self) -> Var {
-        Var::leaf_with_id(self.value(), self.0.id)
+    /// The current value, tracked: its gradient is under [`Param::id`]. A leaf of the
+    /// value itself, or, where the value lives on another device than the one its graphs
+    /// use it on ([`keep_master_on`](Self::keep_master_on)), its copy there, made as
+    /// [`var_as`](Self::var_as) makes a cast.
+    pub fn var(&self) -> Result<Var> {
+        match self.used_on() {
+            None => Ok(Var::leaf_with_id(self.value(), self.0.id)),
+            Some(_) => self.var_as(self.value().dtype()),
+        }
+    }
+
+    /// Where its graphs use it, when its value lives elsewhere.
+    fn used_on(&self) -> Option<DeviceRef> {
+        let used_on = self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner);
+        used_on.as_ref().map(|(device, _)| device.clone())
     }
 
     /// The value in `dtype` (a bf16 model's f32 master weight, as its matmuls read it),
@@ -62,12 +78,23 @@ impl Param {
     ///
     /// Under [`no_grad`](super::no_grad) (a recomputed run's first pass, evaluation) it
     /// hands out the current copy untracked, or a cast of its own where there is none yet.
+    ///
+    /// Where the value (the master copy) lives on another device than its graphs use it on
+    /// ([`keep_master_on`](Self::keep_master_on)), the copy, cast there, is sent to that
+    /// device, in `dtype`, even where that is the master's own: only the copy lives there.
     pub fn var_as(&self, dtype: DType) -> Result<Var> {
         let mut cast = self.0.cast.lock().unwrap_or_else(PoisonError::into_inner);
         // The version before the value: a value set in between is cast again next time.
         let version = self.version();
-        let leaf = self.var();
-        if leaf.tensor().dtype() == dtype {
+        let leaf = Var::leaf_with_id(self.value(), self.0.id);
+        let used_on = {
+            let mut used_on = self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner);
+            used_on.as_mut().map(|(device, read_in)| {
+                *read_in = Some(dtype);
+                device.clone()
+            })
+        };
+        if used_on.is_none() && leaf.tensor().dtype() == dtype {
             return Ok(leaf);
         }
         let current = cast.as_ref().filter(|(made, var)| {
@@ -76,11 +103,17 @@ impl Param {
         match (current, super::is_grad_enabled()) {
             (Some((_, var)), true) => Ok(var.clone()),
             (Some((_, var)), false) => Ok(Var::constant(var.tensor().clone())),
-            (None, false) => Ok(Var::constant(leaf.tensor().cast(dtype)?)),
+            (None, false) => {
+                let copy = leaf.tensor().cast(dtype)?;
+                Ok(Var::constant(match &used_on {
+                    Some(device) => copy.to_device(device)?,
+                    None => copy,
+                }))
+            }
             (None, true) => {
                 // The old copy goes before the new one is made.
                 *cast = None;
-                let var = leaf.cast_shared(dtype)?;
+                let var = leaf.cast_shared(dtype, used_on.as_ref())?;
                 *cast = Some((version, var.clone()));
                 Ok(var)
             }
@@ -90,6 +123,39 @@ impl Param {
     /// Drops the compute-dtype copy of a value that is being replaced.
     fn forget_cast(&self) {
         *self.0.cast.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Moves the value, the master copy, to `host`, while its graphs go on using it where
+    /// it is now: they read a copy there in the dtype they ask for ([`var_as`](Self::var_as)),
+    /// made from the master once a value and sent over, and their gradients for it stay
+    /// there, in the master's dtype. A pipeline stage whose optimizer state lodges on
+    /// another device keeps its master copies there too: a bf16 model's stage then keeps 2
+    /// bytes a weight of the 4 of its f32 master. [`move_to`](Self::move_to) or a restore
+    /// puts the value back where it is used.
+    pub fn keep_master_on(&self, host: &DeviceRef) -> Result<()> {
+        let here = self.value().device().clone();
+        if here.info().id == host.info().id {
+            return Ok(());
+        }
+        // The copy made for the master's device goes: the next one is made for this one.
+        self.move_value(host)?;
+        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = Some((here, None));
+        Ok(())
+    }
+
+    /// Where the value lives on another device than its graphs use it on, the copy they
+    /// will read, made now from the current value (it crosses to them with an optimizer
+    /// step's other copies, not in the next forward pass). A no-op elsewhere, before any
+    /// graph read it, or while the copy is current.
+    pub(crate) fn renew_copy(&self) -> Result<()> {
+        let read_in = {
+            let used_on = self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner);
+            used_on.as_ref().and_then(|(_, read_in)| *read_in)
+        };
+        match read_in {
+            Some(dtype) if super::is_grad_enabled() => self.var_as(dtype).map(drop),
+            _ => Ok(()),
+        }
     }
 
     /// Replaces the value by one of the same shape, dtype and device (an optimizer step, a
@@ -123,6 +189,12 @@ impl Param {
     /// before the move stays where it was, so move parameters before their optimizer
     /// is built.
     pub fn move_to(&self, device: &DeviceRef) -> Result<()> {
+        self.move_value(device)?;
+        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(())
+    }
+
+    fn move_value(&self, device: &DeviceRef) -> Result<()> {
         let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
         *slot = slot.to_device(device)?;
         self.0.version.fetch_add(1, Ordering::Relaxed);
@@ -133,7 +205,8 @@ impl Param {
     }
 
     /// Replaces the value by one of the same shape and dtype on any device: a restore onto
-    /// a new plan's device, where the old value may sit on a device that is gone.
+    /// a new plan's device, where the old value may sit on a device that is gone. Its
+    /// graphs use it there from now on, as after [`move_to`](Self::move_to).
     pub(crate) fn put(&self, value: Tensor) -> Result<()> {
         let mut slot = self.0.value.write().unwrap_or_else(PoisonError::into_inner);
         if slot.dims() != value.dims() || slot.dtype() != value.dtype() {
@@ -148,6 +221,7 @@ impl Param {
         // After the value's lock is let go: `var_as` takes the two the other way round.
         drop(slot);
         self.forget_cast();
+        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
 

@@ -198,11 +198,16 @@ impl Var {
         Var::recorded(value, backward, inputs, false)
     }
 
-    /// This value cast to `dtype` as a node made once and shared by the graphs of many
-    /// micro-batches (see [`Param::var_as`](super::Param::var_as)); the cast's own graph
-    /// otherwise.
-    pub(crate) fn cast_shared(&self, dtype: DType) -> Result<Var> {
-        Ok(Var::recorded(self.value.cast(dtype)?, Backward::Cast, &[self], true))
+    /// This value cast to `dtype` (and copied to `on`, where given) as a node made once and
+    /// shared by the graphs of many micro-batches (see [`Param::var_as`](super::Param::var_as));
+    /// the cast's own graph otherwise. Its gradient reaches this value in its dtype, on the
+    /// device the copy is used on (a cast's rule reads no operand).
+    pub(crate) fn cast_shared(&self, dtype: DType, on: Option<&DeviceRef>) -> Result<Var> {
+        let mut copy = self.value.cast(dtype)?;
+        if let Some(device) = on {
+            copy = copy.to_device(device)?;
+        }
+        Ok(Var::recorded(copy, Backward::Cast, &[self], true))
     }
 
     fn recorded(value: Tensor, backward: Backward, inputs: &[&Var], shared: bool) -> Var {
@@ -373,6 +378,8 @@ impl Var {
         let owned: HashSet<usize> =
             order.iter().filter(|n| n.leaf || n.shared).map(|n| n.storage).collect();
         census.shared_bytes = order.iter().filter(|n| n.shared).map(|n| n.bytes()).sum();
+        let cast_from = order.iter().filter(|n| n.shared).flat_map(|n| &n.inputs);
+        census.cast_bytes = cast_from.map(|e| e.node.bytes()).sum();
         let mut buffers: HashMap<usize, usize> = HashMap::new();
         let mut keep = |t: &Tensor| {
             if owned.contains(&t.storage_key()) {
@@ -520,7 +527,11 @@ impl Walk {
             for input in node.inputs.iter().filter(|e| e.node.requires_grad()) {
                 let j = at[&input.node.id];
                 uses[j] += 1;
-                height[i] = height[i].max(height[j] + 1);
+                // A shared node stands where its leaf would (a weight's copy): at a leaf's
+                // height, so the walk orders the rest as it would with the leaf itself.
+                if !node.shared {
+                    height[i] = height[i].max(height[j] + 1);
+                }
             }
         }
         let root = at.get(&value.id()).copied();
@@ -685,6 +696,8 @@ pub(crate) struct GraphCensus {
     /// Bytes of the values made once and shared with other micro-batches' graphs (the
     /// weights' copies in the compute dtype), not counted in `retained_bytes`.
     pub shared_bytes: usize,
+    /// Bytes of what those shared values are made from (the weights they are cast from).
+    pub cast_bytes: usize,
     /// Of `retained_bytes`, the parts of a join made to hand on, which the next layer of a
     /// stage keeps (where a stage ends, the join is kept instead).
     pub handed_bytes: usize,
@@ -770,7 +783,7 @@ mod tests {
         let x = Var::leaf(Tensor::from_slice(&values, [2, 5, 8], &device)?);
         let y = block.forward(&x)?;
         // The first projection's weight used again, after the block: a tied weight.
-        let w = block.fc1.weight.var();
+        let w = block.fc1.weight.var()?;
         let y = y.matmul(&w.t()?)?.tanh()?.matmul(&w)?.add(&y)?;
         let seed = Tensor::from_slice(&values, [2, 5, 8], &device)?;
 
@@ -783,7 +796,7 @@ mod tests {
 
         // A weight that is the value itself gets its gradient in the weights' part; an
         // input that is not a leaf gets its own.
-        let w = block.fc2.weight.var();
+        let w = block.fc2.weight.var()?;
         let seed_w = Tensor::ones(w.tensor().shape().clone(), crate::DType::F32, &device)?;
         let (none, later) = w.backward_split(seed_w, &x)?;
         let mut got = Grads::default();

@@ -18,7 +18,7 @@ impl Embedding {
 
     /// `ids` of shape `[..]` gives `[.., dim]`.
     pub fn forward(&self, ids: &Tensor) -> Result<Var> {
-        let rows = self.weight.var().index_select(0, &ids.flatten()?)?;
+        let rows = self.weight.var()?.index_select(0, &ids.flatten()?)?;
         let mut dims = ids.dims().to_vec();
         dims.push(rows.dims()[1]);
         rows.reshape(Shape::new(dims))

@@ -36,10 +36,11 @@ impl LayerNorm {
         let variance =
             Tensor::fused_reduce(&[&xf, &mean], &squares, ReduceOp::Mean, axis, DType::F32)?;
         let rstd = Tensor::fused(&[&variance], &programs::rstd(self.eps), DType::F32)?;
-        let (w, b) = (self.weight.value(), self.bias.value());
-        let y = Tensor::fused(&[&xf, &mean, &rstd, &w, &b], &programs::layer_norm(), dtype)?;
+        let (w, b) = (self.weight.var()?, self.bias.var()?);
+        let (wt, bt) = (w.tensor(), b.tensor());
+        let y = Tensor::fused(&[&xf, &mean, &rstd, wt, bt], &programs::layer_norm(), dtype)?;
         let backward = Backward::LayerNorm { axis, mean, rstd };
-        Ok(Var::from_op(y, backward, &[x, &self.weight.var(), &self.bias.var()]))
+        Ok(Var::from_op(y, backward, &[x, &w, &b]))
     }
 }
 
@@ -65,6 +66,6 @@ impl RmsNorm {
         let dtype = x.tensor().dtype();
         let x = x.cast(DType::F32)?;
         let scale = x.square()?.mean_keepdim(axis)?.affine(1.0, self.eps)?.rsqrt()?;
-        x.mul(&scale)?.mul(&self.weight.var())?.cast(dtype)
+        x.mul(&scale)?.mul(&self.weight.var()?)?.cast(dtype)
     }
 }

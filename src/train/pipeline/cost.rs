@@ -17,6 +17,10 @@ pub struct LayerCost {
     /// micro-batch ([`Param::var_as`](crate::train::Param::var_as)); 0 where the
     /// parameters are in the compute dtype already.
     pub copy_bytes: usize,
+    /// Of `param_bytes`, those of the parameters `copy_bytes` are copies of: what a stage
+    /// whose optimizer state (and master copy) lives on another device need not keep, its
+    /// forward passes reading only the copies.
+    pub cast_bytes: usize,
     /// Bytes its forward pass keeps for the backward pass (the values its ops' backward
     /// rules read, saved statistics) and its output (or, where it joins its output to hand
     /// on, the parts), per micro-batch.
@@ -102,10 +106,15 @@ impl TransformerShape {
         let p = self.param_bytes as f64;
         let scores = (self.rows * self.heads) as f64 * s * s;
         let dtype = if self.activation_bytes == 2 { DType::BF16 } else { DType::F32 };
-        // The `Linear` layers' weights and biases, where they are cast for the matmuls.
-        let copies = |linear: f64| match self.activation_bytes == self.param_bytes {
-            true => 0,
-            false => (linear * a) as usize,
+        // A layer whose `linear` parameters (the `Linear` layers' weights and biases) are
+        // cast for its matmuls, where the model's parameters are not in the compute dtype.
+        let cast = |linear: f64, layer: LayerCost| match self.activation_bytes == self.param_bytes {
+            true => layer,
+            false => LayerCost {
+                copy_bytes: (linear * a) as usize,
+                cast_bytes: (linear * p) as usize,
+                ..layer
+            },
         };
         // `written` elements its ops write, `kept` of them the graph keeps for the backward
         // pass (what the rules read, and the output), `stats` more kept (norms' per-token
@@ -118,6 +127,7 @@ impl TransformerShape {
             |params: f64, [written, kept, stats]: [f64; 3], flops: f64, ops: usize| LayerCost {
                 param_bytes: (params * p) as usize,
                 copy_bytes: 0,
+                cast_bytes: 0,
                 activation_bytes: ((kept + stats) * a) as usize,
                 transient_bytes: 0,
                 output_bytes: (tokens * d * a) as usize,
@@ -140,19 +150,21 @@ impl TransformerShape {
         // attention's heads joined, the biased hidden activations, and the residual stream;
         // no rule reads the matmuls' outputs before their bias or the sums' operands, and
         // the GELU of the hidden activations is made again where it is read.
-        let project = LayerCost {
-            copy_bytes: copies(3.0 * d * d + 3.0 * d),
-            handed_bytes: (3.0 * tokens * d * a) as usize,
-            kept_grad_bytes: (5.0 * tokens * d * a) as usize,
-            output_bytes: (4.0 * tokens * d * a) as usize,
-            joined_bytes: (4.0 * tokens * d * a) as usize,
-            ..layer(
-                3.0 * d * d + 5.0 * d,
-                [7.0 * tokens * d, 4.0 * tokens * d, 2.0 * tokens],
-                6.0 * tokens * d * d,
-                7,
-            )
-        };
+        let project = cast(
+            3.0 * d * d + 3.0 * d,
+            LayerCost {
+                handed_bytes: (3.0 * tokens * d * a) as usize,
+                kept_grad_bytes: (5.0 * tokens * d * a) as usize,
+                output_bytes: (4.0 * tokens * d * a) as usize,
+                joined_bytes: (4.0 * tokens * d * a) as usize,
+                ..layer(
+                    3.0 * d * d + 5.0 * d,
+                    [7.0 * tokens * d, 4.0 * tokens * d, 2.0 * tokens],
+                    6.0 * tokens * d * d,
+                    7,
+                )
+            },
+        );
         // Without an attention kernel, its `[rows, heads, s, s]` scores, masked scores and
         // weights are written and read but not kept (its backward pass computes them
         // again); with one, they stay in the kernel's cache-sized blocks.
@@ -160,46 +172,59 @@ impl TransformerShape {
             true => (0.0, 7.0 * tokens * d * 4.0),
             false => (3.0 * scores, 4.0 * scores * a),
         };
-        let attend = LayerCost {
-            copy_bytes: copies(d * d + d),
-            written_bytes: ((5.0 * tokens * d + score_writes) * a) as usize,
-            recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
-            weight_flops: 2.0 * tokens * d * d,
-            transient_bytes: transient as usize,
-            ..layer(
-                d * d + d,
-                [5.0 * tokens * d, 2.0 * tokens * d, 0.0],
-                2.0 * tokens * d * d + 4.0 * self.rows as f64 * s * s * d,
-                5,
-            )
-        };
-        let expand = LayerCost {
-            copy_bytes: copies(4.0 * d * d + 4.0 * d),
-            kept_grad_bytes: (5.0 * tokens * d * a) as usize,
-            output_bytes: (5.0 * tokens * d * a) as usize,
-            joined_bytes: (5.0 * tokens * d * a) as usize,
-            ..layer(
-                4.0 * d * d + 6.0 * d,
-                [13.0 * tokens * d, 5.0 * tokens * d, 2.0 * tokens],
-                8.0 * tokens * d * d,
-                4,
-            )
-        };
-        let contract = LayerCost {
-            copy_bytes: copies(4.0 * d * d + d),
-            ..layer(4.0 * d * d + d, [3.0 * tokens * d, tokens * d, 0.0], 8.0 * tokens * d * d, 3)
-        };
-        let head = LayerCost {
-            copy_bytes: copies(d * v),
-            kept_grad_bytes: ((tokens * d + tokens * v) * a) as usize,
-            output_bytes: (tokens * v * a) as usize,
-            ..layer(
-                2.0 * d + d * v,
-                [tokens * d + tokens * v, tokens * d + tokens * v, 2.0 * tokens],
-                2.0 * tokens * d * v,
-                2,
-            )
-        };
+        let attend = cast(
+            d * d + d,
+            LayerCost {
+                written_bytes: ((5.0 * tokens * d + score_writes) * a) as usize,
+                recomputed_flops: 2.0 * self.rows as f64 * s * s * d,
+                weight_flops: 2.0 * tokens * d * d,
+                transient_bytes: transient as usize,
+                ..layer(
+                    d * d + d,
+                    [5.0 * tokens * d, 2.0 * tokens * d, 0.0],
+                    2.0 * tokens * d * d + 4.0 * self.rows as f64 * s * s * d,
+                    5,
+                )
+            },
+        );
+        let expand = cast(
+            4.0 * d * d + 4.0 * d,
+            LayerCost {
+                kept_grad_bytes: (5.0 * tokens * d * a) as usize,
+                output_bytes: (5.0 * tokens * d * a) as usize,
+                joined_bytes: (5.0 * tokens * d * a) as usize,
+                ..layer(
+                    4.0 * d * d + 6.0 * d,
+                    [13.0 * tokens * d, 5.0 * tokens * d, 2.0 * tokens],
+                    8.0 * tokens * d * d,
+                    4,
+                )
+            },
+        );
+        let contract = cast(
+            4.0 * d * d + d,
+            LayerCost {
+                ..layer(
+                    4.0 * d * d + d,
+                    [3.0 * tokens * d, tokens * d, 0.0],
+                    8.0 * tokens * d * d,
+                    3,
+                )
+            },
+        );
+        let head = cast(
+            d * v,
+            LayerCost {
+                kept_grad_bytes: ((tokens * d + tokens * v) * a) as usize,
+                output_bytes: (tokens * v * a) as usize,
+                ..layer(
+                    2.0 * d + d * v,
+                    [tokens * d + tokens * v, tokens * d + tokens * v, 2.0 * tokens],
+                    2.0 * tokens * d * v,
+                    2,
+                )
+            },
+        );
         std::iter::once(embed)
             .chain(std::iter::repeat_n([project, attend, expand, contract], self.blocks).flatten())
             .chain(std::iter::once(head))
@@ -222,6 +247,7 @@ impl LayerCost {
         LayerCost {
             param_bytes: self.param_bytes,
             copy_bytes: self.copy_bytes,
+            cast_bytes: self.cast_bytes,
             activation_bytes: scale(self.activation_bytes),
             transient_bytes: scale(self.transient_bytes),
             output_bytes: scale(self.output_bytes),
@@ -308,6 +334,7 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
                 .map(|p| p.bytes())
                 .sum(),
             copy_bytes: census.shared_bytes,
+            cast_bytes: census.cast_bytes,
             activation_bytes: census.retained_bytes,
             transient_bytes: census.transient_bytes,
             output_bytes,

@@ -80,17 +80,18 @@ pub(super) fn take_values(helper: &Helper, lead: &[Param]) -> Result<()> {
 }
 
 /// Adds each helper's gradients (`parts[k]` for helper `k`, under its copy's ids) to
-/// `into`, under the lead's ids and on the lead's device, helper by helper.
+/// `into`, under the lead's ids and on the lead's device (`device`), helper by helper.
 pub(super) fn add_gradients(
     helpers: &[Helper],
     lead: &[Param],
     parts: impl IntoIterator<Item = Grads>,
     into: &mut Grads,
+    device: &DeviceRef,
 ) -> Result<()> {
     for (helper, part) in helpers.iter().zip(parts) {
         for (mine, theirs) in helper.params.iter().zip(lead) {
             if let Some(g) = part.get(mine.id()) {
-                into.add(theirs.id(), g.to_device(theirs.value().device())?)?;
+                into.add(theirs.id(), g.to_device(device)?)?;
             }
         }
     }

@@ -97,6 +97,9 @@ impl Candidate {
 /// The memory a stage needs, by what it is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StageMemory {
+    /// Its parameters; of those whose state lodges on a [`StateHost`], only the ones its
+    /// matmuls do not read cast (a bf16 model's norms), the master copies of the others
+    /// living with their state.
     pub params: u64,
     /// The parameters' copies in the compute dtype, one a step
     /// ([`LayerCost::copy_bytes`]).
@@ -127,10 +130,11 @@ impl StageMemory {
 }
 
 /// Where part of a stage's optimizer state lives when its own device lacks the room for
-/// it: another stage's device with memory to spare, which keeps a master copy of the
+/// it: another stage's device with memory to spare, which keeps the master copy of the
 /// parameters of some of the stage's layers, their optimizer state and the gradients that
-/// arrive for them, runs their update, and sends the new values back once a step
-/// (ZeRO-Offload's idea, onto peers rather than the host). A stage's state may spread over
+/// arrive for them, runs their update, and sends the new values back once a step as the
+/// stage's forward passes read them, a bf16 model's weights in bf16 (ZeRO-Offload's idea,
+/// onto peers rather than the host; [`Param::keep_master_on`](crate::train::Param::keep_master_on)). A stage's state may spread over
 /// several hosts, a run of its layers on each, the first layers' kept at home where there
 /// is room for them. Its stage's `sync_s` counts those copies.
 #[derive(Clone, Debug)]
@@ -1004,6 +1008,8 @@ struct Sums {
     backward_s: f64,
     params: u64,
     copies: u64,
+    /// Of `params`, those cast for its matmuls ([`LayerCost::cast_bytes`]).
+    casts: u64,
     kept: u64,
     /// The most one layer's backward pass holds beyond what is kept: the gradients of what
     /// its forward pass wrote (or, recomputing, its activations), its transients, the
@@ -1027,6 +1033,7 @@ impl Sums {
         self.backward_s += backward_s;
         self.params += layer.param_bytes as u64;
         self.copies += layer.copy_bytes as u64;
+        self.casts += layer.cast_bytes as u64;
         self.kept += part(layer.activation_bytes, share);
         let made = layer.written_bytes.max(layer.activation_bytes);
         let backward = made + layer.transient_bytes + layer.output_bytes + 2 * input;
@@ -1127,6 +1134,13 @@ fn stage_cost(
     let from_next = if spot.s + 1 < spot.count { output_bytes as u64 } else { 0 };
     let read_ahead = input_bytes as u64 + from_next;
     let last = spot.s + 1 == spot.count;
+    // The last stage's loss keeps what its own graph saved through each backward pass,
+    // which no layer's cost counts: for a cross-entropy, about two f32 copies of the
+    // logits (their probabilities, and the gradient made of them).
+    let loss_bytes = match last {
+        true => 2 * 4 * output_bytes / costs[layers.end - 1].dtype.size_in_bytes().max(1),
+        false => 0,
+    };
     let cost = |recompute: &[usize]| {
         let all = recompute.len() == layers.len();
         let mut stage = StageCost {
@@ -1168,7 +1182,9 @@ fn stage_cost(
             stage.backward_s =
                 stage.backward_s.max(sums.backward_s + again.forward_s + copy_backward);
             let memory = StageMemory {
-                params: sums.params,
+                // Where its state and master copies are lodged, the lead keeps only the
+                // copies its forward passes read (until [`lodge`] keeps some at home).
+                params: if k == 0 && spot.lodging { sums.params - sums.casts } else { sums.params },
                 copies: sums.copies,
                 grads: sums.params,
                 // The lead alone keeps optimizer state; helpers copy the updated values.
@@ -1201,7 +1217,8 @@ fn stage_cost(
                         (0, _) => 2 * output_bytes as u64,
                         _ => 2 * output,
                     }
-                    + if k == 0 { read_ahead } else { 0 },
+                    + if k == 0 { read_ahead } else { 0 }
+                    + part(loss_bytes, share),
                 lodged: 0,
             };
             if k == 0 {
@@ -1380,15 +1397,30 @@ fn lodged_bytes(params: u64, slots: f64) -> u64 {
     (params as f64 * (slots + 2.0)) as u64
 }
 
-/// Seconds a lodged stage's gradients (`params` bytes), or its new values, take over one
-/// end's link (`bytes_per_s`).
-fn host_leg_s(params: u64, bytes_per_s: f64) -> f64 {
-    params as f64 / bytes_per_s
+/// What a stage keeps at home for layer `layer`'s state: the state, and the master copies
+/// of the parameters it casts for its matmuls, which a stage priced as lodging does not
+/// keep otherwise (its forward passes read the copies).
+fn at_home_bytes(costs: &[LayerCost], layer: usize, slots: f64) -> u64 {
+    state_bytes(costs[layer].param_bytes as u64, slots) + costs[layer].cast_bytes as u64
+}
+
+/// Seconds `bytes` (a lodged stage's gradients or its new values) take over one end's link
+/// (`bytes_per_s`).
+fn host_leg_s(bytes: u64, bytes_per_s: f64) -> f64 {
+    bytes as f64 / bytes_per_s
 }
 
 /// The parameters' bytes of `layers`.
 fn params_in(costs: &[LayerCost], layers: &Range<usize>) -> u64 {
     layers.clone().map(|l| costs[l].param_bytes as u64).sum()
+}
+
+/// What the new values of `layers`' lodged parameters take on their way back from their
+/// host: the copies the stage's forward passes read (those cast for its matmuls in the
+/// compute dtype, the others as they are).
+fn values_in(costs: &[LayerCost], layers: &Range<usize>) -> u64 {
+    let values = |l: &LayerCost| l.param_bytes - l.cast_bytes + l.copy_bytes;
+    layers.clone().map(|l| values(&costs[l]) as u64).sum()
 }
 
 /// A stage's state placed: per host (a stage index; the stage's own where it keeps some),
@@ -1432,9 +1464,9 @@ fn place_states(
         stages.iter().map(|(need, _, memory)| *memory as i128 - *need as i128).collect();
     let mut rest = Vec::new();
     for (s, (_, layers, _)) in stages.iter().enumerate() {
-        let state = state_bytes(params_in(costs, layers), slots) as i128;
-        match state <= free[s] {
-            true => free[s] -= state,
+        let state: u64 = layers.clone().map(|l| at_home_bytes(costs, l, slots)).sum();
+        match state as i128 <= free[s] {
+            true => free[s] -= state as i128,
             false => rest.push(s),
         }
     }
@@ -1448,8 +1480,7 @@ fn place_states(
         let split = kept + weights_part;
         for layer in layers {
             let params = costs[layer].param_bytes as u64;
-            // Its parameters and gradients are here anyway: at home, the state alone.
-            let home = state_bytes(params, slots);
+            let home = at_home_bytes(costs, layer, slots);
             if host.is_none() && free[s] >= (home + split) as i128 {
                 free[s] -= home as i128;
                 placed(s, s, layer, home);
@@ -1482,30 +1513,37 @@ fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<
         stages.iter().map(|s| (s.memory.total(), s.layers.clone(), s.available)).collect();
     let homes = homes(&needs, costs, slots)?;
     for (s, hosts) in homes.into_iter().enumerate() {
-        let params = stages[s].memory.params;
+        let layers = stages[s].layers.clone();
+        let masters = |layers: &Range<usize>| -> u64 {
+            layers.clone().map(|l| costs[l].cast_bytes as u64).sum()
+        };
         if hosts.is_empty() {
-            stages[s].memory.optimizer = state_bytes(params, slots);
+            stages[s].memory.optimizer = state_bytes(params_in(costs, &layers), slots);
+            stages[s].memory.params += masters(&layers);
             continue;
         }
         // The lodged layers' gradients go to their hosts and the new values come back,
         // each way over this stage's link (all of them) and each host's (its part), one
         // host after another as the runtime copies them.
-        let (mut lodged, mut there) = (0, 0f64);
+        let (mut grads, mut values) = ((0, 0f64), (0, 0f64));
         for (host, layers, bytes) in hosts {
             if host == s {
-                stages[s].memory.optimizer += bytes;
+                stages[s].memory.optimizer += bytes - masters(&layers);
+                stages[s].memory.params += masters(&layers);
                 continue;
             }
             stages[host].memory.lodged += bytes;
-            let part = params_in(costs, &layers);
-            lodged += part;
-            there += host_leg_s(part, stages[host].link_bytes_per_s);
+            let link = stages[host].link_bytes_per_s;
+            let (part, back) = (params_in(costs, &layers), values_in(costs, &layers));
+            grads = (grads.0 + part, grads.1 + host_leg_s(part, link));
+            values = (values.0 + back, values.1 + host_leg_s(back, link));
             let (device, label) = (stages[host].device.clone(), stages[host].label.clone());
             stages[s].state_on.push(StateHost { device, label, layers, bytes });
         }
-        let one_way = host_leg_s(lodged, stages[s].link_bytes_per_s) + there;
-        stages[s].sync_s += 2.0 * one_way;
-        stages[s].gather_s += one_way;
+        let own = stages[s].link_bytes_per_s;
+        let grads_s = host_leg_s(grads.0, own) + grads.1;
+        stages[s].sync_s += grads_s + host_leg_s(values.0, own) + values.1;
+        stages[s].gather_s += grads_s;
     }
     Some(stages)
 }
@@ -1950,6 +1988,7 @@ mod tests {
         LayerCost {
             param_bytes: mib << 20,
             copy_bytes: 0,
+            cast_bytes: 0,
             activation_bytes: act_mib << 20,
             transient_bytes: 0,
             output_bytes: 1 << 20,

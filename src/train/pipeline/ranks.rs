@@ -275,7 +275,7 @@ impl<M: Layered> RankPipeline<M> {
         };
         let mut parts = done.grads.into_iter();
         let mut grads = parts.next().unwrap_or_default();
-        add_gradients(&self.helpers, &self.params, parts, &mut grads)?;
+        add_gradients(&self.helpers, &self.params, parts, &mut grads, &self.device)?;
         self.optimizer.step(&grads)?;
         self.step += 1;
         let local: f64 = done.losses.iter().map(|l| Ok(l.to_f64_vec()?[0])).sum::<Result<f64>>()?;

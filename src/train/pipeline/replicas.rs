@@ -274,6 +274,7 @@ impl<M: Layered> PipelineReplicas<M> {
                 if owner != r {
                     let value = values[owner][param.name()].value();
                     param.set(value.to_device(param.value().device())?)?;
+                    param.renew_copy()?;
                 }
             }
             if self.owners.is_none() && r > 0 {
@@ -295,8 +296,8 @@ impl<M: Layered> PipelineReplicas<M> {
             for param in replica.params() {
                 let Some(g) = part.get(param.id()) else { continue };
                 let target = first[param.name()].id();
-                // Where the first replica's gradient is: its parameter's device, or its
-                // lodged optimizer state's.
+                // Where the first replica's gradient is: its parameter's master copy's
+                // device (its stage's, or its lodged optimizer state's).
                 let device = match total.get(target) {
                     Some(mine) => mine.device().clone(),
                     None => first[param.name()].value().device().clone(),

@@ -48,113 +48,24 @@ pub(super) struct Stage {
     /// (this device's first).
     helpers: Vec<Helper>,
     shares: Vec<f64>,
-    /// The optimizer, over `params` or, with its state lodged elsewhere, over `lodged`'s
-    /// copies of them.
+    /// The optimizer, over `params`, whose state is made where their values are: on the
+    /// stage's device, or where it lodges some of it ([`StateHost`](super::StateHost)),
+    /// the master copies with it ([`Param::keep_master_on`]).
     optimizer: Box<dyn Optimizer>,
-    lodged: Option<Lodged>,
     /// Learned seconds per micro-batch, `None` before the first step.
     measured: Option<f64>,
 }
 
-/// A stage's optimizer state on other devices ([`StateHost`](super::StateHost)): a copy
-/// of each lodged parameter on the device that keeps its state, which the stage's
-/// optimizer updates (with the parameters it keeps at home).
-struct Lodged {
-    /// Per parameter of the stage, its copy (`None`: its state is kept at home).
-    copies: Vec<Option<Param>>,
-    /// Per parameter, its version when its copy last matched it.
-    matched: Vec<u64>,
-}
-
-impl Lodged {
-    /// Copies of `params`, each on its host in `hosts` (`None`: kept at home).
-    fn new(params: &[Param], hosts: &[Option<DeviceRef>]) -> Result<Lodged> {
-        let copies = (params.iter().zip(hosts))
-            .map(|(p, host)| {
-                host.as_ref()
-                    .map(|host| Ok(Param::new(p.name(), p.value().to_device(host)?)))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
-        let matched = params.iter().map(Param::version).collect();
-        Ok(Lodged { copies, matched })
-    }
-
-    /// What the stage's optimizer updates: each parameter's copy, or the parameter itself
-    /// where it keeps its state.
-    fn updated(&self, params: &[Param]) -> Vec<Param> {
-        let mine = params.iter().zip(&self.copies);
-        mine.map(|(param, copy)| copy.as_ref().unwrap_or(param).clone()).collect()
-    }
-
-    /// `grads` (for `params`) moved to their copies' devices, still under the parameters'
-    /// ids: what the stage does as soon as its last backward pass is done.
-    fn receive(&self, params: &[Param], grads: Grads) -> Result<Grads> {
-        let mut there = Grads::default();
-        for (param, copy) in params.iter().zip(&self.copies) {
-            if let Some(g) = grads.get(param.id()) {
-                let g = match copy {
-                    Some(copy) => g.to_device(copy.value().device())?,
-                    None => g.clone(),
-                };
-                there.insert(param.id(), g);
-            }
-        }
-        Ok(there)
-    }
-
-    /// `optimizer` (over [`updated`](Self::updated)) steps on `grads` (for `params`, moved
-    /// there by [`receive`](Self::receive) or not): each lodged parameter's gradient goes
-    /// to its copy (and its value, where something else changed it since: another replica,
-    /// a restore), the copy is updated, and the new value comes back; a parameter kept at
-    /// home is updated where it is.
-    fn step(
-        &mut self,
-        params: &[Param],
-        optimizer: &mut dyn Optimizer,
-        grads: &Grads,
-    ) -> Result<()> {
-        let mut there = Grads::default();
-        let mut updated = Vec::new();
-        for (i, (param, copy)) in params.iter().zip(&self.copies).enumerate() {
-            let Some(g) = grads.get(param.id()) else { continue };
-            let Some(copy) = copy else {
-                there.insert(param.id(), g.clone());
-                continue;
-            };
-            let host = copy.value().device().clone();
-            if param.version() != self.matched[i] {
-                copy.set(param.value().to_device(&host)?)?;
-            }
-            there.insert(copy.id(), g.to_device(&host)?);
-            updated.push(i);
-        }
-        // Until its value is back, a copy may be ahead of its parameter (the update or a
-        // copy back failing part-way): resent next time unless it comes back.
-        for &i in &updated {
-            self.matched[i] = u64::MAX;
-        }
-        optimizer.step(&there)?;
-        for i in updated {
-            let (param, copy) = (&params[i], &self.copies[i]);
-            let Some(copy) = copy else { continue };
-            param.set(copy.value().to_device(param.value().device())?)?;
-            self.matched[i] = param.version();
-        }
-        Ok(())
-    }
-}
-
 /// What a stage's thread needs of it to gather its gradients once its work is done.
 struct Gathering<'a> {
+    device: &'a DeviceRef,
     helpers: &'a [Helper],
     params: &'a [Param],
-    lodged: Option<&'a Lodged>,
 }
 
 impl Gathering<'_> {
     fn of(stage: &Stage) -> Gathering<'_> {
-        Gathering { helpers: &stage.helpers, params: &stage.params, lodged: stage.lodged.as_ref() }
+        Gathering { device: &stage.device, helpers: &stage.helpers, params: &stage.params }
     }
 
     /// The stage's gradients (`parts`: each member's, its own device's first), under its
@@ -165,11 +76,18 @@ impl Gathering<'_> {
     fn gathered(&self, parts: Vec<Grads>) -> Result<Grads> {
         let mut parts = parts.into_iter();
         let mut grads = parts.next().unwrap_or_default();
-        add_gradients(self.helpers, self.params, parts, &mut grads)?;
-        match self.lodged {
-            None => Ok(grads),
-            Some(lodged) => lodged.receive(self.params, grads),
+        add_gradients(self.helpers, self.params, parts, &mut grads, self.device)?;
+        // A lodged parameter's gradient goes to its master.
+        for param in self.params {
+            let master = param.value().device().clone();
+            if let Some(g) = grads.get(param.id())
+                && g.device().info().id != master.info().id
+            {
+                let there = g.to_device(&master)?;
+                grads.insert(param.id(), there);
+            }
         }
+        Ok(grads)
     }
 }
 
@@ -720,9 +638,10 @@ impl<M: Layered> Pipeline<M> {
         at_once(
             stages,
             |s| format!("Pipeline::step, stage {s}'s optimizer"),
-            |stage| match &mut stage.lodged {
-                None => stage.optimizer.step(grads),
-                Some(lodged) => lodged.step(&stage.params, &mut *stage.optimizer, grads),
+            |stage| {
+                stage.optimizer.step(grads)?;
+                // Lodged parameters' new values back, as their forward passes read them.
+                stage.params.iter().try_for_each(Param::renew_copy)
             },
         )?;
         self.step += 1;
@@ -730,17 +649,8 @@ impl<M: Layered> Pipeline<M> {
     }
 
     /// Where the optimizer updating `param` (one of this pipeline's) wants its gradient:
-    /// its lodged copy's device, or its own.
+    /// where its value, the master copy, lives (its stage's device, or its lodged state's).
     pub(super) fn update_device(&self, param: &Param) -> DeviceRef {
-        for stage in &self.stages {
-            let Some(i) = stage.params.iter().position(|p| p.id() == param.id()) else {
-                continue;
-            };
-            if let Some(Some(copy)) = stage.lodged.as_ref().map(|l| &l.copies[i]) {
-                return copy.value().device().clone();
-            }
-            break;
-        }
         param.value().device().clone()
     }
 
@@ -892,18 +802,23 @@ fn stages<M: Layered>(
     let mut stages = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
         let params = model.params_of(stage.layers.clone());
-        let lodged = |params: &[Param]| -> Result<Option<Lodged>> {
-            state_hosts(model, stage, params).map(|hosts| Lodged::new(params, &hosts)).transpose()
+        // Lodged parameters' master copies go where their optimizer state will be made.
+        let lodge = |params: &[Param]| -> Result<()> {
+            let hosts = state_hosts(model, stage, params).unwrap_or_default();
+            for (param, host) in params.iter().zip(hosts) {
+                if let Some(host) = host {
+                    param.keep_master_on(&host)?;
+                }
+            }
+            Ok(())
         };
-        let (optimizer, lodged) = match placement {
+        let optimizer = match placement {
             Placement::Move => {
                 for param in &params {
                     param.move_to(&stage.device)?;
                 }
-                let lodged = lodged(&params)?;
-                let updated =
-                    lodged.as_ref().map_or_else(|| params.clone(), |l| l.updated(&params));
-                (make_optimizer(updated)?, lodged)
+                lodge(&params)?;
+                make_optimizer(params.clone())?
             }
             Placement::Restore(snapshot, path, shard) => {
                 let names: HashSet<&str> = params.iter().map(|p| p.name()).collect();
@@ -925,15 +840,13 @@ fn stages<M: Layered>(
                         &stage.device,
                     )?)?;
                 }
-                let lodged = lodged(&params)?;
-                let updated =
-                    lodged.as_ref().map_or_else(|| params.clone(), |l| l.updated(&params));
-                let mut optimizer = make_optimizer(updated.clone())?;
+                lodge(&params)?;
+                let mut optimizer = make_optimizer(params.clone())?;
                 match shard {
-                    true => part.restore_optimizer_shard(&updated, &mut *optimizer, path)?,
-                    false => part.restore_optimizer(&updated, &mut *optimizer, path)?,
+                    true => part.restore_optimizer_shard(&params, &mut *optimizer, path)?,
+                    false => part.restore_optimizer(&params, &mut *optimizer, path)?,
                 }
-                (optimizer, lodged)
+                optimizer
             }
         };
         let helpers = helpers(copies, &stage.layers, &stage.helpers, &params)?;
@@ -942,7 +855,6 @@ fn stages<M: Layered>(
             label: stage.label.clone(),
             layers: stage.layers.clone(),
             optimizer,
-            lodged,
             params,
             shares: stage.shares(),
             helpers,
