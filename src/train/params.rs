@@ -144,9 +144,9 @@ impl Param {
     }
 
     /// Where the value lives on another device than its graphs use it on, the copy they
-    /// will read, made now from the current value (it crosses to them with an optimizer
-    /// step's other copies, not in the next forward pass). A no-op elsewhere, before any
-    /// graph read it, or while the copy is current.
+    /// will read, made now from the current value (a pipeline stage makes its copies as
+    /// its step starts, while it waits for its first input, not in the forward pass). A
+    /// no-op elsewhere, before any graph read it, or while the copy is current.
     pub(crate) fn renew_copy(&self) -> Result<()> {
         let read_in = {
             let used_on = self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner);

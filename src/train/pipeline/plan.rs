@@ -190,6 +190,10 @@ pub struct StagePlan {
     /// as the stage has done its last unit of work, while the stages before it drain. The
     /// rest waits for every stage's gradients (the clip reads their global norm).
     pub gather_s: f64,
+    /// Of `sync_s`, the new values' way back from the state's hosts: the stage reads them
+    /// before its first forward pass of the next step, while the stages before it fill
+    /// the pipeline ([`PipelinePlan::refill_s`]).
+    pub values_s: f64,
     /// Where the stage's optimizer state lives, where not on `device`: runs of its layers,
     /// in order, each on a host (empty: all on `device`; the layers before the first run
     /// keep theirs on `device`).
@@ -642,7 +646,7 @@ impl PipelinePlan {
         let v = self.chunks as f64;
         let m = self.micro_batches as f64;
         let paces = if m > 0.0 { m - 1.0 / v } else { 0.0 };
-        self.step_end(&self.drained(sum / v + paces * self.pace_s()))
+        self.step_end(&self.drained(sum / v + paces * self.pace_s())) + self.refill_s()
     }
 
     /// Stages per device: 1, or an interleaved plan's chunks.
@@ -689,11 +693,28 @@ impl PipelinePlan {
         pace
     }
 
-    /// Predicted seconds a step spends after its last backward pass on the stages' syncs
-    /// (groups gathering gradients and handing out values, lodged optimizer state updated
-    /// and sent back): what of them the drain does not hide.
+    /// Predicted seconds a step spends on the stages' syncs (groups gathering gradients and
+    /// handing out values, lodged optimizer state updated and sent back) that its drain
+    /// and its fill do not hide.
     pub fn sync_s(&self) -> f64 {
-        self.step_end(&self.drained(0.0))
+        self.step_end(&self.drained(0.0)) + self.refill_s()
+    }
+
+    /// Seconds the fill of a step waits on lodged values beyond its own pace: a stage
+    /// reads its new values ([`StagePlan::values_s`]) before its first forward pass, which
+    /// otherwise starts once the stages before it have passed it the first micro-batch.
+    /// The first to wait holds up that micro-batch, and the step, by as long.
+    pub fn refill_s(&self) -> f64 {
+        if self.chunks != 1 {
+            return self.stages.iter().map(|s| s.values_s).fold(0.0, f64::max);
+        }
+        let (mut first_input, mut wait) = (0.0, 0.0f64);
+        for stage in &self.stages {
+            first_input += stage.receive_forward_s;
+            wait = wait.max(stage.values_s - first_input);
+            first_input += stage.forward_s;
+        }
+        wait
     }
 
     /// When each stage does its last unit of work under the 1F1B formula, for a step whose
@@ -731,16 +752,14 @@ impl PipelinePlan {
         for (stage, &end) in self.stages.iter().zip(ended) {
             let link = links.entry(id(stage)).or_default();
             link.0.push((end, stage.gather_s));
-            link.1 += stage.sync_s - stage.gather_s;
+            link.1 += stage.sync_s - stage.gather_s - stage.values_s;
             for state in &stage.state_on {
-                // The host's link carries its part's gradients in and values out too.
+                // The host's link carries its part's gradients in too.
                 let host = state.device.info().id;
                 if let Some(h) = self.stages.iter().find(|s| id(s) == host) {
                     let params = params_in(&self.costs, &state.layers);
                     let leg = host_leg_s(params, h.link_bytes_per_s);
-                    let link = links.entry(host).or_default();
-                    link.0.push((end, leg));
-                    link.1 += leg;
+                    links.entry(host).or_default().0.push((end, leg));
                 }
             }
         }
@@ -1382,6 +1401,7 @@ pub(super) fn price(
         share: spot.shares[0],
         sync_s: cost.sync_s,
         gather_s: cost.gather_s,
+        values_s: 0.0,
         state_on: Vec::new(),
     }
 }
@@ -1542,8 +1562,10 @@ fn lodge(mut stages: Vec<StagePlan>, costs: &[LayerCost], slots: f64) -> Option<
         }
         let own = stages[s].link_bytes_per_s;
         let grads_s = host_leg_s(grads.0, own) + grads.1;
-        stages[s].sync_s += grads_s + host_leg_s(values.0, own) + values.1;
+        let values_s = host_leg_s(values.0, own) + values.1;
+        stages[s].sync_s += grads_s + values_s;
         stages[s].gather_s += grads_s;
+        stages[s].values_s += values_s;
     }
     Some(stages)
 }
@@ -2119,7 +2141,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stages_gradients_leave_while_the_stages_before_it_drain() {
+    fn a_stages_gradients_leave_while_the_stages_before_it_drain_and_values_return_as_they_fill() {
         let costs = vec![layer(100.0, 1024, 1); 8];
         let fleet = chips(&[(10.0, 10), (1.0, 40)]);
         // The fast chip last: it ends its step first, and its state lodges on the slow one.
@@ -2127,15 +2149,33 @@ mod tests {
         let plan = PipelinePlan::manual(&costs, stages, 8, 2).unwrap();
         let last = &plan.stages[1];
         assert!(!last.state_on.is_empty(), "{}", plan.explain());
-        // Its gradients' way to the host hides behind the slow stage's last backward pass;
-        // only the update's values coming back are left after it.
+        // Its gradients' way to the host hides behind the slow stage's last backward pass,
+        // the new values' way back behind the slow stage's first forward pass of the next
+        // step: nothing is left of them.
         assert!(last.gather_s > 0.0 && last.gather_s < plan.stages[0].backward_s);
-        let after = last.sync_s - last.gather_s;
-        assert!((plan.sync_s() - after).abs() < 1e-12, "{} vs {after}", plan.sync_s());
+        assert!(last.values_s > 0.0 && last.values_s < plan.stages[0].forward_s);
+        assert!((last.sync_s - last.gather_s - last.values_s).abs() < 1e-12);
+        assert_eq!(plan.sync_s(), 0.0);
         let played = play(&plan);
         assert!(played.ended[1] + last.gather_s < played.ended[0], "{:?}", played.ended);
         let last_work = played.ended.iter().copied().fold(0.0, f64::max);
-        assert!((played.makespan - last_work - after).abs() < 1e-9);
+        assert!((played.makespan - last_work).abs() < 1e-9);
+
+        // The fast chip first: nothing fills before it, and the step waits on its values.
+        let stages = vec![(0..4, fleet[0].clone()), (4..8, fleet[1].clone())];
+        let plan = PipelinePlan::manual(&costs, stages, 8, 2).unwrap();
+        let first = &plan.stages[0];
+        assert!(!first.state_on.is_empty(), "{}", plan.explain());
+        assert!(first.values_s > 0.0);
+        assert!((plan.refill_s() - first.values_s).abs() < 1e-12);
+        let played = play(&plan);
+        // The same plan with its values back at once: a step that much shorter.
+        let mut at_once = plan.clone();
+        for stage in &mut at_once.stages {
+            stage.sync_s -= stage.values_s;
+            stage.values_s = 0.0;
+        }
+        assert!((played.makespan - play(&at_once).makespan - first.values_s).abs() < 1e-9);
     }
 
     #[test]

@@ -274,7 +274,6 @@ impl<M: Layered> PipelineReplicas<M> {
                 if owner != r {
                     let value = values[owner][param.name()].value();
                     param.set(value.to_device(param.value().device())?)?;
-                    param.renew_copy()?;
                 }
             }
             if self.owners.is_none() && r > 0 {

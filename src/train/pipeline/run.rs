@@ -348,6 +348,8 @@ impl<M: Layered> Pipeline<M> {
     /// The model's output for `x` without recording a graph (evaluation, sampling): the
     /// stages one after another on this thread, `x` moved to each in turn.
     pub fn infer(&self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        // Lodged parameters' copies made once, not at every pass.
+        self.params().iter().try_for_each(Param::renew_copy)?;
         no_grad(|| {
             let mut h = x.clone();
             for stage in &self.stages {
@@ -541,6 +543,9 @@ impl<M: Layered> Pipeline<M> {
                     .map(|(job, gathering)| {
                         let shared = &shared;
                         scope.spawn(move || {
+                            // Lodged parameters' new values, as the forward passes read
+                            // them, while the stages before this one fill the pipeline.
+                            gathering.params.iter().try_for_each(Param::renew_copy)?;
                             let mut done = job.run(shared)?;
                             let parts = std::mem::take(&mut done.grads);
                             done.grads = vec![gathering.gathered(parts)?];
@@ -638,11 +643,7 @@ impl<M: Layered> Pipeline<M> {
         at_once(
             stages,
             |s| format!("Pipeline::step, stage {s}'s optimizer"),
-            |stage| {
-                stage.optimizer.step(grads)?;
-                // Lodged parameters' new values back, as their forward passes read them.
-                stage.params.iter().try_for_each(Param::renew_copy)
-            },
+            |stage| stage.optimizer.step(grads),
         )?;
         self.step += 1;
         Ok(())

@@ -14,8 +14,9 @@ use super::schedule::Work;
 /// The outcome of playing one step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Played {
-    /// Seconds from the first forward pass to the last unit of work, then what of the
-    /// syncs it did not hide ([`PipelinePlan::step_end`]).
+    /// Seconds from the step's start (its first forward pass, or the lodged values it
+    /// waits for) to the last unit of work, then what of the syncs it did not hide
+    /// ([`PipelinePlan::step_end`]).
     pub makespan: f64,
     /// Per device (per stage, where each device holds one), the seconds it was busy.
     pub busy: Vec<f64>,
@@ -41,7 +42,11 @@ pub fn play(plan: &PipelinePlan) -> Played {
     let mut forward_done = vec![vec![f64::NAN; micro_batches]; stages];
     let mut backward_done = vec![vec![f64::NAN; micro_batches]; stages];
     let mut next = vec![0usize; devices];
+    // A stage starts once its lodged values are back ([`PipelinePlan::refill_s`]).
     let mut free = vec![0f64; devices];
+    for (s, stage) in plan.stages.iter().enumerate() {
+        free[s % devices] = free[s % devices].max(stage.values_s);
+    }
     // When each stage last took a received activation, and a received gradient.
     let mut took_forward = vec![0f64; stages];
     let mut took_backward = vec![0f64; stages];
