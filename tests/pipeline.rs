@@ -1883,3 +1883,65 @@ fn a_stage_splits_with_nothing_put_off_and_trains_bit_exactly() -> Result<()> {
     assert_eq!(weights, STEPS * MICRO_BATCHES, "the recomputing stage's weights' parts");
     Ok(())
 }
+
+/// Eight chips from the middle of the bench's 64 (of a 10× spread of speed, 16 to 80 GB,
+/// 3200 Gbit/s) for a 7B model: the search keeps a small chip's activations by lodging
+/// its optimizer state on a roomy one. Priced again for its share of the micro-batches,
+/// with its stages as the search cut them, a replica would recompute those activations
+/// instead (a hand-made plan lodges only what does not fit at all) and play about 30%
+/// slower; the replica keeps the searched plan where that is the faster.
+#[test]
+fn a_replica_keeps_the_lodging_its_search_chose_rather_than_recompute() -> Result<()> {
+    let host = cpu();
+    let shape = TransformerShape {
+        vocab: 32000,
+        context: 2048,
+        dim: 4096,
+        heads: 32,
+        blocks: 32,
+        rows: 1,
+        param_bytes: 4,
+        activation_bytes: 2,
+        attention_kernel: true,
+    };
+    let costs = shape.layers();
+    let link = 3200e9 / 8.0;
+    let chips: Vec<Candidate> = (32..40)
+        .map(|i| {
+            let profile = SimProfile::new(format!("chip{i}"))
+                .with_flops(40e12 * 10f64.powf(i as f64 / 63.0))
+                .with_bandwidth(2e12)
+                .with_latency(Duration::from_micros(5))
+                .with_link(link)
+                .with_peer_link(link)
+                .with_memory([16u64, 24, 40, 48, 80][i % 5] * 1_000_000_000);
+            let device: DeviceRef = Arc::new(SimDevice::new(host.clone(), profile.clone(), i)?);
+            let profile = DeviceProfile::simulated(device.info(), &profile);
+            Candidate::new(device, profile)
+        })
+        .collect::<Result<_>>()?;
+    let micro_batches = 32;
+    let searched = PipelinePlan::search(&costs, &chips, micro_batches, 2)?;
+    println!("{}", searched.explain());
+    assert!(searched.stages.iter().any(|s| !s.state_on.is_empty()), "it lodges");
+    let cut: Vec<(Range<usize>, Candidate)> = (searched.stages.iter())
+        .map(|s| {
+            let c = chips.iter().find(|c| c.device.info().label() == s.label).expect("its chip");
+            (s.layers.clone(), c.clone())
+        })
+        .collect();
+    let repriced = PipelinePlan::manual(&costs, cut, micro_batches, 2)?;
+    let slower = play(&repriced).makespan / play(&searched).makespan;
+    let recomputes = repriced.stages.iter().any(|s| !s.recompute.is_empty());
+    assert!(recomputes && slower > 1.2, "{slower:.2}× slower: {}", repriced.explain());
+    let one = manychips::train::pipeline::ReplicaPlan::with_replicas(
+        &costs,
+        &chips,
+        1,
+        micro_batches,
+        2,
+    )?;
+    println!("{}", one.explain());
+    assert!(one.step_s() <= play(&searched).makespan * 1.01, "{}", one.explain());
+    Ok(())
+}

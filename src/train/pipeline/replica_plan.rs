@@ -365,13 +365,15 @@ impl Shared {
         let repriced = stages.clone().and_then(|stages| {
             PipelinePlan::manual_with_state(costs, stages, share, optimizer_slots).ok()
         });
-        let plan = repriced.unwrap_or_else(|| {
-            let mut replica = replica.clone();
-            replica.micro_batches = share;
-            replica
-        });
-        let mut plan = plan;
-        let mut makespan = step(&plan);
+        // The plan as searched holds any share; repriced, it may recompute where the search
+        // lodged optimizer state instead (a manual plan lodges only what does not fit).
+        let mut kept = replica.clone();
+        kept.micro_batches = share;
+        let kept_step = step(&kept);
+        let (mut plan, mut makespan) = match repriced.map(|plan| (step(&plan), plan)) {
+            Some((makespan, plan)) if makespan <= kept_step => (plan, makespan),
+            _ => (kept, kept_step),
+        };
         // Split where playing it is cheap; the rest are tried once the shares are set.
         if cheap(&plan)
             && let Some(split) = plan.zero_bubble()
