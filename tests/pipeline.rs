@@ -205,6 +205,17 @@ fn assert_close((want_losses, want_params): &Trained, (losses, params): &Trained
     }
 }
 
+/// Each stage's chip (found among `chips` by its label) peaked within the memory its plan
+/// priced.
+fn assert_within_plan(chips: &[&Arc<SimDevice>], plan: &PipelinePlan) {
+    for stage in &plan.stages {
+        let chip = chips.iter().find(|c| c.info().label() == stage.label).expect("a chip");
+        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
+        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
+        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
+    }
+}
+
 /// The same losses and the same parameters, bit for bit.
 fn assert_identical((want_losses, want_params): &Trained, (losses, params): &Trained) {
     assert_eq!(want_losses, losses, "losses");
@@ -1327,11 +1338,7 @@ fn a_stage_whose_optimizer_state_lodges_on_another_chip_trains_bit_exactly() -> 
     let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
     let got = train(&mut pipeline)?;
     assert_identical(&want, &got);
-    for (chip, stage) in [(&roomy, &plan.stages[0]), (&tight, &plan.stages[1])] {
-        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
-        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
-        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
-    }
+    assert_within_plan(&[&roomy, &tight], &plan);
     // The checkpoint holds the lodged optimizer state under the parameters' names, and a
     // plan that keeps it at home restores it to the same numbers.
     let snapshot = pipeline.snapshot(serde_json::json!({}))?;
@@ -1401,11 +1408,7 @@ fn a_lodged_bf16_stage_keeps_only_its_weights_bf16_copies_and_trains_bit_exactly
     let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
     let got = train(&mut pipeline)?;
     assert_identical(&want, &got);
-    for (chip, stage) in [(&roomy, &plan.stages[0]), (&tight, &plan.stages[1])] {
-        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
-        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
-        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
-    }
+    assert_within_plan(&[&roomy, &tight], &plan);
     // The checkpoint holds the masters, not their copies.
     let snapshot = pipeline.snapshot(serde_json::json!({}))?;
     assert!(snapshot.params.iter().all(|t| t.dtype == DType::F32));
@@ -1463,11 +1466,7 @@ fn a_stages_optimizer_state_spreads_over_its_own_and_two_other_chips_bit_exactly
     let mut pipeline = Pipeline::new(model, plan.clone(), adamw)?;
     let got = train(&mut pipeline)?;
     assert_identical(&want, &got);
-    for (chip, stage) in chips.into_iter().zip(&plan.stages) {
-        let (peak, planned) = (chip.peak_memory(), stage.memory.total());
-        println!("{}: peak {peak} bytes, planned {planned}", stage.label);
-        assert!(peak <= planned, "{}: used {peak} bytes, the plan said {planned}", stage.label);
-    }
+    assert_within_plan(&chips, &plan);
     // A hand-edited plan whose runs leave a gap is refused, naming the layers.
     let mut gap = plan.clone();
     gap.stages[2].state_on[1].layers.start += 1;
