@@ -843,5 +843,10 @@ fn a_weight_kept_on_another_chip_is_read_from_its_copy_where_it_is_used() -> Res
     assert_eq!(held_now(&host_chip), on_host, "the master came home");
     let y = layer.forward(&x)?;
     assert_eq!(y.tensor().device().info().id, home.info().id);
+    // Kept on another chip, then on the one it is used on: home again, its own leaf.
+    layer.weight.keep_master_on(&host)?;
+    layer.weight.keep_master_on(&home)?;
+    assert_eq!(held_now(&host_chip), on_host, "the master came home again");
+    assert_eq!(layer.weight.var()?.id(), layer.weight.id());
     Ok(())
 }

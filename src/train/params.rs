@@ -128,19 +128,24 @@ impl Param {
     /// Moves the value, the master copy, to `host`, while its graphs go on using it where
     /// it is now: they read a copy there in the dtype they ask for ([`var_as`](Self::var_as)),
     /// made from the master once a value and sent over, and their gradients for it stay
-    /// there, in the master's dtype. A pipeline stage whose optimizer state lodges on
-    /// another device keeps its master copies there too: a bf16 model's stage then keeps 2
-    /// bytes a weight of the 4 of its f32 master. [`move_to`](Self::move_to) or a restore
-    /// puts the value back where it is used.
+    /// there, in the master's dtype: an optimizer over the parameter, whose state is made
+    /// where the master is, wants them moved there first. A pipeline stage whose optimizer
+    /// state lodges on another device keeps its master copies there too: a bf16 model's
+    /// stage then keeps 2 bytes a weight of the 4 of its f32 master. Kept on the device it
+    /// is used on, or [`move_to`](Self::move_to), or a restore, puts the value back where
+    /// it is used.
     pub fn keep_master_on(&self, host: &DeviceRef) -> Result<()> {
-        let here = self.value().device().clone();
-        if here.info().id == host.info().id {
+        let used_on = self.used_on().unwrap_or_else(|| self.value().device().clone());
+        if used_on.info().id == host.info().id {
+            return self.move_to(host);
+        }
+        if self.value().device().info().id == host.info().id {
             return Ok(());
         }
-        // The copy made for the master's device goes: the next one is made for this one.
-        self.move_value(host)?;
-        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = Some((here, None));
-        Ok(())
+        // Where it is used first, then the move, whose new version drops the old copy: no
+        // copy is made for the wrong device in between.
+        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = Some((used_on, None));
+        self.move_value(host)
     }
 
     /// Where the value lives on another device than its graphs use it on, the copy they
@@ -185,13 +190,13 @@ impl Param {
     }
 
     /// Moves the value to `device` (a pipeline stage's): every holder of this parameter
-    /// (the model, an optimizer) sees it there from now on. An optimizer's state made
+    /// (the model, an optimizer) sees it there from now on, and its graphs use it there
+    /// (undoing [`keep_master_on`](Self::keep_master_on)). An optimizer's state made
     /// before the move stays where it was, so move parameters before their optimizer
     /// is built.
     pub fn move_to(&self, device: &DeviceRef) -> Result<()> {
-        self.move_value(device)?;
         *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        Ok(())
+        self.move_value(device)
     }
 
     fn move_value(&self, device: &DeviceRef) -> Result<()> {
@@ -216,12 +221,13 @@ impl Param {
                 detail: format!("{}: {:?} cannot replace {:?}", self.0.name, value, *slot),
             });
         }
+        // Used where it is from now on, before the new version can be copied elsewhere.
+        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = None;
         *slot = value;
         self.0.version.fetch_add(1, Ordering::Relaxed);
         // After the value's lock is let go: `var_as` takes the two the other way round.
         drop(slot);
         self.forget_cast();
-        *self.0.used_on.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
 

@@ -326,15 +326,15 @@ pub fn profile_layers(model: &dyn Layered, input: &Var, ctx: &Ctx) -> Result<Vec
         let out = y.tensor();
         let output_bytes = out.numel() * out.dtype().size_in_bytes();
         let joined_bytes = if joined { output_bytes } else { 0 };
+        let param_bytes: usize = (model.layer_params(layer).iter())
+            .filter(|p| counted.insert(p.id()))
+            .map(|p| p.bytes())
+            .sum();
         costs.push(LayerCost {
-            param_bytes: model
-                .layer_params(layer)
-                .iter()
-                .filter(|p| counted.insert(p.id()))
-                .map(|p| p.bytes())
-                .sum(),
+            param_bytes,
             copy_bytes: census.shared_bytes,
-            cast_bytes: census.cast_bytes,
+            // A tied weight's master counts where its parameters do, at its first use.
+            cast_bytes: census.cast_bytes.min(param_bytes),
             activation_bytes: census.retained_bytes,
             transient_bytes: census.transient_bytes,
             output_bytes,

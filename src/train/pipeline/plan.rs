@@ -630,7 +630,8 @@ impl PipelinePlan {
 
     /// Predicted seconds of one step under 1F1B: a micro-batch's trip through every stage
     /// and back, `M − 1` more at the pipeline's pace ([`pace_s`](Self::pace_s)), then what
-    /// the drain leaves of the syncs ([`step_end`](Self::step_end)).
+    /// the drain leaves of the syncs ([`step_end`](Self::step_end)), and what the fill
+    /// does not hide of lodged values coming back ([`refill_s`](Self::refill_s)).
     ///
     /// Interleaved over `v` chunks a device, the trip is through chunks of `1/v` of a
     /// device's layers: the fill and drain take `1/v` of it, and the micro-batches `M − 1/v`
@@ -736,8 +737,10 @@ impl PipelinePlan {
     /// When a step ends, given when each stage did its last unit of work (`ended`): each
     /// stage's gradients leave as soon as it is done (a group's helpers' to its lead, a
     /// lodged stage's to its state's host), every device's link carrying its own in turn;
-    /// the updates and the new values' way back wait for all of them (the clip reads their
-    /// global norm), then run at once, each link carrying its own.
+    /// the updates and a group's new values on the way to its helpers wait for all of
+    /// them (the clip reads their global norm), then run at once, each link carrying its
+    /// own. A lodged stage's new values come back in the next step's fill
+    /// ([`refill_s`](Self::refill_s)).
     pub fn step_end(&self, ended: &[f64]) -> f64 {
         let (gathered, after) = self.sync_phases(ended);
         gathered + after
@@ -1203,7 +1206,10 @@ fn stage_cost(
             let memory = StageMemory {
                 // Where its state and master copies are lodged, the lead keeps only the
                 // copies its forward passes read (until [`lodge`] keeps some at home).
-                params: if k == 0 && spot.lodging { sums.params - sums.casts } else { sums.params },
+                params: match k == 0 && spot.lodging {
+                    true => sums.params.saturating_sub(sums.casts),
+                    false => sums.params,
+                },
                 copies: sums.copies,
                 grads: sums.params,
                 // The lead alone keeps optimizer state; helpers copy the updated values.
@@ -1439,7 +1445,7 @@ fn params_in(costs: &[LayerCost], layers: &Range<usize>) -> u64 {
 /// host: the copies the stage's forward passes read (those cast for its matmuls in the
 /// compute dtype, the others as they are).
 fn values_in(costs: &[LayerCost], layers: &Range<usize>) -> u64 {
-    let values = |l: &LayerCost| l.param_bytes - l.cast_bytes + l.copy_bytes;
+    let values = |l: &LayerCost| l.param_bytes.saturating_sub(l.cast_bytes) + l.copy_bytes;
     layers.clone().map(|l| values(&costs[l]) as u64).sum()
 }
 

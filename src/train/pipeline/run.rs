@@ -91,7 +91,8 @@ impl Gathering<'_> {
     }
 }
 
-/// Builds a stage's optimizer over its parameters (on the stage's device).
+/// Builds a stage's optimizer over its parameters (its state made where their values are:
+/// the stage's device, or a lodged parameter's host).
 type MakeOptimizer = Box<dyn Fn(Vec<Param>) -> Result<Box<dyn Optimizer>> + Send + Sync>;
 
 /// A layered model trained over the stages of a [`PipelinePlan`].
@@ -543,9 +544,6 @@ impl<M: Layered> Pipeline<M> {
                     .map(|(job, gathering)| {
                         let shared = &shared;
                         scope.spawn(move || {
-                            // Lodged parameters' new values, as the forward passes read
-                            // them, while the stages before this one fill the pipeline.
-                            gathering.params.iter().try_for_each(Param::renew_copy)?;
                             let mut done = job.run(shared)?;
                             let parts = std::mem::take(&mut done.grads);
                             done.grads = vec![gathering.gathered(parts)?];
@@ -735,8 +733,9 @@ enum Placement<'a> {
     Restore(&'a Snapshot, &'a Path, bool),
 }
 
-/// The stages of `plan` over `model`: each parameter on its stage's device and each
-/// stage's optimizer built there (restored from the snapshot, when restoring).
+/// The stages of `plan` over `model`: each parameter on its stage's device, or its master
+/// on its optimizer state's host where the plan lodges that, and each stage's optimizer
+/// built over them (restored from the snapshot, when restoring).
 fn stages<M: Layered>(
     model: &M,
     copies: &[M],

@@ -112,7 +112,7 @@ pub fn play(plan: &PipelinePlan) -> Played {
         }
     }
     // Each stage's gradients leave once it is done (a group's members' to the lead, a
-    // lodged stage's to its state's host); the updates and the values' way back once all
-    // have arrived.
+    // lodged stage's to its state's host); the updates and a group's values on the way to
+    // its helpers once all have arrived.
     Played { makespan: plan.step_end(&ended), busy, ended }
 }

@@ -15,7 +15,7 @@ use super::schedule::Work;
 use crate::plan::{Stopwatch, proportional};
 use crate::train::nn::Ctx;
 use crate::train::parallel::{panic_message, ranges};
-use crate::train::{Grads, Var, VarId, WeightGrads, no_grad};
+use crate::train::{Grads, Param, Var, VarId, WeightGrads, no_grad};
 use crate::{DeviceRef, Error, Result, Tensor};
 
 /// `total` rows in `parts` shares differing by at most one, the larger ones first.
@@ -411,7 +411,12 @@ impl StageJob<'_> {
                 send_forward,
                 send_back,
             };
-            let outcome = place.play(shared, &links);
+            // Lodged parameters' new values, as the forward passes read them, while the stages
+            // before this one fill the pipeline and the first input is already coming in.
+            let lead = shared.model.params_of(place.layers.clone());
+            let outcome = (lead.iter().try_for_each(Param::renew_copy))
+                .map_err(Stop::from)
+                .and_then(|()| place.play(shared, &links));
             if outcome.is_ok() {
                 stopper.0 = None;
             }
