@@ -706,16 +706,40 @@ impl PipelinePlan {
     /// otherwise starts once the stages before it have passed it the first micro-batch.
     /// The first to wait holds up that micro-batch, and the step, by as long.
     pub fn refill_s(&self) -> f64 {
+        let back = self.values_back();
         if self.chunks != 1 {
-            return self.stages.iter().map(|s| s.values_s).fold(0.0, f64::max);
+            return back.into_iter().fold(0.0, f64::max);
         }
         let (mut first_input, mut wait) = (0.0, 0.0f64);
-        for stage in &self.stages {
+        for (stage, back) in self.stages.iter().zip(back) {
             first_input += stage.receive_forward_s;
-            wait = wait.max(stage.values_s - first_input);
+            wait = wait.max(back - first_input);
             first_input += stage.forward_s;
         }
         wait
+    }
+
+    /// When each stage's lodged values are back as its step starts: its own
+    /// [`values_s`](StagePlan::values_s), or, where a host sends to several stages at once,
+    /// when that host's link has sent all of theirs.
+    pub(super) fn values_back(&self) -> Vec<f64> {
+        let mut sending: FxHashMap<DeviceId, f64> = FxHashMap::default();
+        let link = |host: &StateHost| {
+            let id = host.device.info().id;
+            self.stages.iter().find(|s| s.device.info().id == id).map(|s| s.link_bytes_per_s)
+        };
+        for host in self.stages.iter().flat_map(|s| &s.state_on) {
+            if let Some(rate) = link(host) {
+                let values = values_in(&self.costs, &host.layers);
+                *sending.entry(host.device.info().id).or_default() += host_leg_s(values, rate);
+            }
+        }
+        (self.stages.iter())
+            .map(|stage| {
+                let hosts = stage.state_on.iter().map(|h| sending.get(&h.device.info().id));
+                hosts.fold(stage.values_s, |back, host| back.max(host.copied().unwrap_or(0.0)))
+            })
+            .collect()
     }
 
     /// When each stage does its last unit of work under the 1F1B formula, for a step whose
@@ -2180,8 +2204,35 @@ mod tests {
         for stage in &mut at_once.stages {
             stage.sync_s -= stage.values_s;
             stage.values_s = 0.0;
+            // Its gradients' way to the host stays in its own `gather_s`.
+            stage.state_on.clear();
         }
         assert!((played.makespan - play(&at_once).makespan - first.values_s).abs() < 1e-9);
+    }
+
+    /// Two stages lodging on one chip both wait, as their steps start, for that chip's
+    /// link to send the values of both.
+    #[test]
+    fn stages_lodging_on_one_host_share_its_link_for_their_values() {
+        let costs = vec![layer(100.0, 1024, 1); 8];
+        let fleet = chips(&[(1.0, 40), (10.0, 10), (10.0, 10)]);
+        let stages =
+            vec![(0..2, fleet[0].clone()), (2..5, fleet[1].clone()), (5..8, fleet[2].clone())];
+        let plan = PipelinePlan::manual(&costs, stages, 8, 2).unwrap();
+        let hosted: Vec<&StateHost> = plan.stages.iter().flat_map(|s| &s.state_on).collect();
+        assert!(
+            hosted.len() == 2 && hosted.iter().all(|h| h.label == "sim:0"),
+            "{}",
+            plan.explain()
+        );
+        let sent: f64 = (hosted.iter())
+            .map(|h| host_leg_s(values_in(&costs, &h.layers), plan.stages[0].link_bytes_per_s))
+            .sum();
+        let back = plan.values_back();
+        assert_eq!(back[0], 0.0);
+        for s in 1..3 {
+            assert!(back[s] >= sent && back[s] >= plan.stages[s].values_s, "{back:?}");
+        }
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub fn play(plan: &PipelinePlan) -> Played {
     let mut next = vec![0usize; devices];
     // A stage starts once its lodged values are back ([`PipelinePlan::refill_s`]).
     let mut free = vec![0f64; devices];
-    for (s, stage) in plan.stages.iter().enumerate() {
-        free[s % devices] = free[s % devices].max(stage.values_s);
+    for (s, back) in plan.values_back().into_iter().enumerate() {
+        free[s % devices] = free[s % devices].max(back);
     }
     // When each stage last took a received activation, and a received gradient.
     let mut took_forward = vec![0f64; stages];
