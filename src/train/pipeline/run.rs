@@ -802,22 +802,19 @@ fn stages<M: Layered>(
     let mut stages = Vec::with_capacity(plan.stages.len());
     for stage in &plan.stages {
         let params = model.params_of(stage.layers.clone());
-        // Lodged parameters' master copies go where their optimizer state will be made.
-        let lodge = |params: &[Param]| -> Result<()> {
-            let hosts = state_hosts(model, stage, params).unwrap_or_default();
-            for (param, host) in params.iter().zip(hosts) {
-                if let Some(host) = host {
-                    param.keep_master_on(&host)?;
-                }
-            }
-            Ok(())
+        // Lodged parameters' master copies go where their optimizer state will be made, each
+        // as soon as it is in place: the stage's device never holds more than one of them.
+        let hosts = state_hosts(model, stage, &params).unwrap_or_default();
+        let lodge = |i: usize| match hosts.get(i) {
+            Some(Some(host)) => params[i].keep_master_on(host),
+            _ => Ok(()),
         };
         let optimizer = match placement {
             Placement::Move => {
-                for param in &params {
+                for (i, param) in params.iter().enumerate() {
                     param.move_to(&stage.device)?;
+                    lodge(i)?;
                 }
-                lodge(&params)?;
                 make_optimizer(params.clone())?
             }
             Placement::Restore(snapshot, path, shard) => {
@@ -825,7 +822,7 @@ fn stages<M: Layered>(
                 let part = snapshot.part(&names);
                 // The values straight onto this device (the old ones may be unreadable),
                 // then the optimizer state next to them.
-                for param in &params {
+                for (i, param) in params.iter().enumerate() {
                     let saved =
                         part.params.iter().find(|t| t.name == param.name()).ok_or_else(|| {
                             Error::Checkpoint {
@@ -839,8 +836,8 @@ fn stages<M: Layered>(
                         saved.dtype,
                         &stage.device,
                     )?)?;
+                    lodge(i)?;
                 }
-                lodge(&params)?;
                 let mut optimizer = make_optimizer(params.clone())?;
                 match shard {
                     true => part.restore_optimizer_shard(&params, &mut *optimizer, path)?,
